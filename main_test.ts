@@ -1,0 +1,1164 @@
+import assert from "node:assert/strict";
+import {
+  type Context,
+  type CronRegistrar,
+  formatDuration,
+  parseConfig,
+  parseDuration,
+  refreshIfDue,
+  run,
+  scheduleRefresh,
+  startLocalWorker,
+  type WorkerMetadata,
+} from "./main.ts";
+import { type FakeB2, type FakeB2Options, startFakeB2 } from "./testing/fake_b2.ts";
+import {
+  type FakeCloudflare,
+  type FakeCloudflareOptions,
+  startFakeCloudflare,
+} from "./testing/fake_cloudflare.ts";
+
+const B2_KEY = "fake-application-key";
+const CF_TOKEN = "fake-cf-token";
+const CF_GLOBAL_KEY = "fake-global-key";
+
+/** Everything any run printed, checked at the end for secrets. */
+const printed: string[] = [];
+/** Every secret any fake handed out or was configured with. */
+const secretsSeen = new Set<string>([B2_KEY, CF_TOKEN, CF_GLOBAL_KEY]);
+
+interface World {
+  b2: FakeB2;
+  cloudflare: FakeCloudflare;
+  env: Record<string, string>;
+  sleeps: number[];
+  /** Runs main.ts's `run()` in-process against the fakes. */
+  run(args: string[], overrides?: {
+    env?: Record<string, string>;
+    dotenv?: string;
+    ctx?: Partial<Context>;
+  }): Promise<{ code: number; stdout: string; stderr: string }>;
+  close(): Promise<void>;
+}
+
+const PHOTO = {
+  name: "site/cat.jpg",
+  body: "pretend this is a cat",
+  contentType: "image/jpeg",
+};
+
+function world(
+  options: { b2?: FakeB2Options; cloudflare?: FakeCloudflareOptions } = {},
+): World {
+  const b2 = startFakeB2({
+    buckets: [
+      { id: "bucket-photos", name: "photos", files: [PHOTO] },
+      { id: "bucket-other", name: "other", files: [] },
+    ],
+    ...options.b2,
+  });
+  const cloudflare = startFakeCloudflare(options.cloudflare);
+  const env = {
+    B2_APPLICATION_KEY_ID: "fake-key-id",
+    B2_APPLICATION_KEY: B2_KEY,
+    B2_BUCKET_NAME: "photos",
+    B2_FILE_PREFIX: "site/",
+    B2_API_URL: b2.url,
+    CLOUDFLARE_ACCOUNT_ID: "fake-account-id",
+    CLOUDFLARE_API_TOKEN: CF_TOKEN,
+    CLOUDFLARE_API_BASE_URL: cloudflare.url,
+  };
+  const sleeps: number[] = [];
+  return {
+    b2,
+    cloudflare,
+    env,
+    sleeps,
+    async run(args, overrides = {}) {
+      const stdout: string[] = [];
+      const stderr: string[] = [];
+      const code = await run({
+        args,
+        env: { ...env, ...overrides.env },
+        readEnvFile: () => Promise.resolve(overrides.dotenv),
+        io: { stdout: (t) => stdout.push(t), stderr: (t) => stderr.push(t) },
+        ctx: {
+          sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
+          random: () => 0.5,
+          timeoutMs: 2_000,
+          ...overrides.ctx,
+        },
+      });
+      for (const token of b2.downloadTokens.keys()) secretsSeen.add(token);
+      for (const token of b2.accountTokens) secretsSeen.add(token);
+      printed.push(...stdout, ...stderr);
+      return { code, stdout: stdout.join("\n"), stderr: stderr.join("\n") };
+    },
+    async close() {
+      await Promise.all([b2.close(), cloudflare.close()]);
+    },
+  };
+}
+
+/** Metadata as main.ts builds it or as the fake Cloudflare stored it. */
+type LooseMetadata = { bindings: { name: string; text?: string }[] };
+
+function secretOf(metadata: LooseMetadata, name: string): string | undefined {
+  return metadata.bindings.find((b) => b.name === name)?.text;
+}
+
+function bindingTexts(
+  metadata: LooseMetadata,
+): Record<string, string | undefined> {
+  return Object.fromEntries(metadata.bindings.map((b) => [b.name, b.text]));
+}
+
+// ---------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------
+
+Deno.test("parseConfig() reports every problem at once, naming what to set", async (t) => {
+  const cases: {
+    name: string;
+    settings: Record<string, string>;
+    expect: RegExp[];
+  }[] = [
+    {
+      name: "nothing set",
+      settings: {},
+      expect: [
+        /Set B2_APPLICATION_KEY_ID/,
+        /Set B2_APPLICATION_KEY to/,
+        /Set B2_BUCKET_NAME \(or B2_BUCKET_ID\)/,
+        /Set CLOUDFLARE_ACCOUNT_ID/,
+        /Set CLOUDFLARE_API_TOKEN/,
+      ],
+    },
+    {
+      name: "bad values",
+      settings: {
+        B2_TOKEN_TTL: "604801",
+        WORKER_URL_STYLE: "s3",
+        WORKER_CACHE_TTL: "-1",
+        WORKER_NAME: "My Worker",
+        WORKER_CORS_ORIGINS: "https://a.example/path",
+        B2_API_URL: "ftp://x",
+        REFRESH_MARGIN: "soon",
+      },
+      expect: [
+        /B2_TOKEN_TTL must be a whole number from 1 to 604800, not "604801"/,
+        /WORKER_URL_STYLE must be "plain" or "b2", not "s3"/,
+        /WORKER_CACHE_TTL must be a whole number/,
+        /WORKER_NAME must be 1-63 lowercase/,
+        /WORKER_CORS_ORIGINS must be "\*" or origins/,
+        /B2_API_URL must be an http\(s\) URL/,
+        /REFRESH_MARGIN must be a duration/,
+      ],
+    },
+    {
+      name: "half a legacy key",
+      settings: { CLOUDFLARE_EMAIL: "me@example.com" },
+      expect: [/Set CLOUDFLARE_API_KEY too/],
+    },
+    {
+      name: "route without zone",
+      settings: {
+        WORKER_ROUTE: "cdn.example.com/*",
+        WORKER_DOMAIN: "cdn example",
+      },
+      expect: [
+        /Set CLOUDFLARE_ZONE_ID to the zone of WORKER_ROUTE/,
+        /WORKER_DOMAIN must be a host/,
+      ],
+    },
+  ];
+  for (const { name, settings, expect } of cases) {
+    await t.step(name, () => {
+      assert.throws(
+        () => parseConfig(settings, { b2: true, cloudflare: true }),
+        (error: Error) => {
+          for (const pattern of expect) assert.match(error.message, pattern);
+          return error.name === "ConfigError";
+        },
+      );
+    });
+  }
+});
+
+Deno.test("parseConfig() applies the documented defaults", () => {
+  const config = parseConfig({
+    B2_APPLICATION_KEY_ID: "id",
+    B2_APPLICATION_KEY: "key",
+    B2_BUCKET_ID: "b1",
+    CLOUDFLARE_ACCOUNT_ID: "acct",
+    CLOUDFLARE_EMAIL: "me@example.com",
+    CLOUDFLARE_API_KEY: "global",
+  }, { b2: true, cloudflare: true });
+  assert.deepEqual(config, {
+    b2: {
+      keyId: "id",
+      applicationKey: "key",
+      apiUrl: "https://api.backblazeb2.com",
+      bucketId: "b1",
+      prefix: "",
+      tokenTtl: 604800,
+    },
+    cloudflare: {
+      accountId: "acct",
+      auth: { email: "me@example.com", key: "global" },
+      apiBaseUrl: "https://api.cloudflare.com/client/v4",
+      workerName: "b2-private-cdn",
+    },
+    worker: {
+      urlStyle: "plain",
+      indexFile: "index.html",
+      cacheTtl: 86400,
+      cacheControl: "",
+      corsOrigins: "",
+    },
+    workerName: "b2-private-cdn",
+    refreshSchedule: "17 4 * * *",
+    refreshMargin: 518400,
+  });
+});
+
+Deno.test("parseDuration() and formatDuration() read and write spans", () => {
+  assert.deepEqual(
+    ["90", "90s", "30m", "48h", "6d", "2 h", "1w", "-1h", ""].map(
+      parseDuration,
+    ),
+    [90, 90, 1800, 172800, 518400, 7200, undefined, undefined, undefined],
+  );
+  assert.deepEqual(
+    [0, 59, 3600, 93784, 518400 + 7200 + 59, -86401].map(formatDuration),
+    ["0s", "59s", "1h 0m", "1d 2h", "6d 2h", "-1d 0h"],
+  );
+});
+
+Deno.test("run() takes flags over the environment over .env", async () => {
+  const w = world();
+  try {
+    const dotenv = "WORKER_NAME=from-dotenv\nB2_TOKEN_TTL=100\nWORKER_CACHE_TTL=5\n";
+    const { code } = await w.run(["refresh", "--worker-name", "from-flag"], {
+      env: { WORKER_NAME: "from-env", B2_TOKEN_TTL: "200" },
+      dotenv,
+    });
+    assert.equal(code, 0);
+    const script = w.cloudflare.scripts.get("from-flag");
+    assert.ok(script, "the flag's worker name wins");
+    const bindings = bindingTexts(script.metadata);
+    assert.equal(
+      bindings.WORKER_CACHE_TTL,
+      "5",
+      ".env fills what nothing else sets",
+    );
+    const issued = Date.parse(bindings.B2_TOKEN_ISSUED_AT!);
+    assert.equal(
+      Date.parse(bindings.B2_TOKEN_EXPIRES_AT!) - issued,
+      200_000,
+      "env beats .env",
+    );
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("run() exits 2 on bad usage, naming the fix", async (t) => {
+  const w = world();
+  try {
+    for (
+      const [args, pattern] of [
+        [["deploy"], /Unknown command "deploy"/],
+        [["refresh", "--bogus"], /Unknown option '--bogus'.*--help/],
+        [
+          ["refresh", "--b2-application-key", "x"],
+          /Unknown option '--b2-application-key'/,
+        ],
+        [
+          ["status", "--min-remaining", "soon"],
+          /--min-remaining must be a duration/,
+        ],
+        [
+          ["refresh", "--b2-token-ttl", "0"],
+          /B2_TOKEN_TTL must be a whole number from 1/,
+        ],
+      ] as const
+    ) {
+      await t.step(args.join(" "), async () => {
+        const { code, stderr } = await w.run([...args]);
+        assert.equal(code, 2);
+        assert.match(stderr, pattern);
+      });
+    }
+    assert.equal(w.b2.requests.length, 0, "nothing was asked of B2");
+  } finally {
+    await w.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// refresh
+// ---------------------------------------------------------------------------
+
+Deno.test("refresh uploads the worker with the token only as a secret binding", async () => {
+  const w = world();
+  try {
+    const { code, stdout, stderr } = await w.run(["refresh"]);
+    assert.equal(stderr, "");
+    assert.equal(code, 0);
+    assert.match(
+      stdout,
+      /^Deployed worker "b2-private-cdn" for bucket "photos" \(prefix "site\/"\); token expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/,
+    );
+
+    const [authorize, list, downloadAuth, ...more] = w.b2.requests;
+    assert.equal(more.length, 0);
+    assert.equal(authorize?.path, "/b2api/v4/b2_authorize_account");
+    assert.equal(
+      authorize?.headers.get("authorization"),
+      "Basic " + btoa(`fake-key-id:${B2_KEY}`),
+    );
+    assert.equal(downloadAuth?.path, "/b2api/v4/b2_get_download_authorization");
+    assert.deepEqual(JSON.parse(downloadAuth?.body ?? ""), {
+      bucketId: "bucket-photos",
+      fileNamePrefix: "site/",
+      validDurationInSeconds: 604800,
+    });
+    assert.deepEqual(JSON.parse(list?.body ?? ""), {
+      accountId: "fake-account",
+      bucketName: "photos",
+    });
+
+    const script = w.cloudflare.scripts.get("b2-private-cdn");
+    assert.ok(script);
+    const [token] = w.b2.downloadTokens.keys();
+    assert.ok(token);
+    const { B2_TOKEN_ISSUED_AT, B2_TOKEN_EXPIRES_AT, ...bindings } = bindingTexts(script.metadata);
+    assert.deepEqual(bindings, {
+      B2_DOWNLOAD_TOKEN: token,
+      B2_DOWNLOAD_URL: w.b2.url,
+      B2_BUCKET_NAME: "photos",
+      B2_FILE_PREFIX: "site/",
+      WORKER_URL_STYLE: "plain",
+      WORKER_INDEX_FILE: "index.html",
+      WORKER_CACHE_TTL: "86400",
+      WORKER_CACHE_CONTROL: "",
+      WORKER_CORS_ORIGINS: "",
+    });
+    assert.equal(
+      Date.parse(B2_TOKEN_EXPIRES_AT!) - Date.parse(B2_TOKEN_ISSUED_AT!),
+      604_800_000,
+    );
+    assert.equal(
+      script.metadata.bindings.find((b) => b.name === "B2_DOWNLOAD_TOKEN")
+        ?.type,
+      "secret_text",
+    );
+    assert.ok(
+      script.metadata.bindings.filter((b) => b.name !== "B2_DOWNLOAD_TOKEN")
+        .every((b) => b.type === "plain_text"),
+    );
+    assert.equal(script.moduleContentType, "application/javascript+module");
+    assert.ok(!script.module.includes(token), "the token is not in the source");
+    assert.match(script.module, /export default/);
+    assert.doesNotMatch(
+      script.module,
+      /\binterface Env\b/,
+      "types are stripped",
+    );
+    const upload = w.cloudflare.requests.find((r) => r.method === "PUT");
+    assert.equal(upload?.headers.get("authorization"), `Bearer ${CF_TOKEN}`);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("refresh uses the legacy global key when no API token is set", async () => {
+  const w = world();
+  try {
+    const { code } = await w.run(["refresh"], {
+      env: {
+        CLOUDFLARE_API_TOKEN: "",
+        CLOUDFLARE_EMAIL: "admin@example.com",
+        CLOUDFLARE_API_KEY: CF_GLOBAL_KEY,
+      },
+    });
+    assert.equal(code, 0);
+    const upload = w.cloudflare.requests.find((r) => r.method === "PUT");
+    assert.equal(upload?.headers.get("x-auth-email"), "admin@example.com");
+    assert.equal(upload?.headers.get("x-auth-key"), CF_GLOBAL_KEY);
+    assert.equal(upload?.headers.get("authorization"), null);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("refresh resolves the bucket in as few round trips as the key allows", async (t) => {
+  const cases: {
+    name: string;
+    env: Record<string, string>;
+    b2: FakeB2Options;
+    trips: number;
+    listed: boolean;
+  }[] = [
+    {
+      name: "name only, unrestricted key",
+      env: {},
+      b2: {},
+      trips: 4,
+      listed: true,
+    },
+    {
+      name: "id only, unrestricted key",
+      env: { B2_BUCKET_NAME: "", B2_BUCKET_ID: "bucket-photos" },
+      b2: {},
+      trips: 4,
+      listed: true,
+    },
+    {
+      name: "both given",
+      env: { B2_BUCKET_ID: "bucket-photos" },
+      b2: {},
+      trips: 3,
+      listed: false,
+    },
+    {
+      name: "id only, key restricted to the bucket",
+      env: { B2_BUCKET_NAME: "", B2_BUCKET_ID: "bucket-photos" },
+      b2: { restrictToBucket: "photos" },
+      trips: 3,
+      listed: false,
+    },
+  ];
+  for (const c of cases) {
+    await t.step(c.name, async () => {
+      const w = world({ b2: c.b2 });
+      try {
+        const { code, stdout } = await w.run(["refresh", "--json"], {
+          env: c.env,
+        });
+        assert.equal(code, 0);
+        const result = JSON.parse(stdout);
+        assert.equal(result.roundTrips, c.trips);
+        assert.equal(result.bucket, "photos");
+        const listed = w.b2.requests.some((r) => r.path.endsWith("b2_list_buckets"));
+        assert.equal(listed, c.listed);
+        if (listed) {
+          const list = w.b2.requests.find((r) => r.path.endsWith("b2_list_buckets"))!;
+          assert.equal(JSON.parse(list.body).accountId, "fake-account");
+        }
+      } finally {
+        await w.close();
+      }
+    });
+  }
+});
+
+Deno.test("refresh --json prints one object with the facts", async () => {
+  const w = world();
+  try {
+    const { code, stdout } = await w.run(["refresh", "--json"]);
+    assert.equal(code, 0);
+    const { expiresAt, ...rest } = JSON.parse(stdout);
+    assert.match(expiresAt, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+    assert.deepEqual(rest, {
+      worker: "b2-private-cdn",
+      bucket: "photos",
+      prefix: "site/",
+      deployed: true,
+      roundTrips: 4,
+    });
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("refresh --dry-run asks B2 but uploads nothing", async () => {
+  const w = world();
+  try {
+    const { code, stdout } = await w.run(["refresh", "--dry-run"]);
+    assert.equal(code, 0);
+    assert.match(stdout, /^Would deploy worker "b2-private-cdn"/);
+    assert.match(
+      stdout,
+      /"B2_DOWNLOAD_TOKEN",\s*"text": "\(secret, not shown\)"/,
+    );
+    assert.match(stdout, /module worker\.js: \d+ bytes/);
+    assert.equal(w.cloudflare.requests.length, 0);
+    assert.equal(w.b2.downloadTokens.size, 1);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("refresh checks what the key allows before asking for a token", async (t) => {
+  const cases: {
+    name: string;
+    b2: FakeB2Options;
+    env?: Record<string, string>;
+    expect: RegExp;
+  }[] = [
+    {
+      name: "no shareFiles",
+      b2: { capabilities: ["listBuckets", "readFiles"] },
+      expect:
+        /lacks the shareFiles capability.*it has: listBuckets, readFiles.*b2 key create --bucket photos --name-prefix site\//,
+    },
+    {
+      name: "restricted to another bucket",
+      b2: { restrictToBucket: "other" },
+      expect: /restricted to bucket "other", not "photos"/,
+    },
+    {
+      name: "name prefix outside the key's",
+      b2: { namePrefix: "private/" },
+      expect: /only reaches names starting with "private\/", but B2_FILE_PREFIX is "site\/"/,
+    },
+    {
+      name: "no listBuckets and only a name",
+      b2: { capabilities: ["readFiles", "shareFiles"] },
+      expect: /lacks listBuckets.*Set B2_BUCKET_ID as well/,
+    },
+    {
+      name: "no such bucket",
+      b2: {},
+      env: { B2_BUCKET_NAME: "nope" },
+      expect: /No bucket named "nope" in this B2 account\. Check B2_BUCKET_NAME/,
+    },
+  ];
+  for (const c of cases) {
+    await t.step(c.name, async () => {
+      const w = world({ b2: c.b2 });
+      try {
+        const { code, stderr } = await w.run(["refresh"], { env: c.env });
+        assert.equal(code, 2);
+        assert.match(stderr, c.expect);
+        assert.equal(w.b2.downloadTokens.size, 0, "no token was asked for");
+        assert.equal(
+          w.cloudflare.requests.length,
+          0,
+          "Cloudflare was not touched",
+        );
+      } finally {
+        await w.close();
+      }
+    });
+  }
+});
+
+Deno.test("refresh retries what is worth retrying and fails clearly on the rest", async (t) => {
+  const authorize = "/b2api/v4/b2_authorize_account";
+  const downloadAuth = "/b2api/v4/b2_get_download_authorization";
+  const script = "/accounts/fake-account-id/workers/scripts/";
+  const cases: {
+    name: string;
+    b2?: [string, Parameters<FakeB2["fail"]>[1]];
+    cloudflare?: [string, Parameters<FakeCloudflare["fail"]>[1]];
+    code: number;
+    stderr: RegExp;
+    sleeps?: (sleeps: number[]) => void;
+  }[] = [
+    {
+      name: "B2 503 twice, then fine",
+      b2: [authorize, { status: 503, times: 2 }],
+      code: 0,
+      stderr: /^$/,
+      sleeps: (s) => assert.deepEqual(s, [375, 750]),
+    },
+    {
+      name: "B2 429 with Retry-After",
+      b2: [downloadAuth, {
+        status: 429,
+        code: "too_many_requests",
+        retryAfter: 7,
+      }],
+      code: 0,
+      stderr: /^$/,
+      sleeps: (s) => assert.deepEqual(s, [7000]),
+    },
+    {
+      name: "B2 503 every time",
+      b2: [authorize, { status: 503, times: 99 }],
+      code: 1,
+      stderr:
+        /Cannot authorize the B2 application key: B2 answered 503 service_unavailable.*run again later/,
+      sleeps: (s) => assert.equal(s.length, 4),
+    },
+    {
+      name: "B2 refuses the key",
+      b2: [authorize, {
+        status: 401,
+        code: "unauthorized",
+        message: "invalid key",
+      }],
+      code: 1,
+      stderr: /B2 answered 401 unauthorized: invalid key/,
+      sleeps: (s) => assert.deepEqual(s, []),
+    },
+    {
+      name: "B2 hangs",
+      b2: [downloadAuth, { status: 200, hang: true, times: 99 }],
+      code: 1,
+      stderr:
+        /B2 get a download authorization for bucket "photos" timed out after 0.2 s \(5 attempts\)/,
+    },
+    {
+      name: "Cloudflare refuses the token",
+      cloudflare: [script, {
+        status: 403,
+        code: 10000,
+        message: "Authentication error",
+      }],
+      code: 1,
+      stderr:
+        /Cannot upload worker "b2-private-cdn": Cloudflare answered 403 error 10000: Authentication error\. Fix: check CLOUDFLARE_API_TOKEN: it needs "Workers Scripts: Edit"/,
+    },
+    {
+      name: "Cloudflare rate limits for five minutes",
+      cloudflare: [script, {
+        status: 429,
+        code: 971,
+        message: "Please wait",
+        retryAfter: 300,
+      }],
+      code: 1,
+      stderr: /Cloudflare answered 429 error 971: Please wait\. Fix: Cloudflare is rate limiting/,
+      sleeps: (s) => assert.deepEqual(s, []),
+    },
+    {
+      name: "Cloudflare 502 once",
+      cloudflare: [script, { status: 502, code: 1, message: "bad gateway" }],
+      code: 0,
+      stderr: /^$/,
+    },
+  ];
+  for (const c of cases) {
+    await t.step(c.name, async () => {
+      const w = world();
+      try {
+        if (c.b2) w.b2.fail(...c.b2);
+        if (c.cloudflare) w.cloudflare.fail(...c.cloudflare);
+        const { code, stderr } = await w.run(["refresh"], {
+          ctx: { timeoutMs: 200 },
+        });
+        assert.match(stderr, c.stderr);
+        assert.equal(code, c.code);
+        assert.equal(w.cloudflare.scripts.has("b2-private-cdn"), c.code === 0);
+        c.sleeps?.(w.sleeps);
+      } finally {
+        await w.close();
+      }
+    });
+  }
+});
+
+Deno.test("refresh never replaces a working worker when B2 fails", async () => {
+  const w = world();
+  try {
+    assert.equal((await w.run(["refresh"])).code, 0);
+    const before = w.cloudflare.scripts.get("b2-private-cdn");
+    w.b2.fail("/b2api/v4/b2_get_download_authorization", {
+      status: 401,
+      code: "unauthorized",
+    });
+    const { code, stderr } = await w.run(["refresh"]);
+    assert.equal(code, 1);
+    assert.match(
+      stderr,
+      /Cannot get a download authorization for bucket "photos": B2 answered 401/,
+    );
+    assert.equal(w.cloudflare.scripts.get("b2-private-cdn"), before);
+    assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 1);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("refresh --verbose names each step and no secret", async () => {
+  const w = world();
+  try {
+    const { code, stderr } = await w.run(["refresh", "--verbose"]);
+    assert.equal(code, 0);
+    assert.match(stderr, /B2: authorizing key fake-key-id/);
+    assert.match(
+      stderr,
+      /B2: bucket "photos" is bucket-photos \(b2_list_buckets\)/,
+    );
+    assert.match(stderr, /B2: download token for "site\/" valid 7d/);
+    assert.match(
+      stderr,
+      /Cloudflare: uploading worker "b2-private-cdn" to account fake-account-id/,
+    );
+  } finally {
+    await w.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Routes, domains, verify
+// ---------------------------------------------------------------------------
+
+Deno.test("refresh makes sure the route and domain point at the worker, once", async () => {
+  const w = world();
+  try {
+    const env = {
+      CLOUDFLARE_ZONE_ID: "fake-zone-id",
+      WORKER_ROUTE: "cdn.example.com/*",
+      WORKER_DOMAIN: "media.example.com",
+    };
+    const first = await w.run(["refresh", "--json"], { env });
+    assert.equal(first.code, 0, first.stderr);
+    assert.deepEqual(
+      [JSON.parse(first.stdout).route, JSON.parse(first.stdout).domain],
+      ["created", "created"],
+    );
+    const second = await w.run(["refresh"], { env });
+    assert.match(second.stdout, /; route unchanged; domain unchanged$/);
+    assert.deepEqual(
+      w.cloudflare.routes.get("fake-zone-id")?.map(({ pattern, script }) => ({
+        pattern,
+        script,
+      })),
+      [{ pattern: "cdn.example.com/*", script: "b2-private-cdn" }],
+    );
+    assert.deepEqual(
+      w.cloudflare.domains.map(({ hostname, service, zone_id }) => ({
+        hostname,
+        service,
+        zone_id,
+      })),
+      [{
+        hostname: "media.example.com",
+        service: "b2-private-cdn",
+        zone_id: "fake-zone-id",
+      }],
+    );
+    const third = await w.run(["refresh", "--worker-name", "other-worker"], {
+      env,
+    });
+    assert.match(third.stdout, /; route updated; domain updated$/);
+    assert.equal(w.cloudflare.routes.get("fake-zone-id")?.length, 1);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("refresh --verify fails with exit 1 unless the URL answers 2xx", async (t) => {
+  let answers: number[] = [];
+  const site = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () => {
+      return new Response("x", { status: answers.shift() ?? 404 });
+    },
+  );
+  const url = `http://127.0.0.1:${site.addr.port}/cat.jpg`;
+  const w = world();
+  try {
+    await t.step("succeeds once the deploy has spread", async () => {
+      answers = [404, 522, 200];
+      const { code, stdout } = await w.run(["refresh", "--verify", url]);
+      assert.equal(code, 0);
+      assert.match(stdout, /; verified http:/);
+      assert.deepEqual(w.sleeps.splice(0), [5000, 5000]);
+    });
+    await t.step("fails when it never answers 2xx", async () => {
+      answers = [];
+      const { code, stderr } = await w.run(["refresh"], {
+        env: { VERIFY_URL: url },
+      });
+      assert.equal(code, 1);
+      assert.match(
+        stderr,
+        /The worker is deployed, but http:\S+ answered 404 after 6 attempts/,
+      );
+    });
+  } finally {
+    await w.close();
+    await site.shutdown();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// render, status, cron
+// ---------------------------------------------------------------------------
+
+Deno.test("render prints the module and masked bindings without the network", async () => {
+  const noNetwork = () => Promise.reject(new Error("render must not use the network"));
+  const stdout: string[] = [];
+  const code = await run({
+    args: ["render", "--json"],
+    env: { B2_BUCKET_NAME: "photos", WORKER_CORS_ORIGINS: "*" },
+    readEnvFile: () => Promise.resolve(undefined),
+    io: { stdout: (t) => stdout.push(t), stderr: (t) => stdout.push(t) },
+    ctx: { fetch: noNetwork },
+  });
+  assert.equal(code, 0);
+  const { metadata, module } = JSON.parse(stdout.join(""));
+  assert.equal(metadata.main_module, "worker.js");
+  assert.equal(secretOf(metadata, "B2_DOWNLOAD_TOKEN"), "(secret, not shown)");
+  assert.equal(secretOf(metadata, "B2_BUCKET_NAME"), "photos");
+  assert.equal(secretOf(metadata, "WORKER_CORS_ORIGINS"), "*");
+  assert.match(module, /export default/);
+});
+
+Deno.test("status exits 0 when healthy, 1 when expiring or missing", async (t) => {
+  const w = world();
+  const day = 86_400_000;
+  try {
+    await t.step("missing worker", async () => {
+      const { code, stdout } = await w.run(["status"]);
+      assert.equal(code, 1);
+      assert.equal(
+        stdout,
+        'CRITICAL - worker "b2-private-cdn": worker "b2-private-cdn" does not exist; run refresh',
+      );
+    });
+    assert.equal((await w.run(["refresh"])).code, 0);
+    await t.step("fresh token", async () => {
+      const { code, stdout } = await w.run(["status"]);
+      assert.equal(code, 0);
+      assert.match(
+        stdout,
+        /^OK - worker "b2-private-cdn": token expires \S+ \(6d 23h left, issued 0s ago\)$/,
+      );
+    });
+    await t.step("five days later, with 2 days required", async () => {
+      const later = Date.now() + 5 * day + 60_000;
+      const { code, stdout } = await w.run([
+        "status",
+        "--min-remaining",
+        "2d",
+        "--json",
+      ], {
+        ctx: { now: () => later },
+      });
+      assert.equal(code, 1);
+      const report = JSON.parse(stdout);
+      assert.equal(report.healthy, false);
+      assert.equal(report.problem, "less than 2d 0h left; run refresh");
+      assert.ok(report.remaining < 2 * 86_400 && report.remaining > 86_400);
+      assert.ok(report.age >= 5 * 86_400);
+    });
+    await t.step("past expiry", async () => {
+      const later = Date.now() + 8 * day;
+      const { code, stdout } = await w.run(["status"], {
+        ctx: { now: () => later },
+      });
+      assert.equal(code, 1);
+      assert.match(
+        stdout,
+        /^CRITICAL .*-1d 0h left.*the download token has expired; run refresh$/,
+      );
+    });
+    await t.step("wrong account", async () => {
+      const { code, stderr } = await w.run(["status"], {
+        env: { CLOUDFLARE_ACCOUNT_ID: "nope" },
+      });
+      assert.equal(code, 1);
+      assert.match(stderr, /Fix: .*CLOUDFLARE_ACCOUNT_ID/);
+    });
+    await t.step("no Cloudflare settings", async () => {
+      const { code, stderr } = await w.run(["status"], {
+        env: { CLOUDFLARE_ACCOUNT_ID: "" },
+      });
+      assert.equal(code, 2);
+      assert.match(stderr, /Set CLOUDFLARE_ACCOUNT_ID/);
+    });
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("scheduleRefresh() registers the schedule with an explicit backoff", async () => {
+  const w = world();
+  try {
+    const registered: Parameters<CronRegistrar>[] = [];
+    const config = parseConfig({ ...w.env, REFRESH_SCHEDULE: "5 3 * * *" }, {
+      b2: true,
+      cloudflare: true,
+    });
+    const reports: string[] = [];
+    scheduleRefresh(config, ctxFor(), {
+      module: "export default {}",
+      register: (...args) => registered.push(args),
+      report: (line) => reports.push(line),
+    });
+    assert.equal(registered.length, 1);
+    const [name, schedule, options, handler] = registered[0]!;
+    assert.deepEqual([name, schedule, options], [
+      "b2-private-cdn refresh",
+      "5 3 * * *",
+      { backoffSchedule: [60_000, 300_000, 900_000] },
+    ]);
+    await handler();
+    assert.match(reports[0]!, /^Deployed worker "b2-private-cdn"/);
+    assert.equal(
+      w.cloudflare.scripts.get("b2-private-cdn")?.module,
+      "export default {}",
+    );
+  } finally {
+    await w.close();
+  }
+});
+
+function ctxFor(overrides: Partial<Context> = {}): Context {
+  return {
+    fetch,
+    now: Date.now,
+    sleep: () => Promise.resolve(),
+    random: () => 0.5,
+    log: () => {},
+    secrets: new Set(),
+    timeoutMs: 2000,
+    retries: 1,
+    ...overrides,
+  };
+}
+
+Deno.test("refreshIfDue() refreshes at start only when the token is missing or short", async () => {
+  const w = world();
+  try {
+    const config = parseConfig(w.env, { b2: true, cloudflare: true });
+    const module = "export default {}";
+    const first = await refreshIfDue(config, ctxFor(), module);
+    assert.equal(first.refreshed, true);
+    assert.match(first.reason, /does not exist; run refresh; refreshed until/);
+    const second = await refreshIfDue(config, ctxFor(), module);
+    assert.deepEqual(second, {
+      refreshed: false,
+      reason: "token has 6d 23h left, more than the margin of 6d 0h",
+    });
+    const tomorrow = Date.now() + 86_400_000 + 1000;
+    const third = await refreshIfDue(
+      config,
+      ctxFor({ now: () => tomorrow }),
+      module,
+    );
+    assert.equal(third.refreshed, true);
+    assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 2);
+  } finally {
+    await w.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// The whole chain, in workerd
+// ---------------------------------------------------------------------------
+
+Deno.test("the uploaded worker serves a private file from B2 in workerd", async () => {
+  const w = world();
+  try {
+    assert.equal((await w.run(["refresh"])).code, 0);
+    const script = w.cloudflare.scripts.get("b2-private-cdn")!;
+    const worker = await startLocalWorker({
+      metadata: script.metadata as WorkerMetadata,
+      module: script.module,
+    });
+    try {
+      const response = await fetch(`${worker.url}/cat.jpg`);
+      assert.equal(response.status, 200);
+      assert.equal(await response.text(), PHOTO.body);
+      assert.equal(response.headers.get("content-type"), "image/jpeg");
+      const download = w.b2.requests.find((r) => r.path.startsWith("/file/"));
+      assert.equal(download?.path, "/file/photos/site/cat.jpg");
+      assert.equal(
+        download?.headers.get("authorization"),
+        secretOf(script.metadata, "B2_DOWNLOAD_TOKEN"),
+      );
+    } finally {
+      await worker.dispose();
+    }
+  } finally {
+    await w.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// As a user runs it: subprocesses
+// ---------------------------------------------------------------------------
+
+const ROOT = new URL(".", import.meta.url).pathname;
+
+async function spawn(
+  args: string[],
+  options: { env?: Record<string, string>; cwd?: string } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args,
+    cwd: options.cwd ?? ROOT,
+    env: { NO_COLOR: "1", ...options.env },
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  const result = {
+    code: output.code,
+    stdout: decode(output.stdout),
+    stderr: decode(output.stderr),
+  };
+  printed.push(result.stdout, result.stderr);
+  return result;
+}
+
+const RUN = [
+  "run",
+  "--allow-net",
+  "--allow-env",
+  "--allow-read",
+  `${ROOT}main.ts`,
+];
+
+Deno.test("main.ts as a subprocess: exit codes, stdout and stderr", async (t) => {
+  const w = world();
+  try {
+    await t.step(
+      "refresh from a .env file in the working directory",
+      async () => {
+        const cwd = await Deno.makeTempDir();
+        const dotenv = Object.entries(w.env).map(([k, v]) => `${k}=${v}`).join(
+          "\n",
+        );
+        await Deno.writeTextFile(
+          `${cwd}/.env`,
+          dotenv + "\nWORKER_NAME=from-dotenv\n",
+        );
+        const { code, stdout, stderr } = await spawn(RUN, {
+          cwd,
+          env: { WORKER_NAME: "from-env" },
+        });
+        assert.equal(stderr, "");
+        assert.equal(code, 0);
+        assert.match(stdout, /^Deployed worker "from-env" for bucket "photos"/);
+        await Deno.remove(cwd, { recursive: true });
+      },
+    );
+    await t.step("bad configuration exits 2", async () => {
+      const { code, stdout, stderr } = await spawn([...RUN, "refresh"], {
+        cwd: "/",
+      });
+      assert.equal(code, 2);
+      assert.equal(stdout, "");
+      assert.match(stderr, /^error: The configuration has 5 problems:/);
+    });
+    await t.step("a B2 failure exits 1", async () => {
+      w.b2.fail("/b2api/v4/b2_authorize_account", {
+        status: 401,
+        code: "bad_auth_token",
+      });
+      const { code, stderr } = await spawn([...RUN, "refresh"], {
+        cwd: "/",
+        env: w.env,
+      });
+      assert.equal(code, 1);
+      assert.match(
+        stderr,
+        /^error: Cannot authorize the B2 application key: B2 answered 401 bad_auth_token/,
+      );
+    });
+    await t.step("--help and --version exit 0", async () => {
+      const help = await spawn([...RUN, "--help"]);
+      assert.equal(help.code, 0);
+      assert.match(
+        help.stdout,
+        /Exit codes: 0 done, 1 the operation failed, 2 bad usage/,
+      );
+      const version = await spawn([...RUN, "--version"]);
+      assert.match(version.stdout, /^b2-private-cdn \d+\.\d+\.\d+\n$/);
+    });
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("the README's crontab line works as written", async () => {
+  const readme = await Deno.readTextFile(`${ROOT}README.md`);
+  const line = readme.split("\n").find((l) => /^\d+ \d+ \* \* \* cd /.test(l));
+  assert.ok(line, "the README has a crontab line");
+  const command = line.split(/\s+/).slice(5).join(" ")
+    .replace("/opt/b2-private-cdn", ROOT.replace(/\/$/, ""))
+    .replace(/>>\s*\S+/, ">> $LOG");
+  const w = world();
+  const log = await Deno.makeTempFile();
+  try {
+    const env = {
+      ...w.env,
+      LOG: log,
+      PATH: `${Deno.execPath().replace(/\/[^/]+$/, "")}:/usr/bin:/bin`,
+    };
+    const output = await new Deno.Command("/bin/sh", {
+      args: ["-c", command],
+      env,
+      clearEnv: true,
+    }).output();
+    assert.equal(output.code, 0, new TextDecoder().decode(output.stderr));
+    assert.match(
+      await Deno.readTextFile(log),
+      /^Deployed worker "b2-private-cdn"/,
+    );
+  } finally {
+    await Deno.remove(log);
+    await w.close();
+  }
+});
+
+Deno.test("demo runs the whole chain locally and stops cleanly on Ctrl-C", async () => {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}main.ts`, "demo", "--port", "0"],
+    cwd: ROOT,
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderr = new Response(child.stderr).text();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let stdout = "";
+  let url: string | undefined;
+  while (!url) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    stdout += value;
+    url = /runs in workerd \(Cloudflare's runtime\) at (http:\/\/127\.0\.0\.1:\d+)/
+      .exec(stdout)?.[1];
+  }
+  try {
+    assert.ok(url, `demo printed its URL:\n${stdout}`);
+    assert.match(stdout, /entirely on this machine/);
+    assert.match(stdout, /B2: download token for "site\/"/);
+    const video = await fetch(`${url}/video/sample.mp4`, {
+      headers: { range: "bytes=0-99" },
+    });
+    assert.equal(video.status, 206);
+    const bytes = new Uint8Array(await video.arrayBuffer());
+    const sample = await Deno.readFile(
+      `${ROOT}testing/fixtures/video/sample.mp4`,
+    );
+    assert.deepEqual(bytes, sample.slice(0, 100));
+    const page = await fetch(`${url}/`);
+    assert.match(await page.text(), /Served from a private bucket/);
+  } finally {
+    child.kill("SIGINT");
+  }
+  const { code } = await child.status;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    stdout += value;
+  }
+  printed.push(stdout, await stderr);
+  assert.equal(code, 0);
+  assert.match(stdout, /Stopped\.\n$/);
+});
+
+// Last, by registration order: every line any test printed.
+Deno.test("no secret reaches any output", () => {
+  assert.ok(printed.length > 20, "the other tests ran first and printed");
+  for (const secret of secretsSeen) {
+    for (const text of printed) {
+      assert.ok(
+        !text.includes(secret),
+        `a secret appeared in output: ${text.slice(0, 200)}`,
+      );
+    }
+  }
+});

@@ -1,0 +1,896 @@
+/**
+ * A local stand-in for the Workers part of the Cloudflare API v4, for tests,
+ * the demo and the benchmarks.
+ *
+ * It checks what it receives the way Cloudflare does (see
+ * `../shared/API_FACTS.md`): credentials and token permissions, the account and
+ * zone in the path, the multipart shape of a module-worker upload, binding and
+ * script names, route patterns against the zone, custom domains against the
+ * zone and the stored workers. Every answer uses Cloudflare's envelope
+ * `{ success, errors: [{ code, message }], messages, result }`. Faults can be
+ * injected with {@linkcode FakeCloudflare.fail}.
+ *
+ * ```ts
+ * const cf = startFakeCloudflare();
+ * // ... point CLOUDFLARE_API_BASE_URL at cf.url ...
+ * await cf.close();
+ * ```
+ *
+ * Codes for refusals come from Cloudflare's documentation and from answers
+ * seen in public bug reports; see {@linkcode CLOUDFLARE_ERROR_CODES}. Where no
+ * source was found the fake picks the nearest documented code.
+ *
+ * @module
+ */
+
+/** How the fake account looks. */
+export interface FakeCloudflareOptions {
+  /** @default "fake-account-id" */
+  accountId?: string;
+  /** Bearer token accepted. @default "fake-cf-token" */
+  apiToken?: string;
+  /** Legacy global key pair accepted (with `apiKey`). @default "admin@example.com" */
+  email?: string;
+  /** Legacy global key (`X-Auth-Key`). @default "fake-global-key" */
+  apiKey?: string;
+  /**
+   * What the Bearer token may do; the legacy key may do everything.
+   * @default ["workers_scripts:edit", "workers_routes:edit"]
+   */
+  tokenPermissions?: string[];
+  /** @default [{ id: "fake-zone-id", name: "example.com" }] */
+  zones?: { id: string; name: string }[];
+  /** Added to every answer, to model a distant server. @default 0 */
+  latencyMs?: number;
+}
+
+/** A binding in upload metadata; the fake supports text bindings only. */
+export interface WorkerBinding {
+  type: string;
+  name: string;
+  text?: string;
+}
+
+/** The `metadata` part of a module-worker upload. */
+export interface WorkerMetadata {
+  main_module: string;
+  compatibility_date: string;
+  compatibility_flags?: string[];
+  bindings: WorkerBinding[];
+  [key: string]: unknown;
+}
+
+/** A worker as the fake holds it after a successful upload. */
+export interface StoredScript {
+  /** The metadata uploaded, with `bindings` as they now stand (kept and updated secrets included). */
+  metadata: WorkerMetadata;
+  /** Text of the main module part. */
+  module: string;
+  moduleContentType: string;
+  /** How many uploads succeeded for this name. */
+  uploads: number;
+  /** ISO 8601 time of the last change (upload or secret). */
+  modifiedOn: string;
+  /** ISO 8601 time of the first upload. */
+  createdOn: string;
+}
+
+/** A route of a zone. */
+export interface WorkerRoute {
+  id: string;
+  pattern: string;
+  script: string;
+}
+
+/** A custom domain of the account. */
+export interface WorkerDomain {
+  id: string;
+  zone_id: string;
+  zone_name: string;
+  hostname: string;
+  service: string;
+  environment: string;
+}
+
+/** A fault to answer instead of the real thing. */
+export interface CloudflareFault {
+  status: number;
+  /** @default 10013 (`workers.api.error.unknown`) */
+  code?: number;
+  /** @default "injected fault" */
+  message?: string;
+  /** Seconds, sent as `Retry-After`. */
+  retryAfter?: number;
+  /** Never answer, until the client aborts or the fake closes. */
+  hang?: boolean;
+  /** How many requests get the fault. @default 1 */
+  times?: number;
+}
+
+/** One request the fake received. */
+export interface RecordedApiRequest {
+  method: string;
+  /** Relative to {@linkcode FakeCloudflare.url}, with the query. */
+  path: string;
+  headers: Headers;
+  /** The body as text; binary parts come out as replacement characters. */
+  body: string;
+}
+
+/** The error codes the fake answers with, by meaning. */
+export const CLOUDFLARE_ERROR_CODES = {
+  /** 403: unknown token, or a token lacking the permission. */
+  authentication: 10000,
+  /** 400: neither a Bearer token nor the legacy header pair. */
+  missingCredentials: 9106,
+  /** 403: the legacy email/key pair is wrong. */
+  unknownGlobalKey: 9103,
+  /** 400: malformed `Authorization` header (with `error_chain` code 6111). */
+  invalidHeaders: 6003,
+  /** 403: the account or zone in the path is not this account's. */
+  unauthorizedResource: 9109,
+  /** 404: no such endpoint. */
+  noRoute: 7000,
+  /** 405: the endpoint exists, the method does not. */
+  methodNotAllowed: 7001,
+  /** 404: no such route id. */
+  notFound: 10005,
+  /** 404: no such worker. */
+  workerNotFound: 10007,
+  /** 500 `workers.api.error.unknown`; also the default code of injected faults. */
+  unknown: 10013,
+  /** 400: the worker name breaks the naming rule. */
+  invalidScriptName: 10016,
+  /** 400: a route names a worker that does not exist. */
+  routeScriptMissing: 10019,
+  /** 409: another route of the zone has this pattern. */
+  duplicateRoute: 10020,
+  /** 400: the upload is not a valid module worker (multipart, metadata, modules, bindings). */
+  invalidScript: 10021,
+  /** 400: the route pattern is malformed or outside the zone. */
+  invalidRoutePattern: 10022,
+  /** 400: a JSON body is not JSON or lacks a required field. */
+  parseBody: 10026,
+  /** 400: a secret would take the name of a plain_text binding. */
+  bindingNameInUse: 10053,
+  /** 400: a custom domain's hostname is not in the zone. */
+  zoneNotFound: 10083,
+} as const;
+
+const CODES = CLOUDFLARE_ERROR_CODES;
+const API_PREFIX = "/client/v4";
+const SCRIPTS_EDIT = "workers_scripts:edit";
+const ROUTES_EDIT = "workers_routes:edit";
+const MODULE_TYPE = "application/javascript+module";
+const SUPPORTED_BINDINGS = ["plain_text", "secret_text"];
+const BINDING_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+/** Lowercase, starts with a letter, ends with a letter or digit, at most 63 characters. */
+const SCRIPT_NAME = /^[a-z](?:[a-z0-9_-]{0,61}[a-z0-9])?$/;
+/** RFC 7235 token68; anything else in `Authorization` is refused with 6003/6111. */
+const BEARER = /^Bearer ([A-Za-z0-9\-._~+/]+=*)$/;
+const HOSTNAME = /^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}$/;
+const DAY_MS = 86_400_000;
+
+/** A refusal, turned into an error envelope by the request handler. */
+class Refusal extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: number,
+    message: string,
+    readonly errorChain?: { code: number; message: string }[],
+  ) {
+    super(message);
+  }
+}
+
+interface Call {
+  request: Request;
+  url: URL;
+  body: Uint8Array<ArrayBuffer>;
+  account: string;
+  zone: string;
+  script: string;
+  route: string;
+}
+
+interface Endpoint {
+  pattern: RegExp;
+  permission: string;
+  methods: Record<string, (call: Call) => Response | Promise<Response>>;
+}
+
+/** The running fake; `url` is the API base, like `https://api.cloudflare.com/client/v4`. */
+export class FakeCloudflare {
+  readonly requests: RecordedApiRequest[] = [];
+  readonly scripts = new Map<string, StoredScript>();
+  readonly routes = new Map<string, WorkerRoute[]>();
+  readonly domains: WorkerDomain[] = [];
+  #faults: { pathPrefix: string; fault: CloudflareFault; left: number }[] = [];
+  #hanging = new Set<() => void>();
+  #server: Deno.HttpServer<Deno.NetAddr>;
+  #options: Required<FakeCloudflareOptions>;
+  #endpoints: Endpoint[] = [
+    {
+      pattern: /^\/accounts\/(?<account>[^/]+)\/workers\/scripts\/(?<script>[^/]+)$/,
+      permission: SCRIPTS_EDIT,
+      methods: { PUT: (call) => this.#upload(call) },
+    },
+    {
+      pattern: /^\/accounts\/(?<account>[^/]+)\/workers\/scripts\/(?<script>[^/]+)\/settings$/,
+      permission: SCRIPTS_EDIT,
+      methods: { GET: (call) => this.#settings(call) },
+    },
+    {
+      pattern: /^\/accounts\/(?<account>[^/]+)\/workers\/scripts\/(?<script>[^/]+)\/secrets$/,
+      permission: SCRIPTS_EDIT,
+      methods: { PUT: (call) => this.#putSecret(call) },
+    },
+    {
+      pattern: /^\/zones\/(?<zone>[^/]+)\/workers\/routes$/,
+      permission: ROUTES_EDIT,
+      methods: {
+        GET: (call) => ok(this.#zoneRoutes(call.zone)),
+        POST: (call) => this.#saveRoute(call),
+      },
+    },
+    {
+      pattern: /^\/zones\/(?<zone>[^/]+)\/workers\/routes\/(?<route>[^/]+)$/,
+      permission: ROUTES_EDIT,
+      methods: {
+        GET: (call) => ok(this.#route(call)),
+        PUT: (call) => this.#saveRoute(call),
+        DELETE: (call) => this.#deleteRoute(call),
+      },
+    },
+    {
+      pattern: /^\/accounts\/(?<account>[^/]+)\/workers\/domains$/,
+      permission: SCRIPTS_EDIT,
+      methods: {
+        GET: (call) => this.#listDomains(call),
+        PUT: (call) => this.#putDomain(call),
+      },
+    },
+  ];
+
+  constructor(options: FakeCloudflareOptions = {}) {
+    this.#options = {
+      accountId: "fake-account-id",
+      apiToken: "fake-cf-token",
+      email: "admin@example.com",
+      apiKey: "fake-global-key",
+      tokenPermissions: [SCRIPTS_EDIT, ROUTES_EDIT],
+      zones: [{ id: "fake-zone-id", name: "example.com" }],
+      latencyMs: 0,
+      ...options,
+    };
+    this.#server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      (request) => this.#handle(request),
+    );
+  }
+
+  /** The API base, e.g. `http://127.0.0.1:PORT/client/v4`; append `/accounts/...`. */
+  get url(): string {
+    return `http://127.0.0.1:${this.#server.addr.port}${API_PREFIX}`;
+  }
+
+  /** Answers the next `times` requests whose path (relative to `url`) starts with `pathPrefix` with a fault. */
+  fail(pathPrefix: string, fault: CloudflareFault): void {
+    this.#faults.push({ pathPrefix, fault, left: fault.times ?? 1 });
+  }
+
+  async close(): Promise<void> {
+    for (const release of this.#hanging) release();
+    await this.#server.shutdown();
+  }
+
+  async #handle(request: Request): Promise<Response> {
+    const url = new URL(request.url);
+    const body = new Uint8Array(await request.arrayBuffer());
+    const path = url.pathname.startsWith(API_PREFIX)
+      ? url.pathname.slice(API_PREFIX.length)
+      : url.pathname;
+    this.requests.push({
+      method: request.method,
+      path: path + url.search,
+      headers: request.headers,
+      body: new TextDecoder().decode(body),
+    });
+    if (this.#options.latencyMs > 0) {
+      await new Promise((resolve) => setTimeout(resolve, this.#options.latencyMs));
+    }
+    const fault = this.#takeFault(path);
+    if (fault?.hang) return await this.#hang(request);
+    if (fault) return faultResponse(fault);
+    try {
+      if (!url.pathname.startsWith(API_PREFIX + "/")) throw noRoute();
+      return await this.#dispatch({ request, url, body }, path);
+    } catch (error) {
+      if (error instanceof Refusal) return refusalResponse(error);
+      throw error;
+    }
+  }
+
+  #takeFault(path: string): CloudflareFault | undefined {
+    const entry = this.#faults.find((f) => f.left > 0 && path.startsWith(f.pathPrefix));
+    if (!entry) return undefined;
+    entry.left--;
+    return entry.fault;
+  }
+
+  async #hang(request: Request): Promise<Response> {
+    const { promise, resolve } = Promise.withResolvers<void>();
+    const release = () => resolve();
+    this.#hanging.add(release);
+    request.signal.addEventListener("abort", release);
+    await promise;
+    // Detached so the signal Deno aborts after the answer is sent finds no listener.
+    this.#hanging.delete(release);
+    request.signal.removeEventListener("abort", release);
+    return refusalResponse(new Refusal(503, CODES.unknown, "gave up waiting"));
+  }
+
+  /** Finds the endpoint, then checks method, credentials, account or zone, and permission, in that order. */
+  #dispatch(
+    base: Pick<Call, "request" | "url" | "body">,
+    path: string,
+  ): Response | Promise<Response> {
+    for (const endpoint of this.#endpoints) {
+      const groups = endpoint.pattern.exec(path)?.groups;
+      if (!groups) continue;
+      const handler = endpoint.methods[base.request.method];
+      if (!handler) {
+        throw new Refusal(
+          405,
+          CODES.methodNotAllowed,
+          `Method ${base.request.method} not available for that URI.`,
+        );
+      }
+      const permissions = this.#authenticate(base.request.headers);
+      const { account = "", zone = "", script = "", route = "" } = decodeAll(
+        groups,
+      );
+      if (groups.account !== undefined && account !== this.#options.accountId) {
+        throw unauthorizedResource();
+      }
+      if (groups.zone !== undefined && !this.#zoneById(zone)) {
+        throw unauthorizedResource();
+      }
+      if (permissions !== "all" && !permissions.includes(endpoint.permission)) {
+        throw new Refusal(403, CODES.authentication, "Authentication error");
+      }
+      return handler({ ...base, account, zone, script, route });
+    }
+    throw noRoute();
+  }
+
+  /** What the caller may do: `"all"` for the legacy key, else the token's permissions. */
+  #authenticate(headers: Headers): "all" | string[] {
+    const authorization = headers.get("authorization");
+    if (authorization !== null) {
+      const token = BEARER.exec(authorization)?.[1];
+      if (token === undefined) {
+        throw new Refusal(
+          400,
+          CODES.invalidHeaders,
+          "Invalid request headers",
+          [
+            { code: 6111, message: "Invalid format for Authorization header" },
+          ],
+        );
+      }
+      if (token !== this.#options.apiToken) {
+        throw new Refusal(403, CODES.authentication, "Authentication error");
+      }
+      return this.#options.tokenPermissions;
+    }
+    const email = headers.get("x-auth-email");
+    const key = headers.get("x-auth-key");
+    if (email === null || key === null) {
+      throw new Refusal(
+        400,
+        CODES.missingCredentials,
+        "Missing X-Auth-Key, X-Auth-Email or Authorization headers",
+      );
+    }
+    if (email !== this.#options.email || key !== this.#options.apiKey) {
+      throw new Refusal(
+        403,
+        CODES.unknownGlobalKey,
+        "Unknown X-Auth-Key or X-Auth-Email",
+      );
+    }
+    return "all";
+  }
+
+  async #upload(call: Call): Promise<Response> {
+    if (!SCRIPT_NAME.test(call.script)) {
+      throw new Refusal(
+        400,
+        CODES.invalidScriptName,
+        `Invalid Worker name "${call.script}": use lowercase letters, digits, "-" and "_", ` +
+          "start with a letter, end with a letter or digit, at most 63 characters",
+      );
+    }
+    const form = await readMultipart(call);
+    const metadata = await readMetadata(form);
+    const main = form.get(metadata.main_module);
+    if (!(main instanceof File)) {
+      throw invalidScript(
+        `No such module "${metadata.main_module}": main_module must name a file part of the upload`,
+      );
+    }
+    if (main.type !== MODULE_TYPE) {
+      throw invalidScript(
+        `Module "${metadata.main_module}" has content type "${main.type}"; ` +
+          `the main module of a module worker must be ${MODULE_TYPE}`,
+      );
+    }
+    const previous = this.scripts.get(call.script);
+    const now = new Date().toISOString();
+    const stored: StoredScript = {
+      metadata: { ...metadata, bindings: keptBindings(metadata, previous) },
+      module: await main.text(),
+      moduleContentType: main.type,
+      uploads: (previous?.uploads ?? 0) + 1,
+      modifiedOn: now,
+      createdOn: previous?.createdOn ?? now,
+    };
+    this.scripts.set(call.script, stored);
+    const etag = await sha256Hex(stored.module);
+    return ok({
+      id: call.script,
+      tag: etag.slice(0, 32),
+      etag,
+      handlers: ["fetch"],
+      created_on: stored.createdOn,
+      modified_on: stored.modifiedOn,
+      compatibility_date: metadata.compatibility_date,
+      compatibility_flags: metadata.compatibility_flags ?? [],
+      has_modules: true,
+      logpush: false,
+      usage_model: "standard",
+      startup_time_ms: 0,
+    });
+  }
+
+  #settings(call: Call): Response {
+    const { metadata } = this.#script(call.script);
+    return ok({
+      bindings: metadata.bindings.map(({ text, ...binding }) =>
+        binding.type === "secret_text" ? binding : { ...binding, text }
+      ),
+      compatibility_date: metadata.compatibility_date,
+      compatibility_flags: metadata.compatibility_flags ?? [],
+      logpush: false,
+      placement: {},
+      tail_consumers: [],
+      usage_model: "standard",
+    });
+  }
+
+  #putSecret(call: Call): Response {
+    const stored = this.#script(call.script);
+    const { name, text, type } = readJson(call);
+    if (typeof name !== "string" || !BINDING_NAME.test(name)) {
+      throw parseBody(
+        `secret name must match ${BINDING_NAME}, got ${JSON.stringify(name)}`,
+      );
+    }
+    if (typeof text !== "string") {
+      throw parseBody("secret text must be a string");
+    }
+    if (type !== "secret_text") {
+      throw parseBody(`secret type must be "secret_text"`);
+    }
+    const bindings = stored.metadata.bindings;
+    if (bindings.some((b) => b.name === name && b.type !== "secret_text")) {
+      throw new Refusal(
+        400,
+        CODES.bindingNameInUse,
+        `Binding name '${name}' already in use`,
+      );
+    }
+    stored.metadata.bindings = [
+      ...bindings.filter((b) => b.name !== name),
+      { type: "secret_text", name, text },
+    ];
+    stored.modifiedOn = new Date().toISOString();
+    return ok({ name, type: "secret_text" });
+  }
+
+  /** POST creates a route; PUT (with a route id in the path) replaces one. */
+  #saveRoute(call: Call): Response {
+    const routes = this.#zoneRoutes(call.zone);
+    const existing = call.route ? this.#route(call) : undefined;
+    const { pattern, script } = readJson(call);
+    if (typeof pattern !== "string") {
+      throw parseBody("pattern must be a string");
+    }
+    if (script !== undefined && typeof script !== "string") {
+      throw parseBody("script must be a string");
+    }
+    checkRoutePattern(pattern, this.#zoneById(call.zone)?.name ?? "");
+    if (script && !this.scripts.has(script)) {
+      throw new Refusal(
+        400,
+        CODES.routeScriptMissing,
+        `workers.api.error.invalid_route_script_missing: no Worker named "${script}"`,
+      );
+    }
+    if (routes.some((r) => r.pattern === pattern && r.id !== existing?.id)) {
+      throw new Refusal(
+        409,
+        CODES.duplicateRoute,
+        "workers.api.error.duplicate_route",
+      );
+    }
+    const route = {
+      id: existing?.id ?? randomId(),
+      pattern,
+      script: script ?? "",
+    };
+    this.routes.set(call.zone, [
+      ...routes.filter((r) => r.id !== route.id),
+      route,
+    ]);
+    return ok(route);
+  }
+
+  #deleteRoute(call: Call): Response {
+    const { id } = this.#route(call);
+    this.routes.set(
+      call.zone,
+      this.#zoneRoutes(call.zone).filter((r) => r.id !== id),
+    );
+    return ok({ id });
+  }
+
+  #listDomains(call: Call): Response {
+    const filters = [
+      "hostname",
+      "service",
+      "zone_id",
+      "zone_name",
+      "environment",
+    ] as const;
+    const wanted = filters.flatMap((field) => {
+      const value = call.url.searchParams.get(field);
+      return value === null ? [] : [[field, value] as const];
+    });
+    return ok(
+      this.domains.filter((d) => wanted.every(([field, value]) => d[field] === value)),
+    );
+  }
+
+  #putDomain(call: Call): Response {
+    const {
+      hostname,
+      service,
+      zone_id,
+      zone_name,
+      environment = "production",
+    } = readJson(call);
+    if (typeof hostname !== "string" || !HOSTNAME.test(hostname)) {
+      throw parseBody(
+        `hostname must be a bare lowercase hostname (no scheme, path or wildcard), ` +
+          `got ${JSON.stringify(hostname)}`,
+      );
+    }
+    if (typeof service !== "string" || service === "") {
+      throw parseBody("service is required");
+    }
+    if (typeof environment !== "string") {
+      throw parseBody("environment must be a string");
+    }
+    const zone = this.#options.zones.find((z) =>
+      (zone_id === undefined || z.id === zone_id) &&
+      (zone_name === undefined || z.name === zone_name) &&
+      inZone(hostname, z.name)
+    );
+    if (!zone) {
+      throw new Refusal(
+        400,
+        CODES.zoneNotFound,
+        `workers.api.error.zone_not_found for "${hostname}": ` +
+          `no zone of this account (matching zone_id ${JSON.stringify(zone_id)}) contains it`,
+      );
+    }
+    this.#script(service);
+    const existing = this.domains.findIndex((d) => d.hostname === hostname);
+    const domain: WorkerDomain = {
+      id: this.domains[existing]?.id ?? randomId(),
+      zone_id: zone.id,
+      zone_name: zone.name,
+      hostname,
+      service,
+      environment,
+    };
+    if (existing >= 0) this.domains[existing] = domain;
+    else this.domains.push(domain);
+    return ok(domain);
+  }
+
+  #script(name: string): StoredScript {
+    const stored = this.scripts.get(name);
+    if (!stored) {
+      throw new Refusal(
+        404,
+        CODES.workerNotFound,
+        "This Worker does not exist on your account.",
+      );
+    }
+    return stored;
+  }
+
+  #route(call: Call): WorkerRoute {
+    const route = this.#zoneRoutes(call.zone).find((r) => r.id === call.route);
+    if (!route) {
+      throw new Refusal(404, CODES.notFound, "workers.api.error.not_found");
+    }
+    return route;
+  }
+
+  #zoneRoutes(zoneId: string): WorkerRoute[] {
+    return this.routes.get(zoneId) ?? [];
+  }
+
+  #zoneById(id: string): { id: string; name: string } | undefined {
+    return this.#options.zones.find((z) => z.id === id);
+  }
+}
+
+/** Starts a fake Cloudflare API on 127.0.0.1 at a free port. */
+export function startFakeCloudflare(
+  options?: FakeCloudflareOptions,
+): FakeCloudflare {
+  return new FakeCloudflare(options);
+}
+
+function ok(result: unknown): Response {
+  return Response.json({ success: true, errors: [], messages: [], result });
+}
+
+function refusalResponse(
+  refusal: Refusal,
+  headers: Record<string, string> = {},
+): Response {
+  const error = { code: refusal.code, message: refusal.message };
+  const errors = [
+    refusal.errorChain ? { ...error, error_chain: refusal.errorChain } : error,
+  ];
+  return Response.json(
+    { success: false, errors, messages: [], result: null },
+    { status: refusal.status, headers },
+  );
+}
+
+function faultResponse(fault: CloudflareFault): Response {
+  const headers: Record<string, string> = {};
+  if (fault.retryAfter !== undefined) {
+    headers["retry-after"] = String(fault.retryAfter);
+  }
+  const refusal = new Refusal(
+    fault.status,
+    fault.code ?? CODES.unknown,
+    fault.message ?? "injected fault",
+  );
+  return refusalResponse(refusal, headers);
+}
+
+function noRoute(): Refusal {
+  return new Refusal(404, CODES.noRoute, "No route for that URI");
+}
+
+function unauthorizedResource(): Refusal {
+  return new Refusal(
+    403,
+    CODES.unauthorizedResource,
+    "Unauthorized to access requested resource",
+  );
+}
+
+function invalidScript(message: string): Refusal {
+  return new Refusal(400, CODES.invalidScript, message);
+}
+
+function parseBody(detail: string): Refusal {
+  return new Refusal(
+    400,
+    CODES.parseBody,
+    `workers.api.error.parse_body: ${detail}`,
+  );
+}
+
+function decodeAll(groups: Record<string, string>): Record<string, string> {
+  try {
+    return Object.fromEntries(
+      Object.entries(groups).map((
+        [key, value],
+      ) => [key, decodeURIComponent(value)]),
+    );
+  } catch {
+    throw noRoute();
+  }
+}
+
+function readJson(call: Call): Record<string, unknown> {
+  let json: unknown;
+  try {
+    json = JSON.parse(new TextDecoder().decode(call.body));
+  } catch {
+    throw parseBody("the body is not JSON");
+  }
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    throw parseBody("the body must be a JSON object");
+  }
+  return json as Record<string, unknown>;
+}
+
+async function readMultipart(call: Call): Promise<FormData> {
+  const contentType = call.request.headers.get("content-type") ?? "";
+  if (!contentType.toLowerCase().startsWith("multipart/form-data")) {
+    throw invalidScript(
+      `Content-Type is "${contentType}"; a module worker is uploaded as multipart/form-data`,
+    );
+  }
+  try {
+    return await new Response(call.body, {
+      headers: { "content-type": contentType },
+    }).formData();
+  } catch {
+    throw invalidScript("could not parse the multipart/form-data body");
+  }
+}
+
+async function readMetadata(form: FormData): Promise<WorkerMetadata> {
+  const part = form.get("metadata");
+  if (part === null) {
+    throw invalidScript("could not read content for part metadata");
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(typeof part === "string" ? part : await part.text());
+  } catch {
+    throw invalidScript("could not parse part metadata: it is not JSON");
+  }
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    throw invalidScript("part metadata must be a JSON object");
+  }
+  const metadata = json as Record<string, unknown>;
+  const {
+    main_module,
+    compatibility_date,
+    compatibility_flags,
+    bindings = [],
+  } = metadata;
+  if (typeof main_module !== "string" || main_module === "") {
+    throw invalidScript(
+      "metadata.main_module must name the main module (the fake accepts module workers only)",
+    );
+  }
+  checkCompatibilityDate(compatibility_date);
+  if (
+    compatibility_flags !== undefined &&
+    !(Array.isArray(compatibility_flags) &&
+      compatibility_flags.every((f) => typeof f === "string"))
+  ) {
+    throw invalidScript(
+      "metadata.compatibility_flags must be an array of strings",
+    );
+  }
+  return {
+    ...metadata,
+    main_module,
+    compatibility_date,
+    bindings: checkBindings(bindings),
+  };
+}
+
+function checkCompatibilityDate(date: unknown): asserts date is string {
+  if (typeof date !== "string" || !isCalendarDate(date)) {
+    throw invalidScript(
+      `metadata.compatibility_date must be a date YYYY-MM-DD, got ${JSON.stringify(date)}`,
+    );
+  }
+  // A day of slack for callers whose local date is ahead of UTC.
+  const latest = new Date(Date.now() + DAY_MS).toISOString().slice(0, 10);
+  if (date > latest) {
+    throw invalidScript(`Can't set compatibility date in the future: ${date}`);
+  }
+}
+
+/** `YYYY-MM-DD` naming a day that exists (no 2025-02-30). */
+function isCalendarDate(text: string): boolean {
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(text)) return false;
+  const time = Date.parse(`${text}T00:00:00Z`);
+  return !Number.isNaN(time) && new Date(time).toISOString().startsWith(text);
+}
+
+function checkBindings(bindings: unknown): WorkerBinding[] {
+  if (!Array.isArray(bindings)) {
+    throw invalidScript("metadata.bindings must be an array");
+  }
+  const seen = new Set<string>();
+  return bindings.map((binding: unknown) => {
+    const { type, name, text } = (binding ?? {}) as Record<string, unknown>;
+    if (typeof name !== "string" || !BINDING_NAME.test(name)) {
+      throw invalidScript(
+        `binding name ${JSON.stringify(name)} must match ${BINDING_NAME}`,
+      );
+    }
+    if (typeof type !== "string" || !SUPPORTED_BINDINGS.includes(type)) {
+      throw invalidScript(
+        `binding "${name}" has type ${JSON.stringify(type)}; ` +
+          `the fake supports ${SUPPORTED_BINDINGS.join(" and ")} only`,
+      );
+    }
+    if (typeof text !== "string") {
+      throw invalidScript(`binding "${name}" needs a string text`);
+    }
+    if (seen.has(name)) {
+      throw invalidScript(`binding name "${name}" is used twice`);
+    }
+    seen.add(name);
+    return { type, name, text };
+  });
+}
+
+/** The new bindings, plus previous ones of the types `keep_bindings` names that the upload did not replace. */
+function keptBindings(
+  metadata: WorkerMetadata,
+  previous?: StoredScript,
+): WorkerBinding[] {
+  const keep = metadata.keep_bindings;
+  if (!previous || !Array.isArray(keep)) return metadata.bindings;
+  const names = new Set(metadata.bindings.map((b) => b.name));
+  const kept = previous.metadata.bindings.filter((b) =>
+    keep.includes(b.type) && !names.has(b.name)
+  );
+  return [...metadata.bindings, ...kept];
+}
+
+/** Checks a route pattern the way Cloudflare's route validation documents (code 10022). */
+function checkRoutePattern(pattern: string, zoneName: string): void {
+  const refuse = (message: string) =>
+    new Refusal(400, CODES.invalidRoutePattern, `${message}: ${pattern}`);
+  const bare = pattern.replace(/^https?:\/\//, "");
+  const slash = bare.indexOf("/");
+  if (slash <= 0) {
+    throw refuse(
+      "Could not understand route pattern, please try a different pattern",
+    );
+  }
+  const host = bare.slice(0, slash);
+  const path = bare.slice(slash);
+  if (path.includes("?")) {
+    throw refuse("Route pattern should not have query parameters");
+  }
+  if (host.slice(1).includes("*") || path.slice(0, -1).includes("*")) {
+    throw refuse(
+      "Route pattern may only contain wildcards at the beginning of the hostname and the end of the path",
+    );
+  }
+  if (!inZone(host.replace(/^\*\.?/, ""), zoneName)) {
+    throw refuse("Route pattern must include zone name");
+  }
+}
+
+function inZone(hostname: string, zoneName: string): boolean {
+  return hostname === zoneName || hostname.endsWith(`.${zoneName}`);
+}
+
+function randomId(): string {
+  return crypto.randomUUID().replaceAll("-", "");
+}
+
+async function sha256Hex(text: string): Promise<string> {
+  const digest = await crypto.subtle.digest(
+    "SHA-256",
+    new TextEncoder().encode(text),
+  );
+  return Array.from(
+    new Uint8Array(digest),
+    (b) => b.toString(16).padStart(2, "0"),
+  ).join("");
+}
