@@ -1071,6 +1071,26 @@ Deno.test("main.ts as a subprocess: exit codes, stdout and stderr", async (t) =>
   }
 });
 
+Deno.test("the deno.json tasks carry the permissions their commands need", async (t) => {
+  const w = world();
+  try {
+    await t.step("render", async () => {
+      const { code, stdout } = await spawn(["task", "-q", "render", "--json"]);
+      assert.equal(code, 0);
+      assert.equal(JSON.parse(stdout).metadata.main_module, "worker.js");
+    });
+    await t.step("refresh, then status", async () => {
+      const refresh = await spawn(["task", "-q", "refresh"], { env: w.env });
+      assert.equal(refresh.code, 0, refresh.stderr);
+      const status = await spawn(["task", "-q", "status"], { env: w.env });
+      assert.equal(status.code, 0, status.stderr);
+      assert.match(status.stdout, /^OK - worker "b2-private-cdn"/);
+    });
+  } finally {
+    await w.close();
+  }
+});
+
 Deno.test("the README's crontab line works as written", async () => {
   const readme = await Deno.readTextFile(`${ROOT}README.md`);
   const line = readme.split("\n").find((l) => /^\d+ \d+ \* \* \* cd /.test(l));
