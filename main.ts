@@ -483,16 +483,20 @@ function retryAfterMs(header: string | null, now: number): number | undefined {
   return Number.isNaN(date) ? undefined : Math.max(0, date - now);
 }
 
+/** Which setting points at each API, for errors that name what to check. */
+const API_URL_SETTING = { B2: "B2_API_URL", Cloudflare: "CLOUDFLARE_API_BASE_URL" } as const;
+
 /**
  * Sends one request, retrying network errors, timeouts, 408, 429 and 5xx
  * with exponential backoff and jitter, honouring `Retry-After`. The answer
  * is returned whatever its status once retries are spent or it is final.
- * `describe` names the request in errors and logs.
+ * `step` names the request in errors and logs, as in "Cannot <step>".
  */
 async function send(
   ctx: Context,
-  request: { url: string; init: RequestInit; describe: string },
+  request: { service: "B2" | "Cloudflare"; step: string; url: string; init: RequestInit },
 ): Promise<Response> {
+  const { service, step } = request;
   for (let attempt = 0;; attempt++) {
     let failure: string;
     let waitMs = RETRY_BASE_MS * 2 ** attempt * (0.5 + ctx.random() / 2);
@@ -501,45 +505,28 @@ async function send(
         ...request.init,
         signal: AbortSignal.timeout(ctx.timeoutMs),
       });
-      if (!isRetryable(response.status) || attempt >= ctx.retries) {
-        return response;
-      }
+      if (!isRetryable(response.status) || attempt >= ctx.retries) return response;
       const retryAfter = retryAfterMs(response.headers.get("retry-after"), ctx.now());
       if (retryAfter !== undefined && retryAfter > RETRY_AFTER_LIMIT_MS) return response;
       await response.body?.cancel();
       waitMs = Math.max(waitMs, retryAfter ?? 0);
       failure = `answered ${response.status}`;
     } catch (error) {
-      const timedOut = error instanceof DOMException &&
-        error.name === "TimeoutError";
+      const timedOut = error instanceof DOMException && error.name === "TimeoutError";
       failure = timedOut
         ? `timed out after ${ctx.timeoutMs / 1000} s`
-        : `failed: ${(error as Error).message}`;
+        : `could not be reached: ${(error as Error).message}`;
       if (attempt >= ctx.retries) {
         throw new ApiError(
-          `${request.describe} ${failure} (${attempt + 1} attempts). ` +
-            "Check the network and the API URL, then run again.",
-          {
-            service: serviceOf(request.describe),
-            status: 0,
-            code: timedOut ? "timeout" : "network",
-          },
+          `Cannot ${step}: ${service} ${failure} (${attempt + 1} attempts). ` +
+            `Check the network and ${API_URL_SETTING[service]}, then run again.`,
+          { service, status: 0, code: timedOut ? "timeout" : "network" },
         );
       }
     }
-    ctx.log(
-      `  ${request.describe} ${failure}; retrying in ${(waitMs / 1000).toFixed(1)} s`,
-    );
+    ctx.log(`  ${service} ${failure}; retrying in ${(waitMs / 1000).toFixed(1)} s`);
     await ctx.sleep(waitMs);
   }
-}
-
-function serviceOf(describe: string): ApiError["service"] {
-  return describe.startsWith("B2")
-    ? "B2"
-    : describe.startsWith("Cloudflare")
-    ? "Cloudflare"
-    : "Verify";
 }
 
 /** Parses a JSON answer, or `undefined` when the body is not JSON. */
@@ -591,7 +578,7 @@ async function b2Call<T>(
   step: string,
   request: { url: string; init: RequestInit },
 ): Promise<T> {
-  const response = await send(ctx, { ...request, describe: `B2 ${step}` });
+  const response = await send(ctx, { ...request, service: "B2", step });
   const body = await readJson(response) as
     | { code?: string; message?: string }
     | undefined;
@@ -969,7 +956,8 @@ async function cloudflareCall<T>(
   const response = await send(ctx, {
     url: config.apiBaseUrl + request.path,
     init: { method: request.method, headers, body },
-    describe: `Cloudflare ${step}`,
+    service: "Cloudflare",
+    step,
   });
   const envelope = await readJson(response) as Envelope<T> | undefined;
   if (response.ok && envelope?.success) return envelope.result;

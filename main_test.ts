@@ -600,7 +600,7 @@ Deno.test("refresh retries what is worth retrying and fails clearly on the rest"
       b2: [downloadAuth, { status: 200, hang: true, times: 99 }],
       code: 1,
       stderr:
-        /B2 get a download authorization for bucket "photos" timed out after 0.2 s \(5 attempts\)/,
+        /Cannot get a download authorization for bucket "photos": B2 timed out after 0.2 s \(5 attempts\)\. Check the network and B2_API_URL/,
     },
     {
       name: "Cloudflare refuses the token",
