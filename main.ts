@@ -20,6 +20,7 @@
 import { parseArgs, parseEnv } from "node:util";
 import { stripTypeScriptTypes } from "node:module";
 import process from "node:process";
+import type { Readable } from "node:stream";
 import type { Miniflare } from "miniflare";
 
 /** The version printed by `--version`. */
@@ -878,24 +879,29 @@ const MINIFLARE = "miniflare";
  */
 export async function startLocalWorker(
   upload: WorkerUpload,
-  options: { port?: number; cachePersist?: string } = {},
+  options: {
+    port?: number;
+    /** Where the edge cache lives, so a second worker can share it (a redeploy). */
+    cachePersist?: string;
+    /** Gets what the worker prints (its `console.error`, as `wrangler tail` would). */
+    onLog?: (text: string) => void;
+  } = {},
 ): Promise<LocalWorker> {
-  const { Miniflare } = await import(
-    MINIFLARE
-  ) as typeof import("npm:miniflare@4");
+  const { Miniflare } = await import(MINIFLARE) as typeof import("miniflare");
+  const { onLog } = options;
   const miniflare = new Miniflare({
-    modules: [{
-      type: "ESModule",
-      path: upload.metadata.main_module,
-      contents: upload.module,
-    }],
+    modules: [{ type: "ESModule", path: upload.metadata.main_module, contents: upload.module }],
     compatibilityDate: upload.metadata.compatibility_date,
-    bindings: Object.fromEntries(
-      upload.metadata.bindings.map((b) => [b.name, b.text]),
-    ),
+    bindings: Object.fromEntries(upload.metadata.bindings.map((b) => [b.name, b.text])),
     host: "127.0.0.1",
     port: options.port ?? 0,
     ...(options.cachePersist && { cachePersist: options.cachePersist }),
+    ...(onLog && {
+      handleRuntimeStdio(stdout: Readable, stderr: Readable) {
+        stdout.on("data", (chunk: Uint8Array) => onLog(String(chunk)));
+        stderr.on("data", (chunk: Uint8Array) => onLog(String(chunk)));
+      },
+    }),
   });
   const url = (await miniflare.ready).origin;
   return { url, miniflare, dispose: () => miniflare.dispose() };

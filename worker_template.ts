@@ -1,0 +1,554 @@
+/**
+ * The Cloudflare Worker that serves a private Backblaze B2 bucket as a public,
+ * cacheable site. `refresh` uploads this file with its types stripped and sets
+ * the bindings of {@linkcode Env}; nothing else configures it.
+ *
+ * A module worker may only export functions and its handler (workerd refuses
+ * to start otherwise), so every constant here stays private.
+ *
+ * @module
+ */
+
+/** The bindings `refresh` sets. Options absent from an older deploy get their defaults. */
+export interface Env {
+  /** The B2 download authorization token (a secret binding). */
+  B2_DOWNLOAD_TOKEN: string;
+  /** Like `https://f004.backblazeb2.com`. */
+  B2_DOWNLOAD_URL: string;
+  B2_BUCKET_NAME: string;
+  /** Prepended to every name; empty serves the whole bucket. @default "" */
+  B2_FILE_PREFIX?: string;
+  /** ISO 8601, for whoever reads the worker's settings; the worker does not need them. */
+  B2_TOKEN_ISSUED_AT?: string;
+  B2_TOKEN_EXPIRES_AT?: string;
+  /** `plain`: `/<path>` serves `<prefix><path>`; `b2`: `/file/<bucket>/<name>`. @default "plain" */
+  WORKER_URL_STYLE?: string;
+  /** Served for `/` and paths ending in `/`; empty turns it off. @default "index.html" */
+  WORKER_INDEX_FILE?: string;
+  /** Seconds the edge keeps an object; 0 turns the edge cache off. @default "86400" */
+  WORKER_CACHE_TTL?: string;
+  /** `Cache-Control` for browsers; empty keeps the object's own. @default "" */
+  WORKER_CACHE_CONTROL?: string;
+  /** Empty (no CORS), `*`, or a comma list of origins. @default "" */
+  WORKER_CORS_ORIGINS?: string;
+  /** Milliseconds to wait for B2's response headers. @default "30000" */
+  WORKER_B2_TIMEOUT_MS?: string;
+}
+
+/** The part of the Workers runtime this module uses; Deno's lib does not declare it. */
+interface ExecutionContext {
+  waitUntil(promise: Promise<unknown>): void;
+}
+
+/** {@linkcode Env} parsed once per request, defaults applied. */
+export interface WorkerConfig {
+  token: string;
+  downloadUrl: string;
+  bucketName: string;
+  prefix: string;
+  urlStyle: "plain" | "b2";
+  indexFile: string;
+  cacheTtl: number;
+  cacheControl: string;
+  corsOrigins: string[];
+  timeoutMs: number;
+}
+
+/** The B2 name a path maps to, or the status that refuses it. */
+export type ObjectName = { name: string } | { status: 400 | 404 };
+
+/** One range of a `Range: bytes=` header: from `start` (to `end`), or the last `suffix` bytes. */
+export type RangeSpec = { start: number; end?: number } | { suffix: number };
+
+/** Inclusive byte offsets within an object of known size. */
+export interface ByteRange {
+  start: number;
+  end: number;
+}
+
+const DEFAULT_CACHE_TTL = 86_400;
+// What browsers get when neither WORKER_CACHE_CONTROL nor the object has a say: short enough
+// that a replaced file shows up within the hour.
+const DEFAULT_BROWSER_CACHE_CONTROL = "public, max-age=3600";
+// Well past B2's usual first byte, yet before a visitor gives up on the page.
+const DEFAULT_B2_TIMEOUT_MS = 30_000;
+// A missing file may be uploaded any moment, so the edge remembers a 404 for a minute only.
+const NOT_FOUND_TTL = 60;
+// Larger objects stream past the edge cache. The copy for the cache is a tee of the body,
+// and a tee holds whatever the visitor has not read yet: a slow visitor of a large video
+// would hold most of it in an isolate that has 128 MB.
+const MAX_CACHED_BYTES = 100 * 1024 * 1024;
+// B2 refuses longer names; refusing them here spares the round trip.
+const MAX_NAME_BYTES = 1024;
+// What a visitor may see of an object. Everything else B2 sends (x-bz-*, its own dates)
+// stays at the edge.
+const PUBLIC_HEADERS = [
+  "accept-ranges",
+  "content-disposition",
+  "content-encoding",
+  "content-language",
+  "content-length",
+  "content-range",
+  "content-type",
+  "etag",
+  "expires",
+  "last-modified",
+];
+// The cached copy carries the edge's lifetime in Cache-Control, so the one meant for
+// browsers travels beside it; PUBLIC_HEADERS keeps it from ever reaching a visitor.
+const BROWSER_CACHE_CONTROL_HEADER = "x-b2cdn-browser-cache-control";
+// Cached 404s live under their own key: a ranged match on the object's key could hand a
+// 404 back as a 206 or 416. Object keys never have a query, so the two cannot meet.
+const NOT_FOUND_KEY_SUFFIX = "?not-found";
+// What a player's script needs to read to seek and revalidate.
+const EXPOSED_HEADERS = "Accept-Ranges, Content-Length, Content-Range, ETag, Last-Modified";
+const PREFLIGHT_MAX_AGE = "86400";
+const STATUS_TEXT = {
+  400: "Bad request",
+  404: "Not found",
+  405: "Method not allowed",
+  416: "Range not satisfiable",
+  502: "Bad gateway",
+  504: "Gateway timeout",
+};
+
+export default {
+  async fetch(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
+    const config = readConfig(env);
+    const response = await respond(request, config, ctx);
+    const headers = new Headers(response.headers);
+    headers.set("X-Content-Type-Options", "nosniff");
+    const cors = corsHeaders(request.headers.get("Origin"), config.corsOrigins);
+    for (const [name, value] of Object.entries(cors)) headers.set(name, value);
+    if (request.method === "HEAD") await response.body?.cancel();
+    const body = request.method === "HEAD" ? null : response.body;
+    return new Response(body, { status: response.status, headers });
+  },
+};
+
+async function respond(
+  request: Request,
+  config: WorkerConfig,
+  ctx: ExecutionContext,
+): Promise<Response> {
+  // 1. Methods
+  const cors = config.corsOrigins.length > 0;
+  const allow = cors ? "GET, HEAD, OPTIONS" : "GET, HEAD";
+  if (request.method === "OPTIONS" && cors) return preflight(request, config, allow);
+  if (request.method !== "GET" && request.method !== "HEAD") {
+    return textResponse(405, { Allow: allow });
+  }
+
+  // 2. Names: refused before B2 is asked anything
+  const url = new URL(request.url);
+  const name = objectName(url.pathname, config);
+  if ("status" in name) return textResponse(name.status);
+
+  // 4. Range. With If-Range the answer depends on validators only known once the
+  // object is here, so the whole object is fetched and answer() decides.
+  const range = parseRange(request.headers.get("Range"));
+  const rangeToFetch = request.headers.has("If-Range") ? undefined : range;
+
+  // 7. Edge cache, keyed by the public URL: no query, no token, so it survives rotation
+  const cacheKey = url.origin + url.pathname;
+  const object = await lookUpCache(cacheKey, rangeToFetch) ??
+    await askB2(request.method, name.name, { range: rangeToFetch, cacheKey, config, ctx });
+
+  // 5, 4, 6: conditional, range and a streamed body
+  return answer(request, object, range);
+}
+
+/** Parses the bindings, applying the defaults of {@linkcode Env}. */
+export function readConfig(env: Env): WorkerConfig {
+  return {
+    token: env.B2_DOWNLOAD_TOKEN,
+    downloadUrl: env.B2_DOWNLOAD_URL.replace(/\/+$/, ""),
+    bucketName: env.B2_BUCKET_NAME,
+    prefix: env.B2_FILE_PREFIX ?? "",
+    urlStyle: env.WORKER_URL_STYLE === "b2" ? "b2" : "plain",
+    indexFile: env.WORKER_INDEX_FILE ?? "index.html",
+    cacheTtl: wholeNumber(env.WORKER_CACHE_TTL, DEFAULT_CACHE_TTL),
+    cacheControl: env.WORKER_CACHE_CONTROL?.trim() ?? "",
+    corsOrigins: (env.WORKER_CORS_ORIGINS ?? "").split(",")
+      .map((origin) => origin.trim().replace(/\/$/, ""))
+      .filter((origin) => origin !== ""),
+    timeoutMs: wholeNumber(env.WORKER_B2_TIMEOUT_MS, DEFAULT_B2_TIMEOUT_MS),
+  };
+}
+
+function wholeNumber(text: string | undefined, fallback: number): number {
+  const value = Number(text?.trim() || NaN);
+  return Number.isInteger(value) && value >= 0 ? value : fallback;
+}
+
+/**
+ * Maps a request path (still percent-encoded, as `URL.pathname` gives it) to
+ * the B2 name it serves. Each segment is decoded exactly once; a segment that
+ * decodes to nothing, `.`, `..`, a `/` or `\`, or a control character is
+ * refused with 400, since B2 or any URL parser on the way could turn it into
+ * a name outside the prefix. Paths outside `/file/<bucket>/<prefix>` in the
+ * `b2` style are 404.
+ */
+export function objectName(
+  pathname: string,
+  config: Pick<WorkerConfig, "urlStyle" | "bucketName" | "prefix" | "indexFile">,
+): ObjectName {
+  let segments = pathname.split("/").slice(1);
+  if (config.urlStyle === "b2") {
+    const [file, bucket, ...rest] = segments;
+    if (file !== "file" || bucket !== config.bucketName || rest.length === 0) {
+      return { status: 404 };
+    }
+    segments = rest;
+  }
+  const folder = segments.at(-1) === "";
+  const parts = (folder ? segments.slice(0, -1) : segments).map(decodeSegment);
+  if (parts.some((part) => part === undefined)) return { status: 400 };
+  if (folder) {
+    if (config.indexFile === "") return { status: 404 };
+    parts.push(config.indexFile);
+  }
+  const relative = parts.join("/");
+  // Links in B2's shape carry the full name: the prefix is checked, not added.
+  const name = config.urlStyle === "b2" ? relative : config.prefix + relative;
+  if (!name.startsWith(config.prefix)) return { status: 404 };
+  if (new TextEncoder().encode(name).length > MAX_NAME_BYTES) return { status: 400 };
+  return { name };
+}
+
+function decodeSegment(segment: string): string | undefined {
+  let part: string;
+  try {
+    part = decodeURIComponent(segment);
+  } catch {
+    return undefined;
+  }
+  const hostile = part === "" || part === "." || part === ".." ||
+    [...part].some((char) => char === "/" || char === "\\" || char < " " || char === "\x7f");
+  return hostile ? undefined : part;
+}
+
+/** The B2 download URL of a name, percent-encoded per segment as B2 documents. */
+export function b2Url(
+  config: Pick<WorkerConfig, "downloadUrl" | "bucketName">,
+  name: string,
+): string {
+  const encode = (path: string) => path.split("/").map(encodeURIComponent).join("/");
+  return `${config.downloadUrl}/file/${encode(config.bucketName)}/${encode(name)}`;
+}
+
+/**
+ * Reads a `Range` header. Anything but one `bytes=` range (several ranges,
+ * other units, nonsense) is `undefined`: HTTP lets a server ignore it and
+ * answer the whole object.
+ */
+export function parseRange(header: string | null): RangeSpec | undefined {
+  const match = /^bytes=(\d*)-(\d*)$/.exec(header?.trim() ?? "");
+  if (!match) return undefined;
+  const [, first = "", last = ""] = match;
+  if (first === "") return last === "" ? undefined : { suffix: Number(last) };
+  const start = Number(first);
+  if (last === "") return { start };
+  const end = Number(last);
+  return end < start ? undefined : { start, end };
+}
+
+/** The bytes a range covers in an object of `size` bytes; `undefined` when unsatisfiable (416). */
+export function resolveRange(range: RangeSpec, size: number): ByteRange | undefined {
+  if ("suffix" in range) {
+    if (range.suffix === 0 || size === 0) return undefined;
+    return { start: Math.max(0, size - range.suffix), end: size - 1 };
+  }
+  if (range.start >= size) return undefined;
+  return { start: range.start, end: Math.min(range.end ?? size - 1, size - 1) };
+}
+
+/** A `Range` header value for one range. */
+export function formatRange(range: RangeSpec): string {
+  return "suffix" in range ? `bytes=-${range.suffix}` : `bytes=${range.start}-${range.end ?? ""}`;
+}
+
+/**
+ * Whether a conditional request can be answered 304, per RFC 9110:
+ * `If-None-Match` (weak comparison) wins over `If-Modified-Since`.
+ */
+export function notModified(request: Headers, object: Headers): boolean {
+  const ifNoneMatch = request.get("If-None-Match");
+  if (ifNoneMatch !== null) {
+    const etag = object.get("ETag");
+    if (ifNoneMatch.trim() === "*") return true;
+    const opaque = (tag: string) => tag.trim().replace(/^W\//, "");
+    return etag !== null && ifNoneMatch.split(",").some((tag) => opaque(tag) === opaque(etag));
+  }
+  const since = Date.parse(request.get("If-Modified-Since") ?? "");
+  const modified = Date.parse(object.get("Last-Modified") ?? "");
+  return modified <= since;
+}
+
+/** Whether `If-Range`, if any, still names this object (strong comparison), so its range applies. */
+export function ifRangeMatches(request: Headers, object: Headers): boolean {
+  const ifRange = request.get("If-Range");
+  if (ifRange === null) return true;
+  return ifRange === object.get("Last-Modified") ||
+    (!ifRange.startsWith("W/") && ifRange === object.get("ETag"));
+}
+
+/** Only the headers in the public allowlist. */
+export function publicHeaders(headers: Headers): Headers {
+  const kept = new Headers();
+  for (const name of PUBLIC_HEADERS) {
+    const value = headers.get(name);
+    if (value !== null) kept.set(name, value);
+  }
+  return kept;
+}
+
+/**
+ * The headers an object is cached and served with, made from B2's: the
+ * allowlist, validators from B2's metadata, the edge lifetime in
+ * `Cache-Control` and the browsers' one beside it.
+ */
+export function objectHeaders(
+  b2: Headers,
+  config: Pick<WorkerConfig, "cacheTtl" | "cacheControl">,
+): Headers {
+  const headers = publicHeaders(b2);
+  headers.set("Accept-Ranges", "bytes");
+  // B2 answers "none" for large files uploaded in parts; their id names the version just as well.
+  const sha1 = b2.get("x-bz-content-sha1")?.replace(/^unverified:/, "");
+  const version = [sha1, b2.get("x-bz-info-large_file_sha1"), b2.get("x-bz-file-id")]
+    .find((value) => value && value !== "none");
+  if (version) headers.set("ETag", `"${version}"`);
+  const uploaded = new Date(Number(b2.get("x-bz-upload-timestamp") ?? NaN));
+  if (!Number.isNaN(uploaded.getTime())) headers.set("Last-Modified", uploaded.toUTCString());
+  headers.set("Cache-Control", `public, max-age=${config.cacheTtl}`);
+  headers.set(
+    BROWSER_CACHE_CONTROL_HEADER,
+    config.cacheControl || b2.get("Cache-Control") || DEFAULT_BROWSER_CACHE_CONTROL,
+  );
+  return headers;
+}
+
+/**
+ * The CORS headers for a request from `origin`: none when CORS is off, only
+ * `Vary` when the origin is not allowed.
+ */
+export function corsHeaders(
+  origin: string | null,
+  allowedOrigins: string[],
+): Record<string, string> {
+  if (allowedOrigins.length === 0) return {};
+  const allowed = allowedOrigins.includes("*")
+    ? "*"
+    : allowedOrigins.find((candidate) => candidate === origin);
+  if (allowed === undefined) return { Vary: "Origin" };
+  return {
+    "Access-Control-Allow-Origin": allowed,
+    "Access-Control-Expose-Headers": EXPOSED_HEADERS,
+    Vary: "Origin",
+  };
+}
+
+/**
+ * The bytes of `range` out of a stream of the whole object, as they arrive.
+ * Stops reading (and cancels the source) once the range is sent.
+ */
+export function sliceBody(
+  body: ReadableStream<Uint8Array>,
+  range: ByteRange,
+): ReadableStream<Uint8Array> {
+  let offset = 0;
+  const sliced = body.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        const from = Math.max(range.start - offset, 0);
+        const to = Math.min(range.end + 1 - offset, chunk.byteLength);
+        offset += chunk.byteLength;
+        if (from < to) controller.enqueue(chunk.subarray(from, to));
+        if (offset > range.end) controller.terminate();
+      },
+    }),
+  );
+  // workerd only sends Content-Length for a script-made stream when told the length up front.
+  const { FixedLengthStream } = globalThis as {
+    FixedLengthStream?: new (length: number) => TransformStream<Uint8Array, Uint8Array>;
+  };
+  return FixedLengthStream
+    ? sliced.pipeThrough(new FixedLengthStream(range.end - range.start + 1))
+    : sliced;
+}
+
+function preflight(request: Request, config: WorkerConfig, allow: string): Response {
+  const cors = corsHeaders(request.headers.get("Origin"), config.corsOrigins);
+  const headers: Record<string, string> = { Allow: allow };
+  if ("Access-Control-Allow-Origin" in cors) {
+    headers["Access-Control-Allow-Methods"] = allow;
+    headers["Access-Control-Allow-Headers"] = "Range, If-None-Match, If-Modified-Since, If-Range";
+    headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE;
+  }
+  return new Response(null, { status: 204, headers });
+}
+
+function edgeCache(): Cache {
+  return (caches as unknown as { default: Cache }).default;
+}
+
+/** A cached object (206 when the runtime applied the range), a 416 or 404 answer, or nothing. */
+async function lookUpCache(key: string, range?: RangeSpec): Promise<Response | undefined> {
+  const lookup = new Request(key, { headers: range ? { Range: formatRange(range) } : {} });
+  const cached = await edgeCache().match(lookup);
+  if (cached?.status === 416) {
+    await cached.body?.cancel();
+    return notSatisfiable(cached.headers.get("Content-Range"));
+  }
+  if (cached) return cached;
+  const missing = await edgeCache().match(key + NOT_FOUND_KEY_SUFFIX);
+  if (!missing) return undefined;
+  await missing.body?.cancel();
+  return textResponse(404);
+}
+
+/** Keeps a copy at the edge after the answer is sent; a failure only costs a later miss. */
+function keep(ctx: ExecutionContext, key: string, response: Response): void {
+  ctx.waitUntil(
+    edgeCache().put(key, response).catch((error) => {
+      console.error(`Cannot keep ${key} in the edge cache: ${error}`);
+    }),
+  );
+}
+
+/**
+ * Asks B2 for a name with only the token and the range (3), keeps what may
+ * be cached (7) and turns B2's failures into short generic answers (9).
+ * Conditional headers stay at the edge: the validators are ours, not B2's.
+ */
+async function askB2(
+  method: string,
+  name: string,
+  options: { range?: RangeSpec; cacheKey: string; config: WorkerConfig; ctx: ExecutionContext },
+): Promise<Response> {
+  const { range, cacheKey, config, ctx } = options;
+  const headers = new Headers({ Authorization: config.token });
+  // A range from byte 0 is how players start: fetching the whole object costs the visitor
+  // nothing and fills the cache. Later ranges go straight to B2 and are not cached.
+  if (method === "GET" && range && !("start" in range && range.start === 0)) {
+    headers.set("Range", formatRange(range));
+  }
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), config.timeoutMs);
+  let b2: Response;
+  try {
+    b2 = await fetch(b2Url(config, name), { method, headers, signal: controller.signal });
+  } catch (error) {
+    const timedOut = controller.signal.aborted;
+    console.error(`B2 did not answer for "${name}": ${timedOut ? "timed out" : error}`);
+    return textResponse(timedOut ? 504 : 502);
+  } finally {
+    // Once the headers are here the body may stream for as long as it takes.
+    clearTimeout(timer);
+  }
+
+  if (b2.ok) {
+    const object = new Response(b2.body, {
+      status: b2.status,
+      headers: objectHeaders(b2.headers, config),
+    });
+    const size = Number(b2.headers.get("Content-Length") ?? NaN);
+    if (b2.status === 200 && method === "GET" && config.cacheTtl > 0 && size <= MAX_CACHED_BYTES) {
+      keep(ctx, cacheKey, object.clone());
+    }
+    return object;
+  }
+  if (b2.status === 404) {
+    await b2.body?.cancel();
+    const ttl = Math.min(NOT_FOUND_TTL, config.cacheTtl);
+    if (ttl > 0) {
+      const notFound = new Response(null, {
+        status: 404,
+        headers: { "Cache-Control": `public, max-age=${ttl}` },
+      });
+      keep(ctx, cacheKey + NOT_FOUND_KEY_SUFFIX, notFound);
+    }
+    return textResponse(404);
+  }
+  if (b2.status === 416) {
+    await b2.body?.cancel();
+    return notSatisfiable(b2.headers.get("Content-Range"));
+  }
+  const code = await b2ErrorCode(b2);
+  const hint = b2.status === 401 || b2.status === 403
+    ? ": the download token is wrong or expired; run refresh"
+    : "";
+  console.error(`B2 answered ${b2.status} ${code} for "${name}"${hint}`);
+  return textResponse(502);
+}
+
+async function b2ErrorCode(response: Response): Promise<string> {
+  try {
+    const { code } = await response.json() as { code?: unknown };
+    return typeof code === "string" ? code : "(no code)";
+  } catch {
+    return "(no code)";
+  }
+}
+
+/**
+ * The visitor's answer from an object (cached or from B2) or an error
+ * answer: 304 when the client's copy is current, 206/416 for a range the
+ * runtime did not apply, the browsers' `Cache-Control`, a streamed body.
+ */
+async function answer(request: Request, object: Response, range?: RangeSpec): Promise<Response> {
+  if (!object.ok) return object;
+  const headers = publicHeaders(object.headers);
+  headers.set(
+    "Cache-Control",
+    object.headers.get(BROWSER_CACHE_CONTROL_HEADER) ?? DEFAULT_BROWSER_CACHE_CONTROL,
+  );
+
+  if (notModified(request.headers, object.headers)) {
+    await object.body?.cancel();
+    const validators = new Headers();
+    for (const name of ["Cache-Control", "ETag", "Last-Modified"]) {
+      const value = headers.get(name);
+      if (value !== null) validators.set(name, value);
+    }
+    return new Response(null, { status: 304, headers: validators });
+  }
+
+  const size = Number(object.headers.get("Content-Length") ?? NaN);
+  if (
+    object.status !== 200 || !range || !Number.isInteger(size) ||
+    !ifRangeMatches(request.headers, headers)
+  ) {
+    return new Response(object.body, { status: object.status, headers });
+  }
+  const bytes = resolveRange(range, size);
+  if (!bytes) {
+    await object.body?.cancel();
+    return notSatisfiable(`bytes */${size}`);
+  }
+  headers.set("Content-Range", `bytes ${bytes.start}-${bytes.end}/${size}`);
+  headers.set("Content-Length", String(bytes.end - bytes.start + 1));
+  const whole = bytes.start === 0 && bytes.end === size - 1;
+  const body = object.body && !whole ? sliceBody(object.body, bytes) : object.body;
+  return new Response(body, { status: 206, headers });
+}
+
+function textResponse(
+  status: keyof typeof STATUS_TEXT,
+  headers: Record<string, string> = {},
+): Response {
+  return new Response(`${STATUS_TEXT[status]}\n`, {
+    status,
+    headers: {
+      "Content-Type": "text/plain; charset=utf-8",
+      "Cache-Control": "no-store",
+      ...headers,
+    },
+  });
+}
+
+/** 416, with the object's size in `Content-Range` when it is known. */
+function notSatisfiable(contentRange: string | null): Response {
+  return textResponse(416, contentRange ? { "Content-Range": contentRange } : {});
+}
