@@ -1902,8 +1902,9 @@ async function main(): Promise<never> {
  */
 function deployMain(): void {
   const env = Deno.env.toObject();
-  const ctx = defaultContext({ log: (line) => console.log(line) });
+  const ctx = defaultContext();
   const log = (line: string) => console.log(redact(line, ctx.secrets));
+  ctx.log = log;
   for (const name of SECRET_VARIABLES) {
     if (env[name]) ctx.secrets.add(env[name]);
   }
@@ -1923,6 +1924,7 @@ function deployMain(): void {
     register: Deno.cron as CronRegistrar,
     report: log,
   });
+  log(`Scheduled "${CRON_NAME}" at "${config.refreshSchedule}" (UTC)`);
   module
     .then((source) => refreshIfDue(config, ctx, source))
     .then(

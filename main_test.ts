@@ -1132,7 +1132,7 @@ async function whileServing(
   check: (url: string, stdout: string) => Promise<void>,
 ): Promise<{ code: number; stdout: string }> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}main.ts`, ...args, "--port", "0"],
+    args: ["run", "-A", `${ROOT}main.ts`, ...args, ...(args.length ? ["--port", "0"] : [])],
     cwd: ROOT,
     env: { NO_COLOR: "1", ...options.env },
     stdout: "piped",
@@ -1194,6 +1194,42 @@ Deno.test("dev serves the bucket through the real worker with B2 credentials onl
     assert.equal(code, 0);
     assert.equal(w.cloudflare.requests.length, 0);
     for (const token of w.b2.downloadTokens.keys()) secretsSeen.add(token);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("cron schedules the refresh and makes the start-up check, until Ctrl-C", async () => {
+  const w = world();
+  try {
+    const { code, stdout } = await whileServing(["cron"], {
+      env: w.env,
+      urlPattern: /Start-up check: (.+)\n/,
+    }, (decision) => {
+      assert.match(decision, /does not exist; run refresh; refreshed until \S+Z$/);
+      return Promise.resolve();
+    });
+    assert.equal(code, 0);
+    assert.match(stdout, /Scheduled "b2-private-cdn refresh" at "17 4 \* \* \*" \(UTC\)/);
+    assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 1);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("on Deno Deploy, main.ts registers the cron and checks at start with no flags", async () => {
+  const w = world();
+  try {
+    assert.equal((await w.run(["refresh"])).code, 0);
+    const { stdout } = await whileServing([], {
+      env: { ...w.env, DENO_DEPLOYMENT_ID: "test-deployment" },
+      urlPattern: /Start-up check: (.+)\n/,
+    }, (decision) => {
+      assert.equal(decision, "token has 6d 23h left, more than the margin of 6d 0h");
+      return Promise.resolve();
+    });
+    assert.match(stdout, /^Scheduled "b2-private-cdn refresh" at "17 4 \* \* \*" \(UTC\)\n/);
+    assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 1, "nothing was due");
   } finally {
     await w.close();
   }
