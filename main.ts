@@ -1544,23 +1544,33 @@ async function runStatus(
 }
 
 /**
- * Resolves when the user presses Ctrl-C (or the process gets SIGTERM).
- * miniflare's own exit hook would end the process with 130 on the signal
- * before the workers are disposed and the stand-ins closed, so this takes the
- * signals over; its `exit` hook still stops workerd if anything else ends us.
+ * Listens for Ctrl-C (or SIGTERM) from now on, before anything tells the user
+ * the command is ready; `pressed` resolves when one arrives. Disposing it
+ * stops listening, so a command that fails does not hang on its listeners.
  */
-function untilInterrupted(): Promise<void> {
+function listenForCtrlC(): Disposable & { pressed: Promise<void> } {
+  const { promise, resolve } = Promise.withResolvers<void>();
+  const stopListening = () => {
+    Deno.removeSignalListener("SIGINT", stop);
+    Deno.removeSignalListener("SIGTERM", stop);
+  };
+  const stop = () => {
+    stopListening();
+    resolve();
+  };
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+  return { pressed: promise, [Symbol.dispose]: stopListening };
+}
+
+/**
+ * miniflare's own exit hook would end the process with 130 on Ctrl-C before
+ * the workers are disposed and the stand-ins closed: drop its signal
+ * listeners (its `exit` hook still stops workerd if anything else ends us).
+ */
+function keepSignalsToOurselves(): void {
   process.removeAllListeners("SIGINT");
   process.removeAllListeners("SIGTERM");
-  return new Promise((resolve) => {
-    const stop = () => {
-      Deno.removeSignalListener("SIGINT", stop);
-      Deno.removeSignalListener("SIGTERM", stop);
-      resolve();
-    };
-    Deno.addSignalListener("SIGINT", stop);
-    Deno.addSignalListener("SIGTERM", stop);
-  });
 }
 
 async function runDev(
@@ -1569,18 +1579,20 @@ async function runDev(
   io: Io,
   flags: Flags,
 ): Promise<number> {
+  using ctrlC = listenForCtrlC();
   const prepared = await prepareWorker(
     config.b2!,
     { module: await loadWorkerModule(), options: config.worker },
     ctx,
   );
   const worker = await startLocalWorker(prepared.upload, { port: flags.port });
+  keepSignalsToOurselves();
   io.stdout(
     `The worker that refresh would deploy runs in workerd at ${worker.url}\n` +
       `It reads bucket "${prepared.bucket.name}" with a fresh token until ` +
       `${isoSeconds(prepared.expiresAt)}. Ctrl-C stops it.`,
   );
-  await untilInterrupted();
+  await ctrlC.pressed;
   await worker.dispose();
   io.stderr("Stopped.");
   return 0;
@@ -1592,6 +1604,7 @@ async function runCron(config: Config, ctx: Context, io: Io): Promise<number> {
       "Deno.cron is not available: run with --unstable-cron (the deno.json tasks do).",
     ]);
   }
+  using ctrlC = listenForCtrlC();
   const module = await loadWorkerModule();
   const report = (line: string) => io.stdout(`${new Date(ctx.now()).toISOString()} ${line}`);
   scheduleRefresh(config, ctx, {
@@ -1604,7 +1617,7 @@ async function runCron(config: Config, ctx: Context, io: Io): Promise<number> {
   );
   const decision = await refreshIfDue(config, ctx, module);
   report(`Start-up check: ${decision.reason}`);
-  await untilInterrupted();
+  await ctrlC.pressed;
   return 0;
 }
 
@@ -1617,6 +1630,7 @@ const DEMO_FILES = [
 ];
 
 async function runDemo(ctx: Context, io: Io, flags: Flags): Promise<number> {
+  using ctrlC = listenForCtrlC();
   const { startFakeB2 } = await import("./testing/fake_b2.ts");
   const { startFakeCloudflare } = await import("./testing/fake_cloudflare.ts");
   const fixtures = new URL("./testing/fixtures/", import.meta.url);
@@ -1665,6 +1679,7 @@ async function runDemo(ctx: Context, io: Io, flags: Flags): Promise<number> {
       },
       { port: flags.port },
     );
+    keepSignalsToOurselves();
     say(
       `\nThe deployed worker now runs in workerd (Cloudflare's runtime) at ${worker.url}\n` +
         "Try it:\n" +
@@ -1675,7 +1690,7 @@ async function runDemo(ctx: Context, io: Io, flags: Flags): Promise<number> {
         `  curl -i ${worker.url}/../secret   # refused\n` +
         "Ctrl-C stops it.",
     );
-    await untilInterrupted();
+    await ctrlC.pressed;
     await worker.dispose();
     say("Stopped.");
     return 0;
