@@ -78,6 +78,8 @@ const NOT_FOUND_TTL = 60;
 // and a tee holds whatever the visitor has not read yet: a slow visitor of a large video
 // would hold most of it in an isolate that has 128 MB.
 const MAX_CACHED_BYTES = 100 * 1024 * 1024;
+// What a decoded segment may not hold: a separator of either kind, or a control character.
+const HOSTILE_CHARACTER = /[/\\\p{Cc}]/u;
 // B2 refuses longer names; refusing them here spares the round trip.
 const MAX_NAME_BYTES = 1024;
 // What a visitor may see of an object. Everything else B2 sends (x-bz-*, its own dates)
@@ -97,9 +99,6 @@ const PUBLIC_HEADERS = [
 // The cached copy carries the edge's lifetime in Cache-Control, so the one meant for
 // browsers travels beside it; PUBLIC_HEADERS keeps it from ever reaching a visitor.
 const BROWSER_CACHE_CONTROL_HEADER = "x-b2cdn-browser-cache-control";
-// Cached 404s live under their own key: a ranged match on the object's key could hand a
-// 404 back as a 206 or 416. Object keys never have a query, so the two cannot meet.
-const NOT_FOUND_KEY_SUFFIX = "?not-found";
 // What a player's script needs to read to seek and revalidate.
 const EXPOSED_HEADERS = "Accept-Ranges, Content-Length, Content-Range, ETag, Last-Modified";
 const PREFLIGHT_MAX_AGE = "86400";
@@ -115,14 +114,15 @@ const STATUS_TEXT = {
 export default {
   async fetch(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
     const config = readConfig(env);
+    // Every answer respond() gives is one made here, never B2's or the cache's own, so its
+    // headers can be changed in place.
     const response = await respond(request, config, ctx);
-    const headers = new Headers(response.headers);
-    headers.set("X-Content-Type-Options", "nosniff");
+    response.headers.set("X-Content-Type-Options", "nosniff");
     const cors = corsHeaders(request.headers.get("Origin"), config.corsOrigins);
-    for (const [name, value] of Object.entries(cors)) headers.set(name, value);
-    if (request.method === "HEAD") await response.body?.cancel();
-    const body = request.method === "HEAD" ? null : response.body;
-    return new Response(body, { status: response.status, headers });
+    for (const [name, value] of Object.entries(cors)) response.headers.set(name, value);
+    if (request.method !== "HEAD" || response.body === null) return response;
+    await response.body.cancel();
+    return new Response(null, response);
   },
 };
 
@@ -149,9 +149,11 @@ async function respond(
   const range = parseRange(request.headers.get("Range"));
   const rangeToFetch = request.headers.has("If-Range") ? undefined : range;
 
-  // 7. Edge cache, keyed by the public URL: no query, no token, so it survives rotation
+  // 7. Edge cache, keyed by the public URL: no query, no token, so it survives rotation.
+  // A TTL of 0 turns it off: nothing is looked up, nothing kept.
   const cacheKey = url.origin + url.pathname;
-  const object = await lookUpCache(cacheKey, rangeToFetch) ??
+  const cached = config.cacheTtl > 0 ? await lookUpCache(cacheKey, rangeToFetch) : undefined;
+  const object = cached ??
     await askB2(request.method, name.name, { range: rangeToFetch, cacheKey, config, ctx });
 
   // 5, 4, 6: conditional, range and a streamed body
@@ -223,8 +225,7 @@ function decodeSegment(segment: string): string | undefined {
   } catch {
     return undefined;
   }
-  const hostile = part === "" || part === "." || part === ".." ||
-    [...part].some((char) => char === "/" || char === "\\" || char < " " || char === "\x7f");
+  const hostile = part === "" || part === "." || part === ".." || HOSTILE_CHARACTER.test(part);
   return hostile ? undefined : part;
 }
 
@@ -393,19 +394,25 @@ function edgeCache(): Cache {
   return (caches as unknown as { default: Cache }).default;
 }
 
-/** A cached object (206 when the runtime applied the range), a 416 or 404 answer, or nothing. */
+/**
+ * A cached object (206 when the runtime applied the range), a 404 or 416
+ * answer, or nothing: one lookup, but for a range on an empty or missing name.
+ */
 async function lookUpCache(key: string, range?: RangeSpec): Promise<Response | undefined> {
   const lookup = new Request(key, { headers: range ? { Range: formatRange(range) } : {} });
-  const cached = await edgeCache().match(lookup);
-  if (cached?.status === 416) {
+  let cached = await edgeCache().match(lookup);
+  if (cached?.status === 416 && cached.headers.get("Content-Range") === "bytes */0") {
+    // A ranged match turns a cached 404 into the 416 of an empty object: ask which it was.
     await cached.body?.cancel();
-    return notSatisfiable(cached.headers.get("Content-Range"));
+    cached = await edgeCache().match(key);
   }
-  if (cached) return cached;
-  const missing = await edgeCache().match(key + NOT_FOUND_KEY_SUFFIX);
-  if (!missing) return undefined;
-  await missing.body?.cancel();
-  return textResponse(404);
+  if (cached?.status === 404 || cached?.status === 416) {
+    await cached.body?.cancel();
+    return cached.status === 404
+      ? textResponse(404)
+      : notSatisfiable(cached.headers.get("Content-Range"));
+  }
+  return cached;
 }
 
 /** Keeps a copy at the edge after the answer is sent; a failure only costs a later miss. */
@@ -467,7 +474,7 @@ async function askB2(
         status: 404,
         headers: { "Cache-Control": `public, max-age=${ttl}` },
       });
-      keep(ctx, cacheKey + NOT_FOUND_KEY_SUFFIX, notFound);
+      keep(ctx, cacheKey, notFound);
     }
     return textResponse(404);
   }

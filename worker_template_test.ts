@@ -899,9 +899,25 @@ Deno.test("worker in workerd, plain URLs and default options", async (t) => {
 
     await t.step("7 cache: a 404 is remembered for a minute only", async () => {
       assert.deepEqual(await worker.visit("/later.txt"), errorAnswer(404, "Not found"));
-      const cached = await cachedCopy(worker, "/later.txt?not-found");
+      const cached = await cachedCopy(worker, "/later.txt");
       assert.equal(cached.get("cache-control"), "public, max-age=60");
       assert.deepEqual(await worker.visit("/later.txt"), errorAnswer(404, "Not found"));
+      // The runtime answers a ranged match on a cached 404 with 416: it must stay a 404.
+      for (const range of ["bytes=0-9", "bytes=5-", "bytes=-5"]) {
+        const ranged = await worker.visit("/later.txt", { headers: { Range: range } });
+        assert.deepEqual(ranged, errorAnswer(404, "Not found"), range);
+      }
+      assert.equal(worker.downloads().length, 1);
+    });
+
+    await t.step("7 cache: a range of a cached empty object is 416, not a 404", async () => {
+      b2.putFile(BUCKET, { name: "site/empty.txt", body: "" });
+      assert.equal((await worker.visit("/empty.txt")).status, 200);
+      await cachedCopy(worker, "/empty.txt");
+      for (const range of ["bytes=0-9", "bytes=-5"]) {
+        const ranged = await worker.visit("/empty.txt", { headers: { Range: range } });
+        assert.deepEqual([ranged.status, ranged.headers["content-range"]], [416, "bytes */0"]);
+      }
       assert.equal(worker.downloads().length, 1);
     });
 
@@ -1097,7 +1113,7 @@ Deno.test("worker in workerd, b2 URLs, CORS, no index, configured Cache-Control"
   }
 });
 
-Deno.test("worker in workerd keeps cached objects across a redeploy with a new token", async () => {
+Deno.test("worker in workerd keeps cached objects across a redeploy, until the cache is off", async () => {
   const b2 = startB2();
   const cachePersist = await Deno.makeTempDir();
   try {
@@ -1124,6 +1140,14 @@ Deno.test("worker in workerd keeps cached objects across a redeploy with a new t
       ]);
     } finally {
       await after.dispose();
+    }
+    // WORKER_CACHE_TTL 0 turns the edge cache off: the cached copy is not served.
+    const off = await startWorker(b2, { cachePersist, options: { cacheTtl: 0 } });
+    try {
+      for (let i = 0; i < 2; i++) assert.equal((await off.visit("/hello.txt")).status, 200);
+      assert.equal(off.downloads().length, 2);
+    } finally {
+      await off.dispose();
     }
   } finally {
     await b2.close();
