@@ -1,0 +1,1081 @@
+/**
+ * Measures what the worker adds to a visitor's request, how it streams a
+ * large object, how few round trips a refresh makes and how fast the CLI
+ * starts, all on this machine against the stand-in servers, and prints one
+ * table (or, with `--json`, one JSON object) with the targets of issue 5.
+ *
+ * ```sh
+ * deno task bench            # deno run -A bench/bench.ts
+ * deno task bench --json
+ * deno task bench --load fetch   # the Deno fetch loop even where wrk is installed
+ * ```
+ *
+ * Everything runs on 127.0.0.1, every loop is bounded in time or count, and
+ * every process and temporary directory it starts is gone when it ends. It
+ * takes about two minutes on 2 cores.
+ *
+ * @module
+ */
+
+import { stripTypeScriptTypes } from "node:module";
+import { parseArgs } from "node:util";
+import {
+  type Config,
+  defaultContext,
+  loadWorkerModule,
+  type LocalWorker,
+  parseConfig,
+  refresh,
+  type Settings,
+  startLocalWorker,
+  type WorkerUpload,
+  workerUpload,
+} from "../main.ts";
+import { type FakeB2, type FakeB2Options, startFakeB2 } from "../testing/fake_b2.ts";
+import { startFakeCloudflare } from "../testing/fake_cloudflare.ts";
+import type { LoadResult } from "./load.ts";
+
+const ROOT = new URL("../", import.meta.url);
+const MAIN = new URL("main.ts", ROOT).pathname;
+const MIB = 1024 * 1024;
+
+// Worker overhead. The machine has 2 cores and workerd runs a worker on one thread, so a
+// handful of connections already keeps it busy; 16 leaves no idle gaps between requests.
+const CONNECTIONS = 16;
+const ROUND_SECONDS = 3;
+// Rounds alternate the cases so that drift (JIT, CPU frequency, neighbours) hits each alike;
+// ratios are taken within a round and the median across rounds.
+const ROUNDS = 7;
+const WARM_UP_SECONDS = 1;
+const SMALL_OBJECT = 1024;
+const SETTLE_MS = 250;
+// USER_HZ, which Linux fixes at 100 for what /proc reports.
+const CLOCK_TICKS_PER_SECOND = 100;
+
+// Streaming.
+const STREAM_SIZES = [MIB, 1024 * MIB];
+const RSS_SAMPLE_MS = 20;
+
+// Refresh.
+const API_LATENCY_MS = 50;
+const REFRESH_RUNS = 5;
+const CLI_RUNS = 3;
+
+// Start-up.
+const STARTUP_RUNS = 5;
+const COMPILE_TIMEOUT_MS = 180_000;
+
+// Targets (issue 5).
+const MIN_THROUGHPUT_RATIO = 0.95;
+const STREAM_RSS_MARGIN_MIB = 32;
+const MAX_REFRESH_RATIO = 1.2;
+const MAX_ROUND_TRIPS = 4;
+
+/** How the benchmark is run. */
+export interface BenchOptions {
+  /** Print one JSON object instead of the table. @default false */
+  json: boolean;
+  /** `wrk` when it is installed, else the Deno fetch loop of `load.ts`. @default "auto" */
+  load: "auto" | "wrk" | "fetch";
+}
+
+/** One load run's figures. */
+export interface Throughput {
+  requestsPerSecond: number;
+  /** CPU time workerd spent per request (user + system), in microseconds; null without /proc. */
+  workerdCpuUs: number | null;
+  p50Ms: number;
+  p99Ms: number;
+  requests: number;
+  errors: number;
+  /** Requests the origin received during the run. */
+  originRequests: number;
+}
+
+/** Section 1: the cost of our worker against a pass-through one. */
+export interface WorkerOverhead {
+  loadGenerator: string;
+  /** Which processes ran on which core. */
+  placement: string;
+  connections: number;
+  rounds: number;
+  roundSeconds: number;
+  /** Medians across rounds. */
+  floor: Throughput;
+  uncached: Throughput;
+  cacheHit: Throughput;
+  /** The pass-through worker serving its hits from the same edge cache. */
+  cacheFloor: Throughput;
+  /** Median across rounds of ours (uncached) / floor requests per second. */
+  uncachedRatio: number;
+  /** Median across rounds of cache hits / floor (uncached) requests per second. */
+  cacheHitRatio: number;
+  /** Median across rounds of our cache hits / the pass-through worker's cache hits. */
+  cacheHitFloorRatio: number;
+  /** Every round, for whoever wants the spread. */
+  perRound: {
+    floor: Throughput;
+    uncached: Throughput;
+    cacheHit: Throughput;
+    cacheFloor: Throughput;
+  }[];
+}
+
+/** Section 2: one object streamed through the worker. */
+export interface StreamRun {
+  /** The worker's WORKER_CACHE_TTL. */
+  cacheTtl: string;
+  bytes: number;
+  ttfbMs: number;
+  mibPerSecond: number;
+  /** Highest VmRSS of the workerd process seen while streaming, in MiB. */
+  peakRssMiB: number | null;
+  rssSamples: number;
+}
+
+/** Section 3: one way of naming the bucket. */
+export interface RefreshRun {
+  scenario: string;
+  roundTrips: number;
+  expectedRoundTrips: number;
+  /** `refresh()` in this process, median. */
+  inProcessMs: number;
+  /** `main.ts refresh` spawned with `deno run`, median. */
+  cliMs: number;
+  /** Round trips x the added latency. */
+  latencyFloorMs: number;
+  /** That plus `deno run main.ts --version`. */
+  floorMs: number;
+}
+
+/** Section 4. */
+export interface Startup {
+  denoRunMs: number;
+  compiledMs: number | null;
+  /** Why the compiled binary was not measured. */
+  compileError?: string;
+}
+
+/** One target of issue 5, judged. */
+export interface Target {
+  name: string;
+  met: boolean;
+  /** What was measured against what is wanted, in words. */
+  detail: string;
+}
+
+/** Everything the run measured. */
+export interface BenchReport {
+  date: string;
+  cores: number;
+  deno: string;
+  miniflare: string;
+  workerOverhead: WorkerOverhead;
+  streaming: StreamRun[];
+  refresh: RefreshRun[];
+  startup: Startup;
+  targets: Target[];
+  seconds: number;
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+/** The pids of this process's children, from /proc; empty where there is no /proc. */
+function childPids(): Set<number> {
+  const pids = new Set<number>();
+  let entries: Iterable<Deno.DirEntry>;
+  try {
+    entries = Deno.readDirSync("/proc");
+  } catch {
+    return pids;
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
+      // Fields after the command name, which may itself hold spaces and parentheses.
+      const [, parent] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(parent) === Deno.pid) pids.add(Number(entry.name));
+    } catch {
+      // The process ended while we looked.
+    }
+  }
+  return pids;
+}
+
+function commandName(pid: number): string {
+  try {
+    return Deno.readTextFileSync(`/proc/${pid}/comm`).trim();
+  } catch {
+    return "";
+  }
+}
+
+/** A worker in workerd, with the pid of the workerd process that runs it when it can be found. */
+interface RunningWorker extends LocalWorker {
+  pid: number | undefined;
+}
+
+async function startWorker(upload: WorkerUpload): Promise<RunningWorker> {
+  const before = childPids();
+  const worker = await startLocalWorker(upload);
+  const pid = [...childPids()].find((p) => !before.has(p) && commandName(p).includes("workerd"));
+  if (pid !== undefined && pinned) await pin(pid, WORKERD_CPU);
+  return { ...worker, pid };
+}
+
+// On a machine of few cores, workerd, the origin and the load generator fight for them and
+// every figure swings by a fifth from one round to the next. With workerd alone on one core
+// and the rest on the other, the worker is what limits the rate, which is what is measured.
+const WORKERD_CPU = 1;
+const OTHERS_CPU = 0;
+let pinned = false;
+
+/** Moves every thread of `pid` to `cpus` with `taskset`; false when that cannot be done. */
+async function pin(pid: number, cpus: number | string): Promise<boolean> {
+  try {
+    const { success } = await new Deno.Command("taskset", {
+      args: ["--all-tasks", "--cpu-list", "--pid", String(cpus), String(pid)],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return success;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Pins this process (the origin) and what it spawns from now on, and the
+ * workers started until it is disposed, unless there is only one core.
+ */
+async function pinning(): Promise<AsyncDisposable & { placement: string }> {
+  const cores = navigator.hardwareConcurrency;
+  pinned = cores >= 2 && await pin(Deno.pid, OTHERS_CPU);
+  return {
+    placement: pinned
+      ? `workerd on CPU ${WORKERD_CPU}, origin and load on CPU ${OTHERS_CPU}`
+      : cores < 2
+      ? "not pinned: one core"
+      : "not pinned: taskset failed",
+    async [Symbol.asyncDispose]() {
+      if (pinned) await pin(Deno.pid, `0-${cores - 1}`);
+      pinned = false;
+    },
+  };
+}
+
+/** VmRSS (or VmHWM, the peak since it was last reset) of a process, in bytes. */
+function memoryOf(pid: number, field: "VmRSS" | "VmHWM"): number | undefined {
+  try {
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+    const kib = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1];
+    return kib === undefined ? undefined : Number(kib) * 1024;
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU time (user + system, all threads) a process has used, in seconds. */
+function cpuSeconds(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    // utime and stime are fields 14 and 15; the 12th and 13th after the command name.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Resets VmHWM (Linux: `5` to clear_refs), so it then holds the peak of what follows. */
+function resetPeak(pid: number): boolean {
+  try {
+    Deno.writeTextFileSync(`/proc/${pid}/clear_refs`, "5");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function spawnMs(
+  command: string,
+  args: string[],
+  options: { env?: Record<string, string>; cwd?: string } = {},
+): Promise<{ ms: number; output: Deno.CommandOutput }> {
+  const started = performance.now();
+  const output = await new Deno.Command(command, {
+    args,
+    cwd: options.cwd ?? ROOT.pathname,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    ...(options.env && { env: options.env, clearEnv: true }),
+  }).output();
+  return { ms: performance.now() - started, output };
+}
+
+function median(values: number[]): number {
+  const sorted = values.toSorted((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1
+    ? sorted[middle]!
+    : ((sorted[middle - 1] ?? 0) + (sorted[middle] ?? 0)) / 2;
+}
+
+function lastLine(bytes: Uint8Array): string {
+  return new TextDecoder().decode(bytes).trim().split("\n").at(-1) ?? "";
+}
+
+// ---------------------------------------------------------------------------
+// 1. Worker overhead
+// ---------------------------------------------------------------------------
+
+/** Runs `wrk` or the fetch loop against `url` for `seconds`. */
+type LoadGenerator = { name: string; run(url: string, seconds: number): Promise<LoadResult> };
+
+async function wrkVersion(): Promise<string | undefined> {
+  try {
+    const { stdout, stderr } = await new Deno.Command("wrk", { args: ["-v"] }).output();
+    const text = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+    return /wrk \S+/.exec(text)?.[0] ?? "wrk";
+  } catch {
+    return undefined;
+  }
+}
+
+async function pickLoadGenerator(choice: BenchOptions["load"]): Promise<LoadGenerator> {
+  const wrk = choice === "fetch" ? undefined : await wrkVersion();
+  if (choice === "wrk" && wrk === undefined) {
+    throw new Error("--load wrk: wrk is not installed (apt-get install wrk), or use --load fetch");
+  }
+  const parse = (output: Deno.CommandOutput, what: string): LoadResult => {
+    const line = lastLine(output.stdout);
+    if (!output.success || !line.startsWith("{")) {
+      throw new Error(`${what} failed: ${lastLine(output.stderr) || line}`);
+    }
+    return JSON.parse(line) as LoadResult;
+  };
+  if (wrk !== undefined) {
+    const script = new URL("wrk_report.lua", import.meta.url).pathname;
+    return {
+      name: `${wrk} (1 thread, ${CONNECTIONS} connections)`,
+      run: async (url, seconds) => {
+        const { output } = await spawnMs("wrk", [
+          "-t1",
+          `-c${CONNECTIONS}`,
+          `-d${seconds}s`,
+          "--timeout",
+          "10s",
+          "-s",
+          script,
+          url,
+        ]);
+        return parse(output, "wrk");
+      },
+    };
+  }
+  const loader = new URL("load.ts", import.meta.url).pathname;
+  return {
+    name: `Deno fetch loop, bench/load.ts (${CONNECTIONS} connections${
+      choice === "auto" ? "; wrk not installed" : ""
+    })`,
+    run: async (url, seconds) => {
+      const { output } = await spawnMs(Deno.execPath(), [
+        "run",
+        "--allow-net",
+        loader,
+        url,
+        "--connections",
+        String(CONNECTIONS),
+        "--seconds",
+        String(seconds),
+      ]);
+      return parse(output, "bench/load.ts");
+    },
+  };
+}
+
+/** The facts our worker is deployed with, pointing at a fake B2. */
+function ourUpload(module: string, b2: FakeB2, settings: Settings): WorkerUpload {
+  const now = Date.now();
+  return workerUpload(module, {
+    downloadToken: b2.issueDownloadToken("bench", "", 86_400),
+    downloadUrl: b2.url,
+    bucketName: "bench",
+    prefix: "",
+    issuedAt: now,
+    expiresAt: now + 86_400_000,
+    options: parseConfig(settings).worker,
+  });
+}
+
+/** The pass-through worker, run like `like` (same compatibility date), its cache on or off. */
+async function passThroughUpload(
+  origin: string,
+  like: WorkerUpload,
+  cache: "on" | "off",
+): Promise<WorkerUpload> {
+  const source = await Deno.readTextFile(new URL("pass_through_worker.ts", import.meta.url));
+  return {
+    metadata: {
+      ...like.metadata,
+      bindings: [
+        { type: "plain_text", name: "ORIGIN", text: origin },
+        { type: "plain_text", name: "CACHE", text: cache },
+      ],
+    },
+    module: stripTypeScriptTypes(source, { mode: "transform" }),
+  };
+}
+
+async function fetchOk(url: string): Promise<void> {
+  const response = await fetch(url);
+  await response.arrayBuffer();
+  if (!response.ok) throw new Error(`${url} answered ${response.status}`);
+}
+
+async function benchWorkerOverhead(
+  module: string,
+  generator: LoadGenerator,
+): Promise<WorkerOverhead> {
+  await using stack = new AsyncDisposableStack();
+  const { placement } = stack.use(await pinning());
+  const b2 = startFakeB2({
+    buckets: [{
+      id: "bucket-bench",
+      name: "bench",
+      files: [{ name: "1k.bin", body: new Uint8Array(SMALL_OBJECT).map((_, i) => i % 251) }],
+    }],
+  });
+  stack.defer(() => b2.close());
+  const start = async (upload: WorkerUpload) => {
+    const worker = await startWorker(upload);
+    stack.defer(() => worker.dispose());
+    return worker;
+  };
+  // WORKER_CACHE_TTL 0 turns the edge cache off, so every request reaches the origin.
+  const uncachedUpload = ourUpload(module, b2, { WORKER_CACHE_TTL: "0" });
+  const uncached = await start(uncachedUpload);
+  const cached = await start(ourUpload(module, b2, {}));
+  const floor = await start(await passThroughUpload(b2.url, uncachedUpload, "off"));
+  const cacheFloor = await start(await passThroughUpload(b2.url, uncachedUpload, "on"));
+  const token = b2.issueDownloadToken("bench", "", 86_400);
+  const pids = {
+    floor: floor.pid,
+    uncached: uncached.pid,
+    cacheHit: cached.pid,
+    cacheFloor: cacheFloor.pid,
+  };
+  const urls = {
+    floor: `${floor.url}/file/bench/1k.bin?Authorization=${token}`,
+    uncached: `${uncached.url}/1k.bin`,
+    cacheHit: `${cached.url}/1k.bin`,
+    cacheFloor: `${cacheFloor.url}/file/bench/1k.bin?Authorization=${token}`,
+  };
+  for (const url of Object.values(urls)) await fetchOk(url);
+  // The cache is written after the answer is sent (waitUntil): wait until a hit is a hit.
+  for (const url of [urls.cacheHit, urls.cacheFloor]) {
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const before = b2.requests.length;
+      await fetchOk(url);
+      if (b2.requests.length === before) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+  for (const url of Object.values(urls)) await generator.run(url, WARM_UP_SECONDS);
+
+  const cases = ["floor", "uncached", "cacheHit", "cacheFloor"] as const;
+  const perRound: WorkerOverhead["perRound"] = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    const figures: Partial<Record<typeof cases[number], Throughput>> = {};
+    // Rotated so that no case always runs first or right after the same one.
+    for (let i = 0; i < cases.length; i++) {
+      const name = cases[(i + round) % cases.length]!;
+      // Requests the last run left in flight reach the origin late: let them land first.
+      await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
+      b2.requests.length = 0;
+      const cpuBefore = cpuSeconds(pids[name]);
+      const result = await generator.run(urls[name], ROUND_SECONDS);
+      const cpu = (cpuSeconds(pids[name]) ?? NaN) - (cpuBefore ?? NaN);
+      figures[name] = {
+        requestsPerSecond: result.requests / (result.durationUs / 1e6),
+        workerdCpuUs: Number.isNaN(cpu) ? null : cpu * 1e6 / result.requests,
+        p50Ms: result.p50Us / 1000,
+        p99Ms: result.p99Us / 1000,
+        requests: result.requests,
+        errors: result.errors,
+        originRequests: b2.requests.length,
+      };
+    }
+    perRound.push(figures as WorkerOverhead["perRound"][number]);
+  }
+  b2.requests.length = 0;
+
+  const summarize = (name: typeof cases[number]): Throughput => {
+    const runs = perRound.map((round) => round[name]);
+    const sum = (pick: (t: Throughput) => number) => runs.reduce((n, t) => n + pick(t), 0);
+    return {
+      requestsPerSecond: median(runs.map((t) => t.requestsPerSecond)),
+      p50Ms: median(runs.map((t) => t.p50Ms)),
+      p99Ms: median(runs.map((t) => t.p99Ms)),
+      workerdCpuUs: runs.every((t) => t.workerdCpuUs !== null)
+        ? median(runs.map((t) => t.workerdCpuUs!))
+        : null,
+      requests: sum((t) => t.requests),
+      errors: sum((t) => t.errors),
+      originRequests: sum((t) => t.originRequests),
+    };
+  };
+  const ratio = (name: typeof cases[number], to: typeof cases[number] = "floor") =>
+    median(perRound.map((r) => r[name].requestsPerSecond / r[to].requestsPerSecond));
+  return {
+    loadGenerator: generator.name,
+    placement,
+    connections: CONNECTIONS,
+    rounds: ROUNDS,
+    roundSeconds: ROUND_SECONDS,
+    floor: summarize("floor"),
+    uncached: summarize("uncached"),
+    cacheHit: summarize("cacheHit"),
+    cacheFloor: summarize("cacheFloor"),
+    uncachedRatio: ratio("uncached"),
+    cacheHitRatio: ratio("cacheHit"),
+    cacheHitFloorRatio: ratio("cacheHit", "cacheFloor"),
+    perRound,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// 2. Streaming
+// ---------------------------------------------------------------------------
+
+/** Streams `url` as fast as it comes while sampling the RSS of `pid`. */
+async function streamOnce(
+  url: string,
+  pid: number | undefined,
+): Promise<Omit<StreamRun, "cacheTtl">> {
+  const exact = pid !== undefined && resetPeak(pid);
+  let peak = pid === undefined ? undefined : memoryOf(pid, "VmRSS");
+  let samples = 0;
+  const sample = () => {
+    const rss = pid === undefined ? undefined : memoryOf(pid, "VmRSS");
+    if (rss === undefined) return;
+    samples++;
+    peak = Math.max(peak ?? 0, rss);
+  };
+  const timer = setInterval(sample, RSS_SAMPLE_MS);
+  try {
+    const started = performance.now();
+    const response = await fetch(url);
+    if (!response.ok || !response.body) throw new Error(`${url} answered ${response.status}`);
+    let ttfbMs = 0;
+    let bytes = 0;
+    for await (const chunk of response.body) {
+      if (bytes === 0) ttfbMs = performance.now() - started;
+      bytes += chunk.byteLength;
+    }
+    const seconds = (performance.now() - started) / 1000;
+    sample();
+    // VmHWM catches a peak between two samples.
+    if (exact && pid !== undefined) peak = Math.max(peak ?? 0, memoryOf(pid, "VmHWM") ?? 0);
+    return {
+      bytes,
+      ttfbMs,
+      mibPerSecond: bytes / MIB / seconds,
+      peakRssMiB: peak === undefined ? null : peak / MIB,
+      rssSamples: samples,
+    };
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+async function benchStreaming(module: string): Promise<StreamRun[]> {
+  await using stack = new AsyncDisposableStack();
+  const files = [
+    { name: "warm-up.bin", body: { size: MIB } },
+    ...STREAM_SIZES.map((size) => ({ name: `${size}.bin`, body: { size } })),
+  ];
+  const b2 = startFakeB2({ buckets: [{ id: "bucket-bench", name: "bench", files }] });
+  stack.defer(() => b2.close());
+  const runs: StreamRun[] = [];
+  // As deployed (each answer also written to the edge cache), and with the cache off.
+  for (const cacheTtl of ["86400", "0"]) {
+    const worker = await startWorker(ourUpload(module, b2, { WORKER_CACHE_TTL: cacheTtl }));
+    try {
+      await streamOnce(`${worker.url}/warm-up.bin`, worker.pid);
+      for (const size of STREAM_SIZES) {
+        const run = await streamOnce(`${worker.url}/${size}.bin`, worker.pid);
+        if (run.bytes !== size) throw new Error(`streamed ${run.bytes} of ${size} bytes`);
+        runs.push({ cacheTtl, ...run });
+      }
+    } finally {
+      await worker.dispose();
+    }
+  }
+  return runs;
+}
+
+// ---------------------------------------------------------------------------
+// 3. Refresh
+// ---------------------------------------------------------------------------
+
+const REFRESH_SCENARIOS: {
+  scenario: string;
+  settings: Settings;
+  b2: FakeB2Options;
+  expectedRoundTrips: number;
+}[] = [
+  {
+    scenario: "bucket name and id given",
+    settings: { B2_BUCKET_NAME: "bench", B2_BUCKET_ID: "bucket-bench" },
+    b2: {},
+    expectedRoundTrips: 3,
+  },
+  {
+    scenario: "key restricted to the bucket",
+    settings: { B2_BUCKET_NAME: "bench" },
+    b2: { restrictToBucket: "bench" },
+    expectedRoundTrips: 3,
+  },
+  {
+    scenario: "bucket name only",
+    settings: { B2_BUCKET_NAME: "bench" },
+    b2: {},
+    expectedRoundTrips: MAX_ROUND_TRIPS,
+  },
+];
+
+/** What the spawned CLI may see of this process's environment besides its settings. */
+const PASSED_ENV = ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME", "TMPDIR"];
+
+async function benchRefresh(module: string, denoRunMs: number): Promise<RefreshRun[]> {
+  const runs: RefreshRun[] = [];
+  await using stack = new AsyncDisposableStack();
+  const directory = await Deno.makeTempDir({ prefix: "b2cdn-bench-" });
+  stack.defer(() => Deno.remove(directory, { recursive: true }));
+  // An empty settings file, so a developer's ./.env never reaches the fakes' run.
+  const envFile = `${directory}/empty.env`;
+  await Deno.writeTextFile(envFile, "");
+  for (const { scenario, settings, b2: b2Options, expectedRoundTrips } of REFRESH_SCENARIOS) {
+    const b2 = startFakeB2({
+      buckets: [{ id: "bucket-bench", name: "bench", files: [] }],
+      latencyMs: API_LATENCY_MS,
+      ...b2Options,
+    });
+    const cloudflare = startFakeCloudflare({ latencyMs: API_LATENCY_MS });
+    try {
+      const all: Settings = {
+        B2_APPLICATION_KEY_ID: "fake-key-id",
+        B2_APPLICATION_KEY: "fake-application-key",
+        B2_API_URL: b2.url,
+        CLOUDFLARE_ACCOUNT_ID: "fake-account-id",
+        CLOUDFLARE_API_TOKEN: "fake-cf-token",
+        CLOUDFLARE_API_BASE_URL: cloudflare.url,
+        ...settings,
+      };
+      const config: Config = parseConfig(all, { b2: true, cloudflare: true });
+      const requests = () => b2.requests.length + cloudflare.requests.length;
+      const times: number[] = [];
+      const counts = new Set<number>();
+      // The first run warms the JIT and the connections; it is not timed.
+      for (let i = 0; i <= REFRESH_RUNS; i++) {
+        const before = requests();
+        const started = performance.now();
+        const result = await refresh(config, defaultContext(), { module });
+        const ms = performance.now() - started;
+        const made = requests() - before;
+        if (made !== result.roundTrips) {
+          throw new Error(
+            `${scenario}: refresh() says ${result.roundTrips} round trips, made ${made}`,
+          );
+        }
+        counts.add(made);
+        if (i > 0) times.push(ms);
+      }
+      if (counts.size !== 1) throw new Error(`${scenario}: round trips varied: ${[...counts]}`);
+      const roundTrips = [...counts][0]!;
+
+      const env: Record<string, string> = {};
+      for (const name of PASSED_ENV) {
+        const value = Deno.env.get(name);
+        if (value !== undefined) env[name] = value;
+      }
+      Object.assign(env, all, { NO_COLOR: "1" });
+      const cliTimes: number[] = [];
+      for (let i = 0; i < CLI_RUNS; i++) {
+        const { ms, output } = await spawnMs(Deno.execPath(), [
+          "run",
+          "--allow-net",
+          "--allow-env",
+          "--allow-read",
+          MAIN,
+          "refresh",
+          "--json",
+          "--env-file",
+          envFile,
+        ], { env });
+        if (!output.success) {
+          throw new Error(`main.ts refresh failed: ${lastLine(output.stderr)}`);
+        }
+        cliTimes.push(ms);
+      }
+      const latencyFloorMs = roundTrips * API_LATENCY_MS;
+      runs.push({
+        scenario,
+        roundTrips,
+        expectedRoundTrips,
+        inProcessMs: median(times),
+        cliMs: median(cliTimes),
+        latencyFloorMs,
+        floorMs: latencyFloorMs + denoRunMs,
+      });
+    } finally {
+      await Promise.all([b2.close(), cloudflare.close()]);
+    }
+  }
+  return runs;
+}
+
+// ---------------------------------------------------------------------------
+// 4. Start-up
+// ---------------------------------------------------------------------------
+
+async function medianRun(command: string, args: string[]): Promise<number> {
+  const times: number[] = [];
+  // One untimed run first: it fills Deno's caches.
+  for (let i = 0; i <= STARTUP_RUNS; i++) {
+    const { ms, output } = await spawnMs(command, args);
+    if (!output.success) {
+      throw new Error(`${command} ${args.join(" ")} failed: ${lastLine(output.stderr)}`);
+    }
+    if (i > 0) times.push(ms);
+  }
+  return median(times);
+}
+
+async function benchDenoRun(): Promise<number> {
+  return await medianRun(Deno.execPath(), [
+    "run",
+    "--allow-net",
+    "--allow-env",
+    "--allow-read",
+    MAIN,
+    "--version",
+  ]);
+}
+
+async function benchCompiled(): Promise<Pick<Startup, "compiledMs" | "compileError">> {
+  const directory = await Deno.makeTempDir({ prefix: "b2cdn-bench-" });
+  try {
+    const binary = `${directory}/b2-private-cdn`;
+    const compile = new Deno.Command(Deno.execPath(), {
+      args: [
+        "compile",
+        "--allow-net",
+        "--allow-env",
+        "--allow-read",
+        "--include",
+        "worker_template.ts",
+        "--output",
+        binary,
+        "main.ts",
+      ],
+      cwd: ROOT.pathname,
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(COMPILE_TIMEOUT_MS),
+    });
+    const output = await compile.output();
+    if (!output.success) {
+      // Its first cause names what went wrong (often: denort could not be downloaded).
+      const lines = new TextDecoder().decode(output.stderr).split("\n").map((l) => l.trim());
+      const cause = lines.find((line) => /^1: /.test(line))?.slice(3) ??
+        lines.find((line) => /error/i.test(line));
+      return { compiledMs: null, compileError: `deno compile failed: ${cause ?? "no message"}` };
+    }
+    return { compiledMs: await medianRun(binary, ["--version"]) };
+  } catch (error) {
+    return { compiledMs: null, compileError: `deno compile failed: ${(error as Error).message}` };
+  } finally {
+    await Deno.remove(directory, { recursive: true });
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Targets and the report
+// ---------------------------------------------------------------------------
+
+/** Judges the measured figures against the targets of issue 5. */
+export function judge(
+  report: Omit<BenchReport, "targets" | "seconds">,
+): Target[] {
+  const { workerOverhead: w, streaming, refresh } = report;
+  const targets: Target[] = [];
+  const uncachedMargin = w.uncachedRatio - MIN_THROUGHPUT_RATIO;
+  targets.push({
+    name: `worker, uncached: >= ${MIN_THROUGHPUT_RATIO} x floor throughput`,
+    met: uncachedMargin >= 0 && w.uncached.errors === 0,
+    detail: `${w.uncachedRatio.toFixed(2)} x (${signed(uncachedMargin, 2)})`,
+  });
+  targets.push({
+    name: `worker, cache hits: >= ${MIN_THROUGHPUT_RATIO} x the pass-through worker's hits`,
+    met: w.cacheHitFloorRatio >= MIN_THROUGHPUT_RATIO && w.cacheHit.errors === 0,
+    detail: `${w.cacheHitFloorRatio.toFixed(2)} x (${
+      signed(w.cacheHitFloorRatio - MIN_THROUGHPUT_RATIO, 2)
+    })`,
+  });
+  targets.push({
+    name: "worker, cache hits faster than the floor's uncached",
+    met: w.cacheHitRatio > 1 && w.cacheHit.originRequests === 0 && w.cacheHit.errors === 0,
+    detail: `${w.cacheHitRatio.toFixed(2)} x floor req/s, p50 ${ms(w.cacheHit.p50Ms)} vs ${
+      ms(w.floor.p50Ms)
+    }; origin reached ${w.cacheHit.originRequests} times`,
+  });
+  for (const cacheTtl of new Set(streaming.map((s) => s.cacheTtl))) {
+    const runs = streaming.filter((s) => s.cacheTtl === cacheTtl);
+    const small = runs.find((s) => s.bytes === STREAM_SIZES[0]);
+    const large = runs.find((s) => s.bytes === STREAM_SIZES[1]);
+    if (small?.peakRssMiB == null || large?.peakRssMiB == null) {
+      targets.push({
+        name:
+          `streaming (TTL ${cacheTtl}): 1 GiB peak within ${STREAM_RSS_MARGIN_MIB} MiB of 1 MiB`,
+        met: false,
+        detail: "not measured: no /proc to read workerd's memory from",
+      });
+      continue;
+    }
+    const growth = large.peakRssMiB - small.peakRssMiB;
+    targets.push({
+      name: `streaming (TTL ${cacheTtl}): 1 GiB peak within ${STREAM_RSS_MARGIN_MIB} MiB of 1 MiB`,
+      met: growth <= STREAM_RSS_MARGIN_MIB,
+      detail: `${signed(growth, 1)} MiB (${
+        (STREAM_RSS_MARGIN_MIB - growth).toFixed(1)
+      } MiB to spare)`,
+    });
+  }
+  targets.push({
+    name: "refresh: round trips at the minimum, never above 4",
+    met: refresh.every((r) => r.roundTrips <= r.expectedRoundTrips && r.roundTrips <= 4),
+    detail: refresh.map((r) => `${r.roundTrips}/${r.expectedRoundTrips}`).join(", ") +
+      " (made/minimum)",
+  });
+  const worst = refresh.reduce((a, b) => (b.cliMs / b.floorMs > a.cliMs / a.floorMs ? b : a));
+  targets.push({
+    name: `refresh: CLI wall time <= ${MAX_REFRESH_RATIO} x floor`,
+    met: refresh.every((r) => r.cliMs / r.floorMs <= MAX_REFRESH_RATIO),
+    detail: `worst ${(worst.cliMs / worst.floorMs).toFixed(2)} x (${worst.scenario}; ${
+      signed(MAX_REFRESH_RATIO - worst.cliMs / worst.floorMs, 2)
+    } to spare)`,
+  });
+  const worstIn = refresh.reduce((a, b) =>
+    b.inProcessMs / b.latencyFloorMs > a.inProcessMs / a.latencyFloorMs ? b : a
+  );
+  targets.push({
+    name: `refresh: in-process <= ${MAX_REFRESH_RATIO} x round trips x ${API_LATENCY_MS} ms`,
+    met: refresh.every((r) => r.inProcessMs / r.latencyFloorMs <= MAX_REFRESH_RATIO),
+    detail: `worst ${
+      (worstIn.inProcessMs / worstIn.latencyFloorMs).toFixed(2)
+    } x (${worstIn.scenario})`,
+  });
+  return targets;
+}
+
+function signed(value: number, digits: number): string {
+  return (value >= 0 ? "+" : "") + value.toFixed(digits);
+}
+
+function ms(value: number): string {
+  return value >= 100 ? `${value.toFixed(0)} ms` : `${value.toFixed(1)} ms`;
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, column) =>
+    Math.max(...rows.map((row) => (row[column] ?? "").length))
+  );
+  return rows.map((row) =>
+    "  " +
+    row.map((cell, column) =>
+      column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!)
+    ).join("   ")
+  ).join("\n");
+}
+
+/** The report as the table `deno task bench` prints. */
+export function formatReport(report: BenchReport): string {
+  const w = report.workerOverhead;
+  const throughputRow = (name: string, t: Throughput) => [
+    name,
+    Math.round(t.requestsPerSecond).toLocaleString("en-US"),
+    t.workerdCpuUs === null ? "n/a" : `${Math.round(t.workerdCpuUs)} µs`,
+    ms(t.p50Ms),
+    ms(t.p99Ms),
+    t.requests.toLocaleString("en-US"),
+    t.originRequests.toLocaleString("en-US"),
+    String(t.errors),
+  ];
+  const size = (bytes: number) =>
+    bytes >= 1024 * MIB ? `${bytes / 1024 / MIB} GiB` : `${bytes / MIB} MiB`;
+  const lines = [
+    `b2-private-cdn bench, ${report.date}`,
+    `machine: ${report.cores} cores, Deno ${report.deno}, workerd via miniflare ${report.miniflare}`,
+    "",
+    `1. Worker overhead: 1 KiB object, ${w.connections} connections, ${w.rounds} alternated rounds of ${w.roundSeconds} s per case (medians)`,
+    `   load: ${w.loadGenerator}; ${w.placement}`,
+    table([
+      ["case", "req/s", "workerd CPU/req", "p50", "p99", "requests", "origin hits", "errors"],
+      throughputRow("pass-through worker (floor)", w.floor),
+      throughputRow("ours, edge cache off (TTL 0)", w.uncached),
+      throughputRow("pass-through + Cache API, hit", w.cacheFloor),
+      throughputRow("ours, cache hit", w.cacheHit),
+    ]),
+    `  ours/floor: uncached ${w.uncachedRatio.toFixed(2)} x, cache hit ${
+      w.cacheHitRatio.toFixed(2)
+    } x; our hits / pass-through hits ${
+      w.cacheHitFloorRatio.toFixed(2)
+    } x (medians of per-round ratios)`,
+    "",
+    "2. Streaming through our worker (workerd RSS sampled every 20 ms, plus VmHWM)",
+    table([
+      ["object", "cache TTL", "TTFB", "MiB/s", "peak RSS"],
+      ...report.streaming.map((s) => [
+        size(s.bytes),
+        s.cacheTtl,
+        ms(s.ttfbMs),
+        s.mibPerSecond.toFixed(0),
+        s.peakRssMiB === null ? "n/a" : `${s.peakRssMiB.toFixed(1)} MiB`,
+      ]),
+    ]),
+    "",
+    `3. Refresh against the fakes, ${API_LATENCY_MS} ms added to every answer (medians)`,
+    table([
+      ["scenario", "round trips", "in-process", "trips x 50", "CLI", "floor", "CLI/floor"],
+      ...report.refresh.map((r) => [
+        r.scenario,
+        `${r.roundTrips} (min ${r.expectedRoundTrips})`,
+        ms(r.inProcessMs),
+        ms(r.latencyFloorMs),
+        ms(r.cliMs),
+        ms(r.floorMs),
+        `${(r.cliMs / r.floorMs).toFixed(2)} x`,
+      ]),
+    ]),
+    "  floor = round trips x 50 ms + `deno run main.ts --version`",
+    "",
+    "4. Start-up, `main.ts --version` (median of 5)",
+    table([
+      ["how", "time"],
+      ["deno run", ms(report.startup.denoRunMs)],
+      [
+        "compiled binary",
+        report.startup.compiledMs === null ? "not measured" : ms(report.startup.compiledMs),
+      ],
+    ]),
+    ...(report.startup.compileError ? [`  ${report.startup.compileError}`] : []),
+    "",
+    "Targets",
+    ...report.targets.map((t) => `  ${t.met ? "✓" : "✗"} ${t.name}: ${t.detail}`),
+    "",
+    `(${report.seconds.toFixed(0)} s)`,
+  ];
+  return lines.join("\n");
+}
+
+async function miniflareVersion(): Promise<string> {
+  try {
+    const lock = JSON.parse(await Deno.readTextFile(new URL("deno.lock", ROOT))) as {
+      specifiers?: Record<string, string>;
+    };
+    return lock.specifiers?.["npm:miniflare@4"] ?? "4";
+  } catch {
+    return "4";
+  }
+}
+
+/** Runs every section in turn and judges the targets. */
+export async function bench(options: BenchOptions): Promise<BenchReport> {
+  const started = performance.now();
+  const log = (line: string) => {
+    if (!options.json) console.error(line);
+  };
+  const module = await loadWorkerModule();
+  const generator = await pickLoadGenerator(options.load);
+  log(`1/4 worker overhead (${generator.name})...`);
+  const workerOverhead = await benchWorkerOverhead(module, generator);
+  log("2/4 streaming 1 MiB and 1 GiB...");
+  const streaming = await benchStreaming(module);
+  // Start-up before the refresh, whose floor includes it.
+  log("3/4 start-up, deno run and deno compile...");
+  const denoRunMs = await benchDenoRun();
+  const compiled = await benchCompiled();
+  log("4/4 refresh...");
+  const refreshRuns = await benchRefresh(module, denoRunMs);
+  const measured = {
+    date: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+    cores: navigator.hardwareConcurrency,
+    deno: Deno.version.deno,
+    miniflare: await miniflareVersion(),
+    workerOverhead,
+    streaming,
+    refresh: refreshRuns,
+    startup: { denoRunMs, ...compiled },
+  };
+  return {
+    ...measured,
+    targets: judge(measured),
+    seconds: (performance.now() - started) / 1000,
+  };
+}
+
+/**
+ * Ctrl-C still stops workerd and the load generator, which would otherwise
+ * outlive us. Returns what removes the listeners.
+ */
+function stopChildrenOnInterrupt(): () => void {
+  const stop = () => {
+    for (const pid of childPids()) {
+      try {
+        Deno.kill(pid, "SIGTERM");
+      } catch {
+        // Already gone.
+      }
+    }
+    Deno.exit(130);
+  };
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+  return () => {
+    Deno.removeSignalListener("SIGINT", stop);
+    Deno.removeSignalListener("SIGTERM", stop);
+  };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      json: { type: "boolean", default: false },
+      load: { type: "string", default: "auto" },
+    },
+  });
+  const load = values.load;
+  if (load !== "auto" && load !== "wrk" && load !== "fetch") {
+    console.error(`--load must be auto, wrk or fetch, not "${load}".`);
+    Deno.exit(2);
+  }
+  const release = stopChildrenOnInterrupt();
+  try {
+    const report = await bench({ json: values.json, load });
+    console.log(values.json ? JSON.stringify(report) : formatReport(report));
+  } finally {
+    release();
+  }
+}
+
+if (import.meta.main) await main();
