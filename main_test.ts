@@ -1086,6 +1086,17 @@ Deno.test("the deno.json tasks carry the permissions their commands need", async
       assert.equal(status.code, 0, status.stderr);
       assert.match(status.stdout, /^OK - worker "b2-private-cdn"/);
     });
+    await t.step(
+      "compile: the binary gets refresh's permissions and the worker's source",
+      async () => {
+        // deno compile cannot run here (it downloads denort), so this checks what it is given.
+        const { tasks } = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`));
+        const flags = (task: string) =>
+          task.split(/\s+/).filter((arg) => arg.startsWith("--allow"));
+        assert.deepEqual(flags(tasks.compile), flags(tasks.refresh));
+        assert.match(tasks.compile, /--include worker_template\.ts .*main\.ts$/);
+      },
+    );
   } finally {
     await w.close();
   }
