@@ -889,6 +889,8 @@ export async function startLocalWorker(
 ): Promise<LocalWorker> {
   const { Miniflare } = await import(MINIFLARE) as typeof import("miniflare");
   const { onLog } = options;
+  const signals = ["SIGINT", "SIGTERM"] as const;
+  const before = signals.map((signal) => process.listeners(signal));
   const miniflare = new Miniflare({
     modules: [{ type: "ESModule", path: upload.metadata.main_module, contents: upload.module }],
     compatibilityDate: upload.metadata.compatibility_date,
@@ -903,8 +905,21 @@ export async function startLocalWorker(
       },
     }),
   });
-  const url = (await miniflare.ready).origin;
-  return { url, miniflare, dispose: () => miniflare.dispose() };
+  // Its constructor adds signal handlers that exit with 130 at once, before the caller can
+  // dispose workerd and close what it opened: Ctrl-C is the caller's to handle. (Its `exit`
+  // hook stays, so workerd still stops if the process ends some other way.)
+  signals.forEach((signal, i) => {
+    for (const listener of process.listeners(signal)) {
+      if (!before[i]!.includes(listener)) process.removeListener(signal, listener);
+    }
+  });
+  try {
+    const url = (await miniflare.ready).origin;
+    return { url, miniflare, dispose: () => miniflare.dispose() };
+  } catch (error) {
+    await miniflare.dispose().catch(() => {});
+    throw error;
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -1548,29 +1563,21 @@ async function runStatus(
  * the command is ready; `pressed` resolves when one arrives. Disposing it
  * stops listening, so a command that fails does not hang on its listeners.
  */
-function listenForCtrlC(): Disposable & { pressed: Promise<void> } {
+function listenForCtrlC(): Disposable & { pressed: Promise<void>; wasPressed(): boolean } {
   const { promise, resolve } = Promise.withResolvers<void>();
+  let pressed = false;
   const stopListening = () => {
     Deno.removeSignalListener("SIGINT", stop);
     Deno.removeSignalListener("SIGTERM", stop);
   };
   const stop = () => {
     stopListening();
+    pressed = true;
     resolve();
   };
   Deno.addSignalListener("SIGINT", stop);
   Deno.addSignalListener("SIGTERM", stop);
-  return { pressed: promise, [Symbol.dispose]: stopListening };
-}
-
-/**
- * miniflare's own exit hook would end the process with 130 on Ctrl-C before
- * the workers are disposed and the stand-ins closed: drop its signal
- * listeners (its `exit` hook still stops workerd if anything else ends us).
- */
-function keepSignalsToOurselves(): void {
-  process.removeAllListeners("SIGINT");
-  process.removeAllListeners("SIGTERM");
+  return { pressed: promise, wasPressed: () => pressed, [Symbol.dispose]: stopListening };
 }
 
 async function runDev(
@@ -1586,13 +1593,15 @@ async function runDev(
     ctx,
   );
   const worker = await startLocalWorker(prepared.upload, { port: flags.port });
-  keepSignalsToOurselves();
-  io.stdout(
-    `The worker that refresh would deploy runs in workerd at ${worker.url}\n` +
-      `It reads bucket "${prepared.bucket.name}" with a fresh token until ` +
-      `${isoSeconds(prepared.expiresAt)}. Ctrl-C stops it.`,
-  );
-  await ctrlC.pressed;
+  // Ctrl-C while it started up stops it now, not after saying it is ready.
+  if (!ctrlC.wasPressed()) {
+    io.stdout(
+      `The worker that refresh would deploy runs in workerd at ${worker.url}\n` +
+        `It reads bucket "${prepared.bucket.name}" with a fresh token until ` +
+        `${isoSeconds(prepared.expiresAt)}. Ctrl-C stops it.`,
+    );
+    await ctrlC.pressed;
+  }
   await worker.dispose();
   io.stderr("Stopped.");
   return 0;
@@ -1679,18 +1688,20 @@ async function runDemo(ctx: Context, io: Io, flags: Flags): Promise<number> {
       },
       { port: flags.port },
     );
-    keepSignalsToOurselves();
-    say(
-      `\nThe deployed worker now runs in workerd (Cloudflare's runtime) at ${worker.url}\n` +
-        "Try it:\n" +
-        `  curl -i ${worker.url}/\n` +
-        `  curl -i ${worker.url}/hello.txt\n` +
-        `  curl -i -H "Range: bytes=0-99" ${worker.url}/video/sample.mp4\n` +
-        `  curl -I ${worker.url}/images/logo.svg\n` +
-        `  curl -i ${worker.url}/../secret   # refused\n` +
-        "Ctrl-C stops it.",
-    );
-    await ctrlC.pressed;
+    // Ctrl-C while it started up stops it now, not after saying it is ready.
+    if (!ctrlC.wasPressed()) {
+      say(
+        `\nThe deployed worker now runs in workerd (Cloudflare's runtime) at ${worker.url}\n` +
+          "Try it:\n" +
+          `  curl -i ${worker.url}/\n` +
+          `  curl -i ${worker.url}/hello.txt\n` +
+          `  curl -i -H "Range: bytes=0-99" ${worker.url}/video/sample.mp4\n` +
+          `  curl -I ${worker.url}/images/logo.svg\n` +
+          `  curl -i ${worker.url}/../secret   # refused\n` +
+          "Ctrl-C stops it.",
+      );
+      await ctrlC.pressed;
+    }
     await worker.dispose();
     say("Stopped.");
     return 0;

@@ -1190,6 +1190,14 @@ Deno.test("demo runs the whole chain locally and stops cleanly on Ctrl-C", async
   assert.match(stdout, /Stopped\.\n$/);
 });
 
+Deno.test("demo stops cleanly on Ctrl-C while workerd is starting", async () => {
+  const { code, stdout } = await whileServing(["demo"], {
+    urlPattern: /^(Deployed worker) /m,
+  }, () => Promise.resolve());
+  assert.equal(code, 0, stdout);
+  assert.match(stdout, /Stopped\.\n$/);
+});
+
 Deno.test("dev serves the bucket through the real worker with B2 credentials only", async () => {
   const w = world();
   try {
