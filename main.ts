@@ -48,6 +48,22 @@ export interface WorkerOptions {
   cacheControl: string;
   /** Empty (no CORS), `*`, or a comma list of origins. @default "" */
   corsOrigins: string;
+  /** Signed links; the keys go to the worker as secret bindings. @default undefined (none) */
+  signing?: SigningOptions;
+}
+
+/** Which paths need a signed link, and the keys that sign them. */
+export interface SigningOptions {
+  /** Canonical (decoded) public path prefixes, each ending in `/`; `/` protects everything. */
+  prefixes: string[];
+  /** `WORKER_SIGNING_KEY`: at least 32 random bytes, base64url. */
+  key: string;
+  /** The key before the last rotation, accepted until `previousUntil`. */
+  previousKey?: string;
+  /** Milliseconds since the epoch. */
+  previousUntil?: number;
+  /** The longest life a link may have, in seconds. @default 604800 */
+  maxTtl: number;
 }
 
 /** How to reach B2 and what to authorize. */
@@ -160,6 +176,15 @@ const VARIABLES = {
   WORKER_CORS_ORIGINS: {
     about: "empty (no CORS), * or a comma list of origins",
   },
+  WORKER_SIGNED_PREFIXES: {
+    about: "path prefixes that need a signed link, e.g. /members/ (default: none)",
+  },
+  WORKER_SIGNING_KEY: { secret: true, about: "signs links; main.ts keygen prints one" },
+  WORKER_SIGNING_KEY_PREVIOUS: { secret: true, about: "the key before a rotation" },
+  WORKER_SIGNING_KEY_PREVIOUS_UNTIL: {
+    about: "time the previous key's links stop working, e.g. 2026-12-31T00:00:00Z",
+  },
+  WORKER_SIGNED_MAX_TTL: { about: "longest life of a signed link (default 7d)" },
   VERIFY_URL: { about: "fetched after deploying; must answer 2xx" },
   REFRESH_SCHEDULE: { about: 'cron schedule, UTC (default "17 4 * * *")' },
   REFRESH_MARGIN: {
@@ -272,6 +297,8 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
     corsOrigins: corsOrigins.split(",").map((o) => o.trim()).filter(Boolean)
       .join(","),
   };
+  const signing = parseSigning(settings, problems);
+  if (signing) worker.signing = signing;
 
   const config: Config = {
     worker,
@@ -376,6 +403,106 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
 
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+/** A week: the longest a B2 download authorization lives, so a leaked link is worth no more. */
+const DEFAULT_SIGNED_MAX_TTL = 7 * DAY;
+/** What a signing key must hold at least: HMAC-SHA256's own output size. */
+const MIN_SIGNING_KEY_BYTES = 32;
+/** What a decoded path segment may not hold, as the worker's `objectName` refuses it. */
+const HOSTILE_SEGMENT = /[/\\\p{Cc}]/u;
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2}))?$/;
+
+/**
+ * The signed-link settings, or `undefined` when none is set. Protected
+ * prefixes without a key, a weak key, or half a rotation are problems.
+ */
+function parseSigning(settings: Settings, problems: string[]): SigningOptions | undefined {
+  const text = (name: Variable) => settings[name]?.trim() || undefined;
+  const list = text("WORKER_SIGNED_PREFIXES");
+  const key = text("WORKER_SIGNING_KEY");
+  const previousKey = text("WORKER_SIGNING_KEY_PREVIOUS");
+  const until = text("WORKER_SIGNING_KEY_PREVIOUS_UNTIL");
+  const maxTtlText = text("WORKER_SIGNED_MAX_TTL");
+  if (!list && !key && !previousKey && !until && !maxTtlText) return undefined;
+
+  const prefixes: string[] = [];
+  for (const raw of (list ?? "").split(",").map((p) => p.trim()).filter(Boolean)) {
+    const path = canonicalPath(raw);
+    if (path === undefined) {
+      problems.push(
+        `WORKER_SIGNED_PREFIXES must list paths like /members/ (starting with "/", no empty, ` +
+          `"." or ".." segment, "%" written as %25), not "${raw}".`,
+      );
+    } else prefixes.push(path.endsWith("/") ? path : `${path}/`);
+  }
+  if (prefixes.length > 0 && !key) {
+    problems.push(
+      "Set WORKER_SIGNING_KEY: WORKER_SIGNED_PREFIXES protects paths, and links need a key " +
+        "(main.ts keygen prints one; keep it in .env on every machine that refreshes or signs).",
+    );
+  }
+  if (key) problems.push(...signingKeyProblems("WORKER_SIGNING_KEY", key));
+  if (previousKey) {
+    problems.push(...signingKeyProblems("WORKER_SIGNING_KEY_PREVIOUS", previousKey));
+  }
+  let previousUntil: number | undefined;
+  if (previousKey && !until) {
+    problems.push(
+      "Set WORKER_SIGNING_KEY_PREVIOUS_UNTIL to the time links signed with " +
+        "WORKER_SIGNING_KEY_PREVIOUS stop working, e.g. 2026-12-31T00:00:00Z.",
+    );
+  } else if (until && !previousKey) {
+    problems.push(
+      "WORKER_SIGNING_KEY_PREVIOUS_UNTIL is set without WORKER_SIGNING_KEY_PREVIOUS: " +
+        "set the previous key, or remove the time.",
+    );
+  } else if (until) {
+    previousUntil = ISO_TIME.test(until) ? Date.parse(until) : NaN;
+    if (Number.isNaN(previousUntil)) {
+      problems.push(
+        `WORKER_SIGNING_KEY_PREVIOUS_UNTIL must be an ISO 8601 time such as ` +
+          `2026-12-31T00:00:00Z, not "${until}".`,
+      );
+    }
+  }
+  let maxTtl = DEFAULT_SIGNED_MAX_TTL;
+  if (maxTtlText !== undefined) {
+    const seconds = parseDuration(maxTtlText);
+    if (seconds === undefined || seconds < 60 || seconds > 365 * DAY) {
+      problems.push(
+        `WORKER_SIGNED_MAX_TTL must be a duration from 60s to 365d such as 7d, not "${maxTtlText}".`,
+      );
+    } else maxTtl = seconds;
+  }
+  return {
+    prefixes,
+    key: key ?? "",
+    ...(previousKey && { previousKey }),
+    ...(previousUntil !== undefined && { previousUntil }),
+    maxTtl,
+  };
+}
+
+/** Why a signing key is not good enough, naming the variable; empty when it is. */
+function signingKeyProblems(name: string, key: string): string[] {
+  const fix = "main.ts keygen prints a good one";
+  if (!/^[A-Za-z0-9_-]+={0,2}$/.test(key)) {
+    return [`${name} must be base64url (A-Z, a-z, 0-9, "-" and "_"); ${fix}.`];
+  }
+  const bytes = fromBase64Url(key);
+  if (bytes.length < MIN_SIGNING_KEY_BYTES) {
+    return [
+      `${name} holds ${bytes.length} bytes, fewer than the ${MIN_SIGNING_KEY_BYTES} a signing ` +
+      `key needs; ${fix}.`,
+    ];
+  }
+  // 32 random bytes repeat a value a few times at most; a key like "AAAA..." or a word
+  // repeated is no key. (A test of shape, not of randomness: keygen is the way.)
+  if (new Set(bytes).size < Math.min(16, bytes.length / 2)) {
+    return [`${name} does not look random; ${fix}.`];
+  }
+  return [];
 }
 
 /** Seconds in `90`, `90s`, `30m`, `48h` or `6d`; `undefined` if it is none of those. */
@@ -846,10 +973,37 @@ export function workerUpload(module: string, facts: WorkerFacts): WorkerUpload {
         plain("WORKER_CACHE_TTL", String(facts.options.cacheTtl)),
         plain("WORKER_CACHE_CONTROL", facts.options.cacheControl),
         plain("WORKER_CORS_ORIGINS", facts.options.corsOrigins),
+        ...signingBindings(facts.options.signing),
       ],
     },
     module,
   };
+}
+
+/** The signed-link bindings: the keys only ever as `secret_text`. None without signing. */
+function signingBindings(signing: SigningOptions | undefined): Binding[] {
+  if (!signing) return [];
+  const bindings: Binding[] = [
+    {
+      type: "plain_text",
+      name: "WORKER_SIGNED_PREFIXES",
+      // Percent-encoded again, since the worker decodes what it reads exactly once.
+      text: signing.prefixes.map(encodePath).join(","),
+    },
+    { type: "plain_text", name: "WORKER_SIGNED_MAX_TTL", text: String(signing.maxTtl) },
+    { type: "secret_text", name: "WORKER_SIGNING_KEY", text: signing.key },
+  ];
+  if (signing.previousKey && signing.previousUntil !== undefined) {
+    bindings.push(
+      { type: "secret_text", name: "WORKER_SIGNING_KEY_PREVIOUS", text: signing.previousKey },
+      {
+        type: "plain_text",
+        name: "WORKER_SIGNING_KEY_PREVIOUS_UNTIL",
+        text: isoSeconds(signing.previousUntil),
+      },
+    );
+  }
+  return bindings;
 }
 
 /** The metadata with secret values replaced, for printing. */
@@ -1410,6 +1564,196 @@ export function scheduleRefresh(
 }
 
 // ---------------------------------------------------------------------------
+// Signed links
+// ---------------------------------------------------------------------------
+
+/** Bumped with the worker's `SIGNED_LINK_VERSION` if the signed message ever changes. */
+const SIGNED_LINK_VERSION = "b2cdn-link-v1";
+
+/** What a link grants; see {@linkcode signLink}. */
+export interface SignLinkOptions {
+  /** `WORKER_SIGNING_KEY`, base64url. */
+  key: string;
+  /** When the link stops working: a `Date` or Unix seconds. */
+  expires: Date | number;
+  /** When it starts working. @default undefined (at once) */
+  notBefore?: Date | number;
+  /** Served as `Content-Disposition: attachment` with this file name. */
+  downloadName?: string;
+  /** Grant every path under `path` (which then ends in `/`), not just `path`. @default false */
+  prefix?: boolean;
+}
+
+/** A signed link and what it grants, as `sign --json` prints it. */
+export interface SignedLink {
+  /** The full URL to hand out. */
+  url: string;
+  /** The query alone: with `prefix`, append it to any path under the prefix. */
+  query: string;
+  /** The canonical (decoded) path or prefix the signature covers. */
+  path: string;
+  prefix: boolean;
+  /** ISO 8601. */
+  expires: string;
+  notBefore?: string;
+  downloadName?: string;
+}
+
+/**
+ * Signs a link to `path` on the worker at `baseUrl`, as the worker checks
+ * it: an HMAC-SHA256 with the key over the canonical path (each segment
+ * percent-decoded once), the times and the download name, never the host.
+ * `path` is written as in a URL (`/members/caf%C3%A9.mp4`; a literal `%`
+ * as `%25`). This checks the link's shape only: `main.ts sign` also checks
+ * it against WORKER_SIGNED_PREFIXES and WORKER_SIGNED_MAX_TTL, which the
+ * worker enforces.
+ *
+ * ```ts
+ * import { signLink } from "./main.ts";
+ * const { url } = await signLink("https://cdn.example.com", "/members/intro.mp4", {
+ *   key: Deno.env.get("WORKER_SIGNING_KEY")!,
+ *   expires: new Date(Date.now() + 3600_000),
+ * });
+ * ```
+ *
+ * @throws {ConfigError} for a malformed path, key, time or download name.
+ */
+export async function signLink(
+  baseUrl: string,
+  path: string,
+  options: SignLinkOptions,
+): Promise<SignedLink> {
+  const problems: string[] = [];
+  const canonical = canonicalPath(path);
+  if (canonical === undefined || /[?#]/.test(path)) {
+    problems.push(
+      `The path must be a URL path like /members/video.mp4 (starting with "/", no empty, "." ` +
+        `or ".." segment, no "?" or "#", "%" written as %25), not "${path}".`,
+    );
+  } else if (options.prefix && !canonical.endsWith("/")) {
+    problems.push(`A prefix ends in "/": write "${path}/" to sign every path under it.`);
+  }
+  const seconds = (time: Date | number) =>
+    typeof time === "number" ? time : Math.floor(time.getTime() / 1000);
+  const expires = seconds(options.expires);
+  const notBefore = options.notBefore === undefined ? undefined : seconds(options.notBefore);
+  for (const [name, value] of [["expiry", expires], ["not-before time", notBefore]] as const) {
+    if (value !== undefined && !(Number.isInteger(value) && value >= 0 && value < 1e11)) {
+      problems.push(`The ${name} must be a time after 1970 in Unix seconds, not ${value}.`);
+    }
+  }
+  if (notBefore !== undefined && notBefore >= expires) {
+    problems.push("The not-before time must come before the expiry.");
+  }
+  const { downloadName } = options;
+  if (downloadName !== undefined && !validDownloadName(downloadName)) {
+    problems.push(
+      `The download name must be a file name of at most 255 bytes without "/", "\\", '"', ` +
+        `control characters or surrounding spaces, not "${downloadName}".`,
+    );
+  }
+  problems.push(...signingKeyProblems("The signing key", options.key));
+  if (!URL.canParse(baseUrl) || !/^https?:$/.test(new URL(baseUrl).protocol)) {
+    problems.push(`The base URL must be an http(s) URL like https://cdn.example.com.`);
+  } else if (new URL(baseUrl).pathname !== "/" || /[?#]/.test(baseUrl)) {
+    problems.push(
+      `The base URL is an origin like https://cdn.example.com; put the path in the path, ` +
+        `not "${baseUrl}".`,
+    );
+  }
+  if (problems.length > 0 || canonical === undefined) throw new ConfigError(problems);
+
+  const prefix = options.prefix ?? false;
+  const message = new TextEncoder().encode([
+    SIGNED_LINK_VERSION,
+    canonical,
+    prefix ? "prefix" : "path",
+    String(expires),
+    notBefore === undefined ? "" : String(notBefore),
+    downloadName ?? "",
+  ].join("\n"));
+  const key = await crypto.subtle.importKey(
+    "raw",
+    fromBase64Url(options.key),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const signature = new Uint8Array(await crypto.subtle.sign("HMAC", key, message));
+  const query = new URLSearchParams({ exp: String(expires) });
+  if (notBefore !== undefined) query.set("nbf", String(notBefore));
+  if (downloadName !== undefined) query.set("dl", downloadName);
+  if (prefix) query.set("scope", canonical);
+  query.set("sig", toBase64Url(signature));
+  return {
+    url: `${new URL(baseUrl).origin}${encodePath(canonical)}?${query}`,
+    query: String(query),
+    path: canonical,
+    prefix,
+    expires: isoSeconds(expires * 1000),
+    ...(notBefore !== undefined && { notBefore: isoSeconds(notBefore * 1000) }),
+    ...(downloadName !== undefined && { downloadName }),
+  };
+}
+
+/** A fresh signing key: 32 random bytes, base64url, as `WORKER_SIGNING_KEY` takes it. */
+export function generateSigningKey(): string {
+  return toBase64Url(crypto.getRandomValues(new Uint8Array(MIN_SIGNING_KEY_BYTES)));
+}
+
+/**
+ * A path written as in a URL in the worker's canonical form: each segment
+ * percent-decoded once, exactly as the worker decodes it (worker_template.ts
+ * `canonicalPath`); `undefined` for a path the worker refuses.
+ */
+function canonicalPath(path: string): string | undefined {
+  const segments = path.split("/");
+  if (segments[0] !== "" || segments.length < 2) return undefined;
+  const folder = segments.length > 2 && segments.at(-1) === "";
+  const parts = segments.slice(1, folder ? -1 : undefined);
+  if (parts.length === 1 && parts[0] === "") return "/";
+  const decoded: string[] = [];
+  for (const part of parts) {
+    let text: string;
+    try {
+      text = decodeURIComponent(part);
+    } catch {
+      return undefined;
+    }
+    if (text === "" || text === "." || text === ".." || HOSTILE_SEGMENT.test(text)) {
+      return undefined;
+    }
+    decoded.push(text);
+  }
+  return `/${decoded.join("/")}${folder ? "/" : ""}`;
+}
+
+/** A canonical path percent-encoded per segment, as the worker decodes it back. */
+function encodePath(path: string): string {
+  return path.split("/").map(encodeURIComponent).join("/");
+}
+
+/** Whether a download name may go in `Content-Disposition` (as the worker checks it). */
+function validDownloadName(name: string): boolean {
+  return name !== "" && name.trim() === name && !/[/\\"\p{Cc}]/u.test(name) &&
+    new TextEncoder().encode(name).length <= 255;
+}
+
+function toBase64Url(bytes: Uint8Array): string {
+  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_")
+    .replace(/=+$/, "");
+}
+
+function fromBase64Url(text: string): Uint8Array<ArrayBuffer> {
+  try {
+    const binary = atob(text.replace(/=+$/, "").replaceAll("-", "+").replaceAll("_", "/"));
+    return Uint8Array.from(binary, (c) => c.charCodeAt(0));
+  } catch {
+    return new Uint8Array(0);
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Commands
 // ---------------------------------------------------------------------------
 
@@ -1425,6 +1769,9 @@ Commands:
   cron      stay running and refresh on REFRESH_SCHEDULE (Deno.cron)
   dev       run the worker locally in workerd with a real token (B2 key only)
   demo      the whole chain on this machine, against local stand-ins
+  sign <path> --expires <when>
+            print a signed link to a path under WORKER_SIGNED_PREFIXES; no network
+  keygen    print a fresh WORKER_SIGNING_KEY
 
 Flags:
   --json                 one JSON object on stdout instead of a line
@@ -1432,6 +1779,11 @@ Flags:
   --verify <url>         refresh: fetch this URL afterwards; fail unless it answers 2xx
   --min-remaining <d>    status: least acceptable time left (default 48h)
   --port <n>             dev, demo: local port (default 8787)
+  --expires <when>       sign: a duration from now (1h, 7d) or an ISO 8601 time
+  --not-before <when>    sign: the link works only from then on
+  --download-name <name> sign: served as an attachment with this file name
+  --prefix               sign: the link works for every path under <path>/
+  --base-url <url>       sign: the site's origin (default: WORKER_DOMAIN, else WORKER_ROUTE's host)
   --env-file <path>      read settings from this file instead of ./.env
   --verbose, -v          print each step on stderr
   --help, -h             this text
@@ -1477,6 +1829,16 @@ interface Flags {
   verbose: boolean;
   port: number;
   minRemaining: number;
+  sign: SignFlags;
+}
+
+/** The flags of `sign`, as given. */
+interface SignFlags {
+  expires?: string;
+  notBefore?: string;
+  downloadName?: string;
+  prefix: boolean;
+  baseUrl?: string;
 }
 
 async function runRefresh(
@@ -1710,6 +2072,108 @@ async function runDemo(ctx: Context, io: Io, flags: Flags): Promise<number> {
   }
 }
 
+function runKeygen(io: Io, flags: Flags): number {
+  const key = generateSigningKey();
+  if (flags.json) io.stdout(JSON.stringify({ key }));
+  else io.stdout(key);
+  io.stderr(
+    "Keep it as WORKER_SIGNING_KEY in .env (or as a secret) on every machine that refreshes " +
+      "the worker or signs links, then run refresh. It is shown only this once.",
+  );
+  return 0;
+}
+
+/** Prints a signed link; every problem with the request is a {@linkcode ConfigError} (exit 2). */
+async function runSign(
+  path: string,
+  options: { settings: Settings; config: Config; ctx: Context; io: Io; flags: Flags },
+): Promise<number> {
+  const { settings, ctx, io, flags } = options;
+  const signing = options.config.worker.signing;
+  const { expires, notBefore, downloadName, prefix } = flags.sign;
+  const now = Math.floor(ctx.now() / 1000);
+  const problems: string[] = [];
+  if (!signing?.key) {
+    problems.push(
+      "Set WORKER_SIGNING_KEY to the key the worker checks (main.ts keygen prints one).",
+    );
+  }
+  if (!signing || signing.prefixes.length === 0) {
+    problems.push(
+      "Set WORKER_SIGNED_PREFIXES to the paths that need a signed link, e.g. /members/: " +
+        "without it every path is public.",
+    );
+  }
+  const when = (flag: string, text: string | undefined) => {
+    if (text === undefined) return undefined;
+    const seconds = parseDuration(text);
+    if (seconds !== undefined) return now + seconds;
+    if (ISO_TIME.test(text.trim())) return Math.floor(Date.parse(text.trim()) / 1000);
+    problems.push(
+      `--${flag} must be a duration from now such as 1h or 7d, or an ISO 8601 time such as ` +
+        `2026-12-31T00:00:00Z, not "${text}".`,
+    );
+    return undefined;
+  };
+  const expiresAt = when("expires", expires);
+  const notBeforeAt = when("not-before", notBefore);
+  const maxTtl = signing?.maxTtl ?? DEFAULT_SIGNED_MAX_TTL;
+  if (expires === undefined) problems.push("sign needs --expires, e.g. --expires 1h.");
+  else if (expiresAt !== undefined && expiresAt <= now) {
+    problems.push(`--expires must be in the future, not ${isoSeconds(expiresAt * 1000)}.`);
+  } else if (expiresAt !== undefined && expiresAt - now > maxTtl) {
+    problems.push(
+      `--expires is ${formatDuration(expiresAt - now)} away, more than WORKER_SIGNED_MAX_TTL ` +
+        `(${formatDuration(maxTtl)}), and the worker would refuse the link: sign for less, or ` +
+        "raise WORKER_SIGNED_MAX_TTL and refresh.",
+    );
+  }
+  const canonical = canonicalPath(path);
+  if (canonical !== undefined && signing && signing.prefixes.length > 0) {
+    const covered = signing.prefixes.some((protectedPrefix) => {
+      const folder = protectedPrefix.replace(/\/$/, "");
+      return canonical === folder || canonical.startsWith(`${folder}/`);
+    });
+    if (!covered) {
+      problems.push(
+        `"${path}" is not under WORKER_SIGNED_PREFIXES (${signing.prefixes.join(", ")}): ` +
+          `it is public and needs no link${prefix ? ", and a prefix must lie within them" : ""}.`,
+      );
+    }
+  }
+  const baseUrl = flags.sign.baseUrl ?? siteOrigin(settings);
+  if (baseUrl === undefined) {
+    problems.push(
+      "Give --base-url https://<your host>: neither WORKER_DOMAIN nor a WORKER_ROUTE with a " +
+        "concrete host is set.",
+    );
+  }
+  let link: SignedLink | undefined;
+  try {
+    link = await signLink(baseUrl ?? "https://placeholder.invalid", path, {
+      key: signing?.key || generateSigningKey(),
+      expires: expiresAt ?? now + 1,
+      ...(notBeforeAt !== undefined && { notBefore: notBeforeAt }),
+      ...(downloadName !== undefined && { downloadName }),
+      prefix,
+    });
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    problems.push(...error.problems);
+  }
+  if (problems.length > 0 || link === undefined) throw new ConfigError(problems);
+  io.stdout(flags.json ? JSON.stringify(link) : link.url);
+  return 0;
+}
+
+/** Where visitors reach the worker: WORKER_DOMAIN, else WORKER_ROUTE's host when it has no `*`. */
+function siteOrigin(settings: Settings): string | undefined {
+  const domain = settings.WORKER_DOMAIN?.trim();
+  if (domain) return `https://${domain}`;
+  const host = settings.WORKER_ROUTE?.trim().split("/")[0];
+  return host && !host.includes("*") ? `https://${host}` : undefined;
+}
+
 function contentTypeOf(name: string): string {
   const types: Record<string, string> = {
     html: "text/html; charset=utf-8",
@@ -1728,12 +2192,16 @@ const COMMANDS = {
   cron: { needs: { b2: true, cloudflare: true } },
   dev: { needs: { b2: true } },
   demo: { needs: {} },
+  sign: { needs: {} },
+  keygen: { needs: {} },
 } as const;
 type Command = keyof typeof COMMANDS;
 
 /** Parsed command line: the command, its flags and the settings given as flags. */
 interface CommandLine {
   command: Command;
+  /** `sign`'s path. */
+  path?: string;
   flags: Flags;
   settings: Settings;
   envFile?: string;
@@ -1759,6 +2227,11 @@ export function parseCommandLine(args: string[]): CommandLine {
         "min-remaining": { type: "string" },
         port: { type: "string" },
         "env-file": { type: "string" },
+        expires: { type: "string" },
+        "not-before": { type: "string" },
+        "download-name": { type: "string" },
+        prefix: { type: "boolean" },
+        "base-url": { type: "string" },
         ...Object.fromEntries(
           SETTING_FLAGS.map((
             name,
@@ -1778,8 +2251,12 @@ export function parseCommandLine(args: string[]): CommandLine {
       `Unknown command "${name}". Commands: ${Object.keys(COMMANDS).join(", ")}.`,
     );
   }
-  if (extra.length > 0) {
-    problems.push(`Unexpected arguments: ${extra.join(" ")}.`);
+  const takesPath = name === "sign";
+  if (extra.length > (takesPath ? 1 : 0)) {
+    problems.push(`Unexpected arguments: ${extra.slice(takesPath ? 1 : 0).join(" ")}.`);
+  }
+  if (takesPath && extra.length === 0) {
+    problems.push("sign needs the path to sign: main.ts sign /members/video.mp4 --expires 1h.");
   }
   const port = Number(values.port ?? 8787);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
@@ -1800,12 +2277,20 @@ export function parseCommandLine(args: string[]): CommandLine {
   if (values.verify !== undefined) settings.VERIFY_URL = values.verify;
   return {
     command: name as Command,
+    ...(takesPath && extra[0] !== undefined && { path: extra[0] }),
     flags: {
       json: values.json ?? false,
       dryRun: values["dry-run"] ?? false,
       verbose: values.verbose ?? false,
       port,
       minRemaining: minRemaining ?? 0,
+      sign: {
+        ...(values.expires !== undefined && { expires: values.expires }),
+        ...(values["not-before"] !== undefined && { notBefore: values["not-before"] }),
+        ...(values["download-name"] !== undefined && { downloadName: values["download-name"] }),
+        prefix: values.prefix ?? false,
+        ...(values["base-url"] !== undefined && { baseUrl: values["base-url"] }),
+      },
     },
     settings,
     ...(values["env-file"] !== undefined && { envFile: values["env-file"] }),
@@ -1839,6 +2324,8 @@ export async function run(options: RunOptions): Promise<number> {
     const line = parseCommandLine(options.args);
     if (line.help) return io.stdout(USAGE), 0;
     if (line.version) return io.stdout(`b2-private-cdn ${VERSION}`), 0;
+    // Needs no settings: a fresh key must come out while the configuration holds a bad one.
+    if (line.command === "keygen") return runKeygen(io, line.flags);
     const dotenv = await options.readEnvFile(line.envFile ?? ".env");
     if (line.envFile && dotenv === undefined) {
       throw new ConfigError([`--env-file: cannot read "${line.envFile}".`]);
@@ -1873,6 +2360,8 @@ export async function run(options: RunOptions): Promise<number> {
         return await runDev(config, ctx, io, line.flags);
       case "demo":
         return await runDemo(ctx, io, line.flags);
+      case "sign":
+        return await runSign(line.path ?? "", { settings, config, ctx, io, flags: line.flags });
     }
   } catch (error) {
     if (error instanceof ConfigError) {

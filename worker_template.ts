@@ -33,6 +33,16 @@ export interface Env {
   WORKER_CORS_ORIGINS?: string;
   /** Milliseconds to wait for B2's response headers. @default "30000" */
   WORKER_B2_TIMEOUT_MS?: string;
+  /** Comma list of public path prefixes that need a signed link. @default "" */
+  WORKER_SIGNED_PREFIXES?: string;
+  /** The key links are signed with, base64url (a secret binding). */
+  WORKER_SIGNING_KEY?: string;
+  /** The key before the last rotation (a secret binding). */
+  WORKER_SIGNING_KEY_PREVIOUS?: string;
+  /** ISO 8601: links signed with the previous key are accepted until then. */
+  WORKER_SIGNING_KEY_PREVIOUS_UNTIL?: string;
+  /** Seconds: the longest life a link may claim. @default "604800" */
+  WORKER_SIGNED_MAX_TTL?: string;
 }
 
 /** The part of the Workers runtime this module uses; Deno's lib does not declare it. */
@@ -52,6 +62,7 @@ export interface WorkerConfig {
   cacheControl: string;
   corsOrigins: string[];
   timeoutMs: number;
+  signing: SigningConfig;
 }
 
 /** The B2 name a path maps to, or the status that refuses it. */
@@ -104,6 +115,7 @@ const EXPOSED_HEADERS = "Accept-Ranges, Content-Length, Content-Range, ETag, Las
 const PREFLIGHT_MAX_AGE = "86400";
 const STATUS_TEXT = {
   400: "Bad request",
+  403: "Forbidden",
   404: "Not found",
   405: "Method not allowed",
   416: "Range not satisfiable",
@@ -144,6 +156,11 @@ async function respond(
   const name = objectName(url.pathname, config);
   if ("status" in name) return textResponse(name.status);
 
+  // Signed links: a protected path is refused here, before any cache or B2 is asked.
+  const now = Math.floor(Date.now() / 1000);
+  const link = await checkSignedLink(url, { signing: config.signing, now });
+  if (link.access === "refused") return textResponse(403);
+
   // 4. Range. With If-Range the answer depends on validators only known once the
   // object is here, so the whole object is fetched and answer() decides.
   const range = parseRange(request.headers.get("Range"));
@@ -157,7 +174,7 @@ async function respond(
     await askB2(request.method, name.name, { range: rangeToFetch, cacheKey, config, ctx });
 
   // 5, 4, 6: conditional, range and a streamed body
-  return answer(request, object, range);
+  return applyGrant(await answer(request, object, range), link, now);
 }
 
 /** Parses the bindings, applying the defaults of {@linkcode Env}. */
@@ -175,6 +192,7 @@ export function readConfig(env: Env): WorkerConfig {
       .map((origin) => origin.trim().replace(/\/$/, ""))
       .filter((origin) => origin !== ""),
     timeoutMs: wholeNumber(env.WORKER_B2_TIMEOUT_MS, DEFAULT_B2_TIMEOUT_MS),
+    signing: readSigning(env),
   };
 }
 
@@ -558,4 +576,298 @@ function textResponse(
 /** 416, with the object's size in `Content-Range` when it is known. */
 function notSatisfiable(contentRange: string | null): Response {
   return textResponse(416, contentRange ? { "Content-Range": contentRange } : {});
+}
+
+// ---------------------------------------------------------------------------
+// Signed links
+//
+// A path under WORKER_SIGNED_PREFIXES is served only with a link that `main.ts sign` (or any
+// backend holding WORKER_SIGNING_KEY) made: `?exp=<unix>[&nbf=<unix>][&dl=<name>]
+// [&scope=<prefix>]&sig=<base64url>`, an HMAC-SHA256 over signedLinkMessage(). The check runs
+// before any cache lookup or B2 request, so a cached copy is never served to a request that
+// would be refused; the query never reaches B2 nor changes the name served.
+// ---------------------------------------------------------------------------
+
+/** The signing bindings, parsed: what {@linkcode checkSignedLink} needs. */
+export interface SigningConfig {
+  /** Canonical protected prefixes, each ending in `/`; empty protects nothing. */
+  prefixes: string[];
+  /** The current key (base64url); empty refuses every protected path. */
+  key: string;
+  /** The key before the last rotation; empty when there is none. */
+  previousKey: string;
+  /** Unix seconds until which links signed with `previousKey` are accepted. */
+  previousUntil: number;
+  /** The longest life a link may claim, in seconds, counted from now. */
+  maxTtl: number;
+}
+
+/** What the signature check decided for one request. */
+export type LinkCheck =
+  | { access: "public" }
+  | { access: "refused" }
+  | {
+    access: "signed";
+    /** Unix seconds when this permission ends: the link's expiry, or the previous key's end. */
+    expiresAt: number;
+    /** The `Content-Disposition` file name the link asks for. */
+    downloadName?: string;
+  };
+
+/** What a signature covers: one canonical path, or every path under a canonical prefix. */
+export interface SignedGrant {
+  /** A canonical path (`/members/a.mp4`) or, with `prefix`, a canonical prefix ending in `/`. */
+  path: string;
+  prefix: boolean;
+  /** Unix seconds. */
+  expires: number;
+  notBefore?: number;
+  downloadName?: string;
+}
+
+// Links must not outlive this unless WORKER_SIGNED_MAX_TTL says otherwise: a week, the longest
+// a B2 download authorization lives, so a leaked link is worth no more than a leaked B2 one.
+const DEFAULT_SIGNED_MAX_TTL = 7 * 86_400;
+// A link signed at the full cap on a clock a little ahead of the edge's is still accepted.
+const SIGNING_CLOCK_SKEW = 300;
+// The first line of every signed message: a version, so a later format cannot be confused
+// with this one, and a label, so the key signs nothing else by mistake.
+const SIGNED_LINK_VERSION = "b2cdn-link-v1";
+// Every parameter a signed link may carry; any other on a protected path is refused, so each
+// grant has one URL (the query is part of Workers Cache's key) and nothing rides along.
+const SIGNED_LINK_PARAMETERS = new Set(["exp", "nbf", "dl", "scope", "sig"]);
+const UNIX_SECONDS = /^\d{1,11}$/;
+// 32 bytes of HMAC-SHA256, base64url without padding.
+const SIGNATURE = /^[A-Za-z0-9_-]{43}$/;
+// What a download name may not hold: a separator, a quote, or a control character.
+const HOSTILE_DOWNLOAD_NAME = /[/\\"\p{Cc}]/u;
+const MAX_DOWNLOAD_NAME_BYTES = 255;
+// Imported keys by their base64url text: bindings do not change within an isolate, and an
+// import per request would cost every protected request.
+const HMAC_KEYS = new Map<string, Promise<CryptoKey | undefined>>();
+
+/** Parses the signing bindings; anything malformed fails closed (more protected, not less). */
+export function readSigning(env: Env): SigningConfig {
+  const prefixes = (env.WORKER_SIGNED_PREFIXES ?? "").split(",")
+    .map((prefix) => prefix.trim())
+    .filter((prefix) => prefix !== "")
+    .map((prefix) => canonicalPrefix(prefix) ?? "/");
+  const until = Date.parse(env.WORKER_SIGNING_KEY_PREVIOUS_UNTIL ?? "");
+  return {
+    prefixes,
+    key: env.WORKER_SIGNING_KEY ?? "",
+    previousKey: env.WORKER_SIGNING_KEY_PREVIOUS ?? "",
+    previousUntil: Number.isNaN(until) ? 0 : Math.floor(until / 1000),
+    maxTtl: wholeNumber(env.WORKER_SIGNED_MAX_TTL, DEFAULT_SIGNED_MAX_TTL),
+  };
+}
+
+/**
+ * The canonical form of a request path: each segment decoded once, exactly
+ * as {@linkcode objectName} decodes it, so `/%6Dembers/a` and `/members/a`
+ * are one path. `undefined` for a path `objectName` refuses.
+ */
+export function canonicalPath(pathname: string): string | undefined {
+  const segments = pathname.split("/");
+  if (segments[0] !== "") return undefined;
+  const folder = segments.length > 2 && segments.at(-1) === "";
+  const parts = segments.slice(1, folder ? -1 : undefined);
+  if (parts.length === 1 && parts[0] === "") return "/";
+  const decoded = parts.map(decodeSegment);
+  if (decoded.some((part) => part === undefined)) return undefined;
+  return `/${decoded.join("/")}${folder ? "/" : ""}`;
+}
+
+/** A prefix (as configured, percent-encoded or not) in canonical form, always ending in `/`. */
+function canonicalPrefix(prefix: string): string | undefined {
+  const path = canonicalPath(prefix);
+  if (path === undefined) return undefined;
+  return path.endsWith("/") ? path : `${path}/`;
+}
+
+/**
+ * Whether a `scope` (decoded once already, as a query parameter) is a
+ * canonical prefix: it is not decoded again, so it must hold no segment that
+ * {@linkcode objectName} would refuse.
+ */
+function isCanonicalPrefix(scope: string): boolean {
+  if (scope === "/") return true;
+  if (!scope.startsWith("/") || !scope.endsWith("/")) return false;
+  return scope.slice(1, -1).split("/").every((part) =>
+    part !== "" && part !== "." && part !== ".." && !HOSTILE_CHARACTER.test(part)
+  );
+}
+
+/**
+ * Whether a canonical path lies under a canonical prefix, on whole
+ * segments: `/course1/` covers `/course1`, `/course1/` and `/course1/a`,
+ * never `/course10/a`; `/` covers everything.
+ */
+export function coversPath(prefix: string, path: string): boolean {
+  const folder = prefix.replace(/\/$/, "");
+  return path === folder || path.startsWith(`${folder}/`);
+}
+
+/** Whether a canonical path needs a signature. */
+export function isProtected(path: string, prefixes: string[]): boolean {
+  return prefixes.some((prefix) => coversPath(prefix, path));
+}
+
+/**
+ * The exact text a signature is the HMAC-SHA256 of, lines joined by `\n`:
+ * the version, the canonical path or prefix, `path` or `prefix`, the expiry,
+ * the not-before time (empty when none) and the download name (empty when
+ * none). No line can hold a `\n`: canonical paths and download names refuse
+ * control characters.
+ */
+export function signedLinkMessage(grant: SignedGrant): string {
+  return [
+    SIGNED_LINK_VERSION,
+    grant.path,
+    grant.prefix ? "prefix" : "path",
+    String(grant.expires),
+    grant.notBefore === undefined ? "" : String(grant.notBefore),
+    grant.downloadName ?? "",
+  ].join("\n");
+}
+
+/** Whether a download name may go into `Content-Disposition` and a signed message. */
+export function validDownloadName(name: string): boolean {
+  return name !== "" && name.trim() === name && !HOSTILE_DOWNLOAD_NAME.test(name) &&
+    new TextEncoder().encode(name).length <= MAX_DOWNLOAD_NAME_BYTES;
+}
+
+/**
+ * Decides whether a request may be served: `public` when its path is not
+ * protected, `signed` when its link is valid now, else `refused`. Missing,
+ * malformed, expired, not yet valid, forged and foreign parameters are all
+ * one `refused`, so probing learns nothing. The signature is compared in
+ * constant time by `crypto.subtle.verify`.
+ */
+export async function checkSignedLink(
+  url: URL,
+  options: { signing: SigningConfig; now: number },
+): Promise<LinkCheck> {
+  const { signing, now } = options;
+  const path = canonicalPath(url.pathname);
+  if (path !== undefined && !isProtected(path, signing.prefixes)) return { access: "public" };
+  const refused = { access: "refused" } as const;
+  if (path === undefined) return refused;
+
+  const query = new Map<string, string>();
+  for (const [name, value] of url.searchParams) {
+    if (!SIGNED_LINK_PARAMETERS.has(name) || query.has(name)) return refused;
+    query.set(name, value);
+  }
+  const [exp = "", nbf, dl, scope, sig = ""] = ["exp", "nbf", "dl", "scope", "sig"]
+    .map((name) => query.get(name));
+  if (!UNIX_SECONDS.test(exp) || !SIGNATURE.test(sig)) return refused;
+  if (nbf !== undefined && !UNIX_SECONDS.test(nbf)) return refused;
+  if (dl !== undefined && !validDownloadName(dl)) return refused;
+  if (scope !== undefined && (!isCanonicalPrefix(scope) || !coversPath(scope, path))) {
+    return refused;
+  }
+  const expires = Number(exp);
+  const notBefore = nbf === undefined ? undefined : Number(nbf);
+  if (now >= expires || (notBefore !== undefined && now < notBefore)) return refused;
+  if (expires - now > signing.maxTtl + SIGNING_CLOCK_SKEW) return refused;
+
+  const message = new TextEncoder().encode(signedLinkMessage({
+    path: scope ?? path,
+    prefix: scope !== undefined,
+    expires,
+    ...(notBefore !== undefined && { notBefore }),
+    ...(dl !== undefined && { downloadName: dl }),
+  }));
+  const signature = fromBase64Url(sig);
+  const grant = (expiresAt: number) =>
+    ({ access: "signed", expiresAt, ...(dl !== undefined && { downloadName: dl }) }) as const;
+  if (await hmacVerifies(signing.key, signature, message)) return grant(expires);
+  if (
+    now < signing.previousUntil &&
+    await hmacVerifies(signing.previousKey, signature, message)
+  ) {
+    return grant(Math.min(expires, signing.previousUntil));
+  }
+  return refused;
+}
+
+/**
+ * Seconds a signed answer may still be kept (by a browser, or at the edge:
+ * cap the edge lifetime with it), `undefined` for a public one. Never
+ * negative.
+ */
+export function signedLifetime(check: LinkCheck, now: number): number | undefined {
+  return check.access === "signed" ? Math.max(0, check.expiresAt - now) : undefined;
+}
+
+/**
+ * Makes a signed answer private to the browser for at most the link's
+ * remaining life (never longer than it would otherwise keep it), and names
+ * the download when the link asks for it. Public answers and `no-store`
+ * ones pass unchanged. The headers are changed in place.
+ */
+export function applyGrant(response: Response, check: LinkCheck, now: number): Response {
+  const lifetime = signedLifetime(check, now);
+  if (lifetime === undefined || check.access !== "signed") return response;
+  const cacheControl = response.headers.get("Cache-Control") ?? "";
+  if (!/(^|,)\s*no-store\s*(,|$)/i.test(cacheControl)) {
+    const own = /(?:^|,)\s*max-age=(\d+)/i.exec(cacheControl)?.[1];
+    const maxAge = own === undefined ? lifetime : Math.min(lifetime, Number(own));
+    response.headers.set("Cache-Control", `private, max-age=${maxAge}`);
+  }
+  if (check.downloadName !== undefined && (response.status === 200 || response.status === 206)) {
+    response.headers.set("Content-Disposition", contentDisposition(check.downloadName));
+  }
+  return response;
+}
+
+/** `attachment` with an ASCII fallback name and the exact one in RFC 8187 form. */
+function contentDisposition(name: string): string {
+  const ascii = name.replace(/[^\x20-\x7e]/g, "_");
+  const exact = encodeURIComponent(name).replace(
+    /['()*]/g,
+    (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
+  );
+  return `attachment; filename="${ascii}"; filename*=UTF-8''${exact}`;
+}
+
+async function hmacVerifies(
+  key: string,
+  signature: Uint8Array<ArrayBuffer>,
+  message: Uint8Array<ArrayBuffer>,
+): Promise<boolean> {
+  if (key === "") return false;
+  let imported = HMAC_KEYS.get(key);
+  if (imported === undefined) {
+    imported = importHmacKey(key);
+    HMAC_KEYS.set(key, imported);
+  }
+  const cryptoKey = await imported;
+  return cryptoKey !== undefined &&
+    await crypto.subtle.verify("HMAC", cryptoKey, signature, message);
+}
+
+async function importHmacKey(key: string): Promise<CryptoKey | undefined> {
+  const bytes = fromBase64Url(key);
+  // main.ts refuses shorter keys; a binding set by hand that is too short protects nothing.
+  if (bytes.length < 32) return undefined;
+  return await crypto.subtle.importKey(
+    "raw",
+    bytes,
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["verify"],
+  );
+}
+
+/** Bytes of base64url text (padding optional); empty for anything else. */
+function fromBase64Url(text: string): Uint8Array<ArrayBuffer> {
+  if (!/^[A-Za-z0-9_-]*={0,2}$/.test(text)) return new Uint8Array(0);
+  try {
+    const binary = atob(text.replace(/=+$/, "").replaceAll("-", "+").replaceAll("_", "/"));
+    return Uint8Array.from(binary, (c) => c.charCodeAt(0));
+  } catch {
+    return new Uint8Array(0);
+  }
 }
