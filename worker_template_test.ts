@@ -7,11 +7,23 @@
 import assert from "node:assert/strict";
 import http from "node:http";
 import type { Miniflare } from "miniflare";
-import { loadWorkerModule, startLocalWorker, type WorkerOptions, workerUpload } from "./main.ts";
+import {
+  generateSigningKey,
+  loadWorkerModule,
+  signLink,
+  type SignLinkOptions,
+  startLocalWorker,
+  type WorkerOptions,
+  workerUpload,
+} from "./main.ts";
 import { type FakeB2, type FakeFile, patternByte, startFakeB2 } from "./testing/fake_b2.ts";
 import {
+  applyGrant,
   b2Url,
+  canonicalPath,
+  checkSignedLink,
   corsHeaders,
+  coversPath,
   formatRange,
   ifRangeMatches,
   notModified,
@@ -22,6 +34,9 @@ import {
   type RangeSpec,
   readConfig,
   resolveRange,
+  signedLifetime,
+  signedLinkMessage,
+  type SigningConfig,
   sliceBody,
 } from "./worker_template.ts";
 
@@ -84,6 +99,7 @@ Deno.test("readConfig() applies the defaults of absent options", () => {
       cacheControl: "",
       corsOrigins: [],
       timeoutMs: 30000,
+      signing: { prefixes: [], key: "", previousKey: "", previousUntil: 0, maxTtl: 604800 },
     },
   );
 });
@@ -101,6 +117,11 @@ Deno.test("readConfig() reads every option", () => {
       WORKER_CACHE_CONTROL: " public, max-age=60 ",
       WORKER_CORS_ORIGINS: "https://a.example, https://b.example/",
       WORKER_B2_TIMEOUT_MS: "500",
+      WORKER_SIGNED_PREFIXES: "/members/, /caf%C3%A9,/%zz/",
+      WORKER_SIGNING_KEY: "current",
+      WORKER_SIGNING_KEY_PREVIOUS: "previous",
+      WORKER_SIGNING_KEY_PREVIOUS_UNTIL: "2026-12-31T00:00:00Z",
+      WORKER_SIGNED_MAX_TTL: "3600",
     }),
     {
       token: "token",
@@ -113,6 +134,14 @@ Deno.test("readConfig() reads every option", () => {
       cacheControl: "public, max-age=60",
       corsOrigins: ["https://a.example", "https://b.example"],
       timeoutMs: 500,
+      signing: {
+        // A prefix the worker cannot read protects everything rather than nothing.
+        prefixes: ["/members/", "/café/", "/"],
+        key: "current",
+        previousKey: "previous",
+        previousUntil: 1798675200,
+        maxTtl: 3600,
+      },
     },
   );
 });
@@ -479,7 +508,9 @@ async function startWorker(b2: FakeB2, setup: WorkerSetup = {}): Promise<TestWor
     ...(setup.cachePersist && { cachePersist: setup.cachePersist }),
   });
   const address = new URL(url);
-  const secrets = [token, BUCKET, new URL(b2.url).host];
+  const signing = setup.options?.signing;
+  const secrets = [token, BUCKET, new URL(b2.url).host, signing?.key, signing?.previousKey]
+    .filter((secret) => secret !== undefined);
   let seen = b2.requests.length;
 
   const worker: TestWorker = {
@@ -1227,3 +1258,418 @@ async function cachedCopy(worker: TestWorker, path: string): Promise<Headers> {
   }, `${path} in the edge cache`);
   return headers as Headers;
 }
+
+// ---------------------------------------------------------------------------
+// Signed links
+// ---------------------------------------------------------------------------
+
+const KEY = generateSigningKey();
+const PREVIOUS_KEY = generateSigningKey();
+const OTHER_KEY = generateSigningKey();
+const FORBIDDEN = errorAnswer(403, "Forbidden");
+
+function nowSeconds(): number {
+  return Math.floor(Date.now() / 1000);
+}
+
+/** The path and query of a link signed for `path` on SITE, good for 10 minutes unless told. */
+async function signed(path: string, options: Partial<SignLinkOptions> = {}): Promise<string> {
+  const { url } = await signLink(SITE, path, { key: KEY, expires: nowSeconds() + 600, ...options });
+  const parsed = new URL(url);
+  return parsed.pathname + parsed.search;
+}
+
+/** A link with one query parameter changed (or removed, with `undefined`). */
+function tamper(link: string, name: string, value: string | undefined): string {
+  const url = new URL(link, SITE);
+  if (value === undefined) url.searchParams.delete(name);
+  else url.searchParams.set(name, value);
+  return url.pathname + url.search;
+}
+
+Deno.test("canonicalPath() decodes each segment once, as objectName() does", async (t) => {
+  const table: [string, string | undefined][] = [
+    ["/", "/"],
+    ["/members/a.mp4", "/members/a.mp4"],
+    ["/%6Dembers/a.mp4", "/members/a.mp4"],
+    ["/members/", "/members/"],
+    ["/caf%C3%A9/", "/café/"],
+    ["/100%25/", "/100%/"],
+    ["/%252e/", "/%2e/"],
+    ["/members//a", undefined],
+    ["/members/%2e%2e/a", undefined],
+    ["/a%2Fb", undefined],
+    ["/%zz", undefined],
+    ["members/a", undefined],
+  ];
+  for (const [path, expected] of table) {
+    await t.step(path, () => assert.equal(canonicalPath(path), expected));
+  }
+});
+
+Deno.test("coversPath() matches whole segments only", async (t) => {
+  const table: [string, string, boolean][] = [
+    ["/course1/", "/course1/a.mp4", true],
+    ["/course1/", "/course1/", true],
+    ["/course1/", "/course1", true],
+    ["/course1/", "/course10/a.mp4", false],
+    ["/course1/", "/course1.mp4", false],
+    ["/course1/", "/", false],
+    ["/", "/anything/at/all", true],
+  ];
+  for (const [prefix, path, expected] of table) {
+    await t.step(`${prefix} ${path}`, () => assert.equal(coversPath(prefix, path), expected));
+  }
+});
+
+Deno.test("checkSignedLink() fails closed", async (t) => {
+  const now = 1_800_000_000;
+  const signing: SigningConfig = {
+    prefixes: ["/members/"],
+    key: KEY,
+    previousKey: "",
+    previousUntil: 0,
+    maxTtl: 3600,
+  };
+  const { url } = await signLink(SITE, "/members/a.txt", { key: KEY, expires: now + 60 });
+  await t.step("a valid link is signed until its expiry", async () => {
+    assert.deepEqual(await checkSignedLink(new URL(url), { signing, now }), {
+      access: "signed",
+      expiresAt: now + 60,
+    });
+  });
+  await t.step("without a key (a binding set by hand) nothing protected is served", async () => {
+    for (const key of ["", "c2hvcnQ"]) {
+      const check = await checkSignedLink(new URL(url), { signing: { ...signing, key }, now });
+      assert.deepEqual(check, { access: "refused" }, key);
+    }
+  });
+  await t.step("the expiry is exclusive and the cap counts from now", async () => {
+    const at = (when: number) => checkSignedLink(new URL(url), { signing, now: when });
+    assert.deepEqual(await at(now + 60), { access: "refused" });
+    const far = await signLink(SITE, "/members/a.txt", { key: KEY, expires: now + 3600 + 301 });
+    const capped = await checkSignedLink(new URL(far.url), { signing, now });
+    assert.deepEqual(capped, { access: "refused" }, "beyond the cap and its skew");
+  });
+  await t.step("a scope that is not canonical is refused, even when signed", async () => {
+    for (const scope of ["/members", "members/", "/members/../", "/members//"]) {
+      const link = new URL(url);
+      link.searchParams.set("scope", scope);
+      assert.deepEqual(await checkSignedLink(link, { signing, now }), { access: "refused" });
+    }
+  });
+});
+
+Deno.test("applyGrant() makes signed answers private for at most their remaining life", async (t) => {
+  const signed = { access: "signed", expiresAt: 1000, downloadName: 'Café "1".mp4' } as const;
+  const answer = (cacheControl: string, status = 200) =>
+    new Response(null, { status, headers: { "Cache-Control": cacheControl } });
+  await t.step("the shorter of the object's lifetime and the link's", () => {
+    assert.equal(
+      applyGrant(answer("public, max-age=3600"), signed, 900).headers.get("cache-control"),
+      "private, max-age=100",
+    );
+    assert.equal(
+      applyGrant(answer("public, max-age=60"), signed, 900).headers.get("cache-control"),
+      "private, max-age=60",
+    );
+    assert.equal(
+      applyGrant(answer("no-cache"), signed, 900).headers.get("cache-control"),
+      "private, max-age=100",
+    );
+  });
+  await t.step("no-store stays, public answers pass unchanged", () => {
+    assert.equal(
+      applyGrant(answer("no-store", 404), signed, 900).headers.get("cache-control"),
+      "no-store",
+    );
+    assert.equal(
+      applyGrant(answer("public, max-age=60"), { access: "public" }, 900).headers
+        .get("cache-control"),
+      "public, max-age=60",
+    );
+  });
+  await t.step("the download name, in ASCII and exactly", () => {
+    // A quote cannot be signed (validDownloadName refuses it), so the ASCII form needs none.
+    const named = { ...signed, downloadName: "Café 1 (draft).mp4" };
+    assert.equal(
+      applyGrant(answer("public"), named, 900).headers.get("content-disposition"),
+      `attachment; filename="Caf_ 1 (draft).mp4"; filename*=UTF-8''Caf%C3%A9%201%20%28draft%29.mp4`,
+    );
+    assert.equal(
+      applyGrant(answer("public", 304), named, 900).headers.get("content-disposition"),
+      null,
+    );
+  });
+  await t.step("signedLifetime() never goes below 0", () => {
+    assert.deepEqual(
+      [
+        signedLifetime(signed, 990),
+        signedLifetime(signed, 2000),
+        signedLifetime({ access: "public" }, 0),
+      ],
+      [10, 0, undefined],
+    );
+  });
+});
+
+Deno.test("signLink() in main.ts signs the message the worker checks", async () => {
+  const { url, path } = await signLink(SITE, "/members/caf%C3%A9 1.mp4", {
+    key: KEY,
+    expires: 2_000_000_000,
+    notBefore: 1_900_000_000,
+    downloadName: "a.mp4",
+  });
+  assert.equal(path, "/members/café 1.mp4");
+  const signature = new URL(url).searchParams.get("sig")!;
+  const key = await crypto.subtle.importKey(
+    "raw",
+    Uint8Array.from(atob(KEY.replaceAll("-", "+").replaceAll("_", "/")), (c) => c.charCodeAt(0)),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const message = signedLinkMessage({
+    path: "/members/café 1.mp4",
+    prefix: false,
+    expires: 2_000_000_000,
+    notBefore: 1_900_000_000,
+    downloadName: "a.mp4",
+  });
+  const expected = new Uint8Array(
+    await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(message)),
+  );
+  assert.equal(
+    signature,
+    btoa(String.fromCharCode(...expected)).replaceAll("+", "-").replaceAll("/", "_")
+      .replace(/=+$/, ""),
+  );
+});
+
+/** The protected part of the test bucket. */
+const MEMBER_FILES: FakeFile[] = [
+  { name: "site/members/a.txt", body: "members only", contentType: "text/plain" },
+  { name: "site/members/b.txt", body: "also members", contentType: "text/plain" },
+  { name: "site/members/index.html", body: "<h1>members</h1>", contentType: "text/html" },
+  { name: "site/members/video.bin", body: { size: 1000 }, contentType: "video/mp4" },
+  { name: "site/course1/x.txt", body: "course 1", contentType: "text/plain" },
+  { name: "site/course1/deep/y.txt", body: "course 1 deep", contentType: "text/plain" },
+  { name: "site/course10/x.txt", body: "course 10", contentType: "text/plain" },
+  { name: "site/members-public/x.txt", body: "public neighbour", contentType: "text/plain" },
+];
+
+function startMemberB2(): FakeB2 {
+  const b2 = startB2();
+  for (const file of MEMBER_FILES) b2.putFile(BUCKET, structuredClone(file));
+  return b2;
+}
+
+const SIGNING = {
+  prefixes: ["/members/", "/course1/", "/course10/"],
+  key: KEY,
+  maxTtl: 7 * 86400,
+};
+
+Deno.test("worker in workerd, signed links with the Cache API", async (t) => {
+  const b2 = startMemberB2();
+  const previousUntil = Date.now() + 300_000;
+  const worker = await startWorker(b2, {
+    options: { signing: { ...SIGNING, previousKey: PREVIOUS_KEY, previousUntil } },
+  });
+  try {
+    await t.step("public paths are unaffected", async () => {
+      const table: [string, string][] = [
+        ["/hello.txt", "hello world"],
+        ["/members-public/x.txt", "public neighbour"],
+      ];
+      for (const [path, body] of table) {
+        const answer = await worker.visit(path);
+        assert.deepEqual(
+          [answer.status, answer.body, answer.headers["cache-control"]],
+          [200, body, "public, max-age=3600"],
+          path,
+        );
+      }
+      worker.downloads();
+    });
+
+    await t.step("a refused link gets one generic 403, and B2 is not asked", async (t) => {
+      const now = nowSeconds();
+      const good = await signed("/members/a.txt", { downloadName: "a.txt" });
+      const refusals: [string, string | Promise<string>][] = [
+        ["unsigned", "/members/a.txt"],
+        ["unsigned index", "/members/"],
+        ["unsigned, no slash", "/members"],
+        ["unsigned, percent-encoded", "/%6Dembers/a.txt"],
+        ["expired", signed("/members/a.txt", { expires: now - 1 })],
+        ["not yet valid", signed("/members/a.txt", { notBefore: now + 300 })],
+        ["beyond WORKER_SIGNED_MAX_TTL", signed("/members/a.txt", { expires: now + 8 * 86400 })],
+        ["tampered path", good.replace("/members/a.txt", "/members/b.txt")],
+        ["tampered expiry", tamper(good, "exp", String(now + 601))],
+        ["tampered download name", tamper(good, "dl", "b.txt")],
+        ["download name removed", tamper(good, "dl", undefined)],
+        ["forged with another key", signed("/members/a.txt", { key: OTHER_KEY })],
+        ["malformed signature", tamper(good, "sig", "abc")],
+        ["no signature", tamper(good, "sig", undefined)],
+        ["no expiry", tamper(good, "exp", undefined)],
+        ["an unknown parameter", `${good}&utm_source=mail`],
+        ["a repeated parameter", `${good}&exp=${now + 60}`],
+        ["a path link used as a prefix", tamper(good, "scope", "/members/")],
+        [
+          "a neighbouring prefix",
+          signed("/course1/", { prefix: true }).then((link) =>
+            link.replace("/course1/?", "/course10/x.txt?")
+          ),
+        ],
+        [
+          "another protected prefix",
+          signed("/members/", { prefix: true }).then((link) =>
+            link.replace("/members/?", "/course1/x.txt?")
+          ),
+        ],
+        [
+          "a prefix widened",
+          signed("/course1/", { prefix: true }).then((link) =>
+            tamper(link.replace("/course1/?", "/course10/x.txt?"), "scope", "/")
+          ),
+        ],
+      ];
+      for (const [label, link] of refusals) {
+        await t.step(label, async () => {
+          assert.deepEqual(await worker.raw(await link), FORBIDDEN);
+          assert.deepEqual(worker.downloads(), []);
+        });
+      }
+    });
+
+    await t.step("a signed link serves the object, private for its remaining life", async () => {
+      const link = await signed("/members/a.txt", { expires: nowSeconds() + 600 });
+      const answer = await worker.visit(link);
+      assert.deepEqual([answer.status, answer.body], [200, "members only"]);
+      const maxAge = Number(/^private, max-age=(\d+)$/.exec(answer.headers["cache-control"]!)?.[1]);
+      assert.ok(maxAge > 590 && maxAge <= 600, answer.headers["cache-control"]);
+      assert.equal(answer.headers["content-disposition"], undefined);
+      // The query stays at the edge: B2 gets the plain name.
+      assert.deepEqual(worker.downloads().map((r) => r.path), [
+        `/file/${BUCKET}/site/members/a.txt`,
+      ]);
+    });
+
+    await t.step("the link for a path works percent-encoded, as the same path", async () => {
+      const link = await signed("/members/b.txt");
+      const answer = await worker.raw(link.replace("/members/", "/%6Dembers/"));
+      assert.deepEqual([answer.status, answer.body], [200, "also members"]);
+      worker.downloads();
+    });
+
+    await t.step("a prefix link works for every path under it, on whole segments", async () => {
+      const query = (await signed("/course1/", { prefix: true })).split("?")[1];
+      const table: [string, string][] = [
+        ["/course1/x.txt", "course 1"],
+        ["/course1/deep/y.txt", "course 1 deep"],
+      ];
+      for (const [path, body] of table) {
+        const answer = await worker.visit(`${path}?${query}`);
+        assert.deepEqual([answer.status, answer.body], [200, body], path);
+      }
+      assert.deepEqual(await worker.visit(`/course10/x.txt?${query}`), FORBIDDEN);
+      assert.equal(worker.downloads().length, 2);
+    });
+
+    await t.step("the previous key works until its end, which caps the lifetime", async () => {
+      const link = await signed("/course10/x.txt", {
+        key: PREVIOUS_KEY,
+        expires: nowSeconds() + 3000,
+      });
+      const answer = await worker.visit(link);
+      assert.deepEqual([answer.status, answer.body], [200, "course 10"]);
+      const maxAge = Number(/max-age=(\d+)/.exec(answer.headers["cache-control"]!)?.[1]);
+      assert.ok(maxAge <= 300 && maxAge > 280, answer.headers["cache-control"]);
+      worker.downloads();
+    });
+
+    await t.step("ranges, HEAD and conditional requests work on a signed link", async () => {
+      const link = await signed("/members/video.bin", { downloadName: "Vidéo 1.mp4" });
+      const disposition = `attachment; filename="Vid_o 1.mp4"; filename*=UTF-8''Vid%C3%A9o%201.mp4`;
+      const range = await worker.visit(link, { headers: { Range: "bytes=100-109" } });
+      assert.deepEqual(
+        [
+          range.status,
+          range.headers["content-range"],
+          range.body,
+          range.headers["content-disposition"],
+        ],
+        [206, "bytes 100-109/1000", patternText(100, 109), disposition],
+      );
+      const head = await worker.visit(link, { method: "HEAD" });
+      assert.deepEqual(
+        [
+          head.status,
+          head.body,
+          head.headers["content-length"],
+          head.headers["content-disposition"],
+        ],
+        [200, "", "1000", disposition],
+      );
+      assert.match(head.headers["cache-control"]!, /^private, max-age=\d+$/);
+      const etag = head.headers.etag!;
+      const revalidated = await worker.visit(link, { headers: { "If-None-Match": etag } });
+      assert.equal(revalidated.status, 304);
+      assert.match(revalidated.headers["cache-control"]!, /^private, max-age=\d+$/);
+      for (const download of worker.downloads()) assert.ok(!download.path.includes("?"));
+    });
+
+    await t.step("a cached copy is shared by links, and never served unsigned", async () => {
+      const first = await worker.visit(await signed("/members/"));
+      assert.deepEqual([first.status, first.body], [200, "<h1>members</h1>"]);
+      await cachedCopy(worker, "/members/");
+      assert.equal(worker.downloads().length, 1);
+      assert.deepEqual(await worker.visit("/members/"), FORBIDDEN);
+      const second = await worker.visit(await signed("/members/", { expires: nowSeconds() + 100 }));
+      assert.deepEqual([second.status, second.body], [200, "<h1>members</h1>"]);
+      assert.match(second.headers["cache-control"]!, /^private, max-age=(100|9\d)$/);
+      assert.deepEqual(worker.downloads(), []);
+    });
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
+});
+
+Deno.test("worker in workerd refuses what was cached before its prefix became private", async () => {
+  const b2 = startMemberB2();
+  const cachePersist = await Deno.makeTempDir();
+  try {
+    const before = await startWorker(b2, { cachePersist });
+    try {
+      assert.equal((await before.visit("/members/a.txt")).body, "members only");
+      await cachedCopy(before, "/members/a.txt");
+    } finally {
+      await before.dispose();
+    }
+    // The previous key's time is over: its links are refused like forged ones.
+    const after = await startWorker(b2, {
+      cachePersist,
+      options: {
+        signing: { ...SIGNING, previousKey: PREVIOUS_KEY, previousUntil: Date.now() - 1000 },
+      },
+    });
+    try {
+      after.downloads();
+      assert.deepEqual(await after.visit("/members/a.txt"), FORBIDDEN);
+      assert.deepEqual(
+        await after.visit(await signed("/members/a.txt", { key: PREVIOUS_KEY })),
+        FORBIDDEN,
+      );
+      const answer = await after.visit(await signed("/members/a.txt"));
+      assert.deepEqual([answer.status, answer.body], [200, "members only"]);
+      assert.match(answer.headers["cache-control"]!, /^private, max-age=\d+$/);
+      assert.deepEqual(after.downloads(), [], "served from the copy cached while public");
+    } finally {
+      await after.dispose();
+    }
+  } finally {
+    await b2.close();
+    await Deno.remove(cachePersist, { recursive: true });
+  }
+});
