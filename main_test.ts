@@ -3,11 +3,13 @@ import {
   type Context,
   type CronRegistrar,
   formatDuration,
+  generateSigningKey,
   parseConfig,
   parseDuration,
   refreshIfDue,
   run,
   scheduleRefresh,
+  signLink,
   startLocalWorker,
   type WorkerMetadata,
 } from "./main.ts";
@@ -1252,6 +1254,394 @@ Deno.test("on Deno Deploy, main.ts registers the cron and checks at start with n
   } finally {
     await w.close();
   }
+});
+
+// ---------------------------------------------------------------------------
+// Signed links: configuration, upload, sign, keygen
+// ---------------------------------------------------------------------------
+
+const SIGNING_KEY = generateSigningKey();
+const PREVIOUS_SIGNING_KEY = generateSigningKey();
+secretsSeen.add(SIGNING_KEY).add(PREVIOUS_SIGNING_KEY);
+/** 2026-12-01T00:00:00Z: sign's clock in these tests. */
+const SIGN_NOW = Date.parse("2026-12-01T00:00:00Z");
+
+Deno.test("parseConfig() refuses protected prefixes without a key, weak keys and half rotations", async (t) => {
+  const cases: { name: string; settings: Record<string, string>; expect: RegExp[] }[] = [
+    {
+      name: "prefixes without a key",
+      settings: { WORKER_SIGNED_PREFIXES: "/members/" },
+      expect: [/Set WORKER_SIGNING_KEY: WORKER_SIGNED_PREFIXES protects paths.*keygen/],
+    },
+    {
+      name: "malformed prefixes",
+      settings: {
+        WORKER_SIGNED_PREFIXES: "members/,/a//b/,/a/../b/,/100%/",
+        WORKER_SIGNING_KEY: SIGNING_KEY,
+      },
+      expect: [
+        /WORKER_SIGNED_PREFIXES must list paths like \/members\/.*not "members\/"/,
+        /not "\/a\/\/b\/"/,
+        /not "\/a\/\.\.\/b\/"/,
+        /not "\/100%\/"/,
+      ],
+    },
+    {
+      name: "a short key",
+      settings: { WORKER_SIGNING_KEY: SIGNING_KEY.slice(0, 40) },
+      expect: [/WORKER_SIGNING_KEY holds 30 bytes, fewer than the 32.*keygen/],
+    },
+    {
+      name: "a key that is not base64url",
+      settings: { WORKER_SIGNING_KEY: `${SIGNING_KEY.slice(0, 42)}+/` },
+      expect: [/WORKER_SIGNING_KEY must be base64url/],
+    },
+    {
+      name: "a key long enough but not random",
+      settings: { WORKER_SIGNING_KEY: "correct-horse-battery-staple".repeat(3) },
+      expect: [/WORKER_SIGNING_KEY does not look random/],
+    },
+    {
+      name: "a previous key without its end",
+      settings: { WORKER_SIGNING_KEY: SIGNING_KEY, WORKER_SIGNING_KEY_PREVIOUS: "A".repeat(43) },
+      expect: [
+        /WORKER_SIGNING_KEY_PREVIOUS does not look random/,
+        /Set WORKER_SIGNING_KEY_PREVIOUS_UNTIL/,
+      ],
+    },
+    {
+      name: "an end without a previous key, a bad cap",
+      settings: {
+        WORKER_SIGNING_KEY: SIGNING_KEY,
+        WORKER_SIGNING_KEY_PREVIOUS_UNTIL: "2026-12-31",
+        WORKER_SIGNED_MAX_TTL: "30s",
+      },
+      expect: [
+        /WORKER_SIGNING_KEY_PREVIOUS_UNTIL is set without WORKER_SIGNING_KEY_PREVIOUS/,
+        /WORKER_SIGNED_MAX_TTL must be a duration from 60s to 365d/,
+      ],
+    },
+    {
+      name: "an end that is no time",
+      settings: {
+        WORKER_SIGNING_KEY: SIGNING_KEY,
+        WORKER_SIGNING_KEY_PREVIOUS: PREVIOUS_SIGNING_KEY,
+        WORKER_SIGNING_KEY_PREVIOUS_UNTIL: "next tuesday",
+      },
+      expect: [/WORKER_SIGNING_KEY_PREVIOUS_UNTIL must be an ISO 8601 time/],
+    },
+  ];
+  for (const { name, settings, expect } of cases) {
+    await t.step(name, () => {
+      assert.throws(() => parseConfig(settings), (error: Error) => {
+        for (const pattern of expect) assert.match(error.message, pattern);
+        for (const secret of [SIGNING_KEY, PREVIOUS_SIGNING_KEY]) {
+          assert.ok(!error.message.includes(secret), "the message shows a key");
+        }
+        return error.name === "ConfigError";
+      });
+    });
+  }
+});
+
+Deno.test("parseConfig() reads the signing settings into canonical prefixes", () => {
+  const config = parseConfig({
+    WORKER_SIGNED_PREFIXES: " /members/, /%6Dedia , /caf%C3%A9/,/",
+    WORKER_SIGNING_KEY: SIGNING_KEY,
+    WORKER_SIGNING_KEY_PREVIOUS: PREVIOUS_SIGNING_KEY,
+    WORKER_SIGNING_KEY_PREVIOUS_UNTIL: "2026-12-31T12:00:00+01:00",
+    WORKER_SIGNED_MAX_TTL: "30d",
+  });
+  assert.deepEqual(config.worker.signing, {
+    prefixes: ["/members/", "/media/", "/café/", "/"],
+    key: SIGNING_KEY,
+    previousKey: PREVIOUS_SIGNING_KEY,
+    previousUntil: Date.parse("2026-12-31T11:00:00Z"),
+    maxTtl: 30 * 86400,
+  });
+  assert.equal(parseConfig({}).worker.signing, undefined, "no setting, no signing");
+});
+
+Deno.test("refresh uploads the signing keys only as secret bindings, and never prints them", async () => {
+  const w = world();
+  try {
+    const env = {
+      WORKER_SIGNED_PREFIXES: "/members/,/caf%C3%A9/",
+      WORKER_SIGNING_KEY: SIGNING_KEY,
+      WORKER_SIGNING_KEY_PREVIOUS: PREVIOUS_SIGNING_KEY,
+      WORKER_SIGNING_KEY_PREVIOUS_UNTIL: "2026-12-31T00:00:00Z",
+    };
+    const dryRun = await w.run(["refresh", "--dry-run", "--json"], { env });
+    assert.equal(dryRun.code, 0);
+    const masked = bindingTexts(JSON.parse(dryRun.stdout).metadata);
+    assert.equal(masked.WORKER_SIGNING_KEY, "(secret, not shown)");
+    assert.equal(masked.WORKER_SIGNING_KEY_PREVIOUS, "(secret, not shown)");
+    const { code, stdout, stderr } = await w.run(["refresh", "--verbose"], { env });
+    assert.equal(code, 0, stderr);
+    for (const text of [dryRun.stdout, dryRun.stderr, stdout, stderr]) {
+      assert.ok(!text.includes(SIGNING_KEY) && !text.includes(PREVIOUS_SIGNING_KEY), text);
+    }
+    const script = w.cloudflare.scripts.get("b2-private-cdn");
+    assert.ok(script);
+    const signing = script.metadata.bindings.filter((b) => /SIGN/.test(b.name));
+    assert.deepEqual(signing, [
+      // Percent-encoded, since the worker decodes what it reads once.
+      { type: "plain_text", name: "WORKER_SIGNED_PREFIXES", text: "/members/,/caf%C3%A9/" },
+      { type: "plain_text", name: "WORKER_SIGNED_MAX_TTL", text: "604800" },
+      { type: "secret_text", name: "WORKER_SIGNING_KEY", text: SIGNING_KEY },
+      { type: "secret_text", name: "WORKER_SIGNING_KEY_PREVIOUS", text: PREVIOUS_SIGNING_KEY },
+      {
+        type: "plain_text",
+        name: "WORKER_SIGNING_KEY_PREVIOUS_UNTIL",
+        text: "2026-12-31T00:00:00Z",
+      },
+    ]);
+    assert.ok(!script.module.includes(SIGNING_KEY));
+  } finally {
+    await w.close();
+  }
+});
+
+/** Runs `main.ts sign ...` in-process with sign's clock at SIGN_NOW. */
+async function sign(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const stdout: string[] = [];
+  const stderr: string[] = [];
+  const code = await run({
+    args: ["sign", ...args],
+    env: {
+      WORKER_SIGNED_PREFIXES: "/members/,/course1/",
+      WORKER_SIGNING_KEY: SIGNING_KEY,
+      WORKER_DOMAIN: "cdn.example.com",
+      ...env,
+    },
+    readEnvFile: () => Promise.resolve(undefined),
+    io: { stdout: (t) => stdout.push(t), stderr: (t) => stderr.push(t) },
+    ctx: {
+      now: () => SIGN_NOW,
+      fetch: () => Promise.reject(new Error("sign must not use the network")),
+    },
+  });
+  printed.push(...stdout, ...stderr);
+  return { code, stdout: stdout.join("\n"), stderr: stderr.join("\n") };
+}
+
+Deno.test("sign prints the link the exported signLink() makes", async (t) => {
+  const expires = SIGN_NOW / 1000 + 3600;
+  await t.step("host from WORKER_DOMAIN", async () => {
+    const { code, stdout, stderr } = await sign(["/members/caf%C3%A9 1.mp4", "--expires", "1h"]);
+    assert.deepEqual([code, stderr], [0, ""]);
+    const { url } = await signLink("https://cdn.example.com", "/members/café 1.mp4", {
+      key: SIGNING_KEY,
+      expires,
+    });
+    assert.equal(stdout, url);
+    assert.match(stdout, /^https:\/\/cdn\.example\.com\/members\/caf%C3%A9%201\.mp4\?exp=\d+&sig=/);
+  });
+  await t.step("host from a concrete WORKER_ROUTE, or --base-url", async () => {
+    const route = await sign(["/members/a", "--expires", "1h"], {
+      WORKER_DOMAIN: "",
+      WORKER_ROUTE: "media.example.com/members/*",
+    });
+    assert.match(route.stdout, /^https:\/\/media\.example\.com\/members\/a\?/);
+    const flag = await sign([
+      "/members/a",
+      "--expires",
+      "1h",
+      "--base-url",
+      "http://127.0.0.1:8787",
+    ]);
+    assert.match(flag.stdout, /^http:\/\/127\.0\.0\.1:8787\/members\/a\?/);
+  });
+  await t.step("--json with a prefix, a start and a download name", async () => {
+    const { code, stdout } = await sign([
+      "/course1/",
+      "--prefix",
+      "--expires",
+      "2026-12-02T00:00:00Z",
+      "--not-before",
+      "10m",
+      "--download-name",
+      "Lesson.mp4",
+      "--json",
+    ]);
+    assert.equal(code, 0);
+    const link = JSON.parse(stdout);
+    const { sig, ...query } = Object.fromEntries(new URLSearchParams(link.query));
+    assert.deepEqual({ ...link, url: undefined, query: undefined }, {
+      path: "/course1/",
+      prefix: true,
+      expires: "2026-12-02T00:00:00Z",
+      notBefore: "2026-12-01T00:10:00Z",
+      downloadName: "Lesson.mp4",
+      url: undefined,
+      query: undefined,
+    });
+    assert.deepEqual(query, {
+      exp: String(SIGN_NOW / 1000 + 86400),
+      nbf: String(SIGN_NOW / 1000 + 600),
+      dl: "Lesson.mp4",
+      scope: "/course1/",
+    });
+    assert.match(sig!, /^[A-Za-z0-9_-]{43}$/);
+    assert.equal(link.url, `https://cdn.example.com/course1/?${link.query}`);
+  });
+});
+
+Deno.test("sign exits 2 on a link the worker would refuse, naming the fix", async (t) => {
+  const cases: [string, string[], Record<string, string>, RegExp][] = [
+    ["no --expires", ["/members/a"], {}, /sign needs --expires/],
+    [
+      "an expiry in the past",
+      ["/members/a", "--expires", "2026-11-30T00:00:00Z"],
+      {},
+      /--expires must be in the future/,
+    ],
+    [
+      "an expiry beyond the cap",
+      ["/members/a", "--expires", "8d"],
+      {},
+      /more than WORKER_SIGNED_MAX_TTL \(7d 0h\)/,
+    ],
+    [
+      "a cap that was lowered",
+      ["/members/a", "--expires", "2h"],
+      { WORKER_SIGNED_MAX_TTL: "1h" },
+      /more than WORKER_SIGNED_MAX_TTL/,
+    ],
+    [
+      "an expiry that is no time",
+      ["/members/a", "--expires", "soon"],
+      {},
+      /--expires must be a duration/,
+    ],
+    [
+      "a malformed path",
+      ["/members/../secret", "--expires", "1h"],
+      {},
+      /The path must be a URL path/,
+    ],
+    ["a bare percent", ["/members/100%", "--expires", "1h"], {}, /"%" written as %25/],
+    [
+      "a public path",
+      ["/course10/a", "--expires", "1h"],
+      {},
+      /"\/course10\/a" is not under WORKER_SIGNED_PREFIXES/,
+    ],
+    [
+      "a prefix wider than protected",
+      ["/", "--prefix", "--expires", "1h"],
+      {},
+      /a prefix must lie within them/,
+    ],
+    [
+      "a prefix without its slash",
+      ["/course1", "--prefix", "--expires", "1h"],
+      {},
+      /A prefix ends in "\/"/,
+    ],
+    [
+      "a start after the end",
+      ["/members/a", "--expires", "1h", "--not-before", "2h"],
+      {},
+      /not-before time must come before the expiry/,
+    ],
+    [
+      "a download name with a slash",
+      ["/members/a", "--expires", "1h", "--download-name", "a/b"],
+      {},
+      /download name must be a file name/,
+    ],
+    ["no host", ["/members/a", "--expires", "1h"], {
+      WORKER_DOMAIN: "",
+      WORKER_ROUTE: "*.example.com/*",
+    }, /Give --base-url/],
+    ["no key", ["/members/a", "--expires", "1h"], {
+      WORKER_SIGNED_PREFIXES: "",
+      WORKER_SIGNING_KEY: "",
+    }, /Set WORKER_SIGNING_KEY to the key/],
+    [
+      "nothing protected",
+      ["/members/a", "--expires", "1h"],
+      { WORKER_SIGNED_PREFIXES: "" },
+      /Set WORKER_SIGNED_PREFIXES/,
+    ],
+    ["no path", [], {}, /sign needs the path to sign/],
+    [
+      "two paths",
+      ["/members/a", "/members/b", "--expires", "1h"],
+      {},
+      /Unexpected arguments: \/members\/b/,
+    ],
+  ];
+  for (const [name, args, env, pattern] of cases) {
+    await t.step(name, async () => {
+      const { code, stdout, stderr } = await sign(args, env);
+      assert.deepEqual([code, stdout], [2, ""]);
+      assert.match(stderr, pattern);
+      assert.ok(!stderr.includes(SIGNING_KEY));
+    });
+  }
+});
+
+Deno.test("keygen prints a fresh key that the configuration accepts", async () => {
+  const keys: string[] = [];
+  for (let i = 0; i < 2; i++) {
+    const stdout: string[] = [];
+    const stderr: string[] = [];
+    const code = await run({
+      args: ["keygen"],
+      // A bad key in the configuration does not stop keygen: it is how to replace one.
+      env: { WORKER_SIGNING_KEY: "weak" },
+      readEnvFile: () => Promise.resolve(undefined),
+      io: { stdout: (t) => stdout.push(t), stderr: (t) => stderr.push(t) },
+    });
+    assert.equal(code, 0);
+    assert.match(stderr.join(""), /WORKER_SIGNING_KEY.*shown only this once/);
+    keys.push(stdout.join(""));
+  }
+  assert.notEqual(keys[0], keys[1]);
+  for (const key of keys) {
+    assert.match(key, /^[A-Za-z0-9_-]{43}$/);
+    assert.equal(parseConfig({ WORKER_SIGNING_KEY: key }).worker.signing?.key, key);
+  }
+});
+
+Deno.test("sign and keygen as a subprocess: exit codes, and the key only on keygen's stdout", async () => {
+  const RUN_SIGN = ["run", "--allow-env", "--allow-read", `${ROOT}main.ts`];
+  const keygen = await spawn([...RUN_SIGN, "keygen", "--json"], { cwd: "/" });
+  assert.equal(keygen.code, 0);
+  const { key } = JSON.parse(keygen.stdout);
+  secretsSeen.add(key);
+  const env = { WORKER_SIGNED_PREFIXES: "/members/", WORKER_SIGNING_KEY: key };
+  const good = await spawn(
+    [
+      ...RUN_SIGN,
+      "sign",
+      "/members/a.mp4",
+      "--expires",
+      "1h",
+      "--base-url",
+      "https://cdn.example.com",
+    ],
+    { cwd: "/", env },
+  );
+  assert.deepEqual([good.code, good.stderr], [0, ""]);
+  assert.match(
+    good.stdout,
+    /^https:\/\/cdn\.example\.com\/members\/a\.mp4\?exp=\d+&sig=[\w-]{43}\n$/,
+  );
+  const bad = await spawn([...RUN_SIGN, "sign", "/public/a.mp4", "--expires", "1h"], {
+    cwd: "/",
+    env,
+  });
+  assert.deepEqual([bad.code, bad.stdout], [2, ""]);
+  assert.match(bad.stderr, /not under WORKER_SIGNED_PREFIXES/);
+  for (const text of [good.stdout, good.stderr, bad.stderr]) assert.ok(!text.includes(key));
+  // Taken out of `printed`: keygen's stdout is the one place a key is meant to appear.
+  printed.splice(printed.indexOf(keygen.stdout), 1);
 });
 
 // Last, by registration order: every line any test printed.
