@@ -1673,3 +1673,62 @@ Deno.test("worker in workerd refuses what was cached before its prefix became pr
     await Deno.remove(cachePersist, { recursive: true });
   }
 });
+
+/** The README's test vector and Python snippet, so that the documentation cannot drift. */
+async function readmeVector(): Promise<{ fields: Record<string, string>; python: string }> {
+  const readme = await Deno.readTextFile(new URL("./README.md", import.meta.url));
+  const section = readme.split("\n## Signed links\n")[1]?.split("\n## ")[0] ?? "";
+  const vector = /```text\n(key:[\s\S]*?)```/.exec(section)?.[1];
+  const python = /```python\n([\s\S]*?)```/.exec(section)?.[1];
+  assert.ok(vector && python, "the README's Signed links section has a vector and Python");
+  const fields = Object.fromEntries(
+    vector.trim().split("\n").map((line) => {
+      const [, name = "", value = ""] = /^([a-z ]+):\s+(.*)$/.exec(line) ?? [];
+      return [name, value];
+    }),
+  );
+  return { fields, python };
+}
+
+Deno.test("the README's test vector is what signLink() makes and the worker accepts", async () => {
+  const { fields } = await readmeVector();
+  const url = new URL(fields.url!);
+  const expires = Number(fields.expires);
+  const notBefore = Number(fields["not before"]);
+  const link = await signLink(url.origin, fields.path!, {
+    key: fields.key!,
+    expires,
+    notBefore,
+    downloadName: fields.download!,
+  });
+  assert.equal(link.url, fields.url);
+  const signing: SigningConfig = {
+    prefixes: ["/members/"],
+    key: fields.key!,
+    previousKey: "",
+    previousUntil: 0,
+    maxTtl: expires - notBefore,
+  };
+  assert.deepEqual(await checkSignedLink(url, { signing, now: notBefore }), {
+    access: "signed",
+    expiresAt: expires,
+    downloadName: fields.download,
+  });
+  assert.deepEqual(await checkSignedLink(url, { signing, now: expires }), { access: "refused" });
+});
+
+Deno.test({
+  name: "the README's Python prints the README's test vector",
+  // The one test that needs a program Deno does not bring; CI images have python3.
+  ignore: !(await Deno.stat("/usr/bin/python3").then(() => true, () => false)),
+  async fn() {
+    const { fields, python } = await readmeVector();
+    const output = await new Deno.Command("/usr/bin/python3", {
+      args: ["-c", python],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(new TextDecoder().decode(output.stderr), "");
+    assert.equal(new TextDecoder().decode(output.stdout).trim(), fields.url);
+  },
+});
