@@ -497,10 +497,13 @@ function signingKeyProblems(name: string, key: string): string[] {
       `key needs; ${fix}.`,
     ];
   }
-  // 32 random bytes repeat a value a few times at most; a key like "AAAA..." or a word
-  // repeated is no key. (A test of shape, not of randomness: keygen is the way.)
-  if (new Set(bytes).size < Math.min(16, bytes.length / 2)) {
-    return [`${name} does not look random; ${fix}.`];
+  // Random bytes repeat no run of 6 (odds about n² / 2⁴⁹), while a key like "AAAA..." or a
+  // phrase said twice does. A test of shape, not of randomness: keygen is the way.
+  const runs = new Set<string>();
+  for (let i = 0; i + 6 <= bytes.length; i++) {
+    const run = bytes.subarray(i, i + 6).join(",");
+    if (runs.has(run)) return [`${name} does not look random (it repeats itself); ${fix}.`];
+    runs.add(run);
   }
   return [];
 }
