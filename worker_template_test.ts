@@ -84,6 +84,12 @@ Deno.test("readConfig() applies the defaults of absent options", () => {
       cacheControl: "",
       corsOrigins: [],
       timeoutMs: 30000,
+      // No binding means a deploy by an older refresh, which only knew the Cache API.
+      cacheMode: "cache-api",
+      staleWhileRevalidate: 86400,
+      staleIfError: 604800,
+      purgeKey: "",
+      fingerprint: "",
     },
   );
 });
@@ -101,6 +107,11 @@ Deno.test("readConfig() reads every option", () => {
       WORKER_CACHE_CONTROL: " public, max-age=60 ",
       WORKER_CORS_ORIGINS: "https://a.example, https://b.example/",
       WORKER_B2_TIMEOUT_MS: "500",
+      WORKER_CACHE_MODE: "workers-cache",
+      WORKER_STALE_WHILE_REVALIDATE: "30",
+      WORKER_STALE_IF_ERROR: "0",
+      WORKER_PURGE_KEY: "ab".repeat(32),
+      WORKER_FINGERPRINT: "2-0123456789abcdef",
     }),
     {
       token: "token",
@@ -113,6 +124,11 @@ Deno.test("readConfig() reads every option", () => {
       cacheControl: "public, max-age=60",
       corsOrigins: ["https://a.example", "https://b.example"],
       timeoutMs: 500,
+      cacheMode: "workers-cache",
+      staleWhileRevalidate: 30,
+      staleIfError: 0,
+      purgeKey: "ab".repeat(32),
+      fingerprint: "2-0123456789abcdef",
     },
   );
 });
@@ -449,6 +465,8 @@ const DEFAULT_OPTIONS: WorkerOptions = {
   cacheTtl: 86400,
   cacheControl: "",
   corsOrigins: "",
+  // These tests pin the Cache API mode (caches.default); Workers Cache has its own below.
+  cacheMode: "cache-api",
 };
 
 function startB2(): FakeB2 {
