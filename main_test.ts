@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import {
   type Context,
   type CronRegistrar,
+  derivePurgeKey,
   formatDuration,
   parseConfig,
   parseDuration,
@@ -215,10 +216,14 @@ Deno.test("parseConfig() applies the documented defaults", () => {
       cacheTtl: 86400,
       cacheControl: "",
       corsOrigins: "",
+      cacheMode: "workers-cache",
+      staleWhileRevalidate: 86400,
+      staleIfError: 604800,
     },
     workerName: "b2-private-cdn",
     refreshSchedule: "17 4 * * *",
     refreshMargin: 518400,
+    purgeSecret: { from: "B2_APPLICATION_KEY", value: "key" },
   });
 });
 
@@ -308,7 +313,7 @@ Deno.test("refresh uploads the worker with the token only as a secret binding", 
     assert.equal(code, 0);
     assert.match(
       stdout,
-      /^Deployed worker "b2-private-cdn" for bucket "photos" \(prefix "site\/"\); token expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/,
+      /^Deployed worker "b2-private-cdn" for bucket "photos" \(prefix "site\/"\); token expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ; edge cache workers-cache$/,
     );
 
     const [authorize, list, downloadAuth, ...more] = w.b2.requests;
@@ -333,7 +338,9 @@ Deno.test("refresh uploads the worker with the token only as a secret binding", 
     assert.ok(script);
     const [token] = w.b2.downloadTokens.keys();
     assert.ok(token);
-    const { B2_TOKEN_ISSUED_AT, B2_TOKEN_EXPIRES_AT, ...bindings } = bindingTexts(script.metadata);
+    const { B2_TOKEN_ISSUED_AT, B2_TOKEN_EXPIRES_AT, WORKER_FINGERPRINT, ...bindings } =
+      bindingTexts(script.metadata);
+    assert.match(WORKER_FINGERPRINT!, /^\d+-[0-9a-f]{16}$/);
     assert.deepEqual(bindings, {
       B2_DOWNLOAD_TOKEN: token,
       B2_DOWNLOAD_URL: w.b2.url,
@@ -344,20 +351,24 @@ Deno.test("refresh uploads the worker with the token only as a secret binding", 
       WORKER_CACHE_TTL: "86400",
       WORKER_CACHE_CONTROL: "",
       WORKER_CORS_ORIGINS: "",
+      WORKER_CACHE_MODE: "workers-cache",
+      WORKER_STALE_WHILE_REVALIDATE: "86400",
+      WORKER_STALE_IF_ERROR: "604800",
+      WORKER_PURGE_KEY: await derivePurgeKey(B2_KEY),
     });
+    assert.deepEqual(script.metadata.cache_options, { enabled: true, cross_version_cache: true });
     assert.equal(
       Date.parse(B2_TOKEN_EXPIRES_AT!) - Date.parse(B2_TOKEN_ISSUED_AT!),
       604_800_000,
     );
-    assert.equal(
-      script.metadata.bindings.find((b) => b.name === "B2_DOWNLOAD_TOKEN")
-        ?.type,
-      "secret_text",
-    );
-    assert.ok(
-      script.metadata.bindings.filter((b) => b.name !== "B2_DOWNLOAD_TOKEN")
-        .every((b) => b.type === "plain_text"),
-    );
+    const secret = ["B2_DOWNLOAD_TOKEN", "WORKER_PURGE_KEY"];
+    for (const binding of script.metadata.bindings) {
+      assert.equal(
+        binding.type,
+        secret.includes(binding.name) ? "secret_text" : "plain_text",
+        binding.name,
+      );
+    }
     assert.equal(script.moduleContentType, "application/javascript+module");
     assert.ok(!script.module.includes(token), "the token is not in the source");
     assert.match(script.module, /export default/);
@@ -467,6 +478,7 @@ Deno.test("refresh --json prints one object with the facts", async () => {
       prefix: "site/",
       deployed: true,
       roundTrips: 4,
+      cacheMode: "workers-cache",
     });
   } finally {
     await w.close();
@@ -534,10 +546,11 @@ Deno.test("refresh checks what the key allows before asking for a token", async 
         assert.equal(code, 2);
         assert.match(stderr, c.expect);
         assert.equal(w.b2.downloadTokens.size, 0, "no token was asked for");
-        assert.equal(
-          w.cloudflare.requests.length,
-          0,
-          "Cloudflare was not touched",
+        // The deployed settings are read alongside B2's authorize; nothing is written.
+        assert.deepEqual(
+          w.cloudflare.requests.map((r) => r.method).filter((m) => m !== "GET"),
+          [],
+          "nothing was written to Cloudflare",
         );
       } finally {
         await w.close();
@@ -611,7 +624,7 @@ Deno.test("refresh retries what is worth retrying and fails clearly on the rest"
       }],
       code: 1,
       stderr:
-        /Cannot upload worker "b2-private-cdn": Cloudflare answered 403 error 10000: Authentication error\. Fix: check CLOUDFLARE_API_TOKEN: it needs "Workers Scripts: Edit"/,
+        /Cannot read the settings of worker "b2-private-cdn": Cloudflare answered 403 error 10000: Authentication error\. Fix: check CLOUDFLARE_API_TOKEN: it needs "Workers Scripts: Edit"/,
     },
     {
       name: "Cloudflare rate limits for five minutes",
@@ -713,7 +726,7 @@ Deno.test("refresh makes sure the route and domain point at the worker, once", a
       ["created", "created"],
     );
     const second = await w.run(["refresh"], { env });
-    assert.match(second.stdout, /; route unchanged; domain unchanged$/);
+    assert.match(second.stdout, /; route unchanged; domain unchanged; edge cache workers-cache$/);
     assert.deepEqual(
       w.cloudflare.routes.get("fake-zone-id")?.map(({ pattern, script }) => ({
         pattern,
@@ -736,7 +749,7 @@ Deno.test("refresh makes sure the route and domain point at the worker, once", a
     const third = await w.run(["refresh", "--worker-name", "other-worker"], {
       env,
     });
-    assert.match(third.stdout, /; route updated; domain updated$/);
+    assert.match(third.stdout, /; route updated; domain updated; edge cache workers-cache$/);
     assert.equal(w.cloudflare.routes.get("fake-zone-id")?.length, 1);
   } finally {
     await w.close();
@@ -819,7 +832,7 @@ Deno.test("status exits 0 when healthy, 1 when expiring or missing", async (t) =
       assert.equal(code, 0);
       assert.match(
         stdout,
-        /^OK - worker "b2-private-cdn": token expires \S+ \(6d 23h left, issued 0s ago\)$/,
+        /^OK - worker "b2-private-cdn": token expires \S+ \(6d 23h left, issued 0s ago\); edge cache workers-cache \(cache_options \{"enabled":true,"cross_version_cache":true\}\)$/,
       );
     });
     await t.step("five days later, with 2 days required", async () => {
