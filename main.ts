@@ -1690,7 +1690,9 @@ export async function askWorkerToPurge(
   request: { order: PurgeOrder; key: string },
   ctx: Context,
 ): Promise<PurgeAnswer> {
-  const body = JSON.stringify(request.order);
+  // The nonce makes each request's signature new, so a retry within the same second is not
+  // mistaken for a replay.
+  const body = JSON.stringify({ ...request.order, nonce: crypto.randomUUID() });
   let response: Response;
   try {
     response = await ctx.fetch(url, {

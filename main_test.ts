@@ -6,6 +6,7 @@ import {
   formatDuration,
   parseConfig,
   parseDuration,
+  purgeUrl,
   refreshIfDue,
   run,
   scheduleRefresh,
@@ -13,6 +14,12 @@ import {
   type WorkerMetadata,
 } from "./main.ts";
 import { type FakeB2, type FakeB2Options, startFakeB2 } from "./testing/fake_b2.ts";
+import workerModule, {
+  type Env,
+  type ExecutionContext,
+  objectTag,
+  type PurgeOptions,
+} from "./worker_template.ts";
 import {
   type FakeCloudflare,
   type FakeCloudflareOptions,
@@ -952,6 +959,315 @@ Deno.test("refreshIfDue() refreshes at start only when the token is missing or s
   } finally {
     await w.close();
   }
+});
+
+// ---------------------------------------------------------------------------
+// Workers Cache: cache_options, purge, and the purges refresh owes (issue 8)
+// ---------------------------------------------------------------------------
+
+/** Where the tests' worker answers; ctx.fetch sends it to the fake endpoint below. */
+const SITE_HOST = "cdn.example.com";
+
+/**
+ * The deployed worker as visitors reach it: the real worker module's fetch
+ * (imported, run in Deno), with the bindings the fake Cloudflare holds and a
+ * ctx.cache that records purges. After an upload, the version before it keeps
+ * answering for `lag` requests, as while a deploy spreads.
+ */
+function startWorkerEndpoint(cloudflare: FakeCloudflare) {
+  const purges: PurgeOptions[] = [];
+  const currentEnv = () => {
+    const script = cloudflare.scripts.get("b2-private-cdn");
+    if (!script) return undefined;
+    return Object.fromEntries(
+      script.metadata.bindings.map((b) => [b.name, b.text]),
+    ) as unknown as Env;
+  };
+  const endpoint = {
+    purges,
+    /** Requests still answered by `previous`. */
+    lag: 0,
+    previous: undefined as Env | undefined,
+    /** The version deployed now keeps answering `requests` more requests after the next upload. */
+    lagBehind(requests: number) {
+      endpoint.previous = currentEnv();
+      endpoint.lag = requests;
+    },
+    /** Purges still refused as rate limited. */
+    refuse: 0,
+    /** Purges that go through before the refusals start. */
+    passBeforeRefusing: 0,
+    /** Answer the next request as a bot challenge in front of the worker would. */
+    challenge: false,
+    requests: 0,
+    server: Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (
+      request,
+    ): Promise<Response> | Response => {
+      endpoint.requests++;
+      if (endpoint.challenge) {
+        endpoint.challenge = false;
+        return new Response("<html>Just a moment...</html>", {
+          status: 403,
+          headers: { "cf-mitigated": "challenge", "content-type": "text/html" },
+        });
+      }
+      const current = currentEnv();
+      if (!current) return new Response("no such worker", { status: 404 });
+      const answering = endpoint.lag > 0 && endpoint.previous ? endpoint.previous : current;
+      if (endpoint.lag > 0) endpoint.lag--;
+      const ctx: ExecutionContext = {
+        waitUntil() {},
+        cache: {
+          purge(options) {
+            if (endpoint.passBeforeRefusing > 0) endpoint.passBeforeRefusing--;
+            else if (endpoint.refuse > 0) {
+              endpoint.refuse--;
+              return Promise.resolve({
+                success: false,
+                errors: [{ code: 429, message: "rate limited" }],
+              });
+            }
+            purges.push(options);
+            return Promise.resolve({ success: true, errors: [] });
+          },
+        },
+      };
+      const url = new URL(request.url);
+      return workerModule.fetch(
+        new Request(`https://${SITE_HOST}${url.pathname}${url.search}`, request),
+        answering,
+        ctx,
+      );
+    }),
+    /** A ctx.fetch that sends requests for the site to this endpoint. */
+    fetch(input: string | URL | Request, init?: RequestInit): Promise<Response> {
+      const url = new URL(input instanceof Request ? input.url : input);
+      if (url.host !== SITE_HOST) return fetch(input, init);
+      const local = `http://127.0.0.1:${endpoint.server.addr.port}${url.pathname}${url.search}`;
+      return fetch(local, init);
+    },
+  };
+  return endpoint;
+}
+
+/** A world whose worker has the custom domain cdn.example.com, reached through the endpoint. */
+function purgeWorld() {
+  const w = world();
+  const endpoint = startWorkerEndpoint(w.cloudflare);
+  const env = { CLOUDFLARE_ZONE_ID: "fake-zone-id", WORKER_DOMAIN: SITE_HOST };
+  const ctx = { fetch: endpoint.fetch as typeof fetch };
+  return {
+    w,
+    endpoint,
+    run: (args: string[], extra: Record<string, string> = {}) =>
+      w.run(args, { env: { ...env, ...extra }, ctx }),
+    bindings: () => bindingTexts(w.cloudflare.scripts.get("b2-private-cdn")!.metadata),
+    async close() {
+      await endpoint.server.shutdown();
+      await w.close();
+    },
+  };
+}
+
+Deno.test("every upload says which cache it uses, and status reads it back", async (t) => {
+  const p = purgeWorld();
+  try {
+    for (
+      const [mode, settings, expected] of [
+        ["cache-api", { WORKER_CACHE_MODE: "cache-api" }, { enabled: false }],
+        ["off", { WORKER_CACHE_MODE: "off" }, { enabled: false }],
+        ["off, by WORKER_CACHE_TTL=0", { WORKER_CACHE_TTL: "0" }, { enabled: false }],
+        ["workers-cache", {}, { enabled: true, cross_version_cache: true }],
+      ] as const
+    ) {
+      await t.step(mode, async () => {
+        const { code, stdout } = await p.run(["refresh"], settings);
+        assert.equal(code, 0);
+        assert.match(stdout, new RegExp(`; edge cache ${mode.split(",")[0]}`));
+        const script = p.w.cloudflare.scripts.get("b2-private-cdn")!;
+        assert.deepEqual(script.metadata.cache_options, expected);
+        assert.equal((await p.run(["status"], settings)).code, 0);
+      });
+    }
+    await t.step("a contradiction is unhealthy, with the fix", async () => {
+      const script = p.w.cloudflare.scripts.get("b2-private-cdn")!;
+      script.metadata.cache_options = { enabled: true };
+      const { code, stdout } = await p.run(["status"]);
+      assert.equal(code, 1);
+      assert.match(
+        stdout,
+        /^CRITICAL .*Cloudflare reports cache_options \{"enabled":true\} where workers-cache needs \{"enabled":true,"cross_version_cache":true\}; run refresh \(a full upload sets it\)$/,
+      );
+      const other = await p.run(["status"], { WORKER_CACHE_MODE: "cache-api" });
+      assert.match(other.stdout, /caches with workers-cache, WORKER_CACHE_MODE says cache-api/);
+    });
+    await t.step("an absent setting is unknown, not a failure", async () => {
+      delete p.w.cloudflare.scripts.get("b2-private-cdn")!.metadata.cache_options;
+      const { code, stdout } = await p.run(["status"]);
+      assert.equal(code, 0);
+      assert.match(stdout, /edge cache workers-cache \(cache_options unknown\)$/);
+    });
+    await t.step("render and --dry-run show the mode in force", async () => {
+      const render = await p.run(["render"], { WORKER_CACHE_TTL: "0" });
+      assert.match(render.stdout, /^\/\/ edge cache: off \(WORKER_CACHE_TTL=0\)\n/);
+      assert.match(render.stdout, /"cache_options":\{"enabled":false\}/);
+      const dry = await p.run(["refresh", "--dry-run"], { WORKER_CACHE_MODE: "cache-api" });
+      assert.match(dry.stdout, /^Would deploy .*; edge cache cache-api$/m);
+    });
+  } finally {
+    await p.close();
+  }
+});
+
+Deno.test("refresh purges everything when what URLs serve changes, once the new version answers", async (t) => {
+  const p = purgeWorld();
+  try {
+    await t.step("a first deploy has nothing to purge", async () => {
+      assert.equal((await p.run(["refresh"])).code, 0);
+      assert.deepEqual(p.endpoint.purges, []);
+      assert.equal(p.endpoint.requests, 0);
+    });
+    await t.step("a token-only refresh purges nothing and keeps its round trips", async () => {
+      const { code, stdout } = await p.run(["refresh", "--json"]);
+      assert.equal(code, 0);
+      assert.equal(JSON.parse(stdout).roundTrips, 4);
+      assert.equal(JSON.parse(stdout).purged, undefined);
+      assert.equal(p.endpoint.requests, 0);
+      assert.equal(p.w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 2);
+    });
+    await t.step("a new prefix purges once the new version answers, not before", async () => {
+      p.endpoint.lagBehind(2);
+      const sleeps = p.w.sleeps.length;
+      const { code, stdout } = await p.run(["refresh"], { B2_FILE_PREFIX: "" });
+      assert.equal(code, 0, stdout);
+      assert.match(stdout, /; purged everything: what the site serves changed/);
+      assert.deepEqual(p.endpoint.purges, [{ purgeEverything: true }]);
+      // Two answers from the old version (refused, nothing purged), then the new one.
+      assert.equal(p.endpoint.requests, 3);
+      assert.deepEqual(p.w.sleeps.slice(sleeps), [5000, 5000]);
+      assert.equal(p.bindings().WORKER_PURGE_PENDING, undefined);
+    });
+    await t.step("a purge that fails is remembered and done by the next run", async () => {
+      p.endpoint.purges.length = 0;
+      p.endpoint.refuse = 1;
+      const failed = await p.run(["refresh"], { WORKER_CORS_ORIGINS: "*" });
+      assert.equal(failed.code, 1);
+      assert.match(
+        failed.stderr,
+        /at most 5 purges a minute; try again in 60 s\. The worker is deployed and remembers the purge/,
+      );
+      assert.equal(p.bindings().WORKER_PURGE_PENDING, "all");
+      assert.deepEqual(p.endpoint.purges, []);
+      assert.match(
+        (await p.run(["status"], { WORKER_CORS_ORIGINS: "*" })).stdout,
+        /a purge after a change is still owed/,
+      );
+      const retried = await p.run(["refresh"], { WORKER_CORS_ORIGINS: "*" });
+      assert.equal(retried.code, 0, retried.stderr);
+      assert.match(
+        retried.stdout,
+        /purged everything: a purge of an earlier refresh is still owed/,
+      );
+      assert.deepEqual(p.endpoint.purges, [{ purgeEverything: true }]);
+      assert.equal(p.bindings().WORKER_PURGE_PENDING, undefined);
+    });
+  } finally {
+    await p.close();
+  }
+});
+
+Deno.test("purge sends paths, prefixes or everything in as few signed requests as the limits allow", async (t) => {
+  const p = purgeWorld();
+  try {
+    assert.equal((await p.run(["refresh"])).code, 0);
+    await t.step("paths exactly, by their objects' tags, 100 operations a request", async () => {
+      const paths = Array.from({ length: 230 }, (_, i) => `/photos/${i}.jpg`);
+      const { code, stdout } = await p.run(["purge", ...paths, "--prefix", "/old/"]);
+      assert.equal(code, 0);
+      assert.match(
+        stdout,
+        /^Purged 230 paths and 1 prefixes from Workers Cache in 3 requests to https:\/\/cdn\.example\.com\//,
+      );
+      assert.deepEqual(p.endpoint.purges.map((o) => o.tags?.length ?? 0), [100, 100, 30]);
+      assert.deepEqual(p.endpoint.purges[2]?.pathPrefixes, ["/old/"]);
+      assert.equal(p.endpoint.purges[0]?.tags?.[0], await objectTag("site/photos/0.jpg"));
+    });
+    await t.step("--all", async () => {
+      p.endpoint.purges.length = 0;
+      assert.equal((await p.run(["purge", "--all"])).code, 0);
+      assert.deepEqual(p.endpoint.purges, [{ purgeEverything: true }]);
+    });
+    await t.step("rate limited: exit 1, what is left and when to try again", async () => {
+      p.endpoint.purges.length = 0;
+      p.endpoint.refuse = 1;
+      const paths = Array.from({ length: 150 }, (_, i) => `/p/${i}`);
+      // The first request goes through; the refusal meets the second.
+      p.endpoint.passBeforeRefusing = 1;
+      const { code, stderr } = await p.run(["purge", ...paths]);
+      assert.equal(code, 1);
+      assert.match(
+        stderr,
+        /at most 5 purges a minute; try again in 60 s\. 1 of 2 requests were purged; 50 paths and prefixes are left\./,
+      );
+      assert.equal(p.endpoint.purges.length, 1);
+    });
+    await t.step("another key is refused as any POST, and said so", async () => {
+      const { code, stderr } = await p.run(["purge", "/a"], { WORKER_PURGE_KEY: "x".repeat(40) });
+      assert.equal(code, 1);
+      assert.match(stderr, /refused the signed request as it refuses any POST/);
+    });
+    await t.step("an answer that is not the worker's is reported as such", async () => {
+      p.endpoint.challenge = true;
+      const { code, stderr } = await p.run(["purge", "/a"]);
+      assert.equal(code, 1);
+      assert.match(stderr, /\(403, cf-mitigated: challenge\) is not the worker's/);
+    });
+    await t.step("the Cache API mode refuses, naming the manual step", async () => {
+      const { code, stderr } = await p.run(["purge", "--all"], { WORKER_CACHE_MODE: "cache-api" });
+      assert.equal(code, 1);
+      assert.match(stderr, /Purge Everything/);
+    });
+    await t.step("bad usage exits 2", async () => {
+      assert.equal((await p.run(["purge"])).code, 2);
+      assert.equal((await p.run(["purge", "/a", "--all"])).code, 2);
+      assert.equal((await p.run(["status", "--all"])).code, 2);
+    });
+  } finally {
+    await p.close();
+  }
+});
+
+Deno.test("purgeUrl() takes --url, WORKER_DOMAIN, a concrete route host, VERIFY_URL, then workers.dev", async () => {
+  const base = parseConfig({ CLOUDFLARE_ACCOUNT_ID: "a", CLOUDFLARE_API_TOKEN: "t" }, {
+    cloudflare: true,
+  });
+  const ctx = { ...({} as Context) };
+  const subdomain = () => Promise.resolve("acme");
+  const at = (config: typeof base, url?: string) =>
+    purgeUrl(config, ctx, { subdomain, ...(url && { url }) });
+  const path = "/.well-known/b2-private-cdn/purge";
+  const cf = base.cloudflare!;
+  assert.equal(await at(base, "https://x.example"), `https://x.example${path}`);
+  assert.equal(
+    await at({ ...base, cloudflare: { ...cf, domain: "d.example", route: "r.example/*" } }),
+    `https://d.example${path}`,
+  );
+  assert.equal(
+    await at({ ...base, cloudflare: { ...cf, route: "r.example/*" } }),
+    `https://r.example${path}`,
+  );
+  assert.equal(
+    await at({ ...base, cloudflare: { ...cf, route: "*.r.example/*" } }),
+    `https://b2-private-cdn.acme.workers.dev${path}`,
+  );
+  assert.equal(
+    await at({
+      ...base,
+      verifyUrl: "https://v.example/a.txt",
+      cloudflare: { ...cf, route: "r.example/static/*" },
+    }),
+    `https://v.example${path}`,
+  );
 });
 
 // ---------------------------------------------------------------------------
