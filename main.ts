@@ -48,6 +48,15 @@ export interface WorkerOptions {
   cacheControl: string;
   /** Empty (no CORS), `*`, or a comma list of origins. @default "" */
   corsOrigins: string;
+  /**
+   * The edge cache in force: `WORKER_CACHE_MODE`, except that `WORKER_CACHE_TTL=0` always
+   * means `off`. @default "workers-cache"
+   */
+  cacheMode: CacheMode;
+  /** Workers Cache: seconds a stale object is served while revalidated. @default 86400 */
+  staleWhileRevalidate?: number;
+  /** Workers Cache: seconds a stale object is served while the worker fails. @default 604800 */
+  staleIfError?: number;
   /** Signed links; the keys go to the worker as secret bindings. @default undefined (none) */
   signing?: SigningOptions;
 }
@@ -65,6 +74,17 @@ export interface SigningOptions {
   /** The longest life a link may have, in seconds. @default 604800 */
   maxTtl: number;
 }
+
+/**
+ * Which edge cache keeps objects: Workers Cache (tiered, in front of the
+ * worker), the Cache API (`caches.default`, per data centre) or none.
+ */
+export type CacheMode = "workers-cache" | "cache-api" | "off";
+const CACHE_MODES: readonly CacheMode[] = ["workers-cache", "cache-api", "off"];
+/** An hour-old stale copy is fine for a day while one request revalidates it. */
+const DEFAULT_STALE_WHILE_REVALIDATE = DAY;
+/** A week: as long as a download token lives, so an expired one never empties the site. */
+const DEFAULT_STALE_IF_ERROR = 7 * DAY;
 
 /** How to reach B2 and what to authorize. */
 export interface B2Config {
@@ -113,6 +133,8 @@ export interface Config {
   refreshSchedule: string;
   /** `cron` refreshes at start when less than this many seconds are left. @default 6 days */
   refreshMargin: number;
+  /** What the purge key is derived from: `WORKER_PURGE_KEY`, else `B2_APPLICATION_KEY`. */
+  purgeSecret?: { from: "WORKER_PURGE_KEY" | "B2_APPLICATION_KEY"; value: string };
 }
 
 /** A configuration problem; `problems` lists each thing to change. Exit code 2. */
@@ -185,6 +207,19 @@ const VARIABLES = {
     about: "time the previous key's links stop working, e.g. 2026-12-31T00:00:00Z",
   },
   WORKER_SIGNED_MAX_TTL: { about: "longest life of a signed link (default 7d)" },
+  WORKER_CACHE_MODE: {
+    about: "workers-cache (default), cache-api or off; WORKER_CACHE_TTL=0 means off",
+  },
+  WORKER_STALE_WHILE_REVALIDATE: {
+    about: "Workers Cache: seconds served stale while revalidating (default 86400)",
+  },
+  WORKER_STALE_IF_ERROR: {
+    about: "Workers Cache: seconds served stale while B2 or the token fails (default 604800)",
+  },
+  WORKER_PURGE_KEY: {
+    secret: true,
+    about: "signs purge requests (default: derived from B2_APPLICATION_KEY)",
+  },
   VERIFY_URL: { about: "fetched after deploying; must answer 2xx" },
   REFRESH_SCHEDULE: { about: 'cron schedule, UTC (default "17 4 * * *")' },
   REFRESH_MARGIN: {
@@ -289,13 +324,29 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
       );
     }
   }
+  const cacheTtl = integer("WORKER_CACHE_TTL", DAY, 0, 365 * DAY);
+  const cacheMode = text("WORKER_CACHE_MODE") ?? "workers-cache";
+  if (!CACHE_MODES.includes(cacheMode as CacheMode)) {
+    problems.push(
+      `WORKER_CACHE_MODE must be "workers-cache", "cache-api" or "off", not "${cacheMode}".`,
+    );
+  }
   const worker: WorkerOptions = {
     urlStyle: urlStyle === "b2" ? "b2" : "plain",
     indexFile,
-    cacheTtl: integer("WORKER_CACHE_TTL", DAY, 0, 365 * DAY),
+    cacheTtl,
     cacheControl: text("WORKER_CACHE_CONTROL") ?? "",
     corsOrigins: corsOrigins.split(",").map((o) => o.trim()).filter(Boolean)
       .join(","),
+    // A lifetime of 0 keeps nothing whichever cache is named: it wins, as it always meant off.
+    cacheMode: cacheTtl === 0 ? "off" : cacheMode as CacheMode,
+    staleWhileRevalidate: integer(
+      "WORKER_STALE_WHILE_REVALIDATE",
+      DEFAULT_STALE_WHILE_REVALIDATE,
+      0,
+      365 * DAY,
+    ),
+    staleIfError: integer("WORKER_STALE_IF_ERROR", DEFAULT_STALE_IF_ERROR, 0, 365 * DAY),
   };
   const signing = parseSigning(settings, problems);
   if (signing) worker.signing = signing;
@@ -311,6 +362,18 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
       `REFRESH_SCHEDULE must be a five-field cron expression such as "17 4 * * *", ` +
         `not "${config.refreshSchedule}".`,
     );
+  }
+  const purgeKey = text("WORKER_PURGE_KEY");
+  const applicationKey = text("B2_APPLICATION_KEY");
+  if (purgeKey !== undefined && purgeKey.length < MIN_PURGE_KEY_LENGTH) {
+    problems.push(
+      `WORKER_PURGE_KEY must be at least ${MIN_PURGE_KEY_LENGTH} characters ` +
+        "(e.g. openssl rand -hex 32), or unset to derive it from B2_APPLICATION_KEY.",
+    );
+  }
+  if (purgeKey) config.purgeSecret = { from: "WORKER_PURGE_KEY", value: purgeKey };
+  else if (applicationKey) {
+    config.purgeSecret = { from: "B2_APPLICATION_KEY", value: applicationKey };
   }
   const verifyUrl = text("VERIFY_URL");
   if (verifyUrl !== undefined) config.verifyUrl = url("VERIFY_URL", verifyUrl);
@@ -508,6 +571,41 @@ function signingKeyProblems(name: string, key: string): string[] {
   return [];
 }
 
+/** Short keys are guessable offline from one captured purge request. */
+const MIN_PURGE_KEY_LENGTH = 32;
+/** Fixed, so that every machine derives the same purge key from the same secret. */
+const PURGE_KEY_INFO = "b2-private-cdn purge key v1";
+
+/**
+ * The worker's purge key: HKDF-SHA256 of `WORKER_PURGE_KEY`, else of
+ * `B2_APPLICATION_KEY`, with a fixed info string, as 64 hex characters. Every
+ * machine that refreshes or purges holds one of the two, so none stores the key.
+ */
+export async function derivePurgeKey(secret: string): Promise<string> {
+  const material = await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(secret),
+    "HKDF",
+    false,
+    ["deriveBits"],
+  );
+  const bits = await crypto.subtle.deriveBits(
+    {
+      name: "HKDF",
+      hash: "SHA-256",
+      salt: new Uint8Array(0),
+      info: new TextEncoder().encode(PURGE_KEY_INFO),
+    },
+    material,
+    256,
+  );
+  return toHex(new Uint8Array(bits));
+}
+
+function toHex(bytes: Uint8Array): string {
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
 /** Seconds in `90`, `90s`, `30m`, `48h` or `6d`; `undefined` if it is none of those. */
 export function parseDuration(text: string): number | undefined {
   const match = /^(\d+)\s*([smhd]?)$/.exec(text.trim());
@@ -585,7 +683,7 @@ const RETRY_AFTER_LIMIT_MS = 120_000;
 
 /** An API answered with an error, or could not be reached. Exit code 1. */
 export class ApiError extends Error {
-  readonly service: "B2" | "Cloudflare" | "Verify";
+  readonly service: "B2" | "Cloudflare" | "Verify" | "Worker";
   /** The HTTP status, or 0 when no answer came. */
   readonly status: number;
   /** The service's own error code, e.g. `unauthorized` or `10000`. */
@@ -907,6 +1005,9 @@ const MAIN_MODULE = "worker.js";
 /** The runtime behaviour the worker was written and tested against (workerd in miniflare 4). */
 const COMPATIBILITY_DATE = "2026-07-01";
 
+/** Where the worker takes signed purge requests (`PURGE_PATH` in the worker). */
+const PURGE_PATH = "/.well-known/b2-private-cdn/purge";
+
 /** A Cloudflare Worker binding as the upload metadata carries it. */
 export interface Binding {
   type: "plain_text" | "secret_text";
@@ -914,11 +1015,22 @@ export interface Binding {
   text: string;
 }
 
+/**
+ * Workers Cache for this version (WORKERS_CACHE.md: Turning it on). Sent on
+ * every upload, `enabled: false` included, since the setting belongs to each
+ * version; `cross_version_cache` keeps the cache across daily refreshes.
+ */
+export interface CacheOptions {
+  enabled: boolean;
+  cross_version_cache?: boolean;
+}
+
 /** The upload's `metadata` part. */
 export interface WorkerMetadata {
   main_module: string;
   compatibility_date: string;
   bindings: Binding[];
+  cache_options?: CacheOptions;
 }
 
 /** What is uploaded: metadata and the one module. */
@@ -936,6 +1048,52 @@ export interface WorkerFacts {
   issuedAt: number;
   expiresAt: number;
   options: WorkerOptions;
+  /** From {@linkcode derivePurgeKey}; without it the worker takes no purge requests. */
+  purgeKey?: string;
+  /** From {@linkcode servingFingerprint}. */
+  fingerprint?: string;
+  /** A purge still owed (`all`), remembered by the worker for the next refresh. */
+  purgePending?: string;
+}
+
+/** The `cache_options` an upload carries for a cache mode. */
+export function cacheOptionsFor(mode: CacheMode): CacheOptions {
+  return mode === "workers-cache"
+    ? { enabled: true, cross_version_cache: true }
+    : { enabled: false };
+}
+
+/**
+ * What a URL serves depends on these and on nothing else the tool sets: the
+ * bucket, prefix, URL style, index file, browsers' cache policy, CORS
+ * origins, cache mode, and the worker's `ANSWER_FORMAT`. A new token does not
+ * change it, so the daily refresh purges nothing.
+ */
+export async function servingFingerprint(
+  module: string,
+  facts: Pick<WorkerFacts, "bucketName" | "prefix" | "options">,
+): Promise<string> {
+  // A module without the constant (a test's stand-in) counts as format 0.
+  const format = /\bconst ANSWER_FORMAT = (\d+);/.exec(module)?.[1] ?? "0";
+  const { urlStyle, indexFile, cacheControl, corsOrigins, cacheMode, signing } = facts.options;
+  const shape = JSON.stringify([
+    Number(format),
+    facts.bucketName,
+    facts.prefix,
+    urlStyle,
+    indexFile,
+    cacheControl,
+    corsOrigins,
+    cacheMode,
+    // A path made private, or a key revoked, must stop being served from copies cached before:
+    // prefixes and keys are part of what an answer depends on. Only a truncated hash of them
+    // is ever stored, which says nothing about a 256-bit key.
+    signing?.prefixes ?? [],
+    signing?.key ?? "",
+    signing?.previousKey ?? "",
+  ]);
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(shape));
+  return `${format}-${toHex(new Uint8Array(digest)).slice(0, 16)}`;
 }
 
 /**
@@ -977,7 +1135,22 @@ export function workerUpload(module: string, facts: WorkerFacts): WorkerUpload {
         plain("WORKER_CACHE_CONTROL", facts.options.cacheControl),
         plain("WORKER_CORS_ORIGINS", facts.options.corsOrigins),
         ...signingBindings(facts.options.signing),
+        plain("WORKER_CACHE_MODE", facts.options.cacheMode),
+        plain(
+          "WORKER_STALE_WHILE_REVALIDATE",
+          String(facts.options.staleWhileRevalidate ?? DEFAULT_STALE_WHILE_REVALIDATE),
+        ),
+        plain(
+          "WORKER_STALE_IF_ERROR",
+          String(facts.options.staleIfError ?? DEFAULT_STALE_IF_ERROR),
+        ),
+        ...(facts.purgeKey
+          ? [{ type: "secret_text" as const, name: "WORKER_PURGE_KEY", text: facts.purgeKey }]
+          : []),
+        ...(facts.fingerprint ? [plain("WORKER_FINGERPRINT", facts.fingerprint)] : []),
+        ...(facts.purgePending ? [plain("WORKER_PURGE_PENDING", facts.purgePending)] : []),
       ],
+      cache_options: cacheOptionsFor(facts.options.cacheMode),
     },
     module,
   };
@@ -1178,9 +1351,17 @@ export async function readWorkerBindings(
   config: CloudflareConfig,
   ctx: Context,
 ): Promise<{ name: string; type: string; text?: string }[] | undefined> {
+  return (await readWorkerSettings(config, ctx))?.bindings;
+}
+
+/** The deployed worker's settings, or `undefined` when there is no such worker. */
+export async function readWorkerSettings(
+  config: CloudflareConfig,
+  ctx: Context,
+): Promise<WorkerSettings | undefined> {
   try {
     const settings = await cloudflareCall<
-      { bindings?: { name: string; type: string; text?: string }[] }
+      { bindings?: WorkerSettings["bindings"]; cache_options?: CacheOptions }
     >(
       config,
       ctx,
@@ -1190,11 +1371,26 @@ export async function readWorkerBindings(
         path: `/accounts/${config.accountId}/workers/scripts/${config.workerName}/settings`,
       },
     );
-    return settings.bindings ?? [];
+    const cacheOptions = settings.cache_options;
+    return {
+      bindings: settings.bindings ?? [],
+      ...(typeof cacheOptions?.enabled === "boolean" && { cacheOptions }),
+    };
   } catch (error) {
     if (error instanceof ApiError && error.code === "10007") return undefined;
     throw error;
   }
+}
+
+/** The account's workers.dev subdomain (`GET /accounts/{id}/workers/subdomain`). */
+async function workersDevSubdomain(config: CloudflareConfig, ctx: Context): Promise<string> {
+  const answer = await cloudflareCall<{ subdomain: string }>(
+    config,
+    ctx,
+    "find the account's workers.dev subdomain (or pass --url)",
+    { method: "GET", path: `/accounts/${config.accountId}/workers/subdomain` },
+  );
+  return answer.subdomain;
 }
 
 /** What a route or domain step did. */
@@ -1279,6 +1475,8 @@ export interface PreparedWorker {
   issuedAt: number;
   expiresAt: number;
   upload: WorkerUpload;
+  /** What `upload` was made from, to make it again with other facts. */
+  facts: WorkerFacts;
   /** Sequential API round trips so far. */
   roundTrips: number;
 }
@@ -1289,7 +1487,7 @@ export interface PreparedWorker {
  */
 export async function prepareWorker(
   config: B2Config,
-  worker: { module: string; options: WorkerOptions },
+  worker: { module: string; options: WorkerOptions; purgeSecret?: string },
   ctx: Context,
 ): Promise<PreparedWorker> {
   ctx.log(`B2: authorizing key ${config.keyId} at ${config.apiUrl}`);
@@ -1315,21 +1513,32 @@ export async function prepareWorker(
     `B2: download token for "${config.prefix}" valid ${formatDuration(config.tokenTtl)}, ` +
       `until ${isoSeconds(expiresAt)}`,
   );
+  const facts: WorkerFacts = {
+    downloadToken,
+    downloadUrl: auth.downloadUrl,
+    bucketName: bucket.name,
+    prefix: config.prefix,
+    issuedAt,
+    expiresAt,
+    options: worker.options,
+    fingerprint: await servingFingerprint(worker.module, {
+      bucketName: bucket.name,
+      prefix: config.prefix,
+      options: worker.options,
+    }),
+  };
+  if (worker.purgeSecret) {
+    facts.purgeKey = await derivePurgeKey(worker.purgeSecret);
+    ctx.secrets.add(facts.purgeKey);
+  }
   return {
     bucket,
     prefix: config.prefix,
     issuedAt,
     expiresAt,
     roundTrips: listed ? 3 : 2,
-    upload: workerUpload(worker.module, {
-      downloadToken,
-      downloadUrl: auth.downloadUrl,
-      bucketName: bucket.name,
-      prefix: config.prefix,
-      issuedAt,
-      expiresAt,
-      options: worker.options,
-    }),
+    facts,
+    upload: workerUpload(worker.module, facts),
   };
 }
 
@@ -1344,6 +1553,12 @@ export interface RefreshResult {
   domain?: Change;
   verified?: string;
   roundTrips: number;
+  /** The edge cache in force. */
+  cacheMode: CacheMode;
+  /** Why everything cached was purged, when it was. */
+  purged?: string;
+  /** What the user should know but the run could not do. */
+  notice?: string;
 }
 
 /** How long `--verify` keeps trying while the deploy propagates. */
@@ -1365,9 +1580,16 @@ export async function refresh(
   if (!b2 || !cloudflare) {
     throw new Error("refresh needs the B2 and Cloudflare configuration");
   }
+  // What the deployed version serves and whether it owes a purge: asked alongside B2's
+  // authorize, so it adds a request but no round trip to the daily refresh.
+  const before = options.dryRun ? undefined : readWorkerSettings(cloudflare, ctx).then(
+    (settings) => ({ settings }),
+    (error) => ({ error }),
+  );
   const prepared = await prepareWorker(b2, {
     module: options.module,
     options: config.worker,
+    ...(config.purgeSecret && { purgeSecret: config.purgeSecret.value }),
   }, ctx);
   const result: RefreshResult & { upload: WorkerUpload } = {
     worker: cloudflare.workerName,
@@ -1376,14 +1598,24 @@ export async function refresh(
     expiresAt: isoSeconds(prepared.expiresAt),
     deployed: false,
     roundTrips: prepared.roundTrips,
+    cacheMode: config.worker.cacheMode,
     upload: prepared.upload,
   };
-  if (options.dryRun) return result;
+  if (options.dryRun || !before) return result;
+  const previous = await before;
+  if ("error" in previous) throw previous.error;
+  const purge = purgeNeeded(previous.settings, prepared.facts);
+  const mustPurge = purge !== undefined && config.worker.cacheMode === "workers-cache";
+  // Remembered before the purge is tried, so that a run that dies half way still owes it.
+  const upload = mustPurge
+    ? workerUpload(options.module, { ...prepared.facts, purgePending: "all" })
+    : prepared.upload;
 
   ctx.log(
-    `Cloudflare: uploading worker "${cloudflare.workerName}" to account ${cloudflare.accountId}`,
+    `Cloudflare: uploading worker "${cloudflare.workerName}" to account ${cloudflare.accountId}` +
+      ` (cache: ${config.worker.cacheMode})`,
   );
-  await uploadWorker(cloudflare, prepared.upload, ctx);
+  await uploadWorker(cloudflare, upload, ctx);
   result.deployed = true;
   result.roundTrips++;
   if (cloudflare.route) {
@@ -1398,7 +1630,95 @@ export async function refresh(
     await verify(config.verifyUrl, ctx);
     result.verified = config.verifyUrl;
   }
+  if (purge !== undefined && config.worker.cacheMode === "cache-api") {
+    result.notice = `${purge}: copies kept with the Cache API stay until WORKER_CACHE_TTL ` +
+      "runs out (this tool cannot purge them; see the README's Cache API mode)";
+  }
+  if (mustPurge) {
+    await purgeOnceNewVersionAnswers(config, ctx, {
+      fingerprint: prepared.facts.fingerprint!,
+      purgeKey: prepared.facts.purgeKey,
+      why: purge,
+    });
+    // The debt is paid: the same upload without it.
+    await uploadWorker(cloudflare, prepared.upload, ctx);
+    result.roundTrips++;
+    result.purged = purge;
+  }
   return result;
+}
+
+/** The bindings and cache setting of a deployed worker, as Cloudflare reports them. */
+export interface WorkerSettings {
+  bindings: { name: string; type: string; text?: string }[];
+  /** Absent when Cloudflare does not report it (WORKERS_CACHE.md: unknown, not a failure). */
+  cacheOptions?: CacheOptions;
+}
+
+/**
+ * Why everything cached must go, or `undefined`: the deployed version serves
+ * with another fingerprint, or owes a purge. A first deploy, or one made
+ * before fingerprints existed (when only the Cache API was used), has
+ * nothing in Workers Cache.
+ */
+export function purgeNeeded(
+  previous: WorkerSettings | undefined,
+  next: Pick<WorkerFacts, "fingerprint">,
+): string | undefined {
+  const plain = (name: string) =>
+    previous?.bindings.find((b) => b.name === name && b.type === "plain_text")?.text;
+  if (plain("WORKER_PURGE_PENDING")) return "a purge of an earlier refresh is still owed";
+  const fingerprint = plain("WORKER_FINGERPRINT");
+  if (!fingerprint || fingerprint === next.fingerprint) return undefined;
+  return "what the site serves changed (bucket, prefix, URL style, index file, " +
+    "browser cache policy, CORS origins, cache mode or answer format)";
+}
+
+/**
+ * Purges everything once the new version is the one answering: the signed
+ * request names the new fingerprint, and an older version refuses it
+ * without purging. Tried while the deploy spreads, like `--verify`.
+ */
+async function purgeOnceNewVersionAnswers(
+  config: Config,
+  ctx: Context,
+  options: { fingerprint: string; purgeKey?: string; why: string },
+): Promise<void> {
+  const remembered = "The worker is deployed and remembers the purge: the next refresh " +
+    "tries again (or run `main.ts purge --all`).";
+  if (!options.purgeKey) {
+    throw new ApiError(
+      `Cannot purge: ${options.why}, but there is no purge key. Set WORKER_PURGE_KEY or ` +
+        `B2_APPLICATION_KEY. ${remembered}`,
+      { service: "Worker", status: 0, code: "no_purge_key" },
+    );
+  }
+  const url = await purgeUrl(config, ctx, {});
+  let last = "";
+  for (let attempt = 1; attempt <= VERIFY_ATTEMPTS; attempt++) {
+    const answer = await askWorkerToPurge(url, {
+      order: { everything: true, expect: options.fingerprint },
+      key: options.purgeKey,
+    }, ctx);
+    if (answer.kind === "done") {
+      ctx.log(`Worker: purged everything at ${url} (${options.why})`);
+      return;
+    }
+    if (answer.kind !== "other-version" && answer.kind !== "refused") {
+      throw new ApiError(`${answer.message} ${remembered}`, {
+        service: "Worker",
+        status: answer.status,
+        code: answer.kind,
+      });
+    }
+    last = answer.message;
+    ctx.log(`Worker: ${last} (attempt ${attempt} of ${VERIFY_ATTEMPTS})`);
+    if (attempt < VERIFY_ATTEMPTS) await ctx.sleep(VERIFY_PAUSE_MS);
+  }
+  throw new ApiError(
+    `Cannot purge after the deploy: ${last} ${remembered}`,
+    { service: "Worker", status: 0, code: "not_answering" },
+  );
 }
 
 /** Fetches `url` until it answers 2xx, for a while, since a deploy takes seconds to spread. */
@@ -1434,6 +1754,273 @@ export async function verify(url: string, ctx: Context): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------
+// Purge
+// ---------------------------------------------------------------------------
+
+/** What a signed purge request asks of the worker. */
+export interface PurgeOrder {
+  /** URL paths; each purges exactly its object (by its `Cache-Tag`). */
+  paths?: string[];
+  /** URL path prefixes. */
+  prefixes?: string[];
+  everything?: boolean;
+  /** Purge nothing unless the answering version has this fingerprint. */
+  expect?: string;
+}
+
+/** How the worker answered a purge request. */
+export type PurgeAnswer =
+  | { kind: "done"; status: number; fingerprint: string }
+  | {
+    kind: "other-version" | "refused" | "rate-limited" | "failed" | "not-worker" | "unreachable";
+    status: number;
+    message: string;
+  };
+
+/** Workers Cache takes at most 100 operations a purge (WORKERS_CACHE.md: Purge). */
+const MAX_PURGE_OPERATIONS = 100;
+/** And five purges a minute: a refused one is tried again after this many seconds. */
+const PURGE_RETRY_SECONDS = 60;
+
+/** The text a purge request's signature covers; the worker's `purgeMessage()` is the same. */
+export function purgeMessage(timestamp: string, body: string): string {
+  return `POST ${PURGE_PATH}\n${timestamp}\n${body}`;
+}
+
+/** The headers that sign `body` with the purge key (HMAC-SHA256), stamped `nowMs`. */
+export async function signPurge(
+  body: string,
+  options: { key: string; nowMs: number },
+): Promise<Record<string, string>> {
+  const timestamp = String(Math.floor(options.nowMs / 1000));
+  const key = await crypto.subtle.importKey(
+    "raw",
+    Uint8Array.from(options.key.match(/../g) ?? [], (pair) => parseInt(pair, 16)),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const signature = await crypto.subtle.sign(
+    "HMAC",
+    key,
+    new TextEncoder().encode(purgeMessage(timestamp, body)),
+  );
+  return {
+    "content-type": "application/json",
+    "x-b2cdn-timestamp": timestamp,
+    "x-b2cdn-signature": toHex(new Uint8Array(signature)),
+  };
+}
+
+/**
+ * Where the worker answers purge requests: `--url`, else `WORKER_DOMAIN`,
+ * else the route's host when it is one host whose route covers the purge
+ * path, else `VERIFY_URL`'s origin, else the workers.dev address.
+ */
+export async function purgeUrl(
+  config: Config,
+  ctx: Context,
+  options: { url?: string; subdomain?: () => Promise<string> },
+): Promise<string> {
+  const cloudflare = config.cloudflare;
+  let origin = options.url;
+  if (!origin && cloudflare?.domain) origin = `https://${cloudflare.domain}`;
+  if (!origin && cloudflare?.route) {
+    const bare = cloudflare.route.replace(/^https?:\/\//, "");
+    const host = bare.slice(0, bare.indexOf("/"));
+    const path = bare.slice(bare.indexOf("/"));
+    const covers = path.endsWith("*")
+      ? PURGE_PATH.startsWith(path.slice(0, -1))
+      : path === PURGE_PATH;
+    if (!host.includes("*") && covers) origin = `https://${host}`;
+  }
+  if (!origin && config.verifyUrl) origin = new URL(config.verifyUrl).origin;
+  if (!origin && cloudflare) {
+    const subdomain = await (options.subdomain ?? (() => workersDevSubdomain(cloudflare, ctx)))();
+    origin = `https://${cloudflare.workerName}.${subdomain}.workers.dev`;
+  }
+  if (!origin) {
+    throw new ConfigError([
+      "Cannot tell where the worker answers: set WORKER_DOMAIN or pass --url https://<host>.",
+    ]);
+  }
+  return new URL(PURGE_PATH, origin).href;
+}
+
+/** Sends one signed purge request and says what came back, the worker's or not. */
+export async function askWorkerToPurge(
+  url: string,
+  request: { order: PurgeOrder; key: string },
+  ctx: Context,
+): Promise<PurgeAnswer> {
+  // The nonce makes each request's signature new, so a retry within the same second is not
+  // mistaken for a replay.
+  const body = JSON.stringify({ ...request.order, nonce: crypto.randomUUID() });
+  let response: Response;
+  try {
+    response = await ctx.fetch(url, {
+      method: "POST",
+      headers: await signPurge(body, { key: request.key, nowMs: ctx.now() }),
+      body,
+      signal: AbortSignal.timeout(ctx.timeoutMs),
+    });
+  } catch (error) {
+    return {
+      kind: "unreachable",
+      status: 0,
+      message: `Cannot reach the worker at ${url}: ${(error as Error).message}.`,
+    };
+  }
+  const text = await response.text();
+  let json: { service?: string; fingerprint?: string; error?: string; result?: unknown } = {};
+  try {
+    json = JSON.parse(text);
+  } catch { /* not the worker's purge answer */ }
+  const { status } = response;
+  if (json?.service === "b2-private-cdn") {
+    const fingerprint = json.fingerprint ?? "";
+    if (status === 200) return { kind: "done", status, fingerprint };
+    if (status === 409) {
+      return {
+        kind: "other-version",
+        status,
+        message: `an older version still answers at ${url} (fingerprint "${fingerprint}")`,
+      };
+    }
+    if (status === 429) {
+      return {
+        kind: "rate-limited",
+        status,
+        message: `Cloudflare refused the purge (${JSON.stringify(json.result)}): at most 5 ` +
+          `purges a minute; try again in ${PURGE_RETRY_SECONDS} s.`,
+      };
+    }
+    return { kind: "failed", status, message: `The worker refused the purge: ${json.error}.` };
+  }
+  // What the worker answers to any unsigned POST: it did not accept the signature.
+  if (status === 405 && text === "Method not allowed\n") {
+    return {
+      kind: "refused",
+      status,
+      message: `the worker at ${url} refused the signed request as it refuses any POST: ` +
+        "the deployed version has no purge key or another one (run refresh with the same " +
+        "WORKER_PURGE_KEY or B2_APPLICATION_KEY), or this machine's clock is more than 5 " +
+        "minutes off",
+    };
+  }
+  const mitigated = response.headers.get("cf-mitigated");
+  return {
+    kind: "not-worker",
+    status,
+    message:
+      `The answer from ${url} (${status}${
+        mitigated ? `, cf-mitigated: ${mitigated}` : ""
+      }) is not the worker's: a WAF rule, bot challenge or Access policy in front of it? ` +
+      "Let POST requests to this path through, or pass the workers.dev address with --url.",
+  };
+}
+
+/** What `purge` asks for. */
+export interface PurgeRequest {
+  paths: string[];
+  prefixes: string[];
+  all: boolean;
+  url?: string;
+}
+
+/** What `purge` did. */
+export interface PurgeReport {
+  mode: CacheMode;
+  url?: string;
+  /** Signed requests the worker accepted. */
+  requests: number;
+  purged: { paths: number; prefixes: number; everything: boolean };
+}
+
+/**
+ * Purges paths (each exactly its object), prefixes or everything from the
+ * edge cache in force, in as few requests as the limits allow (100
+ * operations each). A refused or rate-limited request stops the run with
+ * {@linkcode ApiError}, naming what is left and when to try again.
+ */
+export async function purge(
+  config: Config,
+  ctx: Context,
+  request: PurgeRequest,
+): Promise<PurgeReport> {
+  const mode = config.worker.cacheMode;
+  const report: PurgeReport = {
+    mode,
+    requests: 0,
+    purged: { paths: 0, prefixes: 0, everything: false },
+  };
+  if (mode === "off") return report;
+  if (mode === "cache-api") {
+    // Cloudflare: purge by URL does not reach entries stored with the Cache API; Purge
+    // Everything does (developers.cloudflare.com/workers/reference/how-the-cache-works,
+    // "Purge assets stored with the Cache API"; community.cloudflare.com thread 129721).
+    throw new ApiError(
+      "Cannot purge in the Cache API mode: Cloudflare's purge by URL does not reach copies " +
+        "kept with the Cache API. Purge Everything on the zone does, for the whole zone: " +
+        "dashboard > Caching > Configuration > Purge Everything (the API token needs " +
+        '"Zone > Cache Purge"). Or set WORKER_CACHE_MODE=workers-cache and run refresh.',
+      { service: "Worker", status: 0, code: "cache_api_mode" },
+    );
+  }
+  if (!config.purgeSecret) {
+    throw new ConfigError([
+      "Set B2_APPLICATION_KEY (or WORKER_PURGE_KEY): purge requests are signed with a key " +
+      "derived from it, as refresh gave the worker.",
+    ]);
+  }
+  const key = await derivePurgeKey(config.purgeSecret.value);
+  ctx.secrets.add(key);
+  const url = await purgeUrl(config, ctx, { ...(request.url && { url: request.url }) });
+  report.url = url;
+  const asPath = (text: string) =>
+    new URL(
+      text.startsWith("/") || /^https?:/.test(text) ? text : `/${text}`,
+      "https://any.invalid",
+    ).pathname;
+  const orders: PurgeOrder[] = [];
+  if (request.all) orders.push({ everything: true });
+  else {
+    const operations = [
+      ...[...new Set(request.paths.map(asPath))].map((path) => ({ path })),
+      ...[...new Set(request.prefixes.map(asPath))].map((prefix) => ({ prefix })),
+    ];
+    for (let i = 0; i < operations.length; i += MAX_PURGE_OPERATIONS) {
+      const batch = operations.slice(i, i + MAX_PURGE_OPERATIONS);
+      const paths = batch.flatMap((op) => "path" in op ? [op.path] : []);
+      const prefixes = batch.flatMap((op) => "prefix" in op ? [op.prefix] : []);
+      orders.push({ ...(paths.length && { paths }), ...(prefixes.length && { prefixes }) });
+    }
+  }
+  for (const [index, order] of orders.entries()) {
+    const answer = await askWorkerToPurge(url, { order, key }, ctx);
+    if (answer.kind !== "done") {
+      const left = orders.slice(index);
+      const leftCount = left.reduce(
+        (sum, o) => sum + (o.paths?.length ?? 0) + (o.prefixes?.length ?? 0),
+        0,
+      );
+      const done = index === 0 ? "" : ` ${index} of ${orders.length} requests were purged;`;
+      throw new ApiError(
+        `${answer.message.replace(/^./, (c) => c.toUpperCase())}${done}` +
+          (request.all ? "" : ` ${leftCount} paths and prefixes are left.`),
+        { service: "Worker", status: answer.status, code: answer.kind },
+      );
+    }
+    report.requests++;
+    report.purged.paths += order.paths?.length ?? 0;
+    report.purged.prefixes += order.prefixes?.length ?? 0;
+    report.purged.everything ||= order.everything === true;
+    ctx.log(`Worker: purge request ${index + 1} of ${orders.length} done`);
+  }
+  return report;
+}
+
+// ---------------------------------------------------------------------------
 // Status and cron
 // ---------------------------------------------------------------------------
 
@@ -1448,17 +2035,26 @@ export interface StatusReport {
   /** Seconds. */
   age?: number;
   remaining?: number;
+  /** The edge cache the deployed version uses, by its bindings. */
+  cacheMode?: string;
+  /** Its `cache_options` as Cloudflare reports them, or `unknown` when it does not. */
+  cacheOptions?: CacheOptions | "unknown";
 }
 
 /** Reads the deployed worker's bindings and judges its token against `minRemaining` seconds. */
 export async function status(
   config: CloudflareConfig,
   ctx: Context,
-  options: { minRemaining: number },
+  options: {
+    minRemaining: number;
+    /** The configured edge cache; the deployed `cache_options` must agree with it. */
+    cacheMode?: CacheMode;
+  },
 ): Promise<StatusReport> {
   const report: StatusReport = { worker: config.workerName, healthy: false };
-  const bindings = await readWorkerBindings(config, ctx);
-  if (!bindings) {
+  const settings = await readWorkerSettings(config, ctx);
+  const bindings = settings?.bindings;
+  if (!settings || !bindings) {
     return {
       ...report,
       problem: `worker "${config.workerName}" does not exist; run refresh`,
@@ -1489,13 +2085,42 @@ export async function status(
     remaining,
     ...(!Number.isNaN(issued) &&
       { issuedAt: isoSeconds(issued), age: Math.floor((now - issued) / 1000) }),
+    // Deploys before cache modes existed used the Cache API.
+    cacheMode: plain("WORKER_CACHE_MODE") ?? "cache-api",
+    cacheOptions: settings.cacheOptions ?? "unknown",
   });
+  const problems: string[] = [];
   if (remaining < options.minRemaining) {
-    report.problem = remaining <= 0
-      ? "the download token has expired; run refresh"
-      : `less than ${formatDuration(options.minRemaining)} left; run refresh`;
-    return report;
+    problems.push(
+      remaining <= 0
+        ? "the download token has expired; run refresh"
+        : `less than ${formatDuration(options.minRemaining)} left; run refresh`,
+    );
   }
+  const wanted = options.cacheMode;
+  if (wanted && report.cacheMode !== wanted) {
+    problems.push(
+      `the deployed worker caches with ${report.cacheMode}, WORKER_CACHE_MODE says ${wanted}; ` +
+        "run refresh",
+    );
+  }
+  const deployed = settings.cacheOptions;
+  if (wanted && deployed) {
+    const expected = cacheOptionsFor(wanted);
+    if (
+      deployed.enabled !== expected.enabled ||
+      (expected.cross_version_cache && deployed.cross_version_cache !== true)
+    ) {
+      problems.push(
+        `Cloudflare reports cache_options ${JSON.stringify(deployed)} where ${wanted} needs ` +
+          `${JSON.stringify(expected)}; run refresh (a full upload sets it)`,
+      );
+    }
+  }
+  if (plain("WORKER_PURGE_PENDING")) {
+    problems.push("a purge after a change is still owed; run refresh (or purge --all)");
+  }
+  if (problems.length > 0) return { ...report, problem: problems.join("; ") };
   return { ...report, healthy: true };
 }
 
@@ -1528,6 +2153,7 @@ export async function refreshIfDue(
   const cloudflare = config.cloudflare!;
   const report = await status(cloudflare, ctx, {
     minRemaining: config.refreshMargin,
+    cacheMode: config.worker.cacheMode,
   });
   if (report.healthy) {
     return {
@@ -1769,10 +2395,11 @@ Commands:
   refresh   get a fresh B2 download token and deploy the worker with it (default)
   status    check the deployed worker's token; exit 1 when it needs attention
   render    print the worker module and its bindings (secrets masked); no network
+  purge     remove paths (exactly), --prefix <path> or --all from the edge cache
   cron      stay running and refresh on REFRESH_SCHEDULE (Deno.cron)
   dev       run the worker locally in workerd with a real token (B2 key only)
   demo      the whole chain on this machine, against local stand-ins
-  sign <path> --expires <when>
+  sign <path> | --prefix <path> --expires <when>
             print a signed link to a path under WORKER_SIGNED_PREFIXES; no network
   keygen    print a fresh WORKER_SIGNING_KEY
 
@@ -1781,12 +2408,15 @@ Flags:
   --dry-run              refresh: do the B2 steps, show the upload, upload nothing
   --verify <url>         refresh: fetch this URL afterwards; fail unless it answers 2xx
   --min-remaining <d>    status: least acceptable time left (default 48h)
+  --prefix <path>        purge: every path that starts with this (repeatable);
+                         sign: a link for every path under it, instead of one <path>
+  --all                  purge: everything the worker's cache holds
+  --url <url>            purge, sign: where the worker answers (default: WORKER_DOMAIN, the
+                         route's host; purge also VERIFY_URL's origin, then workers.dev)
   --port <n>             dev, demo: local port (default 8787)
   --expires <when>       sign: a duration from now (1h, 7d) or an ISO 8601 time
   --not-before <when>    sign: the link works only from then on
   --download-name <name> sign: served as an attachment with this file name
-  --prefix               sign: the link works for every path under <path>/
-  --base-url <url>       sign: the site's origin (default: WORKER_DOMAIN, else WORKER_ROUTE's host)
   --env-file <path>      read settings from this file instead of ./.env
   --verbose, -v          print each step on stderr
   --help, -h             this text
@@ -1823,7 +2453,10 @@ function summary(result: RefreshResult): string {
     `"${result.bucket}" (${where}); token expires ${result.expiresAt}` +
     (result.route ? `; route ${result.route}` : "") +
     (result.domain ? `; domain ${result.domain}` : "") +
-    (result.verified ? `; verified ${result.verified}` : "");
+    (result.verified ? `; verified ${result.verified}` : "") +
+    `; edge cache ${result.cacheMode}` +
+    (result.purged ? `; purged everything: ${result.purged}` : "") +
+    (result.notice ? `\nNote: ${result.notice}` : "");
 }
 
 interface Flags {
@@ -1832,6 +2465,8 @@ interface Flags {
   verbose: boolean;
   port: number;
   minRemaining: number;
+  /** `purge`: its paths, prefixes, `--all` and `--url`. */
+  purge: PurgeRequest;
   sign: SignFlags;
 }
 
@@ -1892,10 +2527,19 @@ async function runRender(
     issuedAt: 0,
     expiresAt: 0,
     options: config.worker,
+    ...(config.purgeSecret && { purgeKey: "(derived)" }),
+    fingerprint: await servingFingerprint(module, {
+      bucketName: settings.B2_BUCKET_NAME ?? "(B2_BUCKET_NAME)",
+      prefix: settings.B2_FILE_PREFIX ?? "",
+      options: config.worker,
+    }),
   });
   const metadata = maskSecrets(upload.metadata);
-  if (flags.json) io.stdout(JSON.stringify({ metadata, module }));
-  else io.stdout(`// metadata: ${JSON.stringify(metadata)}\n${module}`);
+  const cache = `edge cache: ${config.worker.cacheMode}` +
+    (config.worker.cacheTtl === 0 ? " (WORKER_CACHE_TTL=0)" : "");
+  if (flags.json) {
+    io.stdout(JSON.stringify({ cacheMode: config.worker.cacheMode, metadata, module }));
+  } else io.stdout(`// ${cache}\n// metadata: ${JSON.stringify(metadata)}\n${module}`);
   return 0;
 }
 
@@ -1907,6 +2551,7 @@ async function runStatus(
 ): Promise<number> {
   const report = await status(config.cloudflare!, ctx, {
     minRemaining: flags.minRemaining,
+    cacheMode: config.worker.cacheMode,
   });
   if (flags.json) {
     io.stdout(JSON.stringify(report));
@@ -1915,12 +2560,40 @@ async function runStatus(
       ? `token expires ${report.expiresAt} (${formatDuration(report.remaining!)} left` +
         (report.age !== undefined ? `, issued ${formatDuration(report.age)} ago)` : ")")
       : "";
+    const cache = report.cacheMode
+      ? `edge cache ${report.cacheMode} (cache_options ${
+        report.cacheOptions === "unknown" ? "unknown" : JSON.stringify(report.cacheOptions)
+      })`
+      : "";
     io.stdout(
       `${report.healthy ? "OK" : "CRITICAL"} - worker "${report.worker}": ` +
-        [facts, report.problem].filter(Boolean).join("; "),
+        [facts, cache, report.problem].filter(Boolean).join("; "),
     );
   }
   return report.healthy ? 0 : 1;
+}
+
+async function runPurge(
+  config: Config,
+  ctx: Context,
+  io: Io,
+  flags: Flags,
+): Promise<number> {
+  const report = await purge(config, ctx, flags.purge);
+  if (flags.json) io.stdout(JSON.stringify(report));
+  else if (report.mode === "off") {
+    io.stdout(
+      "The edge cache is off (WORKER_CACHE_MODE=off or WORKER_CACHE_TTL=0): nothing to purge.",
+    );
+  } else {
+    const { paths, prefixes, everything } = report.purged;
+    io.stdout(
+      `Purged ${everything ? "everything" : `${paths} paths and ${prefixes} prefixes`} from ` +
+        `Workers Cache in ${report.requests} request${report.requests === 1 ? "" : "s"} to ` +
+        `${report.url}`,
+    );
+  }
+  return 0;
 }
 
 /**
@@ -2147,7 +2820,7 @@ async function runSign(
   const baseUrl = flags.sign.baseUrl ?? siteOrigin(settings);
   if (baseUrl === undefined) {
     problems.push(
-      "Give --base-url https://<your host>: neither WORKER_DOMAIN nor a WORKER_ROUTE with a " +
+      "Give --url https://<your host>: neither WORKER_DOMAIN nor a WORKER_ROUTE with a " +
         "concrete host is set.",
     );
   }
@@ -2192,6 +2865,7 @@ const COMMANDS = {
   refresh: { needs: { b2: true, cloudflare: true } },
   status: { needs: { cloudflare: true } },
   render: { needs: {} },
+  purge: { needs: { cloudflare: true } },
   cron: { needs: { b2: true, cloudflare: true } },
   dev: { needs: { b2: true } },
   demo: { needs: {} },
@@ -2227,14 +2901,15 @@ export function parseCommandLine(args: string[]): CommandLine {
         json: { type: "boolean" },
         "dry-run": { type: "boolean" },
         verify: { type: "string" },
+        all: { type: "boolean" },
+        prefix: { type: "string", multiple: true },
+        url: { type: "string" },
         "min-remaining": { type: "string" },
         port: { type: "string" },
         "env-file": { type: "string" },
         expires: { type: "string" },
         "not-before": { type: "string" },
         "download-name": { type: "string" },
-        prefix: { type: "boolean" },
-        "base-url": { type: "string" },
         ...Object.fromEntries(
           SETTING_FLAGS.map((
             name,
@@ -2254,12 +2929,37 @@ export function parseCommandLine(args: string[]): CommandLine {
       `Unknown command "${name}". Commands: ${Object.keys(COMMANDS).join(", ")}.`,
     );
   }
-  const takesPath = name === "sign";
-  if (extra.length > (takesPath ? 1 : 0)) {
+  // sign takes one path, or one --prefix; purge takes any number of paths.
+  const signsPrefix = name === "sign" && extra.length === 0 && values.prefix?.length === 1;
+  const takesPath = name === "sign" && !signsPrefix;
+  if (extra.length > (takesPath ? 1 : 0) && name !== "purge") {
     problems.push(`Unexpected arguments: ${extra.slice(takesPath ? 1 : 0).join(" ")}.`);
   }
-  if (takesPath && extra.length === 0) {
-    problems.push("sign needs the path to sign: main.ts sign /members/video.mp4 --expires 1h.");
+  if (name === "sign" && (extra.length === 0) === !signsPrefix) {
+    problems.push(
+      "sign needs one path, or one --prefix: main.ts sign /members/video.mp4 --expires 1h, " +
+        "or main.ts sign --prefix /members/ --expires 1h.",
+    );
+  }
+  const purgeRequest: PurgeRequest = {
+    paths: name === "purge" ? extra : [],
+    prefixes: name === "purge" ? values.prefix ?? [] : [],
+    all: values.all ?? false,
+    ...(values.url !== undefined && { url: values.url }),
+  };
+  if (name === "purge") {
+    const what = purgeRequest.paths.length + purgeRequest.prefixes.length;
+    if (what === 0 && !purgeRequest.all) {
+      problems.push("purge needs paths, --prefix <path> or --all.");
+    }
+    if (what > 0 && purgeRequest.all) problems.push("purge takes paths or --all, not both.");
+    if (values.url !== undefined && !/^https?:\/\/[^/]+/.test(values.url)) {
+      problems.push(`--url must be an http(s) URL, not "${values.url}".`);
+    }
+  } else if (name !== "sign" && (values.prefix !== undefined || values.url !== undefined)) {
+    problems.push("--prefix and --url are flags of purge and sign.");
+  } else if (purgeRequest.all) {
+    problems.push("--all is a flag of purge.");
   }
   const port = Number(values.port ?? 8787);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
@@ -2280,19 +2980,20 @@ export function parseCommandLine(args: string[]): CommandLine {
   if (values.verify !== undefined) settings.VERIFY_URL = values.verify;
   return {
     command: name as Command,
-    ...(takesPath && extra[0] !== undefined && { path: extra[0] }),
+    ...(name === "sign" && { path: signsPrefix ? values.prefix![0]! : extra[0] ?? "" }),
     flags: {
       json: values.json ?? false,
       dryRun: values["dry-run"] ?? false,
       verbose: values.verbose ?? false,
       port,
       minRemaining: minRemaining ?? 0,
+      purge: purgeRequest,
       sign: {
         ...(values.expires !== undefined && { expires: values.expires }),
         ...(values["not-before"] !== undefined && { notBefore: values["not-before"] }),
         ...(values["download-name"] !== undefined && { downloadName: values["download-name"] }),
-        prefix: values.prefix ?? false,
-        ...(values["base-url"] !== undefined && { baseUrl: values["base-url"] }),
+        prefix: signsPrefix,
+        ...(values.url !== undefined && { baseUrl: values.url }),
       },
     },
     settings,
@@ -2357,6 +3058,8 @@ export async function run(options: RunOptions): Promise<number> {
         return await runRender(settings, config, io, line.flags);
       case "status":
         return await runStatus(config, ctx, io, line.flags);
+      case "purge":
+        return await runPurge(config, ctx, io, line.flags);
       case "cron":
         return await runCron(config, ctx, io);
       case "dev":

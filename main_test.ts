@@ -2,10 +2,12 @@ import assert from "node:assert/strict";
 import {
   type Context,
   type CronRegistrar,
+  derivePurgeKey,
   formatDuration,
   generateSigningKey,
   parseConfig,
   parseDuration,
+  purgeUrl,
   refreshIfDue,
   run,
   scheduleRefresh,
@@ -14,6 +16,12 @@ import {
   type WorkerMetadata,
 } from "./main.ts";
 import { type FakeB2, type FakeB2Options, startFakeB2 } from "./testing/fake_b2.ts";
+import workerModule, {
+  type Env,
+  type ExecutionContext,
+  objectTag,
+  type PurgeOptions,
+} from "./worker_template.ts";
 import {
   type FakeCloudflare,
   type FakeCloudflareOptions,
@@ -217,10 +225,14 @@ Deno.test("parseConfig() applies the documented defaults", () => {
       cacheTtl: 86400,
       cacheControl: "",
       corsOrigins: "",
+      cacheMode: "workers-cache",
+      staleWhileRevalidate: 86400,
+      staleIfError: 604800,
     },
     workerName: "b2-private-cdn",
     refreshSchedule: "17 4 * * *",
     refreshMargin: 518400,
+    purgeSecret: { from: "B2_APPLICATION_KEY", value: "key" },
   });
 });
 
@@ -310,7 +322,7 @@ Deno.test("refresh uploads the worker with the token only as a secret binding", 
     assert.equal(code, 0);
     assert.match(
       stdout,
-      /^Deployed worker "b2-private-cdn" for bucket "photos" \(prefix "site\/"\); token expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/,
+      /^Deployed worker "b2-private-cdn" for bucket "photos" \(prefix "site\/"\); token expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ; edge cache workers-cache$/,
     );
 
     const [authorize, list, downloadAuth, ...more] = w.b2.requests;
@@ -335,7 +347,9 @@ Deno.test("refresh uploads the worker with the token only as a secret binding", 
     assert.ok(script);
     const [token] = w.b2.downloadTokens.keys();
     assert.ok(token);
-    const { B2_TOKEN_ISSUED_AT, B2_TOKEN_EXPIRES_AT, ...bindings } = bindingTexts(script.metadata);
+    const { B2_TOKEN_ISSUED_AT, B2_TOKEN_EXPIRES_AT, WORKER_FINGERPRINT, ...bindings } =
+      bindingTexts(script.metadata);
+    assert.match(WORKER_FINGERPRINT!, /^\d+-[0-9a-f]{16}$/);
     assert.deepEqual(bindings, {
       B2_DOWNLOAD_TOKEN: token,
       B2_DOWNLOAD_URL: w.b2.url,
@@ -346,20 +360,24 @@ Deno.test("refresh uploads the worker with the token only as a secret binding", 
       WORKER_CACHE_TTL: "86400",
       WORKER_CACHE_CONTROL: "",
       WORKER_CORS_ORIGINS: "",
+      WORKER_CACHE_MODE: "workers-cache",
+      WORKER_STALE_WHILE_REVALIDATE: "86400",
+      WORKER_STALE_IF_ERROR: "604800",
+      WORKER_PURGE_KEY: await derivePurgeKey(B2_KEY),
     });
+    assert.deepEqual(script.metadata.cache_options, { enabled: true, cross_version_cache: true });
     assert.equal(
       Date.parse(B2_TOKEN_EXPIRES_AT!) - Date.parse(B2_TOKEN_ISSUED_AT!),
       604_800_000,
     );
-    assert.equal(
-      script.metadata.bindings.find((b) => b.name === "B2_DOWNLOAD_TOKEN")
-        ?.type,
-      "secret_text",
-    );
-    assert.ok(
-      script.metadata.bindings.filter((b) => b.name !== "B2_DOWNLOAD_TOKEN")
-        .every((b) => b.type === "plain_text"),
-    );
+    const secret = ["B2_DOWNLOAD_TOKEN", "WORKER_PURGE_KEY"];
+    for (const binding of script.metadata.bindings) {
+      assert.equal(
+        binding.type,
+        secret.includes(binding.name) ? "secret_text" : "plain_text",
+        binding.name,
+      );
+    }
     assert.equal(script.moduleContentType, "application/javascript+module");
     assert.ok(!script.module.includes(token), "the token is not in the source");
     assert.match(script.module, /export default/);
@@ -469,6 +487,7 @@ Deno.test("refresh --json prints one object with the facts", async () => {
       prefix: "site/",
       deployed: true,
       roundTrips: 4,
+      cacheMode: "workers-cache",
     });
   } finally {
     await w.close();
@@ -536,10 +555,11 @@ Deno.test("refresh checks what the key allows before asking for a token", async 
         assert.equal(code, 2);
         assert.match(stderr, c.expect);
         assert.equal(w.b2.downloadTokens.size, 0, "no token was asked for");
-        assert.equal(
-          w.cloudflare.requests.length,
-          0,
-          "Cloudflare was not touched",
+        // The deployed settings are read alongside B2's authorize; nothing is written.
+        assert.deepEqual(
+          w.cloudflare.requests.map((r) => r.method).filter((m) => m !== "GET"),
+          [],
+          "nothing was written to Cloudflare",
         );
       } finally {
         await w.close();
@@ -613,7 +633,7 @@ Deno.test("refresh retries what is worth retrying and fails clearly on the rest"
       }],
       code: 1,
       stderr:
-        /Cannot upload worker "b2-private-cdn": Cloudflare answered 403 error 10000: Authentication error\. Fix: check CLOUDFLARE_API_TOKEN: it needs "Workers Scripts: Edit"/,
+        /Cannot read the settings of worker "b2-private-cdn": Cloudflare answered 403 error 10000: Authentication error\. Fix: check CLOUDFLARE_API_TOKEN: it needs "Workers Scripts: Edit"/,
     },
     {
       name: "Cloudflare rate limits for five minutes",
@@ -715,7 +735,7 @@ Deno.test("refresh makes sure the route and domain point at the worker, once", a
       ["created", "created"],
     );
     const second = await w.run(["refresh"], { env });
-    assert.match(second.stdout, /; route unchanged; domain unchanged$/);
+    assert.match(second.stdout, /; route unchanged; domain unchanged; edge cache workers-cache$/);
     assert.deepEqual(
       w.cloudflare.routes.get("fake-zone-id")?.map(({ pattern, script }) => ({
         pattern,
@@ -738,7 +758,7 @@ Deno.test("refresh makes sure the route and domain point at the worker, once", a
     const third = await w.run(["refresh", "--worker-name", "other-worker"], {
       env,
     });
-    assert.match(third.stdout, /; route updated; domain updated$/);
+    assert.match(third.stdout, /; route updated; domain updated; edge cache workers-cache$/);
     assert.equal(w.cloudflare.routes.get("fake-zone-id")?.length, 1);
   } finally {
     await w.close();
@@ -821,7 +841,7 @@ Deno.test("status exits 0 when healthy, 1 when expiring or missing", async (t) =
       assert.equal(code, 0);
       assert.match(
         stdout,
-        /^OK - worker "b2-private-cdn": token expires \S+ \(6d 23h left, issued 0s ago\)$/,
+        /^OK - worker "b2-private-cdn": token expires \S+ \(6d 23h left, issued 0s ago\); edge cache workers-cache \(cache_options \{"enabled":true,"cross_version_cache":true\}\)$/,
       );
     });
     await t.step("five days later, with 2 days required", async () => {
@@ -941,6 +961,348 @@ Deno.test("refreshIfDue() refreshes at start only when the token is missing or s
   } finally {
     await w.close();
   }
+});
+
+// ---------------------------------------------------------------------------
+// Workers Cache: cache_options, purge, and the purges refresh owes (issue 8)
+// ---------------------------------------------------------------------------
+
+/** Where the tests' worker answers; ctx.fetch sends it to the fake endpoint below. */
+const SITE_HOST = "cdn.example.com";
+
+/**
+ * The deployed worker as visitors reach it: the real worker module's fetch
+ * (imported, run in Deno), with the bindings the fake Cloudflare holds and a
+ * ctx.cache that records purges. After an upload, the version before it keeps
+ * answering for `lag` requests, as while a deploy spreads.
+ */
+function startWorkerEndpoint(cloudflare: FakeCloudflare) {
+  const purges: PurgeOptions[] = [];
+  const currentEnv = () => {
+    const script = cloudflare.scripts.get("b2-private-cdn");
+    if (!script) return undefined;
+    return Object.fromEntries(
+      script.metadata.bindings.map((b) => [b.name, b.text]),
+    ) as unknown as Env;
+  };
+  const endpoint = {
+    purges,
+    /** Requests still answered by `previous`. */
+    lag: 0,
+    previous: undefined as Env | undefined,
+    /** The version deployed now keeps answering `requests` more requests after the next upload. */
+    lagBehind(requests: number) {
+      endpoint.previous = currentEnv();
+      endpoint.lag = requests;
+    },
+    /** Purges still refused as rate limited. */
+    refuse: 0,
+    /** Purges that go through before the refusals start. */
+    passBeforeRefusing: 0,
+    /** Answer the next request as a bot challenge in front of the worker would. */
+    challenge: false,
+    requests: 0,
+    server: Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (
+      request,
+    ): Promise<Response> | Response => {
+      endpoint.requests++;
+      if (endpoint.challenge) {
+        endpoint.challenge = false;
+        return new Response("<html>Just a moment...</html>", {
+          status: 403,
+          headers: { "cf-mitigated": "challenge", "content-type": "text/html" },
+        });
+      }
+      const current = currentEnv();
+      if (!current) return new Response("no such worker", { status: 404 });
+      const answering = endpoint.lag > 0 && endpoint.previous ? endpoint.previous : current;
+      if (endpoint.lag > 0) endpoint.lag--;
+      const ctx: ExecutionContext = {
+        waitUntil() {},
+        cache: {
+          purge(options) {
+            if (endpoint.passBeforeRefusing > 0) endpoint.passBeforeRefusing--;
+            else if (endpoint.refuse > 0) {
+              endpoint.refuse--;
+              return Promise.resolve({
+                success: false,
+                errors: [{ code: 429, message: "rate limited" }],
+              });
+            }
+            purges.push(options);
+            return Promise.resolve({ success: true, errors: [] });
+          },
+        },
+      };
+      const url = new URL(request.url);
+      return workerModule.fetch(
+        new Request(`https://${SITE_HOST}${url.pathname}${url.search}`, request),
+        answering,
+        ctx,
+      );
+    }),
+    /** A ctx.fetch that sends requests for the site to this endpoint. */
+    fetch(input: string | URL | Request, init?: RequestInit): Promise<Response> {
+      const url = new URL(input instanceof Request ? input.url : input);
+      if (url.host !== SITE_HOST) return fetch(input, init);
+      const local = `http://127.0.0.1:${endpoint.server.addr.port}${url.pathname}${url.search}`;
+      return fetch(local, init);
+    },
+  };
+  return endpoint;
+}
+
+/** A world whose worker has the custom domain cdn.example.com, reached through the endpoint. */
+function purgeWorld() {
+  const w = world();
+  const endpoint = startWorkerEndpoint(w.cloudflare);
+  const env = { CLOUDFLARE_ZONE_ID: "fake-zone-id", WORKER_DOMAIN: SITE_HOST };
+  const ctx = { fetch: endpoint.fetch as typeof fetch };
+  return {
+    w,
+    endpoint,
+    run: (args: string[], extra: Record<string, string> = {}) =>
+      w.run(args, { env: { ...env, ...extra }, ctx }),
+    bindings: () => bindingTexts(w.cloudflare.scripts.get("b2-private-cdn")!.metadata),
+    async close() {
+      await endpoint.server.shutdown();
+      await w.close();
+    },
+  };
+}
+
+Deno.test("every upload says which cache it uses, and status reads it back", async (t) => {
+  const p = purgeWorld();
+  try {
+    for (
+      const [mode, settings, expected] of [
+        ["cache-api", { WORKER_CACHE_MODE: "cache-api" }, { enabled: false }],
+        ["off", { WORKER_CACHE_MODE: "off" }, { enabled: false }],
+        ["off, by WORKER_CACHE_TTL=0", { WORKER_CACHE_TTL: "0" }, { enabled: false }],
+        ["workers-cache", {}, { enabled: true, cross_version_cache: true }],
+      ] as const
+    ) {
+      await t.step(mode, async () => {
+        const { code, stdout } = await p.run(["refresh"], settings);
+        assert.equal(code, 0);
+        assert.match(stdout, new RegExp(`; edge cache ${mode.split(",")[0]}`));
+        const script = p.w.cloudflare.scripts.get("b2-private-cdn")!;
+        assert.deepEqual(script.metadata.cache_options, expected);
+        assert.equal((await p.run(["status"], settings)).code, 0);
+      });
+    }
+    await t.step("a contradiction is unhealthy, with the fix", async () => {
+      const script = p.w.cloudflare.scripts.get("b2-private-cdn")!;
+      script.metadata.cache_options = { enabled: true };
+      const { code, stdout } = await p.run(["status"]);
+      assert.equal(code, 1);
+      assert.match(
+        stdout,
+        /^CRITICAL .*Cloudflare reports cache_options \{"enabled":true\} where workers-cache needs \{"enabled":true,"cross_version_cache":true\}; run refresh \(a full upload sets it\)$/,
+      );
+      const other = await p.run(["status"], { WORKER_CACHE_MODE: "cache-api" });
+      assert.match(other.stdout, /caches with workers-cache, WORKER_CACHE_MODE says cache-api/);
+    });
+    await t.step("an absent setting is unknown, not a failure", async () => {
+      delete p.w.cloudflare.scripts.get("b2-private-cdn")!.metadata.cache_options;
+      const { code, stdout } = await p.run(["status"]);
+      assert.equal(code, 0);
+      assert.match(stdout, /edge cache workers-cache \(cache_options unknown\)$/);
+    });
+    await t.step("render and --dry-run show the mode in force", async () => {
+      const render = await p.run(["render"], { WORKER_CACHE_TTL: "0" });
+      assert.match(render.stdout, /^\/\/ edge cache: off \(WORKER_CACHE_TTL=0\)\n/);
+      assert.match(render.stdout, /"cache_options":\{"enabled":false\}/);
+      const dry = await p.run(["refresh", "--dry-run"], { WORKER_CACHE_MODE: "cache-api" });
+      assert.match(dry.stdout, /^Would deploy .*; edge cache cache-api$/m);
+    });
+  } finally {
+    await p.close();
+  }
+});
+
+Deno.test("refresh purges everything when what URLs serve changes, once the new version answers", async (t) => {
+  const p = purgeWorld();
+  try {
+    await t.step("a first deploy has nothing to purge", async () => {
+      assert.equal((await p.run(["refresh"])).code, 0);
+      assert.deepEqual(p.endpoint.purges, []);
+      assert.equal(p.endpoint.requests, 0);
+    });
+    await t.step("a token-only refresh purges nothing and keeps its round trips", async () => {
+      const { code, stdout } = await p.run(["refresh", "--json"]);
+      assert.equal(code, 0);
+      assert.equal(JSON.parse(stdout).roundTrips, 4);
+      assert.equal(JSON.parse(stdout).purged, undefined);
+      assert.equal(p.endpoint.requests, 0);
+      assert.equal(p.w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 2);
+    });
+    await t.step("a new prefix purges once the new version answers, not before", async () => {
+      p.endpoint.lagBehind(2);
+      const sleeps = p.w.sleeps.length;
+      const { code, stdout } = await p.run(["refresh"], { B2_FILE_PREFIX: "" });
+      assert.equal(code, 0, stdout);
+      assert.match(stdout, /; purged everything: what the site serves changed/);
+      assert.deepEqual(p.endpoint.purges, [{ purgeEverything: true }]);
+      // Two answers from the old version (refused, nothing purged), then the new one.
+      assert.equal(p.endpoint.requests, 3);
+      assert.deepEqual(p.w.sleeps.slice(sleeps), [5000, 5000]);
+      assert.equal(p.bindings().WORKER_PURGE_PENDING, undefined);
+    });
+    await t.step("a purge that fails is remembered and done by the next run", async () => {
+      p.endpoint.purges.length = 0;
+      p.endpoint.refuse = 1;
+      const failed = await p.run(["refresh"], { WORKER_CORS_ORIGINS: "*" });
+      assert.equal(failed.code, 1);
+      assert.match(
+        failed.stderr,
+        /at most 5 purges a minute; try again in 60 s\. The worker is deployed and remembers the purge/,
+      );
+      assert.equal(p.bindings().WORKER_PURGE_PENDING, "all");
+      assert.deepEqual(p.endpoint.purges, []);
+      assert.match(
+        (await p.run(["status"], { WORKER_CORS_ORIGINS: "*" })).stdout,
+        /a purge after a change is still owed/,
+      );
+      const retried = await p.run(["refresh"], { WORKER_CORS_ORIGINS: "*" });
+      assert.equal(retried.code, 0, retried.stderr);
+      assert.match(
+        retried.stdout,
+        /purged everything: a purge of an earlier refresh is still owed/,
+      );
+      assert.deepEqual(p.endpoint.purges, [{ purgeEverything: true }]);
+      assert.equal(p.bindings().WORKER_PURGE_PENDING, undefined);
+    });
+    await t.step(
+      "a path made private, or a key revoked, purges what was cached while it was allowed",
+      async () => {
+        const cors = { WORKER_CORS_ORIGINS: "*" };
+        const members = {
+          ...cors,
+          WORKER_SIGNED_PREFIXES: "/members/",
+          WORKER_SIGNING_KEY: SIGNING_KEY,
+        };
+        const rotated = {
+          ...members,
+          WORKER_SIGNING_KEY_PREVIOUS: PREVIOUS_SIGNING_KEY,
+          WORKER_SIGNING_KEY_PREVIOUS_UNTIL: "2099-01-01T00:00:00Z",
+        };
+        for (
+          const [what, settings, purges] of [
+            ["/members/ made private", members, 1],
+            ["the same settings again", members, 0],
+            ["a previous key added", rotated, 1],
+            ["the previous key dropped early", members, 1],
+            ["/members/ public again", cors, 1],
+          ] as const
+        ) {
+          p.endpoint.purges.length = 0;
+          const { code, stderr } = await p.run(["refresh"], settings);
+          assert.equal(code, 0, `${what}: ${stderr}`);
+          assert.equal(p.endpoint.purges.length, purges, what);
+          for (const key of [SIGNING_KEY, PREVIOUS_SIGNING_KEY]) {
+            assert.ok(!p.bindings().WORKER_FINGERPRINT?.includes(key), what);
+          }
+        }
+      },
+    );
+  } finally {
+    await p.close();
+  }
+});
+
+Deno.test("purge sends paths, prefixes or everything in as few signed requests as the limits allow", async (t) => {
+  const p = purgeWorld();
+  try {
+    assert.equal((await p.run(["refresh"])).code, 0);
+    await t.step("paths exactly, by their objects' tags, 100 operations a request", async () => {
+      const paths = Array.from({ length: 230 }, (_, i) => `/photos/${i}.jpg`);
+      const { code, stdout } = await p.run(["purge", ...paths, "--prefix", "/old/"]);
+      assert.equal(code, 0);
+      assert.match(
+        stdout,
+        /^Purged 230 paths and 1 prefixes from Workers Cache in 3 requests to https:\/\/cdn\.example\.com\//,
+      );
+      assert.deepEqual(p.endpoint.purges.map((o) => o.tags?.length ?? 0), [100, 100, 30]);
+      assert.deepEqual(p.endpoint.purges[2]?.pathPrefixes, ["/old/"]);
+      assert.equal(p.endpoint.purges[0]?.tags?.[0], await objectTag("site/photos/0.jpg"));
+    });
+    await t.step("--all", async () => {
+      p.endpoint.purges.length = 0;
+      assert.equal((await p.run(["purge", "--all"])).code, 0);
+      assert.deepEqual(p.endpoint.purges, [{ purgeEverything: true }]);
+    });
+    await t.step("rate limited: exit 1, what is left and when to try again", async () => {
+      p.endpoint.purges.length = 0;
+      p.endpoint.refuse = 1;
+      const paths = Array.from({ length: 150 }, (_, i) => `/p/${i}`);
+      // The first request goes through; the refusal meets the second.
+      p.endpoint.passBeforeRefusing = 1;
+      const { code, stderr } = await p.run(["purge", ...paths]);
+      assert.equal(code, 1);
+      assert.match(
+        stderr,
+        /at most 5 purges a minute; try again in 60 s\. 1 of 2 requests were purged; 50 paths and prefixes are left\./,
+      );
+      assert.equal(p.endpoint.purges.length, 1);
+    });
+    await t.step("another key is refused as any POST, and said so", async () => {
+      const { code, stderr } = await p.run(["purge", "/a"], { WORKER_PURGE_KEY: "x".repeat(40) });
+      assert.equal(code, 1);
+      assert.match(stderr, /refused the signed request as it refuses any POST/);
+    });
+    await t.step("an answer that is not the worker's is reported as such", async () => {
+      p.endpoint.challenge = true;
+      const { code, stderr } = await p.run(["purge", "/a"]);
+      assert.equal(code, 1);
+      assert.match(stderr, /\(403, cf-mitigated: challenge\) is not the worker's/);
+    });
+    await t.step("the Cache API mode refuses, naming the manual step", async () => {
+      const { code, stderr } = await p.run(["purge", "--all"], { WORKER_CACHE_MODE: "cache-api" });
+      assert.equal(code, 1);
+      assert.match(stderr, /Purge Everything/);
+    });
+    await t.step("bad usage exits 2", async () => {
+      assert.equal((await p.run(["purge"])).code, 2);
+      assert.equal((await p.run(["purge", "/a", "--all"])).code, 2);
+      assert.equal((await p.run(["status", "--all"])).code, 2);
+    });
+  } finally {
+    await p.close();
+  }
+});
+
+Deno.test("purgeUrl() takes --url, WORKER_DOMAIN, a concrete route host, VERIFY_URL, then workers.dev", async () => {
+  const base = parseConfig({ CLOUDFLARE_ACCOUNT_ID: "a", CLOUDFLARE_API_TOKEN: "t" }, {
+    cloudflare: true,
+  });
+  const ctx = { ...({} as Context) };
+  const subdomain = () => Promise.resolve("acme");
+  const at = (config: typeof base, url?: string) =>
+    purgeUrl(config, ctx, { subdomain, ...(url && { url }) });
+  const path = "/.well-known/b2-private-cdn/purge";
+  const cf = base.cloudflare!;
+  assert.equal(await at(base, "https://x.example"), `https://x.example${path}`);
+  assert.equal(
+    await at({ ...base, cloudflare: { ...cf, domain: "d.example", route: "r.example/*" } }),
+    `https://d.example${path}`,
+  );
+  assert.equal(
+    await at({ ...base, cloudflare: { ...cf, route: "r.example/*" } }),
+    `https://r.example${path}`,
+  );
+  assert.equal(
+    await at({ ...base, cloudflare: { ...cf, route: "*.r.example/*" } }),
+    `https://b2-private-cdn.acme.workers.dev${path}`,
+  );
+  assert.equal(
+    await at({
+      ...base,
+      verifyUrl: "https://v.example/a.txt",
+      cloudflare: { ...cf, route: "r.example/static/*" },
+    }),
+    `https://v.example${path}`,
+  );
 });
 
 // ---------------------------------------------------------------------------
@@ -1440,7 +1802,7 @@ Deno.test("sign prints the link the exported signLink() makes", async (t) => {
     assert.equal(stdout, url);
     assert.match(stdout, /^https:\/\/cdn\.example\.com\/members\/caf%C3%A9%201\.mp4\?exp=\d+&sig=/);
   });
-  await t.step("host from a concrete WORKER_ROUTE, or --base-url", async () => {
+  await t.step("host from a concrete WORKER_ROUTE, or --url", async () => {
     const route = await sign(["/members/a", "--expires", "1h"], {
       WORKER_DOMAIN: "",
       WORKER_ROUTE: "media.example.com/members/*",
@@ -1450,15 +1812,15 @@ Deno.test("sign prints the link the exported signLink() makes", async (t) => {
       "/members/a",
       "--expires",
       "1h",
-      "--base-url",
+      "--url",
       "http://127.0.0.1:8787",
     ]);
     assert.match(flag.stdout, /^http:\/\/127\.0\.0\.1:8787\/members\/a\?/);
   });
   await t.step("--json with a prefix, a start and a download name", async () => {
     const { code, stdout } = await sign([
-      "/course1/",
       "--prefix",
+      "/course1/",
       "--expires",
       "2026-12-02T00:00:00Z",
       "--not-before",
@@ -1532,13 +1894,13 @@ Deno.test("sign exits 2 on a link the worker would refuse, naming the fix", asyn
     ],
     [
       "a prefix wider than protected",
-      ["/", "--prefix", "--expires", "1h"],
+      ["--prefix", "/", "--expires", "1h"],
       {},
       /a prefix must lie within them/,
     ],
     [
       "a prefix without its slash",
-      ["/course1", "--prefix", "--expires", "1h"],
+      ["--prefix", "/course1", "--expires", "1h"],
       {},
       /A prefix ends in "\/"/,
     ],
@@ -1557,7 +1919,7 @@ Deno.test("sign exits 2 on a link the worker would refuse, naming the fix", asyn
     ["no host", ["/members/a", "--expires", "1h"], {
       WORKER_DOMAIN: "",
       WORKER_ROUTE: "*.example.com/*",
-    }, /Give --base-url/],
+    }, /Give --url/],
     ["no key", ["/members/a", "--expires", "1h"], {
       WORKER_SIGNED_PREFIXES: "",
       WORKER_SIGNING_KEY: "",
@@ -1568,7 +1930,7 @@ Deno.test("sign exits 2 on a link the worker would refuse, naming the fix", asyn
       { WORKER_SIGNED_PREFIXES: "" },
       /Set WORKER_SIGNED_PREFIXES/,
     ],
-    ["no path", [], {}, /sign needs the path to sign/],
+    ["no path", [], {}, /sign needs one path, or one --prefix/],
     [
       "two paths",
       ["/members/a", "/members/b", "--expires", "1h"],
@@ -1623,7 +1985,7 @@ Deno.test("sign and keygen as a subprocess: exit codes, and the key only on keyg
       "/members/a.mp4",
       "--expires",
       "1h",
-      "--base-url",
+      "--url",
       "https://cdn.example.com",
     ],
     { cwd: "/", env },

@@ -43,12 +43,47 @@ export interface Env {
   WORKER_SIGNING_KEY_PREVIOUS_UNTIL?: string;
   /** Seconds: the longest life a link may claim. @default "604800" */
   WORKER_SIGNED_MAX_TTL?: string;
+  /**
+   * Which edge cache keeps objects: `workers-cache` (Cloudflare's tiered cache in front of the
+   * worker, driven by the headers set here), `cache-api` (`caches.default`, in the worker) or
+   * `off`. Absent means a deploy by an older `refresh`, which only knew the Cache API.
+   * @default "cache-api"
+   */
+  WORKER_CACHE_MODE?: string;
+  /** Workers Cache: seconds a stale object is served while it is revalidated. @default "86400" */
+  WORKER_STALE_WHILE_REVALIDATE?: string;
+  /** Workers Cache: seconds a stale object is served while the worker fails. @default "604800" */
+  WORKER_STALE_IF_ERROR?: string;
+  /** Hex HMAC-SHA256 key that signs purge requests (a secret binding); absent turns purge off. */
+  WORKER_PURGE_KEY?: string;
+  /** What `refresh` computed from everything that shapes an answer; purge answers echo it. */
+  WORKER_FINGERPRINT?: string;
+  /** A purge `refresh` still owes (read back by `refresh`, not by the worker). */
+  WORKER_PURGE_PENDING?: string;
+}
+
+/** What `ctx.cache.purge` takes (Workers Cache; WORKERS_CACHE.md: Purge). */
+export interface PurgeOptions {
+  tags?: string[];
+  pathPrefixes?: string[];
+  purgeEverything?: boolean;
+}
+
+/** What `ctx.cache.purge` resolves to; `success: false` when refused or rate limited. */
+export interface PurgeResult {
+  success: boolean;
+  errors: { code: number; message: string }[];
 }
 
 /** The part of the Workers runtime this module uses; Deno's lib does not declare it. */
-interface ExecutionContext {
+export interface ExecutionContext {
   waitUntil(promise: Promise<unknown>): void;
+  /** Workers Cache; optional in Cloudflare's own types, and absent where it is off. */
+  cache?: { purge(options: PurgeOptions): Promise<PurgeResult> };
 }
+
+/** Which edge cache keeps objects. */
+export type CacheMode = "workers-cache" | "cache-api" | "off";
 
 /** {@linkcode Env} parsed once per request, defaults applied. */
 export interface WorkerConfig {
@@ -63,6 +98,11 @@ export interface WorkerConfig {
   corsOrigins: string[];
   timeoutMs: number;
   signing: SigningConfig;
+  cacheMode: CacheMode;
+  staleWhileRevalidate: number;
+  staleIfError: number;
+  purgeKey: string;
+  fingerprint: string;
 }
 
 /** The B2 name a path maps to, or the status that refuses it. */
@@ -77,7 +117,31 @@ export interface ByteRange {
   end: number;
 }
 
+// Bumped whenever the same object and settings would be answered differently (headers, status,
+// mapping of paths to names): refresh then purges everything cached by older answers.
+// Only main.ts reads it, from this module's text.
+const ANSWER_FORMAT = 2;
 const DEFAULT_CACHE_TTL = 86_400;
+// After its lifetime an object is served stale for a day while one request revalidates it
+// (a HEAD to B2 when it did not change), so no visitor waits for B2 on a popular object.
+const DEFAULT_STALE_WHILE_REVALIDATE = 86_400;
+// A week: an expired token or a B2 outage keeps cached objects flowing for as long as a
+// download token can live, which is longer than any refresh should stay broken.
+const DEFAULT_STALE_IF_ERROR = 604_800;
+// Where signed purge requests are POSTed. Unsigned ones get what a POST anywhere gets (405).
+const PURGE_PATH = "/.well-known/b2-private-cdn/purge";
+const PURGE_TIMESTAMP_HEADER = "X-B2cdn-Timestamp";
+const PURGE_SIGNATURE_HEADER = "X-B2cdn-Signature";
+// A signed request is good this long either side of the worker's clock, then refused.
+const PURGE_WINDOW_SECONDS = 300;
+// Workers Cache accepts at most 100 operations a purge (WORKERS_CACHE.md: Purge).
+const MAX_PURGE_OPERATIONS = 100;
+const MAX_PURGE_BODY_BYTES = 64 * 1024;
+// Signatures already used by this isolate; another isolate may accept a replay within the
+// window, which purges the same objects again and nothing else.
+const usedSignatures = new Map<string, number>();
+// Hex characters of SHA-256 in an object's tag: 160 bits, far from any collision.
+const TAG_HEX_LENGTH = 40;
 // What browsers get when neither WORKER_CACHE_CONTROL nor the object has a say: short enough
 // that a replaced file shows up within the hour.
 const DEFAULT_BROWSER_CACHE_CONTROL = "public, max-age=3600";
@@ -110,6 +174,8 @@ const PUBLIC_HEADERS = [
 // The cached copy carries the edge's lifetime in Cache-Control, so the one meant for
 // browsers travels beside it; PUBLIC_HEADERS keeps it from ever reaching a visitor.
 const BROWSER_CACHE_CONTROL_HEADER = "x-b2cdn-browser-cache-control";
+// Workers Cache reads the edge's lifetime here first and strips it before visitors.
+const CDN_CACHE_CONTROL_HEADER = "Cloudflare-CDN-Cache-Control";
 // What a player's script needs to read to seek and revalidate.
 const EXPOSED_HEADERS = "Accept-Ranges, Content-Length, Content-Range, ETag, Last-Modified";
 const PREFLIGHT_MAX_AGE = "86400";
@@ -126,11 +192,20 @@ const STATUS_TEXT = {
 export default {
   async fetch(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
     const config = readConfig(env);
+    if (request.method === "POST" && new URL(request.url).pathname === PURGE_PATH) {
+      // Anything not signed, fresh and unused falls through to what any POST gets.
+      const purged = await signedPurge(request, config, ctx);
+      if (purged) return purged;
+    }
     // Every answer respond() gives is one made here, never B2's or the cache's own, so its
     // headers can be changed in place.
     const response = await respond(request, config, ctx);
     response.headers.set("X-Content-Type-Options", "nosniff");
-    const cors = corsHeaders(request.headers.get("Origin"), config.corsOrigins);
+    const cors = corsHeaders(request.headers.get("Origin"), config.corsOrigins, {
+      // Workers Cache stores the answer with its CORS headers and serves it to every origin:
+      // with "*" it is the same for all of them, so it must not be split by Origin.
+      varyOnAnyOrigin: config.cacheMode !== "workers-cache",
+    });
     for (const [name, value] of Object.entries(cors)) response.headers.set(name, value);
     if (request.method !== "HEAD" || response.body === null) return response;
     await response.body.cancel();
@@ -154,11 +229,14 @@ async function respond(
   // 2. Names: refused before B2 is asked anything
   const url = new URL(request.url);
   const name = objectName(url.pathname, config);
-  if ("status" in name) return textResponse(name.status);
-
-  // Signed links: a protected path is refused here, before any cache or B2 is asked.
+  // Signed links: a protected path is refused before any cache or B2 is asked.
   const now = Math.floor(Date.now() / 1000);
   const link = await checkSignedLink(url, { signing: config.signing, now });
+  if (config.cacheMode === "workers-cache") {
+    const answered = await behindWorkersCache(request, { url, name, link, now }, config);
+    return applyGrant(answered, link, now);
+  }
+  if ("status" in name) return textResponse(name.status);
   if (link.access === "refused") return textResponse(403);
 
   // 4. Range. With If-Range the answer depends on validators only known once the
@@ -167,14 +245,238 @@ async function respond(
   const rangeToFetch = request.headers.has("If-Range") ? undefined : range;
 
   // 7. Edge cache, keyed by the public URL: no query, no token, so it survives rotation.
-  // A TTL of 0 turns it off: nothing is looked up, nothing kept.
+  // A TTL of 0 or the mode "off" turns it off: nothing is looked up, nothing kept.
   const cacheKey = url.origin + url.pathname;
-  const cached = config.cacheTtl > 0 ? await lookUpCache(cacheKey, rangeToFetch) : undefined;
+  const cacheApi = config.cacheMode === "cache-api" && config.cacheTtl > 0;
+  const cached = cacheApi ? await lookUpCache(cacheKey, rangeToFetch) : undefined;
   const object = cached ??
-    await askB2(request.method, name.name, { range: rangeToFetch, cacheKey, config, ctx });
+    await askB2(request.method, name.name, {
+      range: rangeToFetch,
+      wholeFromZero: true,
+      config,
+      ...(cacheApi && { keep: { key: cacheKey, ctx } }),
+    });
 
   // 5, 4, 6: conditional, range and a streamed body
   return applyGrant(await answer(request, object, range), link, now);
+}
+
+/**
+ * Workers Cache mode: the cache in front of the worker stores what this
+ * answers, by path and query, for as long as its headers say. No
+ * `caches.default` here: a second copy would make purges miss one.
+ */
+async function behindWorkersCache(
+  request: Request,
+  target: { url: URL; name: ObjectName; link: LinkCheck; now: number },
+  config: WorkerConfig,
+): Promise<Response> {
+  const { url, name, link } = target;
+  if ("status" in name) return edgeLifetime(textResponse(name.status), config);
+  if (link.access === "refused") return edgeLifetime(textResponse(403), config);
+  // The query is part of the cache's key, so each variant would be one more entry and one
+  // more B2 download of the same object: every query on a public path goes to the canonical
+  // URL instead. A signed link keeps its query (nothing else passes checkSignedLink), so each
+  // link is its own entry, kept no longer than the link lives.
+  const signedFor = signedLifetime(link, target.now);
+  if (signedFor === undefined && url.search !== "") {
+    return edgeLifetime(
+      new Response(null, {
+        status: 301,
+        headers: { Location: url.pathname, "Cache-Control": DEFAULT_BROWSER_CACHE_CONTROL },
+      }),
+      config,
+    );
+  }
+  const tag = await objectTag(name.name);
+  const range = parseRange(request.headers.get("Range"));
+  const conditional = request.headers.has("If-None-Match") ||
+    request.headers.has("If-Modified-Since");
+  if (conditional && !range) {
+    // The cache revalidating a stored copy: a HEAD tells whether it changed, and a 304 spares
+    // B2 sending the body again.
+    const head = await askB2("HEAD", name.name, { config });
+    if (!head.ok || notModified(request.headers, head.headers)) {
+      return edgeLifetime(await answer(request, head), config, { tag, signedFor });
+    }
+  }
+  // A range reaches the worker only when the cache let it through (it normally removes it):
+  // B2 answers just that range, and the cache never stores a 206 made here.
+  const rangeToFetch = request.headers.has("If-Range") ? undefined : range;
+  const object = await askB2(request.method, name.name, { range: rangeToFetch, config });
+  return edgeLifetime(await answer(request, object, range), config, { tag, signedFor });
+}
+
+/**
+ * Tells Workers Cache what to keep, in `Cloudflare-CDN-Cache-Control` (the
+ * edge's own header, stripped before visitors; `max-age`, since `s-maxage`
+ * would switch the stale directives off): objects and redirects for the
+ * TTL with their stale windows, a 404 briefly, everything else never. The
+ * answer to a signed link (`signedFor`: seconds it has left) is kept no
+ * longer than the link lives and never served stale, so an expired link's
+ * entry is never answered from the cache.
+ */
+export function edgeLifetime(
+  response: Response,
+  config: Pick<WorkerConfig, "cacheTtl" | "staleWhileRevalidate" | "staleIfError">,
+  options: { tag?: string | undefined; signedFor?: number | undefined } = {},
+): Response {
+  const { status, headers } = response;
+  const { tag, signedFor } = options;
+  const cap = (seconds: number) => signedFor === undefined ? seconds : Math.min(seconds, signedFor);
+  const stale = signedFor === undefined
+    ? `stale-while-revalidate=${config.staleWhileRevalidate}, stale-if-error=${config.staleIfError}`
+    : "stale-while-revalidate=0, stale-if-error=0";
+  if (status === 200 || status === 304 || status === 301) {
+    headers.set(
+      CDN_CACHE_CONTROL_HEADER,
+      `public, max-age=${cap(config.cacheTtl)}, ${stale}`,
+    );
+  } else if (status === 404) {
+    const lifetime = `public, max-age=${cap(Math.min(NOT_FOUND_TTL, config.cacheTtl))}` +
+      (signedFor === undefined ? "" : `, ${stale}`);
+    headers.set(CDN_CACHE_CONTROL_HEADER, lifetime);
+    // Whether a browsers' no-store would still keep it out of the cache is not documented.
+    headers.set("Cache-Control", lifetime);
+  } else {
+    headers.set(CDN_CACHE_CONTROL_HEADER, "no-store");
+  }
+  if (tag && (status === 200 || status === 304 || status === 404)) headers.set("Cache-Tag", tag);
+  return response;
+}
+
+/**
+ * The `Cache-Tag` of one B2 name: tags are case-insensitive printable ASCII,
+ * so the exact name is hashed (SHA-256, hex) and `/a` never shares `/a-2`'s.
+ */
+export async function objectTag(name: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(name));
+  return "b2cdn-" + toHex(new Uint8Array(digest)).slice(0, TAG_HEX_LENGTH);
+}
+
+function toHex(bytes: Uint8Array): string {
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+function fromHex(hex: string): Uint8Array<ArrayBuffer> {
+  return Uint8Array.from(hex.match(/../g) ?? [], (pair) => parseInt(pair, 16));
+}
+
+/** What a purge request's signature covers; `main.ts` signs the same text. */
+export function purgeMessage(timestamp: string, body: string): string {
+  return `POST ${PURGE_PATH}\n${timestamp}\n${body}`;
+}
+
+/**
+ * The body of a purge request signed with `WORKER_PURGE_KEY` (HMAC-SHA256
+ * over {@linkcode purgeMessage}) within the time window and not seen before
+ * by this isolate; `undefined` for anything else.
+ */
+async function verifiedBody(request: Request, config: WorkerConfig): Promise<string | undefined> {
+  if (!/^[0-9a-f]{64}$/i.test(config.purgeKey)) return undefined;
+  const timestamp = request.headers.get(PURGE_TIMESTAMP_HEADER) ?? "";
+  const signature = (request.headers.get(PURGE_SIGNATURE_HEADER) ?? "").toLowerCase();
+  if (!/^\d{1,12}$/.test(timestamp) || !/^[0-9a-f]{64}$/.test(signature)) return undefined;
+  const now = Date.now() / 1000;
+  if (Math.abs(now - Number(timestamp)) > PURGE_WINDOW_SECONDS) return undefined;
+  if (Number(request.headers.get("Content-Length") ?? 0) > MAX_PURGE_BODY_BYTES) return undefined;
+  const body = await request.text();
+  const key = await crypto.subtle.importKey(
+    "raw",
+    fromHex(config.purgeKey),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["verify"],
+  );
+  const valid = await crypto.subtle.verify(
+    "HMAC",
+    key,
+    fromHex(signature),
+    new TextEncoder().encode(purgeMessage(timestamp, body)),
+  );
+  if (!valid) return undefined;
+  for (const [used, at] of usedSignatures) {
+    if (at < now - PURGE_WINDOW_SECONDS) usedSignatures.delete(used);
+  }
+  if (usedSignatures.has(signature)) return undefined;
+  usedSignatures.set(signature, Number(timestamp));
+  return body;
+}
+
+/**
+ * A signed purge request: `{ paths?, prefixes?, everything?, expect? }`.
+ * Paths are purged by their object's tag (exactly that object), prefixes as
+ * path prefixes. With `expect`, nothing is purged unless this version's
+ * fingerprint is that one (the new version must answer before a purge).
+ * Every answer carries the fingerprint; `undefined` when not signed.
+ */
+async function signedPurge(
+  request: Request,
+  config: WorkerConfig,
+  ctx: ExecutionContext,
+): Promise<Response | undefined> {
+  const body = await verifiedBody(request, config);
+  if (body === undefined) return undefined;
+  const reply = (status: number, facts: Record<string, unknown>) =>
+    Response.json({
+      service: "b2-private-cdn",
+      fingerprint: config.fingerprint,
+      answerFormat: ANSWER_FORMAT,
+      ...facts,
+    }, {
+      status,
+      headers: {
+        "Cache-Control": "no-store",
+        [CDN_CACHE_CONTROL_HEADER]: "no-store",
+        ...(status === 429 && { "Retry-After": "60" }),
+      },
+    });
+  let order: { paths?: unknown; prefixes?: unknown; everything?: unknown; expect?: unknown };
+  try {
+    order = JSON.parse(body);
+  } catch {
+    return reply(400, { error: "the body is not JSON" });
+  }
+  const strings = (value: unknown) =>
+    value === undefined
+      ? []
+      : Array.isArray(value) && value.every((v) => typeof v === "string")
+      ? value as string[]
+      : undefined;
+  const paths = strings(order?.paths);
+  const prefixes = strings(order?.prefixes);
+  if (!paths || !prefixes || ![undefined, true, false].includes(order.everything as boolean)) {
+    return reply(400, { error: "paths and prefixes must be lists of paths, everything a boolean" });
+  }
+  if (order.expect !== undefined && order.expect !== config.fingerprint) {
+    return reply(409, { error: "another version answers" });
+  }
+  const unknown = paths.filter((path) => "status" in objectName(path, config));
+  const odd = prefixes.filter((prefix) => !prefix.startsWith("/"));
+  if (unknown.length > 0 || odd.length > 0) {
+    return reply(400, { error: "not paths of this site", paths: [...unknown, ...odd] });
+  }
+  const options: PurgeOptions = {};
+  if (paths.length > 0) {
+    const names = paths.map((path) => (objectName(path, config) as { name: string }).name);
+    options.tags = [...new Set(await Promise.all(names.map(objectTag)))];
+  }
+  if (prefixes.length > 0) options.pathPrefixes = prefixes;
+  if (order.everything === true) options.purgeEverything = true;
+  const operations = (options.tags?.length ?? 0) + prefixes.length +
+    (options.purgeEverything ? 1 : 0);
+  if (operations === 0) return reply(200, { purged: null });
+  if (operations > MAX_PURGE_OPERATIONS) {
+    return reply(400, { error: `at most ${MAX_PURGE_OPERATIONS} operations a request` });
+  }
+  if (config.cacheMode !== "workers-cache") {
+    return reply(400, { error: `this worker caches with ${config.cacheMode}, not Workers Cache` });
+  }
+  if (!ctx.cache) {
+    return reply(501, { error: "ctx.cache is missing: Workers Cache is off for this version" });
+  }
+  const result = await ctx.cache.purge(options);
+  return reply(result.success ? 200 : 429, { purged: options, result });
 }
 
 /** Parses the bindings, applying the defaults of {@linkcode Env}. */
@@ -193,6 +495,16 @@ export function readConfig(env: Env): WorkerConfig {
       .filter((origin) => origin !== ""),
     timeoutMs: wholeNumber(env.WORKER_B2_TIMEOUT_MS, DEFAULT_B2_TIMEOUT_MS),
     signing: readSigning(env),
+    cacheMode: env.WORKER_CACHE_MODE === "workers-cache" || env.WORKER_CACHE_MODE === "off"
+      ? env.WORKER_CACHE_MODE
+      : "cache-api",
+    staleWhileRevalidate: wholeNumber(
+      env.WORKER_STALE_WHILE_REVALIDATE,
+      DEFAULT_STALE_WHILE_REVALIDATE,
+    ),
+    staleIfError: wholeNumber(env.WORKER_STALE_IF_ERROR, DEFAULT_STALE_IF_ERROR),
+    purgeKey: env.WORKER_PURGE_KEY ?? "",
+    fingerprint: env.WORKER_FINGERPRINT ?? "",
   };
 }
 
@@ -350,21 +662,27 @@ export function objectHeaders(
 
 /**
  * The CORS headers for a request from `origin`: none when CORS is off, only
- * `Vary` when the origin is not allowed.
+ * `Vary` when the origin is not allowed. With `*`, `Vary: Origin` only when
+ * `varyOnAnyOrigin` (the default, for the Cache API, which keeps no headers
+ * of this step); a list of origins always varies, so a shared cache keeps one
+ * copy per origin.
  */
 export function corsHeaders(
   origin: string | null,
   allowedOrigins: string[],
+  options: { varyOnAnyOrigin?: boolean } = {},
 ): Record<string, string> {
   if (allowedOrigins.length === 0) return {};
-  const allowed = allowedOrigins.includes("*")
-    ? "*"
-    : allowedOrigins.find((candidate) => candidate === origin);
-  if (allowed === undefined) return { Vary: "Origin" };
+  const any = allowedOrigins.includes("*");
+  const vary: Record<string, string> = any && options.varyOnAnyOrigin === false
+    ? {}
+    : { Vary: "Origin" };
+  const allowed = any ? "*" : allowedOrigins.find((candidate) => candidate === origin);
+  if (allowed === undefined) return vary;
   return {
     "Access-Control-Allow-Origin": allowed,
     "Access-Control-Expose-Headers": EXPOSED_HEADERS,
-    Vary: "Origin",
+    ...vary,
   };
 }
 
@@ -434,7 +752,7 @@ async function lookUpCache(key: string, range?: RangeSpec): Promise<Response | u
 }
 
 /** Keeps a copy at the edge after the answer is sent; a failure only costs a later miss. */
-function keep(ctx: ExecutionContext, key: string, response: Response): void {
+function store(ctx: ExecutionContext, key: string, response: Response): void {
   ctx.waitUntil(
     edgeCache().put(key, response).catch((error) => {
       console.error(`Cannot keep ${key} in the edge cache: ${error}`);
@@ -444,19 +762,28 @@ function keep(ctx: ExecutionContext, key: string, response: Response): void {
 
 /**
  * Asks B2 for a name with only the token and the range (3), keeps what may
- * be cached (7) and turns B2's failures into short generic answers (9).
- * Conditional headers stay at the edge: the validators are ours, not B2's.
+ * be cached when told where (7) and turns B2's failures into short generic
+ * answers (9). Conditional headers stay at the edge: the validators are ours,
+ * not B2's.
  */
 async function askB2(
   method: string,
   name: string,
-  options: { range?: RangeSpec; cacheKey: string; config: WorkerConfig; ctx: ExecutionContext },
+  options: {
+    range?: RangeSpec;
+    /** Fetch the whole object for a range from byte 0, so that the Cache API can keep it. */
+    wholeFromZero?: boolean;
+    config: WorkerConfig;
+    /** Where the Cache API keeps what may be kept. */
+    keep?: { key: string; ctx: ExecutionContext };
+  },
 ): Promise<Response> {
-  const { range, cacheKey, config, ctx } = options;
+  const { range, config, keep } = options;
   const headers = new Headers({ Authorization: config.token });
   // A range from byte 0 is how players start: fetching the whole object costs the visitor
   // nothing and fills the cache. Later ranges go straight to B2 and are not cached.
-  if (method === "GET" && range && !("start" in range && range.start === 0)) {
+  const fromZero = range && "start" in range && range.start === 0;
+  if (method === "GET" && range && !(options.wholeFromZero && fromZero)) {
     headers.set("Range", formatRange(range));
   }
   const controller = new AbortController();
@@ -479,20 +806,20 @@ async function askB2(
       headers: objectHeaders(b2.headers, config),
     });
     const size = Number(b2.headers.get("Content-Length") ?? NaN);
-    if (b2.status === 200 && method === "GET" && config.cacheTtl > 0 && size <= MAX_CACHED_BYTES) {
-      keep(ctx, cacheKey, object.clone());
+    if (keep && b2.status === 200 && method === "GET" && size <= MAX_CACHED_BYTES) {
+      store(keep.ctx, keep.key, object.clone());
     }
     return object;
   }
   if (b2.status === 404) {
     await b2.body?.cancel();
     const ttl = Math.min(NOT_FOUND_TTL, config.cacheTtl);
-    if (ttl > 0) {
+    if (keep && ttl > 0) {
       const notFound = new Response(null, {
         status: 404,
         headers: { "Cache-Control": `public, max-age=${ttl}` },
       });
-      keep(ctx, cacheKey, notFound);
+      store(keep.ctx, keep.key, notFound);
     }
     return textResponse(404);
   }

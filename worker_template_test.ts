@@ -12,25 +12,30 @@ import {
   loadWorkerModule,
   signLink,
   type SignLinkOptions,
+  signPurge,
   startLocalWorker,
   type WorkerOptions,
   workerUpload,
 } from "./main.ts";
 import { type FakeB2, type FakeFile, patternByte, startFakeB2 } from "./testing/fake_b2.ts";
-import {
+import worker, {
   applyGrant,
   b2Url,
   canonicalPath,
   checkSignedLink,
   corsHeaders,
   coversPath,
+  type Env,
+  type ExecutionContext,
   formatRange,
   ifRangeMatches,
   notModified,
   objectHeaders,
   objectName,
+  objectTag,
   parseRange,
   publicHeaders,
+  type PurgeOptions,
   type RangeSpec,
   readConfig,
   resolveRange,
@@ -100,6 +105,12 @@ Deno.test("readConfig() applies the defaults of absent options", () => {
       corsOrigins: [],
       timeoutMs: 30000,
       signing: { prefixes: [], key: "", previousKey: "", previousUntil: 0, maxTtl: 604800 },
+      // No binding means a deploy by an older refresh, which only knew the Cache API.
+      cacheMode: "cache-api",
+      staleWhileRevalidate: 86400,
+      staleIfError: 604800,
+      purgeKey: "",
+      fingerprint: "",
     },
   );
 });
@@ -122,6 +133,11 @@ Deno.test("readConfig() reads every option", () => {
       WORKER_SIGNING_KEY_PREVIOUS: "previous",
       WORKER_SIGNING_KEY_PREVIOUS_UNTIL: "2026-12-31T00:00:00Z",
       WORKER_SIGNED_MAX_TTL: "3600",
+      WORKER_CACHE_MODE: "workers-cache",
+      WORKER_STALE_WHILE_REVALIDATE: "30",
+      WORKER_STALE_IF_ERROR: "0",
+      WORKER_PURGE_KEY: "ab".repeat(32),
+      WORKER_FINGERPRINT: "2-0123456789abcdef",
     }),
     {
       token: "token",
@@ -142,6 +158,11 @@ Deno.test("readConfig() reads every option", () => {
         previousUntil: 1798675200,
         maxTtl: 3600,
       },
+      cacheMode: "workers-cache",
+      staleWhileRevalidate: 30,
+      staleIfError: 0,
+      purgeKey: "ab".repeat(32),
+      fingerprint: "2-0123456789abcdef",
     },
   );
 });
@@ -478,6 +499,8 @@ const DEFAULT_OPTIONS: WorkerOptions = {
   cacheTtl: 86400,
   cacheControl: "",
   corsOrigins: "",
+  // These tests pin the Cache API mode (caches.default); Workers Cache has its own below.
+  cacheMode: "cache-api",
 };
 
 function startB2(): FakeB2 {
@@ -1731,4 +1754,362 @@ Deno.test({
     assert.equal(new TextDecoder().decode(output.stderr), "");
     assert.equal(new TextDecoder().decode(output.stdout).trim(), fields.url);
   },
+});
+
+// ---------------------------------------------------------------------------
+// Workers Cache mode (issue 8): the headers the cache in front of the worker obeys
+// ---------------------------------------------------------------------------
+
+const EDGE = "public, max-age=86400, stale-while-revalidate=86400, stale-if-error=604800";
+
+Deno.test("worker in workerd, Workers Cache mode", async (t) => {
+  const b2 = startB2();
+  const worker = await startWorker(b2, {
+    options: { cacheMode: "workers-cache", corsOrigins: "*" },
+    extraBindings: { WORKER_B2_TIMEOUT_MS: "300" },
+  });
+  const helloTag = await objectTag("site/hello.txt");
+  try {
+    await t.step(
+      "an object carries the edge lifetime, its tag and the browsers' policy",
+      async () => {
+        assert.deepEqual(await worker.visit("/hello.txt"), {
+          status: 200,
+          headers: objectAnswerHeaders({
+            "access-control-allow-origin": "*",
+            "access-control-expose-headers":
+              "Accept-Ranges, Content-Length, Content-Range, ETag, Last-Modified",
+            "cache-tag": helloTag,
+            "cloudflare-cdn-cache-control": EDGE,
+            "content-length": "11",
+            "content-type": "text/plain",
+            etag: HELLO_SHA1,
+          }),
+          body: "hello world",
+        });
+        assert.equal(worker.downloads().length, 1);
+      },
+    );
+
+    await t.step(
+      "no caches.default: a repeat asks B2 again (the cache in front answers hits)",
+      async () => {
+        await worker.visit("/hello.txt");
+        assert.equal(worker.downloads().length, 1);
+        const caches = await worker.miniflare.getCaches() as unknown as { default: Cache };
+        assert.equal(await caches.default.match(`${SITE}/hello.txt`), undefined);
+      },
+    );
+
+    await t.step(
+      "a revalidation is a HEAD to B2 and a 304 carrying the edge lifetime",
+      async () => {
+        const conditionSets: Record<string, string>[] = [
+          { "If-None-Match": HELLO_SHA1 },
+          { "If-Modified-Since": LAST_MODIFIED },
+        ];
+        for (const conditions of conditionSets) {
+          const answer = await worker.visit("/hello.txt", { headers: conditions });
+          assert.deepEqual([answer.status, answer.body], [304, ""]);
+          assert.equal(answer.headers["cloudflare-cdn-cache-control"], EDGE);
+          assert.equal(answer.headers["cache-tag"], helloTag);
+          assert.equal(answer.headers["etag"], HELLO_SHA1);
+          assert.deepEqual(worker.downloads().map((r) => r.method), ["HEAD"]);
+        }
+        const changed = await worker.visit("/hello.txt", { headers: { "If-None-Match": '"old"' } });
+        assert.deepEqual([changed.status, changed.body], [200, "hello world"]);
+        assert.deepEqual(worker.downloads().map((r) => r.method), ["HEAD", "GET"]);
+      },
+    );
+
+    await t.step("tags tell /a from /a-2 and ignore nothing of the name", async () => {
+      const tags = await Promise.all(["site/a", "site/a-2", "site/A"].map(objectTag));
+      assert.equal(new Set(tags).size, 3);
+      for (const tag of tags) assert.match(tag, /^b2cdn-[0-9a-f]{40}$/);
+    });
+
+    await t.step("a range that reaches the worker is a 206 from a ranged B2 request", async () => {
+      const answer = await worker.visit("/pattern.bin", { headers: { Range: "bytes=0-9" } });
+      assert.deepEqual([answer.status, answer.body], [206, patternText(0, 9)]);
+      assert.equal(answer.headers["cloudflare-cdn-cache-control"], "no-store");
+      assert.deepEqual(worker.downloads().map((r) => r.headers.get("range")), ["bytes=0-9"]);
+    });
+
+    await t.step(
+      "a 404 is kept a minute, with its tag, so purging the path clears it",
+      async () => {
+        const answer = await worker.visit("/later.txt");
+        assert.equal(answer.status, 404);
+        assert.equal(answer.headers["cloudflare-cdn-cache-control"], "public, max-age=60");
+        assert.equal(answer.headers["cache-control"], "public, max-age=60");
+        assert.equal(answer.headers["cache-tag"], await objectTag("site/later.txt"));
+        worker.downloads();
+      },
+    );
+
+    await t.step(
+      "B2 refusing the token, B2 failing and B2 timing out are never stored",
+      async () => {
+        for (
+          const [status, code] of [[401, "expired_auth_token"], [403, "access_denied"], [
+            503,
+            "service_unavailable",
+          ]] as const
+        ) {
+          b2.fail("/file/", { status, code });
+          const answer = await worker.visit("/fault.txt");
+          assert.equal(answer.status, 502);
+          assert.equal(answer.headers["cloudflare-cdn-cache-control"], "no-store");
+          assert.equal(answer.headers["cache-control"], "no-store");
+          assert.equal(answer.headers["cache-tag"], undefined);
+        }
+        b2.fail("/file/", { status: 503, hang: true });
+        const slow = await worker.visit("/slow.txt");
+        assert.deepEqual([slow.status, slow.headers["cloudflare-cdn-cache-control"]], [
+          504,
+          "no-store",
+        ]);
+        worker.downloads();
+      },
+    );
+
+    await t.step("a query goes to the canonical URL, without asking B2", async () => {
+      const answer = await worker.visit("/hello.txt?utm_source=mail", { redirect: "manual" });
+      assert.equal(answer.status, 301);
+      assert.equal(answer.headers["location"], "/hello.txt");
+      assert.equal(answer.headers["cloudflare-cdn-cache-control"], EDGE);
+      assert.deepEqual(worker.downloads(), []);
+    });
+
+    await t.step("no Set-Cookie, no Vary with CORS *", async () => {
+      const answer = await worker.visit("/hello.txt", { headers: { Origin: "https://x.example" } });
+      assert.equal(answer.headers["set-cookie"], undefined);
+      assert.equal(answer.headers["vary"], undefined);
+      assert.equal(answer.headers["access-control-allow-origin"], "*");
+      worker.downloads();
+    });
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
+});
+
+Deno.test("worker in workerd, Workers Cache mode with a list of origins varies by Origin", async () => {
+  const b2 = startB2();
+  const worker = await startWorker(b2, {
+    options: { cacheMode: "workers-cache", corsOrigins: "https://app.example" },
+  });
+  try {
+    const app = await worker.visit("/hello.txt", { headers: { Origin: "https://app.example" } });
+    const none = await worker.visit("/hello.txt");
+    assert.deepEqual(
+      [app.headers["access-control-allow-origin"], app.headers["vary"]],
+      ["https://app.example", "Origin"],
+    );
+    assert.deepEqual([none.headers["access-control-allow-origin"], none.headers["vary"]], [
+      undefined,
+      "Origin",
+    ]);
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// The signed purge endpoint, called directly with a recording ctx.cache
+// ---------------------------------------------------------------------------
+
+const PURGE_KEY = "5e".repeat(32);
+const PURGE_URL = `${SITE}/.well-known/b2-private-cdn/purge`;
+
+/** A ctx whose `cache.purge` records what it was asked and answers `success`. */
+function recordingContext(success = true) {
+  const purges: PurgeOptions[] = [];
+  const ctx: ExecutionContext = {
+    waitUntil() {},
+    cache: {
+      purge(options) {
+        purges.push(options);
+        return Promise.resolve({
+          success,
+          errors: success ? [] : [{ code: 429, message: "rate limited" }],
+        });
+      },
+    },
+  };
+  return { ctx, purges };
+}
+
+const PURGE_ENV: Env = {
+  B2_DOWNLOAD_TOKEN: "unused",
+  B2_DOWNLOAD_URL: "http://127.0.0.1:1",
+  B2_BUCKET_NAME: BUCKET,
+  B2_FILE_PREFIX: PREFIX,
+  WORKER_CACHE_MODE: "workers-cache",
+  WORKER_PURGE_KEY: PURGE_KEY,
+  WORKER_FINGERPRINT: "2-new",
+};
+
+// The worker refuses a signature it has seen: each request here is stamped a second earlier.
+let signedCount = 0;
+
+async function signedRequest(
+  order: unknown,
+  options: { key?: string; nowMs?: number; path?: string; tamper?: (body: string) => string } = {},
+): Promise<Request> {
+  const body = JSON.stringify(order);
+  const headers = await signPurge(body, {
+    key: options.key ?? PURGE_KEY,
+    nowMs: options.nowMs ?? Date.now() - 1000 * signedCount++,
+  });
+  return new Request(options.path ? `${SITE}${options.path}` : PURGE_URL, {
+    method: "POST",
+    headers,
+    body: options.tamper ? options.tamper(body) : body,
+  });
+}
+
+async function summary(response: Response) {
+  return {
+    status: response.status,
+    headers: Object.fromEntries(response.headers),
+    body: await response.text(),
+  };
+}
+
+Deno.test("the purge endpoint purges exactly what a signed, fresh request names", async (t) => {
+  await t.step("paths by their object's tag, prefixes as prefixes, everything", async () => {
+    const { ctx, purges } = recordingContext();
+    const order = { paths: ["/a", "/a-2", "/docs/"], prefixes: ["/img/"] };
+    const response = await worker.fetch(await signedRequest(order), PURGE_ENV, ctx);
+    assert.equal(response.status, 200);
+    const answer = await response.json();
+    assert.equal(answer.fingerprint, "2-new");
+    assert.deepEqual(purges, [{
+      tags: await Promise.all(["site/a", "site/a-2", "site/docs/index.html"].map(objectTag)),
+      pathPrefixes: ["/img/"],
+    }]);
+    const all = await worker.fetch(await signedRequest({ everything: true }), PURGE_ENV, ctx);
+    assert.equal(all.status, 200);
+    assert.deepEqual(purges[1], { purgeEverything: true });
+  });
+
+  await t.step("an older version (another fingerprint) purges nothing and says so", async () => {
+    const { ctx, purges } = recordingContext();
+    const response = await worker.fetch(
+      await signedRequest({ everything: true, expect: "2-other" }),
+      PURGE_ENV,
+      ctx,
+    );
+    assert.equal(response.status, 409);
+    assert.equal((await response.json()).fingerprint, "2-new");
+    assert.deepEqual(purges, []);
+  });
+
+  await t.step("a purge Cloudflare refuses is a 429 with Retry-After", async () => {
+    const { ctx } = recordingContext(false);
+    const response = await worker.fetch(await signedRequest({ everything: true }), PURGE_ENV, ctx);
+    assert.deepEqual([response.status, response.headers.get("retry-after")], [429, "60"]);
+    await response.body?.cancel();
+  });
+
+  await t.step("without ctx.cache it says so instead of throwing", async () => {
+    const response = await worker.fetch(await signedRequest({ everything: true }), PURGE_ENV, {
+      waitUntil() {},
+    });
+    assert.equal(response.status, 501);
+    await response.body?.cancel();
+  });
+});
+
+Deno.test("the purge endpoint refuses unsigned, stale, forged and replayed requests as any POST", async (t) => {
+  const { ctx, purges } = recordingContext();
+  const anyPost = await summary(
+    await worker.fetch(
+      new Request(`${SITE}/some/other/path`, { method: "POST", body: "{}" }),
+      PURGE_ENV,
+      ctx,
+    ),
+  );
+  assert.equal(anyPost.status, 405);
+  const replayed = await signedRequest({ everything: true });
+  const replay = replayed.clone();
+  assert.equal((await worker.fetch(replayed, PURGE_ENV, ctx)).status, 200);
+  purges.length = 0;
+  const cases: [string, () => Promise<Request>][] = [
+    [
+      "unsigned",
+      () =>
+        Promise.resolve(new Request(PURGE_URL, { method: "POST", body: '{"everything":true}' })),
+    ],
+    ["stale", () => signedRequest({ everything: true }, { nowMs: Date.now() - 301_000 })],
+    ["from the future", () => signedRequest({ everything: true }, { nowMs: Date.now() + 301_000 })],
+    [
+      "forged with another key",
+      () => signedRequest({ everything: true }, { key: "00".repeat(32) }),
+    ],
+    [
+      "body changed after signing",
+      () => signedRequest({ paths: ["/a"] }, { tamper: () => '{"everything":true}' }),
+    ],
+    ["replayed", () => Promise.resolve(replay)],
+  ];
+  for (const [label, make] of cases) {
+    await t.step(label, async () => {
+      assert.deepEqual(await summary(await worker.fetch(await make(), PURGE_ENV, ctx)), anyPost);
+      assert.deepEqual(purges, []);
+    });
+  }
+  await t.step("a worker without a purge key takes no signed request either", async () => {
+    const { WORKER_PURGE_KEY: _, ...env } = PURGE_ENV;
+    const answer = await summary(
+      await worker.fetch(await signedRequest({ everything: true }), env, ctx),
+    );
+    assert.deepEqual(answer, anyPost);
+    assert.deepEqual(purges, []);
+  });
+});
+
+Deno.test("worker in workerd, signed links in Workers Cache mode", async (t) => {
+  const b2 = startMemberB2();
+  const worker = await startWorker(b2, {
+    options: { cacheMode: "workers-cache", signing: SIGNING },
+  });
+  try {
+    await t.step("a refusal is one 403 the cache never stores, and B2 is not asked", async () => {
+      for (const path of ["/members/a.txt", "/%6Dembers/a.txt", "/members/a.txt?exp=1&sig=x"]) {
+        const answer = await worker.visit(path);
+        assert.deepEqual([answer.status, answer.body], [403, "Forbidden\n"], path);
+        assert.equal(answer.headers["cloudflare-cdn-cache-control"], "no-store", path);
+        assert.equal(answer.headers["cache-control"], "no-store", path);
+      }
+      assert.deepEqual(worker.downloads(), []);
+    });
+
+    await t.step(
+      "a signed answer keeps its query, lives at the edge no longer than the link, never stale",
+      async () => {
+        const link = await signed("/members/a.txt", { expires: nowSeconds() + 120 });
+        const answer = await worker.visit(link);
+        assert.deepEqual([answer.status, answer.body], [200, "members only"]);
+        assert.equal(answer.headers["location"], undefined);
+        const edge = /^public, max-age=(\d+), stale-while-revalidate=0, stale-if-error=0$/
+          .exec(answer.headers["cloudflare-cdn-cache-control"] ?? "");
+        assert.ok(edge, answer.headers["cloudflare-cdn-cache-control"]);
+        assert.ok(Number(edge[1]) <= 120 && Number(edge[1]) >= 110, edge[1]);
+        assert.match(answer.headers["cache-control"]!, /^private, max-age=(1[01]\d|120)$/);
+        assert.equal(worker.downloads().length, 1);
+      },
+    );
+
+    await t.step("a public path with a query still goes to its canonical URL", async () => {
+      const answer = await worker.visit("/hello.txt?v=2", { redirect: "manual" });
+      assert.deepEqual([answer.status, answer.headers["location"]], [301, "/hello.txt"]);
+      assert.deepEqual(worker.downloads(), []);
+    });
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
 });

@@ -413,7 +413,9 @@ function ourUpload(module: string, b2: FakeB2, settings: Settings): WorkerUpload
     prefix: "",
     issuedAt: now,
     expiresAt: now + 86_400_000,
-    options: parseConfig(settings).worker,
+    // These figures are the Cache API path's (caches.default in workerd); Workers Cache sits in
+    // front of the worker and needs its stand-in.
+    options: parseConfig({ WORKER_CACHE_MODE: "cache-api", ...settings }).worker,
   });
 }
 

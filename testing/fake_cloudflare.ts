@@ -57,6 +57,8 @@ export interface WorkerMetadata {
   compatibility_date: string;
   compatibility_flags?: string[];
   bindings: WorkerBinding[];
+  /** Workers Cache for this version (WORKERS_CACHE.md: Turning it on). */
+  cache_options?: { enabled: boolean; cross_version_cache?: boolean };
   [key: string]: unknown;
 }
 
@@ -462,6 +464,9 @@ export class FakeCloudflare {
       ),
       compatibility_date: metadata.compatibility_date,
       compatibility_flags: metadata.compatibility_flags ?? [],
+      // Listed in the SDK's settings type; absent when the upload did not set it
+      // (WORKERS_CACHE.md: Turning it on).
+      ...(metadata.cache_options && { cache_options: metadata.cache_options }),
       logpush: false,
       placement: {},
       tail_consumers: [],
@@ -495,6 +500,9 @@ export class FakeCloudflare {
       ...bindings.filter((b) => b.name !== name),
       { type: "secret_text", name, text },
     ];
+    // The version this makes may not keep the caching setting (WORKERS_CACHE.md: unconfirmed,
+    // wrangler copies it across explicitly): the fake takes that worst case.
+    delete stored.metadata.cache_options;
     stored.modifiedOn = new Date().toISOString();
     return ok({ name, type: "secret_text" });
   }
@@ -770,6 +778,7 @@ async function readMetadata(form: FormData): Promise<WorkerMetadata> {
     );
   }
   checkCompatibilityDate(compatibility_date);
+  checkCacheOptions(metadata.cache_options);
   if (
     compatibility_flags !== undefined &&
     !(Array.isArray(compatibility_flags) &&
@@ -797,6 +806,26 @@ function checkCompatibilityDate(date: unknown): asserts date is string {
   const latest = new Date(Date.now() + DAY_MS).toISOString().slice(0, 10);
   if (date > latest) {
     throw invalidScript(`Can't set compatibility date in the future: ${date}`);
+  }
+}
+
+/**
+ * `cache_options`, when present: an object whose `enabled` is required and
+ * boolean, and `cross_version_cache` an optional boolean (WORKERS_CACHE.md:
+ * Turning it on; the SDK's script upload types). The refusal's code is the
+ * metadata one, 10021: no source names a more specific code.
+ */
+function checkCacheOptions(options: unknown): void {
+  if (options === undefined) return;
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
+    throw invalidScript("metadata.cache_options must be an object");
+  }
+  const { enabled, cross_version_cache } = options as Record<string, unknown>;
+  if (typeof enabled !== "boolean") {
+    throw invalidScript("metadata.cache_options.enabled is required and must be a boolean");
+  }
+  if (cross_version_cache !== undefined && typeof cross_version_cache !== "boolean") {
+    throw invalidScript("metadata.cache_options.cross_version_cache must be a boolean");
   }
 }
 
