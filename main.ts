@@ -1291,7 +1291,7 @@ export async function ensureDomain(
     }
     deleted.push(describeRecord(record));
   }
-  await attach(false);
+  await attach(existing !== undefined);
   return { change: "taken over", from: what, deleted };
 }
 
