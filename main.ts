@@ -119,6 +119,11 @@ export interface CloudflareConfig {
   route?: string;
   /** A custom domain such as `cdn.example.com` on `zoneId`. */
   domain?: string;
+  /**
+   * Whether the worker answers at `<worker>.<subdomain>.workers.dev`.
+   * @default true without `route` and `domain`, else false
+   */
+  workersDev: boolean;
 }
 
 /** Everything a command may need, parsed and validated once. */
@@ -184,6 +189,9 @@ const VARIABLES = {
   },
   WORKER_DOMAIN: {
     about: "custom domain for the worker, e.g. cdn.example.com",
+  },
+  WORKER_WORKERS_DEV: {
+    about: "answer on workers.dev too: on, off, auto (default: on without route/domain)",
   },
   WORKER_URL_STYLE: { about: "plain (default) or b2 (/file/<bucket>/<name>)" },
   WORKER_INDEX_FILE: {
@@ -450,6 +458,10 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
         `WORKER_DOMAIN must be a host name like cdn.example.com, not "${domain}".`,
       );
     }
+    const workersDev = text("WORKER_WORKERS_DEV")?.toLowerCase() ?? "auto";
+    if (!["on", "off", "auto"].includes(workersDev)) {
+      problems.push(`WORKER_WORKERS_DEV must be on, off or auto, not "${workersDev}".`);
+    }
     config.cloudflare = {
       accountId: accountId ?? "",
       auth,
@@ -461,6 +473,9 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
       ...(zoneId && { zoneId }),
       ...(route && { route }),
       ...(domain && { domain }),
+      // A workers.dev URL is outside the zone's WAF and Access rules (API_FACTS.md:
+      // workers.dev), so by default it is only on when nothing else reaches the worker.
+      workersDev: workersDev === "on" || (workersDev === "auto" && !route && !domain),
     };
   }
 
@@ -953,6 +968,8 @@ export async function resolveBucket(
         body: JSON.stringify({
           accountId: auth.accountId,
           ...(bucketName ? { bucketName } : { bucketId }),
+          // Without it B2 leaves out restricted and shared buckets (API_FACTS.md: List buckets).
+          bucketTypes: ["all"],
         }),
       },
     },
@@ -1271,6 +1288,11 @@ function cloudflareHint(
   if (code === 7003 || code === 7000) {
     return "check CLOUDFLARE_ACCOUNT_ID and CLOUDFLARE_ZONE_ID";
   }
+  if (code === 10063) {
+    return "this account has no workers.dev subdomain yet, which Cloudflare wants before a " +
+      "first Worker is uploaded: open https://dash.cloudflare.com/" +
+      `${config.accountId}/workers/onboarding once (it makes one), then run again`;
+  }
   if (code === 10021) {
     return "the worker was refused as uploaded; report this as a bug";
   }
@@ -1292,13 +1314,20 @@ async function cloudflareCall<T>(
   config: CloudflareConfig,
   ctx: Context,
   step: string,
-  request: { method: string; path: string; body?: BodyInit; json?: unknown },
+  request: {
+    method: string;
+    path: string;
+    body?: BodyInit;
+    json?: unknown;
+    headers?: Record<string, string>;
+  },
 ): Promise<T> {
-  const headers = new Headers(
-    "token" in config.auth
+  const headers = new Headers({
+    ...request.headers,
+    ...("token" in config.auth
       ? { authorization: `Bearer ${config.auth.token}` }
-      : { "x-auth-email": config.auth.email, "x-auth-key": config.auth.key },
-  );
+      : { "x-auth-email": config.auth.email, "x-auth-key": config.auth.key }),
+  });
   let body = request.body;
   if (request.json !== undefined) {
     headers.set("content-type", "application/json");
@@ -1382,86 +1411,347 @@ export async function readWorkerSettings(
   }
 }
 
-/** The account's workers.dev subdomain (`GET /accounts/{id}/workers/subdomain`). */
-async function workersDevSubdomain(config: CloudflareConfig, ctx: Context): Promise<string> {
-  const answer = await cloudflareCall<{ subdomain: string }>(
-    config,
-    ctx,
-    "find the account's workers.dev subdomain (or pass --url)",
-    { method: "GET", path: `/accounts/${config.accountId}/workers/subdomain` },
-  );
-  return answer.subdomain;
+/** What a route or domain step did. */
+export type Change = "created" | "unchanged" | "taken over";
+
+/** A route of the zone, as `GET /zones/{zone}/workers/routes` lists it. */
+export interface ZoneRoute {
+  id: string;
+  pattern: string;
+  /** Absent or empty for a route that runs no Worker. */
+  script?: string;
 }
 
-/** What a route or domain step did. */
-export type Change = "created" | "updated" | "unchanged";
+/** A custom domain of the account, as `GET /accounts/{id}/workers/domains` lists it. */
+export interface CustomDomain {
+  id: string;
+  hostname: string;
+  service: string;
+  zone_id: string;
+}
 
-/** Makes sure `config.route` on `config.zoneId` runs the worker. */
+/** An ordinary DNS record, as `GET /zones/{zone}/dns_records` lists it. */
+export interface DnsRecord {
+  id: string;
+  name: string;
+  type: string;
+  content: string;
+  proxied?: boolean;
+}
+
+/** A route or custom domain that runs this worker but is no longer configured. */
+export interface Leftover {
+  kind: "route" | "custom domain";
+  /** The route pattern or the hostname. */
+  name: string;
+  id: string;
+  /** The zone of a route. */
+  zoneId?: string;
+}
+
+/** The person-run command that opts in to moving a route or hostname to this worker. */
+const TAKE_OVER_COMMAND = "main.ts refresh --take-over";
+
+function describeRecord(record: DnsRecord): string {
+  return `${record.type} ${record.name} -> ${record.content}` +
+    (record.proxied ? " (proxied)" : "");
+}
+
+/** The zone's routes (needs "Workers Routes: Edit" on the zone). */
+export async function listRoutes(config: CloudflareConfig, ctx: Context): Promise<ZoneRoute[]> {
+  return await cloudflareCall<ZoneRoute[]>(config, ctx, "list the zone's routes", {
+    method: "GET",
+    path: `/zones/${config.zoneId}/workers/routes`,
+  });
+}
+
+/** The account's custom domains, all of them: who holds a hostname, and what runs this worker. */
+export async function listDomains(
+  config: CloudflareConfig,
+  ctx: Context,
+): Promise<CustomDomain[]> {
+  return await cloudflareCall<CustomDomain[]>(config, ctx, "list the custom domains", {
+    method: "GET",
+    path: `/accounts/${config.accountId}/workers/domains`,
+  });
+}
+
+/**
+ * Makes sure `config.route` runs the worker. A route that runs another
+ * Worker (or none) is left alone unless `takeOver`, as wrangler does; the
+ * API itself would re-point it (API_FACTS.md: Routes).
+ */
 export async function ensureRoute(
   config: CloudflareConfig,
   ctx: Context,
-): Promise<Change> {
+  options: { routes: ZoneRoute[]; takeOver: boolean },
+): Promise<{ change: Change; from?: string }> {
   const { zoneId, route, workerName } = config;
   if (!zoneId || !route) throw new Error("ensureRoute needs zoneId and route");
-  const step = (verb: string) => `${verb} route "${route}"`;
-  const routes = await cloudflareCall<
-    { id: string; pattern: string; script?: string }[]
-  >(
-    config,
-    ctx,
-    step("list routes to check"),
-    { method: "GET", path: `/zones/${zoneId}/workers/routes` },
-  );
-  const existing = routes.find((r) => r.pattern === route);
-  if (existing?.script === workerName) return "unchanged";
   const json = { pattern: route, script: workerName };
-  if (existing) {
-    await cloudflareCall(config, ctx, step("point"), {
-      method: "PUT",
-      path: `/zones/${zoneId}/workers/routes/${existing.id}`,
+  const existing = options.routes.find((r) => r.pattern === route);
+  if (!existing) {
+    await cloudflareCall(config, ctx, `create route "${route}"`, {
+      method: "POST",
+      path: `/zones/${zoneId}/workers/routes`,
       json,
     });
-    return "updated";
+    return { change: "created" };
   }
-  await cloudflareCall(config, ctx, step("create"), {
-    method: "POST",
-    path: `/zones/${zoneId}/workers/routes`,
+  if (existing.script === workerName) return { change: "unchanged" };
+  const holder = existing.script ? `worker "${existing.script}"` : "no worker";
+  if (!options.takeOver) {
+    throw new ApiError(
+      `Cannot point route "${route}" at worker "${workerName}": it runs ${holder}, and ` +
+        "this tool only changes a route another Worker holds when told to; it was left as " +
+        `it is. To move it (${holder} stops serving ${route}), run once by hand: ` +
+        `${TAKE_OVER_COMMAND}. Or set WORKER_ROUTE to a pattern no other Worker uses.`,
+      { service: "Cloudflare", status: 409, code: "route_held_by_other_worker" },
+    );
+  }
+  await cloudflareCall(config, ctx, `take over route "${route}"`, {
+    method: "PUT",
+    path: `/zones/${zoneId}/workers/routes/${existing.id}`,
     json,
   });
-  return "created";
+  return { change: "taken over", from: holder };
 }
 
-/** Makes sure `config.domain` is a custom domain of the worker (Cloudflare adds DNS and TLS). */
+/**
+ * The zone's A, AAAA and CNAME records named `hostname`, or `undefined` when
+ * the token may not read DNS ("DNS: Read").
+ */
+async function conflictingRecords(
+  config: CloudflareConfig,
+  hostname: string,
+  ctx: Context,
+): Promise<DnsRecord[] | undefined> {
+  try {
+    const records = await cloudflareCall<DnsRecord[]>(
+      config,
+      ctx,
+      `read the DNS records of "${hostname}"`,
+      {
+        method: "GET",
+        path: `/zones/${config.zoneId}/dns_records?name=${encodeURIComponent(hostname)}`,
+      },
+    );
+    return records.filter((r) => ["A", "AAAA", "CNAME"].includes(r.type));
+  } catch (error) {
+    if (error instanceof ApiError && (error.status === 403 || error.status === 401)) {
+      return undefined;
+    }
+    throw error;
+  }
+}
+
+/**
+ * Makes sure `config.domain` is a custom domain of the worker (Cloudflare
+ * makes its DNS record and certificate). Another Worker's hostname (409
+ * 100116) and a hostname with an ordinary DNS record (409 100117) are only
+ * moved with `takeOver`: the first by `override_existing_origin`, the second
+ * by deleting the record, which no flag replaces (API_FACTS.md: Custom domains).
+ */
 export async function ensureDomain(
   config: CloudflareConfig,
   ctx: Context,
-): Promise<Change> {
+  options: { domains: CustomDomain[]; takeOver: boolean },
+): Promise<{ change: Change; from?: string; deleted?: string[] }> {
   const { zoneId, domain, workerName, accountId } = config;
-  if (!zoneId || !domain) {
-    throw new Error("ensureDomain needs zoneId and domain");
+  if (!zoneId || !domain) throw new Error("ensureDomain needs zoneId and domain");
+  const existing = options.domains.find((d) => d.hostname === domain);
+  if (existing?.service === workerName) return { change: "unchanged" };
+  const attach = (override: boolean) =>
+    cloudflareCall(config, ctx, `attach custom domain "${domain}"`, {
+      method: "PUT",
+      path: `/accounts/${accountId}/workers/domains`,
+      json: {
+        hostname: domain,
+        service: workerName,
+        zone_id: zoneId,
+        ...(override && { override_existing_origin: true }),
+      },
+    });
+  const otherWorker = (holder: string) =>
+    new ApiError(
+      `Cannot attach custom domain "${domain}" to worker "${workerName}": it is the custom ` +
+        `domain of worker "${holder}" (Cloudflare error 100116), and this tool only moves ` +
+        "another Worker's hostname when told to; it was left as it is. To move it (worker " +
+        `"${holder}" stops serving it), run once by hand: ${TAKE_OVER_COMMAND} ` +
+        "(it sends override_existing_origin).",
+      { service: "Cloudflare", status: 409, code: "100116" },
+    );
+  if (existing && !options.takeOver) throw otherWorker(existing.service);
+  try {
+    await attach(existing !== undefined);
+    return existing
+      ? { change: "taken over", from: `worker "${existing.service}"` }
+      : { change: "created" };
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.status !== 409) throw error;
+    if (error.code === "100116") {
+      // Attached elsewhere since the list was read.
+      const holder = (await listDomains(config, ctx)).find((d) => d.hostname === domain);
+      throw otherWorker(holder?.service ?? "(another Worker)");
+    }
+    if (error.code !== "100117") throw error;
   }
-  const domains = await cloudflareCall<{ hostname: string; service: string }[]>(
+  const records = await conflictingRecords(config, domain, ctx);
+  const what = records
+    ? `the DNS record${records.length === 1 ? "" : "s"} ${records.map(describeRecord).join(", ")}`
+    : 'a DNS record (an A, AAAA or CNAME; CLOUDFLARE_API_TOKEN lacks "DNS: Read" on the ' +
+      "zone, which would show it)";
+  if (!options.takeOver) {
+    throw new ApiError(
+      `Cannot attach custom domain "${domain}" to worker "${workerName}": the hostname has ` +
+        `${what} (Cloudflare error 100117), which no setting overrides; it was left as it ` +
+        "is. Either keep it and set WORKER_ROUTE=" + `${domain}/* instead of WORKER_DOMAIN ` +
+        "(a proxied record plus a route moves the site with no DNS change), or run once by " +
+        `hand: ${TAKE_OVER_COMMAND}, which deletes the record (the token needs "DNS: Edit" ` +
+        "on the zone) and attaches the domain; its new certificate then takes a few minutes, " +
+        `during which https://${domain}/ does not answer.`,
+      { service: "Cloudflare", status: 409, code: "100117" },
+    );
+  }
+  const needEdit = new ApiError(
+    `Cannot take over "${domain}": deleting ${what} needs "DNS: Edit" on the zone. Add it ` +
+      "to CLOUDFLARE_API_TOKEN (or delete the record in the dashboard), then run " +
+      `${TAKE_OVER_COMMAND} again.`,
+    { service: "Cloudflare", status: 403, code: "dns_edit_needed" },
+  );
+  if (!records) throw needEdit;
+  const deleted: string[] = [];
+  for (const record of records) {
+    try {
+      await cloudflareCall(config, ctx, `delete DNS record ${describeRecord(record)}`, {
+        method: "DELETE",
+        path: `/zones/${zoneId}/dns_records/${record.id}`,
+      });
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 403) throw needEdit;
+      throw error;
+    }
+    deleted.push(describeRecord(record));
+  }
+  await attach(existing !== undefined);
+  return { change: "taken over", from: what, deleted };
+}
+
+/** The routes and custom domains that run this worker but are no longer configured. */
+export function findLeftovers(
+  config: CloudflareConfig,
+  found: { routes?: ZoneRoute[]; domains?: CustomDomain[] },
+): Leftover[] {
+  return [
+    ...(found.routes ?? []).filter((r) =>
+      r.script === config.workerName && r.pattern !== config.route
+    ).map((r): Leftover => ({
+      kind: "route",
+      name: r.pattern,
+      id: r.id,
+      zoneId: config.zoneId!,
+    })),
+    ...(found.domains ?? []).filter((d) =>
+      d.service === config.workerName && d.hostname !== config.domain
+    ).map((d): Leftover => ({ kind: "custom domain", name: d.hostname, id: d.id })),
+  ];
+}
+
+/** Deletes a leftover route or custom domain (`--remove-leftovers`). */
+export async function removeLeftover(
+  config: CloudflareConfig,
+  leftover: Leftover,
+  ctx: Context,
+): Promise<void> {
+  await cloudflareCall(config, ctx, `remove ${leftover.kind} "${leftover.name}"`, {
+    method: "DELETE",
+    path: leftover.kind === "route"
+      ? `/zones/${leftover.zoneId}/workers/routes/${leftover.id}`
+      : `/accounts/${config.accountId}/workers/domains/${leftover.id}`,
+  });
+}
+
+/** Whether the worker answers on workers.dev, and where. */
+export interface WorkersDev {
+  enabled: boolean;
+  url?: string;
+  /** Why it cannot be on although WORKER_WORKERS_DEV asks for it. */
+  problem?: string;
+}
+
+/** Selects the current semantics of the script subdomain endpoint, as wrangler does. */
+const SCRIPT_API_DATE = { "cloudflare-workers-script-api-date": "2025-08-01" };
+
+/** The account's workers.dev subdomain, or `undefined` when it never chose one (code 10007). */
+async function accountSubdomain(
+  config: CloudflareConfig,
+  ctx: Context,
+): Promise<string | undefined> {
+  try {
+    const answer = await cloudflareCall<{ subdomain: string }>(
+      config,
+      ctx,
+      "read the account's workers.dev subdomain",
+      { method: "GET", path: `/accounts/${config.accountId}/workers/subdomain` },
+    );
+    return answer.subdomain || undefined;
+  } catch (error) {
+    if (error instanceof ApiError && error.code === "10007") return undefined;
+    throw error;
+  }
+}
+
+function noSubdomain(config: CloudflareConfig): string {
+  return "this Cloudflare account has no workers.dev subdomain, so the worker cannot answer " +
+    "there. Choose one at https://dash.cloudflare.com/" +
+    `${config.accountId}/workers/onboarding, or set WORKER_ROUTE or WORKER_DOMAIN ` +
+    "(and WORKER_WORKERS_DEV=off)";
+}
+
+/**
+ * Sets whether the worker answers at `<worker>.<subdomain>.workers.dev`, on
+ * every deploy as wrangler does; preview URLs stay off (API_FACTS.md: workers.dev).
+ */
+export async function setWorkersDev(
+  config: CloudflareConfig,
+  ctx: Context,
+): Promise<WorkersDev> {
+  let subdomain: string | undefined;
+  if (config.workersDev) {
+    subdomain = await accountSubdomain(config, ctx);
+    if (!subdomain) return { enabled: false, problem: noSubdomain(config) };
+  }
+  await cloudflareCall(config, ctx, `turn workers.dev ${config.workersDev ? "on" : "off"}`, {
+    method: "POST",
+    path: `/accounts/${config.accountId}/workers/scripts/${config.workerName}/subdomain`,
+    headers: SCRIPT_API_DATE,
+    json: { enabled: config.workersDev, previews_enabled: false },
+  });
+  return subdomain
+    ? { enabled: true, url: `https://${config.workerName}.${subdomain}.workers.dev/` }
+    : { enabled: false };
+}
+
+/** Reads whether the deployed worker answers on workers.dev, for `status`. */
+export async function readWorkersDev(
+  config: CloudflareConfig,
+  ctx: Context,
+): Promise<WorkersDev> {
+  const state = await cloudflareCall<{ enabled: boolean }>(
     config,
     ctx,
-    `check custom domain "${domain}"`,
+    "read the worker's workers.dev setting",
     {
       method: "GET",
-      path: `/accounts/${accountId}/workers/domains?hostname=${encodeURIComponent(domain)}`,
+      path: `/accounts/${config.accountId}/workers/scripts/${config.workerName}/subdomain`,
+      headers: SCRIPT_API_DATE,
     },
   );
-  const existing = domains.find((d) => d.hostname === domain);
-  if (existing?.service === workerName) return "unchanged";
-  await cloudflareCall(config, ctx, `attach custom domain "${domain}"`, {
-    method: "PUT",
-    path: `/accounts/${accountId}/workers/domains`,
-    json: {
-      hostname: domain,
-      service: workerName,
-      zone_id: zoneId,
-      environment: "production",
-    },
-  });
-  return existing ? "updated" : "created";
+  if (!state.enabled) return { enabled: false };
+  const subdomain = await accountSubdomain(config, ctx);
+  return subdomain
+    ? { enabled: true, url: `https://${config.workerName}.${subdomain}.workers.dev/` }
+    : { enabled: false, problem: noSubdomain(config) };
 }
 
 // ---------------------------------------------------------------------------
@@ -1551,6 +1841,18 @@ export interface RefreshResult {
   deployed: boolean;
   route?: Change;
   domain?: Change;
+  /** The workers.dev URL when the worker answers there, else `false`. */
+  workersDev?: string | false;
+  /** What `--take-over` and `--remove-leftovers` changed, in words. */
+  changed?: string[];
+  /** Routes and custom domains that run the worker but are no longer configured. */
+  leftovers?: string[];
+  /** Worth a look, but the run did its job. */
+  warnings?: string[];
+  /** Steps after the upload that failed; the run exits 1. */
+  failed?: string[];
+  /** When a scheduled retry found this upload fresh and only redid the steps after it. */
+  reusedUpload?: string;
   verified?: string;
   roundTrips: number;
   /** The edge cache in force. */
@@ -1564,87 +1866,178 @@ export interface RefreshResult {
 /** How long `--verify` keeps trying while the deploy propagates. */
 const VERIFY_ATTEMPTS = 6;
 const VERIFY_PAUSE_MS = 5_000;
+/** A new custom domain's certificate takes minutes (API_FACTS.md: Custom domains). */
+const CERTIFICATE_WAIT_MS = 10 * 60_000;
+const CERTIFICATE_PAUSE_MS = 15_000;
+/**
+ * A scheduled run that finds the deployed token issued this recently does
+ * not upload again: it is a retry of a run whose upload worked (the cron
+ * backoff retries within 21 minutes), so only the steps after it are redone.
+ */
+const RECENT_UPLOAD_MS = 60 * 60_000;
 
 /**
- * The whole job: prepare the worker from B2, then upload it, then the route
- * and domain, then verify. Nothing is uploaded unless every B2 step worked,
- * so a failed run leaves the deployed worker, still valid for days, as it was.
+ * The upload worked but a step after it (route, custom domain, workers.dev,
+ * leftovers) did not: the site keeps working on the new token where it was
+ * already reached. Exit code 1; `result` says what was deployed.
+ */
+export class IncompleteDeployError extends ApiError {
+  readonly result: RefreshResult;
+  constructor(result: RefreshResult) {
+    const failed = result.failed ?? [];
+    super(
+      (result.reusedUpload
+        ? `Worker "${result.worker}" was uploaded at ${result.reusedUpload} with a token valid `
+        : `Worker "${result.worker}" is deployed with a new download token, valid `) +
+        `until ${result.expiresAt}: the site keeps working wherever it already reaches this ` +
+        `worker. But ${failed.length === 1 ? "a step" : `${failed.length} steps`} after the ` +
+        `upload failed:\n  - ${failed.join("\n  - ")}\nFix that, then run refresh again; ` +
+        "scheduled runs (cron, Deno Deploy) retry only these steps while the upload is fresh.",
+      { service: "Cloudflare", status: 0, code: "incomplete_deploy" },
+    );
+    this.name = "IncompleteDeployError";
+    this.result = result;
+  }
+}
+
+/** What a refresh may do besides the upload. */
+export interface RefreshOptions {
+  module: string;
+  dryRun?: boolean;
+  /** Move a route, custom domain or DNS record held by something else (person-run only). */
+  takeOver?: boolean;
+  /** Delete routes and custom domains that run the worker but are not configured. */
+  removeLeftovers?: boolean;
+  /**
+   * A scheduled run: never takes over nor removes anything, and does not
+   * upload again when the deployed token is less than an hour old.
+   */
+  unattended?: boolean;
+  /** Progress a person should see without `--verbose` (the certificate wait). @default ctx.log */
+  progress?: (line: string) => void;
+}
+
+/**
+ * The whole job: prepare the worker from B2, then upload it, then the route,
+ * domain and workers.dev steps, then verify. Nothing is uploaded unless every
+ * B2 step worked, so a failed run leaves the deployed worker, still valid for
+ * days, as it was. A step after the upload that fails throws
+ * {@linkcode IncompleteDeployError}, which carries the result.
  */
 export async function refresh(
   config: Config,
   ctx: Context,
-  options: { module: string; dryRun?: boolean },
-): Promise<RefreshResult & { upload: WorkerUpload }> {
+  options: RefreshOptions,
+): Promise<RefreshResult & { upload?: WorkerUpload }> {
   const b2 = config.b2;
   const cloudflare = config.cloudflare;
   if (!b2 || !cloudflare) {
     throw new Error("refresh needs the B2 and Cloudflare configuration");
   }
-  // What the deployed version serves and whether it owes a purge: asked alongside B2's
-  // authorize, so it adds a request but no round trip to the daily refresh.
-  const before = options.dryRun ? undefined : readWorkerSettings(cloudflare, ctx).then(
+  const takeOver = !options.unattended && (options.takeOver ?? false);
+  const removeLeftovers = !options.unattended && (options.removeLeftovers ?? false);
+  // What the deployed version serves, whether it owes a purge and when it was uploaded. A
+  // person's run asks alongside B2's authorize, which adds a request but no round trip; a
+  // scheduled run asks first, since an upload moments old means B2 is not asked at all.
+  const settingsRead = options.dryRun ? undefined : readWorkerSettings(cloudflare, ctx).then(
     (settings) => ({ settings }),
-    (error) => ({ error }),
+    (error) => ({ error: error as Error }),
   );
-  const prepared = await prepareWorker(b2, {
-    module: options.module,
-    options: config.worker,
-    ...(config.purgeSecret && { purgeSecret: config.purgeSecret.value }),
-  }, ctx);
-  const result: RefreshResult & { upload: WorkerUpload } = {
-    worker: cloudflare.workerName,
-    bucket: prepared.bucket.name,
-    prefix: prepared.prefix,
-    expiresAt: isoSeconds(prepared.expiresAt),
-    deployed: false,
-    roundTrips: prepared.roundTrips,
-    cacheMode: config.worker.cacheMode,
-    upload: prepared.upload,
+  const deployed = async () => {
+    const read = await settingsRead!;
+    if ("error" in read) throw read.error;
+    return read.settings;
   };
-  if (options.dryRun || !before) return result;
-  const previous = await before;
-  if ("error" in previous) throw previous.error;
-  const purge = purgeNeeded(previous.settings, prepared.facts);
-  const mustPurge = purge !== undefined && config.worker.cacheMode === "workers-cache";
-  // Remembered before the purge is tried, so that a run that dies half way still owes it.
-  const upload = mustPurge
-    ? workerUpload(options.module, { ...prepared.facts, purgePending: "all" })
-    : prepared.upload;
+  const recent = options.unattended && settingsRead
+    ? recentUpload(await deployed(), ctx.now())
+    : undefined;
+  let result: RefreshResult & { upload?: WorkerUpload };
+  let purge: string | undefined;
+  let paid: (() => Promise<void>) | undefined;
+  if (recent) {
+    ctx.log(
+      `Cloudflare: worker "${cloudflare.workerName}" was uploaded at ${recent.issuedAt}; ` +
+        "not uploading again, only redoing the steps after the upload",
+    );
+    result = {
+      worker: cloudflare.workerName,
+      bucket: recent.bucket,
+      prefix: recent.prefix,
+      expiresAt: recent.expiresAt,
+      deployed: false,
+      reusedUpload: recent.issuedAt,
+      roundTrips: 1,
+      cacheMode: config.worker.cacheMode,
+    };
+  } else {
+    const prepared = await prepareWorker(b2, {
+      module: options.module,
+      options: config.worker,
+      ...(config.purgeSecret && { purgeSecret: config.purgeSecret.value }),
+    }, ctx);
+    result = {
+      worker: cloudflare.workerName,
+      bucket: prepared.bucket.name,
+      prefix: prepared.prefix,
+      expiresAt: isoSeconds(prepared.expiresAt),
+      deployed: false,
+      roundTrips: prepared.roundTrips + (options.unattended ? 1 : 0),
+      cacheMode: config.worker.cacheMode,
+      upload: prepared.upload,
+    };
+    if (!settingsRead) return result;
+    purge = purgeNeeded(await deployed(), prepared.facts);
+    const mustPurge = purge !== undefined && config.worker.cacheMode === "workers-cache";
+    // Remembered before the purge is tried, so that a run that dies half way still owes it.
+    const upload = mustPurge
+      ? workerUpload(options.module, { ...prepared.facts, purgePending: "all" })
+      : prepared.upload;
 
-  ctx.log(
-    `Cloudflare: uploading worker "${cloudflare.workerName}" to account ${cloudflare.accountId}` +
-      ` (cache: ${config.worker.cacheMode})`,
-  );
-  await uploadWorker(cloudflare, upload, ctx);
-  result.deployed = true;
-  result.roundTrips++;
-  if (cloudflare.route) {
-    result.route = await ensureRoute(cloudflare, ctx);
-    ctx.log(`Cloudflare: route ${cloudflare.route} ${result.route}`);
+    ctx.log(
+      `Cloudflare: uploading worker "${cloudflare.workerName}" to account ` +
+        `${cloudflare.accountId} (cache: ${config.worker.cacheMode})`,
+    );
+    await uploadWorker(cloudflare, upload, ctx);
+    result.deployed = true;
+    result.roundTrips++;
+    if (mustPurge) {
+      paid = async () => {
+        await purgeOnceNewVersionAnswers(config, ctx, {
+          fingerprint: prepared.facts.fingerprint!,
+          purgeKey: prepared.facts.purgeKey,
+          why: purge!,
+        });
+        // The debt is paid: the same upload without it.
+        await uploadWorker(cloudflare, prepared.upload, ctx);
+        result.roundTrips++;
+        result.purged = purge;
+      };
+    }
   }
-  if (cloudflare.domain) {
-    result.domain = await ensureDomain(cloudflare, ctx);
-    ctx.log(`Cloudflare: custom domain ${cloudflare.domain} ${result.domain}`);
-  }
+  const newDomain = await deployTriggers(cloudflare, result, ctx, { takeOver, removeLeftovers });
+  if (result.failed) throw new IncompleteDeployError(result);
   if (config.verifyUrl) {
-    await verify(config.verifyUrl, ctx);
-    result.verified = config.verifyUrl;
+    const waitForCertificate = newDomain &&
+      URL.canParse(config.verifyUrl) && new URL(config.verifyUrl).hostname === cloudflare.domain;
+    const outcome = await verify(config.verifyUrl, ctx, {
+      waitForCertificate,
+      progress: options.progress ?? ctx.log,
+    });
+    if (outcome === "verified") result.verified = config.verifyUrl;
+    else {
+      (result.warnings ??= []).push(
+        `${config.verifyUrl} does not answer yet: the certificate of the new custom domain ` +
+          `"${cloudflare.domain}" is still being issued (this can take a while longer). The ` +
+          `worker is deployed; try the URL again in a few minutes.`,
+      );
+    }
   }
   if (purge !== undefined && config.worker.cacheMode === "cache-api") {
     result.notice = `${purge}: copies kept with the Cache API stay until WORKER_CACHE_TTL ` +
       "runs out (this tool cannot purge them; see the README's Cache API mode)";
   }
-  if (mustPurge) {
-    await purgeOnceNewVersionAnswers(config, ctx, {
-      fingerprint: prepared.facts.fingerprint!,
-      purgeKey: prepared.facts.purgeKey,
-      why: purge,
-    });
-    // The debt is paid: the same upload without it.
-    await uploadWorker(cloudflare, prepared.upload, ctx);
-    result.roundTrips++;
-    result.purged = purge;
-  }
+  // Once the route and domain lead to the new version: the purge is asked of the worker there.
+  await paid?.();
   return result;
 }
 
@@ -1721,10 +2114,153 @@ async function purgeOnceNewVersionAnswers(
   );
 }
 
-/** Fetches `url` until it answers 2xx, for a while, since a deploy takes seconds to spread. */
-export async function verify(url: string, ctx: Context): Promise<void> {
+/**
+ * The deployed worker's facts when its token was issued less than an hour
+ * ago and it owes no purge: a scheduled retry then only redoes the steps
+ * after the upload.
+ */
+function recentUpload(
+  deployed: WorkerSettings | undefined,
+  now: number,
+): { bucket: string; prefix: string; issuedAt: string; expiresAt: string } | undefined {
+  const plain = (name: string) =>
+    deployed?.bindings.find((b) => b.name === name && b.type === "plain_text")?.text;
+  const issued = Date.parse(plain("B2_TOKEN_ISSUED_AT") ?? "");
+  const expires = Date.parse(plain("B2_TOKEN_EXPIRES_AT") ?? "");
+  const age = now - issued;
+  if (Number.isNaN(issued) || Number.isNaN(expires) || age < 0 || age > RECENT_UPLOAD_MS) {
+    return undefined;
+  }
+  if (plain("WORKER_PURGE_PENDING")) return undefined;
+  return {
+    bucket: plain("B2_BUCKET_NAME") ?? "",
+    prefix: plain("B2_FILE_PREFIX") ?? "",
+    issuedAt: isoSeconds(issued),
+    expiresAt: isoSeconds(expires),
+  };
+}
+
+/**
+ * The steps after the upload: route, custom domain, leftovers, workers.dev.
+ * Each failure is recorded in `result.failed` and the others still run.
+ * Returns whether a custom domain was attached now (its certificate is new).
+ */
+async function deployTriggers(
+  config: CloudflareConfig,
+  result: RefreshResult,
+  ctx: Context,
+  options: { takeOver: boolean; removeLeftovers: boolean },
+): Promise<boolean> {
+  // Every request is a round trip here; counting them keeps `roundTrips` honest.
+  const counted: Context = {
+    ...ctx,
+    fetch: (input, init) => (result.roundTrips++, ctx.fetch(input, init)),
+  };
+  const failed: string[] = [];
+  const attempt = async <T>(work: () => Promise<T>): Promise<T | undefined> => {
+    try {
+      return await work();
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      failed.push(error.message);
+      return undefined;
+    }
+  };
+  const changed: string[] = [];
+  let newDomain = false;
+  // Both lists are read whenever a zone is set, so leftovers are seen by every refresh.
+  const routes = config.zoneId ? await attempt(() => listRoutes(config, counted)) : undefined;
+  const domains = config.zoneId || config.domain
+    ? await attempt(() => listDomains(config, counted))
+    : undefined;
+  if (config.route && routes) {
+    const done = await attempt(() =>
+      ensureRoute(config, counted, { routes, takeOver: options.takeOver })
+    );
+    if (done) {
+      result.route = done.change;
+      ctx.log(`Cloudflare: route ${config.route} ${done.change}`);
+      if (done.from) {
+        changed.push(`route ${config.route} now runs this worker instead of ${done.from}`);
+      }
+    }
+  }
+  if (config.domain && domains) {
+    const done = await attempt(() =>
+      ensureDomain(config, counted, { domains, takeOver: options.takeOver })
+    );
+    if (done) {
+      result.domain = done.change;
+      newDomain = done.change !== "unchanged";
+      ctx.log(`Cloudflare: custom domain ${config.domain} ${done.change}`);
+      for (const record of done.deleted ?? []) changed.push(`deleted DNS record ${record}`);
+      if (done.from) {
+        changed.push(`custom domain ${config.domain} now runs this worker instead of ${done.from}`);
+      }
+      if (newDomain) {
+        (result.warnings ??= []).push(
+          `custom domain ${config.domain} is new: Cloudflare issues its certificate now, which ` +
+            `takes a few minutes; until then https://${config.domain}/ does not answer`,
+        );
+      }
+    }
+  }
+  const leftovers = findLeftovers(config, {
+    ...(routes && { routes }),
+    ...(domains && { domains }),
+  });
+  for (const leftover of leftovers) {
+    const name = `${leftover.kind} ${leftover.name}`;
+    if (options.removeLeftovers) {
+      const removed = await attempt(async () => {
+        await removeLeftover(config, leftover, counted);
+        return true;
+      });
+      if (removed) changed.push(`removed ${name}, which still ran this worker`);
+    } else {
+      (result.leftovers ??= []).push(name);
+    }
+  }
+  if (result.leftovers) {
+    (result.warnings ??= []).push(
+      `${result.leftovers.join(", ")} still run${result.leftovers.length === 1 ? "s" : ""} ` +
+        "this worker but no setting names it any more; refresh --remove-leftovers deletes " +
+        "what is listed, or set it again to keep it",
+    );
+  }
+  const workersDev = await attempt(() => setWorkersDev(config, counted));
+  if (workersDev) {
+    result.workersDev = workersDev.url ?? false;
+    ctx.log(`Cloudflare: workers.dev ${workersDev.url ?? "off"}`);
+    if (workersDev.problem) {
+      (result.warnings ??= []).push(`WORKER_WORKERS_DEV: ${workersDev.problem}`);
+    }
+  }
+  if (changed.length > 0) result.changed = changed;
+  if (failed.length > 0) result.failed = failed;
+  return newDomain;
+}
+
+/**
+ * Fetches `url` until it answers 2xx, for a while, since a deploy takes
+ * seconds to spread. With `waitForCertificate` (a custom domain attached just
+ * now) it keeps trying for minutes, reporting on `progress`, and answers
+ * `"certificate pending"` when the host still cannot be reached over TLS.
+ */
+export async function verify(
+  url: string,
+  ctx: Context,
+  options: { waitForCertificate?: boolean; progress?: (line: string) => void } = {},
+): Promise<"verified" | "certificate pending"> {
+  const progress = options.progress ?? ctx.log;
+  const pauseMs = options.waitForCertificate ? CERTIFICATE_PAUSE_MS : VERIFY_PAUSE_MS;
+  const attempts = options.waitForCertificate
+    ? Math.ceil(CERTIFICATE_WAIT_MS / CERTIFICATE_PAUSE_MS) + 1
+    : VERIFY_ATTEMPTS;
   let last = "";
-  for (let attempt = 1; attempt <= VERIFY_ATTEMPTS; attempt++) {
+  // A failed connection or 525/526 (Cloudflare's TLS errors) is what a missing certificate looks like.
+  let noTls = false;
+  for (let attempt = 1; attempt <= attempts; attempt++) {
     try {
       const response = await ctx.fetch(url, {
         method: "GET",
@@ -1734,19 +2270,28 @@ export async function verify(url: string, ctx: Context): Promise<void> {
       await response.body?.cancel();
       if (response.ok) {
         ctx.log(`Verify: ${url} answered ${response.status}`);
-        return;
+        return "verified";
       }
       last = `answered ${response.status}`;
+      noTls = response.status === 525 || response.status === 526;
     } catch (error) {
       last = `failed: ${(error as Error).message}`;
+      noTls = true;
     }
-    ctx.log(
-      `Verify: ${url} ${last} (attempt ${attempt} of ${VERIFY_ATTEMPTS})`,
-    );
-    if (attempt < VERIFY_ATTEMPTS) await ctx.sleep(VERIFY_PAUSE_MS);
+    if (options.waitForCertificate) {
+      progress(
+        `Verify: ${url} ${last}; waiting for the new custom domain's certificate ` +
+          `(${formatDuration((attempt - 1) * pauseMs / 1000)} of up to ` +
+          `${formatDuration(CERTIFICATE_WAIT_MS / 1000)})`,
+      );
+    } else {
+      ctx.log(`Verify: ${url} ${last} (attempt ${attempt} of ${attempts})`);
+    }
+    if (attempt < attempts) await ctx.sleep(pauseMs);
   }
+  if (options.waitForCertificate && noTls) return "certificate pending";
   throw new ApiError(
-    `The worker is deployed, but ${url} ${last} after ${VERIFY_ATTEMPTS} attempts. ` +
+    `The worker is deployed, but ${url} ${last} after ${attempts} attempts. ` +
       "Check that the route or domain points at the worker and that the file exists " +
       "(try the same path with `main.ts dev`).",
     { service: "Verify", status: 0, code: "verify_failed" },
@@ -1820,7 +2365,7 @@ export async function signPurge(
 export async function purgeUrl(
   config: Config,
   ctx: Context,
-  options: { url?: string; subdomain?: () => Promise<string> },
+  options: { url?: string; subdomain?: () => Promise<string | undefined> },
 ): Promise<string> {
   const cloudflare = config.cloudflare;
   let origin = options.url;
@@ -1836,8 +2381,8 @@ export async function purgeUrl(
   }
   if (!origin && config.verifyUrl) origin = new URL(config.verifyUrl).origin;
   if (!origin && cloudflare) {
-    const subdomain = await (options.subdomain ?? (() => workersDevSubdomain(cloudflare, ctx)))();
-    origin = `https://${cloudflare.workerName}.${subdomain}.workers.dev`;
+    const subdomain = await (options.subdomain ?? (() => accountSubdomain(cloudflare, ctx)))();
+    if (subdomain) origin = `https://${cloudflare.workerName}.${subdomain}.workers.dev`;
   }
   if (!origin) {
     throw new ConfigError([
@@ -2039,6 +2584,12 @@ export interface StatusReport {
   cacheMode?: string;
   /** Its `cache_options` as Cloudflare reports them, or `unknown` when it does not. */
   cacheOptions?: CacheOptions | "unknown";
+  /** Where the worker answers: its route, custom domain and workers.dev URL. */
+  urls?: string[];
+  /** Routes and custom domains that run the worker but are no longer configured. */
+  leftovers?: string[];
+  /** Worth a look, without making the token unhealthy. */
+  warnings?: string[];
 }
 
 /** Reads the deployed worker's bindings and judges its token against `minRemaining` seconds. */
@@ -2049,6 +2600,8 @@ export async function status(
     minRemaining: number;
     /** The configured edge cache; the deployed `cache_options` must agree with it. */
     cacheMode?: CacheMode;
+    /** Also list where the worker answers, its leftovers and warnings (more API calls). */
+    survey?: boolean;
   },
 ): Promise<StatusReport> {
   const report: StatusReport = { worker: config.workerName, healthy: false };
@@ -2060,6 +2613,7 @@ export async function status(
       problem: `worker "${config.workerName}" does not exist; run refresh`,
     };
   }
+  if (options.survey) await survey(config, report, ctx);
   const plain = (name: string) =>
     bindings.find((b) => b.name === name && b.type === "plain_text")?.text;
   if (
@@ -2124,6 +2678,74 @@ export async function status(
   return { ...report, healthy: true };
 }
 
+/**
+ * Where the worker answers and what else runs it: the configured route and
+ * custom domain, workers.dev, and leftovers. A call the token may not make
+ * becomes a warning; the token's health does not depend on this.
+ */
+async function survey(config: CloudflareConfig, report: StatusReport, ctx: Context): Promise<void> {
+  const urls: string[] = [];
+  const warnings: string[] = [];
+  const tryRead = async <T>(what: string, read: () => Promise<T>) => {
+    try {
+      return await read();
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      warnings.push(`cannot read ${what}: ${error.message}`);
+      return undefined;
+    }
+  };
+  const routes = config.zoneId
+    ? await tryRead("the zone's routes", () => listRoutes(config, ctx))
+    : undefined;
+  const domains = await tryRead("the custom domains", () => listDomains(config, ctx));
+  const held = (what: string, by: string | undefined) =>
+    by
+      ? `${what} runs ${by}, not this worker; ${TAKE_OVER_COMMAND} moves it`
+      : `${what} is not set up; run refresh`;
+  if (config.route && routes) {
+    const route = routes.find((r) => r.pattern === config.route);
+    if (route?.script === config.workerName) urls.push(`route ${config.route}`);
+    else {
+      warnings.push(
+        held(
+          `route ${config.route}`,
+          route && (route.script ? `worker "${route.script}"` : "no worker"),
+        ),
+      );
+    }
+  }
+  if (config.domain && domains) {
+    const domain = domains.find((d) => d.hostname === config.domain);
+    if (domain?.service === config.workerName) urls.push(`https://${config.domain}/`);
+    else {warnings.push(
+        held(`custom domain ${config.domain}`, domain && `worker "${domain.service}"`),
+      );}
+  }
+  const workersDev = await tryRead("the workers.dev setting", () => readWorkersDev(config, ctx));
+  if (workersDev?.url) urls.push(workersDev.url);
+  if (workersDev && workersDev.enabled !== config.workersDev) {
+    warnings.push(
+      `workers.dev is ${workersDev.enabled ? "on" : "off"}, but WORKER_WORKERS_DEV asks for ` +
+        `${config.workersDev ? "on" : "off"}; run refresh`,
+    );
+  }
+  if (workersDev?.problem) warnings.push(workersDev.problem);
+  const leftovers = findLeftovers(config, {
+    ...(routes && { routes }),
+    ...(domains && { domains }),
+  }).map((l) => `${l.kind} ${l.name}`);
+  if (leftovers.length > 0) {
+    report.leftovers = leftovers;
+    warnings.push(
+      `${leftovers.join(", ")} still run${leftovers.length === 1 ? "s" : ""} this worker but ` +
+        "no setting names it; refresh --remove-leftovers deletes it",
+    );
+  }
+  report.urls = urls;
+  if (warnings.length > 0) report.warnings = warnings;
+}
+
 /** Once a day at 04:17 UTC: an odd minute, away from the top-of-the-hour rush. */
 const DEFAULT_SCHEDULE = "17 4 * * *";
 /** Failed scheduled runs are tried again after 1, 5 and 15 minutes. */
@@ -2162,7 +2784,7 @@ export async function refreshIfDue(
         formatDuration(config.refreshMargin),
     };
   }
-  const result = await refresh(config, ctx, { module });
+  const result = await refresh(config, ctx, { module, unattended: true });
   return {
     refreshed: true,
     reason: `${report.problem}; refreshed until ${result.expiresAt}`,
@@ -2186,8 +2808,10 @@ export function scheduleRefresh(
     async () => {
       const result = await refresh(config, ctx, {
         module: await options.module,
+        unattended: true,
       });
       options.report(summary(result));
+      for (const warning of result.warnings ?? []) options.report(`warning: ${warning}`);
     },
   );
 }
@@ -2407,6 +3031,10 @@ Flags:
   --json                 one JSON object on stdout instead of a line
   --dry-run              refresh: do the B2 steps, show the upload, upload nothing
   --verify <url>         refresh: fetch this URL afterwards; fail unless it answers 2xx
+  --take-over            refresh, by hand, once: move WORKER_ROUTE / WORKER_DOMAIN from
+                         another Worker, deleting the DNS record that blocks a custom domain
+  --remove-leftovers     refresh: delete routes and custom domains that run this worker
+                         but are no longer configured
   --min-remaining <d>    status: least acceptable time left (default 48h)
   --prefix <path>        purge: every path that starts with this (repeatable);
                          sign: a link for every path under it, instead of one <path>
@@ -2449,19 +3077,25 @@ export function redact(text: string, secrets: Iterable<string>): string {
 
 function summary(result: RefreshResult): string {
   const where = result.prefix ? `prefix "${result.prefix}"` : "the whole bucket";
-  return `${result.deployed ? "Deployed" : "Would deploy"} worker "${result.worker}" for bucket ` +
-    `"${result.bucket}" (${where}); token expires ${result.expiresAt}` +
+  const done = result.reusedUpload
+    ? `Kept worker "${result.worker}" uploaded at ${result.reusedUpload}`
+    : `${result.deployed ? "Deployed" : "Would deploy"} worker "${result.worker}"`;
+  return `${done} for bucket "${result.bucket}" (${where}); token expires ${result.expiresAt}` +
     (result.route ? `; route ${result.route}` : "") +
     (result.domain ? `; domain ${result.domain}` : "") +
+    (result.workersDev ? `; workers.dev ${result.workersDev}` : "") +
     (result.verified ? `; verified ${result.verified}` : "") +
     `; edge cache ${result.cacheMode}` +
     (result.purged ? `; purged everything: ${result.purged}` : "") +
+    (result.changed ?? []).map((line) => `\nChanged: ${line}`).join("") +
     (result.notice ? `\nNote: ${result.notice}` : "");
 }
 
 interface Flags {
   json: boolean;
   dryRun: boolean;
+  takeOver: boolean;
+  removeLeftovers: boolean;
   verbose: boolean;
   port: number;
   minRemaining: number;
@@ -2485,18 +3119,34 @@ async function runRefresh(
   io: Io,
   flags: Flags,
 ): Promise<number> {
-  const result = await refresh(config, ctx, {
-    module: await loadWorkerModule(),
-    dryRun: flags.dryRun,
-  });
+  let result: RefreshResult & { upload?: WorkerUpload };
+  let incomplete: IncompleteDeployError | undefined;
+  try {
+    result = await refresh(config, ctx, {
+      module: await loadWorkerModule(),
+      dryRun: flags.dryRun,
+      takeOver: flags.takeOver,
+      removeLeftovers: flags.removeLeftovers,
+      progress: (line) => io.stderr(line),
+    });
+  } catch (error) {
+    if (!(error instanceof IncompleteDeployError)) throw error;
+    incomplete = error;
+    result = error.result;
+  }
   const { upload, ...facts } = result;
   if (flags.json) {
     io.stdout(JSON.stringify(
-      flags.dryRun ? { ...facts, metadata: maskSecrets(upload.metadata) } : facts,
+      flags.dryRun && upload ? { ...facts, metadata: maskSecrets(upload.metadata) } : facts,
     ));
   } else {
     io.stdout(summary(result));
-    if (flags.dryRun) io.stdout(describeUpload(upload));
+    if (flags.dryRun && upload) io.stdout(describeUpload(upload));
+  }
+  for (const warning of result.warnings ?? []) io.stderr(`warning: ${warning}`);
+  if (incomplete) {
+    io.stderr(`error: ${incomplete.message}`);
+    return 1;
   }
   return 0;
 }
@@ -2552,6 +3202,7 @@ async function runStatus(
   const report = await status(config.cloudflare!, ctx, {
     minRemaining: flags.minRemaining,
     cacheMode: config.worker.cacheMode,
+    survey: true,
   });
   if (flags.json) {
     io.stdout(JSON.stringify(report));
@@ -2567,7 +3218,9 @@ async function runStatus(
       : "";
     io.stdout(
       `${report.healthy ? "OK" : "CRITICAL"} - worker "${report.worker}": ` +
-        [facts, cache, report.problem].filter(Boolean).join("; "),
+        [facts, cache, report.problem].filter(Boolean).join("; ") +
+        (report.urls ? `\nAnswers at: ${report.urls.join(", ") || "nowhere"}` : "") +
+        (report.warnings ?? []).map((w) => `\nWarning: ${w}`).join(""),
     );
   }
   return report.healthy ? 0 : 1;
@@ -2900,6 +3553,8 @@ export function parseCommandLine(args: string[]): CommandLine {
         verbose: { type: "boolean", short: "v" },
         json: { type: "boolean" },
         "dry-run": { type: "boolean" },
+        "take-over": { type: "boolean" },
+        "remove-leftovers": { type: "boolean" },
         verify: { type: "string" },
         all: { type: "boolean" },
         prefix: { type: "string", multiple: true },
@@ -2961,6 +3616,12 @@ export function parseCommandLine(args: string[]): CommandLine {
   } else if (purgeRequest.all) {
     problems.push("--all is a flag of purge.");
   }
+  for (const flag of ["take-over", "remove-leftovers"] as const) {
+    // Only a person running refresh opts in; the scheduled runs never take anything over.
+    if (values[flag] && name !== "refresh") {
+      problems.push(`--${flag} only applies to refresh, run by hand, not to "${name}".`);
+    }
+  }
   const port = Number(values.port ?? 8787);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     problems.push(`--port must be a port number, not "${values.port}".`);
@@ -2984,6 +3645,8 @@ export function parseCommandLine(args: string[]): CommandLine {
     flags: {
       json: values.json ?? false,
       dryRun: values["dry-run"] ?? false,
+      takeOver: values["take-over"] ?? false,
+      removeLeftovers: values["remove-leftovers"] ?? false,
       verbose: values.verbose ?? false,
       port,
       minRemaining: minRemaining ?? 0,

@@ -218,6 +218,7 @@ Deno.test("parseConfig() applies the documented defaults", () => {
       auth: { email: "me@example.com", key: "global" },
       apiBaseUrl: "https://api.cloudflare.com/client/v4",
       workerName: "b2-private-cdn",
+      workersDev: true,
     },
     worker: {
       urlStyle: "plain",
@@ -322,7 +323,7 @@ Deno.test("refresh uploads the worker with the token only as a secret binding", 
     assert.equal(code, 0);
     assert.match(
       stdout,
-      /^Deployed worker "b2-private-cdn" for bucket "photos" \(prefix "site\/"\); token expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ; edge cache workers-cache$/,
+      /^Deployed worker "b2-private-cdn" for bucket "photos" \(prefix "site\/"\); token expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ; workers.dev https:\/\/b2-private-cdn.fake-subdomain.workers.dev\/; edge cache workers-cache$/,
     );
 
     const [authorize, list, downloadAuth, ...more] = w.b2.requests;
@@ -341,6 +342,7 @@ Deno.test("refresh uploads the worker with the token only as a secret binding", 
     assert.deepEqual(JSON.parse(list?.body ?? ""), {
       accountId: "fake-account",
       bucketName: "photos",
+      bucketTypes: ["all"],
     });
 
     const script = w.cloudflare.scripts.get("b2-private-cdn");
@@ -418,6 +420,7 @@ Deno.test("refresh resolves the bucket in as few round trips as the key allows",
     name: string;
     env: Record<string, string>;
     b2: FakeB2Options;
+    /** B2's calls, the upload, then workers.dev: the account's subdomain and the switch. */
     trips: number;
     listed: boolean;
   }[] = [
@@ -425,28 +428,28 @@ Deno.test("refresh resolves the bucket in as few round trips as the key allows",
       name: "name only, unrestricted key",
       env: {},
       b2: {},
-      trips: 4,
+      trips: 6,
       listed: true,
     },
     {
       name: "id only, unrestricted key",
       env: { B2_BUCKET_NAME: "", B2_BUCKET_ID: "bucket-photos" },
       b2: {},
-      trips: 4,
+      trips: 6,
       listed: true,
     },
     {
       name: "both given",
       env: { B2_BUCKET_ID: "bucket-photos" },
       b2: {},
-      trips: 3,
+      trips: 5,
       listed: false,
     },
     {
       name: "id only, key restricted to the bucket",
       env: { B2_BUCKET_NAME: "", B2_BUCKET_ID: "bucket-photos" },
       b2: { restrictToBucket: "photos" },
-      trips: 3,
+      trips: 5,
       listed: false,
     },
   ];
@@ -486,7 +489,8 @@ Deno.test("refresh --json prints one object with the facts", async () => {
       bucket: "photos",
       prefix: "site/",
       deployed: true,
-      roundTrips: 4,
+      workersDev: "https://b2-private-cdn.fake-subdomain.workers.dev/",
+      roundTrips: 6,
       cacheMode: "workers-cache",
     });
   } finally {
@@ -720,27 +724,68 @@ Deno.test("refresh --verbose names each step and no secret", async () => {
 // Routes, domains, verify
 // ---------------------------------------------------------------------------
 
-Deno.test("refresh makes sure the route and domain point at the worker, once", async () => {
+const ZONE = "fake-zone-id";
+/** What Backblaze's guide left: a proxied CNAME to B2 and a route to the guide's worker. */
+const GUIDE_HOST = "files.example.com";
+const GUIDE_RECORD = {
+  id: "record-guide",
+  zone_id: ZONE,
+  zone_name: "example.com",
+  name: GUIDE_HOST,
+  type: "CNAME",
+  content: "f004.backblazeb2.com",
+  proxied: true,
+  ttl: 1,
+};
+
+/** A Worker this tool did not make, as the fake holds it. */
+function otherWorker(cf: FakeCloudflare, name: string): void {
+  const now = new Date().toISOString();
+  cf.scripts.set(name, {
+    metadata: { main_module: "worker.js", compatibility_date: "2024-01-01", bindings: [] },
+    module: "export default {}",
+    moduleContentType: "application/javascript+module",
+    uploads: 1,
+    modifiedOn: now,
+    createdOn: now,
+    subdomain: { enabled: false, previews_enabled: false },
+  });
+}
+
+function guideSetup(cf: FakeCloudflare): void {
+  otherWorker(cf, "b2-guide");
+  cf.dnsRecords.push({ ...GUIDE_RECORD });
+  cf.routes.set(ZONE, [{ id: "route-guide", pattern: `${GUIDE_HOST}/*`, script: "b2-guide" }]);
+}
+
+/** The requests that changed routes, custom domains or DNS records. */
+function triggerWrites(cf: FakeCloudflare): string[] {
+  return cf.requests
+    .filter((r) => r.method !== "GET" && /\/workers\/(routes|domains)|\/dns_records/.test(r.path))
+    .map((r) => `${r.method} ${r.path}`);
+}
+
+Deno.test("refresh points the route and domain at the worker; a second refresh changes nothing", async () => {
   const w = world();
   try {
     const env = {
-      CLOUDFLARE_ZONE_ID: "fake-zone-id",
+      CLOUDFLARE_ZONE_ID: ZONE,
       WORKER_ROUTE: "cdn.example.com/*",
       WORKER_DOMAIN: "media.example.com",
     };
     const first = await w.run(["refresh", "--json"], { env });
     assert.equal(first.code, 0, first.stderr);
-    assert.deepEqual(
-      [JSON.parse(first.stdout).route, JSON.parse(first.stdout).domain],
-      ["created", "created"],
-    );
+    const facts = JSON.parse(first.stdout);
+    assert.deepEqual([facts.route, facts.domain, facts.workersDev], ["created", "created", false]);
+    assert.match(first.stderr, /custom domain media\.example\.com is new: .*certificate/);
+    const writes = triggerWrites(w.cloudflare).length;
     const second = await w.run(["refresh"], { env });
+    assert.equal(second.code, 0, second.stderr);
     assert.match(second.stdout, /; route unchanged; domain unchanged; edge cache workers-cache$/);
+    assert.equal(second.stderr, "");
+    assert.equal(triggerWrites(w.cloudflare).length, writes);
     assert.deepEqual(
-      w.cloudflare.routes.get("fake-zone-id")?.map(({ pattern, script }) => ({
-        pattern,
-        script,
-      })),
+      w.cloudflare.routes.get(ZONE)?.map(({ pattern, script }) => ({ pattern, script })),
       [{ pattern: "cdn.example.com/*", script: "b2-private-cdn" }],
     );
     assert.deepEqual(
@@ -749,20 +794,399 @@ Deno.test("refresh makes sure the route and domain point at the worker, once", a
         service,
         zone_id,
       })),
-      [{
-        hostname: "media.example.com",
-        service: "b2-private-cdn",
-        zone_id: "fake-zone-id",
-      }],
+      [{ hostname: "media.example.com", service: "b2-private-cdn", zone_id: ZONE }],
     );
-    const third = await w.run(["refresh", "--worker-name", "other-worker"], {
-      env,
-    });
-    assert.match(third.stdout, /; route updated; domain updated; edge cache workers-cache$/);
-    assert.equal(w.cloudflare.routes.get("fake-zone-id")?.length, 1);
   } finally {
     await w.close();
   }
+});
+
+Deno.test("the guide's route is refused without --take-over, then moved to this worker", async () => {
+  const w = world();
+  try {
+    guideSetup(w.cloudflare);
+    const env = { CLOUDFLARE_ZONE_ID: ZONE, WORKER_ROUTE: `${GUIDE_HOST}/*` };
+    const refused = await w.run(["refresh", "--json"], { env });
+    assert.equal(refused.code, 1);
+    const facts = JSON.parse(refused.stdout);
+    assert.equal(facts.deployed, true);
+    assert.equal(facts.route, undefined);
+    assert.match(
+      refused.stderr,
+      /is deployed with a new download token.*site keeps working[^]*route "files\.example\.com\/\*".*runs worker "b2-guide"[^]*main\.ts refresh --take-over/,
+    );
+    assert.equal(w.cloudflare.routes.get(ZONE)?.[0]?.script, "b2-guide");
+
+    const moved = await w.run(["refresh", "--take-over"], { env });
+    assert.equal(moved.code, 0, moved.stderr);
+    assert.match(moved.stdout, /; route taken over; edge cache workers-cache\n/);
+    assert.match(
+      moved.stdout,
+      /Changed: route files\.example\.com\/\* now runs this worker instead of worker "b2-guide"/,
+    );
+    assert.deepEqual(w.cloudflare.routes.get(ZONE), [
+      { id: "route-guide", pattern: `${GUIDE_HOST}/*`, script: "b2-private-cdn" },
+    ]);
+    // The route moves the site with no DNS change: the guide's record stays.
+    assert.deepEqual(w.cloudflare.dnsRecords, [GUIDE_RECORD]);
+
+    const again = await w.run(["refresh"], { env });
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, /; route unchanged; edge cache workers-cache$/);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("the guide's CNAME blocks WORKER_DOMAIN: refused with the fix, moved with --take-over", async (t) => {
+  const env = { CLOUDFLARE_ZONE_ID: ZONE, WORKER_DOMAIN: GUIDE_HOST };
+  const withPermissions = async (
+    permissions: string[],
+    test: (w: World) => Promise<void>,
+  ) => {
+    const w = world({
+      cloudflare: {
+        tokenPermissions: ["workers_scripts:edit", "workers_routes:edit", ...permissions],
+      },
+    });
+    try {
+      guideSetup(w.cloudflare);
+      await test(w);
+    } finally {
+      await w.close();
+    }
+  };
+  await t.step("a Workers-only token says a record exists and what would show it", async () => {
+    await withPermissions([], async (w) => {
+      const { code, stderr } = await w.run(["refresh"], { env });
+      assert.equal(code, 1);
+      assert.match(
+        stderr,
+        /custom domain "files\.example\.com".*has a DNS record .*lacks "DNS: Read".*100117/,
+      );
+      assert.match(stderr, /WORKER_ROUTE=files\.example\.com\/\*/);
+      assert.match(stderr, /main\.ts refresh --take-over.*"DNS: Edit".*certificate/);
+      assert.deepEqual(w.cloudflare.domains, []);
+    });
+  });
+  await t.step('with "DNS: Read" it names the record; --take-over needs "DNS: Edit"', async () => {
+    await withPermissions(["dns_records:read"], async (w) => {
+      const refused = await w.run(["refresh"], { env });
+      assert.equal(refused.code, 1);
+      assert.match(
+        refused.stderr,
+        /the DNS record CNAME files\.example\.com -> f004\.backblazeb2\.com \(proxied\)/,
+      );
+      const noEdit = await w.run(["refresh", "--take-over"], { env });
+      assert.equal(noEdit.code, 1);
+      assert.match(noEdit.stderr, /Cannot take over "files\.example\.com".*needs "DNS: Edit"/);
+      assert.equal(w.cloudflare.dnsRecords.length, 1);
+      assert.deepEqual(w.cloudflare.domains, []);
+    });
+  });
+  await t.step('with "DNS: Edit", --take-over deletes the record and attaches', async () => {
+    await withPermissions(["dns_records:edit"], async (w) => {
+      const { code, stdout, stderr } = await w.run(["refresh", "--take-over"], { env });
+      assert.equal(code, 0, stderr);
+      assert.match(
+        stdout,
+        /Changed: deleted DNS record CNAME files\.example\.com -> f004\.backblazeb2\.com/,
+      );
+      assert.match(stderr, /warning: custom domain files\.example\.com is new.*few minutes/);
+      assert.deepEqual(w.cloudflare.dnsRecords, []);
+      assert.deepEqual(
+        w.cloudflare.domains.map((d) => [d.hostname, d.service]),
+        [[GUIDE_HOST, "b2-private-cdn"]],
+      );
+      const again = await w.run(["refresh"], { env });
+      assert.match(again.stdout, /; domain unchanged; edge cache workers-cache$/);
+    });
+  });
+});
+
+Deno.test("another Worker's route and custom domain are refused, then taken over with --take-over", async () => {
+  const w = world();
+  try {
+    otherWorker(w.cloudflare, "other-worker");
+    w.cloudflare.routes.set(ZONE, [
+      { id: "route-other", pattern: "cdn.example.com/*", script: "other-worker" },
+    ]);
+    w.cloudflare.domains.push({
+      id: "domain-other",
+      zone_id: ZONE,
+      zone_name: "example.com",
+      hostname: "media.example.com",
+      service: "other-worker",
+      environment: "production",
+    });
+    const env = {
+      CLOUDFLARE_ZONE_ID: ZONE,
+      WORKER_ROUTE: "cdn.example.com/*",
+      WORKER_DOMAIN: "media.example.com",
+    };
+    const refused = await w.run(["refresh"], { env });
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /2 steps after the upload failed/);
+    assert.match(refused.stderr, /route "cdn\.example\.com\/\*".*runs worker "other-worker"/);
+    assert.match(
+      refused.stderr,
+      /custom domain "media\.example\.com".*of worker "other-worker" \(Cloudflare error 100116\).*--take-over/,
+    );
+    assert.deepEqual(triggerWrites(w.cloudflare), []);
+
+    const taken = await w.run(["refresh", "--take-over", "--json"], { env });
+    assert.equal(taken.code, 0, taken.stderr);
+    const facts = JSON.parse(taken.stdout);
+    assert.deepEqual([facts.route, facts.domain], ["taken over", "taken over"]);
+    assert.equal(facts.changed.length, 2);
+    const put = w.cloudflare.requests.find((r) =>
+      r.method === "PUT" && r.path.endsWith("/workers/domains")
+    );
+    assert.equal(JSON.parse(put!.body).override_existing_origin, true);
+    assert.equal(w.cloudflare.routes.get(ZONE)?.[0]?.script, "b2-private-cdn");
+    assert.equal(w.cloudflare.domains[0]?.service, "b2-private-cdn");
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("--take-over and --remove-leftovers are for a refresh run by hand only", async () => {
+  const w = world();
+  try {
+    for (const args of [["cron", "--take-over"], ["status", "--remove-leftovers"]]) {
+      const { code, stderr } = await w.run(args);
+      assert.equal(code, 2);
+      assert.match(stderr, /only applies to refresh/);
+    }
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("workers.dev is set on every deploy: on alone, off with a domain, as configured", async (t) => {
+  const w = world();
+  const scriptSubdomain = () => w.cloudflare.scripts.get("b2-private-cdn")?.subdomain;
+  const switches = () =>
+    w.cloudflare.requests.filter((r) => r.method === "POST" && r.path.endsWith("/subdomain"));
+  try {
+    await t.step("auto, with neither route nor domain: on, and the URL printed", async () => {
+      const { code, stdout } = await w.run(["refresh"]);
+      assert.equal(code, 0);
+      assert.match(
+        stdout,
+        /; workers\.dev https:\/\/b2-private-cdn\.fake-subdomain\.workers\.dev\/; edge cache workers-cache$/,
+      );
+      assert.deepEqual(scriptSubdomain(), { enabled: true, previews_enabled: false });
+      const [post] = switches();
+      assert.equal(post?.headers.get("cloudflare-workers-script-api-date"), "2025-08-01");
+      assert.deepEqual(JSON.parse(post!.body), { enabled: true, previews_enabled: false });
+    });
+    await t.step("auto, with a custom domain: off", async () => {
+      const env = { CLOUDFLARE_ZONE_ID: ZONE, WORKER_DOMAIN: "media.example.com" };
+      const { code, stdout } = await w.run(["refresh"], { env });
+      assert.equal(code, 0);
+      assert.doesNotMatch(stdout, /workers\.dev/);
+      assert.deepEqual(scriptSubdomain(), { enabled: false, previews_enabled: false });
+      // And set again on the next deploy, whatever it was in between.
+      w.cloudflare.scripts.get("b2-private-cdn")!.subdomain.enabled = true;
+      assert.equal((await w.run(["refresh"], { env })).code, 0);
+      assert.deepEqual(scriptSubdomain(), { enabled: false, previews_enabled: false });
+      assert.equal(switches().length, 3);
+      const { stdout: report } = await w.run(["status"], { env });
+      assert.match(report, /\nAnswers at: https:\/\/media\.example\.com\/$/);
+    });
+    await t.step("WORKER_WORKERS_DEV=on with a domain: on", async () => {
+      const env = {
+        CLOUDFLARE_ZONE_ID: ZONE,
+        WORKER_DOMAIN: "media.example.com",
+        WORKER_WORKERS_DEV: "on",
+      };
+      assert.equal((await w.run(["refresh"], { env })).code, 0);
+      assert.equal(scriptSubdomain()?.enabled, true);
+    });
+    await t.step("a bad value is a configuration error", async () => {
+      const { code, stderr } = await w.run(["refresh"], { env: { WORKER_WORKERS_DEV: "yes" } });
+      assert.equal(code, 2);
+      assert.match(stderr, /WORKER_WORKERS_DEV must be on, off or auto/);
+    });
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("an account without a workers.dev subdomain gets a clear message", async (t) => {
+  const w = world({ cloudflare: { workersDevSubdomain: null } });
+  try {
+    await t.step("the first upload: Cloudflare refuses it; the fix is named", async () => {
+      const { code, stderr } = await w.run(["refresh"]);
+      assert.equal(code, 1);
+      assert.match(
+        stderr,
+        /no workers\.dev subdomain yet.*https:\/\/dash\.cloudflare\.com\/fake-account-id\/workers\/onboarding/,
+      );
+    });
+    await t.step("an existing worker: deployed, with a warning instead of a failure", async () => {
+      otherWorker(w.cloudflare, "b2-private-cdn");
+      const { code, stdout, stderr } = await w.run(["refresh", "--json"]);
+      assert.equal(code, 0, stderr);
+      assert.equal(JSON.parse(stdout).workersDev, false);
+      assert.match(
+        stderr,
+        /warning: WORKER_WORKERS_DEV: this Cloudflare account has no workers\.dev/,
+      );
+      assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 2);
+    });
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("a restricted bucket is found by name", async () => {
+  const w = world({
+    b2: { buckets: [{ id: "bucket-photos", name: "photos", type: "restricted", files: [PHOTO] }] },
+  });
+  try {
+    const { code, stdout, stderr } = await w.run(["refresh", "--json"]);
+    assert.equal(code, 0, stderr);
+    assert.equal(JSON.parse(stdout).bucket, "photos");
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("a failed domain step after a good upload is reported, and retried without re-uploading", async () => {
+  const w = world();
+  try {
+    otherWorker(w.cloudflare, "other-worker");
+    w.cloudflare.domains.push({
+      id: "domain-other",
+      zone_id: ZONE,
+      zone_name: "example.com",
+      hostname: "media.example.com",
+      service: "other-worker",
+      environment: "production",
+    });
+    const env = { CLOUDFLARE_ZONE_ID: ZONE, WORKER_DOMAIN: "media.example.com" };
+    const first = await w.run(["refresh", "--json"], { env });
+    assert.equal(first.code, 1);
+    const facts = JSON.parse(first.stdout);
+    assert.equal(facts.deployed, true);
+    assert.equal(facts.failed.length, 1);
+    assert.match(
+      first.stderr,
+      /^error: Worker "b2-private-cdn" is deployed with a new download token/m,
+    );
+    assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 1);
+
+    const config = parseConfig({ ...w.env, ...env }, { b2: true, cloudflare: true });
+    const registered: Parameters<CronRegistrar>[] = [];
+    const reports: string[] = [];
+    scheduleRefresh(config, ctxFor(), {
+      module: "export default {}",
+      register: (...args) => registered.push(args),
+      report: (line) => reports.push(line),
+    });
+    const handler = registered[0]![3];
+    const authorizations = w.b2.requests.length;
+    // The scheduled retry still fails (it never takes over), without uploading again.
+    await assert.rejects(handler(), /was uploaded at .*100116/s);
+    assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 1);
+    // Once the other Worker lets go of the hostname, the retry finishes the job.
+    w.cloudflare.domains.splice(0, 1);
+    await handler();
+    assert.match(reports[0]!, /^Kept worker "b2-private-cdn" uploaded at .*; domain created/);
+    assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 1);
+    assert.equal(w.b2.requests.length, authorizations);
+    assert.equal(w.cloudflare.domains[0]?.service, "b2-private-cdn");
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("a changed route leaves a leftover: warned, listed by status, removed on request", async () => {
+  const w = world();
+  try {
+    const old = { CLOUDFLARE_ZONE_ID: ZONE, WORKER_ROUTE: "old.example.com/*" };
+    assert.equal((await w.run(["refresh"], { env: old })).code, 0);
+    const env = { CLOUDFLARE_ZONE_ID: ZONE, WORKER_ROUTE: "cdn.example.com/*" };
+    const moved = await w.run(["refresh", "--json"], { env });
+    assert.equal(moved.code, 0, moved.stderr);
+    assert.deepEqual(JSON.parse(moved.stdout).leftovers, ["route old.example.com/*"]);
+    assert.match(moved.stderr, /warning: route old\.example\.com\/\* still runs this worker/);
+    const report = await w.run(["status", "--json"], { env });
+    assert.equal(report.code, 0);
+    const facts = JSON.parse(report.stdout);
+    assert.deepEqual(facts.leftovers, ["route old.example.com/*"]);
+    assert.deepEqual(facts.urls, ["route cdn.example.com/*"]);
+    assert.equal(w.cloudflare.routes.get(ZONE)?.length, 2);
+
+    const removed = await w.run(["refresh", "--remove-leftovers"], { env });
+    assert.equal(removed.code, 0, removed.stderr);
+    assert.match(removed.stdout, /Changed: removed route old\.example\.com\/\*/);
+    assert.deepEqual(w.cloudflare.routes.get(ZONE)?.map((r) => r.pattern), ["cdn.example.com/*"]);
+    assert.equal((await w.run(["status", "--json"], { env })).stdout.includes("leftovers"), false);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("--verify waits minutes for a new custom domain's certificate, with progress", async (t) => {
+  const env = {
+    CLOUDFLARE_ZONE_ID: ZONE,
+    WORKER_DOMAIN: "media.example.com",
+    VERIFY_URL: "https://media.example.com/cat.jpg",
+  };
+  /** The real fetch for the fakes; the new hostname fails TLS `failures` times. */
+  const tlsFailing = (failures: number): typeof fetch => (input, init) => {
+    const url = new URL(input instanceof Request ? input.url : input);
+    if (url.hostname !== "media.example.com") return fetch(input, init);
+    if (failures-- > 0) {
+      return Promise.reject(new TypeError("invalid peer certificate: UnknownIssuer"));
+    }
+    return Promise.resolve(new Response("cat"));
+  };
+  await t.step("the certificate arrives after a few minutes", async () => {
+    const w = world();
+    try {
+      const { code, stdout, stderr } = await w.run(["refresh"], {
+        env,
+        ctx: { fetch: tlsFailing(12) },
+      });
+      assert.equal(code, 0, stderr);
+      assert.match(
+        stdout,
+        /; verified https:\/\/media\.example\.com\/cat\.jpg; edge cache workers-cache$/,
+      );
+      assert.match(
+        stderr,
+        /waiting for the new custom domain's certificate \(2m 45s of up to 10m 0s\)/,
+      );
+      assert.equal(w.sleeps.filter((ms) => ms === 15_000).length, 12);
+    } finally {
+      await w.close();
+    }
+  });
+  await t.step(
+    "still no certificate after ten minutes: said plainly, not a failed deploy",
+    async () => {
+      const w = world();
+      try {
+        const { code, stdout, stderr } = await w.run(["refresh", "--json"], {
+          env,
+          ctx: { fetch: tlsFailing(Infinity) },
+        });
+        assert.equal(code, 0, stderr);
+        assert.equal(JSON.parse(stdout).verified, undefined);
+        assert.match(
+          stderr,
+          /warning: .*certificate of the new custom domain .* is still being issued/,
+        );
+        assert.equal(w.sleeps.reduce((a, b) => a + b, 0), 10 * 60_000);
+      } finally {
+        await w.close();
+      }
+    },
+  );
 });
 
 Deno.test("refresh --verify fails with exit 1 unless the URL answers 2xx", async (t) => {
@@ -841,7 +1265,7 @@ Deno.test("status exits 0 when healthy, 1 when expiring or missing", async (t) =
       assert.equal(code, 0);
       assert.match(
         stdout,
-        /^OK - worker "b2-private-cdn": token expires \S+ \(6d 23h left, issued 0s ago\); edge cache workers-cache \(cache_options \{"enabled":true,"cross_version_cache":true\}\)$/,
+        /^OK - worker "b2-private-cdn": token expires \S+ \(6d 23h left, issued 0s ago\); edge cache workers-cache \(cache_options \{"enabled":true,"cross_version_cache":true\}\)\nAnswers at: https:\/\/b2-private-cdn.fake-subdomain.workers.dev\/$/,
       );
     });
     await t.step("five days later, with 2 days required", async () => {
@@ -869,7 +1293,7 @@ Deno.test("status exits 0 when healthy, 1 when expiring or missing", async (t) =
       assert.equal(code, 1);
       assert.match(
         stdout,
-        /^CRITICAL .*-1d 0h left.*the download token has expired; run refresh$/,
+        /^CRITICAL .*-1d 0h left.*the download token has expired; run refresh$/m,
       );
     });
     await t.step("wrong account", async () => {
@@ -1098,7 +1522,7 @@ Deno.test("every upload says which cache it uses, and status reads it back", asy
       assert.equal(code, 1);
       assert.match(
         stdout,
-        /^CRITICAL .*Cloudflare reports cache_options \{"enabled":true\} where workers-cache needs \{"enabled":true,"cross_version_cache":true\}; run refresh \(a full upload sets it\)$/,
+        /^CRITICAL .*Cloudflare reports cache_options \{"enabled":true\} where workers-cache needs \{"enabled":true,"cross_version_cache":true\}; run refresh \(a full upload sets it\)$/m,
       );
       const other = await p.run(["status"], { WORKER_CACHE_MODE: "cache-api" });
       assert.match(other.stdout, /caches with workers-cache, WORKER_CACHE_MODE says cache-api/);
@@ -1107,7 +1531,7 @@ Deno.test("every upload says which cache it uses, and status reads it back", asy
       delete p.w.cloudflare.scripts.get("b2-private-cdn")!.metadata.cache_options;
       const { code, stdout } = await p.run(["status"]);
       assert.equal(code, 0);
-      assert.match(stdout, /edge cache workers-cache \(cache_options unknown\)$/);
+      assert.match(stdout, /edge cache workers-cache \(cache_options unknown\)$/m);
     });
     await t.step("render and --dry-run show the mode in force", async () => {
       const render = await p.run(["render"], { WORKER_CACHE_TTL: "0" });
@@ -1132,7 +1556,9 @@ Deno.test("refresh purges everything when what URLs serve changes, once the new 
     await t.step("a token-only refresh purges nothing and keeps its round trips", async () => {
       const { code, stdout } = await p.run(["refresh", "--json"]);
       assert.equal(code, 0);
-      assert.equal(JSON.parse(stdout).roundTrips, 4);
+      // 3 to B2 (the settings read goes alongside its authorize), the upload, then the
+      // domain's zone lists (routes, domains) and the workers.dev switch (subdomain, setting).
+      assert.equal(JSON.parse(stdout).roundTrips, 7);
       assert.equal(JSON.parse(stdout).purged, undefined);
       assert.equal(p.endpoint.requests, 0);
       assert.equal(p.w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 2);

@@ -33,8 +33,20 @@ export interface FakeFile {
 export interface FakeBucket {
   id: string;
   name: string;
+  /**
+   * `allPrivate`, `allPublic`, `snapshot`, `restricted` or `shared`.
+   * @default "allPrivate"
+   */
+  type?: string;
   files?: FakeFile[];
 }
+
+/**
+ * The bucket types `b2_list_buckets` answers when `bucketTypes` is not sent;
+ * `restricted` and `shared` buckets need `bucketTypes: ["all"]`
+ * (API_FACTS.md: List buckets; Backblaze's b2sdk always sends "all").
+ */
+const DEFAULT_BUCKET_TYPES = ["allPublic", "allPrivate", "snapshot"];
 
 /** How the fake account and key look. */
 export interface FakeB2Options {
@@ -301,17 +313,26 @@ export class FakeB2 {
     if (restricted && bucketName !== restricted && !bucketId) {
       return b2Error(401, "unauthorized", `restricted to bucket ${restricted}`);
     }
+    const { bucketTypes = DEFAULT_BUCKET_TYPES } = json;
+    if (
+      !Array.isArray(bucketTypes) || bucketTypes.length === 0 ||
+      !bucketTypes.every((t) => typeof t === "string")
+    ) {
+      return b2Error(400, "bad_request", "bucketTypes must be a list of bucket types");
+    }
+    const typeWanted = (type: string) => bucketTypes.includes("all") || bucketTypes.includes(type);
     const buckets = this.#options.buckets.filter((b) =>
       (bucketName === undefined || b.name === bucketName) &&
       (bucketId === undefined || b.id === bucketId) &&
-      (!restricted || b.name === restricted)
+      (!restricted || b.name === restricted) &&
+      typeWanted(b.type ?? "allPrivate")
     );
     return Response.json({
       buckets: buckets.map((b) => ({
         accountId: ACCOUNT_ID,
         bucketId: b.id,
         bucketName: b.name,
-        bucketType: "allPrivate",
+        bucketType: b.type ?? "allPrivate",
       })),
     });
   }

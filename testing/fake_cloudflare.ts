@@ -6,7 +6,10 @@
  * `../shared/API_FACTS.md`): credentials and token permissions, the account and
  * zone in the path, the multipart shape of a module-worker upload, binding and
  * script names, route patterns against the zone, custom domains against the
- * zone and the stored workers. Every answer uses Cloudflare's envelope
+ * zone, the stored workers, other Workers' domains and the zone's DNS records
+ * (refused with 100116 and 100117), DNS records behind "DNS: Read" and
+ * "DNS: Edit", and the workers.dev subdomain of the account and of each
+ * script. Every answer uses Cloudflare's envelope
  * `{ success, errors: [{ code, message }], messages, result }`. Faults can be
  * injected with {@linkcode FakeCloudflare.fail}.
  *
@@ -34,10 +37,16 @@ export interface FakeCloudflareOptions {
   /** Legacy global key (`X-Auth-Key`). @default "fake-global-key" */
   apiKey?: string;
   /**
-   * What the Bearer token may do; the legacy key may do everything.
+   * What the Bearer token may do; the legacy key may do everything. The DNS
+   * permissions are `dns_records:read` and `dns_records:edit`.
    * @default ["workers_scripts:edit", "workers_routes:edit"]
    */
   tokenPermissions?: string[];
+  /**
+   * The account's workers.dev subdomain; `null` models an account that never
+   * chose one. @default "fake-subdomain"
+   */
+  workersDevSubdomain?: string | null;
   /** @default [{ id: "fake-zone-id", name: "example.com" }] */
   zones?: { id: string; name: string }[];
   /** Added to every answer, to model a distant server. @default 0 */
@@ -75,6 +84,20 @@ export interface StoredScript {
   modifiedOn: string;
   /** ISO 8601 time of the first upload. */
   createdOn: string;
+  /** Whether it answers on workers.dev and on preview URLs. */
+  subdomain: { enabled: boolean; previews_enabled: boolean };
+}
+
+/** An ordinary DNS record of a zone, as `GET /zones/{zone}/dns_records` lists it. */
+export interface DnsRecord {
+  id: string;
+  zone_id: string;
+  zone_name: string;
+  name: string;
+  type: string;
+  content: string;
+  proxied: boolean;
+  ttl: number;
 }
 
 /** A route of a zone. */
@@ -157,12 +180,27 @@ export const CLOUDFLARE_ERROR_CODES = {
   bindingNameInUse: 10053,
   /** 400: a custom domain's hostname is not in the zone. */
   zoneNotFound: 10083,
+  /**
+   * 400: the account has no workers.dev subdomain, so a new Worker cannot be
+   * uploaded nor a Worker enabled on workers.dev (workers-sdk#9045, #14494).
+   */
+  subdomainRequired: 10063,
+  /** 409: the hostname is another Worker's custom domain (alchemy-run/alchemy-async#1384). */
+  customDomainInUse: 100116,
+  /** 409: the hostname has an ordinary DNS record (workers-sdk#9878, vm0-ai/vm0#33406). */
+  customDomainDnsConflict: 100117,
+  /** 404: no DNS record with this id. */
+  dnsRecordNotFound: 81044,
 } as const;
 
 const CODES = CLOUDFLARE_ERROR_CODES;
 const API_PREFIX = "/client/v4";
 const SCRIPTS_EDIT = "workers_scripts:edit";
 const ROUTES_EDIT = "workers_routes:edit";
+const DNS_READ = "dns_records:read";
+const DNS_EDIT = "dns_records:edit";
+/** The record types a custom domain cannot share its hostname with (API_FACTS.md: Custom domains). */
+const CONFLICTING_RECORD_TYPES = ["A", "AAAA", "CNAME"];
 const MODULE_TYPE = "application/javascript+module";
 const SUPPORTED_BINDINGS = ["plain_text", "secret_text"];
 const BINDING_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -193,11 +231,14 @@ interface Call {
   zone: string;
   script: string;
   route: string;
+  domain: string;
+  record: string;
 }
 
 interface Endpoint {
   pattern: RegExp;
-  permission: string;
+  /** Any one of these permissions lets the token call it. */
+  permission: string | string[];
   methods: Record<string, (call: Call) => Response | Promise<Response>>;
 }
 
@@ -207,6 +248,8 @@ export class FakeCloudflare {
   readonly scripts = new Map<string, StoredScript>();
   readonly routes = new Map<string, WorkerRoute[]>();
   readonly domains: WorkerDomain[] = [];
+  /** Ordinary DNS records of every zone; tests add the ones a zone starts with. */
+  readonly dnsRecords: DnsRecord[] = [];
   #faults: { pathPrefix: string; fault: CloudflareFault; left: number }[] = [];
   #hanging = new Set<() => void>();
   #server: Deno.HttpServer<Deno.NetAddr>;
@@ -252,6 +295,35 @@ export class FakeCloudflare {
         PUT: (call) => this.#putDomain(call),
       },
     },
+    {
+      pattern: /^\/accounts\/(?<account>[^/]+)\/workers\/domains\/(?<domain>[^/]+)$/,
+      permission: SCRIPTS_EDIT,
+      methods: { DELETE: (call) => this.#deleteDomain(call) },
+    },
+    {
+      pattern: /^\/accounts\/(?<account>[^/]+)\/workers\/subdomain$/,
+      permission: SCRIPTS_EDIT,
+      methods: { GET: () => ok({ subdomain: this.#accountSubdomain() }) },
+    },
+    {
+      pattern: /^\/accounts\/(?<account>[^/]+)\/workers\/scripts\/(?<script>[^/]+)\/subdomain$/,
+      permission: SCRIPTS_EDIT,
+      methods: {
+        GET: (call) => ok(this.#script(call.script).subdomain),
+        POST: (call) => this.#setScriptSubdomain(call),
+      },
+    },
+    {
+      // API_FACTS.md: DNS permissions: reading needs "DNS: Read" (or Edit), deleting "DNS: Edit".
+      pattern: /^\/zones\/(?<zone>[^/]+)\/dns_records$/,
+      permission: [DNS_READ, DNS_EDIT],
+      methods: { GET: (call) => ok(this.#listDnsRecords(call)) },
+    },
+    {
+      pattern: /^\/zones\/(?<zone>[^/]+)\/dns_records\/(?<record>[^/]+)$/,
+      permission: DNS_EDIT,
+      methods: { DELETE: (call) => this.#deleteDnsRecord(call) },
+    },
   ];
 
   constructor(options: FakeCloudflareOptions = {}) {
@@ -263,6 +335,7 @@ export class FakeCloudflare {
       tokenPermissions: [SCRIPTS_EDIT, ROUTES_EDIT],
       zones: [{ id: "fake-zone-id", name: "example.com" }],
       latencyMs: 0,
+      workersDevSubdomain: "fake-subdomain",
       ...options,
     };
     this.#server = Deno.serve(
@@ -349,19 +422,25 @@ export class FakeCloudflare {
         );
       }
       const permissions = this.#authenticate(base.request.headers);
-      const { account = "", zone = "", script = "", route = "" } = decodeAll(
-        groups,
-      );
+      const {
+        account = "",
+        zone = "",
+        script = "",
+        route = "",
+        domain = "",
+        record = "",
+      } = decodeAll(groups);
       if (groups.account !== undefined && account !== this.#options.accountId) {
         throw unauthorizedResource();
       }
       if (groups.zone !== undefined && !this.#zoneById(zone)) {
         throw unauthorizedResource();
       }
-      if (permissions !== "all" && !permissions.includes(endpoint.permission)) {
+      const allowed = [endpoint.permission].flat();
+      if (permissions !== "all" && !allowed.some((p) => permissions.includes(p))) {
         throw new Refusal(403, CODES.authentication, "Authentication error");
       }
-      return handler({ ...base, account, zone, script, route });
+      return handler({ ...base, account, zone, script, route, domain, record });
     }
     throw noRoute();
   }
@@ -429,6 +508,10 @@ export class FakeCloudflare {
       );
     }
     const previous = this.scripts.get(call.script);
+    if (!previous && this.#options.workersDevSubdomain === null) {
+      // workers-sdk#14494: the first upload of a Worker on such an account is refused.
+      throw subdomainRequired();
+    }
     const now = new Date().toISOString();
     const stored: StoredScript = {
       metadata: { ...metadata, bindings: keptBindings(metadata, previous) },
@@ -437,6 +520,9 @@ export class FakeCloudflare {
       uploads: (previous?.uploads ?? 0) + 1,
       modifiedOn: now,
       createdOn: previous?.createdOn ?? now,
+      // Assumed, as the dashboard does: a new Worker answers on workers.dev until told
+      // otherwise. The tool sets it on every deploy, so its tests do not rest on this.
+      subdomain: previous?.subdomain ?? { enabled: true, previews_enabled: true },
     };
     this.scripts.set(call.script, stored);
     const etag = await sha256Hex(stored.module);
@@ -578,6 +664,7 @@ export class FakeCloudflare {
       zone_id,
       zone_name,
       environment = "production",
+      override_existing_origin,
     } = readJson(call);
     if (typeof hostname !== "string" || !HOSTNAME.test(hostname)) {
       throw parseBody(
@@ -606,6 +693,26 @@ export class FakeCloudflare {
     }
     this.#script(service);
     const existing = this.domains.findIndex((d) => d.hostname === hostname);
+    const holder = this.domains[existing];
+    if (holder && holder.service !== service && override_existing_origin !== true) {
+      // alchemy-run/alchemy-async#1384 quotes this refusal; API_FACTS.md: Custom domains.
+      throw new Refusal(
+        409,
+        CODES.customDomainInUse,
+        `Hostname '${hostname}' already in use by other custom domain. Either delete it, ` +
+          "try a different hostname, or use the option 'override_existing_origin' to override.",
+      );
+    }
+    if (this.#recordsNamed(zone.id, hostname).length > 0) {
+      // No flag clears this one: `override_existing_dns_record` only applies to another
+      // Worker's record (workers-sdk#9878, as quoted in vm0-ai/vm0#33406); API_FACTS.md.
+      throw new Refusal(
+        409,
+        CODES.customDomainDnsConflict,
+        `Hostname '${hostname}' already has externally managed DNS records (A, CNAME, etc). ` +
+          "Delete them first or try a different hostname.",
+      );
+    }
     const domain: WorkerDomain = {
       id: this.domains[existing]?.id ?? randomId(),
       zone_id: zone.id,
@@ -617,6 +724,66 @@ export class FakeCloudflare {
     if (existing >= 0) this.domains[existing] = domain;
     else this.domains.push(domain);
     return ok(domain);
+  }
+
+  #deleteDomain(call: Call): Response {
+    const index = this.domains.findIndex((d) => d.id === call.domain);
+    if (index < 0) {
+      throw new Refusal(404, CODES.notFound, "workers.api.error.not_found");
+    }
+    this.domains.splice(index, 1);
+    return ok(null);
+  }
+
+  /** GET /accounts/{id}/workers/subdomain; wrangler takes code 10007 to mean "none chosen yet". */
+  #accountSubdomain(): string {
+    const subdomain = this.#options.workersDevSubdomain;
+    if (subdomain === null) {
+      throw new Refusal(404, CODES.workerNotFound, "workers.api.error.subdomain_not_found");
+    }
+    return subdomain;
+  }
+
+  /** POST /accounts/{id}/workers/scripts/{name}/subdomain `{ enabled, previews_enabled? }`. */
+  #setScriptSubdomain(call: Call): Response {
+    const stored = this.#script(call.script);
+    const { enabled, previews_enabled } = readJson(call);
+    if (typeof enabled !== "boolean") throw parseBody("enabled must be a boolean");
+    if (previews_enabled !== undefined && typeof previews_enabled !== "boolean") {
+      throw parseBody("previews_enabled must be a boolean");
+    }
+    if ((enabled || previews_enabled) && this.#options.workersDevSubdomain === null) {
+      throw subdomainRequired();
+    }
+    stored.subdomain = {
+      enabled,
+      previews_enabled: previews_enabled ?? stored.subdomain.previews_enabled,
+    };
+    return ok(stored.subdomain);
+  }
+
+  #listDnsRecords(call: Call): DnsRecord[] {
+    const name = call.url.searchParams.get("name");
+    const type = call.url.searchParams.get("type");
+    return this.dnsRecords.filter((r) =>
+      r.zone_id === call.zone && (name === null || r.name === name) &&
+      (type === null || r.type === type)
+    );
+  }
+
+  #deleteDnsRecord(call: Call): Response {
+    const index = this.dnsRecords.findIndex((r) => r.zone_id === call.zone && r.id === call.record);
+    if (index < 0) {
+      throw new Refusal(404, CODES.dnsRecordNotFound, "Record does not exist.");
+    }
+    this.dnsRecords.splice(index, 1);
+    return ok({ id: call.record });
+  }
+
+  #recordsNamed(zoneId: string, hostname: string): DnsRecord[] {
+    return this.dnsRecords.filter((r) =>
+      r.zone_id === zoneId && r.name === hostname && CONFLICTING_RECORD_TYPES.includes(r.type)
+    );
   }
 
   #script(name: string): StoredScript {
@@ -684,6 +851,16 @@ function faultResponse(fault: CloudflareFault): Response {
     fault.message ?? "injected fault",
   );
   return refusalResponse(refusal, headers);
+}
+
+function subdomainRequired(): Refusal {
+  return new Refusal(
+    400,
+    CODES.subdomainRequired,
+    "You need a workers.dev subdomain in order to proceed. Please go to the dashboard and open " +
+      "the Workers menu. Opening the Workers landing page for the first time will create a " +
+      "workers.dev subdomain automatically.",
+  );
 }
 
 function noRoute(): Refusal {

@@ -228,6 +228,7 @@ Deno.test("upload stores a module worker and answers like Cloudflare", async () 
       uploads: 2,
       modifiedOn: "",
       createdOn: "",
+      subdomain: { enabled: true, previews_enabled: true },
     });
     const recorded = cf.requests[0];
     assert.equal(recorded?.method, "PUT");
@@ -497,11 +498,19 @@ Deno.test("custom domains are replaced per hostname and checked against zone and
       zone_name: "example.com",
     });
 
+    await t.step("another Worker's hostname is refused with 100116", async () => {
+      const answer = await call(cf, "PUT", DOMAINS, {
+        json: { ...domain, service: "other" },
+      });
+      assertRefused(answer, 409, CODES.customDomainInUse);
+      assert.match(answer.json.errors[0].message, /override_existing_origin/);
+      assert.deepEqual(cf.domains, [first.json.result]);
+    });
     await t.step(
-      "a second PUT for the hostname replaces the record, keeping its id",
+      "with override_existing_origin it is re-pointed, keeping its id",
       async () => {
         const second = await call(cf, "PUT", DOMAINS, {
-          json: { ...domain, service: "other" },
+          json: { ...domain, service: "other", override_existing_origin: true },
         });
         assert.equal(second.json.result.id, first.json.result.id);
         assert.deepEqual(cf.domains, [second.json.result]);
@@ -583,3 +592,102 @@ Deno.test("latencyMs delays every answer", async () => {
     assert.ok(performance.now() - started >= 55);
   });
 });
+
+Deno.test("a hostname with an A, AAAA or CNAME record is refused with 100117, whatever the flags", async () => {
+  await withFake({}, async (cf) => {
+    await upload(cf, workerForm());
+    cf.dnsRecords.push(dnsRecord({ name: "files.example.com", type: "CNAME" }));
+    cf.dnsRecords.push(dnsRecord({ name: "mail.example.com", type: "TXT" }));
+    const json = { hostname: "files.example.com", service: "cdn", zone_id: "fake-zone-id" };
+    for (const flags of [{}, { override_existing_origin: true }]) {
+      const answer = await call(cf, "PUT", DOMAINS, { json: { ...json, ...flags } });
+      assertRefused(answer, 409, CODES.customDomainDnsConflict);
+      assert.match(answer.json.errors[0].message, /Hostname 'files\.example\.com' already has/);
+    }
+    const txtOnly = await call(cf, "PUT", DOMAINS, {
+      json: { ...json, hostname: "mail.example.com" },
+    });
+    assert.equal(txtOnly.status, 200, JSON.stringify(txtOnly.json));
+    cf.dnsRecords.splice(0, 1);
+    const after = await call(cf, "PUT", DOMAINS, { json });
+    assert.equal(after.status, 200, JSON.stringify(after.json));
+    const detach = await call(cf, "DELETE", `${DOMAINS}/${after.json.result.id}`);
+    assert.equal(detach.status, 200);
+    assert.deepEqual(cf.domains.map((d) => d.hostname), ["mail.example.com"]);
+  });
+});
+
+Deno.test("DNS records need dns_records:read to list and dns_records:edit to delete", async (t) => {
+  const record = dnsRecord({ name: "files.example.com", type: "CNAME" });
+  const list = "/zones/fake-zone-id/dns_records?name=files.example.com";
+  const one = `/zones/fake-zone-id/dns_records/${record.id}`;
+  await t.step("a Workers-only token may do neither", async () => {
+    await withFake({}, async (cf) => {
+      cf.dnsRecords.push(record);
+      assertRefused(await call(cf, "GET", list), 403, CODES.authentication);
+      assertRefused(await call(cf, "DELETE", one), 403, CODES.authentication);
+      assert.equal(cf.dnsRecords.length, 1);
+    });
+  });
+  await t.step("DNS: Read lists by name, but may not delete", async () => {
+    await withFake({ tokenPermissions: ["dns_records:read"] }, async (cf) => {
+      cf.dnsRecords.push(record, dnsRecord({ name: "www.example.com", type: "A" }));
+      const answer = await call(cf, "GET", list);
+      assert.deepEqual(answer.json.result, [record]);
+      assertRefused(await call(cf, "DELETE", one), 403, CODES.authentication);
+    });
+  });
+  await t.step("DNS: Edit lists and deletes", async () => {
+    await withFake({ tokenPermissions: ["dns_records:edit"] }, async (cf) => {
+      cf.dnsRecords.push(record);
+      assert.equal((await call(cf, "GET", list)).json.result.length, 1);
+      assert.equal((await call(cf, "DELETE", one)).status, 200);
+      assertRefused(await call(cf, "DELETE", one), 404, CODES.dnsRecordNotFound);
+      assert.deepEqual(cf.dnsRecords, []);
+    });
+  });
+});
+
+Deno.test("workers.dev: the account's subdomain, and each script's switch", async (t) => {
+  const subdomain = `${SCRIPT}/subdomain`;
+  await t.step("an account with a subdomain", async () => {
+    await withFake({}, async (cf) => {
+      const account = await call(cf, "GET", `${ACCOUNT}/workers/subdomain`);
+      assert.deepEqual(account.json.result, { subdomain: "fake-subdomain" });
+      assertRefused(await call(cf, "GET", subdomain), 404, CODES.workerNotFound);
+      await upload(cf, workerForm());
+      const off = await call(cf, "POST", subdomain, {
+        json: { enabled: false, previews_enabled: false },
+      });
+      assert.deepEqual(off.json.result, { enabled: false, previews_enabled: false });
+      assert.deepEqual((await call(cf, "GET", subdomain)).json.result, off.json.result);
+      assertRefused(
+        await call(cf, "POST", subdomain, { json: { previews_enabled: true } }),
+        400,
+        CODES.parseBody,
+      );
+    });
+  });
+  await t.step("an account that never chose one", async () => {
+    await withFake({ workersDevSubdomain: null }, async (cf) => {
+      const account = await call(cf, "GET", `${ACCOUNT}/workers/subdomain`);
+      assertRefused(account, 404, CODES.workerNotFound);
+      const first = await upload(cf, workerForm());
+      assertRefused(first, 400, CODES.subdomainRequired);
+      assert.equal(cf.scripts.size, 0);
+    });
+  });
+});
+
+let recordId = 0;
+function dnsRecord(fields: { name: string; type: string }) {
+  return {
+    id: `record-${++recordId}`,
+    zone_id: "fake-zone-id",
+    zone_name: "example.com",
+    content: fields.type === "A" ? "192.0.2.1" : "f004.backblazeb2.com",
+    proxied: true,
+    ttl: 1,
+    ...fields,
+  };
+}
