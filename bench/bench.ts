@@ -37,7 +37,6 @@ import {
 } from "../main.ts";
 import { type FakeB2, type FakeB2Options, startFakeB2 } from "../testing/fake_b2.ts";
 import { startFakeCloudflare } from "../testing/fake_cloudflare.ts";
-import { checkSignedLink, type SigningConfig } from "../worker_template.ts";
 import type { LoadResult } from "./load.ts";
 
 const ROOT = new URL("../", import.meta.url);
