@@ -1,32 +1,37 @@
 /**
  * Measures what the worker adds to a visitor's request, how it streams a
- * large object, how few round trips a refresh makes and how fast the CLI
- * starts, all on this machine against the stand-in servers, and prints one
- * table (or, with `--json`, one JSON object) with the targets of issue 5.
+ * large object, how few round trips a refresh makes, how fast the CLI
+ * starts and what a signed link costs a request, all on this machine against
+ * the stand-in servers, and prints one table (or, with `--json`, one JSON
+ * object) with the targets of issues 5 and 11.
  *
  * ```sh
  * deno task bench            # deno run -A bench/bench.ts
  * deno task bench --json
  * deno task bench --load fetch   # the Deno fetch loop even where wrk is installed
+ * deno task bench --only signed-links   # the signature check's cost alone, under a minute
  * ```
  *
  * Everything runs on 127.0.0.1, every loop is bounded in time or count, and
  * every process and temporary directory it starts is gone when it ends. It
- * takes about two minutes on 2 cores.
+ * takes about three minutes on 2 cores.
  *
  * @module
  */
 
 import { stripTypeScriptTypes } from "node:module";
+import process from "node:process";
 import { parseArgs } from "node:util";
 import {
   type Config,
   defaultContext,
+  generateSigningKey,
   loadWorkerModule,
   type LocalWorker,
   parseConfig,
   refresh,
   type Settings,
+  signLink,
   startLocalWorker,
   type WorkerUpload,
   workerUpload,
@@ -75,6 +80,28 @@ const MAX_REFRESH_RATIO = 1.2;
  */
 const WORKERS_DEV_ROUND_TRIPS = 2;
 const MAX_ROUND_TRIPS = 4 + WORKERS_DEV_ROUND_TRIPS;
+
+// Signed links (issue 11). Shorter rounds than section 1 keep the section near 40 s; the CPU
+// figures come from nanosecond counters, so a round of a few thousand requests is enough.
+const SIGNED_ROUNDS = 5;
+const SIGNED_ROUND_SECONDS = 2;
+const SIGNED_PREFIX = "/members/";
+// The check runs before any cache lookup, so every request pays it with the cache on or off.
+// Off, each request is a hop to the origin (about 480 µs of workerd CPU here, p99 near 60 ms);
+// on, each is a hit in miniflare's simulated Cache API (about 600 µs, p99 near a second), a
+// larger and noisier base that would hide a difference of a few microseconds.
+const SIGNED_CACHE_TTL = "0";
+// The probe's repetitions per request: enough CPU time (tens of ms) that scheduling noise
+// is small against it, little enough that the whole probe takes a few seconds.
+const CHECK_REPETITIONS = 5_000;
+const CHECK_ROUNDS = 5;
+// Targets. A signed link may cost a request
+// under 50 µs of workerd CPU more than a public one: 0.5 % of the 10 ms of CPU a request gets on
+// Workers' free plan, a tenth of what our worker spends on an uncached request here. A public
+// path on a worker with protected prefixes only has its path compared, far below 10 µs: judged on
+// the check alone (checkInWorkerd), since the HTTP rounds swing by more than that.
+const MAX_SIGNED_EXTRA_CPU_US = 50;
+const MAX_PUBLIC_WITH_PREFIXES_EXTRA_CPU_US = 10;
 
 /** How the benchmark is run. */
 export interface BenchOptions {
@@ -169,6 +196,54 @@ export interface Target {
   detail: string;
 }
 
+/**
+ * The signed-link work of one request (read the bindings, parse the URL,
+ * check, set the browser headers) in workerd, repeated without HTTP around
+ * it: workerd CPU µs per repetition, medians across rounds.
+ */
+export interface CheckCost {
+  repetitions: number;
+  rounds: number;
+  /** No protected prefixes (the feature off), a public path. */
+  publicUs: number;
+  /** Prefixes on, a valid signed link. */
+  signedUs: number;
+  /** Prefixes on, a public path. */
+  publicWithPrefixesUs: number;
+  /** Median across rounds of signed minus public. */
+  signedExtraUs: number;
+  /** Median across rounds of publicWithPrefixes minus public. */
+  publicWithPrefixesExtraUs: number;
+}
+
+/** Section 5: what the signature check costs a request (issue 11). */
+export interface SignedLinkCost {
+  loadGenerator: string;
+  placement: string;
+  connections: number;
+  rounds: number;
+  roundSeconds: number;
+  /** The workers' WORKER_CACHE_TTL. */
+  cacheTtl: string;
+  /** Medians across rounds. A worker without protected prefixes, the object on its path. */
+  public: Throughput;
+  /** A worker protecting the path, the same object through a valid signed link. */
+  signed: Throughput;
+  /** That worker, the same bytes on a path it does not protect. */
+  publicWithPrefixes: Throughput;
+  /** Median across rounds of signed minus public workerd CPU per request, in µs. */
+  signedExtraCpuUs: number | null;
+  /** Median across rounds of publicWithPrefixes minus public workerd CPU per request, in µs. */
+  publicWithPrefixesExtraCpuUs: number | null;
+  /** Median across rounds of signed / public requests per second. */
+  signedRatio: number;
+  /** Median across rounds of publicWithPrefixes / public requests per second. */
+  publicWithPrefixesRatio: number;
+  /** The signed-link work alone, repeated in workerd; null without /proc. */
+  check: CheckCost | null;
+  perRound: { public: Throughput; signed: Throughput; publicWithPrefixes: Throughput }[];
+}
+
 /** Everything the run measured. */
 export interface BenchReport {
   date: string;
@@ -176,6 +251,7 @@ export interface BenchReport {
   deno: string;
   miniflare: string;
   workerOverhead: WorkerOverhead;
+  signedLinks: SignedLinkCost;
   streaming: StreamRun[];
   refresh: RefreshRun[];
   startup: Startup;
@@ -820,6 +896,259 @@ async function benchCompiled(): Promise<Pick<Startup, "compiledMs" | "compileErr
 }
 
 // ---------------------------------------------------------------------------
+// 5. Signed links
+// ---------------------------------------------------------------------------
+
+/** One load run against one case, with the workerd CPU it cost. */
+async function measureRun(
+  generator: LoadGenerator,
+  target: { url: string; pid: number | undefined; origin: FakeB2; seconds: number },
+): Promise<Throughput> {
+  // Requests the last run left in flight reach the origin late: let them land first.
+  await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
+  target.origin.requests.length = 0;
+  const cpuBefore = preciseCpuSeconds(target.pid);
+  const result = await generator.run(target.url, target.seconds);
+  const cpu = (preciseCpuSeconds(target.pid) ?? NaN) - (cpuBefore ?? NaN);
+  return {
+    requestsPerSecond: result.requests / (result.durationUs / 1e6),
+    workerdCpuUs: Number.isNaN(cpu) ? null : cpu * 1e6 / result.requests,
+    p50Ms: result.p50Us / 1000,
+    p99Ms: result.p99Us / 1000,
+    requests: result.requests,
+    errors: result.errors,
+    originRequests: target.origin.requests.length,
+  };
+}
+
+/**
+ * CPU time of every thread of a process, in seconds, from the nanoseconds
+ * of `/proc/<pid>/task/<tid>/schedstat`; the ticks of {@linkcode cpuSeconds}
+ * (10 ms) where that is missing. A difference of a few microseconds per
+ * request over a few thousand requests is below a tick's resolution.
+ */
+function preciseCpuSeconds(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    let nanoseconds = 0;
+    for (const task of Deno.readDirSync(`/proc/${pid}/task`)) {
+      const stat = Deno.readTextFileSync(`/proc/${pid}/task/${task.name}/schedstat`);
+      nanoseconds += Number(stat.split(" ")[0]);
+    }
+    return nanoseconds / 1e9;
+  } catch {
+    return cpuSeconds(pid);
+  }
+}
+
+/** Medians of runs of one case; counts summed. */
+function summarizeRuns(runs: Throughput[]): Throughput {
+  const sum = (pick: (t: Throughput) => number) => runs.reduce((n, t) => n + pick(t), 0);
+  return {
+    requestsPerSecond: median(runs.map((t) => t.requestsPerSecond)),
+    p50Ms: median(runs.map((t) => t.p50Ms)),
+    p99Ms: median(runs.map((t) => t.p99Ms)),
+    workerdCpuUs: runs.every((t) => t.workerdCpuUs !== null)
+      ? median(runs.map((t) => t.workerdCpuUs!))
+      : null,
+    requests: sum((t) => t.requests),
+    errors: sum((t) => t.errors),
+    originRequests: sum((t) => t.originRequests),
+  };
+}
+
+/**
+ * The signed-link work of one request in workerd, apart from HTTP:
+ * `check_probe_worker.ts` repeats it CHECK_REPETITIONS times per request,
+ * beside the worker's own module, and workerd's CPU time per repetition is
+ * taken, in alternated rounds, for a signed link, a public path with
+ * prefixes on, and the same public path with the feature off.
+ */
+async function checkInWorkerd(upload: WorkerUpload, key: string): Promise<CheckCost | null> {
+  const { Miniflare } = await import("miniflare");
+  const probe = await Deno.readTextFile(new URL("check_probe_worker.ts", import.meta.url));
+  const before = childPids();
+  const signals = ["SIGINT", "SIGTERM"] as const;
+  const listeners = signals.map((signal) => process.listeners(signal));
+  const miniflare = new Miniflare({
+    modulesRoot: "/",
+    modules: [
+      {
+        type: "ESModule",
+        path: "/bench/check_probe_worker.ts",
+        contents: stripTypeScriptTypes(probe, { mode: "transform" }),
+      },
+      { type: "ESModule", path: "/worker_template.ts", contents: upload.module },
+    ],
+    compatibilityDate: upload.metadata.compatibility_date,
+    bindings: Object.fromEntries(upload.metadata.bindings.map((b) => [b.name, b.text])),
+    host: "127.0.0.1",
+    port: 0,
+  });
+  // As startLocalWorker does: Ctrl-C is stopChildrenOnInterrupt's to handle.
+  signals.forEach((signal, i) => {
+    for (const listener of process.listeners(signal)) {
+      if (!listeners[i]!.includes(listener)) process.removeListener(signal, listener);
+    }
+  });
+  try {
+    const origin = (await miniflare.ready).origin;
+    const pid = [...childPids()].find((p) => !before.has(p) && commandName(p).includes("workerd"));
+    if (pid !== undefined && pinned) await pin(pid, WORKERD_CPU);
+    const now = Math.floor(Date.now() / 1000);
+    const link = await signLink("https://cdn.example.com", `${SIGNED_PREFIX}1k.bin`, {
+      key,
+      expires: now + 3600,
+    });
+    const cases = {
+      signed: { url: link.url, off: false, access: "signed" },
+      publicWithPrefixes: { url: "https://cdn.example.com/1k.bin", off: false, access: "public" },
+      public: { url: "https://cdn.example.com/1k.bin", off: true, access: "public" },
+    };
+    const run = async (name: keyof typeof cases, count: number) => {
+      const { url, off, access } = cases[name];
+      const query = new URLSearchParams({ n: String(count), url });
+      if (off) query.set("off", "");
+      const cpuBefore = preciseCpuSeconds(pid);
+      const response = await fetch(`${origin}/?${query}`);
+      const answer = await response.text();
+      const cpu = (preciseCpuSeconds(pid) ?? NaN) - (cpuBefore ?? NaN);
+      // A refusal or a wrong reading would make the figure meaningless.
+      if (answer !== access) throw new Error(`check probe: ${name} answered "${answer}"`);
+      return cpu * 1e6 / count;
+    };
+    for (const name of Object.keys(cases) as (keyof typeof cases)[]) {
+      await run(name, CHECK_REPETITIONS / 10);
+    }
+    const names = ["public", "signed", "publicWithPrefixes"] as const;
+    const perRound: Record<typeof names[number], number>[] = [];
+    for (let round = 0; round < CHECK_ROUNDS; round++) {
+      const figures: Partial<Record<typeof names[number], number>> = {};
+      for (let i = 0; i < names.length; i++) {
+        const name = names[(i + round) % names.length]!;
+        figures[name] = await run(name, CHECK_REPETITIONS);
+      }
+      perRound.push(figures as Record<typeof names[number], number>);
+    }
+    if (perRound.some((r) => Object.values(r).some(Number.isNaN))) return null;
+    return {
+      repetitions: CHECK_REPETITIONS,
+      rounds: CHECK_ROUNDS,
+      publicUs: median(perRound.map((r) => r.public)),
+      signedUs: median(perRound.map((r) => r.signed)),
+      publicWithPrefixesUs: median(perRound.map((r) => r.publicWithPrefixes)),
+      signedExtraUs: median(perRound.map((r) => r.signed - r.public)),
+      publicWithPrefixesExtraUs: median(perRound.map((r) => r.publicWithPrefixes - r.public)),
+    };
+  } finally {
+    await miniflare.dispose();
+  }
+}
+
+/**
+ * What the signature check adds to a request: one object served by a worker
+ * without protected prefixes, through a signed link by one with them, and on
+ * a public path by that same worker, in alternated rounds.
+ */
+async function benchSignedLinks(
+  module: string,
+  generator: LoadGenerator,
+): Promise<SignedLinkCost> {
+  await using stack = new AsyncDisposableStack();
+  const { placement } = stack.use(await pinning());
+  const key = generateSigningKey();
+  const body = new Uint8Array(SMALL_OBJECT).map((_, i) => i % 251);
+  const b2 = startFakeB2({
+    buckets: [{
+      id: "bucket-bench",
+      name: "bench",
+      files: [{ name: "1k.bin", body }, { name: `${SIGNED_PREFIX.slice(1)}1k.bin`, body }],
+    }],
+  });
+  stack.defer(() => b2.close());
+  const off = await startWorker(ourUpload(module, b2, { WORKER_CACHE_TTL: SIGNED_CACHE_TTL }));
+  stack.defer(() => off.dispose());
+  const onUpload = ourUpload(module, b2, {
+    WORKER_CACHE_TTL: SIGNED_CACHE_TTL,
+    WORKER_SIGNED_PREFIXES: SIGNED_PREFIX,
+    WORKER_SIGNING_KEY: key,
+  });
+  const check = await checkInWorkerd(onUpload, key);
+  const on = await startWorker(onUpload);
+  stack.defer(() => on.dispose());
+  const path = `${SIGNED_PREFIX}1k.bin`;
+  // Each round is seconds long; an hour outlives the run and stays within WORKER_SIGNED_MAX_TTL.
+  const link = await signLink(on.url, path, { key, expires: new Date(Date.now() + 3600_000) });
+  const targets = {
+    public: { url: `${off.url}${path}`, pid: off.pid },
+    signed: { url: link.url, pid: on.pid },
+    publicWithPrefixes: { url: `${on.url}/1k.bin`, pid: on.pid },
+  };
+  // Measuring a refusal would flatter the check: the protected path must refuse without the
+  // signature and serve with it, the same bytes as the public one.
+  const unsigned = await fetch(`${on.url}${path}`);
+  await unsigned.arrayBuffer();
+  if (unsigned.status !== 403) {
+    throw new Error(`${path} without a signature answered ${unsigned.status}, not 403`);
+  }
+  for (const { url } of Object.values(targets)) await fetchOk(url);
+  for (const { url } of Object.values(targets)) await generator.run(url, WARM_UP_SECONDS);
+
+  const cases = ["public", "signed", "publicWithPrefixes"] as const;
+  const perRound: SignedLinkCost["perRound"] = [];
+  for (let round = 0; round < SIGNED_ROUNDS; round++) {
+    const figures: Partial<Record<typeof cases[number], Throughput>> = {};
+    for (let i = 0; i < cases.length; i++) {
+      const name = cases[(i + round) % cases.length]!;
+      figures[name] = await measureRun(generator, {
+        ...targets[name],
+        origin: b2,
+        seconds: SIGNED_ROUND_SECONDS,
+      });
+    }
+    perRound.push(figures as SignedLinkCost["perRound"][number]);
+  }
+  b2.requests.length = 0;
+  return signedLinkCost(perRound, {
+    loadGenerator: generator.name,
+    placement,
+    check,
+  });
+}
+
+/** Medians across rounds of each case and of the per-round differences to the public case. */
+export function signedLinkCost(
+  perRound: SignedLinkCost["perRound"],
+  context: Pick<SignedLinkCost, "loadGenerator" | "placement" | "check">,
+): SignedLinkCost {
+  const cases = ["public", "signed", "publicWithPrefixes"] as const;
+  const [publicCase, signed, publicWithPrefixes] = cases.map((name) =>
+    summarizeRuns(perRound.map((round) => round[name]))
+  );
+  const extraCpu = (name: "signed" | "publicWithPrefixes") =>
+    perRound.every((r) => r[name].workerdCpuUs !== null && r.public.workerdCpuUs !== null)
+      ? median(perRound.map((r) => r[name].workerdCpuUs! - r.public.workerdCpuUs!))
+      : null;
+  const ratio = (name: "signed" | "publicWithPrefixes") =>
+    median(perRound.map((r) => r[name].requestsPerSecond / r.public.requestsPerSecond));
+  return {
+    ...context,
+    connections: CONNECTIONS,
+    rounds: perRound.length,
+    roundSeconds: SIGNED_ROUND_SECONDS,
+    cacheTtl: SIGNED_CACHE_TTL,
+    public: publicCase!,
+    signed: signed!,
+    publicWithPrefixes: publicWithPrefixes!,
+    signedExtraCpuUs: extraCpu("signed"),
+    publicWithPrefixesExtraCpuUs: extraCpu("publicWithPrefixes"),
+    signedRatio: ratio("signed"),
+    publicWithPrefixesRatio: ratio("publicWithPrefixes"),
+    perRound,
+  };
+}
+
+// ---------------------------------------------------------------------------
 // Targets and the report
 // ---------------------------------------------------------------------------
 
@@ -879,6 +1208,7 @@ export function judge(
     detail: refresh.map((r) => `${r.roundTrips}/${r.expectedRoundTrips}`).join(", ") +
       " (made/minimum)",
   });
+  targets.push(...judgeSignedLinks(report.signedLinks));
   const worst = refresh.reduce((a, b) => (b.cliMs / b.floorMs > a.cliMs / a.floorMs ? b : a));
   targets.push({
     name: `refresh: CLI wall time <= ${MAX_REFRESH_RATIO} x floor`,
@@ -898,6 +1228,42 @@ export function judge(
     } x (${worstIn.scenario})`,
   });
   return targets;
+}
+
+/**
+ * Judges the signed-link section against the targets of issue 11: a signed
+ * link end to end (the HTTP rounds) and the check alone in workerd, and a
+ * public path with prefixes on on the check alone, since the HTTP rounds
+ * swing by more than the few microseconds that one can cost.
+ */
+export function judgeSignedLinks(s: SignedLinkCost): Target[] {
+  const errors = s.public.errors + s.signed.errors + s.publicWithPrefixes.errors;
+  const judged = (name: string, extra: number | null | undefined, max: number): Target => ({
+    name,
+    met: extra != null && extra < max && errors === 0,
+    detail:
+      (extra == null
+        ? "not measured: no /proc to read workerd's CPU time from"
+        : `${signed(extra, 1)} µs (${signed(max - extra, 1)} µs to spare)`) +
+      (errors > 0 ? `; ${errors} failed requests in the HTTP rounds` : ""),
+  });
+  return [
+    judged(
+      `signed links: a signed link adds < ${MAX_SIGNED_EXTRA_CPU_US} µs workerd CPU/request`,
+      s.signedExtraCpuUs,
+      MAX_SIGNED_EXTRA_CPU_US,
+    ),
+    judged(
+      `signed links: the check alone adds < ${MAX_SIGNED_EXTRA_CPU_US} µs`,
+      s.check?.signedExtraUs,
+      MAX_SIGNED_EXTRA_CPU_US,
+    ),
+    judged(
+      `signed links: a public path with prefixes on adds < ${MAX_PUBLIC_WITH_PREFIXES_EXTRA_CPU_US} µs (check alone)`,
+      s.check?.publicWithPrefixesExtraUs,
+      MAX_PUBLIC_WITH_PREFIXES_EXTRA_CPU_US,
+    ),
+  ];
 }
 
 function signed(value: number, digits: number): string {
@@ -920,10 +1286,8 @@ function table(rows: string[][]): string {
   ).join("\n");
 }
 
-/** The report as the table `deno task bench` prints. */
-export function formatReport(report: BenchReport): string {
-  const w = report.workerOverhead;
-  const throughputRow = (name: string, t: Throughput) => [
+function throughputRow(name: string, t: Throughput): string[] {
+  return [
     name,
     Math.round(t.requestsPerSecond).toLocaleString("en-US"),
     t.workerdCpuUs === null ? "n/a" : `${Math.round(t.workerdCpuUs)} µs`,
@@ -933,6 +1297,43 @@ export function formatReport(report: BenchReport): string {
     t.originRequests.toLocaleString("en-US"),
     String(t.errors),
   ];
+}
+
+/** Section 5 as `deno task bench` prints it, numbered `number`. */
+export function formatSignedLinks(s: SignedLinkCost, number = 5): string[] {
+  const extra = (us: number | null, ratio: number) =>
+    `${us === null ? "n/a" : `${signed(us, 1)} µs`} CPU/req, ${ratio.toFixed(2)} x req/s`;
+  return [
+    `${number}. Signed links: 1 KiB object, WORKER_CACHE_TTL=${s.cacheTtl}, ${s.connections} connections, ${s.rounds} alternated rounds of ${s.roundSeconds} s per case (medians)`,
+    `   load: ${s.loadGenerator}; ${s.placement}`,
+    table([
+      ["case", "req/s", "workerd CPU/req", "p50", "p99", "requests", "origin hits", "errors"],
+      throughputRow("no protected prefixes, public path", s.public),
+      throughputRow("prefixes on, signed link", s.signed),
+      throughputRow("prefixes on, public path", s.publicWithPrefixes),
+    ]),
+    `  vs no prefixes: signed link ${extra(s.signedExtraCpuUs, s.signedRatio)}; public path ${
+      extra(s.publicWithPrefixesExtraCpuUs, s.publicWithPrefixesRatio)
+    } (medians of per-round differences)`,
+    s.check === null
+      ? "  the check alone in workerd: not measured (no /proc)"
+      : `  the check alone in workerd (${s.check.rounds} rounds of ${s.check.repetitions} repetitions): ${
+        s.check.publicUs.toFixed(1)
+      } µs feature off, ${s.check.signedUs.toFixed(1)} µs signed (${
+        signed(s.check.signedExtraUs, 1)
+      }), ${s.check.publicWithPrefixesUs.toFixed(1)} µs public with prefixes (${
+        signed(s.check.publicWithPrefixesExtraUs, 1)
+      })`,
+  ];
+}
+
+function formatTargets(targets: Target[]): string[] {
+  return targets.map((t) => `  ${t.met ? "✓" : "✗"} ${t.name}: ${t.detail}`);
+}
+
+/** The report as the table `deno task bench` prints. */
+export function formatReport(report: BenchReport): string {
+  const w = report.workerOverhead;
   const size = (bytes: number) =>
     bytes >= 1024 * MIB ? `${bytes / 1024 / MIB} GiB` : `${bytes / MIB} MiB`;
   const lines = [
@@ -992,8 +1393,10 @@ export function formatReport(report: BenchReport): string {
     ]),
     ...(report.startup.compileError ? [`  ${report.startup.compileError}`] : []),
     "",
+    ...formatSignedLinks(report.signedLinks),
+    "",
     "Targets",
-    ...report.targets.map((t) => `  ${t.met ? "✓" : "✗"} ${t.name}: ${t.detail}`),
+    ...formatTargets(report.targets),
     "",
     `(${report.seconds.toFixed(0)} s)`,
   ];
@@ -1019,22 +1422,25 @@ export async function bench(options: BenchOptions): Promise<BenchReport> {
   };
   const module = await loadWorkerModule();
   const generator = await pickLoadGenerator(options.load);
-  log(`1/4 worker overhead (${generator.name})...`);
+  log(`1/5 worker overhead (${generator.name})...`);
   const workerOverhead = await benchWorkerOverhead(module, generator);
-  log("2/4 streaming 1 MiB and 1 GiB...");
+  log("2/5 streaming 1 MiB and 1 GiB...");
   const streaming = await benchStreaming(module);
   // Start-up before the refresh, whose floor includes it.
-  log("3/4 start-up, deno run and deno compile...");
+  log("3/5 start-up, deno run and deno compile...");
   const denoRunMs = await benchDenoRun();
   const compiled = await benchCompiled();
-  log("4/4 refresh...");
+  log("4/5 refresh...");
   const refreshRuns = await benchRefresh(module, denoRunMs);
+  log("5/5 signed links...");
+  const signedLinks = await benchSignedLinks(module, generator);
   const measured = {
     date: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
     cores: navigator.hardwareConcurrency,
     deno: Deno.version.deno,
     miniflare: await miniflareVersion(),
     workerOverhead,
+    signedLinks,
     streaming,
     refresh: refreshRuns,
     startup: { denoRunMs, ...compiled },
@@ -1042,6 +1448,29 @@ export async function bench(options: BenchOptions): Promise<BenchReport> {
   return {
     ...measured,
     targets: judge(measured),
+    seconds: (performance.now() - started) / 1000,
+  };
+}
+
+/** The signed-link section alone (`--only signed-links`), with its targets. */
+export interface SignedLinksReport
+  extends Pick<BenchReport, "date" | "cores" | "deno" | "miniflare" | "targets" | "seconds"> {
+  signedLinks: SignedLinkCost;
+}
+
+/** Runs section 5 alone: under a minute, for rerunning it on a quieter machine. */
+export async function benchSignedLinksAlone(options: BenchOptions): Promise<SignedLinksReport> {
+  const started = performance.now();
+  const generator = await pickLoadGenerator(options.load);
+  if (!options.json) console.error(`signed links (${generator.name})...`);
+  const signedLinks = await benchSignedLinks(await loadWorkerModule(), generator);
+  return {
+    date: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+    cores: navigator.hardwareConcurrency,
+    deno: Deno.version.deno,
+    miniflare: await miniflareVersion(),
+    signedLinks,
+    targets: judgeSignedLinks(signedLinks),
     seconds: (performance.now() - started) / 1000,
   };
 }
@@ -1075,6 +1504,7 @@ async function main(): Promise<void> {
     options: {
       json: { type: "boolean", default: false },
       load: { type: "string", default: "auto" },
+      only: { type: "string" },
     },
   });
   const load = values.load;
@@ -1082,10 +1512,34 @@ async function main(): Promise<void> {
     console.error(`--load must be auto, wrk or fetch, not "${load}".`);
     Deno.exit(2);
   }
+  if (values.only !== undefined && values.only !== "signed-links") {
+    console.error(
+      `--only takes signed-links (the one section that runs alone), not "${values.only}".`,
+    );
+    Deno.exit(2);
+  }
   const release = stopChildrenOnInterrupt();
   try {
-    const report = await bench({ json: values.json, load });
-    console.log(values.json ? JSON.stringify(report) : formatReport(report));
+    const options = { json: values.json, load } as const;
+    if (values.only === "signed-links") {
+      const report = await benchSignedLinksAlone(options);
+      console.log(
+        values.json ? JSON.stringify(report) : [
+          `b2-private-cdn bench, ${report.date}`,
+          `machine: ${report.cores} cores, Deno ${report.deno}, workerd via miniflare ${report.miniflare}`,
+          "",
+          ...formatSignedLinks(report.signedLinks),
+          "",
+          "Targets",
+          ...formatTargets(report.targets),
+          "",
+          `(${report.seconds.toFixed(0)} s)`,
+        ].join("\n"),
+      );
+    } else {
+      const report = await bench(options);
+      console.log(values.json ? JSON.stringify(report) : formatReport(report));
+    }
   } finally {
     release();
   }
