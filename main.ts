@@ -885,6 +885,11 @@ export async function startLocalWorker(
     cachePersist?: string;
     /** Gets what the worker prints (its `console.error`, as `wrangler tail` would). */
     onLog?: (text: string) => void;
+    /** Runs this module as the main one, importing the upload's as `./<main_module>`: the
+     * Workers Cache stand-in's wrapper, which hands the worker a `ctx.cache`. */
+    wrapper?: { path: string; contents: string };
+    /** Bindings served by functions in this process (for the wrapper). */
+    serviceBindings?: Record<string, (request: Request) => Promise<Response>>;
   } = {},
 ): Promise<LocalWorker> {
   const { Miniflare } = await import(MINIFLARE) as typeof import("miniflare");
@@ -892,7 +897,12 @@ export async function startLocalWorker(
   const signals = ["SIGINT", "SIGTERM"] as const;
   const before = signals.map((signal) => process.listeners(signal));
   const miniflare = new Miniflare({
-    modules: [{ type: "ESModule", path: upload.metadata.main_module, contents: upload.module }],
+    modules: [
+      ...(options.wrapper ? [{ type: "ESModule" as const, ...options.wrapper }] : []),
+      { type: "ESModule", path: upload.metadata.main_module, contents: upload.module },
+    ],
+    // Miniflare's own Request and Response types, which Deno's are at run time.
+    ...(options.serviceBindings && { serviceBindings: options.serviceBindings as never }),
     compatibilityDate: upload.metadata.compatibility_date,
     bindings: Object.fromEntries(upload.metadata.bindings.map((b) => [b.name, b.text])),
     host: "127.0.0.1",
