@@ -1420,6 +1420,308 @@ export function scheduleRefresh(
 }
 
 // ---------------------------------------------------------------------------
+// The edge check
+// ---------------------------------------------------------------------------
+
+/**
+ * The query parameter that makes the check's URL one nobody has asked for:
+ * Workers Cache keys on the path and query, so a new value is a new entry.
+ */
+export const CHECK_QUERY = "b2cdn-check";
+/** How many bytes of a large object the check asks for. */
+const CHECK_RANGE_BYTES = 1024;
+/** A range slower than this to start suggests the edge read the whole object first. */
+const SLOW_FIRST_BYTE_MS = 2_000;
+/** How much of an answer to a range is read before the check stops reading. */
+const LARGE_READ_LIMIT = 1024 * 1024;
+/** An entry just filled can take a moment to answer; a purge takes seconds to reach every
+ * location. How often, and how patiently, the check asks again. */
+const EDGE_ATTEMPTS = 6;
+const EDGE_PAUSE_MS = 2_000;
+
+/** One line of the check: what was tried and what the real edge answered. */
+export interface CacheFinding {
+  check: string;
+  outcome: "ok" | "problem" | "not checked" | "note";
+  detail: string;
+}
+
+/** What {@linkcode checkCache} found. */
+export interface CacheCheckReport {
+  /** The URL the check made its own (a new query on the one given). */
+  url: string;
+  findings: CacheFinding[];
+  /** No finding is a problem. */
+  healthy: boolean;
+}
+
+/** What one request to the edge showed. */
+interface Probe {
+  status: number;
+  /** `cf-cache-status`, or `undefined` when absent. */
+  label: string | undefined;
+  headers: Headers;
+  bytes: Uint8Array;
+  /** Whether the answer had more than was read. */
+  cut: boolean;
+  firstByteMs: number;
+}
+
+async function probe(
+  ctx: Context,
+  url: string,
+  init: { method?: string; headers?: Record<string, string>; readLimit?: number } = {},
+): Promise<Probe> {
+  const started = ctx.now();
+  let response: Response;
+  try {
+    response = await ctx.fetch(url, {
+      method: init.method ?? "GET",
+      // Identity, so sizes and bytes are the object's own.
+      headers: { "Accept-Encoding": "identity", ...init.headers },
+      signal: AbortSignal.timeout(ctx.timeoutMs),
+    });
+  } catch (error) {
+    throw new ApiError(
+      `Cannot reach the worker at ${url}: ${(error as Error).message}. ` +
+        "Check the URL (--url) and the network, then run again.",
+      { service: "Verify", status: 0, code: "network" },
+    );
+  }
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  let firstByteMs = ctx.now() - started;
+  let cut = false;
+  if (response.body) {
+    const reader = response.body.getReader();
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+      if (total === 0) firstByteMs = ctx.now() - started;
+      chunks.push(chunk.value);
+      total += chunk.value.byteLength;
+      if (total >= (init.readLimit ?? Infinity)) {
+        cut = true;
+        await reader.cancel();
+        break;
+      }
+    }
+  }
+  const bytes = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) bytes.set(chunk, (offset += chunk.byteLength) - chunk.byteLength);
+  const label = response.headers.get("cf-cache-status") ?? undefined;
+  return { status: response.status, label, headers: response.headers, bytes, cut, firstByteMs };
+}
+
+/** The headers that decide whether an answer is stored, for a problem's detail. */
+function cachingHeaders(headers: Headers): string {
+  const names = ["cache-control", "cdn-cache-control", "vary", "content-length"];
+  const shown = names.filter((name) => headers.has(name))
+    .map((name) => `${name}: ${headers.get(name)}`);
+  if (headers.has("set-cookie")) shown.push("set-cookie: (present)");
+  return shown.join("; ") || "no caching headers";
+}
+
+/**
+ * Checks Workers Cache on the deployed worker from real answers: a new URL
+ * answered MISS then HIT, a HEAD and a range after the GET answered from the
+ * cache, a purge taking effect (when `purge` is given), and, for `largeUrl`,
+ * whether a small range of a large object comes back 206 quickly or the whole
+ * object is sent. `url` names a small object; the check adds its own query.
+ */
+export async function checkCache(
+  url: string,
+  ctx: Context,
+  options: {
+    largeUrl?: string;
+    /** Purges the object behind this URL (all its queries). Absent: reported as not checked. */
+    purge?: (url: URL) => Promise<void>;
+  } = {},
+): Promise<CacheCheckReport> {
+  const fresh = new URL(url);
+  const nonce = `${ctx.now().toString(36)}${Math.floor(ctx.random() * 2 ** 32).toString(36)}`;
+  fresh.searchParams.set(CHECK_QUERY, nonce);
+  const findings: CacheFinding[] = [];
+  const say = (check: string, outcome: CacheFinding["outcome"], detail: string) =>
+    findings.push({ check, outcome, detail });
+  const report = (): CacheCheckReport => ({
+    url: fresh.href,
+    findings,
+    healthy: findings.every((finding) => finding.outcome !== "problem"),
+  });
+  /** Asks until the edge answers `wanted`, as a fill or a purge may take a moment. */
+  const until = async (wanted: (label?: string) => boolean, init: Parameters<typeof probe>[2]) => {
+    let answer = await probe(ctx, fresh.href, init);
+    for (let attempt = 1; attempt < EDGE_ATTEMPTS && !wanted(answer.label); attempt++) {
+      await ctx.sleep(EDGE_PAUSE_MS);
+      answer = await probe(ctx, fresh.href, init);
+    }
+    return answer;
+  };
+
+  const first = await probe(ctx, fresh.href);
+  if (first.headers.has("cf-mitigated")) {
+    say(
+      "first GET",
+      "problem",
+      `a Cloudflare challenge answered (cf-mitigated: ${first.headers.get("cf-mitigated")}), ` +
+        "not the worker: let this client through the zone's WAF or bot rules, or run the " +
+        "check from another network",
+    );
+    return report();
+  }
+  if (first.status !== 200) {
+    say(
+      "first GET",
+      "problem",
+      `answered ${first.status}; give --url the address of a small object that exists`,
+    );
+    return report();
+  }
+  if (first.label === undefined) {
+    say(
+      "first GET",
+      "problem",
+      "no cf-cache-status at all: Workers Cache is off in the deployed version. Its upload " +
+        'must carry cache_options {"enabled": true, "cross_version_cache": true}: run refresh ' +
+        "in the Workers Cache mode, then check again",
+    );
+    return report();
+  }
+  if (first.label !== "MISS") {
+    const uncacheable = first.label === "BYPASS" || first.label === "DYNAMIC";
+    say(
+      "first GET",
+      uncacheable ? "problem" : "note",
+      `cf-cache-status ${first.label} for a new URL (expected MISS)` +
+        (uncacheable ? `: the answer is not cacheable (${cachingHeaders(first.headers)})` : ""),
+    );
+    if (uncacheable) return report();
+  } else {
+    say("first GET", "ok", `MISS for a new URL (${first.bytes.byteLength} bytes)`);
+  }
+
+  const second = await until((label) => label === "HIT", {});
+  if (second.label !== "HIT") {
+    say(
+      "second GET",
+      "problem",
+      `cf-cache-status ${second.label}, not HIT, after ${EDGE_ATTEMPTS} tries: the answer was ` +
+        `not stored (${cachingHeaders(second.headers)}); larger than 512 MB is never stored`,
+    );
+    return report();
+  }
+  say("second GET", "ok", "HIT: answered by the cache, the worker did not run");
+
+  const head = await probe(ctx, fresh.href, { method: "HEAD" });
+  const sameLength = head.headers.get("content-length") === String(first.bytes.byteLength);
+  say(
+    "HEAD after GET",
+    head.label === "HIT" && head.status === 200 && head.bytes.byteLength === 0 && sameLength
+      ? "ok"
+      : "problem",
+    `${head.status}, cf-cache-status ${head.label}, content-length ` +
+      `${head.headers.get("content-length")}, ${head.bytes.byteLength} body bytes`,
+  );
+
+  const size = first.bytes.byteLength;
+  if (size === 0) {
+    say("range after GET", "not checked", "the object is empty; give --url a non-empty one");
+  } else {
+    const last = Math.min(99, size - 1);
+    const range = await probe(ctx, fresh.href, { headers: { Range: `bytes=0-${last}` } });
+    const sliced = range.status === 206 &&
+      range.headers.get("content-range") === `bytes 0-${last}/${size}` &&
+      range.bytes.every((byte, i) => byte === first.bytes[i]) &&
+      range.bytes.byteLength === last + 1;
+    say(
+      "range after GET",
+      sliced && range.label === "HIT" ? "ok" : "problem",
+      `${range.status} ${range.headers.get("content-range") ?? "(no content-range)"}, ` +
+        `cf-cache-status ${range.label}, ${range.bytes.byteLength} bytes` +
+        (range.status === 200 ? ": the whole object came back for a range" : ""),
+    );
+  }
+
+  const etag = first.headers.get("etag");
+  if (etag) {
+    const revalidation = await probe(ctx, fresh.href, { headers: { "If-None-Match": etag } });
+    say(
+      "browser revalidation",
+      "note",
+      `${revalidation.status}, cf-cache-status ${revalidation.label}: ` +
+        (revalidation.status === 304 && revalidation.label === "HIT"
+          ? "the cache answers browsers' conditional requests itself"
+          : "browsers' conditional requests reach the worker (each one runs it)"),
+    );
+  }
+
+  if (options.purge) {
+    await options.purge(fresh);
+    const after = await until((label) => label !== "HIT", {});
+    say(
+      "purge",
+      after.label === "HIT" ? "problem" : "ok",
+      after.label === "HIT"
+        ? `still HIT after ${EDGE_ATTEMPTS} tries in ${
+          (EDGE_ATTEMPTS - 1) * EDGE_PAUSE_MS / 1000
+        } s: the purge did not reach this entry`
+        : `cf-cache-status ${after.label} after the purge`,
+    );
+  } else {
+    say("purge", "not checked", "no purge is available to this check in this version");
+  }
+
+  if (options.largeUrl) findings.push(await checkLargeObject(options.largeUrl, ctx));
+  return report();
+}
+
+/**
+ * Asks for the last bytes of a large object: a 206 that starts quickly is
+ * served as a range; a 200 means every range sends the whole object; a slow
+ * 206 suggests the edge read the whole object before answering.
+ */
+async function checkLargeObject(url: string, ctx: Context): Promise<CacheFinding> {
+  const check = "range of the large object";
+  const readLimit = LARGE_READ_LIMIT;
+  const start = await probe(ctx, url, { headers: { Range: "bytes=0-0" }, readLimit });
+  const size = Number(/\/(\d+)$/.exec(start.headers.get("content-range") ?? "")?.[1] ?? NaN);
+  if (start.status !== 206 || !Number.isInteger(size)) {
+    const detail = start.status === 200
+      ? `200 for bytes=0-0: the whole object is sent for a range (${start.bytes.byteLength} ` +
+        `bytes read${start.cut ? " before stopping" : ""}, first byte in ${start.firstByteMs} ` +
+        "ms). Players would download all of it: for large videos choose the Cache API mode " +
+        "or no cache (README: Large objects)"
+      : `answered ${start.status}; give --large-url the address of an object that exists`;
+    return { check, outcome: "problem", detail };
+  }
+  const from = Math.max(0, size - CHECK_RANGE_BYTES);
+  const tail = await probe(ctx, url, {
+    headers: { Range: `bytes=${from}-${size - 1}` },
+    readLimit,
+  });
+  const facts = `${tail.status}, first byte in ${tail.firstByteMs} ms, ` +
+    `${tail.bytes.byteLength} bytes read${tail.cut ? " before stopping" : ""}, ` +
+    `cf-cache-status ${tail.label ?? "(none)"}, object ${size} bytes`;
+  if (tail.status !== 206) {
+    return {
+      check,
+      outcome: "problem",
+      detail: `${facts}: the whole object is sent for a range; for large videos choose the ` +
+        "Cache API mode or no cache (README: Large objects)",
+    };
+  }
+  if (tail.firstByteMs > SLOW_FIRST_BYTE_MS) {
+    return {
+      check,
+      outcome: "problem",
+      detail: `${facts}: slow, the edge probably read the whole object before answering; for ` +
+        "large videos choose the Cache API mode or no cache (README: Large objects)",
+    };
+  }
+  return { check, outcome: "ok", detail: `${facts}: ranges of it are served as ranges` };
+}
+
+// ---------------------------------------------------------------------------
 // Commands
 // ---------------------------------------------------------------------------
 
@@ -1435,6 +1737,7 @@ Commands:
   cron      stay running and refresh on REFRESH_SCHEDULE (Deno.cron)
   dev       run the worker locally in workerd with a real token (B2 key only)
   demo      the whole chain on this machine, against local stand-ins
+  check-cache  check Workers Cache on the deployed worker from real answers; exit 1 on a problem
 
 Flags:
   --json                 one JSON object on stdout instead of a line
@@ -1442,6 +1745,8 @@ Flags:
   --verify <url>         refresh: fetch this URL afterwards; fail unless it answers 2xx
   --min-remaining <d>    status: least acceptable time left (default 48h)
   --port <n>             dev, demo: local port (default 8787)
+  --url <url>            check-cache: a small object on the worker (default https://WORKER_DOMAIN/)
+  --large-url <url>      check-cache: a large object, to see how its ranges are served
   --env-file <path>      read settings from this file instead of ./.env
   --verbose, -v          print each step on stderr
   --help, -h             this text
@@ -1487,6 +1792,8 @@ interface Flags {
   verbose: boolean;
   port: number;
   minRemaining: number;
+  url?: string;
+  largeUrl?: string;
 }
 
 async function runRefresh(
@@ -1617,6 +1924,47 @@ async function runDev(
   return 0;
 }
 
+/** The check's lines, one finding each. */
+function describeCacheCheck(report: CacheCheckReport): string {
+  return `Workers Cache at ${report.url}: ${report.healthy ? "OK" : "PROBLEM"}\n` +
+    report.findings.map((f) => `  ${f.outcome.padEnd(11)} ${f.check}: ${f.detail}`).join("\n");
+}
+
+/**
+ * Runs once after the first deploy: a separate command, not a `refresh` mode,
+ * since it needs no credentials, makes requests a daily refresh should not
+ * (a large object's range, a purge), and its exit code means "the edge
+ * caches as intended", not "the token was renewed".
+ */
+async function runCheckCache(
+  settings: Settings,
+  ctx: Context,
+  io: Io,
+  flags: Flags,
+): Promise<number> {
+  const route = settings.WORKER_ROUTE?.trim().replace(/^https?:\/\//, "").split("/")[0];
+  const host = settings.WORKER_DOMAIN?.trim() || (route && !route.includes("*") ? route : "");
+  const url = flags.url ?? (host ? `https://${host}/` : undefined);
+  const problems: string[] = [];
+  for (const [flag, value] of [["--url", url], ["--large-url", flags.largeUrl]] as const) {
+    if (value !== undefined && !URL.canParse(value)) {
+      problems.push(`${flag} must be an http(s) URL, not "${value}".`);
+    }
+  }
+  if (url === undefined) {
+    problems.push(
+      "check-cache needs the worker's address: give --url https://<worker host>/<a small " +
+        "object>, or set WORKER_DOMAIN.",
+    );
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  const report = await checkCache(url!, ctx, {
+    ...(flags.largeUrl !== undefined && { largeUrl: flags.largeUrl }),
+  });
+  io.stdout(flags.json ? JSON.stringify(report) : describeCacheCheck(report));
+  return report.healthy ? 0 : 1;
+}
+
 async function runCron(config: Config, ctx: Context, io: Io): Promise<number> {
   if (typeof Deno.cron !== "function") {
     throw new ConfigError([
@@ -1691,17 +2039,25 @@ async function runDemo(ctx: Context, io: Io, flags: Flags): Promise<number> {
         "the stand-in Cloudflare API holds no worker after the refresh",
       );
     }
-    const worker = await startLocalWorker(
-      {
+    const { startWorkersCache } = await import(
+      new URL(WORKERS_CACHE_MODULE, import.meta.url).href
+    ) as typeof import("./testing/workers_cache.ts");
+    const worker = await startWorkersCache({ port: flags.port, startLocalWorker });
+    try {
+      await worker.deploy({
         metadata: deployed.metadata as WorkerMetadata,
         module: deployed.module,
-      },
-      { port: flags.port },
-    );
+      });
+    } catch (error) {
+      await worker.close();
+      throw error;
+    }
     // Ctrl-C while it started up stops it now, not after saying it is ready.
     if (!ctrlC.wasPressed()) {
       say(
-        `\nThe deployed worker now runs in workerd (Cloudflare's runtime) at ${worker.url}\n` +
+        `\nThe deployed worker now runs in workerd (Cloudflare's runtime) at ${worker.url}, ` +
+          "behind a stand-in for Workers Cache (testing/workers_cache.ts).\n" +
+          await showCacheStatus(`${worker.url}/hello.txt`, ctx) +
           "Try it:\n" +
           `  curl -i ${worker.url}/\n` +
           `  curl -i ${worker.url}/hello.txt\n` +
@@ -1712,12 +2068,32 @@ async function runDemo(ctx: Context, io: Io, flags: Flags): Promise<number> {
       );
       await ctrlC.pressed;
     }
-    await worker.dispose();
+    await worker.close();
     say("Stopped.");
     return 0;
   } finally {
     await Promise.all([b2.close(), cloudflare.close()]);
   }
+}
+
+/** Kept out of the static graph: only the demo loads the stand-in (see MINIFLARE). */
+const WORKERS_CACHE_MODULE = "./testing/workers_cache.ts";
+
+/** Asks for `url` twice as `curl -sI` would, and shows the `cf-cache-status` of each answer. */
+async function showCacheStatus(url: string, ctx: Context): Promise<string> {
+  const lines = [];
+  for (let i = 0; i < 2; i++) {
+    const response = await ctx.fetch(url, { method: "HEAD" });
+    await response.body?.cancel();
+    const status = response.headers.get("cf-cache-status");
+    lines.push(
+      `  $ curl -sI ${url} | grep -i cf-cache-status\n    ` +
+        (status === null
+          ? "(none: this version was uploaded without cache_options, so Workers Cache is off)"
+          : `cf-cache-status: ${status}`),
+    );
+  }
+  return `${lines.join("\n")}\n`;
 }
 
 function contentTypeOf(name: string): string {
@@ -1738,6 +2114,7 @@ const COMMANDS = {
   cron: { needs: { b2: true, cloudflare: true } },
   dev: { needs: { b2: true } },
   demo: { needs: {} },
+  "check-cache": { needs: {} },
 } as const;
 type Command = keyof typeof COMMANDS;
 
@@ -1768,6 +2145,8 @@ export function parseCommandLine(args: string[]): CommandLine {
         verify: { type: "string" },
         "min-remaining": { type: "string" },
         port: { type: "string" },
+        url: { type: "string" },
+        "large-url": { type: "string" },
         "env-file": { type: "string" },
         ...Object.fromEntries(
           SETTING_FLAGS.map((
@@ -1816,6 +2195,8 @@ export function parseCommandLine(args: string[]): CommandLine {
       verbose: values.verbose ?? false,
       port,
       minRemaining: minRemaining ?? 0,
+      ...(values.url !== undefined && { url: values.url }),
+      ...(values["large-url"] !== undefined && { largeUrl: values["large-url"] }),
     },
     settings,
     ...(values["env-file"] !== undefined && { envFile: values["env-file"] }),
@@ -1883,6 +2264,8 @@ export async function run(options: RunOptions): Promise<number> {
         return await runDev(config, ctx, io, line.flags);
       case "demo":
         return await runDemo(ctx, io, line.flags);
+      case "check-cache":
+        return await runCheckCache(settings, ctx, io, line.flags);
     }
   } catch (error) {
     if (error instanceof ConfigError) {

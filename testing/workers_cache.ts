@@ -22,7 +22,7 @@
  */
 
 import { stripTypeScriptTypes } from "node:module";
-import { type LocalWorker, startLocalWorker, type WorkerUpload } from "../main.ts";
+import type { LocalWorker, startLocalWorker, WorkerUpload } from "../main.ts";
 
 /** What ctx.cache.purge takes, as Cloudflare documents it. */
 export interface PurgeOptions {
@@ -87,6 +87,11 @@ export interface WorkersCacheOptions {
   workerTimeoutMs?: number;
   /** Gets what the worker prints. */
   onLog?: (text: string) => void;
+  /**
+   * How workerd is started. main.ts passes its own: this module importing main.ts while
+   * main.ts's top-level await is running it would wait forever. @default main.ts's
+   */
+  startLocalWorker?: typeof startLocalWorker;
 }
 
 /** WORKERS_CACHE.md: "the Free-plan limit (512 MB) applies to every plan for now". */
@@ -186,6 +191,8 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
   const maxObjectBytes = options.maxObjectBytes ?? MAX_OBJECT_BYTES;
   const workerTimeoutMs = options.workerTimeoutMs ?? WORKER_TIMEOUT_MS;
   const shim = await loadShim();
+  const startWorker = options.startLocalWorker ??
+    (await import("../main.ts")).startLocalWorker;
   // The Cache API (caches.default) survives deploys on Cloudflare, so a worker in that mode
   // keeps its entries across versions here too.
   const cachePersist = await Deno.makeTempDir({ prefix: "workers-cache-" });
@@ -547,7 +554,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
         | { enabled?: unknown; cross_version_cache?: unknown }
         | undefined;
       const caching = cacheOptions?.enabled === true;
-      const worker = await startLocalWorker(upload, {
+      const worker = await startWorker(upload, {
         wrapper: { path: SHIM_PATH, contents: shimFor(shim, upload.metadata.main_module) },
         ...(caching && {
           serviceBindings: {
