@@ -1543,11 +1543,26 @@ export async function checkCache(
   const findings: CacheFinding[] = [];
   const say = (check: string, outcome: CacheFinding["outcome"], detail: string) =>
     findings.push({ check, outcome, detail });
-  const report = (): CacheCheckReport => ({
+  await checkSmallObject(fresh, ctx, { say, ...(options.purge && { purge: options.purge }) });
+  // Independent of the rest: a large object's ranges matter even where the cache is off.
+  if (options.largeUrl) findings.push(await checkLargeObject(options.largeUrl, ctx));
+  return {
     url: fresh.href,
     findings,
     healthy: findings.every((finding) => finding.outcome !== "problem"),
-  });
+  };
+}
+
+/** The steps on the small object; each stops the rest when what they need is missing. */
+async function checkSmallObject(
+  fresh: URL,
+  ctx: Context,
+  options: {
+    say: (check: string, outcome: CacheFinding["outcome"], detail: string) => void;
+    purge?: (url: URL) => Promise<void>;
+  },
+): Promise<void> {
+  const { say } = options;
   /** Asks until the edge answers `wanted`, as a fill or a purge may take a moment. */
   const until = async (wanted: (label?: string) => boolean, init: Parameters<typeof probe>[2]) => {
     let answer = await probe(ctx, fresh.href, init);
@@ -1567,7 +1582,7 @@ export async function checkCache(
         "not the worker: let this client through the zone's WAF or bot rules, or run the " +
         "check from another network",
     );
-    return report();
+    return;
   }
   if (first.status !== 200) {
     say(
@@ -1575,7 +1590,7 @@ export async function checkCache(
       "problem",
       `answered ${first.status}; give --url the address of a small object that exists`,
     );
-    return report();
+    return;
   }
   if (first.label === undefined) {
     say(
@@ -1585,7 +1600,7 @@ export async function checkCache(
         'must carry cache_options {"enabled": true, "cross_version_cache": true}: run refresh ' +
         "in the Workers Cache mode, then check again",
     );
-    return report();
+    return;
   }
   if (first.label !== "MISS") {
     const uncacheable = first.label === "BYPASS" || first.label === "DYNAMIC";
@@ -1595,7 +1610,7 @@ export async function checkCache(
       `cf-cache-status ${first.label} for a new URL (expected MISS)` +
         (uncacheable ? `: the answer is not cacheable (${cachingHeaders(first.headers)})` : ""),
     );
-    if (uncacheable) return report();
+    if (uncacheable) return;
   } else {
     say("first GET", "ok", `MISS for a new URL (${first.bytes.byteLength} bytes)`);
   }
@@ -1608,7 +1623,7 @@ export async function checkCache(
       `cf-cache-status ${second.label}, not HIT, after ${EDGE_ATTEMPTS} tries: the answer was ` +
         `not stored (${cachingHeaders(second.headers)}); larger than 512 MB is never stored`,
     );
-    return report();
+    return;
   }
   say("second GET", "ok", "HIT: answered by the cache, the worker did not run");
 
@@ -1670,9 +1685,6 @@ export async function checkCache(
   } else {
     say("purge", "not checked", "no purge is available to this check in this version");
   }
-
-  if (options.largeUrl) findings.push(await checkLargeObject(options.largeUrl, ctx));
-  return report();
 }
 
 /**

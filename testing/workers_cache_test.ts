@@ -7,7 +7,16 @@
 import assert from "node:assert/strict";
 import http from "node:http";
 import { stripTypeScriptTypes } from "node:module";
-import type { WorkerUpload } from "../main.ts";
+import {
+  type CacheCheckReport,
+  checkCache,
+  defaultContext,
+  loadWorkerModule,
+  run,
+  type WorkerUpload,
+  workerUpload,
+} from "../main.ts";
+import { startFakeB2 } from "./fake_b2.ts";
 import { startWorkersCache, type WorkersCache } from "./workers_cache.ts";
 
 type OriginHandler = (request: Request) => Response | Promise<Response>;
@@ -679,3 +688,229 @@ Deno.test("every answer carries cf-cache-status; what is not GET or HEAD is DYNA
       statuses: { DYNAMIC: 1 },
     });
   }));
+
+// ---------------------------------------------------------------------------
+// main.ts check-cache, against the stand-in
+// ---------------------------------------------------------------------------
+
+const QUIET_CTX = { sleep: () => Promise.resolve(), log: () => {} };
+
+function outcomes(report: CacheCheckReport): Record<string, string> {
+  return Object.fromEntries(report.findings.map((f) => [f.check, f.outcome]));
+}
+
+Deno.test("checkCache() reports MISS, HIT, HEAD and ranges of the real worker behind the stand-in", async () => {
+  const b2 = startFakeB2({
+    buckets: [{
+      id: "bucket-site",
+      name: "site",
+      files: [
+        { name: "hello.txt", body: "hello from B2\n", contentType: "text/plain" },
+        { name: "big.bin", body: { size: 3_000_000 } },
+      ],
+    }],
+  });
+  const cache = await startWorkersCache({ maxObjectBytes: 1_000_000 });
+  try {
+    const upload = workerUpload(await loadWorkerModule(), {
+      downloadToken: b2.issueDownloadToken("site", "", 3600),
+      downloadUrl: b2.url,
+      bucketName: "site",
+      prefix: "",
+      issuedAt: Date.now(),
+      expiresAt: Date.now() + 3600_000,
+      options: {
+        urlStyle: "plain",
+        indexFile: "index.html",
+        cacheTtl: 86400,
+        cacheControl: "",
+        corsOrigins: "",
+      },
+    });
+    const metadata = { ...upload.metadata, cache_options: ON };
+    await cache.deploy({ ...upload, metadata });
+    const report = await checkCache(`${cache.url}/hello.txt`, defaultContext(QUIET_CTX), {
+      largeUrl: `${cache.url}/big.bin`,
+    });
+    assert.deepEqual(outcomes(report), {
+      "first GET": "ok",
+      "second GET": "ok",
+      "HEAD after GET": "ok",
+      "range after GET": "ok",
+      "browser revalidation": "note",
+      purge: "not checked",
+      "range of the large object": "ok",
+    }, JSON.stringify(report.findings, null, 2));
+    assert.equal(report.healthy, true);
+    assert.match(report.url, /\/hello\.txt\?b2cdn-check=\w+$/);
+    const downloads = b2.requests.filter((r) =>
+      r.method === "GET" && r.path === "/file/site/hello.txt"
+    );
+    assert.equal(downloads.length, 1, "HEAD, range and revalidation never download again");
+  } finally {
+    await cache.close();
+    await b2.close();
+  }
+});
+
+Deno.test("checkCache() says Workers Cache is off when no cf-cache-status comes back", () =>
+  withCache({ cacheOptions: undefined }, async (h) => {
+    const report = await checkCache(`${h.cache.url}/x`, defaultContext(QUIET_CTX));
+    assert.equal(report.healthy, false);
+    assert.deepEqual(outcomes(report), { "first GET": "problem" });
+    assert.match(report.findings[0]!.detail, /no cf-cache-status at all.*cache_options/);
+  }));
+
+Deno.test("checkCache() checks a purge it is given, and says when none is", async (t) => {
+  await withCache({}, async (h) => {
+    h.origin = () => text("x", { "cache-control": "max-age=600" });
+    await t.step("a purge that works", async () => {
+      const purged: string[] = [];
+      const report = await checkCache(`${h.cache.url}/p`, defaultContext(QUIET_CTX), {
+        purge: async (url) => {
+          purged.push(url.pathname);
+          await h.cacheCall("purge", { pathPrefixes: [url.pathname] });
+        },
+      });
+      assert.deepEqual(purged, ["/p"]);
+      assert.equal(outcomes(report).purge, "ok");
+      assert.match(report.findings.at(-1)!.detail, /MISS after the purge/);
+    });
+    await t.step("a purge that does not reach the entry", async () => {
+      const report = await checkCache(`${h.cache.url}/p`, defaultContext(QUIET_CTX), {
+        purge: () => Promise.resolve(),
+      });
+      assert.equal(outcomes(report).purge, "problem");
+      assert.equal(report.healthy, false);
+    });
+  });
+});
+
+Deno.test("checkCache() tells a large object sent whole, or slowly, for a range", async (t) => {
+  const size = 3 * 1024 * 1024;
+  await t.step(
+    "sent whole: read no further than needed",
+    () =>
+      withCache({ cacheOptions: undefined }, async (h) => {
+        h.origin = () => new Response(new Uint8Array(size));
+        const finding = (await checkCache(`${h.cache.url}/s`, defaultContext(QUIET_CTX), {
+          largeUrl: `${h.cache.url}/big`,
+        })).findings.at(-1)!;
+        assert.equal(finding.check, "range of the large object");
+        assert.equal(finding.outcome, "problem");
+        assert.match(finding.detail, /200 for bytes=0-0: the whole object is sent/);
+        const read = Number(/\((\d+) bytes read before stopping/.exec(finding.detail)?.[1]);
+        assert.ok(read >= 1024 * 1024 && read < size, `${read} bytes read`);
+      }),
+  );
+  await t.step("206, but slow to start", () =>
+    withCache({}, async (h) => {
+      h.origin = () =>
+        new Response(new Uint8Array(size), { headers: { "cache-control": "max-age=60" } });
+      let clock = 0;
+      // Each reading of the clock is 1.5 s after the last: every first byte "takes" 3 s.
+      const ctx = defaultContext({ ...QUIET_CTX, now: () => (clock += 1_500) });
+      const finding = (await checkCache(`${h.cache.url}/s`, ctx, {
+        largeUrl: `${h.cache.url}/big`,
+      })).findings.at(-1)!;
+      assert.equal(finding.outcome, "problem");
+      assert.match(finding.detail, /^206, first byte in \d+ ms.*: slow/);
+    }));
+});
+
+Deno.test("check-cache takes --url or WORKER_DOMAIN, and exits 1 on a problem, 2 without a URL", async (t) => {
+  const asked: string[] = [];
+  const cli = async (args: string[], env: Record<string, string> = {}) => {
+    const stdout: string[] = [];
+    const stderr: string[] = [];
+    const code = await run({
+      args: ["check-cache", ...args],
+      env,
+      readEnvFile: () => Promise.resolve(undefined),
+      io: { stdout: (t) => stdout.push(t), stderr: (t) => stderr.push(t) },
+      ctx: {
+        ...QUIET_CTX,
+        fetch: (input) => {
+          asked.push(String(input));
+          return Promise.resolve(new Response("Not found\n", { status: 404 }));
+        },
+      },
+    });
+    return { code, stdout: stdout.join("\n"), stderr: stderr.join("\n") };
+  };
+  await t.step("no URL", async () => {
+    const { code, stderr } = await cli([]);
+    assert.equal(code, 2);
+    assert.match(stderr, /--url .*WORKER_DOMAIN/);
+  });
+  await t.step("WORKER_DOMAIN", async () => {
+    const { code, stdout } = await cli([], { WORKER_DOMAIN: "cdn.example.com" });
+    assert.equal(code, 1);
+    assert.match(asked.at(-1)!, /^https:\/\/cdn\.example\.com\/\?b2cdn-check=\w+$/);
+    assert.match(stdout, /PROBLEM\n {2}problem {5}first GET: answered 404/);
+  });
+  await t.step("a concrete route's host, but --url wins", async () => {
+    await cli([], { WORKER_ROUTE: "img.example.com/*" });
+    assert.match(asked.at(-1)!, /^https:\/\/img\.example\.com\//);
+    await cli(["--url", "https://other.example/a.txt"], { WORKER_DOMAIN: "cdn.example.com" });
+    assert.match(asked.at(-1)!, /^https:\/\/other\.example\/a\.txt\?b2cdn-check=/);
+  });
+});
+
+Deno.test("checkCache() reports an answer that is never stored, and a HEAD or range not from the cache", async (t) => {
+  await t.step(
+    "MISS every time (over the size limit)",
+    () =>
+      withCache({ maxObjectBytes: 10 }, async (h) => {
+        h.origin = () => text("more than ten bytes", { "cache-control": "max-age=60" });
+        const report = await checkCache(`${h.cache.url}/big`, defaultContext(QUIET_CTX));
+        assert.deepEqual(outcomes(report), { "first GET": "ok", "second GET": "problem" });
+        assert.match(report.findings[1]!.detail, /MISS, not HIT, after 6 tries/);
+      }),
+  );
+  // An edge that stores GETs but passes HEAD and ranges on to the worker.
+  const edge = (range: { label: string; whole: boolean }) => {
+    let gets = 0;
+    return (_: unknown, init?: RequestInit) => {
+      const headers = new Headers(init?.headers);
+      const ranged = headers.has("range");
+      const label = init?.method === "HEAD"
+        ? "MISS"
+        : ranged
+        ? range.label
+        : gets++
+        ? "HIT"
+        : "MISS";
+      const sliced = ranged && !range.whole;
+      const body = init?.method === "HEAD"
+        ? null
+        : sliced
+        ? "0123456789".slice(0, 10)
+        : "0123456789";
+      return Promise.resolve(
+        new Response(body, {
+          status: sliced ? 206 : 200,
+          headers: {
+            "cf-cache-status": label,
+            "content-length": "10",
+            ...(sliced && { "content-range": "bytes 0-9/10" }),
+          },
+        }),
+      );
+    };
+  };
+  for (const range of [{ label: "HIT", whole: true }, { label: "MISS", whole: false }]) {
+    await t.step(`HEAD by the worker, range ${JSON.stringify(range)}`, async () => {
+      const ctx = defaultContext({ ...QUIET_CTX, fetch: edge(range) });
+      const report = await checkCache("https://cdn.example/a", ctx);
+      assert.deepEqual(outcomes(report), {
+        "first GET": "ok",
+        "second GET": "ok",
+        "HEAD after GET": "problem",
+        "range after GET": "problem",
+        purge: "not checked",
+      });
+      if (range.whole) assert.match(report.findings[3]!.detail, /whole object came back/);
+    });
+  }
+});
