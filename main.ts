@@ -1232,6 +1232,11 @@ export async function startLocalWorker(
     cachePersist?: string;
     /** Gets what the worker prints (its `console.error`, as `wrangler tail` would). */
     onLog?: (text: string) => void;
+    /** Runs this module as the main one, importing the upload's as `./<main_module>`: the
+     * Workers Cache stand-in's wrapper, which hands the worker a `ctx.cache`. */
+    wrapper?: { path: string; contents: string };
+    /** Bindings served by functions in this process (for the wrapper). */
+    serviceBindings?: Record<string, (request: Request) => Promise<Response>>;
   } = {},
 ): Promise<LocalWorker> {
   const { Miniflare } = await import(MINIFLARE) as typeof import("miniflare");
@@ -1239,7 +1244,12 @@ export async function startLocalWorker(
   const signals = ["SIGINT", "SIGTERM"] as const;
   const before = signals.map((signal) => process.listeners(signal));
   const miniflare = new Miniflare({
-    modules: [{ type: "ESModule", path: upload.metadata.main_module, contents: upload.module }],
+    modules: [
+      ...(options.wrapper ? [{ type: "ESModule" as const, ...options.wrapper }] : []),
+      { type: "ESModule", path: upload.metadata.main_module, contents: upload.module },
+    ],
+    // Miniflare's own Request and Response types, which Deno's are at run time.
+    ...(options.serviceBindings && { serviceBindings: options.serviceBindings as never }),
     compatibilityDate: upload.metadata.compatibility_date,
     bindings: Object.fromEntries(upload.metadata.bindings.map((b) => [b.name, b.text])),
     host: "127.0.0.1",
@@ -3007,6 +3017,323 @@ function fromBase64Url(text: string): Uint8Array<ArrayBuffer> {
 }
 
 // ---------------------------------------------------------------------------
+// The edge check
+// ---------------------------------------------------------------------------
+
+/** How many bytes of a large object the check asks for. */
+const CHECK_RANGE_BYTES = 1024;
+/** A range slower than this to start suggests the edge read the whole object first. */
+const SLOW_FIRST_BYTE_MS = 2_000;
+/** How much of an answer to a range is read before the check stops reading. */
+const LARGE_READ_LIMIT = 1024 * 1024;
+/** An entry just filled can take a moment to answer; a purge takes seconds to reach every
+ * location. How often, and how patiently, the check asks again. */
+const EDGE_ATTEMPTS = 6;
+const EDGE_PAUSE_MS = 2_000;
+
+/** One line of the check: what was tried and what the real edge answered. */
+export interface CacheFinding {
+  check: string;
+  outcome: "ok" | "problem" | "not checked" | "note";
+  detail: string;
+}
+
+/** What {@linkcode checkCache} found. */
+export interface CacheCheckReport {
+  /** The URL of the small object checked. */
+  url: string;
+  findings: CacheFinding[];
+  /** No finding is a problem. */
+  healthy: boolean;
+}
+
+/** What one request to the edge showed. */
+interface Probe {
+  status: number;
+  /** `cf-cache-status`, or `undefined` when absent. */
+  label: string | undefined;
+  headers: Headers;
+  bytes: Uint8Array;
+  /** Whether the answer had more than was read. */
+  cut: boolean;
+  firstByteMs: number;
+}
+
+async function probe(
+  ctx: Context,
+  url: string,
+  init: { method?: string; headers?: Record<string, string>; readLimit?: number } = {},
+): Promise<Probe> {
+  const started = ctx.now();
+  let response: Response;
+  try {
+    response = await ctx.fetch(url, {
+      method: init.method ?? "GET",
+      // Identity, so sizes and bytes are the object's own.
+      headers: { "Accept-Encoding": "identity", ...init.headers },
+      signal: AbortSignal.timeout(ctx.timeoutMs),
+    });
+  } catch (error) {
+    throw new ApiError(
+      `Cannot reach the worker at ${url}: ${(error as Error).message}. ` +
+        "Check the URL (--url) and the network, then run again.",
+      { service: "Verify", status: 0, code: "network" },
+    );
+  }
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  let firstByteMs = ctx.now() - started;
+  let cut = false;
+  if (response.body) {
+    const reader = response.body.getReader();
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+      if (total === 0) firstByteMs = ctx.now() - started;
+      chunks.push(chunk.value);
+      total += chunk.value.byteLength;
+      if (total >= (init.readLimit ?? Infinity)) {
+        cut = true;
+        await reader.cancel();
+        break;
+      }
+    }
+  }
+  const bytes = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) bytes.set(chunk, (offset += chunk.byteLength) - chunk.byteLength);
+  const label = response.headers.get("cf-cache-status") ?? undefined;
+  return { status: response.status, label, headers: response.headers, bytes, cut, firstByteMs };
+}
+
+/** The headers that decide whether an answer is stored, for a problem's detail. */
+function cachingHeaders(headers: Headers): string {
+  const names = ["cache-control", "cdn-cache-control", "vary", "content-length"];
+  const shown = names.filter((name) => headers.has(name))
+    .map((name) => `${name}: ${headers.get(name)}`);
+  if (headers.has("set-cookie")) shown.push("set-cookie: (present)");
+  return shown.join("; ") || "no caching headers";
+}
+
+/**
+ * Checks Workers Cache on the deployed worker from real answers: a new URL
+ * answered MISS then HIT, a HEAD and a range after the GET answered from the
+ * cache, a purge taking effect (when `purge` is given), and, for `largeUrl`,
+ * whether a small range of a large object comes back 206 quickly or the whole
+ * object is sent. `url` names a small object on the worker.
+ */
+export async function checkCache(
+  url: string,
+  ctx: Context,
+  options: {
+    largeUrl?: string;
+    /** Purges the object behind this URL (all its queries). Absent: reported as not checked. */
+    purge?: (url: URL) => Promise<void>;
+  } = {},
+): Promise<CacheCheckReport> {
+  // The URL as given: a query of the check's own would be a new cache entry, but the worker
+  // sends every query on a public path to its canonical URL, so that no visitor can make it
+  // download an object from B2 again at will. With a purge at hand, the entry starts cold.
+  const fresh = new URL(url);
+  await options.purge?.(fresh);
+  const findings: CacheFinding[] = [];
+  const say = (check: string, outcome: CacheFinding["outcome"], detail: string) =>
+    findings.push({ check, outcome, detail });
+  await checkSmallObject(fresh, ctx, { say, ...(options.purge && { purge: options.purge }) });
+  // Independent of the rest: a large object's ranges matter even where the cache is off.
+  if (options.largeUrl) findings.push(await checkLargeObject(options.largeUrl, ctx));
+  return {
+    url: fresh.href,
+    findings,
+    healthy: findings.every((finding) => finding.outcome !== "problem"),
+  };
+}
+
+/** The steps on the small object; each stops the rest when what they need is missing. */
+async function checkSmallObject(
+  fresh: URL,
+  ctx: Context,
+  options: {
+    say: (check: string, outcome: CacheFinding["outcome"], detail: string) => void;
+    purge?: (url: URL) => Promise<void>;
+  },
+): Promise<void> {
+  const { say } = options;
+  /** Asks until the edge answers `wanted`, as a fill or a purge may take a moment. */
+  const until = async (wanted: (label?: string) => boolean, init: Parameters<typeof probe>[2]) => {
+    let answer = await probe(ctx, fresh.href, init);
+    for (let attempt = 1; attempt < EDGE_ATTEMPTS && !wanted(answer.label); attempt++) {
+      await ctx.sleep(EDGE_PAUSE_MS);
+      answer = await probe(ctx, fresh.href, init);
+    }
+    return answer;
+  };
+
+  const first = await probe(ctx, fresh.href);
+  if (first.headers.has("cf-mitigated")) {
+    say(
+      "first GET",
+      "problem",
+      `a Cloudflare challenge answered (cf-mitigated: ${first.headers.get("cf-mitigated")}), ` +
+        "not the worker: let this client through the zone's WAF or bot rules, or run the " +
+        "check from another network",
+    );
+    return;
+  }
+  if (first.status !== 200) {
+    say(
+      "first GET",
+      "problem",
+      `answered ${first.status}; give --url the address of a small object that exists`,
+    );
+    return;
+  }
+  if (first.label === undefined) {
+    say(
+      "first GET",
+      "problem",
+      "no cf-cache-status at all: Workers Cache is off in the deployed version. Its upload " +
+        'must carry cache_options {"enabled": true, "cross_version_cache": true}: run refresh ' +
+        "in the Workers Cache mode, then check again",
+    );
+    return;
+  }
+  if (first.label !== "MISS") {
+    const uncacheable = first.label === "BYPASS" || first.label === "DYNAMIC";
+    say(
+      "first GET",
+      uncacheable ? "problem" : "note",
+      `cf-cache-status ${first.label} (expected MISS: ` +
+        (options.purge ? "the purge before it had not arrived" : "it was cached already") + ")" +
+        (uncacheable ? `: the answer is not cacheable (${cachingHeaders(first.headers)})` : ""),
+    );
+    if (uncacheable) return;
+  } else {
+    say("first GET", "ok", `MISS (${first.bytes.byteLength} bytes)`);
+  }
+
+  const second = await until((label) => label === "HIT", {});
+  if (second.label !== "HIT") {
+    say(
+      "second GET",
+      "problem",
+      `cf-cache-status ${second.label}, not HIT, after ${EDGE_ATTEMPTS} tries: the answer was ` +
+        `not stored (${cachingHeaders(second.headers)}); larger than 512 MB is never stored`,
+    );
+    return;
+  }
+  say("second GET", "ok", "HIT: answered by the cache, the worker did not run");
+
+  const head = await probe(ctx, fresh.href, { method: "HEAD" });
+  const sameLength = head.headers.get("content-length") === String(first.bytes.byteLength);
+  say(
+    "HEAD after GET",
+    head.label === "HIT" && head.status === 200 && head.bytes.byteLength === 0 && sameLength
+      ? "ok"
+      : "problem",
+    `${head.status}, cf-cache-status ${head.label}, content-length ` +
+      `${head.headers.get("content-length")}, ${head.bytes.byteLength} body bytes`,
+  );
+
+  const size = first.bytes.byteLength;
+  if (size === 0) {
+    say("range after GET", "not checked", "the object is empty; give --url a non-empty one");
+  } else {
+    const last = Math.min(99, size - 1);
+    const range = await probe(ctx, fresh.href, { headers: { Range: `bytes=0-${last}` } });
+    const sliced = range.status === 206 &&
+      range.headers.get("content-range") === `bytes 0-${last}/${size}` &&
+      range.bytes.every((byte, i) => byte === first.bytes[i]) &&
+      range.bytes.byteLength === last + 1;
+    say(
+      "range after GET",
+      sliced && range.label === "HIT" ? "ok" : "problem",
+      `${range.status} ${range.headers.get("content-range") ?? "(no content-range)"}, ` +
+        `cf-cache-status ${range.label}, ${range.bytes.byteLength} bytes` +
+        (range.status === 200 ? ": the whole object came back for a range" : ""),
+    );
+  }
+
+  const etag = first.headers.get("etag");
+  if (etag) {
+    const revalidation = await probe(ctx, fresh.href, { headers: { "If-None-Match": etag } });
+    say(
+      "browser revalidation",
+      "note",
+      `${revalidation.status}, cf-cache-status ${revalidation.label}: ` +
+        (revalidation.status === 304 && revalidation.label === "HIT"
+          ? "the cache answers browsers' conditional requests itself"
+          : "browsers' conditional requests reach the worker (each one runs it)"),
+    );
+  }
+
+  if (options.purge) {
+    await options.purge(fresh);
+    const after = await until((label) => label !== "HIT", {});
+    say(
+      "purge",
+      after.label === "HIT" ? "problem" : "ok",
+      after.label === "HIT"
+        ? `still HIT after ${EDGE_ATTEMPTS} tries in ${
+          (EDGE_ATTEMPTS - 1) * EDGE_PAUSE_MS / 1000
+        } s: the purge did not reach this entry`
+        : `cf-cache-status ${after.label} after the purge`,
+    );
+  } else {
+    say(
+      "purge",
+      "not checked",
+      "no purge key here (B2_APPLICATION_KEY or WORKER_PURGE_KEY), or the mode is not " +
+        "workers-cache",
+    );
+  }
+}
+
+/**
+ * Asks for the last bytes of a large object: a 206 that starts quickly is
+ * served as a range; a 200 means every range sends the whole object; a slow
+ * 206 suggests the edge read the whole object before answering.
+ */
+async function checkLargeObject(url: string, ctx: Context): Promise<CacheFinding> {
+  const check = "range of the large object";
+  const readLimit = LARGE_READ_LIMIT;
+  const start = await probe(ctx, url, { headers: { Range: "bytes=0-0" }, readLimit });
+  const size = Number(/\/(\d+)$/.exec(start.headers.get("content-range") ?? "")?.[1] ?? NaN);
+  if (start.status !== 206 || !Number.isInteger(size)) {
+    const detail = start.status === 200
+      ? `200 for bytes=0-0: the whole object is sent for a range (${start.bytes.byteLength} ` +
+        `bytes read${start.cut ? " before stopping" : ""}, first byte in ${start.firstByteMs} ` +
+        "ms). Players would download all of it: for large videos choose the Cache API mode " +
+        "or no cache (README: Large objects)"
+      : `answered ${start.status}; give --large-url the address of an object that exists`;
+    return { check, outcome: "problem", detail };
+  }
+  const from = Math.max(0, size - CHECK_RANGE_BYTES);
+  const tail = await probe(ctx, url, {
+    headers: { Range: `bytes=${from}-${size - 1}` },
+    readLimit,
+  });
+  const facts = `${tail.status}, first byte in ${tail.firstByteMs} ms, ` +
+    `${tail.bytes.byteLength} bytes read${tail.cut ? " before stopping" : ""}, ` +
+    `cf-cache-status ${tail.label ?? "(none)"}, object ${size} bytes`;
+  if (tail.status !== 206) {
+    return {
+      check,
+      outcome: "problem",
+      detail: `${facts}: the whole object is sent for a range; for large videos choose the ` +
+        "Cache API mode or no cache (README: Large objects)",
+    };
+  }
+  if (tail.firstByteMs > SLOW_FIRST_BYTE_MS) {
+    return {
+      check,
+      outcome: "problem",
+      detail: `${facts}: slow, the edge probably read the whole object before answering; for ` +
+        "large videos choose the Cache API mode or no cache (README: Large objects)",
+    };
+  }
+  return { check, outcome: "ok", detail: `${facts}: ranges of it are served as ranges` };
+}
+
+// ---------------------------------------------------------------------------
 // Commands
 // ---------------------------------------------------------------------------
 
@@ -3026,6 +3353,7 @@ Commands:
   sign <path> | --prefix <path> --expires <when>
             print a signed link to a path under WORKER_SIGNED_PREFIXES; no network
   keygen    print a fresh WORKER_SIGNING_KEY
+  check-cache  check Workers Cache on the deployed worker from real answers; exit 1 on a problem
 
 Flags:
   --json                 one JSON object on stdout instead of a line
@@ -3039,12 +3367,14 @@ Flags:
   --prefix <path>        purge: every path that starts with this (repeatable);
                          sign: a link for every path under it, instead of one <path>
   --all                  purge: everything the worker's cache holds
-  --url <url>            purge, sign: where the worker answers (default: WORKER_DOMAIN, the
-                         route's host; purge also VERIFY_URL's origin, then workers.dev)
+  --url <url>            purge, sign, check-cache: where the worker answers (default:
+                         WORKER_DOMAIN, the route's host; purge also VERIFY_URL's origin,
+                         then workers.dev); check-cache: the object to check
   --port <n>             dev, demo: local port (default 8787)
   --expires <when>       sign: a duration from now (1h, 7d) or an ISO 8601 time
   --not-before <when>    sign: the link works only from then on
   --download-name <name> sign: served as an attachment with this file name
+  --large-url <url>      check-cache: a large object, to see how its ranges are served
   --env-file <path>      read settings from this file instead of ./.env
   --verbose, -v          print each step on stderr
   --help, -h             this text
@@ -3102,6 +3432,9 @@ interface Flags {
   /** `purge`: its paths, prefixes, `--all` and `--url`. */
   purge: PurgeRequest;
   sign: SignFlags;
+  /** `check-cache`: an object on the worker (`--url`) and a large one (`--large-url`). */
+  url?: string;
+  largeUrl?: string;
 }
 
 /** The flags of `sign`, as given. */
@@ -3298,6 +3631,59 @@ async function runDev(
   return 0;
 }
 
+/** The check's lines, one finding each. */
+function describeCacheCheck(report: CacheCheckReport): string {
+  return `Workers Cache at ${report.url}: ${report.healthy ? "OK" : "PROBLEM"}\n` +
+    report.findings.map((f) => `  ${f.outcome.padEnd(11)} ${f.check}: ${f.detail}`).join("\n");
+}
+
+/**
+ * Runs once after the first deploy: a separate command, not a `refresh` mode,
+ * since it needs no credentials, makes requests a daily refresh should not
+ * (a large object's range, a purge), and its exit code means "the edge
+ * caches as intended", not "the token was renewed".
+ */
+async function runCheckCache(
+  settings: Settings,
+  config: Config,
+  options: { ctx: Context; io: Io; flags: Flags },
+): Promise<number> {
+  const { ctx, io, flags } = options;
+  const route = settings.WORKER_ROUTE?.trim().replace(/^https?:\/\//, "").split("/")[0];
+  const host = settings.WORKER_DOMAIN?.trim() || (route && !route.includes("*") ? route : "");
+  const url = flags.url ?? (host ? `https://${host}/` : undefined);
+  const problems: string[] = [];
+  for (const [flag, value] of [["--url", url], ["--large-url", flags.largeUrl]] as const) {
+    if (value !== undefined && !URL.canParse(value)) {
+      problems.push(`${flag} must be an http(s) URL, not "${value}".`);
+    }
+  }
+  if (url === undefined) {
+    problems.push(
+      "check-cache needs the worker's address: give --url https://<worker host>/<a small " +
+        "object>, or set WORKER_DOMAIN.",
+    );
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  // The purge refresh and `purge` use: one object, by its path, at the worker's own origin.
+  const purgeObject = config.purgeSecret && config.worker.cacheMode === "workers-cache"
+    ? async (object: URL) => {
+      await purge(config, ctx, {
+        paths: [object.pathname],
+        prefixes: [],
+        all: false,
+        url: object.origin,
+      });
+    }
+    : undefined;
+  const report = await checkCache(url!, ctx, {
+    ...(flags.largeUrl !== undefined && { largeUrl: flags.largeUrl }),
+    ...(purgeObject && { purge: purgeObject }),
+  });
+  io.stdout(flags.json ? JSON.stringify(report) : describeCacheCheck(report));
+  return report.healthy ? 0 : 1;
+}
+
 async function runCron(config: Config, ctx: Context, io: Io): Promise<number> {
   if (typeof Deno.cron !== "function") {
     throw new ConfigError([
@@ -3372,17 +3758,25 @@ async function runDemo(ctx: Context, io: Io, flags: Flags): Promise<number> {
         "the stand-in Cloudflare API holds no worker after the refresh",
       );
     }
-    const worker = await startLocalWorker(
-      {
+    const { startWorkersCache } = await import(
+      new URL(WORKERS_CACHE_MODULE, import.meta.url).href
+    ) as typeof import("./testing/workers_cache.ts");
+    const worker = await startWorkersCache({ port: flags.port, startLocalWorker });
+    try {
+      await worker.deploy({
         metadata: deployed.metadata as WorkerMetadata,
         module: deployed.module,
-      },
-      { port: flags.port },
-    );
+      });
+    } catch (error) {
+      await worker.close();
+      throw error;
+    }
     // Ctrl-C while it started up stops it now, not after saying it is ready.
     if (!ctrlC.wasPressed()) {
       say(
-        `\nThe deployed worker now runs in workerd (Cloudflare's runtime) at ${worker.url}\n` +
+        `\nThe deployed worker now runs in workerd (Cloudflare's runtime) at ${worker.url}, ` +
+          "behind a stand-in for Workers Cache (testing/workers_cache.ts).\n" +
+          await showCacheStatus(`${worker.url}/hello.txt`, ctx) +
           "Try it:\n" +
           `  curl -i ${worker.url}/\n` +
           `  curl -i ${worker.url}/hello.txt\n` +
@@ -3393,7 +3787,7 @@ async function runDemo(ctx: Context, io: Io, flags: Flags): Promise<number> {
       );
       await ctrlC.pressed;
     }
-    await worker.dispose();
+    await worker.close();
     say("Stopped.");
     return 0;
   } finally {
@@ -3503,6 +3897,26 @@ function siteOrigin(settings: Settings): string | undefined {
   return host && !host.includes("*") ? `https://${host}` : undefined;
 }
 
+/** Kept out of the static graph: only the demo loads the stand-in (see MINIFLARE). */
+const WORKERS_CACHE_MODULE = "./testing/workers_cache.ts";
+
+/** Asks for `url` twice as `curl -sI` would, and shows the `cf-cache-status` of each answer. */
+async function showCacheStatus(url: string, ctx: Context): Promise<string> {
+  const lines = [];
+  for (let i = 0; i < 2; i++) {
+    const response = await ctx.fetch(url, { method: "HEAD" });
+    await response.body?.cancel();
+    const status = response.headers.get("cf-cache-status");
+    lines.push(
+      `  $ curl -sI ${url} | grep -i cf-cache-status\n    ` +
+        (status === null
+          ? "(none: this version was uploaded without cache_options, so Workers Cache is off)"
+          : `cf-cache-status: ${status}`),
+    );
+  }
+  return `${lines.join("\n")}\n`;
+}
+
 function contentTypeOf(name: string): string {
   const types: Record<string, string> = {
     html: "text/html; charset=utf-8",
@@ -3524,6 +3938,7 @@ const COMMANDS = {
   demo: { needs: {} },
   sign: { needs: {} },
   keygen: { needs: {} },
+  "check-cache": { needs: {} },
 } as const;
 type Command = keyof typeof COMMANDS;
 
@@ -3561,6 +3976,7 @@ export function parseCommandLine(args: string[]): CommandLine {
         url: { type: "string" },
         "min-remaining": { type: "string" },
         port: { type: "string" },
+        "large-url": { type: "string" },
         "env-file": { type: "string" },
         expires: { type: "string" },
         "not-before": { type: "string" },
@@ -3611,8 +4027,10 @@ export function parseCommandLine(args: string[]): CommandLine {
     if (values.url !== undefined && !/^https?:\/\/[^/]+/.test(values.url)) {
       problems.push(`--url must be an http(s) URL, not "${values.url}".`);
     }
-  } else if (name !== "sign" && (values.prefix !== undefined || values.url !== undefined)) {
-    problems.push("--prefix and --url are flags of purge and sign.");
+  } else if (name !== "sign" && values.prefix !== undefined) {
+    problems.push("--prefix is a flag of purge and sign.");
+  } else if (!["sign", "check-cache"].includes(name) && values.url !== undefined) {
+    problems.push("--url is a flag of purge, sign and check-cache.");
   } else if (purgeRequest.all) {
     problems.push("--all is a flag of purge.");
   }
@@ -3658,6 +4076,8 @@ export function parseCommandLine(args: string[]): CommandLine {
         prefix: signsPrefix,
         ...(values.url !== undefined && { baseUrl: values.url }),
       },
+      ...(values.url !== undefined && { url: values.url }),
+      ...(values["large-url"] !== undefined && { largeUrl: values["large-url"] }),
     },
     settings,
     ...(values["env-file"] !== undefined && { envFile: values["env-file"] }),
@@ -3731,6 +4151,8 @@ export async function run(options: RunOptions): Promise<number> {
         return await runDemo(ctx, io, line.flags);
       case "sign":
         return await runSign(line.path ?? "", { settings, config, ctx, io, flags: line.flags });
+      case "check-cache":
+        return await runCheckCache(settings, config, { ctx, io, flags: line.flags });
     }
   } catch (error) {
     if (error instanceof ConfigError) {

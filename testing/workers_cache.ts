@@ -1,0 +1,862 @@
+/**
+ * A stand-in for Cloudflare's Workers Cache: an HTTP server on this machine
+ * that sits in front of a worker running in workerd (miniflare) and follows
+ * the rules Cloudflare documents for that cache (WORKERS_CACHE.md, from
+ * developers.cloudflare.com/workers/cache/). No miniflare or workerd version
+ * emulates it (Cloudflare left it out on purpose, workerd issue 6865), so
+ * tests, `dev`, `demo` and the bench put this in front of the worker.
+ *
+ * Each rule the documentation does not settle is marked `Assumption:` and
+ * takes the case that is worst for this project's worker, so that a worker
+ * that passes here also works if Cloudflare turns out to be stricter.
+ *
+ * ```ts
+ * const cache = await startWorkersCache();
+ * await cache.deploy(upload); // upload.metadata.cache_options turns caching on
+ * const first = await fetch(`${cache.url}/hello.txt`); // cf-cache-status: MISS
+ * const second = await fetch(`${cache.url}/hello.txt`); // cf-cache-status: HIT
+ * await cache.close();
+ * ```
+ *
+ * @module
+ */
+
+import { stripTypeScriptTypes } from "node:module";
+import type { LocalWorker, startLocalWorker, WorkerUpload } from "../main.ts";
+
+/** What ctx.cache.purge takes, as Cloudflare documents it. */
+export interface PurgeOptions {
+  tags?: string[];
+  pathPrefixes?: string[];
+  purgeEverything?: boolean;
+}
+
+/** What ctx.cache.purge resolves to. */
+export interface PurgeResult {
+  success: boolean;
+  errors: { code: number; message: string }[];
+}
+
+/** Live counters. */
+export interface WorkersCacheStats {
+  /** Answers given to visitors. */
+  requests: number;
+  /** Answers taken from storage without waiting for the worker (HIT, UPDATING). */
+  hits: number;
+  /** Requests the worker got: misses, revalidations (background ones too), passes. */
+  workerRuns: number;
+  /** Answers by `cf-cache-status` (`none` when caching is off). */
+  statuses: Record<string, number>;
+}
+
+/** The running stand-in. */
+export interface WorkersCache {
+  /** Where visitors go: `http://127.0.0.1:<port>`. */
+  url: string;
+  /**
+   * (Re)deploys: runs this upload in workerd behind the cache; the previous
+   * workerd is stopped once the new one answers and its requests are done.
+   * `metadata.cache_options` is read as Cloudflare would: absent or
+   * `enabled: false` = no caching and no `cf-cache-status`. Each deploy is a
+   * new version, part of the key unless `cross_version_cache`.
+   */
+  deploy(upload: WorkerUpload): Promise<void>;
+  /** Live counters since start (or since {@linkcode WorkersCache.resetStats}). */
+  readonly stats: WorkersCacheStats;
+  resetStats(): void;
+  /** Every ctx.cache.purge or invalidate the worker called, in order, with what it answered. */
+  readonly purges: {
+    operation: "purge" | "invalidate";
+    options: PurgeOptions;
+    result: PurgeResult;
+  }[];
+  /** Resolves once every background revalidation started so far has finished. */
+  idle(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** How the stand-in is set up. */
+export interface WorkersCacheOptions {
+  /** @default 0 (any free port) */
+  port?: number;
+  /** The cache's clock (ms), so tests can make entries stale without waiting. @default Date.now */
+  now?: () => number;
+  /** The largest answer stored. @default 512 MB */
+  maxObjectBytes?: number;
+  /** How long the worker may take to send its headers before it counts as failed. @default 100 s */
+  workerTimeoutMs?: number;
+  /** Gets what the worker prints. */
+  onLog?: (text: string) => void;
+  /**
+   * How workerd is started. main.ts passes its own: this module importing main.ts while
+   * main.ts's top-level await is running it would wait forever. @default main.ts's
+   */
+  startLocalWorker?: typeof startLocalWorker;
+}
+
+/** WORKERS_CACHE.md: "the Free-plan limit (512 MB) applies to every plan for now". */
+const MAX_OBJECT_BYTES = 512 * 1024 * 1024;
+/** Assumption: Cloudflare's proxy read timeout (100 s, its 524 error) bounds a worker's answer. */
+const WORKER_TIMEOUT_MS = 100_000;
+/** The binding through which the shim's ctx.cache reaches this stand-in. */
+const CACHE_BINDING = "__WORKERS_CACHE";
+const SHIM_PATH = "workers_cache_shim.js";
+/** The import in the shim's source that is pointed at the upload's main module. */
+const SHIM_WORKER_IMPORT = `"../worker_template.ts"`;
+
+/**
+ * WORKERS_CACHE.md (Cache key): request headers that are part of the key against cache
+ * poisoning. Assumption: only the three it names (the "..." are not listed anywhere).
+ */
+const KEY_HEADERS = ["x-forwarded-host", "x-http-method-override", "forwarded"];
+
+/**
+ * WORKERS_CACHE.md (Cache key): "200 two hours, 404 three minutes, 405 one minute, and others;
+ * 401/403/500 only with explicit directives; 520-526 and worker-made 206 never".
+ * Assumption: the "others" are those of Cloudflare's zone cache (301 two hours, 302/303 twenty
+ * minutes, 410 three minutes); any status not listed is stored only with explicit directives.
+ */
+const HEURISTIC_SECONDS: Record<number, number> = {
+  200: 7200,
+  301: 7200,
+  302: 1200,
+  303: 1200,
+  404: 180,
+  410: 180,
+  405: 60,
+};
+
+/** WORKERS_CACHE.md (Cache-Tag). */
+const MAX_TAG_LENGTH = 1024;
+const MAX_TAGS = 1000;
+/** WORKERS_CACHE.md (Purge): "5 purge requests a minute (bursts to 25), up to 100 operations". */
+const PURGE_BURST = 25;
+const PURGES_PER_MINUTE = 5;
+const MAX_PURGE_OPERATIONS = 100;
+
+/**
+ * The headers that decide, most important first (WORKERS_CACHE.md: Headers that control it).
+ * Only the first is stripped before the visitor.
+ */
+const CONTROL_HEADERS = ["cloudflare-cdn-cache-control", "cdn-cache-control", "cache-control"];
+
+type Directives = Map<string, string | true>;
+
+/** How an answer may be kept, worked out from its headers once. */
+interface Policy {
+  /** Seconds it is fresh; 0 when it must be revalidated before any use. */
+  lifetime: number;
+  noCache: boolean;
+  /** Seconds after expiry it may be served while it is revalidated in the background. */
+  staleWhileRevalidate: number;
+  /** Seconds after expiry it may be served when the worker fails; Infinity without a bound. */
+  staleIfError: number;
+  /** Whether it may answer a request that carries `Authorization`. */
+  forAuthorized: boolean;
+}
+
+interface Entry {
+  /** Path and query, for prefix purges. */
+  path: string;
+  /** The request header values the answer's `Vary` names, as sent. */
+  vary: [string, string | null][];
+  status: number;
+  /** As the worker sent them (control headers included, so a 304 can update them). */
+  headers: Headers;
+  body: Uint8Array<ArrayBuffer>;
+  /** Lowercase. */
+  tags: Set<string>;
+  /** When it was fetched or last revalidated (ms). */
+  storedAt: number;
+  /** Set by an invalidation: stale from then on. */
+  invalidatedAt?: number;
+  policy: Policy;
+  updating?: boolean;
+}
+
+interface Deployment {
+  worker: LocalWorker;
+  version: number;
+  caching: boolean;
+  crossVersion: boolean;
+  inFlight: Set<Promise<unknown>>;
+}
+
+/** What a worker call gave: an answer, or the reason there is none. */
+type WorkerResult = { response: Response } | { failure: "threw" | "timed out"; message: string };
+
+/** Starts the stand-in; {@linkcode WorkersCache.deploy} puts a worker behind it. */
+export async function startWorkersCache(options: WorkersCacheOptions = {}): Promise<WorkersCache> {
+  const now = options.now ?? Date.now;
+  const maxObjectBytes = options.maxObjectBytes ?? MAX_OBJECT_BYTES;
+  const workerTimeoutMs = options.workerTimeoutMs ?? WORKER_TIMEOUT_MS;
+  const shim = await loadShim();
+  const startWorker = options.startLocalWorker ??
+    (await import("../main.ts")).startLocalWorker;
+  // The Cache API (caches.default) survives deploys on Cloudflare, so a worker in that mode
+  // keeps its entries across versions here too.
+  const cachePersist = await Deno.makeTempDir({ prefix: "workers-cache-" });
+  /** Key -> the entries of its variants (Vary). */
+  const store = new Map<string, Entry[]>();
+  const background = new Set<Promise<unknown>>();
+  const purges: WorkersCache["purges"] = [];
+  let stats = emptyStats();
+  let purgeTokens = PURGE_BURST;
+  let purgeTokensAt = now();
+  let deployment: Deployment | undefined;
+  let versions = 0;
+
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: options.port ?? 0, onListen: () => {} },
+    async (request) => {
+      const current = deployment;
+      if (!current) return new Response("No worker is deployed yet.\n", { status: 503 });
+      const answer = await track(current, handle(request, current));
+      stats.requests++;
+      const status = answer.headers.get("cf-cache-status") ?? "none";
+      stats.statuses[status] = (stats.statuses[status] ?? 0) + 1;
+      if (status === "HIT" || status === "UPDATING") stats.hits++;
+      return answer;
+    },
+  );
+
+  function track<T>(current: Deployment, work: Promise<T>): Promise<T> {
+    current.inFlight.add(work);
+    return work.finally(() => current.inFlight.delete(work));
+  }
+
+  async function handle(request: Request, current: Deployment): Promise<Response> {
+    const url = new URL(request.url);
+    if (!current.caching) {
+      // Assumption: without caching the answer passes untouched, control headers and
+      // Cache-Tag included (nothing documents them being stripped then).
+      const result = await callWorker(current, request, { headers: request.headers });
+      return "response" in result ? result.response : failureAnswer(result);
+    }
+    // WORKERS_CACHE.md (Cache key): "Only GET and HEAD are cached".
+    if (request.method !== "GET" && request.method !== "HEAD") {
+      const result = await callWorker(current, request, {
+        headers: request.headers,
+        body: await request.arrayBuffer(),
+      });
+      if (!("response" in result)) return failureAnswer(result);
+      return visitorAnswer(result.response, "DYNAMIC");
+    }
+    const key = cacheKey(url, request.headers, current);
+
+    // Assumption: the cache does not answer a browser's own conditional request itself; it
+    // reaches the worker (unconfirmed in WORKERS_CACHE.md). That is the worst case: every
+    // browser revalidation runs the worker, which must answer 304 correctly.
+    if (request.headers.has("if-none-match") || request.headers.has("if-modified-since")) {
+      return await fill(request, { key, label: "MISS", conditional: true }, current);
+    }
+
+    const entry = lookUp(key, request.headers);
+    if (!entry) return await fill(request, { key, label: "MISS" }, current);
+    const staleFor = staleSeconds(entry);
+    if (staleFor < 0) return serve(entry, request, "HIT");
+    if (!entry.policy.noCache && staleFor <= entry.policy.staleWhileRevalidate) {
+      if (!entry.updating) {
+        entry.updating = true;
+        const work = revalidate(entry, request, key, current).finally(() => {
+          entry.updating = false;
+        });
+        background.add(work);
+        work.finally(() => background.delete(work));
+      }
+      return serve(entry, request, "UPDATING");
+    }
+    return await revalidate(entry, request, key, current);
+  }
+
+  /** Seconds since the entry went stale: negative while fresh. */
+  function staleSeconds(entry: Entry): number {
+    const expiry = Math.min(
+      entry.storedAt + entry.policy.lifetime * 1000,
+      entry.invalidatedAt ?? Infinity,
+    );
+    if (entry.policy.noCache) return Math.max(0, (now() - expiry) / 1000);
+    return (now() - expiry) / 1000;
+  }
+
+  function lookUp(key: string, headers: Headers): Entry | undefined {
+    const entry = store.get(key)?.find((candidate) =>
+      candidate.vary.every(([name, value]) => headers.get(name) === value)
+    );
+    // WORKERS_CACHE.md (Bypass): a request with Authorization is not answered from an entry
+    // unless it said public, s-maxage or must-revalidate.
+    if (entry && headers.has("authorization") && !entry.policy.forAuthorized) return undefined;
+    return entry;
+  }
+
+  /** Asks the worker for the whole object, stores what may be stored, answers the visitor. */
+  async function fill(
+    request: Request,
+    how: { key: string; label: string; conditional?: boolean },
+    current: Deployment,
+  ): Promise<Response> {
+    const headers = workerHeaders(request.headers, { keepConditional: how.conditional });
+    const result = await callWorker(current, request, { method: "GET", headers });
+    if (!("response" in result)) return failureAnswer(result);
+    return await keepAndAnswer(result.response, request, how);
+  }
+
+  /**
+   * Sends the worker a conditional request built from the entry's validators
+   * (WORKERS_CACHE.md: Revalidation): 304 keeps the body (REVALIDATED), another
+   * answer replaces it (EXPIRED), a failure serves the stale copy when
+   * stale-if-error allows (STALE).
+   */
+  async function revalidate(
+    entry: Entry,
+    request: Request,
+    key: string,
+    current: Deployment,
+  ): Promise<Response> {
+    const headers = workerHeaders(request.headers, {});
+    const etag = entry.headers.get("etag");
+    const lastModified = entry.headers.get("last-modified");
+    if (etag !== null) headers.set("If-None-Match", etag);
+    if (lastModified !== null) headers.set("If-Modified-Since", lastModified);
+    const result = await callWorker(current, request, { method: "GET", headers });
+    const failed = !("response" in result) || isFailure(result.response.status);
+    // stale-if-error counts from expiry; a no-cache entry is never used unvalidated.
+    // Assumption: stale-if-error does not cover no-cache entries (the worst case).
+    if (failed && !entry.policy.noCache && staleSeconds(entry) <= entry.policy.staleIfError) {
+      if ("response" in result) await result.response.body?.cancel();
+      return serve(entry, request, "STALE");
+    }
+    if (!("response" in result)) return failureAnswer(result);
+    const response = result.response;
+    if (response.status === 304) {
+      await response.body?.cancel();
+      // RFC 9111 4.3.4: the stored headers are updated from the 304's (a new lifetime, say).
+      for (const [name, value] of response.headers) {
+        if (!["content-length", "content-encoding", "transfer-encoding"].includes(name)) {
+          entry.headers.set(name, value);
+        }
+      }
+      const verdict = storability(entry.status, entry.headers, request.headers);
+      if (verdict.store) {
+        entry.policy = verdict.policy;
+        entry.tags = cacheTags(entry.headers.get("cache-tag"));
+        entry.storedAt = now();
+        entry.invalidatedAt = undefined;
+        return serve(entry, request, "REVALIDATED");
+      }
+      forget(key, entry);
+      return serve(entry, request, verdict.label);
+    }
+    return await keepAndAnswer(response, request, { key, label: "EXPIRED", replacing: entry });
+  }
+
+  /** Stores the worker's answer when the rules allow, then answers the visitor. */
+  async function keepAndAnswer(
+    response: Response,
+    request: Request,
+    how: { key: string; label: string; replacing?: Entry },
+  ): Promise<Response> {
+    const verdict = response.status === 304
+      ? { store: false as const, label: "BYPASS" }
+      : storability(response.status, response.headers, request.headers);
+    if (!verdict.store) {
+      // An expired entry whose worker answer may not be kept is gone; the visitor is told why
+      // the worker was asked (EXPIRED), not that this answer bypasses.
+      if (how.replacing) forget(how.key, how.replacing);
+      return visitorAnswer(response, how.replacing ? how.label : verdict.label, request);
+    }
+    const size = Number(response.headers.get("content-length") ?? NaN);
+    if (size > maxObjectBytes) {
+      // WORKERS_CACHE.md (Size limit): "Larger answers are not stored (MISS every time)".
+      return visitorAnswer(response, "MISS", request);
+    }
+    const read = await readUpTo(response.body, maxObjectBytes);
+    if (read.rest) {
+      return visitorAnswer(new Response(read.rest, response), "MISS", request);
+    }
+    const entry: Entry = {
+      path: new URL(request.url).pathname + new URL(request.url).search,
+      vary: varyValues(response.headers.get("vary"), request.headers),
+      status: response.status,
+      headers: new Headers(response.headers),
+      body: read.bytes,
+      tags: cacheTags(response.headers.get("cache-tag")),
+      storedAt: now(),
+      policy: verdict.policy,
+    };
+    const variants = (store.get(how.key) ?? []).filter((other) =>
+      other !== how.replacing &&
+      !other.vary.every(([name, value]) => request.headers.get(name) === value)
+    );
+    store.set(how.key, [...variants, entry]);
+    return serve(entry, request, how.label);
+  }
+
+  function forget(key: string, entry: Entry): void {
+    const left = (store.get(key) ?? []).filter((other) => other !== entry);
+    if (left.length > 0) store.set(key, left);
+    else store.delete(key);
+  }
+
+  async function callWorker(
+    current: Deployment,
+    request: Request,
+    init: { method?: string; headers: Headers; body?: ArrayBuffer },
+  ): Promise<WorkerResult> {
+    stats.workerRuns++;
+    const { promise: timeout, resolve } = Promise.withResolvers<WorkerResult>();
+    const timer = setTimeout(
+      () => resolve({ failure: "timed out", message: `no answer in ${workerTimeoutMs} ms` }),
+      workerTimeoutMs,
+    );
+    const call = current.worker.miniflare.dispatchFetch(request.url, {
+      method: init.method ?? request.method,
+      headers: init.headers,
+      ...(init.body && init.body.byteLength > 0 && { body: init.body }),
+      redirect: "manual",
+    } as never).then(
+      (response): WorkerResult => {
+        // miniflare's own Response: made a Deno one, so callers can stream and copy it.
+        const headers = new Headers(response.headers as unknown as Headers);
+        return {
+          response: new Response(response.body as ReadableStream<Uint8Array> | null, {
+            status: response.status,
+            headers,
+          }),
+        };
+      },
+      (error): WorkerResult => ({ failure: "threw", message: String(error) }),
+    );
+    try {
+      const result = await Promise.race([call, timeout]);
+      if (!("response" in result) && result.failure === "timed out") {
+        call.then((late) => {
+          if ("response" in late) late.response.body?.cancel();
+        });
+      }
+      return result;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** An entry's answer for this request: the whole object, a 206 slice, a 416, or a HEAD. */
+  function serve(entry: Entry, request: Request, label: string): Response {
+    const headers = clientHeaders(entry.headers, label);
+    headers.set("Age", String(Math.max(0, Math.floor((now() - entry.storedAt) / 1000))));
+    const head = request.method === "HEAD";
+    const size = entry.body.byteLength;
+    // WORKERS_CACHE.md (Range): the cache answers 206 slices (or 416) itself.
+    const range = entry.status === 200 && ifRangeHolds(request.headers, entry.headers)
+      ? parseRange(request.headers.get("range"), size)
+      : undefined;
+    if (range === "unsatisfiable") {
+      const refused = new Headers({ "content-range": `bytes */${size}`, "cf-cache-status": label });
+      return new Response(null, { status: 416, headers: refused });
+    }
+    if (range) {
+      headers.set("Content-Range", `bytes ${range.start}-${range.end}/${size}`);
+      headers.set("Content-Length", String(range.end - range.start + 1));
+      const body = head ? null : entry.body.slice(range.start, range.end + 1);
+      return new Response(body, { status: 206, headers });
+    }
+    headers.set("Content-Length", String(size));
+    return new Response(head || nullBodyStatus(entry.status) ? null : entry.body, {
+      status: entry.status,
+      headers,
+    });
+  }
+
+  /**
+   * An answer that was not stored, as the visitor gets it. The worker never saw the
+   * visitor's Range (removed before it), so a range of a whole 200 is sliced here.
+   * Assumption: that holds for answers too large to store as well (the worst case asked for:
+   * the worker sends the whole object and the edge reads through it to the range).
+   */
+  function visitorAnswer(response: Response, label: string, request?: Request): Response {
+    const headers = clientHeaders(response.headers, label);
+    const head = request?.method === "HEAD";
+    const size = Number(response.headers.get("content-length") ?? NaN);
+    const range = request && response.status === 200 && Number.isInteger(size) &&
+        ifRangeHolds(request.headers, response.headers)
+      ? parseRange(request.headers.get("range"), size)
+      : undefined;
+    if (range === "unsatisfiable") {
+      response.body?.cancel();
+      const refused = new Headers({ "content-range": `bytes */${size}`, "cf-cache-status": label });
+      return new Response(null, { status: 416, headers: refused });
+    }
+    if (range && response.body) {
+      headers.set("Content-Range", `bytes ${range.start}-${range.end}/${size}`);
+      headers.set("Content-Length", String(range.end - range.start + 1));
+      if (head) {
+        response.body.cancel();
+        return new Response(null, { status: 206, headers });
+      }
+      return new Response(sliceStream(response.body, range), { status: 206, headers });
+    }
+    if (head) {
+      response.body?.cancel();
+      return new Response(null, { status: response.status, headers });
+    }
+    return new Response(response.body, { status: response.status, headers });
+  }
+
+  async function purge(operation: "purge" | "invalidate", request: Request): Promise<Response> {
+    const options = await request.json() as PurgeOptions;
+    const result = applyPurge(operation, options);
+    purges.push({ operation, options, result });
+    return Response.json(result);
+  }
+
+  function applyPurge(operation: "purge" | "invalidate", options: PurgeOptions): PurgeResult {
+    const tags = (options.tags ?? []).map((tag) => tag.toLowerCase());
+    const prefixes = options.pathPrefixes ?? [];
+    const operations = tags.length + prefixes.length + (options.purgeEverything ? 1 : 0);
+    // Assumption: the codes of these refusals are not documented; these are placeholders.
+    if (operations === 0) {
+      return refusal(400, "Nothing to purge: give tags, pathPrefixes or purgeEverything.");
+    }
+    if (operations > MAX_PURGE_OPERATIONS) {
+      return refusal(400, `${operations} operations; at most ${MAX_PURGE_OPERATIONS} a request.`);
+    }
+    // Assumption: a prefix with a scheme or host is refused, not silently matched against
+    // nothing (WORKERS_CACHE.md: "Prefixes are paths without scheme or host").
+    const bad = prefixes.find((prefix) => !prefix.startsWith("/"));
+    if (bad !== undefined) return refusal(400, `"${bad}" is not a path starting with "/".`);
+    const elapsed = now() - purgeTokensAt;
+    purgeTokens = Math.min(PURGE_BURST, purgeTokens + elapsed * PURGES_PER_MINUTE / 60_000);
+    purgeTokensAt = now();
+    if (purgeTokens < 1) {
+      return refusal(429, `Rate limited: ${PURGES_PER_MINUTE} purges a minute, bursts to 25.`);
+    }
+    purgeTokens -= 1;
+    // Assumption: a purge reaches the entries of every version, not just the current one's.
+    for (const [key, entries] of store) {
+      for (const entry of entries) {
+        const hit = options.purgeEverything === true ||
+          tags.some((tag) => entry.tags.has(tag)) ||
+          prefixes.some((prefix) => entry.path.startsWith(prefix));
+        if (!hit) continue;
+        // Assumption: an invalidated entry is stale at once, so its stale directives decide
+        // what happens next (WORKERS_CACHE.md: invalidate "marks entries stale").
+        if (operation === "invalidate") entry.invalidatedAt = now();
+        else forget(key, entry);
+      }
+    }
+    return { success: true, errors: [] };
+  }
+
+  return {
+    url: `http://127.0.0.1:${server.addr.port}`,
+    async deploy(upload) {
+      const cacheOptions = (upload.metadata as { cache_options?: unknown }).cache_options as
+        | { enabled?: unknown; cross_version_cache?: unknown }
+        | undefined;
+      const caching = cacheOptions?.enabled === true;
+      const worker = await startWorker(upload, {
+        wrapper: { path: SHIM_PATH, contents: shimFor(shim, upload.metadata.main_module) },
+        ...(caching && {
+          serviceBindings: {
+            [CACHE_BINDING]: (request: Request) => {
+              const operation = new URL(request.url).pathname.slice(1);
+              return purge(operation === "invalidate" ? "invalidate" : "purge", request);
+            },
+          },
+        }),
+        cachePersist,
+        ...(options.onLog && { onLog: options.onLog }),
+      });
+      const previous = deployment;
+      deployment = {
+        worker,
+        version: ++versions,
+        caching,
+        crossVersion: caching && cacheOptions?.cross_version_cache === true,
+        inFlight: new Set(),
+      };
+      if (previous) {
+        await Promise.allSettled(previous.inFlight);
+        await previous.worker.dispose();
+      }
+    },
+    get stats() {
+      return stats;
+    },
+    resetStats() {
+      stats = emptyStats();
+    },
+    purges,
+    async idle() {
+      while (background.size > 0) await Promise.allSettled(background);
+    },
+    async close() {
+      while (background.size > 0) await Promise.allSettled(background);
+      await server.shutdown();
+      await deployment?.worker.dispose();
+      await Deno.remove(cachePersist, { recursive: true }).catch(() => {});
+    },
+  };
+}
+
+function refusal(code: number, message: string): PurgeResult {
+  return { success: false, errors: [{ code, message }] };
+}
+
+function emptyStats(): WorkersCacheStats {
+  return { requests: 0, hits: 0, workerRuns: 0, statuses: {} };
+}
+
+async function loadShim(): Promise<string> {
+  const source = await Deno.readTextFile(new URL("./workers_cache_shim.ts", import.meta.url));
+  return stripTypeScriptTypes(source, { mode: "transform" });
+}
+
+function shimFor(shim: string, mainModule: string): string {
+  if (!shim.includes(SHIM_WORKER_IMPORT)) {
+    throw new Error(`workers_cache_shim.ts no longer imports ${SHIM_WORKER_IMPORT}`);
+  }
+  return shim.replace(SHIM_WORKER_IMPORT, JSON.stringify(`./${mainModule}`));
+}
+
+/**
+ * WORKERS_CACHE.md (Cache key): the path and query as sent (order and trailing slash
+ * matter), the anti-poisoning headers, and the version unless cross-version; not the host.
+ * Assumption: entries stored by a version without cross_version_cache stay that version's
+ * (a later cross-version deploy starts cold: the worst case).
+ */
+function cacheKey(url: URL, headers: Headers, current: Deployment): string {
+  const version = current.crossVersion ? "*" : String(current.version);
+  const guarded = KEY_HEADERS.map((name) => headers.get(name) ?? "").join("\n");
+  return `${version}\n${guarded}\n${url.pathname}${url.search}`;
+}
+
+/**
+ * The headers the worker gets for a cacheable request: no Range (WORKERS_CACHE.md: "the
+ * cache removes Range before calling the worker"), and the body uncompressed, since the
+ * cache stores the object itself.
+ */
+function workerHeaders(visitor: Headers, how: { keepConditional?: boolean }): Headers {
+  const headers = new Headers(visitor);
+  headers.delete("range");
+  headers.delete("if-range");
+  if (!how.keepConditional) {
+    headers.delete("if-none-match");
+    headers.delete("if-modified-since");
+  }
+  headers.set("accept-encoding", "identity");
+  return headers;
+}
+
+/** The headers a visitor sees: the first control header and Cache-Tag stripped, the status. */
+function clientHeaders(headers: Headers, label: string): Headers {
+  const out = new Headers(headers);
+  // WORKERS_CACHE.md (Headers): Cloudflare-CDN-Cache-Control is "used and stripped before the
+  // client", CDN-Cache-Control and Cache-Control are passed on; Cache-Tag is stripped.
+  out.delete("cloudflare-cdn-cache-control");
+  out.delete("cache-tag");
+  out.delete("content-encoding");
+  out.set("cf-cache-status", label);
+  return out;
+}
+
+function failureAnswer(result: Exclude<WorkerResult, { response: Response }>): Response {
+  // Assumption: Cloudflare's own error pages, without a cf-cache-status, for a worker that
+  // threw (error 1101, 500) or did not answer in time (524).
+  const status = result.failure === "threw" ? 500 : 524;
+  return new Response(`The worker ${result.failure}: ${result.message}\n`, { status });
+}
+
+/** A worker answer that lets stale-if-error serve the stored copy: a 5xx. */
+function isFailure(status: number): boolean {
+  return status >= 500;
+}
+
+function nullBodyStatus(status: number): boolean {
+  return status === 204 || status === 304;
+}
+
+function parseDirectives(value: string | null): Directives {
+  const directives: Directives = new Map();
+  for (const part of (value ?? "").split(",")) {
+    const [name = "", argument] = part.split("=", 2);
+    const key = name.trim().toLowerCase();
+    if (key !== "") directives.set(key, argument?.trim().replace(/^"|"$/g, "") ?? true);
+  }
+  return directives;
+}
+
+function seconds(directives: Directives, name: string): number | undefined {
+  const value = directives.get(name);
+  if (typeof value !== "string" || !/^\d+$/.test(value)) return undefined;
+  return Number(value);
+}
+
+type Verdict = { store: true; policy: Policy } | { store: false; label: string };
+
+/**
+ * Whether an answer may be stored, and how (WORKERS_CACHE.md: Bypass, Heuristic lifetimes,
+ * Headers that control it). `request` is the visitor's.
+ */
+function storability(status: number, headers: Headers, request: Headers): Verdict {
+  const present = CONTROL_HEADERS.filter((name) => headers.has(name));
+  const governing = parseDirectives(present[0] ? headers.get(present[0]) : null);
+  const all = present.map((name) => parseDirectives(headers.get(name)));
+  // WORKERS_CACHE.md (Range): "A 206 made by the worker is never stored"; 520-526 never.
+  if (status === 206 || (status >= 520 && status <= 526)) return { store: false, label: "DYNAMIC" };
+  if (headers.has("set-cookie")) return { store: false, label: "BYPASS" };
+  // Assumption: private or no-store in ANY of the three headers bypasses, even when a
+  // CDN header governs (unconfirmed in WORKERS_CACHE.md; the worst case for the worker,
+  // whose browsers' Cache-Control must then never say private or no-store on objects).
+  if (all.some((d) => d.has("private") || d.has("no-store"))) {
+    return { store: false, label: "BYPASS" };
+  }
+  const vary = (headers.get("vary") ?? "").split(",").map((name) => name.trim());
+  if (vary.includes("*")) return { store: false, label: "BYPASS" };
+  // Assumption: s-maxage, must-revalidate and proxy-revalidate in any of the three headers
+  // switch the stale directives off (the worst case: the docs do not say which header).
+  const strict = all.some((d) =>
+    d.has("s-maxage") || d.has("must-revalidate") || d.has("proxy-revalidate")
+  );
+  const forAuthorized = governing.has("public") || governing.has("s-maxage") ||
+    governing.has("must-revalidate");
+  if (request.has("authorization") && !forAuthorized) return { store: false, label: "BYPASS" };
+  const explicit = seconds(governing, "s-maxage") ?? seconds(governing, "max-age") ??
+    expiresSeconds(headers);
+  const noCache = governing.has("no-cache");
+  // Assumption: max-age=0 stores an answer that must be revalidated before each use, as
+  // no-cache does (zone caches bypass it instead; for a worker this is the costlier case).
+  let lifetime: number;
+  if (explicit !== undefined) lifetime = explicit;
+  else if (noCache) lifetime = 0;
+  else {
+    const heuristic = HEURISTIC_SECONDS[status];
+    if (heuristic === undefined) return { store: false, label: "DYNAMIC" };
+    lifetime = heuristic;
+  }
+  const ifError = seconds(governing, "stale-if-error");
+  return {
+    store: true,
+    policy: {
+      lifetime,
+      noCache,
+      staleWhileRevalidate: strict ? -1 : seconds(governing, "stale-while-revalidate") ?? -1,
+      // WORKERS_CACHE.md: unset means indefinitely (unless one of the three is present);
+      // stale-if-error=0 turns it off.
+      staleIfError: strict ? -1 : ifError === undefined ? Infinity : ifError === 0 ? -1 : ifError,
+      forAuthorized,
+    },
+  };
+}
+
+/** RFC 9111 4.2.1: Expires, when no max-age says otherwise. */
+function expiresSeconds(headers: Headers): number | undefined {
+  const expires = Date.parse(headers.get("expires") ?? "");
+  if (Number.isNaN(expires)) return undefined;
+  const date = Date.parse(headers.get("date") ?? "");
+  return Math.max(0, Math.floor((expires - (Number.isNaN(date) ? Date.now() : date)) / 1000));
+}
+
+/**
+ * WORKERS_CACHE.md (Cache-Tag): comma-separated, printable ASCII, at most 1024 characters a
+ * tag and 1000 tags, case-insensitive, invalid ones dropped silently.
+ * Assumption: a space inside a tag makes it invalid, and tags past the 1000th are dropped.
+ */
+function cacheTags(header: string | null): Set<string> {
+  const tags = (header ?? "").split(",").map((tag) => tag.trim())
+    .filter((tag) => tag.length > 0 && tag.length <= MAX_TAG_LENGTH && /^[\x21-\x7e]+$/.test(tag))
+    .map((tag) => tag.toLowerCase());
+  return new Set(tags.slice(0, MAX_TAGS));
+}
+
+/** WORKERS_CACHE.md (Cache key): "Vary is honoured byte for byte". */
+function varyValues(vary: string | null, request: Headers): [string, string | null][] {
+  return (vary ?? "").split(",").map((name) => name.trim().toLowerCase())
+    .filter((name) => name !== "")
+    .map((name) => [name, request.get(name)]);
+}
+
+/**
+ * One `bytes=` range within `size` bytes; `undefined` for no range or one ignored.
+ * Assumption: several ranges are answered with the whole object (HTTP allows it).
+ */
+function parseRange(
+  header: string | null,
+  size: number,
+): { start: number; end: number } | "unsatisfiable" | undefined {
+  const match = /^bytes=(\d*)-(\d*)$/.exec(header?.trim() ?? "");
+  if (!match) return undefined;
+  const [, first = "", last = ""] = match;
+  if (first === "") {
+    if (last === "") return undefined;
+    const suffix = Number(last);
+    return suffix === 0 || size === 0
+      ? "unsatisfiable"
+      : { start: Math.max(0, size - suffix), end: size - 1 };
+  }
+  const start = Number(first);
+  const end = last === "" ? Infinity : Number(last);
+  if (end < start) return undefined;
+  if (start >= size) return "unsatisfiable";
+  return { start, end: Math.min(end, size - 1) };
+}
+
+/** RFC 9110 13.1.5: the range applies only while If-Range names the stored object (strongly). */
+function ifRangeHolds(request: Headers, stored: Headers): boolean {
+  const ifRange = request.get("if-range");
+  if (ifRange === null) return true;
+  return ifRange === stored.get("last-modified") ||
+    (!ifRange.startsWith("W/") && ifRange === stored.get("etag"));
+}
+
+/** Reads a body while it fits in `limit`; past that, hands back the rest as a stream. */
+async function readUpTo(
+  body: ReadableStream<Uint8Array> | null,
+  limit: number,
+): Promise<{ bytes: Uint8Array<ArrayBuffer>; rest?: ReadableStream<Uint8Array> }> {
+  if (!body) return { bytes: new Uint8Array() };
+  const reader = body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    total += value.byteLength;
+    if (total > limit) {
+      const read = chunks;
+      const rest = new ReadableStream<Uint8Array>({
+        start(controller) {
+          for (const chunk of read) controller.enqueue(chunk);
+        },
+        async pull(controller) {
+          const next = await reader.read();
+          if (next.done) controller.close();
+          else controller.enqueue(next.value);
+        },
+        cancel: (reason) => reader.cancel(reason),
+      });
+      return { bytes: new Uint8Array(), rest };
+    }
+  }
+  return { bytes: new Uint8Array(await new Blob(chunks as BlobPart[]).arrayBuffer()) };
+}
+
+/** The bytes of `range` from a stream of the whole object; stops reading once they are sent. */
+function sliceStream(
+  body: ReadableStream<Uint8Array>,
+  range: { start: number; end: number },
+): ReadableStream<Uint8Array> {
+  let offset = 0;
+  return body.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        const from = Math.max(range.start - offset, 0);
+        const to = Math.min(range.end + 1 - offset, chunk.byteLength);
+        offset += chunk.byteLength;
+        if (from < to) controller.enqueue(chunk.subarray(from, to));
+        if (offset > range.end) controller.terminate();
+      },
+    }),
+  );
+}

@@ -1,0 +1,918 @@
+/**
+ * Tests of the Workers Cache stand-in, one rule of WORKERS_CACHE.md each, with
+ * a scripted worker (`scripted_origin.ts`) whose answers each test writes as a
+ * Deno function, and the stand-in's clock in the test's hands.
+ */
+
+import assert from "node:assert/strict";
+import http from "node:http";
+import { stripTypeScriptTypes } from "node:module";
+import {
+  type CacheCheckReport,
+  checkCache,
+  defaultContext,
+  loadWorkerModule,
+  run,
+  type WorkerUpload,
+  workerUpload,
+} from "../main.ts";
+import { startFakeB2 } from "./fake_b2.ts";
+import { startWorkersCache, type WorkersCache } from "./workers_cache.ts";
+
+type OriginHandler = (request: Request) => Response | Promise<Response>;
+
+interface Seen {
+  method: string;
+  path: string;
+  headers: Headers;
+}
+
+interface Answer {
+  status: number;
+  /** `cf-cache-status`, or `none`. */
+  label: string;
+  headers: Headers;
+  body: string;
+}
+
+interface Harness {
+  cache: WorkersCache;
+  /** The stand-in's clock, in ms; tests move it. */
+  clock: { now: number };
+  /** What the worker's origin answers; replaced by each test. */
+  origin: OriginHandler;
+  /** Requests that reached the origin (so the worker ran), since the last call. */
+  seen(): Seen[];
+  get(path: string, init?: RequestInit): Promise<Answer>;
+  deploy(cacheOptions?: object): Promise<void>;
+  cacheCall(operation: "purge" | "invalidate", options: unknown): Promise<Answer>;
+  close(): Promise<void>;
+}
+
+const ON = { enabled: true, cross_version_cache: true };
+const ORIGIN_MODULE = stripTypeScriptTypes(
+  await Deno.readTextFile(new URL("./scripted_origin.ts", import.meta.url)),
+  { mode: "transform" },
+);
+
+function text(body: string, headers: Record<string, string> = {}, status = 200): Response {
+  return new Response(body, { status, headers });
+}
+
+async function harness(
+  options: { maxObjectBytes?: number; workerTimeoutMs?: number; cacheOptions?: object } = {},
+): Promise<Harness> {
+  const clock = { now: 1_800_000_000_000 };
+  const requests: Seen[] = [];
+  let read = 0;
+  const h = {} as Harness;
+  h.origin = () => text("default", { "cache-control": "max-age=60" });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (request) => {
+    const url = new URL(request.url);
+    requests.push({
+      method: request.method,
+      path: url.pathname + url.search,
+      headers: request.headers,
+    });
+    return h.origin(request);
+  });
+  const cache = await startWorkersCache({
+    now: () => clock.now,
+    ...(options.maxObjectBytes && { maxObjectBytes: options.maxObjectBytes }),
+    ...(options.workerTimeoutMs && { workerTimeoutMs: options.workerTimeoutMs }),
+  });
+  const upload = (cacheOptions?: object): WorkerUpload => ({
+    metadata: {
+      main_module: "worker.js",
+      compatibility_date: "2026-07-01",
+      bindings: [{
+        type: "plain_text",
+        name: "ORIGIN_URL",
+        text: `http://127.0.0.1:${server.addr.port}`,
+      }],
+      ...(cacheOptions && { cache_options: cacheOptions }),
+    } as WorkerUpload["metadata"],
+    module: ORIGIN_MODULE,
+  });
+  Object.assign(h, {
+    cache,
+    clock,
+    seen() {
+      const fresh = requests.slice(read);
+      read = requests.length;
+      return fresh;
+    },
+    async get(path: string, init: RequestInit = {}) {
+      const response = await fetch(`${cache.url}${path}`, init);
+      return {
+        status: response.status,
+        label: response.headers.get("cf-cache-status") ?? "none",
+        headers: response.headers,
+        body: await response.text(),
+      };
+    },
+    deploy: (cacheOptions?: object) => cache.deploy(upload(cacheOptions)),
+    cacheCall(operation: string, body: unknown) {
+      return h.get(`/__cache/${operation}`, { method: "POST", body: JSON.stringify(body) });
+    },
+    async close() {
+      await cache.close();
+      await server.shutdown();
+    },
+  });
+  await h.deploy("cacheOptions" in options ? options.cacheOptions : ON);
+  return h;
+}
+
+/** Runs `body` with a fresh stand-in and scripted worker, closing both whatever happens. */
+async function withCache(
+  options: Parameters<typeof harness>[0],
+  body: (h: Harness) => Promise<void>,
+): Promise<void> {
+  const h = await harness(options);
+  try {
+    await body(h);
+  } finally {
+    await h.close();
+  }
+}
+
+function labels(answers: Answer[]): string[] {
+  return answers.map((a) => a.label);
+}
+
+Deno.test("the key is the path and query, not the host", () =>
+  withCache({}, async (h) => {
+    h.origin = (request) =>
+      text(`body of ${new URL(request.url).search}`, { "cache-control": "max-age=60" });
+    assert.deepEqual(labels([await h.get("/a"), await h.get("/a")]), ["MISS", "HIT"]);
+    // fetch() sends the URL's host whatever it is told; node:http sends the Host given.
+    assert.equal(await labelWithHost(h.cache.url, "/a", "other.example"), "HIT");
+    assert.equal(h.seen().length, 1, "another host shares the entry");
+    assert.equal((await h.get("/a?x=1")).label, "MISS");
+    assert.equal((await h.get("/a?x=1")).label, "HIT");
+    assert.equal((await h.get("/a?y=1&x=1")).label, "MISS", "order matters");
+    assert.equal((await h.get("/a/")).label, "MISS", "a trailing slash matters");
+    assert.equal(
+      (await h.get("/a", { headers: { "x-forwarded-host": "evil.example" } })).label,
+      "MISS",
+      "anti-poisoning headers are part of the key",
+    );
+    assert.equal(h.seen().length, 4);
+  }));
+
+function labelWithHost(base: string, path: string, host: string): Promise<string> {
+  const url = new URL(base);
+  return new Promise((resolve, reject) => {
+    http.get(
+      { host: url.hostname, port: Number(url.port), path, headers: { host } },
+      (response) => {
+        response.resume();
+        response.on("end", () => resolve(String(response.headers["cf-cache-status"])));
+      },
+    ).on("error", reject);
+  });
+}
+
+Deno.test("the version is part of the key unless cross_version_cache", async (t) => {
+  await withCache({ cacheOptions: { enabled: true } }, async (h) => {
+    await t.step("without it, a redeploy starts cold", async () => {
+      assert.deepEqual(labels([await h.get("/v"), await h.get("/v")]), ["MISS", "HIT"]);
+      await h.deploy({ enabled: true });
+      assert.equal((await h.get("/v")).label, "MISS");
+    });
+    await t.step("with it, entries survive redeploys", async () => {
+      await h.deploy(ON);
+      assert.deepEqual(labels([await h.get("/w"), await h.get("/w")]), ["MISS", "HIT"]);
+      await h.deploy(ON);
+      assert.equal((await h.get("/w")).label, "HIT");
+    });
+  });
+});
+
+Deno.test("without cache_options, or with enabled false, nothing is cached", async (t) => {
+  for (const cacheOptions of [undefined, { enabled: false, cross_version_cache: true }]) {
+    await t.step(
+      JSON.stringify(cacheOptions ?? "absent"),
+      () =>
+        withCache({ cacheOptions }, async (h) => {
+          h.origin = () =>
+            text("x", {
+              "cache-control": "max-age=60",
+              "cloudflare-cdn-cache-control": "max-age=600",
+              "cache-tag": "t",
+            });
+          const answers = [await h.get("/n"), await h.get("/n")];
+          assert.deepEqual(labels(answers), ["none", "none"]);
+          assert.equal(h.seen().length, 2);
+          assert.equal(answers[0]!.headers.get("cache-tag"), "t", "not stripped either");
+          const purge = await h.cacheCall("purge", { purgeEverything: true });
+          assert.equal(purge.status, 501, "no ctx.cache is given");
+        }),
+    );
+  }
+});
+
+Deno.test("GET and HEAD share an entry; a HEAD miss reaches the worker as GET", () =>
+  withCache({}, async (h) => {
+    h.origin = () => text("0123456789", { "cache-control": "max-age=60" });
+    const head = await h.get("/h", { method: "HEAD" });
+    assert.deepEqual([head.label, head.body, head.headers.get("content-length")], [
+      "MISS",
+      "",
+      "10",
+    ]);
+    assert.deepEqual(h.seen().map((s) => s.method), ["GET"]);
+    const get = await h.get("/h");
+    assert.deepEqual([get.label, get.body], ["HIT", "0123456789"], "the full body was stored");
+    assert.equal((await h.get("/h", { method: "HEAD" })).label, "HIT");
+    assert.equal(h.seen().length, 0);
+  }));
+
+Deno.test("Range is removed before the worker and 206/416 served from the whole object", () =>
+  withCache({}, async (h) => {
+    h.origin = () => text("0123456789", { "cache-control": "max-age=60" });
+    const first = await h.get("/r", { headers: { range: "bytes=2-4" } });
+    assert.deepEqual([first.status, first.label, first.body], [206, "MISS", "234"]);
+    assert.equal(first.headers.get("content-range"), "bytes 2-4/10");
+    const seen = h.seen();
+    assert.equal(seen.length, 1);
+    assert.equal(seen[0]!.headers.get("range"), null);
+    const suffix = await h.get("/r", { headers: { range: "bytes=-3" } });
+    assert.deepEqual([suffix.status, suffix.label, suffix.body], [206, "HIT", "789"]);
+    const beyond = await h.get("/r", { headers: { range: "bytes=10-" } });
+    assert.deepEqual([beyond.status, beyond.headers.get("content-range")], [416, "bytes */10"]);
+    const whole = await h.get("/r");
+    assert.deepEqual([whole.status, whole.body], [200, "0123456789"]);
+    const stale = await h.get("/r", { headers: { range: "bytes=0-1", "if-range": '"old"' } });
+    assert.deepEqual([stale.status, stale.body], [200, "0123456789"], "If-Range not matching");
+    assert.equal(h.seen().length, 0);
+  }));
+
+Deno.test("a 206 made by the worker is never stored", () =>
+  withCache({}, async (h) => {
+    h.origin = () =>
+      text("01", { "cache-control": "public, max-age=60", "content-range": "bytes 0-1/10" }, 206);
+    const answers = [await h.get("/p"), await h.get("/p")];
+    assert.deepEqual(answers.map((a) => [a.status, a.label]), [[206, "DYNAMIC"], [206, "DYNAMIC"]]);
+    assert.equal(h.seen().length, 2);
+  }));
+
+Deno.test("Cloudflare-CDN-Cache-Control wins over CDN-Cache-Control over Cache-Control", async (t) => {
+  await withCache({}, async (h) => {
+    await t.step("Cloudflare-CDN-Cache-Control governs and is stripped", async () => {
+      h.origin = () =>
+        text("x", {
+          "cloudflare-cdn-cache-control": "max-age=100",
+          "cdn-cache-control": "max-age=10",
+          "cache-control": "max-age=1",
+        });
+      const miss = await h.get("/c1");
+      assert.equal(miss.headers.get("cloudflare-cdn-cache-control"), null);
+      assert.equal(miss.headers.get("cdn-cache-control"), "max-age=10");
+      assert.equal(miss.headers.get("cache-control"), "max-age=1");
+      h.clock.now += 50_000;
+      const hit = await h.get("/c1");
+      assert.equal(hit.label, "HIT");
+      assert.equal(hit.headers.get("cloudflare-cdn-cache-control"), null);
+    });
+    await t.step("then CDN-Cache-Control, passed on", async () => {
+      h.origin = () =>
+        text("x", { "cdn-cache-control": "max-age=100", "cache-control": "max-age=1" });
+      await h.get("/c2");
+      h.clock.now += 50_000;
+      assert.equal((await h.get("/c2")).label, "HIT");
+    });
+    await t.step("then Cache-Control", async () => {
+      h.origin = () => text("x", { "cache-control": "max-age=10" });
+      await h.get("/c3");
+      h.clock.now += 11_000;
+      assert.notEqual((await h.get("/c3")).label, "HIT");
+    });
+  });
+});
+
+Deno.test("answers that bypass the cache", async (t) => {
+  const cases: [string, Record<string, string>, RequestInit?][] = [
+    ["Set-Cookie", { "cache-control": "public, max-age=60", "set-cookie": "a=1" }],
+    ["private", { "cache-control": "private, max-age=60" }],
+    ["no-store", { "cache-control": "no-store" }],
+    ["no-store in the governing CDN header", {
+      "cloudflare-cdn-cache-control": "no-store",
+      "cache-control": "public, max-age=60",
+    }],
+    // Assumption in workers_cache.ts: the worst case, private anywhere bypasses.
+    ["private in Cache-Control under a public Cloudflare-CDN-Cache-Control", {
+      "cloudflare-cdn-cache-control": "public, max-age=600",
+      "cache-control": "private, max-age=60",
+    }],
+    ["Vary: *", { "cache-control": "public, max-age=60", vary: "*" }],
+    ["a request with Authorization, max-age only", { "cache-control": "max-age=60" }, {
+      headers: { authorization: "Bearer x" },
+    }],
+  ];
+  await withCache({}, async (h) => {
+    for (const [name, headers, init] of cases) {
+      await t.step(name, async () => {
+        h.origin = () => text("x", headers);
+        const path = `/b-${encodeURIComponent(name)}`;
+        assert.deepEqual(labels([await h.get(path, init), await h.get(path, init)]), [
+          "BYPASS",
+          "BYPASS",
+        ]);
+        assert.equal(h.seen().length, 2);
+      });
+    }
+  });
+});
+
+Deno.test("a request with Authorization is cached when the answer says public, s-maxage or must-revalidate", async (t) => {
+  await withCache({}, async (h) => {
+    for (const control of ["public, max-age=60", "s-maxage=60", "max-age=60, must-revalidate"]) {
+      await t.step(control, async () => {
+        h.origin = () => text("x", { "cache-control": control });
+        const path = `/auth-${encodeURIComponent(control)}`;
+        const init = { headers: { authorization: "Bearer x" } };
+        assert.deepEqual(labels([await h.get(path, init), await h.get(path, init)]), [
+          "MISS",
+          "HIT",
+        ]);
+      });
+    }
+    await t.step("an entry without them is not used for such a request", async () => {
+      h.origin = () => text("x", { "cache-control": "max-age=60" });
+      assert.equal((await h.get("/auth-later")).label, "MISS");
+      h.seen();
+      const authorized = await h.get("/auth-later", { headers: { authorization: "Bearer x" } });
+      assert.equal(authorized.label, "BYPASS");
+      assert.equal(h.seen().length, 1);
+    });
+  });
+});
+
+Deno.test("Vary is honoured byte for byte", () =>
+  withCache({}, async (h) => {
+    h.origin = (request) =>
+      text(`for ${request.headers.get("origin")}`, {
+        "cache-control": "max-age=60",
+        vary: "Origin",
+      });
+    const a = { headers: { origin: "https://a.example" } };
+    const b = { headers: { origin: "https://A.example" } };
+    assert.deepEqual(labels([await h.get("/v", a), await h.get("/v", b), await h.get("/v", a)]), [
+      "MISS",
+      "MISS",
+      "HIT",
+    ]);
+    const hit = await h.get("/v", b);
+    assert.deepEqual([hit.label, hit.body], ["HIT", "for https://A.example"]);
+    assert.equal((await h.get("/v")).label, "MISS", "no Origin is a value too");
+  }));
+
+Deno.test("heuristic lifetimes when an answer has no Cache-Control", async (t) => {
+  const cases: [number, number | undefined][] = [
+    [200, 7200],
+    [404, 180],
+    [405, 60],
+    [401, undefined],
+    [403, undefined],
+    [500, undefined],
+  ];
+  await withCache({}, async (h) => {
+    for (const [status, seconds] of cases) {
+      await t.step(`${status}: ${seconds ?? "not"} stored`, async () => {
+        h.origin = () => text("x", {}, status);
+        const path = `/heuristic-${status}`;
+        await h.get(path);
+        const start = h.clock.now;
+        if (seconds === undefined) {
+          assert.equal((await h.get(path)).label, "DYNAMIC");
+          return;
+        }
+        h.clock.now = start + (seconds - 1) * 1000;
+        assert.equal((await h.get(path)).label, "HIT");
+        h.clock.now = start + (seconds + 1) * 1000;
+        assert.equal((await h.get(path)).label, "EXPIRED");
+      });
+    }
+    await t.step("401, 403 and 500 are stored with explicit directives", async () => {
+      for (const status of [401, 403, 500]) {
+        h.origin = () => text("x", { "cache-control": "max-age=60" }, status);
+        assert.deepEqual(labels([await h.get(`/e${status}`), await h.get(`/e${status}`)]), [
+          "MISS",
+          "HIT",
+        ]);
+      }
+    });
+    await t.step("520-526 never, even with directives", async () => {
+      h.origin = () => text("x", { "cache-control": "public, max-age=60" }, 522);
+      assert.deepEqual(labels([await h.get("/e522"), await h.get("/e522")]), [
+        "DYNAMIC",
+        "DYNAMIC",
+      ]);
+    });
+  });
+});
+
+Deno.test("answers over the size limit are never stored, and their ranges are sliced here", () =>
+  withCache({ maxObjectBytes: 1000 }, async (h) => {
+    const big = "x".repeat(999) + "0123456789";
+    h.origin = () => text(big, { "cache-control": "public, max-age=60" });
+    assert.deepEqual(labels([await h.get("/big"), await h.get("/big")]), ["MISS", "MISS"]);
+    const range = await h.get("/big", { headers: { range: "bytes=1000-1004" } });
+    assert.deepEqual([range.status, range.body], [206, "12345"]);
+    const seen = h.seen();
+    assert.equal(seen.length, 3);
+    assert.ok(seen.every((s) => s.headers.get("range") === null), "the worker never sees Range");
+    h.origin = () => text("y".repeat(1000), { "cache-control": "public, max-age=60" });
+    assert.deepEqual(labels([await h.get("/fits"), await h.get("/fits")]), ["MISS", "HIT"]);
+    // Without Content-Length the limit is found while reading.
+    h.origin = () =>
+      new Response(
+        ReadableStream.from([big.slice(0, 500), big.slice(500)]).pipeThrough(
+          new TextEncoderStream(),
+        ),
+        {
+          headers: { "cache-control": "public, max-age=60" },
+        },
+      );
+    const streamed = [await h.get("/streamed"), await h.get("/streamed")];
+    assert.deepEqual(labels(streamed), ["MISS", "MISS"]);
+    assert.equal(streamed[1]!.body, big);
+  }));
+
+Deno.test("stale-while-revalidate serves the stale copy and revalidates in the background", () =>
+  withCache({}, async (h) => {
+    let version = "v1";
+    h.origin = () =>
+      text(version, {
+        "cache-control": "max-age=10, stale-while-revalidate=60",
+        etag: `"${version}"`,
+      });
+    await h.get("/swr");
+    h.seen();
+    version = "v2";
+    h.clock.now += 30_000;
+    const updating = await h.get("/swr");
+    assert.deepEqual([updating.label, updating.body], ["UPDATING", "v1"]);
+    await h.cache.idle();
+    assert.equal(h.seen()[0]?.headers.get("if-none-match"), '"v1"');
+    const fresh = await h.get("/swr");
+    assert.deepEqual([fresh.label, fresh.body], ["HIT", "v2"]);
+    h.clock.now += 200_000;
+    const late = await h.get("/swr");
+    assert.deepEqual([late.label, late.body], ["EXPIRED", "v2"], "past the window it waits");
+  }));
+
+Deno.test("stale-if-error serves the stored copy when the worker fails", async (t) => {
+  await withCache({ workerTimeoutMs: 1_000 }, async (h) => {
+    const failures: [string, OriginHandler][] = [
+      ["a 5xx", () => text("down", { "cache-control": "no-store" }, 503)],
+      ["a throw", () => text("", { "x-origin-throw": "1" })],
+      ["a timeout", () => new Promise((resolve) => setTimeout(() => resolve(text("late")), 3_000))],
+    ];
+    for (const [name, failure] of failures) {
+      await t.step(`${name}: indefinitely when unset`, async () => {
+        const path = `/sie-${name.replace(/ /g, "-")}`;
+        h.origin = () => text("kept", { "cache-control": "max-age=10" });
+        await h.get(path);
+        h.origin = failure;
+        h.clock.now += 365 * 86_400_000;
+        const stale = await h.get(path);
+        assert.deepEqual([stale.status, stale.label, stale.body], [200, "STALE", "kept"]);
+      });
+    }
+    const off: [string, string][] = [
+      ["stale-if-error=0", "max-age=10, stale-if-error=0"],
+      ["past stale-if-error=30", "max-age=10, stale-if-error=30"],
+      ["s-maxage", "s-maxage=10"],
+      ["must-revalidate", "max-age=10, must-revalidate"],
+      ["proxy-revalidate", "max-age=10, proxy-revalidate"],
+    ];
+    for (const [name, control] of off) {
+      await t.step(`not with ${name}`, async () => {
+        const path = `/sie-off-${encodeURIComponent(name)}`;
+        h.origin = () => text("kept", { "cache-control": control });
+        await h.get(path);
+        h.origin = failures[0]![1];
+        h.clock.now += 50_000;
+        const failed = await h.get(path);
+        assert.deepEqual([failed.status, failed.label], [503, "EXPIRED"]);
+      });
+    }
+    await t.step("within stale-if-error=30", async () => {
+      h.origin = () => text("kept", { "cache-control": "max-age=10, stale-if-error=30" });
+      await h.get("/sie-within");
+      h.origin = failures[0]![1];
+      h.clock.now += 30_000;
+      assert.equal((await h.get("/sie-within")).label, "STALE");
+    });
+  });
+});
+
+Deno.test("s-maxage, must-revalidate and proxy-revalidate switch stale-while-revalidate off", async (t) => {
+  await withCache({}, async (h) => {
+    for (const extra of ["s-maxage=10", "must-revalidate", "proxy-revalidate"]) {
+      await t.step(extra, async () => {
+        const path = `/strict-${extra}`;
+        h.origin = () =>
+          text("x", {
+            "cache-control": `max-age=10, stale-while-revalidate=600, ${extra}`,
+            etag: '"e"',
+          });
+        await h.get(path);
+        h.clock.now += 20_000;
+        h.origin = () => new Response(null, { status: 304, headers: { etag: '"e"' } });
+        assert.equal((await h.get(path)).label, "REVALIDATED");
+      });
+    }
+  });
+});
+
+Deno.test("revalidation sends the stored validators; 304 keeps the body, 200 replaces it", async (t) => {
+  await withCache({}, async (h) => {
+    const lastModified = "Tue, 14 Nov 2023 22:13:20 GMT";
+    h.origin = () =>
+      text("first", { "cache-control": "max-age=10", etag: '"1"', "last-modified": lastModified });
+    await h.get("/rv");
+    h.seen();
+    await t.step("304: REVALIDATED, the body kept, the lifetime taken from the 304", async () => {
+      h.clock.now += 20_000;
+      h.origin = () =>
+        new Response(null, {
+          status: 304,
+          headers: { "cache-control": "max-age=1000", etag: '"1"' },
+        });
+      const revalidated = await h.get("/rv");
+      assert.deepEqual([revalidated.label, revalidated.body], ["REVALIDATED", "first"]);
+      const [conditional] = h.seen();
+      assert.equal(conditional?.headers.get("if-none-match"), '"1"');
+      assert.equal(conditional?.headers.get("if-modified-since"), lastModified);
+      h.clock.now += 500_000;
+      assert.equal((await h.get("/rv")).label, "HIT", "renewed for 1000 s");
+    });
+    await t.step("200: EXPIRED, replaced", async () => {
+      h.clock.now += 1_000_000;
+      h.origin = () => text("second", { "cache-control": "max-age=10", etag: '"2"' });
+      const replaced = await h.get("/rv");
+      assert.deepEqual([replaced.label, replaced.body], ["EXPIRED", "second"]);
+      const hit = await h.get("/rv");
+      assert.deepEqual([hit.label, hit.body], ["HIT", "second"]);
+    });
+  });
+});
+
+Deno.test("no-cache stores the answer but revalidates it every time", () =>
+  withCache({}, async (h) => {
+    h.origin = () => text("body", { "cache-control": "max-age=600, no-cache", etag: '"n"' });
+    assert.equal((await h.get("/nc")).label, "MISS");
+    h.seen();
+    h.origin = () => new Response(null, { status: 304, headers: { etag: '"n"' } });
+    const again = await h.get("/nc");
+    assert.deepEqual([again.label, again.body], ["REVALIDATED", "body"]);
+    assert.equal(h.seen()[0]?.headers.get("if-none-match"), '"n"');
+    assert.equal((await h.get("/nc")).label, "REVALIDATED");
+  }));
+
+Deno.test("a browser's conditional request reaches the worker (assumption)", () =>
+  withCache({}, async (h) => {
+    h.origin = (request) =>
+      request.headers.get("if-none-match") === '"c"'
+        ? new Response(null, { status: 304, headers: { etag: '"c"' } })
+        : text("body", { "cache-control": "max-age=60", etag: '"c"' });
+    await h.get("/cond");
+    h.seen();
+    const conditional = await h.get("/cond", { headers: { "if-none-match": '"c"' } });
+    assert.equal(conditional.status, 304);
+    assert.equal(h.seen().length, 1);
+    assert.equal((await h.get("/cond")).label, "HIT", "the entry stays");
+  }));
+
+Deno.test("Cache-Tag is parsed, case-insensitive, invalid tags dropped, and stripped", () =>
+  withCache({}, async (h) => {
+    const long = "t".repeat(1025);
+    h.origin = (request) =>
+      text("x", {
+        "cache-control": "max-age=600",
+        "cache-tag": new URL(request.url).pathname === "/t1"
+          ? `Alpha, with space,${long}, shared`
+          : "shared",
+      });
+    const first = await h.get("/t1");
+    assert.equal(first.headers.get("cache-tag"), null);
+    await h.get("/t2");
+    for (const tag of ["with space", long, "nothing"]) {
+      assert.equal(
+        (await h.cacheCall("purge", { tags: [tag] })).body,
+        '{"success":true,"errors":[]}',
+      );
+      assert.equal((await h.get("/t1")).label, "HIT", `"${tag.slice(0, 20)}" tags nothing`);
+    }
+    await h.cacheCall("purge", { tags: ["ALPHA"] });
+    assert.deepEqual(labels([await h.get("/t1"), await h.get("/t2")]), ["MISS", "HIT"]);
+    await h.cacheCall("purge", { tags: ["shared"] });
+    assert.deepEqual(labels([await h.get("/t1"), await h.get("/t2")]), ["MISS", "MISS"]);
+  }));
+
+Deno.test("ctx.cache.purge by prefix and everything; invalidate marks stale", async (t) => {
+  await withCache({}, async (h) => {
+    h.origin = () => text("x", { "cache-control": "max-age=600", etag: '"p"' });
+    const paths = ["/a", "/a-2", "/a?x=1", "/b/c"];
+    const fill = async () => {
+      for (const path of paths) await h.get(path);
+    };
+    await t.step("a prefix purges every path and query it starts", async () => {
+      await fill();
+      await h.cacheCall("purge", { pathPrefixes: ["/a"] });
+      assert.deepEqual(labels(await Promise.all(paths.map((p) => h.get(p)))), [
+        "MISS",
+        "MISS",
+        "MISS",
+        "HIT",
+      ]);
+    });
+    await t.step("a prefix must be a path", async () => {
+      const refused = JSON.parse(
+        (await h.cacheCall("purge", { pathPrefixes: ["example.com/a"] })).body,
+      );
+      assert.equal(refused.success, false);
+    });
+    await t.step("purgeEverything", async () => {
+      await h.cacheCall("purge", { purgeEverything: true });
+      assert.deepEqual(labels([await h.get("/b/c")]), ["MISS"]);
+    });
+    await t.step("invalidate: the next request revalidates", async () => {
+      await h.get("/b/c");
+      await h.cacheCall("invalidate", { pathPrefixes: ["/b/"] });
+      h.origin = () => new Response(null, { status: 304, headers: { etag: '"p"' } });
+      assert.deepEqual(labels([await h.get("/b/c"), await h.get("/b/c")]), ["REVALIDATED", "HIT"]);
+    });
+    assert.deepEqual(h.cache.purges.map((p) => [p.operation, p.result.success]), [
+      ["purge", true],
+      ["purge", false],
+      ["purge", true],
+      ["invalidate", true],
+    ]);
+  });
+});
+
+Deno.test("ctx.cache.purge limits: 100 operations, 5 a minute with bursts to 25", () =>
+  withCache({}, async (h) => {
+    const purge = async (options: unknown) =>
+      JSON.parse((await h.cacheCall("purge", options)).body);
+    const many = Array.from({ length: 101 }, (_, i) => `tag${i}`);
+    assert.equal((await purge({ tags: many })).success, false);
+    assert.equal((await purge({ tags: many.slice(1), purgeEverything: true })).success, false);
+    assert.equal((await purge({})).success, false);
+    for (let i = 0; i < 25; i++) {
+      assert.equal((await purge({ tags: many.slice(0, 100) })).success, true);
+    }
+    const limited = await purge({ tags: ["x"] });
+    assert.equal(limited.success, false);
+    assert.match(limited.errors[0].message, /Rate limited/);
+    h.clock.now += 12_000;
+    assert.equal((await purge({ tags: ["x"] })).success, true, "one more after 12 s");
+    assert.equal((await purge({ tags: ["x"] })).success, false);
+  }));
+
+Deno.test("every answer carries cf-cache-status; what is not GET or HEAD is DYNAMIC", () =>
+  withCache({}, async (h) => {
+    h.origin = () => text("x", { "cache-control": "max-age=60" });
+    const post = await h.get("/form", { method: "POST", body: "x" });
+    assert.equal(post.label, "DYNAMIC");
+    assert.equal(h.seen()[0]?.method, "POST");
+    assert.deepEqual(h.cache.stats, {
+      requests: 1,
+      hits: 0,
+      workerRuns: 1,
+      statuses: { DYNAMIC: 1 },
+    });
+  }));
+
+// ---------------------------------------------------------------------------
+// main.ts check-cache, against the stand-in
+// ---------------------------------------------------------------------------
+
+const QUIET_CTX = { sleep: () => Promise.resolve(), log: () => {} };
+
+function outcomes(report: CacheCheckReport): Record<string, string> {
+  return Object.fromEntries(report.findings.map((f) => [f.check, f.outcome]));
+}
+
+Deno.test("checkCache() reports MISS, HIT, HEAD and ranges of the real worker behind the stand-in", async () => {
+  const b2 = startFakeB2({
+    buckets: [{
+      id: "bucket-site",
+      name: "site",
+      files: [
+        { name: "hello.txt", body: "hello from B2\n", contentType: "text/plain" },
+        { name: "big.bin", body: { size: 3_000_000 } },
+      ],
+    }],
+  });
+  const cache = await startWorkersCache({ maxObjectBytes: 1_000_000 });
+  try {
+    const upload = workerUpload(await loadWorkerModule(), {
+      downloadToken: b2.issueDownloadToken("site", "", 3600),
+      downloadUrl: b2.url,
+      bucketName: "site",
+      prefix: "",
+      issuedAt: Date.now(),
+      expiresAt: Date.now() + 3600_000,
+      options: {
+        urlStyle: "plain",
+        indexFile: "index.html",
+        cacheTtl: 86400,
+        cacheControl: "",
+        corsOrigins: "",
+        cacheMode: "workers-cache",
+      },
+    });
+    await cache.deploy(upload);
+    const report = await checkCache(`${cache.url}/hello.txt`, defaultContext(QUIET_CTX), {
+      largeUrl: `${cache.url}/big.bin`,
+    });
+    assert.deepEqual(outcomes(report), {
+      "first GET": "ok",
+      "second GET": "ok",
+      "HEAD after GET": "ok",
+      "range after GET": "ok",
+      "browser revalidation": "note",
+      purge: "not checked",
+      "range of the large object": "ok",
+    }, JSON.stringify(report.findings, null, 2));
+    assert.equal(report.healthy, true);
+    assert.match(report.url, /\/hello\.txt$/);
+    const downloads = b2.requests.filter((r) =>
+      r.method === "GET" && r.path === "/file/site/hello.txt"
+    );
+    assert.equal(downloads.length, 1, "HEAD, range and revalidation never download again");
+  } finally {
+    await cache.close();
+    await b2.close();
+  }
+});
+
+Deno.test("checkCache() says Workers Cache is off when no cf-cache-status comes back", () =>
+  withCache({ cacheOptions: undefined }, async (h) => {
+    const report = await checkCache(`${h.cache.url}/x`, defaultContext(QUIET_CTX));
+    assert.equal(report.healthy, false);
+    assert.deepEqual(outcomes(report), { "first GET": "problem" });
+    assert.match(report.findings[0]!.detail, /no cf-cache-status at all.*cache_options/);
+  }));
+
+Deno.test("checkCache() checks a purge it is given, and says when none is", async (t) => {
+  await withCache({}, async (h) => {
+    h.origin = () => text("x", { "cache-control": "max-age=600" });
+    await t.step("a purge that works", async () => {
+      const purged: string[] = [];
+      const report = await checkCache(`${h.cache.url}/p`, defaultContext(QUIET_CTX), {
+        purge: async (url) => {
+          purged.push(url.pathname);
+          await h.cacheCall("purge", { pathPrefixes: [url.pathname] });
+        },
+      });
+      // Once so that the first GET is a MISS, once to see the purge take effect.
+      assert.deepEqual(purged, ["/p", "/p"]);
+      assert.equal(outcomes(report)["first GET"], "ok");
+      assert.equal(outcomes(report).purge, "ok");
+      assert.match(report.findings.at(-1)!.detail, /MISS after the purge/);
+    });
+    await t.step("a purge that does not reach the entry", async () => {
+      const report = await checkCache(`${h.cache.url}/p`, defaultContext(QUIET_CTX), {
+        purge: () => Promise.resolve(),
+      });
+      assert.equal(outcomes(report).purge, "problem");
+      assert.equal(report.healthy, false);
+    });
+  });
+});
+
+Deno.test("checkCache() tells a large object sent whole, or slowly, for a range", async (t) => {
+  const size = 3 * 1024 * 1024;
+  await t.step(
+    "sent whole: read no further than needed",
+    () =>
+      withCache({ cacheOptions: undefined }, async (h) => {
+        h.origin = () => new Response(new Uint8Array(size));
+        const finding = (await checkCache(`${h.cache.url}/s`, defaultContext(QUIET_CTX), {
+          largeUrl: `${h.cache.url}/big`,
+        })).findings.at(-1)!;
+        assert.equal(finding.check, "range of the large object");
+        assert.equal(finding.outcome, "problem");
+        assert.match(finding.detail, /200 for bytes=0-0: the whole object is sent/);
+        const read = Number(/\((\d+) bytes read before stopping/.exec(finding.detail)?.[1]);
+        assert.ok(read >= 1024 * 1024 && read < size, `${read} bytes read`);
+      }),
+  );
+  await t.step("206, but slow to start", () =>
+    withCache({}, async (h) => {
+      h.origin = () =>
+        new Response(new Uint8Array(size), { headers: { "cache-control": "max-age=60" } });
+      let clock = 0;
+      // Each reading of the clock is 1.5 s after the last: every first byte "takes" 3 s.
+      const ctx = defaultContext({ ...QUIET_CTX, now: () => (clock += 1_500) });
+      const finding = (await checkCache(`${h.cache.url}/s`, ctx, {
+        largeUrl: `${h.cache.url}/big`,
+      })).findings.at(-1)!;
+      assert.equal(finding.outcome, "problem");
+      assert.match(finding.detail, /^206, first byte in \d+ ms.*: slow/);
+    }));
+});
+
+Deno.test("check-cache takes --url or WORKER_DOMAIN, and exits 1 on a problem, 2 without a URL", async (t) => {
+  const asked: string[] = [];
+  const cli = async (args: string[], env: Record<string, string> = {}) => {
+    const stdout: string[] = [];
+    const stderr: string[] = [];
+    const code = await run({
+      args: ["check-cache", ...args],
+      env,
+      readEnvFile: () => Promise.resolve(undefined),
+      io: { stdout: (t) => stdout.push(t), stderr: (t) => stderr.push(t) },
+      ctx: {
+        ...QUIET_CTX,
+        fetch: (input) => {
+          asked.push(String(input));
+          return Promise.resolve(new Response("Not found\n", { status: 404 }));
+        },
+      },
+    });
+    return { code, stdout: stdout.join("\n"), stderr: stderr.join("\n") };
+  };
+  await t.step("no URL", async () => {
+    const { code, stderr } = await cli([]);
+    assert.equal(code, 2);
+    assert.match(stderr, /--url .*WORKER_DOMAIN/);
+  });
+  await t.step("WORKER_DOMAIN", async () => {
+    const { code, stdout } = await cli([], { WORKER_DOMAIN: "cdn.example.com" });
+    assert.equal(code, 1);
+    assert.equal(asked.at(-1), "https://cdn.example.com/");
+    assert.match(stdout, /PROBLEM\n {2}problem {5}first GET: answered 404/);
+  });
+  await t.step("a concrete route's host, but --url wins", async () => {
+    await cli([], { WORKER_ROUTE: "img.example.com/*" });
+    assert.match(asked.at(-1)!, /^https:\/\/img\.example\.com\//);
+    await cli(["--url", "https://other.example/a.txt"], { WORKER_DOMAIN: "cdn.example.com" });
+    assert.equal(asked.at(-1), "https://other.example/a.txt");
+  });
+});
+
+Deno.test("checkCache() reports an answer that is never stored, and a HEAD or range not from the cache", async (t) => {
+  await t.step(
+    "MISS every time (over the size limit)",
+    () =>
+      withCache({ maxObjectBytes: 10 }, async (h) => {
+        h.origin = () => text("more than ten bytes", { "cache-control": "max-age=60" });
+        const report = await checkCache(`${h.cache.url}/big`, defaultContext(QUIET_CTX));
+        assert.deepEqual(outcomes(report), { "first GET": "ok", "second GET": "problem" });
+        assert.match(report.findings[1]!.detail, /MISS, not HIT, after 6 tries/);
+      }),
+  );
+  // An edge that stores GETs but passes HEAD and ranges on to the worker.
+  const edge = (range: { label: string; whole: boolean }) => {
+    let gets = 0;
+    return (_: unknown, init?: RequestInit) => {
+      const headers = new Headers(init?.headers);
+      const ranged = headers.has("range");
+      const label = init?.method === "HEAD"
+        ? "MISS"
+        : ranged
+        ? range.label
+        : gets++
+        ? "HIT"
+        : "MISS";
+      const sliced = ranged && !range.whole;
+      const body = init?.method === "HEAD"
+        ? null
+        : sliced
+        ? "0123456789".slice(0, 10)
+        : "0123456789";
+      return Promise.resolve(
+        new Response(body, {
+          status: sliced ? 206 : 200,
+          headers: {
+            "cf-cache-status": label,
+            "content-length": "10",
+            ...(sliced && { "content-range": "bytes 0-9/10" }),
+          },
+        }),
+      );
+    };
+  };
+  for (const range of [{ label: "HIT", whole: true }, { label: "MISS", whole: false }]) {
+    await t.step(`HEAD by the worker, range ${JSON.stringify(range)}`, async () => {
+      const ctx = defaultContext({ ...QUIET_CTX, fetch: edge(range) });
+      const report = await checkCache("https://cdn.example/a", ctx);
+      assert.deepEqual(outcomes(report), {
+        "first GET": "ok",
+        "second GET": "ok",
+        "HEAD after GET": "problem",
+        "range after GET": "problem",
+        purge: "not checked",
+      });
+      if (range.whole) assert.match(report.findings[3]!.detail, /whole object came back/);
+    });
+  }
+});
