@@ -3777,6 +3777,8 @@ async function runDemo(ctx: Context, io: Io, flags: Flags): Promise<number> {
         `\nThe deployed worker now runs in workerd (Cloudflare's runtime) at ${worker.url}, ` +
           "behind a stand-in for Workers Cache (testing/workers_cache.ts).\n" +
           await showCacheStatus(`${worker.url}/hello.txt`, ctx) +
+          await showPurge(`${worker.url}/hello.txt`, { config, ctx }) +
+          await showCacheStatus(`${worker.url}/hello.txt`, ctx) +
           "Try it:\n" +
           `  curl -i ${worker.url}/\n` +
           `  curl -i ${worker.url}/hello.txt\n` +
@@ -3793,6 +3795,19 @@ async function runDemo(ctx: Context, io: Io, flags: Flags): Promise<number> {
   } finally {
     await Promise.all([b2.close(), cloudflare.close()]);
   }
+}
+
+/** Purges one object as `main.ts purge <path> --url <origin>` would, and says so. */
+async function showPurge(url: string, options: { config: Config; ctx: Context }): Promise<string> {
+  const object = new URL(url);
+  const report = await purge(options.config, options.ctx, {
+    paths: [object.pathname],
+    prefixes: [],
+    all: false,
+    url: object.origin,
+  });
+  return `  $ main.ts purge ${object.pathname} --url ${object.origin}\n` +
+    `    purged ${report.purged.paths} path in ${report.requests} signed request to the worker\n`;
 }
 
 function runKeygen(io: Io, flags: Flags): number {
