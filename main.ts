@@ -17,11 +17,21 @@
  * @module
  */
 
-import { parseArgs, parseEnv } from "node:util";
-import { stripTypeScriptTypes } from "node:module";
+// `parseEnv` and `stripTypeScriptTypes` arrived in Deno 2.8.2. A named import of a missing
+// export fails before any code runs, so these two are read from namespaces and checked by
+// `runtimeProblem()` before use, which lets an older Deno say what to upgrade.
+import { parseArgs } from "node:util";
+import * as nodeUtil from "node:util";
+import * as nodeModule from "node:module";
 import process from "node:process";
 import type { Readable } from "node:stream";
-import type { Miniflare } from "miniflare";
+// Type-only: `deno run` does not follow it, so no command downloads miniflare until `dev`,
+// `demo`, the tests or the bench import it. Inline, not a deno.json import: see `MINIFLARE`.
+// deno-lint-ignore no-import-prefix
+import type { Miniflare } from "npm:miniflare@4";
+
+const parseEnv = nodeUtil.parseEnv;
+const stripTypeScriptTypes = nodeModule.stripTypeScriptTypes;
 
 /** The version printed by `--version`. */
 export const VERSION = "0.1.0";
@@ -813,10 +823,27 @@ export interface WorkerFacts {
  * stripped by the runtime, so what runs is exactly what was type checked.
  */
 export async function loadWorkerModule(): Promise<string> {
-  const source = await Deno.readTextFile(
-    new URL("./worker_template.ts", import.meta.url),
-  );
+  const source = new TextDecoder().decode(await readBeside("./worker_template.ts"));
   return stripTypeScriptTypes(source, { mode: "transform" });
+}
+
+/**
+ * A file shipped beside this module: read from disk when it runs from a path (or a
+ * compiled binary), fetched when it runs from a URL (raw GitHub, JSR), where
+ * `Deno.readFile` refuses anything but a file URL.
+ */
+async function readBeside(path: string): Promise<Uint8Array<ArrayBuffer>> {
+  const url = new URL(path, import.meta.url);
+  if (url.protocol === "file:") return await Deno.readFile(url);
+  const response = await fetch(url);
+  if (!response.ok) {
+    await response.body?.cancel();
+    throw new Error(
+      `Cannot fetch ${url.href}, which ships with main.ts: it answered ${response.status}. ` +
+        "Run main.ts from a URL that serves the whole repository, or from a clone.",
+    );
+  }
+  return new Uint8Array(await response.arrayBuffer());
 }
 
 /** The upload for these facts: the token only ever as a `secret_text` binding. */
@@ -870,8 +897,15 @@ export interface LocalWorker {
   dispose(): Promise<void>;
 }
 
-/** Kept out of the static graph so `deno compile` does not bundle workerd. */
-const MINIFLARE = "miniflare";
+/**
+ * Imported only by `startLocalWorker`, through a variable so that no module graph (a run, a
+ * run from a URL, `deno compile`) follows it up front. Spelled as a full `npm:` specifier, not
+ * a deno.json import: `deno task` installs every npm package of deno.json's imports and of the
+ * lock file before it runs any task (denoland/deno#28999), which made `deno task refresh`
+ * download miniflare, workerd and sharp (about 192 MB) to an empty cache. For the same reason
+ * deno.json turns the lock file off and the tasks that use npm name it (`--lock=deno.lock`).
+ */
+const MINIFLARE = "npm:miniflare@4";
 
 /**
  * Runs an upload in workerd (Cloudflare's runtime) through miniflare, with
@@ -887,7 +921,7 @@ export async function startLocalWorker(
     onLog?: (text: string) => void;
   } = {},
 ): Promise<LocalWorker> {
-  const { Miniflare } = await import(MINIFLARE) as typeof import("miniflare");
+  const { Miniflare } = await import(MINIFLARE) as typeof import("npm:miniflare@4");
   const { onLog } = options;
   const signals = ["SIGINT", "SIGTERM"] as const;
   const before = signals.map((signal) => process.listeners(signal));
@@ -1362,11 +1396,14 @@ export interface StartupDecision {
   reason: string;
 }
 
-/** At start: refresh at once when the deployed token is missing or has less than the margin left. */
+/**
+ * Refreshes when the deployed token is missing or has less than `config.refreshMargin` left;
+ * otherwise only reads the worker's bindings. The module is loaded only when it is due.
+ */
 export async function refreshIfDue(
   config: Config,
   ctx: Context,
-  module: string,
+  options: { loadModule: () => Promise<string> },
 ): Promise<StartupDecision> {
   const cloudflare = config.cloudflare!;
   const report = await status(cloudflare, ctx, {
@@ -1379,7 +1416,7 @@ export async function refreshIfDue(
         formatDuration(config.refreshMargin),
     };
   }
-  const result = await refresh(config, ctx, { module });
+  const result = await refresh(config, ctx, { module: await options.loadModule() });
   return {
     refreshed: true,
     reason: `${report.problem}; refreshed until ${result.expiresAt}`,
@@ -1624,7 +1661,7 @@ async function runCron(config: Config, ctx: Context, io: Io): Promise<number> {
   report(
     `Scheduled "${CRON_NAME}" at "${config.refreshSchedule}" (UTC). Ctrl-C stops it.`,
   );
-  const decision = await refreshIfDue(config, ctx, module);
+  const decision = await refreshIfDue(config, ctx, { loadModule: () => Promise.resolve(module) });
   report(`Start-up check: ${decision.reason}`);
   await ctrlC.pressed;
   return 0;
@@ -1640,12 +1677,17 @@ const DEMO_FILES = [
 
 async function runDemo(ctx: Context, io: Io, flags: Flags): Promise<number> {
   using ctrlC = listenForCtrlC();
-  const { startFakeB2 } = await import("./testing/fake_b2.ts");
-  const { startFakeCloudflare } = await import("./testing/fake_cloudflare.ts");
-  const fixtures = new URL("./testing/fixtures/", import.meta.url);
+  // Through computed URLs, so that no other command's module graph (nor `deno compile`)
+  // fetches the stand-ins up front.
+  const { startFakeB2 } = await import(
+    new URL("./testing/fake_b2.ts", import.meta.url).href
+  ) as typeof import("./testing/fake_b2.ts");
+  const { startFakeCloudflare } = await import(
+    new URL("./testing/fake_cloudflare.ts", import.meta.url).href
+  ) as typeof import("./testing/fake_cloudflare.ts");
   const files = await Promise.all(DEMO_FILES.map(async (name) => ({
     name: `site/${name}`,
-    body: await Deno.readFile(new URL(name, fixtures)),
+    body: await readBeside(`./testing/fixtures/${name}`),
     contentType: contentTypeOf(name),
   })));
   const b2 = startFakeB2({
@@ -1909,6 +1951,11 @@ async function readTextIfExists(path: string): Promise<string | undefined> {
 /** The command line entry point: the only place that touches `Deno.args`, `Deno.env` and `Deno.exit`. */
 async function main(): Promise<never> {
   const encoder = new TextEncoder();
+  const tooOld = runtimeProblem(Deno.version.deno);
+  if (tooOld) {
+    Deno.stderr.writeSync(encoder.encode(`error: ${tooOld}\n`));
+    Deno.exit(1);
+  }
   const code = await run({
     args: Deno.args,
     env: Deno.env.toObject(),
@@ -1921,48 +1968,241 @@ async function main(): Promise<never> {
   Deno.exit(code);
 }
 
+/** The oldest Deno with the built-ins this tool uses: `node:util` `parseEnv`, `node:module` `stripTypeScriptTypes`. */
+export const MIN_DENO_VERSION = "2.8.2";
+
 /**
- * The Deno Deploy entry point. Deploy wants `Deno.cron` registered while the
- * module loads, so this reads the app's environment synchronously; a bad
- * configuration is logged by every scheduled run until it is fixed.
+ * Why this runtime cannot run the tool, or `undefined` when it can: the version is older than
+ * {@linkcode MIN_DENO_VERSION} or a built-in the tool needs is missing.
  */
-function deployMain(): void {
-  const env = Deno.env.toObject();
-  const ctx = defaultContext();
-  const log = (line: string) => console.log(redact(line, ctx.secrets));
-  ctx.log = log;
-  for (const name of SECRET_VARIABLES) {
-    if (env[name]) ctx.secrets.add(env[name]);
-  }
-  let config: Config;
-  try {
-    config = parseConfig(pickSettings(env), { b2: true, cloudflare: true });
-  } catch (error) {
-    Deno.cron(CRON_NAME, DEFAULT_SCHEDULE, () => {
-      throw error;
-    });
-    console.error(`error: ${(error as Error).message}`);
-    return;
-  }
-  const module = loadWorkerModule();
-  scheduleRefresh(config, ctx, {
-    module,
-    register: Deno.cron as CronRegistrar,
-    report: log,
-  });
-  log(`Scheduled "${CRON_NAME}" at "${config.refreshSchedule}" (UTC)`);
-  module
-    .then((source) => refreshIfDue(config, ctx, source))
-    .then(
-      (decision) => log(`Start-up check: ${decision.reason}`),
-      (error) =>
-        console.error(
-          redact(`error: ${(error as Error).message}`, ctx.secrets),
-        ),
-    );
+export function runtimeProblem(
+  denoVersion: string,
+  builtins: Record<string, unknown> = {
+    "node:util parseEnv": parseEnv,
+    "node:module stripTypeScriptTypes": stripTypeScriptTypes,
+  },
+): string | undefined {
+  const missing = Object.keys(builtins).filter((name) => typeof builtins[name] !== "function");
+  const [major = 0, minor = 0, patch = 0] = denoVersion.split(/[.-]/).map(Number);
+  const [needMajor = 0, needMinor = 0, needPatch = 0] = MIN_DENO_VERSION.split(".").map(Number);
+  const older = major - needMajor || minor - needMinor || patch - needPatch;
+  if (missing.length === 0 && !(older < 0)) return undefined;
+  return `b2-private-cdn needs Deno ${MIN_DENO_VERSION} or newer` +
+    (missing.length > 0 ? ` (this one lacks ${missing.join(" and ")})` : "") +
+    `, and this is Deno ${denoVersion}: upgrade Deno (deno upgrade) and run it again.`;
 }
 
+// ---------------------------------------------------------------------------
+// Deno Deploy
+// ---------------------------------------------------------------------------
+
+/**
+ * Hourly, at an odd minute. Each run refreshes only when due, so a new app deploys its worker
+ * within the hour and a failed refresh is tried again an hour later, long before the token runs
+ * out. Constant, like the name and backoff: the platform finds crons by running the module's top
+ * level, possibly without the app's settings (DENO_DEPLOY.md: How crons are found).
+ */
+export const DEPLOY_SCHEDULE = "17 * * * *";
+/** Health answers come from one read of the worker's bindings per instance in this long. */
+const HEALTH_READ_EVERY_MS = 300_000;
+/** Health is "short" (503) below this, as `status` is by default. */
+const HEALTH_MIN_REMAINING = 2 * DAY;
+
+/** What the platform gives {@linkcode startOnDeploy}: `Deno.cron`, `Deno.serve`, the environment. */
+export interface DeployPlatform {
+  /** The environment, read again by each run and health read (`Deno.env.toObject`). */
+  env: () => Record<string, string | undefined>;
+  /** `Deno.cron`; `undefined` when the runtime lacks it (no `"unstable": ["cron"]`). */
+  cron: CronRegistrar | undefined;
+  /** `Deno.serve`: the platform waits for it before a build goes live. */
+  serve: (handler: (request: Request) => Promise<Response>) => unknown;
+  /** Where the runs' lines go (`console.log`) and their errors (`console.error`). */
+  log: (line: string) => void;
+  error: (line: string) => void;
+  /** `Deno.version.deno`. */
+  denoVersion: string;
+  /** The network and clock; the real ones by default. */
+  ctx?: Partial<Context>;
+}
+
+/** The cron run and the HTTP handler that {@linkcode startOnDeploy} registered. */
+export interface DeployApp {
+  runCron: () => Promise<void>;
+  handle: (request: Request) => Promise<Response>;
+}
+
+/** What the health path answers, as JSON. No secret: dates, durations and the worker's name. */
+export interface Health {
+  /** `healthy` (200), `short` or `missing` (503), `unknown` (200: it could not tell). */
+  state: "healthy" | "short" | "missing" | "unknown";
+  worker?: string;
+  expiresAt?: string;
+  /** Seconds left. */
+  remaining?: number;
+  problem?: string;
+  /** When the bindings were read; later requests get the same answer until the next read. */
+  checkedAt: string;
+}
+
+/**
+ * Runs `main.ts` as a Deno Deploy app. It registers one constant cron before anything else and
+ * then starts the HTTP server, in that order because the platform ignores crons registered after
+ * `Deno.serve`. Nothing touches the network or reads the settings while the module loads: each
+ * cron run reads and checks them, does nothing off the production timeline, and refreshes only
+ * when the deployed token has less than `REFRESH_MARGIN` left. A configuration problem fails that
+ * run (the Cron tab shows it) with a log line naming what to set.
+ *
+ * The server answers `/` with 200 whatever the health (the platform's warm-up request runs
+ * without the production settings) and `/health` with the deployed token's expiry, read from the
+ * worker's bindings at most every five minutes per instance, whatever the requests.
+ */
+export function startOnDeploy(platform: DeployPlatform): DeployApp {
+  const { log, error } = platform;
+  log(`b2-private-cdn ${VERSION} on Deno ${platform.denoVersion} (Deno Deploy)`);
+  const tooOld = runtimeProblem(platform.denoVersion);
+  if (tooOld) error(`error: ${tooOld}`);
+  const runCron = () => deployRun(platform);
+  if (platform.cron) {
+    platform.cron(CRON_NAME, DEPLOY_SCHEDULE, { backoffSchedule: CRON_BACKOFF_MS }, runCron);
+    log(`Registered "${CRON_NAME}" at "${DEPLOY_SCHEDULE}" (UTC)`);
+  } else {
+    error(
+      'error: Deno.cron is not available, so nothing will refresh the worker: keep "unstable": ' +
+        '["cron"] in deno.json beside main.ts.',
+    );
+  }
+  let lastRead: { at: number; health: Promise<Health> } | undefined;
+  const handle = async (request: Request): Promise<Response> => {
+    const { pathname } = new URL(request.url);
+    if (request.method !== "GET" && request.method !== "HEAD") {
+      return new Response("Method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
+    }
+    if (pathname === "/") {
+      return new Response(
+        `b2-private-cdn ${VERSION}: "${CRON_NAME}" keeps the worker's token fresh. ` +
+          "GET /health for its expiry.\n",
+      );
+    }
+    if (pathname !== "/health") return new Response("Not found\n", { status: 404 });
+    // One read per period, shared by every request in it (even one that failed), so that no
+    // visitor can make the app call Cloudflare more often.
+    const now = (platform.ctx?.now ?? Date.now)();
+    if (!lastRead || now - lastRead.at >= HEALTH_READ_EVERY_MS) {
+      lastRead = { at: now, health: readHealth(platform) };
+    }
+    const health = await lastRead.health;
+    const failing = health.state === "short" || health.state === "missing";
+    return Response.json(health, {
+      status: failing ? 503 : 200,
+      headers: { "cache-control": "no-store" },
+    });
+  };
+  platform.serve(handle);
+  return { runCron, handle };
+}
+
+/** The settings and a context for one run on Deploy; secrets are registered before any output. */
+function deploySettings(
+  platform: DeployPlatform,
+  needs: Needs,
+): { config: Config; ctx: Context; env: Record<string, string | undefined> } {
+  const env = platform.env();
+  const ctx = defaultContext(platform.ctx);
+  for (const name of SECRET_VARIABLES) {
+    const value = env[name];
+    if (value) ctx.secrets.add(value);
+  }
+  ctx.log = (line) => platform.log(redact(line, ctx.secrets));
+  // The Deploy schedule is fixed (see DEPLOY_SCHEDULE); a value here must not fail the run.
+  const { REFRESH_SCHEDULE: _ignored, ...settings } = pickSettings(env);
+  try {
+    return { config: parseConfig(settings, needs), ctx, env };
+  } catch (problem) {
+    if (problem instanceof ConfigError) {
+      throw new ConfigError(problem.problems.map((line) => redact(line, ctx.secrets)));
+    }
+    throw problem;
+  }
+}
+
+/** The production timeline, or no timeline (not on Deploy's runtime); `undefined` elsewhere. */
+function offProduction(env: Record<string, string | undefined>): string | undefined {
+  const timeline = env.DENO_TIMELINE;
+  return timeline === undefined || timeline === "production" ? undefined : timeline;
+}
+
+async function deployRun(platform: DeployPlatform): Promise<void> {
+  const timeline = offProduction(platform.env());
+  if (timeline !== undefined) {
+    platform.log(
+      `Skipped: this is timeline "${timeline}"; only the production timeline refreshes the worker.`,
+    );
+    return;
+  }
+  let secrets: Set<string> = new Set();
+  try {
+    const tooOld = runtimeProblem(platform.denoVersion);
+    if (tooOld) throw new Error(tooOld);
+    const { config, ctx, env } = deploySettings(platform, { b2: true, cloudflare: true });
+    secrets = ctx.secrets;
+    if (env.REFRESH_SCHEDULE) {
+      platform.log(
+        `REFRESH_SCHEDULE is ignored on Deno Deploy: "${CRON_NAME}" runs at "${DEPLOY_SCHEDULE}" ` +
+          "(UTC) and refreshes when less than REFRESH_MARGIN is left. Remove it from the app's " +
+          "settings to silence this line.",
+      );
+    }
+    const decision = await refreshIfDue(config, ctx, { loadModule: loadWorkerModule });
+    platform.log(
+      decision.refreshed ? `Refreshed: ${decision.reason}` : `Not due: ${decision.reason}`,
+    );
+  } catch (failure) {
+    // Thrown again so the platform marks the run failed and retries it on the backoff.
+    const message = redact((failure as Error)?.message ?? String(failure), secrets);
+    platform.error(`error: ${message}`);
+    throw new Error(message);
+  }
+}
+
+async function readHealth(platform: DeployPlatform): Promise<Health> {
+  const checkedAt = isoSeconds((platform.ctx?.now ?? Date.now)());
+  const timeline = offProduction(platform.env());
+  if (timeline !== undefined) {
+    return { state: "unknown", problem: `timeline "${timeline}" is not production`, checkedAt };
+  }
+  let secrets: Set<string> = new Set();
+  try {
+    const { config, ctx } = deploySettings(platform, { cloudflare: true });
+    secrets = ctx.secrets;
+    const report = await status(config.cloudflare!, ctx, { minRemaining: HEALTH_MIN_REMAINING });
+    const facts = {
+      worker: report.worker,
+      ...(report.expiresAt !== undefined && { expiresAt: report.expiresAt }),
+      ...(report.remaining !== undefined && { remaining: report.remaining }),
+      ...(report.problem !== undefined && { problem: report.problem }),
+      checkedAt,
+    };
+    if (report.healthy) return { state: "healthy", ...facts };
+    return { state: report.expiresAt === undefined ? "missing" : "short", ...facts };
+  } catch (failure) {
+    const message = redact((failure as Error)?.message ?? String(failure), secrets);
+    return { state: "unknown", problem: message, checkedAt };
+  }
+}
+
+// On Deno Deploy (which sets DENO_DEPLOY in every context, and users cannot) this module is
+// the app; anywhere else, run as a program, it is the command line. Imported, it does nothing.
 if (import.meta.main) {
-  if (Deno.env.get("DENO_DEPLOYMENT_ID")) deployMain();
-  else await main();
+  if (Deno.env.get("DENO_DEPLOY") !== undefined) {
+    startOnDeploy({
+      env: () => Deno.env.toObject(),
+      cron: Deno.cron as CronRegistrar | undefined,
+      serve: (handler) => Deno.serve(handler),
+      log: console.log,
+      error: console.error,
+      denoVersion: Deno.version.deno,
+    });
+  } else {
+    await main();
+  }
 }
