@@ -12,7 +12,8 @@
  *
  * Configuration comes from flags, then the environment, then `.env` in the
  * working directory; `main.ts --help` lists it. On Deno Deploy this module is
- * the entry point and registers its `Deno.cron` job by itself.
+ * the entry point: it registers its `Deno.cron` job and serves `/health`
+ * ({@linkcode startOnDeploy}, in the last section).
  *
  * @module
  */
