@@ -63,14 +63,17 @@ export interface WorkerOptions {
 
 /** How to reach B2 and what to authorize. */
 export interface B2Config {
+  /** The application key's id (`B2_APPLICATION_KEY_ID`). */
   keyId: string;
+  /** The application key itself (`B2_APPLICATION_KEY`); a secret. */
   applicationKey: string;
-  /** @default "https://api.backblazeb2.com" */
+  /** Where `b2_authorize_account` is called (`B2_API_URL`). @default "https://api.backblazeb2.com" */
   apiUrl: string;
   /** At least one of `bucketName` and `bucketId`; the other is resolved. */
   bucketName?: string;
+  /** The bucket's id; looked up from `bucketName` when absent. */
   bucketId?: string;
-  /** @default "" (the whole bucket) */
+  /** Serve only names under this prefix (`B2_FILE_PREFIX`). @default "" (the whole bucket) */
   prefix: string;
   /** Seconds the download token lives. @default 604800 */
   tokenTtl: number;
@@ -83,12 +86,15 @@ export type CloudflareAuth =
 
 /** Where the worker goes and how it is reached. */
 export interface CloudflareConfig {
+  /** The account that owns the worker (`CLOUDFLARE_ACCOUNT_ID`). */
   accountId: string;
+  /** The API token, or the legacy global key. */
   auth: CloudflareAuth;
-  /** @default "https://api.cloudflare.com/client/v4" */
+  /** The Cloudflare API (`CLOUDFLARE_API_BASE_URL`). @default "https://api.cloudflare.com/client/v4" */
   apiBaseUrl: string;
-  /** @default "b2-private-cdn" */
+  /** The worker script's name (`WORKER_NAME`). @default "b2-private-cdn" */
   workerName: string;
+  /** The zone of the route or custom domain (`CLOUDFLARE_ZONE_ID`). */
   zoneId?: string;
   /** A route such as `cdn.example.com/*` on `zoneId`. */
   route?: string;
@@ -98,9 +104,13 @@ export interface CloudflareConfig {
 
 /** Everything a command may need, parsed and validated once. */
 export interface Config {
+  /** B2 settings; present when the command needs B2. */
   b2?: B2Config;
+  /** Cloudflare settings; present when the command needs Cloudflare. */
   cloudflare?: CloudflareConfig;
+  /** What the worker does with a request. */
   worker: WorkerOptions;
+  /** The worker script's name (`WORKER_NAME`). */
   workerName: string;
   /** Fetched after deploying; must answer 2xx. */
   verifyUrl?: string;
@@ -112,7 +122,9 @@ export interface Config {
 
 /** A configuration problem; `problems` lists each thing to change. Exit code 2. */
 export class ConfigError extends Error {
+  /** One line per problem, each naming what to set. */
   readonly problems: string[];
+  /** Makes the error from its problems; the message lists them all. */
   constructor(problems: string[]) {
     super(
       problems.length === 1
@@ -128,7 +140,7 @@ export class ConfigError extends Error {
  * The variables the tool reads. Credentials have no flag, since flags show in
  * `ps`; secrets are also never printed.
  */
-const VARIABLES = {
+export const VARIABLES = {
   B2_APPLICATION_KEY_ID: { credential: true, about: "B2 application key id" },
   B2_APPLICATION_KEY: { secret: true, about: "B2 application key" },
   B2_BUCKET_NAME: { about: "bucket name (or B2_BUCKET_ID)" },
@@ -178,7 +190,8 @@ const VARIABLES = {
   },
 } as const satisfies Record<string, { secret?: true; credential?: true; about: string }>;
 
-type Variable = keyof typeof VARIABLES;
+/** A variable the tool reads. */
+export type Variable = keyof typeof VARIABLES;
 /** Raw values by variable name: flags over the environment over `.env`. */
 export type Settings = Partial<Record<Variable, string>>;
 
@@ -196,8 +209,10 @@ export const SECRET_VARIABLES: readonly string[] = Object.entries(VARIABLES)
   .filter(([, v]) => "secret" in v).map(([name]) => name);
 
 /** What a command needs from the configuration. */
-interface Needs {
+export interface Needs {
+  /** The B2 settings must be complete. */
   b2?: boolean;
+  /** The Cloudflare settings must be complete. */
   cloudflare?: boolean;
 }
 
@@ -428,9 +443,11 @@ function isoSeconds(ms: number): string {
 
 /** What the core is given instead of reaching for globals. */
 export interface Context {
+  /** Every HTTP request goes through this. */
   fetch: typeof fetch;
   /** Milliseconds since the epoch. */
   now: () => number;
+  /** Waits between attempts. */
   sleep: (ms: number) => Promise<void>;
   /** In [0, 1): the jitter of retries. */
   random: () => number;
@@ -466,11 +483,13 @@ const RETRY_AFTER_LIMIT_MS = 120_000;
 
 /** An API answered with an error, or could not be reached. Exit code 1. */
 export class ApiError extends Error {
+  /** Which API failed. */
   readonly service: "B2" | "Cloudflare" | "Verify";
   /** The HTTP status, or 0 when no answer came. */
   readonly status: number;
   /** The service's own error code, e.g. `unauthorized` or `10000`. */
   readonly code: string;
+  /** Makes the error; the message says what failed and what to change. */
   constructor(
     message: string,
     details: { service: ApiError["service"]; status: number; code: string },
@@ -557,19 +576,27 @@ async function readJson(response: Response): Promise<unknown> {
 
 /** What `b2_authorize_account` (v4) told us. */
 export interface B2Authorization {
+  /** The account the key belongs to. */
   accountId: string;
+  /** Authorizes the API calls that follow; a secret. */
   authorizationToken: string;
+  /** The API host for this account. */
   apiUrl: string;
+  /** The host files are downloaded from. */
   downloadUrl: string;
   /** Buckets the key is restricted to, or `null` for all of the account's. */
   buckets: { id: string; name: string }[] | null;
+  /** What the key may do, e.g. `shareFiles`. */
   capabilities: string[];
+  /** The key's name prefix restriction, or `null`. */
   namePrefix: string | null;
 }
 
 /** The bucket being served. */
 export interface Bucket {
+  /** The bucket's id. */
   id: string;
+  /** The bucket's name. */
   name: string;
 }
 
@@ -790,32 +817,47 @@ const COMPATIBILITY_DATE = "2026-07-01";
 
 /** A Cloudflare Worker binding as the upload metadata carries it. */
 export interface Binding {
+  /** `secret_text` for the token, `plain_text` for the rest. */
   type: "plain_text" | "secret_text";
+  /** The binding's name as the worker sees it in `env`. */
   name: string;
+  /** The binding's value. */
   text: string;
 }
 
 /** The upload's `metadata` part. */
 export interface WorkerMetadata {
+  /** The module that exports the worker (`worker.js`). */
   main_module: string;
+  /** The Workers runtime behaviour the module was tested against. */
   compatibility_date: string;
+  /** Every binding the worker gets. */
   bindings: Binding[];
 }
 
 /** What is uploaded: metadata and the one module. */
 export interface WorkerUpload {
+  /** The upload's `metadata` part. */
   metadata: WorkerMetadata;
+  /** The worker's JavaScript. */
   module: string;
 }
 
 /** The facts the worker's bindings carry. */
 export interface WorkerFacts {
+  /** The B2 download token; only ever a secret binding. */
   downloadToken: string;
+  /** Where the worker fetches files from. */
   downloadUrl: string;
+  /** The bucket served. */
   bucketName: string;
+  /** The name prefix served. */
   prefix: string;
+  /** When the token was issued, milliseconds since the epoch. */
   issuedAt: number;
+  /** When the token expires, milliseconds since the epoch. */
   expiresAt: number;
+  /** What the worker does with a request. */
   options: WorkerOptions;
 }
 
@@ -894,7 +936,14 @@ export function maskSecrets(metadata: WorkerMetadata): WorkerMetadata {
 export interface LocalWorker {
   /** `http://127.0.0.1:<port>`. */
   url: string;
+  /**
+   * The miniflare instance running workerd, for the tests and the bench. Its type is
+   * miniflare's own, left out of this module's documentation.
+   *
+   * @ignore
+   */
   miniflare: Miniflare;
+  /** Stops workerd. */
   dispose(): Promise<void>;
 }
 
@@ -1152,10 +1201,15 @@ export async function ensureDomain(
 
 /** A worker ready to upload, and what it was made from. */
 export interface PreparedWorker {
+  /** The bucket the token reads. */
   bucket: Bucket;
+  /** The name prefix the token covers. */
   prefix: string;
+  /** When the token was issued, milliseconds since the epoch. */
   issuedAt: number;
+  /** When the token expires, milliseconds since the epoch. */
   expiresAt: number;
+  /** What would be uploaded. */
   upload: WorkerUpload;
   /** Sequential API round trips so far. */
   roundTrips: number;
@@ -1213,14 +1267,23 @@ export async function prepareWorker(
 
 /** What a refresh did, as printed by `--json`. */
 export interface RefreshResult {
+  /** The worker script's name. */
   worker: string;
+  /** The bucket served. */
   bucket: string;
+  /** The name prefix served. */
   prefix: string;
+  /** When the new token expires, ISO 8601. */
   expiresAt: string;
+  /** Whether the worker was uploaded (false for `--dry-run`). */
   deployed: boolean;
+  /** What happened to the route, when one is configured. */
   route?: Change;
+  /** What happened to the custom domain, when one is configured. */
   domain?: Change;
+  /** The URL that answered 2xx after deploying. */
   verified?: string;
+  /** API requests made. */
   roundTrips: number;
 }
 
@@ -1317,14 +1380,19 @@ export async function verify(url: string, ctx: Context): Promise<void> {
 
 /** What `status` found. */
 export interface StatusReport {
+  /** The worker script's name. */
   worker: string;
+  /** Whether the token has at least the required time left. */
   healthy: boolean;
   /** Why it is not healthy. */
   problem?: string;
+  /** When the token was issued, ISO 8601. */
   issuedAt?: string;
+  /** When the token expires, ISO 8601. */
   expiresAt?: string;
   /** Seconds. */
   age?: number;
+  /** Seconds left before the token expires. */
   remaining?: number;
 }
 
@@ -1393,7 +1461,9 @@ export type CronRegistrar = (
 
 /** What the start-up check decided. */
 export interface StartupDecision {
+  /** Whether a refresh ran. */
   refreshed: boolean;
+  /** Why, in words for the log. */
   reason: string;
 }
 
@@ -1487,7 +1557,9 @@ Exit codes: 0 done, 1 the operation failed, 2 bad usage or configuration.`;
 
 /** Where a command writes; everything passes through the secret filter. */
 export interface Io {
+  /** Writes one line of output. */
   stdout: (text: string) => void;
+  /** Writes one line of diagnostics. */
   stderr: (text: string) => void;
 }
 
@@ -1509,11 +1581,17 @@ function summary(result: RefreshResult): string {
     (result.verified ? `; verified ${result.verified}` : "");
 }
 
-interface Flags {
+/** The flags every command shares. */
+export interface Flags {
+  /** `--json`: one JSON object on stdout. */
   json: boolean;
+  /** `--dry-run`: the B2 steps only; nothing is uploaded. */
   dryRun: boolean;
+  /** `--verbose`: each step on stderr. */
   verbose: boolean;
+  /** `--port`, for `dev` and `demo`. */
   port: number;
+  /** `--min-remaining`, for `status`, in seconds. */
   minRemaining: number;
 }
 
@@ -1764,7 +1842,7 @@ function contentTypeOf(name: string): string {
 }
 
 /** How a command is run, what it needs, and whether it wants the network. */
-const COMMANDS = {
+export const COMMANDS = {
   refresh: { needs: { b2: true, cloudflare: true } },
   status: { needs: { cloudflare: true } },
   render: { needs: {} },
@@ -1772,15 +1850,22 @@ const COMMANDS = {
   dev: { needs: { b2: true } },
   demo: { needs: {} },
 } as const;
-type Command = keyof typeof COMMANDS;
+/** A command's name. */
+export type Command = keyof typeof COMMANDS;
 
 /** Parsed command line: the command, its flags and the settings given as flags. */
-interface CommandLine {
+export interface CommandLine {
+  /** The command to run. @default "refresh" */
   command: Command;
+  /** The flags every command shares. */
   flags: Flags;
+  /** Settings given as flags, such as `--b2-bucket-name`. */
   settings: Settings;
+  /** `--env-file`: the dotenv file to read instead of `.env`. */
   envFile?: string;
+  /** `--help`. */
   help: boolean;
+  /** `--version`. */
   version: boolean;
 }
 
@@ -1859,12 +1944,15 @@ export function parseCommandLine(args: string[]): CommandLine {
 
 /** What a run is given from outside: arguments, settings, and where output goes. */
 export interface RunOptions {
+  /** The command line, without the program. */
   args: string[];
   /** The environment's settings. */
   env: Record<string, string | undefined>;
   /** Reads the dotenv file; `undefined` when there is none. */
   readEnvFile: (path: string) => Promise<string | undefined>;
+  /** Where output goes. */
   io: Io;
+  /** The network, clock and logging; the real ones by default. */
   ctx?: Partial<Context>;
 }
 
@@ -2017,8 +2105,9 @@ export interface DeployPlatform {
   cron: CronRegistrar | undefined;
   /** `Deno.serve`: the platform waits for it before a build goes live. */
   serve: (handler: (request: Request) => Promise<Response>) => unknown;
-  /** Where the runs' lines go (`console.log`) and their errors (`console.error`). */
+  /** Where the runs' lines go (`console.log`). */
   log: (line: string) => void;
+  /** Where the runs' errors go (`console.error`). */
   error: (line: string) => void;
   /** `Deno.version.deno`. */
   denoVersion: string;
@@ -2028,7 +2117,9 @@ export interface DeployPlatform {
 
 /** The cron run and the HTTP handler that {@linkcode startOnDeploy} registered. */
 export interface DeployApp {
+  /** One cron run, as the platform calls it. */
   runCron: () => Promise<void>;
+  /** The HTTP handler given to `Deno.serve`. */
   handle: (request: Request) => Promise<Response>;
 }
 
@@ -2036,10 +2127,13 @@ export interface DeployApp {
 export interface Health {
   /** `healthy` (200), `short` or `missing` (503), `unknown` (200: it could not tell). */
   state: "healthy" | "short" | "missing" | "unknown";
+  /** The worker script's name. */
   worker?: string;
+  /** When the deployed token expires, ISO 8601. */
   expiresAt?: string;
   /** Seconds left. */
   remaining?: number;
+  /** Why it is not healthy, or why it cannot tell. */
   problem?: string;
   /** When the bindings were read; later requests get the same answer until the next read. */
   checkedAt: string;

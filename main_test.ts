@@ -13,6 +13,7 @@ import {
   scheduleRefresh,
   startLocalWorker,
   startOnDeploy,
+  VERSION,
   type WorkerMetadata,
 } from "./main.ts";
 import { type FakeB2, type FakeB2Options, startFakeB2 } from "./testing/fake_b2.ts";
@@ -1106,6 +1107,15 @@ Deno.test("the deno.json tasks carry the permissions their commands need", async
     );
   } finally {
     await w.close();
+  }
+});
+
+Deno.test("deno.json's JSR version is the one --version prints", async () => {
+  const config = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`));
+  assert.equal(config.version, VERSION);
+  assert.equal(config.exports, "./main.ts");
+  for (const path of config.publish.include) {
+    assert.ok(await Deno.stat(`${ROOT}${path}`), `${path} is published, so it must exist`);
   }
 });
 
