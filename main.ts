@@ -12,16 +12,27 @@
  *
  * Configuration comes from flags, then the environment, then `.env` in the
  * working directory; `main.ts --help` lists it. On Deno Deploy this module is
- * the entry point and registers its `Deno.cron` job by itself.
+ * the entry point: it registers its `Deno.cron` job and serves `/health`
+ * ({@linkcode startOnDeploy}, in the last section).
  *
  * @module
  */
 
-import { parseArgs, parseEnv } from "node:util";
-import { stripTypeScriptTypes } from "node:module";
+// `parseEnv` and `stripTypeScriptTypes` arrived in Deno 2.8.2. A named import of a missing
+// export fails before any code runs, so these two are read from namespaces and checked by
+// `runtimeProblem()` before use, which lets an older Deno say what to upgrade.
+import { parseArgs } from "node:util";
+import * as nodeUtil from "node:util";
+import * as nodeModule from "node:module";
 import process from "node:process";
 import type { Readable } from "node:stream";
-import type { Miniflare } from "miniflare";
+// Type-only: `deno run` does not follow it, so no command downloads miniflare until `dev`,
+// `demo`, the tests or the bench import it. Inline, not a deno.json import: see `MINIFLARE`.
+// deno-lint-ignore no-import-prefix
+import type { Miniflare } from "npm:miniflare@4";
+
+const parseEnv = nodeUtil.parseEnv;
+const stripTypeScriptTypes = nodeModule.stripTypeScriptTypes;
 
 /** The version printed by `--version`. */
 export const VERSION = "0.1.0";
@@ -88,14 +99,17 @@ const DEFAULT_STALE_IF_ERROR = 7 * DAY;
 
 /** How to reach B2 and what to authorize. */
 export interface B2Config {
+  /** The application key's id (`B2_APPLICATION_KEY_ID`). */
   keyId: string;
+  /** The application key itself (`B2_APPLICATION_KEY`); a secret. */
   applicationKey: string;
-  /** @default "https://api.backblazeb2.com" */
+  /** Where `b2_authorize_account` is called (`B2_API_URL`). @default "https://api.backblazeb2.com" */
   apiUrl: string;
   /** At least one of `bucketName` and `bucketId`; the other is resolved. */
   bucketName?: string;
+  /** The bucket's id; looked up from `bucketName` when absent. */
   bucketId?: string;
-  /** @default "" (the whole bucket) */
+  /** Serve only names under this prefix (`B2_FILE_PREFIX`). @default "" (the whole bucket) */
   prefix: string;
   /** Seconds the download token lives. @default 604800 */
   tokenTtl: number;
@@ -108,12 +122,15 @@ export type CloudflareAuth =
 
 /** Where the worker goes and how it is reached. */
 export interface CloudflareConfig {
+  /** The account that owns the worker (`CLOUDFLARE_ACCOUNT_ID`). */
   accountId: string;
+  /** The API token, or the legacy global key. */
   auth: CloudflareAuth;
-  /** @default "https://api.cloudflare.com/client/v4" */
+  /** The Cloudflare API (`CLOUDFLARE_API_BASE_URL`). @default "https://api.cloudflare.com/client/v4" */
   apiBaseUrl: string;
-  /** @default "b2-private-cdn" */
+  /** The worker script's name (`WORKER_NAME`). @default "b2-private-cdn" */
   workerName: string;
+  /** The zone of the route or custom domain (`CLOUDFLARE_ZONE_ID`). */
   zoneId?: string;
   /** A route such as `cdn.example.com/*` on `zoneId`. */
   route?: string;
@@ -128,9 +145,13 @@ export interface CloudflareConfig {
 
 /** Everything a command may need, parsed and validated once. */
 export interface Config {
+  /** B2 settings; present when the command needs B2. */
   b2?: B2Config;
+  /** Cloudflare settings; present when the command needs Cloudflare. */
   cloudflare?: CloudflareConfig;
+  /** What the worker does with a request. */
   worker: WorkerOptions;
+  /** The worker script's name (`WORKER_NAME`). */
   workerName: string;
   /** Fetched after deploying; must answer 2xx. */
   verifyUrl?: string;
@@ -144,7 +165,9 @@ export interface Config {
 
 /** A configuration problem; `problems` lists each thing to change. Exit code 2. */
 export class ConfigError extends Error {
+  /** One line per problem, each naming what to set. */
   readonly problems: string[];
+  /** Makes the error from its problems; the message lists them all. */
   constructor(problems: string[]) {
     super(
       problems.length === 1
@@ -160,7 +183,7 @@ export class ConfigError extends Error {
  * The variables the tool reads. Credentials have no flag, since flags show in
  * `ps`; secrets are also never printed.
  */
-const VARIABLES = {
+export const VARIABLES = {
   B2_APPLICATION_KEY_ID: { credential: true, about: "B2 application key id" },
   B2_APPLICATION_KEY: { secret: true, about: "B2 application key" },
   B2_BUCKET_NAME: { about: "bucket name (or B2_BUCKET_ID)" },
@@ -235,7 +258,8 @@ const VARIABLES = {
   },
 } as const satisfies Record<string, { secret?: true; credential?: true; about: string }>;
 
-type Variable = keyof typeof VARIABLES;
+/** A variable the tool reads. */
+export type Variable = keyof typeof VARIABLES;
 /** Raw values by variable name: flags over the environment over `.env`. */
 export type Settings = Partial<Record<Variable, string>>;
 
@@ -253,8 +277,10 @@ export const SECRET_VARIABLES: readonly string[] = Object.entries(VARIABLES)
   .filter(([, v]) => "secret" in v).map(([name]) => name);
 
 /** What a command needs from the configuration. */
-interface Needs {
+export interface Needs {
+  /** The B2 settings must be complete. */
   b2?: boolean;
+  /** The Cloudflare settings must be complete. */
   cloudflare?: boolean;
 }
 
@@ -660,9 +686,11 @@ function isoSeconds(ms: number): string {
 
 /** What the core is given instead of reaching for globals. */
 export interface Context {
+  /** Every HTTP request goes through this. */
   fetch: typeof fetch;
   /** Milliseconds since the epoch. */
   now: () => number;
+  /** Waits between attempts. */
   sleep: (ms: number) => Promise<void>;
   /** In [0, 1): the jitter of retries. */
   random: () => number;
@@ -698,11 +726,13 @@ const RETRY_AFTER_LIMIT_MS = 120_000;
 
 /** An API answered with an error, or could not be reached. Exit code 1. */
 export class ApiError extends Error {
+  /** Which API failed. */
   readonly service: "B2" | "Cloudflare" | "Verify" | "Worker";
   /** The HTTP status, or 0 when no answer came. */
   readonly status: number;
   /** The service's own error code, e.g. `unauthorized` or `10000`. */
   readonly code: string;
+  /** Makes the error; the message says what failed and what to change. */
   constructor(
     message: string,
     details: { service: ApiError["service"]; status: number; code: string },
@@ -789,19 +819,27 @@ async function readJson(response: Response): Promise<unknown> {
 
 /** What `b2_authorize_account` (v4) told us. */
 export interface B2Authorization {
+  /** The account the key belongs to. */
   accountId: string;
+  /** Authorizes the API calls that follow; a secret. */
   authorizationToken: string;
+  /** The API host for this account. */
   apiUrl: string;
+  /** The host files are downloaded from. */
   downloadUrl: string;
   /** Buckets the key is restricted to, or `null` for all of the account's. */
   buckets: { id: string; name: string }[] | null;
+  /** What the key may do, e.g. `shareFiles`. */
   capabilities: string[];
+  /** The key's name prefix restriction, or `null`. */
   namePrefix: string | null;
 }
 
 /** The bucket being served. */
 export interface Bucket {
+  /** The bucket's id. */
   id: string;
+  /** The bucket's name. */
   name: string;
 }
 
@@ -1027,8 +1065,11 @@ const PURGE_PATH = "/.well-known/b2-private-cdn/purge";
 
 /** A Cloudflare Worker binding as the upload metadata carries it. */
 export interface Binding {
+  /** `secret_text` for the token, `plain_text` for the rest. */
   type: "plain_text" | "secret_text";
+  /** The binding's name as the worker sees it in `env`. */
   name: string;
+  /** The binding's value. */
   text: string;
 }
 
@@ -1044,26 +1085,38 @@ export interface CacheOptions {
 
 /** The upload's `metadata` part. */
 export interface WorkerMetadata {
+  /** The module that exports the worker (`worker.js`). */
   main_module: string;
+  /** The Workers runtime behaviour the module was tested against. */
   compatibility_date: string;
+  /** Every binding the worker gets. */
   bindings: Binding[];
   cache_options?: CacheOptions;
 }
 
 /** What is uploaded: metadata and the one module. */
 export interface WorkerUpload {
+  /** The upload's `metadata` part. */
   metadata: WorkerMetadata;
+  /** The worker's JavaScript. */
   module: string;
 }
 
 /** The facts the worker's bindings carry. */
 export interface WorkerFacts {
+  /** The B2 download token; only ever a secret binding. */
   downloadToken: string;
+  /** Where the worker fetches files from. */
   downloadUrl: string;
+  /** The bucket served. */
   bucketName: string;
+  /** The name prefix served. */
   prefix: string;
+  /** When the token was issued, milliseconds since the epoch. */
   issuedAt: number;
+  /** When the token expires, milliseconds since the epoch. */
   expiresAt: number;
+  /** What the worker does with a request. */
   options: WorkerOptions;
   /** From {@linkcode derivePurgeKey}; without it the worker takes no purge requests. */
   purgeKey?: string;
@@ -1118,10 +1171,27 @@ export async function servingFingerprint(
  * stripped by the runtime, so what runs is exactly what was type checked.
  */
 export async function loadWorkerModule(): Promise<string> {
-  const source = await Deno.readTextFile(
-    new URL("./worker_template.ts", import.meta.url),
-  );
+  const source = new TextDecoder().decode(await readBeside("./worker_template.ts"));
   return stripTypeScriptTypes(source, { mode: "transform" });
+}
+
+/**
+ * A file shipped beside this module: read from disk when it runs from a path (or a
+ * compiled binary), fetched when it runs from a URL (raw GitHub, JSR), where
+ * `Deno.readFile` refuses anything but a file URL.
+ */
+async function readBeside(path: string): Promise<Uint8Array<ArrayBuffer>> {
+  const url = new URL(path, import.meta.url);
+  if (url.protocol === "file:") return await Deno.readFile(url);
+  const response = await fetch(url);
+  if (!response.ok) {
+    await response.body?.cancel();
+    throw new Error(
+      `Cannot fetch ${url.href}, which ships with main.ts: it answered ${response.status}. ` +
+        "Run main.ts from a URL that serves the whole repository, or from a clone.",
+    );
+  }
+  return new Uint8Array(await response.arrayBuffer());
 }
 
 /** The upload for these facts: the token only ever as a `secret_text` binding. */
@@ -1213,12 +1283,26 @@ export function maskSecrets(metadata: WorkerMetadata): WorkerMetadata {
 export interface LocalWorker {
   /** `http://127.0.0.1:<port>`. */
   url: string;
+  /**
+   * The miniflare instance running workerd, for the tests and the bench. Its type is
+   * miniflare's own, left out of this module's documentation.
+   *
+   * @ignore
+   */
   miniflare: Miniflare;
+  /** Stops workerd. */
   dispose(): Promise<void>;
 }
 
-/** Kept out of the static graph so `deno compile` does not bundle workerd. */
-const MINIFLARE = "miniflare";
+/**
+ * Imported only by `startLocalWorker`, through a variable so that no module graph (a run, a
+ * run from a URL, `deno compile`) follows it up front. Spelled as a full `npm:` specifier, not
+ * a deno.json import: `deno task` installs every npm package of deno.json's imports and of the
+ * lock file before it runs any task (denoland/deno#28999), which made `deno task refresh`
+ * download miniflare, workerd and sharp (about 192 MB) to an empty cache. For the same reason
+ * deno.json turns the lock file off and the tasks that use npm name it (`--lock=deno.lock`).
+ */
+const MINIFLARE = "npm:miniflare@4";
 
 /**
  * Runs an upload in workerd (Cloudflare's runtime) through miniflare, with
@@ -1239,7 +1323,7 @@ export async function startLocalWorker(
     serviceBindings?: Record<string, (request: Request) => Promise<Response>>;
   } = {},
 ): Promise<LocalWorker> {
-  const { Miniflare } = await import(MINIFLARE) as typeof import("miniflare");
+  const { Miniflare } = await import(MINIFLARE) as typeof import("npm:miniflare@4");
   const { onLog } = options;
   const signals = ["SIGINT", "SIGTERM"] as const;
   const before = signals.map((signal) => process.listeners(signal));
@@ -1770,10 +1854,15 @@ export async function readWorkersDev(
 
 /** A worker ready to upload, and what it was made from. */
 export interface PreparedWorker {
+  /** The bucket the token reads. */
   bucket: Bucket;
+  /** The name prefix the token covers. */
   prefix: string;
+  /** When the token was issued, milliseconds since the epoch. */
   issuedAt: number;
+  /** When the token expires, milliseconds since the epoch. */
   expiresAt: number;
+  /** What would be uploaded. */
   upload: WorkerUpload;
   /** What `upload` was made from, to make it again with other facts. */
   facts: WorkerFacts;
@@ -1844,12 +1933,19 @@ export async function prepareWorker(
 
 /** What a refresh did, as printed by `--json`. */
 export interface RefreshResult {
+  /** The worker script's name. */
   worker: string;
+  /** The bucket served. */
   bucket: string;
+  /** The name prefix served. */
   prefix: string;
+  /** When the new token expires, ISO 8601. */
   expiresAt: string;
+  /** Whether the worker was uploaded (false for `--dry-run`). */
   deployed: boolean;
+  /** What happened to the route, when one is configured. */
   route?: Change;
+  /** What happened to the custom domain, when one is configured. */
   domain?: Change;
   /** The workers.dev URL when the worker answers there, else `false`. */
   workersDev?: string | false;
@@ -1863,7 +1959,9 @@ export interface RefreshResult {
   failed?: string[];
   /** When a scheduled retry found this upload fresh and only redid the steps after it. */
   reusedUpload?: string;
+  /** The URL that answered 2xx after deploying. */
   verified?: string;
+  /** API requests made. */
   roundTrips: number;
   /** The edge cache in force. */
   cacheMode: CacheMode;
@@ -2581,14 +2679,19 @@ export async function purge(
 
 /** What `status` found. */
 export interface StatusReport {
+  /** The worker script's name. */
   worker: string;
+  /** Whether the token has at least the required time left. */
   healthy: boolean;
   /** Why it is not healthy. */
   problem?: string;
+  /** When the token was issued, ISO 8601. */
   issuedAt?: string;
+  /** When the token expires, ISO 8601. */
   expiresAt?: string;
   /** Seconds. */
   age?: number;
+  /** Seconds left before the token expires. */
   remaining?: number;
   /** The edge cache the deployed version uses, by its bindings. */
   cacheMode?: string;
@@ -2772,15 +2875,20 @@ export type CronRegistrar = (
 
 /** What the start-up check decided. */
 export interface StartupDecision {
+  /** Whether a refresh ran. */
   refreshed: boolean;
+  /** Why, in words for the log. */
   reason: string;
 }
 
-/** At start: refresh at once when the deployed token is missing or has less than the margin left. */
+/**
+ * Refreshes when the deployed token is missing or has less than `config.refreshMargin` left;
+ * otherwise only reads the worker's bindings. The module is loaded only when it is due.
+ */
 export async function refreshIfDue(
   config: Config,
   ctx: Context,
-  module: string,
+  options: { loadModule: () => Promise<string> },
 ): Promise<StartupDecision> {
   const cloudflare = config.cloudflare!;
   const report = await status(cloudflare, ctx, {
@@ -2794,7 +2902,10 @@ export async function refreshIfDue(
         formatDuration(config.refreshMargin),
     };
   }
-  const result = await refresh(config, ctx, { module, unattended: true });
+  const result = await refresh(config, ctx, {
+    module: await options.loadModule(),
+    unattended: true,
+  });
   return {
     refreshed: true,
     reason: `${report.problem}; refreshed until ${result.expiresAt}`,
@@ -3392,7 +3503,9 @@ Exit codes: 0 done, 1 the operation failed, 2 bad usage or configuration.`;
 
 /** Where a command writes; everything passes through the secret filter. */
 export interface Io {
+  /** Writes one line of output. */
   stdout: (text: string) => void;
+  /** Writes one line of diagnostics. */
   stderr: (text: string) => void;
 }
 
@@ -3421,28 +3534,43 @@ function summary(result: RefreshResult): string {
     (result.notice ? `\nNote: ${result.notice}` : "");
 }
 
-interface Flags {
+/** The flags every command shares. */
+export interface Flags {
+  /** `--json`: one JSON object on stdout. */
   json: boolean;
+  /** `--dry-run`: the B2 steps only; nothing is uploaded. */
   dryRun: boolean;
+  /** `--take-over`, for `refresh`: move a route, domain or DNS record held by something else. */
   takeOver: boolean;
+  /** `--remove-leftovers`, for `refresh`: delete routes and domains no longer configured. */
   removeLeftovers: boolean;
+  /** `--verbose`: each step on stderr. */
   verbose: boolean;
+  /** `--port`, for `dev` and `demo`. */
   port: number;
+  /** `--min-remaining`, for `status`, in seconds. */
   minRemaining: number;
   /** `purge`: its paths, prefixes, `--all` and `--url`. */
   purge: PurgeRequest;
+  /** `sign`: what the link grants. */
   sign: SignFlags;
-  /** `check-cache`: an object on the worker (`--url`) and a large one (`--large-url`). */
+  /** `check-cache`: a small object on the worker (`--url`). */
   url?: string;
+  /** `check-cache`: a large object, to see how its ranges are served (`--large-url`). */
   largeUrl?: string;
 }
 
 /** The flags of `sign`, as given. */
-interface SignFlags {
+export interface SignFlags {
+  /** `--expires`: a duration from now or an ISO 8601 time. */
   expires?: string;
+  /** `--not-before`: the same forms. */
   notBefore?: string;
+  /** `--download-name`: served as an attachment with this name. */
   downloadName?: string;
+  /** Signed with `--prefix <path>/`: the link covers every path under it. */
   prefix: boolean;
+  /** `--url`: the site's origin. */
   baseUrl?: string;
 }
 
@@ -3701,7 +3829,7 @@ async function runCron(config: Config, ctx: Context, io: Io): Promise<number> {
   report(
     `Scheduled "${CRON_NAME}" at "${config.refreshSchedule}" (UTC). Ctrl-C stops it.`,
   );
-  const decision = await refreshIfDue(config, ctx, module);
+  const decision = await refreshIfDue(config, ctx, { loadModule: () => Promise.resolve(module) });
   report(`Start-up check: ${decision.reason}`);
   await ctrlC.pressed;
   return 0;
@@ -3717,12 +3845,17 @@ const DEMO_FILES = [
 
 async function runDemo(ctx: Context, io: Io, flags: Flags): Promise<number> {
   using ctrlC = listenForCtrlC();
-  const { startFakeB2 } = await import("./testing/fake_b2.ts");
-  const { startFakeCloudflare } = await import("./testing/fake_cloudflare.ts");
-  const fixtures = new URL("./testing/fixtures/", import.meta.url);
+  // Through computed URLs, so that no other command's module graph (nor `deno compile`)
+  // fetches the stand-ins up front.
+  const { startFakeB2 } = await import(
+    new URL("./testing/fake_b2.ts", import.meta.url).href
+  ) as typeof import("./testing/fake_b2.ts");
+  const { startFakeCloudflare } = await import(
+    new URL("./testing/fake_cloudflare.ts", import.meta.url).href
+  ) as typeof import("./testing/fake_cloudflare.ts");
   const files = await Promise.all(DEMO_FILES.map(async (name) => ({
     name: `site/${name}`,
-    body: await Deno.readFile(new URL(name, fixtures)),
+    body: await readBeside(`./testing/fixtures/${name}`),
     contentType: contentTypeOf(name),
   })));
   const b2 = startFakeB2({
@@ -3943,7 +4076,7 @@ function contentTypeOf(name: string): string {
 }
 
 /** How a command is run, what it needs, and whether it wants the network. */
-const COMMANDS = {
+export const COMMANDS = {
   refresh: { needs: { b2: true, cloudflare: true } },
   status: { needs: { cloudflare: true } },
   render: { needs: {} },
@@ -3955,17 +4088,24 @@ const COMMANDS = {
   keygen: { needs: {} },
   "check-cache": { needs: {} },
 } as const;
-type Command = keyof typeof COMMANDS;
+/** A command's name. */
+export type Command = keyof typeof COMMANDS;
 
 /** Parsed command line: the command, its flags and the settings given as flags. */
-interface CommandLine {
+export interface CommandLine {
+  /** The command to run. @default "refresh" */
   command: Command;
   /** `sign`'s path. */
   path?: string;
+  /** The flags every command shares. */
   flags: Flags;
+  /** Settings given as flags, such as `--b2-bucket-name`. */
   settings: Settings;
+  /** `--env-file`: the dotenv file to read instead of `.env`. */
   envFile?: string;
+  /** `--help`. */
   help: boolean;
+  /** `--version`. */
   version: boolean;
 }
 
@@ -4103,12 +4243,15 @@ export function parseCommandLine(args: string[]): CommandLine {
 
 /** What a run is given from outside: arguments, settings, and where output goes. */
 export interface RunOptions {
+  /** The command line, without the program. */
   args: string[];
   /** The environment's settings. */
   env: Record<string, string | undefined>;
   /** Reads the dotenv file; `undefined` when there is none. */
   readEnvFile: (path: string) => Promise<string | undefined>;
+  /** Where output goes. */
   io: Io;
+  /** The network, clock and logging; the real ones by default. */
   ctx?: Partial<Context>;
 }
 
@@ -4204,6 +4347,11 @@ async function readTextIfExists(path: string): Promise<string | undefined> {
 /** The command line entry point: the only place that touches `Deno.args`, `Deno.env` and `Deno.exit`. */
 async function main(): Promise<never> {
   const encoder = new TextEncoder();
+  const tooOld = runtimeProblem(Deno.version.deno);
+  if (tooOld) {
+    Deno.stderr.writeSync(encoder.encode(`error: ${tooOld}\n`));
+    Deno.exit(1);
+  }
   const code = await run({
     args: Deno.args,
     env: Deno.env.toObject(),
@@ -4216,48 +4364,247 @@ async function main(): Promise<never> {
   Deno.exit(code);
 }
 
+/** The oldest Deno with the built-ins this tool uses: `node:util` `parseEnv`, `node:module` `stripTypeScriptTypes`. */
+export const MIN_DENO_VERSION = "2.8.2";
+
 /**
- * The Deno Deploy entry point. Deploy wants `Deno.cron` registered while the
- * module loads, so this reads the app's environment synchronously; a bad
- * configuration is logged by every scheduled run until it is fixed.
+ * Why this runtime cannot run the tool, or `undefined` when it can: the version is older than
+ * {@linkcode MIN_DENO_VERSION} or a built-in the tool needs is missing.
  */
-function deployMain(): void {
-  const env = Deno.env.toObject();
-  const ctx = defaultContext();
-  const log = (line: string) => console.log(redact(line, ctx.secrets));
-  ctx.log = log;
-  for (const name of SECRET_VARIABLES) {
-    if (env[name]) ctx.secrets.add(env[name]);
-  }
-  let config: Config;
-  try {
-    config = parseConfig(pickSettings(env), { b2: true, cloudflare: true });
-  } catch (error) {
-    Deno.cron(CRON_NAME, DEFAULT_SCHEDULE, () => {
-      throw error;
-    });
-    console.error(`error: ${(error as Error).message}`);
-    return;
-  }
-  const module = loadWorkerModule();
-  scheduleRefresh(config, ctx, {
-    module,
-    register: Deno.cron as CronRegistrar,
-    report: log,
-  });
-  log(`Scheduled "${CRON_NAME}" at "${config.refreshSchedule}" (UTC)`);
-  module
-    .then((source) => refreshIfDue(config, ctx, source))
-    .then(
-      (decision) => log(`Start-up check: ${decision.reason}`),
-      (error) =>
-        console.error(
-          redact(`error: ${(error as Error).message}`, ctx.secrets),
-        ),
-    );
+export function runtimeProblem(
+  denoVersion: string,
+  builtins: Record<string, unknown> = {
+    "node:util parseEnv": parseEnv,
+    "node:module stripTypeScriptTypes": stripTypeScriptTypes,
+  },
+): string | undefined {
+  const missing = Object.keys(builtins).filter((name) => typeof builtins[name] !== "function");
+  const [major = 0, minor = 0, patch = 0] = denoVersion.split(/[.-]/).map(Number);
+  const [needMajor = 0, needMinor = 0, needPatch = 0] = MIN_DENO_VERSION.split(".").map(Number);
+  const older = major - needMajor || minor - needMinor || patch - needPatch;
+  if (missing.length === 0 && !(older < 0)) return undefined;
+  return `b2-private-cdn needs Deno ${MIN_DENO_VERSION} or newer` +
+    (missing.length > 0 ? ` (this one lacks ${missing.join(" and ")})` : "") +
+    `, and this is Deno ${denoVersion}: upgrade Deno (deno upgrade) and run it again.`;
 }
 
+// ---------------------------------------------------------------------------
+// Deno Deploy
+// ---------------------------------------------------------------------------
+
+/**
+ * Hourly, at an odd minute. Each run refreshes only when due, so a new app deploys its worker
+ * within the hour and a failed refresh is tried again an hour later, long before the token runs
+ * out. Constant, like the name and backoff: the platform finds crons by running the module's top
+ * level, possibly without the app's settings (DENO_DEPLOY.md: How crons are found).
+ */
+export const DEPLOY_SCHEDULE = "17 * * * *";
+/** Health answers come from one read of the worker's bindings per instance in this long. */
+const HEALTH_READ_EVERY_MS = 300_000;
+/** Health is "short" (503) below this, as `status` is by default. */
+const HEALTH_MIN_REMAINING = 2 * DAY;
+
+/** What the platform gives {@linkcode startOnDeploy}: `Deno.cron`, `Deno.serve`, the environment. */
+export interface DeployPlatform {
+  /** The environment, read again by each run and health read (`Deno.env.toObject`). */
+  env: () => Record<string, string | undefined>;
+  /** `Deno.cron`; `undefined` when the runtime lacks it (no `"unstable": ["cron"]`). */
+  cron: CronRegistrar | undefined;
+  /** `Deno.serve`: the platform waits for it before a build goes live. */
+  serve: (handler: (request: Request) => Promise<Response>) => unknown;
+  /** Where the runs' lines go (`console.log`). */
+  log: (line: string) => void;
+  /** Where the runs' errors go (`console.error`). */
+  error: (line: string) => void;
+  /** `Deno.version.deno`. */
+  denoVersion: string;
+  /** The network and clock; the real ones by default. */
+  ctx?: Partial<Context>;
+}
+
+/** The cron run and the HTTP handler that {@linkcode startOnDeploy} registered. */
+export interface DeployApp {
+  /** One cron run, as the platform calls it. */
+  runCron: () => Promise<void>;
+  /** The HTTP handler given to `Deno.serve`. */
+  handle: (request: Request) => Promise<Response>;
+}
+
+/** What the health path answers, as JSON. No secret: dates, durations and the worker's name. */
+export interface Health {
+  /** `healthy` (200), `short` or `missing` (503), `unknown` (200: it could not tell). */
+  state: "healthy" | "short" | "missing" | "unknown";
+  /** The worker script's name. */
+  worker?: string;
+  /** When the deployed token expires, ISO 8601. */
+  expiresAt?: string;
+  /** Seconds left. */
+  remaining?: number;
+  /** Why it is not healthy, or why it cannot tell. */
+  problem?: string;
+  /** When the bindings were read; later requests get the same answer until the next read. */
+  checkedAt: string;
+}
+
+/**
+ * Runs `main.ts` as a Deno Deploy app. It registers one constant cron before anything else and
+ * then starts the HTTP server, in that order because the platform ignores crons registered after
+ * `Deno.serve`. Nothing touches the network or reads the settings while the module loads: each
+ * cron run reads and checks them, does nothing off the production timeline, and refreshes only
+ * when the deployed token has less than `REFRESH_MARGIN` left. A configuration problem fails that
+ * run (the Cron tab shows it) with a log line naming what to set.
+ *
+ * The server answers `/` with 200 whatever the health (the platform's warm-up request runs
+ * without the production settings) and `/health` with the deployed token's expiry, read from the
+ * worker's bindings at most every five minutes per instance, whatever the requests.
+ */
+export function startOnDeploy(platform: DeployPlatform): DeployApp {
+  const { log, error } = platform;
+  log(`b2-private-cdn ${VERSION} on Deno ${platform.denoVersion} (Deno Deploy)`);
+  const tooOld = runtimeProblem(platform.denoVersion);
+  if (tooOld) error(`error: ${tooOld}`);
+  const runCron = () => deployRun(platform);
+  if (platform.cron) {
+    platform.cron(CRON_NAME, DEPLOY_SCHEDULE, { backoffSchedule: CRON_BACKOFF_MS }, runCron);
+    log(`Registered "${CRON_NAME}" at "${DEPLOY_SCHEDULE}" (UTC)`);
+  } else {
+    error(
+      'error: Deno.cron is not available, so nothing will refresh the worker: keep "unstable": ' +
+        '["cron"] in deno.json beside main.ts.',
+    );
+  }
+  let lastRead: { at: number; health: Promise<Health> } | undefined;
+  const handle = async (request: Request): Promise<Response> => {
+    const { pathname } = new URL(request.url);
+    if (request.method !== "GET" && request.method !== "HEAD") {
+      return new Response("Method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
+    }
+    if (pathname === "/") {
+      return new Response(
+        `b2-private-cdn ${VERSION}: "${CRON_NAME}" keeps the worker's token fresh. ` +
+          "GET /health for its expiry.\n",
+      );
+    }
+    if (pathname !== "/health") return new Response("Not found\n", { status: 404 });
+    // One read per period, shared by every request in it (even one that failed), so that no
+    // visitor can make the app call Cloudflare more often.
+    const now = (platform.ctx?.now ?? Date.now)();
+    if (!lastRead || now - lastRead.at >= HEALTH_READ_EVERY_MS) {
+      lastRead = { at: now, health: readHealth(platform) };
+    }
+    const health = await lastRead.health;
+    const failing = health.state === "short" || health.state === "missing";
+    return Response.json(health, {
+      status: failing ? 503 : 200,
+      headers: { "cache-control": "no-store" },
+    });
+  };
+  platform.serve(handle);
+  return { runCron, handle };
+}
+
+/** The settings and a context for one run on Deploy; secrets are registered before any output. */
+function deploySettings(
+  platform: DeployPlatform,
+  needs: Needs,
+): { config: Config; ctx: Context; env: Record<string, string | undefined> } {
+  const env = platform.env();
+  const ctx = defaultContext(platform.ctx);
+  for (const name of SECRET_VARIABLES) {
+    const value = env[name];
+    if (value) ctx.secrets.add(value);
+  }
+  ctx.log = (line) => platform.log(redact(line, ctx.secrets));
+  // The Deploy schedule is fixed (see DEPLOY_SCHEDULE); a value here must not fail the run.
+  const { REFRESH_SCHEDULE: _ignored, ...settings } = pickSettings(env);
+  try {
+    return { config: parseConfig(settings, needs), ctx, env };
+  } catch (problem) {
+    if (problem instanceof ConfigError) {
+      throw new ConfigError(problem.problems.map((line) => redact(line, ctx.secrets)));
+    }
+    throw problem;
+  }
+}
+
+/** The production timeline, or no timeline (not on Deploy's runtime); `undefined` elsewhere. */
+function offProduction(env: Record<string, string | undefined>): string | undefined {
+  const timeline = env.DENO_TIMELINE;
+  return timeline === undefined || timeline === "production" ? undefined : timeline;
+}
+
+async function deployRun(platform: DeployPlatform): Promise<void> {
+  const timeline = offProduction(platform.env());
+  if (timeline !== undefined) {
+    platform.log(
+      `Skipped: this is timeline "${timeline}"; only the production timeline refreshes the worker.`,
+    );
+    return;
+  }
+  let secrets: Set<string> = new Set();
+  try {
+    const tooOld = runtimeProblem(platform.denoVersion);
+    if (tooOld) throw new Error(tooOld);
+    const { config, ctx, env } = deploySettings(platform, { b2: true, cloudflare: true });
+    secrets = ctx.secrets;
+    if (env.REFRESH_SCHEDULE) {
+      platform.log(
+        `REFRESH_SCHEDULE is ignored on Deno Deploy: "${CRON_NAME}" runs at "${DEPLOY_SCHEDULE}" ` +
+          "(UTC) and refreshes when less than REFRESH_MARGIN is left. Remove it from the app's " +
+          "settings to silence this line.",
+      );
+    }
+    const decision = await refreshIfDue(config, ctx, { loadModule: loadWorkerModule });
+    platform.log(
+      decision.refreshed ? `Refreshed: ${decision.reason}` : `Not due: ${decision.reason}`,
+    );
+  } catch (failure) {
+    // Thrown again so the platform marks the run failed and retries it on the backoff.
+    const message = redact((failure as Error)?.message ?? String(failure), secrets);
+    platform.error(`error: ${message}`);
+    throw new Error(message);
+  }
+}
+
+async function readHealth(platform: DeployPlatform): Promise<Health> {
+  const checkedAt = isoSeconds((platform.ctx?.now ?? Date.now)());
+  const timeline = offProduction(platform.env());
+  if (timeline !== undefined) {
+    return { state: "unknown", problem: `timeline "${timeline}" is not production`, checkedAt };
+  }
+  let secrets: Set<string> = new Set();
+  try {
+    const { config, ctx } = deploySettings(platform, { cloudflare: true });
+    secrets = ctx.secrets;
+    const report = await status(config.cloudflare!, ctx, { minRemaining: HEALTH_MIN_REMAINING });
+    const facts = {
+      worker: report.worker,
+      ...(report.expiresAt !== undefined && { expiresAt: report.expiresAt }),
+      ...(report.remaining !== undefined && { remaining: report.remaining }),
+      ...(report.problem !== undefined && { problem: report.problem }),
+      checkedAt,
+    };
+    if (report.healthy) return { state: "healthy", ...facts };
+    return { state: report.expiresAt === undefined ? "missing" : "short", ...facts };
+  } catch (failure) {
+    const message = redact((failure as Error)?.message ?? String(failure), secrets);
+    return { state: "unknown", problem: message, checkedAt };
+  }
+}
+
+// On Deno Deploy (which sets DENO_DEPLOY in every context, and users cannot) this module is
+// the app; anywhere else, run as a program, it is the command line. Imported, it does nothing.
 if (import.meta.main) {
-  if (Deno.env.get("DENO_DEPLOYMENT_ID")) deployMain();
-  else await main();
+  if (Deno.env.get("DENO_DEPLOY") !== undefined) {
+    startOnDeploy({
+      env: () => Deno.env.toObject(),
+      cron: Deno.cron as CronRegistrar | undefined,
+      serve: (handler) => Deno.serve(handler),
+      log: console.log,
+      error: console.error,
+      denoVersion: Deno.version.deno,
+    });
+  } else {
+    await main();
+  }
 }

@@ -2,17 +2,22 @@ import assert from "node:assert/strict";
 import {
   type Context,
   type CronRegistrar,
+  type DeployPlatform,
   derivePurgeKey,
   formatDuration,
   generateSigningKey,
+  loadWorkerModule,
   parseConfig,
   parseDuration,
   purgeUrl,
   refreshIfDue,
   run,
+  runtimeProblem,
   scheduleRefresh,
   signLink,
   startLocalWorker,
+  startOnDeploy,
+  VERSION,
   type WorkerMetadata,
 } from "./main.ts";
 import { type FakeB2, type FakeB2Options, startFakeB2 } from "./testing/fake_b2.ts";
@@ -27,6 +32,7 @@ import {
   type FakeCloudflareOptions,
   startFakeCloudflare,
 } from "./testing/fake_cloudflare.ts";
+import { childEnv } from "./testing/child_env.ts";
 
 const B2_KEY = "fake-application-key";
 const CF_TOKEN = "fake-cf-token";
@@ -1365,11 +1371,12 @@ Deno.test("refreshIfDue() refreshes at start only when the token is missing or s
   const w = world();
   try {
     const config = parseConfig(w.env, { b2: true, cloudflare: true });
-    const module = "export default {}";
-    const first = await refreshIfDue(config, ctxFor(), module);
+    const loads: string[] = [];
+    const loadModule = () => (loads.push("load"), Promise.resolve("export default {}"));
+    const first = await refreshIfDue(config, ctxFor(), { loadModule });
     assert.equal(first.refreshed, true);
     assert.match(first.reason, /does not exist; run refresh; refreshed until/);
-    const second = await refreshIfDue(config, ctxFor(), module);
+    const second = await refreshIfDue(config, ctxFor(), { loadModule });
     assert.deepEqual(second, {
       refreshed: false,
       reason: "token has 6d 23h left, more than the margin of 6d 0h",
@@ -1378,9 +1385,10 @@ Deno.test("refreshIfDue() refreshes at start only when the token is missing or s
     const third = await refreshIfDue(
       config,
       ctxFor({ now: () => tomorrow }),
-      module,
+      { loadModule },
     );
     assert.equal(third.refreshed, true);
+    assert.equal(loads.length, 2, "the module is loaded only when a refresh is due");
     assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 2);
   } finally {
     await w.close();
@@ -1776,7 +1784,7 @@ async function spawn(
   const output = await new Deno.Command(Deno.execPath(), {
     args,
     cwd: options.cwd ?? ROOT,
-    env: { NO_COLOR: "1", ...options.env },
+    env: childEnv({ NO_COLOR: "1", ...options.env }),
     clearEnv: true,
     stdout: "piped",
     stderr: "piped",
@@ -1892,6 +1900,15 @@ Deno.test("the deno.json tasks carry the permissions their commands need", async
   }
 });
 
+Deno.test("deno.json's JSR version is the one --version prints", async () => {
+  const config = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`));
+  assert.equal(config.version, VERSION);
+  assert.equal(config.exports, "./main.ts");
+  for (const path of config.publish.include) {
+    assert.ok(await Deno.stat(`${ROOT}${path}`), `${path} is published, so it must exist`);
+  }
+});
+
 Deno.test("the README's crontab line works as written", async () => {
   const readme = await Deno.readTextFile(`${ROOT}README.md`);
   const line = readme.split("\n").find((l) => /^\d+ \d+ \* \* \* cd /.test(l));
@@ -1909,7 +1926,7 @@ Deno.test("the README's crontab line works as written", async () => {
     };
     const output = await new Deno.Command("/bin/sh", {
       args: ["-c", command],
-      env,
+      env: childEnv(env),
       clearEnv: true,
     }).output();
     assert.equal(output.code, 0, new TextDecoder().decode(output.stderr));
@@ -1923,6 +1940,170 @@ Deno.test("the README's crontab line works as written", async () => {
   }
 });
 
+/** Serves `root` over HTTP the way raw GitHub serves a repository's files, recording each path. */
+function serveFiles(root: string) {
+  const paths: string[] = [];
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (request) => {
+    const path = new URL(request.url).pathname;
+    paths.push(path);
+    try {
+      return new Response(await Deno.readFile(`${root}${path}`), {
+        headers: { "content-type": "text/plain; charset=utf-8" },
+      });
+    } catch {
+      return new Response("404: Not Found", { status: 404 });
+    }
+  });
+  return {
+    url: `http://127.0.0.1:${server.addr.port}`,
+    paths,
+    close: () => server.shutdown(),
+  };
+}
+
+/** Runs a command until its stdout matches `pattern`, then presses Ctrl-C. */
+async function untilPrinted(
+  command: string,
+  args: string[],
+  options: { cwd: string; env: Record<string, string>; pattern: RegExp },
+): Promise<{ code: number; stdout: string }> {
+  const child = new Deno.Command(command, {
+    args,
+    cwd: options.cwd,
+    env: childEnv({ NO_COLOR: "1", ...options.env }),
+    clearEnv: true,
+    signal: AbortSignal.timeout(60_000),
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderr = new Response(child.stderr).text();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let stdout = "";
+  while (!options.pattern.test(stdout)) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    stdout += value;
+  }
+  child.kill("SIGINT");
+  for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+    stdout += chunk.value;
+  }
+  const { code } = await child.status;
+  printed.push(stdout, await stderr);
+  assert.match(stdout, options.pattern, await stderr);
+  return { code, stdout };
+}
+
+Deno.test("main.ts runs from a URL, outside the repository, fetching only what it needs", async (t) => {
+  const w = world();
+  const repo = serveFiles(ROOT.replace(/\/$/, ""));
+  const cwd = await Deno.makeTempDir();
+  const url = `${repo.url}/main.ts`;
+  const RUN_URL = ["run", "--allow-net", "--allow-env", "--allow-read"];
+  try {
+    await t.step("render", async () => {
+      const { code, stdout, stderr } = await spawn([...RUN_URL, url, "render", "--json"], { cwd });
+      assert.equal(code, 0, stderr);
+      assert.equal(JSON.parse(stdout).module, await loadWorkerModule());
+    });
+    await t.step("refresh, then status", async () => {
+      const refresh = await spawn([...RUN_URL, url, "refresh"], { cwd, env: w.env });
+      assert.equal(refresh.code, 0, refresh.stderr);
+      assert.match(refresh.stdout, /^Deployed worker "b2-private-cdn"/);
+      const status = await spawn([...RUN_URL, url, "status"], { cwd, env: w.env });
+      assert.equal(status.code, 0, status.stderr);
+      assert.match(status.stdout, /^OK - worker "b2-private-cdn"/);
+    });
+    await t.step("cron, with --unstable-cron", async () => {
+      const { code } = await untilPrinted(Deno.execPath(), [
+        ...RUN_URL,
+        "--unstable-cron",
+        url,
+        "cron",
+      ], { cwd, env: w.env, pattern: /Start-up check: token has/ });
+      assert.equal(code, 0);
+    });
+    // Not the stand-ins, fixtures or bench: only what these commands use.
+    assert.deepEqual([...new Set(repo.paths)].sort(), ["/main.ts", "/worker_template.ts"]);
+  } finally {
+    await repo.close();
+    await Deno.remove(cwd, { recursive: true });
+    await w.close();
+  }
+});
+
+Deno.test("deno install -g gives a working b2-private-cdn command", async () => {
+  const w = world();
+  const repo = serveFiles(ROOT.replace(/\/$/, ""));
+  const root = await Deno.makeTempDir();
+  const cwd = await Deno.makeTempDir();
+  try {
+    const readme = await Deno.readTextFile(`${ROOT}README.md`);
+    const line = readme.split("\n").find((l) => l.startsWith("deno install -g -n b2-private-cdn "));
+    assert.ok(line, "the README shows deno install");
+    const args = line.split(/\s+/).slice(1).map((arg) =>
+      arg.replace(/^https:\/\/raw\.githubusercontent\.com\/\S+\/main\.ts$/, `${repo.url}/main.ts`)
+    );
+    assert.ok(args.includes(`${repo.url}/main.ts`), "the README installs from a URL");
+    const install = await spawn([...args, "--root", root], { cwd });
+    assert.equal(install.code, 0, install.stderr);
+    const command = `${root}/bin/b2-private-cdn`;
+    const refresh = await new Deno.Command(command, {
+      args: ["refresh"],
+      cwd,
+      env: childEnv({
+        ...w.env,
+        PATH: `${Deno.execPath().replace(/\/[^/]+$/, "")}:/usr/bin:/bin`,
+      }),
+      clearEnv: true,
+    }).output();
+    const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+    printed.push(decode(refresh.stdout), decode(refresh.stderr));
+    assert.equal(refresh.code, 0, decode(refresh.stderr));
+    assert.match(decode(refresh.stdout), /^Deployed worker "b2-private-cdn"/);
+  } finally {
+    await repo.close();
+    await Deno.remove(root, { recursive: true });
+    await Deno.remove(cwd, { recursive: true });
+    await w.close();
+  }
+});
+
+Deno.test("the production tasks download no npm package into an empty Deno cache", async () => {
+  // A registry that records what is asked of it and has nothing.
+  const asked: string[] = [];
+  const registry = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (request) => {
+    asked.push(new URL(request.url).pathname);
+    return new Response("{}", { status: 404 });
+  });
+  const denoDir = await Deno.makeTempDir();
+  try {
+    for (const task of ["refresh", "status", "render", "cron"]) {
+      const { code, stderr } = await spawn(["task", "-q", task, "--help"], {
+        env: {
+          DENO_DIR: denoDir,
+          NPM_CONFIG_REGISTRY: `http://127.0.0.1:${registry.addr.port}/`,
+        },
+      });
+      assert.equal(code, 0, `${task}: ${stderr}`);
+    }
+    const render = await spawn(["task", "-q", "render", "--json"], {
+      env: { DENO_DIR: denoDir, NPM_CONFIG_REGISTRY: `http://127.0.0.1:${registry.addr.port}/` },
+    });
+    assert.equal(render.code, 0, render.stderr);
+    assert.deepEqual(asked, []);
+    const files = [];
+    for await (const entry of Deno.readDir(denoDir)) files.push(entry.name);
+    if (files.includes("npm")) {
+      for await (const entry of Deno.readDir(`${denoDir}/npm`)) files.push(`npm/${entry.name}`);
+    }
+    assert.deepEqual(files.filter((name) => name.startsWith("npm/")), []);
+  } finally {
+    await registry.shutdown();
+    await Deno.remove(denoDir, { recursive: true });
+  }
+});
+
 /**
  * Starts a long-running command (`demo`, `dev`), waits for the URL it prints,
  * hands it to `check`, then presses Ctrl-C and returns how it ended.
@@ -1933,9 +2114,17 @@ async function whileServing(
   check: (url: string, stdout: string) => Promise<void>,
 ): Promise<{ code: number; stdout: string }> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}main.ts`, ...args, ...(args.length ? ["--port", "0"] : [])],
+    args: [
+      "run",
+      "-A",
+      `--lock=${ROOT}deno.lock`,
+      `${ROOT}main.ts`,
+      ...args,
+      ...(args.length ? ["--port", "0"] : []),
+    ],
     cwd: ROOT,
-    env: { NO_COLOR: "1", ...options.env },
+    env: childEnv({ NO_COLOR: "1", ...options.env }),
+    clearEnv: true,
     stdout: "piped",
     stderr: "piped",
   }).spawn();
@@ -2035,22 +2224,285 @@ Deno.test("cron schedules the refresh and makes the start-up check, until Ctrl-C
   }
 });
 
-Deno.test("on Deno Deploy, main.ts registers the cron and checks at start with no flags", async () => {
+// ---------------------------------------------------------------------------
+// Deno Deploy: the module driven the way the platform drives it
+// ---------------------------------------------------------------------------
+
+/** A stand-in for what Deno Deploy hands `startOnDeploy()`, recording each call in order. */
+function deployPlatform(options: {
+  env: Record<string, string | undefined>;
+  now?: () => number;
+  fetch?: typeof fetch;
+}) {
+  const calls: string[] = [];
+  const registered: Parameters<CronRegistrar>[] = [];
+  const lines: string[] = [];
+  const env = { DENO_DEPLOY: "1", ...options.env };
+  const platform: DeployPlatform = {
+    env: () => (calls.push("env"), env),
+    cron: (...args) => (calls.push("cron"), registered.push(args)),
+    serve: () => calls.push("serve"),
+    log: (line) => lines.push(line),
+    error: (line) => lines.push(line),
+    denoVersion: "2.9.6",
+    ctx: ctxFor({ ...(options.now && { now: options.now }), fetch: options.fetch ?? fetch }),
+  };
+  printed.push(...lines);
+  return { platform, calls, registered, lines };
+}
+
+Deno.test("startOnDeploy() registers one constant cron, then serves, settings or none", async (t) => {
   const w = world();
   try {
-    assert.equal((await w.run(["refresh"])).code, 0);
-    const { stdout } = await whileServing([], {
-      env: { ...w.env, DENO_DEPLOYMENT_ID: "test-deployment" },
-      urlPattern: /Start-up check: (.+)\n/,
-    }, (decision) => {
-      assert.equal(decision, "token has 6d 23h left, more than the margin of 6d 0h");
-      return Promise.resolve();
-    });
-    assert.match(stdout, /^Scheduled "b2-private-cdn refresh" at "17 4 \* \* \*" \(UTC\)\n/);
-    assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 1, "nothing was due");
+    const seen: unknown[] = [];
+    for (
+      const [name, env] of [
+        ["no settings (the warm-up's context)", {}],
+        ["the production settings", { ...w.env, REFRESH_SCHEDULE: "61 4 * * *" }],
+      ] as const
+    ) {
+      await t.step(name, () => {
+        const fetches: string[] = [];
+        const { platform, calls, registered, lines } = deployPlatform({
+          env,
+          fetch: (input) => (fetches.push(String(input)), Promise.reject(new Error("no network"))),
+        });
+        startOnDeploy(platform);
+        assert.deepEqual(calls, ["cron", "serve"], "the cron first, then the server; no settings");
+        assert.deepEqual(fetches, [], "nothing touches the network at load");
+        const [cronName, schedule, options] = registered[0]!;
+        seen.push([cronName, schedule, options]);
+        assert.match(lines[0]!, /^b2-private-cdn \d+\.\d+\.\d+ on Deno 2\.9\.6 \(Deno Deploy\)$/);
+      });
+    }
+    assert.deepEqual(seen, [
+      ["b2-private-cdn refresh", "17 * * * *", { backoffSchedule: [60_000, 300_000, 900_000] }],
+      ["b2-private-cdn refresh", "17 * * * *", { backoffSchedule: [60_000, 300_000, 900_000] }],
+    ]);
+    assert.equal(w.b2.requests.length + w.cloudflare.requests.length, 0);
   } finally {
     await w.close();
   }
+});
+
+Deno.test("a Deploy cron run refreshes only when the token is due", async () => {
+  const w = world();
+  try {
+    let now = Date.now();
+    const { platform, registered, lines } = deployPlatform({ env: w.env, now: () => now });
+    startOnDeploy(platform);
+    const run = registered[0]![3];
+    await run();
+    assert.match(lines.at(-1)!, /^Refreshed: worker "b2-private-cdn" does not exist; run refresh;/);
+    await run();
+    assert.match(lines.at(-1)!, /^Not due: token has 6d 23h left, more than the margin of 6d 0h$/);
+    assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 1);
+    now += 86_400_000 + 1000;
+    await run();
+    assert.match(lines.at(-1)!, /^Refreshed: less than 6d 0h left; run refresh; refreshed until/);
+    assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 2);
+    printed.push(...lines);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("a Deploy cron run with missing settings fails, naming what to set", async () => {
+  const fetches: string[] = [];
+  const { platform, registered, lines } = deployPlatform({
+    env: { B2_APPLICATION_KEY: B2_KEY, REFRESH_SCHEDULE: "not a schedule" },
+    fetch: (input) => (fetches.push(String(input)), Promise.reject(new Error("no network"))),
+  });
+  startOnDeploy(platform);
+  await assert.rejects(registered[0]![3](), /Set B2_APPLICATION_KEY_ID/);
+  const error = lines.find((line) => line.startsWith("error: "));
+  assert.match(error!, /Set B2_APPLICATION_KEY_ID/);
+  assert.match(error!, /CLOUDFLARE_ACCOUNT_ID/);
+  assert.doesNotMatch(error!, /REFRESH_SCHEDULE/, "ignored on Deploy, so never a problem there");
+  assert.deepEqual(fetches, []);
+  printed.push(...lines);
+});
+
+Deno.test("a Deploy cron run says REFRESH_SCHEDULE is ignored there", async () => {
+  const w = world();
+  try {
+    const { platform, registered, lines } = deployPlatform({
+      env: { ...w.env, REFRESH_SCHEDULE: "5 3 * * *" },
+    });
+    startOnDeploy(platform);
+    await registered[0]![3]();
+    assert.ok(
+      lines.some((line) =>
+        /^REFRESH_SCHEDULE is ignored on Deno Deploy: .*"17 \* \* \* \*"/.test(line)
+      ),
+      lines.join("\n"),
+    );
+    assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 1);
+    printed.push(...lines);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("off the production timeline a Deploy cron run does nothing", async () => {
+  const w = world();
+  try {
+    const { platform, registered, lines } = deployPlatform({
+      env: { ...w.env, DENO_TIMELINE: "git-branch/try-things" },
+    });
+    startOnDeploy(platform);
+    await registered[0]![3]();
+    assert.equal(
+      lines.at(-1),
+      'Skipped: this is timeline "git-branch/try-things"; only the production timeline ' +
+        "refreshes the worker.",
+    );
+    assert.equal(w.b2.requests.length + w.cloudflare.requests.length, 0);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("on Deploy, / answers 200 and /health the token's state, read once per 5 minutes", async (t) => {
+  const w = world();
+  try {
+    let now = Date.now();
+    const { platform, registered } = deployPlatform({ env: w.env, now: () => now });
+    const app = startOnDeploy(platform);
+    const get = async (path: string) => {
+      const response = await app.handle(new Request(`https://app.deno.net${path}`));
+      const text = await response.text();
+      printed.push(text);
+      return { status: response.status, text };
+    };
+    const reads = () =>
+      w.cloudflare.requests.filter((r) => r.method === "GET" && r.path.includes("/workers/"))
+        .length;
+    await t.step("nothing deployed yet: / is 200, /health 503 missing", async () => {
+      assert.equal((await get("/")).status, 200);
+      const health = await get("/health");
+      assert.equal(health.status, 503);
+      assert.equal(JSON.parse(health.text).state, "missing");
+      assert.equal(reads(), 1);
+    });
+    await t.step("later requests within 5 minutes get the same answer, no new read", async () => {
+      await registered[0]![3]();
+      const before = reads();
+      for (let i = 0; i < 5; i++) assert.equal((await get("/health")).status, 503);
+      assert.equal(reads(), before);
+    });
+    await t.step("after 5 minutes: healthy, with the expiry and time left", async () => {
+      now += 300_000;
+      const health = await get("/health");
+      assert.equal(health.status, 200);
+      const body = JSON.parse(health.text);
+      assert.equal(body.state, "healthy");
+      assert.equal(body.worker, "b2-private-cdn");
+      assert.match(body.expiresAt, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+      assert.ok(body.remaining > 6 * 86_400);
+    });
+    await t.step("less than 48h left: 503 short", async () => {
+      now += 6 * 86_400_000;
+      const health = await get("/health");
+      assert.equal(health.status, 503);
+      assert.equal(JSON.parse(health.text).state, "short");
+    });
+    await t.step("Cloudflare refuses: 200 unknown, not 503", async () => {
+      now += 300_000;
+      w.cloudflare.fail("/accounts/", {
+        status: 403,
+        code: 10000,
+        message: "Authentication error",
+      });
+      const health = await get("/health");
+      assert.equal(health.status, 200);
+      const body = JSON.parse(health.text);
+      assert.equal(body.state, "unknown");
+      assert.match(body.problem, /403/);
+    });
+    await t.step("no settings (the warm-up): / 200, /health 200 unknown, no request", async () => {
+      const bare = deployPlatform({ env: {} });
+      const app = startOnDeploy(bare.platform);
+      assert.equal((await app.handle(new Request("https://x.deno.net/"))).status, 200);
+      const health = await app.handle(new Request("https://x.deno.net/health"));
+      assert.equal(health.status, 200);
+      const body = await health.json();
+      assert.equal(body.state, "unknown");
+      assert.match(body.problem, /CLOUDFLARE_ACCOUNT_ID/);
+    });
+    await t.step("other paths are 404, other methods 405", async () => {
+      assert.equal((await get("/refresh")).status, 404);
+      const post = await app.handle(new Request("https://app.deno.net/health", { method: "POST" }));
+      assert.equal(post.status, 405);
+    });
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("runtimeProblem() names the Deno this tool needs, and what is missing", () => {
+  assert.equal(runtimeProblem("2.9.6"), undefined);
+  assert.equal(runtimeProblem("2.8.2"), undefined);
+  assert.equal(runtimeProblem("3.0.0"), undefined);
+  assert.equal(
+    runtimeProblem("2.5.0", { "node:util parseEnv": undefined }),
+    "b2-private-cdn needs Deno 2.8.2 or newer (this one lacks node:util parseEnv), and this is " +
+      "Deno 2.5.0: upgrade Deno (deno upgrade) and run it again.",
+  );
+  assert.match(
+    runtimeProblem("2.8.1", {})!,
+    /needs Deno 2\.8\.2 or newer, and this is Deno 2\.8\.1/,
+  );
+});
+
+Deno.test("on Deno Deploy, main.ts registers its cron and serves, with no request at load", async () => {
+  const w = world();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}main.ts`],
+    cwd: ROOT,
+    // DENO_SERVE_ADDRESS is how the runtime is told where Deno.serve listens.
+    env: childEnv({
+      ...w.env,
+      NO_COLOR: "1",
+      DENO_DEPLOY: "1",
+      DENO_TIMELINE: "production",
+      DENO_SERVE_ADDRESS: "tcp:127.0.0.1:0",
+    }),
+    clearEnv: true,
+    // A module that never serves would wait for its cron forever: fail instead.
+    signal: AbortSignal.timeout(30_000),
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stdout = new Response(child.stdout).text();
+  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let stderr = "";
+  try {
+    let url: string | undefined;
+    while (!url) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      stderr += value;
+      url = /Listening on (http:\/\/\S+?)\/?\n/.exec(stderr)?.[1];
+    }
+    assert.ok(url, stderr);
+    const root = await fetch(`${url}/`);
+    assert.equal(root.status, 200);
+    await root.body?.cancel();
+    assert.equal(w.b2.requests.length + w.cloudflare.requests.length, 0, "no request at load");
+    const health = await fetch(`${url}/health`);
+    assert.equal(health.status, 503);
+    assert.equal((await health.json()).state, "missing");
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+    await reader.cancel();
+    await w.close();
+  }
+  const out = await stdout;
+  printed.push(out, stderr);
+  assert.match(out, /^b2-private-cdn \S+ on Deno \S+ \(Deno Deploy\)\n/);
+  assert.match(out, /^Registered "b2-private-cdn refresh" at "17 \* \* \* \*" \(UTC\)$/m);
 });
 
 // ---------------------------------------------------------------------------

@@ -6,7 +6,9 @@
 
 import assert from "node:assert/strict";
 import http from "node:http";
-import type { Miniflare } from "miniflare";
+// Inline, not a deno.json import, which `deno task` would install for every task (main.ts: MINIFLARE).
+// deno-lint-ignore no-import-prefix
+import type { Miniflare } from "npm:miniflare@4";
 import {
   generateSigningKey,
   loadWorkerModule,

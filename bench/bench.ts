@@ -38,6 +38,7 @@ import {
 } from "../main.ts";
 import { type FakeB2, type FakeB2Options, startFakeB2 } from "../testing/fake_b2.ts";
 import { startFakeCloudflare } from "../testing/fake_cloudflare.ts";
+import { childEnv } from "../testing/child_env.ts";
 import type { LoadResult } from "./load.ts";
 
 const ROOT = new URL("../", import.meta.url);
@@ -738,8 +739,6 @@ const REFRESH_SCENARIOS: {
 ];
 
 /** What the spawned CLI may see of this process's environment besides its settings. */
-const PASSED_ENV = ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME", "TMPDIR"];
-
 async function benchRefresh(module: string, denoRunMs: number): Promise<RefreshRun[]> {
   const runs: RefreshRun[] = [];
   await using stack = new AsyncDisposableStack();
@@ -787,12 +786,7 @@ async function benchRefresh(module: string, denoRunMs: number): Promise<RefreshR
       if (counts.size !== 1) throw new Error(`${scenario}: round trips varied: ${[...counts]}`);
       const roundTrips = [...counts][0]!;
 
-      const env: Record<string, string> = {};
-      for (const name of PASSED_ENV) {
-        const value = Deno.env.get(name);
-        if (value !== undefined) env[name] = value;
-      }
-      Object.assign(env, all, { NO_COLOR: "1" });
+      const env = childEnv({ ...all, NO_COLOR: "1" });
       const cliTimes: number[] = [];
       for (let i = 0; i < CLI_RUNS; i++) {
         const { ms, output } = await spawnMs(Deno.execPath(), [
@@ -965,7 +959,8 @@ function summarizeRuns(runs: Throughput[]): Throughput {
  * prefixes on, and the same public path with the feature off.
  */
 async function checkInWorkerd(upload: WorkerUpload, key: string): Promise<CheckCost | null> {
-  const { Miniflare } = await import("miniflare");
+  // deno-lint-ignore no-import-prefix
+  const { Miniflare } = await import("npm:miniflare@4");
   const probe = await Deno.readTextFile(new URL("check_probe_worker.ts", import.meta.url));
   const before = childPids();
   const signals = ["SIGINT", "SIGTERM"] as const;

@@ -608,7 +608,11 @@ function emptyStats(): WorkersCacheStats {
 }
 
 async function loadShim(): Promise<string> {
-  const source = await Deno.readTextFile(new URL("./workers_cache_shim.ts", import.meta.url));
+  // Fetched when the demo runs main.ts from a URL, where Deno reads only file URLs.
+  const url = new URL("./workers_cache_shim.ts", import.meta.url);
+  const source = url.protocol === "file:"
+    ? await Deno.readTextFile(url)
+    : await fetch(url).then((response) => response.text());
   return stripTypeScriptTypes(source, { mode: "transform" });
 }
 
