@@ -1079,7 +1079,9 @@ export interface Binding {
  * version; `cross_version_cache` keeps the cache across daily refreshes.
  */
 export interface CacheOptions {
+  /** Whether this version's answers go through Workers Cache; the API requires the field. */
   enabled: boolean;
+  /** Serve entries written by earlier versions; without it each refresh starts cold. */
   cross_version_cache?: boolean;
 }
 
@@ -1091,6 +1093,7 @@ export interface WorkerMetadata {
   compatibility_date: string;
   /** Every binding the worker gets. */
   bindings: Binding[];
+  /** From {@linkcode cacheOptionsFor}; every upload carries it, since the setting is per version. */
   cache_options?: CacheOptions;
 }
 
@@ -1510,7 +1513,9 @@ export type Change = "created" | "unchanged" | "taken over";
 
 /** A route of the zone, as `GET /zones/{zone}/workers/routes` lists it. */
 export interface ZoneRoute {
+  /** The route's id, for `PUT|DELETE /zones/{zone}/workers/routes/{id}`. */
   id: string;
+  /** What requests it matches, such as `cdn.example.com/*`. */
   pattern: string;
   /** Absent or empty for a route that runs no Worker. */
   script?: string;
@@ -1518,14 +1523,18 @@ export interface ZoneRoute {
 
 /** A custom domain of the account, as `GET /accounts/{id}/workers/domains` lists it. */
 export interface CustomDomain {
+  /** The domain's id, for `DELETE /accounts/{id}/workers/domains/{id}`. */
   id: string;
+  /** The whole host name it answers on, such as `cdn.example.com`. */
   hostname: string;
+  /** The name of the Worker script it runs. */
   service: string;
+  /** The zone that holds `hostname`. */
   zone_id: string;
 }
 
 /** An ordinary DNS record, as `GET /zones/{zone}/dns_records` lists it. */
-export interface DnsRecord {
+interface DnsRecord {
   id: string;
   name: string;
   type: string;
@@ -1535,9 +1544,11 @@ export interface DnsRecord {
 
 /** A route or custom domain that runs this worker but is no longer configured. */
 export interface Leftover {
+  /** Which API it is removed through (routes are per zone, custom domains per account). */
   kind: "route" | "custom domain";
   /** The route pattern or the hostname. */
   name: string;
+  /** Its {@linkcode ZoneRoute} or {@linkcode CustomDomain} id. */
   id: string;
   /** The zone of a route. */
   zoneId?: string;
@@ -1767,7 +1778,9 @@ export async function removeLeftover(
 
 /** Whether the worker answers on workers.dev, and where. */
 export interface WorkersDev {
+  /** Whether it answers there, as `GET .../workers/scripts/{name}/subdomain` reports it. */
   enabled: boolean;
+  /** `https://<worker>.<account subdomain>.workers.dev/`, when it answers there. */
   url?: string;
   /** Why it cannot be on although WORKER_WORKERS_DEV asks for it. */
   problem?: string;
@@ -1990,7 +2003,9 @@ const RECENT_UPLOAD_MS = 60 * 60_000;
  * already reached. Exit code 1; `result` says what was deployed.
  */
 export class IncompleteDeployError extends ApiError {
+  /** What was deployed; `failed` lists the steps after the upload that did not work. */
   readonly result: RefreshResult;
+  /** Makes the error from the result; the message names each failed step and the token's expiry. */
   constructor(result: RefreshResult) {
     const failed = result.failed ?? [];
     super(
@@ -2010,7 +2025,9 @@ export class IncompleteDeployError extends ApiError {
 
 /** What a refresh may do besides the upload. */
 export interface RefreshOptions {
+  /** The worker's JavaScript, as {@linkcode loadWorkerModule} gives it. */
   module: string;
+  /** Do the B2 steps and return the upload (`--dry-run`); Cloudflare is not asked anything. */
   dryRun?: boolean;
   /** Move a route, custom domain or DNS record held by something else (person-run only). */
   takeOver?: boolean;
@@ -2151,6 +2168,7 @@ export async function refresh(
 
 /** The bindings and cache setting of a deployed worker, as Cloudflare reports them. */
 export interface WorkerSettings {
+  /** As `GET .../workers/scripts/{name}/settings` lists them; secrets come without `text`. */
   bindings: { name: string; type: string; text?: string }[];
   /** Absent when Cloudflare does not report it (WORKERS_CACHE.md: unknown, not a failure). */
   cacheOptions?: CacheOptions;
@@ -2416,6 +2434,7 @@ export interface PurgeOrder {
   paths?: string[];
   /** URL path prefixes. */
   prefixes?: string[];
+  /** Everything the cache holds for this worker (`purge --all`); `paths` and `prefixes` unused. */
   everything?: boolean;
   /** Purge nothing unless the answering version has this fingerprint. */
   expect?: string;
@@ -2575,18 +2594,25 @@ export async function askWorkerToPurge(
 
 /** What `purge` asks for. */
 export interface PurgeRequest {
+  /** URL paths, each exactly one object (`purge`'s arguments); a full URL gives its path. */
   paths: string[];
+  /** URL path prefixes (`--prefix`, repeatable). */
   prefixes: string[];
+  /** Everything the cache holds (`--all`); `paths` and `prefixes` are then not read. */
   all: boolean;
+  /** Where the worker answers (`--url`); found from the configuration when absent. */
   url?: string;
 }
 
 /** What `purge` did. */
 export interface PurgeReport {
+  /** The configured edge cache (`WORKER_CACHE_MODE`); with `off` nothing was asked. */
   mode: CacheMode;
+  /** The purge endpoint the requests went to, from {@linkcode purgeUrl}. */
   url?: string;
   /** Signed requests the worker accepted. */
   requests: number;
+  /** How many paths and prefixes the worker purged, or whether it purged everything. */
   purged: { paths: number; prefixes: number; everything: boolean };
 }
 
@@ -2966,10 +2992,13 @@ export interface SignedLink {
   query: string;
   /** The canonical (decoded) path or prefix the signature covers. */
   path: string;
+  /** Whether `path` is a prefix that grants every path under it. */
   prefix: boolean;
-  /** ISO 8601. */
+  /** When the link stops working, ISO 8601. */
   expires: string;
+  /** When the link starts working, ISO 8601; absent when it works at once. */
   notBefore?: string;
+  /** The file name of `Content-Disposition: attachment`, when the link sets one. */
   downloadName?: string;
 }
 
@@ -3144,8 +3173,11 @@ const EDGE_PAUSE_MS = 2_000;
 
 /** One line of the check: what was tried and what the real edge answered. */
 export interface CacheFinding {
+  /** What was tried, such as `second GET` or `range after GET`. */
   check: string;
+  /** Only `problem` makes the report unhealthy; `not checked` says why in `detail`. */
   outcome: "ok" | "problem" | "not checked" | "note";
+  /** What the edge answered (its `cf-cache-status`, status, headers) or what to change. */
   detail: string;
 }
 
@@ -3153,6 +3185,7 @@ export interface CacheFinding {
 export interface CacheCheckReport {
   /** The URL of the small object checked. */
   url: string;
+  /** One per check, in the order they ran. */
   findings: CacheFinding[];
   /** No finding is a problem. */
   healthy: boolean;
