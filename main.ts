@@ -1,8 +1,7 @@
 /**
  * b2-private-cdn keeps a Cloudflare Worker authorized to serve a private
  * Backblaze B2 bucket: it gets a B2 download token for the bucket and prefix
- * and deploys the worker with the token as a secret binding, replacing the
- * Python script Backblaze once suggested running from cron.
+ * and deploys the worker with the token as a secret binding.
  *
  * ```sh
  * deno run --allow-net --allow-env --allow-read main.ts refresh
@@ -10,10 +9,20 @@
  * deno run -A main.ts demo   # the whole chain on this machine, no account needed
  * ```
  *
- * Configuration comes from flags, then the environment, then `.env` in the
- * working directory; `main.ts --help` lists it. On Deno Deploy this module is
- * the entry point: it registers its `Deno.cron` job and serves `/health`
- * ({@linkcode startOnDeploy}, in the last section).
+ * Sections, in the order of the flow:
+ * - Configuration: flags, then the environment, then `.env` become one `Config`.
+ * - HTTP: `Context`, the one request helper, retries, `ApiError`.
+ * - B2: authorize, find the bucket, get the download token.
+ * - The worker module: `worker_template.ts` and its bindings, as uploaded.
+ * - Cloudflare: upload, route, custom domain, workers.dev, leftovers.
+ * - The refresh itself: B2, then the upload and the steps after it, then verify.
+ * - Purge: signed purge requests the worker answers.
+ * - Status and cron: what is deployed, and refreshing when due.
+ * - Signed links: links the worker checks (`sign`).
+ * - The edge check: Workers Cache as the real edge answers (`check-cache`).
+ * - Commands: the command line, each command's output, `run()`.
+ * - Main: `main()`, the only code that touches `Deno.args`, `Deno.env` and `Deno.exit`.
+ * - Deno Deploy: the `Deno.cron` job and `/health` ({@linkcode startOnDeploy}).
  *
  * @module
  */
@@ -4358,6 +4367,10 @@ export async function run(options: RunOptions): Promise<number> {
     return 1;
   }
 }
+
+// ---------------------------------------------------------------------------
+// Main
+// ---------------------------------------------------------------------------
 
 function pickSettings(source: Record<string, string | undefined>): Settings {
   const settings: Settings = {};
