@@ -2183,6 +2183,11 @@ export interface WorkerSettings {
   cacheOptions?: CacheOptions;
 }
 
+/** The text of the deployed worker's plain-text binding `name`, the facts refresh left there. */
+function plainBinding(settings: WorkerSettings | undefined, name: string): string | undefined {
+  return settings?.bindings.find((b) => b.name === name && b.type === "plain_text")?.text;
+}
+
 /**
  * Why everything cached must go, or `undefined`: the deployed version serves
  * with another fingerprint, or owes a purge. A first deploy, or one made
@@ -2193,8 +2198,7 @@ export function purgeNeeded(
   previous: WorkerSettings | undefined,
   next: Pick<WorkerFacts, "fingerprint">,
 ): string | undefined {
-  const plain = (name: string) =>
-    previous?.bindings.find((b) => b.name === name && b.type === "plain_text")?.text;
+  const plain = (name: string) => plainBinding(previous, name);
   if (plain("WORKER_PURGE_PENDING")) return "a purge of an earlier refresh is still owed";
   const fingerprint = plain("WORKER_FINGERPRINT");
   if (!fingerprint || fingerprint === next.fingerprint) return undefined;
@@ -2258,8 +2262,7 @@ function recentUpload(
   deployed: WorkerSettings | undefined,
   now: number,
 ): { bucket: string; prefix: string; issuedAt: string; expiresAt: string } | undefined {
-  const plain = (name: string) =>
-    deployed?.bindings.find((b) => b.name === name && b.type === "plain_text")?.text;
+  const plain = (name: string) => plainBinding(deployed, name);
   const issued = Date.parse(plain("B2_TOKEN_ISSUED_AT") ?? "");
   const expires = Date.parse(plain("B2_TOKEN_EXPIRES_AT") ?? "");
   const age = now - issued;
@@ -2762,8 +2765,7 @@ export async function status(
     };
   }
   if (options.survey) await survey(config, report, ctx);
-  const plain = (name: string) =>
-    bindings.find((b) => b.name === name && b.type === "plain_text")?.text;
+  const plain = (name: string) => plainBinding(settings, name);
   if (
     !bindings.some((b) => b.name === "B2_DOWNLOAD_TOKEN" && b.type === "secret_text")
   ) {
