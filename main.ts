@@ -2497,6 +2497,27 @@ export async function signPurge(
 }
 
 /**
+ * Where visitors reach the worker by its own names: the custom domain
+ * (`WORKER_DOMAIN`), else the route's host when the route (`WORKER_ROUTE`,
+ * its scheme optional) names one host and, given `path`, covers that path.
+ */
+function siteOrigin(
+  names: { domain?: string | undefined; route?: string | undefined },
+  path?: string,
+): string | undefined {
+  const domain = names.domain?.trim();
+  if (domain) return `https://${domain}`;
+  const bare = names.route?.trim().replace(/^https?:\/\//, "");
+  if (!bare) return undefined;
+  const slash = bare.includes("/") ? bare.indexOf("/") : bare.length;
+  const host = bare.slice(0, slash);
+  const pattern = bare.slice(slash);
+  const covers = path === undefined ||
+    (pattern.endsWith("*") ? path.startsWith(pattern.slice(0, -1)) : pattern === path);
+  return host && !host.includes("*") && covers ? `https://${host}` : undefined;
+}
+
+/**
  * Where the worker answers purge requests: `--url`, else `WORKER_DOMAIN`,
  * else the route's host when it is one host whose route covers the purge
  * path, else `VERIFY_URL`'s origin, else the workers.dev address.
@@ -2507,17 +2528,8 @@ export async function purgeUrl(
   options: { url?: string; subdomain?: () => Promise<string | undefined> },
 ): Promise<string> {
   const cloudflare = config.cloudflare;
-  let origin = options.url;
-  if (!origin && cloudflare?.domain) origin = `https://${cloudflare.domain}`;
-  if (!origin && cloudflare?.route) {
-    const bare = cloudflare.route.replace(/^https?:\/\//, "");
-    const host = bare.slice(0, bare.indexOf("/"));
-    const path = bare.slice(bare.indexOf("/"));
-    const covers = path.endsWith("*")
-      ? PURGE_PATH.startsWith(path.slice(0, -1))
-      : path === PURGE_PATH;
-    if (!host.includes("*") && covers) origin = `https://${host}`;
-  }
+  let origin = options.url ||
+    siteOrigin({ domain: cloudflare?.domain, route: cloudflare?.route }, PURGE_PATH);
   if (!origin && config.verifyUrl) origin = new URL(config.verifyUrl).origin;
   if (!origin && cloudflare) {
     const subdomain = await (options.subdomain ?? (() => accountSubdomain(cloudflare, ctx)))();
@@ -3821,9 +3833,8 @@ async function runCheckCache(
   options: { ctx: Context; io: Io; flags: Flags },
 ): Promise<number> {
   const { ctx, io, flags } = options;
-  const route = settings.WORKER_ROUTE?.trim().replace(/^https?:\/\//, "").split("/")[0];
-  const host = settings.WORKER_DOMAIN?.trim() || (route && !route.includes("*") ? route : "");
-  const url = flags.url ?? (host ? `https://${host}/` : undefined);
+  const origin = siteOrigin({ domain: settings.WORKER_DOMAIN, route: settings.WORKER_ROUTE });
+  const url = flags.url ?? (origin && `${origin}/`);
   const problems: string[] = [];
   for (const [flag, value] of [["--url", url], ["--large-url", flags.largeUrl]] as const) {
     if (value !== undefined && !URL.canParse(value)) {
@@ -4056,7 +4067,8 @@ async function runSign(
       );
     }
   }
-  const baseUrl = flags.sign.baseUrl ?? siteOrigin(settings);
+  const baseUrl = flags.sign.baseUrl ??
+    siteOrigin({ domain: settings.WORKER_DOMAIN, route: settings.WORKER_ROUTE });
   if (baseUrl === undefined) {
     problems.push(
       "Give --url https://<your host>: neither WORKER_DOMAIN nor a WORKER_ROUTE with a " +
@@ -4079,14 +4091,6 @@ async function runSign(
   if (problems.length > 0 || link === undefined) throw new ConfigError(problems);
   io.stdout(flags.json ? JSON.stringify(link) : link.url);
   return 0;
-}
-
-/** Where visitors reach the worker: WORKER_DOMAIN, else WORKER_ROUTE's host when it has no `*`. */
-function siteOrigin(settings: Settings): string | undefined {
-  const domain = settings.WORKER_DOMAIN?.trim();
-  if (domain) return `https://${domain}`;
-  const host = settings.WORKER_ROUTE?.trim().split("/")[0];
-  return host && !host.includes("*") ? `https://${host}` : undefined;
 }
 
 /** Kept out of the static graph: only the demo loads the stand-in (see MINIFLARE). */
