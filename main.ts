@@ -1817,6 +1817,11 @@ async function accountSubdomain(
   }
 }
 
+/** Where the worker answers on workers.dev, given the account's subdomain. */
+function workersDevUrl(config: CloudflareConfig, subdomain: string): string {
+  return `https://${config.workerName}.${subdomain}.workers.dev/`;
+}
+
 function noSubdomain(config: CloudflareConfig): string {
   return "this Cloudflare account has no workers.dev subdomain, so the worker cannot answer " +
     "there. Choose one at https://dash.cloudflare.com/" +
@@ -1843,9 +1848,7 @@ export async function setWorkersDev(
     headers: SCRIPT_API_DATE,
     json: { enabled: config.workersDev, previews_enabled: false },
   });
-  return subdomain
-    ? { enabled: true, url: `https://${config.workerName}.${subdomain}.workers.dev/` }
-    : { enabled: false };
+  return subdomain ? { enabled: true, url: workersDevUrl(config, subdomain) } : { enabled: false };
 }
 
 /** Reads whether the deployed worker answers on workers.dev, for `status`. */
@@ -1866,7 +1869,7 @@ export async function readWorkersDev(
   if (!state.enabled) return { enabled: false };
   const subdomain = await accountSubdomain(config, ctx);
   return subdomain
-    ? { enabled: true, url: `https://${config.workerName}.${subdomain}.workers.dev/` }
+    ? { enabled: true, url: workersDevUrl(config, subdomain) }
     : { enabled: false, problem: noSubdomain(config) };
 }
 
@@ -2533,7 +2536,7 @@ export async function purgeUrl(
   if (!origin && config.verifyUrl) origin = new URL(config.verifyUrl).origin;
   if (!origin && cloudflare) {
     const subdomain = await (options.subdomain ?? (() => accountSubdomain(cloudflare, ctx)))();
-    if (subdomain) origin = `https://${cloudflare.workerName}.${subdomain}.workers.dev`;
+    if (subdomain) origin = workersDevUrl(cloudflare, subdomain);
   }
   if (!origin) {
     throw new ConfigError([
