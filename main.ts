@@ -1,8 +1,7 @@
 /**
  * b2-private-cdn keeps a Cloudflare Worker authorized to serve a private
  * Backblaze B2 bucket: it gets a B2 download token for the bucket and prefix
- * and deploys the worker with the token as a secret binding, replacing the
- * Python script Backblaze once suggested running from cron.
+ * and deploys the worker with the token as a secret binding.
  *
  * ```sh
  * deno run --allow-net --allow-env --allow-read main.ts refresh
@@ -10,10 +9,20 @@
  * deno run -A main.ts demo   # the whole chain on this machine, no account needed
  * ```
  *
- * Configuration comes from flags, then the environment, then `.env` in the
- * working directory; `main.ts --help` lists it. On Deno Deploy this module is
- * the entry point: it registers its `Deno.cron` job and serves `/health`
- * ({@linkcode startOnDeploy}, in the last section).
+ * Sections, in the order of the flow:
+ * - Configuration: flags, then the environment, then `.env` become one `Config`.
+ * - HTTP: `Context`, the one request helper, retries, `ApiError`.
+ * - B2: authorize, find the bucket, get the download token.
+ * - The worker module: `worker_template.ts` and its bindings, as uploaded.
+ * - Cloudflare: upload, route, custom domain, workers.dev, leftovers.
+ * - The refresh itself: B2, then the upload and the steps after it, then verify.
+ * - Purge: signed purge requests the worker answers.
+ * - Status and cron: what is deployed, and refreshing when due.
+ * - Signed links: links the worker checks (`sign`).
+ * - The edge check: Workers Cache as the real edge answers (`check-cache`).
+ * - Commands: the command line, each command's output, `run()`.
+ * - Main: `main()`, the only code that touches `Deno.args`, `Deno.env` and `Deno.exit`.
+ * - Deno Deploy: the `Deno.cron` job and `/health` ({@linkcode startOnDeploy}).
  *
  * @module
  */
@@ -1079,7 +1088,9 @@ export interface Binding {
  * version; `cross_version_cache` keeps the cache across daily refreshes.
  */
 export interface CacheOptions {
+  /** Whether this version's answers go through Workers Cache; the API requires the field. */
   enabled: boolean;
+  /** Serve entries written by earlier versions; without it each refresh starts cold. */
   cross_version_cache?: boolean;
 }
 
@@ -1091,6 +1102,7 @@ export interface WorkerMetadata {
   compatibility_date: string;
   /** Every binding the worker gets. */
   bindings: Binding[];
+  /** From {@linkcode cacheOptionsFor}; every upload carries it, since the setting is per version. */
   cache_options?: CacheOptions;
 }
 
@@ -1510,7 +1522,9 @@ export type Change = "created" | "unchanged" | "taken over";
 
 /** A route of the zone, as `GET /zones/{zone}/workers/routes` lists it. */
 export interface ZoneRoute {
+  /** The route's id, for `PUT|DELETE /zones/{zone}/workers/routes/{id}`. */
   id: string;
+  /** What requests it matches, such as `cdn.example.com/*`. */
   pattern: string;
   /** Absent or empty for a route that runs no Worker. */
   script?: string;
@@ -1518,14 +1532,18 @@ export interface ZoneRoute {
 
 /** A custom domain of the account, as `GET /accounts/{id}/workers/domains` lists it. */
 export interface CustomDomain {
+  /** The domain's id, for `DELETE /accounts/{id}/workers/domains/{id}`. */
   id: string;
+  /** The whole host name it answers on, such as `cdn.example.com`. */
   hostname: string;
+  /** The name of the Worker script it runs. */
   service: string;
+  /** The zone that holds `hostname`. */
   zone_id: string;
 }
 
 /** An ordinary DNS record, as `GET /zones/{zone}/dns_records` lists it. */
-export interface DnsRecord {
+interface DnsRecord {
   id: string;
   name: string;
   type: string;
@@ -1535,9 +1553,11 @@ export interface DnsRecord {
 
 /** A route or custom domain that runs this worker but is no longer configured. */
 export interface Leftover {
+  /** Which API it is removed through (routes are per zone, custom domains per account). */
   kind: "route" | "custom domain";
   /** The route pattern or the hostname. */
   name: string;
+  /** Its {@linkcode ZoneRoute} or {@linkcode CustomDomain} id. */
   id: string;
   /** The zone of a route. */
   zoneId?: string;
@@ -1767,7 +1787,9 @@ export async function removeLeftover(
 
 /** Whether the worker answers on workers.dev, and where. */
 export interface WorkersDev {
+  /** Whether it answers there, as `GET .../workers/scripts/{name}/subdomain` reports it. */
   enabled: boolean;
+  /** `https://<worker>.<account subdomain>.workers.dev/`, when it answers there. */
   url?: string;
   /** Why it cannot be on although WORKER_WORKERS_DEV asks for it. */
   problem?: string;
@@ -1793,6 +1815,11 @@ async function accountSubdomain(
     if (error instanceof ApiError && error.code === "10007") return undefined;
     throw error;
   }
+}
+
+/** Where the worker answers on workers.dev, given the account's subdomain. */
+function workersDevUrl(config: CloudflareConfig, subdomain: string): string {
+  return `https://${config.workerName}.${subdomain}.workers.dev/`;
 }
 
 function noSubdomain(config: CloudflareConfig): string {
@@ -1821,9 +1848,7 @@ export async function setWorkersDev(
     headers: SCRIPT_API_DATE,
     json: { enabled: config.workersDev, previews_enabled: false },
   });
-  return subdomain
-    ? { enabled: true, url: `https://${config.workerName}.${subdomain}.workers.dev/` }
-    : { enabled: false };
+  return subdomain ? { enabled: true, url: workersDevUrl(config, subdomain) } : { enabled: false };
 }
 
 /** Reads whether the deployed worker answers on workers.dev, for `status`. */
@@ -1844,7 +1869,7 @@ export async function readWorkersDev(
   if (!state.enabled) return { enabled: false };
   const subdomain = await accountSubdomain(config, ctx);
   return subdomain
-    ? { enabled: true, url: `https://${config.workerName}.${subdomain}.workers.dev/` }
+    ? { enabled: true, url: workersDevUrl(config, subdomain) }
     : { enabled: false, problem: noSubdomain(config) };
 }
 
@@ -1990,7 +2015,9 @@ const RECENT_UPLOAD_MS = 60 * 60_000;
  * already reached. Exit code 1; `result` says what was deployed.
  */
 export class IncompleteDeployError extends ApiError {
+  /** What was deployed; `failed` lists the steps after the upload that did not work. */
   readonly result: RefreshResult;
+  /** Makes the error from the result; the message names each failed step and the token's expiry. */
   constructor(result: RefreshResult) {
     const failed = result.failed ?? [];
     super(
@@ -2010,7 +2037,9 @@ export class IncompleteDeployError extends ApiError {
 
 /** What a refresh may do besides the upload. */
 export interface RefreshOptions {
+  /** The worker's JavaScript, as {@linkcode loadWorkerModule} gives it. */
   module: string;
+  /** Do the B2 steps and return the upload (`--dry-run`); Cloudflare is not asked anything. */
   dryRun?: boolean;
   /** Move a route, custom domain or DNS record held by something else (person-run only). */
   takeOver?: boolean;
@@ -2151,9 +2180,15 @@ export async function refresh(
 
 /** The bindings and cache setting of a deployed worker, as Cloudflare reports them. */
 export interface WorkerSettings {
+  /** As `GET .../workers/scripts/{name}/settings` lists them; secrets come without `text`. */
   bindings: { name: string; type: string; text?: string }[];
   /** Absent when Cloudflare does not report it (WORKERS_CACHE.md: unknown, not a failure). */
   cacheOptions?: CacheOptions;
+}
+
+/** The text of the deployed worker's plain-text binding `name`, the facts refresh left there. */
+function plainBinding(settings: WorkerSettings | undefined, name: string): string | undefined {
+  return settings?.bindings.find((b) => b.name === name && b.type === "plain_text")?.text;
 }
 
 /**
@@ -2166,8 +2201,7 @@ export function purgeNeeded(
   previous: WorkerSettings | undefined,
   next: Pick<WorkerFacts, "fingerprint">,
 ): string | undefined {
-  const plain = (name: string) =>
-    previous?.bindings.find((b) => b.name === name && b.type === "plain_text")?.text;
+  const plain = (name: string) => plainBinding(previous, name);
   if (plain("WORKER_PURGE_PENDING")) return "a purge of an earlier refresh is still owed";
   const fingerprint = plain("WORKER_FINGERPRINT");
   if (!fingerprint || fingerprint === next.fingerprint) return undefined;
@@ -2231,8 +2265,7 @@ function recentUpload(
   deployed: WorkerSettings | undefined,
   now: number,
 ): { bucket: string; prefix: string; issuedAt: string; expiresAt: string } | undefined {
-  const plain = (name: string) =>
-    deployed?.bindings.find((b) => b.name === name && b.type === "plain_text")?.text;
+  const plain = (name: string) => plainBinding(deployed, name);
   const issued = Date.parse(plain("B2_TOKEN_ISSUED_AT") ?? "");
   const expires = Date.parse(plain("B2_TOKEN_EXPIRES_AT") ?? "");
   const age = now - issued;
@@ -2416,6 +2449,7 @@ export interface PurgeOrder {
   paths?: string[];
   /** URL path prefixes. */
   prefixes?: string[];
+  /** Everything the cache holds for this worker (`purge --all`); `paths` and `prefixes` unused. */
   everything?: boolean;
   /** Purge nothing unless the answering version has this fingerprint. */
   expect?: string;
@@ -2466,6 +2500,27 @@ export async function signPurge(
 }
 
 /**
+ * Where visitors reach the worker by its own names: the custom domain
+ * (`WORKER_DOMAIN`), else the route's host when the route (`WORKER_ROUTE`,
+ * its scheme optional) names one host and, given `path`, covers that path.
+ */
+function siteOrigin(
+  names: { domain?: string | undefined; route?: string | undefined },
+  path?: string,
+): string | undefined {
+  const domain = names.domain?.trim();
+  if (domain) return `https://${domain}`;
+  const bare = names.route?.trim().replace(/^https?:\/\//, "");
+  if (!bare) return undefined;
+  const slash = bare.includes("/") ? bare.indexOf("/") : bare.length;
+  const host = bare.slice(0, slash);
+  const pattern = bare.slice(slash);
+  const covers = path === undefined ||
+    (pattern.endsWith("*") ? path.startsWith(pattern.slice(0, -1)) : pattern === path);
+  return host && !host.includes("*") && covers ? `https://${host}` : undefined;
+}
+
+/**
  * Where the worker answers purge requests: `--url`, else `WORKER_DOMAIN`,
  * else the route's host when it is one host whose route covers the purge
  * path, else `VERIFY_URL`'s origin, else the workers.dev address.
@@ -2476,21 +2531,12 @@ export async function purgeUrl(
   options: { url?: string; subdomain?: () => Promise<string | undefined> },
 ): Promise<string> {
   const cloudflare = config.cloudflare;
-  let origin = options.url;
-  if (!origin && cloudflare?.domain) origin = `https://${cloudflare.domain}`;
-  if (!origin && cloudflare?.route) {
-    const bare = cloudflare.route.replace(/^https?:\/\//, "");
-    const host = bare.slice(0, bare.indexOf("/"));
-    const path = bare.slice(bare.indexOf("/"));
-    const covers = path.endsWith("*")
-      ? PURGE_PATH.startsWith(path.slice(0, -1))
-      : path === PURGE_PATH;
-    if (!host.includes("*") && covers) origin = `https://${host}`;
-  }
+  let origin = options.url ||
+    siteOrigin({ domain: cloudflare?.domain, route: cloudflare?.route }, PURGE_PATH);
   if (!origin && config.verifyUrl) origin = new URL(config.verifyUrl).origin;
   if (!origin && cloudflare) {
     const subdomain = await (options.subdomain ?? (() => accountSubdomain(cloudflare, ctx)))();
-    if (subdomain) origin = `https://${cloudflare.workerName}.${subdomain}.workers.dev`;
+    if (subdomain) origin = workersDevUrl(cloudflare, subdomain);
   }
   if (!origin) {
     throw new ConfigError([
@@ -2575,18 +2621,25 @@ export async function askWorkerToPurge(
 
 /** What `purge` asks for. */
 export interface PurgeRequest {
+  /** URL paths, each exactly one object (`purge`'s arguments); a full URL gives its path. */
   paths: string[];
+  /** URL path prefixes (`--prefix`, repeatable). */
   prefixes: string[];
+  /** Everything the cache holds (`--all`); `paths` and `prefixes` are then not read. */
   all: boolean;
+  /** Where the worker answers (`--url`); found from the configuration when absent. */
   url?: string;
 }
 
 /** What `purge` did. */
 export interface PurgeReport {
+  /** The configured edge cache (`WORKER_CACHE_MODE`); with `off` nothing was asked. */
   mode: CacheMode;
+  /** The purge endpoint the requests went to, from {@linkcode purgeUrl}. */
   url?: string;
   /** Signed requests the worker accepted. */
   requests: number;
+  /** How many paths and prefixes the worker purged, or whether it purged everything. */
   purged: { paths: number; prefixes: number; everything: boolean };
 }
 
@@ -2727,8 +2780,7 @@ export async function status(
     };
   }
   if (options.survey) await survey(config, report, ctx);
-  const plain = (name: string) =>
-    bindings.find((b) => b.name === name && b.type === "plain_text")?.text;
+  const plain = (name: string) => plainBinding(settings, name);
   if (
     !bindings.some((b) => b.name === "B2_DOWNLOAD_TOKEN" && b.type === "secret_text")
   ) {
@@ -2966,10 +3018,13 @@ export interface SignedLink {
   query: string;
   /** The canonical (decoded) path or prefix the signature covers. */
   path: string;
+  /** Whether `path` is a prefix that grants every path under it. */
   prefix: boolean;
-  /** ISO 8601. */
+  /** When the link stops working, ISO 8601. */
   expires: string;
+  /** When the link starts working, ISO 8601; absent when it works at once. */
   notBefore?: string;
+  /** The file name of `Content-Disposition: attachment`, when the link sets one. */
   downloadName?: string;
 }
 
@@ -3144,8 +3199,11 @@ const EDGE_PAUSE_MS = 2_000;
 
 /** One line of the check: what was tried and what the real edge answered. */
 export interface CacheFinding {
+  /** What was tried, such as `second GET` or `range after GET`. */
   check: string;
+  /** Only `problem` makes the report unhealthy; `not checked` says why in `detail`. */
   outcome: "ok" | "problem" | "not checked" | "note";
+  /** What the edge answered (its `cf-cache-status`, status, headers) or what to change. */
   detail: string;
 }
 
@@ -3153,6 +3211,7 @@ export interface CacheFinding {
 export interface CacheCheckReport {
   /** The URL of the small object checked. */
   url: string;
+  /** One per check, in the order they ran. */
   findings: CacheFinding[];
   /** No finding is a problem. */
   healthy: boolean;
@@ -3777,9 +3836,8 @@ async function runCheckCache(
   options: { ctx: Context; io: Io; flags: Flags },
 ): Promise<number> {
   const { ctx, io, flags } = options;
-  const route = settings.WORKER_ROUTE?.trim().replace(/^https?:\/\//, "").split("/")[0];
-  const host = settings.WORKER_DOMAIN?.trim() || (route && !route.includes("*") ? route : "");
-  const url = flags.url ?? (host ? `https://${host}/` : undefined);
+  const origin = siteOrigin({ domain: settings.WORKER_DOMAIN, route: settings.WORKER_ROUTE });
+  const url = flags.url ?? (origin && `${origin}/`);
   const problems: string[] = [];
   for (const [flag, value] of [["--url", url], ["--large-url", flags.largeUrl]] as const) {
     if (value !== undefined && !URL.canParse(value)) {
@@ -4012,7 +4070,8 @@ async function runSign(
       );
     }
   }
-  const baseUrl = flags.sign.baseUrl ?? siteOrigin(settings);
+  const baseUrl = flags.sign.baseUrl ??
+    siteOrigin({ domain: settings.WORKER_DOMAIN, route: settings.WORKER_ROUTE });
   if (baseUrl === undefined) {
     problems.push(
       "Give --url https://<your host>: neither WORKER_DOMAIN nor a WORKER_ROUTE with a " +
@@ -4035,14 +4094,6 @@ async function runSign(
   if (problems.length > 0 || link === undefined) throw new ConfigError(problems);
   io.stdout(flags.json ? JSON.stringify(link) : link.url);
   return 0;
-}
-
-/** Where visitors reach the worker: WORKER_DOMAIN, else WORKER_ROUTE's host when it has no `*`. */
-function siteOrigin(settings: Settings): string | undefined {
-  const domain = settings.WORKER_DOMAIN?.trim();
-  if (domain) return `https://${domain}`;
-  const host = settings.WORKER_ROUTE?.trim().split("/")[0];
-  return host && !host.includes("*") ? `https://${host}` : undefined;
 }
 
 /** Kept out of the static graph: only the demo loads the stand-in (see MINIFLARE). */
@@ -4325,6 +4376,10 @@ export async function run(options: RunOptions): Promise<number> {
     return 1;
   }
 }
+
+// ---------------------------------------------------------------------------
+// Main
+// ---------------------------------------------------------------------------
 
 function pickSettings(source: Record<string, string | undefined>): Settings {
   const settings: Settings = {};

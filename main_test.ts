@@ -2695,6 +2695,12 @@ Deno.test("sign prints the link the exported signLink() makes", async (t) => {
       WORKER_ROUTE: "media.example.com/members/*",
     });
     assert.match(route.stdout, /^https:\/\/media\.example\.com\/members\/a\?/);
+    // Route patterns may carry a scheme (developers.cloudflare.com/workers/about/routes/).
+    const schemed = await sign(["/members/a", "--expires", "1h"], {
+      WORKER_DOMAIN: "",
+      WORKER_ROUTE: "https://media.example.com/members/*",
+    });
+    assert.match(schemed.stdout, /^https:\/\/media\.example\.com\/members\/a\?/);
     const flag = await sign([
       "/members/a",
       "--expires",
