@@ -1481,14 +1481,6 @@ export async function uploadWorker(
   });
 }
 
-/** The deployed worker's bindings, or `undefined` when there is no such worker. */
-export async function readWorkerBindings(
-  config: CloudflareConfig,
-  ctx: Context,
-): Promise<{ name: string; type: string; text?: string }[] | undefined> {
-  return (await readWorkerSettings(config, ctx))?.bindings;
-}
-
 /** The deployed worker's settings, or `undefined` when there is no such worker. */
 export async function readWorkerSettings(
   config: CloudflareConfig,
