@@ -60,7 +60,12 @@ function text(body: string, headers: Record<string, string> = {}, status = 200):
 }
 
 async function harness(
-  options: { maxObjectBytes?: number; workerTimeoutMs?: number; cacheOptions?: object } = {},
+  options: {
+    maxObjectBytes?: number;
+    workerTimeoutMs?: number;
+    cacheOptions?: object;
+    privateAnywhereBypasses?: boolean;
+  } = {},
 ): Promise<Harness> {
   const clock = { now: 1_800_000_000_000 };
   const requests: Seen[] = [];
@@ -80,6 +85,8 @@ async function harness(
     now: () => clock.now,
     ...(options.maxObjectBytes && { maxObjectBytes: options.maxObjectBytes }),
     ...(options.workerTimeoutMs && { workerTimeoutMs: options.workerTimeoutMs }),
+    ...(options.privateAnywhereBypasses !== undefined &&
+      { privateAnywhereBypasses: options.privateAnywhereBypasses }),
   });
   const upload = (cacheOptions?: object): WorkerUpload => ({
     metadata: {
@@ -325,6 +332,22 @@ Deno.test("answers that bypass the cache", async (t) => {
     }
   });
 });
+
+Deno.test("privateAnywhereBypasses: false lets only the governing header keep an answer out", () =>
+  withCache({ privateAnywhereBypasses: false }, async (h) => {
+    h.origin = () =>
+      text("x", {
+        "cloudflare-cdn-cache-control": "public, max-age=600",
+        "cache-control": "private, max-age=60",
+      });
+    const [first, second] = [await h.get("/p"), await h.get("/p")];
+    assert.deepEqual(labels([first, second]), ["MISS", "HIT"]);
+    assert.equal(second.headers.get("cache-control"), "private, max-age=60");
+    assert.equal(h.seen().length, 1);
+    h.origin = () =>
+      text("x", { "cloudflare-cdn-cache-control": "private", "cache-control": "max-age=60" });
+    assert.deepEqual(labels([await h.get("/q"), await h.get("/q")]), ["BYPASS", "BYPASS"]);
+  }));
 
 Deno.test("a request with Authorization is cached when the answer says public, s-maxage or must-revalidate", async (t) => {
   await withCache({}, async (h) => {
