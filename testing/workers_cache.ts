@@ -55,7 +55,8 @@ export interface WorkersCache {
   url: string;
   /**
    * (Re)deploys: runs this upload in workerd behind the cache; the previous
-   * workerd is stopped once the new one answers and its requests are done.
+   * workerd is stopped once the new one answers and its requests are done,
+   * background revalidations included.
    * `metadata.cache_options` is read as Cloudflare would: absent or
    * `enabled: false` = no caching and no `cf-cache-status`. Each deploy is a
    * new version, part of the key unless `cross_version_cache`.
@@ -268,7 +269,9 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     if (!entry.policy.noCache && staleFor <= entry.policy.staleWhileRevalidate) {
       if (!entry.updating) {
         entry.updating = true;
-        const work = revalidate(entry, request, key, current).finally(() => {
+        // Tracked with the version that began it, so a redeploy lets it finish there (as
+        // Cloudflare lets an old version finish what it started) instead of stopping it.
+        const work = track(current, revalidate(entry, request, key, current)).finally(() => {
           entry.updating = false;
         });
         background.add(work);

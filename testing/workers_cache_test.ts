@@ -487,6 +487,29 @@ Deno.test("stale-while-revalidate serves the stale copy and revalidates in the b
     assert.deepEqual([late.label, late.body], ["EXPIRED", "v2"], "past the window it waits");
   }));
 
+Deno.test("a background revalidation started before a redeploy finishes on the version that began it", () =>
+  withCache({}, async (h) => {
+    h.origin = () =>
+      text("v1", { "cache-control": "public, max-age=60, stale-while-revalidate=600" });
+    assert.equal((await h.get("/r")).label, "MISS");
+    const { promise: release, resolve } = Promise.withResolvers<void>();
+    h.origin = async () => {
+      await release;
+      return text("v2", { "cache-control": "public, max-age=60, stale-while-revalidate=600" });
+    };
+    h.clock.now += 61_000;
+    assert.deepEqual([(await h.get("/r")).label], ["UPDATING"]);
+    // The origin answers well after the new version has started: the old version must still
+    // be there to pass its answer on.
+    const released = setTimeout(resolve, 1500);
+    await h.deploy(ON);
+    clearTimeout(released);
+    resolve();
+    await h.cache.idle();
+    const after = await h.get("/r");
+    assert.deepEqual([after.label, after.body], ["HIT", "v2"]);
+  }));
+
 Deno.test("stale-if-error serves the stored copy when the worker fails", async (t) => {
   await withCache({ workerTimeoutMs: 1_000 }, async (h) => {
     const failures: [string, OriginHandler][] = [
