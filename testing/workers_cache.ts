@@ -55,7 +55,8 @@ export interface WorkersCache {
   url: string;
   /**
    * (Re)deploys: runs this upload in workerd behind the cache; the previous
-   * workerd is stopped once the new one answers and its requests are done.
+   * workerd is stopped once the new one answers and its requests are done,
+   * background revalidations included.
    * `metadata.cache_options` is read as Cloudflare would: absent or
    * `enabled: false` = no caching and no `cf-cache-status`. Each deploy is a
    * new version, part of the key unless `cross_version_cache`.
@@ -87,6 +88,15 @@ export interface WorkersCacheOptions {
   workerTimeoutMs?: number;
   /** Gets what the worker prints. */
   onLog?: (text: string) => void;
+  /**
+   * Whether `private` or `no-store` in a header that does not govern (the browsers'
+   * `Cache-Control` under a `Cloudflare-CDN-Cache-Control`) still keeps an answer out.
+   * Unconfirmed (WORKERS_CACHE.md: Bypass), so each case is a worst one: `true` for the hit
+   * ratio (nothing such an answer says is stored), `false` for safety (it is stored, so
+   * what the worker lets the cache keep must be safe to serve).
+   * @default true
+   */
+  privateAnywhereBypasses?: boolean;
   /**
    * How workerd is started. main.ts passes its own: this module importing main.ts while
    * main.ts's top-level await is running it would wait forever. @default main.ts's
@@ -190,6 +200,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
   const now = options.now ?? Date.now;
   const maxObjectBytes = options.maxObjectBytes ?? MAX_OBJECT_BYTES;
   const workerTimeoutMs = options.workerTimeoutMs ?? WORKER_TIMEOUT_MS;
+  const rules = { privateAnywhere: options.privateAnywhereBypasses ?? true };
   const shim = await loadShim();
   const startWorker = options.startLocalWorker ??
     (await import("../main.ts")).startLocalWorker;
@@ -258,7 +269,9 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     if (!entry.policy.noCache && staleFor <= entry.policy.staleWhileRevalidate) {
       if (!entry.updating) {
         entry.updating = true;
-        const work = revalidate(entry, request, key, current).finally(() => {
+        // Tracked with the version that began it, so a redeploy lets it finish there (as
+        // Cloudflare lets an old version finish what it started) instead of stopping it.
+        const work = track(current, revalidate(entry, request, key, current)).finally(() => {
           entry.updating = false;
         });
         background.add(work);
@@ -336,7 +349,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
           entry.headers.set(name, value);
         }
       }
-      const verdict = storability(entry.status, entry.headers, request.headers);
+      const verdict = storability(entry.status, entry.headers, request.headers, rules);
       if (verdict.store) {
         entry.policy = verdict.policy;
         entry.tags = cacheTags(entry.headers.get("cache-tag"));
@@ -358,7 +371,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
   ): Promise<Response> {
     const verdict = response.status === 304
       ? { store: false as const, label: "BYPASS" }
-      : storability(response.status, response.headers, request.headers);
+      : storability(response.status, response.headers, request.headers, rules);
     if (!verdict.store) {
       // An expired entry whose worker answer may not be kept is gone; the visitor is told why
       // the worker was asked (EXPIRED), not that this answer bypasses.
@@ -702,17 +715,23 @@ type Verdict = { store: true; policy: Policy } | { store: false; label: string }
  * Whether an answer may be stored, and how (WORKERS_CACHE.md: Bypass, Heuristic lifetimes,
  * Headers that control it). `request` is the visitor's.
  */
-function storability(status: number, headers: Headers, request: Headers): Verdict {
+function storability(
+  status: number,
+  headers: Headers,
+  request: Headers,
+  rules: { privateAnywhere: boolean },
+): Verdict {
   const present = CONTROL_HEADERS.filter((name) => headers.has(name));
   const governing = parseDirectives(present[0] ? headers.get(present[0]) : null);
   const all = present.map((name) => parseDirectives(headers.get(name)));
   // WORKERS_CACHE.md (Range): "A 206 made by the worker is never stored"; 520-526 never.
   if (status === 206 || (status >= 520 && status <= 526)) return { store: false, label: "DYNAMIC" };
   if (headers.has("set-cookie")) return { store: false, label: "BYPASS" };
-  // Assumption: private or no-store in ANY of the three headers bypasses, even when a
-  // CDN header governs (unconfirmed in WORKERS_CACHE.md; the worst case for the worker,
-  // whose browsers' Cache-Control must then never say private or no-store on objects).
-  if (all.some((d) => d.has("private") || d.has("no-store"))) {
+  // Assumption (by default): private or no-store in ANY of the three headers bypasses, even
+  // when a CDN header governs (unconfirmed in WORKERS_CACHE.md; the worst case for the hit
+  // ratio). `privateAnywhereBypasses: false` takes the other case: only the governing one.
+  const deciding = rules.privateAnywhere ? all : [governing];
+  if (deciding.some((d) => d.has("private") || d.has("no-store"))) {
     return { store: false, label: "BYPASS" };
   }
   const vary = (headers.get("vary") ?? "").split(",").map((name) => name.trim());

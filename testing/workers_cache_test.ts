@@ -60,7 +60,12 @@ function text(body: string, headers: Record<string, string> = {}, status = 200):
 }
 
 async function harness(
-  options: { maxObjectBytes?: number; workerTimeoutMs?: number; cacheOptions?: object } = {},
+  options: {
+    maxObjectBytes?: number;
+    workerTimeoutMs?: number;
+    cacheOptions?: object;
+    privateAnywhereBypasses?: boolean;
+  } = {},
 ): Promise<Harness> {
   const clock = { now: 1_800_000_000_000 };
   const requests: Seen[] = [];
@@ -80,6 +85,8 @@ async function harness(
     now: () => clock.now,
     ...(options.maxObjectBytes && { maxObjectBytes: options.maxObjectBytes }),
     ...(options.workerTimeoutMs && { workerTimeoutMs: options.workerTimeoutMs }),
+    ...(options.privateAnywhereBypasses !== undefined &&
+      { privateAnywhereBypasses: options.privateAnywhereBypasses }),
   });
   const upload = (cacheOptions?: object): WorkerUpload => ({
     metadata: {
@@ -326,6 +333,22 @@ Deno.test("answers that bypass the cache", async (t) => {
   });
 });
 
+Deno.test("privateAnywhereBypasses: false lets only the governing header keep an answer out", () =>
+  withCache({ privateAnywhereBypasses: false }, async (h) => {
+    h.origin = () =>
+      text("x", {
+        "cloudflare-cdn-cache-control": "public, max-age=600",
+        "cache-control": "private, max-age=60",
+      });
+    const [first, second] = [await h.get("/p"), await h.get("/p")];
+    assert.deepEqual(labels([first, second]), ["MISS", "HIT"]);
+    assert.equal(second.headers.get("cache-control"), "private, max-age=60");
+    assert.equal(h.seen().length, 1);
+    h.origin = () =>
+      text("x", { "cloudflare-cdn-cache-control": "private", "cache-control": "max-age=60" });
+    assert.deepEqual(labels([await h.get("/q"), await h.get("/q")]), ["BYPASS", "BYPASS"]);
+  }));
+
 Deno.test("a request with Authorization is cached when the answer says public, s-maxage or must-revalidate", async (t) => {
   await withCache({}, async (h) => {
     for (const control of ["public, max-age=60", "s-maxage=60", "max-age=60, must-revalidate"]) {
@@ -462,6 +485,29 @@ Deno.test("stale-while-revalidate serves the stale copy and revalidates in the b
     h.clock.now += 200_000;
     const late = await h.get("/swr");
     assert.deepEqual([late.label, late.body], ["EXPIRED", "v2"], "past the window it waits");
+  }));
+
+Deno.test("a background revalidation started before a redeploy finishes on the version that began it", () =>
+  withCache({}, async (h) => {
+    h.origin = () =>
+      text("v1", { "cache-control": "public, max-age=60, stale-while-revalidate=600" });
+    assert.equal((await h.get("/r")).label, "MISS");
+    const { promise: release, resolve } = Promise.withResolvers<void>();
+    h.origin = async () => {
+      await release;
+      return text("v2", { "cache-control": "public, max-age=60, stale-while-revalidate=600" });
+    };
+    h.clock.now += 61_000;
+    assert.deepEqual([(await h.get("/r")).label], ["UPDATING"]);
+    // The origin answers well after the new version has started: the old version must still
+    // be there to pass its answer on.
+    const released = setTimeout(resolve, 1500);
+    await h.deploy(ON);
+    clearTimeout(released);
+    resolve();
+    await h.cache.idle();
+    const after = await h.get("/r");
+    assert.deepEqual([after.label, after.body], ["HIT", "v2"]);
   }));
 
 Deno.test("stale-if-error serves the stored copy when the worker fails", async (t) => {

@@ -1,0 +1,748 @@
+/**
+ * The whole chain, end to end: `main.ts` commands run as a user runs them
+ * (`run()`, the real `refresh` and `purge`) against the fake B2 and the fake
+ * Cloudflare API; every upload Cloudflare accepts goes live in workerd behind
+ * the Workers Cache stand-in, exactly as uploaded; visitors, purges and the
+ * next refreshes go through that stand-in. The unit tests
+ * (`worker_template_test.ts`, `main_test.ts`, `workers_cache_test.ts`) pin
+ * each header and each decision; these prove what they add up to, as issues
+ * 8 and 11 ask ("Proof"): the cache outlives tokens and outages, purges
+ * reach exactly what they name, and a protected object is never served to a
+ * request that would be refused.
+ *
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import {
+  derivePurgeKey,
+  generateSigningKey,
+  run,
+  signLink,
+  signPurge,
+  type WorkerMetadata,
+} from "../main.ts";
+import { type FakeB2, type FakeFile, patternByte, startFakeB2 } from "./fake_b2.ts";
+import { type FakeCloudflare, startFakeCloudflare } from "./fake_cloudflare.ts";
+import { startWorkersCache, type WorkersCache } from "./workers_cache.ts";
+
+// Distinctive, so that any appearance in an answer or in output is a leak.
+const BUCKET = "vault-e9d2";
+const B2_KEY = "fake-application-key";
+const WORKER = "b2-private-cdn";
+// Where the fake Cloudflare says the worker answers (its account subdomain is "fake-subdomain"):
+// requests there go to the stand-in.
+const WORKERS_DEV_SUFFIX = ".fake-subdomain.workers.dev";
+const PURGE_PATH = "/.well-known/b2-private-cdn/purge";
+const HELLO = "hello from B2\n";
+const PATTERN_SIZE = 1000;
+const SIGNING_KEY = generateSigningKey();
+const SIGNED = { WORKER_SIGNED_PREFIXES: "/members/", WORKER_SIGNING_KEY: SIGNING_KEY };
+// The defaults refresh deploys (README: Edge cache): one day fresh, a day of
+// stale-while-revalidate, a week of stale-if-error.
+const DAY = 86_400;
+
+const FILES: FakeFile[] = [
+  { name: "site/hello.txt", body: HELLO, contentType: "text/plain" },
+  { name: "site/a", body: "object a" },
+  { name: "site/a-2", body: "object a-2" },
+  { name: "site/docs/one.txt", body: "doc one" },
+  { name: "site/docs/two.txt", body: "doc two" },
+  { name: "site/members/a.txt", body: "members only" },
+  { name: "site/pattern.bin", body: { size: PATTERN_SIZE } },
+  { name: "v2/hello.txt", body: "hello from the new prefix\n" },
+];
+
+/** What a visitor got. `body` is decoded byte for byte (latin1), so binary compares exactly. */
+interface Visit {
+  status: number;
+  /** `cf-cache-status`, or `none` when Workers Cache is off. */
+  label: string;
+  headers: Headers;
+  body: string;
+}
+
+interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+interface Edge {
+  b2: FakeB2;
+  cloudflare: FakeCloudflare;
+  cache: WorkersCache;
+  /** Moves the stand-in's clock (not workerd's, nor B2's). */
+  advance(seconds: number): void;
+  /** Moves B2's clock, which decides when download tokens expire. */
+  advanceB2(seconds: number): void;
+  /** Runs `main.ts <args>` with the edge's settings plus `env`. */
+  cli(args: string[], env?: Record<string, string>): Promise<CliResult>;
+  visit(path: string, init?: RequestInit): Promise<Visit>;
+  /** `METHOD path` of each download B2 got since the last call. */
+  b2Asked(): string[];
+  /** The download token of the version answering now. */
+  liveToken(): string;
+  /** Each version that went live: how many purges the stand-in had done by then. */
+  deploys: { purgesBefore: number }[];
+  /** Signed purge requests that reached the stand-in, whatever they answered. */
+  purgePosts: number;
+  /** Deploys wait for the next pause of the CLI (`ctx.sleep`), as a deploy spreading would. */
+  propagateOnSleep: boolean;
+  close(): Promise<void>;
+}
+
+/**
+ * A fake B2 and Cloudflare account, and the stand-in where each accepted
+ * upload goes live. `env` is added to every command's settings.
+ */
+async function startEdge(
+  options: { env?: Record<string, string>; privateAnywhereBypasses?: boolean } = {},
+): Promise<Edge> {
+  const clocks = { cache: Date.now(), b2: 0 };
+  const b2 = startFakeB2({
+    buckets: [{ id: "bucket-edge", name: BUCKET, files: structuredClone(FILES) }],
+    now: () => Date.now() + clocks.b2 * 1000,
+  });
+  const cloudflare = startFakeCloudflare();
+  const logs: string[] = [];
+  const cache = await startWorkersCache({
+    now: () => clocks.cache,
+    onLog: (text) => logs.push(text),
+    ...(options.privateAnywhereBypasses !== undefined &&
+      { privateAnywhereBypasses: options.privateAnywhereBypasses }),
+  });
+  const env = {
+    B2_APPLICATION_KEY_ID: "fake-key-id",
+    B2_APPLICATION_KEY: B2_KEY,
+    B2_BUCKET_NAME: BUCKET,
+    B2_FILE_PREFIX: "site/",
+    B2_API_URL: b2.url,
+    CLOUDFLARE_ACCOUNT_ID: "fake-account-id",
+    CLOUDFLARE_API_TOKEN: "fake-cf-token",
+    CLOUDFLARE_API_BASE_URL: cloudflare.url,
+    ...options.env,
+  };
+  const secrets = [B2_KEY, "fake-cf-token", SIGNING_KEY, await derivePurgeKey(B2_KEY)];
+  let pending: WorkerMetadata | undefined;
+  let seen = 0;
+
+  const goLive = async () => {
+    const stored = cloudflare.scripts.get(WORKER);
+    if (!stored) throw new Error("an upload was accepted but the fake Cloudflare holds none");
+    e.deploys.push({ purgesBefore: cache.purges.length });
+    await cache.deploy({ metadata: stored.metadata as WorkerMetadata, module: stored.module });
+  };
+  const settle = async () => {
+    if (!pending) return;
+    pending = undefined;
+    await goLive();
+  };
+
+  /** The network as the CLI sees it: the worker's host leads to the stand-in. */
+  const network = async (input: string | URL | Request, init?: RequestInit) => {
+    const url = new URL(input instanceof Request ? input.url : input);
+    if (url.hostname.endsWith(WORKERS_DEV_SUFFIX)) {
+      if (url.pathname === PURGE_PATH) e.purgePosts++;
+      return await fetch(`${cache.url}${url.pathname}${url.search}`, init);
+    }
+    const response = await fetch(input, init);
+    const upload = init?.method === "PUT" && response.ok &&
+      new RegExp(`/workers/scripts/${WORKER}$`).test(url.pathname);
+    if (upload) {
+      pending = cloudflare.scripts.get(WORKER)!.metadata as WorkerMetadata;
+      if (!e.propagateOnSleep) await settle();
+    }
+    return response;
+  };
+
+  const leaks = (where: string, text: string) => {
+    for (const secret of [...secrets, ...b2.downloadTokens.keys()]) {
+      assert.ok(!text.includes(secret), `${where} shows a secret`);
+    }
+  };
+
+  const e: Edge = {
+    b2,
+    cloudflare,
+    cache,
+    deploys: [],
+    purgePosts: 0,
+    propagateOnSleep: false,
+    advance(seconds) {
+      clocks.cache += seconds * 1000;
+    },
+    advanceB2(seconds) {
+      clocks.b2 += seconds;
+    },
+    async cli(args, extra = {}) {
+      const stdout: string[] = [];
+      const stderr: string[] = [];
+      const code = await run({
+        args,
+        env: { ...env, ...extra },
+        readEnvFile: () => Promise.resolve(undefined),
+        io: { stdout: (t) => stdout.push(t), stderr: (t) => stderr.push(t) },
+        ctx: {
+          fetch: network as typeof fetch,
+          // A pause of the CLI is when a deploy in flight reaches the edge.
+          sleep: () => settle(),
+          random: () => 0.5,
+          timeoutMs: 10_000,
+        },
+      });
+      // Whatever was uploaded reaches the edge in the end.
+      await settle();
+      const result = { code, stdout: stdout.join("\n"), stderr: stderr.join("\n") };
+      leaks(`main.ts ${args.join(" ")}`, result.stdout + result.stderr);
+      return result;
+    },
+    async visit(path, init = {}) {
+      const response = await fetch(`${cache.url}${path}`, { redirect: "manual", ...init });
+      const body = new TextDecoder("latin1").decode(await response.bytes());
+      const visit = {
+        status: response.status,
+        label: response.headers.get("cf-cache-status") ?? "none",
+        headers: response.headers,
+        body,
+      };
+      leaks(`${init.method ?? "GET"} ${path}`, JSON.stringify([...response.headers]) + body);
+      for (const name of response.headers.keys()) {
+        assert.ok(!/^x-bz|^x-b2cdn-browser|^cache-tag$|^cloudflare-cdn/.test(name), name);
+      }
+      return visit;
+    },
+    b2Asked() {
+      const fresh = b2.requests.slice(seen).filter((r) => r.path.startsWith("/file/"));
+      seen = b2.requests.length;
+      return fresh.map((r) => `${r.method} ${r.path.replace(`/file/${BUCKET}`, "")}`);
+    },
+    liveToken() {
+      const stored = cloudflare.scripts.get(WORKER)!.metadata;
+      return stored.bindings.find((b) => b.name === "B2_DOWNLOAD_TOKEN")!.text!;
+    },
+    async close() {
+      await cache.close();
+      await Promise.all([b2.close(), cloudflare.close()]);
+      leaks("what the worker printed", logs.join(""));
+    },
+  };
+  return e;
+}
+
+async function withEdge(
+  options: Parameters<typeof startEdge>[0],
+  body: (e: Edge) => Promise<void>,
+): Promise<void> {
+  const e = await startEdge(options);
+  try {
+    await body(e);
+  } finally {
+    await e.close();
+  }
+}
+
+/** What `visit` makes of these bytes of the pattern file. */
+function patternText(start: number, end: number): string {
+  const bytes = Uint8Array.from({ length: end - start + 1 }, (_, i) => patternByte(start + i));
+  return new TextDecoder("latin1").decode(bytes);
+}
+
+/** `[status, label, body]`: what most assertions here compare. */
+function seen(visit: Visit): [number, string, string] {
+  return [visit.status, visit.label, visit.body];
+}
+
+async function refreshed(e: Edge, env: Record<string, string> = {}): Promise<CliResult> {
+  const result = await e.cli(["refresh"], env);
+  assert.equal(result.code, 0, result.stderr);
+  return result;
+}
+
+// ---------------------------------------------------------------------------
+// Issue 8: Workers Cache
+// ---------------------------------------------------------------------------
+
+Deno.test("a refresh with a new token keeps every cached object: HEAD and ranges are hits, B2 is not asked", () =>
+  withEdge({}, async (e) => {
+    await refreshed(e);
+    const firstToken = e.liveToken();
+    assert.deepEqual(seen(await e.visit("/hello.txt")), [200, "MISS", HELLO]);
+    assert.deepEqual(seen(await e.visit("/pattern.bin")), [
+      200,
+      "MISS",
+      patternText(0, PATTERN_SIZE - 1),
+    ]);
+    assert.deepEqual(e.b2Asked(), ["GET /site/hello.txt", "GET /site/pattern.bin"]);
+
+    await refreshed(e);
+    assert.notEqual(e.liveToken(), firstToken);
+    assert.equal(e.deploys.length, 2);
+    const runs = e.cache.stats.workerRuns;
+    const cases: [string, RequestInit, [number, string, string]][] = [
+      ["/hello.txt", {}, [200, "HIT", HELLO]],
+      ["/hello.txt", { method: "HEAD" }, [200, "HIT", ""]],
+      ["/pattern.bin", { headers: { Range: "bytes=10-19" } }, [206, "HIT", patternText(10, 19)]],
+      ["/pattern.bin", { headers: { Range: "bytes=-5" } }, [206, "HIT", patternText(995, 999)]],
+      ["/pattern.bin", { headers: { Range: "bytes=990-" } }, [206, "HIT", patternText(990, 999)]],
+      ["/pattern.bin", { method: "HEAD", headers: { Range: "bytes=0-9" } }, [206, "HIT", ""]],
+      ["/pattern.bin", { headers: { Range: "bytes=1000-" } }, [416, "HIT", ""]],
+    ];
+    for (const [path, init, expected] of cases) {
+      const visit = await e.visit(path, init);
+      assert.deepEqual(seen(visit), expected, `${path} ${JSON.stringify(init)}`);
+      if (visit.status === 206) assert.match(visit.headers.get("content-range")!, /\/1000$/);
+    }
+    assert.deepEqual(e.b2Asked(), []);
+    assert.equal(e.cache.stats.workerRuns, runs, "no hit runs the worker");
+    assert.deepEqual(e.cache.purges, [], "a token-only refresh purges nothing");
+    assert.equal(e.purgePosts, 0);
+  }));
+
+Deno.test("stale objects: refreshed in the background, and served through a B2 outage or a dead token", async (t) => {
+  await withEdge({}, async (e) => {
+    await refreshed(e);
+    for (const path of ["/hello.txt", "/a"]) assert.equal((await e.visit(path)).label, "MISS");
+    e.b2Asked();
+
+    await t.step("stale-while-revalidate: the stale copy at once, B2 asked behind it", async () => {
+      e.b2.putFile(BUCKET, {
+        name: "site/hello.txt",
+        body: "hello, replaced\n",
+        uploadTimestamp: 1_750_000_000_000,
+      });
+      e.advance(DAY + 60);
+      assert.deepEqual(seen(await e.visit("/hello.txt")), [200, "UPDATING", HELLO]);
+      assert.deepEqual(seen(await e.visit("/a")), [200, "UPDATING", "object a"]);
+      await e.cache.idle();
+      // A changed object is downloaded again; an unchanged one costs B2 a HEAD.
+      assert.deepEqual(e.b2Asked().sort(), [
+        "GET /site/hello.txt",
+        "HEAD /site/a",
+        "HEAD /site/hello.txt",
+      ]);
+      assert.deepEqual(seen(await e.visit("/hello.txt")), [200, "HIT", "hello, replaced\n"]);
+      assert.deepEqual(seen(await e.visit("/a")), [200, "HIT", "object a"]);
+      assert.deepEqual(e.b2Asked(), []);
+    });
+
+    // Past the lifetime and the stale-while-revalidate window: stale-if-error decides.
+    e.advance(2 * DAY + 60);
+    const staleOrFailing = async (why: string) => {
+      assert.deepEqual(seen(await e.visit("/hello.txt")), [200, "STALE", "hello, replaced\n"], why);
+      assert.deepEqual(seen(await e.visit("/a", { method: "HEAD" })), [200, "STALE", ""], why);
+      const uncached = await e.visit("/docs/one.txt");
+      assert.deepEqual([uncached.status, uncached.body], [502, "Bad gateway\n"], why);
+      assert.notEqual(uncached.label, "HIT", why);
+      assert.deepEqual(e.b2Asked(), [
+        "HEAD /site/hello.txt",
+        "HEAD /site/a",
+        "GET /site/docs/one.txt",
+      ]);
+    };
+
+    await t.step("a B2 outage", async () => {
+      e.b2.fail("/file/", { status: 503, code: "service_unavailable", times: 3 });
+      await staleOrFailing("B2 answering 503");
+    });
+
+    await t.step("an expired token", async () => {
+      e.advanceB2(8 * DAY);
+      await staleOrFailing("B2 answering 401 expired_auth_token");
+    });
+
+    await t.step("a revoked token, after a refresh that found B2 again", async () => {
+      await refreshed(e);
+      assert.deepEqual(e.cache.purges, []);
+      e.b2.downloadTokens.delete(e.liveToken());
+      await staleOrFailing("B2 answering 401 bad_auth_token");
+    });
+
+    await t.step("past stale-if-error (a week), the generic 502", async () => {
+      e.advance(7 * DAY);
+      const visit = await e.visit("/hello.txt");
+      assert.deepEqual([visit.status, visit.body], [502, "Bad gateway\n"]);
+      assert.deepEqual(e.b2Asked(), ["HEAD /site/hello.txt"]);
+    });
+  });
+});
+
+Deno.test("CORS on hits: * for every origin without Vary; a list splits the entry by Origin", async (t) => {
+  await withEdge({ env: { WORKER_CORS_ORIGINS: "*" } }, async (e) => {
+    await refreshed(e);
+    await t.step("*", async () => {
+      const answers = [
+        await e.visit("/hello.txt", { headers: { Origin: "https://one.example" } }),
+        await e.visit("/hello.txt"),
+        await e.visit("/hello.txt", { headers: { Origin: "https://two.example" } }),
+      ];
+      assert.deepEqual(answers.map((a) => a.label), ["MISS", "HIT", "HIT"]);
+      for (const answer of answers) {
+        assert.equal(answer.headers.get("access-control-allow-origin"), "*");
+        assert.equal(answer.headers.get("vary"), null);
+      }
+      assert.deepEqual(e.b2Asked(), ["GET /site/hello.txt"]);
+    });
+
+    await t.step("a list of origins", async () => {
+      const app = "https://app.example";
+      const shop = "https://shop.example";
+      // A change of CORS origins purges what was stored with "*".
+      await refreshed(e, { WORKER_CORS_ORIGINS: `${app},${shop}` });
+      assert.deepEqual(e.cache.purges.map((p) => p.options), [{ purgeEverything: true }]);
+      const visits: [string | undefined, string, string | null][] = [
+        [app, "MISS", app],
+        [shop, "MISS", shop],
+        [undefined, "MISS", null],
+        [app, "HIT", app],
+        [shop, "HIT", shop],
+        [undefined, "HIT", null],
+        ["https://evil.example", "MISS", null],
+      ];
+      for (const [origin, label, allowed] of visits) {
+        const answer = await e.visit("/hello.txt", origin ? { headers: { Origin: origin } } : {});
+        assert.deepEqual(
+          [answer.status, answer.label, answer.headers.get("access-control-allow-origin")],
+          [200, label, allowed],
+          `Origin ${origin}`,
+        );
+        assert.equal(answer.headers.get("vary"), "Origin");
+      }
+      // The cost of a list: one download per origin seen (and one without).
+      assert.equal(e.b2Asked().length, 4);
+    });
+  });
+});
+
+Deno.test("purge: a path exactly, a prefix, everything, through main.ts and the worker's ctx.cache", async (t) => {
+  await withEdge({}, async (e) => {
+    await refreshed(e);
+    const paths = ["/a", "/a-2", "/docs/one.txt", "/docs/two.txt", "/hello.txt"];
+    const labels = async () => {
+      const out: Record<string, string> = {};
+      for (const path of paths) out[path] = (await e.visit(path)).label;
+      return out;
+    };
+    const all = (label: string) => Object.fromEntries(paths.map((path) => [path, label]));
+    assert.deepEqual(await labels(), all("MISS"));
+
+    await t.step("a path: /a goes, /a-2 stays", async () => {
+      const { code, stdout } = await e.cli(["purge", "/a"]);
+      assert.equal(code, 0);
+      assert.match(stdout, /^Purged 1 paths/);
+      assert.deepEqual(await labels(), { ...all("HIT"), "/a": "MISS" });
+    });
+
+    await t.step("a prefix", async () => {
+      assert.equal((await e.cli(["purge", "--prefix", "/docs/"])).code, 0);
+      assert.deepEqual(await labels(), {
+        ...all("HIT"),
+        "/docs/one.txt": "MISS",
+        "/docs/two.txt": "MISS",
+      });
+    });
+
+    await t.step("everything", async () => {
+      assert.equal((await e.cli(["purge", "--all"])).code, 0);
+      assert.deepEqual(await labels(), all("MISS"));
+    });
+
+    await t.step("forged, unsigned, stale and replayed requests purge nothing", async () => {
+      assert.deepEqual(await labels(), all("HIT"));
+      const post = async (path: string, headers: Record<string, string>, body: string) => {
+        const response = await fetch(`${e.cache.url}${path}`, { method: "POST", headers, body });
+        const answer = {
+          status: response.status,
+          headers: Object.fromEntries([...response.headers].filter(([name]) => name !== "date")),
+          body: await response.text(),
+        };
+        return answer;
+      };
+      const order = JSON.stringify({ everything: true });
+      const key = await derivePurgeKey(B2_KEY);
+      const anyPost = await post("/hello.txt", {}, order);
+      assert.equal(anyPost.status, 405);
+      const signed = await signPurge(order, { key, nowMs: Date.now() });
+      const purges = e.cache.purges.length;
+      const cases: [string, Record<string, string>, string][] = [
+        ["unsigned", {}, order],
+        ["forged", await signPurge(order, { key: "0f".repeat(32), nowMs: Date.now() }), order],
+        ["stale", await signPurge(order, { key, nowMs: Date.now() - 400_000 }), order],
+        ["another body", signed, JSON.stringify({ paths: ["/a"] })],
+      ];
+      for (const [what, headers, body] of cases) {
+        assert.deepEqual(await post(PURGE_PATH, headers, body), anyPost, what);
+      }
+      assert.equal(e.cache.purges.length, purges, "nothing reached ctx.cache");
+      const once = await post(PURGE_PATH, signed, order);
+      assert.equal(once.status, 200);
+      assert.equal(e.cache.purges.length, purges + 1);
+      assert.deepEqual(await labels(), all("MISS"));
+      assert.deepEqual(await post(PURGE_PATH, signed, order), anyPost, "replayed");
+      assert.equal(e.cache.purges.length, purges + 1);
+      assert.deepEqual(await labels(), all("HIT"));
+    });
+  });
+});
+
+Deno.test("refresh purges once the new version answers, retries a refused purge, and a token-only run keeps the cache", async (t) => {
+  await withEdge({}, async (e) => {
+    await refreshed(e);
+    assert.deepEqual(seen(await e.visit("/hello.txt")), [200, "MISS", HELLO]);
+
+    await t.step("a new prefix: purged once the new version answers, not before", async () => {
+      e.propagateOnSleep = true;
+      const { stdout } = await refreshed(e, { B2_FILE_PREFIX: "v2/" });
+      e.propagateOnSleep = false;
+      assert.match(stdout, /purged everything: what the site serves changed/);
+      // The old version answered first and purged nothing (it is not the expected one);
+      // the purge came once the new one was live.
+      assert.equal(e.purgePosts, 2);
+      assert.deepEqual(e.cache.purges.map((p) => [p.options, p.result.success]), [
+        [{ purgeEverything: true }, true],
+      ]);
+      assert.equal(e.deploys.at(-2)!.purgesBefore, 0, "the new version went live before it");
+      assert.deepEqual(seen(await e.visit("/hello.txt")), [
+        200,
+        "MISS",
+        "hello from the new prefix\n",
+      ]);
+      assert.deepEqual(seen(await e.visit("/hello.txt")), [
+        200,
+        "HIT",
+        "hello from the new prefix\n",
+      ]);
+    });
+
+    await t.step("a purge refused by the rate limit is done by the next run", async () => {
+      // Five purges a minute with bursts to 25: spend them all.
+      let drained = 0;
+      while ((await e.cli(["purge", "--all"])).code === 0) drained++;
+      assert.ok(drained <= 25, `${drained} purges went through`);
+      assert.deepEqual(seen(await e.visit("/hello.txt")).slice(0, 2), [200, "MISS"]);
+
+      const failed = await e.cli(["refresh"], { WORKER_CORS_ORIGINS: "*", B2_FILE_PREFIX: "v2/" });
+      assert.equal(failed.code, 1);
+      assert.match(failed.stderr, /try again in 60 s\. The worker is deployed and remembers/);
+      assert.equal(e.cache.purges.at(-1)!.result.success, false);
+      const live = e.cloudflare.scripts.get(WORKER)!.metadata.bindings;
+      assert.equal(live.find((b) => b.name === "WORKER_PURGE_PENDING")?.text, "all");
+      assert.equal((await e.visit("/hello.txt")).label, "HIT", "still cached: not purged");
+
+      e.advance(60);
+      const retried = await refreshed(e, { WORKER_CORS_ORIGINS: "*", B2_FILE_PREFIX: "v2/" });
+      assert.match(
+        retried.stdout,
+        /purged everything: a purge of an earlier refresh is still owed/,
+      );
+      assert.deepEqual(e.cache.purges.at(-1)!.options, { purgeEverything: true });
+      assert.equal(e.cache.purges.at(-1)!.result.success, true);
+      assert.equal((await e.visit("/hello.txt")).label, "MISS");
+      e.b2Asked();
+    });
+
+    await t.step("a token-only refresh purges nothing and keeps the cache", async () => {
+      const posts = e.purgePosts;
+      const purges = e.cache.purges.length;
+      const { stdout } = await refreshed(e, { WORKER_CORS_ORIGINS: "*", B2_FILE_PREFIX: "v2/" });
+      assert.doesNotMatch(stdout, /purged/);
+      assert.deepEqual([e.purgePosts, e.cache.purges.length], [posts, purges]);
+      assert.deepEqual(seen(await e.visit("/hello.txt")).slice(0, 2), [200, "HIT"]);
+      assert.deepEqual(e.b2Asked(), []);
+    });
+  });
+});
+
+Deno.test("a query on a public path: the cached 301 to the canonical URL, which stays one entry", () =>
+  withEdge({}, async (e) => {
+    await refreshed(e);
+    for (const query of ["?utm_source=mail", "?utm_source=mail", "?v=2"]) {
+      const visit = await e.visit(`/hello.txt${query}`);
+      assert.equal(visit.status, 301, query);
+      assert.equal(visit.headers.get("location"), "/hello.txt", query);
+    }
+    assert.deepEqual(
+      [
+        (await e.visit("/hello.txt?utm_source=mail")).label,
+        (await e.visit("/hello.txt?v=2")).label,
+      ],
+      ["HIT", "HIT"],
+    );
+    const followed = await fetch(`${e.cache.url}/hello.txt?utm_source=other`);
+    assert.deepEqual([followed.status, await followed.text()], [200, HELLO]);
+    assert.deepEqual(seen(await e.visit("/hello.txt")), [200, "HIT", HELLO]);
+    assert.deepEqual(e.b2Asked(), ["GET /site/hello.txt"], "one download for every variant");
+  }));
+
+// ---------------------------------------------------------------------------
+// Issue 11: signed links, with Workers Cache and with the Cache API
+// ---------------------------------------------------------------------------
+
+/**
+ * The two edges signed links must be safe with: Workers Cache taking the case in which it
+ * stores a signed answer (its private Cache-Control does not keep it out; the unsafe case),
+ * and the Cache API, where the worker checks before its cache.
+ */
+const MODES = [
+  ["Workers Cache", { privateAnywhereBypasses: false }],
+  ["Cache API", { env: { WORKER_CACHE_MODE: "cache-api" } }],
+] as const;
+
+/** And Workers Cache in the other case, which costs links their hits but must still serve them. */
+const LINK_MODES = [
+  ...MODES,
+  ["Workers Cache, private keeping signed answers out", { privateAnywhereBypasses: true }],
+] as const;
+
+function nowSeconds(): number {
+  return Math.floor(Date.now() / 1000);
+}
+
+/** Path and query of a link signed for `path` at the stand-in. */
+async function signed(e: Edge, path: string, expires: number): Promise<string> {
+  const { url } = await signLink(e.cache.url, path, { key: SIGNING_KEY, expires });
+  return url.slice(e.cache.url.length);
+}
+
+Deno.test("signed links behind each edge cache: refusals never stored, ranges and HEAD served, expiry final", async (t) => {
+  const edges = await Promise.all(
+    LINK_MODES.map(([, options]) =>
+      startEdge({ ...options, env: { ...SIGNED, ...("env" in options && options.env) } })
+    ),
+  );
+  try {
+    for (const e of edges) await refreshed(e);
+    for (const [index, [mode, options]] of LINK_MODES.entries()) {
+      const e = edges[index]!;
+      const kept = !("privateAnywhereBypasses" in options && options.privateAnywhereBypasses);
+      await t.step(`${mode}: a link serves 200, 206 and HEAD`, async () => {
+        const link = await signed(e, "/members/a.txt", nowSeconds() + 600);
+        const first = await e.visit(link);
+        assert.deepEqual([first.status, first.body], [200, "members only"]);
+        assert.match(first.headers.get("cache-control")!, /^private, max-age=(59\d|600)$/);
+        const range = await e.visit(link, { headers: { Range: "bytes=8-11" } });
+        assert.deepEqual([range.status, range.body], [206, "only"]);
+        assert.equal(range.headers.get("content-range"), "bytes 8-11/12");
+        const head = await e.visit(link, { method: "HEAD" });
+        assert.deepEqual([head.status, head.body, head.headers.get("content-length")], [
+          200,
+          "",
+          "12",
+        ]);
+        // One download where the answer is kept; the whole object each time where not.
+        assert.deepEqual(e.b2Asked(), Array(kept ? 1 : 3).fill("GET /site/members/a.txt"));
+        const labels = [first, range, head].map((v) => v.label);
+        if (!kept) assert.deepEqual(labels, ["BYPASS", "BYPASS", "BYPASS"]);
+        else if (mode === "Workers Cache") assert.deepEqual(labels, ["MISS", "HIT", "HIT"]);
+      });
+
+      await t.step(
+        `${mode}: unsigned, expired and tampered get one 403, B2 not asked`,
+        async () => {
+          const expires = nowSeconds() + 600;
+          const link = await signed(e, "/members/a.txt", expires);
+          const neighbour = await signLink(e.cache.url, "/members/sub/", {
+            key: SIGNING_KEY,
+            expires,
+            prefix: true,
+          });
+          const refused = [
+            "/members/a.txt",
+            "/%6Dembers/a.txt",
+            await signed(e, "/members/a.txt", nowSeconds() - 1),
+            link.replace("/members/a.txt", "/members/b.txt"),
+            link.replace(`exp=${expires}`, `exp=${expires + 1}`),
+            link.replace("/members/a.txt", "/members/a.txt/"),
+            `/members/a.txt?${neighbour.query}`,
+          ];
+          const runs = e.cache.stats.workerRuns;
+          for (const path of [...refused, ...refused]) {
+            const visit = await e.visit(path);
+            assert.deepEqual([visit.status, visit.body], [403, "Forbidden\n"], path);
+            assert.equal(visit.headers.get("cache-control"), "no-store", path);
+          }
+          assert.equal(e.cache.stats.workerRuns, runs + 2 * refused.length, "none is stored");
+          assert.deepEqual(e.b2Asked(), []);
+        },
+      );
+
+      await t.step(`${mode}: public paths are unaffected`, async () => {
+        const answers = [await e.visit("/hello.txt"), await e.visit("/hello.txt")];
+        for (const answer of answers) {
+          assert.deepEqual([answer.status, answer.body], [200, HELLO]);
+          assert.equal(answer.headers.get("cache-control"), "public, max-age=3600");
+        }
+        assert.deepEqual(e.b2Asked(), ["GET /site/hello.txt"]);
+      });
+    }
+
+    await t.step(
+      "an expired link is refused, even with its copy cached and B2 failing",
+      async () => {
+        const expires = nowSeconds() + 4;
+        const links = await Promise.all(edges.map((e) => signed(e, "/members/a.txt", expires)));
+        for (const [index, e] of edges.entries()) {
+          assert.equal((await e.visit(links[index]!)).status, 200);
+          e.b2Asked();
+        }
+        const [workersCache, cacheApi] = edges as [Edge, Edge, Edge];
+        assert.equal((await workersCache.visit(links[0]!)).label, "HIT");
+        // Workers Cache: the entry's lifetime ends with the link, and it is never served stale,
+        // even while the worker (whose clock still takes the link) cannot reach B2.
+        workersCache.b2.fail("/file/", { status: 503, times: 1 });
+        workersCache.advance(5);
+        const failing = await workersCache.visit(links[0]!);
+        assert.ok([502, 403].includes(failing.status), `${failing.status} ${failing.body}`);
+        assert.ok(!["HIT", "STALE", "UPDATING"].includes(failing.label), failing.label);
+        workersCache.b2Asked();
+        // Once the link has expired for the worker too: refused at every edge, B2 not asked.
+        const wait = expires * 1000 - Date.now();
+        if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait + 50));
+        cacheApi.b2.fail("/file/", { status: 503, times: 1 });
+        for (const [index, e] of edges.entries()) {
+          const visit = await e.visit(links[index]!);
+          const [mode] = LINK_MODES[index]!;
+          assert.deepEqual([visit.status, visit.body], [403, "Forbidden\n"], mode);
+          assert.deepEqual(e.b2Asked(), [], mode);
+        }
+      },
+    );
+  } finally {
+    await Promise.all(edges.map((e) => e.close()));
+  }
+});
+
+Deno.test("a prefix made private after its objects were cached is refused unsigned, with each edge cache", async (t) => {
+  const edges = await Promise.all(MODES.map(([, options]) => startEdge(options)));
+  try {
+    for (const [index, [mode, options]] of MODES.entries()) {
+      const e = edges[index]!;
+      const env = "env" in options ? options.env : {};
+      await t.step(mode, async () => {
+        await refreshed(e, env);
+        for (let i = 0; i < 2; i++) {
+          assert.equal((await e.visit("/members/a.txt")).body, "members only");
+          assert.equal((await e.visit("/hello.txt")).body, HELLO);
+        }
+        assert.equal(e.b2Asked().length, 2, "both cached while public");
+
+        await refreshed(e, { ...env, ...SIGNED });
+        const unsigned = await e.visit("/members/a.txt");
+        assert.deepEqual([unsigned.status, unsigned.body], [403, "Forbidden\n"]);
+        const link = await e.visit(await signed(e, "/members/a.txt", nowSeconds() + 600));
+        assert.deepEqual([link.status, link.body], [200, "members only"]);
+        assert.equal((await e.visit("/hello.txt")).body, HELLO);
+        if (mode === "Workers Cache") {
+          // The refresh that added the prefix purged: copies made while public are gone.
+          assert.deepEqual(e.cache.purges.map((p) => p.options), [{ purgeEverything: true }]);
+          assert.deepEqual(e.b2Asked().sort(), ["GET /site/hello.txt", "GET /site/members/a.txt"]);
+        } else {
+          // The worker checks before caches.default, so its copy is still used, for links only.
+          assert.deepEqual(e.b2Asked(), []);
+        }
+      });
+    }
+  } finally {
+    await Promise.all(edges.map((e) => e.close()));
+  }
+});
