@@ -83,6 +83,12 @@ const MAX_REFRESH_RATIO = 1.2;
  */
 const WORKERS_DEV_ROUND_TRIPS = 2;
 const MAX_ROUND_TRIPS = 4 + WORKERS_DEV_ROUND_TRIPS;
+/**
+ * Requests a refresh sends while another is in flight, so they add no round trip: the
+ * deployed worker's settings, read alongside B2's authorize (issue 8). The in-process target
+ * (time against round trips x latency) is what shows they overlap.
+ */
+const CONCURRENT_REQUESTS = 1;
 
 // Signed links (issue 11). Shorter rounds than section 1 keep the section near 40 s; the CPU
 // figures come from nanosecond counters, so a round of a few thousand requests is enough.
@@ -780,12 +786,13 @@ async function benchRefresh(module: string, denoRunMs: number): Promise<RefreshR
         const result = await refresh(config, defaultContext(), { module });
         const ms = performance.now() - started;
         const made = requests() - before;
-        if (made !== result.roundTrips) {
+        if (made !== result.roundTrips + CONCURRENT_REQUESTS) {
           throw new Error(
-            `${scenario}: refresh() says ${result.roundTrips} round trips, made ${made}`,
+            `${scenario}: refresh() says ${result.roundTrips} round trips, made ${made} ` +
+              `requests (expected ${CONCURRENT_REQUESTS} more, sent alongside others)`,
           );
         }
-        counts.add(made);
+        counts.add(result.roundTrips);
         if (i > 0) times.push(ms);
       }
       if (counts.size !== 1) throw new Error(`${scenario}: round trips varied: ${[...counts]}`);
