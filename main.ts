@@ -3795,17 +3795,36 @@ async function runDev(
     { module: await loadWorkerModule(), options: config.worker },
     ctx,
   );
-  const worker = await startLocalWorker(prepared.upload, { port: flags.port });
+  // As deployed, Workers Cache answers hits before the worker runs; miniflare has no such
+  // cache, so the stand-in sits in front, as in the demo. It reads the upload's cache_options,
+  // so in the other modes it passes every request to the worker, as Cloudflare would.
+  const { startWorkersCache } = await import(
+    new URL(WORKERS_CACHE_MODULE, import.meta.url).href
+  ) as typeof import("./testing/workers_cache.ts");
+  const worker = await startWorkersCache({ port: flags.port, startLocalWorker });
+  try {
+    await worker.deploy(prepared.upload);
+  } catch (error) {
+    await worker.close();
+    throw error;
+  }
+  const mode = config.worker.cacheMode;
   // Ctrl-C while it started up stops it now, not after saying it is ready.
   if (!ctrlC.wasPressed()) {
     io.stdout(
       `The worker that refresh would deploy runs in workerd at ${worker.url}\n` +
+        (mode === "workers-cache"
+          ? "behind a stand-in for Workers Cache (testing/workers_cache.ts): hits are answered " +
+            "before the worker runs, and every answer says cf-cache-status.\n"
+          : `Edge cache: ${mode}${
+            config.worker.cacheTtl === 0 ? " (WORKER_CACHE_TTL=0)" : ""
+          }: every request runs the worker, as on Cloudflare.\n`) +
         `It reads bucket "${prepared.bucket.name}" with a fresh token until ` +
         `${isoSeconds(prepared.expiresAt)}. Ctrl-C stops it.`,
     );
     await ctrlC.pressed;
   }
-  await worker.dispose();
+  await worker.close();
   io.stderr("Stopped.");
   return 0;
 }
@@ -4088,7 +4107,7 @@ async function runSign(
   return 0;
 }
 
-/** Kept out of the static graph: only the demo loads the stand-in (see MINIFLARE). */
+/** Kept out of the static graph: only dev and demo load the stand-in (see MINIFLARE). */
 const WORKERS_CACHE_MODULE = "./testing/workers_cache.ts";
 
 /** Asks for `url` twice as `curl -sI` would, and shows the `cf-cache-status` of each answer. */

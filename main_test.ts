@@ -2186,24 +2186,58 @@ Deno.test("demo stops cleanly on Ctrl-C while workerd is starting", async () => 
   assert.match(stdout, /Stopped\.\n$/);
 });
 
-Deno.test("dev serves the bucket through the real worker with B2 credentials only", async () => {
-  const w = world();
-  try {
-    const env = { ...w.env, CLOUDFLARE_ACCOUNT_ID: "", CLOUDFLARE_API_TOKEN: "" };
-    const { code } = await whileServing(["dev"], {
-      env,
-      urlPattern: /runs in workerd at (http:\/\/127\.0\.0\.1:\d+)/,
-    }, async (url) => {
-      const response = await fetch(`${url}/cat.jpg`);
-      assert.equal(response.status, 200);
-      assert.equal(await response.text(), PHOTO.body);
-    });
-    assert.equal(code, 0);
-    assert.equal(w.cloudflare.requests.length, 0);
-    for (const token of w.b2.downloadTokens.keys()) secretsSeen.add(token);
-  } finally {
-    await w.close();
-  }
+Deno.test("dev serves the bucket through the real worker with B2 credentials only", async (t) => {
+  const downloads = (w: World) => w.b2.requests.filter((r) => r.path.startsWith("/file/")).length;
+  await t.step("behind the Workers Cache stand-in: MISS, then HIT without B2", async () => {
+    const w = world();
+    try {
+      const env = { ...w.env, CLOUDFLARE_ACCOUNT_ID: "", CLOUDFLARE_API_TOKEN: "" };
+      const { code, stdout } = await whileServing(["dev"], {
+        env,
+        urlPattern: /runs in workerd at (http:\/\/127\.0\.0\.1:\d+)/,
+      }, async (url) => {
+        const statuses = [];
+        for (let i = 0; i < 2; i++) {
+          const response = await fetch(`${url}/cat.jpg`);
+          assert.equal(response.status, 200);
+          assert.equal(await response.text(), PHOTO.body);
+          statuses.push(response.headers.get("cf-cache-status"));
+        }
+        assert.deepEqual(statuses, ["MISS", "HIT"]);
+        assert.equal(downloads(w), 1, "the hit never reached B2");
+      });
+      assert.equal(code, 0);
+      assert.match(stdout, /behind a stand-in for Workers Cache/);
+      assert.equal(w.cloudflare.requests.length, 0);
+      for (const token of w.b2.downloadTokens.keys()) secretsSeen.add(token);
+    } finally {
+      await w.close();
+    }
+  });
+  await t.step("in the Cache API mode the stand-in passes every request on", async () => {
+    const w = world();
+    try {
+      const env = {
+        ...w.env,
+        CLOUDFLARE_ACCOUNT_ID: "",
+        CLOUDFLARE_API_TOKEN: "",
+        WORKER_CACHE_MODE: "cache-api",
+      };
+      const { code, stdout } = await whileServing(["dev"], {
+        env,
+        urlPattern: /runs in workerd at (http:\/\/127\.0\.0\.1:\d+)/,
+      }, async (url) => {
+        const response = await fetch(`${url}/cat.jpg`);
+        assert.equal(await response.text(), PHOTO.body);
+        assert.equal(response.headers.get("cf-cache-status"), null);
+      });
+      assert.equal(code, 0);
+      assert.match(stdout, /Edge cache: cache-api: every request runs the worker/);
+      for (const token of w.b2.downloadTokens.keys()) secretsSeen.add(token);
+    } finally {
+      await w.close();
+    }
+  });
 });
 
 Deno.test("cron schedules the refresh and makes the start-up check, until Ctrl-C", async () => {
