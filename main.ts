@@ -393,6 +393,18 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
   };
   const signing = parseSigning(settings, problems);
   if (signing) worker.signing = signing;
+  if (signing && worker.urlStyle === "b2") {
+    // In B2's URL shape every path the worker serves is /file/<bucket>/<name>: a prefix outside
+    // it would protect nothing while the paths it was meant for stay public.
+    const bucket = text("B2_BUCKET_NAME");
+    const under = bucket ? `/file/${bucket}/` : "/file/";
+    for (const prefix of signing.prefixes.filter((p) => !p.startsWith(under))) {
+      problems.push(
+        `WORKER_SIGNED_PREFIXES: with WORKER_URL_STYLE=b2 every path is ${under}<name>, so ` +
+          `"${prefix}" would protect nothing; write it as ${under}${prefix.replace(/^\//, "")}.`,
+      );
+    }
+  }
 
   const config: Config = {
     worker,
@@ -1173,6 +1185,8 @@ export async function servingFingerprint(
     signing?.prefixes ?? [],
     signing?.key ?? "",
     signing?.previousKey ?? "",
+    // An earlier end for the previous key revokes its links sooner: their copies must go too.
+    signing?.previousUntil ?? 0,
   ]);
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(shape));
   return `${format}-${toHex(new Uint8Array(digest)).slice(0, 16)}`;
@@ -2494,28 +2508,40 @@ export async function signPurge(
 /**
  * Where visitors reach the worker by its own names: the custom domain
  * (`WORKER_DOMAIN`), else the route's host when the route (`WORKER_ROUTE`,
- * its scheme optional) names one host and, given `path`, covers that path.
+ * its scheme optional) names one host.
  */
 function siteOrigin(
   names: { domain?: string | undefined; route?: string | undefined },
-  path?: string,
 ): string | undefined {
   const domain = names.domain?.trim();
   if (domain) return `https://${domain}`;
-  const bare = names.route?.trim().replace(/^https?:\/\//, "");
-  if (!bare) return undefined;
+  const { host } = routeParts(names.route);
+  return host ? `https://${host}` : undefined;
+}
+
+/**
+ * The URL under which a route runs the worker: its one host and the fixed
+ * part of its pattern (`example.com/cdn/*` gives `https://example.com/cdn`);
+ * `undefined` for a host with a wildcard or a pattern without one.
+ */
+function routeBase(route: string | undefined): string | undefined {
+  const { host, pattern } = routeParts(route);
+  if (!host || !pattern.endsWith("*")) return undefined;
+  return `https://${host}${pattern.slice(0, -1).replace(/\/+$/, "")}`;
+}
+
+/** A route's one host (none when it has a wildcard) and its path pattern; the scheme is optional. */
+function routeParts(route: string | undefined): { host?: string; pattern: string } {
+  const bare = route?.trim().replace(/^https?:\/\//, "") ?? "";
   const slash = bare.includes("/") ? bare.indexOf("/") : bare.length;
   const host = bare.slice(0, slash);
-  const pattern = bare.slice(slash);
-  const covers = path === undefined ||
-    (pattern.endsWith("*") ? path.startsWith(pattern.slice(0, -1)) : pattern === path);
-  return host && !host.includes("*") && covers ? `https://${host}` : undefined;
+  return { ...(host && !host.includes("*") && { host }), pattern: bare.slice(slash) };
 }
 
 /**
  * Where the worker answers purge requests: `--url`, else `WORKER_DOMAIN`,
- * else the route's host when it is one host whose route covers the purge
- * path, else `VERIFY_URL`'s origin, else the workers.dev address.
+ * else under the route when it names one host (the worker takes the purge
+ * path under any path), else the workers.dev address.
  */
 export async function purgeUrl(
   config: Config,
@@ -2523,19 +2549,18 @@ export async function purgeUrl(
   options: { url?: string; subdomain?: () => Promise<string | undefined> },
 ): Promise<string> {
   const cloudflare = config.cloudflare;
-  let origin = options.url ||
-    siteOrigin({ domain: cloudflare?.domain, route: cloudflare?.route }, PURGE_PATH);
-  if (!origin && config.verifyUrl) origin = new URL(config.verifyUrl).origin;
-  if (!origin && cloudflare) {
+  let base = options.url || siteOrigin({ domain: cloudflare?.domain }) ||
+    routeBase(cloudflare?.route);
+  if (!base && cloudflare) {
     const subdomain = await (options.subdomain ?? (() => accountSubdomain(cloudflare, ctx)))();
-    if (subdomain) origin = workersDevUrl(cloudflare, subdomain);
+    if (subdomain) base = workersDevUrl(cloudflare, subdomain);
   }
-  if (!origin) {
+  if (!base) {
     throw new ConfigError([
       "Cannot tell where the worker answers: set WORKER_DOMAIN or pass --url https://<host>.",
     ]);
   }
-  return new URL(PURGE_PATH, origin).href;
+  return base.replace(/\/+$/, "") + PURGE_PATH;
 }
 
 /** Sends one signed purge request and says what came back, the worker's or not. */
@@ -2829,7 +2854,9 @@ export async function status(
     }
   }
   if (plain("WORKER_PURGE_PENDING")) {
-    problems.push("a purge after a change is still owed; run refresh (or purge --all)");
+    problems.push(
+      "a purge after a change is still owed; run refresh (which purges and then records it)",
+    );
   }
   if (problems.length > 0) return { ...report, problem: problems.join("; ") };
   return { ...report, healthy: true };
@@ -3530,8 +3557,8 @@ Flags:
                          sign: a link for every path under it, instead of one <path>
   --all                  purge: everything the worker's cache holds
   --url <url>            purge, sign, check-cache: where the worker answers (default:
-                         WORKER_DOMAIN, the route's host; purge also VERIFY_URL's origin,
-                         then workers.dev); check-cache: the object to check
+                         WORKER_DOMAIN, the route's host; purge also workers.dev);
+                         check-cache: the object to check
   --port <n>             dev, demo: local port (default 8787)
   --expires <when>       sign: a duration from now (1h, 7d) or an ISO 8601 time
   --not-before <when>    sign: the link works only from then on

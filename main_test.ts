@@ -1626,6 +1626,11 @@ Deno.test("refresh purges everything when what URLs serve changes, once the new 
             ["/members/ made private", members, 1],
             ["the same settings again", members, 0],
             ["a previous key added", rotated, 1],
+            [
+              "the previous key's end moved earlier",
+              { ...rotated, WORKER_SIGNING_KEY_PREVIOUS_UNTIL: "2098-01-01T00:00:00Z" },
+              1,
+            ],
             ["the previous key dropped early", members, 1],
             ["/members/ public again", cors, 1],
           ] as const
@@ -1706,7 +1711,7 @@ Deno.test("purge sends paths, prefixes or everything in as few signed requests a
   }
 });
 
-Deno.test("purgeUrl() takes --url, WORKER_DOMAIN, a concrete route host, VERIFY_URL, then workers.dev", async () => {
+Deno.test("purgeUrl() takes --url, WORKER_DOMAIN, a concrete route, then workers.dev", async () => {
   const base = parseConfig({ CLOUDFLARE_ACCOUNT_ID: "a", CLOUDFLARE_API_TOKEN: "t" }, {
     cloudflare: true,
   });
@@ -1729,13 +1734,14 @@ Deno.test("purgeUrl() takes --url, WORKER_DOMAIN, a concrete route host, VERIFY_
     await at({ ...base, cloudflare: { ...cf, route: "*.r.example/*" } }),
     `https://b2-private-cdn.acme.workers.dev${path}`,
   );
+  // A route on part of a host reaches the worker under that part only.
   assert.equal(
     await at({
       ...base,
       verifyUrl: "https://v.example/a.txt",
       cloudflare: { ...cf, route: "r.example/static/*" },
     }),
-    `https://v.example${path}`,
+    `https://r.example/static${path}`,
   );
 });
 
@@ -2612,6 +2618,18 @@ Deno.test("parseConfig() refuses protected prefixes without a key, weak keys and
         WORKER_SIGNING_KEY_PREVIOUS_UNTIL: "next tuesday",
       },
       expect: [/WORKER_SIGNING_KEY_PREVIOUS_UNTIL must be an ISO 8601 time/],
+    },
+    {
+      name: "a prefix outside /file/<bucket>/ in B2's URL shape",
+      settings: {
+        WORKER_URL_STYLE: "b2",
+        B2_BUCKET_NAME: "photos",
+        WORKER_SIGNED_PREFIXES: "/members/,/file/photos/paid/",
+        WORKER_SIGNING_KEY: SIGNING_KEY,
+      },
+      expect: [
+        /with WORKER_URL_STYLE=b2 every path is \/file\/photos\/<name>, so "\/members\/" would protect nothing; write it as \/file\/photos\/members\/\.$/,
+      ],
     },
   ];
   for (const { name, settings, expect } of cases) {

@@ -192,7 +192,9 @@ const STATUS_TEXT = {
 export default {
   async fetch(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
     const config = readConfig(env);
-    if (request.method === "POST" && new URL(request.url).pathname === PURGE_PATH) {
+    // Under any path, so that a worker reached only through a route such as example.com/cdn/*
+    // can still be asked (the signature covers the fixed PURGE_PATH, not where it was sent).
+    if (request.method === "POST" && new URL(request.url).pathname.endsWith(PURGE_PATH)) {
       // Anything not signed, fresh and unused falls through to what any POST gets.
       const purged = await signedPurge(request, config, ctx);
       if (purged) return purged;
@@ -379,8 +381,8 @@ async function verifiedBody(request: Request, config: WorkerConfig): Promise<str
   if (!/^\d{1,12}$/.test(timestamp) || !/^[0-9a-f]{64}$/.test(signature)) return undefined;
   const now = Date.now() / 1000;
   if (Math.abs(now - Number(timestamp)) > PURGE_WINDOW_SECONDS) return undefined;
-  if (Number(request.headers.get("Content-Length") ?? 0) > MAX_PURGE_BODY_BYTES) return undefined;
-  const body = await request.text();
+  const body = await readCapped(request, MAX_PURGE_BODY_BYTES);
+  if (body === undefined) return undefined;
   const key = await crypto.subtle.importKey(
     "raw",
     fromHex(config.purgeKey),
@@ -401,6 +403,26 @@ async function verifiedBody(request: Request, config: WorkerConfig): Promise<str
   if (usedSignatures.has(signature)) return undefined;
   usedSignatures.set(signature, Number(timestamp));
   return body;
+}
+
+/**
+ * The body as text, or `undefined` once it passes `limit` bytes: a chunked
+ * body has no `Content-Length` to refuse it by, so it is counted as it comes.
+ */
+async function readCapped(request: Request, limit: number): Promise<string | undefined> {
+  if (Number(request.headers.get("Content-Length") ?? 0) > limit) return undefined;
+  if (request.body === null) return "";
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of request.body) {
+    size += chunk.byteLength;
+    if (size > limit) return undefined;
+    chunks.push(chunk);
+  }
+  const bytes = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) bytes.set(chunk, (offset += chunk.byteLength) - chunk.byteLength);
+  return new TextDecoder().decode(bytes);
 }
 
 /**

@@ -1997,6 +1997,15 @@ Deno.test("the purge endpoint purges exactly what a signed, fresh request names"
     assert.deepEqual(purges[1], { purgeEverything: true });
   });
 
+  await t.step("under a route on part of the host, the purge path is found there", async () => {
+    const { ctx, purges } = recordingContext();
+    const request = await signedRequest({ everything: true }, {
+      path: "/cdn/.well-known/b2-private-cdn/purge",
+    });
+    assert.equal((await worker.fetch(request, PURGE_ENV, ctx)).status, 200);
+    assert.deepEqual(purges, [{ purgeEverything: true }]);
+  });
+
   await t.step("an older version (another fingerprint) purges nothing and says so", async () => {
     const { ctx, purges } = recordingContext();
     const response = await worker.fetch(
@@ -2056,6 +2065,24 @@ Deno.test("the purge endpoint refuses unsigned, stale, forged and replayed reque
       () => signedRequest({ paths: ["/a"] }, { tamper: () => '{"everything":true}' }),
     ],
     ["replayed", () => Promise.resolve(replay)],
+    [
+      "a body over 64 KiB, streamed without Content-Length",
+      async () => {
+        // Signed as it is, so only its size can refuse it.
+        const text = `{"everything":true${" ".repeat(80 * 1024)}}`;
+        const headers = await signPurge(text, { key: PURGE_KEY, nowMs: Date.now() - 7000 });
+        const bytes = new TextEncoder().encode(text);
+        const body = new ReadableStream<Uint8Array>({
+          start(controller) {
+            for (let at = 0; at < bytes.length; at += 16 * 1024) {
+              controller.enqueue(bytes.subarray(at, at + 16 * 1024));
+            }
+            controller.close();
+          },
+        });
+        return new Request(PURGE_URL, { method: "POST", headers, body });
+      },
+    ],
   ];
   for (const [label, make] of cases) {
     await t.step(label, async () => {
