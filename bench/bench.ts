@@ -1970,10 +1970,7 @@ export async function bench(options: BenchOptions): Promise<BenchReport> {
   log("6/6 cache modes, one workload through each...");
   const cacheModes = await benchCacheModes(module, log);
   const measured = {
-    date: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
-    cores: navigator.hardwareConcurrency,
-    deno: Deno.version.deno,
-    miniflare: await miniflareVersion(),
+    ...await machineFacts(),
     workerOverhead,
     signedLinks,
     streaming,
@@ -1994,6 +1991,34 @@ export interface SignedLinksReport
   signedLinks: SignedLinkCost;
 }
 
+/** When and on what a report was measured: the first lines of every report. */
+async function machineFacts(): Promise<Pick<BenchReport, "date" | "cores" | "deno" | "miniflare">> {
+  return {
+    date: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+    cores: navigator.hardwareConcurrency,
+    deno: Deno.version.deno,
+    miniflare: await miniflareVersion(),
+  };
+}
+
+/** A section run alone (`--only`), as text: the machine, the section, its targets. */
+function formatAlone(
+  report: Pick<BenchReport, "date" | "cores" | "deno" | "miniflare" | "targets" | "seconds">,
+  section: string[],
+): string {
+  return [
+    `b2-private-cdn bench, ${report.date}`,
+    `machine: ${report.cores} cores, Deno ${report.deno}, workerd via miniflare ${report.miniflare}`,
+    "",
+    ...section,
+    "",
+    "Targets",
+    ...formatTargets(report.targets),
+    "",
+    `(${report.seconds.toFixed(0)} s)`,
+  ].join("\n");
+}
+
 /** Runs section 5 alone: under a minute, for rerunning it on a quieter machine. */
 export async function benchSignedLinksAlone(options: BenchOptions): Promise<SignedLinksReport> {
   const started = performance.now();
@@ -2001,10 +2026,7 @@ export async function benchSignedLinksAlone(options: BenchOptions): Promise<Sign
   if (!options.json) console.error(`signed links (${generator.name})...`);
   const signedLinks = await benchSignedLinks(await loadWorkerModule(), generator);
   return {
-    date: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
-    cores: navigator.hardwareConcurrency,
-    deno: Deno.version.deno,
-    miniflare: await miniflareVersion(),
+    ...await machineFacts(),
     signedLinks,
     targets: judgeSignedLinks(signedLinks),
     seconds: (performance.now() - started) / 1000,
@@ -2028,10 +2050,7 @@ export async function benchCacheModesAlone(options: BenchOptions): Promise<Cache
     options.json ? undefined : (line) => console.error(line),
   );
   return {
-    date: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
-    cores: navigator.hardwareConcurrency,
-    deno: Deno.version.deno,
-    miniflare: await miniflareVersion(),
+    ...await machineFacts(),
     cacheModes,
     targets: judgeCacheModes(cacheModes),
     seconds: (performance.now() - started) / 1000,
@@ -2086,34 +2105,12 @@ async function main(): Promise<void> {
     const options = { json: values.json, load } as const;
     if (values.only === "signed-links") {
       const report = await benchSignedLinksAlone(options);
-      console.log(
-        values.json ? JSON.stringify(report) : [
-          `b2-private-cdn bench, ${report.date}`,
-          `machine: ${report.cores} cores, Deno ${report.deno}, workerd via miniflare ${report.miniflare}`,
-          "",
-          ...formatSignedLinks(report.signedLinks),
-          "",
-          "Targets",
-          ...formatTargets(report.targets),
-          "",
-          `(${report.seconds.toFixed(0)} s)`,
-        ].join("\n"),
-      );
+      const text = () => formatAlone(report, formatSignedLinks(report.signedLinks));
+      console.log(values.json ? JSON.stringify(report) : text());
     } else if (values.only === "cache-modes") {
       const report = await benchCacheModesAlone(options);
-      console.log(
-        values.json ? JSON.stringify(report) : [
-          `b2-private-cdn bench, ${report.date}`,
-          `machine: ${report.cores} cores, Deno ${report.deno}, workerd via miniflare ${report.miniflare}`,
-          "",
-          ...formatCacheModes(report.cacheModes),
-          "",
-          "Targets",
-          ...formatTargets(report.targets),
-          "",
-          `(${report.seconds.toFixed(0)} s)`,
-        ].join("\n"),
-      );
+      const text = () => formatAlone(report, formatCacheModes(report.cacheModes));
+      console.log(values.json ? JSON.stringify(report) : text());
     } else {
       const report = await bench(options);
       console.log(values.json ? JSON.stringify(report) : formatReport(report));
