@@ -3322,11 +3322,22 @@ export async function checkCache(
   // sends every query on a public path to its canonical URL, so that no visitor can make it
   // download an object from B2 again at will. With a purge at hand, the entry starts cold.
   const fresh = new URL(url);
-  await options.purge?.(fresh);
   const findings: CacheFinding[] = [];
   const say = (check: string, outcome: CacheFinding["outcome"], detail: string) =>
     findings.push({ check, outcome, detail });
-  await checkSmallObject(fresh, ctx, { say, ...(options.purge && { purge: options.purge }) });
+  let { purge } = options;
+  try {
+    await purge?.(fresh);
+  } catch (error) {
+    // A purge that cannot be made is a finding of its own; the rest is checked without it.
+    if (!(error instanceof ApiError || error instanceof ConfigError)) throw error;
+    say("purge", "problem", error.message);
+    purge = undefined;
+  }
+  await checkSmallObject(fresh, ctx, {
+    say,
+    ...(purge ? { purge } : { purgeFailed: options.purge !== undefined }),
+  });
   // Independent of the rest: a large object's ranges matter even where the cache is off.
   if (options.largeUrl) findings.push(await checkLargeObject(options.largeUrl, ctx));
   return {
@@ -3343,6 +3354,8 @@ async function checkSmallObject(
   options: {
     say: (check: string, outcome: CacheFinding["outcome"], detail: string) => void;
     purge?: (url: URL) => Promise<void>;
+    /** The purge before the check failed, and was reported. */
+    purgeFailed?: boolean;
   },
 ): Promise<void> {
   const { say } = options;
@@ -3466,7 +3479,7 @@ async function checkSmallObject(
         } s: the purge did not reach this entry`
         : `cf-cache-status ${after.label} after the purge`,
     );
-  } else {
+  } else if (!options.purgeFailed) {
     say(
       "purge",
       "not checked",
@@ -3889,14 +3902,16 @@ async function runCheckCache(
     );
   }
   if (problems.length > 0) throw new ConfigError(problems);
-  // The purge refresh and `purge` use: one object, by its path, at the worker's own origin.
+  // The purge refresh and `purge` use: one object, by its path, sent beside the object (the
+  // worker takes the purge path under any path, and whatever route serves the object serves
+  // its folder too).
   const purgeObject = config.purgeSecret && config.worker.cacheMode === "workers-cache"
     ? async (object: URL) => {
       await purge(config, ctx, {
         paths: [object.pathname],
         prefixes: [],
         all: false,
-        url: object.origin,
+        url: new URL(".", object).href,
       });
     }
     : undefined;

@@ -903,6 +903,27 @@ Deno.test("check-cache takes --url or WORKER_DOMAIN, and exits 1 on a problem, 2
     await cli(["--url", "https://other.example/a.txt"], { WORKER_DOMAIN: "cdn.example.com" });
     assert.equal(asked.at(-1), "https://other.example/a.txt");
   });
+  await t.step(
+    "with the purge key, the purge goes beside the object, under its route",
+    async () => {
+      const { code, stdout } = await cli(["--url", "https://site.example/cdn/img/a.png"], {
+        B2_APPLICATION_KEY: "k".repeat(40),
+      });
+      assert.equal(code, 1);
+      assert.deepEqual(asked.slice(-2), [
+        "https://site.example/cdn/img/.well-known/b2-private-cdn/purge",
+        "https://site.example/cdn/img/a.png",
+      ]);
+      // The purge is a finding of its own, not the end of the check.
+      assert.match(
+        stdout,
+        /purge: The answer from https:\/\/site\.example\/cdn\/img\/\.well-known\/b2-private-cdn\/purge \(404\) is not the worker's/,
+      );
+      assert.match(stdout, /first GET: answered 404/);
+      assert.doesNotMatch(stdout, /not checked/);
+      assert.ok(!stdout.includes("k".repeat(40)));
+    },
+  );
 });
 
 Deno.test("checkCache() reports an answer that is never stored, and a HEAD or range not from the cache", async (t) => {
