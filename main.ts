@@ -2356,9 +2356,12 @@ async function deployTriggers(
     ...(routes && { routes }),
     ...(domains && { domains }),
   });
+  // A route or domain that did not take must not cost the site the ways it answers today:
+  // nothing is removed and workers.dev is not turned off until those steps work.
+  const stepFailed = failed.length > 0;
   for (const leftover of leftovers) {
     const name = `${leftover.kind} ${leftover.name}`;
-    if (options.removeLeftovers) {
+    if (options.removeLeftovers && !stepFailed) {
       const removed = await attempt(async () => {
         await removeLeftover(config, leftover, counted);
         return true;
@@ -2375,7 +2378,19 @@ async function deployTriggers(
         "what is listed, or set it again to keep it",
     );
   }
-  const workersDev = await attempt(() => setWorkersDev(config, counted));
+  if (stepFailed && options.removeLeftovers && result.leftovers) {
+    failed.push(
+      `${result.leftovers.join(", ")} ${result.leftovers.length === 1 ? "was" : "were"} not ` +
+        "removed: the site may still answer there while the step above fails",
+    );
+  }
+  const keepWorkersDev = stepFailed && !config.workersDev;
+  if (keepWorkersDev) {
+    (result.warnings ??= []).push(
+      "workers.dev was left as it was, not turned off, while the step above fails",
+    );
+  }
+  const workersDev = keepWorkersDev ? undefined : await attempt(() => setWorkersDev(config, counted));
   if (workersDev) {
     result.workersDev = workersDev.url ?? false;
     ctx.log(`Cloudflare: workers.dev ${workersDev.url ?? "off"}`);
@@ -2856,6 +2871,14 @@ export async function status(
   if (plain("WORKER_PURGE_PENDING")) {
     problems.push(
       "a purge after a change is still owed; run refresh (which purges and then records it)",
+    );
+  }
+  // Read in full (no read failed) and nothing leads to the worker: a good token serves nobody.
+  const readAll = !report.warnings?.some((warning) => warning.startsWith("cannot read "));
+  if (report.urls?.length === 0 && !report.leftovers && readAll) {
+    problems.push(
+      "the worker answers nowhere: no route, custom domain or workers.dev address runs it; " +
+        "set WORKER_ROUTE, WORKER_DOMAIN or WORKER_WORKERS_DEV=on and run refresh",
     );
   }
   if (problems.length > 0) return { ...report, problem: problems.join("; ") };

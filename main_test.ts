@@ -1136,6 +1136,52 @@ Deno.test("a changed route leaves a leftover: warned, listed by status, removed 
   }
 });
 
+Deno.test("a step that fails never costs the site the ways it answers today", async (t) => {
+  const w = world();
+  try {
+    const route = { CLOUDFLARE_ZONE_ID: ZONE, WORKER_ROUTE: "files.example.com/*" };
+    assert.equal((await w.run(["refresh"], { env: route })).code, 0);
+    await t.step(
+      "--remove-leftovers keeps the working route while the new domain fails",
+      async () => {
+        // The guide's CNAME blocks the domain (100117): the route must stay.
+        w.cloudflare.dnsRecords.push({ ...GUIDE_RECORD });
+        const env = { CLOUDFLARE_ZONE_ID: ZONE, WORKER_DOMAIN: GUIDE_HOST };
+        const { code, stderr } = await w.run(["refresh", "--remove-leftovers"], { env });
+        assert.equal(code, 1);
+        assert.match(stderr, /route files\.example\.com\/\* was not removed/);
+        assert.deepEqual(w.cloudflare.routes.get(ZONE)?.map((r) => r.pattern), [
+          "files.example.com/*",
+        ]);
+      },
+    );
+    await t.step("a route that fails leaves workers.dev as it was", async () => {
+      const env = { CLOUDFLARE_ZONE_ID: ZONE, WORKER_ROUTE: "cdn.example.com/*" };
+      otherWorker(w.cloudflare, "someone-else");
+      w.cloudflare.routes.get(ZONE)!.push({
+        id: "route-other",
+        pattern: "cdn.example.com/*",
+        script: "someone-else",
+      });
+      w.cloudflare.scripts.get("b2-private-cdn")!.subdomain.enabled = true;
+      const { code, stderr } = await w.run(["refresh"], { env });
+      assert.equal(code, 1);
+      assert.match(stderr, /workers\.dev was left as it was/);
+      assert.equal(w.cloudflare.scripts.get("b2-private-cdn")!.subdomain.enabled, true);
+    });
+    await t.step("status says so when nothing leads to the worker", async () => {
+      w.cloudflare.routes.set(ZONE, []);
+      w.cloudflare.scripts.get("b2-private-cdn")!.subdomain.enabled = false;
+      const { code, stdout } = await w.run(["status"], { env: route });
+      assert.equal(code, 1);
+      assert.match(stdout, /^CRITICAL .*the worker answers nowhere: .*WORKER_WORKERS_DEV=on/m);
+      assert.match(stdout, /\nAnswers at: nowhere/);
+    });
+  } finally {
+    await w.close();
+  }
+});
+
 Deno.test("--verify waits minutes for a new custom domain's certificate, with progress", async (t) => {
   const env = {
     CLOUDFLARE_ZONE_ID: ZONE,
