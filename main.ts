@@ -1921,12 +1921,28 @@ export async function prepareWorker(
   ctx.log(
     `B2: bucket "${bucket.name}" is ${bucket.id}${listed ? " (b2_list_buckets)" : ""}`,
   );
+  // Both given, and the key does not vouch for the pair: the name is checked against the id
+  // alongside the token request (no extra round trip), so a mismatch never reaches the worker,
+  // where every download would fail.
+  const { bucketName, bucketId } = config;
+  const unchecked = bucketName !== undefined && bucketId !== undefined &&
+    !auth.buckets?.some((b) => b.id === bucketId && b.name === bucketName) &&
+    auth.capabilities.includes("listBuckets");
   const issuedAt = ctx.now();
-  const downloadToken = await getDownloadAuthorization(auth, {
-    bucket,
-    prefix: config.prefix,
-    validSeconds: config.tokenTtl,
-  }, ctx);
+  const [downloadToken, byId] = await Promise.all([
+    getDownloadAuthorization(auth, {
+      bucket,
+      prefix: config.prefix,
+      validSeconds: config.tokenTtl,
+    }, ctx),
+    unchecked ? resolveBucket(auth, { ...config, bucketName: undefined }, ctx) : undefined,
+  ]);
+  if (byId && byId.name !== bucketName) {
+    throw new ConfigError([
+      `B2_BUCKET_ID "${bucketId}" is bucket "${byId.name}", not B2_BUCKET_NAME "${bucketName}": ` +
+      "set the two of one bucket, or only one of them.",
+    ]);
+  }
   // Counted from before the request, so the recorded expiry is never late.
   const expiresAt = issuedAt + config.tokenTtl * 1000;
   ctx.log(

@@ -445,9 +445,17 @@ Deno.test("refresh resolves the bucket in as few round trips as the key allows",
       listed: true,
     },
     {
-      name: "both given",
+      // The pair is checked alongside the token request: a request more, no round trip more.
+      name: "both given, unrestricted key",
       env: { B2_BUCKET_ID: "bucket-photos" },
       b2: {},
+      trips: 5,
+      listed: true,
+    },
+    {
+      name: "both given, key restricted to the bucket",
+      env: { B2_BUCKET_ID: "bucket-photos" },
+      b2: { restrictToBucket: "photos" },
       trips: 5,
       listed: false,
     },
@@ -480,6 +488,21 @@ Deno.test("refresh resolves the bucket in as few round trips as the key allows",
         await w.close();
       }
     });
+  }
+});
+
+Deno.test("refresh refuses a bucket name and id of two buckets, and uploads nothing", async () => {
+  const w = world();
+  try {
+    const { code, stderr } = await w.run(["refresh"], { env: { B2_BUCKET_ID: "bucket-other" } });
+    assert.equal(code, 2);
+    assert.match(
+      stderr,
+      /^error: B2_BUCKET_ID "bucket-other" is bucket "other", not B2_BUCKET_NAME "photos": set the two of one bucket, or only one of them\.$/,
+    );
+    assert.equal(w.cloudflare.scripts.size, 0);
+  } finally {
+    await w.close();
   }
 });
 
