@@ -2406,7 +2406,9 @@ async function deployTriggers(
       "workers.dev was left as it was, not turned off, while the step above fails",
     );
   }
-  const workersDev = keepWorkersDev ? undefined : await attempt(() => setWorkersDev(config, counted));
+  const workersDev = keepWorkersDev
+    ? undefined
+    : await attempt(() => setWorkersDev(config, counted));
   if (workersDev) {
     result.workersDev = workersDev.url ?? false;
     ctx.log(`Cloudflare: workers.dev ${workersDev.url ?? "off"}`);
@@ -4252,6 +4254,28 @@ export interface CommandLine {
   version: boolean;
 }
 
+/**
+ * The flags that belong to some commands only; given to another, each is a
+ * problem, so nothing typed is silently ignored. The rest (`--verbose`,
+ * `--env-file`, `--help`, `--version` and the settings' own flags) apply to all.
+ */
+const COMMAND_FLAGS = {
+  json: ["refresh", "status", "render", "purge", "sign", "keygen", "check-cache"],
+  "dry-run": ["refresh"],
+  "take-over": ["refresh"],
+  "remove-leftovers": ["refresh"],
+  verify: ["refresh", "cron"],
+  "min-remaining": ["status"],
+  all: ["purge"],
+  prefix: ["purge", "sign"],
+  url: ["purge", "sign", "check-cache"],
+  "large-url": ["check-cache"],
+  port: ["dev", "demo"],
+  expires: ["sign"],
+  "not-before": ["sign"],
+  "download-name": ["sign"],
+} as const satisfies Record<string, readonly Command[]>;
+
 /** Parses `args`, throwing {@linkcode ConfigError} for anything it does not know. */
 export function parseCommandLine(args: string[]): CommandLine {
   let parsed;
@@ -4325,17 +4349,17 @@ export function parseCommandLine(args: string[]): CommandLine {
     if (values.url !== undefined && !/^https?:\/\/[^/]+/.test(values.url)) {
       problems.push(`--url must be an http(s) URL, not "${values.url}".`);
     }
-  } else if (name !== "sign" && values.prefix !== undefined) {
-    problems.push("--prefix is a flag of purge and sign.");
-  } else if (!["sign", "check-cache"].includes(name) && values.url !== undefined) {
-    problems.push("--url is a flag of purge, sign and check-cache.");
-  } else if (purgeRequest.all) {
-    problems.push("--all is a flag of purge.");
   }
-  for (const flag of ["take-over", "remove-leftovers"] as const) {
-    // Only a person running refresh opts in; the scheduled runs never take anything over.
-    if (values[flag] && name !== "refresh") {
-      problems.push(`--${flag} only applies to refresh, run by hand, not to "${name}".`);
+  if (name in COMMANDS) {
+    for (const [flag, commands] of Object.entries(COMMAND_FLAGS)) {
+      const given = (values as Record<string, unknown>)[flag] !== undefined;
+      if (given && !(commands as readonly string[]).includes(name)) {
+        // Only a person running refresh opts in; the scheduled runs never take anything over.
+        const byHand = flag === "take-over" || flag === "remove-leftovers" ? ", run by hand" : "";
+        problems.push(
+          `--${flag} only applies to ${commands.join(", ")}${byHand}, not to "${name}".`,
+        );
+      }
     }
   }
   const port = Number(values.port ?? 8787);

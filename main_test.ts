@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import {
+  ConfigError,
   type Context,
   type CronRegistrar,
   type DeployPlatform,
@@ -7,6 +8,7 @@ import {
   formatDuration,
   generateSigningKey,
   loadWorkerModule,
+  parseCommandLine,
   parseConfig,
   parseDuration,
   purgeUrl,
@@ -977,6 +979,35 @@ Deno.test("another Worker's route and custom domain are refused, then taken over
   } finally {
     await w.close();
   }
+});
+
+Deno.test("parseCommandLine() refuses every flag given to a command it does not belong to", () => {
+  assert.throws(
+    () => parseCommandLine(["status", "--dry-run", "--verify", "https://x.example", "--port", "9"]),
+    (error: ConfigError) => {
+      assert.deepEqual(error.problems, [
+        '--dry-run only applies to refresh, not to "status".',
+        '--verify only applies to refresh, cron, not to "status".',
+        '--port only applies to dev, demo, not to "status".',
+      ]);
+      return true;
+    },
+  );
+  for (
+    const args of [
+      ["render", "--expires", "1h"],
+      ["keygen", "--verify", "https://x.example"],
+      ["purge", "/a", "--min-remaining", "2h"],
+      ["refresh", "--large-url", "https://x.example/big"],
+    ]
+  ) {
+    assert.throws(() => parseCommandLine(args), /only applies to/, args.join(" "));
+  }
+  // What applies everywhere stays accepted.
+  assert.equal(
+    parseCommandLine(["status", "--verbose", "--b2-bucket-name", "x"]).command,
+    "status",
+  );
 });
 
 Deno.test("--take-over and --remove-leftovers are for a refresh run by hand only", async () => {
@@ -2195,7 +2226,8 @@ async function whileServing(
       `--lock=${ROOT}deno.lock`,
       `${ROOT}main.ts`,
       ...args,
-      ...(args.length ? ["--port", "0"] : []),
+      // dev and demo listen: on a port of the system's choosing, so tests never collide.
+      ...(args[0] === "dev" || args[0] === "demo" ? ["--port", "0"] : []),
     ],
     cwd: ROOT,
     env: childEnv({ NO_COLOR: "1", ...options.env }),
