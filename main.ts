@@ -696,6 +696,16 @@ export function formatDuration(seconds: number): string {
   }${nextUnit}`;
 }
 
+/** `text` ending as a sentence does, so that another can follow it. */
+function sentence(text: string): string {
+  return /[.!?]$/.test(text) ? text : `${text}.`;
+}
+
+/** `1 path`, `2 paths`. */
+function count(n: number, one: string, many: string): string {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
 /** ISO 8601 UTC to the second. */
 function isoSeconds(ms: number): string {
   return new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
@@ -807,6 +817,8 @@ async function send(
       waitMs = Math.max(waitMs, retryAfter ?? 0);
       failure = `answered ${response.status}`;
     } catch (error) {
+      // Deno's own refusal is no network fault: trying again cannot help.
+      if (error instanceof Deno.errors.NotCapable) throw error;
       const timedOut = error instanceof DOMException && error.name === "TimeoutError";
       failure = timedOut
         ? `timed out after ${ctx.timeoutMs / 1000} s`
@@ -879,7 +891,7 @@ const B2_HINTS: Record<string, string> = {
 async function b2Call<T>(
   ctx: Context,
   step: string,
-  request: { url: string; init: RequestInit },
+  request: { url: string; init: RequestInit; authorizing?: boolean },
 ): Promise<T> {
   const response = await send(ctx, { ...request, service: "B2", step });
   const body = await readJson(response) as
@@ -888,8 +900,11 @@ async function b2Call<T>(
   if (response.ok && body !== undefined) return body as T;
   const code = body?.code ?? "unknown";
   const detail = body?.message ? `: ${body.message}` : "";
-  const hint = B2_HINTS[code] ??
-    (response.status === 401 ? "check B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY" : "");
+  // A 401 to the authorize call itself is the key pair, whatever code B2 gives it.
+  const credentials = "check B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY";
+  const hint = request.authorizing && response.status === 401
+    ? credentials
+    : B2_HINTS[code] ?? (response.status === 401 ? credentials : "");
   throw new ApiError(
     `Cannot ${step}: B2 answered ${response.status} ${code}${detail}${
       hint ? `. Fix: ${hint}.` : ""
@@ -919,6 +934,7 @@ export async function authorizeAccount(
       };
     };
   }>(ctx, "authorize the B2 application key", {
+    authorizing: true,
     url: `${config.apiUrl}/b2api/v4/b2_authorize_account`,
     init: {
       headers: {
@@ -2262,7 +2278,7 @@ async function purgeOnceNewVersionAnswers(
       return;
     }
     if (answer.kind !== "other-version" && answer.kind !== "refused") {
-      throw new ApiError(`${answer.message} ${remembered}`, {
+      throw new ApiError(`${sentence(answer.message)} ${remembered}`, {
         service: "Worker",
         status: answer.status,
         code: answer.kind,
@@ -2760,10 +2776,12 @@ export async function purge(
         (sum, o) => sum + (o.paths?.length ?? 0) + (o.prefixes?.length ?? 0),
         0,
       );
-      const done = index === 0 ? "" : ` ${index} of ${orders.length} requests were purged;`;
+      const done = index === 0 ? "" : ` ${index} of ${orders.length} requests were purged.`;
       throw new ApiError(
-        `${answer.message.replace(/^./, (c) => c.toUpperCase())}${done}` +
-          (request.all ? "" : ` ${leftCount} paths and prefixes are left.`),
+        sentence(answer.message.replace(/^./, (c) => c.toUpperCase())) + done +
+          (request.all
+            ? ""
+            : ` ${count(leftCount, "path or prefix is", "paths and prefixes are")} left.`),
         { service: "Worker", status: answer.status, code: answer.kind },
       );
     }
@@ -3834,7 +3852,11 @@ async function runPurge(
   } else {
     const { paths, prefixes, everything } = report.purged;
     io.stdout(
-      `Purged ${everything ? "everything" : `${paths} paths and ${prefixes} prefixes`} from ` +
+      `Purged ${
+        everything
+          ? "everything"
+          : `${count(paths, "path", "paths")} and ${count(prefixes, "prefix", "prefixes")}`
+      } from ` +
         `Workers Cache in ${report.requests} request${report.requests === 1 ? "" : "s"} to ` +
         `${report.url}`,
     );
@@ -3871,11 +3893,12 @@ async function runDev(
   flags: Flags,
 ): Promise<number> {
   using ctrlC = listenForCtrlC();
-  const prepared = await prepareWorker(
-    config.b2!,
-    { module: await loadWorkerModule(), options: config.worker },
-    ctx,
-  );
+  // With the purge key refresh would give it, so that `purge` and `check-cache` work here too.
+  const prepared = await prepareWorker(config.b2!, {
+    module: await loadWorkerModule(),
+    options: config.worker,
+    ...(config.purgeSecret && { purgeSecret: config.purgeSecret.value }),
+  }, ctx);
   // As deployed, Workers Cache answers hits before the worker runs; miniflare has no such
   // cache, so the stand-in sits in front, as in the demo. It reads the upload's cache_options,
   // so in the other modes it passes every request to the worker, as Cloudflare would.
@@ -4069,7 +4092,7 @@ async function runDemo(ctx: Context, io: Io, flags: Flags): Promise<number> {
           `  curl -i ${worker.url}/hello.txt\n` +
           `  curl -i -H "Range: bytes=0-99" ${worker.url}/video/sample.mp4\n` +
           `  curl -I ${worker.url}/images/logo.svg\n` +
-          `  curl -i ${worker.url}/../secret   # refused\n` +
+          `  curl -i ${worker.url}/a%2Fb   # refused: an encoded "/" (400)\n` +
           "Ctrl-C stops it.",
       );
       await ctrlC.pressed;
@@ -4220,18 +4243,23 @@ function contentTypeOf(name: string): string {
   return types[name.split(".").pop() ?? ""] ?? "application/octet-stream";
 }
 
+/** What every command needs: its settings and `.env` (and `worker_template.ts`). */
+const ENV_READ = "--allow-env --allow-read";
+/** What the commands that call an API need on top. */
+const NET_ENV_READ = `--allow-net ${ENV_READ}`;
+
 /** How a command is run, what it needs, and whether it wants the network. */
 export const COMMANDS = {
-  refresh: { needs: { b2: true, cloudflare: true } },
-  status: { needs: { cloudflare: true } },
-  render: { needs: {} },
-  purge: { needs: { cloudflare: true } },
-  cron: { needs: { b2: true, cloudflare: true } },
-  dev: { needs: { b2: true } },
-  demo: { needs: {} },
-  sign: { needs: {} },
-  keygen: { needs: {} },
-  "check-cache": { needs: {} },
+  refresh: { needs: { b2: true, cloudflare: true }, permissions: NET_ENV_READ },
+  status: { needs: { cloudflare: true }, permissions: NET_ENV_READ },
+  render: { needs: {}, permissions: ENV_READ },
+  purge: { needs: { cloudflare: true }, permissions: NET_ENV_READ },
+  cron: { needs: { b2: true, cloudflare: true }, permissions: `${NET_ENV_READ} --unstable-cron` },
+  dev: { needs: { b2: true }, permissions: "-A" },
+  demo: { needs: {}, permissions: "-A" },
+  sign: { needs: {}, permissions: ENV_READ },
+  keygen: { needs: {}, permissions: ENV_READ },
+  "check-cache": { needs: {}, permissions: NET_ENV_READ },
 } as const;
 /** A command's name. */
 export type Command = keyof typeof COMMANDS;
@@ -4432,8 +4460,10 @@ export async function run(options: RunOptions): Promise<number> {
     stdout: (text) => options.io.stdout(redact(text, ctx.secrets)),
     stderr: (text) => options.io.stderr(redact(text, ctx.secrets)),
   };
+  let command: Command | undefined;
   try {
     const line = parseCommandLine(options.args);
+    command = line.command;
     if (line.help) return io.stdout(USAGE), 0;
     if (line.version) return io.stdout(`b2-private-cdn ${VERSION}`), 0;
     // Needs no settings: a fresh key must come out while the configuration holds a bad one.
@@ -4488,6 +4518,10 @@ export async function run(options: RunOptions): Promise<number> {
       io.stderr(`error: ${error.message}`);
       return 1;
     }
+    if (error instanceof Deno.errors.NotCapable) {
+      io.stderr(`error: ${error.message}. ${permissionsHint(command ?? "refresh")}`);
+      return 2;
+    }
     io.stderr(`error: ${(error as Error)?.stack ?? error}`);
     return 1;
   }
@@ -4516,6 +4550,12 @@ async function readTextIfExists(path: string): Promise<string | undefined> {
 }
 
 /** The command line entry point: the only place that touches `Deno.args`, `Deno.env` and `Deno.exit`. */
+/** How to run `command` with the Deno permissions it needs (README: Permissions). */
+function permissionsHint(command: Command): string {
+  return `Run it as deno run ${COMMANDS[command].permissions} main.ts ${command} ` +
+    "(README: Permissions).";
+}
+
 async function main(): Promise<never> {
   const encoder = new TextEncoder();
   const tooOld = runtimeProblem(Deno.version.deno);
@@ -4523,9 +4563,20 @@ async function main(): Promise<never> {
     Deno.stderr.writeSync(encoder.encode(`error: ${tooOld}\n`));
     Deno.exit(1);
   }
+  let env: Record<string, string>;
+  try {
+    env = Deno.env.toObject();
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotCapable)) throw error;
+    const name = Deno.args.find((arg) => arg in COMMANDS) as Command | undefined;
+    Deno.stderr.writeSync(
+      encoder.encode(`error: ${error.message}. ${permissionsHint(name ?? "refresh")}\n`),
+    );
+    Deno.exit(2);
+  }
   const code = await run({
     args: Deno.args,
-    env: Deno.env.toObject(),
+    env,
     readEnvFile: readTextIfExists,
     io: {
       stdout: (text) => Deno.stdout.writeSync(encoder.encode(text + "\n")),
@@ -4766,7 +4817,10 @@ async function readHealth(platform: DeployPlatform): Promise<Health> {
 // On Deno Deploy (which sets DENO_DEPLOY in every context, and users cannot) this module is
 // the app; anywhere else, run as a program, it is the command line. Imported, it does nothing.
 if (import.meta.main) {
-  if (Deno.env.get("DENO_DEPLOY") !== undefined) {
+  // Asked only where it may be read: Deploy grants every permission, and a command line run
+  // without --allow-env is then told which flags it needs instead of crashing here.
+  const env = Deno.permissions.querySync({ name: "env", variable: "DENO_DEPLOY" });
+  if (env.state === "granted" && Deno.env.get("DENO_DEPLOY") !== undefined) {
     startOnDeploy({
       env: () => Deno.env.toObject(),
       cron: Deno.cron as CronRegistrar | undefined,

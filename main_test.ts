@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import {
-  ConfigError,
+  type ConfigError,
   type Context,
   type CronRegistrar,
   type DeployPlatform,
@@ -649,7 +649,8 @@ Deno.test("refresh retries what is worth retrying and fails clearly on the rest"
         message: "invalid key",
       }],
       code: 1,
-      stderr: /B2 answered 401 unauthorized: invalid key/,
+      stderr:
+        /B2 answered 401 unauthorized: invalid key\. Fix: check B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY\./,
       sleeps: (s) => assert.deepEqual(s, []),
     },
     {
@@ -1760,7 +1761,7 @@ Deno.test("purge sends paths, prefixes or everything in as few signed requests a
       assert.equal(code, 0);
       assert.match(
         stdout,
-        /^Purged 230 paths and 1 prefixes from Workers Cache in 3 requests to https:\/\/cdn\.example\.com\//,
+        /^Purged 230 paths and 1 prefix from Workers Cache in 3 requests to https:\/\/cdn\.example\.com\//,
       );
       assert.deepEqual(p.endpoint.purges.map((o) => o.tags?.length ?? 0), [100, 100, 30]);
       assert.deepEqual(p.endpoint.purges[2]?.pathPrefixes, ["/old/"]);
@@ -1781,7 +1782,7 @@ Deno.test("purge sends paths, prefixes or everything in as few signed requests a
       assert.equal(code, 1);
       assert.match(
         stderr,
-        /at most 5 purges a minute; try again in 60 s\. 1 of 2 requests were purged; 50 paths and prefixes are left\./,
+        /at most 5 purges a minute; try again in 60 s\. 1 of 2 requests were purged\. 50 paths and prefixes are left\./,
       );
       assert.equal(p.endpoint.purges.length, 1);
     });
@@ -1912,6 +1913,28 @@ const RUN = [
   "--allow-read",
   `${ROOT}main.ts`,
 ];
+
+Deno.test("a permission Deno refuses is exit 2 naming the flags to run with, not a retry", async () => {
+  const env = {
+    CLOUDFLARE_ACCOUNT_ID: "a",
+    CLOUDFLARE_API_TOKEN: CF_TOKEN,
+    CLOUDFLARE_API_BASE_URL: "http://127.0.0.1:39998/client/v4",
+  };
+  const status = await spawn(["run", "--allow-env", "--allow-read", `${ROOT}main.ts`, "status"], {
+    env,
+  });
+  assert.equal(status.code, 2);
+  assert.match(
+    status.stderr,
+    /^error: Requires net access to "127\.0\.0\.1:39998".*Run it as deno run --allow-net --allow-env --allow-read main\.ts status \(README: Permissions\)\.\n$/,
+  );
+  assert.doesNotMatch(status.stderr, /retrying|attempts/);
+  assert.ok(!status.stderr.includes(CF_TOKEN));
+  const keygen = await spawn(["run", `${ROOT}main.ts`, "keygen"]);
+  assert.equal(keygen.code, 2);
+  assert.match(keygen.stderr, /Run it as deno run --allow-env --allow-read main\.ts keygen/);
+  assert.doesNotMatch(keygen.stderr, /Uncaught|^ {4}at /m);
+});
 
 Deno.test("main.ts as a subprocess: exit codes, stdout and stderr", async (t) => {
   const w = world();
@@ -2312,6 +2335,12 @@ Deno.test("dev serves the bucket through the real worker with B2 credentials onl
         }
         assert.deepEqual(statuses, ["MISS", "HIT"]);
         assert.equal(downloads(w), 1, "the hit never reached B2");
+        // dev's worker holds the purge key refresh would give it: purge works against it.
+        const purged = await w.run(["purge", "/cat.jpg", "--url", url]);
+        assert.equal(purged.code, 0, purged.stderr);
+        const again = await fetch(`${url}/cat.jpg`);
+        await again.body?.cancel();
+        assert.equal(again.headers.get("cf-cache-status"), "MISS");
       });
       assert.equal(code, 0);
       assert.match(stdout, /behind a stand-in for Workers Cache/);

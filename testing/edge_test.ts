@@ -429,7 +429,7 @@ Deno.test("purge: a path exactly, a prefix, everything, through main.ts and the 
     await t.step("a path: /a goes, /a-2 stays", async () => {
       const { code, stdout } = await e.cli(["purge", "/a"]);
       assert.equal(code, 0);
-      assert.match(stdout, /^Purged 1 paths/);
+      assert.match(stdout, /^Purged 1 path and 0 prefixes from Workers Cache in 1 request to /);
       assert.deepEqual(await labels(), { ...all("HIT"), "/a": "MISS" });
     });
 
