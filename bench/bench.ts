@@ -615,21 +615,8 @@ async function benchWorkerOverhead(
   }
   b2.requests.length = 0;
 
-  const summarize = (name: typeof cases[number]): Throughput => {
-    const runs = perRound.map((round) => round[name]);
-    const sum = (pick: (t: Throughput) => number) => runs.reduce((n, t) => n + pick(t), 0);
-    return {
-      requestsPerSecond: median(runs.map((t) => t.requestsPerSecond)),
-      p50Ms: median(runs.map((t) => t.p50Ms)),
-      p99Ms: median(runs.map((t) => t.p99Ms)),
-      workerdCpuUs: runs.every((t) => t.workerdCpuUs !== null)
-        ? median(runs.map((t) => t.workerdCpuUs!))
-        : null,
-      requests: sum((t) => t.requests),
-      errors: sum((t) => t.errors),
-      originRequests: sum((t) => t.originRequests),
-    };
-  };
+  const summarize = (name: typeof cases[number]) =>
+    summarizeRuns(perRound.map((round) => round[name]));
   const ratio = (name: typeof cases[number], to: typeof cases[number] = "floor") =>
     median(perRound.map((r) => r[name].requestsPerSecond / r[to].requestsPerSecond));
   return {
