@@ -33,12 +33,6 @@
 import { parseArgs } from "node:util";
 import * as nodeUtil from "node:util";
 import * as nodeModule from "node:module";
-import process from "node:process";
-import type { Readable } from "node:stream";
-// Type-only: `deno run` does not follow it, so no command downloads miniflare until `dev`,
-// `demo`, the tests or the bench import it. Inline, not a deno.json import: see `MINIFLARE`.
-// deno-lint-ignore no-import-prefix
-import type { Miniflare } from "npm:miniflare@4";
 
 const parseEnv = nodeUtil.parseEnv;
 const stripTypeScriptTypes = nodeModule.stripTypeScriptTypes;
@@ -707,7 +701,7 @@ function count(n: number, one: string, many: string): string {
 }
 
 /** ISO 8601 UTC to the second. */
-function isoSeconds(ms: number): string {
+export function isoSeconds(ms: number): string {
   return new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
 }
 
@@ -1319,90 +1313,6 @@ export function maskSecrets(metadata: WorkerMetadata): WorkerMetadata {
       b.type === "secret_text" ? { ...b, text: "(secret, not shown)" } : b
     ),
   };
-}
-
-/** A worker module running in workerd on this machine. */
-export interface LocalWorker {
-  /** `http://127.0.0.1:<port>`. */
-  url: string;
-  /**
-   * The miniflare instance running workerd, for the tests and the bench. Its type is
-   * miniflare's own, left out of this module's documentation.
-   *
-   * @ignore
-   */
-  miniflare: Miniflare;
-  /** Stops workerd. */
-  dispose(): Promise<void>;
-}
-
-/**
- * Imported only by `startLocalWorker`, through a variable so that no module graph (a run, a
- * run from a URL, `deno compile`) follows it up front. Spelled as a full `npm:` specifier, not
- * a deno.json import: `deno task` installs every npm package of deno.json's imports and of the
- * lock file before it runs any task (denoland/deno#28999), which made `deno task refresh`
- * download miniflare, workerd and sharp (about 192 MB) to an empty cache. For the same reason
- * deno.json turns the lock file off and the tasks that use npm name it (`--lock=deno.lock`).
- */
-const MINIFLARE = "npm:miniflare@4";
-
-/**
- * Runs an upload in workerd (Cloudflare's runtime) through miniflare, with
- * the same module and bindings Cloudflare would get. `port: 0` picks one.
- */
-export async function startLocalWorker(
-  upload: WorkerUpload,
-  options: {
-    port?: number;
-    /** Where the edge cache lives, so a second worker can share it (a redeploy). */
-    cachePersist?: string;
-    /** Gets what the worker prints (its `console.error`, as `wrangler tail` would). */
-    onLog?: (text: string) => void;
-    /** Runs this module as the main one, importing the upload's as `./<main_module>`: the
-     * Workers Cache stand-in's wrapper, which hands the worker a `ctx.cache`. */
-    wrapper?: { path: string; contents: string };
-    /** Bindings served by functions in this process (for the wrapper). */
-    serviceBindings?: Record<string, (request: Request) => Promise<Response>>;
-  } = {},
-): Promise<LocalWorker> {
-  const { Miniflare } = await import(MINIFLARE) as typeof import("npm:miniflare@4");
-  const { onLog } = options;
-  const signals = ["SIGINT", "SIGTERM"] as const;
-  const before = signals.map((signal) => process.listeners(signal));
-  const miniflare = new Miniflare({
-    modules: [
-      ...(options.wrapper ? [{ type: "ESModule" as const, ...options.wrapper }] : []),
-      { type: "ESModule", path: upload.metadata.main_module, contents: upload.module },
-    ],
-    // Miniflare's own Request and Response types, which Deno's are at run time.
-    ...(options.serviceBindings && { serviceBindings: options.serviceBindings as never }),
-    compatibilityDate: upload.metadata.compatibility_date,
-    bindings: Object.fromEntries(upload.metadata.bindings.map((b) => [b.name, b.text])),
-    host: "127.0.0.1",
-    port: options.port ?? 0,
-    ...(options.cachePersist && { cachePersist: options.cachePersist }),
-    ...(onLog && {
-      handleRuntimeStdio(stdout: Readable, stderr: Readable) {
-        stdout.on("data", (chunk: Uint8Array) => onLog(String(chunk)));
-        stderr.on("data", (chunk: Uint8Array) => onLog(String(chunk)));
-      },
-    }),
-  });
-  // Its constructor adds signal handlers that exit with 130 at once, before the caller can
-  // dispose workerd and close what it opened: Ctrl-C is the caller's to handle. (Its `exit`
-  // hook stays, so workerd still stops if the process ends some other way.)
-  signals.forEach((signal, i) => {
-    for (const listener of process.listeners(signal)) {
-      if (!before[i]!.includes(listener)) process.removeListener(signal, listener);
-    }
-  });
-  try {
-    const url = (await miniflare.ready).origin;
-    return { url, miniflare, dispose: () => miniflare.dispose() };
-  } catch (error) {
-    await miniflare.dispose().catch(() => {});
-    throw error;
-  }
 }
 
 // ---------------------------------------------------------------------------
@@ -3668,7 +3578,8 @@ export function redact(text: string, secrets: Iterable<string>): string {
   return out;
 }
 
-function summary(result: RefreshResult): string {
+/** The one line (and notes) a refresh prints for a person. */
+export function summary(result: RefreshResult): string {
   const where = result.prefix ? `prefix "${result.prefix}"` : "the whole bucket";
   const done = result.reusedUpload
     ? `Kept worker "${result.worker}" uploaded at ${result.reusedUpload}`
@@ -3869,7 +3780,7 @@ async function runPurge(
  * the command is ready; `pressed` resolves when one arrives. Disposing it
  * stops listening, so a command that fails does not hang on its listeners.
  */
-function listenForCtrlC(): Disposable & { pressed: Promise<void>; wasPressed(): boolean } {
+export function listenForCtrlC(): Disposable & { pressed: Promise<void>; wasPressed(): boolean } {
   const { promise, resolve } = Promise.withResolvers<void>();
   let pressed = false;
   const stopListening = () => {
@@ -3884,53 +3795,6 @@ function listenForCtrlC(): Disposable & { pressed: Promise<void>; wasPressed(): 
   Deno.addSignalListener("SIGINT", stop);
   Deno.addSignalListener("SIGTERM", stop);
   return { pressed: promise, wasPressed: () => pressed, [Symbol.dispose]: stopListening };
-}
-
-async function runDev(
-  config: Config,
-  ctx: Context,
-  io: Io,
-  flags: Flags,
-): Promise<number> {
-  using ctrlC = listenForCtrlC();
-  // With the purge key refresh would give it, so that `purge` and `check-cache` work here too.
-  const prepared = await prepareWorker(config.b2!, {
-    module: await loadWorkerModule(),
-    options: config.worker,
-    ...(config.purgeSecret && { purgeSecret: config.purgeSecret.value }),
-  }, ctx);
-  // As deployed, Workers Cache answers hits before the worker runs; miniflare has no such
-  // cache, so the stand-in sits in front, as in the demo. It reads the upload's cache_options,
-  // so in the other modes it passes every request to the worker, as Cloudflare would.
-  const { startWorkersCache } = await import(
-    new URL(WORKERS_CACHE_MODULE, import.meta.url).href
-  ) as typeof import("./testing/workers_cache.ts");
-  const worker = await startWorkersCache({ port: flags.port, startLocalWorker });
-  try {
-    await worker.deploy(prepared.upload);
-  } catch (error) {
-    await worker.close();
-    throw error;
-  }
-  const mode = config.worker.cacheMode;
-  // Ctrl-C while it started up stops it now, not after saying it is ready.
-  if (!ctrlC.wasPressed()) {
-    io.stdout(
-      `The worker that refresh would deploy runs in workerd at ${worker.url}\n` +
-        (mode === "workers-cache"
-          ? "behind a stand-in for Workers Cache (testing/workers_cache.ts): hits are answered " +
-            "before the worker runs, and every answer says cf-cache-status.\n"
-          : `Edge cache: ${mode}${
-            config.worker.cacheTtl === 0 ? " (WORKER_CACHE_TTL=0)" : ""
-          }: every request runs the worker, as on Cloudflare.\n`) +
-        `It reads bucket "${prepared.bucket.name}" with a fresh token until ` +
-        `${isoSeconds(prepared.expiresAt)}. Ctrl-C stops it.`,
-    );
-    await ctrlC.pressed;
-  }
-  await worker.close();
-  io.stderr("Stopped.");
-  return 0;
 }
 
 /** The check's lines, one finding each. */
@@ -4008,114 +3872,6 @@ async function runCron(config: Config, ctx: Context, io: Io): Promise<number> {
   report(`Start-up check: ${decision.reason}`);
   await ctrlC.pressed;
   return 0;
-}
-
-/** The sample files the demo's stand-in bucket holds. */
-const DEMO_FILES = [
-  "index.html",
-  "hello.txt",
-  "video/sample.mp4",
-  "images/logo.svg",
-];
-
-async function runDemo(ctx: Context, io: Io, flags: Flags): Promise<number> {
-  using ctrlC = listenForCtrlC();
-  // Through computed URLs, so that no other command's module graph (nor `deno compile`)
-  // fetches the stand-ins up front.
-  const { startFakeB2 } = await import(
-    new URL("./testing/fake_b2.ts", import.meta.url).href
-  ) as typeof import("./testing/fake_b2.ts");
-  const { startFakeCloudflare } = await import(
-    new URL("./testing/fake_cloudflare.ts", import.meta.url).href
-  ) as typeof import("./testing/fake_cloudflare.ts");
-  const files = await Promise.all(DEMO_FILES.map(async (name) => ({
-    name: `site/${name}`,
-    body: await readBeside(`./testing/fixtures/${name}`),
-    contentType: contentTypeOf(name),
-  })));
-  const b2 = startFakeB2({
-    buckets: [{ id: "bucket-demo", name: "demo-bucket", files }],
-  });
-  const cloudflare = startFakeCloudflare();
-  const say = (line: string) => io.stdout(line);
-  try {
-    say(
-      "This demo runs entirely on this machine: B2 and the Cloudflare API are local stand-ins\n" +
-        `(B2 at ${b2.url}, Cloudflare API at ${cloudflare.url}); nothing is sent anywhere.\n`,
-    );
-    const config = parseConfig({
-      B2_APPLICATION_KEY_ID: "fake-key-id",
-      B2_APPLICATION_KEY: "fake-application-key",
-      B2_API_URL: b2.url,
-      B2_BUCKET_NAME: "demo-bucket",
-      B2_FILE_PREFIX: "site/",
-      CLOUDFLARE_ACCOUNT_ID: "fake-account-id",
-      CLOUDFLARE_API_TOKEN: "fake-cf-token",
-      CLOUDFLARE_API_BASE_URL: cloudflare.url,
-    }, { b2: true, cloudflare: true });
-    const result = await refresh(config, {
-      ...ctx,
-      log: (line) => say(`  ${line}`),
-    }, {
-      module: await loadWorkerModule(),
-    });
-    say(`\n${summary(result)}`);
-    const deployed = cloudflare.scripts.get(config.workerName);
-    if (!deployed) {
-      throw new Error(
-        "the stand-in Cloudflare API holds no worker after the refresh",
-      );
-    }
-    const { startWorkersCache } = await import(
-      new URL(WORKERS_CACHE_MODULE, import.meta.url).href
-    ) as typeof import("./testing/workers_cache.ts");
-    const worker = await startWorkersCache({ port: flags.port, startLocalWorker });
-    try {
-      await worker.deploy({
-        metadata: deployed.metadata as WorkerMetadata,
-        module: deployed.module,
-      });
-    } catch (error) {
-      await worker.close();
-      throw error;
-    }
-    // Ctrl-C while it started up stops it now, not after saying it is ready.
-    if (!ctrlC.wasPressed()) {
-      say(
-        `\nThe deployed worker now runs in workerd (Cloudflare's runtime) at ${worker.url}, ` +
-          "behind a stand-in for Workers Cache (testing/workers_cache.ts).\n" +
-          await showCacheStatus(`${worker.url}/hello.txt`, ctx) +
-          await showPurge(`${worker.url}/hello.txt`, { config, ctx }) +
-          await showCacheStatus(`${worker.url}/hello.txt`, ctx) +
-          "Try it:\n" +
-          `  curl -i ${worker.url}/\n` +
-          `  curl -i ${worker.url}/hello.txt\n` +
-          `  curl -i -H "Range: bytes=0-99" ${worker.url}/video/sample.mp4\n` +
-          `  curl -I ${worker.url}/images/logo.svg\n` +
-          `  curl -i ${worker.url}/a%2Fb   # refused: an encoded "/" (400)\n` +
-          "Ctrl-C stops it.",
-      );
-      await ctrlC.pressed;
-    }
-    await worker.close();
-    say("Stopped.");
-    return 0;
-  } finally {
-    await Promise.all([b2.close(), cloudflare.close()]);
-  }
-}
-
-/** Purges one object as `main.ts purge <path> --url <origin>` would, and says so. */
-async function showPurge(url: string, options: { config: Config; ctx: Context }): Promise<string> {
-  const object = new URL(url);
-  const report = await purge(options.config, options.ctx, {
-    paths: [object.pathname],
-    prefixes: [],
-    all: false,
-    url: object.origin,
-  });
-  return `  $ main.ts purge ${object.pathname} --url ${object.origin}\n` +
-    `    purged ${report.purged.paths} path in ${report.requests} signed request to the worker\n`;
 }
 
 function runKeygen(io: Io, flags: Flags): number {
@@ -4211,36 +3967,6 @@ async function runSign(
   if (problems.length > 0 || link === undefined) throw new ConfigError(problems);
   io.stdout(flags.json ? JSON.stringify(link) : link.url);
   return 0;
-}
-
-/** Kept out of the static graph: only dev and demo load the stand-in (see MINIFLARE). */
-const WORKERS_CACHE_MODULE = "./testing/workers_cache.ts";
-
-/** Asks for `url` twice as `curl -sI` would, and shows the `cf-cache-status` of each answer. */
-async function showCacheStatus(url: string, ctx: Context): Promise<string> {
-  const lines = [];
-  for (let i = 0; i < 2; i++) {
-    const response = await ctx.fetch(url, { method: "HEAD" });
-    await response.body?.cancel();
-    const status = response.headers.get("cf-cache-status");
-    lines.push(
-      `  $ curl -sI ${url} | grep -i cf-cache-status\n    ` +
-        (status === null
-          ? "(none: this version was uploaded without cache_options, so Workers Cache is off)"
-          : `cf-cache-status: ${status}`),
-    );
-  }
-  return `${lines.join("\n")}\n`;
-}
-
-function contentTypeOf(name: string): string {
-  const types: Record<string, string> = {
-    html: "text/html; charset=utf-8",
-    txt: "text/plain; charset=utf-8",
-    mp4: "video/mp4",
-    svg: "image/svg+xml",
-  };
-  return types[name.split(".").pop() ?? ""] ?? "application/octet-stream";
 }
 
 /** What every command needs: its settings and `.env` (and `worker_template.ts`). */
@@ -4448,6 +4174,39 @@ export interface RunOptions {
   io: Io;
   /** The network, clock and logging; the real ones by default. */
   ctx?: Partial<Context>;
+  /**
+   * The commands that run on the local platform, which only a clone has (`local/dev.ts` and
+   * `local/demo.ts` pass them); without one, the command says where it runs.
+   */
+  local?: Partial<Record<LocalCommand, CommandHandler>>;
+}
+
+/** The commands `main.ts` lists but the local platform runs. */
+export type LocalCommand = "dev" | "demo";
+
+/** What a command is handed once its line and settings are read. */
+export interface Job {
+  /** The settings as given, before checking. */
+  settings: Settings;
+  /** The settings, checked. */
+  config: Config;
+  /** The network, clock and logging. */
+  ctx: Context;
+  /** Where output goes. */
+  io: Io;
+  /** The command line's flags. */
+  flags: Flags;
+}
+
+/** Runs one command; resolves to its exit code. */
+export type CommandHandler = (job: Job) => Promise<number>;
+
+/** `dev` and `demo` run on stand-ins this file does not ship: where they run instead. */
+function localOnly(command: LocalCommand): ConfigError {
+  return new ConfigError([
+    `${command} runs on the local platform, which ships with a clone, not with main.ts: ` +
+    `in a clone, run deno task ${command} (deno run -A local/${command}.ts).`,
+  ]);
 }
 
 /**
@@ -4468,6 +4227,9 @@ export async function run(options: RunOptions): Promise<number> {
     if (line.version) return io.stdout(`b2-private-cdn ${VERSION}`), 0;
     // Needs no settings: a fresh key must come out while the configuration holds a bad one.
     if (line.command === "keygen") return runKeygen(io, line.flags);
+    if ((line.command === "dev" || line.command === "demo") && !options.local?.[line.command]) {
+      throw localOnly(line.command);
+    }
     const dotenv = await options.readEnvFile(line.envFile ?? ".env");
     if (line.envFile && dotenv === undefined) {
       throw new ConfigError([`--env-file: cannot read "${line.envFile}".`]);
@@ -4501,9 +4263,10 @@ export async function run(options: RunOptions): Promise<number> {
       case "cron":
         return await runCron(config, ctx, io);
       case "dev":
-        return await runDev(config, ctx, io, line.flags);
-      case "demo":
-        return await runDemo(ctx, io, line.flags);
+      case "demo": {
+        const handler = options.local![line.command]!;
+        return await handler({ settings, config, ctx, io, flags: line.flags });
+      }
       case "sign":
         return await runSign(line.path ?? "", { settings, config, ctx, io, flags: line.flags });
       case "check-cache":
@@ -4556,7 +4319,14 @@ function permissionsHint(command: Command): string {
     "(README: Permissions).";
 }
 
-async function main(): Promise<never> {
+/**
+ * Runs the command line of this process and exits with its code. The local platform's entry
+ * points call it with their command first and the handlers only they have.
+ */
+export async function main(
+  options: { args?: string[]; local?: RunOptions["local"] } = {},
+): Promise<never> {
+  const args = options.args ?? Deno.args;
   const encoder = new TextEncoder();
   const tooOld = runtimeProblem(Deno.version.deno);
   if (tooOld) {
@@ -4568,15 +4338,16 @@ async function main(): Promise<never> {
     env = Deno.env.toObject();
   } catch (error) {
     if (!(error instanceof Deno.errors.NotCapable)) throw error;
-    const name = Deno.args.find((arg) => arg in COMMANDS) as Command | undefined;
+    const name = args.find((arg) => arg in COMMANDS) as Command | undefined;
     Deno.stderr.writeSync(
       encoder.encode(`error: ${error.message}. ${permissionsHint(name ?? "refresh")}\n`),
     );
     Deno.exit(2);
   }
   const code = await run({
-    args: Deno.args,
+    args,
     env,
+    ...(options.local && { local: options.local }),
     readEnvFile: readTextIfExists,
     io: {
       stdout: (text) => Deno.stdout.writeSync(encoder.encode(text + "\n")),

@@ -17,12 +17,12 @@ import {
   runtimeProblem,
   scheduleRefresh,
   signLink,
-  startLocalWorker,
   startOnDeploy,
   VERSION,
   type WorkerMetadata,
 } from "./main.ts";
-import { type FakeB2, type FakeB2Options, startFakeB2 } from "./testing/fake_b2.ts";
+import { startLocalWorker } from "./local/workerd.ts";
+import { type FakeB2, type FakeB2Options, startFakeB2 } from "./local/fake_b2.ts";
 import workerModule, {
   type Env,
   type ExecutionContext,
@@ -33,7 +33,7 @@ import {
   type FakeCloudflare,
   type FakeCloudflareOptions,
   startFakeCloudflare,
-} from "./testing/fake_cloudflare.ts";
+} from "./local/fake_cloudflare.ts";
 import { childEnv } from "./testing/child_env.ts";
 
 const B2_KEY = "fake-application-key";
@@ -281,6 +281,25 @@ Deno.test("run() takes flags over the environment over .env", async () => {
       200_000,
       "env beats .env",
     );
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("run() answers dev and demo with where they run, asking nothing of B2", async (t) => {
+  const w = world();
+  try {
+    for (const command of ["dev", "demo"]) {
+      await t.step(command, async () => {
+        const { code, stderr } = await w.run([command]);
+        assert.equal(code, 2);
+        assert.match(
+          stderr,
+          new RegExp(`deno task ${command} \\(deno run -A local/${command}\\.ts\\)`),
+        );
+      });
+    }
+    assert.equal(w.b2.requests.length, 0);
   } finally {
     await w.close();
   }
@@ -2247,10 +2266,11 @@ async function whileServing(
       "run",
       "-A",
       `--lock=${ROOT}deno.lock`,
-      `${ROOT}main.ts`,
-      ...args,
-      // dev and demo listen: on a port of the system's choosing, so tests never collide.
-      ...(args[0] === "dev" || args[0] === "demo" ? ["--port", "0"] : []),
+      // dev and demo run from the local platform's entry points, as their tasks run them, and
+      // listen on a port of the system's choosing, so tests never collide.
+      ...(args[0] === "dev" || args[0] === "demo"
+        ? [`${ROOT}local/${args[0]}.ts`, ...args.slice(1), "--port", "0"]
+        : [`${ROOT}main.ts`, ...args]),
     ],
     cwd: ROOT,
     env: childEnv({ NO_COLOR: "1", ...options.env }),
@@ -2290,7 +2310,7 @@ Deno.test("demo runs the whole chain locally and stops cleanly on Ctrl-C", async
     assert.match(stdout, /B2: download token for "site\/"/);
     const video = await fetch(`${url}/video/sample.mp4`, { headers: { range: "bytes=0-99" } });
     assert.equal(video.status, 206);
-    const sample = await Deno.readFile(`${ROOT}testing/fixtures/video/sample.mp4`);
+    const sample = await Deno.readFile(`${ROOT}local/fixtures/video/sample.mp4`);
     assert.deepEqual(new Uint8Array(await video.arrayBuffer()), sample.slice(0, 100));
     const page = await fetch(`${url}/`);
     assert.match(await page.text(), /Served from a private bucket/);

@@ -15,11 +15,11 @@ import {
   signLink,
   type SignLinkOptions,
   signPurge,
-  startLocalWorker,
   type WorkerOptions,
   workerUpload,
 } from "./main.ts";
-import { type FakeB2, type FakeFile, patternByte, startFakeB2 } from "./testing/fake_b2.ts";
+import { startLocalWorker } from "./local/workerd.ts";
+import { type FakeB2, type FakeFile, patternByte, startFakeB2 } from "./local/fake_b2.ts";
 import worker, {
   applyGrant,
   b2Url,

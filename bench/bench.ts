@@ -29,19 +29,18 @@ import {
   defaultContext,
   generateSigningKey,
   loadWorkerModule,
-  type LocalWorker,
   parseConfig,
   refresh,
   type Settings,
   signLink,
-  startLocalWorker,
   type WorkerUpload,
   workerUpload,
 } from "../main.ts";
-import { type FakeB2, type FakeB2Options, startFakeB2 } from "../testing/fake_b2.ts";
-import { startFakeCloudflare } from "../testing/fake_cloudflare.ts";
+import { type LocalWorker, startLocalWorker } from "../local/workerd.ts";
+import { type FakeB2, type FakeB2Options, startFakeB2 } from "../local/fake_b2.ts";
+import { startFakeCloudflare } from "../local/fake_cloudflare.ts";
 import { childEnv } from "../testing/child_env.ts";
-import { startWorkersCache } from "../testing/workers_cache.ts";
+import { startWorkersCache } from "../local/workers_cache.ts";
 import type { LoadResult } from "./load.ts";
 
 const ROOT = new URL("../", import.meta.url);

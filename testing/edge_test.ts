@@ -22,9 +22,9 @@ import {
   signPurge,
   type WorkerMetadata,
 } from "../main.ts";
-import { type FakeB2, type FakeFile, patternByte, startFakeB2 } from "./fake_b2.ts";
-import { type FakeCloudflare, startFakeCloudflare } from "./fake_cloudflare.ts";
-import { startWorkersCache, type WorkersCache } from "./workers_cache.ts";
+import { type FakeB2, type FakeFile, patternByte, startFakeB2 } from "../local/fake_b2.ts";
+import { type FakeCloudflare, startFakeCloudflare } from "../local/fake_cloudflare.ts";
+import { startWorkersCache, type WorkersCache } from "../local/workers_cache.ts";
 
 // Distinctive, so that any appearance in an answer or in output is a leak.
 const BUCKET = "vault-e9d2";

@@ -22,7 +22,8 @@
  */
 
 import { stripTypeScriptTypes } from "node:module";
-import type { LocalWorker, startLocalWorker, WorkerUpload } from "../main.ts";
+import type { WorkerUpload } from "../main.ts";
+import { type LocalWorker, startLocalWorker } from "./workerd.ts";
 
 /** What ctx.cache.purge takes, as Cloudflare documents it. */
 export interface PurgeOptions {
@@ -97,10 +98,7 @@ export interface WorkersCacheOptions {
    * @default true
    */
   privateAnywhereBypasses?: boolean;
-  /**
-   * How workerd is started. main.ts passes its own: this module importing main.ts while
-   * main.ts's top-level await is running it would wait forever. @default main.ts's
-   */
+  /** How workerd is started. @default startLocalWorker of `./workerd.ts` */
   startLocalWorker?: typeof startLocalWorker;
 }
 
@@ -202,8 +200,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
   const workerTimeoutMs = options.workerTimeoutMs ?? WORKER_TIMEOUT_MS;
   const rules = { privateAnywhere: options.privateAnywhereBypasses ?? true };
   const shim = await loadShim();
-  const startWorker = options.startLocalWorker ??
-    (await import("../main.ts")).startLocalWorker;
+  const startWorker = options.startLocalWorker ?? startLocalWorker;
   // The Cache API (caches.default) survives deploys on Cloudflare, so a worker in that mode
   // keeps its entries across versions here too.
   const cachePersist = await Deno.makeTempDir({ prefix: "workers-cache-" });

@@ -51,7 +51,7 @@ interface Harness {
 
 const ON = { enabled: true, cross_version_cache: true };
 const ORIGIN_MODULE = stripTypeScriptTypes(
-  await Deno.readTextFile(new URL("./scripted_origin.ts", import.meta.url)),
+  await Deno.readTextFile(new URL("../testing/scripted_origin.ts", import.meta.url)),
   { mode: "transform" },
 );
 

@@ -1,0 +1,155 @@
+/**
+ * `demo`: the whole chain on this machine. Stand-ins for B2 (holding a few sample files) and
+ * for the Cloudflare API, a real `refresh` against them, then the worker the stand-in
+ * "deployed", run in workerd behind the Workers Cache stand-in: a `MISS`, a `HIT`, a purge,
+ * and `curl` lines to try. Nothing leaves the machine.
+ *
+ * ```sh
+ * deno task demo              # deno run -A --lock=deno.lock local/demo.ts
+ * deno task demo --port 9000
+ * ```
+ *
+ * @module
+ */
+
+import {
+  type Config,
+  type Context,
+  type Job,
+  listenForCtrlC,
+  loadWorkerModule,
+  main,
+  parseConfig,
+  purge,
+  refresh,
+  summary,
+  type WorkerUpload,
+} from "../main.ts";
+import { startFakeB2 } from "./fake_b2.ts";
+import { startFakeCloudflare } from "./fake_cloudflare.ts";
+import { startWorkersCache } from "./workers_cache.ts";
+
+/** The sample files the demo's stand-in bucket holds, from `fixtures/`. */
+const DEMO_FILES = [
+  "index.html",
+  "hello.txt",
+  "video/sample.mp4",
+  "images/logo.svg",
+];
+
+/** Runs the demo until Ctrl-C or SIGTERM. */
+export async function runDemo({ ctx, io, flags }: Job): Promise<number> {
+  using ctrlC = listenForCtrlC();
+  const b2 = startFakeB2({
+    buckets: [{ id: "bucket-demo", name: "demo-bucket", files: await demoFiles() }],
+  });
+  const cloudflare = startFakeCloudflare();
+  const say = (line: string) => io.stdout(line);
+  try {
+    say(
+      "This demo runs entirely on this machine: B2 and the Cloudflare API are local stand-ins\n" +
+        `(B2 at ${b2.url}, Cloudflare API at ${cloudflare.url}); nothing is sent anywhere.\n`,
+    );
+    const config = parseConfig({
+      B2_APPLICATION_KEY_ID: "fake-key-id",
+      B2_APPLICATION_KEY: "fake-application-key",
+      B2_API_URL: b2.url,
+      B2_BUCKET_NAME: "demo-bucket",
+      B2_FILE_PREFIX: "site/",
+      CLOUDFLARE_ACCOUNT_ID: "fake-account-id",
+      CLOUDFLARE_API_TOKEN: "fake-cf-token",
+      CLOUDFLARE_API_BASE_URL: cloudflare.url,
+    }, { b2: true, cloudflare: true });
+    const result = await refresh(config, { ...ctx, log: (line) => say(`  ${line}`) }, {
+      module: await loadWorkerModule(),
+    });
+    say(`\n${summary(result)}`);
+    const deployed = cloudflare.scripts.get(config.workerName);
+    if (!deployed) throw new Error("the stand-in Cloudflare API holds no worker after the refresh");
+    const worker = await startWorkersCache({ port: flags.port });
+    try {
+      await worker.deploy({
+        metadata: deployed.metadata as WorkerUpload["metadata"],
+        module: deployed.module,
+      });
+      // Ctrl-C while it started up stops it now, not after saying it is ready.
+      if (!ctrlC.wasPressed()) {
+        say(await tour(worker.url, { config, ctx }));
+        await ctrlC.pressed;
+      }
+    } finally {
+      await worker.close();
+    }
+    say("Stopped.");
+    return 0;
+  } finally {
+    await Promise.all([b2.close(), cloudflare.close()]);
+  }
+}
+
+async function demoFiles() {
+  return await Promise.all(DEMO_FILES.map(async (name) => ({
+    name: `site/${name}`,
+    body: await Deno.readFile(new URL(`./fixtures/${name}`, import.meta.url)),
+    contentType: contentTypeOf(name),
+  })));
+}
+
+/** What the demo shows once the worker answers: the cache at work, then what to try. */
+async function tour(url: string, options: { config: Config; ctx: Context }): Promise<string> {
+  const { ctx } = options;
+  return `\nThe deployed worker now runs in workerd (Cloudflare's runtime) at ${url}, ` +
+    "behind a stand-in for Workers Cache (local/workers_cache.ts).\n" +
+    await showCacheStatus(`${url}/hello.txt`, ctx) +
+    await showPurge(`${url}/hello.txt`, options) +
+    await showCacheStatus(`${url}/hello.txt`, ctx) +
+    "Try it:\n" +
+    `  curl -i ${url}/\n` +
+    `  curl -i ${url}/hello.txt\n` +
+    `  curl -i -H "Range: bytes=0-99" ${url}/video/sample.mp4\n` +
+    `  curl -I ${url}/images/logo.svg\n` +
+    `  curl -i ${url}/a%2Fb   # refused: an encoded "/" (400)\n` +
+    "Ctrl-C stops it.";
+}
+
+/** Purges one object as `main.ts purge <path> --url <origin>` would, and says so. */
+async function showPurge(url: string, options: { config: Config; ctx: Context }): Promise<string> {
+  const object = new URL(url);
+  const report = await purge(options.config, options.ctx, {
+    paths: [object.pathname],
+    prefixes: [],
+    all: false,
+    url: object.origin,
+  });
+  return `  $ main.ts purge ${object.pathname} --url ${object.origin}\n` +
+    `    purged ${report.purged.paths} path in ${report.requests} signed request to the worker\n`;
+}
+
+/** Asks for `url` twice as `curl -sI` would, and shows the `cf-cache-status` of each answer. */
+async function showCacheStatus(url: string, ctx: Context): Promise<string> {
+  const lines = [];
+  for (let i = 0; i < 2; i++) {
+    const response = await ctx.fetch(url, { method: "HEAD" });
+    await response.body?.cancel();
+    const status = response.headers.get("cf-cache-status");
+    lines.push(
+      `  $ curl -sI ${url} | grep -i cf-cache-status\n    ` +
+        (status === null
+          ? "(none: this version was uploaded without cache_options, so Workers Cache is off)"
+          : `cf-cache-status: ${status}`),
+    );
+  }
+  return `${lines.join("\n")}\n`;
+}
+
+function contentTypeOf(name: string): string {
+  const types: Record<string, string> = {
+    html: "text/html; charset=utf-8",
+    txt: "text/plain; charset=utf-8",
+    mp4: "video/mp4",
+    svg: "image/svg+xml",
+  };
+  return types[name.split(".").pop() ?? ""] ?? "application/octet-stream";
+}
+
+if (import.meta.main) await main({ args: ["demo", ...Deno.args], local: { demo: runDemo } });
