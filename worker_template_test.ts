@@ -1699,13 +1699,13 @@ Deno.test("worker in workerd refuses what was cached before its prefix became pr
   }
 });
 
-/** The README's test vector and Python snippet, so that the documentation cannot drift. */
-async function readmeVector(): Promise<{ fields: Record<string, string>; python: string }> {
-  const readme = await Deno.readTextFile(new URL("./README.md", import.meta.url));
-  const section = readme.split("\n## Signed links\n")[1]?.split("\n## ")[0] ?? "";
+/** The signed-links doc's test vector and Python snippet, so that the documentation cannot drift. */
+async function docsVector(): Promise<{ fields: Record<string, string>; python: string }> {
+  const doc = await Deno.readTextFile(new URL("./docs/signed-links.md", import.meta.url));
+  const section = doc.split("\n## The link\n")[1]?.split("\n## ")[0] ?? "";
   const vector = /```text\n(key:[\s\S]*?)```/.exec(section)?.[1];
   const python = /```python\n([\s\S]*?)```/.exec(section)?.[1];
-  assert.ok(vector && python, "the README's Signed links section has a vector and Python");
+  assert.ok(vector && python, "docs/signed-links.md's section The link has a vector and Python");
   const fields = Object.fromEntries(
     vector.trim().split("\n").map((line) => {
       const [, name = "", value = ""] = /^([a-z ]+):\s+(.*)$/.exec(line) ?? [];
@@ -1715,8 +1715,8 @@ async function readmeVector(): Promise<{ fields: Record<string, string>; python:
   return { fields, python };
 }
 
-Deno.test("the README's test vector is what signLink() makes and the worker accepts", async () => {
-  const { fields } = await readmeVector();
+Deno.test("docs/signed-links.md's test vector is what signLink() makes and the worker accepts", async () => {
+  const { fields } = await docsVector();
   const url = new URL(fields.url!);
   const expires = Number(fields.expires);
   const notBefore = Number(fields["not before"]);
@@ -1743,11 +1743,11 @@ Deno.test("the README's test vector is what signLink() makes and the worker acce
 });
 
 Deno.test({
-  name: "the README's Python prints the README's test vector",
+  name: "docs/signed-links.md's Python prints its test vector",
   // The one test that needs a program Deno does not bring; CI images have python3.
   ignore: !(await Deno.stat("/usr/bin/python3").then(() => true, () => false)),
   async fn() {
-    const { fields, python } = await readmeVector();
+    const { fields, python } = await docsVector();
     const output = await new Deno.Command("/usr/bin/python3", {
       args: ["-c", python],
       stdout: "piped",
