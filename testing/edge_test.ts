@@ -38,7 +38,7 @@ const HELLO = "hello from B2\n";
 const PATTERN_SIZE = 1000;
 const SIGNING_KEY = generateSigningKey();
 const SIGNED = { WORKER_SIGNED_PREFIXES: "/members/", WORKER_SIGNING_KEY: SIGNING_KEY };
-// The defaults refresh deploys (README: Edge cache): one day fresh, a day of
+// The defaults refresh deploys (docs/edge-cache.md): one day fresh, a day of
 // stale-while-revalidate, a week of stale-if-error.
 const DAY = 86_400;
 
