@@ -10,8 +10,9 @@
  * bindings without protected prefixes (the feature turned off). Answers the
  * last check's `access`.
  *
- * `bench.ts` strips the types and runs it in workerd beside the worker's
- * module, like the real worker.
+ * `signed_links.ts` strips the types, points the import below at the
+ * upload's module and runs it in workerd in front of it, like the real
+ * worker.
  *
  * @module
  */

@@ -6,7 +6,8 @@
  * hits are the least a cache hit can cost. Whatever our worker costs beyond
  * these is its own.
  *
- * `bench.ts` strips the types and runs it in workerd, like the real worker.
+ * `worker_overhead.ts` strips the types and runs it in workerd, like the
+ * real worker.
  *
  * @module
  */

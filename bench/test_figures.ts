@@ -1,0 +1,109 @@
+/**
+ * Figures the bench's tests judge and print: a load run, the signed-link
+ * section and the cache-modes section as their targets want them unless told
+ * otherwise, and scripted workloads.
+ *
+ * @module
+ */
+
+import {
+  type CacheModesReport,
+  countCacheRun,
+  type RequestRecord,
+  type WorkloadRequest,
+} from "./cache_modes.ts";
+import type { Throughput } from "./measure.ts";
+import { type SignedLinkCost, signedLinkCost } from "./signed_links.ts";
+
+/** One load run's figures: 100 requests at this rate. */
+export function throughput(
+  requestsPerSecond: number,
+  originRequests = 100,
+  workerdCpuUs: number | null = 400,
+): Throughput {
+  return {
+    requestsPerSecond,
+    workerdCpuUs,
+    p50Ms: 5,
+    p99Ms: 50,
+    requests: 100,
+    errors: 0,
+    originRequests,
+  };
+}
+
+/** The signed-link section with every target met, or with these changes. */
+export function signedLinks(changes: Partial<SignedLinkCost> = {}): SignedLinkCost {
+  const cost = signedLinkCost([
+    { public: throughput(1000), signed: throughput(990), publicWithPrefixes: throughput(1000) },
+  ], {
+    loadGenerator: "test",
+    placement: "test",
+    check: {
+      repetitions: 5000,
+      rounds: 5,
+      publicUs: 5,
+      signedUs: 20,
+      publicWithPrefixesUs: 6,
+      signedExtraUs: 15,
+      publicWithPrefixesExtraUs: 1,
+    },
+  });
+  return { ...cost, ...changes };
+}
+
+export const A = "/assets/a.bin";
+export const B = "/assets/b.bin";
+
+/** A workload of these requests (rotation before `rotateAt`) and what each cost. */
+export function scripted(
+  steps: [Partial<WorkloadRequest>, Partial<RequestRecord>][],
+  rotateAt = steps.length,
+) {
+  const requests = steps.map(([r], i) => ({
+    at: i,
+    kind: "get" as const,
+    method: "GET" as const,
+    url: r.object ?? A,
+    object: A,
+    ...r,
+  }));
+  const records = steps.map(([, record]) => ({
+    statuses: [200],
+    cacheStatuses: ["HIT"],
+    workerRuns: 0,
+    b2Gets: 0,
+    b2Heads: 0,
+    ...record,
+  }));
+  return { workload: { requests, rotateAt }, records };
+}
+
+/** Section 6's figures: Workers Cache as the target wants it unless `changes` say otherwise. */
+export function cacheModes(changes: Partial<RequestRecord> = {}): CacheModesReport {
+  const { workload, records } = scripted([
+    [{}, { cacheStatuses: ["MISS"], workerRuns: 1, b2Gets: 1 }],
+    [{}, {}],
+    [{ kind: "head", method: "HEAD" }, {}],
+    [{}, { ...changes }],
+  ], 2);
+  const none = records.map((r) => ({ ...r, cacheStatuses: ["none"], workerRuns: 1 }));
+  return {
+    workload: {
+      seed: 8,
+      rotateAt: 2,
+      seconds: 4,
+      zipfExponent: 1.1,
+      requests: 4,
+      objects: 1,
+      kinds: { get: 3, head: 1 },
+      keys: 1,
+    },
+    cacheTtl: 86400,
+    runs: [
+      countCacheRun("workers-cache", workload, records, 1),
+      countCacheRun("cache-api", workload, none, 1),
+      countCacheRun("off", workload, none.map((r) => ({ ...r, b2Gets: 1 })), 1),
+    ],
+  };
+}
