@@ -2037,24 +2037,10 @@ export async function refresh(
     ? recentUpload(await deployed(), ctx.now())
     : undefined;
   let result: RefreshResult & { upload?: WorkerUpload };
-  let purge: string | undefined;
-  let paid: (() => Promise<void>) | undefined;
-  if (recent) {
-    ctx.log(
-      `Cloudflare: worker "${cloudflare.workerName}" was uploaded at ${recent.issuedAt}; ` +
-        "not uploading again, only redoing the steps after the upload",
-    );
-    result = {
-      worker: cloudflare.workerName,
-      bucket: recent.bucket,
-      prefix: recent.prefix,
-      expiresAt: recent.expiresAt,
-      deployed: false,
-      reusedUpload: recent.issuedAt,
-      roundTrips: 1,
-      cacheMode: config.worker.cacheMode,
-    };
-  } else {
+  let upload: Uploaded | undefined;
+  if (recent) result = keptUpload(config, ctx, recent);
+  else {
+    // Prepare the worker from B2: nothing is uploaded unless every B2 step worked.
     const prepared = await prepareWorker(b2, {
       module: options.module,
       options: config.worker,
@@ -2071,59 +2057,121 @@ export async function refresh(
       upload: prepared.upload,
     };
     if (!settingsRead) return result;
-    purge = purgeNeeded(await deployed(), prepared.facts);
-    const mustPurge = purge !== undefined && config.worker.cacheMode === "workers-cache";
-    // Remembered before the purge is tried, so that a run that dies half way still owes it.
-    const upload = mustPurge
-      ? workerUpload(options.module, { ...prepared.facts, purgePending: "all" })
-      : prepared.upload;
-
-    ctx.log(
-      `Cloudflare: uploading worker "${cloudflare.workerName}" to account ` +
-        `${cloudflare.accountId} (cache: ${config.worker.cacheMode})`,
-    );
-    await uploadWorker(cloudflare, upload, ctx);
-    result.deployed = true;
-    result.roundTrips++;
-    if (mustPurge) {
-      paid = async () => {
-        await purgeOnceNewVersionAnswers(config, ctx, {
-          fingerprint: prepared.facts.fingerprint!,
-          purgeKey: prepared.facts.purgeKey,
-          why: purge!,
-        });
-        // The debt is paid: the same upload without it.
-        await uploadWorker(cloudflare, prepared.upload, ctx);
-        result.roundTrips++;
-        result.purged = purge;
-      };
-    }
+    upload = await uploadPrepared(config, ctx, {
+      module: options.module,
+      prepared,
+      previous: await deployed(),
+      result,
+    });
   }
   const newDomain = await deployTriggers(cloudflare, result, ctx, { takeOver, removeLeftovers });
   if (result.failed) throw new IncompleteDeployError(result);
   if (config.verifyUrl) {
-    const waitForCertificate = newDomain &&
-      URL.canParse(config.verifyUrl) && new URL(config.verifyUrl).hostname === cloudflare.domain;
-    const outcome = await verify(config.verifyUrl, ctx, {
-      waitForCertificate,
-      progress: options.progress ?? ctx.log,
-    });
-    if (outcome === "verified") result.verified = config.verifyUrl;
-    else {
-      (result.warnings ??= []).push(
-        `${config.verifyUrl} does not answer yet: the certificate of the new custom domain ` +
-          `"${cloudflare.domain}" is still being issued (this can take a while longer). The ` +
-          `worker is deployed; try the URL again in a few minutes.`,
-      );
-    }
+    await verifyDeploy(config, ctx, { result, newDomain, progress: options.progress ?? ctx.log });
   }
-  if (purge !== undefined && config.worker.cacheMode === "cache-api") {
-    result.notice = `${purge}: copies kept with the Cache API stay until WORKER_CACHE_TTL ` +
-      "runs out (this tool cannot purge them; see the README's Cache API mode)";
+  if (upload?.purge !== undefined && config.worker.cacheMode === "cache-api") {
+    result.notice = `${upload.purge}: copies kept with the Cache API stay until ` +
+      "WORKER_CACHE_TTL runs out (this tool cannot purge them; see the README's Cache API mode)";
   }
   // Once the route and domain lead to the new version: the purge is asked of the worker there.
-  await paid?.();
+  await upload?.paid?.();
   return result;
+}
+
+/** A scheduled retry's result when the deployed upload is moments old: B2 is not asked. */
+function keptUpload(
+  config: Config,
+  ctx: Context,
+  recent: NonNullable<ReturnType<typeof recentUpload>>,
+): RefreshResult {
+  const workerName = config.cloudflare!.workerName;
+  ctx.log(
+    `Cloudflare: worker "${workerName}" was uploaded at ${recent.issuedAt}; ` +
+      "not uploading again, only redoing the steps after the upload",
+  );
+  return {
+    worker: workerName,
+    bucket: recent.bucket,
+    prefix: recent.prefix,
+    expiresAt: recent.expiresAt,
+    deployed: false,
+    reusedUpload: recent.issuedAt,
+    roundTrips: 1,
+    cacheMode: config.worker.cacheMode,
+  };
+}
+
+/** What {@linkcode uploadPrepared} leaves for the end of the refresh. */
+interface Uploaded {
+  /** Why everything cached must go, when it must. */
+  purge?: string;
+  /** Purges through the new version and uploads again without the debt; run last. */
+  paid?: () => Promise<void>;
+}
+
+/**
+ * Uploads the prepared worker. When the change owes a purge of Workers Cache,
+ * the debt is uploaded with it, so that a run that dies half way still owes it.
+ */
+async function uploadPrepared(
+  config: Config,
+  ctx: Context,
+  options: {
+    module: string;
+    prepared: PreparedWorker;
+    previous: WorkerSettings | undefined;
+    result: RefreshResult;
+  },
+): Promise<Uploaded> {
+  const { prepared, result } = options;
+  const cloudflare = config.cloudflare!;
+  const purge = purgeNeeded(options.previous, prepared.facts);
+  const mustPurge = purge !== undefined && config.worker.cacheMode === "workers-cache";
+  // Remembered before the purge is tried, so that a run that dies half way still owes it.
+  const upload = mustPurge
+    ? workerUpload(options.module, { ...prepared.facts, purgePending: "all" })
+    : prepared.upload;
+  ctx.log(
+    `Cloudflare: uploading worker "${cloudflare.workerName}" to account ` +
+      `${cloudflare.accountId} (cache: ${config.worker.cacheMode})`,
+  );
+  await uploadWorker(cloudflare, upload, ctx);
+  result.deployed = true;
+  result.roundTrips++;
+  if (!mustPurge) return { ...(purge !== undefined && { purge }) };
+  const paid = async () => {
+    await purgeOnceNewVersionAnswers(config, ctx, {
+      fingerprint: prepared.facts.fingerprint!,
+      purgeKey: prepared.facts.purgeKey,
+      why: purge,
+    });
+    // The debt is paid: the same upload without it.
+    await uploadWorker(cloudflare, prepared.upload, ctx);
+    result.roundTrips++;
+    result.purged = purge;
+  };
+  return { purge, paid };
+}
+
+/** `--verify`: the URL answers 2xx, or, behind a brand-new custom domain, a warning. */
+async function verifyDeploy(
+  config: Config,
+  ctx: Context,
+  options: { result: RefreshResult; newDomain: boolean; progress: (line: string) => void },
+): Promise<void> {
+  const url = config.verifyUrl!;
+  const domain = config.cloudflare!.domain;
+  const waitForCertificate = options.newDomain && URL.canParse(url) &&
+    new URL(url).hostname === domain;
+  const outcome = await verify(url, ctx, { waitForCertificate, progress: options.progress });
+  if (outcome === "verified") options.result.verified = url;
+  else {
+    (options.result.warnings ??= []).push(
+      `${url} does not answer yet: the certificate of the new custom domain ` +
+        `"${domain}" is still being issued (this can take a while longer). The ` +
+        `worker is deployed; try the URL again in a few minutes.`,
+    );
+  }
 }
 
 /** The bindings and cache setting of a deployed worker, as Cloudflare reports them. */
@@ -2240,75 +2288,126 @@ async function deployTriggers(
   ctx: Context,
   options: { takeOver: boolean; removeLeftovers: boolean },
 ): Promise<boolean> {
-  // Every request is a round trip here; counting them keeps `roundTrips` honest.
-  const counted: Context = {
-    ...ctx,
-    fetch: (input, init) => (result.roundTrips++, ctx.fetch(input, init)),
-  };
-  const failed: string[] = [];
-  const attempt = async <T>(work: () => Promise<T>): Promise<T | undefined> => {
-    try {
-      return await work();
-    } catch (error) {
-      if (!(error instanceof ApiError)) throw error;
-      failed.push(error.message);
-      return undefined;
-    }
-  };
-  const changed: string[] = [];
-  let newDomain = false;
+  const steps = triggerSteps(result, ctx);
   // Both lists are read whenever a zone is set, so leftovers are seen by every refresh.
-  const routes = config.zoneId ? await attempt(() => listRoutes(config, counted)) : undefined;
+  const routes = config.zoneId
+    ? await steps.attempt(() => listRoutes(config, steps.ctx))
+    : undefined;
   const domains = config.zoneId || config.domain
-    ? await attempt(() => listDomains(config, counted))
+    ? await steps.attempt(() => listDomains(config, steps.ctx))
     : undefined;
   if (config.route && routes) {
-    const done = await attempt(() =>
-      ensureRoute(config, counted, { routes, takeOver: options.takeOver })
-    );
-    if (done) {
-      result.route = done.change;
-      ctx.log(`Cloudflare: route ${config.route} ${done.change}`);
-      if (done.from) {
-        changed.push(`route ${config.route} now runs this worker instead of ${done.from}`);
-      }
-    }
+    await triggerRoute(config, steps, { routes, takeOver: options.takeOver });
   }
-  if (config.domain && domains) {
-    const done = await attempt(() =>
-      ensureDomain(config, counted, { domains, takeOver: options.takeOver })
-    );
-    if (done) {
-      result.domain = done.change;
-      newDomain = done.change !== "unchanged";
-      ctx.log(`Cloudflare: custom domain ${config.domain} ${done.change}`);
-      for (const record of done.deleted ?? []) changed.push(`deleted DNS record ${record}`);
-      if (done.from) {
-        changed.push(`custom domain ${config.domain} now runs this worker instead of ${done.from}`);
-      }
-      if (newDomain) {
-        (result.warnings ??= []).push(
-          `custom domain ${config.domain} is new: Cloudflare issues its certificate now, which ` +
-            `takes a few minutes; until then https://${config.domain}/ does not answer`,
-        );
-      }
-    }
-  }
-  const leftovers = findLeftovers(config, {
-    ...(routes && { routes }),
-    ...(domains && { domains }),
-  });
+  const newDomain = config.domain && domains
+    ? await triggerDomain(config, steps, { domains, takeOver: options.takeOver })
+    : false;
   // A route or domain that did not take must not cost the site the ways it answers today:
   // nothing is removed and workers.dev is not turned off until those steps work.
-  const stepFailed = failed.length > 0;
+  const stepFailed = steps.failed.length > 0;
+  await triggerLeftovers(config, steps, {
+    ...(routes && { routes }),
+    ...(domains && { domains }),
+    remove: options.removeLeftovers,
+    stepFailed,
+  });
+  await triggerWorkersDev(config, steps, { stepFailed });
+  if (steps.changed.length > 0) result.changed = steps.changed;
+  if (steps.failed.length > 0) result.failed = steps.failed;
+  return newDomain;
+}
+
+/** What the steps after the upload share: the result, a counting context, what they did. */
+interface TriggerSteps {
+  result: RefreshResult;
+  /** Every request is a round trip here; counting them keeps `roundTrips` honest. */
+  ctx: Context;
+  /** Each failed step's message; the others still run. */
+  failed: string[];
+  /** What `--take-over` and `--remove-leftovers` changed, in words. */
+  changed: string[];
+  /** Runs one step; an {@linkcode ApiError} is recorded in `failed` and yields `undefined`. */
+  attempt<T>(work: () => Promise<T>): Promise<T | undefined>;
+}
+
+function triggerSteps(result: RefreshResult, ctx: Context): TriggerSteps {
+  const failed: string[] = [];
+  return {
+    result,
+    ctx: { ...ctx, fetch: (input, init) => (result.roundTrips++, ctx.fetch(input, init)) },
+    failed,
+    changed: [],
+    attempt: async (work) => {
+      try {
+        return await work();
+      } catch (error) {
+        if (!(error instanceof ApiError)) throw error;
+        failed.push(error.message);
+        return undefined;
+      }
+    },
+  };
+}
+
+/** The route step: `WORKER_ROUTE` runs this worker. */
+async function triggerRoute(
+  config: CloudflareConfig,
+  steps: TriggerSteps,
+  options: { routes: ZoneRoute[]; takeOver: boolean },
+): Promise<void> {
+  const done = await steps.attempt(() => ensureRoute(config, steps.ctx, options));
+  if (!done) return;
+  steps.result.route = done.change;
+  steps.ctx.log(`Cloudflare: route ${config.route} ${done.change}`);
+  if (done.from) {
+    steps.changed.push(`route ${config.route} now runs this worker instead of ${done.from}`);
+  }
+}
+
+/** The custom domain step; returns whether the domain was attached now (its certificate is new). */
+async function triggerDomain(
+  config: CloudflareConfig,
+  steps: TriggerSteps,
+  options: { domains: CustomDomain[]; takeOver: boolean },
+): Promise<boolean> {
+  const done = await steps.attempt(() => ensureDomain(config, steps.ctx, options));
+  if (!done) return false;
+  const { result, changed } = steps;
+  result.domain = done.change;
+  const newDomain = done.change !== "unchanged";
+  steps.ctx.log(`Cloudflare: custom domain ${config.domain} ${done.change}`);
+  for (const record of done.deleted ?? []) changed.push(`deleted DNS record ${record}`);
+  if (done.from) {
+    changed.push(`custom domain ${config.domain} now runs this worker instead of ${done.from}`);
+  }
+  if (newDomain) {
+    (result.warnings ??= []).push(
+      `custom domain ${config.domain} is new: Cloudflare issues its certificate now, which ` +
+        `takes a few minutes; until then https://${config.domain}/ does not answer`,
+    );
+  }
+  return newDomain;
+}
+
+/** The leftovers step: routes and domains that run the worker but no setting names. */
+async function triggerLeftovers(
+  config: CloudflareConfig,
+  steps: TriggerSteps,
+  options: { routes?: ZoneRoute[]; domains?: CustomDomain[]; remove: boolean; stepFailed: boolean },
+): Promise<void> {
+  const { result } = steps;
+  const leftovers = findLeftovers(config, {
+    ...(options.routes && { routes: options.routes }),
+    ...(options.domains && { domains: options.domains }),
+  });
   for (const leftover of leftovers) {
     const name = `${leftover.kind} ${leftover.name}`;
-    if (options.removeLeftovers && !stepFailed) {
-      const removed = await attempt(async () => {
-        await removeLeftover(config, leftover, counted);
+    if (options.remove && !options.stepFailed) {
+      const removed = await steps.attempt(async () => {
+        await removeLeftover(config, leftover, steps.ctx);
         return true;
       });
-      if (removed) changed.push(`removed ${name}, which still ran this worker`);
+      if (removed) steps.changed.push(`removed ${name}, which still ran this worker`);
     } else {
       (result.leftovers ??= []).push(name);
     }
@@ -2320,31 +2419,34 @@ async function deployTriggers(
         "what is listed, or set it again to keep it",
     );
   }
-  if (stepFailed && options.removeLeftovers && result.leftovers) {
-    failed.push(
+  if (options.stepFailed && options.remove && result.leftovers) {
+    steps.failed.push(
       `${result.leftovers.join(", ")} ${result.leftovers.length === 1 ? "was" : "were"} not ` +
         "removed: the site may still answer there while the step above fails",
     );
   }
-  const keepWorkersDev = stepFailed && !config.workersDev;
-  if (keepWorkersDev) {
+}
+
+/** The workers.dev step, left as it was while a route or domain step fails. */
+async function triggerWorkersDev(
+  config: CloudflareConfig,
+  steps: TriggerSteps,
+  options: { stepFailed: boolean },
+): Promise<void> {
+  const { result } = steps;
+  if (options.stepFailed && !config.workersDev) {
     (result.warnings ??= []).push(
       "workers.dev was left as it was, not turned off, while the step above fails",
     );
+    return;
   }
-  const workersDev = keepWorkersDev
-    ? undefined
-    : await attempt(() => setWorkersDev(config, counted));
-  if (workersDev) {
-    result.workersDev = workersDev.url ?? false;
-    ctx.log(`Cloudflare: workers.dev ${workersDev.url ?? "off"}`);
-    if (workersDev.problem) {
-      (result.warnings ??= []).push(`WORKER_WORKERS_DEV: ${workersDev.problem}`);
-    }
+  const workersDev = await steps.attempt(() => setWorkersDev(config, steps.ctx));
+  if (!workersDev) return;
+  result.workersDev = workersDev.url ?? false;
+  steps.ctx.log(`Cloudflare: workers.dev ${workersDev.url ?? "off"}`);
+  if (workersDev.problem) {
+    (result.warnings ??= []).push(`WORKER_WORKERS_DEV: ${workersDev.problem}`);
   }
-  if (changed.length > 0) result.changed = changed;
-  if (failed.length > 0) result.failed = failed;
-  return newDomain;
 }
 
 /**
