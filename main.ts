@@ -2852,71 +2852,95 @@ export async function status(
 ): Promise<StatusReport> {
   const report: StatusReport = { worker: config.workerName, healthy: false };
   const settings = await readWorkerSettings(config, ctx);
-  const bindings = settings?.bindings;
-  if (!settings || !bindings) {
+  if (!settings || !settings.bindings) {
     return {
       ...report,
       problem: `worker "${config.workerName}" does not exist; run refresh`,
     };
   }
   if (options.survey) await survey(config, report, ctx);
+  const missing = missingTokenBinding(settings);
+  if (missing) return { ...report, problem: missing };
+  Object.assign(report, deployedToken(settings, ctx.now()));
+  const problems = [
+    ...tokenProblems(report, options.minRemaining),
+    ...cacheProblems(report, settings, options.cacheMode),
+    ...servingProblems(report, settings),
+  ];
+  if (problems.length > 0) return { ...report, problem: problems.join("; ") };
+  return { ...report, healthy: true };
+}
+
+/** Why the deployed worker cannot hold a working token at all, or `undefined`. */
+function missingTokenBinding(settings: WorkerSettings): string | undefined {
+  if (!settings.bindings.some((b) => b.name === "B2_DOWNLOAD_TOKEN" && b.type === "secret_text")) {
+    return "the worker has no B2_DOWNLOAD_TOKEN secret; run refresh";
+  }
+  if (Number.isNaN(Date.parse(plainBinding(settings, "B2_TOKEN_EXPIRES_AT") ?? ""))) {
+    return "the worker has no B2_TOKEN_EXPIRES_AT binding; run refresh";
+  }
+  return undefined;
+}
+
+/** The token's times and the cache the deployed version uses, from its bindings. */
+function deployedToken(settings: WorkerSettings, now: number): Partial<StatusReport> {
   const plain = (name: string) => plainBinding(settings, name);
-  if (
-    !bindings.some((b) => b.name === "B2_DOWNLOAD_TOKEN" && b.type === "secret_text")
-  ) {
-    return {
-      ...report,
-      problem: "the worker has no B2_DOWNLOAD_TOKEN secret; run refresh",
-    };
-  }
   const expires = Date.parse(plain("B2_TOKEN_EXPIRES_AT") ?? "");
-  if (Number.isNaN(expires)) {
-    return {
-      ...report,
-      problem: "the worker has no B2_TOKEN_EXPIRES_AT binding; run refresh",
-    };
-  }
   const issued = Date.parse(plain("B2_TOKEN_ISSUED_AT") ?? "");
-  const now = ctx.now();
-  const remaining = Math.floor((expires - now) / 1000);
-  Object.assign(report, {
+  return {
     expiresAt: isoSeconds(expires),
-    remaining,
+    remaining: Math.floor((expires - now) / 1000),
     ...(!Number.isNaN(issued) &&
       { issuedAt: isoSeconds(issued), age: Math.floor((now - issued) / 1000) }),
     // Deploys before cache modes existed used the Cache API.
     cacheMode: plain("WORKER_CACHE_MODE") ?? "cache-api",
     cacheOptions: settings.cacheOptions ?? "unknown",
-  });
+  };
+}
+
+/** The token has expired or has less than `minRemaining` seconds left. */
+function tokenProblems(report: StatusReport, minRemaining: number): string[] {
+  const remaining = report.remaining!;
+  if (remaining >= minRemaining) return [];
+  return [
+    remaining <= 0
+      ? "the download token has expired; run refresh"
+      : `less than ${formatDuration(minRemaining)} left; run refresh`,
+  ];
+}
+
+/** The deployed version caches otherwise than `WORKER_CACHE_MODE` asks. */
+function cacheProblems(
+  report: StatusReport,
+  settings: WorkerSettings,
+  wanted: CacheMode | undefined,
+): string[] {
+  if (!wanted) return [];
   const problems: string[] = [];
-  if (remaining < options.minRemaining) {
-    problems.push(
-      remaining <= 0
-        ? "the download token has expired; run refresh"
-        : `less than ${formatDuration(options.minRemaining)} left; run refresh`,
-    );
-  }
-  const wanted = options.cacheMode;
-  if (wanted && report.cacheMode !== wanted) {
+  if (report.cacheMode !== wanted) {
     problems.push(
       `the deployed worker caches with ${report.cacheMode}, WORKER_CACHE_MODE says ${wanted}; ` +
         "run refresh",
     );
   }
   const deployed = settings.cacheOptions;
-  if (wanted && deployed) {
-    const expected = cacheOptionsFor(wanted);
-    if (
-      deployed.enabled !== expected.enabled ||
-      (expected.cross_version_cache && deployed.cross_version_cache !== true)
-    ) {
-      problems.push(
-        `Cloudflare reports cache_options ${JSON.stringify(deployed)} where ${wanted} needs ` +
-          `${JSON.stringify(expected)}; run refresh (a full upload sets it)`,
-      );
-    }
+  const expected = cacheOptionsFor(wanted);
+  if (
+    deployed && (deployed.enabled !== expected.enabled ||
+      (expected.cross_version_cache && deployed.cross_version_cache !== true))
+  ) {
+    problems.push(
+      `Cloudflare reports cache_options ${JSON.stringify(deployed)} where ${wanted} needs ` +
+        `${JSON.stringify(expected)}; run refresh (a full upload sets it)`,
+    );
   }
-  if (plain("WORKER_PURGE_PENDING")) {
+  return problems;
+}
+
+/** A purge is still owed, or (surveyed in full) nothing leads to the worker. */
+function servingProblems(report: StatusReport, settings: WorkerSettings): string[] {
+  const problems: string[] = [];
+  if (plainBinding(settings, "WORKER_PURGE_PENDING")) {
     problems.push(
       "a purge after a change is still owed; run refresh (which purges and then records it)",
     );
@@ -2929,8 +2953,7 @@ export async function status(
         "set WORKER_ROUTE, WORKER_DOMAIN or WORKER_WORKERS_DEV=on and run refresh",
     );
   }
-  if (problems.length > 0) return { ...report, problem: problems.join("; ") };
-  return { ...report, healthy: true };
+  return problems;
 }
 
 /**
@@ -4136,93 +4159,31 @@ const COMMAND_FLAGS = {
 export function parseCommandLine(args: string[]): CommandLine {
   let parsed;
   try {
-    parsed = parseArgs({
-      args,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        help: { type: "boolean", short: "h" },
-        version: { type: "boolean", short: "V" },
-        verbose: { type: "boolean", short: "v" },
-        json: { type: "boolean" },
-        "dry-run": { type: "boolean" },
-        "take-over": { type: "boolean" },
-        "remove-leftovers": { type: "boolean" },
-        verify: { type: "string" },
-        all: { type: "boolean" },
-        prefix: { type: "string", multiple: true },
-        url: { type: "string" },
-        "min-remaining": { type: "string" },
-        port: { type: "string" },
-        "large-url": { type: "string" },
-        "env-file": { type: "string" },
-        expires: { type: "string" },
-        "not-before": { type: "string" },
-        "download-name": { type: "string" },
-        ...Object.fromEntries(
-          SETTING_FLAGS.map((
-            name,
-          ) => [flagName(name), { type: "string" as const }]),
-        ),
-      },
-    });
+    parsed = parseArgs({ args, allowPositionals: true, strict: true, options: argOptions() });
   } catch (error) {
     const message = (error as Error).message.replace(/\. To specify.*$/s, ".");
     throw new ConfigError([`${message} See --help for the flags.`]);
   }
   const { values, positionals } = parsed;
-  const problems: string[] = [];
   const [name = "refresh", ...extra] = positionals;
-  if (!(name in COMMANDS)) {
-    problems.push(
-      `Unknown command "${name}". Commands: ${Object.keys(COMMANDS).join(", ")}.`,
-    );
-  }
   // sign takes one path, or one --prefix; purge takes any number of paths.
   const signsPrefix = name === "sign" && extra.length === 0 && values.prefix?.length === 1;
-  const takesPath = name === "sign" && !signsPrefix;
-  if (extra.length > (takesPath ? 1 : 0) && name !== "purge") {
-    problems.push(`Unexpected arguments: ${extra.slice(takesPath ? 1 : 0).join(" ")}.`);
-  }
-  if (name === "sign" && (extra.length === 0) === !signsPrefix) {
-    problems.push(
-      "sign needs one path, or one --prefix: main.ts sign /members/video.mp4 --expires 1h, " +
-        "or main.ts sign --prefix /members/ --expires 1h.",
-    );
-  }
   const purgeRequest: PurgeRequest = {
     paths: name === "purge" ? extra : [],
     prefixes: name === "purge" ? values.prefix ?? [] : [],
     all: values.all ?? false,
     ...(values.url !== undefined && { url: values.url }),
   };
-  if (name === "purge") {
-    const what = purgeRequest.paths.length + purgeRequest.prefixes.length;
-    if (what === 0 && !purgeRequest.all) {
-      problems.push("purge needs paths, --prefix <path> or --all.");
-    }
-    if (what > 0 && purgeRequest.all) problems.push("purge takes paths or --all, not both.");
-    if (values.url !== undefined && !/^https?:\/\/[^/]+/.test(values.url)) {
-      problems.push(`--url must be an http(s) URL, not "${values.url}".`);
-    }
-  }
-  if (name in COMMANDS) {
-    for (const [flag, commands] of Object.entries(COMMAND_FLAGS)) {
-      const given = (values as Record<string, unknown>)[flag] !== undefined;
-      if (given && !(commands as readonly string[]).includes(name)) {
-        // Only a person running refresh opts in; the scheduled runs never take anything over.
-        const byHand = flag === "take-over" || flag === "remove-leftovers" ? ", run by hand" : "";
-        problems.push(
-          `--${flag} only applies to ${commands.join(", ")}${byHand}, not to "${name}".`,
-        );
-      }
-    }
-  }
   const port = Number(values.port ?? 8787);
+  const minRemaining = parseDuration(values["min-remaining"] ?? "48h");
+  const problems = [
+    ...positionalProblems(name, extra, { signsPrefix }),
+    ...(name === "purge" ? purgeProblems(purgeRequest) : []),
+    ...(name in COMMANDS ? misplacedFlags(name as Command, values) : []),
+  ];
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     problems.push(`--port must be a port number, not "${values.port}".`);
   }
-  const minRemaining = parseDuration(values["min-remaining"] ?? "48h");
   if (minRemaining === undefined) {
     problems.push(
       `--min-remaining must be a duration such as 48h or 2d, not "${values["min-remaining"]}".`,
@@ -4262,6 +4223,81 @@ export function parseCommandLine(args: string[]): CommandLine {
     help: values.help ?? false,
     version: values.version ?? false,
   };
+}
+
+/** The flags `parseArgs` knows: the commands' own, then every setting's by its flag name. */
+function argOptions() {
+  return {
+    help: { type: "boolean", short: "h" },
+    version: { type: "boolean", short: "V" },
+    verbose: { type: "boolean", short: "v" },
+    json: { type: "boolean" },
+    "dry-run": { type: "boolean" },
+    "take-over": { type: "boolean" },
+    "remove-leftovers": { type: "boolean" },
+    verify: { type: "string" },
+    all: { type: "boolean" },
+    prefix: { type: "string", multiple: true },
+    url: { type: "string" },
+    "min-remaining": { type: "string" },
+    port: { type: "string" },
+    "large-url": { type: "string" },
+    "env-file": { type: "string" },
+    expires: { type: "string" },
+    "not-before": { type: "string" },
+    "download-name": { type: "string" },
+    ...Object.fromEntries(SETTING_FLAGS.map((name) => [flagName(name), { type: "string" }])),
+  } as const;
+}
+
+/** An unknown command, or positional arguments the command does not take. */
+function positionalProblems(
+  name: string,
+  extra: string[],
+  options: { signsPrefix: boolean },
+): string[] {
+  const problems: string[] = [];
+  if (!(name in COMMANDS)) {
+    problems.push(
+      `Unknown command "${name}". Commands: ${Object.keys(COMMANDS).join(", ")}.`,
+    );
+  }
+  const takesPath = name === "sign" && !options.signsPrefix;
+  if (extra.length > (takesPath ? 1 : 0) && name !== "purge") {
+    problems.push(`Unexpected arguments: ${extra.slice(takesPath ? 1 : 0).join(" ")}.`);
+  }
+  if (name === "sign" && (extra.length === 0) === !options.signsPrefix) {
+    problems.push(
+      "sign needs one path, or one --prefix: main.ts sign /members/video.mp4 --expires 1h, " +
+        "or main.ts sign --prefix /members/ --expires 1h.",
+    );
+  }
+  return problems;
+}
+
+/** A purge names paths, prefixes or everything, and its `--url` is an http(s) URL. */
+function purgeProblems(request: PurgeRequest): string[] {
+  const problems: string[] = [];
+  const what = request.paths.length + request.prefixes.length;
+  if (what === 0 && !request.all) problems.push("purge needs paths, --prefix <path> or --all.");
+  if (what > 0 && request.all) problems.push("purge takes paths or --all, not both.");
+  if (request.url !== undefined && !/^https?:\/\/[^/]+/.test(request.url)) {
+    problems.push(`--url must be an http(s) URL, not "${request.url}".`);
+  }
+  return problems;
+}
+
+/** Flags given to a command they do not belong to (see {@linkcode COMMAND_FLAGS}). */
+function misplacedFlags(name: Command, values: Record<string, unknown>): string[] {
+  const problems: string[] = [];
+  for (const [flag, commands] of Object.entries(COMMAND_FLAGS)) {
+    if (values[flag] !== undefined && !(commands as readonly string[]).includes(name)) {
+      // Only a person running refresh opts in; the scheduled runs never take anything over.
+      const byHand = flag === "take-over" || flag === "remove-leftovers" ? ", run by hand" : "";
+      problems.push(`--${flag} only applies to ${commands.join(", ")}${byHand}, not to "${name}".`);
+    }
+  }
+  return problems;
 }
 
 /** What a run is given from outside: arguments, settings, and where output goes. */
