@@ -33,6 +33,15 @@
 import { parseArgs } from "node:util";
 import * as nodeUtil from "node:util";
 import * as nodeModule from "node:module";
+// The worker's pure rules, so that what the CLI signs and checks is what the worker accepts:
+// one definition each. A URL run fetches this file anyway (it is also what is uploaded).
+import {
+  canonicalPath,
+  isProtected,
+  purgeMessage,
+  signedLinkMessage,
+  validDownloadName,
+} from "./worker_template.ts";
 
 const parseEnv = nodeUtil.parseEnv;
 const stripTypeScriptTypes = nodeModule.stripTypeScriptTypes;
@@ -529,7 +538,6 @@ const DEFAULT_SIGNED_MAX_TTL = 7 * DAY;
 /** What a signing key must hold at least: HMAC-SHA256's own output size. */
 const MIN_SIGNING_KEY_BYTES = 32;
 /** What a decoded path segment may not hold, as the worker's `objectName` refuses it. */
-const HOSTILE_SEGMENT = /[/\\\p{Cc}]/u;
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2}))?$/;
 
 /**
@@ -1091,7 +1099,11 @@ const MAIN_MODULE = "worker.js";
 /** The runtime behaviour the worker was written and tested against (workerd in miniflare 4). */
 const COMPATIBILITY_DATE = "2026-07-01";
 
-/** Where the worker takes signed purge requests (`PURGE_PATH` in the worker). */
+/**
+ * Where the worker takes signed purge requests (`PURGE_PATH` in the worker, written twice:
+ * workerd takes every export of a worker module for an entrypoint, so it exports functions
+ * only; `purgeMessage()` covers this path, and the end-to-end tests send to it).
+ */
 const PURGE_PATH = "/.well-known/b2-private-cdn/purge";
 
 /** A Cloudflare Worker binding as the upload metadata carries it. */
@@ -2536,11 +2548,6 @@ const MAX_PURGE_OPERATIONS = 100;
 /** And five purges a minute: a refused one is tried again after this many seconds. */
 const PURGE_RETRY_SECONDS = 60;
 
-/** The text a purge request's signature covers; the worker's `purgeMessage()` is the same. */
-export function purgeMessage(timestamp: string, body: string): string {
-  return `POST ${PURGE_PATH}\n${timestamp}\n${body}`;
-}
-
 /** The headers that sign `body` with the purge key (HMAC-SHA256), stamped `nowMs`. */
 export async function signPurge(
   body: string,
@@ -3106,9 +3113,6 @@ export function scheduleRefresh(
 // Signed links
 // ---------------------------------------------------------------------------
 
-/** Bumped with the worker's `SIGNED_LINK_VERSION` if the signed message ever changes. */
-const SIGNED_LINK_VERSION = "b2cdn-link-v1";
-
 /** What a link grants; see {@linkcode signLink}. */
 export interface SignLinkOptions {
   /** `WORKER_SIGNING_KEY`, base64url. */
@@ -3206,14 +3210,13 @@ export async function signLink(
   if (problems.length > 0 || canonical === undefined) throw new ConfigError(problems);
 
   const prefix = options.prefix ?? false;
-  const message = new TextEncoder().encode([
-    SIGNED_LINK_VERSION,
-    canonical,
-    prefix ? "prefix" : "path",
-    String(expires),
-    notBefore === undefined ? "" : String(notBefore),
-    downloadName ?? "",
-  ].join("\n"));
+  const message = new TextEncoder().encode(signedLinkMessage({
+    path: canonical,
+    prefix,
+    expires,
+    ...(notBefore !== undefined && { notBefore }),
+    ...(downloadName !== undefined && { downloadName }),
+  }));
   const key = await crypto.subtle.importKey(
     "raw",
     fromBase64Url(options.key),
@@ -3243,42 +3246,9 @@ export function generateSigningKey(): string {
   return toBase64Url(crypto.getRandomValues(new Uint8Array(MIN_SIGNING_KEY_BYTES)));
 }
 
-/**
- * A path written as in a URL in the worker's canonical form: each segment
- * percent-decoded once, exactly as the worker decodes it (worker_template.ts
- * `canonicalPath`); `undefined` for a path the worker refuses.
- */
-function canonicalPath(path: string): string | undefined {
-  const segments = path.split("/");
-  if (segments[0] !== "" || segments.length < 2) return undefined;
-  const folder = segments.length > 2 && segments.at(-1) === "";
-  const parts = segments.slice(1, folder ? -1 : undefined);
-  if (parts.length === 1 && parts[0] === "") return "/";
-  const decoded: string[] = [];
-  for (const part of parts) {
-    let text: string;
-    try {
-      text = decodeURIComponent(part);
-    } catch {
-      return undefined;
-    }
-    if (text === "" || text === "." || text === ".." || HOSTILE_SEGMENT.test(text)) {
-      return undefined;
-    }
-    decoded.push(text);
-  }
-  return `/${decoded.join("/")}${folder ? "/" : ""}`;
-}
-
 /** A canonical path percent-encoded per segment, as the worker decodes it back. */
 function encodePath(path: string): string {
   return path.split("/").map(encodeURIComponent).join("/");
-}
-
-/** Whether a download name may go in `Content-Disposition` (as the worker checks it). */
-function validDownloadName(name: string): boolean {
-  return name !== "" && name.trim() === name && !/[/\\"\p{Cc}]/u.test(name) &&
-    new TextEncoder().encode(name).length <= 255;
 }
 
 function toBase64Url(bytes: Uint8Array): string {
@@ -4057,11 +4027,7 @@ async function runSign(
   }
   const canonical = canonicalPath(path);
   if (canonical !== undefined && signing && signing.prefixes.length > 0) {
-    const covered = signing.prefixes.some((protectedPrefix) => {
-      const folder = protectedPrefix.replace(/\/$/, "");
-      return canonical === folder || canonical.startsWith(`${folder}/`);
-    });
-    if (!covered) {
+    if (!isProtected(canonical, signing.prefixes)) {
       problems.push(
         `"${path}" is not under WORKER_SIGNED_PREFIXES (${signing.prefixes.join(", ")}): ` +
           `it is public and needs no link${prefix ? ", and a prefix must lie within them" : ""}.`,

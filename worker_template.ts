@@ -1018,7 +1018,8 @@ export function readSigning(env: Env): SigningConfig {
  */
 export function canonicalPath(pathname: string): string | undefined {
   const segments = pathname.split("/");
-  if (segments[0] !== "") return undefined;
+  // "" is no path (a URL's pathname is at least "/"): refused, not taken for "/".
+  if (segments[0] !== "" || segments.length < 2) return undefined;
   const folder = segments.length > 2 && segments.at(-1) === "";
   const parts = segments.slice(1, folder ? -1 : undefined);
   if (parts.length === 1 && parts[0] === "") return "/";

@@ -1326,9 +1326,11 @@ Deno.test("canonicalPath() decodes each segment once, as objectName() does", asy
     ["/a%2Fb", undefined],
     ["/%zz", undefined],
     ["members/a", undefined],
+    // No path at all: main.ts's own copy refused it while the worker's took it for "/".
+    ["", undefined],
   ];
   for (const [path, expected] of table) {
-    await t.step(path, () => assert.equal(canonicalPath(path), expected));
+    await t.step(JSON.stringify(path), () => assert.equal(canonicalPath(path), expected));
   }
 });
 
@@ -1436,6 +1438,13 @@ Deno.test("applyGrant() makes signed answers private for at most their remaining
       [10, 0, undefined],
     );
   });
+});
+
+Deno.test("signLink() in main.ts refuses an empty path, as canonicalPath() does", async () => {
+  await assert.rejects(
+    () => signLink(SITE, "", { key: KEY, expires: 2_000_000_000 }),
+    { name: "ConfigError", message: /The path must be a URL path .*not ""/ },
+  );
 });
 
 Deno.test("signLink() in main.ts signs the message the worker checks", async () => {
