@@ -3603,58 +3603,195 @@ async function checkLargeObject(url: string, ctx: Context): Promise<CacheFinding
 // Commands
 // ---------------------------------------------------------------------------
 
+/** What `--help` prints: the commands, and where each one's page and the settings are. */
 const USAGE =
   `b2-private-cdn ${VERSION}: serve a private Backblaze B2 bucket through a Cloudflare Worker
 
 Usage: deno run --allow-net --allow-env --allow-read main.ts [command] [flags]
 
 Commands:
-  refresh   get a fresh B2 download token and deploy the worker with it (default)
-  status    check the deployed worker's token; exit 1 when it needs attention
-  render    print the worker module and its bindings (secrets masked); no network
-  purge     remove paths (exactly), --prefix <path> or --all from the edge cache
-  cron      stay running and refresh on REFRESH_SCHEDULE (Deno.cron)
-  dev       run the worker locally in workerd with a real token (B2 key only)
-  demo      the whole chain on this machine, against local stand-ins
-  sign <path> | --prefix <path> --expires <when>
-            print a signed link to a path under WORKER_SIGNED_PREFIXES; no network
-  keygen    print a fresh WORKER_SIGNING_KEY
-  check-cache  check Workers Cache on the deployed worker from real answers; exit 1 on a problem
+  refresh      get a fresh B2 download token and deploy the worker with it (default)
+  status       check the deployed worker's token, as a Nagios plugin (exit 0/1/2/3)
+  render       print the worker module and its bindings (secrets masked); no network
+  purge        remove paths, --prefix <path> or --all from the edge cache
+  cron         stay running and refresh on REFRESH_SCHEDULE (Deno.cron)
+  dev          run the worker locally in workerd with a real token (deno task dev)
+  demo         the whole chain on this machine, against local stand-ins (deno task demo)
+  sign         print a signed link to a path under WORKER_SIGNED_PREFIXES; no network
+  keygen       print a fresh WORKER_SIGNING_KEY
+  check-cache  check Workers Cache on the deployed worker from real answers
 
-Flags:
-  --json                 one JSON object on stdout instead of a line
-  --dry-run              refresh: do the B2 steps, show the upload, upload nothing
-  --verify <url>         refresh: fetch this URL afterwards; fail unless it answers 2xx
-  --take-over            refresh, by hand, once: move WORKER_ROUTE / WORKER_DOMAIN from
-                         another Worker, deleting the DNS record that blocks a custom domain
-  --remove-leftovers     refresh: delete routes and custom domains that run this worker
-                         but are no longer configured
-  --min-remaining <d>    status: least acceptable time left (default 48h)
-  --prefix <path>        purge: every path that starts with this (repeatable);
-                         sign: a link for every path under it, instead of one <path>
-  --all                  purge: everything the worker's cache holds
-  --url <url>            purge, sign, check-cache: where the worker answers (default:
-                         WORKER_DOMAIN, the route's host; purge also workers.dev);
-                         check-cache: the object to check
-  --port <n>             dev, demo: local port (default 8787)
-  --expires <when>       sign: a duration from now (1h, 7d) or an ISO 8601 time
-  --not-before <when>    sign: the link works only from then on
-  --download-name <name> sign: served as an attachment with this file name
-  --large-url <url>      check-cache: a large object, to see how its ranges are served
-  --env-file <path>      read settings from this file instead of ./.env
-  --verbose, -v          print each step on stderr
-  --help, -h             this text
-  --version, -V          the version
-  --<variable>           any setting below by its flag name, e.g. --b2-bucket-name photos
+main.ts help <command> (or <command> --help): its flags and an example.
+main.ts help settings: every setting (flags, else environment, else .env).
+Every command also takes --env-file <path>, --verbose (-v), --help (-h), --version (-V).
 
-Settings (flags, else environment, else .env; * marks credentials, never flags):
-${
-    Object.entries(VARIABLES).map(([name, v]) =>
-      `  ${("secret" in v || "credential" in v ? "*" : " ") + name.padEnd(24)} ${v.about}`
-    ).join("\n")
+Exit codes: 0 done, 1 the operation failed, 2 bad usage or configuration (status: see its help).`;
+
+/** One command's page: what it does, its own flags, and one example. */
+interface CommandHelp {
+  /** What follows `main.ts <command>` on the usage line. */
+  usage: string;
+  /** What it does, in a sentence or two. */
+  about: string;
+  /** Its own flags, one line each: the flag, then what it does. */
+  flags: string[];
+  /** One command line that works, with a comment. */
+  example: string;
+  /** Its exit codes. @default "0 done, 1 the operation failed, 2 bad usage or configuration" */
+  exit?: string;
+}
+
+/** `<command> --help` and `help <command>`; each flag of {@linkcode COMMAND_FLAGS} is on its page. */
+const COMMAND_HELP: Record<Command, CommandHelp> = {
+  refresh: {
+    usage: "[--dry-run] [--verify <url>] [--take-over] [--remove-leftovers] [--json]",
+    about: "Gets a fresh B2 download token and deploys the worker with it, then its route, " +
+      "custom domain and workers.dev. A failed B2 step uploads nothing.",
+    flags: [
+      "--dry-run              do the B2 steps and show the upload (secrets masked); upload nothing",
+      "--verify <url>         fetch this URL afterwards; fail unless it answers 2xx",
+      "--take-over            once, by hand: move WORKER_ROUTE / WORKER_DOMAIN from another",
+      "                       Worker, deleting the DNS record that blocks a custom domain",
+      "--remove-leftovers     delete routes and custom domains that run this worker but no",
+      "                       setting names any more",
+      "--json                 one JSON object on stdout",
+    ],
+    example: "main.ts refresh --verify https://cdn.example.com/index.html",
+  },
+  status: {
+    usage: "[--min-remaining <duration>] [--json]",
+    about: "Reads the deployed worker's bindings: its token's expiry, age and time left, its " +
+      "edge cache, where it answers and its leftovers. One line, as a Nagios plugin prints.",
+    flags: [
+      "--min-remaining <d>    WARNING below this much time left, CRITICAL below half of it",
+      "                       (default 48h: WARNING under 48h, CRITICAL under 24h)",
+      "--json                 the report as one JSON object on stdout",
+    ],
+    example: "main.ts status --min-remaining 3d   # in a crontab or a Nagios check",
+    exit: "0 OK, 1 WARNING (refresh soon), 2 CRITICAL (the site fails or soon will), " +
+      "3 UNKNOWN (Cloudflare could not be asked, or bad usage or configuration)",
+  },
+  render: {
+    usage: "[--json]",
+    about: "Prints the worker module and the bindings refresh would upload, secrets masked and " +
+      "B2's answers as placeholders. Needs no credentials and no network.",
+    flags: ["--json                 { cacheMode, metadata, module } on stdout"],
+    example: "main.ts render --worker-cache-mode cache-api | head",
+  },
+  purge: {
+    usage: "<path>... | --prefix <path>... | --all [--url <url>] [--json]",
+    about: "Removes paths (exactly), every path under a prefix, or everything from Workers " +
+      "Cache, by a signed request the worker answers (signed with WORKER_PURGE_KEY, else a " +
+      "key derived from B2_APPLICATION_KEY).",
+    flags: [
+      "--prefix <path>        every path that starts with this (repeatable)",
+      "--all                  everything the worker's cache holds",
+      "--url <url>            where the worker answers (default: WORKER_DOMAIN, the route's",
+      "                       host, else its workers.dev address)",
+      "--json                 the report as one JSON object on stdout",
+    ],
+    example: "main.ts purge /index.html --prefix /css/ --url https://cdn.example.com",
+    exit: "0 done, 1 refused or rate limited, 2 bad usage or configuration",
+  },
+  cron: {
+    usage: "[--verify <url>]",
+    about: "Stays running: refreshes at start when the token is due, then on REFRESH_SCHEDULE " +
+      "(Deno.cron, UTC), retrying a failed run. Ctrl-C or SIGTERM stops it.",
+    flags: ["--verify <url>         fetch this URL after each refresh"],
+    example: "deno run --allow-net --allow-env --allow-read --unstable-cron main.ts cron",
+    exit: "0 once stopped (it runs until Ctrl-C or SIGTERM), 2 bad configuration",
+  },
+  dev: {
+    usage: "[--port <n>]",
+    about: "Runs the worker refresh would deploy in workerd on this machine, with a fresh real " +
+      "token, behind the Workers Cache stand-in. Needs only the B2 settings; from a clone.",
+    flags: ["--port <n>             local port (default 8787)"],
+    example: "deno task dev --port 9000",
+    exit: "0 on Ctrl-C or SIGTERM, 1 failed, 2 bad configuration or the port is taken",
+  },
+  demo: {
+    usage: "[--port <n>]",
+    about: "The whole chain on this machine: stand-ins for B2 and Cloudflare, a real refresh, " +
+      "the worker in workerd behind the Workers Cache stand-in. No account; from a clone.",
+    flags: ["--port <n>             local port (default 8787)"],
+    example: "deno task demo",
+    exit: "0 on Ctrl-C or SIGTERM, 1 failed, 2 the port is taken",
+  },
+  sign: {
+    usage: "<path> | --prefix <path> --expires <when> [flags]",
+    about: "Prints a signed link to a path (or every path under a prefix) under " +
+      "WORKER_SIGNED_PREFIXES, with WORKER_SIGNING_KEY. No network.",
+    flags: [
+      "--expires <when>       a duration from now (1h, 7d) or an ISO 8601 time (required)",
+      "--not-before <when>    the link works only from then on",
+      "--download-name <name> served as an attachment with this file name",
+      "--prefix <path>        a link for every path under it, instead of one <path>",
+      "--url <url>            the site's origin (default: WORKER_DOMAIN or the route's host)",
+      "--json                 the link and its parts as one JSON object",
+    ],
+    example: "main.ts sign /members/video.mp4 --expires 1h",
+    exit: "0 printed, 2 a link the worker would refuse, or bad usage or configuration",
+  },
+  keygen: {
+    usage: "[--json]",
+    about: "Prints a fresh WORKER_SIGNING_KEY (on stdout only, shown once). Reads no settings.",
+    flags: ["--json                 { key } on stdout"],
+    example: 'echo "WORKER_SIGNING_KEY=$(main.ts keygen)" >> .env',
+    exit: "0",
+  },
+  "check-cache": {
+    usage: "[--url <url>] [--large-url <url>] [--json]",
+    about: "Asks the deployed worker and reports, from real answers, whether Workers Cache " +
+      "stores, serves and purges as intended. Run once after the first deploy.",
+    flags: [
+      "--url <url>            a small object on the worker (default: WORKER_DOMAIN's or the",
+      "                       route's host, else the worker's workers.dev address, /)",
+      "--large-url <url>      a large object, to see how its ranges are served",
+      "--json                 the report as one JSON object on stdout",
+    ],
+    example: "main.ts check-cache --url https://cdn.example.com/hello.txt",
+    exit: "0 as intended, 1 a problem, 2 no URL or bad usage",
+  },
+};
+
+/** `main.ts help <topic>`: a command's page, `settings`, or without a topic {@linkcode USAGE}. */
+export function helpText(topic?: Command | "settings"): string {
+  if (topic === undefined) return USAGE;
+  if (topic === "settings") {
+    return "Settings (flags, else environment, else .env; * marks credentials, never flags):\n" +
+      Object.entries(VARIABLES).map(([name, v]) =>
+        `  ${("secret" in v || "credential" in v ? "*" : " ") + name.padEnd(24)} ${v.about}`
+      ).join("\n") +
+      "\nEvery setting but the credentials is also a flag: --b2-bucket-name photos. " +
+      "Details and defaults: docs/configuration.md.";
   }
+  const page = COMMAND_HELP[topic];
+  const run = topic === "dev" || topic === "demo"
+    ? `deno task ${topic}`
+    : `deno run ${COMMANDS[topic].permissions} main.ts ${topic}`;
+  return `Usage: ${run} ${page.usage}\n\n${wrap(page.about)}\n\nFlags:\n` +
+    page.flags.map((line) => `  ${line}`).join("\n") +
+    "\n  --env-file <path>      read settings from this file instead of ./.env" +
+    "\n  --verbose, -v          print each step on stderr" +
+    "\n  --<setting>            any setting but a credential (main.ts help settings)" +
+    `\n\nExample:\n  ${page.example}\n\n` +
+    wrap(
+      `Exit codes: ${page.exit ?? "0 done, 1 the operation failed, 2 bad usage or configuration"}`,
+    );
+}
 
-Exit codes: 0 done, 1 the operation failed, 2 bad usage or configuration.`;
+/** Breaks `text` into lines of at most `width` characters, at spaces. */
+function wrap(text: string, width = 78): string {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of text.split(" ")) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  return [...lines, line].join("\n");
+}
 
 /** Where a command writes; everything passes through the secret filter. */
 export interface Io {
@@ -4093,8 +4230,10 @@ export interface CommandLine {
   settings: Settings;
   /** `--env-file`: the dotenv file to read instead of `.env`. */
   envFile?: string;
-  /** `--help`. */
+  /** `--help`, `<command> --help` or `help [<command>]`. */
   help: boolean;
+  /** What help was asked about: a command, or `settings`; absent for the short `--help`. */
+  helpTopic?: Command | "settings";
   /** `--version`. */
   version: boolean;
 }
@@ -4131,7 +4270,8 @@ export function parseCommandLine(args: string[]): CommandLine {
     throw new ConfigError([`${message} See --help for the flags.`]);
   }
   const { values, positionals } = parsed;
-  const [name = "refresh", ...extra] = positionals;
+  const help = helpRequest(positionals, values.help ?? false);
+  const [name = "refresh", ...extra] = help ? [] : positionals;
   // sign takes one path, or one --prefix; purge takes any number of paths.
   const signsPrefix = name === "sign" && extra.length === 0 && values.prefix?.length === 1;
   const purgeRequest: PurgeRequest = {
@@ -4142,15 +4282,16 @@ export function parseCommandLine(args: string[]): CommandLine {
   };
   const port = Number(values.port ?? 8787);
   const minRemaining = parseDuration(values["min-remaining"] ?? "48h");
-  const problems = [
+  // A page of help is printed whatever else the line holds.
+  const problems = help ? [] : [
     ...positionalProblems(name, extra, { signsPrefix }),
     ...(name === "purge" ? purgeProblems(purgeRequest) : []),
     ...(name in COMMANDS ? misplacedFlags(name as Command, values) : []),
   ];
-  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  if (!help && (!Number.isInteger(port) || port < 0 || port > 65535)) {
     problems.push(`--port must be a port number, not "${values.port}".`);
   }
-  if (minRemaining === undefined) {
+  if (!help && minRemaining === undefined) {
     problems.push(
       `--min-remaining must be a duration such as 48h or 2d, not "${values["min-remaining"]}".`,
     );
@@ -4186,9 +4327,29 @@ export function parseCommandLine(args: string[]): CommandLine {
     },
     settings,
     ...(values["env-file"] !== undefined && { envFile: values["env-file"] }),
-    help: values.help ?? false,
+    help: help !== undefined,
+    ...(help?.topic && { helpTopic: help.topic }),
     version: values.version ?? false,
   };
+}
+
+/**
+ * `help [<topic>]` or `<command> --help`: what help is asked about, before any
+ * check of the command's own arguments (`purge --help` needs no path).
+ */
+function helpRequest(
+  positionals: string[],
+  flag: boolean,
+): { topic?: Command | "settings" } | undefined {
+  const [first, ...rest] = positionals;
+  const asked = first === "help";
+  if (!asked && !flag) return undefined;
+  const topic = asked ? rest[0] : first;
+  if (topic === undefined) return {};
+  if (topic === "settings" || topic in COMMANDS) return { topic: topic as Command | "settings" };
+  throw new ConfigError([
+    `No help for "${topic}". Commands: ${Object.keys(COMMANDS).join(", ")}; also help settings.`,
+  ]);
 }
 
 /** The flags `parseArgs` knows: the commands' own, then every setting's by its flag name. */
@@ -4327,7 +4488,7 @@ export async function run(options: RunOptions): Promise<number> {
   try {
     const line = parseCommandLine(options.args);
     command = line.command;
-    if (line.help) return io.stdout(USAGE), 0;
+    if (line.help) return io.stdout(helpText(line.helpTopic)), 0;
     if (line.version) return io.stdout(`b2-private-cdn ${VERSION}`), 0;
     // Needs no settings: a fresh key must come out while the configuration holds a bad one.
     if (line.command === "keygen") return runKeygen(io, line.flags);

@@ -305,6 +305,80 @@ Deno.test("run() answers dev and demo with where they run, asking nothing of B2"
   }
 });
 
+/** Runs `run()` with no settings at all, as help must work before any is set. */
+async function runBare(args: string[]) {
+  const stdout: string[] = [];
+  const stderr: string[] = [];
+  const code = await run({
+    args,
+    env: {},
+    readEnvFile: () => Promise.resolve(undefined),
+    io: { stdout: (t) => stdout.push(t), stderr: (t) => stderr.push(t) },
+  });
+  return { code, stdout: stdout.join("\n"), stderr: stderr.join("\n") };
+}
+
+Deno.test("run() prints a command's own page for <command> --help and help <command>", async (t) => {
+  // Each command's own flags, as parseCommandLine() accepts them.
+  const own: Record<string, string[]> = {
+    refresh: ["--dry-run", "--verify", "--take-over", "--remove-leftovers", "--json"],
+    status: ["--min-remaining", "--json"],
+    render: ["--json"],
+    purge: ["--prefix", "--all", "--url", "--json"],
+    cron: ["--verify"],
+    dev: ["--port"],
+    demo: ["--port"],
+    sign: ["--expires", "--not-before", "--download-name", "--prefix", "--url", "--json"],
+    keygen: ["--json"],
+    "check-cache": ["--url", "--large-url", "--json"],
+  };
+  for (const [command, flags] of Object.entries(own)) {
+    await t.step(command, async () => {
+      const flag = await runBare([command, "--help"]);
+      const topic = await runBare(["help", command]);
+      assert.deepEqual([flag.code, flag.stderr], [0, ""]);
+      assert.deepEqual(topic, flag);
+      const page = flag.stdout;
+      assert.match(page, new RegExp(`^Usage: deno (run .* main\\.ts|task) ${command} `));
+      for (const name of flags) assert.match(page, new RegExp(`^  ${name}\\b`, "m"), name);
+      assert.match(page, /\nExample:\n {2}\S.*\n\nExit codes: \d/);
+      // Only its own flags: none of the commands it does not take.
+      const others = Object.values(own).flat().filter((name) => !flags.includes(name));
+      for (const name of others) assert.doesNotMatch(page, new RegExp(`^  ${name}\\b`, "m"));
+    });
+  }
+  await t.step("a flag it does not take still gets the page, not the flag's error", async () => {
+    const { code, stdout } = await runBare(["purge", "--help", "--port", "1"]);
+    assert.equal(code, 0);
+    assert.match(stdout, /^Usage: .* main\.ts purge /);
+  });
+});
+
+Deno.test("run() keeps --help short and points at each command's page and the settings", async (t) => {
+  for (const args of [["--help"], ["-h"], ["help"]]) {
+    await t.step(args.join(" "), async () => {
+      const { code, stdout } = await runBare(args);
+      assert.equal(code, 0);
+      assert.ok(stdout.split("\n").length <= 30, `${stdout.split("\n").length} lines`);
+      assert.match(stdout, /main\.ts help <command> \(or <command> --help\)/);
+      assert.match(stdout, /main\.ts help settings/);
+      assert.doesNotMatch(stdout, /B2_APPLICATION_KEY_ID/);
+    });
+  }
+  await t.step("help settings lists every setting", async () => {
+    const { code, stdout } = await runBare(["help", "settings"]);
+    assert.equal(code, 0);
+    for (const name of ["B2_APPLICATION_KEY_ID", "CLOUDFLARE_ZONE_ID", "REFRESH_MARGIN"]) {
+      assert.match(stdout, new RegExp(`^ {2}[ *]${name} `, "m"));
+    }
+  });
+  await t.step("help of something unknown is a usage error", async () => {
+    const { code, stderr } = await runBare(["help", "deploy"]);
+    assert.equal(code, 2);
+    assert.match(stderr, /^error: No help for "deploy"\. Commands: refresh, status/);
+  });
+});
+
 Deno.test("run() exits 2 on bad usage, naming the fix", async (t) => {
   const w = world();
   try {
