@@ -77,14 +77,35 @@ export interface WorkersCache {
   close(): Promise<void>;
 }
 
+/** See {@linkcode WorkersCacheOptions.rangedMiss}. */
+export type RangedMiss = "slice" | "whole" | "removed";
+
 /** How the stand-in is set up. */
 export interface WorkersCacheOptions {
   /** @default 0 (any free port) */
   port?: number;
   /** The cache's clock (ms), so tests can make entries stale without waiting. @default Date.now */
   now?: () => number;
-  /** The largest answer stored. @default 512 MB */
+  /**
+   * The largest object stored, checked against its complete size (a 200's
+   * `Content-Length`, the total of a 206's `Content-Range`, or the bytes read), so that tests
+   * can put an object over the limit without sending 512 MB.
+   * @default 512 MB
+   */
   maxObjectBytes?: number;
+  /**
+   * What a ranged miss does. Cloudflare documents only that the `Range` reaches the worker
+   * and that a 206 is never stored ("Status codes that are never cached",
+   * developers.cloudflare.com/workers/cache/configuration/); what the visitor whose range
+   * the worker answered with a whole 200 receives is not documented.
+   * Assumption: `"slice"` (default), the cache stores the 200 and answers this visitor's
+   * range from it, as it answers later ones; `"whole"`, the 200 reaches the visitor as the
+   * worker sent it (HTTP lets a server ignore `Range`, RFC 9110 14.2); `"removed"`, the
+   * cache removes `Range` and `If-Range` before the worker and slices the answer itself
+   * (what this stand-in did before the documentation was read closely; no source says so).
+   * @default "slice"
+   */
+  rangedMiss?: RangedMiss;
   /** How long the worker may take to send its headers before it counts as failed. @default 100 s */
   workerTimeoutMs?: number;
   /** Gets what the worker prints. */
@@ -199,6 +220,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
   const maxObjectBytes = options.maxObjectBytes ?? MAX_OBJECT_BYTES;
   const workerTimeoutMs = options.workerTimeoutMs ?? WORKER_TIMEOUT_MS;
   const rules = { privateAnywhere: options.privateAnywhereBypasses ?? true };
+  const rangedMiss = options.rangedMiss ?? "slice";
   const shim = await loadShim();
   const startWorker = options.startLocalWorker ?? startLocalWorker;
   // The Cache API (caches.default) survives deploys on Cloudflare, so a worker in that mode
@@ -305,7 +327,10 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     how: { key: string; label: string; conditional?: boolean },
     current: Deployment,
   ): Promise<Response> {
-    const headers = workerHeaders(request.headers, { keepConditional: how.conditional });
+    const headers = workerHeaders(request.headers, {
+      keepConditional: how.conditional,
+      keepRange: rangedMiss !== "removed",
+    });
     const result = await callWorker(current, request, { method: "GET", headers });
     if (!("response" in result)) return failureAnswer(result);
     return await keepAndAnswer(result.response, request, how);
@@ -323,6 +348,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     key: string,
     current: Deployment,
   ): Promise<Response> {
+    // The stored whole object is what is revalidated, so the visitor's Range stays here.
     const headers = workerHeaders(request.headers, {});
     const etag = entry.headers.get("etag");
     const lastModified = entry.headers.get("last-modified");
@@ -375,8 +401,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       if (how.replacing) forget(how.key, how.replacing);
       return visitorAnswer(response, how.replacing ? how.label : verdict.label, request);
     }
-    const size = Number(response.headers.get("content-length") ?? NaN);
-    if (size > maxObjectBytes) {
+    if ((completeSize(response.status, response.headers) ?? 0) > maxObjectBytes) {
       // WORKERS_CACHE.md (Size limit): "Larger answers are not stored (MISS every time)".
       return visitorAnswer(response, "MISS", request);
     }
@@ -399,7 +424,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       !other.vary.every(([name, value]) => request.headers.get(name) === value)
     );
     store.set(how.key, [...variants, entry]);
-    return serve(entry, request, how.label);
+    return serve(entry, request, how.label, { whole: rangedMiss === "whole" && !how.replacing });
   }
 
   function forget(key: string, entry: Entry): void {
@@ -450,14 +475,23 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     }
   }
 
-  /** An entry's answer for this request: the whole object, a 206 slice, a 416, or a HEAD. */
-  function serve(entry: Entry, request: Request, label: string): Response {
+  /**
+   * An entry's answer for this request: the whole object, a 206 slice, a 416, or a HEAD.
+   * `whole`: the range is not applied (the `"whole"` case of a ranged miss).
+   */
+  function serve(
+    entry: Entry,
+    request: Request,
+    label: string,
+    how: { whole?: boolean } = {},
+  ): Response {
     const headers = clientHeaders(entry.headers, label);
     headers.set("Age", String(Math.max(0, Math.floor((now() - entry.storedAt) / 1000))));
     const head = request.method === "HEAD";
     const size = entry.body.byteLength;
     // WORKERS_CACHE.md (Range): the cache answers 206 slices (or 416) itself.
-    const range = entry.status === 200 && ifRangeHolds(request.headers, entry.headers)
+    const range = entry.status === 200 && !how.whole &&
+        ifRangeHolds(request.headers, entry.headers)
       ? parseRange(request.headers.get("range"), size)
       : undefined;
     if (range === "unsatisfiable") {
@@ -478,17 +512,17 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
   }
 
   /**
-   * An answer that was not stored, as the visitor gets it. The worker never saw the
-   * visitor's Range (removed before it), so a range of a whole 200 is sliced here.
-   * Assumption: that holds for answers too large to store as well (the worst case asked for:
-   * the worker sends the whole object and the edge reads through it to the range).
+   * An answer that was not stored, as the visitor gets it: a 206 the worker made passes as
+   * it is; a whole 200 to a range is sliced here unless `rangedMiss` is `"whole"`.
+   * Assumption: that holds for answers too large to store as well (the edge reads through
+   * the whole object to the range, the worst case for time to first byte).
    */
   function visitorAnswer(response: Response, label: string, request?: Request): Response {
     const headers = clientHeaders(response.headers, label);
     const head = request?.method === "HEAD";
     const size = Number(response.headers.get("content-length") ?? NaN);
     const range = request && response.status === 200 && Number.isInteger(size) &&
-        ifRangeHolds(request.headers, response.headers)
+        rangedMiss !== "whole" && ifRangeHolds(request.headers, response.headers)
       ? parseRange(request.headers.get("range"), size)
       : undefined;
     if (range === "unsatisfiable") {
@@ -646,14 +680,21 @@ function cacheKey(url: URL, headers: Headers, current: Deployment): string {
 }
 
 /**
- * The headers the worker gets for a cacheable request: no Range (WORKERS_CACHE.md: "the
- * cache removes Range before calling the worker"), and the body uncompressed, since the
- * cache stores the object itself.
+ * The headers the worker gets for a cacheable request: the visitor's `Range` and `If-Range`
+ * when `keepRange` (developers.cloudflare.com/workers/cache/configuration/, "Status codes
+ * that are never cached": "a Range request that produces a 206 will always result in MISS.
+ * Return a full 200 response and let the cache satisfy subsequent Range requests"), and the
+ * body uncompressed, since the cache stores the object itself.
  */
-function workerHeaders(visitor: Headers, how: { keepConditional?: boolean }): Headers {
+function workerHeaders(
+  visitor: Headers,
+  how: { keepConditional?: boolean; keepRange?: boolean },
+): Headers {
   const headers = new Headers(visitor);
-  headers.delete("range");
-  headers.delete("if-range");
+  if (!how.keepRange) {
+    headers.delete("range");
+    headers.delete("if-range");
+  }
   if (!how.keepConditional) {
     headers.delete("if-none-match");
     headers.delete("if-modified-since");
@@ -721,8 +762,12 @@ function storability(
   const present = CONTROL_HEADERS.filter((name) => headers.has(name));
   const governing = parseDirectives(present[0] ? headers.get(present[0]) : null);
   const all = present.map((name) => parseDirectives(headers.get(name)));
-  // WORKERS_CACHE.md (Range): "A 206 made by the worker is never stored"; 520-526 never.
-  if (status === 206 || (status >= 520 && status <= 526)) return { store: false, label: "DYNAMIC" };
+  // WORKERS_CACHE.md (Heuristic lifetimes): 520-526 are never stored.
+  if (status >= 520 && status <= 526) return { store: false, label: "DYNAMIC" };
+  // developers.cloudflare.com/workers/cache/configuration/ ("Status codes that are never
+  // cached"): "206 Partial Content is not cached. ... a Range request that produces a 206
+  // will always result in MISS", whatever else its headers say.
+  if (status === 206) return { store: false, label: "MISS" };
   if (headers.has("set-cookie")) return { store: false, label: "BYPASS" };
   // Assumption (by default): private or no-store in ANY of the three headers bypasses, even
   // when a CDN header governs (unconfirmed in WORKERS_CACHE.md; the worst case for the hit
@@ -767,6 +812,22 @@ function storability(
       forAuthorized,
     },
   };
+}
+
+/**
+ * The size of the whole object an answer is part of: the total of a 206's `Content-Range`
+ * (`bytes a-b/total`), else `Content-Length`; `undefined` when neither says. The size limit
+ * is checked against this, not against the part sent: a small range does not make a larger
+ * object cacheable (developers.cloudflare.com/cache/reference/range-requests/, "Caching
+ * limitations").
+ */
+export function completeSize(status: number, headers: Headers): number | undefined {
+  if (status === 206) {
+    const total = /\/(\d+)\s*$/.exec(headers.get("content-range") ?? "")?.[1];
+    return total === undefined ? undefined : Number(total);
+  }
+  const length = headers.get("content-length");
+  return length !== null && /^\d+$/.test(length.trim()) ? Number(length) : undefined;
 }
 
 /** RFC 9111 4.2.1: Expires, when no max-age says otherwise. */
