@@ -173,6 +173,8 @@ export interface Config {
   refreshMargin: number;
   /** What the purge key is derived from: `WORKER_PURGE_KEY`, else `B2_APPLICATION_KEY`. */
   purgeSecret?: { from: "WORKER_PURGE_KEY" | "B2_APPLICATION_KEY"; value: string };
+  /** Settings that work but contradict each other, each with its fix; absent when none. */
+  warnings?: string[];
 }
 
 /** A configuration problem; `problems` lists each thing to change. Exit code 2. */
@@ -192,345 +194,722 @@ export class ConfigError extends Error {
 }
 
 /**
- * The variables the tool reads. Credentials have no flag, since flags show in
- * `ps`; secrets are also never printed.
+ * How a setting's value is read and checked: `text` as given (trimmed);
+ * `secret` the same, never printed and never a flag; `integer` and
+ * `duration` (`90s`, `30m`, `48h`, `6d`) within `min`..`max`; `enum` one of
+ * `values`; `list` comma-separated, each item checked; `url` an http(s) URL;
+ * `time` an ISO 8601 time; `host`, `route` and `cron` text with their own check.
  */
-export const VARIABLES = {
-  B2_APPLICATION_KEY_ID: { credential: true, about: "B2 application key id" },
-  B2_APPLICATION_KEY: { secret: true, about: "B2 application key" },
-  B2_BUCKET_NAME: { about: "bucket name (or B2_BUCKET_ID)" },
-  B2_BUCKET_ID: { about: "bucket id (or B2_BUCKET_NAME)" },
+export type SettingKind =
+  | "text"
+  | "secret"
+  | "integer"
+  | "duration"
+  | "enum"
+  | "list"
+  | "url"
+  | "time"
+  | "host"
+  | "route"
+  | "cron";
+
+/** One setting the tool reads: its kind, default and check, and its line in `--help`. */
+export interface Setting {
+  /** How the value is read; see {@linkcode SettingKind}. */
+  kind: SettingKind;
+  /** One line for `--help`. */
+  about: string;
+  /** The value when unset, as written in `.env`. @default undefined (none) */
+  default?: string;
+  /** `enum`: the allowed values (compared in lower case); `list`: values that stand alone. */
+  values?: readonly string[];
+  /** `integer`, `duration`: the least value, in seconds for a duration. */
+  min?: number;
+  /** `integer`, `duration`: the greatest value. */
+  max?: number;
+  /** Not a secret, but a credential all the same: no flag, since flags show in `ps`. */
+  credential?: true;
+  /** Empty is a value of its own (not "unset"), such as `WORKER_INDEX_FILE=` for none. */
+  emptyIsValue?: true;
+  /** Read as given, spaces included. */
+  untrimmed?: true;
+  /** What a good value looks like, after "must be"; derived from the kind when absent. */
+  hint?: string;
+  /** Whether a value (each item of a list) is good; the problem then says `hint`. */
+  valid?: (value: string) => boolean;
+  /** A value's (each item's) problem in full, naming the setting; `undefined` when good. */
+  check?: (value: string) => string | undefined;
+}
+
+/** Once a day at 04:17 UTC: an odd minute, away from the top-of-the-hour rush. */
+const DEFAULT_SCHEDULE = "17 4 * * *";
+const YEAR = 365 * DAY;
+
+/** A variable the tool reads: a key of {@linkcode VARIABLES}, which must name each. */
+export type Variable =
+  | "B2_APPLICATION_KEY_ID"
+  | "B2_APPLICATION_KEY"
+  | "B2_BUCKET_NAME"
+  | "B2_BUCKET_ID"
+  | "B2_FILE_PREFIX"
+  | "B2_TOKEN_TTL"
+  | "B2_API_URL"
+  | "CLOUDFLARE_ACCOUNT_ID"
+  | "CLOUDFLARE_API_TOKEN"
+  | "CLOUDFLARE_EMAIL"
+  | "CLOUDFLARE_API_KEY"
+  | "CLOUDFLARE_API_BASE_URL"
+  | "CLOUDFLARE_ZONE_ID"
+  | "WORKER_NAME"
+  | "WORKER_ROUTE"
+  | "WORKER_DOMAIN"
+  | "WORKER_WORKERS_DEV"
+  | "WORKER_URL_STYLE"
+  | "WORKER_INDEX_FILE"
+  | "WORKER_CACHE_TTL"
+  | "WORKER_CACHE_CONTROL"
+  | "WORKER_CORS_ORIGINS"
+  | "WORKER_SIGNED_PREFIXES"
+  | "WORKER_SIGNING_KEY"
+  | "WORKER_SIGNING_KEY_PREVIOUS"
+  | "WORKER_SIGNING_KEY_PREVIOUS_UNTIL"
+  | "WORKER_SIGNED_MAX_TTL"
+  | "WORKER_CACHE_MODE"
+  | "WORKER_STALE_WHILE_REVALIDATE"
+  | "WORKER_STALE_IF_ERROR"
+  | "WORKER_PURGE_KEY"
+  | "VERIFY_URL"
+  | "REFRESH_SCHEDULE"
+  | "REFRESH_MARGIN";
+
+/**
+ * The settings the tool reads, in `--help`'s order. Credentials have no flag,
+ * since flags show in `ps`; secrets are also never printed.
+ */
+export const VARIABLES: { readonly [name in Variable]: Setting } = {
+  B2_APPLICATION_KEY_ID: { kind: "text", credential: true, about: "B2 application key id" },
+  B2_APPLICATION_KEY: { kind: "secret", about: "B2 application key" },
+  B2_BUCKET_NAME: { kind: "text", about: "bucket name (or B2_BUCKET_ID)" },
+  B2_BUCKET_ID: { kind: "text", about: "bucket id (or B2_BUCKET_NAME)" },
   B2_FILE_PREFIX: {
+    kind: "text",
+    untrimmed: true,
+    default: "",
     about: "serve only names under this prefix (default: whole bucket)",
   },
   B2_TOKEN_TTL: {
+    kind: "integer",
+    min: 1,
+    max: MAX_TOKEN_TTL,
+    default: String(MAX_TOKEN_TTL),
     about: "download token lifetime in seconds, 1..604800 (default 604800)",
   },
-  B2_API_URL: { about: "default https://api.backblazeb2.com" },
-  CLOUDFLARE_ACCOUNT_ID: { about: "account that owns the worker" },
-  CLOUDFLARE_API_TOKEN: {
-    secret: true,
-    about: 'API token with "Workers Scripts: Edit"',
+  B2_API_URL: {
+    kind: "url",
+    default: "https://api.backblazeb2.com",
+    about: "default https://api.backblazeb2.com",
   },
-  CLOUDFLARE_EMAIL: { credential: true, about: "legacy global key: account email" },
-  CLOUDFLARE_API_KEY: { secret: true, about: "legacy global key" },
+  CLOUDFLARE_ACCOUNT_ID: { kind: "text", about: "account that owns the worker" },
+  CLOUDFLARE_API_TOKEN: { kind: "secret", about: 'API token with "Workers Scripts: Edit"' },
+  CLOUDFLARE_EMAIL: { kind: "text", credential: true, about: "legacy global key: account email" },
+  CLOUDFLARE_API_KEY: { kind: "secret", about: "legacy global key" },
   CLOUDFLARE_API_BASE_URL: {
+    kind: "url",
+    default: "https://api.cloudflare.com/client/v4",
     about: "default https://api.cloudflare.com/client/v4",
   },
-  CLOUDFLARE_ZONE_ID: { about: "zone for WORKER_ROUTE / WORKER_DOMAIN" },
-  WORKER_NAME: { about: "default b2-private-cdn" },
+  CLOUDFLARE_ZONE_ID: { kind: "text", about: "zone for WORKER_ROUTE / WORKER_DOMAIN" },
+  WORKER_NAME: {
+    kind: "text",
+    default: "b2-private-cdn",
+    hint: '1-63 lowercase letters, digits, "-" or "_", starting with a letter',
+    valid: (name) => WORKER_NAME_PATTERN.test(name),
+    about: "default b2-private-cdn",
+  },
   WORKER_ROUTE: {
+    kind: "route",
+    check: routeProblem,
     about: "route to point at the worker, e.g. cdn.example.com/*",
   },
   WORKER_DOMAIN: {
+    kind: "host",
+    hint: "a host name like cdn.example.com",
+    valid: (host) => /^[a-z0-9.-]+$/i.test(host),
     about: "custom domain for the worker, e.g. cdn.example.com",
   },
   WORKER_WORKERS_DEV: {
+    kind: "enum",
+    values: ["on", "off", "auto"],
+    default: "auto",
+    hint: "on, off or auto",
     about: "answer on workers.dev too: on, off, auto (default: on without route/domain)",
   },
-  WORKER_URL_STYLE: { about: "plain (default) or b2 (/file/<bucket>/<name>)" },
+  WORKER_URL_STYLE: {
+    kind: "enum",
+    values: ["plain", "b2"],
+    default: "plain",
+    about: "plain (default) or b2 (/file/<bucket>/<name>)",
+  },
   WORKER_INDEX_FILE: {
+    kind: "text",
+    default: "index.html",
+    emptyIsValue: true,
+    hint: 'a file name without "/"',
+    valid: (name) => !/[/\\]/.test(name) && name !== "." && name !== "..",
     about: "served for / and dir/ (default index.html; empty: off)",
   },
   WORKER_CACHE_TTL: {
+    kind: "integer",
+    min: 0,
+    max: YEAR,
+    default: String(DAY),
     about: "seconds the edge keeps an object (default 86400)",
   },
   WORKER_CACHE_CONTROL: {
+    kind: "text",
+    default: "",
     about: "Cache-Control for browsers (default: the object's own)",
   },
   WORKER_CORS_ORIGINS: {
+    kind: "list",
+    default: "",
+    values: ["*"],
+    hint: '"*" or origins like https://example.com',
+    valid: (origin) => URL.canParse(origin) && new URL(origin).origin === origin,
     about: "empty (no CORS), * or a comma list of origins",
   },
   WORKER_SIGNED_PREFIXES: {
+    kind: "list",
+    check: (prefix) =>
+      canonicalPath(prefix) === undefined
+        ? `WORKER_SIGNED_PREFIXES must list paths like /members/ (starting with "/", no empty, ` +
+          `"." or ".." segment, "%" written as %25), not "${prefix}".`
+        : undefined,
     about: "path prefixes that need a signed link, e.g. /members/ (default: none)",
   },
-  WORKER_SIGNING_KEY: { secret: true, about: "signs links; main.ts keygen prints one" },
-  WORKER_SIGNING_KEY_PREVIOUS: { secret: true, about: "the key before a rotation" },
+  WORKER_SIGNING_KEY: {
+    kind: "secret",
+    check: (key) => signingKeyProblems("WORKER_SIGNING_KEY", key)[0],
+    about: "signs links; main.ts keygen prints one",
+  },
+  WORKER_SIGNING_KEY_PREVIOUS: {
+    kind: "secret",
+    check: (key) => signingKeyProblems("WORKER_SIGNING_KEY_PREVIOUS", key)[0],
+    about: "the key before a rotation",
+  },
   WORKER_SIGNING_KEY_PREVIOUS_UNTIL: {
+    kind: "time",
     about: "time the previous key's links stop working, e.g. 2026-12-31T00:00:00Z",
   },
-  WORKER_SIGNED_MAX_TTL: { about: "longest life of a signed link (default 7d)" },
+  WORKER_SIGNED_MAX_TTL: {
+    kind: "duration",
+    min: 60,
+    max: YEAR,
+    default: "7d",
+    hint: "a duration from 60s to 365d such as 7d",
+    about: "longest life of a signed link (default 7d)",
+  },
   WORKER_CACHE_MODE: {
+    kind: "enum",
+    values: CACHE_MODES,
+    default: "workers-cache",
     about: "workers-cache (default), cache-api or off; WORKER_CACHE_TTL=0 means off",
   },
   WORKER_STALE_WHILE_REVALIDATE: {
+    kind: "integer",
+    min: 0,
+    max: YEAR,
+    default: String(DEFAULT_STALE_WHILE_REVALIDATE),
     about: "Workers Cache: seconds served stale while revalidating (default 86400)",
   },
   WORKER_STALE_IF_ERROR: {
+    kind: "integer",
+    min: 0,
+    max: YEAR,
+    default: String(DEFAULT_STALE_IF_ERROR),
     about: "Workers Cache: seconds served stale while B2 or the token fails (default 604800)",
   },
   WORKER_PURGE_KEY: {
-    secret: true,
+    kind: "secret",
+    check: (key) =>
+      key.length < MIN_PURGE_KEY_LENGTH
+        ? `WORKER_PURGE_KEY must be at least ${MIN_PURGE_KEY_LENGTH} characters ` +
+          "(e.g. openssl rand -hex 32), or unset to derive it from B2_APPLICATION_KEY."
+        : undefined,
     about: "signs purge requests (default: derived from B2_APPLICATION_KEY)",
   },
-  VERIFY_URL: { about: "fetched after deploying; must answer 2xx" },
-  REFRESH_SCHEDULE: { about: 'cron schedule, UTC (default "17 4 * * *")' },
+  VERIFY_URL: { kind: "url", about: "fetched after deploying; must answer 2xx" },
+  REFRESH_SCHEDULE: {
+    kind: "cron",
+    default: DEFAULT_SCHEDULE,
+    hint: `a five-field cron expression such as "${DEFAULT_SCHEDULE}"`,
+    valid: (schedule) => schedule.split(/\s+/).length === 5,
+    about: `cron schedule, UTC (default "${DEFAULT_SCHEDULE}")`,
+  },
   REFRESH_MARGIN: {
+    kind: "duration",
+    default: "6d",
     about: "cron refreshes at start below this time left (default 6d)",
   },
-} as const satisfies Record<string, { secret?: true; credential?: true; about: string }>;
+};
 
-/** A variable the tool reads. */
-export type Variable = keyof typeof VARIABLES;
 /** Raw values by variable name: flags over the environment over `.env`. */
 export type Settings = Partial<Record<Variable, string>>;
+
+/** The table, each entry as a {@linkcode Setting}. */
+const SETTINGS = Object.entries(VARIABLES) as [Variable, Setting][];
 
 /** `--b2-bucket-name` for `B2_BUCKET_NAME`: every variable but the secrets has a flag. */
 function flagName(variable: string): string {
   return variable.toLowerCase().replaceAll("_", "-");
 }
 
-const SETTING_FLAGS = Object.entries(VARIABLES)
-  .filter(([, v]) => !("secret" in v || "credential" in v))
-  .map(([name]) => name as Variable);
+const SETTING_FLAGS = SETTINGS
+  .filter(([, v]) => v.kind !== "secret" && !v.credential)
+  .map(([name]) => name);
 
 /** The names of the secret variables, whose values never reach any output. */
-export const SECRET_VARIABLES: readonly string[] = Object.entries(VARIABLES)
-  .filter(([, v]) => "secret" in v).map(([name]) => name);
+export const SECRET_VARIABLES: readonly string[] = SETTINGS
+  .filter(([, v]) => v.kind === "secret").map(([name]) => name);
 
-/** What a command needs from the configuration. */
+/**
+ * What a route pattern may be, by Cloudflare's rules and ours, or
+ * `undefined` when it is good. Cloudflare: one host (a leading `*` allowed),
+ * an optional path ending in `*`, no `*` elsewhere and no query
+ * (developers.cloudflare.com/workers/configuration/routing/routes/, "Validity").
+ */
+function routeProblem(route: string): string | undefined {
+  const example = "write it like cdn.example.com/* (or example.com/files/*)";
+  if (/[\s,]/.test(route)) {
+    return `WORKER_ROUTE is one route pattern, not a list: "${route}". Set one, ${example}; ` +
+      "for a second host, give it WORKER_DOMAIN or a second worker (WORKER_NAME).";
+  }
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(route)?.[0];
+  if (scheme) {
+    // Cloudflare accepts a scheme, but then runs the worker for that scheme only, and plain
+    // http:// requests go to the DNS record's origin instead (same page, "Validity").
+    return `WORKER_ROUTE must not start with ${scheme}: write "${route.slice(scheme.length)}". ` +
+      "This is our rule, not Cloudflare's: with a scheme, Cloudflare runs the worker for " +
+      "that scheme only, and the other requests go past it to the DNS record's origin.";
+  }
+  if (!/^[^/]+\/\S*$/.test(route)) {
+    return `WORKER_ROUTE must look like cdn.example.com/*, not "${route}".`;
+  }
+  if (route.includes("?")) {
+    return `WORKER_ROUTE cannot hold a query (Cloudflare refuses one in a route pattern): ` +
+      `"${route}". End the path with * instead, which matches any query: ${example}.`;
+  }
+  const slash = route.indexOf("/");
+  const host = route.slice(0, slash);
+  const path = route.slice(slash);
+  if (host.slice(1).includes("*") || path.slice(0, -1).includes("*")) {
+    return `WORKER_ROUTE may have a * only at the start of its host and the end of its path ` +
+      `(Cloudflare refuses one in the middle): "${route}"; ${example}.`;
+  }
+  return undefined;
+}
+
+/** What a command needs from the configuration; see `COMMANDS` for each command's. */
 export interface Needs {
-  /** The B2 settings must be complete. */
+  /** The B2 settings must be complete: the key and the bucket. */
   b2?: boolean;
-  /** The Cloudflare settings must be complete. */
+  /** The Cloudflare settings must be complete: the account and its credentials. */
   cloudflare?: boolean;
+  /** Signed purge requests: `WORKER_PURGE_KEY` or `B2_APPLICATION_KEY` (with Workers Cache). */
+  purgeKey?: boolean;
+  /** Refreshes on `REFRESH_SCHEDULE` (`cron`): each token must outlive the gap to the next run. */
+  schedule?: boolean;
+  /** `status --min-remaining`, in seconds: a fresh token must have more. */
+  minRemaining?: number;
+}
+
+/** A setting's value once read: text, a number (seconds, milliseconds) or a list. */
+type Value = string | number | string[];
+
+/** Every setting read and checked, by name, with the problems found. */
+interface Reading {
+  values: Partial<Record<Variable, Value>>;
+  /** The settings given (not their defaults), by name. */
+  given: Set<Variable>;
+  problems: string[];
+}
+
+/**
+ * Walks {@linkcode VARIABLES}: each setting given is checked by its kind,
+ * each unset or bad one takes its default, and every problem is collected.
+ */
+function readSettings(settings: Settings): Reading {
+  const reading: Reading = { values: {}, given: new Set(), problems: [] };
+  for (const [name, setting] of SETTINGS) {
+    const raw = setting.untrimmed ? settings[name] : settings[name]?.trim();
+    const given = raw !== undefined && (raw !== "" || setting.emptyIsValue === true);
+    let value = given ? readValue(name, setting, raw, reading.problems) : undefined;
+    if (value === undefined && setting.default !== undefined) {
+      value = readValue(name, setting, setting.default, []);
+    }
+    if (given) reading.given.add(name);
+    if (value !== undefined) reading.values[name] = value;
+  }
+  return reading;
+}
+
+/** One value read by its setting's kind; `undefined` (with a problem) when it is bad. */
+function readValue(
+  name: Variable,
+  setting: Setting,
+  raw: string,
+  problems: string[],
+): Value | undefined {
+  const bad = (hint: string, text = raw) => {
+    problems.push(`${name} must be ${setting.hint ?? hint}, not "${text}".`);
+    return undefined;
+  };
+  const checked = (text: string) => {
+    const problem = setting.check?.(text) ??
+      (setting.valid?.(text) === false ? `${name} must be ${setting.hint}, not "${text}".` : "");
+    if (problem) problems.push(problem);
+    return !problem;
+  };
+  const { min = 0, max = Infinity } = setting;
+  switch (setting.kind) {
+    case "integer": {
+      const value = Number(raw);
+      const good = /^\d+$/.test(raw) && value >= min && value <= max;
+      return good ? value : bad(`a whole number from ${min} to ${max}`);
+    }
+    case "duration": {
+      const seconds = parseDuration(raw);
+      const good = seconds !== undefined && seconds >= min && seconds <= max;
+      return good ? seconds : bad("a duration such as 90s, 30m, 48h or 6d");
+    }
+    case "enum": {
+      const value = raw.toLowerCase();
+      const values = setting.values ?? [];
+      const listed = values.map((v) => `"${v}"`);
+      const hint = `${listed.slice(0, -1).join(", ")} or ${listed.at(-1)}`;
+      return values.includes(value) ? value : bad(hint);
+    }
+    case "url": {
+      const good = URL.canParse(raw) && /^https?:$/.test(new URL(raw).protocol);
+      return good ? raw.replace(/\/+$/, "") : bad("an http(s) URL");
+    }
+    case "time": {
+      const ms = ISO_TIME.test(raw) ? Date.parse(raw) : NaN;
+      return Number.isNaN(ms) ? bad("an ISO 8601 time such as 2026-12-31T00:00:00Z") : ms;
+    }
+    case "list": {
+      // A list's `values` stand alone for the whole list, such as WORKER_CORS_ORIGINS=*.
+      if (setting.values?.includes(raw)) return [raw];
+      return raw.split(",").map((item) => item.trim()).filter(Boolean).filter(checked);
+    }
+    default:
+      return checked(raw) ? raw : undefined;
+  }
+}
+
+/** Reads a value of the walk by its type. */
+function valueOf(reading: Reading) {
+  return {
+    text: (name: Variable) => reading.values[name] as string | undefined,
+    number: (name: Variable) => reading.values[name] as number,
+    list: (name: Variable) => (reading.values[name] as string[] | undefined) ?? [],
+  };
 }
 
 /**
  * Turns raw settings into a {@linkcode Config}, reporting every problem at
- * once as a {@linkcode ConfigError}.
+ * once as a {@linkcode ConfigError}: every setting given is checked, whatever
+ * the command, and what `needs` asks for must be set.
  */
 export function parseConfig(settings: Settings, needs: Needs = {}): Config {
-  const problems: string[] = [];
-  const text = (name: Variable) => settings[name]?.trim() || undefined;
-  const integer = (
-    name: Variable,
-    fallback: number,
-    min: number,
-    max: number,
-  ) => {
-    const raw = text(name);
-    if (raw === undefined) return fallback;
-    const value = Number(raw);
-    if (!/^\d+$/.test(raw) || value < min || value > max) {
-      problems.push(
-        `${name} must be a whole number from ${min} to ${max}, not "${raw}".`,
-      );
-      return fallback;
-    }
-    return value;
+  const reading = readSettings(settings);
+  const { problems } = reading;
+  const value = valueOf(reading);
+  const worker = workerOptions(reading);
+  const config: Config = {
+    worker,
+    workerName: value.text("WORKER_NAME")!,
+    refreshSchedule: value.text("REFRESH_SCHEDULE")!,
+    refreshMargin: value.number("REFRESH_MARGIN"),
   };
-  const url = (name: Variable, fallback: string) => {
-    const raw = text(name) ?? fallback;
-    if (!URL.canParse(raw) || !/^https?:$/.test(new URL(raw).protocol)) {
-      problems.push(`${name} must be an http(s) URL, not "${raw}".`);
-    }
-    return raw.replace(/\/+$/, "");
-  };
-  const duration = (name: Variable, fallback: number) => {
-    const raw = text(name);
-    if (raw === undefined) return fallback;
-    const seconds = parseDuration(raw);
-    if (seconds === undefined) {
-      problems.push(
-        `${name} must be a duration such as 90s, 30m, 48h or 6d, not "${raw}".`,
-      );
-      return fallback;
-    }
-    return seconds;
-  };
+  const purgeKey = value.text("WORKER_PURGE_KEY");
+  const applicationKey = value.text("B2_APPLICATION_KEY");
+  if (purgeKey) config.purgeSecret = { from: "WORKER_PURGE_KEY", value: purgeKey };
+  else if (applicationKey) {
+    config.purgeSecret = { from: "B2_APPLICATION_KEY", value: applicationKey };
+  }
+  const verifyUrl = value.text("VERIFY_URL");
+  if (verifyUrl !== undefined) config.verifyUrl = verifyUrl;
+  if (needs.b2) config.b2 = b2Config(reading);
+  if (needs.cloudflare) config.cloudflare = cloudflareConfig(reading);
+  if (needs.purgeKey && !config.purgeSecret && worker.cacheMode === "workers-cache") {
+    problems.push(
+      "Set B2_APPLICATION_KEY (or WORKER_PURGE_KEY): purge requests are signed with a key " +
+        "derived from it, as refresh gave the worker.",
+    );
+  }
+  const warnings = tokenLifeProblems(reading, needs);
+  if (problems.length > 0) throw new ConfigError(problems);
+  if (warnings.length > 0) config.warnings = warnings;
+  return config;
+}
 
-  const workerName = text("WORKER_NAME") ?? "b2-private-cdn";
-  if (!WORKER_NAME_PATTERN.test(workerName)) {
-    problems.push(
-      `WORKER_NAME must be 1-63 lowercase letters, digits, "-" or "_", starting with a letter, not "${workerName}".`,
-    );
-  }
-
-  const urlStyle = text("WORKER_URL_STYLE") ?? "plain";
-  if (urlStyle !== "plain" && urlStyle !== "b2") {
-    problems.push(
-      `WORKER_URL_STYLE must be "plain" or "b2", not "${urlStyle}".`,
-    );
-  }
-  const indexFile = settings.WORKER_INDEX_FILE?.trim() ?? "index.html";
-  if (/[/\\]/.test(indexFile) || indexFile === "." || indexFile === "..") {
-    problems.push(
-      `WORKER_INDEX_FILE must be a file name without "/", not "${indexFile}".`,
-    );
-  }
-  const corsOrigins = text("WORKER_CORS_ORIGINS") ?? "";
-  for (
-    const origin of corsOrigins === "*" ? [] : corsOrigins.split(",").filter(Boolean)
-  ) {
-    const trimmed = origin.trim();
-    if (!URL.canParse(trimmed) || new URL(trimmed).origin !== trimmed) {
-      problems.push(
-        `WORKER_CORS_ORIGINS must be "*" or origins like https://example.com, not "${trimmed}".`,
-      );
-    }
-  }
-  const cacheTtl = integer("WORKER_CACHE_TTL", DAY, 0, 365 * DAY);
-  const cacheMode = text("WORKER_CACHE_MODE") ?? "workers-cache";
-  if (!CACHE_MODES.includes(cacheMode as CacheMode)) {
-    problems.push(
-      `WORKER_CACHE_MODE must be "workers-cache", "cache-api" or "off", not "${cacheMode}".`,
-    );
-  }
+/** What the worker does, from the walk; signed-link and URL-style problems join the rest. */
+function workerOptions(reading: Reading): WorkerOptions {
+  const value = valueOf(reading);
+  const cacheTtl = value.number("WORKER_CACHE_TTL");
   const worker: WorkerOptions = {
-    urlStyle: urlStyle === "b2" ? "b2" : "plain",
-    indexFile,
+    urlStyle: value.text("WORKER_URL_STYLE") === "b2" ? "b2" : "plain",
+    indexFile: value.text("WORKER_INDEX_FILE")!,
     cacheTtl,
-    cacheControl: text("WORKER_CACHE_CONTROL") ?? "",
-    corsOrigins: corsOrigins.split(",").map((o) => o.trim()).filter(Boolean)
-      .join(","),
+    cacheControl: value.text("WORKER_CACHE_CONTROL")!,
+    corsOrigins: value.list("WORKER_CORS_ORIGINS").join(","),
     // A lifetime of 0 keeps nothing whichever cache is named: it wins, as it always meant off.
-    cacheMode: cacheTtl === 0 ? "off" : cacheMode as CacheMode,
-    staleWhileRevalidate: integer(
-      "WORKER_STALE_WHILE_REVALIDATE",
-      DEFAULT_STALE_WHILE_REVALIDATE,
-      0,
-      365 * DAY,
-    ),
-    staleIfError: integer("WORKER_STALE_IF_ERROR", DEFAULT_STALE_IF_ERROR, 0, 365 * DAY),
+    cacheMode: cacheTtl === 0 ? "off" : value.text("WORKER_CACHE_MODE") as CacheMode,
+    staleWhileRevalidate: value.number("WORKER_STALE_WHILE_REVALIDATE"),
+    staleIfError: value.number("WORKER_STALE_IF_ERROR"),
   };
-  const signing = parseSigning(settings, problems);
+  const signing = signingOptions(reading);
   if (signing) worker.signing = signing;
   if (signing && worker.urlStyle === "b2") {
     // In B2's URL shape every path the worker serves is /file/<bucket>/<name>: a prefix outside
     // it would protect nothing while the paths it was meant for stay public.
-    const bucket = text("B2_BUCKET_NAME");
+    const bucket = value.text("B2_BUCKET_NAME");
     const under = bucket ? `/file/${bucket}/` : "/file/";
     for (const prefix of signing.prefixes.filter((p) => !p.startsWith(under))) {
-      problems.push(
+      reading.problems.push(
         `WORKER_SIGNED_PREFIXES: with WORKER_URL_STYLE=b2 every path is ${under}<name>, so ` +
           `"${prefix}" would protect nothing; write it as ${under}${prefix.replace(/^\//, "")}.`,
       );
     }
   }
+  return worker;
+}
 
-  const config: Config = {
-    worker,
-    workerName,
-    refreshSchedule: text("REFRESH_SCHEDULE") ?? DEFAULT_SCHEDULE,
-    refreshMargin: duration("REFRESH_MARGIN", 6 * DAY),
+/** The B2 settings, each missing one a problem. */
+function b2Config(reading: Reading): B2Config {
+  const value = valueOf(reading);
+  const keyId = value.text("B2_APPLICATION_KEY_ID");
+  const applicationKey = value.text("B2_APPLICATION_KEY");
+  const bucketName = value.text("B2_BUCKET_NAME");
+  const bucketId = value.text("B2_BUCKET_ID");
+  if (!keyId) reading.problems.push("Set B2_APPLICATION_KEY_ID to the id of a B2 application key.");
+  if (!applicationKey) reading.problems.push("Set B2_APPLICATION_KEY to the B2 application key.");
+  if (!bucketName && !bucketId) {
+    reading.problems.push("Set B2_BUCKET_NAME (or B2_BUCKET_ID) to the bucket to serve.");
+  }
+  return {
+    keyId: keyId ?? "",
+    applicationKey: applicationKey ?? "",
+    apiUrl: value.text("B2_API_URL")!,
+    ...(bucketName && { bucketName }),
+    ...(bucketId && { bucketId }),
+    prefix: value.text("B2_FILE_PREFIX")!,
+    tokenTtl: value.number("B2_TOKEN_TTL"),
   };
-  if (config.refreshSchedule.split(/\s+/).length !== 5) {
+}
+
+/** The Cloudflare settings, each missing one a problem. */
+function cloudflareConfig(reading: Reading): CloudflareConfig {
+  const value = valueOf(reading);
+  const problems = reading.problems;
+  const accountId = value.text("CLOUDFLARE_ACCOUNT_ID");
+  if (!accountId) {
+    problems.push("Set CLOUDFLARE_ACCOUNT_ID to the id of the account that owns the worker.");
+  }
+  const token = value.text("CLOUDFLARE_API_TOKEN");
+  const email = value.text("CLOUDFLARE_EMAIL");
+  const key = value.text("CLOUDFLARE_API_KEY");
+  let auth: CloudflareAuth = { token: token ?? "" };
+  if (!token && email && key) auth = { email, key };
+  else if (!token && (email || key)) {
     problems.push(
-      `REFRESH_SCHEDULE must be a five-field cron expression such as "17 4 * * *", ` +
-        `not "${config.refreshSchedule}".`,
+      `Set ${email ? "CLOUDFLARE_API_KEY" : "CLOUDFLARE_EMAIL"} too: the legacy global key ` +
+        "needs both, or set CLOUDFLARE_API_TOKEN instead.",
+    );
+  } else if (!token) {
+    problems.push(
+      'Set CLOUDFLARE_API_TOKEN to an API token with "Workers Scripts: Edit" ' +
+        "(or CLOUDFLARE_EMAIL and CLOUDFLARE_API_KEY for the legacy global key).",
     );
   }
-  const purgeKey = text("WORKER_PURGE_KEY");
-  const applicationKey = text("B2_APPLICATION_KEY");
-  if (purgeKey !== undefined && purgeKey.length < MIN_PURGE_KEY_LENGTH) {
+  const zoneId = value.text("CLOUDFLARE_ZONE_ID");
+  const route = value.text("WORKER_ROUTE");
+  const domain = value.text("WORKER_DOMAIN");
+  const named = settingsGiven(reading, ["WORKER_ROUTE", "WORKER_DOMAIN"]);
+  if (named.length > 0 && !zoneId) {
+    problems.push(`Set CLOUDFLARE_ZONE_ID to the zone of ${named[0]}.`);
+  }
+  const workersDev = value.text("WORKER_WORKERS_DEV");
+  return {
+    accountId: accountId ?? "",
+    auth,
+    apiBaseUrl: value.text("CLOUDFLARE_API_BASE_URL")!,
+    workerName: value.text("WORKER_NAME")!,
+    ...(zoneId && { zoneId }),
+    ...(route && { route }),
+    ...(domain && { domain }),
+    // A workers.dev URL is outside the zone's WAF and Access rules
+    // (developers.cloudflare.com/workers/configuration/routing/workers-dev/), so by default
+    // it is only on when nothing else reaches the worker.
+    workersDev: workersDev === "on" ||
+      (workersDev === "auto" && !named.length),
+  };
+}
+
+/** Which of `names` were given (a bad value too). */
+function settingsGiven(reading: Reading, names: Variable[]): Variable[] {
+  return names.filter((name) => reading.given.has(name));
+}
+
+/**
+ * The signed-link settings, or `undefined` when none is set. Protected
+ * prefixes without a key and half a rotation are problems (a weak key is
+ * one already, from its check).
+ */
+function signingOptions(reading: Reading): SigningOptions | undefined {
+  const value = valueOf(reading);
+  const given = (name: Variable) => reading.given.has(name);
+  const names = [
+    "WORKER_SIGNED_PREFIXES",
+    "WORKER_SIGNING_KEY",
+    "WORKER_SIGNING_KEY_PREVIOUS",
+    "WORKER_SIGNING_KEY_PREVIOUS_UNTIL",
+    "WORKER_SIGNED_MAX_TTL",
+  ] as const;
+  if (settingsGiven(reading, [...names]).length === 0) return undefined;
+  const problems = reading.problems;
+  const prefixes = value.list("WORKER_SIGNED_PREFIXES").flatMap((raw) => {
+    const path = canonicalPath(raw);
+    return path === undefined ? [] : [path.endsWith("/") ? path : `${path}/`];
+  });
+  if (prefixes.length > 0 && !given("WORKER_SIGNING_KEY")) {
     problems.push(
-      `WORKER_PURGE_KEY must be at least ${MIN_PURGE_KEY_LENGTH} characters ` +
-        "(e.g. openssl rand -hex 32), or unset to derive it from B2_APPLICATION_KEY.",
+      "Set WORKER_SIGNING_KEY: WORKER_SIGNED_PREFIXES protects paths, and links need a key " +
+        "(main.ts keygen prints one; keep it in .env on every machine that refreshes or signs).",
     );
   }
-  if (purgeKey) config.purgeSecret = { from: "WORKER_PURGE_KEY", value: purgeKey };
-  else if (applicationKey) {
-    config.purgeSecret = { from: "B2_APPLICATION_KEY", value: applicationKey };
+  const previous = given("WORKER_SIGNING_KEY_PREVIOUS");
+  const until = given("WORKER_SIGNING_KEY_PREVIOUS_UNTIL");
+  if (previous && !until) {
+    problems.push(
+      "Set WORKER_SIGNING_KEY_PREVIOUS_UNTIL to the time links signed with " +
+        "WORKER_SIGNING_KEY_PREVIOUS stop working, e.g. 2026-12-31T00:00:00Z.",
+    );
+  } else if (until && !previous) {
+    problems.push(
+      "WORKER_SIGNING_KEY_PREVIOUS_UNTIL is set without WORKER_SIGNING_KEY_PREVIOUS: " +
+        "set the previous key, or remove the time.",
+    );
   }
-  const verifyUrl = text("VERIFY_URL");
-  if (verifyUrl !== undefined) config.verifyUrl = url("VERIFY_URL", verifyUrl);
+  const previousKey = value.text("WORKER_SIGNING_KEY_PREVIOUS");
+  const previousUntil = reading.values.WORKER_SIGNING_KEY_PREVIOUS_UNTIL as number | undefined;
+  return {
+    prefixes,
+    key: value.text("WORKER_SIGNING_KEY") ?? "",
+    ...(previousKey && { previousKey }),
+    ...(previous && previousUntil !== undefined && { previousUntil }),
+    maxTtl: value.number("WORKER_SIGNED_MAX_TTL"),
+  };
+}
 
-  const b2ApiUrl = url("B2_API_URL", "https://api.backblazeb2.com");
-  const tokenTtl = integer("B2_TOKEN_TTL", MAX_TOKEN_TTL, 1, MAX_TOKEN_TTL);
-  if (needs.b2) {
-    const keyId = text("B2_APPLICATION_KEY_ID");
-    const applicationKey = text("B2_APPLICATION_KEY");
-    if (!keyId) {
-      problems.push(
-        "Set B2_APPLICATION_KEY_ID to the id of a B2 application key.",
-      );
-    }
-    if (!applicationKey) {
-      problems.push("Set B2_APPLICATION_KEY to the B2 application key.");
-    }
-    const bucketName = text("B2_BUCKET_NAME");
-    const bucketId = text("B2_BUCKET_ID");
-    if (!bucketName && !bucketId) {
-      problems.push(
-        "Set B2_BUCKET_NAME (or B2_BUCKET_ID) to the bucket to serve.",
-      );
-    }
-    config.b2 = {
-      keyId: keyId ?? "",
-      applicationKey: applicationKey ?? "",
-      apiUrl: b2ApiUrl,
-      ...(bucketName && { bucketName }),
-      ...(bucketId && { bucketId }),
-      prefix: settings.B2_FILE_PREFIX ?? "",
-      tokenTtl,
-    };
+/** What `status` asks of a token by default (`--min-remaining`), and Deno Deploy's `/health`. */
+const STATUS_MIN_REMAINING = 2 * DAY;
+
+/**
+ * Whether `B2_TOKEN_TTL` fits the schedule that renews it. A token that dies
+ * before the next scheduled run is a problem for `cron`, which runs on
+ * `REFRESH_SCHEDULE`; for the other commands, which cannot know what runs
+ * them, it and a token that `status` would call short before each run are
+ * warnings. Returns the warnings; pushes the problems.
+ */
+function tokenLifeProblems(reading: Reading, needs: Needs): string[] {
+  const value = valueOf(reading);
+  const ttl = value.number("B2_TOKEN_TTL");
+  const schedule = value.text("REFRESH_SCHEDULE")!;
+  if (!(needs.b2 || needs.schedule || needs.minRemaining !== undefined)) return [];
+  const gap = scheduleGap(schedule);
+  if (gap === undefined) return [];
+  const wanted = needs.minRemaining ?? STATUS_MIN_REMAINING;
+  const enough = Math.min(MAX_TOKEN_TTL, gap + wanted);
+  const fix = enough > gap
+    ? `set B2_TOKEN_TTL to at least ${enough} (${formatDuration(enough)}; the default ` +
+      `${MAX_TOKEN_TTL} is a week)`
+    : `set B2_TOKEN_TTL=${MAX_TOKEN_TTL}`;
+  const runs = `REFRESH_SCHEDULE "${schedule}" refreshes every ${formatDuration(gap)} at most`;
+  const often = 'or refresh more often (e.g. REFRESH_SCHEDULE="17 * * * *", hourly)';
+  if (ttl <= gap) {
+    const text = `B2_TOKEN_TTL is ${ttl} (${formatDuration(ttl)}), but ${runs}: each token ` +
+      `would expire before the next run and the site fail until it; ${fix}, ${often}.`;
+    if (needs.schedule) reading.problems.push(text);
+    return needs.schedule ? [] : [
+      `${text} (A warning here, as this command may be run on another schedule: then set ` +
+      "REFRESH_SCHEDULE to that schedule.)",
+    ];
   }
+  if (ttl >= gap + wanted) return [];
+  const setting = needs.minRemaining !== undefined ? "--min-remaining" : "status's default";
+  return [
+    `B2_TOKEN_TTL is ${ttl} (${formatDuration(ttl)}), and ${runs}, so before each run the ` +
+    `token has less than the ${formatDuration(wanted)} ${setting} asks for, and status ` +
+    `reports it although refresh cannot fix that; ${fix}, ${often}.`,
+  ];
+}
 
-  if (needs.cloudflare) {
-    const accountId = text("CLOUDFLARE_ACCOUNT_ID");
-    if (!accountId) {
-      problems.push(
-        "Set CLOUDFLARE_ACCOUNT_ID to the id of the account that owns the worker.",
-      );
-    }
-    const token = text("CLOUDFLARE_API_TOKEN");
-    const email = text("CLOUDFLARE_EMAIL");
-    const key = text("CLOUDFLARE_API_KEY");
-    let auth: CloudflareAuth = { token: token ?? "" };
-    if (!token && email && key) auth = { email, key };
-    else if (!token && (email || key)) {
-      problems.push(
-        `Set ${email ? "CLOUDFLARE_API_KEY" : "CLOUDFLARE_EMAIL"} too: the legacy global key ` +
-          "needs both, or set CLOUDFLARE_API_TOKEN instead.",
-      );
-    } else if (!token) {
-      problems.push(
-        'Set CLOUDFLARE_API_TOKEN to an API token with "Workers Scripts: Edit" ' +
-          "(or CLOUDFLARE_EMAIL and CLOUDFLARE_API_KEY for the legacy global key).",
-      );
-    }
-    const zoneId = text("CLOUDFLARE_ZONE_ID");
-    const route = text("WORKER_ROUTE");
-    const domain = text("WORKER_DOMAIN");
-    if ((route || domain) && !zoneId) {
-      problems.push(
-        `Set CLOUDFLARE_ZONE_ID to the zone of ${route ? "WORKER_ROUTE" : "WORKER_DOMAIN"}.`,
-      );
-    }
-    if (route && !/^[^\s/]+\/\S*$/.test(route)) {
-      problems.push(
-        `WORKER_ROUTE must look like cdn.example.com/*, not "${route}".`,
-      );
-    }
-    if (domain && !/^[a-z0-9.-]+$/i.test(domain)) {
-      problems.push(
-        `WORKER_DOMAIN must be a host name like cdn.example.com, not "${domain}".`,
-      );
-    }
-    const workersDev = text("WORKER_WORKERS_DEV")?.toLowerCase() ?? "auto";
-    if (!["on", "off", "auto"].includes(workersDev)) {
-      problems.push(`WORKER_WORKERS_DEV must be on, off or auto, not "${workersDev}".`);
-    }
-    config.cloudflare = {
-      accountId: accountId ?? "",
-      auth,
-      apiBaseUrl: url(
-        "CLOUDFLARE_API_BASE_URL",
-        "https://api.cloudflare.com/client/v4",
-      ),
-      workerName,
-      ...(zoneId && { zoneId }),
-      ...(route && { route }),
-      ...(domain && { domain }),
-      // A workers.dev URL is outside the zone's WAF and Access rules (API_FACTS.md:
-      // workers.dev), so by default it is only on when nothing else reaches the worker.
-      workersDev: workersDev === "on" || (workersDev === "auto" && !route && !domain),
-    };
+/** The field bounds of a cron expression: minute, hour, day of month, month, day of week. */
+const CRON_FIELDS = [[0, 59], [0, 23], [1, 31], [1, 12], [0, 7]] as const;
+
+/** The values a cron field allows (`*`, `5`, `1-5`, `*\/15`, lists); `undefined` if unread. */
+function cronField(field: string, [low, high]: readonly [number, number]): Set<number> | undefined {
+  const allowed = new Set<number>();
+  for (const part of field.split(",")) {
+    const match = /^(\*|(\d+)(?:-(\d+))?)(?:\/(\d+))?$/.exec(part);
+    if (!match) return undefined;
+    const from = match[2] === undefined ? low : Number(match[2]);
+    const to = match[3] !== undefined
+      ? Number(match[3])
+      : match[2] === undefined || match[4]
+      ? high
+      : from;
+    const step = Number(match[4] ?? 1);
+    if (from < low || to > high || from > to || step < 1) return undefined;
+    for (let n = from; n <= to; n += step) allowed.add(n);
   }
+  return allowed;
+}
 
-  if (problems.length > 0) throw new ConfigError(problems);
-  return config;
+/**
+ * The longest time, in seconds, between two runs of a five-field UTC cron
+ * expression, found over eight years of days (leap days included);
+ * `undefined` for an expression it cannot read (names such as `MON`).
+ */
+export function scheduleGap(schedule: string): number | undefined {
+  const fields = schedule.trim().split(/\s+/);
+  if (fields.length !== 5) return undefined;
+  const sets = fields.map((field, i) => cronField(field, CRON_FIELDS[i]!));
+  if (sets.some((set) => set === undefined)) return undefined;
+  const [minutes, hours, days, months, weekdays] = sets as Set<number>[];
+  if (weekdays!.has(7)) weekdays!.add(0);
+  const times = [...hours!].flatMap((h) => [...minutes!].map((m) => h * 60 + m))
+    .sort((a, b) => a - b);
+  // cron: with both day fields restricted, a day matching either runs.
+  const either = fields[2] !== "*" && fields[4] !== "*";
+  let longest = 0;
+  for (let i = 1; i < times.length; i++) longest = Math.max(longest, times[i]! - times[i - 1]!);
+  let last: number | undefined;
+  const start = Date.UTC(2026, 0, 1) / 60_000;
+  for (let day = 0; day < 8 * 366; day++) {
+    const date = new Date((start + day * 1440) * 60_000);
+    const byMonth = days!.has(date.getUTCDate());
+    const byWeek = weekdays!.has(date.getUTCDay());
+    if (!months!.has(date.getUTCMonth() + 1) || !(either ? byMonth || byWeek : byMonth && byWeek)) {
+      continue;
+    }
+    const first = day * 1440 + times[0]!;
+    if (last !== undefined) longest = Math.max(longest, first - last);
+    last = day * 1440 + times.at(-1)!;
+  }
+  return last === undefined || longest === 0 ? undefined : longest * 60;
 }
 
 /** A week: the longest a B2 download authorization lives, so a leaked link is worth no more. */
@@ -539,77 +918,6 @@ const DEFAULT_SIGNED_MAX_TTL = 7 * DAY;
 const MIN_SIGNING_KEY_BYTES = 32;
 /** What a decoded path segment may not hold, as the worker's `objectName` refuses it. */
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2}))?$/;
-
-/**
- * The signed-link settings, or `undefined` when none is set. Protected
- * prefixes without a key, a weak key, or half a rotation are problems.
- */
-function parseSigning(settings: Settings, problems: string[]): SigningOptions | undefined {
-  const text = (name: Variable) => settings[name]?.trim() || undefined;
-  const list = text("WORKER_SIGNED_PREFIXES");
-  const key = text("WORKER_SIGNING_KEY");
-  const previousKey = text("WORKER_SIGNING_KEY_PREVIOUS");
-  const until = text("WORKER_SIGNING_KEY_PREVIOUS_UNTIL");
-  const maxTtlText = text("WORKER_SIGNED_MAX_TTL");
-  if (!list && !key && !previousKey && !until && !maxTtlText) return undefined;
-
-  const prefixes: string[] = [];
-  for (const raw of (list ?? "").split(",").map((p) => p.trim()).filter(Boolean)) {
-    const path = canonicalPath(raw);
-    if (path === undefined) {
-      problems.push(
-        `WORKER_SIGNED_PREFIXES must list paths like /members/ (starting with "/", no empty, ` +
-          `"." or ".." segment, "%" written as %25), not "${raw}".`,
-      );
-    } else prefixes.push(path.endsWith("/") ? path : `${path}/`);
-  }
-  if (prefixes.length > 0 && !key) {
-    problems.push(
-      "Set WORKER_SIGNING_KEY: WORKER_SIGNED_PREFIXES protects paths, and links need a key " +
-        "(main.ts keygen prints one; keep it in .env on every machine that refreshes or signs).",
-    );
-  }
-  if (key) problems.push(...signingKeyProblems("WORKER_SIGNING_KEY", key));
-  if (previousKey) {
-    problems.push(...signingKeyProblems("WORKER_SIGNING_KEY_PREVIOUS", previousKey));
-  }
-  let previousUntil: number | undefined;
-  if (previousKey && !until) {
-    problems.push(
-      "Set WORKER_SIGNING_KEY_PREVIOUS_UNTIL to the time links signed with " +
-        "WORKER_SIGNING_KEY_PREVIOUS stop working, e.g. 2026-12-31T00:00:00Z.",
-    );
-  } else if (until && !previousKey) {
-    problems.push(
-      "WORKER_SIGNING_KEY_PREVIOUS_UNTIL is set without WORKER_SIGNING_KEY_PREVIOUS: " +
-        "set the previous key, or remove the time.",
-    );
-  } else if (until) {
-    previousUntil = ISO_TIME.test(until) ? Date.parse(until) : NaN;
-    if (Number.isNaN(previousUntil)) {
-      problems.push(
-        `WORKER_SIGNING_KEY_PREVIOUS_UNTIL must be an ISO 8601 time such as ` +
-          `2026-12-31T00:00:00Z, not "${until}".`,
-      );
-    }
-  }
-  let maxTtl = DEFAULT_SIGNED_MAX_TTL;
-  if (maxTtlText !== undefined) {
-    const seconds = parseDuration(maxTtlText);
-    if (seconds === undefined || seconds < 60 || seconds > 365 * DAY) {
-      problems.push(
-        `WORKER_SIGNED_MAX_TTL must be a duration from 60s to 365d such as 7d, not "${maxTtlText}".`,
-      );
-    } else maxTtl = seconds;
-  }
-  return {
-    prefixes,
-    key: key ?? "",
-    ...(previousKey && { previousKey }),
-    ...(previousUntil !== undefined && { previousUntil }),
-    maxTtl,
-  };
-}
 
 /** Why a signing key is not good enough, naming the variable; empty when it is. */
 function signingKeyProblems(name: string, key: string): string[] {
@@ -3031,8 +3339,6 @@ async function survey(config: CloudflareConfig, report: StatusReport, ctx: Conte
   if (warnings.length > 0) report.warnings = warnings;
 }
 
-/** Once a day at 04:17 UTC: an odd minute, away from the top-of-the-hour rush. */
-const DEFAULT_SCHEDULE = "17 4 * * *";
 /** Failed scheduled runs are tried again after 1, 5 and 15 minutes. */
 const CRON_BACKOFF_MS = [60_000, 300_000, 900_000];
 const CRON_NAME = "b2-private-cdn refresh";
@@ -3759,8 +4065,8 @@ export function helpText(topic?: Command | "settings"): string {
   if (topic === undefined) return USAGE;
   if (topic === "settings") {
     return "Settings (flags, else environment, else .env; * marks credentials, never flags):\n" +
-      Object.entries(VARIABLES).map(([name, v]) =>
-        `  ${("secret" in v || "credential" in v ? "*" : " ") + name.padEnd(24)} ${v.about}`
+      SETTINGS.map(([name, v]) =>
+        `  ${(v.kind === "secret" || v.credential ? "*" : " ") + name.padEnd(24)} ${v.about}`
       ).join("\n") +
       "\nEvery setting but the credentials is also a flag: --b2-bucket-name photos. " +
       "Details and defaults: docs/configuration.md.";
@@ -4202,19 +4508,32 @@ const ENV_READ = "--allow-env --allow-read";
 /** What the commands that call an API need on top. */
 const NET_ENV_READ = `--allow-net ${ENV_READ}`;
 
-/** How a command is run, what it needs, and whether it wants the network. */
+/**
+ * How a command is run: what it needs of the configuration given its flags
+ * (every setting given is checked whatever it needs), and its permissions.
+ */
 export const COMMANDS = {
-  refresh: { needs: { b2: true, cloudflare: true }, permissions: NET_ENV_READ },
-  status: { needs: { cloudflare: true }, permissions: NET_ENV_READ },
-  render: { needs: {}, permissions: ENV_READ },
-  purge: { needs: { cloudflare: true }, permissions: NET_ENV_READ },
-  cron: { needs: { b2: true, cloudflare: true }, permissions: `${NET_ENV_READ} --unstable-cron` },
-  dev: { needs: { b2: true }, permissions: "-A" },
-  demo: { needs: {}, permissions: "-A" },
-  sign: { needs: {}, permissions: ENV_READ },
-  keygen: { needs: {}, permissions: ENV_READ },
-  "check-cache": { needs: {}, permissions: NET_ENV_READ },
-} as const;
+  refresh: { needs: (): Needs => ({ b2: true, cloudflare: true }), permissions: NET_ENV_READ },
+  status: {
+    needs: (flags: Flags): Needs => ({ cloudflare: true, minRemaining: flags.minRemaining }),
+    permissions: NET_ENV_READ,
+  },
+  render: { needs: (): Needs => ({}), permissions: ENV_READ },
+  // With --url nothing of Cloudflare is asked: only the key purge requests are signed with.
+  purge: {
+    needs: (flags: Flags): Needs => ({ cloudflare: flags.purge.url === undefined, purgeKey: true }),
+    permissions: NET_ENV_READ,
+  },
+  cron: {
+    needs: (): Needs => ({ b2: true, cloudflare: true, schedule: true }),
+    permissions: `${NET_ENV_READ} --unstable-cron`,
+  },
+  dev: { needs: (): Needs => ({ b2: true }), permissions: "-A" },
+  demo: { needs: (): Needs => ({}), permissions: "-A" },
+  sign: { needs: (): Needs => ({}), permissions: ENV_READ },
+  keygen: { needs: (): Needs => ({}), permissions: ENV_READ },
+  "check-cache": { needs: (): Needs => ({}), permissions: NET_ENV_READ },
+} as const satisfies Record<string, { needs: (flags: Flags) => Needs; permissions: string }>;
 /** A command's name. */
 export type Command = keyof typeof COMMANDS;
 
@@ -4515,7 +4834,8 @@ export async function run(options: RunOptions): Promise<number> {
         if (line.flags.verbose) io.stderr(text);
       };
     }
-    const config = parseConfig(settings, COMMANDS[line.command].needs);
+    const config = parseConfig(settings, COMMANDS[line.command].needs(line.flags));
+    for (const warning of config.warnings ?? []) io.stderr(`warning: ${warning}`);
     switch (line.command) {
       case "refresh":
         return await runRefresh(config, ctx, io, line.flags);

@@ -2971,12 +2971,18 @@ Deno.test("sign prints the link the exported signLink() makes", async (t) => {
       WORKER_ROUTE: "media.example.com/members/*",
     });
     assert.match(route.stdout, /^https:\/\/media\.example\.com\/members\/a\?/);
-    // Route patterns may carry a scheme (developers.cloudflare.com/workers/about/routes/).
+    // Cloudflare takes a scheme in a route pattern (developers.cloudflare.com/workers/
+    // configuration/routing/routes/), but then runs the worker for that scheme only: our
+    // rule refuses it, in sign as in every command, saying what to write instead.
     const schemed = await sign(["/members/a", "--expires", "1h"], {
       WORKER_DOMAIN: "",
       WORKER_ROUTE: "https://media.example.com/members/*",
     });
-    assert.match(schemed.stdout, /^https:\/\/media\.example\.com\/members\/a\?/);
+    assert.equal(schemed.code, 2);
+    assert.match(
+      schemed.stderr,
+      /WORKER_ROUTE must not start with https:\/\/: write "media\.example\.com\/members\/\*"/,
+    );
     const flag = await sign([
       "/members/a",
       "--expires",
