@@ -3129,8 +3129,16 @@ export async function purge(
 export interface StatusReport {
   /** The worker script's name. */
   worker: string;
-  /** Whether the token has at least the required time left. */
+  /** Whether the token has at least the required time left and nothing needs a refresh. */
   healthy: boolean;
+  /**
+   * As a Nagios plugin says it: `OK`; `WARNING` when it still serves but needs a refresh
+   * soon (less than `minRemaining` left, another cache mode, a purge owed); `CRITICAL` when
+   * it fails or will within half of `minRemaining` (no worker or token, expired, answers
+   * nowhere). `UNKNOWN`, when Cloudflare cannot be asked, is what `status` prints instead of
+   * a report.
+   */
+  state: StatusState;
   /** Why it is not healthy. */
   problem?: string;
   /** When the token was issued, ISO 8601. */
@@ -3153,7 +3161,19 @@ export interface StatusReport {
   warnings?: string[];
 }
 
-/** Reads the deployed worker's bindings and judges its token against `minRemaining` seconds. */
+/** How `status` judges the deployed worker, by the Nagios plugin states it prints. */
+export type StatusState = "OK" | "WARNING" | "CRITICAL";
+
+/** One reason a report is not OK, and how bad it is. */
+interface Finding {
+  state: Exclude<StatusState, "OK">;
+  text: string;
+}
+
+/**
+ * Reads the deployed worker's bindings and judges its token against
+ * `minRemaining` seconds: `WARNING` below it, `CRITICAL` below half of it.
+ */
 export async function status(
   config: CloudflareConfig,
   ctx: Context,
@@ -3165,7 +3185,7 @@ export async function status(
     survey?: boolean;
   },
 ): Promise<StatusReport> {
-  const report: StatusReport = { worker: config.workerName, healthy: false };
+  const report: StatusReport = { worker: config.workerName, healthy: false, state: "CRITICAL" };
   const settings = await readWorkerSettings(config, ctx);
   if (!settings || !settings.bindings) {
     return {
@@ -3177,13 +3197,17 @@ export async function status(
   const missing = missingTokenBinding(settings);
   if (missing) return { ...report, problem: missing };
   Object.assign(report, deployedToken(settings, ctx.now()));
-  const problems = [
+  const findings = [
     ...tokenProblems(report, options.minRemaining),
     ...cacheProblems(report, settings, options.cacheMode),
     ...servingProblems(report, settings),
   ];
-  if (problems.length > 0) return { ...report, problem: problems.join("; ") };
-  return { ...report, healthy: true };
+  if (findings.length === 0) return { ...report, healthy: true, state: "OK" };
+  return {
+    ...report,
+    state: findings.some((f) => f.state === "CRITICAL") ? "CRITICAL" : "WARNING",
+    problem: findings.map((f) => f.text).join("; "),
+  };
 }
 
 /** Why the deployed worker cannot hold a working token at all, or `undefined`. */
@@ -3213,15 +3237,17 @@ function deployedToken(settings: WorkerSettings, now: number): Partial<StatusRep
   };
 }
 
-/** The token has expired or has less than `minRemaining` seconds left. */
-function tokenProblems(report: StatusReport, minRemaining: number): string[] {
+/** The token has expired or has less than `minRemaining` seconds left (half: critical). */
+function tokenProblems(report: StatusReport, minRemaining: number): Finding[] {
   const remaining = report.remaining!;
   if (remaining >= minRemaining) return [];
-  return [
-    remaining <= 0
-      ? "the download token has expired; run refresh"
-      : `less than ${formatDuration(minRemaining)} left; run refresh`,
-  ];
+  if (remaining <= 0) {
+    return [{ state: "CRITICAL", text: "the download token has expired; run refresh" }];
+  }
+  return [{
+    state: remaining < minRemaining / 2 ? "CRITICAL" : "WARNING",
+    text: `less than ${formatDuration(minRemaining)} left; run refresh`,
+  }];
 }
 
 /** The deployed version caches otherwise than `WORKER_CACHE_MODE` asks. */
@@ -3229,14 +3255,16 @@ function cacheProblems(
   report: StatusReport,
   settings: WorkerSettings,
   wanted: CacheMode | undefined,
-): string[] {
+): Finding[] {
   if (!wanted) return [];
-  const problems: string[] = [];
+  // It still serves, from B2 with the token: another cache is a warning.
+  const problems: Finding[] = [];
   if (report.cacheMode !== wanted) {
-    problems.push(
-      `the deployed worker caches with ${report.cacheMode}, WORKER_CACHE_MODE says ${wanted}; ` +
-        "run refresh",
-    );
+    problems.push({
+      state: "WARNING",
+      text: `the deployed worker caches with ${report.cacheMode}, WORKER_CACHE_MODE says ` +
+        `${wanted}; run refresh`,
+    });
   }
   const deployed = settings.cacheOptions;
   const expected = cacheOptionsFor(wanted);
@@ -3244,29 +3272,32 @@ function cacheProblems(
     deployed && (deployed.enabled !== expected.enabled ||
       (expected.cross_version_cache && deployed.cross_version_cache !== true))
   ) {
-    problems.push(
-      `Cloudflare reports cache_options ${JSON.stringify(deployed)} where ${wanted} needs ` +
-        `${JSON.stringify(expected)}; run refresh (a full upload sets it)`,
-    );
+    problems.push({
+      state: "WARNING",
+      text: `Cloudflare reports cache_options ${JSON.stringify(deployed)} where ${wanted} ` +
+        `needs ${JSON.stringify(expected)}; run refresh (a full upload sets it)`,
+    });
   }
   return problems;
 }
 
 /** A purge is still owed, or (surveyed in full) nothing leads to the worker. */
-function servingProblems(report: StatusReport, settings: WorkerSettings): string[] {
-  const problems: string[] = [];
+function servingProblems(report: StatusReport, settings: WorkerSettings): Finding[] {
+  const problems: Finding[] = [];
   if (plainBinding(settings, "WORKER_PURGE_PENDING")) {
-    problems.push(
-      "a purge after a change is still owed; run refresh (which purges and then records it)",
-    );
+    problems.push({
+      state: "WARNING",
+      text: "a purge after a change is still owed; run refresh (which purges and then records it)",
+    });
   }
   // Read in full (no read failed) and nothing leads to the worker: a good token serves nobody.
   const readAll = !report.warnings?.some((warning) => warning.startsWith("cannot read "));
   if (report.urls?.length === 0 && !report.leftovers && readAll) {
-    problems.push(
-      "the worker answers nowhere: no route, custom domain or workers.dev address runs it; " +
-        "set WORKER_ROUTE, WORKER_DOMAIN or WORKER_WORKERS_DEV=on and run refresh",
-    );
+    problems.push({
+      state: "CRITICAL",
+      text: "the worker answers nowhere: no route, custom domain or workers.dev address runs " +
+        "it; set WORKER_ROUTE, WORKER_DOMAIN or WORKER_WORKERS_DEV=on and run refresh",
+    });
   }
   return problems;
 }
@@ -4277,14 +4308,22 @@ async function runStatus(
       })`
       : "";
     io.stdout(
-      `${report.healthy ? "OK" : "CRITICAL"} - worker "${report.worker}": ` +
+      `${report.state} - worker "${report.worker}": ` +
         [facts, cache, report.problem].filter(Boolean).join("; ") +
         (report.urls ? `\nAnswers at: ${report.urls.join(", ") || "nowhere"}` : "") +
         (report.warnings ?? []).map((w) => `\nWarning: ${w}`).join(""),
     );
   }
-  return report.healthy ? 0 : 1;
+  return STATUS_EXIT[report.state];
 }
+
+/**
+ * The exit codes of Nagios plugins, which `status` follows:
+ * https://nagios-plugins.org/doc/guidelines.html ("Plugin Return Codes"). UNKNOWN is
+ * also what a plugin returns for "invalid command line arguments", so bad usage or settings
+ * of `status` exit 3, not 2: a monitor must not read them as CRITICAL.
+ */
+const STATUS_EXIT = { OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3 } as const;
 
 async function runPurge(
   config: Config,
@@ -4804,9 +4843,11 @@ export async function run(options: RunOptions): Promise<number> {
     stderr: (text) => options.io.stderr(redact(text, ctx.secrets)),
   };
   let command: Command | undefined;
+  let json = false;
   try {
     const line = parseCommandLine(options.args);
     command = line.command;
+    json = line.flags.json;
     if (line.help) return io.stdout(helpText(line.helpTopic)), 0;
     if (line.version) return io.stdout(`b2-private-cdn ${VERSION}`), 0;
     // Needs no settings: a fresh key must come out while the configuration holds a bad one.
@@ -4858,21 +4899,27 @@ export async function run(options: RunOptions): Promise<number> {
         return await runCheckCache(settings, config, { ctx, io, flags: line.flags });
     }
   } catch (error) {
-    if (error instanceof ConfigError) {
-      io.stderr(`error: ${error.message}`);
-      return 2;
+    const [code, message] = failure(error, command);
+    // status cannot tell, which a monitor must read as UNKNOWN, on stdout, not as CRITICAL.
+    if ((command ?? options.args.find((arg) => arg in COMMANDS)) === "status") {
+      io.stdout(
+        json ? JSON.stringify({ state: "UNKNOWN", problem: message }) : `UNKNOWN - ${message}`,
+      );
+      return STATUS_EXIT.UNKNOWN;
     }
-    if (error instanceof ApiError) {
-      io.stderr(`error: ${error.message}`);
-      return 1;
-    }
-    if (error instanceof Deno.errors.NotCapable) {
-      io.stderr(`error: ${error.message}. ${permissionsHint(command ?? "refresh")}`);
-      return 2;
-    }
-    io.stderr(`error: ${(error as Error)?.stack ?? error}`);
-    return 1;
+    io.stderr(`error: ${message}`);
+    return code;
   }
+}
+
+/** A failed command's exit code and message: 2 for usage, settings and permissions, else 1. */
+function failure(error: unknown, command: Command | undefined): [number, string] {
+  if (error instanceof ConfigError) return [2, error.message];
+  if (error instanceof ApiError) return [1, error.message];
+  if (error instanceof Deno.errors.NotCapable) {
+    return [2, `${error.message}. ${permissionsHint(command ?? "refresh")}`];
+  }
+  return [1, `${(error as Error)?.stack ?? error}`];
 }
 
 // ---------------------------------------------------------------------------
@@ -4924,10 +4971,11 @@ export async function main(
   } catch (error) {
     if (!(error instanceof Deno.errors.NotCapable)) throw error;
     const name = args.find((arg) => arg in COMMANDS) as Command | undefined;
-    Deno.stderr.writeSync(
-      encoder.encode(`error: ${error.message}. ${permissionsHint(name ?? "refresh")}\n`),
-    );
-    Deno.exit(2);
+    const message = `${error.message}. ${permissionsHint(name ?? "refresh")}`;
+    // status answers as a Nagios plugin that cannot check: UNKNOWN on stdout, exit 3.
+    if (name === "status") Deno.stdout.writeSync(encoder.encode(`UNKNOWN - ${message}\n`));
+    else Deno.stderr.writeSync(encoder.encode(`error: ${message}\n`));
+    Deno.exit(name === "status" ? 3 : 2);
   }
   const code = await run({
     args,

@@ -391,10 +391,6 @@ Deno.test("run() exits 2 on bad usage, naming the fix", async (t) => {
           /Unknown option '--b2-application-key'/,
         ],
         [
-          ["status", "--min-remaining", "soon"],
-          /--min-remaining must be a duration/,
-        ],
-        [
           ["refresh", "--b2-token-ttl", "0"],
           /B2_TOKEN_TTL must be a whole number from 1/,
         ],
@@ -1107,11 +1103,13 @@ Deno.test("parseCommandLine() refuses every flag given to a command it does not 
 Deno.test("--take-over and --remove-leftovers are for a refresh run by hand only", async () => {
   const w = world();
   try {
-    for (const args of [["cron", "--take-over"], ["status", "--remove-leftovers"]]) {
-      const { code, stderr } = await w.run(args);
-      assert.equal(code, 2);
-      assert.match(stderr, /only applies to refresh/);
-    }
+    const cron = await w.run(["cron", "--take-over"]);
+    assert.equal(cron.code, 2);
+    assert.match(cron.stderr, /only applies to refresh/);
+    // status's usage errors are UNKNOWN, on stdout, as for a Nagios plugin.
+    const status = await w.run(["status", "--remove-leftovers"]);
+    assert.equal(status.code, 3);
+    assert.match(status.stdout, /^UNKNOWN - --remove-leftovers only applies to refresh/);
   } finally {
     await w.close();
   }
@@ -1321,7 +1319,7 @@ Deno.test("a step that fails never costs the site the ways it answers today", as
       w.cloudflare.routes.set(ZONE, []);
       w.cloudflare.scripts.get("b2-private-cdn")!.subdomain.enabled = false;
       const { code, stdout } = await w.run(["status"], { env: route });
-      assert.equal(code, 1);
+      assert.equal(code, 2);
       assert.match(stdout, /^CRITICAL .*the worker answers nowhere: .*WORKER_WORKERS_DEV=on/m);
       assert.match(stdout, /\nAnswers at: nowhere/);
     });
@@ -1447,20 +1445,20 @@ Deno.test("render prints the module and masked bindings without the network", as
   assert.match(module, /export default/);
 });
 
-Deno.test("status exits 0 when healthy, 1 when expiring or missing", async (t) => {
+Deno.test("status exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, as Nagios plugins do", async (t) => {
   const w = world();
   const day = 86_400_000;
   try {
-    await t.step("missing worker", async () => {
+    await t.step("missing worker: CRITICAL", async () => {
       const { code, stdout } = await w.run(["status"]);
-      assert.equal(code, 1);
+      assert.equal(code, 2);
       assert.equal(
         stdout,
         'CRITICAL - worker "b2-private-cdn": worker "b2-private-cdn" does not exist; run refresh',
       );
     });
     assert.equal((await w.run(["refresh"])).code, 0);
-    await t.step("fresh token", async () => {
+    await t.step("fresh token: OK", async () => {
       const { code, stdout } = await w.run(["status"]);
       assert.equal(code, 0);
       assert.match(
@@ -1468,47 +1466,61 @@ Deno.test("status exits 0 when healthy, 1 when expiring or missing", async (t) =
         /^OK - worker "b2-private-cdn": token expires \S+ \(6d 23h left, issued 0s ago\); edge cache workers-cache \(cache_options \{"enabled":true,"cross_version_cache":true\}\)\nAnswers at: https:\/\/b2-private-cdn.fake-subdomain.workers.dev\/$/,
       );
     });
-    await t.step("five days later, with 2 days required", async () => {
+    await t.step("less than --min-remaining left: WARNING", async () => {
       const later = Date.now() + 5 * day + 60_000;
-      const { code, stdout } = await w.run([
-        "status",
-        "--min-remaining",
-        "2d",
-        "--json",
-      ], {
+      const { code, stdout } = await w.run(["status", "--min-remaining", "2d", "--json"], {
         ctx: { now: () => later },
       });
       assert.equal(code, 1);
       const report = JSON.parse(stdout);
       assert.equal(report.healthy, false);
+      assert.equal(report.state, "WARNING");
       assert.equal(report.problem, "less than 2d 0h left; run refresh");
       assert.ok(report.remaining < 2 * 86_400 && report.remaining > 86_400);
       assert.ok(report.age >= 5 * 86_400);
     });
-    await t.step("past expiry", async () => {
-      const later = Date.now() + 8 * day;
-      const { code, stdout } = await w.run(["status"], {
+    await t.step("less than half of --min-remaining left: CRITICAL", async () => {
+      const later = Date.now() + 6 * day + 60_000;
+      const { code, stdout } = await w.run(["status", "--min-remaining", "2d"], {
         ctx: { now: () => later },
       });
-      assert.equal(code, 1);
+      assert.equal(code, 2);
+      assert.match(stdout, /^CRITICAL .*less than 2d 0h left; run refresh$/m);
+    });
+    await t.step("past expiry: CRITICAL", async () => {
+      const later = Date.now() + 8 * day;
+      const { code, stdout } = await w.run(["status"], { ctx: { now: () => later } });
+      assert.equal(code, 2);
       assert.match(
         stdout,
         /^CRITICAL .*-1d 0h left.*the download token has expired; run refresh$/m,
       );
     });
-    await t.step("wrong account", async () => {
-      const { code, stderr } = await w.run(["status"], {
+    await t.step("Cloudflare refuses to say: UNKNOWN, on stdout", async () => {
+      const { code, stdout, stderr } = await w.run(["status"], {
         env: { CLOUDFLARE_ACCOUNT_ID: "nope" },
       });
-      assert.equal(code, 1);
-      assert.match(stderr, /Fix: .*CLOUDFLARE_ACCOUNT_ID/);
+      assert.deepEqual([code, stderr], [3, ""]);
+      assert.match(stdout, /^UNKNOWN - .*Fix: .*CLOUDFLARE_ACCOUNT_ID/);
     });
-    await t.step("no Cloudflare settings", async () => {
-      const { code, stderr } = await w.run(["status"], {
-        env: { CLOUDFLARE_ACCOUNT_ID: "" },
+    await t.step("Cloudflare cannot be reached: UNKNOWN, also with --json", async () => {
+      const { code, stdout } = await w.run(["status", "--json"], {
+        env: { CLOUDFLARE_API_BASE_URL: "http://127.0.0.1:9/client/v4" },
       });
-      assert.equal(code, 2);
-      assert.match(stderr, /Set CLOUDFLARE_ACCOUNT_ID/);
+      assert.equal(code, 3);
+      const report = JSON.parse(stdout);
+      assert.equal(report.state, "UNKNOWN");
+      assert.match(report.problem, /Cloudflare/);
+    });
+    await t.step("bad settings or usage: UNKNOWN, not CRITICAL", async () => {
+      const unset = await w.run(["status"], { env: { CLOUDFLARE_ACCOUNT_ID: "" } });
+      assert.equal(unset.code, 3);
+      assert.match(unset.stdout, /^UNKNOWN - .*Set CLOUDFLARE_ACCOUNT_ID/);
+      const usage = await w.run(["status", "--min-remaining", "soon"]);
+      assert.equal(usage.code, 3);
+      assert.match(usage.stdout, /^UNKNOWN - --min-remaining must be a duration/);
+      const flag = await w.run(["--bogus", "status"]);
+      assert.equal(flag.code, 3);
     });
   } finally {
     await w.close();
@@ -1724,7 +1736,7 @@ Deno.test("every upload says which cache it uses, and status reads it back", asy
       assert.equal(code, 1);
       assert.match(
         stdout,
-        /^CRITICAL .*Cloudflare reports cache_options \{"enabled":true\} where workers-cache needs \{"enabled":true,"cross_version_cache":true\}; run refresh \(a full upload sets it\)$/m,
+        /^WARNING .*Cloudflare reports cache_options \{"enabled":true\} where workers-cache needs \{"enabled":true,"cross_version_cache":true\}; run refresh \(a full upload sets it\)$/m,
       );
       const other = await p.run(["status"], { WORKER_CACHE_MODE: "cache-api" });
       assert.match(other.stdout, /caches with workers-cache, WORKER_CACHE_MODE says cache-api/);
@@ -1898,7 +1910,8 @@ Deno.test("purge sends paths, prefixes or everything in as few signed requests a
     await t.step("bad usage exits 2", async () => {
       assert.equal((await p.run(["purge"])).code, 2);
       assert.equal((await p.run(["purge", "/a", "--all"])).code, 2);
-      assert.equal((await p.run(["status", "--all"])).code, 2);
+      // status follows the Nagios plugins: bad usage is UNKNOWN.
+      assert.equal((await p.run(["status", "--all"])).code, 3);
     });
   } finally {
     await p.close();
@@ -2016,13 +2029,14 @@ Deno.test("a permission Deno refuses is exit 2 naming the flags to run with, not
   const status = await spawn(["run", "--allow-env", "--allow-read", `${ROOT}main.ts`, "status"], {
     env,
   });
-  assert.equal(status.code, 2);
+  // status says UNKNOWN (exit 3) on stdout, as a Nagios plugin that cannot check.
+  assert.deepEqual([status.code, status.stderr], [3, ""]);
   assert.match(
-    status.stderr,
-    /^error: Requires net access to "127\.0\.0\.1:39998".*Run it as deno run --allow-net --allow-env --allow-read main\.ts status \(README: Permissions\)\.\n$/,
+    status.stdout,
+    /^UNKNOWN - Requires net access to "127\.0\.0\.1:39998".*Run it as deno run --allow-net --allow-env --allow-read main\.ts status \(README: Permissions\)\.\n$/,
   );
-  assert.doesNotMatch(status.stderr, /retrying|attempts/);
-  assert.ok(!status.stderr.includes(CF_TOKEN));
+  assert.doesNotMatch(status.stdout, /retrying|attempts/);
+  assert.ok(!status.stdout.includes(CF_TOKEN));
   const keygen = await spawn(["run", `${ROOT}main.ts`, "keygen"]);
   assert.equal(keygen.code, 2);
   assert.match(keygen.stderr, /Run it as deno run --allow-env --allow-read main\.ts keygen/);
