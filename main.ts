@@ -3417,7 +3417,11 @@ export async function refreshIfDue(
   });
   return {
     refreshed: true,
-    reason: `${report.problem}; refreshed until ${result.expiresAt}`,
+    // A retry that found a fresh upload uploaded nothing: it says what it kept.
+    reason: result.reusedUpload
+      ? `${report.problem}; Kept: the worker uploaded at ${result.reusedUpload}, its token ` +
+        `valid until ${result.expiresAt} (nothing uploaded)`
+      : `${report.problem}; refreshed until ${result.expiresAt}`,
   };
 }
 
@@ -4228,11 +4232,13 @@ async function runRefresh(
   const { upload, ...facts } = result;
   if (flags.json) {
     io.stdout(JSON.stringify(
-      flags.dryRun && upload ? { ...facts, metadata: maskSecrets(upload.metadata) } : facts,
+      flags.dryRun && upload
+        ? { ...facts, cloudflareAsked: false, metadata: maskSecrets(upload.metadata) }
+        : facts,
     ));
   } else {
     io.stdout(summary(result));
-    if (flags.dryRun && upload) io.stdout(describeUpload(upload));
+    if (flags.dryRun && upload) io.stdout(`${describeUpload(upload)}\n${DRY_RUN_NOTE}`);
   }
   for (const warning of result.warnings ?? []) io.stderr(`warning: ${warning}`);
   if (incomplete) {
@@ -4241,6 +4247,10 @@ async function runRefresh(
   }
   return 0;
 }
+
+/** A dry run checks the Cloudflare settings as configuration only: said, so none is misled. */
+const DRY_RUN_NOTE = "Cloudflare was not asked: CLOUDFLARE_ACCOUNT_ID and the credentials are " +
+  "set, but only a refresh without --dry-run tries them.";
 
 function describeUpload(upload: WorkerUpload): string {
   return `metadata ${JSON.stringify(maskSecrets(upload.metadata), null, 2)}\n` +
@@ -5141,10 +5151,13 @@ function deploySettings(
     if (value) ctx.secrets.add(value);
   }
   ctx.log = (line) => platform.log(redact(line, ctx.secrets));
-  // The Deploy schedule is fixed (see DEPLOY_SCHEDULE); a value here must not fail the run.
-  const { REFRESH_SCHEDULE: _ignored, ...settings } = pickSettings(env);
+  // The Deploy schedule is fixed (see DEPLOY_SCHEDULE); a value here must not fail the run,
+  // and the token's life is checked against the schedule that runs.
+  const settings = { ...pickSettings(env), REFRESH_SCHEDULE: DEPLOY_SCHEDULE };
   try {
-    return { config: parseConfig(settings, needs), ctx, env };
+    const config = parseConfig(settings, needs);
+    for (const warning of config.warnings ?? []) ctx.log(`warning: ${warning}`);
+    return { config, ctx, env };
   } catch (problem) {
     if (problem instanceof ConfigError) {
       throw new ConfigError(problem.problems.map((line) => redact(line, ctx.secrets)));
@@ -5171,7 +5184,11 @@ async function deployRun(platform: DeployPlatform): Promise<void> {
   try {
     const tooOld = runtimeProblem(platform.denoVersion);
     if (tooOld) throw new Error(tooOld);
-    const { config, ctx, env } = deploySettings(platform, { b2: true, cloudflare: true });
+    const { config, ctx, env } = deploySettings(platform, {
+      b2: true,
+      cloudflare: true,
+      schedule: true,
+    });
     secrets = ctx.secrets;
     if (env.REFRESH_SCHEDULE) {
       platform.log(

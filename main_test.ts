@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import {
+  COMMANDS,
   type ConfigError,
   type Context,
   type CronRegistrar,
@@ -15,9 +16,13 @@ import {
   refreshIfDue,
   run,
   runtimeProblem,
+  scheduleGap,
   scheduleRefresh,
+  SECRET_VARIABLES,
+  type Setting,
   signLink,
   startOnDeploy,
+  VARIABLES,
   VERSION,
   type WorkerMetadata,
 } from "./main.ts";
@@ -836,6 +841,276 @@ Deno.test("refresh --verbose names each step and no secret", async () => {
       stderr,
       /Cloudflare: uploading worker "b2-private-cdn" to account fake-account-id/,
     );
+  } finally {
+    await w.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Configuration: the table, what each command needs, settings that contradict
+// ---------------------------------------------------------------------------
+
+/** Runs `run()` with only `env` (no fake's settings) and no network unless `ctx` gives one. */
+async function runOnly(
+  args: string[],
+  env: Record<string, string>,
+  ctx: Partial<Context> = {},
+) {
+  const stdout: string[] = [];
+  const stderr: string[] = [];
+  const code = await run({
+    args,
+    env,
+    readEnvFile: () => Promise.resolve(undefined),
+    io: { stdout: (t) => stdout.push(t), stderr: (t) => stderr.push(t) },
+    ctx: { fetch: () => Promise.reject(new Error("no network in this test")), ...ctx },
+  });
+  printed.push(...stdout, ...stderr);
+  return { code, stdout: stdout.join("\n"), stderr: stderr.join("\n") };
+}
+
+const DAY = 86_400;
+
+Deno.test(".env.example names every setting of VARIABLES, only those, with their defaults", async () => {
+  const text = await Deno.readTextFile(new URL("./.env.example", import.meta.url));
+  const named = new Map<string, string>();
+  for (const line of text.split("\n")) {
+    const match = /^#?\s*(?:\*\s*)?([A-Z][A-Z0-9_]+)=(.*)$/.exec(line);
+    if (match) named.set(match[1]!, match[2]!.trim());
+  }
+  assert.deepEqual([...named.keys()].sort(), Object.keys(VARIABLES).sort());
+  for (const [name, setting] of Object.entries(VARIABLES) as [string, Setting][]) {
+    const value = named.get(name)!;
+    if (setting.default !== undefined && value !== "") {
+      assert.equal(value, setting.default, `${name} in .env.example is not its default`);
+    }
+  }
+});
+
+Deno.test("help settings lists the table: each setting in order, * for credentials, its line", async () => {
+  const { stdout } = await runBare(["help", "settings"]);
+  const listed = [...stdout.matchAll(/^ {2}([ *])([A-Z][A-Z0-9_]+) +(.+)$/gm)]
+    .map(([, star, name, about]) => ({ name, credential: star === "*", about }));
+  assert.deepEqual(
+    listed,
+    (Object.entries(VARIABLES) as [string, Setting][]).map(([name, setting]) => ({
+      name,
+      credential: setting.kind === "secret" || setting.credential === true,
+      about: setting.about,
+    })),
+  );
+  assert.deepEqual(
+    [...SECRET_VARIABLES].sort(),
+    ["B2_APPLICATION_KEY", "CLOUDFLARE_API_KEY", "CLOUDFLARE_API_TOKEN", "WORKER_PURGE_KEY"]
+      .concat(["WORKER_SIGNING_KEY", "WORKER_SIGNING_KEY_PREVIOUS"]).sort(),
+  );
+});
+
+Deno.test("every command checks every setting given, even one it does not use", async (t) => {
+  for (
+    const [command, env, pattern] of [
+      [["render"], { CLOUDFLARE_API_BASE_URL: "ftp://x" }, /CLOUDFLARE_API_BASE_URL must be/],
+      [["render"], { WORKER_ROUTE: "cdn.example.com/a*b" }, /WORKER_ROUTE may have a \*/],
+      [["sign", "/a", "--expires", "1h"], { WORKER_WORKERS_DEV: "yes" }, /WORKER_WORKERS_DEV/],
+      [["check-cache", "--url", "https://x.example/"], { B2_API_URL: "nope" }, /B2_API_URL/],
+      [["purge", "/a", "--url", "https://x.example"], { WORKER_DOMAIN: "a b" }, /WORKER_DOMAIN/],
+    ] as const
+  ) {
+    await t.step(`${command[0]}: ${Object.keys(env)[0]}`, async () => {
+      const { code, stderr } = await runOnly([...command], env);
+      assert.equal(code, 2, stderr);
+      assert.match(stderr, pattern);
+    });
+  }
+});
+
+Deno.test("purge --url with WORKER_PURGE_KEY needs no Cloudflare setting and no B2 key", async (t) => {
+  const p = purgeWorld();
+  const purgeKey = "p".repeat(40);
+  secretsSeen.add(purgeKey);
+  try {
+    assert.equal((await p.run(["refresh"], { WORKER_PURGE_KEY: purgeKey })).code, 0);
+    const apiCalls = [p.w.cloudflare.requests.length, p.w.b2.requests.length];
+    await t.step("only the purge key is set", async () => {
+      const { code, stdout, stderr } = await runOnly(
+        ["purge", "/hello.txt", "--url", `https://${SITE_HOST}`],
+        { WORKER_PURGE_KEY: purgeKey },
+        { fetch: p.endpoint.fetch as typeof fetch },
+      );
+      assert.equal(code, 0, stderr);
+      assert.match(stdout, /^Purged 1 path and 0 prefixes from Workers Cache in 1 request/);
+      assert.equal(p.endpoint.purges.length, 1);
+      assert.deepEqual(
+        [p.w.cloudflare.requests.length, p.w.b2.requests.length],
+        apiCalls,
+        "nothing asked of Cloudflare or B2",
+      );
+    });
+    await t.step("nothing set: every missing setting in one round", async () => {
+      const noUrl = await runOnly(["purge", "/hello.txt"], {});
+      assert.equal(noUrl.code, 2);
+      for (const name of ["CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN", "B2_APPLICATION_KEY"]) {
+        assert.match(noUrl.stderr, new RegExp(`Set ${name}`));
+      }
+      const withUrl = await runOnly(["purge", "/a", "--url", `https://${SITE_HOST}`], {});
+      assert.equal(withUrl.code, 2);
+      assert.match(withUrl.stderr, /^error: Set B2_APPLICATION_KEY \(or WORKER_PURGE_KEY\)/);
+      assert.doesNotMatch(withUrl.stderr, /CLOUDFLARE/);
+    });
+    await t.step("the cache off: nothing to purge, so no key is asked for", async () => {
+      const off = await runOnly(["purge", "/a", "--url", "https://x.example"], {
+        WORKER_CACHE_MODE: "off",
+      });
+      assert.equal(off.code, 0, off.stderr);
+    });
+  } finally {
+    await p.close();
+  }
+});
+
+Deno.test("WORKER_ROUTE refuses a scheme, a list, a query and an inner *, saying what to write", async (t) => {
+  for (
+    const [route, pattern] of [
+      [
+        "https://cdn.example.com/*",
+        /must not start with https:\/\/: write "cdn\.example\.com\/\*"\. This is our rule, not Cloudflare's/,
+      ],
+      ["cdn.example.com/*,img.example.com/*", /one route pattern, not a list/],
+      ["cdn.example.com/*, img.example.com/*", /one route pattern, not a list/],
+      ["cdn.example.com/?v=*", /cannot hold a query.*End the path with \*/],
+      ["cdn.example.com/*.jpg", /a \* only at the start of its host and the end of its path/],
+      ["cdn.*.example.com/*", /a \* only at the start of its host/],
+      ["cdn.example.com", /must look like cdn\.example\.com\/\*/],
+    ] as const
+  ) {
+    await t.step(route, () => {
+      assert.throws(() => parseConfig({ WORKER_ROUTE: route }), (error: ConfigError) => {
+        assert.equal(error.problems.length, 1, error.message);
+        assert.match(error.message, /^WORKER_ROUTE /);
+        assert.match(error.message, pattern);
+        return true;
+      });
+    });
+  }
+  await t.step("Cloudflare's own shapes are taken", () => {
+    for (const route of ["cdn.example.com/*", "*.example.com/*", "*example.com/files/*", "a.b/x"]) {
+      assert.equal(parseConfig({ WORKER_ROUTE: route }).worker.urlStyle, "plain", route);
+    }
+  });
+});
+
+Deno.test("scheduleGap() finds the longest time between two runs of a cron expression", () => {
+  assert.deepEqual(
+    [
+      "17 4 * * *",
+      "17 * * * *",
+      "*/15 * * * *",
+      "0 6,18 * * *",
+      "0 9 * * 1-5",
+      "0 0 1 * *",
+      "0 0 * * 0",
+      "0 0 29 2 *",
+      "17 4 * * MON",
+      "61 4 * * *",
+      "not a schedule",
+    ].map(scheduleGap),
+    [DAY, 3600, 900, 12 * 3600, 3 * DAY, 31 * DAY, 7 * DAY, (4 * 365 + 1) * DAY, undefined]
+      .concat([undefined, undefined]),
+  );
+});
+
+Deno.test("B2_TOKEN_TTL shorter than the schedule leaves is refused for cron, warned about elsewhere", async (t) => {
+  const w = world();
+  try {
+    await t.step("cron: refused, with what to set", () => {
+      assert.throws(
+        () => parseConfig({ ...w.env, B2_TOKEN_TTL: "3600" }, COMMANDS.cron.needs()),
+        (error: ConfigError) => {
+          assert.deepEqual(error.problems, [
+            'B2_TOKEN_TTL is 3600 (1h 0m), but REFRESH_SCHEDULE "17 4 * * *" refreshes every ' +
+            "1d 0h at most: each token would expire before the next run and the site fail until " +
+            "it; set B2_TOKEN_TTL to at least 259200 (3d 0h; the default 604800 is a week), or " +
+            'refresh more often (e.g. REFRESH_SCHEDULE="17 * * * *", hourly).',
+          ]);
+          return true;
+        },
+      );
+      const hourly = { ...w.env, B2_TOKEN_TTL: "7200", REFRESH_SCHEDULE: "17 * * * *" };
+      assert.equal(parseConfig(hourly, COMMANDS.cron.needs()).b2?.tokenTtl, 7200);
+    });
+    await t.step("refresh: done, with the same fix as a warning", async () => {
+      const { code, stderr } = await w.run(["refresh"], { env: { B2_TOKEN_TTL: "3600" } });
+      assert.equal(code, 0, stderr);
+      assert.match(
+        stderr,
+        /^warning: B2_TOKEN_TTL is 3600 .*at least 259200.*set REFRESH_SCHEDULE to that schedule/m,
+      );
+    });
+    await t.step("status: a token short at once is said to be beyond refresh", async () => {
+      const { stderr } = await w.run(["status", "--min-remaining", "2h"], {
+        env: { B2_TOKEN_TTL: "90000" },
+      });
+      assert.match(
+        stderr,
+        /^warning: B2_TOKEN_TTL is 90000 \(1d 1h\).* less than the 2h 0m --min-remaining asks for, and status reports it although refresh cannot fix that; set B2_TOKEN_TTL to at least 93600/m,
+      );
+    });
+    await t.step("the default week on the default schedule says nothing", async () => {
+      const { stderr } = await w.run(["status"]);
+      assert.doesNotMatch(stderr, /warning/);
+    });
+    await t.step("Deno Deploy checks against its own hourly schedule", async () => {
+      const { platform, registered, lines } = deployPlatform({
+        env: { ...w.env, B2_TOKEN_TTL: "3600" },
+      });
+      startOnDeploy(platform);
+      await assert.rejects(
+        registered[0]![3](),
+        /B2_TOKEN_TTL is 3600 \(1h 0m\), but REFRESH_SCHEDULE "17 \* \* \* \*"/,
+      );
+      printed.push(...lines);
+    });
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("refreshIfDue() says what it kept when a retry uploaded nothing", async () => {
+  const w = world();
+  try {
+    // An hour-long token is short of the 6-day margin as soon as it is made: the start-up
+    // check refreshes, finds the upload minutes old, and keeps it.
+    const config = parseConfig({ ...w.env, B2_TOKEN_TTL: "3600" }, { b2: true, cloudflare: true });
+    const loadModule = () => Promise.resolve("export default {}");
+    await refreshIfDue(config, ctxFor(), { loadModule });
+    const again = await refreshIfDue(config, ctxFor(), { loadModule });
+    assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 1);
+    assert.match(
+      again.reason,
+      /^less than 6d 0h left; run refresh; Kept: the worker uploaded at \S+Z, its token valid until \S+Z \(nothing uploaded\)$/,
+    );
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("refresh --dry-run checks the Cloudflare settings as configuration and says it did not ask", async () => {
+  const w = world();
+  try {
+    const missing = await w.run(["refresh", "--dry-run"], {
+      env: { CLOUDFLARE_ACCOUNT_ID: "", CLOUDFLARE_API_TOKEN: "" },
+    });
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /Set CLOUDFLARE_ACCOUNT_ID.*\n.*Set CLOUDFLARE_API_TOKEN/);
+    const { code, stdout } = await w.run(["refresh", "--dry-run"]);
+    assert.equal(code, 0);
+    assert.match(
+      stdout,
+      /\nCloudflare was not asked: CLOUDFLARE_ACCOUNT_ID and the credentials are set, but only a refresh without --dry-run tries them\.$/,
+    );
+    const json = await w.run(["refresh", "--dry-run", "--json"]);
+    assert.equal(JSON.parse(json.stdout).cloudflareAsked, false);
+    assert.equal(w.cloudflare.requests.length, 0);
   } finally {
     await w.close();
   }
