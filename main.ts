@@ -1039,10 +1039,15 @@ export interface Context {
   log: (line: string) => void;
   /** Values that must never be printed; the tokens met on the way are added. */
   secrets: Set<string>;
-  /** Per attempt. @default 30000 */
+  /** Milliseconds one attempt may take. @default 30000 */
   timeoutMs: number;
-  /** Further attempts after a retryable failure. @default 4 */
+  /** Further attempts after a failure a retry can fix. @default 4 */
   retries: number;
+  /**
+   * Milliseconds one request may take across all its attempts and pauses, so a hanging API
+   * ends the run in about a minute, not five timeouts. @default 60000
+   */
+  budgetMs: number;
 }
 
 /** A {@linkcode Context} with the real network and clock. */
@@ -1056,6 +1061,7 @@ export function defaultContext(overrides: Partial<Context> = {}): Context {
     secrets: new Set(),
     timeoutMs: 30_000,
     retries: 4,
+    budgetMs: 60_000,
     ...overrides,
   };
 }
@@ -1064,27 +1070,64 @@ export function defaultContext(overrides: Partial<Context> = {}): Context {
 const RETRY_BASE_MS = 500;
 /** A longer `Retry-After` than this is not waited out: the run fails and says when to retry. */
 const RETRY_AFTER_LIMIT_MS = 120_000;
+/** How much of an answer that is not what was expected an error quotes. */
+const QUOTED_BODY_CHARS = 80;
 
 /** An API answered with an error, or could not be reached. Exit code 1. */
 export class ApiError extends Error {
   /** Which API failed. */
-  readonly service: "B2" | "Cloudflare" | "Verify" | "Worker";
+  readonly service: Service;
   /** The HTTP status, or 0 when no answer came. */
   readonly status: number;
-  /** The service's own error code, e.g. `unauthorized` or `10000`. */
+  /**
+   * The service's own error code (`unauthorized`, `10000`), or when no answer came why:
+   * `timeout`, `dns`, `certificate`, `blocked-port` or `network`, with the runtime's words
+   * in `cause` (`dns error: failed to lookup address information: ...`).
+   */
   readonly code: string;
   /** Makes the error; the message says what failed and what to change. */
   constructor(
     message: string,
-    details: { service: ApiError["service"]; status: number; code: string },
+    details: { service: Service; status: number; code: string; cause?: string },
   ) {
-    super(message);
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
     this.name = "ApiError";
     this.service = details.service;
     this.status = details.status;
     this.code = details.code;
   }
 }
+
+/** Who answers: the two APIs, the deployed worker (purge), or a URL checked on it. */
+export type Service = "B2" | "Cloudflare" | "Verify" | "Worker";
+
+/** One request as {@linkcode send} makes it. */
+export interface Call {
+  /** Who is asked; errors and `--verbose` lines name it. */
+  service: Service;
+  /** What the request is for, as in "Cannot <step>". */
+  step: string;
+  /** Where it goes. */
+  url: string;
+  /** Method, headers, body; the signal is the helper's own. */
+  init?: RequestInit;
+  /**
+   * Whether failures a retry can fix are retried. `false` for a request the caller repeats
+   * itself (`verify`, the edge check) or that must not repeat as sent (a signed purge).
+   * @default true
+   */
+  retry?: boolean;
+  /** What to check when it cannot be reached. @default the service's URL setting */
+  check?: string;
+}
+
+/** Which setting points at each service, for errors that name what to check. */
+const URL_SETTING: Record<Service, string> = {
+  B2: "B2_API_URL",
+  Cloudflare: "CLOUDFLARE_API_BASE_URL",
+  Verify: "the URL",
+  Worker: "the URL (--url)",
+};
 
 function isRetryable(status: number): boolean {
   return status === 408 || status === 429 || status >= 500;
@@ -1098,61 +1141,135 @@ function retryAfterMs(header: string | null, now: number): number | undefined {
   return Number.isNaN(date) ? undefined : Math.max(0, date - now);
 }
 
-/** Which setting points at each API, for errors that name what to check. */
-const API_URL_SETTING = { B2: "B2_API_URL", Cloudflare: "CLOUDFLARE_API_BASE_URL" } as const;
+/** Why a request got no answer, in the runtime's own words, and whether trying again can help. */
+interface NetworkFailure {
+  code: "timeout" | "dns" | "certificate" | "blocked-port" | "network";
+  /** The runtime's cause: `dns error: failed to lookup address information: ...`. */
+  cause: string;
+  retryable: boolean;
+}
 
 /**
- * Sends one request, retrying network errors, timeouts, 408, 429 and 5xx
- * with exponential backoff and jitter, honouring `Retry-After`. The answer
- * is returned whatever its status once retries are spent or it is final.
- * `step` names the request in errors and logs, as in "Cannot <step>".
+ * Classifies what `fetch` threw. Deno throws `TypeError("fetch failed")` whose `cause` says
+ * what happened (`error sending request for url (...): client error (Connect): dns error:
+ * ...`); that cause is kept, less the URL and the client's framing. A name that does not
+ * resolve, a certificate that is refused and a port Deno blocks stay so on a second try.
  */
-async function send(
-  ctx: Context,
-  request: { service: "B2" | "Cloudflare"; step: string; url: string; init: RequestInit },
-): Promise<Response> {
-  const { service, step } = request;
+function networkFailure(error: unknown, timeoutMs: number): NetworkFailure {
+  if (error instanceof DOMException && error.name === "TimeoutError") {
+    return { code: "timeout", cause: `timed out after ${timeoutMs / 1000} s`, retryable: true };
+  }
+  const outer = error instanceof Error ? error.message : String(error);
+  const inner = error instanceof Error && error.cause instanceof Error ? error.cause.message : "";
+  const cause = (inner || outer)
+    .replace(/^error sending request for url \(.*?\): /, "")
+    .replace(/^client error \(\w+\): /, "");
+  // The fetch spec's "bad ports" (fetch.spec.whatwg.org/#bad-port): Deno refuses them at once,
+  // as a TypeError, or as NotCapable in some versions.
+  if (/Requests to port \d+ are blocked/.test(outer)) {
+    return { code: "blocked-port", cause: outer.replace(/^Fetch failed: /, ""), retryable: false };
+  }
+  if (/dns error|failed to lookup address/i.test(cause)) {
+    return { code: "dns", cause, retryable: false };
+  }
+  if (/certificate/i.test(cause)) return { code: "certificate", cause, retryable: false };
+  return { code: "network", cause, retryable: true };
+}
+
+/** What to do about a request that got no answer. */
+function networkAdvice(failure: NetworkFailure, check: string): string {
+  switch (failure.code) {
+    case "dns":
+      return `The host name does not resolve: check ${check} and this machine's DNS`;
+    case "certificate":
+      return `Its TLS certificate was refused: check ${check} (https for a host with a ` +
+        "certificate the system trusts)";
+    case "blocked-port":
+      return `Deno refuses that port as browsers do: use another port in ${check}`;
+    default:
+      return `Check the network and ${check}, then run again`;
+  }
+}
+
+/**
+ * Sends one request: the one way this tool speaks HTTP. Network errors, timeouts, 408, 429
+ * and 5xx are retried (`ctx.retries` times at most) with exponential backoff and jitter,
+ * honouring `Retry-After`, all within `ctx.budgetMs`; a DNS failure, a refused certificate
+ * and a port Deno blocks are not, since a retry cannot fix them. Each attempt times out after
+ * `ctx.timeoutMs`. The answer is returned whatever its status once it is final or the retries
+ * or the budget are spent; no answer at all is an {@linkcode ApiError} that keeps the
+ * runtime's cause. Nothing in `ctx.secrets` reaches its messages.
+ */
+export async function send(ctx: Context, call: Call): Promise<Response> {
+  const { service, step } = call;
+  // The APIs by name; the worker and a checked URL by their host.
+  const who = service === "B2" || service === "Cloudflare" ? service : new URL(call.url).host;
+  const retries = call.retry === false ? 0 : ctx.retries;
+  const deadline = ctx.now() + ctx.budgetMs;
   for (let attempt = 0;; attempt++) {
-    let failure: string;
     let waitMs = RETRY_BASE_MS * 2 ** attempt * (0.5 + ctx.random() / 2);
+    const timeoutMs = Math.max(1, Math.min(ctx.timeoutMs, deadline - ctx.now()));
+    let failure: string;
     try {
-      const response = await ctx.fetch(request.url, {
-        ...request.init,
-        signal: AbortSignal.timeout(ctx.timeoutMs),
+      const response = await ctx.fetch(call.url, {
+        ...call.init,
+        signal: AbortSignal.timeout(timeoutMs),
       });
-      if (!isRetryable(response.status) || attempt >= ctx.retries) return response;
+      if (!isRetryable(response.status) || attempt >= retries) return response;
       const retryAfter = retryAfterMs(response.headers.get("retry-after"), ctx.now());
       if (retryAfter !== undefined && retryAfter > RETRY_AFTER_LIMIT_MS) return response;
-      await response.body?.cancel();
       waitMs = Math.max(waitMs, retryAfter ?? 0);
+      if (ctx.now() + waitMs >= deadline) return response;
+      await response.body?.cancel();
       failure = `answered ${response.status}`;
     } catch (error) {
-      // Deno's own refusal is no network fault: trying again cannot help.
-      if (error instanceof Deno.errors.NotCapable) throw error;
-      const timedOut = error instanceof DOMException && error.name === "TimeoutError";
-      failure = timedOut
-        ? `timed out after ${ctx.timeoutMs / 1000} s`
-        : `could not be reached: ${(error as Error).message}`;
-      if (attempt >= ctx.retries) {
+      // Deno's own refusal of a permission is no network fault: `run()` names the flag.
+      if (error instanceof Deno.errors.NotCapable && !/port \d+/.test(error.message)) throw error;
+      const why = networkFailure(error, timeoutMs);
+      // No pause is begun that would end past the budget.
+      const spent = attempt < retries && ctx.now() + waitMs >= deadline;
+      if (!why.retryable || attempt >= retries || spent) {
+        const tries = `${count(attempt + 1, "attempt", "attempts")}`;
+        const what = why.code !== "timeout"
+          ? `could not be reached: ${why.cause}`
+          : spent
+          ? `gave no answer within ${ctx.budgetMs / 1000} s in all`
+          : why.cause;
         throw new ApiError(
-          `Cannot ${step}: ${service} ${failure} (${attempt + 1} attempts). ` +
-            `Check the network and ${API_URL_SETTING[service]}, then run again.`,
-          { service, status: 0, code: timedOut ? "timeout" : "network" },
+          redact(
+            `Cannot ${step}: ${who} ${what} (${tries}${why.retryable ? "" : ", no retry"}). ` +
+              `${networkAdvice(why, call.check ?? URL_SETTING[service])}.`,
+            ctx.secrets,
+          ),
+          { service, status: 0, code: why.code, cause: redact(why.cause, ctx.secrets) },
         );
       }
+      failure = why.code === "timeout" ? why.cause : `could not be reached: ${why.cause}`;
     }
-    ctx.log(`  ${service} ${failure}; retrying in ${(waitMs / 1000).toFixed(1)} s`);
+    ctx.log(
+      redact(`  ${who} ${failure}; retrying in ${(waitMs / 1000).toFixed(1)} s`, ctx.secrets),
+    );
     await ctx.sleep(waitMs);
   }
 }
 
-/** Parses a JSON answer, or `undefined` when the body is not JSON. */
-async function readJson(response: Response): Promise<unknown> {
+/**
+ * An answer's body as JSON, or `undefined` with what it was instead (`text/html, not JSON:
+ * "<!DOCTYPE html>..."`), for errors that say what came back.
+ */
+async function readJson(response: Response): Promise<{ json: unknown; received: string }> {
   const text = await response.text();
   try {
-    return JSON.parse(text);
+    return { json: JSON.parse(text), received: "JSON" };
   } catch {
-    return undefined;
+    const type = response.headers.get("content-type")?.split(";")[0] || "no content type";
+    const quoted = text.length > QUOTED_BODY_CHARS
+      ? `${text.slice(0, QUOTED_BODY_CHARS)}...`
+      : text;
+    const received = text.trim() === ""
+      ? `an empty body (${type})`
+      : `${type}, not JSON: ${JSON.stringify(quoted)}`;
+    return { json: undefined, received };
   }
 }
 
@@ -1204,12 +1321,22 @@ async function b2Call<T>(
   request: { url: string; init: RequestInit; authorizing?: boolean },
 ): Promise<T> {
   const response = await send(ctx, { ...request, service: "B2", step });
-  const body = await readJson(response) as
-    | { code?: string; message?: string }
-    | undefined;
+  const { json, received } = await readJson(response);
+  const body = json as { code?: string; message?: string } | undefined;
   if (response.ok && body !== undefined) return body as T;
+  if (response.ok) {
+    throw new ApiError(
+      redact(
+        `Cannot ${step}: B2 answered ${response.status} with ${received}. B2 answers JSON: ` +
+          "check that B2_API_URL is the B2 API (https://api.backblazeb2.com), not a proxy " +
+          "or web page in front of it.",
+        ctx.secrets,
+      ),
+      { service: "B2", status: response.status, code: "not_json" },
+    );
+  }
   const code = body?.code ?? "unknown";
-  const detail = body?.message ? `: ${body.message}` : "";
+  const detail = body ? (body.message ? `: ${body.message}` : "") : ` (${received})`;
   // A 401 to the authorize call itself is the key pair, whatever code B2 gives it.
   const credentials = "check B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY";
   const hint = request.authorizing && response.status === 401
@@ -1539,6 +1666,8 @@ export async function loadWorkerModule(): Promise<string> {
 async function readBeside(path: string): Promise<Uint8Array<ArrayBuffer>> {
   const url = new URL(path, import.meta.url);
   if (url.protocol === "file:") return await Deno.readFile(url);
+  // Not through `send()`: this is part of loading the tool, like its own import (which
+  // fetched the same URL a moment ago), with no Context yet and no API behind it.
   const response = await fetch(url);
   if (!response.ok) {
     await response.body?.cancel();
@@ -1705,14 +1834,30 @@ async function cloudflareCall<T>(
     service: "Cloudflare",
     step,
   });
-  const envelope = await readJson(response) as Envelope<T> | undefined;
+  const { json, received } = await readJson(response);
+  const envelope = json as Envelope<T> | undefined;
   if (response.ok && envelope?.success) return envelope.result;
+  if (response.ok && envelope === undefined) {
+    throw new ApiError(
+      redact(
+        `Cannot ${step}: Cloudflare answered ${response.status} with ${received}. The API ` +
+          "answers JSON: check that CLOUDFLARE_API_BASE_URL is " +
+          "https://api.cloudflare.com/client/v4, not a proxy or web page in front of it.",
+        ctx.secrets,
+      ),
+      { service: "Cloudflare", status: response.status, code: "not_json" },
+    );
+  }
   const error = envelope?.errors?.[0];
   const code = error?.code ?? 0;
   const hint = cloudflareHint(response.status, code, config);
   throw new ApiError(
     `Cannot ${step}: Cloudflare answered ${response.status}` +
-      (error ? ` error ${error.code}: ${error.message}` : "") +
+      (error
+        ? ` error ${error.code}: ${error.message}`
+        : envelope === undefined
+        ? ` (${received})`
+        : "") +
       (hint ? `. Fix: ${hint}.` : ""),
     { service: "Cloudflare", status: response.status, code: String(code) },
   );
@@ -2790,10 +2935,13 @@ export async function verify(
   let noTls = false;
   for (let attempt = 1; attempt <= attempts; attempt++) {
     try {
-      const response = await ctx.fetch(url, {
-        method: "GET",
-        headers: { "cache-control": "no-cache" },
-        signal: AbortSignal.timeout(ctx.timeoutMs),
+      // One attempt each: this loop is the retry, paced for a deploy that spreads.
+      const response = await send(ctx, {
+        service: "Verify",
+        step: `fetch ${url}`,
+        url,
+        init: { method: "GET", headers: { "cache-control": "no-cache" } },
+        retry: false,
       });
       await response.body?.cancel();
       if (response.ok) {
@@ -2803,7 +2951,9 @@ export async function verify(
       last = `answered ${response.status}`;
       noTls = response.status === 525 || response.status === 526;
     } catch (error) {
-      last = `failed: ${(error as Error).message}`;
+      if (!(error instanceof ApiError)) throw error;
+      // Even a name that does not resolve is tried again: a new host's record takes a while.
+      last = `could not be reached: ${error.cause ?? error.message}`;
       noTls = true;
     }
     if (options.waitForCertificate) {
@@ -2950,17 +3100,25 @@ export async function askWorkerToPurge(
   const body = JSON.stringify({ ...request.order, nonce: crypto.randomUUID() });
   let response: Response;
   try {
-    response = await ctx.fetch(url, {
-      method: "POST",
-      headers: await signPurge(body, { key: request.key, nowMs: ctx.now() }),
-      body,
-      signal: AbortSignal.timeout(ctx.timeoutMs),
+    // Sent once: the worker refuses a signed request it has seen (the nonce), so a retry
+    // would be signed anew, which is the caller's loop (refresh's purge step repeats).
+    response = await send(ctx, {
+      service: "Worker",
+      step: "purge",
+      url,
+      init: {
+        method: "POST",
+        headers: await signPurge(body, { key: request.key, nowMs: ctx.now() }),
+        body,
+      },
+      retry: false,
     });
   } catch (error) {
+    if (!(error instanceof ApiError)) throw error;
     return {
       kind: "unreachable",
       status: 0,
-      message: `Cannot reach the worker at ${url}: ${(error as Error).message}.`,
+      message: `Cannot reach the worker at ${url}: ${error.cause ?? error.message}.`,
     };
   }
   const text = await response.text();
@@ -3058,13 +3216,13 @@ export async function purge(
     // Cloudflare: purge by URL does not reach entries stored with the Cache API; Purge
     // Everything does (developers.cloudflare.com/workers/reference/how-the-cache-works,
     // "Purge assets stored with the Cache API"; community.cloudflare.com thread 129721).
-    throw new ApiError(
+    // The setting, not an answer, rules it out: a configuration problem (exit 2).
+    throw new ConfigError([
       "Cannot purge in the Cache API mode: Cloudflare's purge by URL does not reach copies " +
-        "kept with the Cache API. Purge Everything on the zone does, for the whole zone: " +
-        "dashboard > Caching > Configuration > Purge Everything (the API token needs " +
-        '"Zone > Cache Purge"). Or set WORKER_CACHE_MODE=workers-cache and run refresh.',
-      { service: "Worker", status: 0, code: "cache_api_mode" },
-    );
+      "kept with the Cache API. Purge Everything on the zone does, for the whole zone: " +
+      "dashboard > Caching > Configuration > Purge Everything (the API token needs " +
+      '"Zone > Cache Purge"). Or set WORKER_CACHE_MODE=workers-cache and run refresh.',
+    ]);
   }
   if (!config.purgeSecret) {
     throw new ConfigError([
@@ -3659,21 +3817,20 @@ async function probe(
   init: { method?: string; headers?: Record<string, string>; readLimit?: number } = {},
 ): Promise<Probe> {
   const started = ctx.now();
-  let response: Response;
-  try {
-    response = await ctx.fetch(url, {
+  // One attempt: a retry would change what the edge saw (the check asks again itself where
+  // an entry may still be on its way), and a failure says why (`cause`), not just that.
+  const response = await send(ctx, {
+    service: "Verify",
+    step: `check the cache at ${url}`,
+    url,
+    init: {
       method: init.method ?? "GET",
       // Identity, so sizes and bytes are the object's own.
       headers: { "Accept-Encoding": "identity", ...init.headers },
-      signal: AbortSignal.timeout(ctx.timeoutMs),
-    });
-  } catch (error) {
-    throw new ApiError(
-      `Cannot reach the worker at ${url}: ${(error as Error).message}. ` +
-        "Check the URL (--url) and the network, then run again.",
-      { service: "Verify", status: 0, code: "network" },
-    );
-  }
+    },
+    retry: false,
+    check: "the URL (--url)",
+  });
   const chunks: Uint8Array[] = [];
   let total = 0;
   let firstByteMs = ctx.now() - started;

@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
 import {
+  ApiError,
   COMMANDS,
   type ConfigError,
   type Context,
   type CronRegistrar,
+  defaultContext,
   type DeployPlatform,
   derivePurgeKey,
   formatDuration,
@@ -19,6 +21,7 @@ import {
   scheduleGap,
   scheduleRefresh,
   SECRET_VARIABLES,
+  send,
   type Setting,
   signLink,
   startOnDeploy,
@@ -1117,6 +1120,236 @@ Deno.test("refresh --dry-run checks the Cloudflare settings as configuration and
 });
 
 // ---------------------------------------------------------------------------
+// HTTP: send(), the one request helper
+// ---------------------------------------------------------------------------
+
+/** A Context that records its pauses instead of waiting them out. */
+function quickContext(overrides: Partial<Context> = {}): Context & { sleeps: number[] } {
+  const sleeps: number[] = [];
+  return Object.assign(
+    defaultContext({
+      sleep: (ms) => (sleeps.push(ms), Promise.resolve()),
+      random: () => 0.5,
+      ...overrides,
+    }),
+    { sleeps },
+  );
+}
+
+/** A local port nothing listens on: taken, then let go. */
+function closedPort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr;
+  listener.close();
+  return port;
+}
+
+/** Fails the test unless `work` rejects with an ApiError, which is returned. */
+async function apiError(work: () => Promise<unknown>): Promise<ApiError> {
+  try {
+    await work();
+  } catch (error) {
+    assert.ok(error instanceof ApiError, `an ApiError, not ${error}`);
+    return error;
+  }
+  assert.fail("it did not fail");
+}
+
+Deno.test("send() keeps the runtime's cause and retries only what a retry can fix", async (t) => {
+  const b2 = { service: "B2" as const, step: "authorize the B2 application key" };
+  await t.step("a name that does not resolve: said so, once", async () => {
+    const ctx = quickContext();
+    // RFC 6761: .invalid never resolves, so this needs no network.
+    const error = await apiError(() => send(ctx, { ...b2, url: "http://b2.invalid/" }));
+    assert.equal(error.code, "dns");
+    assert.match(
+      error.message,
+      /^Cannot authorize the B2 application key: B2 could not be reached: dns error: failed to lookup address information: .+ \(1 attempt, no retry\)\. The host name does not resolve: check B2_API_URL and this machine's DNS\.$/,
+    );
+    assert.match(String(error.cause), /^dns error: failed to lookup address information/);
+    assert.deepEqual(ctx.sleeps, []);
+  });
+  await t.step("a refused connection: said so, after the retries", async () => {
+    const ctx = quickContext();
+    const error = await apiError(() =>
+      send(ctx, { ...b2, url: `http://127.0.0.1:${closedPort()}/` })
+    );
+    assert.equal(error.code, "network");
+    assert.match(
+      error.message,
+      /B2 could not be reached: tcp connect error: Connection refused \(os error 111\) \(5 attempts\)\. Check the network and B2_API_URL, then run again\.$/,
+    );
+    assert.deepEqual(ctx.sleeps, [375, 750, 1500, 3000]);
+  });
+  await t.step("a port Deno blocks: said so, once", async () => {
+    const ctx = quickContext();
+    // Port 1 is one of the fetch standard's bad ports (fetch.spec.whatwg.org/#bad-port).
+    const error = await apiError(() => send(ctx, { ...b2, url: "http://127.0.0.1:1/" }));
+    assert.equal(error.code, "blocked-port");
+    assert.match(
+      error.message,
+      /B2 could not be reached: Requests to port 1 are blocked \(1 attempt, no retry\)\. Deno refuses that port as browsers do: use another port in B2_API_URL\.$/,
+    );
+    assert.deepEqual(ctx.sleeps, []);
+  });
+  await t.step("a certificate the system does not trust: said so, once", async () => {
+    const dir = await Deno.makeTempDir();
+    const made = await new Deno.Command("openssl", {
+      args: [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+      ]
+        .concat(["-keyout", `${dir}/key.pem`, "-out", `${dir}/cert.pem`]),
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    assert.ok(made.success, "openssl made a self-signed certificate");
+    const server = Deno.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      cert: await Deno.readTextFile(`${dir}/cert.pem`),
+      key: await Deno.readTextFile(`${dir}/key.pem`),
+      onListen() {},
+    }, () => new Response("{}"));
+    try {
+      const ctx = quickContext();
+      const url = `https://localhost:${server.addr.port}/`;
+      const error = await apiError(() => send(ctx, { ...b2, url }));
+      assert.equal(error.code, "certificate");
+      assert.match(
+        error.message,
+        /B2 could not be reached: invalid peer certificate: .+ \(1 attempt, no retry\)\. Its TLS certificate was refused: check B2_API_URL/,
+      );
+      assert.deepEqual(ctx.sleeps, []);
+    } finally {
+      await server.shutdown();
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+  await t.step("the worker and a checked URL are named by their host", async () => {
+    const ctx = quickContext();
+    const url = `http://127.0.0.1:${closedPort()}/a.txt`;
+    const error = await apiError(() =>
+      send(ctx, { service: "Verify", step: `fetch ${url}`, url, retry: false })
+    );
+    assert.match(
+      error.message,
+      /^Cannot fetch http:\/\/127\.0\.0\.1:\d+\/a\.txt: 127\.0\.0\.1:\d+ could not be reached: tcp connect error: Connection refused .*\(1 attempt\)\. Check the network and the URL, then run again\.$/,
+    );
+    assert.deepEqual(ctx.sleeps, []);
+  });
+});
+
+Deno.test("send() gives up on a hanging API within its budget, across attempts", async () => {
+  // Accepts connections and never answers.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const connections: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const connection of listener) connections.push(connection);
+  })();
+  try {
+    // The real clock and pauses: 300 ms, a 375 ms pause, then what is left of the 700 ms.
+    const ctx = defaultContext({ random: () => 0.5, timeoutMs: 300, budgetMs: 700 });
+    const started = Date.now();
+    const error = await apiError(() =>
+      send(ctx, {
+        service: "Cloudflare",
+        step: "read the settings",
+        url: `http://127.0.0.1:${listener.addr.port}/`,
+      })
+    );
+    const took = Date.now() - started;
+    assert.ok(took >= 650 && took < 1_500, `gave up after ${took} ms, within the 700 ms budget`);
+    assert.equal(error.code, "timeout");
+    assert.match(
+      error.message,
+      /^Cannot read the settings: Cloudflare gave no answer within 0\.7 s in all \(2 attempts\)\. Check the network and CLOUDFLARE_API_BASE_URL, then run again\.$/,
+    );
+  } finally {
+    listener.close();
+    for (const connection of connections) connection.close();
+    await accepting.catch(() => {});
+  }
+});
+
+Deno.test("send() with the default timeouts gives up on a hanging API after about 60 s", async () => {
+  // A clock that only the fakes move: each attempt hangs until its own timeout fires.
+  let clock = 0;
+  const attempts: number[] = [];
+  const ctx = defaultContext({
+    now: () => clock,
+    sleep: (ms) => (clock += ms, Promise.resolve()),
+    random: () => 0.5,
+    fetch: () => {
+      attempts.push(clock);
+      clock += 30_000;
+      return Promise.reject(new DOMException("Signal timed out.", "TimeoutError"));
+    },
+  });
+  const error = await apiError(() =>
+    send(ctx, { service: "B2", step: "authorize", url: "https://api.backblazeb2.com/" })
+  );
+  assert.deepEqual(attempts, [0, 30_375], "a second attempt, then no pause past the minute");
+  assert.ok(clock <= 61_000, `gave up after ${clock} ms`);
+  assert.match(error.message, /B2 gave no answer within 60 s in all \(2 attempts\)/);
+});
+
+Deno.test("refresh says what came back when an API answers 200 with something other than JSON", async (t) => {
+  const page = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () =>
+      new Response("<!DOCTYPE html><title>Captive portal</title>", {
+        headers: { "content-type": "text/html; charset=utf-8" },
+      }),
+  );
+  const w = world();
+  try {
+    const url = `http://127.0.0.1:${page.addr.port}`;
+    await t.step("B2", async () => {
+      const { code, stderr } = await w.run(["refresh"], { env: { B2_API_URL: url } });
+      assert.equal(code, 1);
+      assert.match(
+        stderr,
+        /Cannot authorize the B2 application key: B2 answered 200 with text\/html, not JSON: "<!DOCTYPE html><title>Captive portal<\/title>"\. B2 answers JSON: check that B2_API_URL is the B2 API/,
+      );
+    });
+    await t.step("Cloudflare", async () => {
+      const { code, stderr } = await w.run(["status"], { env: { CLOUDFLARE_API_BASE_URL: url } });
+      assert.notEqual(code, 0);
+      assert.match(
+        stderr + "",
+        /Cloudflare answered 200 with text\/html, not JSON: "<!DOCTYPE html>.*check that CLOUDFLARE_API_BASE_URL is/,
+      );
+    });
+  } finally {
+    await w.close();
+    await page.shutdown();
+  }
+});
+
+Deno.test("refresh names a DNS failure without --verbose, and asks once", async () => {
+  const w = world();
+  try {
+    const { code, stderr } = await w.run(["refresh"], { env: { B2_API_URL: "http://b2.invalid" } });
+    assert.equal(code, 1);
+    assert.match(
+      stderr,
+      /B2 could not be reached: dns error: failed to lookup address information/,
+    );
+    assert.deepEqual(w.sleeps, []);
+  } finally {
+    await w.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
 // Routes, domains, verify
 // ---------------------------------------------------------------------------
 
@@ -1844,6 +2077,7 @@ function ctxFor(overrides: Partial<Context> = {}): Context {
     secrets: new Set(),
     timeoutMs: 2000,
     retries: 1,
+    budgetMs: 60_000,
     ...overrides,
   };
 }
@@ -2179,7 +2413,7 @@ Deno.test("purge sends paths, prefixes or everything in as few signed requests a
     });
     await t.step("the Cache API mode refuses, naming the manual step", async () => {
       const { code, stderr } = await p.run(["purge", "--all"], { WORKER_CACHE_MODE: "cache-api" });
-      assert.equal(code, 1);
+      assert.equal(code, 2, "a setting rules it out: a configuration problem");
       assert.match(stderr, /Purge Everything/);
     });
     await t.step("bad usage exits 2", async () => {

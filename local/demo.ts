@@ -22,6 +22,7 @@ import {
   parseConfig,
   purge,
   refresh,
+  send,
   summary,
   type WorkerUpload,
 } from "../main.ts";
@@ -129,7 +130,14 @@ async function showPurge(url: string, options: { config: Config; ctx: Context })
 async function showCacheStatus(url: string, ctx: Context): Promise<string> {
   const lines = [];
   for (let i = 0; i < 2; i++) {
-    const response = await ctx.fetch(url, { method: "HEAD" });
+    // Once each, as curl would: a retry would show a different answer than the one asked.
+    const response = await send(ctx, {
+      service: "Verify",
+      step: "ask the demo's worker",
+      url,
+      init: { method: "HEAD" },
+      retry: false,
+    });
     await response.body?.cancel();
     const status = response.headers.get("cf-cache-status");
     lines.push(
