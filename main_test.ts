@@ -1321,10 +1321,10 @@ Deno.test("refresh says what came back when an API answers 200 with something ot
       );
     });
     await t.step("Cloudflare", async () => {
-      const { code, stderr } = await w.run(["status"], { env: { CLOUDFLARE_API_BASE_URL: url } });
-      assert.notEqual(code, 0);
+      const { code, stderr } = await w.run(["refresh"], { env: { CLOUDFLARE_API_BASE_URL: url } });
+      assert.equal(code, 1);
       assert.match(
-        stderr + "",
+        stderr,
         /Cloudflare answered 200 with text\/html, not JSON: "<!DOCTYPE html>.*check that CLOUDFLARE_API_BASE_URL is/,
       );
     });
