@@ -560,13 +560,15 @@ function readValue(
   raw: string,
   problems: string[],
 ): Value | undefined {
+  // A secret's value is never quoted back, whatever its check.
+  const not = (text: string) => setting.kind === "secret" ? "" : `, not "${text}"`;
   const bad = (hint: string, text = raw) => {
-    problems.push(`${name} must be ${setting.hint ?? hint}, not "${text}".`);
+    problems.push(`${name} must be ${setting.hint ?? hint}${not(text)}.`);
     return undefined;
   };
   const checked = (text: string) => {
     const problem = setting.check?.(text) ??
-      (setting.valid?.(text) === false ? `${name} must be ${setting.hint}, not "${text}".` : "");
+      (setting.valid?.(text) === false ? `${name} must be ${setting.hint}${not(text)}.` : "");
     if (problem) problems.push(problem);
     return !problem;
   };
