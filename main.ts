@@ -3880,6 +3880,8 @@ export async function checkCache(
     largeUrl?: string;
     /** Purges the object behind this URL (all its queries). Absent: reported as not checked. */
     purge?: (url: URL) => Promise<void>;
+    /** The mode deployed, for the note on where large objects are kept. Absent: no note. */
+    mode?: CacheMode;
   } = {},
 ): Promise<CacheCheckReport> {
   // The URL as given: a query of the check's own would be a new cache entry, but the worker
@@ -3898,12 +3900,17 @@ export async function checkCache(
     say("purge", "problem", error.message);
     purge = undefined;
   }
-  await checkSmallObject(fresh, ctx, {
+  await checkSmallObject({
+    fresh,
+    ctx,
     say,
     ...(purge ? { purge } : { purgeFailed: options.purge !== undefined }),
   });
   // Independent of the rest: a large object's ranges matter even where the cache is off.
   if (options.largeUrl) findings.push(await checkLargeObject(options.largeUrl, ctx));
+  if (options.mode) {
+    say("large objects", "note", largeObjectsWhere(options.mode, new URL(options.largeUrl ?? url)));
+  }
   return {
     url: fresh.href,
     findings,
@@ -3911,29 +3918,55 @@ export async function checkCache(
   };
 }
 
-/** The steps on the small object; each stops the rest when what they need is missing. */
-async function checkSmallObject(
-  fresh: URL,
-  ctx: Context,
-  options: {
-    say: (check: string, outcome: CacheFinding["outcome"], detail: string) => void;
-    purge?: (url: URL) => Promise<void>;
-    /** The purge before the check failed, and was reported. */
-    purgeFailed?: boolean;
-  },
-): Promise<void> {
-  const { say } = options;
-  /** Asks until the edge answers `wanted`, as a fill or a purge may take a moment. */
-  const until = async (wanted: (label?: string) => boolean, init: Parameters<typeof probe>[2]) => {
-    let answer = await probe(ctx, fresh.href, init);
-    for (let attempt = 1; attempt < EDGE_ATTEMPTS && !wanted(answer.label); attempt++) {
-      await ctx.sleep(EDGE_PAUSE_MS);
-      answer = await probe(ctx, fresh.href, init);
-    }
-    return answer;
-  };
+/** How the checks of the small object report, and the purge they may use. */
+interface SmallCheck {
+  fresh: URL;
+  ctx: Context;
+  say: (check: string, outcome: CacheFinding["outcome"], detail: string) => void;
+  purge?: (url: URL) => Promise<void>;
+  /** The purge before the check failed, and was reported. */
+  purgeFailed?: boolean;
+}
 
-  const first = await probe(ctx, fresh.href);
+/** The steps on the small object; each stops the rest when what they need is missing. */
+async function checkSmallObject(check: SmallCheck): Promise<void> {
+  const first = await checkFirstGet(check);
+  if (!first) return;
+  if (!await checkSecondGet(check)) return;
+  await checkHeadAfterGet(check, first);
+  await checkRangeAfterGet(check, first);
+  await checkBrowserRevalidation(check, first);
+  if (check.purge) {
+    if (await checkPurge(check, check.purge)) await checkRangedMiss(check, check.purge, first);
+  } else if (!check.purgeFailed) {
+    check.say(
+      "purge",
+      "not checked",
+      "no purge key here (B2_APPLICATION_KEY or WORKER_PURGE_KEY), or the mode is not " +
+        "workers-cache",
+    );
+    check.say("ranged miss", "not checked", "it needs a purge, to start from an empty entry");
+  }
+}
+
+/** Asks until the edge answers `wanted`, as a fill or a purge may take a moment. */
+async function probeUntil(
+  check: SmallCheck,
+  wanted: (label?: string) => boolean,
+  init: Parameters<typeof probe>[2] = {},
+): Promise<Probe> {
+  let answer = await probe(check.ctx, check.fresh.href, init);
+  for (let attempt = 1; attempt < EDGE_ATTEMPTS && !wanted(answer.label); attempt++) {
+    await check.ctx.sleep(EDGE_PAUSE_MS);
+    answer = await probe(check.ctx, check.fresh.href, init);
+  }
+  return answer;
+}
+
+/** The first GET: the worker answered (not a challenge), 200, with Workers Cache on, MISS. */
+async function checkFirstGet(check: SmallCheck): Promise<Probe | undefined> {
+  const { say } = check;
+  const first = await probe(check.ctx, check.fresh.href);
   if (first.headers.has("cf-mitigated")) {
     say(
       "first GET",
@@ -3942,7 +3975,7 @@ async function checkSmallObject(
         "not the worker: let this client through the zone's WAF or bot rules, or run the " +
         "check from another network",
     );
-    return;
+    return undefined;
   }
   if (first.status !== 200) {
     say(
@@ -3950,7 +3983,7 @@ async function checkSmallObject(
       "problem",
       `answered ${first.status}; give --url the address of a small object that exists`,
     );
-    return;
+    return undefined;
   }
   if (first.label === undefined) {
     say(
@@ -3960,37 +3993,44 @@ async function checkSmallObject(
         'must carry cache_options {"enabled": true, "cross_version_cache": true}: run refresh ' +
         "in the Workers Cache mode, then check again",
     );
-    return;
+    return undefined;
   }
-  if (first.label !== "MISS") {
-    const uncacheable = first.label === "BYPASS" || first.label === "DYNAMIC";
-    say(
-      "first GET",
-      uncacheable ? "problem" : "note",
-      `cf-cache-status ${first.label} (expected MISS: ` +
-        (options.purge ? "the purge before it had not arrived" : "it was cached already") + ")" +
-        (uncacheable ? `: the answer is not cacheable (${cachingHeaders(first.headers)})` : ""),
-    );
-    if (uncacheable) return;
-  } else {
+  if (first.label === "MISS") {
     say("first GET", "ok", `MISS (${first.bytes.byteLength} bytes)`);
+    return first;
   }
+  const uncacheable = first.label === "BYPASS" || first.label === "DYNAMIC";
+  say(
+    "first GET",
+    uncacheable ? "problem" : "note",
+    `cf-cache-status ${first.label} (expected MISS: ` +
+      (check.purge ? "the purge before it had not arrived" : "it was cached already") + ")" +
+      (uncacheable ? `: the answer is not cacheable (${cachingHeaders(first.headers)})` : ""),
+  );
+  return uncacheable ? undefined : first;
+}
 
-  const second = await until((label) => label === "HIT", {});
+/** The second GET is a HIT: the answer was stored. */
+async function checkSecondGet(check: SmallCheck): Promise<boolean> {
+  const second = await probeUntil(check, (label) => label === "HIT");
   if (second.label !== "HIT") {
-    say(
+    check.say(
       "second GET",
       "problem",
       `cf-cache-status ${second.label}, not HIT, after ${EDGE_ATTEMPTS} tries: the answer was ` +
         `not stored (${cachingHeaders(second.headers)}); larger than 512 MB is never stored`,
     );
-    return;
+    return false;
   }
-  say("second GET", "ok", "HIT: answered by the cache, the worker did not run");
+  check.say("second GET", "ok", "HIT: answered by the cache, the worker did not run");
+  return true;
+}
 
-  const head = await probe(ctx, fresh.href, { method: "HEAD" });
+/** A HEAD after the GET: a HIT with the object's length and no body. */
+async function checkHeadAfterGet(check: SmallCheck, first: Probe): Promise<void> {
+  const head = await probe(check.ctx, check.fresh.href, { method: "HEAD" });
   const sameLength = head.headers.get("content-length") === String(first.bytes.byteLength);
-  say(
+  check.say(
     "HEAD after GET",
     head.label === "HIT" && head.status === 200 && head.bytes.byteLength === 0 && sameLength
       ? "ok"
@@ -3998,59 +4038,145 @@ async function checkSmallObject(
     `${head.status}, cf-cache-status ${head.label}, content-length ` +
       `${head.headers.get("content-length")}, ${head.bytes.byteLength} body bytes`,
   );
+}
 
+/** The first bytes of a non-empty object asked for: `Range: bytes=0-<99 or less>`. */
+function firstBytesRange(first: Probe): { header: string; last: number } | undefined {
   const size = first.bytes.byteLength;
-  if (size === 0) {
-    say("range after GET", "not checked", "the object is empty; give --url a non-empty one");
-  } else {
-    const last = Math.min(99, size - 1);
-    const range = await probe(ctx, fresh.href, { headers: { Range: `bytes=0-${last}` } });
-    const sliced = range.status === 206 &&
-      range.headers.get("content-range") === `bytes 0-${last}/${size}` &&
-      range.bytes.every((byte, i) => byte === first.bytes[i]) &&
-      range.bytes.byteLength === last + 1;
-    say(
-      "range after GET",
-      sliced && range.label === "HIT" ? "ok" : "problem",
-      `${range.status} ${range.headers.get("content-range") ?? "(no content-range)"}, ` +
-        `cf-cache-status ${range.label}, ${range.bytes.byteLength} bytes` +
-        (range.status === 200 ? ": the whole object came back for a range" : ""),
-    );
-  }
+  if (size === 0) return undefined;
+  const last = Math.min(99, size - 1);
+  return { header: `bytes=0-${last}`, last };
+}
 
+/** Whether `answer` is the exact 206 of bytes `0..last` of the object `first` read whole. */
+function exactSlice(answer: Probe, first: Probe, last: number): boolean {
+  return answer.status === 206 &&
+    answer.headers.get("content-range") === `bytes 0-${last}/${first.bytes.byteLength}` &&
+    answer.bytes.byteLength === last + 1 &&
+    answer.bytes.every((byte, i) => byte === first.bytes[i]);
+}
+
+function describeRange(answer: Probe): string {
+  return `${answer.status} ${answer.headers.get("content-range") ?? "(no content-range)"}, ` +
+    `cf-cache-status ${answer.label}, ${answer.bytes.byteLength} bytes`;
+}
+
+/** A range after the GET: an exact 206 sliced by the cache (HIT). */
+async function checkRangeAfterGet(check: SmallCheck, first: Probe): Promise<void> {
+  const range = firstBytesRange(first);
+  if (!range) {
+    check.say("range after GET", "not checked", "the object is empty; give --url a non-empty one");
+    return;
+  }
+  const answer = await probe(check.ctx, check.fresh.href, { headers: { Range: range.header } });
+  check.say(
+    "range after GET",
+    exactSlice(answer, first, range.last) && answer.label === "HIT" ? "ok" : "problem",
+    describeRange(answer) +
+      (answer.status === 200 ? ": the whole object came back for a range" : ""),
+  );
+}
+
+/** Whether the cache answers a browser's `If-None-Match` itself: undocumented, so a note. */
+async function checkBrowserRevalidation(check: SmallCheck, first: Probe): Promise<void> {
   const etag = first.headers.get("etag");
-  if (etag) {
-    const revalidation = await probe(ctx, fresh.href, { headers: { "If-None-Match": etag } });
-    say(
-      "browser revalidation",
-      "note",
-      `${revalidation.status}, cf-cache-status ${revalidation.label}: ` +
-        (revalidation.status === 304 && revalidation.label === "HIT"
-          ? "the cache answers browsers' conditional requests itself"
-          : "browsers' conditional requests reach the worker (each one runs it)"),
-    );
-  }
+  if (!etag) return;
+  const answer = await probe(check.ctx, check.fresh.href, { headers: { "If-None-Match": etag } });
+  check.say(
+    "browser revalidation",
+    "note",
+    `${answer.status}, cf-cache-status ${answer.label}: ` +
+      (answer.status === 304 && answer.label === "HIT"
+        ? "the cache answers browsers' conditional requests itself"
+        : "browsers' conditional requests reach the worker (each one runs it)"),
+  );
+}
 
-  if (options.purge) {
-    await options.purge(fresh);
-    const after = await until((label) => label !== "HIT", {});
-    say(
-      "purge",
-      after.label === "HIT" ? "problem" : "ok",
-      after.label === "HIT"
-        ? `still HIT after ${EDGE_ATTEMPTS} tries in ${
-          (EDGE_ATTEMPTS - 1) * EDGE_PAUSE_MS / 1000
-        } s: the purge did not reach this entry`
-        : `cf-cache-status ${after.label} after the purge`,
-    );
-  } else if (!options.purgeFailed) {
-    say(
-      "purge",
-      "not checked",
-      "no purge key here (B2_APPLICATION_KEY or WORKER_PURGE_KEY), or the mode is not " +
-        "workers-cache",
-    );
+/** A purge takes effect: the next GET is not a HIT. */
+async function checkPurge(
+  check: SmallCheck,
+  purge: (url: URL) => Promise<void>,
+): Promise<boolean> {
+  await purge(check.fresh);
+  const after = await probeUntil(check, (label) => label !== "HIT");
+  const reached = after.label !== "HIT";
+  check.say(
+    "purge",
+    reached ? "ok" : "problem",
+    reached
+      ? `cf-cache-status ${after.label} after the purge`
+      : `still HIT after ${EDGE_ATTEMPTS} tries in ${
+        (EDGE_ATTEMPTS - 1) * EDGE_PAUSE_MS / 1000
+      } s: the purge did not reach this entry`,
+  );
+  return reached;
+}
+
+/**
+ * A range as the first request after a purge, as a player's first request for a video:
+ * what the visitor receives is not documented (Cloudflare says only that the Range reaches
+ * the worker and a 206 is never stored), so it is a note; the same range again must be a
+ * HIT, or every player's ranges reach the worker and B2 however often they are watched.
+ */
+async function checkRangedMiss(
+  check: SmallCheck,
+  purge: (url: URL) => Promise<void>,
+  first: Probe,
+): Promise<void> {
+  const range = firstBytesRange(first);
+  if (!range) return;
+  await purge(check.fresh);
+  const init = { headers: { Range: range.header } };
+  const miss = await probeUntil(check, (label) => label !== "HIT", init);
+  check.say(
+    "ranged miss",
+    miss.label === "HIT" ? "problem" : "note",
+    `${describeRange(miss)}` +
+      (miss.label === "HIT"
+        ? ": still HIT after the purge, so this is not a miss"
+        : exactSlice(miss, first, range.last)
+        ? ": the first visitor of a range gets the range"
+        : miss.status === 200
+        ? ": the first visitor of a range gets the whole object"
+        : ": not the exact range asked for"),
+  );
+  if (miss.label === "HIT") return;
+  const repeat = await probeUntil(check, (label) => label === "HIT", init);
+  const filled = repeat.label === "HIT" && exactSlice(repeat, first, range.last);
+  check.say(
+    "range after ranged miss",
+    filled ? "ok" : "problem",
+    describeRange(repeat) +
+      (filled
+        ? ": the ranged miss filled the cache"
+        : `: after ${EDGE_ATTEMPTS} tries a ranged miss has not filled the cache, so players' ` +
+          "ranges and seeks reach the worker and B2 every time (docs/large-objects.md)"),
+  );
+}
+
+/**
+ * Where large objects are kept at the edge, for a mode and the kind of address a visitor
+ * uses: workers.dev, or a route or custom domain (which behave alike). Workers Cache answers
+ * on workers.dev too; the Cache API, which keeps segments, does nothing there
+ * (developers.cloudflare.com/workers/runtime-apis/cache/).
+ */
+export function largeObjectsWhere(mode: CacheMode, url: URL): string {
+  const workersDev = url.hostname.endsWith(".workers.dev");
+  const segments = "as WORKER_SEGMENT_SIZE segments in the Cache API of each data centre " +
+    "(unless WORKER_SEGMENT_SIZE=0)";
+  if (mode === "off") return "mode off: nothing is kept at the edge; every range is a B2 request";
+  if (mode === "workers-cache") {
+    return "workers-cache: objects up to 512 MB are kept whole by Workers Cache, ranges " +
+      "answered from them; larger ones " +
+      (workersDev
+        ? "are read from B2 for every range on workers.dev (the Cache API does nothing " +
+          "there): serve them on a route or custom domain to keep them " + segments
+        : segments);
   }
+  return workersDev
+    ? "cache-api on workers.dev: nothing is kept (the Cache API does nothing there); use a " +
+      "route or custom domain"
+    : `cache-api: objects up to 100 MiB are kept whole, larger ones ${segments}`;
 }
 
 /**
@@ -4592,6 +4718,7 @@ async function runCheckCache(
   const report = await checkCache(url!, ctx, {
     ...(flags.largeUrl !== undefined && { largeUrl: flags.largeUrl }),
     ...(purgeObject && { purge: purgeObject }),
+    mode: config.worker.cacheMode,
   });
   io.stdout(flags.json ? JSON.stringify(report) : describeCacheCheck(report));
   return report.healthy ? 0 : 1;

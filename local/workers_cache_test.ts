@@ -11,6 +11,7 @@ import {
   type CacheCheckReport,
   checkCache,
   defaultContext,
+  largeObjectsWhere,
   loadWorkerModule,
   run,
   type WorkerUpload,
@@ -856,6 +857,7 @@ Deno.test("checkCache() reports MISS, HIT, HEAD and ranges of the real worker be
       "range after GET": "ok",
       "browser revalidation": "note",
       purge: "not checked",
+      "ranged miss": "not checked",
       "range of the large object": "ok",
     }, JSON.stringify(report.findings, null, 2));
     assert.equal(report.healthy, true);
@@ -941,11 +943,12 @@ Deno.test("checkCache() checks a purge it is given, and says when none is", asyn
           await h.cacheCall("purge", { pathPrefixes: [url.pathname] });
         },
       });
-      // Once so that the first GET is a MISS, once to see the purge take effect.
-      assert.deepEqual(purged, ["/p", "/p"]);
+      // Once so that the first GET is a MISS, once to see the purge take effect, once so that
+      // a range is the first request.
+      assert.deepEqual(purged, ["/p", "/p", "/p"]);
       assert.equal(outcomes(report)["first GET"], "ok");
       assert.equal(outcomes(report).purge, "ok");
-      assert.match(report.findings.at(-1)!.detail, /MISS after the purge/);
+      assert.match(report.findings.find((f) => f.check === "purge")!.detail, /MISS after/);
     });
     await t.step("a purge that does not reach the entry", async () => {
       const report = await checkCache(`${h.cache.url}/p`, defaultContext(QUIET_CTX), {
@@ -955,6 +958,80 @@ Deno.test("checkCache() checks a purge it is given, and says when none is", asyn
       assert.equal(report.healthy, false);
     });
   });
+});
+
+Deno.test("checkCache() reports what a ranged miss returns and whether it fills the cache", async (t) => {
+  const purgeWith = (h: Harness) => async (url: URL) => {
+    await h.cacheCall("purge", { pathPrefixes: [url.pathname] });
+  };
+  const cases: [string, RangedMiss, OriginHandler, [string, RegExp, string, RegExp]][] = [
+    [
+      "a whole 200, sliced for the first visitor",
+      "slice",
+      () => text("0123456789", { "cache-control": "max-age=600" }),
+      [
+        "note",
+        /^206 bytes 0-9\/10, cf-cache-status MISS, 10 bytes: the first visitor of a range gets the range/,
+        "ok",
+        /HIT.*filled the cache/,
+      ],
+    ],
+    [
+      "a whole 200, passed on whole",
+      "whole",
+      () => text("0123456789", { "cache-control": "max-age=600" }),
+      [
+        "note",
+        /^200 \(no content-range\), cf-cache-status MISS.*gets the whole object/,
+        "ok",
+        /filled the cache/,
+      ],
+    ],
+    [
+      "a 206 from the worker (today's ranged answer)",
+      "slice",
+      ranged("0123456789", {
+        "cache-control": "max-age=600",
+      }),
+      [
+        "note",
+        /^206 bytes 0-9\/10, cf-cache-status MISS/,
+        "problem",
+        /MISS.*has not filled the cache, so players' ranges and seeks reach the worker and B2/,
+      ],
+    ],
+  ];
+  for (
+    const [name, rangedMiss, origin, [missOutcome, missDetail, repeatOutcome, repeatDetail]]
+      of cases
+  ) {
+    await t.step(name, () =>
+      withCache({ rangedMiss }, async (h) => {
+        h.origin = origin;
+        const report = await checkCache(`${h.cache.url}/r`, defaultContext(QUIET_CTX), {
+          purge: purgeWith(h),
+        });
+        const finding = (check: string) => report.findings.find((f) => f.check === check)!;
+        assert.equal(finding("ranged miss").outcome, missOutcome);
+        assert.match(finding("ranged miss").detail, missDetail);
+        assert.equal(finding("range after ranged miss").outcome, repeatOutcome);
+        assert.match(finding("range after ranged miss").detail, repeatDetail);
+        assert.equal(report.healthy, repeatOutcome === "ok");
+      }));
+  }
+});
+
+Deno.test("largeObjectsWhere() says where large objects are kept, per mode and address", () => {
+  const where = (mode: "workers-cache" | "cache-api" | "off", url: string) =>
+    largeObjectsWhere(mode, new URL(url));
+  assert.match(where("workers-cache", "https://cdn.example.com/v.mp4"), /512 MB.*whole.*segments/);
+  assert.match(
+    where("workers-cache", "https://b2cdn.me.workers.dev/v.mp4"),
+    /from B2 for every range on workers.dev/,
+  );
+  assert.match(where("cache-api", "https://b2cdn.me.workers.dev/"), /nothing is kept/);
+  assert.match(where("cache-api", "https://cdn.example.com/"), /100 MiB.*segments/);
+  assert.match(where("off", "https://cdn.example.com/"), /nothing is kept at the edge/);
 });
 
 Deno.test("checkCache() tells a large object sent whole, or slowly, for a range", async (t) => {
@@ -1101,6 +1178,7 @@ Deno.test("checkCache() reports an answer that is never stored, and a HEAD or ra
         "HEAD after GET": "problem",
         "range after GET": "problem",
         purge: "not checked",
+        "ranged miss": "not checked",
       });
       if (range.whole) assert.match(report.findings[3]!.detail, /whole object came back/);
     });
