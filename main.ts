@@ -298,11 +298,12 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
     about: "serve only names under this prefix (default: whole bucket)",
   },
   B2_TOKEN_TTL: {
-    kind: "integer",
+    kind: "duration",
     min: 1,
     max: MAX_TOKEN_TTL,
     default: String(MAX_TOKEN_TTL),
-    about: "download token lifetime in seconds, 1..604800 (default 604800)",
+    hint: "a duration from 1s to 7d such as 7d, 12h or 3600 (seconds)",
+    about: "download token lifetime: seconds or 12h, 7d; at most 7d (default 604800)",
   },
   B2_API_URL: {
     kind: "url",

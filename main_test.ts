@@ -172,7 +172,7 @@ Deno.test("parseConfig() reports every problem at once, naming what to set", asy
         REFRESH_MARGIN: "soon",
       },
       expect: [
-        /B2_TOKEN_TTL must be a whole number from 1 to 604800, not "604801"/,
+        /B2_TOKEN_TTL must be a duration from 1s to 7d such as 7d, 12h or 3600 \(seconds\), not "604801"/,
         /WORKER_URL_STYLE must be "plain" or "b2", not "s3"/,
         /WORKER_CACHE_TTL must be a whole number/,
         /WORKER_NAME must be 1-63 lowercase/,
@@ -209,6 +209,22 @@ Deno.test("parseConfig() reports every problem at once, naming what to set", asy
       );
     });
   }
+});
+
+Deno.test("parseConfig() takes B2_TOKEN_TTL as seconds or as a duration", async (t) => {
+  const base = { B2_APPLICATION_KEY_ID: "id", B2_APPLICATION_KEY: "key", B2_BUCKET_ID: "b1" };
+  for (const [text, seconds] of [["3600", 3600], ["12h", 43_200], ["7d", 604_800]] as const) {
+    await t.step(text, () => {
+      const config = parseConfig({ ...base, B2_TOKEN_TTL: text }, { b2: true });
+      assert.equal(config.b2?.tokenTtl, seconds);
+    });
+  }
+  await t.step("8d is refused", () => {
+    assert.throws(
+      () => parseConfig({ ...base, B2_TOKEN_TTL: "8d" }, { b2: true }),
+      /B2_TOKEN_TTL must be a duration from 1s to 7d such as 7d, 12h or 3600 \(seconds\), not "8d"/,
+    );
+  });
 });
 
 Deno.test("parseConfig() applies the documented defaults", () => {
@@ -400,7 +416,7 @@ Deno.test("run() exits 2 on bad usage, naming the fix", async (t) => {
         ],
         [
           ["refresh", "--b2-token-ttl", "0"],
-          /B2_TOKEN_TTL must be a whole number from 1/,
+          /B2_TOKEN_TTL must be a duration from 1s to 7d/,
         ],
       ] as const
     ) {
