@@ -1359,6 +1359,9 @@ export async function authorizeAccount(
   ctx: Context,
 ): Promise<B2Authorization> {
   ctx.secrets.add(config.applicationKey);
+  // The key as the Basic header carries it: a server that echoes it must not print it.
+  const basic = btoa(`${config.keyId}:${config.applicationKey}`);
+  ctx.secrets.add(basic);
   const answer = await b2Call<{
     accountId: string;
     authorizationToken: string;
@@ -1378,8 +1381,7 @@ export async function authorizeAccount(
     url: `${config.apiUrl}/b2api/v4/b2_authorize_account`,
     init: {
       headers: {
-        authorization: "Basic " +
-          btoa(`${config.keyId}:${config.applicationKey}`),
+        authorization: `Basic ${basic}`,
       },
     },
   });

@@ -48,10 +48,26 @@ const B2_KEY = "fake-application-key";
 const CF_TOKEN = "fake-cf-token";
 const CF_GLOBAL_KEY = "fake-global-key";
 
-/** Everything any run printed, checked at the end for secrets. */
-const printed: string[] = [];
 /** Every secret any fake handed out or was configured with. */
-const secretsSeen = new Set<string>([B2_KEY, CF_TOKEN, CF_GLOBAL_KEY]);
+const secretsSeen = new Set<string>([
+  B2_KEY,
+  CF_TOKEN,
+  CF_GLOBAL_KEY,
+  // The authorize call's Basic credentials: the key, encoded.
+  btoa(`fake-key-id:${B2_KEY}`),
+]);
+/** What a stand-in's tokens look like, for those made in a subprocess (the demo's). */
+const FAKE_TOKEN = /fake-(download|account)-[0-9a-f]{8}-/;
+
+/** Fails when any of `texts` (what a run printed) holds a secret or a stand-in's token. */
+function assertNoSecret(...texts: string[]): void {
+  for (const text of texts) {
+    assert.doesNotMatch(text, FAKE_TOKEN);
+    for (const secret of secretsSeen) {
+      assert.ok(!text.includes(secret), `a secret appeared in output: ${text.slice(0, 200)}`);
+    }
+  }
+}
 
 interface World {
   b2: FakeB2;
@@ -117,7 +133,7 @@ function world(
       });
       for (const token of b2.downloadTokens.keys()) secretsSeen.add(token);
       for (const token of b2.accountTokens) secretsSeen.add(token);
-      printed.push(...stdout, ...stderr);
+      assertNoSecret(...stdout, ...stderr);
       return { code, stdout: stdout.join("\n"), stderr: stderr.join("\n") };
     },
     async close() {
@@ -884,7 +900,7 @@ async function runOnly(
     io: { stdout: (t) => stdout.push(t), stderr: (t) => stderr.push(t) },
     ctx: { fetch: () => Promise.reject(new Error("no network in this test")), ...ctx },
   });
-  printed.push(...stdout, ...stderr);
+  assertNoSecret(...stdout, ...stderr);
   return { code, stdout: stdout.join("\n"), stderr: stderr.join("\n") };
 }
 
@@ -1087,7 +1103,7 @@ Deno.test("B2_TOKEN_TTL shorter than the schedule leaves is refused for cron, wa
         registered[0]![3](),
         /B2_TOKEN_TTL is 3600 \(1h 0m\), but REFRESH_SCHEDULE "17 \* \* \* \*"/,
       );
-      printed.push(...lines);
+      assertNoSecret(...lines);
     });
   } finally {
     await w.close();
@@ -2533,7 +2549,7 @@ async function spawn(
     stdout: decode(output.stdout),
     stderr: decode(output.stderr),
   };
-  printed.push(result.stdout, result.stderr);
+  assertNoSecret(result.stdout, result.stderr);
   return result;
 }
 
@@ -2750,7 +2766,7 @@ async function untilPrinted(
     stdout += chunk.value;
   }
   const { code } = await child.status;
-  printed.push(stdout, await stderr);
+  assertNoSecret(stdout, await stderr);
   assert.match(stdout, options.pattern, await stderr);
   return { code, stdout };
 }
@@ -2819,7 +2835,7 @@ Deno.test("deno install -g gives a working b2-private-cdn command", async () => 
       clearEnv: true,
     }).output();
     const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
-    printed.push(decode(refresh.stdout), decode(refresh.stderr));
+    assertNoSecret(decode(refresh.stdout), decode(refresh.stderr));
     assert.equal(refresh.code, 0, decode(refresh.stderr));
     assert.match(decode(refresh.stdout), /^Deployed worker "b2-private-cdn"/);
   } finally {
@@ -2911,7 +2927,7 @@ async function whileServing(
   for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
     stdout += chunk.value;
   }
-  printed.push(stdout, await stderr);
+  assertNoSecret(stdout, await stderr);
   return { code, stdout };
 }
 
@@ -3050,7 +3066,7 @@ function deployPlatform(options: {
     denoVersion: "2.9.6",
     ctx: ctxFor({ ...(options.now && { now: options.now }), fetch: options.fetch ?? fetch }),
   };
-  printed.push(...lines);
+  assertNoSecret(...lines);
   return { platform, calls, registered, lines };
 }
 
@@ -3104,7 +3120,7 @@ Deno.test("a Deploy cron run refreshes only when the token is due", async () => 
     await run();
     assert.match(lines.at(-1)!, /^Refreshed: less than 6d 0h left; run refresh; refreshed until/);
     assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 2);
-    printed.push(...lines);
+    assertNoSecret(...lines);
   } finally {
     await w.close();
   }
@@ -3123,7 +3139,7 @@ Deno.test("a Deploy cron run with missing settings fails, naming what to set", a
   assert.match(error!, /CLOUDFLARE_ACCOUNT_ID/);
   assert.doesNotMatch(error!, /REFRESH_SCHEDULE/, "ignored on Deploy, so never a problem there");
   assert.deepEqual(fetches, []);
-  printed.push(...lines);
+  assertNoSecret(...lines);
 });
 
 Deno.test("a Deploy cron run says REFRESH_SCHEDULE is ignored there", async () => {
@@ -3141,7 +3157,7 @@ Deno.test("a Deploy cron run says REFRESH_SCHEDULE is ignored there", async () =
       lines.join("\n"),
     );
     assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 1);
-    printed.push(...lines);
+    assertNoSecret(...lines);
   } finally {
     await w.close();
   }
@@ -3175,7 +3191,7 @@ Deno.test("on Deploy, / answers 200 and /health the token's state, read once per
     const get = async (path: string) => {
       const response = await app.handle(new Request(`https://app.deno.net${path}`));
       const text = await response.text();
-      printed.push(text);
+      assertNoSecret(text);
       return { status: response.status, text };
     };
     const reads = () =>
@@ -3303,7 +3319,7 @@ Deno.test("on Deno Deploy, main.ts registers its cron and serves, with no reques
     await w.close();
   }
   const out = await stdout;
-  printed.push(out, stderr);
+  assertNoSecret(out, stderr);
   assert.match(out, /^b2-private-cdn \S+ on Deno \S+ \(Deno Deploy\)\n/);
   assert.match(out, /^Registered "b2-private-cdn refresh" at "17 \* \* \* \*" \(UTC\)$/m);
 });
@@ -3488,7 +3504,7 @@ async function sign(
       fetch: () => Promise.reject(new Error("sign must not use the network")),
     },
   });
-  printed.push(...stdout, ...stderr);
+  assertNoSecret(...stdout, ...stderr);
   return { code, stdout: stdout.join("\n"), stderr: stderr.join("\n") };
 }
 
@@ -3716,22 +3732,94 @@ Deno.test("sign and keygen as a subprocess: exit codes, and the key only on keyg
   assert.deepEqual([bad.code, bad.stdout], [2, ""]);
   assert.match(bad.stderr, /not under WORKER_SIGNED_PREFIXES/);
   for (const text of [good.stdout, good.stderr, bad.stderr]) assert.ok(!text.includes(key));
-  // Taken out of `printed`: keygen's stdout is the one place a key is meant to appear.
-  printed.splice(printed.indexOf(keygen.stdout), 1);
 });
 
-// Last, by registration order: every line any test printed.
-Deno.test("no secret reaches any output", () => {
-  assert.ok(printed.length > 20, "the other tests ran first and printed");
-  // Tokens the fakes made in a subprocess (the demo) are not in secretsSeen; their shape is known.
-  const fakeToken = /fake-(download|account)-[0-9a-f]{8}-/;
-  for (const text of printed) assert.doesNotMatch(text, fakeToken);
-  for (const secret of secretsSeen) {
-    for (const text of printed) {
-      assert.ok(
-        !text.includes(secret),
-        `a secret appeared in output: ${text.slice(0, 200)}`,
+Deno.test("no secret reaches any output", async (t) => {
+  // Every run's output is checked where it is made (world().run, spawn); this test makes its own
+  // runs of the paths where a secret is nearest: verbose steps, JSON reports, refusals, an API
+  // that echoes the request's credentials back, and a subprocess.
+  const w = world();
+  const echo = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    // B2's error shape and Cloudflare's envelope at once, each message the credentials sent.
+    (request) => {
+      const message = request.headers.get("authorization") ?? request.headers.get("x-auth-key");
+      return Response.json(
+        { code: "unauthorized", message, success: false, errors: [{ code: 10000, message }] },
+        { status: 401 },
       );
+    },
+  );
+  const echoPage = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (request) =>
+      new Response(
+        `${request.headers.get("authorization") ?? request.headers.get("x-auth-key")}<pre>`,
+      ),
+  );
+  const outputs: string[] = [];
+  const runs: [string, string[], Record<string, string>?][] = [
+    ["refresh --verbose", ["refresh", "--verbose"]],
+    ["refresh --json", ["refresh", "--json"]],
+    ["refresh --dry-run --verbose", ["refresh", "--dry-run", "--verbose"]],
+    ["status --verbose", ["status", "--verbose"]],
+    ["status --json", ["status", "--json"]],
+    ["render --json", ["render", "--json"]],
+    ["purge, worker unreachable", ["purge", "--all", "--verbose", "--url", "http://127.0.0.1:9"]],
+    ["the global key", ["refresh", "--verbose"], {
+      CLOUDFLARE_API_TOKEN: "",
+      CLOUDFLARE_EMAIL: "admin@example.com",
+      CLOUDFLARE_API_KEY: CF_GLOBAL_KEY,
+    }],
+    ["B2 echoes the credentials", ["refresh", "--verbose"], {
+      B2_API_URL: `http://127.0.0.1:${echo.addr.port}`,
+    }],
+    ["B2 echoes them in a page", ["refresh", "--verbose"], {
+      B2_API_URL: `http://127.0.0.1:${echoPage.addr.port}`,
+    }],
+    ["Cloudflare echoes the token", ["refresh", "--verbose"], {
+      CLOUDFLARE_API_BASE_URL: `http://127.0.0.1:${echo.addr.port}`,
+    }],
+    ["Cloudflare echoes it in a page", ["refresh", "--verbose"], {
+      CLOUDFLARE_API_BASE_URL: `http://127.0.0.1:${echoPage.addr.port}`,
+    }],
+    ["Cloudflare echoes the global key", ["refresh", "--verbose"], {
+      CLOUDFLARE_API_TOKEN: "",
+      CLOUDFLARE_EMAIL: "admin@example.com",
+      CLOUDFLARE_API_KEY: CF_GLOBAL_KEY,
+      CLOUDFLARE_API_BASE_URL: `http://127.0.0.1:${echo.addr.port}`,
+    }],
+    ["B2 cannot be found", ["refresh", "--verbose"], { B2_API_URL: "http://b2.invalid" }],
+  ];
+  try {
+    for (const [name, args, env] of runs) {
+      await t.step(name, async () => {
+        const { stdout, stderr } = await w.run(args, { ...(env && { env }) });
+        outputs.push(stdout, stderr);
+        assert.notEqual(stdout + stderr, "", "it printed something to check");
+      });
     }
+    await t.step("refresh --verbose as a subprocess", async () => {
+      const { stdout, stderr } = await spawn([
+        "run",
+        "-A",
+        `${ROOT}main.ts`,
+        "refresh",
+        "--verbose",
+      ], {
+        env: w.env,
+      });
+      outputs.push(stdout, stderr);
+      assert.match(stderr, /B2: authorizing key fake-key-id/);
+    });
+    // The tokens these runs were given, now that all of them ran.
+    for (const token of w.b2.downloadTokens.keys()) secretsSeen.add(token);
+    for (const token of w.b2.accountTokens) secretsSeen.add(token);
+    assert.ok(w.b2.downloadTokens.size > 0, "download tokens were handed out");
+    assertNoSecret(...outputs);
+  } finally {
+    await w.close();
+    await echo.shutdown();
+    await echoPage.shutdown();
   }
 });
