@@ -43,6 +43,7 @@ import {
   startFakeCloudflare,
 } from "./local/fake_cloudflare.ts";
 import { childEnv } from "./testing/child_env.ts";
+import { whileServing } from "./testing/serving.ts";
 
 const B2_KEY = "fake-application-key";
 const CF_TOKEN = "fake-cf-token";
@@ -2881,160 +2882,17 @@ Deno.test("the production tasks download no npm package into an empty Deno cache
   }
 });
 
-/**
- * Starts a long-running command (`demo`, `dev`), waits for the URL it prints,
- * hands it to `check`, then presses Ctrl-C and returns how it ended.
- */
-async function whileServing(
-  args: string[],
-  options: { env?: Record<string, string>; urlPattern: RegExp },
-  check: (url: string, stdout: string) => Promise<void>,
-): Promise<{ code: number; stdout: string }> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      `--lock=${ROOT}deno.lock`,
-      // dev and demo run from the local platform's entry points, as their tasks run them, and
-      // listen on a port of the system's choosing, so tests never collide.
-      ...(args[0] === "dev" || args[0] === "demo"
-        ? [`${ROOT}local/${args[0]}.ts`, ...args.slice(1), "--port", "0"]
-        : [`${ROOT}main.ts`, ...args]),
-    ],
-    cwd: ROOT,
-    env: childEnv({ NO_COLOR: "1", ...options.env }),
-    clearEnv: true,
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const stderr = new Response(child.stderr).text();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let stdout = "";
-  let url: string | undefined;
-  while (!url) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    stdout += value;
-    url = options.urlPattern.exec(stdout)?.[1];
-  }
-  try {
-    assert.ok(url, `it printed its URL:\n${stdout}`);
-    await check(url, stdout);
-  } finally {
-    child.kill("SIGINT");
-  }
-  const { code } = await child.status;
-  for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
-    stdout += chunk.value;
-  }
-  assertNoSecret(stdout, await stderr);
-  return { code, stdout };
-}
-
-Deno.test("demo runs the whole chain locally and stops cleanly on Ctrl-C", async () => {
-  const { code, stdout } = await whileServing(["demo"], {
-    urlPattern: /runs in workerd \(Cloudflare's runtime\) at (http:\/\/127\.0\.0\.1:\d+)/,
-  }, async (url, stdout) => {
-    assert.match(stdout, /entirely on this machine/);
-    assert.match(stdout, /B2: download token for "site\/"/);
-    const video = await fetch(`${url}/video/sample.mp4`, { headers: { range: "bytes=0-99" } });
-    assert.equal(video.status, 206);
-    const sample = await Deno.readFile(`${ROOT}local/fixtures/video/sample.mp4`);
-    assert.deepEqual(new Uint8Array(await video.arrayBuffer()), sample.slice(0, 100));
-    const page = await fetch(`${url}/`);
-    assert.match(await page.text(), /Served from a private bucket/);
-    // Workers Cache, shown with the deployed version's own cache_options: filled, hit, purged.
-    const statuses = [...stdout.matchAll(/^ {4}(.+)$/gm)].map((m) => m[1]);
-    assert.deepEqual(statuses.slice(0, 5), [
-      "cf-cache-status: MISS",
-      "cf-cache-status: HIT",
-      "purged 1 path in 1 signed request to the worker",
-      "cf-cache-status: MISS",
-      "cf-cache-status: HIT",
-    ]);
-  });
-  assert.equal(code, 0);
-  assert.match(stdout, /Stopped\.\n$/);
-});
-
-Deno.test("demo stops cleanly on Ctrl-C while workerd is starting", async () => {
-  const { code, stdout } = await whileServing(["demo"], {
-    urlPattern: /^(Deployed worker) /m,
-  }, () => Promise.resolve());
-  assert.equal(code, 0, stdout);
-  assert.match(stdout, /Stopped\.\n$/);
-});
-
-Deno.test("dev serves the bucket through the real worker with B2 credentials only", async (t) => {
-  const downloads = (w: World) => w.b2.requests.filter((r) => r.path.startsWith("/file/")).length;
-  await t.step("behind the Workers Cache stand-in: MISS, then HIT without B2", async () => {
-    const w = world();
-    try {
-      const env = { ...w.env, CLOUDFLARE_ACCOUNT_ID: "", CLOUDFLARE_API_TOKEN: "" };
-      const { code, stdout } = await whileServing(["dev"], {
-        env,
-        urlPattern: /runs in workerd at (http:\/\/127\.0\.0\.1:\d+)/,
-      }, async (url) => {
-        const statuses = [];
-        for (let i = 0; i < 2; i++) {
-          const response = await fetch(`${url}/cat.jpg`);
-          assert.equal(response.status, 200);
-          assert.equal(await response.text(), PHOTO.body);
-          statuses.push(response.headers.get("cf-cache-status"));
-        }
-        assert.deepEqual(statuses, ["MISS", "HIT"]);
-        assert.equal(downloads(w), 1, "the hit never reached B2");
-        // dev's worker holds the purge key refresh would give it: purge works against it.
-        const purged = await w.run(["purge", "/cat.jpg", "--url", url]);
-        assert.equal(purged.code, 0, purged.stderr);
-        const again = await fetch(`${url}/cat.jpg`);
-        await again.body?.cancel();
-        assert.equal(again.headers.get("cf-cache-status"), "MISS");
-      });
-      assert.equal(code, 0);
-      assert.match(stdout, /behind a stand-in for Workers Cache/);
-      assert.equal(w.cloudflare.requests.length, 0);
-      for (const token of w.b2.downloadTokens.keys()) secretsSeen.add(token);
-    } finally {
-      await w.close();
-    }
-  });
-  await t.step("in the Cache API mode the stand-in passes every request on", async () => {
-    const w = world();
-    try {
-      const env = {
-        ...w.env,
-        CLOUDFLARE_ACCOUNT_ID: "",
-        CLOUDFLARE_API_TOKEN: "",
-        WORKER_CACHE_MODE: "cache-api",
-      };
-      const { code, stdout } = await whileServing(["dev"], {
-        env,
-        urlPattern: /runs in workerd at (http:\/\/127\.0\.0\.1:\d+)/,
-      }, async (url) => {
-        const response = await fetch(`${url}/cat.jpg`);
-        assert.equal(await response.text(), PHOTO.body);
-        assert.equal(response.headers.get("cf-cache-status"), null);
-      });
-      assert.equal(code, 0);
-      assert.match(stdout, /Edge cache: cache-api: every request runs the worker/);
-      for (const token of w.b2.downloadTokens.keys()) secretsSeen.add(token);
-    } finally {
-      await w.close();
-    }
-  });
-});
-
 Deno.test("cron schedules the refresh and makes the start-up check, until Ctrl-C", async () => {
   const w = world();
   try {
-    const { code, stdout } = await whileServing(["cron"], {
+    const { code, stdout, stderr } = await whileServing(["cron"], {
       env: w.env,
       urlPattern: /Start-up check: (.+)\n/,
     }, (decision) => {
       assert.match(decision, /does not exist; run refresh; refreshed until \S+Z$/);
       return Promise.resolve();
     });
+    assertNoSecret(stdout, stderr);
     assert.equal(code, 0);
     assert.match(stdout, /Scheduled "b2-private-cdn refresh" at "17 4 \* \* \*" \(UTC\)/);
     assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 1);

@@ -16,7 +16,6 @@ import {
   type Config,
   type Context,
   type Job,
-  listenForCtrlC,
   loadWorkerModule,
   main,
   parseConfig,
@@ -29,6 +28,8 @@ import {
 import { startFakeB2 } from "./fake_b2.ts";
 import { startFakeCloudflare } from "./fake_cloudflare.ts";
 import { startWorkersCache } from "./workers_cache.ts";
+import { listenOn } from "./workerd.ts";
+import { untilStopped } from "./shutdown.ts";
 
 /** The sample files the demo's stand-in bucket holds, from `fixtures/`. */
 const DEMO_FILES = [
@@ -38,9 +39,9 @@ const DEMO_FILES = [
   "images/logo.svg",
 ];
 
-/** Runs the demo until Ctrl-C or SIGTERM. */
+/** Runs the demo until Ctrl-C, SIGTERM, SIGHUP, or the launcher that started it is gone. */
 export async function runDemo({ ctx, io, flags }: Job): Promise<number> {
-  using ctrlC = listenForCtrlC();
+  using stop = untilStopped();
   const b2 = startFakeB2({
     buckets: [{ id: "bucket-demo", name: "demo-bucket", files: await demoFiles() }],
   });
@@ -67,16 +68,20 @@ export async function runDemo({ ctx, io, flags }: Job): Promise<number> {
     say(`\n${summary(result)}`);
     const deployed = cloudflare.scripts.get(config.workerName);
     if (!deployed) throw new Error("the stand-in Cloudflare API holds no worker after the refresh");
-    const worker = await startWorkersCache({ port: flags.port });
+    const worker = await listenOn(
+      flags.port,
+      "demo",
+      () => startWorkersCache({ port: flags.port }),
+    );
     try {
       await worker.deploy({
         metadata: deployed.metadata as WorkerUpload["metadata"],
         module: deployed.module,
       });
       // Ctrl-C while it started up stops it now, not after saying it is ready.
-      if (!ctrlC.wasPressed()) {
+      if (!stop.wasStopped()) {
         say(await tour(worker.url, { config, ctx }));
-        await ctrlC.pressed;
+        await stop.stopped;
       }
     } finally {
       await worker.close();
@@ -110,7 +115,7 @@ async function tour(url: string, options: { config: Config; ctx: Context }): Pro
     `  curl -i -H "Range: bytes=0-99" ${url}/video/sample.mp4\n` +
     `  curl -I ${url}/images/logo.svg\n` +
     `  curl -i ${url}/a%2Fb   # refused: an encoded "/" (400)\n` +
-    "Ctrl-C stops it.";
+    "Ctrl-C (or SIGTERM) stops it, workerd included.";
 }
 
 /** Purges one object as `main.ts purge <path> --url <origin>` would, and says so. */

@@ -11,19 +11,14 @@
  * @module
  */
 
-import {
-  isoSeconds,
-  type Job,
-  listenForCtrlC,
-  loadWorkerModule,
-  main,
-  prepareWorker,
-} from "../main.ts";
+import { isoSeconds, type Job, loadWorkerModule, main, prepareWorker } from "../main.ts";
 import { startWorkersCache } from "./workers_cache.ts";
+import { listenOn } from "./workerd.ts";
+import { untilStopped } from "./shutdown.ts";
 
-/** Serves the worker until Ctrl-C or SIGTERM. */
+/** Serves the worker until Ctrl-C, SIGTERM, SIGHUP, or the launcher that started it is gone. */
 export async function runDev({ config, ctx, io, flags }: Job): Promise<number> {
-  using ctrlC = listenForCtrlC();
+  using stop = untilStopped();
   // With the purge key refresh would give it, so that `purge` and `check-cache` work here too.
   const prepared = await prepareWorker(config.b2!, {
     module: await loadWorkerModule(),
@@ -33,7 +28,7 @@ export async function runDev({ config, ctx, io, flags }: Job): Promise<number> {
   // As deployed, Workers Cache answers hits before the worker runs; miniflare has no such
   // cache, so the stand-in sits in front, as in the demo. It reads the upload's cache_options,
   // so in the other modes it passes every request to the worker, as Cloudflare would.
-  const worker = await startWorkersCache({ port: flags.port });
+  const worker = await listenOn(flags.port, "dev", () => startWorkersCache({ port: flags.port }));
   try {
     await worker.deploy(prepared.upload);
   } catch (error) {
@@ -42,7 +37,7 @@ export async function runDev({ config, ctx, io, flags }: Job): Promise<number> {
   }
   const mode = config.worker.cacheMode;
   // Ctrl-C while it started up stops it now, not after saying it is ready.
-  if (!ctrlC.wasPressed()) {
+  if (!stop.wasStopped()) {
     io.stdout(
       `The worker that refresh would deploy runs in workerd at ${worker.url}\n` +
         (mode === "workers-cache"
@@ -54,7 +49,7 @@ export async function runDev({ config, ctx, io, flags }: Job): Promise<number> {
         `It reads bucket "${prepared.bucket.name}" with a fresh token until ` +
         `${isoSeconds(prepared.expiresAt)}. Ctrl-C stops it.`,
     );
-    await ctrlC.pressed;
+    await stop.stopped;
   }
   await worker.close();
   io.stderr("Stopped.");

@@ -19,7 +19,7 @@ import type { Readable } from "node:stream";
 // miniflare, workerd and sharp (about 192 MB) to an empty cache.
 // deno-lint-ignore no-import-prefix
 import { Miniflare } from "npm:miniflare@4";
-import type { WorkerUpload } from "../main.ts";
+import { ConfigError, type WorkerUpload } from "../main.ts";
 
 /** A worker module running in workerd on this machine. */
 export interface LocalWorker {
@@ -91,5 +91,28 @@ export async function startLocalWorker(
   } catch (error) {
     await miniflare.dispose().catch(() => {});
     throw error;
+  }
+}
+
+/**
+ * Runs `start`, which listens on `port`; a port already taken becomes a
+ * {@linkcode ConfigError} (exit 2) naming the port and `--port`, instead of
+ * the runtime's `AddrInUse` stack.
+ */
+export async function listenOn<T>(
+  port: number,
+  command: "dev" | "demo",
+  start: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await start();
+  } catch (error) {
+    if (!(error instanceof Deno.errors.AddrInUse)) throw error;
+    throw new ConfigError([
+      `Port ${port} is taken: another program (or a ${command} still running) listens on ` +
+      `127.0.0.1:${port}. Stop it, or choose another port: deno task ${command} --port ${
+        port === 65535 ? 8788 : port + 1
+      }.`,
+    ]);
   }
 }

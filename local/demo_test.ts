@@ -1,0 +1,141 @@
+import assert from "node:assert/strict";
+import { childEnv } from "../testing/child_env.ts";
+import {
+  descendants,
+  portIsFree,
+  ROOT,
+  type Served,
+  stillRunning,
+  whileServing,
+} from "../testing/serving.ts";
+
+const READY = /runs in workerd \(Cloudflare's runtime\) at (http:\/\/127\.0\.0\.1:\d+)/;
+
+/** What the stand-ins' tokens and the demo's fake key look like: never printed. */
+const SECRET = /fake-(download|account)-[0-9a-f]{8}-|fake-application-key|fake-cf-token/;
+
+/** Once it has ended: nothing it started still runs, and its port takes a new listener. */
+async function assertGone(
+  served: Pick<Served, "children"> & { stdout?: string; stderr?: string },
+  url: string,
+): Promise<void> {
+  assert.doesNotMatch(`${served.stdout ?? ""}${served.stderr ?? ""}`, SECRET);
+  assert.deepEqual(await stillRunning(served.children), [], "no process of it is left");
+  assert.ok(portIsFree(Number(new URL(url).port)), `${url}: the port is free again`);
+}
+
+Deno.test("demo runs the whole chain locally and stops cleanly on Ctrl-C", async () => {
+  let origin = "";
+  const served = await whileServing(["demo"], { urlPattern: READY }, async (url, stdout) => {
+    origin = url;
+    assert.match(stdout, /entirely on this machine/);
+    assert.match(stdout, /B2: download token for "site\/"/);
+    const video = await fetch(`${url}/video/sample.mp4`, { headers: { range: "bytes=0-99" } });
+    assert.equal(video.status, 206);
+    const sample = await Deno.readFile(`${ROOT}local/fixtures/video/sample.mp4`);
+    assert.deepEqual(new Uint8Array(await video.arrayBuffer()), sample.slice(0, 100));
+    const page = await fetch(`${url}/`);
+    assert.match(await page.text(), /Served from a private bucket/);
+    // Workers Cache, shown with the deployed version's own cache_options: filled, hit, purged.
+    const statuses = [...stdout.matchAll(/^ {4}(.+)$/gm)].map((m) => m[1]);
+    assert.deepEqual(statuses.slice(0, 5), [
+      "cf-cache-status: MISS",
+      "cf-cache-status: HIT",
+      "purged 1 path in 1 signed request to the worker",
+      "cf-cache-status: MISS",
+      "cf-cache-status: HIT",
+    ]);
+  });
+  assert.equal(served.code, 0, served.stderr);
+  assert.match(served.stdout, /Stopped\.\n$/);
+  if (Deno.build.os === "linux") assert.ok(served.children.length > 0, "workerd was seen");
+  await assertGone(served, origin);
+});
+
+Deno.test("demo stops cleanly on Ctrl-C while workerd is starting", async () => {
+  const { code, stdout } = await whileServing(["demo"], {
+    urlPattern: /^(Deployed worker) /m,
+  }, () => Promise.resolve());
+  assert.equal(code, 0, stdout);
+  assert.match(stdout, /Stopped\.\n$/);
+});
+
+Deno.test("demo stops on SIGTERM with workerd, leaving no process and the port free", async () => {
+  let origin = "";
+  const served = await whileServing(["demo"], { urlPattern: READY, signal: "SIGTERM" }, (url) => {
+    origin = url;
+    return Promise.resolve();
+  });
+  assert.equal(served.code, 0, served.stderr);
+  assert.match(served.stdout, /Stopped\.\n$/);
+  await assertGone(served, origin);
+});
+
+Deno.test({
+  name: "demo stops with workerd when the launcher above it is killed (npx ... & kill $!)",
+  // The launcher is watched through /proc or ps; Windows has neither.
+  ignore: Deno.build.os === "windows",
+  async fn() {
+    // As `npx -y deno@2 task demo & kill $!`: the process killed is a launcher (npm there, sh
+    // here) two levels up, which passes nothing on; `deno task` and the demo outlive it.
+    const launcher = new Deno.Command("sh", {
+      args: ["-c", '"$0" task demo --port 0; true', Deno.execPath()],
+      cwd: ROOT,
+      env: childEnv({ NO_COLOR: "1" }),
+      clearEnv: true,
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const stderr = new Response(launcher.stderr).text();
+    const reader = launcher.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let stdout = "";
+    let url: string | undefined;
+    while (!url) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      stdout += value;
+      url = READY.exec(stdout)?.[1];
+    }
+    if (!url) assert.fail(`it printed no URL:\n${stdout}${await stderr}`);
+    const children = await descendants(launcher.pid);
+    launcher.kill("SIGKILL");
+    await launcher.status;
+    // Its output ends once every process under it has closed it: deno task, the demo, workerd.
+    const ended = (async () => {
+      for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+        stdout += chunk.value;
+      }
+    })();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`still running:\n${stdout}`)), 15_000);
+    });
+    try {
+      await Promise.race([ended, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+    await stderr;
+    assert.match(stdout, /Stopped\.\n$/);
+    await assertGone({ children, stdout }, url);
+  },
+});
+
+Deno.test("demo on a taken port exits 2 naming the port and --port, without a stack", async () => {
+  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = taken.addr.port;
+  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `--lock=${ROOT}deno.lock`, `${ROOT}local/demo.ts`, "--port", `${port}`],
+    cwd: ROOT,
+    env: childEnv({ NO_COLOR: "1" }),
+    clearEnv: true,
+    stdout: "null",
+  }).output();
+  const text = new TextDecoder().decode(stderr);
+  assert.equal(code, 2, text);
+  assert.equal(
+    text,
+    `error: Port ${port} is taken: another program (or a demo still running) listens on ` +
+      `127.0.0.1:${port}. Stop it, or choose another port: deno task demo --port ${port + 1}.\n`,
+  );
+});
