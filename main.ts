@@ -1281,7 +1281,7 @@ async function readJson(response: Response): Promise<{ json: unknown; received: 
 // ---------------------------------------------------------------------------
 
 /** What `b2_authorize_account` (v4) told us. */
-export interface B2Authorization {
+interface B2Authorization {
   /** The account the key belongs to. */
   accountId: string;
   /** Authorizes the API calls that follow; a secret. */
@@ -1354,7 +1354,7 @@ async function b2Call<T>(
 }
 
 /** Authorizes with the application key (`b2_authorize_account`, API v4). */
-export async function authorizeAccount(
+async function authorizeAccount(
   config: B2Config,
   ctx: Context,
 ): Promise<B2Authorization> {
@@ -1411,7 +1411,7 @@ export async function authorizeAccount(
  * Checks what the key allows before anything else is asked of B2, so a
  * mismatch names the key to make instead of failing half way.
  */
-export function checkKey(auth: B2Authorization, config: B2Config): void {
+function checkKey(auth: B2Authorization, config: B2Config): void {
   const problems: string[] = [];
   const wanted = config.bucketName ?? config.bucketId ?? "";
   const makeKey = `Make a key with: b2 key create --bucket ${config.bucketName ?? "<bucket>"}` +
@@ -1449,7 +1449,7 @@ export function checkKey(auth: B2Authorization, config: B2Config): void {
  * Finds whichever of the bucket's name and id is missing: from the authorize
  * answer when it names the bucket, else with `b2_list_buckets`.
  */
-export async function resolveBucket(
+async function resolveBucket(
   auth: B2Authorization,
   config: B2Config,
   ctx: Context,
@@ -1502,7 +1502,7 @@ export async function resolveBucket(
 }
 
 /** Gets a download token for the bucket and prefix (`b2_get_download_authorization`). */
-export async function getDownloadAuthorization(
+async function getDownloadAuthorization(
   auth: B2Authorization,
   request: { bucket: Bucket; prefix: string; validSeconds: number },
   ctx: Context,
@@ -1613,7 +1613,7 @@ export interface WorkerFacts {
 }
 
 /** The `cache_options` an upload carries for a cache mode. */
-export function cacheOptionsFor(mode: CacheMode): CacheOptions {
+function cacheOptionsFor(mode: CacheMode): CacheOptions {
   return mode === "workers-cache"
     ? { enabled: true, cross_version_cache: true }
     : { enabled: false };
@@ -1625,7 +1625,7 @@ export function cacheOptionsFor(mode: CacheMode): CacheOptions {
  * origins, cache mode, and the worker's `ANSWER_FORMAT`. A new token does not
  * change it, so the daily refresh purges nothing.
  */
-export async function servingFingerprint(
+async function servingFingerprint(
   module: string,
   facts: Pick<WorkerFacts, "bucketName" | "prefix" | "options">,
 ): Promise<string> {
@@ -1760,7 +1760,7 @@ function signingBindings(signing: SigningOptions | undefined): Binding[] {
 }
 
 /** The metadata with secret values replaced, for printing. */
-export function maskSecrets(metadata: WorkerMetadata): WorkerMetadata {
+function maskSecrets(metadata: WorkerMetadata): WorkerMetadata {
   return {
     ...metadata,
     bindings: metadata.bindings.map((b) =>
@@ -1869,7 +1869,7 @@ async function cloudflareCall<T>(
 }
 
 /** Uploads and deploys the worker, code, configuration and secret together, in one call. */
-export async function uploadWorker(
+async function uploadWorker(
   config: CloudflareConfig,
   upload: WorkerUpload,
   ctx: Context,
@@ -1892,7 +1892,7 @@ export async function uploadWorker(
 }
 
 /** The deployed worker's settings, or `undefined` when there is no such worker. */
-export async function readWorkerSettings(
+async function readWorkerSettings(
   config: CloudflareConfig,
   ctx: Context,
 ): Promise<WorkerSettings | undefined> {
@@ -1923,7 +1923,7 @@ export async function readWorkerSettings(
 export type Change = "created" | "unchanged" | "taken over";
 
 /** A route of the zone, as `GET /zones/{zone}/workers/routes` lists it. */
-export interface ZoneRoute {
+interface ZoneRoute {
   /** The route's id, for `PUT|DELETE /zones/{zone}/workers/routes/{id}`. */
   id: string;
   /** What requests it matches, such as `cdn.example.com/*`. */
@@ -1933,7 +1933,7 @@ export interface ZoneRoute {
 }
 
 /** A custom domain of the account, as `GET /accounts/{id}/workers/domains` lists it. */
-export interface CustomDomain {
+interface CustomDomain {
   /** The domain's id, for `DELETE /accounts/{id}/workers/domains/{id}`. */
   id: string;
   /** The whole host name it answers on, such as `cdn.example.com`. */
@@ -1954,7 +1954,7 @@ interface DnsRecord {
 }
 
 /** A route or custom domain that runs this worker but is no longer configured. */
-export interface Leftover {
+interface Leftover {
   /** Which API it is removed through (routes are per zone, custom domains per account). */
   kind: "route" | "custom domain";
   /** The route pattern or the hostname. */
@@ -1974,7 +1974,7 @@ function describeRecord(record: DnsRecord): string {
 }
 
 /** The zone's routes (needs "Workers Routes: Edit" on the zone). */
-export async function listRoutes(config: CloudflareConfig, ctx: Context): Promise<ZoneRoute[]> {
+async function listRoutes(config: CloudflareConfig, ctx: Context): Promise<ZoneRoute[]> {
   return await cloudflareCall<ZoneRoute[]>(config, ctx, "list the zone's routes", {
     method: "GET",
     path: `/zones/${config.zoneId}/workers/routes`,
@@ -1982,7 +1982,7 @@ export async function listRoutes(config: CloudflareConfig, ctx: Context): Promis
 }
 
 /** The account's custom domains, all of them: who holds a hostname, and what runs this worker. */
-export async function listDomains(
+async function listDomains(
   config: CloudflareConfig,
   ctx: Context,
 ): Promise<CustomDomain[]> {
@@ -1997,7 +1997,7 @@ export async function listDomains(
  * Worker (or none) is left alone unless `takeOver`, as wrangler does; the
  * API itself would re-point it (API_FACTS.md: Routes).
  */
-export async function ensureRoute(
+async function ensureRoute(
   config: CloudflareConfig,
   ctx: Context,
   options: { routes: ZoneRoute[]; takeOver: boolean },
@@ -2068,7 +2068,7 @@ async function conflictingRecords(
  * moved with `takeOver`: the first by `override_existing_origin`, the second
  * by deleting the record, which no flag replaces (API_FACTS.md: Custom domains).
  */
-export async function ensureDomain(
+async function ensureDomain(
   config: CloudflareConfig,
   ctx: Context,
   options: { domains: CustomDomain[]; takeOver: boolean },
@@ -2154,7 +2154,7 @@ export async function ensureDomain(
 }
 
 /** The routes and custom domains that run this worker but are no longer configured. */
-export function findLeftovers(
+function findLeftovers(
   config: CloudflareConfig,
   found: { routes?: ZoneRoute[]; domains?: CustomDomain[] },
 ): Leftover[] {
@@ -2174,7 +2174,7 @@ export function findLeftovers(
 }
 
 /** Deletes a leftover route or custom domain (`--remove-leftovers`). */
-export async function removeLeftover(
+async function removeLeftover(
   config: CloudflareConfig,
   leftover: Leftover,
   ctx: Context,
@@ -2188,7 +2188,7 @@ export async function removeLeftover(
 }
 
 /** Whether the worker answers on workers.dev, and where. */
-export interface WorkersDev {
+interface WorkersDev {
   /** Whether it answers there, as `GET .../workers/scripts/{name}/subdomain` reports it. */
   enabled: boolean;
   /** `https://<worker>.<account subdomain>.workers.dev/`, when it answers there. */
@@ -2235,7 +2235,7 @@ function noSubdomain(config: CloudflareConfig): string {
  * Sets whether the worker answers at `<worker>.<subdomain>.workers.dev`, on
  * every deploy as wrangler does; preview URLs stay off (API_FACTS.md: workers.dev).
  */
-export async function setWorkersDev(
+async function setWorkersDev(
   config: CloudflareConfig,
   ctx: Context,
 ): Promise<WorkersDev> {
@@ -2254,7 +2254,7 @@ export async function setWorkersDev(
 }
 
 /** Reads whether the deployed worker answers on workers.dev, for `status`. */
-export async function readWorkersDev(
+async function readWorkersDev(
   config: CloudflareConfig,
   ctx: Context,
 ): Promise<WorkersDev> {
@@ -2432,7 +2432,7 @@ const RECENT_UPLOAD_MS = 60 * 60_000;
  * leftovers) did not: the site keeps working on the new token where it was
  * already reached. Exit code 1; `result` says what was deployed.
  */
-export class IncompleteDeployError extends ApiError {
+class IncompleteDeployError extends ApiError {
   /** What was deployed; `failed` lists the steps after the upload that did not work. */
   readonly result: RefreshResult;
   /** Makes the error from the result; the message names each failed step and the token's expiry. */
@@ -2645,7 +2645,7 @@ async function verifyDeploy(
 }
 
 /** The bindings and cache setting of a deployed worker, as Cloudflare reports them. */
-export interface WorkerSettings {
+interface WorkerSettings {
   /** As `GET .../workers/scripts/{name}/settings` lists them; secrets come without `text`. */
   bindings: { name: string; type: string; text?: string }[];
   /** Absent when Cloudflare does not report it (WORKERS_CACHE.md: unknown, not a failure). */
@@ -2663,7 +2663,7 @@ function plainBinding(settings: WorkerSettings | undefined, name: string): strin
  * before fingerprints existed (when only the Cache API was used), has
  * nothing in Workers Cache.
  */
-export function purgeNeeded(
+function purgeNeeded(
   previous: WorkerSettings | undefined,
   next: Pick<WorkerFacts, "fingerprint">,
 ): string | undefined {
@@ -2925,7 +2925,7 @@ async function triggerWorkersDev(
  * now) it keeps trying for minutes, reporting on `progress`, and answers
  * `"certificate pending"` when the host still cannot be reached over TLS.
  */
-export async function verify(
+async function verify(
   url: string,
   ctx: Context,
   options: { waitForCertificate?: boolean; progress?: (line: string) => void } = {},
@@ -2986,7 +2986,7 @@ export async function verify(
 // ---------------------------------------------------------------------------
 
 /** What a signed purge request asks of the worker. */
-export interface PurgeOrder {
+interface PurgeOrder {
   /** URL paths; each purges exactly its object (by its `Cache-Tag`). */
   paths?: string[];
   /** URL path prefixes. */
@@ -2998,7 +2998,7 @@ export interface PurgeOrder {
 }
 
 /** How the worker answered a purge request. */
-export type PurgeAnswer =
+type PurgeAnswer =
   | { kind: "done"; status: number; fingerprint: string }
   | {
     kind: "other-version" | "refused" | "rate-limited" | "failed" | "not-worker" | "unreachable";
@@ -3095,7 +3095,7 @@ export async function purgeUrl(
 }
 
 /** Sends one signed purge request and says what came back, the worker's or not. */
-export async function askWorkerToPurge(
+async function askWorkerToPurge(
   url: string,
   request: { order: PurgeOrder; key: string },
   ctx: Context,
@@ -4384,7 +4384,7 @@ const COMMAND_HELP: Record<Command, CommandHelp> = {
 };
 
 /** `main.ts help <topic>`: a command's page, `settings`, or without a topic {@linkcode USAGE}. */
-export function helpText(topic?: Command | "settings"): string {
+function helpText(topic?: Command | "settings"): string {
   if (topic === undefined) return USAGE;
   if (topic === "settings") {
     return "Settings (flags, else environment, else .env; * marks credentials, never flags):\n" +
@@ -4431,7 +4431,7 @@ export interface Io {
 }
 
 /** Replaces every known secret in `text`. */
-export function redact(text: string, secrets: Iterable<string>): string {
+function redact(text: string, secrets: Iterable<string>): string {
   let out = text;
   for (const secret of secrets) {
     if (secret.length >= 4) out = out.replaceAll(secret, "[redacted]");
@@ -5290,7 +5290,7 @@ export async function main(
 }
 
 /** The oldest Deno with the built-ins this tool uses: `node:util` `parseEnv`, `node:module` `stripTypeScriptTypes`. */
-export const MIN_DENO_VERSION = "2.8.2";
+const MIN_DENO_VERSION = "2.8.2";
 
 /**
  * Why this runtime cannot run the tool, or `undefined` when it can: the version is older than
@@ -5323,7 +5323,7 @@ export function runtimeProblem(
  * out. Constant, like the name and backoff: the platform finds crons by running the module's top
  * level, possibly without the app's settings (DENO_DEPLOY.md: How crons are found).
  */
-export const DEPLOY_SCHEDULE = "17 * * * *";
+const DEPLOY_SCHEDULE = "17 * * * *";
 /** Health answers come from one read of the worker's bindings per instance in this long. */
 const HEALTH_READ_EVERY_MS = 300_000;
 /** Health is "short" (503) below this, as `status` is by default. */
@@ -5356,7 +5356,7 @@ export interface DeployApp {
 }
 
 /** What the health path answers, as JSON. No secret: dates, durations and the worker's name. */
-export interface Health {
+interface Health {
   /** `healthy` (200), `short` or `missing` (503), `unknown` (200: it could not tell). */
   state: "healthy" | "short" | "missing" | "unknown";
   /** The worker script's name. */
