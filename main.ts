@@ -2688,11 +2688,10 @@ async function purgeOnceNewVersionAnswers(
   const remembered = "The worker is deployed and remembers the purge: the next refresh " +
     "tries again (or run `main.ts purge --all`).";
   if (!options.purgeKey) {
-    throw new ApiError(
+    throw new ConfigError([
       `Cannot purge: ${options.why}, but there is no purge key. Set WORKER_PURGE_KEY or ` +
-        `B2_APPLICATION_KEY. ${remembered}`,
-      { service: "Worker", status: 0, code: "no_purge_key" },
-    );
+      `B2_APPLICATION_KEY. ${remembered}`,
+    ]);
   }
   const url = await purgeUrl(config, ctx, {});
   let last = "";
