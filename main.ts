@@ -15,6 +15,8 @@
  * - B2: authorize, find the bucket, get the download token.
  * - The worker module: `worker_template.ts` and its bindings, as uploaded.
  * - Cloudflare: upload, route, custom domain, workers.dev, leftovers.
+ * - Event notifications: the bucket's B2 rule that tells the worker what changed
+ *   (`B2_EVENT_NOTIFICATIONS`), kept by refresh and read by status.
  * - The refresh itself: B2, then the upload and the steps after it, then verify.
  * - Purge: signed purge requests the worker answers.
  * - Status and cron: what is deployed, and refreshing when due.
@@ -82,6 +84,11 @@ export interface WorkerOptions {
   staleIfError?: number;
   /** Signed links; the keys go to the worker as secret bindings. @default undefined (none) */
   signing?: SigningOptions;
+  /**
+   * `B2_EVENT_NOTIFICATIONS=on`: the worker takes B2's signed notifications and purges what
+   * changed; refresh keeps the bucket's rule. @default false
+   */
+  eventNotifications?: boolean;
 }
 
 /** Which paths need a signed link, and the keys that sign them. */
@@ -254,6 +261,7 @@ export type Variable =
   | "B2_FILE_PREFIX"
   | "B2_TOKEN_TTL"
   | "B2_API_URL"
+  | "B2_EVENT_NOTIFICATIONS"
   | "CLOUDFLARE_ACCOUNT_ID"
   | "CLOUDFLARE_API_TOKEN"
   | "CLOUDFLARE_EMAIL"
@@ -309,6 +317,13 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
     kind: "url",
     default: "https://api.backblazeb2.com",
     about: "default https://api.backblazeb2.com",
+  },
+  B2_EVENT_NOTIFICATIONS: {
+    kind: "enum",
+    values: ["on", "off"],
+    default: "off",
+    hint: "on or off",
+    about: "on: B2 tells the worker what changed and it purges exactly that (default off)",
   },
   CLOUDFLARE_ACCOUNT_ID: { kind: "text", about: "account that owns the worker" },
   CLOUDFLARE_API_TOKEN: { kind: "secret", about: 'API token with "Workers Scripts: Edit"' },
@@ -522,6 +537,8 @@ export interface Needs {
   schedule?: boolean;
   /** `status --min-remaining`, in seconds: a fresh token must have more. */
   minRemaining?: number;
+  /** The B2 settings must be complete when `B2_EVENT_NOTIFICATIONS=on` (status reads the rule). */
+  b2ForEvents?: boolean;
 }
 
 /** A setting's value once read: text, a number (seconds, milliseconds) or a list. */
@@ -643,7 +660,7 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
   }
   const verifyUrl = value.text("VERIFY_URL");
   if (verifyUrl !== undefined) config.verifyUrl = verifyUrl;
-  if (needs.b2) config.b2 = b2Config(reading);
+  if (needs.b2 || (needs.b2ForEvents && worker.eventNotifications)) config.b2 = b2Config(reading);
   if (needs.cloudflare) config.cloudflare = cloudflareConfig(reading);
   if (needs.purgeKey && !config.purgeSecret && worker.cacheMode === "workers-cache") {
     problems.push(
@@ -674,6 +691,7 @@ function workerOptions(reading: Reading): WorkerOptions {
   };
   const signing = signingOptions(reading);
   if (signing) worker.signing = signing;
+  if (value.text("B2_EVENT_NOTIFICATIONS") === "on") worker.eventNotifications = true;
   if (signing && worker.urlStyle === "b2") {
     // In B2's URL shape every path the worker serves is /file/<bucket>/<name>: a prefix outside
     // it would protect nothing while the paths it was meant for stay public.
@@ -1610,6 +1628,8 @@ export interface WorkerFacts {
   fingerprint?: string;
   /** A purge still owed (`all`), remembered by the worker for the next refresh. */
   purgePending?: string;
+  /** From {@linkcode deriveEventSecret}: what B2 signs notifications with; a secret binding. */
+  eventSecret?: string;
 }
 
 /** The `cache_options` an upload carries for a cache mode. */
@@ -1726,6 +1746,9 @@ export function workerUpload(module: string, facts: WorkerFacts): WorkerUpload {
           : []),
         ...(facts.fingerprint ? [plain("WORKER_FINGERPRINT", facts.fingerprint)] : []),
         ...(facts.purgePending ? [plain("WORKER_PURGE_PENDING", facts.purgePending)] : []),
+        ...(facts.eventSecret
+          ? [{ type: "secret_text" as const, name: EVENT_SECRET_BINDING, text: facts.eventSecret }]
+          : []),
       ],
       cache_options: cacheOptionsFor(facts.options.cacheMode),
     },
@@ -2276,6 +2299,449 @@ async function readWorkersDev(
 }
 
 // ---------------------------------------------------------------------------
+// Event notifications
+// ---------------------------------------------------------------------------
+
+/** Where the worker takes B2's signed notifications (`EVENTS_PATH` in the worker). */
+const EVENTS_PATH = "/.well-known/b2-private-cdn/events";
+/** The secret binding the worker verifies notifications with. */
+const EVENT_SECRET_BINDING = "B2_EVENT_NOTIFICATION_SECRET";
+/** Fixed, so that every machine derives the same signing secret from the same configuration. */
+const EVENT_SECRET_INFO = "b2-private-cdn event notifications v1";
+const ALPHANUMERIC = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+/**
+ * What changes an object as a visitor sees it: created or replaced, deleted, hidden
+ * (backblaze.com/docs/cloud-storage-event-notifications-reference-guide, event types).
+ */
+const EVENT_TYPES = ["b2:HideMarkerCreated:*", "b2:ObjectCreated:*", "b2:ObjectDeleted:*"];
+/** B2's largest batch (1-50, same guide): a bulk upload costs 50 times fewer deliveries. */
+const MAX_EVENTS_PER_BATCH = 50;
+/** What the rule calls need (backblaze.com/apidocs/b2-get-bucket-notification-rules, -set-). */
+const EVENT_CAPABILITIES = ["readBucketNotifications", "writeBucketNotifications"];
+/** The guide: "To enable this feature, contact the Support team to request access." */
+const EVENTS_GUIDE =
+  "https://www.backblaze.com/docs/cloud-storage-event-notifications-reference-guide";
+
+/** One Event Notification rule, as B2's two calls carry it. */
+export interface NotificationRule {
+  /** 6-63 letters, digits and `-`, unique in the bucket. */
+  name: string;
+  /** Such as `b2:ObjectCreated:*`. */
+  eventTypes: string[];
+  /** Names under this prefix; `""` for all. */
+  objectNamePrefix: string;
+  isEnabled: boolean;
+  /** 1-50. @default 1 */
+  maxEventsPerBatch?: number;
+  /** Where B2 POSTs, and what it signs with. */
+  targetConfiguration: {
+    targetType: string;
+    url: string;
+    /** 32 alphanumerics; a secret. */
+    hmacSha256SigningSecret?: string;
+    customHeaders?: { name: string; value: string }[] | null;
+  };
+  /** Read only: B2 stopped delivering (repeated failures). */
+  isSuspended?: boolean;
+  /** Read only: why, `""` when not suspended. */
+  suspensionReason?: string;
+}
+
+/** What refresh did to the bucket's rule, and what status found. */
+export type RuleChange = "created" | "updated" | "unchanged" | "removed";
+
+/**
+ * The signing secret B2 signs notifications with, HKDF-SHA256 of what the
+ * purge key comes from (`WORKER_PURGE_KEY`, else `B2_APPLICATION_KEY`): 32
+ * alphanumerics, as B2 requires. `urlKey` (16 hex) goes into the webhook's
+ * URL, so a changed secret changes the rule, which B2 cannot be asked about.
+ */
+export async function deriveEventSecret(
+  secret: string,
+): Promise<{ secret: string; urlKey: string }> {
+  const material = await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(secret),
+    "HKDF",
+    false,
+    ["deriveBits"],
+  );
+  const bits = new Uint8Array(
+    await crypto.subtle.deriveBits(
+      {
+        name: "HKDF",
+        hash: "SHA-256",
+        salt: new Uint8Array(0),
+        info: new TextEncoder().encode(EVENT_SECRET_INFO),
+      },
+      material,
+      40 * 8,
+    ),
+  );
+  // 256 is 4 × 62 + 8: the first 8 characters are a little likelier, 190 bits remain.
+  const characters = Array.from(bits.subarray(0, 32), (byte) => ALPHANUMERIC[byte % 62]);
+  return { secret: characters.join(""), urlKey: toHex(bits.subarray(32)) };
+}
+
+/** `b2cdn-<worker>`: B2 takes letters, digits and `-` (names starting `b2-` are reserved). */
+export function eventRuleName(workerName: string): string {
+  return `b2cdn-${workerName.replaceAll("_", "-")}`.slice(0, 63);
+}
+
+/**
+ * The public HTTPS origin (and route path) where B2 reaches the worker:
+ * `WORKER_DOMAIN`, else the route's one host, else workers.dev.
+ */
+function webhookBase(
+  config: CloudflareConfig,
+  workersDev: string | false | undefined,
+): string | undefined {
+  const base = siteOrigin({ domain: config.domain }) ?? routeBase(config.route) ??
+    (workersDev || undefined);
+  return base?.replace(/\/+$/, "");
+}
+
+/** The rule this tool keeps, signing with `derived.secret`. */
+export function eventRule(options: {
+  workerName: string;
+  prefix: string;
+  base: string;
+  derived: { secret: string; urlKey: string };
+}): NotificationRule {
+  return {
+    name: eventRuleName(options.workerName),
+    eventTypes: EVENT_TYPES,
+    objectNamePrefix: options.prefix,
+    isEnabled: true,
+    maxEventsPerBatch: MAX_EVENTS_PER_BATCH,
+    targetConfiguration: {
+      targetType: "webhook",
+      url: `${options.base}${EVENTS_PATH}?key=${options.derived.urlKey}`,
+      hmacSha256SigningSecret: options.derived.secret,
+      customHeaders: [],
+    },
+  };
+}
+
+/** The bucket's rules (`b2_get_bucket_notification_rules`, documented as v3 GET). */
+export async function getNotificationRules(
+  auth: B2Authorization,
+  bucket: Bucket,
+  ctx: Context,
+): Promise<NotificationRule[]> {
+  const answer = await b2Call<{ eventNotificationRules?: NotificationRule[] }>(
+    ctx,
+    `read the Event Notification rules of bucket "${bucket.name}"`,
+    {
+      url: `${auth.apiUrl}/b2api/v3/b2_get_bucket_notification_rules?bucketId=${
+        encodeURIComponent(bucket.id)
+      }`,
+      init: { headers: { authorization: auth.authorizationToken } },
+    },
+  );
+  for (const rule of answer.eventNotificationRules ?? []) {
+    const secret = rule.targetConfiguration?.hmacSha256SigningSecret;
+    if (secret) ctx.secrets.add(secret);
+  }
+  return answer.eventNotificationRules ?? [];
+}
+
+/** Replaces all of the bucket's rules (`b2_set_bucket_notification_rules`). */
+export async function setNotificationRules(
+  auth: B2Authorization,
+  request: { bucket: Bucket; rules: NotificationRule[] },
+  ctx: Context,
+): Promise<NotificationRule[]> {
+  const answer = await b2Call<{ eventNotificationRules?: NotificationRule[] }>(
+    ctx,
+    `set the Event Notification rules of bucket "${request.bucket.name}"`,
+    {
+      url: `${auth.apiUrl}/b2api/v4/b2_set_bucket_notification_rules`,
+      init: {
+        method: "POST",
+        headers: { authorization: auth.authorizationToken, "content-type": "application/json" },
+        body: JSON.stringify({
+          bucketId: request.bucket.id,
+          eventNotificationRules: request.rules,
+        }),
+      },
+    },
+  );
+  return answer.eventNotificationRules ?? [];
+}
+
+/**
+ * The rules to write back: every rule as B2 gave it but ours, replaced by
+ * `ours` (removed when `undefined`); `undefined` when nothing would change.
+ * A rule of someone else's whose secret B2 gave masked cannot be written
+ * back unchanged, so that is refused rather than altered.
+ */
+export function mergeEventRules(
+  present: NotificationRule[],
+  ours: NotificationRule | undefined,
+  name: string,
+): NotificationRule[] | undefined {
+  const mine = present.find((rule) => rule.name === name);
+  const others = present.filter((rule) => rule.name !== name);
+  if (!ours && !mine) return undefined;
+  if (ours && mine && !mine.isSuspended && sameRule(mine, ours)) return undefined;
+  for (const rule of others) {
+    const secret = rule.targetConfiguration?.hmacSha256SigningSecret;
+    // Assumption: B2 answers a rule's secret as it was set (b2-sdk-python's integration test
+    // compares set and get with it); a masked one would be lost by writing it back.
+    if (secret && !/^[A-Za-z0-9]{32}$/.test(secret)) {
+      throw new ApiError(
+        `Cannot change the bucket's Event Notification rules: B2 answered rule "${rule.name}" ` +
+          "with its signing secret masked, and writing all rules back would change it. Add or " +
+          `remove rule "${name}" by hand (b2 bucket notification-rule), or set ` +
+          "B2_EVENT_NOTIFICATIONS=off.",
+        { service: "B2", status: 200, code: "masked_secret" },
+      );
+    }
+  }
+  // isSuspended and suspensionReason are read only: B2 ignores them on set.
+  const kept = others.map(({ isSuspended: _s, suspensionReason: _r, ...rule }) => rule);
+  return [...kept, ...(ours ? [ours] : [])].sort((a, b) => a.name < b.name ? -1 : 1);
+}
+
+/** Whether B2's copy of our rule is the one we would set (its secret is in its URL's key). */
+function sameRule(present: NotificationRule, wanted: NotificationRule): boolean {
+  const target = present.targetConfiguration;
+  return present.isEnabled === wanted.isEnabled &&
+    present.objectNamePrefix === wanted.objectNamePrefix &&
+    [...present.eventTypes].sort().join() === [...wanted.eventTypes].sort().join() &&
+    (present.maxEventsPerBatch ?? 1) === wanted.maxEventsPerBatch &&
+    target?.targetType === "webhook" && target.url === wanted.targetConfiguration.url &&
+    (target.customHeaders ?? []).length === 0;
+}
+
+/**
+ * Refresh's step for `B2_EVENT_NOTIFICATIONS`: on, the bucket gets our rule
+ * (created, updated, or left as it is); off, a rule a previous deploy set up
+ * is removed. Other rules are written back untouched. Runs after the upload:
+ * a failure is one of `result.failed`, so the run exits 1 with the worker
+ * deployed, naming what to ask Backblaze for or what to add to the key.
+ */
+export async function syncEventRule(
+  config: Config,
+  ctx: Context,
+  options: { result: RefreshResult; previous: WorkerSettings | undefined },
+): Promise<void> {
+  const { result, previous } = options;
+  const on = config.worker.eventNotifications === true;
+  const hadRule = previous?.bindings.some((b) => b.name === EVENT_SECRET_BINDING) ?? false;
+  if (!on && !hadRule) return;
+  const counted: Context = {
+    ...ctx,
+    fetch: (input, init) => (result.roundTrips++, ctx.fetch(input, init)),
+  };
+  try {
+    const change = await applyEventRule(config, counted, result);
+    result.eventNotifications = change;
+    ctx.log(`B2: Event Notification rule ${eventRuleName(config.workerName)} ${change}`);
+  } catch (error) {
+    if (!(error instanceof ApiError) && !(error instanceof ConfigError)) throw error;
+    (result.failed ??= []).push(`B2 Event Notifications: ${error.message}`);
+  }
+}
+
+/** Authorizes, checks the key, reads the rules and writes them back when ours must change. */
+async function applyEventRule(
+  config: Config,
+  ctx: Context,
+  result: RefreshResult,
+): Promise<RuleChange> {
+  const b2 = config.b2!;
+  const cloudflare = config.cloudflare!;
+  const on = config.worker.eventNotifications === true;
+  const name = eventRuleName(config.workerName);
+  const auth = await authorizeAccount(b2, ctx);
+  const missing = EVENT_CAPABILITIES.filter((c) => !auth.capabilities.includes(c));
+  if (missing.length > 0) throw missingCapabilities(b2, auth, { missing, on, name });
+  const bucket = await resolveBucket(auth, b2, ctx);
+  const present = await featureCall(auth, () => getNotificationRules(auth, bucket, ctx));
+  let ours: NotificationRule | undefined;
+  if (on) {
+    const base = webhookBase(cloudflare, result.workersDev);
+    if (!base) {
+      throw new ConfigError([
+        "B2_EVENT_NOTIFICATIONS=on needs a public HTTPS address of the worker for B2 to call: " +
+        "set WORKER_DOMAIN, a WORKER_ROUTE with one host, or WORKER_WORKERS_DEV=on.",
+      ]);
+    }
+    const derived = await deriveEventSecret(config.purgeSecret?.value ?? b2.applicationKey);
+    ctx.secrets.add(derived.secret);
+    ours = eventRule({ workerName: config.workerName, prefix: b2.prefix, base, derived });
+  }
+  const had = present.some((rule) => rule.name === name);
+  const rules = mergeEventRules(present, ours, name);
+  if (!rules) return on ? "unchanged" : "removed";
+  await featureCall(auth, () => setNotificationRules(auth, { bucket, rules }, ctx));
+  return !on ? "removed" : had ? "updated" : "created";
+}
+
+function missingCapabilities(
+  b2: B2Config,
+  auth: B2Authorization,
+  facts: { missing: string[]; on: boolean; name: string },
+): ApiError {
+  const why = facts.on
+    ? "which B2_EVENT_NOTIFICATIONS=on needs to keep the bucket's notification rule"
+    : `which removing rule "${facts.name}" (B2_EVENT_NOTIFICATIONS is off) needs`;
+  return new ApiError(
+    `The B2 key lacks ${facts.missing.join(" and ")}, ${why} (it has: ` +
+      `${auth.capabilities.join(", ") || "none"}). Add them: b2 key create --bucket ` +
+      `${b2.bucketName ?? "<bucket>"}${b2.prefix ? ` --name-prefix ${b2.prefix}` : ""} <name> ` +
+      `listBuckets,readFiles,shareFiles,${EVENT_CAPABILITIES.join(",")}` +
+      (facts.on ? "; or set B2_EVENT_NOTIFICATIONS=off." : "."),
+    { service: "B2", status: 0, code: "missing_capability" },
+  );
+}
+
+/**
+ * A rule call, with B2's refusal of an account that lacks the feature turned
+ * into what to ask for. Assumption: such an account gets a 400 or 403 whose
+ * code is not documented (a 400 has been reported), so any 400 or 403 to a
+ * key that has the capabilities names the feature too.
+ */
+async function featureCall<T>(auth: B2Authorization, call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (error) {
+    if (!(error instanceof ApiError) || (error.status !== 400 && error.status !== 403)) throw error;
+    throw new ApiError(
+      `${sentence(error.message)} If the account does not have Event Notifications yet: B2 ` +
+        `enables them per account on request, so ask Backblaze Support to enable Event ` +
+        `Notifications for account ${auth.accountId} (${EVENTS_GUIDE}), then run refresh ` +
+        "again; or set B2_EVENT_NOTIFICATIONS=off.",
+      { service: "B2", status: error.status, code: error.code },
+    );
+  }
+}
+
+/** What `status` found of the rule. */
+export interface EventRuleReport {
+  /** `b2cdn-<worker>`. */
+  name: string;
+  /** Whether the bucket has it. */
+  present: boolean;
+  /** As B2 reports it. */
+  enabled?: boolean;
+  /** As B2 reports it; B2 delivers nothing while it is. */
+  suspended?: boolean;
+  /** B2's `suspensionReason`. */
+  suspensionReason?: string;
+  /** Where B2 delivers. */
+  url?: string;
+}
+
+/** The rule as B2 has it, for `status`; B2 may not be asked without the capability. */
+export async function readEventRule(config: Config, ctx: Context): Promise<EventRuleReport> {
+  const b2 = config.b2!;
+  const name = eventRuleName(config.workerName);
+  const auth = await authorizeAccount(b2, ctx);
+  if (!auth.capabilities.includes("readBucketNotifications")) {
+    throw missingCapabilities(b2, auth, { missing: ["readBucketNotifications"], on: true, name });
+  }
+  const bucket = await resolveBucket(auth, b2, ctx);
+  const rules = await featureCall(auth, () => getNotificationRules(auth, bucket, ctx));
+  const rule = rules.find((r) => r.name === name);
+  if (!rule) return { name, present: false };
+  return {
+    name,
+    present: true,
+    enabled: rule.isEnabled,
+    suspended: rule.isSuspended === true,
+    ...(rule.suspensionReason && { suspensionReason: rule.suspensionReason }),
+    url: rule.targetConfiguration.url,
+  };
+}
+
+/**
+ * `status` with `B2_EVENT_NOTIFICATIONS=on`: the rule joins the report; a
+ * suspended one is CRITICAL with the fix, a missing or disabled one WARNING
+ * (the site works, uploads are only not purged). A rule B2 cannot be asked
+ * about is a warning, as the survey's unreadable parts are.
+ */
+export async function judgeEventRule(
+  config: Config,
+  ctx: Context,
+  report: StatusReport,
+): Promise<void> {
+  const warnings = report.warnings ??= [];
+  try {
+    report.eventNotifications = await readEventRule(config, ctx);
+  } catch (error) {
+    if (!(error instanceof ApiError) && !(error instanceof ConfigError)) throw error;
+    warnings.push(`cannot read the Event Notification rule: ${error.message}`);
+    return;
+  }
+  if (config.worker.cacheMode !== "workers-cache") {
+    warnings.push(`event notifications: ${eventReach(config.worker.cacheMode)}`);
+  }
+  const problem = eventRuleProblem(report.eventNotifications);
+  if (!problem) return;
+  report.healthy = false;
+  const critical = report.state === "CRITICAL" || report.eventNotifications.suspended === true;
+  report.state = critical ? "CRITICAL" : "WARNING";
+  report.problem = report.problem ? `${report.problem}; ${problem}` : problem;
+}
+
+/** One line for a person: the rule and its state. */
+function describeRuleState(rule: EventRuleReport): string {
+  if (!rule.present) return `Event notifications: no rule "${rule.name}" on the bucket`;
+  const state = rule.suspended ? "SUSPENDED" : rule.enabled ? "enabled" : "disabled";
+  return `Event notifications: rule "${rule.name}" ${state}, delivering to ${rule.url}`;
+}
+
+/** The rule's problem for `status`: missing, disabled or suspended, with the fix; else none. */
+export function eventRuleProblem(report: EventRuleReport): string | undefined {
+  if (!report.present) {
+    return `the bucket has no Event Notification rule "${report.name}", so uploads purge ` +
+      "nothing; run refresh";
+  }
+  if (report.suspended) {
+    return `B2 suspended Event Notification rule "${report.name}"` +
+      (report.suspensionReason ? ` (${report.suspensionReason})` : "") +
+      ": uploads purge nothing until it is lifted. Check that the worker answers at " +
+      `${report.url ?? "its webhook"}, then run refresh, which sets the rule again (or enable ` +
+      "it in the B2 web console, Buckets > Event Notifications)";
+  }
+  if (!report.enabled) {
+    return `Event Notification rule "${report.name}" is disabled, so uploads purge nothing; ` +
+      "run refresh to enable it";
+  }
+  return undefined;
+}
+
+/** What the webhook can reach in each cache mode, for status, render and --dry-run. */
+export function eventReach(mode: CacheMode): string {
+  if (mode === "workers-cache") {
+    return "a change purges the object's tag from Workers Cache everywhere";
+  }
+  if (mode === "cache-api") {
+    return "the Cache API is per data centre: a change deletes the object's copy only in the " +
+      "data centre that receives B2's POST; elsewhere copies stay until WORKER_CACHE_TTL runs out";
+  }
+  return "nothing is cached at the edge (WORKER_CACHE_MODE=off), so there is nothing to purge";
+}
+
+/** The rule refresh would set, for render and `--dry-run`; the secret is never shown. */
+export function describeEventRule(
+  config: Config,
+  where: { prefix: string; domain?: string | undefined; route?: string | undefined },
+): string {
+  if (!config.worker.eventNotifications) return "event notifications: off";
+  const base = siteOrigin({ domain: where.domain }) ?? routeBase(where.route) ??
+    `https://${config.workerName}.<subdomain>.workers.dev`;
+  const url = `${base}${EVENTS_PATH}?key=(derived)`;
+  return `event notifications: rule ${eventRuleName(config.workerName)}, ` +
+    `${EVENT_TYPES.join(" ")} under "${where.prefix}", up to ${MAX_EVENTS_PER_BATCH} ` +
+    `events a POST to ${url}, signed with the derived secret (${EVENT_SECRET_BINDING}); ` +
+    eventReach(config.worker.cacheMode);
+}
+
+// ---------------------------------------------------------------------------
 // The refresh itself
 // ---------------------------------------------------------------------------
 
@@ -2363,6 +2829,10 @@ export async function prepareWorker(
     facts.purgeKey = await derivePurgeKey(worker.purgeSecret);
     ctx.secrets.add(facts.purgeKey);
   }
+  if (worker.purgeSecret && worker.options.eventNotifications) {
+    facts.eventSecret = (await deriveEventSecret(worker.purgeSecret)).secret;
+    ctx.secrets.add(facts.eventSecret);
+  }
   return {
     bucket,
     prefix: config.prefix,
@@ -2412,6 +2882,8 @@ export interface RefreshResult {
   purged?: string;
   /** What the user should know but the run could not do. */
   notice?: string;
+  /** What happened to the bucket's Event Notification rule (`B2_EVENT_NOTIFICATIONS`). */
+  eventNotifications?: RuleChange;
 }
 
 /** How long `--verify` keeps trying while the deploy propagates. */
@@ -2535,6 +3007,7 @@ export async function refresh(
     });
   }
   const newDomain = await deployTriggers(cloudflare, result, ctx, { takeOver, removeLeftovers });
+  await syncEventRule(config, ctx, { result, previous: await deployed() });
   if (result.failed) throw new IncompleteDeployError(result);
   if (config.verifyUrl) {
     await verifyDeploy(config, ctx, { result, newDomain, progress: options.progress ?? ctx.log });
@@ -3321,6 +3794,8 @@ export interface StatusReport {
   leftovers?: string[];
   /** Worth a look, without making the token unhealthy. */
   warnings?: string[];
+  /** The bucket's Event Notification rule, with `B2_EVENT_NOTIFICATIONS=on`. */
+  eventNotifications?: EventRuleReport;
 }
 
 /** How `status` judges the deployed worker, by the Nagios plugin states it prints. */
@@ -4451,6 +4926,7 @@ export function summary(result: RefreshResult): string {
     (result.verified ? `; verified ${result.verified}` : "") +
     `; edge cache ${result.cacheMode}` +
     (result.purged ? `; purged everything: ${result.purged}` : "") +
+    (result.eventNotifications ? `; event rule ${result.eventNotifications}` : "") +
     (result.changed ?? []).map((line) => `\nChanged: ${line}`).join("") +
     (result.notice ? `\nNote: ${result.notice}` : "");
 }
@@ -4517,15 +4993,24 @@ async function runRefresh(
     result = error.result;
   }
   const { upload, ...facts } = result;
+  const eventRule = flags.dryRun && config.worker.eventNotifications
+    ? describeEventRule(config, { prefix: config.b2?.prefix ?? "", ...config.cloudflare })
+    : undefined;
   if (flags.json) {
     io.stdout(JSON.stringify(
       flags.dryRun && upload
-        ? { ...facts, cloudflareAsked: false, metadata: maskSecrets(upload.metadata) }
+        ? {
+          ...facts,
+          cloudflareAsked: false,
+          metadata: maskSecrets(upload.metadata),
+          ...(eventRule && { eventRule }),
+        }
         : facts,
     ));
   } else {
     io.stdout(summary(result));
     if (flags.dryRun && upload) io.stdout(`${describeUpload(upload)}\n${DRY_RUN_NOTE}`);
+    if (eventRule) io.stdout(eventRule);
   }
   for (const warning of result.warnings ?? []) io.stderr(`warning: ${warning}`);
   if (incomplete) {
@@ -4566,6 +5051,7 @@ async function runRender(
     expiresAt: 0,
     options: config.worker,
     ...(config.purgeSecret && { purgeKey: "(derived)" }),
+    ...(config.worker.eventNotifications && { eventSecret: "(derived)" }),
     fingerprint: await servingFingerprint(module, {
       bucketName: settings.B2_BUCKET_NAME ?? "(B2_BUCKET_NAME)",
       prefix: settings.B2_FILE_PREFIX ?? "",
@@ -4575,9 +5061,26 @@ async function runRender(
   const metadata = maskSecrets(upload.metadata);
   const cache = `edge cache: ${config.worker.cacheMode}` +
     (config.worker.cacheTtl === 0 ? " (WORKER_CACHE_TTL=0)" : "");
+  const eventRule = config.worker.eventNotifications
+    ? describeEventRule(config, {
+      prefix: settings.B2_FILE_PREFIX ?? "",
+      domain: settings.WORKER_DOMAIN,
+      route: settings.WORKER_ROUTE,
+    })
+    : undefined;
   if (flags.json) {
-    io.stdout(JSON.stringify({ cacheMode: config.worker.cacheMode, metadata, module }));
-  } else io.stdout(`// ${cache}\n// metadata: ${JSON.stringify(metadata)}\n${module}`);
+    io.stdout(JSON.stringify({
+      cacheMode: config.worker.cacheMode,
+      ...(eventRule && { eventRule }),
+      metadata,
+      module,
+    }));
+  } else {
+    io.stdout(
+      `// ${cache}\n${eventRule ? `// ${eventRule}\n` : ""}` +
+        `// metadata: ${JSON.stringify(metadata)}\n${module}`,
+    );
+  }
   return 0;
 }
 
@@ -4592,6 +5095,7 @@ async function runStatus(
     cacheMode: config.worker.cacheMode,
     survey: true,
   });
+  if (config.worker.eventNotifications) await judgeEventRule(config, ctx, report);
   if (flags.json) {
     io.stdout(JSON.stringify(report));
   } else {
@@ -4608,6 +5112,7 @@ async function runStatus(
       `${report.state} - worker "${report.worker}": ` +
         [facts, cache, report.problem].filter(Boolean).join("; ") +
         (report.urls ? `\nAnswers at: ${report.urls.join(", ") || "nowhere"}` : "") +
+        (report.eventNotifications ? `\n${describeRuleState(report.eventNotifications)}` : "") +
         (report.warnings ?? []).map((w) => `\nWarning: ${w}`).join(""),
     );
   }
@@ -4852,7 +5357,11 @@ const NET_ENV_READ = `--allow-net ${ENV_READ}`;
 export const COMMANDS = {
   refresh: { needs: (): Needs => ({ b2: true, cloudflare: true }), permissions: NET_ENV_READ },
   status: {
-    needs: (flags: Flags): Needs => ({ cloudflare: true, minRemaining: flags.minRemaining }),
+    needs: (flags: Flags): Needs => ({
+      cloudflare: true,
+      minRemaining: flags.minRemaining,
+      b2ForEvents: true,
+    }),
     permissions: NET_ENV_READ,
   },
   render: { needs: (): Needs => ({}), permissions: ENV_READ },

@@ -7,7 +7,9 @@ import {
   type CronRegistrar,
   defaultContext,
   type DeployPlatform,
+  deriveEventSecret,
   derivePurgeKey,
+  eventRuleName,
   formatDuration,
   generateSigningKey,
   loadWorkerModule,
@@ -3679,5 +3681,211 @@ Deno.test("no secret reaches any output", async (t) => {
     await w.close();
     await echo.shutdown();
     await echoPage.shutdown();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Event notifications (issue 15)
+// ---------------------------------------------------------------------------
+
+const EVENT_KEY = [
+  "listBuckets",
+  "listFiles",
+  "readFiles",
+  "shareFiles",
+  "readBucketNotifications",
+  "writeBucketNotifications",
+];
+const EVENTS_ON = { B2_EVENT_NOTIFICATIONS: "on" };
+const USERS_RULE = {
+  name: "my-own-rule",
+  eventTypes: ["b2:ObjectCreated:*"],
+  objectNamePrefix: "logs/",
+  isEnabled: true,
+  maxEventsPerBatch: 1,
+  targetConfiguration: {
+    targetType: "webhook",
+    url: "https://hooks.example.com/b2",
+    hmacSha256SigningSecret: "abcdefghijklmnopqrstuvwxyz012345",
+    customHeaders: [{ name: "X-Mine", value: "yes" }],
+  },
+  isSuspended: false,
+  suspensionReason: "",
+};
+
+Deno.test("refresh with B2_EVENT_NOTIFICATIONS=on keeps one rule of ours beside the user's, idempotent; off removes only ours", async () => {
+  const w = world({ b2: { capabilities: EVENT_KEY } });
+  try {
+    w.b2.notificationRules.set("bucket-photos", [structuredClone(USERS_RULE)]);
+    const first = await w.run(["refresh", "--json"], { env: EVENTS_ON });
+    assert.equal(first.code, 0, first.stderr);
+    assert.equal(JSON.parse(first.stdout).eventNotifications, "created");
+    const rules = w.b2.notificationRules.get("bucket-photos")!;
+    assert.deepEqual(rules.map((r) => r.name), ["b2cdn-b2-private-cdn", "my-own-rule"]);
+    assert.deepEqual(rules[1], USERS_RULE, "the user's rule is written back as it was");
+    const ours = rules[0]!;
+    const derived = await deriveEventSecret(B2_KEY);
+    assert.deepEqual(ours, {
+      name: "b2cdn-b2-private-cdn",
+      eventTypes: ["b2:HideMarkerCreated:*", "b2:ObjectCreated:*", "b2:ObjectDeleted:*"],
+      objectNamePrefix: "site/",
+      isEnabled: true,
+      maxEventsPerBatch: 50,
+      targetConfiguration: {
+        targetType: "webhook",
+        url: "https://b2-private-cdn.fake-subdomain.workers.dev/.well-known/b2-private-cdn/" +
+          `events?key=${derived.urlKey}`,
+        hmacSha256SigningSecret: derived.secret,
+        customHeaders: [],
+      },
+      isSuspended: false,
+      suspensionReason: "",
+    });
+    const metadata = w.cloudflare.scripts.get("b2-private-cdn")!.metadata as LooseMetadata;
+    assert.equal(secretOf(metadata, "B2_EVENT_NOTIFICATION_SECRET"), derived.secret);
+    assert.ok(!first.stdout.includes(derived.secret) && !first.stderr.includes(derived.secret));
+
+    const sets = () =>
+      w.b2.requests.filter((r) => r.path.includes("b2_set_bucket_notification_rules")).length;
+    const before = sets();
+    const second = await w.run(["refresh"], { env: EVENTS_ON });
+    assert.equal(second.code, 0, second.stderr);
+    assert.match(second.stdout, /event rule unchanged/);
+    assert.equal(sets(), before, "a second run with the same settings writes nothing");
+
+    // Ours changed by hand (disabled, pointed elsewhere): put back, the user's left alone.
+    const expected = structuredClone(rules);
+    const changed = w.b2.notificationRules.get("bucket-photos")![0]!;
+    changed.isEnabled = false;
+    changed.targetConfiguration.url = "https://elsewhere.example.com/";
+    const moved = await w.run(["refresh", "--json"], { env: EVENTS_ON });
+    assert.equal(JSON.parse(moved.stdout).eventNotifications, "updated");
+    assert.deepEqual(w.b2.notificationRules.get("bucket-photos"), expected);
+
+    const off = await w.run(["refresh", "--json"]);
+    assert.equal(off.code, 0, off.stderr);
+    assert.equal(JSON.parse(off.stdout).eventNotifications, "removed");
+    assert.deepEqual(w.b2.notificationRules.get("bucket-photos"), [USERS_RULE]);
+    const offMetadata = w.cloudflare.scripts.get("b2-private-cdn")!.metadata as LooseMetadata;
+    assert.equal(secretOf(offMetadata, "B2_EVENT_NOTIFICATION_SECRET"), undefined);
+
+    // Off and never on: B2 is asked nothing more than before.
+    const asked = w.b2.requests.length;
+    assert.equal((await w.run(["refresh"])).code, 0);
+    assert.ok(!w.b2.requests.slice(asked).some((r) => r.path.includes("notification")));
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("deriveEventSecret() gives every machine the same B2-shaped secret, apart from the purge key", async () => {
+  const one = await deriveEventSecret(B2_KEY);
+  assert.deepEqual(await deriveEventSecret(B2_KEY), one);
+  assert.match(one.secret, /^[A-Za-z0-9]{32}$/);
+  assert.match(one.urlKey, /^[0-9a-f]{16}$/);
+  assert.notEqual((await deriveEventSecret("another key")).secret, one.secret);
+  assert.ok(!(await derivePurgeKey(B2_KEY)).includes(one.urlKey));
+  assert.equal(eventRuleName("my_site"), "b2cdn-my-site");
+});
+
+Deno.test("events on without the capabilities or the feature: the worker is deployed, exit 1 naming the fix", async (t) => {
+  await t.step("a key without the notification capabilities", async () => {
+    const w = world();
+    try {
+      const result = await w.run(["refresh", "--json"], { env: EVENTS_ON });
+      assert.equal(result.code, 1);
+      assert.equal(JSON.parse(result.stdout).deployed, true);
+      assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 1);
+      assert.match(
+        result.stderr,
+        /IncompleteDeployError|is deployed with a new download token[\s\S]*lacks readBucketNotifications and writeBucketNotifications[\s\S]*b2 key create --bucket photos --name-prefix site\/ <name> listBuckets,readFiles,shareFiles,readBucketNotifications,writeBucketNotifications/,
+      );
+      assert.ok(!w.b2.requests.some((r) => r.path.includes("notification")));
+    } finally {
+      await w.close();
+    }
+  });
+  await t.step("an account without Event Notifications", async () => {
+    const w = world({ b2: { capabilities: EVENT_KEY, eventNotifications: false } });
+    try {
+      const result = await w.run(["refresh"], { env: EVENTS_ON });
+      assert.equal(result.code, 1);
+      assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 1);
+      assert.match(result.stdout, /^Deployed worker "b2-private-cdn"/);
+      assert.match(
+        result.stderr,
+        /B2 answered 400 bad_request: Event Notifications are not enabled[\s\S]*ask Backblaze Support to enable Event Notifications for account fake-account/,
+      );
+    } finally {
+      await w.close();
+    }
+  });
+});
+
+Deno.test("status shows the rule; a suspended one is CRITICAL with the fix, and refresh sets it again", async () => {
+  const w = world({ b2: { capabilities: EVENT_KEY } });
+  try {
+    assert.equal((await w.run(["refresh"], { env: EVENTS_ON })).code, 0);
+    const healthy = await w.run(["status"], { env: EVENTS_ON });
+    assert.equal(healthy.code, 0, healthy.stdout);
+    assert.match(healthy.stdout, /Event notifications: rule "b2cdn-b2-private-cdn" enabled/);
+
+    w.b2.suspendRule("photos", "b2cdn-b2-private-cdn", "webhook answered 500 too often");
+    const suspended = await w.run(["status", "--json"], { env: EVENTS_ON });
+    assert.equal(suspended.code, 1);
+    const report = JSON.parse(suspended.stdout);
+    assert.equal(report.healthy, false);
+    assert.deepEqual(
+      [report.eventNotifications.suspended, report.eventNotifications.suspensionReason],
+      [true, "webhook answered 500 too often"],
+    );
+    assert.match(report.problem, /B2 suspended Event Notification rule .*run refresh/);
+
+    const again = await w.run(["refresh", "--json"], { env: EVENTS_ON });
+    assert.equal(JSON.parse(again.stdout).eventNotifications, "updated");
+    assert.equal((await w.run(["status"], { env: EVENTS_ON })).code, 0);
+
+    const cacheApi = await w.run(["status"], {
+      env: { ...EVENTS_ON, WORKER_CACHE_MODE: "cache-api" },
+    });
+    assert.match(cacheApi.stdout, /Warning: event notifications: the Cache API is per data centre/);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("render and refresh --dry-run show the rule that would be set, never its secret", async () => {
+  const stdout: string[] = [];
+  const code = await run({
+    args: ["render"],
+    env: {
+      B2_BUCKET_NAME: "photos",
+      B2_FILE_PREFIX: "site/",
+      WORKER_DOMAIN: "cdn.example.com",
+      ...EVENTS_ON,
+    },
+    readEnvFile: () => Promise.resolve(undefined),
+    io: { stdout: (t) => stdout.push(t), stderr: (t) => stdout.push(t) },
+    ctx: { fetch: () => Promise.reject(new Error("no network")) },
+  });
+  assert.equal(code, 0);
+  assert.match(
+    stdout.join(""),
+    /\/\/ event notifications: rule b2cdn-b2-private-cdn, .* under "site\/", up to 50 events a POST to https:\/\/cdn\.example\.com\/\.well-known\/b2-private-cdn\/events\?key=\(derived\)/,
+  );
+  assert.match(
+    stdout.join(""),
+    /"name":"B2_EVENT_NOTIFICATION_SECRET","text":"\(secret, not shown\)"/,
+  );
+
+  const w = world({ b2: { capabilities: EVENT_KEY } });
+  try {
+    const dry = await w.run(["refresh", "--dry-run"], { env: EVENTS_ON });
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.match(dry.stdout, /event notifications: rule b2cdn-b2-private-cdn/);
+    assert.ok(!dry.stdout.includes((await deriveEventSecret(B2_KEY)).secret));
+    assert.equal(w.b2.notificationRules.size, 0, "a dry run sets nothing");
+  } finally {
+    await w.close();
   }
 });

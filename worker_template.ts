@@ -60,6 +60,8 @@ export interface Env {
   WORKER_FINGERPRINT?: string;
   /** A purge `refresh` still owes (read back by `refresh`, not by the worker). */
   WORKER_PURGE_PENDING?: string;
+  /** What B2 signs Event Notifications with, 32 alphanumerics (a secret binding); absent: off. */
+  B2_EVENT_NOTIFICATION_SECRET?: string;
 }
 
 /** What `ctx.cache.purge` takes (Workers Cache; WORKERS_CACHE.md: Purge). */
@@ -198,6 +200,10 @@ export default {
       // Anything not signed, fresh and unused falls through to what any POST gets.
       const purged = await signedPurge(request, config, ctx);
       if (purged) return purged;
+    }
+    if (request.method === "POST" && new URL(request.url).pathname.endsWith(EVENTS_PATH)) {
+      const handled = await eventNotification(request, env, { config, ctx });
+      if (handled) return handled;
     }
     // Every answer respond() gives is one made here, never B2's or the cache's own, so its
     // headers can be changed in place.
@@ -410,8 +416,17 @@ async function verifiedBody(request: Request, config: WorkerConfig): Promise<str
  * body has no `Content-Length` to refuse it by, so it is counted as it comes.
  */
 async function readCapped(request: Request, limit: number): Promise<string | undefined> {
+  const bytes = await readCappedBytes(request, limit);
+  return bytes && new TextDecoder().decode(bytes);
+}
+
+/** The body's exact bytes, or `undefined` once it passes `limit` bytes. */
+async function readCappedBytes(
+  request: Request,
+  limit: number,
+): Promise<Uint8Array<ArrayBuffer> | undefined> {
   if (Number(request.headers.get("Content-Length") ?? 0) > limit) return undefined;
-  if (request.body === null) return "";
+  if (request.body === null) return new Uint8Array(0);
   const chunks: Uint8Array[] = [];
   let size = 0;
   for await (const chunk of request.body) {
@@ -422,7 +437,7 @@ async function readCapped(request: Request, limit: number): Promise<string | und
   const bytes = new Uint8Array(size);
   let offset = 0;
   for (const chunk of chunks) bytes.set(chunk, (offset += chunk.byteLength) - chunk.byteLength);
-  return new TextDecoder().decode(bytes);
+  return bytes;
 }
 
 /**
@@ -1222,4 +1237,235 @@ function fromBase64Url(text: string): Uint8Array<ArrayBuffer> {
   } catch {
     return new Uint8Array(0);
   }
+}
+
+// ---------------------------------------------------------------------------
+// Event notifications
+//
+// With B2_EVENT_NOTIFICATIONS=on, refresh gives the bucket a rule under which B2 POSTs what
+// changed (objects created or replaced, deleted, hidden) to EVENTS_PATH, signed with
+// B2_EVENT_NOTIFICATION_SECRET (backblaze.com/docs/cloud-storage-event-notifications-reference-guide).
+// Each changed object of our bucket under our prefix has its tag purged, the tag its answers
+// carry (objectTag). Anything not signed with the secret over the exact body gets what any
+// other POST gets. B2 delivers at least once and retries whatever is not a 2xx, so an answer
+// is 200 only once every event in it is covered by a purge that worked; a refused or rate
+// limited purge answers 503, and B2 sends the events again later.
+//
+// Bursts: Workers Cache takes 5 purges a minute, bursts to 25, up to 100 tags each
+// (developers.cloudflare.com/workers/cache/, purge). Tags are purged while this isolate's
+// estimate of that budget keeps PURGE_RESERVE in hand; past it, a burst is coalesced: one
+// purge of everything at most every COALESCE_SECONDS covers every event that came before it,
+// and the events that come after wait (503, Retry-After) for the next. A replayed
+// notification purges the same objects again, or nothing when they were purged since.
+// ---------------------------------------------------------------------------
+
+const EVENTS_PATH = "/.well-known/b2-private-cdn/events";
+const EVENT_SIGNATURE_HEADER = "X-Bz-Event-Notification-Signature";
+// B2 sends at most 50 events a POST (maxEventsPerBatch), well under a kilobyte each.
+const MAX_EVENTS_BODY_BYTES = 256 * 1024;
+// What changes an object as visitors see it; b2:TestEvent and types added later purge nothing.
+const CHANGE_EVENT = /^b2:(ObjectCreated|ObjectDeleted|HideMarkerCreated):/;
+const PURGE_BURST = 25;
+const PURGES_PER_MINUTE = 5;
+// Kept for coalesced purges and for `main.ts purge`, which share the same budget.
+const PURGE_RESERVE = 5;
+// Four purges of everything a minute at most: under the refill of five, so tags come back.
+const COALESCE_SECONDS = 15;
+// Assumption: B2's clock and the edge's agree within this; an earlier purge covers an event
+// only when it is at least this much later than the event's timestamp.
+const EVENT_CLOCK_SKEW_MS = 10_000;
+// Tags purged lately, so that a retried or replayed notification costs no second purge.
+const REMEMBERED_TAGS = 10_000;
+
+/** One change, as B2 reports it; only the fields used here. */
+interface ChangeEvent {
+  tag: string;
+  name: string;
+  /** B2's `eventTimestamp`, ms. */
+  at: number;
+}
+
+/**
+ * This isolate's view of the purge budget and of what it purged. Only an
+ * estimate (other isolates purge too): the answer of each purge decides.
+ */
+const eventPurges = {
+  tokens: PURGE_BURST,
+  tokensAt: 0,
+  everythingAt: -Infinity,
+  everythingTriedAt: -Infinity,
+  tags: new Map<string, number>(),
+};
+
+/**
+ * B2's notification at `EVENTS_PATH`: purges what changed and answers B2;
+ * `undefined` when it is not signed with the secret, so it gets what any POST gets.
+ */
+async function eventNotification(
+  request: Request,
+  env: Env,
+  options: { config: WorkerConfig; ctx: ExecutionContext },
+): Promise<Response | undefined> {
+  const body = await signedEventBody(request, env.B2_EVENT_NOTIFICATION_SECRET ?? "");
+  if (body === undefined) return undefined;
+  const { config, ctx } = options;
+  let events: unknown;
+  try {
+    events = (JSON.parse(new TextDecoder().decode(body)) as { events?: unknown })?.events;
+  } catch {
+    events = undefined;
+  }
+  if (!Array.isArray(events)) return eventReply(400, { error: "no events list" });
+  const changes = await changesOf(events, config);
+  if (changes.length === 0) return eventReply(200, { purged: 0 });
+  if (config.cacheMode === "cache-api") {
+    const deleted = await deleteHere(new URL(request.url).origin, changes, config);
+    return eventReply(200, { purged: changes.length, deletedHere: deleted });
+  }
+  if (config.cacheMode !== "workers-cache") return eventReply(200, { purged: 0 });
+  if (!ctx.cache) return eventReply(503, { error: "Workers Cache is off for this version" }, 60);
+  const outcome = await purgeChanges(ctx.cache, changes, Date.now());
+  return outcome.retryAfter === undefined
+    ? eventReply(200, { purged: changes.length, by: outcome.by })
+    : eventReply(503, { error: "purge refused or rate limited" }, outcome.retryAfter);
+}
+
+/**
+ * The exact body bytes when `X-Bz-Event-Notification-Signature` is `v1=` and
+ * the hex HMAC-SHA256 of them under `secret` (its characters as they are),
+ * checked by `crypto.subtle.verify` in constant time; else `undefined`.
+ */
+async function signedEventBody(
+  request: Request,
+  secret: string,
+): Promise<Uint8Array<ArrayBuffer> | undefined> {
+  if (!/^[A-Za-z0-9]{32}$/.test(secret)) return undefined;
+  const header = request.headers.get(EVENT_SIGNATURE_HEADER) ?? "";
+  const signature = /^v1=([0-9a-f]{64})$/i.exec(header.trim())?.[1];
+  if (!signature) return undefined;
+  const body = await readCappedBytes(request, MAX_EVENTS_BODY_BYTES);
+  if (body === undefined) return undefined;
+  const key = await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(secret),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["verify"],
+  );
+  const valid = await crypto.subtle.verify("HMAC", key, fromHex(signature.toLowerCase()), body);
+  return valid ? body : undefined;
+}
+
+/** The changes of our bucket under our prefix, one per name (the latest), with their tags. */
+async function changesOf(events: unknown[], config: WorkerConfig): Promise<ChangeEvent[]> {
+  const latest = new Map<string, number>();
+  for (const event of events) {
+    const { bucketName, eventType, objectName, eventTimestamp } = (event ?? {}) as Record<
+      string,
+      unknown
+    >;
+    if (bucketName !== config.bucketName || typeof eventType !== "string") continue;
+    if (!CHANGE_EVENT.test(eventType) || typeof objectName !== "string") continue;
+    if (!objectName.startsWith(config.prefix)) continue;
+    const at = typeof eventTimestamp === "number" ? eventTimestamp : Date.now();
+    latest.set(objectName, Math.max(at, latest.get(objectName) ?? 0));
+  }
+  return await Promise.all(
+    [...latest].map(async ([name, at]) => ({ name, at, tag: await objectTag(name) })),
+  );
+}
+
+/**
+ * Purges the tags of `changes` not purged since they happened, in requests of
+ * at most 100, while the budget allows; else one purge of everything per
+ * window. `retryAfter` (seconds) when some change is left uncovered.
+ */
+async function purgeChanges(
+  cache: NonNullable<ExecutionContext["cache"]>,
+  changes: ChangeEvent[],
+  now: number,
+): Promise<{ by: "tags" | "everything" | "earlier purges"; retryAfter?: number }> {
+  const state = eventPurges;
+  state.tokens = Math.min(
+    PURGE_BURST,
+    state.tokens + (now - state.tokensAt) * PURGES_PER_MINUTE / 60_000,
+  );
+  state.tokensAt = now;
+  const purgedSince = (change: ChangeEvent) =>
+    Math.max(state.tags.get(change.tag) ?? -Infinity, state.everythingAt) - EVENT_CLOCK_SKEW_MS >=
+      change.at;
+  const tags = [...new Set(changes.filter((c) => !purgedSince(c)).map((c) => c.tag))];
+  if (tags.length === 0) return { by: "earlier purges" };
+  const requests = Math.ceil(tags.length / MAX_PURGE_OPERATIONS);
+  let left = tags;
+  if (state.tokens - requests >= PURGE_RESERVE) {
+    while (left.length > 0) {
+      const batch = left.slice(0, MAX_PURGE_OPERATIONS);
+      state.tokens -= 1;
+      const result = await cache.purge({ tags: batch });
+      if (!result.success) {
+        state.tokens = 0;
+        break;
+      }
+      for (const tag of batch) rememberPurge(tag, now);
+      left = left.slice(batch.length);
+    }
+    if (left.length === 0) return { by: "tags" };
+  }
+  const window = COALESCE_SECONDS * 1000;
+  if (now - state.everythingTriedAt >= window) {
+    state.everythingTriedAt = now;
+    state.tokens = Math.max(0, state.tokens - 1);
+    const result = await cache.purge({ purgeEverything: true });
+    // Everything cached before now is gone, and every event here happened before now.
+    if (result.success) return (state.everythingAt = now), { by: "everything" };
+  }
+  return {
+    by: "everything",
+    retryAfter: Math.max(1, Math.ceil((state.everythingTriedAt + window - now) / 1000)),
+  };
+}
+
+function rememberPurge(tag: string, at: number): void {
+  const tags = eventPurges.tags;
+  tags.delete(tag);
+  tags.set(tag, at);
+  // A Map iterates in insertion order: the first is the oldest.
+  if (tags.size > REMEMBERED_TAGS) tags.delete(tags.keys().next().value!);
+}
+
+/**
+ * `cache-api` mode: the Cache API is per data centre, so only the copies
+ * kept where B2's POST lands can be deleted: each name's canonical path (and
+ * its folder's, for an index file). Copies elsewhere stay until their TTL.
+ */
+async function deleteHere(
+  origin: string,
+  changes: ChangeEvent[],
+  config: WorkerConfig,
+): Promise<number> {
+  const encode = (path: string) => path.split("/").map(encodeURIComponent).join("/");
+  const keys: string[] = [];
+  for (const { name } of changes) {
+    const path = config.urlStyle === "b2"
+      ? `/file/${config.bucketName}/${encode(name)}`
+      : `/${encode(name.slice(config.prefix.length))}`;
+    keys.push(origin + path);
+    if (config.indexFile !== "" && (path.endsWith(`/${encodeURIComponent(config.indexFile)}`))) {
+      keys.push(origin + path.slice(0, -encodeURIComponent(config.indexFile).length));
+    }
+  }
+  const deleted = await Promise.all(keys.map((key) => edgeCache().delete(key)));
+  return deleted.filter(Boolean).length;
+}
+
+function eventReply(status: number, facts: Record<string, unknown>, retryAfter?: number): Response {
+  return Response.json({ service: "b2-private-cdn", ...facts }, {
+    status,
+    headers: {
+      "Cache-Control": "no-store",
+      [CDN_CACHE_CONTROL_HEADER]: "no-store",
+      ...(retryAfter !== undefined && { "Retry-After": String(retryAfter) }),
+    },
+  });
 }
