@@ -2330,6 +2330,7 @@ export interface NotificationRule {
   eventTypes: string[];
   /** Names under this prefix; `""` for all. */
   objectNamePrefix: string;
+  /** Whether B2 delivers at all. */
   isEnabled: boolean;
   /** 1-50. @default 1 */
   maxEventsPerBatch?: number;

@@ -62,6 +62,11 @@ export interface Env {
   WORKER_PURGE_PENDING?: string;
   /** What B2 signs Event Notifications with, 32 alphanumerics (a secret binding); absent: off. */
   B2_EVENT_NOTIFICATION_SECRET?: string;
+  /**
+   * Seconds between purges of everything while a burst of changes is coalesced. `refresh`
+   * does not set it: it lets tests and the bench see a burst end quickly. @default "15"
+   */
+  WORKER_EVENT_COALESCE_SECONDS?: string;
 }
 
 /** What `ctx.cache.purge` takes (Workers Cache; WORKERS_CACHE.md: Purge). */
@@ -1271,18 +1276,21 @@ const PURGES_PER_MINUTE = 5;
 const PURGE_RESERVE = 5;
 // Four purges of everything a minute at most: under the refill of five, so tags come back.
 const COALESCE_SECONDS = 15;
-// Assumption: B2's clock and the edge's agree within this; an earlier purge covers an event
-// only when it is at least this much later than the event's timestamp.
+// Assumption: B2's clock and the edge's agree within this. An event this isolate has not seen
+// before is covered by an earlier purge only when that is this much later than its timestamp.
 const EVENT_CLOCK_SKEW_MS = 10_000;
-// Tags purged lately, so that a retried or replayed notification costs no second purge.
-const REMEMBERED_TAGS = 10_000;
+// Tags purged and events seen lately, so that a retried or replayed notification costs no
+// second purge.
+const REMEMBERED = 20_000;
 
 /** One change, as B2 reports it; only the fields used here. */
 interface ChangeEvent {
   tag: string;
   name: string;
-  /** B2's `eventTimestamp`, ms. */
+  /** B2's `eventTimestamp`, ms: the latest of the name's events. */
   at: number;
+  /** B2's `eventId`s of the name's events (unique: B2's idempotency key). */
+  ids: string[];
 }
 
 /**
@@ -1294,7 +1302,10 @@ const eventPurges = {
   tokensAt: 0,
   everythingAt: -Infinity,
   everythingTriedAt: -Infinity,
+  /** When each tag was last purged (ms, this isolate's clock). */
   tags: new Map<string, number>(),
+  /** When each event was first received (ms, this isolate's clock). */
+  seen: new Map<string, number>(),
 };
 
 /**
@@ -1324,7 +1335,10 @@ async function eventNotification(
   }
   if (config.cacheMode !== "workers-cache") return eventReply(200, { purged: 0 });
   if (!ctx.cache) return eventReply(503, { error: "Workers Cache is off for this version" }, 60);
-  const outcome = await purgeChanges(ctx.cache, changes, Date.now());
+  const outcome = await purgeChanges(ctx.cache, changes, {
+    now: Date.now(),
+    windowMs: wholeNumber(env.WORKER_EVENT_COALESCE_SECONDS, COALESCE_SECONDS) * 1000,
+  });
   return outcome.retryAfter === undefined
     ? eventReply(200, { purged: changes.length, by: outcome.by })
     : eventReply(503, { error: "purge refused or rate limited" }, outcome.retryAfter);
@@ -1358,9 +1372,9 @@ async function signedEventBody(
 
 /** The changes of our bucket under our prefix, one per name (the latest), with their tags. */
 async function changesOf(events: unknown[], config: WorkerConfig): Promise<ChangeEvent[]> {
-  const latest = new Map<string, number>();
+  const latest = new Map<string, { at: number; ids: string[] }>();
   for (const event of events) {
-    const { bucketName, eventType, objectName, eventTimestamp } = (event ?? {}) as Record<
+    const { bucketName, eventType, objectName, eventTimestamp, eventId } = (event ?? {}) as Record<
       string,
       unknown
     >;
@@ -1368,10 +1382,12 @@ async function changesOf(events: unknown[], config: WorkerConfig): Promise<Chang
     if (!CHANGE_EVENT.test(eventType) || typeof objectName !== "string") continue;
     if (!objectName.startsWith(config.prefix)) continue;
     const at = typeof eventTimestamp === "number" ? eventTimestamp : Date.now();
-    latest.set(objectName, Math.max(at, latest.get(objectName) ?? 0));
+    const known = latest.get(objectName) ?? { at: 0, ids: [] };
+    if (typeof eventId === "string") known.ids.push(eventId);
+    latest.set(objectName, { at: Math.max(at, known.at), ids: known.ids });
   }
   return await Promise.all(
-    [...latest].map(async ([name, at]) => ({ name, at, tag: await objectTag(name) })),
+    [...latest].map(async ([name, { at, ids }]) => ({ name, at, ids, tag: await objectTag(name) })),
   );
 }
 
@@ -1383,18 +1399,28 @@ async function changesOf(events: unknown[], config: WorkerConfig): Promise<Chang
 async function purgeChanges(
   cache: NonNullable<ExecutionContext["cache"]>,
   changes: ChangeEvent[],
-  now: number,
+  clock: { now: number; windowMs: number },
 ): Promise<{ by: "tags" | "everything" | "earlier purges"; retryAfter?: number }> {
+  const { now, windowMs: window } = clock;
   const state = eventPurges;
   state.tokens = Math.min(
     PURGE_BURST,
     state.tokens + (now - state.tokensAt) * PURGES_PER_MINUTE / 60_000,
   );
   state.tokensAt = now;
-  const purgedSince = (change: ChangeEvent) =>
-    Math.max(state.tags.get(change.tag) ?? -Infinity, state.everythingAt) - EVENT_CLOCK_SKEW_MS >=
-      change.at;
-  const tags = [...new Set(changes.filter((c) => !purgedSince(c)).map((c) => c.tag))];
+  // A purge covers a change when it came after the change's events were received here (no
+  // clock but this one), or, for events first seen now, well after B2 timestamped them.
+  const purgedSince = (change: ChangeEvent) => {
+    const purged = Math.max(state.tags.get(change.tag) ?? -Infinity, state.everythingAt);
+    const received = Math.max(...change.ids.map((id) => state.seen.get(id) ?? Infinity));
+    if (Number.isFinite(received)) return purged >= received;
+    return purged - EVENT_CLOCK_SKEW_MS >= change.at;
+  };
+  const pending = changes.filter((c) => !purgedSince(c));
+  for (const id of changes.flatMap((c) => c.ids)) {
+    if (!state.seen.has(id)) remember(state.seen, id, now);
+  }
+  const tags = [...new Set(pending.map((c) => c.tag))];
   if (tags.length === 0) return { by: "earlier purges" };
   const requests = Math.ceil(tags.length / MAX_PURGE_OPERATIONS);
   let left = tags;
@@ -1407,12 +1433,11 @@ async function purgeChanges(
         state.tokens = 0;
         break;
       }
-      for (const tag of batch) rememberPurge(tag, now);
+      for (const tag of batch) remember(state.tags, tag, now);
       left = left.slice(batch.length);
     }
     if (left.length === 0) return { by: "tags" };
   }
-  const window = COALESCE_SECONDS * 1000;
   if (now - state.everythingTriedAt >= window) {
     state.everythingTriedAt = now;
     state.tokens = Math.max(0, state.tokens - 1);
@@ -1426,12 +1451,11 @@ async function purgeChanges(
   };
 }
 
-function rememberPurge(tag: string, at: number): void {
-  const tags = eventPurges.tags;
-  tags.delete(tag);
-  tags.set(tag, at);
+function remember(map: Map<string, number>, key: string, at: number): void {
+  map.delete(key);
+  map.set(key, at);
   // A Map iterates in insertion order: the first is the oldest.
-  if (tags.size > REMEMBERED_TAGS) tags.delete(tags.keys().next().value!);
+  if (map.size > REMEMBERED) map.delete(map.keys().next().value!);
 }
 
 /**

@@ -12,6 +12,7 @@
  * deno task bench --load fetch   # the Deno fetch loop even where wrk is installed
  * deno task bench --only signed-links   # the signature check's cost alone, under a minute
  * deno task bench --only cache-modes    # the cache modes over one workload, under a minute
+ * deno task bench --only event-notifications   # notification to MISS, bursts; about a minute
  * ```
  *
  * Everything runs on 127.0.0.1, every loop is bounded in time or count, and
@@ -19,7 +20,8 @@
  * takes about four minutes on 2 cores.
  *
  * Each section is a file of its own: `worker_overhead.ts`, `streaming.ts`,
- * `refresh.ts`, `startup.ts`, `signed_links.ts`, `cache_modes.ts`; they
+ * `refresh.ts`, `startup.ts`, `signed_links.ts`, `cache_modes.ts`,
+ * `event_notifications.ts`; they
  * share `measure.ts` (figures and the report's printing) and `processes.ts`
  * (workerd, /proc, pinning).
  *
@@ -34,6 +36,12 @@ import {
   formatCacheModes,
   judgeCacheModes,
 } from "./cache_modes.ts";
+import {
+  benchEventNotifications,
+  type EventNotificationsRun,
+  formatEventNotifications,
+  judgeEventNotifications,
+} from "./event_notifications.ts";
 import {
   formatSections,
   type LoadChoice,
@@ -76,6 +84,12 @@ export interface BenchReport extends MachineFacts, Verdict {
   refresh: RefreshRun[];
   startup: Startup;
   cacheModes: CacheModesReport;
+  eventNotifications: EventNotificationsRun;
+}
+
+/** The event-notifications section alone (`--only event-notifications`), with its targets. */
+export interface EventNotificationsReport extends MachineFacts, Verdict {
+  eventNotifications: EventNotificationsRun;
 }
 
 /** The signed-link section alone (`--only signed-links`), with its targets. */
@@ -89,7 +103,7 @@ export interface CacheModesAloneReport extends MachineFacts, Verdict {
 }
 
 /** The sections `--only` runs alone. */
-const ALONE = ["signed-links", "cache-modes"];
+const ALONE = ["signed-links", "cache-modes", "event-notifications"];
 
 /** Runs every section in turn and judges the targets. */
 export async function bench(options: BenchOptions): Promise<BenchReport> {
@@ -113,8 +127,18 @@ export async function bench(options: BenchOptions): Promise<BenchReport> {
     const signedLinks = await benchSignedLinks(module, generator);
     log("6/6 cache modes, one workload through each...");
     const cacheModes = await benchCacheModes(module, log);
+    log("and event notifications: notification to MISS, bursts of 1,000 and 10,000...");
+    const eventNotifications = await benchEventNotifications(module);
     const startup = { denoRunMs, ...compiled };
-    return { workerOverhead, signedLinks, streaming, refresh, startup, cacheModes };
+    return {
+      workerOverhead,
+      signedLinks,
+      streaming,
+      refresh,
+      startup,
+      cacheModes,
+      eventNotifications,
+    };
   }, judge);
 }
 
@@ -130,6 +154,7 @@ export function judge(report: Omit<BenchReport, "targets" | "seconds">): Target[
     cliTime,
     inProcessTime,
     ...judgeCacheModes(report.cacheModes),
+    ...judgeEventNotifications(report.eventNotifications),
   ];
 }
 
@@ -142,6 +167,7 @@ export function formatReport(report: BenchReport): string {
     formatStartup(report.startup),
     formatSignedLinks(report.signedLinks),
     formatCacheModes(report.cacheModes),
+    formatEventNotifications(report.eventNotifications),
   ]);
 }
 
@@ -160,6 +186,16 @@ export async function benchCacheModesAlone(options: BenchOptions): Promise<Cache
     const log = options.json ? undefined : (line: string) => console.error(line);
     return { cacheModes: await benchCacheModes(await loadWorkerModule(), log) };
   }, (measured) => judgeCacheModes(measured.cacheModes));
+}
+
+/** Runs section 7 alone: about a minute, most of it B2's retries after a coalesced burst. */
+export async function benchEventNotificationsAlone(
+  options: BenchOptions,
+): Promise<EventNotificationsReport> {
+  return await measureReport(async () => {
+    if (!options.json) console.error("event notifications...");
+    return { eventNotifications: await benchEventNotifications(await loadWorkerModule()) };
+  }, (measured) => judgeEventNotifications(measured.eventNotifications));
 }
 
 /** The flags, checked; exits 2 on bad usage. */
@@ -199,6 +235,12 @@ async function run(options: BenchOptions, only: string | undefined): Promise<str
     return options.json
       ? JSON.stringify(report)
       : formatSections(report, [formatCacheModes(report.cacheModes)]);
+  }
+  if (only === "event-notifications") {
+    const report = await benchEventNotificationsAlone(options);
+    return options.json
+      ? JSON.stringify(report)
+      : formatSections(report, [formatEventNotifications(report.eventNotifications)]);
   }
   const report = await bench(options);
   return options.json ? JSON.stringify(report) : formatReport(report);

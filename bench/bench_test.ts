@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type BenchReport, judge } from "./bench.ts";
-import { cacheModes, signedLinks, throughput } from "./test_figures.ts";
+import { cacheModes, eventNotifications, signedLinks, throughput } from "./test_figures.ts";
 
 function measured(changes: {
   uncachedRatio?: number;
@@ -48,6 +48,7 @@ function measured(changes: {
     }],
     startup: { denoRunMs: 90, compiledMs: null },
     cacheModes: cacheModes(),
+    eventNotifications: eventNotifications(),
   };
 }
 

@@ -2,7 +2,8 @@
  * `demo`: the whole chain on this machine. Stand-ins for B2 (holding a few sample files) and
  * for the Cloudflare API, a real `refresh` against them, then the worker the stand-in
  * "deployed", run in workerd behind the Workers Cache stand-in: a `MISS`, a `HIT`, a purge,
- * and `curl` lines to try. Nothing leaves the machine.
+ * an upload that B2's Event Notification turns into a `MISS` with no purge typed, and `curl`
+ * lines to try. Nothing leaves the machine.
  *
  * ```sh
  * deno task demo              # deno run -A --lock=deno.lock local/demo.ts
@@ -25,7 +26,7 @@ import {
   summary,
   type WorkerUpload,
 } from "../main.ts";
-import { startFakeB2 } from "./fake_b2.ts";
+import { type FakeB2, startFakeB2 } from "./fake_b2.ts";
 import { startFakeCloudflare } from "./fake_cloudflare.ts";
 import { startWorkersCache } from "./workers_cache.ts";
 import { listenOn } from "./workerd.ts";
@@ -42,8 +43,21 @@ const DEMO_FILES = [
 /** Runs the demo until Ctrl-C, SIGTERM, SIGHUP, or the launcher that started it is gone. */
 export async function runDemo({ ctx, io, flags }: Job): Promise<number> {
   using stop = untilStopped();
+  // Where the worker runs here: B2's webhook POSTs to its public address arrive there.
+  let local: string | undefined;
   const b2 = startFakeB2({
     buckets: [{ id: "bucket-demo", name: "demo-bucket", files: await demoFiles() }],
+    capabilities: [
+      "listBuckets",
+      "readFiles",
+      "shareFiles",
+      "readBucketNotifications",
+      "writeBucketNotifications",
+    ],
+    webhookFetch: (url, init) => {
+      const { pathname, search } = new URL(url);
+      return fetch(`${local}${pathname}${search}`, init);
+    },
   });
   const cloudflare = startFakeCloudflare();
   const say = (line: string) => io.stdout(line);
@@ -61,6 +75,7 @@ export async function runDemo({ ctx, io, flags }: Job): Promise<number> {
       CLOUDFLARE_ACCOUNT_ID: "fake-account-id",
       CLOUDFLARE_API_TOKEN: "fake-cf-token",
       CLOUDFLARE_API_BASE_URL: cloudflare.url,
+      B2_EVENT_NOTIFICATIONS: "on",
     }, { b2: true, cloudflare: true });
     const result = await refresh(config, { ...ctx, log: (line) => say(`  ${line}`) }, {
       module: await loadWorkerModule(),
@@ -73,6 +88,7 @@ export async function runDemo({ ctx, io, flags }: Job): Promise<number> {
       "demo",
       () => startWorkersCache({ port: flags.port }),
     );
+    local = worker.url;
     try {
       await worker.deploy({
         metadata: deployed.metadata as WorkerUpload["metadata"],
@@ -80,7 +96,7 @@ export async function runDemo({ ctx, io, flags }: Job): Promise<number> {
       });
       // Ctrl-C while it started up stops it now, not after saying it is ready.
       if (!stop.wasStopped()) {
-        say(await tour(worker.url, { config, ctx }));
+        say(await tour(worker.url, { config, ctx, b2 }));
         await stop.stopped;
       }
     } finally {
@@ -102,12 +118,17 @@ async function demoFiles() {
 }
 
 /** What the demo shows once the worker answers: the cache at work, then what to try. */
-async function tour(url: string, options: { config: Config; ctx: Context }): Promise<string> {
+async function tour(
+  url: string,
+  options: { config: Config; ctx: Context; b2: FakeB2 },
+): Promise<string> {
   const { ctx } = options;
   return `\nThe deployed worker now runs in workerd (Cloudflare's runtime) at ${url}, ` +
     "behind a stand-in for Workers Cache (local/workers_cache.ts).\n" +
     await showCacheStatus(`${url}/hello.txt`, ctx) +
     await showPurge(`${url}/hello.txt`, options) +
+    await showCacheStatus(`${url}/hello.txt`, ctx) +
+    await showUpload(options.b2) +
     await showCacheStatus(`${url}/hello.txt`, ctx) +
     "Try it:\n" +
     `  curl -i ${url}/\n` +
@@ -129,6 +150,21 @@ async function showPurge(url: string, options: { config: Config; ctx: Context })
   });
   return `  $ main.ts purge ${object.pathname} --url ${object.origin}\n` +
     `    purged ${report.purged.paths} path in ${report.requests} signed request to the worker\n`;
+}
+
+/**
+ * Replaces `hello.txt` in the stand-in bucket: B2 sends the worker a signed Event
+ * Notification (the rule refresh set, `B2_EVENT_NOTIFICATIONS=on`) and it purges the tag.
+ */
+async function showUpload(b2: FakeB2): Promise<string> {
+  const deliveries = await b2.upload("demo-bucket", {
+    name: "site/hello.txt",
+    body: "Hello again: replaced in the bucket, fresh at the edge at once.\n",
+    contentType: "text/plain; charset=utf-8",
+  });
+  const statuses = deliveries.map((d) => d.status).join(", ");
+  return "  (an upload replaces site/hello.txt in the bucket; no purge is typed)\n" +
+    `    B2 sent ${deliveries.length} signed notification; the worker answered ${statuses}\n`;
 }
 
 /** Asks for `url` twice as `curl -sI` would, and shows the `cf-cache-status` of each answer. */

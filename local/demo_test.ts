@@ -45,6 +45,13 @@ Deno.test("demo runs the whole chain locally and stops cleanly on Ctrl-C", async
       "cf-cache-status: MISS",
       "cf-cache-status: HIT",
     ]);
+    // An upload to B2: its Event Notification purges the object, with no purge typed.
+    assert.deepEqual(statuses.slice(5, 8), [
+      "B2 sent 1 signed notification; the worker answered 200",
+      "cf-cache-status: MISS",
+      "cf-cache-status: HIT",
+    ]);
+    assert.match(await (await fetch(`${url}/hello.txt`)).text(), /^Hello again/);
   });
   assert.equal(served.code, 0, served.stderr);
   assert.match(served.stdout, /Stopped\.\n$/);

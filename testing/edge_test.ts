@@ -15,6 +15,7 @@
 
 import assert from "node:assert/strict";
 import {
+  deriveEventSecret,
   derivePurgeKey,
   generateSigningKey,
   run,
@@ -22,7 +23,15 @@ import {
   signPurge,
   type WorkerMetadata,
 } from "../main.ts";
-import { type FakeB2, type FakeFile, patternByte, startFakeB2 } from "../local/fake_b2.ts";
+import {
+  type FakeB2,
+  type FakeB2Options,
+  type FakeFile,
+  patternByte,
+  signEventBody,
+  startFakeB2,
+} from "../local/fake_b2.ts";
+import { objectTag } from "../worker_template.ts";
 import { type FakeCloudflare, startFakeCloudflare } from "../local/fake_cloudflare.ts";
 import { startWorkersCache, type WorkersCache } from "../local/workers_cache.ts";
 
@@ -97,12 +106,19 @@ interface Edge {
  * upload goes live. `env` is added to every command's settings.
  */
 async function startEdge(
-  options: { env?: Record<string, string>; privateAnywhereBypasses?: boolean } = {},
+  options: {
+    env?: Record<string, string>;
+    privateAnywhereBypasses?: boolean;
+    b2?: FakeB2Options;
+  } = {},
 ): Promise<Edge> {
   const clocks = { cache: Date.now(), b2: 0 };
   const b2 = startFakeB2({
     buckets: [{ id: "bucket-edge", name: BUCKET, files: structuredClone(FILES) }],
     now: () => Date.now() + clocks.b2 * 1000,
+    // B2's webhook POSTs reach the worker's workers.dev address, which leads to the stand-in.
+    webhookFetch: (url, init) => network(url, init),
+    ...options.b2,
   });
   const cloudflare = startFakeCloudflare();
   const logs: string[] = [];
@@ -747,3 +763,165 @@ Deno.test("a prefix made private after its objects were cached is refused unsign
     await Promise.all(edges.map((e) => e.close()));
   }
 });
+
+// ---------------------------------------------------------------------------
+// Issue 15: Event notifications
+// ---------------------------------------------------------------------------
+
+const EVENTS = {
+  env: { B2_EVENT_NOTIFICATIONS: "on" },
+  b2: {
+    capabilities: [
+      "listBuckets",
+      "readFiles",
+      "shareFiles",
+      "readBucketNotifications",
+      "writeBucketNotifications",
+    ],
+  },
+};
+
+/** Our rule on the edge's bucket, as refresh set it. */
+function ourRule(e: Edge) {
+  const rule = e.b2.notificationRules.get("bucket-edge")?.find((r) => r.name.startsWith("b2cdn-"));
+  if (!rule) throw new Error("refresh set no rule");
+  return rule;
+}
+
+/** A notification body as B2 sends it (reference guide), for names of any bucket. */
+function notification(changes: { name: string; bucketName?: string; eventType?: string }[]) {
+  return JSON.stringify({
+    events: changes.map((c, i) => ({
+      accountId: "fake-account",
+      bucketId: "bucket-edge",
+      bucketName: c.bucketName ?? BUCKET,
+      eventId: `event-${i}`,
+      eventTimestamp: Date.now(),
+      eventType: c.eventType ?? "b2:ObjectCreated:Upload",
+      eventVersion: 1,
+      matchedRuleName: "b2cdn-b2-private-cdn",
+      objectName: c.name,
+      objectSize: 1,
+      objectVersionId: `4_z_${i}`,
+    })),
+  });
+}
+
+Deno.test("a signed notification purges exactly the changed object: its next GET is a MISS from B2, a neighbour stays a HIT", () =>
+  withEdge(EVENTS, async (e) => {
+    await refreshed(e, EVENTS.env);
+    for (const path of ["/a", "/a-2", "/a", "/a-2"]) await e.visit(path);
+    assert.deepEqual(seen(await e.visit("/a")), [200, "HIT", "object a"]);
+    e.b2Asked();
+
+    const [delivery] = await e.b2.upload(BUCKET, { name: "site/a", body: "object a, replaced" });
+    assert.equal(delivery?.status, 200);
+    assert.match(delivery!.signature!, /^v1=[0-9a-f]{64}$/);
+    assert.deepEqual(e.cache.purges.map((p) => p.options), [{ tags: [await objectTag("site/a")] }]);
+    assert.deepEqual(seen(await e.visit("/a")), [200, "MISS", "object a, replaced"]);
+    assert.deepEqual(seen(await e.visit("/a-2")), [200, "HIT", "object a-2"]);
+    assert.deepEqual(e.b2Asked(), ["GET /site/a"]);
+
+    // A hidden (deleted) object: its cached copy goes, and the next visitor gets the 404.
+    await e.b2.hide(BUCKET, "site/a-2");
+    assert.deepEqual(seen(await e.visit("/a-2")).slice(0, 2), [404, "MISS"]);
+
+    // A replay (or B2 delivering twice) of what this isolate purged since: nothing again.
+    const purges = e.cache.purges.length;
+    const replayed = await e.b2.deliver(ourRule(e), delivery!.body);
+    assert.equal(replayed.status, 200);
+    assert.equal(e.cache.purges.length, purges);
+    assert.deepEqual(seen(await e.visit("/a")), [200, "HIT", "object a, replaced"]);
+  }));
+
+Deno.test("unsigned, forged and altered notifications purge nothing and get what any POST gets", () =>
+  withEdge(EVENTS, async (e) => {
+    await refreshed(e, EVENTS.env);
+    await e.visit("/a");
+    const url = new URL(ourRule(e).targetConfiguration.url);
+    const body = notification([{ name: "site/a" }]);
+    const { secret } = await deriveEventSecret(B2_KEY);
+    const post = async (path: string, headers: Record<string, string>, sent = body) => {
+      const response = await fetch(`${e.cache.url}${path}`, {
+        method: "POST",
+        headers,
+        body: sent,
+      });
+      const headerList = [...response.headers].filter(([name]) => name !== "date");
+      return [response.status, headerList, await response.text()];
+    };
+    const anyPost = await post("/a", {});
+    assert.equal(anyPost[0], 405);
+    const target = url.pathname + url.search;
+    const cases: [string, Record<string, string>, string?][] = [
+      ["unsigned", {}],
+      ["signed with another secret", {
+        "x-bz-event-notification-signature": await signEventBody("A".repeat(32), body),
+      }],
+      ["a signature of another body", {
+        "x-bz-event-notification-signature": await signEventBody(secret, body),
+      }, notification([{ name: "site/a-2" }])],
+      ["not v1", {
+        "x-bz-event-notification-signature": (await signEventBody(secret, body)).replace(
+          "v1",
+          "v2",
+        ),
+      }],
+    ];
+    for (const [what, headers, sent] of cases) {
+      assert.deepEqual(await post(target, headers, sent), anyPost, what);
+    }
+    assert.deepEqual(e.cache.purges, []);
+    assert.deepEqual(seen(await e.visit("/a")), [200, "HIT", "object a"]);
+  }));
+
+Deno.test("events outside the prefix, of another bucket or of no object purge nothing", () =>
+  withEdge(EVENTS, async (e) => {
+    await refreshed(e, EVENTS.env);
+    await e.visit("/hello.txt");
+    const delivery = await e.b2.deliver(
+      ourRule(e),
+      notification([
+        { name: "v2/hello.txt" },
+        { name: "site/hello.txt", bucketName: "another-bucket" },
+        { name: "site/hello.txt", eventType: "b2:TestEvent" },
+        { name: "site/hello.txt", eventType: "b2:MultipartUploadCreated:LiveRead" },
+      ]),
+    );
+    assert.equal(delivery.status, 200);
+    assert.deepEqual(e.cache.purges, []);
+    assert.deepEqual(seen(await e.visit("/hello.txt")), [200, "HIT", HELLO]);
+  }));
+
+Deno.test("a burst of uploads is coalesced: tag purges while the budget lasts, then everything, and nothing is acknowledged unpurged", () =>
+  withEdge(EVENTS, async (e) => {
+    await refreshed(e, EVENTS.env);
+    // A short coalescing window, so that the burst ends within the test.
+    const stored = e.cloudflare.scripts.get(WORKER)!;
+    const metadata = structuredClone(stored.metadata) as WorkerMetadata;
+    metadata.bindings.push({
+      type: "plain_text",
+      name: "WORKER_EVENT_COALESCE_SECONDS",
+      text: "1",
+    });
+    await e.cache.deploy({ metadata, module: stored.module });
+    await e.visit("/hello.txt");
+
+    const names = Array.from({ length: 1500 }, (_, i) => ({ name: `site/bulk/${i}.bin` }));
+    const first = await e.b2.notify(BUCKET, [...names, { name: "site/hello.txt" }]);
+    assert.equal(first.length, 31, "50 events a POST");
+    const refused = first.filter((d) => d.status !== 200);
+    assert.ok(refused.length > 0 && refused.every((d) => d.status === 503 && d.retryAfter));
+    const kinds = e.cache.purges.map((p) => p.options.purgeEverything ? "everything" : "tags");
+    assert.deepEqual(kinds, [...Array(20).fill("tags"), "everything"]);
+    assert.ok(e.cache.purges.every((p) => p.result.success), "none was refused by the cache");
+
+    // B2 delivers again what was not answered 200; once the window has passed, one more
+    // purge of everything covers them all.
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    const again = [];
+    for (const delivery of refused) again.push(await e.b2.deliver(ourRule(e), delivery.body));
+    assert.deepEqual(again.map((d) => d.status), refused.map(() => 200));
+    assert.equal(e.cache.purges.length, 22);
+    assert.equal(seen(await e.visit("/hello.txt"))[1], "MISS");
+  }));
