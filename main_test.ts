@@ -3832,9 +3832,9 @@ Deno.test("status shows the rule; a suspended one is CRITICAL with the fix, and 
 
     w.b2.suspendRule("photos", "b2cdn-b2-private-cdn", "webhook answered 500 too often");
     const suspended = await w.run(["status", "--json"], { env: EVENTS_ON });
-    assert.equal(suspended.code, 1);
+    assert.equal(suspended.code, 2, "CRITICAL");
     const report = JSON.parse(suspended.stdout);
-    assert.equal(report.healthy, false);
+    assert.deepEqual([report.healthy, report.state], [false, "CRITICAL"]);
     assert.deepEqual(
       [report.eventNotifications.suspended, report.eventNotifications.suspensionReason],
       [true, "webhook answered 500 too often"],
@@ -3849,6 +3849,15 @@ Deno.test("status shows the rule; a suspended one is CRITICAL with the fix, and 
       env: { ...EVENTS_ON, WORKER_CACHE_MODE: "cache-api" },
     });
     assert.match(cacheApi.stdout, /Warning: event notifications: the Cache API is per data centre/);
+
+    // Deleted by hand: the site works, uploads are only not purged, so WARNING.
+    w.b2.notificationRules.set("bucket-photos", []);
+    const gone = await w.run(["status"], { env: EVENTS_ON });
+    assert.equal(gone.code, 1, gone.stdout);
+    assert.match(
+      gone.stdout,
+      /^WARNING .*no Event Notification rule "b2cdn-b2-private-cdn".*run refresh/,
+    );
   } finally {
     await w.close();
   }
