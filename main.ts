@@ -2323,7 +2323,7 @@ const EVENTS_GUIDE =
   "https://www.backblaze.com/docs/cloud-storage-event-notifications-reference-guide";
 
 /** One Event Notification rule, as B2's two calls carry it. */
-export interface NotificationRule {
+interface NotificationRule {
   /** 6-63 letters, digits and `-`, unique in the bucket. */
   name: string;
   /** Such as `b2:ObjectCreated:*`. */
@@ -2403,7 +2403,7 @@ function webhookBase(
 }
 
 /** The rule this tool keeps, signing with `derived.secret`. */
-export function eventRule(options: {
+function eventRule(options: {
   workerName: string;
   prefix: string;
   base: string;
@@ -2425,7 +2425,7 @@ export function eventRule(options: {
 }
 
 /** The bucket's rules (`b2_get_bucket_notification_rules`, documented as v3 GET). */
-export async function getNotificationRules(
+async function getNotificationRules(
   auth: B2Authorization,
   bucket: Bucket,
   ctx: Context,
@@ -2448,7 +2448,7 @@ export async function getNotificationRules(
 }
 
 /** Replaces all of the bucket's rules (`b2_set_bucket_notification_rules`). */
-export async function setNotificationRules(
+async function setNotificationRules(
   auth: B2Authorization,
   request: { bucket: Bucket; rules: NotificationRule[] },
   ctx: Context,
@@ -2477,7 +2477,7 @@ export async function setNotificationRules(
  * A rule of someone else's whose secret B2 gave masked cannot be written
  * back unchanged, so that is refused rather than altered.
  */
-export function mergeEventRules(
+function mergeEventRules(
   present: NotificationRule[],
   ours: NotificationRule | undefined,
   name: string,
@@ -2523,7 +2523,7 @@ function sameRule(present: NotificationRule, wanted: NotificationRule): boolean 
  * a failure is one of `result.failed`, so the run exits 1 with the worker
  * deployed, naming what to ask Backblaze for or what to add to the key.
  */
-export async function syncEventRule(
+async function syncEventRule(
   config: Config,
   ctx: Context,
   options: { result: RefreshResult; previous: WorkerSettings | undefined },
@@ -2637,7 +2637,7 @@ export interface EventRuleReport {
 }
 
 /** The rule as B2 has it, for `status`; B2 may not be asked without the capability. */
-export async function readEventRule(config: Config, ctx: Context): Promise<EventRuleReport> {
+async function readEventRule(config: Config, ctx: Context): Promise<EventRuleReport> {
   const b2 = config.b2!;
   const name = eventRuleName(config.workerName);
   const auth = await authorizeAccount(b2, ctx);
@@ -2664,7 +2664,7 @@ export async function readEventRule(config: Config, ctx: Context): Promise<Event
  * (the site works, uploads are only not purged). A rule B2 cannot be asked
  * about is a warning, as the survey's unreadable parts are.
  */
-export async function judgeEventRule(
+async function judgeEventRule(
   config: Config,
   ctx: Context,
   report: StatusReport,
@@ -2696,7 +2696,7 @@ function describeRuleState(rule: EventRuleReport): string {
 }
 
 /** The rule's problem for `status`: missing, disabled or suspended, with the fix; else none. */
-export function eventRuleProblem(report: EventRuleReport): string | undefined {
+function eventRuleProblem(report: EventRuleReport): string | undefined {
   if (!report.present) {
     return `the bucket has no Event Notification rule "${report.name}", so uploads purge ` +
       "nothing; run refresh";
@@ -2716,7 +2716,7 @@ export function eventRuleProblem(report: EventRuleReport): string | undefined {
 }
 
 /** What the webhook can reach in each cache mode, for status, render and --dry-run. */
-export function eventReach(mode: CacheMode): string {
+function eventReach(mode: CacheMode): string {
   if (mode === "workers-cache") {
     return "a change purges the object's tag from Workers Cache everywhere";
   }
@@ -2728,7 +2728,7 @@ export function eventReach(mode: CacheMode): string {
 }
 
 /** The rule refresh would set, for render and `--dry-run`; the secret is never shown. */
-export function describeEventRule(
+function describeEventRule(
   config: Config,
   where: { prefix: string; domain?: string | undefined; route?: string | undefined },
 ): string {
