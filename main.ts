@@ -39,9 +39,11 @@ import * as nodeModule from "node:module";
 // one definition each. A URL run fetches this file anyway (it is also what is uploaded).
 import {
   canonicalPath,
+  fromBase64Url,
   isProtected,
   purgeMessage,
   signedLinkMessage,
+  toHex,
   validDownloadName,
 } from "./worker_template.ts";
 
@@ -937,7 +939,6 @@ export function scheduleGap(schedule: string): number | undefined {
 const DEFAULT_SIGNED_MAX_TTL = 7 * DAY;
 /** What a signing key must hold at least: HMAC-SHA256's own output size. */
 const MIN_SIGNING_KEY_BYTES = 32;
-/** What a decoded path segment may not hold, as the worker's `objectName` refuses it. */
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2}))?$/;
 
 /** Why a signing key is not good enough, naming the variable; empty when it is. */
@@ -993,10 +994,6 @@ export async function derivePurgeKey(secret: string): Promise<string> {
     256,
   );
   return toHex(new Uint8Array(bits));
-}
-
-function toHex(bytes: Uint8Array): string {
-  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
 }
 
 /** Seconds in `90`, `90s`, `30m`, `48h` or `6d`; `undefined` if it is none of those. */
@@ -4233,15 +4230,6 @@ function encodePath(path: string): string {
 function toBase64Url(bytes: Uint8Array): string {
   return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_")
     .replace(/=+$/, "");
-}
-
-function fromBase64Url(text: string): Uint8Array<ArrayBuffer> {
-  try {
-    const binary = atob(text.replace(/=+$/, "").replaceAll("-", "+").replaceAll("_", "/"));
-    return Uint8Array.from(binary, (c) => c.charCodeAt(0));
-  } catch {
-    return new Uint8Array(0);
-  }
 }
 
 // ---------------------------------------------------------------------------

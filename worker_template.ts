@@ -367,7 +367,8 @@ export async function objectTag(name: string): Promise<string> {
   return "b2cdn-" + toHex(new Uint8Array(digest)).slice(0, TAG_HEX_LENGTH);
 }
 
-function toHex(bytes: Uint8Array): string {
+/** Lowercase hex of bytes, as purge signatures and fingerprints are written. */
+export function toHex(bytes: Uint8Array): string {
   return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
 }
 
@@ -1233,8 +1234,8 @@ async function importHmacKey(key: string): Promise<CryptoKey | undefined> {
   );
 }
 
-/** Bytes of base64url text (padding optional); empty for anything else. */
-function fromBase64Url(text: string): Uint8Array<ArrayBuffer> {
+/** Bytes of base64url text (padding optional), as keys are read; empty for anything else. */
+export function fromBase64Url(text: string): Uint8Array<ArrayBuffer> {
   if (!/^[A-Za-z0-9_-]*={0,2}$/.test(text)) return new Uint8Array(0);
   try {
     const binary = atob(text.replace(/=+$/, "").replaceAll("-", "+").replaceAll("_", "/"));
