@@ -1314,6 +1314,26 @@ Deno.test("send() gives up on a hanging API within its budget, across attempts",
   }
 });
 
+Deno.test("main.ts speaks HTTP only through send()", async () => {
+  const source = await Deno.readTextFile(new URL("./main.ts", import.meta.url));
+  const calls = source.split("\n").filter((line) =>
+    /\bfetch\(/.test(line) && !/^\s*(\/\/|\*)/.test(line)
+  )
+    .map((line) => line.trim());
+  assert.deepEqual(
+    calls.sort(),
+    [
+      // readBeside(): fetching worker_template.ts beside a URL run, as its import just did.
+      "const response = await fetch(url);",
+      // send() itself.
+      "const response = await ctx.fetch(call.url, {",
+      // Wrappers that count round trips and hand each request on to send()'s fetch.
+      "ctx: { ...ctx, fetch: (input, init) => (result.roundTrips++, ctx.fetch(input, init)) },",
+      "fetch: (input, init) => (result.roundTrips++, ctx.fetch(input, init)),",
+    ].sort(),
+  );
+});
+
 Deno.test("send() with the default timeouts gives up on a hanging API after about 60 s", async () => {
   // A clock that only the fakes move: each attempt hangs until its own timeout fires.
   let clock = 0;
