@@ -259,8 +259,11 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     const url = new URL(request.url);
     if (!current.caching) {
       // Assumption: without caching the answer passes untouched, control headers and
-      // Cache-Tag included (nothing documents them being stripped then).
-      const result = await callWorker(current, request, { headers: request.headers });
+      // Cache-Tag included (nothing documents them being stripped then). A POST keeps its body.
+      const result = await callWorker(current, request, {
+        headers: request.headers,
+        ...(!["GET", "HEAD"].includes(request.method) && { body: await request.arrayBuffer() }),
+      });
       return "response" in result ? result.response : failureAnswer(result);
     }
     // WORKERS_CACHE.md (Cache key): "Only GET and HEAD are cached".

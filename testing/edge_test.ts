@@ -925,3 +925,18 @@ Deno.test("a burst of uploads is coalesced: tag purges while the budget lasts, t
     assert.equal(e.cache.purges.length, 22);
     assert.equal(seen(await e.visit("/hello.txt"))[1], "MISS");
   }));
+
+Deno.test("in cache-api mode a notification deletes the copy where it lands, and says so", () =>
+  withEdge({ ...EVENTS, env: { ...EVENTS.env, WORKER_CACHE_MODE: "cache-api" } }, async (e) => {
+    const refresh = await e.cli(["refresh"], { ...EVENTS.env, WORKER_CACHE_MODE: "cache-api" });
+    assert.equal(refresh.code, 0, refresh.stderr);
+    for (const path of ["/a", "/a", "/a-2"]) await e.visit(path);
+    assert.deepEqual(e.b2Asked(), ["GET /site/a", "GET /site/a-2"], "the second /a was kept");
+
+    const [delivery] = await e.b2.upload(BUCKET, { name: "site/a", body: "object a, replaced" });
+    assert.equal(delivery?.status, 200);
+    assert.equal((await e.visit("/a")).body, "object a, replaced");
+    assert.equal((await e.visit("/a-2")).body, "object a-2");
+    assert.deepEqual(e.b2Asked(), ["GET /site/a"]);
+    assert.deepEqual(e.cache.purges, [], "no Workers Cache purge in this mode");
+  }));
