@@ -5184,7 +5184,15 @@ async function runCheckCache(
 ): Promise<number> {
   const { ctx, io, flags } = options;
   const origin = siteOrigin({ domain: settings.WORKER_DOMAIN, route: settings.WORKER_ROUTE });
-  const url = flags.url ?? (origin && `${origin}/`);
+  // As purge does: with neither a domain nor a concrete route, its workers.dev address.
+  // check-cache asks nothing of Cloudflare otherwise, so its settings are read only then.
+  const cloudflare = flags.url === undefined && origin === undefined &&
+      settings.CLOUDFLARE_ACCOUNT_ID
+    ? parseConfig(settings, { cloudflare: true }).cloudflare
+    : undefined;
+  const subdomain = cloudflare && await accountSubdomain(cloudflare, ctx);
+  const url = flags.url ?? (origin && `${origin}/`) ??
+    (cloudflare && subdomain ? workersDevUrl(cloudflare, subdomain) : undefined);
   const problems: string[] = [];
   for (const [flag, value] of [["--url", url], ["--large-url", flags.largeUrl]] as const) {
     if (value !== undefined && !URL.canParse(value)) {
@@ -5194,7 +5202,9 @@ async function runCheckCache(
   if (url === undefined) {
     problems.push(
       "check-cache needs the worker's address: give --url https://<worker host>/<a small " +
-        "object>, or set WORKER_DOMAIN.",
+        "object>, set WORKER_DOMAIN, or set CLOUDFLARE_ACCOUNT_ID and CLOUDFLARE_API_TOKEN " +
+        "to find its workers.dev address" +
+        (cloudflare ? ` (${noSubdomain(cloudflare)}).` : "."),
     );
   }
   if (problems.length > 0) throw new ConfigError(problems);
@@ -5366,7 +5376,8 @@ export const COMMANDS = {
   dev: { needs: (): Needs => ({ b2: true }), permissions: "-A" },
   demo: { needs: (): Needs => ({}), permissions: "-A" },
   sign: { needs: (): Needs => ({}), permissions: ENV_READ },
-  keygen: { needs: (): Needs => ({}), permissions: ENV_READ },
+  // main() reads the environment before any command; keygen reads nothing else.
+  keygen: { needs: (): Needs => ({}), permissions: "--allow-env" },
   "check-cache": { needs: (): Needs => ({}), permissions: NET_ENV_READ },
 } as const satisfies Record<string, { needs: (flags: Flags) => Needs; permissions: string }>;
 /** A command's name. */

@@ -2482,6 +2482,58 @@ Deno.test("purge sends paths, prefixes or everything in as few signed requests a
   }
 });
 
+Deno.test("check-cache finds a workers.dev-only worker by itself, as purge does", async (t) => {
+  const checkCache = async (cloudflare: FakeCloudflare, env: Record<string, string>) => {
+    const asked: string[] = [];
+    const stdout: string[] = [];
+    const stderr: string[] = [];
+    const code = await run({
+      args: ["check-cache"],
+      env: {
+        CLOUDFLARE_ACCOUNT_ID: "fake-account-id",
+        CLOUDFLARE_API_TOKEN: CF_TOKEN,
+        CLOUDFLARE_API_BASE_URL: cloudflare.url,
+        ...env,
+      },
+      readEnvFile: () => Promise.resolve(undefined),
+      io: { stdout: (line) => stdout.push(line), stderr: (line) => stderr.push(line) },
+      ctx: {
+        sleep: () => Promise.resolve(),
+        // The Cloudflare API is the stand-in; the worker's address answers 404 here.
+        fetch: (input, init) => {
+          const url = String(input instanceof Request ? input.url : input);
+          if (url.startsWith(cloudflare.url)) return fetch(input, init);
+          asked.push(url);
+          return Promise.resolve(new Response("Not found\n", { status: 404 }));
+        },
+      },
+    });
+    assertNoSecret(...stdout, ...stderr);
+    return { code, asked, stderr: stderr.join("\n") };
+  };
+  await t.step("the account's workers.dev address of the worker", async () => {
+    const cloudflare = startFakeCloudflare();
+    try {
+      const { code, asked } = await checkCache(cloudflare, {});
+      assert.equal(code, 1, "the 404 is a problem, found at the right address");
+      assert.equal(asked[0], "https://b2-private-cdn.fake-subdomain.workers.dev/");
+    } finally {
+      await cloudflare.close();
+    }
+  });
+  await t.step("an account without a subdomain: what to set, exit 2", async () => {
+    const cloudflare = startFakeCloudflare({ workersDevSubdomain: null });
+    try {
+      const { code, asked, stderr } = await checkCache(cloudflare, {});
+      assert.equal(code, 2);
+      assert.deepEqual(asked, []);
+      assert.match(stderr, /give --url .*set WORKER_DOMAIN.*no workers\.dev subdomain/);
+    } finally {
+      await cloudflare.close();
+    }
+  });
+});
+
 Deno.test("purgeUrl() takes --url, WORKER_DOMAIN, a concrete route, then workers.dev", async () => {
   const base = parseConfig({ CLOUDFLARE_ACCOUNT_ID: "a", CLOUDFLARE_API_TOKEN: "t" }, {
     cloudflare: true,
@@ -2603,7 +2655,7 @@ Deno.test("a permission Deno refuses is exit 2 naming the flags to run with, not
   assert.ok(!status.stdout.includes(CF_TOKEN));
   const keygen = await spawn(["run", `${ROOT}main.ts`, "keygen"]);
   assert.equal(keygen.code, 2);
-  assert.match(keygen.stderr, /Run it as deno run --allow-env --allow-read main\.ts keygen/);
+  assert.match(keygen.stderr, /Run it as deno run --allow-env main\.ts keygen/);
   assert.doesNotMatch(keygen.stderr, /Uncaught|^ {4}at /m);
 });
 
@@ -2695,6 +2747,40 @@ Deno.test("the deno.json tasks carry the permissions their commands need", async
         assert.match(tasks.compile, /--include worker_template\.ts .*main\.ts$/);
       },
     );
+    await t.step("every command of main.ts has a task with exactly its permissions", async () => {
+      const { tasks } = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`));
+      for (const [command, { permissions }] of Object.entries(COMMANDS)) {
+        if (command === "dev" || command === "demo") continue; // local/, below
+        // deno.json turns on the unstable cron itself.
+        const flags = permissions.replace(" --unstable-cron", "");
+        assert.equal(tasks[command], `deno run ${flags} main.ts ${command}`, command);
+      }
+      assert.match(tasks.dev, /^deno run -A --lock=deno\.lock local\/dev\.ts$/);
+      assert.match(tasks.demo, /^deno run -A --lock=deno\.lock local\/demo\.ts$/);
+    });
+    await t.step("keygen, with env access only", async () => {
+      const { code, stdout } = await spawn(["task", "-q", "keygen"]);
+      assert.equal(code, 0);
+      assert.match(stdout, /^[A-Za-z0-9_-]{43}\n$/);
+    });
+    await t.step("sign, with no network", async () => {
+      const { code, stdout, stderr } = await spawn(
+        ["task", "-q", "sign", "/members/a.txt", "--expires", "1h", "--url", "https://cdn.test"],
+        { env: { WORKER_SIGNING_KEY: generateSigningKey(), WORKER_SIGNED_PREFIXES: "/members/" } },
+      );
+      assert.equal(code, 0, stderr);
+      assert.match(stdout, /^https:\/\/cdn\.test\/members\/a\.txt\?/);
+    });
+    await t.step("purge and check-cache reach the network (a closed port: 1, not 2)", async () => {
+      const closed = "http://127.0.0.1:9";
+      const purge = await spawn(["task", "-q", "purge", "/a.txt", "--url", closed], {
+        env: { WORKER_PURGE_KEY: "0123456789abcdef0123456789abcdef" },
+      });
+      assert.equal(purge.code, 1, purge.stderr);
+      const check = await spawn(["task", "-q", "check-cache", "--url", `${closed}/a.txt`]);
+      assert.equal(check.code, 1, check.stderr);
+      assert.doesNotMatch(purge.stderr + check.stderr, /Requires net access/);
+    });
   } finally {
     await w.close();
   }
