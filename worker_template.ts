@@ -67,6 +67,14 @@ export interface Env {
    * does not set it: it lets tests and the bench see a burst end quickly. @default "15"
    */
   WORKER_EVENT_COALESCE_SECONDS?: string;
+  /** Bytes of one segment of a large object; 0 turns segmenting off. @default "8388608" */
+  WORKER_SEGMENT_SIZE?: string;
+  /**
+   * Bytes above which an object is large (segmented, never stored whole). Never above the
+   * cache's own limit; `refresh` does not set it: it lets tests and the bench use small objects.
+   * @default the limit of the cache in use
+   */
+  WORKER_SEGMENT_THRESHOLD?: string;
 }
 
 /** What `ctx.cache.purge` takes (Workers Cache; WORKERS_CACHE.md: Purge). */
@@ -110,6 +118,10 @@ export interface WorkerConfig {
   staleIfError: number;
   purgeKey: string;
   fingerprint: string;
+  /** Bytes of one segment; 0 when segmenting is off. */
+  segmentSize: number;
+  /** Bytes above which an object is large: the cache in use cannot hold it whole. */
+  segmentThreshold: number;
 }
 
 /** The B2 name a path maps to, or the status that refuses it. */
@@ -246,7 +258,7 @@ async function respond(
   const now = Math.floor(Date.now() / 1000);
   const link = await checkSignedLink(url, { signing: config.signing, now });
   if (config.cacheMode === "workers-cache") {
-    const answered = await behindWorkersCache(request, { url, name, link, now }, config);
+    const answered = await behindWorkersCache(request, { url, name, link, now, ctx }, config);
     return applyGrant(answered, link, now);
   }
   if ("status" in name) return textResponse(name.status);
@@ -262,13 +274,22 @@ async function respond(
   const cacheKey = url.origin + url.pathname;
   const cacheApi = config.cacheMode === "cache-api" && config.cacheTtl > 0;
   const cached = cacheApi ? await lookUpCache(cacheKey, rangeToFetch) : undefined;
+  // 8. Large objects: segments, once the edge knows the object is one (or B2 just said so).
+  const target = { url, name: name.name, config, ctx };
+  const known = cached ? undefined : await knownLarge(request, target);
+  if (known) return applyGrant(known, link, now);
+  const large: LargeProbe | undefined = handlesLarge(config)
+    ? { above: config.segmentThreshold }
+    : undefined;
   const object = cached ??
     await askB2(request.method, name.name, {
       range: rangeToFetch,
       wholeFromZero: true,
       config,
       ...(cacheApi && { keep: { key: cacheKey, ctx } }),
+      ...(large && { large }),
     });
+  if (large?.facts) return applyGrant(await learnedLarge(request, large.facts, target), link, now);
 
   // 5, 4, 6: conditional, range and a streamed body
   return applyGrant(await answer(request, object, range), link, now);
@@ -281,10 +302,10 @@ async function respond(
  */
 async function behindWorkersCache(
   request: Request,
-  target: { url: URL; name: ObjectName; link: LinkCheck; now: number },
+  target: { url: URL; name: ObjectName; link: LinkCheck; now: number; ctx: ExecutionContext },
   config: WorkerConfig,
 ): Promise<Response> {
-  const { url, name, link } = target;
+  const { url, name, link, ctx } = target;
   if ("status" in name) return edgeLifetime(textResponse(name.status), config);
   if (link.access === "refused") return edgeLifetime(textResponse(403), config);
   // The query is part of the cache's key, so each variant would be one more entry and one
@@ -302,22 +323,40 @@ async function behindWorkersCache(
     );
   }
   const tag = await objectTag(name.name);
+  const large = { url, name: name.name, config, ctx };
+  // A large object's answers are never stored here (the cache cannot hold it whole): its
+  // segments are kept in the Cache API instead.
+  const known = await knownLarge(request, large);
+  if (known) return atEdgeNever(known);
   const range = parseRange(request.headers.get("Range"));
   const conditional = request.headers.has("If-None-Match") ||
     request.headers.has("If-Modified-Since");
+  const found: LargeProbe = { above: config.segmentThreshold };
   if (conditional && !range) {
     // The cache revalidating a stored copy: a HEAD tells whether it changed, and a 304 spares
     // B2 sending the body again.
-    const head = await askB2("HEAD", name.name, { config });
+    const head = await askB2("HEAD", name.name, { config, large: found });
+    if (found.facts) return atEdgeNever(await learnedLarge(request, found.facts, large));
     if (!head.ok || notModified(request.headers, head.headers)) {
       return edgeLifetime(await answer(request, head), config, { tag, signedFor });
     }
   }
-  // A range reaches the worker only when the cache let it through (it normally removes it):
-  // B2 answers just that range, and the cache never stores a 206 made here.
-  const rangeToFetch = request.headers.has("If-Range") ? undefined : range;
-  const object = await askB2(request.method, name.name, { range: rangeToFetch, config });
-  return edgeLifetime(await answer(request, object, range), config, { tag, signedFor });
+  // A Range reaches the worker on every miss, and the cache never stores a 206 made here
+  // (developers.cloudflare.com/workers/cache/configuration/, "Status codes that are never
+  // cached"): it is answered with the whole object, a 200 the cache stores and answers later
+  // ranges from. The size comes with that answer (one B2 request, no probe first): past the
+  // cache's limit its body is left unread and the object is served from segments. What the
+  // cache hands the visitor of that first miss (the whole 200, or a 206 it slices) is its own
+  // and not documented; `check-cache` reports it from the real edge.
+  const object = await askB2(request.method, name.name, { config, large: found });
+  if (found.facts) return atEdgeNever(await learnedLarge(request, found.facts, large));
+  return edgeLifetime(await answer(request, object), config, { tag, signedFor });
+}
+
+/** Keeps an answer out of Workers Cache (and its stale windows): for large objects. */
+function atEdgeNever(response: Response): Response {
+  response.headers.set(CDN_CACHE_CONTROL_HEADER, "no-store");
+  return response;
 }
 
 /**
@@ -548,6 +587,7 @@ export function readConfig(env: Env): WorkerConfig {
     staleIfError: wholeNumber(env.WORKER_STALE_IF_ERROR, DEFAULT_STALE_IF_ERROR),
     purgeKey: env.WORKER_PURGE_KEY ?? "",
     fingerprint: env.WORKER_FINGERPRINT ?? "",
+    ...readSegmenting(env),
   };
 }
 
@@ -819,9 +859,11 @@ async function askB2(
     config: WorkerConfig;
     /** Where the Cache API keeps what may be kept. */
     keep?: { key: string; ctx: ExecutionContext };
+    /** Filled, and the body not read, when the object is larger than `above` bytes. */
+    large?: LargeProbe;
   },
 ): Promise<Response> {
-  const { range, config, keep } = options;
+  const { range, config, keep, large } = options;
   const headers = new Headers({ Authorization: config.token });
   // A range from byte 0 is how players start: fetching the whole object costs the visitor
   // nothing and fills the cache. Later ranges go straight to B2 and are not cached.
@@ -843,6 +885,12 @@ async function askB2(
     clearTimeout(timer);
   }
 
+  const facts = b2.ok && large ? readFacts(b2.headers, config) : undefined;
+  if (large && facts && facts.size > large.above) {
+    await b2.body?.cancel();
+    large.facts = facts;
+    return new Response(null, { status: 204 });
+  }
   if (b2.ok) {
     const object = new Response(b2.body, {
       status: b2.status,
@@ -902,12 +950,7 @@ async function answer(request: Request, object: Response, range?: RangeSpec): Pr
 
   if (notModified(request.headers, object.headers)) {
     await object.body?.cancel();
-    const validators = new Headers();
-    for (const name of ["Cache-Control", "ETag", "Last-Modified"]) {
-      const value = headers.get(name);
-      if (value !== null) validators.set(name, value);
-    }
-    return new Response(null, { status: 304, headers: validators });
+    return notModifiedAnswer(headers);
   }
 
   const size = Number(object.headers.get("Content-Length") ?? NaN);
@@ -929,6 +972,16 @@ async function answer(request: Request, object: Response, range?: RangeSpec): Pr
   return new Response(body, { status: 206, headers });
 }
 
+/** 304 with the validators and browsers' lifetime of an answer's `headers`. */
+function notModifiedAnswer(headers: Headers): Response {
+  const validators = new Headers();
+  for (const name of ["Cache-Control", "ETag", "Last-Modified"]) {
+    const value = headers.get(name);
+    if (value !== null) validators.set(name, value);
+  }
+  return new Response(null, { status: 304, headers: validators });
+}
+
 function textResponse(
   status: keyof typeof STATUS_TEXT,
   headers: Record<string, string> = {},
@@ -946,6 +999,345 @@ function textResponse(
 /** 416, with the object's size in `Content-Range` when it is known. */
 function notSatisfiable(contentRange: string | null): Response {
   return textResponse(416, contentRange ? { "Content-Range": contentRange } : {});
+}
+
+// ---------------------------------------------------------------------------
+// Large objects
+//
+// An object larger than the cache in use can hold whole (LARGE_WORKERS_CACHE_BYTES behind
+// Workers Cache, MAX_CACHED_BYTES with the Cache API) is kept as aligned segments of
+// WORKER_SEGMENT_SIZE bytes: B2 is asked only for `bytes=k*S-(k+1)*S-1` (the last one shorter),
+// each segment is kept as a 200 with its Content-Length (cache.put refuses a 206) under a key
+// naming the object's version (B2's X-Bz-File-Id) and the index, never the token, and a
+// visitor's range is sliced from the segments it spans, one segment at a time.
+//
+// Where they are kept: the Cache API (caches.default), in both modes. Workers Cache also
+// caches loopback calls through ctx.exports (developers.cloudflare.com/workers/cache/
+// configuration/), which workerd offers from the compatibility date 2025-11-17
+// (enable_ctx_exports), but (1) a loopback entry is a URL any visitor can ask for and a hit
+// never runs the worker, so a segment of a signed path would be served unsigned unless its key
+// held a secret; (2) nothing local emulates Workers Cache, so no test could show the segments
+// kept there. The Cache API is per data centre and does nothing on workers.dev
+// (developers.cloudflare.com/workers/runtime-apis/cache/): there large objects are still
+// served right, from B2 every time.
+//
+// What the worker learns of the object (its facts: size, file id, type, validators) comes from
+// the first B2 answer it gets for the object, which is the request it makes for any object
+// (a whole GET behind Workers Cache; the Cache API mode's usual request), so a small object
+// costs nothing more. A large one costs that answer's headers once per WORKER_CACHE_TTL and
+// data centre: its body is cancelled and the segments are asked for instead.
+// ---------------------------------------------------------------------------
+
+/** What the edge remembers of a large object. */
+export interface ObjectFacts {
+  size: number;
+  /** B2's `X-Bz-File-Id`: one version of the object. */
+  fileId: string;
+  /** {@linkcode objectHeaders} of the object, without its length or range. */
+  headers: Headers;
+}
+
+/** What {@linkcode askB2} fills when B2's answer shows an object past `above` bytes. */
+interface LargeProbe {
+  above: number;
+  facts?: ObjectFacts;
+}
+
+/** Where a large object's answer comes from. */
+interface LargeTarget {
+  /** The visitor's URL: its origin and path name the Cache API entries. */
+  url: URL;
+  name: string;
+  config: WorkerConfig;
+  ctx: ExecutionContext;
+}
+
+/** One answer's bytes: `start..end` from segments, then, for a whole GET, the rest from B2. */
+interface SegmentPlan extends LargeTarget {
+  facts: ObjectFacts;
+  start: number;
+  end: number;
+  /** Where one B2 request takes over after the segments, to the object's end. */
+  tailFrom?: number | undefined;
+}
+
+// Workers Cache stores at most 512 MB an answer on every plan for now (developers.cloudflare.com/
+// cache/reference/range-requests/, "Caching limitations"), checked against the complete size,
+// so a larger object is never kept whole: counted in decimal megabytes, the stricter reading.
+const LARGE_WORKERS_CACHE_BYTES = 512_000_000;
+const DEFAULT_SEGMENT_SIZE = 8 * 1024 * 1024;
+// Segments one answer takes from the cache (or B2): each costs up to three subrequests (match,
+// fetch, put), and the Free plan allows 50 a request (developers.cloudflare.com/workers/
+// platform/limits/): 12 leave room for the facts and the object lookups. A longer range gets a
+// shorter 206 whose Content-Range says so (RFC 9110, 15.3.7), and players ask for the rest; a
+// GET without Range must be whole, so past these it streams the rest from B2 in one request.
+const MAX_SEGMENTS_PER_ANSWER = 12;
+// Cache API keys with a query: respond() looks objects up by origin and path only, so no
+// visitor's request can ever be answered with one of these entries.
+const FACTS_PATH = "/.well-known/b2-private-cdn/facts";
+const SEGMENT_PATH = "/.well-known/b2-private-cdn/segment";
+
+function readSegmenting(env: Env): Pick<WorkerConfig, "segmentSize" | "segmentThreshold"> {
+  const limit = env.WORKER_CACHE_MODE === "workers-cache"
+    ? LARGE_WORKERS_CACHE_BYTES
+    : MAX_CACHED_BYTES;
+  const threshold = wholeNumber(env.WORKER_SEGMENT_THRESHOLD, limit);
+  return {
+    segmentSize: wholeNumber(env.WORKER_SEGMENT_SIZE, DEFAULT_SEGMENT_SIZE),
+    segmentThreshold: Math.min(threshold, limit),
+  };
+}
+
+/**
+ * Whether large objects are told apart: behind Workers Cache always (a small one's ranges are
+ * answered whole so that the cache keeps it; a large one's cannot be), with the Cache API when
+ * segmenting is on. Never without a cache.
+ */
+function handlesLarge(config: WorkerConfig): boolean {
+  if (config.cacheTtl === 0) return false;
+  return config.cacheMode === "workers-cache" ||
+    (config.cacheMode === "cache-api" && config.segmentSize > 0);
+}
+
+/** The facts of a large object from B2's answer (a 200, a 206 or a HEAD); `undefined` if none. */
+export function readFacts(
+  b2: Headers,
+  config: Pick<WorkerConfig, "cacheTtl" | "cacheControl">,
+): ObjectFacts | undefined {
+  const fileId = b2.get("x-bz-file-id");
+  const contentRange = b2.get("Content-Range");
+  const total = contentRange === null
+    ? b2.get("Content-Length")
+    : /^bytes \d+-\d+\/(\d+)$/.exec(contentRange)?.[1];
+  const size = Number(total ?? NaN);
+  if (!fileId || !Number.isInteger(size)) return undefined;
+  const headers = objectHeaders(b2, config);
+  headers.delete("Content-Length");
+  headers.delete("Content-Range");
+  return { size, fileId, headers };
+}
+
+async function factsKey(target: Pick<LargeTarget, "url" | "name">): Promise<string> {
+  return `${target.url.origin}${FACTS_PATH}?object=${await objectTag(target.name)}`;
+}
+
+/** The key of segment `index`: the object's name, version and segment size, never the token. */
+async function segmentKey(plan: SegmentPlan, index: number): Promise<string> {
+  const query = new URLSearchParams({
+    object: await objectTag(plan.name),
+    version: plan.facts.fileId,
+    size: String(plan.config.segmentSize),
+    index: String(index),
+  });
+  return `${plan.url.origin}${SEGMENT_PATH}?${query}`;
+}
+
+async function lookUpFacts(target: LargeTarget): Promise<ObjectFacts | undefined> {
+  const cached = await edgeCache().match(await factsKey(target));
+  if (!cached) return undefined;
+  try {
+    const { size, fileId, headers } = await cached.json() as Record<string, unknown>;
+    if (!Number.isInteger(size) || typeof fileId !== "string" || !Array.isArray(headers)) {
+      return undefined;
+    }
+    return { size: size as number, fileId, headers: new Headers(headers) };
+  } catch {
+    return undefined;
+  }
+}
+
+async function keepFacts(target: LargeTarget, facts: ObjectFacts): Promise<void> {
+  const body = { size: facts.size, fileId: facts.fileId, headers: [...facts.headers] };
+  store(
+    target.ctx,
+    await factsKey(target),
+    Response.json(body, {
+      headers: { "Cache-Control": `public, max-age=${target.config.cacheTtl}` },
+    }),
+  );
+}
+
+/** Forgets a version that B2 no longer serves: the next request learns the current one. */
+async function forgetFacts(target: LargeTarget): Promise<void> {
+  await edgeCache().delete(await factsKey(target)).catch(() => false);
+}
+
+/** The answer for an object the edge knows is large, or `undefined` when it knows no such thing. */
+async function knownLarge(request: Request, target: LargeTarget): Promise<Response | undefined> {
+  if (!handlesLarge(target.config)) return undefined;
+  const facts = await lookUpFacts(target);
+  if (!facts || facts.size <= target.config.segmentThreshold) return undefined;
+  return await answerLarge(request, facts, target);
+}
+
+/** A large object's answer right after B2 said it is one: the facts are kept for later ones. */
+async function learnedLarge(
+  request: Request,
+  facts: ObjectFacts,
+  target: LargeTarget,
+): Promise<Response> {
+  await keepFacts(target, facts);
+  return await answerLarge(request, facts, target);
+}
+
+/**
+ * A large object's answer from its facts: 304, 416 and `HEAD` without
+ * asking B2; a range as a 206 of at most MAX_SEGMENTS_PER_ANSWER segments;
+ * a GET without (applicable) range whole. With segmenting off, B2 answers
+ * the visitor's range itself.
+ */
+async function answerLarge(
+  request: Request,
+  facts: ObjectFacts,
+  target: LargeTarget,
+): Promise<Response> {
+  const { config } = target;
+  const headers = publicHeaders(facts.headers);
+  headers.set(
+    "Cache-Control",
+    facts.headers.get(BROWSER_CACHE_CONTROL_HEADER) ?? DEFAULT_BROWSER_CACHE_CONTROL,
+  );
+  if (notModified(request.headers, facts.headers)) return notModifiedAnswer(headers);
+  const requested = parseRange(request.headers.get("Range"));
+  const range = requested && ifRangeMatches(request.headers, headers) ? requested : undefined;
+  if (config.segmentSize === 0) {
+    const object = await askB2(request.method, target.name, { ...(range && { range }), config });
+    return await answer(request, object, range);
+  }
+  const bytes = range ? resolveRange(range, facts.size) : { start: 0, end: facts.size - 1 };
+  if (!bytes) return notSatisfiable(`bytes */${facts.size}`);
+  const firstIndex = Math.floor(bytes.start / config.segmentSize);
+  const lastByte = (firstIndex + MAX_SEGMENTS_PER_ANSWER) * config.segmentSize - 1;
+  const end = Math.min(bytes.end, lastByte);
+  const tailFrom = !range && bytes.end > lastByte ? lastByte + 1 : undefined;
+  headers.set("Content-Length", String((range ? end : bytes.end) - bytes.start + 1));
+  if (range) headers.set("Content-Range", `bytes ${bytes.start}-${end}/${facts.size}`);
+  const status = range ? 206 : 200;
+  if (request.method === "HEAD") return new Response(null, { status, headers });
+  const plan = { ...target, facts, start: bytes.start, end, tailFrom };
+  return new Response(segmentedBody(plan), { status, headers });
+}
+
+/** A writable whose readable has a known length (workerd sends it as Content-Length). */
+function fixedLengthStream(length: number): TransformStream<Uint8Array, Uint8Array> {
+  const { FixedLengthStream } = globalThis as {
+    FixedLengthStream?: new (length: number) => TransformStream<Uint8Array, Uint8Array>;
+  };
+  return FixedLengthStream ? new FixedLengthStream(length) : new TransformStream();
+}
+
+/**
+ * The plan's bytes as one stream, filled one segment at a time (the runtime
+ * pipes each native body on its own): a visitor who stops reading ends it,
+ * and no further segment is asked for.
+ */
+function segmentedBody(plan: SegmentPlan): ReadableStream<Uint8Array> {
+  const last = plan.tailFrom === undefined ? plan.end : plan.facts.size - 1;
+  const { readable, writable } = fixedLengthStream(last - plan.start + 1);
+  plan.ctx.waitUntil(pumpSegments(plan, writable));
+  return readable;
+}
+
+/** A segment B2 would not give: `changed` when it now holds another version of the object. */
+class SegmentFailure extends Error {
+  constructor(message: string, readonly changed = false) {
+    super(message);
+  }
+}
+
+async function pumpSegments(plan: SegmentPlan, writable: WritableStream<Uint8Array>) {
+  const size = plan.config.segmentSize;
+  try {
+    for (let index = Math.floor(plan.start / size); index * size <= plan.end; index++) {
+      const offset = index * size;
+      const within = {
+        start: Math.max(plan.start, offset) - offset,
+        end: Math.min(plan.end, offset + size - 1, plan.facts.size - 1) - offset,
+      };
+      const piece = await segmentPiece(plan, index, within);
+      await piece.pipeTo(writable, { preventClose: true });
+    }
+    if (plan.tailFrom !== undefined) {
+      const tail = await b2Bytes(plan, plan.tailFrom, plan.facts.size - plan.tailFrom);
+      await tail.pipeTo(writable, { preventClose: true });
+    }
+    await writable.close();
+  } catch (error) {
+    // Anything else is the visitor going away, which ends the stream already.
+    if (!(error instanceof SegmentFailure)) return;
+    console.error(error.message);
+    if (error.changed) await forgetFacts(plan);
+    // An answer cut short, never one spliced from two versions: the client sees a body
+    // shorter than its Content-Length.
+    await writable.abort(error).catch(() => {});
+  }
+}
+
+/**
+ * Bytes `within` of segment `index`: from the Cache API (which slices a
+ * stored 200 itself), else from B2, kept for the next visitor meanwhile.
+ */
+async function segmentPiece(
+  plan: SegmentPlan,
+  index: number,
+  within: ByteRange,
+): Promise<ReadableStream<Uint8Array>> {
+  const offset = index * plan.config.segmentSize;
+  const length = Math.min(plan.config.segmentSize, plan.facts.size - offset);
+  const whole = within.start === 0 && within.end === length - 1;
+  const key = await segmentKey(plan, index);
+  const lookup = new Request(key, {
+    headers: whole ? {} : { Range: `bytes=${within.start}-${within.end}` },
+  });
+  const cached = await edgeCache().match(lookup);
+  if (cached?.body && (cached.status === 200 || cached.status === 206)) return cached.body;
+  await cached?.body?.cancel();
+  const [kept, sent] = (await b2Bytes(plan, offset, length)).tee();
+  const copy = kept.pipeThrough(fixedLengthStream(length));
+  store(
+    plan.ctx,
+    key,
+    new Response(copy, {
+      headers: {
+        "Cache-Control": `public, max-age=${plan.config.cacheTtl}`,
+        "Content-Type": "application/octet-stream",
+      },
+    }),
+  );
+  return whole ? sent : sliceBody(sent, within);
+}
+
+/** `length` bytes from `offset`, from B2, of exactly the version the facts name. */
+async function b2Bytes(
+  plan: SegmentPlan,
+  offset: number,
+  length: number,
+): Promise<ReadableStream<Uint8Array>> {
+  const { config, name, facts } = plan;
+  const headers = { Authorization: config.token, Range: `bytes=${offset}-${offset + length - 1}` };
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), config.timeoutMs);
+  let b2: Response;
+  try {
+    b2 = await fetch(b2Url(config, name), { headers, signal: controller.signal });
+  } catch (error) {
+    throw new SegmentFailure(`B2 did not answer for bytes ${offset}- of "${name}": ${error}`);
+  } finally {
+    clearTimeout(timer);
+  }
+  const fileId = b2.headers.get("x-bz-file-id");
+  if ((b2.status === 206 || b2.status === 200) && fileId === facts.fileId && b2.body) {
+    return b2.body;
+  }
+  await b2.body?.cancel();
+  if (b2.ok || b2.status === 404 || b2.status === 416) {
+    throw new SegmentFailure(
+      `"${name}" changed while served (B2 answered ${b2.status} with another version): ` +
+        "this answer ends here and the next request serves the new version",
+      true,
+    );
+  }
+  throw new SegmentFailure(`B2 answered ${b2.status} for bytes ${offset}- of "${name}"`);
 }
 
 // ---------------------------------------------------------------------------
