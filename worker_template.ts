@@ -777,8 +777,17 @@ export function sliceBody(
   body: ReadableStream<Uint8Array>,
   range: ByteRange,
 ): ReadableStream<Uint8Array> {
+  // workerd only sends Content-Length for a script-made stream when told the length up front.
+  return sliceStream(body, range).pipeThrough(fixedLengthStream(range.end - range.start + 1));
+}
+
+/** The bytes of `range` out of a stream starting at offset 0, of unknown length. */
+function sliceStream(
+  body: ReadableStream<Uint8Array>,
+  range: ByteRange,
+): ReadableStream<Uint8Array> {
   let offset = 0;
-  const sliced = body.pipeThrough(
+  return body.pipeThrough(
     new TransformStream<Uint8Array, Uint8Array>({
       transform(chunk, controller) {
         const from = Math.max(range.start - offset, 0);
@@ -789,13 +798,6 @@ export function sliceBody(
       },
     }),
   );
-  // workerd only sends Content-Length for a script-made stream when told the length up front.
-  const { FixedLengthStream } = globalThis as {
-    FixedLengthStream?: new (length: number) => TransformStream<Uint8Array, Uint8Array>;
-  };
-  return FixedLengthStream
-    ? sliced.pipeThrough(new FixedLengthStream(range.end - range.start + 1))
-    : sliced;
 }
 
 function preflight(request: Request, config: WorkerConfig, allow: string): Response {
@@ -1304,7 +1306,9 @@ async function segmentPiece(
       },
     }),
   );
-  return whole ? sent : sliceBody(sent, within);
+  // Not sliceBody(): a FixedLengthStream's readable piped into the answer's own
+  // FixedLengthStream stalls in workerd, and the answer's length is fixed already.
+  return whole ? sent : sliceStream(sent, within);
 }
 
 /** `length` bytes from `offset`, from B2, of exactly the version the facts name. */

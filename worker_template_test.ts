@@ -2173,3 +2173,168 @@ Deno.test("worker in workerd, signed links in Workers Cache mode", async (t) => 
     await b2.close();
   }
 });
+
+// ---------------------------------------------------------------------------
+// Large objects (issue 14): a small segment size and a lowered threshold keep them small
+// ---------------------------------------------------------------------------
+
+const SEGMENT = 1000;
+const BIG_SIZE = 5500;
+const SEGMENTING = { WORKER_SEGMENT_SIZE: String(SEGMENT), WORKER_SEGMENT_THRESHOLD: "2500" };
+
+function bigB2(): FakeB2 {
+  const b2 = startB2();
+  b2.putFile(BUCKET, { name: "site/big.bin", body: { size: BIG_SIZE }, contentType: "video/mp4" });
+  b2.putFile(BUCKET, { name: "site/small.bin", body: { size: 2000 } });
+  return b2;
+}
+
+/** The fake B2's file id for a generated body (fake_b2.ts: serveFile). */
+function fakeFileId(name: string, size: number): string {
+  return `4_z${name.length}_f${size}`;
+}
+
+/** Waits until segment `index` of a large object is kept in the Cache API. */
+async function segmentKept(worker: TestWorker, index: number, size = BIG_SIZE): Promise<void> {
+  const caches = await worker.miniflare.getCaches() as unknown as { default: Cache };
+  const query = new URLSearchParams({
+    object: await objectTag("site/big.bin"),
+    version: fakeFileId("site/big.bin", size),
+    size: String(SEGMENT),
+    index: String(index),
+  });
+  const key = `${SITE}/.well-known/b2-private-cdn/segment?${query}`;
+  await waitFor(async () => {
+    const cached = await caches.default.match(key);
+    await cached?.body?.cancel();
+    return cached !== undefined;
+  }, `segment ${index} in the Cache API`);
+}
+
+function ranges(worker: TestWorker): (string | null)[] {
+  return worker.downloads().map((r) => r.headers.get("range"));
+}
+
+Deno.test("worker in workerd, large objects as segments in the Cache API", async (t) => {
+  const b2 = bigB2();
+  const cachePersist = await Deno.makeTempDir();
+  const worker = await startWorker(b2, {
+    options: { cacheMode: "cache-api" },
+    extraBindings: SEGMENTING,
+    cachePersist,
+  });
+  const etag = `"${fakeFileId("site/big.bin", BIG_SIZE)}"`;
+  try {
+    await t.step(
+      "a first range: B2's answer tells the size, then one aligned segment",
+      async () => {
+        const answer = await worker.visit("/big.bin", { headers: { Range: "bytes=1200-1299" } });
+        assert.deepEqual(answer, {
+          status: 206,
+          headers: objectAnswerHeaders({
+            "content-length": "100",
+            "content-range": `bytes 1200-1299/${BIG_SIZE}`,
+            "content-type": "video/mp4",
+            etag,
+          }),
+          body: patternText(1200, 1299),
+        });
+        // The first request is the one any object gets (the visitor's range), left unread.
+        assert.deepEqual(ranges(worker), ["bytes=1200-1299", "bytes=1000-1999"]);
+        await segmentKept(worker, 1);
+      },
+    );
+
+    await t.step(
+      "a range across segment boundaries: exact bytes, only missing aligned segments",
+      async () => {
+        const answer = await worker.visit("/big.bin", { headers: { Range: "bytes=1900-3100" } });
+        assert.deepEqual([answer.status, answer.headers["content-range"]], [
+          206,
+          `bytes 1900-3100/${BIG_SIZE}`,
+        ]);
+        assert.equal(answer.body, patternText(1900, 3100));
+        assert.deepEqual(ranges(worker), ["bytes=2000-2999", "bytes=3000-3999"]);
+        await segmentKept(worker, 2);
+        await segmentKept(worker, 3);
+      },
+    );
+
+    await t.step("repeats are answered without B2", async () => {
+      const answer = await worker.visit("/big.bin", { headers: { Range: "bytes=1500-3499" } });
+      assert.equal(answer.body, patternText(1500, 3499));
+      assert.deepEqual(ranges(worker), []);
+    });
+
+    await t.step("HEAD and conditional requests: no B2 request, no body", async () => {
+      const head = await worker.visit("/big.bin", { method: "HEAD" });
+      assert.deepEqual([head.status, head.headers["content-length"], head.body], [
+        200,
+        String(BIG_SIZE),
+        "",
+      ]);
+      const notModified = await worker.visit("/big.bin", { headers: { "If-None-Match": etag } });
+      assert.deepEqual([notModified.status, notModified.headers.etag], [304, etag]);
+      const stale = await worker.visit("/big.bin", {
+        headers: { Range: "bytes=1200-1209", "If-Range": '"another"' },
+        method: "HEAD",
+      });
+      assert.deepEqual([stale.status, stale.headers["content-range"]], [200, undefined]);
+      const current = await worker.visit("/big.bin", {
+        headers: { Range: "bytes=1200-1209", "If-Range": etag },
+      });
+      assert.deepEqual([current.status, current.body], [206, patternText(1200, 1209)]);
+      const beyond = await worker.visit("/big.bin", { headers: { Range: "bytes=9000-" } });
+      assert.deepEqual([beyond.status, beyond.headers["content-range"]], [
+        416,
+        `bytes */${BIG_SIZE}`,
+      ]);
+      assert.deepEqual(ranges(worker), []);
+    });
+
+    await t.step("an open-ended range and a GET without Range are byte-exact", async () => {
+      const open = await worker.visit("/big.bin", { headers: { Range: "bytes=2500-" } });
+      assert.deepEqual([open.status, open.headers["content-range"]], [
+        206,
+        `bytes 2500-${BIG_SIZE - 1}/${BIG_SIZE}`,
+      ]);
+      assert.equal(open.body, patternText(2500, BIG_SIZE - 1));
+      const whole = await worker.visit("/big.bin");
+      assert.deepEqual([whole.status, whole.headers["content-length"]], [200, String(BIG_SIZE)]);
+      assert.equal(whole.body, patternText(0, BIG_SIZE - 1));
+      // Aligned segments only; the last one shorter.
+      assert.deepEqual(ranges(worker), ["bytes=4000-4999", "bytes=5000-5499", "bytes=0-999"]);
+    });
+
+    await t.step("a token rotation is answered from the same segments and facts", async () => {
+      // A redeploy with a new token, sharing the cache as Cloudflare's data centre would.
+      const rotated = await startWorker(b2, {
+        options: { cacheMode: "cache-api" },
+        extraBindings: SEGMENTING,
+        cachePersist,
+        token: b2.issueDownloadToken(BUCKET, "", 3600),
+      });
+      try {
+        assert.notEqual(rotated.token, worker.token);
+        rotated.downloads();
+        const answer = await rotated.visit("/big.bin", { headers: { Range: "bytes=900-4100" } });
+        assert.equal(answer.body, patternText(900, 4100));
+        const head = await rotated.visit("/big.bin", { method: "HEAD" });
+        assert.equal(head.headers.etag, etag);
+        assert.deepEqual(ranges(rotated), []);
+      } finally {
+        await rotated.dispose();
+      }
+    });
+
+    await t.step("small objects are unchanged: one B2 request, kept whole", async () => {
+      const small = await worker.visit("/small.bin", { headers: { Range: "bytes=10-19" } });
+      assert.deepEqual([small.status, small.body], [206, patternText(10, 19)]);
+      assert.deepEqual(ranges(worker), ["bytes=10-19"]);
+    });
+  } finally {
+    await worker.dispose();
+    await b2.close();
+    await Deno.remove(cachePersist, { recursive: true });
+  }
+});
