@@ -13,6 +13,7 @@
  * deno task bench --only signed-links   # the signature check's cost alone, under a minute
  * deno task bench --only cache-modes    # the cache modes over one workload, under a minute
  * deno task bench --only event-notifications   # notification to MISS, bursts; about a minute
+ * deno task bench --only large-objects  # video and map ranges, segments on and off
  * ```
  *
  * Everything runs on 127.0.0.1, every loop is bounded in time or count, and
@@ -21,7 +22,7 @@
  *
  * Each section is a file of its own: `worker_overhead.ts`, `streaming.ts`,
  * `refresh.ts`, `startup.ts`, `signed_links.ts`, `cache_modes.ts`,
- * `event_notifications.ts`; they
+ * `event_notifications.ts`, `large_objects.ts`; they
  * share `measure.ts` (figures and the report's printing) and `processes.ts`
  * (workerd, /proc, pinning).
  *
@@ -42,6 +43,12 @@ import {
   formatEventNotifications,
   judgeEventNotifications,
 } from "./event_notifications.ts";
+import {
+  benchLargeObjects,
+  formatLargeObjects,
+  judgeLargeObjects,
+  type LargeObjectsReport,
+} from "./large_objects.ts";
 import {
   formatSections,
   type LoadChoice,
@@ -85,6 +92,7 @@ export interface BenchReport extends MachineFacts, Verdict {
   startup: Startup;
   cacheModes: CacheModesReport;
   eventNotifications: EventNotificationsRun;
+  largeObjects: LargeObjectsReport;
 }
 
 /** The event-notifications section alone (`--only event-notifications`), with its targets. */
@@ -102,8 +110,13 @@ export interface CacheModesAloneReport extends MachineFacts, Verdict {
   cacheModes: CacheModesReport;
 }
 
+/** The large-objects section alone (`--only large-objects`), with its targets. */
+export interface LargeObjectsAloneReport extends MachineFacts, Verdict {
+  largeObjects: LargeObjectsReport;
+}
+
 /** The sections `--only` runs alone. */
-const ALONE = ["signed-links", "cache-modes", "event-notifications"];
+const ALONE = ["signed-links", "cache-modes", "event-notifications", "large-objects"];
 
 /** Runs every section in turn and judges the targets. */
 export async function bench(options: BenchOptions): Promise<BenchReport> {
@@ -129,6 +142,8 @@ export async function bench(options: BenchOptions): Promise<BenchReport> {
     const cacheModes = await benchCacheModes(module, log);
     log("and event notifications: notification to MISS, bursts of 1,000 and 10,000...");
     const eventNotifications = await benchEventNotifications(module);
+    log("and large objects by ranges, segments off and on...");
+    const largeObjects = await benchLargeObjects(module, log);
     const startup = { denoRunMs, ...compiled };
     return {
       workerOverhead,
@@ -138,6 +153,7 @@ export async function bench(options: BenchOptions): Promise<BenchReport> {
       startup,
       cacheModes,
       eventNotifications,
+      largeObjects,
     };
   }, judge);
 }
@@ -155,6 +171,7 @@ export function judge(report: Omit<BenchReport, "targets" | "seconds">): Target[
     inProcessTime,
     ...judgeCacheModes(report.cacheModes),
     ...judgeEventNotifications(report.eventNotifications),
+    ...judgeLargeObjects(report.largeObjects),
   ];
 }
 
@@ -168,6 +185,7 @@ export function formatReport(report: BenchReport): string {
     formatSignedLinks(report.signedLinks),
     formatCacheModes(report.cacheModes),
     formatEventNotifications(report.eventNotifications),
+    formatLargeObjects(report.largeObjects),
   ]);
 }
 
@@ -196,6 +214,16 @@ export async function benchEventNotificationsAlone(
     if (!options.json) console.error("event notifications...");
     return { eventNotifications: await benchEventNotifications(await loadWorkerModule()) };
   }, (measured) => judgeEventNotifications(measured.eventNotifications));
+}
+
+/** Runs section 8 alone: about two minutes. */
+export async function benchLargeObjectsAlone(
+  options: BenchOptions,
+): Promise<LargeObjectsAloneReport> {
+  return await measureReport(async () => {
+    const log = options.json ? undefined : (line: string) => console.error(line);
+    return { largeObjects: await benchLargeObjects(await loadWorkerModule(), log) };
+  }, (measured) => judgeLargeObjects(measured.largeObjects));
 }
 
 /** The flags, checked; exits 2 on bad usage. */
@@ -241,6 +269,12 @@ async function run(options: BenchOptions, only: string | undefined): Promise<str
     return options.json
       ? JSON.stringify(report)
       : formatSections(report, [formatEventNotifications(report.eventNotifications)]);
+  }
+  if (only === "large-objects") {
+    const report = await benchLargeObjectsAlone(options);
+    return options.json
+      ? JSON.stringify(report)
+      : formatSections(report, [formatLargeObjects(report.largeObjects)]);
   }
   const report = await bench(options);
   return options.json ? JSON.stringify(report) : formatReport(report);

@@ -1,6 +1,12 @@
 import assert from "node:assert/strict";
 import { type BenchReport, judge } from "./bench.ts";
-import { cacheModes, eventNotifications, signedLinks, throughput } from "./test_figures.ts";
+import {
+  cacheModes,
+  eventNotifications,
+  largeObjects,
+  signedLinks,
+  throughput,
+} from "./test_figures.ts";
 
 function measured(changes: {
   uncachedRatio?: number;
@@ -49,6 +55,7 @@ function measured(changes: {
     startup: { denoRunMs: 90, compiledMs: null },
     cacheModes: cacheModes(),
     eventNotifications: eventNotifications(),
+    largeObjects: largeObjects(),
   };
 }
 

@@ -13,6 +13,7 @@ import {
   type WorkloadRequest,
 } from "./cache_modes.ts";
 import type { EventNotificationsRun } from "./event_notifications.ts";
+import type { LargeObjectsReport, LargeRun } from "./large_objects.ts";
 import type { Throughput } from "./measure.ts";
 import { type SignedLinkCost, signedLinkCost } from "./signed_links.ts";
 
@@ -126,5 +127,33 @@ export function eventNotifications(
       unacknowledged: 0,
     }],
     ...changes,
+  };
+}
+
+/** Section 8's figures that meet every target, with `changes` to one run's. */
+export function largeObjects(changes: Partial<LargeRun> = {}): LargeObjectsReport {
+  const run = (workload: LargeRun["workload"], segments: LargeRun["segments"]): LargeRun => ({
+    workload,
+    segments,
+    visits: 72,
+    wrong: 0,
+    b2RequestsPer1000: segments === "on" ? 100 : 1000,
+    b2MiBPer1000: segments === "on" ? 800 : 2000,
+    servedMiBPer1000: 2000,
+    hitRatio: segments === "on" ? 0.9 : 0,
+    repeatB2Requests: segments === "on" ? 0 : 24,
+    uniqueSegmentMiB: 72 * 800 / 1000,
+    cachedTtfbMs: segments === "on" ? 1.1 : null,
+    b2TtfbMs: 50,
+    ...(workload === "video" && segments === "on" && changes),
+  });
+  return {
+    segmentingAvailable: true,
+    segmentBytes: 8 * 1024 * 1024,
+    b2LatencyMs: 40,
+    runs: [run("video", "off"), run("tiles", "off"), run("video", "on"), run("tiles", "on")],
+    smallHitTtfbMs: 0.3,
+    smallCacheApiTtfbMs: 1,
+    stream: { segments: "on", bytes: 2e9, seconds: 45, peakRssMiB: 80, startRssMiB: 75 },
   };
 }

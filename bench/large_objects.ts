@@ -1,0 +1,490 @@
+/**
+ * Section 8 of the bench: large objects read by ranges (issue 14), behind the
+ * Workers Cache stand-in in the default mode, with segmenting on and off side
+ * by side. A synthetic 20 GB video (the B2 stand-in makes its bytes from the
+ * offset, nothing is stored) watched by viewers who start at byte 0, play in
+ * the ranges players ask for and seek, the second viewer watching as the
+ * first did; and a PMTiles-like archive of 2 GB read in many small ranges.
+ * B2 answers after 40 ms, as a distant B2 region does. Per 1,000 visitor
+ * ranges: B2 requests, bytes asked of B2 against bytes served, the hit ratio,
+ * and time to first byte from a cached segment, from B2 and from a small
+ * cached object; and workerd's memory while one visitor streams the video.
+ *
+ * @module
+ */
+
+import type { WorkerUpload } from "../main.ts";
+import { startWorkersCache } from "../local/workers_cache.ts";
+import { median, MIB, ms, table, type Target } from "./measure.ts";
+import { memoryOf, ourUpload, startBenchB2, startWorker } from "./processes.ts";
+
+/** The video: 20 GB, decimal, as a video site counts. */
+export const VIDEO_BYTES = 20_000_000_000;
+/** The map archive: 2 GB. */
+export const TILES_BYTES = 2_000_000_000;
+/** What B2 takes to answer a request. */
+export const B2_LATENCY_MS = 40;
+/** How many bytes a player asks for in one range (hls.js and AVPlayer ask a few MiB). */
+export const PLAYER_RANGE_BYTES = 2 * MIB;
+/** The segment size of the "on" runs: the worker's default. */
+const SEGMENT_BYTES = 8 * MIB;
+/** How long the whole-object stream may run before it is stopped and measured. */
+const STREAM_SECONDS = 45;
+const RSS_SAMPLE_MS = 50;
+// Targets (issue 14, Proof).
+const TTFB_RATIO_LIMIT = 1.2;
+const STREAM_RSS_MARGIN_MIB = 32;
+
+/** One visitor range of a workload. */
+export interface RangeVisit {
+  /** Which viewer or map visitor asks; the first one's B2 cost is the fill. */
+  visitor: number;
+  path: string;
+  start: number;
+  end: number;
+}
+
+/** A deterministic pseudo-random sequence in [0, 1) (mulberry32). */
+export function random(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Viewers of one video: each starts at byte 0 and plays `playRanges` ranges of
+ * {@linkcode PLAYER_RANGE_BYTES}, then seeks to a random place and plays again,
+ * `seeks` times. Viewer 2 watches as viewer 1 did (a repeat viewing); viewer 3
+ * seeks elsewhere.
+ */
+export function videoWorkload(
+  options: { size?: number; seeks?: number; playRanges?: number; seed?: number } = {},
+): RangeVisit[] {
+  const size = options.size ?? VIDEO_BYTES;
+  const seeks = options.seeks ?? 3;
+  const playRanges = options.playRanges ?? 6;
+  const viewer = (visitor: number, seed: number): RangeVisit[] => {
+    const next = random(seed);
+    const visits: RangeVisit[] = [];
+    let at = 0;
+    for (let run = 0; run <= seeks; run++) {
+      for (let i = 0; i < playRanges && at < size; i++) {
+        const end = Math.min(at + PLAYER_RANGE_BYTES, size) - 1;
+        visits.push({ visitor, path: "/video.mp4", start: at, end });
+        at = end + 1;
+      }
+      at = Math.floor(next() * (size - PLAYER_RANGE_BYTES));
+    }
+    return visits;
+  };
+  const seed = options.seed ?? 14;
+  return [...viewer(1, seed), ...viewer(2, seed), ...viewer(3, seed + 1)];
+}
+
+/**
+ * Map visitors of one PMTiles-like archive: the header and root directory
+ * (the first 16 KiB), then tiles of 4-64 KiB, most visitors looking at the
+ * same popular places: each tile is drawn from `places` offsets, the first
+ * ones far likelier (Zipf-like).
+ */
+export function tilesWorkload(
+  options: { size?: number; visitors?: number; tiles?: number; places?: number; seed?: number } =
+    {},
+): RangeVisit[] {
+  const size = options.size ?? TILES_BYTES;
+  const next = random(options.seed ?? 7);
+  const places = Array.from({ length: options.places ?? 200 }, () => ({
+    start: Math.floor(next() * (size - 64 * 1024)),
+    length: 4096 + Math.floor(next() * 60 * 1024),
+  }));
+  const visits: RangeVisit[] = [];
+  for (let visitor = 1; visitor <= (options.visitors ?? 4); visitor++) {
+    visits.push({ visitor, path: "/tiles.pmtiles", start: 0, end: 16383 });
+    for (let i = 0; i < (options.tiles ?? 60); i++) {
+      const place = places[Math.floor(places.length * next() ** 2)]!;
+      visits.push({
+        visitor,
+        path: "/tiles.pmtiles",
+        start: place.start,
+        end: place.start + place.length - 1,
+      });
+    }
+  }
+  return visits;
+}
+
+/** What one visitor range cost. */
+export interface VisitRecord {
+  visitor: number;
+  status: number;
+  /** Bytes the visitor received. */
+  served: number;
+  ttfbMs: number;
+  b2Requests: number;
+  /** Bytes the worker asked B2 for (the ranges it sent, within the object). */
+  b2Bytes: number;
+}
+
+/** One workload with segmenting on or off, per 1,000 visitor ranges. */
+export interface LargeRun {
+  workload: "video" | "tiles";
+  segments: "on" | "off";
+  visits: number;
+  /** Visitor ranges not answered with the exact bytes asked for. */
+  wrong: number;
+  b2RequestsPer1000: number;
+  b2MiBPer1000: number;
+  servedMiBPer1000: number;
+  /** Visitor ranges answered without a B2 request. */
+  hitRatio: number;
+  /** B2 requests made for visitors after the first one. */
+  repeatB2Requests: number;
+  /** Unique segments the visitors touched, times the segment size, in MiB. */
+  uniqueSegmentMiB: number;
+  cachedTtfbMs: number | null;
+  b2TtfbMs: number | null;
+}
+
+/** Sums `records` into a {@linkcode LargeRun}. */
+export function summarizeLarge(
+  records: VisitRecord[],
+  how: Pick<LargeRun, "workload" | "segments"> & { visits: RangeVisit[]; wrong: number },
+): LargeRun {
+  const per1000 = 1000 / Math.max(1, records.length);
+  const sum = (pick: (r: VisitRecord) => number) => records.reduce((n, r) => n + pick(r), 0);
+  const cached = records.filter((r) => r.b2Requests === 0);
+  const fromB2 = records.filter((r) => r.b2Requests > 0);
+  const segments = new Set<string>();
+  for (const visit of how.visits) {
+    for (
+      let k = Math.floor(visit.start / SEGMENT_BYTES);
+      k <= Math.floor(visit.end / SEGMENT_BYTES);
+      k++
+    ) segments.add(`${visit.path} ${k}`);
+  }
+  return {
+    workload: how.workload,
+    segments: how.segments,
+    visits: records.length,
+    wrong: how.wrong,
+    b2RequestsPer1000: sum((r) => r.b2Requests) * per1000,
+    b2MiBPer1000: sum((r) => r.b2Bytes) / MIB * per1000,
+    servedMiBPer1000: sum((r) => r.served) / MIB * per1000,
+    hitRatio: cached.length / Math.max(1, records.length),
+    repeatB2Requests: sum((r) => r.visitor === 2 ? r.b2Requests : 0),
+    uniqueSegmentMiB: segments.size * SEGMENT_BYTES / MIB,
+    cachedTtfbMs: cached.length > 0 ? median(cached.map((r) => r.ttfbMs)) : null,
+    b2TtfbMs: fromB2.length > 0 ? median(fromB2.map((r) => r.ttfbMs)) : null,
+  };
+}
+
+/** The bytes of `start..end` a B2 range header asks for, within an object of `size`. */
+export function askedBytes(range: string | null, size: number): number {
+  if (range === null) return size;
+  const match = /^bytes=(\d*)-(\d*)$/.exec(range);
+  if (!match) return size;
+  const [, first = "", last = ""] = match;
+  if (first === "") return Math.min(Number(last), size);
+  const end = last === "" ? size - 1 : Math.min(Number(last), size - 1);
+  return Math.max(0, end - Number(first) + 1);
+}
+
+/** Section 8. */
+export interface LargeObjectsReport {
+  /** Whether the worker measured knows WORKER_SEGMENT_SIZE; without it only "off" runs. */
+  segmentingAvailable: boolean;
+  segmentBytes: number;
+  b2LatencyMs: number;
+  runs: LargeRun[];
+  /** Median TTFB of a 1 KiB object answered by Workers Cache (HIT: the worker does not run). */
+  smallHitTtfbMs: number;
+  /** Median TTFB of a 1 KiB object the worker finds in the Cache API, as it finds a segment. */
+  smallCacheApiTtfbMs: number;
+  /** The whole video streamed once by one visitor, with segmenting as deployed by default. */
+  stream: {
+    segments: "on" | "off";
+    bytes: number;
+    seconds: number;
+    peakRssMiB: number | null;
+    startRssMiB: number | null;
+  };
+}
+
+/** The upload with `WORKER_SEGMENT_SIZE` among its bindings (`0` turns segmenting off). */
+function withSegments(upload: WorkerUpload, segmentSize: number): WorkerUpload {
+  const bindings = upload.metadata.bindings.filter((b) => b.name !== "WORKER_SEGMENT_SIZE");
+  bindings.push({ type: "plain_text", name: "WORKER_SEGMENT_SIZE", text: String(segmentSize) });
+  return { ...upload, metadata: { ...upload.metadata, bindings } };
+}
+
+function patternMatches(bytes: Uint8Array, start: number): boolean {
+  for (let i = 0; i < bytes.byteLength; i += 4093) {
+    if (bytes[i] !== (start + i) % 251) return false;
+  }
+  return bytes.byteLength === 0 ||
+    bytes[bytes.byteLength - 1] === (start + bytes.byteLength - 1) % 251;
+}
+
+/** Runs section 8. */
+export async function benchLargeObjects(
+  module: string,
+  log?: (line: string) => void,
+): Promise<LargeObjectsReport> {
+  const segmentingAvailable = module.includes("WORKER_SEGMENT_SIZE");
+  const runs: LargeRun[] = [];
+  let smallHitTtfbMs = NaN;
+  let smallCacheApiTtfbMs = NaN;
+  let stream: LargeObjectsReport["stream"] | undefined;
+  for (const segments of segmentingAvailable ? ["off", "on"] as const : ["off"] as const) {
+    await using stack = new AsyncDisposableStack();
+    const sizes: Record<string, number> = {
+      "video.mp4": VIDEO_BYTES,
+      "tiles.pmtiles": TILES_BYTES,
+      "small.txt": 1024,
+    };
+    const b2 = startBenchB2(
+      Object.entries(sizes).map(([name, size]) => ({ name, body: { size } })),
+      { latencyMs: B2_LATENCY_MS },
+    );
+    stack.defer(() => b2.close());
+    let pid: number | undefined;
+    const cache = await startWorkersCache({
+      startLocalWorker: async (upload, options) => {
+        const worker = await startWorker(upload, options);
+        pid = worker.pid;
+        return worker;
+      },
+    });
+    stack.defer(() => cache.close());
+    const upload = ourUpload(module, b2, { WORKER_CACHE_MODE: "workers-cache" });
+    await cache.deploy(withSegments(upload, segments === "on" ? SEGMENT_BYTES : 0));
+    const client = stack.use(Deno.createHttpClient({}));
+    for (
+      const [workload, visits] of [["video", videoWorkload()], ["tiles", tilesWorkload()]] as const
+    ) {
+      log?.(`  ${workload}, segments ${segments}: ${visits.length} ranges...`);
+      const records: VisitRecord[] = [];
+      let wrong = 0;
+      for (const visit of visits) {
+        const before = b2.requests.length;
+        const started = performance.now();
+        const response = await fetch(`${cache.url}${visit.path}`, {
+          client,
+          headers: { Range: `bytes=${visit.start}-${visit.end}` },
+        });
+        const { bytes, ttfbMs } = await readTimed(response, started);
+        await cache.idle();
+        const asked = b2.requests.slice(before).filter((r) => r.method === "GET");
+        const size = sizes[visit.path.slice(1)]!;
+        const wantedLength = visit.end - visit.start + 1;
+        // A shorter 206 is allowed (RFC 9110); its bytes must still be the right ones.
+        const start = Number(
+          /^bytes (\d+)-/.exec(response.headers.get("content-range") ?? "")?.[1],
+        );
+        if (
+          response.status !== 206 || start !== visit.start || bytes.byteLength > wantedLength ||
+          !patternMatches(bytes, visit.start)
+        ) wrong++;
+        records.push({
+          visitor: visit.visitor,
+          status: response.status,
+          served: bytes.byteLength,
+          ttfbMs,
+          b2Requests: asked.length,
+          b2Bytes: asked.reduce((n, r) => n + askedBytes(r.headers.get("range"), size), 0),
+        });
+      }
+      runs.push(summarizeLarge(records, { workload, segments, visits, wrong }));
+    }
+    if (segments === "off") {
+      smallHitTtfbMs = await smallHits(cache.url, client, "HIT");
+      // The path a cached segment takes: the worker runs and finds it in caches.default.
+      const direct = await startWorker(ourUpload(module, b2, { WORKER_CACHE_MODE: "cache-api" }));
+      stack.defer(() => direct.dispose());
+      smallCacheApiTtfbMs = await smallHits(direct.url, client);
+    }
+    if (segments === (segmentingAvailable ? "on" : "off")) {
+      log?.(`  the 20 GB video streamed whole for up to ${STREAM_SECONDS} s...`);
+      stream = { segments, ...await streamWhole(`${cache.url}/video.mp4`, pid) };
+    }
+  }
+  return {
+    segmentingAvailable,
+    segmentBytes: SEGMENT_BYTES,
+    b2LatencyMs: B2_LATENCY_MS,
+    runs,
+    smallHitTtfbMs,
+    smallCacheApiTtfbMs,
+    stream: stream!,
+  };
+}
+
+/** The body, and the milliseconds from `started` to its first byte. */
+async function readTimed(
+  response: Response,
+  started: number,
+): Promise<{ bytes: Uint8Array; ttfbMs: number }> {
+  const chunks: Uint8Array[] = [];
+  let ttfbMs = performance.now() - started;
+  for await (const chunk of response.body ?? []) {
+    if (chunks.length === 0) ttfbMs = performance.now() - started;
+    chunks.push(chunk);
+  }
+  return { bytes: new Uint8Array(await new Blob(chunks as BlobPart[]).arrayBuffer()), ttfbMs };
+}
+
+/**
+ * The median time to first byte of a small object already held (after one fill): a
+ * Workers Cache HIT (`label` "HIT") never runs the worker; a Cache API hit does.
+ */
+async function smallHits(
+  url: string,
+  client: Deno.HttpClient,
+  label?: string,
+): Promise<number> {
+  await (await fetch(`${url}/small.txt`, { client })).arrayBuffer();
+  const times: number[] = [];
+  for (let i = 0; i < 30; i++) {
+    const started = performance.now();
+    const response = await fetch(`${url}/small.txt`, { client });
+    const { ttfbMs } = await readTimed(response, started);
+    if (label === undefined || response.headers.get("cf-cache-status") === label) {
+      times.push(ttfbMs);
+    }
+  }
+  return median(times);
+}
+
+/** Streams `url` whole for at most STREAM_SECONDS while sampling workerd's memory. */
+async function streamWhole(
+  url: string,
+  pid: number | undefined,
+): Promise<Omit<LargeObjectsReport["stream"], "segments">> {
+  const rss = () => pid === undefined ? undefined : memoryOf(pid, "VmRSS");
+  const startRss = rss();
+  let peak = startRss;
+  const timer = setInterval(() => {
+    const now = rss();
+    if (now !== undefined) peak = Math.max(peak ?? 0, now);
+  }, RSS_SAMPLE_MS);
+  const started = performance.now();
+  let bytes = 0;
+  try {
+    const response = await fetch(url, { signal: AbortSignal.timeout(STREAM_SECONDS * 1000) });
+    try {
+      for await (const chunk of response.body!) bytes += chunk.byteLength;
+    } catch (error) {
+      if ((error as Error).name !== "TimeoutError" && (error as Error).name !== "AbortError") {
+        throw error;
+      }
+    }
+  } finally {
+    clearInterval(timer);
+  }
+  return {
+    bytes,
+    seconds: (performance.now() - started) / 1000,
+    peakRssMiB: peak === undefined ? null : peak / MIB,
+    startRssMiB: startRss === undefined ? null : startRss / MIB,
+  };
+}
+
+/** Judges section 8 against issue 14's Proof. */
+export function judgeLargeObjects(report: LargeObjectsReport): Target[] {
+  const on = report.runs.filter((r) => r.segments === "on");
+  if (on.length === 0) {
+    return [{
+      name: "large objects: segmenting on",
+      met: false,
+      detail: "not measured: the worker has no WORKER_SEGMENT_SIZE",
+    }];
+  }
+  const video = on.find((r) => r.workload === "video")!;
+  const worstFetch = Math.max(
+    ...on.map((r) => r.b2MiBPer1000 * r.visits / 1000 / r.uniqueSegmentMiB),
+  );
+  // Like for like: a cached segment and a small Cache API hit are both the worker answering
+  // from caches.default; a Workers Cache HIT never runs the worker, and is shown beside.
+  const ratio = (video.cachedTtfbMs ?? Infinity) / report.smallCacheApiTtfbMs;
+  const growth = (report.stream.peakRssMiB ?? NaN) - (report.stream.startRssMiB ?? NaN);
+  return [
+    {
+      name: "large objects: a repeat viewing asks B2 for nothing",
+      met: video.repeatB2Requests === 0 && on.every((r) => r.wrong === 0),
+      detail: `${video.repeatB2Requests} B2 requests for the second viewer; ` +
+        `${on.reduce((n, r) => n + r.wrong, 0)} wrong answers`,
+    },
+    {
+      name: "large objects: B2 bytes at most the unique segments touched",
+      met: worstFetch <= 1,
+      detail: `${(worstFetch * 100).toFixed(0)} % of the unique segments' bytes, at most`,
+    },
+    {
+      name:
+        `large objects: first byte from a cached segment within ${TTFB_RATIO_LIMIT}x a small hit's`,
+      met: ratio <= TTFB_RATIO_LIMIT,
+      detail: `${ms(video.cachedTtfbMs ?? NaN)} against ${ms(report.smallCacheApiTtfbMs)} (${
+        ratio.toFixed(2)
+      }x; a Workers Cache HIT: ${ms(report.smallHitTtfbMs)})`,
+    },
+    {
+      name:
+        `large objects: workerd memory flat over the stream (within ${STREAM_RSS_MARGIN_MIB} MiB)`,
+      met: growth <= STREAM_RSS_MARGIN_MIB,
+      detail: Number.isNaN(growth)
+        ? "not measured: no /proc"
+        : `${growth.toFixed(1)} MiB over ${(report.stream.bytes / 1e9).toFixed(1)} GB`,
+    },
+  ];
+}
+
+/** Section 8 as `deno task bench` prints it. */
+export function formatLargeObjects(report: LargeObjectsReport): string[] {
+  const number = (value: number, digits = 0) =>
+    value.toLocaleString("en-US", { maximumFractionDigits: digits });
+  const s = report.stream;
+  return [
+    `8. Large objects by ranges, behind Workers Cache (B2 answers after ${report.b2LatencyMs} ms; ` +
+    `segments of ${report.segmentBytes / MIB} MiB; per 1,000 visitor ranges)`,
+    table([
+      [
+        "workload",
+        "segments",
+        "ranges",
+        "B2 requests",
+        "B2 MiB",
+        "served MiB",
+        "hit ratio",
+        "repeat viewer B2",
+        "TTFB cached",
+        "TTFB from B2",
+        "wrong",
+      ],
+      ...report.runs.map((r) => [
+        r.workload === "video" ? "20 GB video" : "2 GB tiles",
+        r.segments,
+        String(r.visits),
+        number(r.b2RequestsPer1000),
+        number(r.b2MiBPer1000),
+        number(r.servedMiBPer1000),
+        `${(r.hitRatio * 100).toFixed(0)} %`,
+        r.workload === "video" ? String(r.repeatB2Requests) : "",
+        r.cachedTtfbMs === null ? "none" : ms(r.cachedTtfbMs),
+        r.b2TtfbMs === null ? "none" : ms(r.b2TtfbMs),
+        String(r.wrong),
+      ]),
+    ]),
+    `  a small cached object: first byte in ${ms(report.smallHitTtfbMs)} from Workers Cache ` +
+    `(HIT, no worker), ${ms(report.smallCacheApiTtfbMs)} from the worker's Cache API` +
+    (report.segmentingAvailable ? "" : "; segmenting on: not in this worker"),
+    `  the video streamed whole (segments ${s.segments}): ${(s.bytes / 1e9).toFixed(2)} GB in ` +
+    `${s.seconds.toFixed(0)} s, workerd RSS ${
+      s.startRssMiB === null ? "n/a" : `${s.startRssMiB.toFixed(1)} MiB`
+    } at the start, peak ${s.peakRssMiB === null ? "n/a" : `${s.peakRssMiB.toFixed(1)} MiB`}`,
+  ];
+}
