@@ -4005,3 +4005,19 @@ Deno.test("render and refresh --dry-run show the rule that would be set, never i
     await w.close();
   }
 });
+
+Deno.test("refresh never alters a user's rule: one B2 answered with a masked secret is left as it was", async () => {
+  const w = world({ b2: { capabilities: EVENT_KEY } });
+  try {
+    const masked = structuredClone(USERS_RULE);
+    masked.targetConfiguration.hmacSha256SigningSecret = "abcd****************************";
+    w.b2.notificationRules.set("bucket-photos", [masked]);
+    const result = await w.run(["refresh"], { env: EVENTS_ON });
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /rule "my-own-rule" with its signing secret masked/);
+    assert.deepEqual(w.b2.notificationRules.get("bucket-photos"), [masked]);
+    assert.ok(!w.b2.requests.some((r) => r.path.includes("b2_set_bucket_notification_rules")));
+  } finally {
+    await w.close();
+  }
+});

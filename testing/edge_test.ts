@@ -139,7 +139,13 @@ async function startEdge(
     CLOUDFLARE_API_BASE_URL: cloudflare.url,
     ...options.env,
   };
-  const secrets = [B2_KEY, "fake-cf-token", SIGNING_KEY, await derivePurgeKey(B2_KEY)];
+  const secrets = [
+    B2_KEY,
+    "fake-cf-token",
+    SIGNING_KEY,
+    await derivePurgeKey(B2_KEY),
+    (await deriveEventSecret(B2_KEY)).secret,
+  ];
   let pending: WorkerMetadata | undefined;
   let seen = 0;
 
