@@ -1676,6 +1676,10 @@ const COALESCE_SECONDS = 15;
 // Assumption: B2's clock and the edge's agree within this. An event this isolate has not seen
 // before is covered by an earlier purge only when that is this much later than its timestamp.
 const EVENT_CLOCK_SKEW_MS = 10_000;
+// Cache API deletions a delivery makes at most: each is a subrequest, and the Free plan allows
+// 50 a request (developers.cloudflare.com/workers/platform/limits/), purges included. They only
+// reach one data centre anyway; the tag purge is what reaches everywhere.
+const MAX_CACHE_DELETES = 40;
 // Tags purged and events seen lately, so that a retried or replayed notification costs no
 // second purge.
 const REMEMBERED = 20_000;
@@ -1726,6 +1730,7 @@ async function eventNotification(
   if (!Array.isArray(events)) return eventReply(400, { error: "no events list" });
   const changes = await changesOf(events, config);
   if (changes.length === 0) return eventReply(200, { purged: 0 });
+  await forgetLargeHere(new URL(request.url), changes, config);
   if (config.cacheMode === "cache-api") {
     const deleted = await deleteHere(new URL(request.url).origin, changes, config);
     return eventReply(200, { purged: changes.length, deletedHere: deleted });
@@ -1876,8 +1881,29 @@ async function deleteHere(
       keys.push(origin + path.slice(0, -encodeURIComponent(config.indexFile).length));
     }
   }
-  const deleted = await Promise.all(keys.map((key) => edgeCache().delete(key)));
+  const budget = handlesLarge(config) ? MAX_CACHE_DELETES / 2 : MAX_CACHE_DELETES;
+  const deleted = await Promise.all(keys.slice(0, budget).map((key) => edgeCache().delete(key)));
   return deleted.filter(Boolean).length;
+}
+
+/**
+ * What the edge remembers of a large object (its facts: size and version) is kept with the
+ * Cache API in both modes, so only the data centre that receives B2's POST can forget it:
+ * there the next request learns the new version from B2, and the old version's segments,
+ * keyed by that version, are never used again (they expire with WORKER_CACHE_TTL). Elsewhere
+ * the facts, and so the old segments, stay until then.
+ */
+async function forgetLargeHere(
+  url: URL,
+  changes: ChangeEvent[],
+  config: WorkerConfig,
+): Promise<void> {
+  if (!handlesLarge(config)) return;
+  const keys = await Promise.all(changes.map(({ name }) => factsKey({ url, name })));
+  const budget = config.cacheMode === "cache-api" ? MAX_CACHE_DELETES / 2 : MAX_CACHE_DELETES;
+  await Promise.all(
+    keys.slice(0, budget).map((key) => edgeCache().delete(key).catch(() => false)),
+  );
 }
 
 function eventReply(status: number, facts: Record<string, unknown>, retryAfter?: number): Response {
@@ -1886,6 +1912,7 @@ function eventReply(status: number, facts: Record<string, unknown>, retryAfter?:
     headers: {
       "Cache-Control": "no-store",
       [CDN_CACHE_CONTROL_HEADER]: "no-store",
+      "X-Content-Type-Options": "nosniff",
       ...(retryAfter !== undefined && { "Retry-After": String(retryAfter) }),
     },
   });

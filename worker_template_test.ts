@@ -19,7 +19,13 @@ import {
   workerUpload,
 } from "./main.ts";
 import { startLocalWorker } from "./local/workerd.ts";
-import { type FakeB2, type FakeFile, patternByte, startFakeB2 } from "./local/fake_b2.ts";
+import {
+  type FakeB2,
+  type FakeFile,
+  patternByte,
+  signEventBody,
+  startFakeB2,
+} from "./local/fake_b2.ts";
 import worker, {
   applyGrant,
   b2Url,
@@ -2336,5 +2342,46 @@ Deno.test("worker in workerd, large objects as segments in the Cache API", async
     await worker.dispose();
     await b2.close();
     await Deno.remove(cachePersist, { recursive: true });
+  }
+});
+
+Deno.test("worker in workerd: a notification for a large object forgets its facts where it lands", async () => {
+  const b2 = bigB2();
+  const secret = "abcdefghijklmnopqrstuvwxyz012345";
+  const worker = await startWorker(b2, {
+    options: { cacheMode: "cache-api" },
+    extraBindings: { ...SEGMENTING, B2_EVENT_NOTIFICATION_SECRET: secret },
+  });
+  try {
+    const range = { headers: { Range: "bytes=1200-1299" } };
+    assert.equal((await worker.visit("/big.bin", range)).body, patternText(1200, 1299));
+    await segmentKept(worker, 1);
+    ranges(worker);
+    assert.equal((await worker.visit("/big.bin", range)).status, 206);
+    assert.deepEqual(ranges(worker), [], "kept: B2 is not asked");
+
+    // A new version of another size: a new file id, and other bytes past the old end.
+    b2.putFile(BUCKET, { name: "site/big.bin", body: { size: 6000 }, contentType: "video/mp4" });
+    const body = JSON.stringify({
+      events: [{
+        bucketName: BUCKET,
+        eventId: "e-1",
+        eventTimestamp: Date.now(),
+        eventType: "b2:ObjectCreated:Upload",
+        objectName: "site/big.bin",
+      }],
+    });
+    const answer = await worker.visit("/.well-known/b2-private-cdn/events", {
+      method: "POST",
+      headers: { "X-Bz-Event-Notification-Signature": await signEventBody(secret, body) },
+      body,
+    });
+    assert.equal(answer.status, 200);
+    const fresh = await worker.visit("/big.bin", range);
+    assert.deepEqual([fresh.status, fresh.headers["content-range"]], [206, "bytes 1200-1299/6000"]);
+    assert.ok(ranges(worker).length > 0, "the new version is learned from B2");
+  } finally {
+    await worker.dispose();
+    await b2.close();
   }
 });
