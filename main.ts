@@ -84,6 +84,8 @@ export interface WorkerOptions {
   staleWhileRevalidate?: number;
   /** Workers Cache: seconds a stale object is served while the worker fails. @default 604800 */
   staleIfError?: number;
+  /** Bytes of one segment of a large object; 0 turns segmenting off. @default 8388608 */
+  segmentSize?: number;
   /** Signed links; the keys go to the worker as secret bindings. @default undefined (none) */
   signing?: SigningOptions;
   /**
@@ -253,6 +255,11 @@ export interface Setting {
 /** Once a day at 04:17 UTC: an odd minute, away from the top-of-the-hour rush. */
 const DEFAULT_SCHEDULE = "17 4 * * *";
 const YEAR = 365 * DAY;
+/** Segments of large objects: 8 MiB by default, 1 to 64 MiB in steps of 64 KiB. */
+const DEFAULT_SEGMENT_SIZE = 8 * 1024 * 1024;
+const MIN_SEGMENT_SIZE = 1024 * 1024;
+const MAX_SEGMENT_SIZE = 64 * 1024 * 1024;
+const SEGMENT_STEP = 64 * 1024;
 
 /** A variable the tool reads: a key of {@linkcode VARIABLES}, which must name each. */
 export type Variable =
@@ -287,6 +294,7 @@ export type Variable =
   | "WORKER_CACHE_MODE"
   | "WORKER_STALE_WHILE_REVALIDATE"
   | "WORKER_STALE_IF_ERROR"
+  | "WORKER_SEGMENT_SIZE"
   | "WORKER_PURGE_KEY"
   | "VERIFY_URL"
   | "REFRESH_SCHEDULE"
@@ -446,6 +454,14 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
     max: YEAR,
     default: String(DEFAULT_STALE_IF_ERROR),
     about: "Workers Cache: seconds served stale while B2 or the token fails (default 604800)",
+  },
+  WORKER_SEGMENT_SIZE: {
+    kind: "integer",
+    min: 0,
+    max: MAX_SEGMENT_SIZE,
+    default: String(DEFAULT_SEGMENT_SIZE),
+    hint: `0 (off) or bytes from ${MIN_SEGMENT_SIZE} to ${MAX_SEGMENT_SIZE}, a multiple of 65536`,
+    about: "bytes of one segment of an object too large to cache whole; 0: off (default 8388608)",
   },
   WORKER_PURGE_KEY: {
     kind: "secret",
@@ -690,6 +706,7 @@ function workerOptions(reading: Reading): WorkerOptions {
     cacheMode: cacheTtl === 0 ? "off" : value.text("WORKER_CACHE_MODE") as CacheMode,
     staleWhileRevalidate: value.number("WORKER_STALE_WHILE_REVALIDATE"),
     staleIfError: value.number("WORKER_STALE_IF_ERROR"),
+    segmentSize: segmentSize(reading),
   };
   const signing = signingOptions(reading);
   if (signing) worker.signing = signing;
@@ -707,6 +724,17 @@ function workerOptions(reading: Reading): WorkerOptions {
     }
   }
   return worker;
+}
+
+/** `WORKER_SEGMENT_SIZE`, refused unless 0 or a multiple of 64 KiB from 1 to 64 MiB. */
+function segmentSize(reading: Reading): number {
+  const size = valueOf(reading).number("WORKER_SEGMENT_SIZE");
+  if (size !== 0 && (size < MIN_SEGMENT_SIZE || size % SEGMENT_STEP !== 0)) {
+    reading.problems.push(
+      `WORKER_SEGMENT_SIZE must be ${VARIABLES.WORKER_SEGMENT_SIZE.hint}, not "${size}".`,
+    );
+  }
+  return size;
 }
 
 /** The B2 settings, each missing one a problem. */
@@ -1666,6 +1694,8 @@ async function servingFingerprint(
     signing?.previousKey ?? "",
     // An earlier end for the previous key revokes its links sooner: their copies must go too.
     signing?.previousUntil ?? 0,
+    // Segments are kept under keys holding their size: another size starts them afresh.
+    facts.options.segmentSize ?? DEFAULT_SEGMENT_SIZE,
   ]);
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(shape));
   return `${format}-${toHex(new Uint8Array(digest)).slice(0, 16)}`;
@@ -1738,6 +1768,7 @@ export function workerUpload(module: string, facts: WorkerFacts): WorkerUpload {
           "WORKER_STALE_IF_ERROR",
           String(facts.options.staleIfError ?? DEFAULT_STALE_IF_ERROR),
         ),
+        plain("WORKER_SEGMENT_SIZE", String(facts.options.segmentSize ?? DEFAULT_SEGMENT_SIZE)),
         ...(facts.purgeKey
           ? [{ type: "secret_text" as const, name: "WORKER_PURGE_KEY", text: facts.purgeKey }]
           : []),
@@ -2712,6 +2743,25 @@ function eventRuleProblem(report: EventRuleReport): string | undefined {
   return undefined;
 }
 
+/**
+ * How large objects are served, for status, render and `--dry-run`: which cache keeps their
+ * segments and where that works (worker_template.ts, "Large objects").
+ */
+export function describeSegments(mode: CacheMode | string, segmentSize: number): string {
+  if (mode === "off") return "large objects: not cached (edge cache off)";
+  const limit = mode === "workers-cache" ? "512 MB (Workers Cache)" : "100 MiB (Cache API)";
+  if (segmentSize === 0) {
+    return `large objects (over ${limit}): segments off, every range from B2`;
+  }
+  return `large objects (over ${limit}): ${segmentSize}-byte segments in the Cache API, ` +
+    "per data centre; on a route or custom domain only (the Cache API keeps nothing for " +
+    "the workers subdomain, where every segment comes from B2)";
+}
+
+function capitalize(text: string): string {
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
 /** What the webhook can reach in each cache mode, for status, render and --dry-run. */
 function eventReach(mode: CacheMode): string {
   if (mode === "workers-cache") {
@@ -2876,6 +2926,8 @@ export interface RefreshResult {
   roundTrips: number;
   /** The edge cache in force. */
   cacheMode: CacheMode;
+  /** Bytes of one segment of a large object, 0 for off (`WORKER_SEGMENT_SIZE`). */
+  segmentSize?: number;
   /** Why everything cached was purged, when it was. */
   purged?: string;
   /** What the user should know but the run could not do. */
@@ -2994,6 +3046,7 @@ export async function refresh(
       deployed: false,
       roundTrips: prepared.roundTrips + (options.unattended ? 1 : 0),
       cacheMode: config.worker.cacheMode,
+      segmentSize: config.worker.segmentSize ?? DEFAULT_SEGMENT_SIZE,
       upload: prepared.upload,
     };
     if (!settingsRead) return result;
@@ -3784,6 +3837,8 @@ export interface StatusReport {
   remaining?: number;
   /** The edge cache the deployed version uses, by its bindings. */
   cacheMode?: string;
+  /** Its `WORKER_SEGMENT_SIZE`, 0 for off or a deploy from before segments. */
+  segmentSize?: number;
   /** Its `cache_options` as Cloudflare reports them, or `unknown` when it does not. */
   cacheOptions?: CacheOptions | "unknown";
   /** Where the worker answers: its route, custom domain and workers.dev URL. */
@@ -3868,6 +3923,8 @@ function deployedToken(settings: WorkerSettings, now: number): Partial<StatusRep
       { issuedAt: isoSeconds(issued), age: Math.floor((now - issued) / 1000) }),
     // Deploys before cache modes existed used the Cache API.
     cacheMode: plain("WORKER_CACHE_MODE") ?? "cache-api",
+    // Deploys before segments existed did not segment.
+    segmentSize: Number(plain("WORKER_SEGMENT_SIZE") ?? 0),
     cacheOptions: settings.cacheOptions ?? "unknown",
   };
 }
@@ -4917,6 +4974,10 @@ export function summary(result: RefreshResult): string {
     (result.purged ? `; purged everything: ${result.purged}` : "") +
     (result.eventNotifications ? `; event rule ${result.eventNotifications}` : "") +
     (result.changed ?? []).map((line) => `\nChanged: ${line}`).join("") +
+    // A dry run says how large objects would be served; the deployed value is in status.
+    (!result.deployed && !result.reusedUpload && result.segmentSize !== undefined
+      ? `\n${capitalize(describeSegments(result.cacheMode, result.segmentSize))}`
+      : "") +
     (result.notice ? `\nNote: ${result.notice}` : "");
 }
 
@@ -5050,6 +5111,10 @@ async function runRender(
   const metadata = maskSecrets(upload.metadata);
   const cache = `edge cache: ${config.worker.cacheMode}` +
     (config.worker.cacheTtl === 0 ? " (WORKER_CACHE_TTL=0)" : "");
+  const segments = describeSegments(
+    config.worker.cacheMode,
+    config.worker.segmentSize ?? DEFAULT_SEGMENT_SIZE,
+  );
   const eventRule = config.worker.eventNotifications
     ? describeEventRule(config, {
       prefix: settings.B2_FILE_PREFIX ?? "",
@@ -5060,13 +5125,14 @@ async function runRender(
   if (flags.json) {
     io.stdout(JSON.stringify({
       cacheMode: config.worker.cacheMode,
+      segments,
       ...(eventRule && { eventRule }),
       metadata,
       module,
     }));
   } else {
     io.stdout(
-      `// ${cache}\n${eventRule ? `// ${eventRule}\n` : ""}` +
+      `// ${cache}\n// ${segments}\n${eventRule ? `// ${eventRule}\n` : ""}` +
         `// metadata: ${JSON.stringify(metadata)}\n${module}`,
     );
   }
@@ -5100,6 +5166,9 @@ async function runStatus(
     io.stdout(
       `${report.state} - worker "${report.worker}": ` +
         [facts, cache, report.problem].filter(Boolean).join("; ") +
+        (report.cacheMode
+          ? `\n${capitalize(describeSegments(report.cacheMode, report.segmentSize ?? 0))}`
+          : "") +
         (report.urls ? `\nAnswers at: ${report.urls.join(", ") || "nowhere"}` : "") +
         (report.eventNotifications ? `\n${describeRuleState(report.eventNotifications)}` : "") +
         (report.warnings ?? []).map((w) => `\nWarning: ${w}`).join(""),

@@ -246,6 +246,24 @@ Deno.test("parseConfig() takes B2_TOKEN_TTL as seconds or as a duration", async 
   });
 });
 
+Deno.test("parseConfig() refuses a WORKER_SEGMENT_SIZE that is not 0 or 1 to 64 MiB in 64 KiB steps", async (t) => {
+  const base = { B2_APPLICATION_KEY_ID: "id", B2_APPLICATION_KEY: "key", B2_BUCKET_ID: "b1" };
+  for (const good of ["0", "1048576", "8388608", "67108864", "1114112"]) {
+    await t.step(`${good} is taken`, () => {
+      const config = parseConfig({ ...base, WORKER_SEGMENT_SIZE: good });
+      assert.equal(config.worker.segmentSize, Number(good));
+    });
+  }
+  for (const bad of ["1048575", "65536", "67174400", "8388609", "-1", "8M", "1e7"]) {
+    await t.step(`${bad} is refused, naming the setting`, () => {
+      assert.throws(
+        () => parseConfig({ ...base, WORKER_SEGMENT_SIZE: bad }),
+        (error: ConfigError) => /WORKER_SEGMENT_SIZE must be /.test(error.message),
+      );
+    });
+  }
+});
+
 Deno.test("parseConfig() applies the documented defaults", () => {
   const config = parseConfig({
     B2_APPLICATION_KEY_ID: "id",
@@ -280,6 +298,7 @@ Deno.test("parseConfig() applies the documented defaults", () => {
       cacheMode: "workers-cache",
       staleWhileRevalidate: 86400,
       staleIfError: 604800,
+      segmentSize: 8388608,
     },
     workerName: "b2-private-cdn",
     refreshSchedule: "17 4 * * *",
@@ -505,6 +524,7 @@ Deno.test("refresh uploads the worker with the token only as a secret binding", 
       WORKER_CACHE_MODE: "workers-cache",
       WORKER_STALE_WHILE_REVALIDATE: "86400",
       WORKER_STALE_IF_ERROR: "604800",
+      WORKER_SEGMENT_SIZE: "8388608",
       WORKER_PURGE_KEY: await derivePurgeKey(B2_KEY),
     });
     assert.deepEqual(script.metadata.cache_options, { enabled: true, cross_version_cache: true });
@@ -655,6 +675,7 @@ Deno.test("refresh --json prints one object with the facts", async () => {
       workersDev: "https://b2-private-cdn.fake-subdomain.workers.dev/",
       roundTrips: 6,
       cacheMode: "workers-cache",
+      segmentSize: 8388608,
     });
   } finally {
     await w.close();
@@ -2026,7 +2047,7 @@ Deno.test("status exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, as Nagios plugin
       assert.equal(code, 0);
       assert.match(
         stdout,
-        /^OK - worker "b2-private-cdn": token expires \S+ \(6d 23h left, issued 0s ago\); edge cache workers-cache \(cache_options \{"enabled":true,"cross_version_cache":true\}\)\nAnswers at: https:\/\/b2-private-cdn.fake-subdomain.workers.dev\/$/,
+        /^OK - worker "b2-private-cdn": token expires \S+ \(6d 23h left, issued 0s ago\); edge cache workers-cache \(cache_options \{"enabled":true,"cross_version_cache":true\}\)\nLarge objects \(over 512 MB \(Workers Cache\)\): 8388608-byte segments in the Cache API, [^\n]+\nAnswers at: https:\/\/b2-private-cdn.fake-subdomain.workers.dev\/$/,
       );
     });
     await t.step("less than --min-remaining left: WARNING", async () => {
@@ -2315,8 +2336,13 @@ Deno.test("every upload says which cache it uses, and status reads it back", asy
       const render = await p.run(["render"], { WORKER_CACHE_TTL: "0" });
       assert.match(render.stdout, /^\/\/ edge cache: off \(WORKER_CACHE_TTL=0\)\n/);
       assert.match(render.stdout, /"cache_options":\{"enabled":false\}/);
+      assert.match(render.stdout, /^\/\/ large objects: not cached \(edge cache off\)$/m);
       const dry = await p.run(["refresh", "--dry-run"], { WORKER_CACHE_MODE: "cache-api" });
       assert.match(dry.stdout, /^Would deploy .*; edge cache cache-api$/m);
+      assert.match(dry.stdout, /^Large objects \(over 100 MiB \(Cache API\)\): 8388608-byte /m);
+      const off = await p.run(["render"], { WORKER_SEGMENT_SIZE: "0" });
+      assert.match(off.stdout, /^\/\/ large objects .*: segments off, every range from B2$/m);
+      assert.match(off.stdout, /"name":"WORKER_SEGMENT_SIZE","text":"0"/);
     });
   } finally {
     await p.close();
