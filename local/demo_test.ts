@@ -146,3 +146,32 @@ Deno.test("demo on a taken port exits 2 naming the port and --port, without a st
       `127.0.0.1:${port}. Stop it, or choose another port: deno task demo --port ${port + 1}.\n`,
   );
 });
+
+Deno.test("demo prints no escape codes when its output is not a terminal", async () => {
+  // NO_COLOR is left unset here on purpose: a pipe alone must keep the output plain.
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `--lock=${ROOT}deno.lock`, `${ROOT}local/demo.ts`, "--port", "0"],
+    cwd: ROOT,
+    env: childEnv({}),
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderr = new Response(child.stderr).text();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let stdout = "";
+  while (!READY.test(stdout)) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    stdout += value;
+  }
+  child.kill("SIGTERM");
+  for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+    stdout += chunk.value;
+  }
+  const { code } = await child.status;
+  const errors = await stderr;
+  assert.equal(code, 0, errors);
+  assert.match(stdout, READY);
+  assert.ok(!`${stdout}${errors}`.includes("\x1b["), `an escape code in:\n${stdout}${errors}`);
+});
