@@ -5859,11 +5859,26 @@ export async function main(
     ...(options.local && { local: options.local }),
     readEnvFile: readTextIfExists,
     io: {
-      stdout: (text) => Deno.stdout.writeSync(encoder.encode(text + "\n")),
-      stderr: (text) => Deno.stderr.writeSync(encoder.encode(text + "\n")),
+      stdout: (text) => writeLine(Deno.stdout, encoder.encode(text + "\n")),
+      stderr: (text) => writeLine(Deno.stderr, encoder.encode(text + "\n")),
     },
   });
   Deno.exit(code);
+}
+
+/**
+ * Writes all of `bytes` (a pipe may take them in parts). When the reader has gone (a closed
+ * terminal, `| head`), there is nobody left to tell, so the line is dropped instead of
+ * ending the run with a stack trace.
+ */
+function writeLine(file: { writeSync(bytes: Uint8Array): number }, bytes: Uint8Array): void {
+  try {
+    for (let written = 0; written < bytes.length;) {
+      written += file.writeSync(bytes.subarray(written));
+    }
+  } catch (error) {
+    if (!(error instanceof Deno.errors.BrokenPipe)) throw error;
+  }
 }
 
 /** The oldest Deno with the built-ins this tool uses: `node:util` `parseEnv`, `node:module` `stripTypeScriptTypes`. */

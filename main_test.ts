@@ -2662,6 +2662,22 @@ const RUN = [
   `${ROOT}main.ts`,
 ];
 
+Deno.test("main() ends quietly when the reader of its output has gone (| head, a closed terminal)", async () => {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [...RUN, "help", "settings"],
+    cwd: ROOT,
+    env: childEnv({ NO_COLOR: "1" }),
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // Closed before the child has started, so every line it writes meets a closed pipe.
+  await child.stdout.cancel();
+  const { code, stderr } = await child.output();
+  assert.equal(new TextDecoder().decode(stderr), "");
+  assert.equal(code, 0);
+});
+
 Deno.test("a permission Deno refuses is exit 2 naming the flags to run with, not a retry", async () => {
   const env = {
     CLOUDFLARE_ACCOUNT_ID: "a",
