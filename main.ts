@@ -1528,7 +1528,7 @@ async function resolveBucket(
         body: JSON.stringify({
           accountId: auth.accountId,
           ...(bucketName ? { bucketName } : { bucketId }),
-          // Without it B2 leaves out restricted and shared buckets (API_FACTS.md: List buckets).
+          // Without it B2 leaves out restricted and shared buckets (www.backblaze.com/apidocs/b2-list-buckets, "bucketTypes").
           bucketTypes: ["all"],
         }),
       },
@@ -1600,7 +1600,7 @@ export interface Binding {
 }
 
 /**
- * Workers Cache for this version (WORKERS_CACHE.md: Turning it on). Sent on
+ * Workers Cache for this version (developers.cloudflare.com/workers/cache/configuration/). Sent on
  * every upload, `enabled: false` included, since the setting belongs to each
  * version; `cross_version_cache` keeps the cache across daily refreshes.
  */
@@ -2046,7 +2046,7 @@ async function listDomains(
 /**
  * Makes sure `config.route` runs the worker. A route that runs another
  * Worker (or none) is left alone unless `takeOver`, as wrangler does; the
- * API itself would re-point it (API_FACTS.md: Routes).
+ * API itself would re-point it (developers.cloudflare.com/api/resources/workers/subresources/routes/).
  */
 async function ensureRoute(
   config: CloudflareConfig,
@@ -2117,7 +2117,7 @@ async function conflictingRecords(
  * makes its DNS record and certificate). Another Worker's hostname (409
  * 100116) and a hostname with an ordinary DNS record (409 100117) are only
  * moved with `takeOver`: the first by `override_existing_origin`, the second
- * by deleting the record, which no flag replaces (API_FACTS.md: Custom domains).
+ * by deleting the record, which no flag replaces (developers.cloudflare.com/workers/configuration/routing/custom-domains/).
  */
 async function ensureDomain(
   config: CloudflareConfig,
@@ -2284,7 +2284,7 @@ function noSubdomain(config: CloudflareConfig): string {
 
 /**
  * Sets whether the worker answers at `<worker>.<subdomain>.workers.dev`, on
- * every deploy as wrangler does; preview URLs stay off (API_FACTS.md: workers.dev).
+ * every deploy as wrangler does; preview URLs stay off (developers.cloudflare.com/workers/configuration/routing/workers-dev/).
  */
 async function setWorkersDev(
   config: CloudflareConfig,
@@ -2939,7 +2939,7 @@ export interface RefreshResult {
 /** How long `--verify` keeps trying while the deploy propagates. */
 const VERIFY_ATTEMPTS = 6;
 const VERIFY_PAUSE_MS = 5_000;
-/** A new custom domain's certificate takes minutes (API_FACTS.md: Custom domains). */
+/** A new custom domain's certificate takes minutes (developers.cloudflare.com/workers/configuration/routing/custom-domains/). */
 const CERTIFICATE_WAIT_MS = 10 * 60_000;
 const CERTIFICATE_PAUSE_MS = 15_000;
 /**
@@ -3172,7 +3172,7 @@ async function verifyDeploy(
 interface WorkerSettings {
   /** As `GET .../workers/scripts/{name}/settings` lists them; secrets come without `text`. */
   bindings: { name: string; type: string; text?: string }[];
-  /** Absent when Cloudflare does not report it (WORKERS_CACHE.md: unknown, not a failure). */
+  /** Absent when Cloudflare does not report it (its docs do not say it always is: unknown, not a failure). */
   cacheOptions?: CacheOptions;
 }
 
@@ -3529,7 +3529,7 @@ type PurgeAnswer =
     message: string;
   };
 
-/** Workers Cache takes at most 100 operations a purge (WORKERS_CACHE.md: Purge). */
+/** Workers Cache takes at most 100 operations a purge (developers.cloudflare.com/workers/cache/purge/). */
 const MAX_PURGE_OPERATIONS = 100;
 /** And five purges a minute: a refused one is tried again after this many seconds. */
 const PURGE_RETRY_SECONDS = 60;
@@ -5913,7 +5913,7 @@ export function runtimeProblem(
  * Hourly, at an odd minute. Each run refreshes only when due, so a new app deploys its worker
  * within the hour and a failed refresh is tried again an hour later, long before the token runs
  * out. Constant, like the name and backoff: the platform finds crons by running the module's top
- * level, possibly without the app's settings (DENO_DEPLOY.md: How crons are found).
+ * level, possibly without the app's settings (docs.deno.com/runtime/fundamentals/cron/: "registered at the top level").
  */
 const DEPLOY_SCHEDULE = "17 * * * *";
 /** Health answers come from one read of the worker's bindings per instance in this long. */

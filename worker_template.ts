@@ -77,7 +77,7 @@ export interface Env {
   WORKER_SEGMENT_THRESHOLD?: string;
 }
 
-/** What `ctx.cache.purge` takes (Workers Cache; WORKERS_CACHE.md: Purge). */
+/** What `ctx.cache.purge` takes (Workers Cache; developers.cloudflare.com/workers/cache/purge/). */
 export interface PurgeOptions {
   tags?: string[];
   pathPrefixes?: string[];
@@ -153,7 +153,7 @@ const PURGE_TIMESTAMP_HEADER = "X-B2cdn-Timestamp";
 const PURGE_SIGNATURE_HEADER = "X-B2cdn-Signature";
 // A signed request is good this long either side of the worker's clock, then refused.
 const PURGE_WINDOW_SECONDS = 300;
-// Workers Cache accepts at most 100 operations a purge (WORKERS_CACHE.md: Purge).
+// Workers Cache accepts at most 100 operations a purge (developers.cloudflare.com/workers/cache/purge/).
 const MAX_PURGE_OPERATIONS = 100;
 const MAX_PURGE_BODY_BYTES = 64 * 1024;
 // Signatures already used by this isolate; another isolate may accept a replay within the

@@ -2,7 +2,7 @@
  * A local stand-in for the Backblaze B2 native API (v4) and its download
  * endpoint, for tests, the demo and the benchmarks.
  *
- * It follows the documented shapes (see `../shared/API_FACTS.md`) and checks
+ * It follows the documented shapes (www.backblaze.com/apidocs/, cited per endpoint) and checks
  * what it receives the way B2 does: Basic auth on authorize, the account token
  * on every API call, JSON bodies, the key's capabilities and restrictions, and
  * download tokens scoped to a bucket and a name prefix. Faults can be injected.
@@ -44,7 +44,7 @@ export interface FakeBucket {
 /**
  * The bucket types `b2_list_buckets` answers when `bucketTypes` is not sent;
  * `restricted` and `shared` buckets need `bucketTypes: ["all"]`
- * (API_FACTS.md: List buckets; Backblaze's b2sdk always sends "all").
+ * (www.backblaze.com/apidocs/b2-list-buckets; Backblaze's b2sdk always sends "all").
  */
 const DEFAULT_BUCKET_TYPES = ["allPublic", "allPrivate", "snapshot"];
 

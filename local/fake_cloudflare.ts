@@ -3,7 +3,7 @@
  * the demo and the benchmarks.
  *
  * It checks what it receives the way Cloudflare does (see
- * `../shared/API_FACTS.md`): credentials and token permissions, the account and
+ * developers.cloudflare.com/api/, cited per behaviour): credentials and token permissions, the account and
  * zone in the path, the multipart shape of a module-worker upload, binding and
  * script names, route patterns against the zone, custom domains against the
  * zone, the stored workers, other Workers' domains and the zone's DNS records
@@ -66,7 +66,7 @@ export interface WorkerMetadata {
   compatibility_date: string;
   compatibility_flags?: string[];
   bindings: WorkerBinding[];
-  /** Workers Cache for this version (WORKERS_CACHE.md: Turning it on). */
+  /** Workers Cache for this version (developers.cloudflare.com/workers/cache/configuration/). */
   cache_options?: { enabled: boolean; cross_version_cache?: boolean };
   [key: string]: unknown;
 }
@@ -199,7 +199,7 @@ const SCRIPTS_EDIT = "workers_scripts:edit";
 const ROUTES_EDIT = "workers_routes:edit";
 const DNS_READ = "dns_records:read";
 const DNS_EDIT = "dns_records:edit";
-/** The record types a custom domain cannot share its hostname with (API_FACTS.md: Custom domains). */
+/** The record types a custom domain cannot share its hostname with (developers.cloudflare.com/workers/configuration/routing/custom-domains/). */
 const CONFLICTING_RECORD_TYPES = ["A", "AAAA", "CNAME"];
 const MODULE_TYPE = "application/javascript+module";
 const SUPPORTED_BINDINGS = ["plain_text", "secret_text"];
@@ -314,7 +314,7 @@ export class FakeCloudflare {
       },
     },
     {
-      // API_FACTS.md: DNS permissions: reading needs "DNS: Read" (or Edit), deleting "DNS: Edit".
+      // developers.cloudflare.com/fundamentals/api/reference/permissions/: reading needs "DNS: Read" (or Edit), deleting "DNS: Edit".
       pattern: /^\/zones\/(?<zone>[^/]+)\/dns_records$/,
       permission: [DNS_READ, DNS_EDIT],
       methods: { GET: (call) => ok(this.#listDnsRecords(call)) },
@@ -551,7 +551,7 @@ export class FakeCloudflare {
       compatibility_date: metadata.compatibility_date,
       compatibility_flags: metadata.compatibility_flags ?? [],
       // Listed in the SDK's settings type; absent when the upload did not set it
-      // (WORKERS_CACHE.md: Turning it on).
+      // (developers.cloudflare.com/workers/cache/configuration/).
       ...(metadata.cache_options && { cache_options: metadata.cache_options }),
       logpush: false,
       placement: {},
@@ -586,8 +586,8 @@ export class FakeCloudflare {
       ...bindings.filter((b) => b.name !== name),
       { type: "secret_text", name, text },
     ];
-    // The version this makes may not keep the caching setting (WORKERS_CACHE.md: unconfirmed,
-    // wrangler copies it across explicitly): the fake takes that worst case.
+    // Assumption: the version this makes may not keep the caching setting (the docs
+    // do not say; wrangler 4 copies it across explicitly): the fake takes that worst case.
     delete stored.metadata.cache_options;
     stored.modifiedOn = new Date().toISOString();
     return ok({ name, type: "secret_text" });
@@ -695,7 +695,7 @@ export class FakeCloudflare {
     const existing = this.domains.findIndex((d) => d.hostname === hostname);
     const holder = this.domains[existing];
     if (holder && holder.service !== service && override_existing_origin !== true) {
-      // alchemy-run/alchemy-async#1384 quotes this refusal; API_FACTS.md: Custom domains.
+      // alchemy-run/alchemy-async#1384 quotes this refusal; developers.cloudflare.com/workers/configuration/routing/custom-domains/.
       throw new Refusal(
         409,
         CODES.customDomainInUse,
@@ -705,7 +705,7 @@ export class FakeCloudflare {
     }
     if (this.#recordsNamed(zone.id, hostname).length > 0) {
       // No flag clears this one: `override_existing_dns_record` only applies to another
-      // Worker's record (workers-sdk#9878, as quoted in vm0-ai/vm0#33406); API_FACTS.md.
+      // Worker's record (cloudflare/workers-sdk#9878, as quoted in vm0-ai/vm0#33406).
       throw new Refusal(
         409,
         CODES.customDomainDnsConflict,
@@ -988,8 +988,8 @@ function checkCompatibilityDate(date: unknown): asserts date is string {
 
 /**
  * `cache_options`, when present: an object whose `enabled` is required and
- * boolean, and `cross_version_cache` an optional boolean (WORKERS_CACHE.md:
- * Turning it on; the SDK's script upload types). The refusal's code is the
+ * boolean, and `cross_version_cache` an optional boolean (developers.cloudflare.com/
+ * workers/cache/configuration/; the `cloudflare` SDK's script upload types). The refusal's code is the
  * metadata one, 10021: no source names a more specific code.
  */
 function checkCacheOptions(options: unknown): void {

@@ -2,7 +2,7 @@
  * The main module the Workers Cache stand-in (`workers_cache.ts`) runs in
  * workerd in front of the worker: it calls the worker's own `fetch`, unchanged,
  * with a `ctx` that also has `cache` (`purge`, `invalidate`), as Cloudflare's
- * runtime gives a cache-enabled worker (WORKERS_CACHE.md: Purge). Those calls
+ * runtime gives a cache-enabled worker (developers.cloudflare.com/workers/cache/purge/). Those calls
  * go to the stand-in through a service binding, which the worker never sees.
  *
  * The stand-in loads this file with its types stripped and points the import
@@ -42,7 +42,7 @@ export default {
       waitUntil: (promise: Promise<unknown>) => ctx.waitUntil(promise),
       passThroughOnException: () => ctx.passThroughOnException(),
       // Assumption: a version without caching has no ctx.cache at all (the worst case for
-      // a worker, which must guard it; WORKERS_CACHE.md: "ctx.cache is optional").
+      // a worker, which must guard it; its type is optional in @cloudflare/workers-types).
       ...(service !== undefined && {
         cache: {
           purge: (options: unknown) => call("purge", options),
