@@ -1351,10 +1351,11 @@ export interface Bucket {
 
 /** Why B2 refuses, with the fix; by B2 error code. */
 const B2_HINTS: Record<string, string> = {
-  unauthorized: "the key lacks a capability or is restricted elsewhere; see the README's keys",
+  unauthorized:
+    "the key lacks a capability or is restricted elsewhere; see docs/configuration.md, Keys",
   bad_auth_token: "check B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY",
   expired_auth_token: "run again; the account token expired",
-  access_denied: "the key is not allowed to do this; see the README's keys",
+  access_denied: "the key is not allowed to do this; see docs/configuration.md, Keys",
   transaction_cap_exceeded: "raise the Class C transaction cap in the B2 web console",
   too_many_requests: "B2 is rate limiting; run again later",
   service_unavailable: "B2 is busy; run again later",
@@ -3065,7 +3066,7 @@ export async function refresh(
   }
   if (upload?.purge !== undefined && config.worker.cacheMode === "cache-api") {
     result.notice = `${upload.purge}: copies kept with the Cache API stay until ` +
-      "WORKER_CACHE_TTL runs out (this tool cannot purge them; see the README's Cache API mode)";
+      "WORKER_CACHE_TTL runs out (this tool cannot purge them; see docs/edge-cache.md, Purge)";
   }
   // Once the route and domain lead to the new version: the purge is asked of the worker there.
   await upload?.paid?.();
@@ -4717,7 +4718,7 @@ async function checkLargeObject(url: string, ctx: Context): Promise<CacheFinding
       ? `200 for bytes=0-0: the whole object is sent for a range (${start.bytes.byteLength} ` +
         `bytes read${start.cut ? " before stopping" : ""}, first byte in ${start.firstByteMs} ` +
         "ms). Players would download all of it: for large videos choose the Cache API mode " +
-        "or no cache (README: Large objects)"
+        "or no cache (docs/large-objects.md)"
       : `answered ${start.status}; give --large-url the address of an object that exists`;
     return { check, outcome: "problem", detail };
   }
@@ -4734,7 +4735,7 @@ async function checkLargeObject(url: string, ctx: Context): Promise<CacheFinding
       check,
       outcome: "problem",
       detail: `${facts}: the whole object is sent for a range; for large videos choose the ` +
-        "Cache API mode or no cache (README: Large objects)",
+        "Cache API mode or no cache (docs/large-objects.md)",
     };
   }
   if (tail.firstByteMs > SLOW_FIRST_BYTE_MS) {
@@ -4742,7 +4743,7 @@ async function checkLargeObject(url: string, ctx: Context): Promise<CacheFinding
       check,
       outcome: "problem",
       detail: `${facts}: slow, the edge probably read the whole object before answering; for ` +
-        "large videos choose the Cache API mode or no cache (README: Large objects)",
+        "large videos choose the Cache API mode or no cache (docs/large-objects.md)",
     };
   }
   return { check, outcome: "ok", detail: `${facts}: ranges of it are served as ranges` };
