@@ -2118,7 +2118,8 @@ async function conflictingRecords(
  * makes its DNS record and certificate). Another Worker's hostname (409
  * 100116) and a hostname with an ordinary DNS record (409 100117) are only
  * moved with `takeOver`: the first by `override_existing_origin`, the second
- * by deleting the record, which no flag replaces (developers.cloudflare.com/workers/configuration/routing/custom-domains/).
+ * by deleting the record, which no flag replaces
+ * (developers.cloudflare.com/workers/configuration/routing/custom-domains/).
  */
 async function ensureDomain(
   config: CloudflareConfig,
@@ -2181,19 +2182,34 @@ async function ensureDomain(
       { service: "Cloudflare", status: 409, code: "100117" },
     );
   }
+  const deleted = await deleteRecords(config, ctx, { records, what });
+  await attach(existing !== undefined);
+  return { change: "taken over", from: what, deleted };
+}
+
+/**
+ * Deletes the DNS records that keep `config.domain` from becoming a custom domain (a take-over
+ * the user asked for), and says which; `records` is undefined when the token could not read
+ * them, which also means it cannot delete them.
+ */
+async function deleteRecords(
+  config: CloudflareConfig,
+  ctx: Context,
+  options: { records: DnsRecord[] | undefined; what: string },
+): Promise<string[]> {
   const needEdit = new ApiError(
-    `Cannot take over "${domain}": deleting ${what} needs "DNS: Edit" on the zone. Add it ` +
-      "to CLOUDFLARE_API_TOKEN (or delete the record in the dashboard), then run " +
+    `Cannot take over "${config.domain}": deleting ${options.what} needs "DNS: Edit" on the ` +
+      "zone. Add it to CLOUDFLARE_API_TOKEN (or delete the record in the dashboard), then run " +
       `${TAKE_OVER_COMMAND} again.`,
     { service: "Cloudflare", status: 403, code: "dns_edit_needed" },
   );
-  if (!records) throw needEdit;
+  if (!options.records) throw needEdit;
   const deleted: string[] = [];
-  for (const record of records) {
+  for (const record of options.records) {
     try {
       await cloudflareCall(config, ctx, `delete DNS record ${describeRecord(record)}`, {
         method: "DELETE",
-        path: `/zones/${zoneId}/dns_records/${record.id}`,
+        path: `/zones/${config.zoneId}/dns_records/${record.id}`,
       });
     } catch (error) {
       if (error instanceof ApiError && error.status === 403) throw needEdit;
@@ -2201,8 +2217,7 @@ async function ensureDomain(
     }
     deleted.push(describeRecord(record));
   }
-  await attach(existing !== undefined);
-  return { change: "taken over", from: what, deleted };
+  return deleted;
 }
 
 /** The routes and custom domains that run this worker but are no longer configured. */
