@@ -2201,15 +2201,20 @@ function fakeFileId(name: string, size: number): string {
 }
 
 /** Waits until segment `index` of a large object is kept in the Cache API. */
-async function segmentKept(worker: TestWorker, index: number, size = BIG_SIZE): Promise<void> {
+async function segmentKept(
+  worker: TestWorker,
+  index: number,
+  object = { name: "site/big.bin", size: BIG_SIZE },
+  origin = SITE,
+): Promise<void> {
   const caches = await worker.miniflare.getCaches() as unknown as { default: Cache };
   const query = new URLSearchParams({
-    object: await objectTag("site/big.bin"),
-    version: fakeFileId("site/big.bin", size),
+    object: await objectTag(object.name),
+    version: fakeFileId(object.name, object.size),
     size: String(SEGMENT),
     index: String(index),
   });
-  const key = `${SITE}/.well-known/b2-private-cdn/segment?${query}`;
+  const key = `${origin}/.well-known/b2-private-cdn/segment?${query}`;
   await waitFor(async () => {
     const cached = await caches.default.match(key);
     await cached?.body?.cancel();
@@ -2332,6 +2337,49 @@ Deno.test("worker in workerd, large objects as segments in the Cache API", async
         await rotated.dispose();
       }
     });
+
+    await t.step(
+      "a replaced object is never mixed: the answer ends, the next is the new one",
+      async () => {
+        b2.putFile(BUCKET, { name: "site/mix.bin", body: { size: BIG_SIZE } });
+        // Over HTTP, since miniflare's dispatchFetch never ends a body the worker aborts.
+        const origin = new URL(await worker.miniflare.ready).origin;
+        const get = (range: string) =>
+          fetch(`${origin}/mix.bin`, { headers: { Range: range, "Accept-Encoding": "identity" } });
+        const first = await get("bytes=0-999");
+        assert.equal(new TextDecoder().decode(await first.bytes()), patternText(0, 999));
+        await segmentKept(worker, 0, { name: "site/mix.bin", size: BIG_SIZE }, origin);
+        worker.downloads();
+        // Replaced: another file id (the fake's ids follow the size).
+        b2.putFile(BUCKET, { name: "site/mix.bin", body: { size: BIG_SIZE + 100 } });
+        const mixed = await get("bytes=500-2499");
+        assert.equal(mixed.headers.get("content-range"), `bytes 500-2499/${BIG_SIZE}`);
+        // Segment 0 of the old version only, then the answer ends short of its length.
+        await assert.rejects(mixed.bytes(), /error reading a body/);
+        assert.deepEqual(ranges(worker), ["bytes=1000-1999"]);
+        await waitFor(
+          () => worker.logs.some((log) => log.includes("changed while served")),
+          "the log",
+        );
+        const next = await get("bytes=500-2499");
+        assert.deepEqual(
+          [next.status, next.headers.get("content-range"), next.headers.get("etag")],
+          [
+            206,
+            `bytes 500-2499/${BIG_SIZE + 100}`,
+            `"${fakeFileId("site/mix.bin", BIG_SIZE + 100)}"`,
+          ],
+        );
+        assert.equal(new TextDecoder().decode(await next.bytes()), patternText(500, 2499));
+        // B2's first answer tells the new version; its own segments follow.
+        assert.deepEqual(ranges(worker), [
+          "bytes=500-2499",
+          "bytes=0-999",
+          "bytes=1000-1999",
+          "bytes=2000-2999",
+        ]);
+      },
+    );
 
     await t.step("small objects are unchanged: one B2 request, kept whole", async () => {
       const small = await worker.visit("/small.bin", { headers: { Range: "bytes=10-19" } });

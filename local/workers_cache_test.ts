@@ -873,8 +873,12 @@ Deno.test("checkCache() reports MISS, HIT, HEAD and ranges of the real worker be
 });
 
 /** The real worker, in Workers Cache mode, behind `cache`, serving bucket "site" of `b2`. */
-async function deployRealWorker(cache: WorkersCache, b2: ReturnType<typeof startFakeB2>) {
-  await cache.deploy(workerUpload(await loadWorkerModule(), {
+async function deployRealWorker(
+  cache: WorkersCache,
+  b2: ReturnType<typeof startFakeB2>,
+  bindings: Record<string, string> = {},
+) {
+  const upload = workerUpload(await loadWorkerModule(), {
     downloadToken: b2.issueDownloadToken("site", "", 3600),
     downloadUrl: b2.url,
     bucketName: "site",
@@ -889,7 +893,11 @@ async function deployRealWorker(cache: WorkersCache, b2: ReturnType<typeof start
       corsOrigins: "",
       cacheMode: "workers-cache",
     },
-  }));
+  });
+  for (const [name, text] of Object.entries(bindings)) {
+    upload.metadata.bindings.push({ type: "plain_text", name, text });
+  }
+  await cache.deploy(upload);
 }
 
 // Issue 14, point 1: the worker answers a ranged miss of an object under the limit with the
@@ -1181,5 +1189,50 @@ Deno.test("checkCache() reports an answer that is never stored, and a HEAD or ra
       });
       if (range.whole) assert.match(report.findings[3]!.detail, /whole object came back/);
     });
+  }
+});
+
+// Issue 14, point 3: an object past the cache's limit (lowered here, in the stand-in and in the
+// worker alike) is never stored whole; its aligned segments are kept by the worker instead.
+Deno.test("the worker: an object over the limit is served from aligned segments behind the cache", async () => {
+  const size = 5500;
+  const b2 = startFakeB2({
+    buckets: [{ id: "bucket-site", name: "site", files: [{ name: "v.mp4", body: { size } }] }],
+  });
+  const cache = await startWorkersCache({ maxObjectBytes: 2500 });
+  const pattern = (start: number, end: number) =>
+    Array.from({ length: end - start + 1 }, (_, i) => (start + i) % 251);
+  try {
+    await deployRealWorker(cache, b2, {
+      WORKER_SEGMENT_SIZE: "1000",
+      WORKER_SEGMENT_THRESHOLD: "2500",
+    });
+    const asked = () =>
+      b2.requests.filter((r) => r.method === "GET" && r.path === "/file/site/v.mp4")
+        .map((r) => r.headers.get("range"));
+    const visit = async (range: string) => {
+      const answer = await fetch(`${cache.url}/v.mp4`, { headers: { Range: range } });
+      const body = [...await answer.bytes()];
+      return { status: answer.status, range: answer.headers.get("content-range"), body };
+    };
+    const first = await visit("bytes=1900-3100");
+    assert.deepEqual(first, {
+      status: 206,
+      range: `bytes 1900-3100/${size}`,
+      body: pattern(1900, 3100),
+    });
+    // The whole GET that told the size, left unread, then aligned segments only.
+    assert.deepEqual(asked(), [null, "bytes=1000-1999", "bytes=2000-2999", "bytes=3000-3999"]);
+    // The worker keeps segments and facts in ctx.waitUntil, after its answer.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const again = await visit("bytes=1000-3999");
+    assert.deepEqual([again.status, again.body], [206, pattern(1000, 3999)]);
+    assert.equal(asked().length, 4, "repeats come from the kept segments and facts");
+    const open = await visit("bytes=5000-");
+    assert.deepEqual([open.range, open.body], [`bytes 5000-5499/${size}`, pattern(5000, 5499)]);
+    assert.deepEqual(asked().slice(4), ["bytes=5000-5499"]);
+  } finally {
+    await cache.close();
+    await b2.close();
   }
 });
