@@ -5222,7 +5222,13 @@ async function runPurge(
           : `${count(paths, "path", "paths")} and ${count(prefixes, "prefix", "prefixes")}`
       } from ` +
         `Workers Cache in ${report.requests} request${report.requests === 1 ? "" : "s"} to ` +
-        `${report.url}`,
+        `${report.url}` +
+        // What the worker's purge cannot reach: the Cache API is per data centre.
+        "\nNote: large objects' segments are kept by version, so a replaced one is never " +
+        "spliced; what the edge remembers of one (its size and version) is forgotten for paths " +
+        "named, only in the data centre the purge reached; prefixes and --all do not reach " +
+        "it, and elsewhere it lasts up to WORKER_CACHE_TTL. To switch a " +
+        "replaced large object everywhere at once, upload it under a new name.",
     );
   }
   return 0;

@@ -558,7 +558,9 @@ async function signedPurge(
     return reply(501, { error: "ctx.cache is missing: Workers Cache is off for this version" });
   }
   const result = await ctx.cache.purge(options);
-  return reply(result.success ? 200 : 429, { purged: options, result });
+  const names = paths.map((path) => (objectName(path, config) as { name: string }).name);
+  const largeObjects = await forgetLargeFacts(new URL(request.url), names);
+  return reply(result.success ? 200 : 429, { purged: options, result, largeObjects });
 }
 
 /** Parses the bindings, applying the defaults of {@linkcode Env}. */
@@ -1162,6 +1164,27 @@ async function keepFacts(target: LargeTarget, facts: ObjectFacts): Promise<void>
 /** Forgets a version that B2 no longer serves: the next request learns the current one. */
 async function forgetFacts(target: LargeTarget): Promise<void> {
   await edgeCache().delete(await factsKey(target)).catch(() => false);
+}
+
+/**
+ * A purge's reach into large objects: their segments are keyed by version, so a replaced
+ * object is never served from them once its facts are gone; the facts of the named objects
+ * are forgotten here, in this data centre's Cache API only (it is per data centre), for the
+ * host the purge was sent to. Elsewhere they last until WORKER_CACHE_TTL runs out, or until a
+ * segment fetched from B2 shows the new version.
+ */
+async function forgetLargeFacts(url: URL, names: string[]): Promise<Record<string, unknown>> {
+  // Not every runtime that runs this module has a Cache API (Deno, in main.ts's tests).
+  const cache = (globalThis as { caches?: { default?: Cache } }).caches?.default;
+  const forgotten = await Promise.all(
+    names.map(async (name) =>
+      await cache?.delete(await factsKey({ url, name })).catch(() => false) ?? false
+    ),
+  );
+  return {
+    factsForgotten: forgotten.filter(Boolean).length,
+    reach: "this data centre's Cache API, this host; elsewhere until WORKER_CACHE_TTL runs out",
+  };
 }
 
 /** The answer for an object the edge knows is large, or `undefined` when it knows no such thing. */

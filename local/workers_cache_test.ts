@@ -14,6 +14,7 @@ import {
   largeObjectsWhere,
   loadWorkerModule,
   run,
+  signPurge,
   type WorkerUpload,
   workerUpload,
 } from "../main.ts";
@@ -1192,6 +1193,8 @@ Deno.test("checkCache() reports an answer that is never stored, and a HEAD or ra
   }
 });
 
+const PURGE_KEY = "ab".repeat(32);
+
 // Issue 14, point 3: an object past the cache's limit (lowered here, in the stand-in and in the
 // worker alike) is never stored whole; its aligned segments are kept by the worker instead.
 Deno.test("the worker: an object over the limit is served from aligned segments behind the cache", async () => {
@@ -1206,6 +1209,7 @@ Deno.test("the worker: an object over the limit is served from aligned segments 
     await deployRealWorker(cache, b2, {
       WORKER_SEGMENT_SIZE: "1000",
       WORKER_SEGMENT_THRESHOLD: "2500",
+      WORKER_PURGE_KEY: PURGE_KEY,
     });
     const asked = () =>
       b2.requests.filter((r) => r.method === "GET" && r.path === "/file/site/v.mp4")
@@ -1231,6 +1235,20 @@ Deno.test("the worker: an object over the limit is served from aligned segments 
     const open = await visit("bytes=5000-");
     assert.deepEqual([open.range, open.body], [`bytes 5000-5499/${size}`, pattern(5000, 5499)]);
     assert.deepEqual(asked().slice(4), ["bytes=5000-5499"]);
+    // A purge of the path forgets the facts in this data centre: the next request learns the
+    // version again (one whole GET, left unread); the segments, keyed by version, stay valid.
+    const body = JSON.stringify({ paths: ["/v.mp4"] });
+    const purged = await fetch(`${cache.url}/.well-known/b2-private-cdn/purge`, {
+      method: "POST",
+      headers: await signPurge(body, { key: PURGE_KEY, nowMs: Date.now() }),
+      body,
+    });
+    const answer = await purged.json();
+    assert.equal(purged.status, 200);
+    assert.equal(answer.largeObjects.factsForgotten, 1);
+    const after = await visit("bytes=1000-1999");
+    assert.deepEqual(after.body, pattern(1000, 1999));
+    assert.deepEqual(asked().slice(5), [null]);
   } finally {
     await cache.close();
     await b2.close();
