@@ -1235,6 +1235,16 @@ Deno.test("the worker: an object over the limit is served from aligned segments 
     const open = await visit("bytes=5000-");
     assert.deepEqual([open.range, open.body], [`bytes 5000-5499/${size}`, pattern(5000, 5499)]);
     assert.deepEqual(asked().slice(4), ["bytes=5000-5499"]);
+    // HEAD (a GET for the worker on a miss) and a conditional GET: no B2 request at all.
+    const head = await fetch(`${cache.url}/v.mp4`, { method: "HEAD" });
+    assert.deepEqual([head.status, head.headers.get("content-length")], [200, String(size)]);
+    const etag = head.headers.get("etag")!;
+    const notModified = await fetch(`${cache.url}/v.mp4`, { headers: { "If-None-Match": etag } });
+    assert.equal(notModified.status, 304);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    // The HEAD reached the worker as a GET, whose body the cache stops reading (it cannot keep
+    // it whole): one segment at most, and the 304 asked for nothing.
+    assert.deepEqual(asked().slice(5), ["bytes=0-999"]);
     // A purge of the path forgets the facts in this data centre: the next request learns the
     // version again (one whole GET, left unread); the segments, keyed by version, stay valid.
     const body = JSON.stringify({ paths: ["/v.mp4"] });
@@ -1248,7 +1258,7 @@ Deno.test("the worker: an object over the limit is served from aligned segments 
     assert.equal(answer.largeObjects.factsForgotten, 1);
     const after = await visit("bytes=1000-1999");
     assert.deepEqual(after.body, pattern(1000, 1999));
-    assert.deepEqual(asked().slice(5), [null]);
+    assert.deepEqual(asked().slice(6), [null]);
   } finally {
     await cache.close();
     await b2.close();
