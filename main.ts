@@ -1695,8 +1695,12 @@ async function servingFingerprint(
     signing?.previousKey ?? "",
     // An earlier end for the previous key revokes its links sooner: their copies must go too.
     signing?.previousUntil ?? 0,
-    // Segments are kept under keys holding their size: another size starts them afresh.
-    facts.options.segmentSize ?? DEFAULT_SEGMENT_SIZE,
+    // Segments are kept under keys holding their size: another size starts them afresh. The
+    // default adds nothing, so deploys from before segments keep their fingerprint (and the
+    // upgrade purges nothing).
+    ...(facts.options.segmentSize ?? DEFAULT_SEGMENT_SIZE) === DEFAULT_SEGMENT_SIZE
+      ? []
+      : [facts.options.segmentSize],
   ]);
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(shape));
   return `${format}-${toHex(new Uint8Array(digest)).slice(0, 16)}`;

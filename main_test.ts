@@ -2429,6 +2429,11 @@ Deno.test("refresh purges everything when what URLs serve changes, once the new 
             ],
             ["the previous key dropped early", members, 1],
             ["/members/ public again", cors, 1],
+            // Segments are kept under keys holding their size; the default leaves the
+            // fingerprint of deploys made before segments existed as it was.
+            ["another segment size", { ...cors, WORKER_SEGMENT_SIZE: "1048576" }, 1],
+            ["the default segment size", { ...cors, WORKER_SEGMENT_SIZE: "8388608" }, 1],
+            ["the default again, by omission", cors, 0],
           ] as const
         ) {
           p.endpoint.purges.length = 0;
