@@ -178,6 +178,11 @@ export interface Config {
   workerName: string;
   /** Fetched after deploying; must answer 2xx. */
   verifyUrl?: string;
+  /**
+   * Where the worker answers on the site, known from the settings alone: `WORKER_DOMAIN`'s
+   * origin, else a one-host route's fixed part (`https://example.com/cdn`).
+   */
+  site?: string;
   /** Five-field cron expression, UTC. @default "17 4 * * *" */
   refreshSchedule: string;
   /** `cron` refreshes at start when less than this many seconds are left. @default 6 days */
@@ -549,6 +554,11 @@ export interface Needs {
   b2?: boolean;
   /** The Cloudflare settings must be complete: the account and its credentials. */
   cloudflare?: boolean;
+  /**
+   * The same, unless `WORKER_DOMAIN` or a route with one host says where the worker answers
+   * (`purge`, which otherwise asks Cloudflare for the workers.dev address).
+   */
+  cloudflareUnlessSite?: boolean;
   /** Signed purge requests: `WORKER_PURGE_KEY` or `B2_APPLICATION_KEY` (with Workers Cache). */
   purgeKey?: boolean;
   /** Refreshes on `REFRESH_SCHEDULE` (`cron`): each token must outlive the gap to the next run. */
@@ -679,7 +689,24 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
   const verifyUrl = value.text("VERIFY_URL");
   if (verifyUrl !== undefined) config.verifyUrl = verifyUrl;
   if (needs.b2 || (needs.b2ForEvents && worker.eventNotifications)) config.b2 = b2Config(reading);
-  if (needs.cloudflare) config.cloudflare = cloudflareConfig(reading);
+  const site = workerBase({
+    domain: value.text("WORKER_DOMAIN"),
+    route: value.text("WORKER_ROUTE"),
+  });
+  if (site) config.site = site;
+  if (needs.cloudflare || (needs.cloudflareUnlessSite && !site)) {
+    const before = problems.length;
+    config.cloudflare = cloudflareConfig(reading);
+    if (!needs.cloudflare && problems.length > before) {
+      problems.splice(
+        before,
+        0,
+        "Purge must know where the worker answers: pass --url https://<host>, or set " +
+          "WORKER_DOMAIN (or a WORKER_ROUTE with one host); without them it asks Cloudflare " +
+          "for the workers.dev address, which needs the settings below.",
+      );
+    }
+  }
   if (needs.purgeKey && !config.purgeSecret && worker.cacheMode === "workers-cache") {
     problems.push(
       "Set B2_APPLICATION_KEY (or WORKER_PURGE_KEY): purge requests are signed with a key " +
@@ -3593,6 +3620,13 @@ function siteOrigin(
   return host ? `https://${host}` : undefined;
 }
 
+/** `WORKER_DOMAIN`'s origin, else the URL under which a one-host route runs the worker. */
+function workerBase(
+  names: { domain?: string | undefined; route?: string | undefined },
+): string | undefined {
+  return siteOrigin({ domain: names.domain }) || routeBase(names.route);
+}
+
 /**
  * The URL under which a route runs the worker: its one host and the fixed
  * part of its pattern (`example.com/cdn/*` gives `https://example.com/cdn`);
@@ -3623,8 +3657,7 @@ export async function purgeUrl(
   options: { url?: string; subdomain?: () => Promise<string | undefined> },
 ): Promise<string> {
   const cloudflare = config.cloudflare;
-  let base = options.url || siteOrigin({ domain: cloudflare?.domain }) ||
-    routeBase(cloudflare?.route);
+  let base = options.url || config.site || workerBase(cloudflare ?? {});
   if (!base && cloudflare) {
     const subdomain = await (options.subdomain ?? (() => accountSubdomain(cloudflare, ctx)))();
     if (subdomain) base = workersDevUrl(cloudflare, subdomain);
@@ -5459,9 +5492,13 @@ export const COMMANDS = {
     permissions: NET_ENV_READ,
   },
   render: { needs: (): Needs => ({}), permissions: ENV_READ },
-  // With --url nothing of Cloudflare is asked: only the key purge requests are signed with.
+  // With --url, WORKER_DOMAIN or a one-host route nothing of Cloudflare is asked: only the key
+  // purge requests are signed with.
   purge: {
-    needs: (flags: Flags): Needs => ({ cloudflare: flags.purge.url === undefined, purgeKey: true }),
+    needs: (flags: Flags): Needs => ({
+      cloudflareUnlessSite: flags.purge.url === undefined,
+      purgeKey: true,
+    }),
     permissions: NET_ENV_READ,
   },
   cron: {

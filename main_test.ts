@@ -1005,12 +1005,34 @@ Deno.test("purge --url with WORKER_PURGE_KEY needs no Cloudflare setting and no 
         "nothing asked of Cloudflare or B2",
       );
     });
+    const sites: Record<string, string>[] = [
+      { WORKER_DOMAIN: SITE_HOST },
+      { WORKER_ROUTE: `${SITE_HOST}/*` },
+    ];
+    for (const site of sites) {
+      await t.step(`${Object.keys(site)[0]} instead of --url`, async () => {
+        const before = p.endpoint.purges.length;
+        const { code, stderr } = await runOnly(
+          ["purge", "/hello.txt"],
+          { WORKER_PURGE_KEY: purgeKey, ...site },
+          { fetch: p.endpoint.fetch as typeof fetch },
+        );
+        assert.equal(code, 0, stderr);
+        assert.equal(p.endpoint.purges.length, before + 1);
+        assert.deepEqual(
+          [p.w.cloudflare.requests.length, p.w.b2.requests.length],
+          apiCalls,
+          "nothing asked of Cloudflare or B2",
+        );
+      });
+    }
     await t.step("nothing set: every missing setting in one round", async () => {
       const noUrl = await runOnly(["purge", "/hello.txt"], {});
       assert.equal(noUrl.code, 2);
       for (const name of ["CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN", "B2_APPLICATION_KEY"]) {
         assert.match(noUrl.stderr, new RegExp(`Set ${name}`));
       }
+      assert.match(noUrl.stderr, /pass --url https:\/\/<host>, or set WORKER_DOMAIN/);
       const withUrl = await runOnly(["purge", "/a", "--url", `https://${SITE_HOST}`], {});
       assert.equal(withUrl.code, 2);
       assert.match(withUrl.stderr, /^error: Set B2_APPLICATION_KEY \(or WORKER_PURGE_KEY\)/);
