@@ -1,10 +1,10 @@
 /**
  * A stand-in for Cloudflare's Workers Cache: an HTTP server on this machine
  * that sits in front of a worker running in workerd (miniflare) and follows
- * the rules Cloudflare documents for that cache (WORKERS_CACHE.md, from
- * developers.cloudflare.com/workers/cache/). No miniflare or workerd version
- * emulates it (Cloudflare left it out on purpose, workerd issue 6865), so
- * tests, `dev`, `demo` and the bench put this in front of the worker.
+ * the rules Cloudflare documents for that cache (developers.cloudflare.com/
+ * workers/cache/: its configuration, cache-keys, purge and limitations pages).
+ * No miniflare or workerd version emulates it (Cloudflare left it out on
+ * purpose, workerd issue 6865), so tests, `dev`, `demo` and the bench put this in front of the worker.
  *
  * Each rule the documentation does not settle is marked `Assumption:` and
  * takes the case that is worst for this project's worker, so that a worker
@@ -113,8 +113,8 @@ export interface WorkersCacheOptions {
   /**
    * Whether `private` or `no-store` in a header that does not govern (the browsers'
    * `Cache-Control` under a `Cloudflare-CDN-Cache-Control`) still keeps an answer out.
-   * Unconfirmed (WORKERS_CACHE.md: Bypass), so each case is a worst one: `true` for the hit
-   * ratio (nothing such an answer says is stored), `false` for safety (it is stored, so
+   * Assumption: its configuration page does not say, so each case is a worst one: `true` for
+   * the hit ratio (nothing such an answer says is stored), `false` for safety (it is stored, so
    * what the worker lets the cache keep must be safe to serve).
    * @default true
    */
@@ -123,7 +123,10 @@ export interface WorkersCacheOptions {
   startLocalWorker?: typeof startLocalWorker;
 }
 
-/** WORKERS_CACHE.md: "the Free-plan limit (512 MB) applies to every plan for now". */
+/**
+ * developers.cloudflare.com/workers/cache/limitations/: "the Free-plan limit (512 MB) applies to
+ * every plan for now".
+ */
 const MAX_OBJECT_BYTES = 512 * 1024 * 1024;
 /** Assumption: Cloudflare's proxy read timeout (100 s, its 524 error) bounds a worker's answer. */
 const WORKER_TIMEOUT_MS = 100_000;
@@ -134,14 +137,14 @@ const SHIM_PATH = "workers_cache_shim.js";
 const SHIM_WORKER_IMPORT = `"../worker_template.ts"`;
 
 /**
- * WORKERS_CACHE.md (Cache key): request headers that are part of the key against cache
- * poisoning. Assumption: only the three it names (the "..." are not listed anywhere).
+ * developers.cloudflare.com/workers/cache/cache-keys/: request headers that are part of the key
+ * against cache poisoning. Assumption: only the three it names (the "..." are not listed anywhere).
  */
 const KEY_HEADERS = ["x-forwarded-host", "x-http-method-override", "forwarded"];
 
 /**
- * WORKERS_CACHE.md (Cache key): "200 two hours, 404 three minutes, 405 one minute, and others;
- * 401/403/500 only with explicit directives; 520-526 and worker-made 206 never".
+ * developers.cloudflare.com/workers/cache/configuration/: "200 two hours, 404 three
+ * minutes, 405 one minute, and others; 401/403/500 only with explicit directives; 520-526 and worker-made 206 never".
  * Assumption: the "others" are those of Cloudflare's zone cache (301 two hours, 302/303 twenty
  * minutes, 410 three minutes); any status not listed is stored only with explicit directives.
  */
@@ -155,16 +158,20 @@ const HEURISTIC_SECONDS: Record<number, number> = {
   405: 60,
 };
 
-/** WORKERS_CACHE.md (Cache-Tag). */
+/** developers.cloudflare.com/workers/cache/purge/ (Cache-Tag). */
 const MAX_TAG_LENGTH = 1024;
 const MAX_TAGS = 1000;
-/** WORKERS_CACHE.md (Purge): "5 purge requests a minute (bursts to 25), up to 100 operations". */
+/**
+ * developers.cloudflare.com/workers/cache/purge/: "5 purge requests a minute (bursts to 25), up to
+ * 100 operations".
+ */
 const PURGE_BURST = 25;
 const PURGES_PER_MINUTE = 5;
 const MAX_PURGE_OPERATIONS = 100;
 
 /**
- * The headers that decide, most important first (WORKERS_CACHE.md: Headers that control it).
+ * The headers that decide, most important first
+ * (developers.cloudflare.com/workers/cache/configuration/).
  * Only the first is stripped before the visitor.
  */
 const CONTROL_HEADERS = ["cloudflare-cdn-cache-control", "cdn-cache-control", "cache-control"];
@@ -266,7 +273,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       });
       return "response" in result ? result.response : failureAnswer(result);
     }
-    // WORKERS_CACHE.md (Cache key): "Only GET and HEAD are cached".
+    // developers.cloudflare.com/workers/cache/cache-keys/: "Only GET and HEAD are cached".
     if (request.method !== "GET" && request.method !== "HEAD") {
       const result = await callWorker(current, request, {
         headers: request.headers,
@@ -278,7 +285,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     const key = cacheKey(url, request.headers, current);
 
     // Assumption: the cache does not answer a browser's own conditional request itself; it
-    // reaches the worker (unconfirmed in WORKERS_CACHE.md). That is the worst case: every
+    // reaches the worker (not documented). That is the worst case: every
     // browser revalidation runs the worker, which must answer 304 correctly.
     if (request.headers.has("if-none-match") || request.headers.has("if-modified-since")) {
       return await fill(request, { key, label: "MISS", conditional: true }, current);
@@ -318,8 +325,8 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     const entry = store.get(key)?.find((candidate) =>
       candidate.vary.every(([name, value]) => headers.get(name) === value)
     );
-    // WORKERS_CACHE.md (Bypass): a request with Authorization is not answered from an entry
-    // unless it said public, s-maxage or must-revalidate.
+    // developers.cloudflare.com/workers/cache/configuration/: a request with Authorization is not
+    // answered from an entry unless it said public, s-maxage or must-revalidate.
     if (entry && headers.has("authorization") && !entry.policy.forAuthorized) return undefined;
     return entry;
   }
@@ -341,8 +348,8 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
 
   /**
    * Sends the worker a conditional request built from the entry's validators
-   * (WORKERS_CACHE.md: Revalidation): 304 keeps the body (REVALIDATED), another
-   * answer replaces it (EXPIRED), a failure serves the stale copy when
+   * (developers.cloudflare.com/workers/cache/configuration/): 304 keeps the body (REVALIDATED),
+   * another answer replaces it (EXPIRED), a failure serves the stale copy when
    * stale-if-error allows (STALE).
    */
   async function revalidate(
@@ -405,7 +412,8 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       return visitorAnswer(response, how.replacing ? how.label : verdict.label, request);
     }
     if ((completeSize(response.status, response.headers) ?? 0) > maxObjectBytes) {
-      // WORKERS_CACHE.md (Size limit): "Larger answers are not stored (MISS every time)".
+      // developers.cloudflare.com/workers/cache/limitations/: "Larger answers are not stored (MISS
+      // every time)".
       return visitorAnswer(response, "MISS", request);
     }
     const read = await readUpTo(response.body, maxObjectBytes);
@@ -492,7 +500,8 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     headers.set("Age", String(Math.max(0, Math.floor((now() - entry.storedAt) / 1000))));
     const head = request.method === "HEAD";
     const size = entry.body.byteLength;
-    // WORKERS_CACHE.md (Range): the cache answers 206 slices (or 416) itself.
+    // developers.cloudflare.com/workers/cache/configuration/: the cache answers 206 slices (or 416)
+    // itself.
     const range = entry.status === 200 && !how.whole &&
         ifRangeHolds(request.headers, entry.headers)
       ? parseRange(request.headers.get("range"), size)
@@ -568,7 +577,8 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       return refusal(400, `${operations} operations; at most ${MAX_PURGE_OPERATIONS} a request.`);
     }
     // Assumption: a prefix with a scheme or host is refused, not silently matched against
-    // nothing (WORKERS_CACHE.md: "Prefixes are paths without scheme or host").
+    // nothing (developers.cloudflare.com/workers/cache/purge/: "Prefixes are paths without scheme
+    // or host").
     const bad = prefixes.find((prefix) => !prefix.startsWith("/"));
     if (bad !== undefined) return refusal(400, `"${bad}" is not a path starting with "/".`);
     const elapsed = now() - purgeTokensAt;
@@ -586,7 +596,8 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
           prefixes.some((prefix) => entry.path.startsWith(prefix));
         if (!hit) continue;
         // Assumption: an invalidated entry is stale at once, so its stale directives decide
-        // what happens next (WORKERS_CACHE.md: invalidate "marks entries stale").
+        // what happens next (developers.cloudflare.com/workers/cache/purge/: invalidate "marks
+        // entries stale").
         if (operation === "invalidate") entry.invalidatedAt = now();
         else forget(key, entry);
       }
@@ -671,8 +682,8 @@ function shimFor(shim: string, mainModule: string): string {
 }
 
 /**
- * WORKERS_CACHE.md (Cache key): the path and query as sent (order and trailing slash
- * matter), the anti-poisoning headers, and the version unless cross-version; not the host.
+ * developers.cloudflare.com/workers/cache/cache-keys/: the path and query as sent (order and
+ * trailing slash matter), the anti-poisoning headers, and the version unless cross-version; not the host.
  * Assumption: entries stored by a version without cross_version_cache stay that version's
  * (a later cross-version deploy starts cold: the worst case).
  */
@@ -709,8 +720,8 @@ function workerHeaders(
 /** The headers a visitor sees: the first control header and Cache-Tag stripped, the status. */
 function clientHeaders(headers: Headers, label: string): Headers {
   const out = new Headers(headers);
-  // WORKERS_CACHE.md (Headers): Cloudflare-CDN-Cache-Control is "used and stripped before the
-  // client", CDN-Cache-Control and Cache-Control are passed on; Cache-Tag is stripped.
+  // developers.cloudflare.com/workers/cache/configuration/: Cloudflare-CDN-Cache-Control is "used
+  // and stripped before the client", CDN-Cache-Control and Cache-Control are passed on; Cache-Tag is stripped.
   out.delete("cloudflare-cdn-cache-control");
   out.delete("cache-tag");
   out.delete("content-encoding");
@@ -753,8 +764,8 @@ function seconds(directives: Directives, name: string): number | undefined {
 type Verdict = { store: true; policy: Policy } | { store: false; label: string };
 
 /**
- * Whether an answer may be stored, and how (WORKERS_CACHE.md: Bypass, Heuristic lifetimes,
- * Headers that control it). `request` is the visitor's.
+ * Whether an answer may be stored, and how (developers.cloudflare.com/workers/cache/configuration/:
+ * bypass, heuristic lifetimes, Headers that control it). `request` is the visitor's.
  */
 function storability(
   status: number,
@@ -765,7 +776,8 @@ function storability(
   const present = CONTROL_HEADERS.filter((name) => headers.has(name));
   const governing = parseDirectives(present[0] ? headers.get(present[0]) : null);
   const all = present.map((name) => parseDirectives(headers.get(name)));
-  // WORKERS_CACHE.md (Heuristic lifetimes): 520-526 are never stored.
+  // developers.cloudflare.com/workers/cache/configuration/ (heuristic lifetimes): 520-526 are never
+  // stored.
   if (status >= 520 && status <= 526) return { store: false, label: "DYNAMIC" };
   // developers.cloudflare.com/workers/cache/configuration/ ("Status codes that are never
   // cached"): "206 Partial Content is not cached. ... a Range request that produces a 206
@@ -773,7 +785,7 @@ function storability(
   if (status === 206) return { store: false, label: "MISS" };
   if (headers.has("set-cookie")) return { store: false, label: "BYPASS" };
   // Assumption (by default): private or no-store in ANY of the three headers bypasses, even
-  // when a CDN header governs (unconfirmed in WORKERS_CACHE.md; the worst case for the hit
+  // when a CDN header governs (not documented; the worst case for the hit
   // ratio). `privateAnywhereBypasses: false` takes the other case: only the governing one.
   const deciding = rules.privateAnywhere ? all : [governing];
   if (deciding.some((d) => d.has("private") || d.has("no-store"))) {
@@ -809,8 +821,8 @@ function storability(
       lifetime,
       noCache,
       staleWhileRevalidate: strict ? -1 : seconds(governing, "stale-while-revalidate") ?? -1,
-      // WORKERS_CACHE.md: unset means indefinitely (unless one of the three is present);
-      // stale-if-error=0 turns it off.
+      // developers.cloudflare.com/workers/cache/configuration/: unset means indefinitely (unless
+      // one of the three is present); stale-if-error=0 turns it off.
       staleIfError: strict ? -1 : ifError === undefined ? Infinity : ifError === 0 ? -1 : ifError,
       forAuthorized,
     },
@@ -842,8 +854,8 @@ function expiresSeconds(headers: Headers): number | undefined {
 }
 
 /**
- * WORKERS_CACHE.md (Cache-Tag): comma-separated, printable ASCII, at most 1024 characters a
- * tag and 1000 tags, case-insensitive, invalid ones dropped silently.
+ * developers.cloudflare.com/workers/cache/purge/ (Cache-Tag): comma-separated, printable ASCII, at
+ * most 1024 characters a tag and 1000 tags, case-insensitive, invalid ones dropped silently.
  * Assumption: a space inside a tag makes it invalid, and tags past the 1000th are dropped.
  */
 function cacheTags(header: string | null): Set<string> {
@@ -853,7 +865,7 @@ function cacheTags(header: string | null): Set<string> {
   return new Set(tags.slice(0, MAX_TAGS));
 }
 
-/** WORKERS_CACHE.md (Cache key): "Vary is honoured byte for byte". */
+/** developers.cloudflare.com/workers/cache/cache-keys/: "Vary is honoured byte for byte". */
 function varyValues(vary: string | null, request: Headers): [string, string | null][] {
   return (vary ?? "").split(",").map((name) => name.trim().toLowerCase())
     .filter((name) => name !== "")

@@ -1,5 +1,5 @@
 /**
- * Tests of the Workers Cache stand-in, one rule of WORKERS_CACHE.md each, with
+ * Tests of the Workers Cache stand-in, one documented rule each, with
  * a scripted worker (`scripted_origin.ts`) whose answers each test writes as a
  * Deno function, and the stand-in's clock in the test's hands.
  */
