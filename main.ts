@@ -4755,6 +4755,11 @@ export function largeObjectsWhere(mode: CacheMode, url: URL): string {
     : `cache-api: objects up to 100 MiB are kept whole, larger ones ${segments}`;
 }
 
+/** What makes a large object's ranges ranges at the edge, for check-cache's findings. */
+const LARGE_OBJECT_ADVICE = "past the whole-object limit the worker answers ranges from " +
+  "segments, on a route or custom domain and with WORKER_SEGMENT_SIZE not 0; on workers.dev, " +
+  "or for an object under the limit, see docs/large-objects.md";
+
 /**
  * Asks for the last bytes of a large object: a 206 that starts quickly is
  * served as a range; a 200 means every range sends the whole object; a slow
@@ -4769,8 +4774,7 @@ async function checkLargeObject(url: string, ctx: Context): Promise<CacheFinding
     const detail = start.status === 200
       ? `200 for bytes=0-0: the whole object is sent for a range (${start.bytes.byteLength} ` +
         `bytes read${start.cut ? " before stopping" : ""}, first byte in ${start.firstByteMs} ` +
-        "ms). Players would download all of it: for large videos choose the Cache API mode " +
-        "or no cache (docs/large-objects.md)"
+        `ms). Players would download all of it: ${LARGE_OBJECT_ADVICE}`
       : `answered ${start.status}; give --large-url the address of an object that exists`;
     return { check, outcome: "problem", detail };
   }
@@ -4786,16 +4790,15 @@ async function checkLargeObject(url: string, ctx: Context): Promise<CacheFinding
     return {
       check,
       outcome: "problem",
-      detail: `${facts}: the whole object is sent for a range; for large videos choose the ` +
-        "Cache API mode or no cache (docs/large-objects.md)",
+      detail: `${facts}: the whole object is sent for a range; ${LARGE_OBJECT_ADVICE}`,
     };
   }
   if (tail.firstByteMs > SLOW_FIRST_BYTE_MS) {
     return {
       check,
       outcome: "problem",
-      detail: `${facts}: slow, the edge probably read the whole object before answering; for ` +
-        "large videos choose the Cache API mode or no cache (docs/large-objects.md)",
+      detail: `${facts}: slow, the edge probably read the whole object before answering; ` +
+        LARGE_OBJECT_ADVICE,
     };
   }
   return { check, outcome: "ok", detail: `${facts}: ranges of it are served as ranges` };
