@@ -900,6 +900,18 @@ Deno.test("events outside the prefix, of another bucket or of no object purge no
     assert.deepEqual(seen(await e.visit("/hello.txt")), [200, "HIT", HELLO]);
   }));
 
+Deno.test("a signed body with no events list is answered 200 and purges nothing, so B2 does not retry it", () =>
+  withEdge(EVENTS, async (e) => {
+    await refreshed(e, EVENTS.env);
+    await e.visit("/hello.txt");
+    for (const body of ["{}", '{"events":"site/hello.txt"}', "not JSON", "null"]) {
+      const delivery = await e.b2.deliver(ourRule(e), body);
+      assert.equal(delivery.status, 200, body);
+    }
+    assert.deepEqual(e.cache.purges, []);
+    assert.deepEqual(seen(await e.visit("/hello.txt")), [200, "HIT", HELLO]);
+  }));
+
 Deno.test("a burst of uploads is coalesced: tag purges while the budget lasts, then everything, and nothing is acknowledged unpurged", () =>
   withEdge(EVENTS, async (e) => {
     await refreshed(e, EVENTS.env);
