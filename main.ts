@@ -2737,7 +2737,10 @@ async function readEventRule(config: Config, ctx: Context): Promise<EventRuleRep
  * `status` with `B2_EVENT_NOTIFICATIONS=on`: the rule joins the report; a
  * suspended one is CRITICAL with the fix, a missing or disabled one WARNING
  * (the site works, uploads are only not purged). A rule B2 cannot be asked
- * about is a warning, as the survey's unreadable parts are.
+ * about (B2 busy, a key without `readBucketNotifications`) makes an OK report
+ * UNKNOWN: status cannot tell whether uploads are purged
+ * (https://nagios-plugins.org/doc/guidelines.html, "Plugin Return Codes").
+ * A WARNING or CRITICAL stays: what it reports is known.
  */
 async function judgeEventRule(
   config: Config,
@@ -2749,7 +2752,11 @@ async function judgeEventRule(
     report.eventNotifications = await readEventRule(config, ctx);
   } catch (error) {
     if (!(error instanceof ApiError) && !(error instanceof ConfigError)) throw error;
-    warnings.push(`cannot read the Event Notification rule: ${error.message}`);
+    const problem = "cannot tell whether B2 delivers event notifications: cannot read the " +
+      `Event Notification rule: ${error.message}`;
+    report.healthy = false;
+    if (report.state === "OK") report.state = "UNKNOWN";
+    report.problem = report.problem ? `${report.problem}; ${problem}` : problem;
     return;
   }
   if (config.worker.cacheMode !== "workers-cache") {
@@ -3875,7 +3882,7 @@ export interface StatusReport {
    * soon (less than `minRemaining` left, another cache mode, a purge owed); `CRITICAL` when
    * it fails or will within half of `minRemaining` (no worker or token, expired, answers
    * nowhere). `UNKNOWN`, when Cloudflare cannot be asked, is what `status` prints instead of
-   * a report.
+   * a report; a report is `UNKNOWN` when B2 cannot be asked about the event rule.
    */
   state: StatusState;
   /** Why it is not healthy. */
@@ -3905,11 +3912,11 @@ export interface StatusReport {
 }
 
 /** How `status` judges the deployed worker, by the Nagios plugin states it prints. */
-export type StatusState = "OK" | "WARNING" | "CRITICAL";
+export type StatusState = "OK" | "WARNING" | "CRITICAL" | "UNKNOWN";
 
 /** One reason a report is not OK, and how bad it is. */
 interface Finding {
-  state: Exclude<StatusState, "OK">;
+  state: Exclude<StatusState, "OK" | "UNKNOWN">;
   text: string;
 }
 

@@ -58,6 +58,8 @@ const secretsSeen = new Set<string>([
   CF_GLOBAL_KEY,
   // The authorize call's Basic credentials: the key, encoded.
   btoa(`fake-key-id:${B2_KEY}`),
+  // The Event Notification signing secret refresh derives from the key.
+  (await deriveEventSecret(B2_KEY)).secret,
 ]);
 /** What a stand-in's tokens look like, for those made in a subprocess (the demo's). */
 const FAKE_TOKEN = /fake-(download|account)-[0-9a-f]{8}-/;
@@ -4037,6 +4039,42 @@ Deno.test("status shows the rule; a suspended one is CRITICAL with the fix, and 
   } finally {
     await w.close();
   }
+});
+
+Deno.test("status is UNKNOWN (exit 3) when the rule cannot be read: it cannot tell whether uploads purge", async (t) => {
+  await t.step("B2 busy", async () => {
+    const w = world({ b2: { capabilities: EVENT_KEY } });
+    try {
+      assert.equal((await w.run(["refresh"], { env: EVENTS_ON })).code, 0);
+      w.b2.fail("/b2api/v3/b2_get_bucket_notification_rules", {
+        status: 503,
+        code: "service_unavailable",
+        times: 10,
+      });
+      const busy = await w.run(["status", "--json"], { env: EVENTS_ON });
+      assert.equal(busy.code, 3, busy.stdout);
+      const report = JSON.parse(busy.stdout);
+      assert.deepEqual([report.healthy, report.state], [false, "UNKNOWN"]);
+      assert.match(report.problem, /^cannot tell whether B2 delivers event notifications: .*503/);
+    } finally {
+      await w.close();
+    }
+  });
+  await t.step("a key without readBucketNotifications", async () => {
+    const w = world();
+    try {
+      assert.equal((await w.run(["refresh"])).code, 0);
+      const result = await w.run(["status"], { env: EVENTS_ON });
+      assert.equal(result.code, 3, result.stdout);
+      assert.match(
+        result.stdout,
+        /^UNKNOWN - worker "b2-private-cdn": .*cannot tell whether B2 delivers event notifications: .*lacks readBucketNotifications/,
+      );
+      assert.ok(!w.b2.requests.some((r) => r.path.includes("notification")));
+    } finally {
+      await w.close();
+    }
+  });
 });
 
 Deno.test("render and refresh --dry-run show the rule that would be set, never its secret", async () => {
