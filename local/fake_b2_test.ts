@@ -86,6 +86,44 @@ Deno.test("the B2 stand-in refuses the notification rules B2 documents it refuse
   }
 });
 
+Deno.test("the B2 stand-in refuses the notification calls to a key without their capability", async (t) => {
+  // Each call needs its own capability (backblaze.com/apidocs/b2-get-bucket-notification-rules,
+  // b2-set-bucket-notification-rules): a key with only the other one is refused.
+  for (
+    const [has, lacks] of [
+      ["writeBucketNotifications", "readBucketNotifications"],
+      ["readBucketNotifications", "writeBucketNotifications"],
+    ]
+  ) {
+    await t.step(`a key without ${lacks}`, async () => {
+      const b2 = startFakeB2({ capabilities: ["listBuckets", has!] });
+      try {
+        const kept = { ...structuredClone(RULE), isSuspended: false, suspensionReason: "" };
+        b2.notificationRules.set("bucket-photos", [kept]);
+        const auth = await (await fetch(`${b2.url}/b2api/v4/b2_authorize_account`, {
+          headers: { authorization: "Basic " + btoa("fake-key-id:fake-application-key") },
+        })).json();
+        const response = lacks === "readBucketNotifications"
+          ? await fetch(
+            `${b2.url}/b2api/v3/b2_get_bucket_notification_rules?bucketId=bucket-photos`,
+            { headers: { authorization: auth.authorizationToken } },
+          )
+          : await fetch(`${b2.url}/b2api/v4/b2_set_bucket_notification_rules`, {
+            method: "POST",
+            headers: { authorization: auth.authorizationToken },
+            body: JSON.stringify({ bucketId: "bucket-photos", eventNotificationRules: [] }),
+          });
+        const body = await response.json();
+        assert.deepEqual([response.status, body.code], [401, "unauthorized"]);
+        assert.match(body.message, new RegExp(`lacks the ${lacks} capability`));
+        assert.deepEqual(b2.notificationRules.get("bucket-photos"), [kept], "nothing changed");
+      } finally {
+        await b2.close();
+      }
+    });
+  }
+});
+
 Deno.test("signEventBody() signs as B2 does: v1= and the hex HMAC-SHA256 of the body", async () => {
   // The secret's characters are the key, as they are (not base64-decoded).
   const key = await crypto.subtle.importKey(
