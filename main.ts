@@ -2593,26 +2593,35 @@ function sameRule(present: NotificationRule, wanted: NotificationRule): boolean 
 
 /**
  * Refresh's step for `B2_EVENT_NOTIFICATIONS`: on, the bucket gets our rule
- * (created, updated, or left as it is); off, a rule a previous deploy set up
- * is removed. Other rules are written back untouched. Runs after the upload:
- * a failure is one of `result.failed`, so the run exits 1 with the worker
- * deployed, naming what to ask Backblaze for or what to add to the key.
+ * (created, updated, or left as it is); off, our rule is removed: when a
+ * previous deploy had it on, and whenever the key may read the rules (`known`,
+ * from this run's authorize), since the worker is uploaded without the secret
+ * before the removal, and a removal that failed once must be tried again.
+ * Other rules are written back untouched. Runs after the upload: a failure is
+ * one of `result.failed`, so the run exits 1 with the worker deployed, naming
+ * what to ask Backblaze for or what to add to the key.
  */
 async function syncEventRule(
   config: Config,
   ctx: Context,
-  options: { result: RefreshResult; previous: WorkerSettings | undefined },
+  options: {
+    result: RefreshResult;
+    previous: WorkerSettings | undefined;
+    known?: { capabilities: string[]; bucket: Bucket } | undefined;
+  },
 ): Promise<void> {
-  const { result, previous } = options;
+  const { result, previous, known } = options;
   const on = config.worker.eventNotifications === true;
   const hadRule = previous?.bindings.some((b) => b.name === EVENT_SECRET_BINDING) ?? false;
-  if (!on && !hadRule) return;
+  const mayRead = known?.capabilities.includes("readBucketNotifications") ?? false;
+  if (!on && !hadRule && !mayRead) return;
   const counted: Context = {
     ...ctx,
     fetch: (input, init) => (result.roundTrips++, ctx.fetch(input, init)),
   };
   try {
-    const change = await applyEventRule(config, counted, result);
+    const change = await applyEventRule(config, counted, { result, hadRule, known });
+    if (change === undefined) return;
     result.eventNotifications = change;
     ctx.log(`B2: Event Notification rule ${eventRuleName(config.workerName)} ${change}`);
   } catch (error) {
@@ -2621,21 +2630,38 @@ async function syncEventRule(
   }
 }
 
-/** Authorizes, checks the key, reads the rules and writes them back when ours must change. */
+/**
+ * Authorizes, checks the key, reads the rules and writes them back when ours
+ * must change; `undefined` when off and there is no rule of ours to remove.
+ */
 async function applyEventRule(
   config: Config,
   ctx: Context,
-  result: RefreshResult,
-): Promise<RuleChange> {
+  options: { result: RefreshResult; hadRule: boolean; known?: { bucket: Bucket } | undefined },
+): Promise<RuleChange | undefined> {
+  const { result, hadRule } = options;
   const b2 = config.b2!;
   const cloudflare = config.cloudflare!;
   const on = config.worker.eventNotifications === true;
   const name = eventRuleName(config.workerName);
   const auth = await authorizeAccount(b2, ctx);
-  const missing = EVENT_CAPABILITIES.filter((c) => !auth.capabilities.includes(c));
+  const lacking = (wanted: string[]) => wanted.filter((c) => !auth.capabilities.includes(c));
+  // Off, writing is needed only when there is a rule of ours to remove.
+  const missing = lacking(on ? EVENT_CAPABILITIES : ["readBucketNotifications"]);
   if (missing.length > 0) throw missingCapabilities(b2, auth, { missing, on, name });
-  const bucket = await resolveBucket(auth, b2, ctx);
-  const present = await featureCall(auth, () => getNotificationRules(auth, bucket, ctx));
+  const bucket = options.known?.bucket ?? await resolveBucket(auth, b2, ctx);
+  const present = await featureCall(auth, () => getNotificationRules(auth, bucket, ctx))
+    .catch((error) => {
+      // Off with no deploy that had it on: an account without the feature has no rule of ours.
+      const refused = error instanceof ApiError && (error.status === 400 || error.status === 403);
+      if (!on && !hadRule && refused) return undefined;
+      throw error;
+    });
+  const had = present?.some((rule) => rule.name === name) ?? false;
+  if (!on && !had) return undefined;
+  if (!on && lacking(EVENT_CAPABILITIES).length > 0) {
+    throw missingCapabilities(b2, auth, { missing: lacking(EVENT_CAPABILITIES), on, name });
+  }
   let ours: NotificationRule | undefined;
   if (on) {
     const base = webhookBase(cloudflare, result.workersDev);
@@ -2649,8 +2675,7 @@ async function applyEventRule(
     ctx.secrets.add(derived.secret);
     ours = eventRule({ workerName: config.workerName, prefix: b2.prefix, base, derived });
   }
-  const had = present.some((rule) => rule.name === name);
-  const rules = mergeEventRules(present, ours, name);
+  const rules = mergeEventRules(present!, ours, name);
   if (!rules) return on ? "unchanged" : "removed";
   await featureCall(auth, () => setNotificationRules(auth, { bucket, rules }, ctx));
   return !on ? "removed" : had ? "updated" : "created";
@@ -2863,6 +2888,8 @@ export interface PreparedWorker {
   facts: WorkerFacts;
   /** Sequential API round trips so far. */
   roundTrips: number;
+  /** What the key may do, as authorize's `allowed.capabilities` says. */
+  capabilities: string[];
 }
 
 /**
@@ -2941,6 +2968,7 @@ export async function prepareWorker(
     issuedAt,
     expiresAt,
     roundTrips: listed ? 3 : 2,
+    capabilities: auth.capabilities,
     facts,
     upload: workerUpload(worker.module, facts),
   };
@@ -3084,6 +3112,7 @@ export async function refresh(
     : undefined;
   let result: RefreshResult & { upload?: WorkerUpload };
   let upload: Uploaded | undefined;
+  let known: { capabilities: string[]; bucket: Bucket } | undefined;
   if (recent) result = keptUpload(config, ctx, recent);
   else {
     // Prepare the worker from B2: nothing is uploaded unless every B2 step worked.
@@ -3104,6 +3133,7 @@ export async function refresh(
       upload: prepared.upload,
     };
     if (!settingsRead) return result;
+    known = { capabilities: prepared.capabilities, bucket: prepared.bucket };
     upload = await uploadPrepared(config, ctx, {
       module: options.module,
       prepared,
@@ -3112,7 +3142,7 @@ export async function refresh(
     });
   }
   const newDomain = await deployTriggers(cloudflare, result, ctx, { takeOver, removeLeftovers });
-  await syncEventRule(config, ctx, { result, previous: await deployed() });
+  await syncEventRule(config, ctx, { result, previous: await deployed(), known });
   if (result.failed) throw new IncompleteDeployError(result);
   if (config.verifyUrl) {
     await verifyDeploy(config, ctx, { result, newDomain, progress: options.progress ?? ctx.log });

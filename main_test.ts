@@ -3947,13 +3947,68 @@ Deno.test("refresh with B2_EVENT_NOTIFICATIONS=on keeps one rule of ours beside 
     const offMetadata = w.cloudflare.scripts.get("b2-private-cdn")!.metadata as LooseMetadata;
     assert.equal(secretOf(offMetadata, "B2_EVENT_NOTIFICATION_SECRET"), undefined);
 
-    // Off and never on: B2 is asked nothing more than before.
+    // Off, and our rule is gone: one read (the key may read the rules), nothing written.
     const asked = w.b2.requests.length;
-    assert.equal((await w.run(["refresh"])).code, 0);
-    assert.ok(!w.b2.requests.slice(asked).some((r) => r.path.includes("notification")));
+    const quiet = await w.run(["refresh", "--json"]);
+    assert.equal(quiet.code, 0, quiet.stderr);
+    assert.equal(JSON.parse(quiet.stdout).eventNotifications, undefined);
+    assert.deepEqual(
+      w.b2.requests.slice(asked).filter((r) => r.path.includes("notification")).map((r) => r.path),
+      ["/b2api/v3/b2_get_bucket_notification_rules?bucketId=bucket-photos"],
+    );
   } finally {
     await w.close();
   }
+});
+
+Deno.test("off after a failed removal retries on the next refresh", async (t) => {
+  await t.step("the rule a failed removal left is removed by the next run", async () => {
+    const w = world({ b2: { capabilities: EVENT_KEY } });
+    try {
+      w.b2.notificationRules.set("bucket-photos", [structuredClone(USERS_RULE)]);
+      assert.equal((await w.run(["refresh"], { env: EVENTS_ON })).code, 0);
+      // B2 busy for the one set call, with no retry.
+      w.b2.fail("/b2api/v4/b2_set_bucket_notification_rules", {
+        status: 503,
+        code: "service_unavailable",
+      });
+      const failed = await w.run(["refresh"], { ctx: { retries: 0 } });
+      assert.equal(failed.code, 1, failed.stdout);
+      assert.match(failed.stderr, /B2 Event Notifications: .*503/);
+      const metadata = w.cloudflare.scripts.get("b2-private-cdn")!.metadata as LooseMetadata;
+      assert.equal(secretOf(metadata, "B2_EVENT_NOTIFICATION_SECRET"), undefined);
+      assert.equal(w.b2.notificationRules.get("bucket-photos")?.length, 2, "the rule stayed");
+
+      const again = await w.run(["refresh", "--json"]);
+      assert.equal(again.code, 0, again.stderr);
+      assert.equal(JSON.parse(again.stdout).eventNotifications, "removed");
+      assert.deepEqual(w.b2.notificationRules.get("bucket-photos"), [USERS_RULE]);
+    } finally {
+      await w.close();
+    }
+  });
+  await t.step(
+    "off with a key that may not read the rules: B2 is asked nothing about them",
+    async () => {
+      const w = world();
+      try {
+        assert.equal((await w.run(["refresh"])).code, 0);
+        assert.ok(!w.b2.requests.some((r) => r.path.includes("notification")));
+      } finally {
+        await w.close();
+      }
+    },
+  );
+  await t.step("off on an account without the feature: nothing to remove, no failure", async () => {
+    const w = world({ b2: { capabilities: EVENT_KEY, eventNotifications: false } });
+    try {
+      const result = await w.run(["refresh", "--json"]);
+      assert.equal(result.code, 0, result.stderr);
+      assert.equal(JSON.parse(result.stdout).eventNotifications, undefined);
+    } finally {
+      await w.close();
+    }
+  });
 });
 
 Deno.test("deriveEventSecret() gives every machine the same B2-shaped secret, apart from the purge key", async () => {
