@@ -2575,9 +2575,60 @@ function mergeEventRules(
       );
     }
   }
+  if (ours) checkRoomFor(ours, others);
   // isSuspended and suspensionReason are read only: B2 ignores them on set.
   const kept = others.map(({ isSuspended: _s, suspensionReason: _r, ...rule }) => rule);
   return [...kept, ...(ours ? [ours] : [])].sort((a, b) => a.name < b.name ? -1 : 1);
+}
+
+/** B2's limit of rules a bucket (backblaze.com/apidocs/b2-set-bucket-notification-rules). */
+const MAX_RULES = 25;
+
+/** What B2 would refuse of our rule beside the user's, found before anything is written. */
+class EventRuleConflictError extends ApiError {
+  /** Makes the error; the message names the rule and what to change. */
+  constructor(message: string, code: "rule_overlap" | "too_many_rules") {
+    super(message, { service: "B2", status: 0, code });
+    this.name = "EventRuleConflictError";
+  }
+}
+
+/**
+ * Refuses, naming what to change, what B2's set call would: more than 25
+ * rules, or a rule whose prefix overlaps ours (one starts with the other)
+ * for an event type of ours (the reference guide: prefixes "may not overlap"
+ * for the same event type; ours take whole groups, `b2:ObjectCreated:*`).
+ */
+function checkRoomFor(ours: NotificationRule, others: NotificationRule[]): void {
+  const group = (type: string) => type.slice(0, type.lastIndexOf(":"));
+  const groups = new Set(ours.eventTypes.map(group));
+  const prefix = ours.objectNamePrefix;
+  const clash = others.find((rule) =>
+    (rule.objectNamePrefix.startsWith(prefix) || prefix.startsWith(rule.objectNamePrefix)) &&
+    rule.eventTypes.some((type) => groups.has(group(type)))
+  );
+  const them = (rule: NotificationRule) =>
+    `b2 bucket notification-rule update|delete b2://<bucket>/${rule.objectNamePrefix} ${rule.name}`;
+  if (clash) {
+    throw new EventRuleConflictError(
+      `Cannot add Event Notification rule "${ours.name}" (${ours.eventTypes.join(" ")} under ` +
+        `"${prefix}"): rule "${clash.name}" (${clash.eventTypes.join(" ")} under ` +
+        `"${clash.objectNamePrefix}") overlaps it, and B2 refuses two rules whose prefixes ` +
+        "overlap for the same event type. Narrow rule " +
+        `"${clash.name}" to a prefix outside "${prefix}" or to other event types, or delete it ` +
+        `(${them(clash)}); or set B2_EVENT_NOTIFICATIONS=off.`,
+      "rule_overlap",
+    );
+  }
+  if (others.length + 1 > MAX_RULES) {
+    throw new EventRuleConflictError(
+      `Cannot add Event Notification rule "${ours.name}": the bucket has ${others.length} ` +
+        `other rules, and B2 takes at most ${MAX_RULES} a bucket. Delete one you no longer ` +
+        "need (b2 bucket notification-rule delete b2://<bucket>/<prefix> <name>), or set " +
+        "B2_EVENT_NOTIFICATIONS=off.",
+      "too_many_rules",
+    );
+  }
 }
 
 /** Whether B2's copy of our rule is the one we would set (its secret is in its URL's key). */
@@ -2700,16 +2751,35 @@ function missingCapabilities(
 }
 
 /**
+ * B2's refusals of the rules themselves, by the limits its set call documents
+ * (backblaze.com/apidocs/b2-set-bucket-notification-rules). Assumption: B2's
+ * message names the limit; the texts are not documented.
+ */
+const RULE_REFUSAL =
+  /overlap|25 |unique|reserved|https|signing ?secret|hmacSha256SigningSecret|maxEventsPerBatch|event ?types?\b/i;
+
+/**
  * A rule call, with B2's refusal of an account that lacks the feature turned
  * into what to ask for. Assumption: such an account gets a 400 or 403 whose
  * code is not documented (a 400 has been reported), so any 400 or 403 to a
- * key that has the capabilities names the feature too.
+ * key that has the capabilities names the feature too, unless B2's message
+ * is one of its refusals of the rules themselves ({@linkcode RULE_REFUSAL}).
  */
 async function featureCall<T>(auth: B2Authorization, call: () => Promise<T>): Promise<T> {
   try {
     return await call();
   } catch (error) {
     if (!(error instanceof ApiError) || (error.status !== 400 && error.status !== 403)) throw error;
+    // b2Call's hint for a 400 is about the bucket settings, which B2 did take here.
+    const refused = error.message.replace(`. Fix: ${B2_HINTS.bad_request}.`, "");
+    if (RULE_REFUSAL.test(refused.slice(refused.indexOf("B2 answered")))) {
+      throw new ApiError(
+        `${sentence(refused)} B2 refused the bucket's rules as they would be: change the rule ` +
+          "it names (b2 bucket notification-rule update|delete), or set " +
+          "B2_EVENT_NOTIFICATIONS=off.",
+        { service: "B2", status: error.status, code: error.code },
+      );
+    }
     throw new ApiError(
       `${sentence(error.message)} If the account does not have Event Notifications yet: B2 ` +
         `enables them per account on request, so ask Backblaze Support to enable Event ` +

@@ -4168,6 +4168,89 @@ Deno.test("render and refresh --dry-run show the rule that would be set, never i
   }
 });
 
+Deno.test("refresh refuses, naming what to change, the rules B2 would refuse beside ours", async (t) => {
+  const refusedBefore = async (rules: typeof USERS_RULE[], message: RegExp) => {
+    const w = world({ b2: { capabilities: EVENT_KEY } });
+    try {
+      w.b2.notificationRules.set("bucket-photos", structuredClone(rules));
+      const result = await w.run(["refresh"], { env: EVENTS_ON });
+      assert.equal(result.code, 1);
+      assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.uploads, 1, "deployed");
+      assert.match(result.stderr, message);
+      assert.doesNotMatch(result.stderr, /ask Backblaze Support|check B2_BUCKET_ID/);
+      assert.ok(!w.b2.requests.some((r) => r.path.includes("b2_set_bucket_notification_rules")));
+      assert.deepEqual(w.b2.notificationRules.get("bucket-photos"), rules, "left as they were");
+    } finally {
+      await w.close();
+    }
+  };
+  await t.step("a user's rule whose prefix overlaps ours for one of our event types", async () => {
+    for (const objectNamePrefix of ["site/img/", "", "si"]) {
+      const users = {
+        ...structuredClone(USERS_RULE),
+        eventTypes: ["b2:ObjectCreated:Upload"],
+        objectNamePrefix,
+      };
+      await refusedBefore(
+        [users],
+        /B2 Event Notifications: Cannot add Event Notification rule "b2cdn-b2-private-cdn" .*under "site\/"\): rule "my-own-rule" \(b2:ObjectCreated:Upload under "[a-z/]*"\) overlaps it.*Narrow rule "my-own-rule".*or delete it/,
+      );
+    }
+  });
+  await t.step("25 rules already", async () => {
+    const rules = Array.from({ length: 25 }, (_, i) => ({
+      ...structuredClone(USERS_RULE),
+      name: `user-rule-${String(i).padStart(2, "0")}`,
+      objectNamePrefix: `logs-${i}/`,
+    }));
+    await refusedBefore(rules, /the bucket has 25 other rules, and B2 takes at most 25 a bucket/);
+  });
+  await t.step(
+    "a user's rule under another prefix, or of other event types, is no clash",
+    async () => {
+      const w = world({ b2: { capabilities: EVENT_KEY } });
+      try {
+        const upload = {
+          ...structuredClone(USERS_RULE),
+          name: "elsewhere",
+          objectNamePrefix: "logs/",
+        };
+        const other = {
+          ...structuredClone(USERS_RULE),
+          eventTypes: ["b2:MultipartUploadCreated:LiveRead"],
+          objectNamePrefix: "site/",
+        };
+        w.b2.notificationRules.set("bucket-photos", [upload, other]);
+        const result = await w.run(["refresh"], { env: EVENTS_ON });
+        assert.equal(result.code, 0, result.stderr);
+        assert.equal(w.b2.notificationRules.get("bucket-photos")?.length, 3);
+      } finally {
+        await w.close();
+      }
+    },
+  );
+  await t.step(
+    "a refusal of B2's own about the rules names no feature and no bucket setting",
+    async () => {
+      const w = world({ b2: { capabilities: EVENT_KEY } });
+      try {
+        // Two rules of the user's that B2 would not take together (set around it, by hand).
+        const clash = { ...structuredClone(USERS_RULE), name: "my-other-rule" };
+        w.b2.notificationRules.set("bucket-photos", [structuredClone(USERS_RULE), clash]);
+        const result = await w.run(["refresh"], { env: EVENTS_ON });
+        assert.equal(result.code, 1);
+        assert.match(
+          result.stderr,
+          /B2 answered 400 bad_request: Rules "my-other-rule" and "my-own-rule" overlap.*B2 refused the bucket's rules as they would be: change the rule it names/,
+        );
+        assert.doesNotMatch(result.stderr, /ask Backblaze Support|check B2_BUCKET_ID/);
+      } finally {
+        await w.close();
+      }
+    },
+  );
+});
+
 Deno.test("refresh never alters a user's rule: one B2 answered with a masked secret is left as it was", async () => {
   const w = world({ b2: { capabilities: EVENT_KEY } });
   try {
