@@ -1063,6 +1063,8 @@ interface SegmentPlan extends LargeTarget {
   end: number;
   /** Where one B2 request takes over after the segments, to the object's end. */
   tailFrom?: number | undefined;
+  /** The puts of segments this answer fetched from B2. */
+  filling: Promise<void>[];
 }
 
 // Workers Cache stores at most 512 MB an answer on every plan for now (developers.cloudflare.com/
@@ -1239,7 +1241,7 @@ async function answerLarge(
   if (range) headers.set("Content-Range", `bytes ${bytes.start}-${end}/${facts.size}`);
   const status = range ? 206 : 200;
   if (request.method === "HEAD") return new Response(null, { status, headers });
-  const plan = { ...target, facts, start: bytes.start, end, tailFrom };
+  const plan = { ...target, facts, start: bytes.start, end, tailFrom, filling: [] };
   return new Response(segmentedBody(plan), { status, headers });
 }
 
@@ -1286,6 +1288,9 @@ async function pumpSegments(plan: SegmentPlan, writable: WritableStream<Uint8Arr
       const tail = await b2Bytes(plan, plan.tailFrom, plan.facts.size - plan.tailFrom);
       await tail.pipeTo(writable, { preventClose: true });
     }
+    // The answer ends once its segments are kept: a player's next range, asked when this one
+    // ends, then finds the segment it shares with this one instead of fetching it again.
+    await Promise.all(plan.filling);
     await writable.close();
   } catch (error) {
     // Anything else is the visitor going away, which ends the stream already.
@@ -1319,16 +1324,15 @@ async function segmentPiece(
   await cached?.body?.cancel();
   const [kept, sent] = (await b2Bytes(plan, offset, length)).tee();
   const copy = kept.pipeThrough(fixedLengthStream(length));
-  store(
-    plan.ctx,
-    key,
-    new Response(copy, {
-      headers: {
-        "Cache-Control": `public, max-age=${plan.config.cacheTtl}`,
-        "Content-Type": "application/octet-stream",
-      },
-    }),
-  );
+  const headers = {
+    "Cache-Control": `public, max-age=${plan.config.cacheTtl}`,
+    "Content-Type": "application/octet-stream",
+  };
+  const put = edgeCache().put(key, new Response(copy, { headers })).catch((error) => {
+    console.error(`Cannot keep a segment of "${plan.name}" in the edge cache: ${error}`);
+  });
+  plan.ctx.waitUntil(put);
+  plan.filling.push(put);
   // Not sliceBody(): a FixedLengthStream's readable piped into the answer's own
   // FixedLengthStream stalls in workerd, and the answer's length is fixed already.
   return whole ? sent : sliceStream(sent, within);

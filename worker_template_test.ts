@@ -2381,6 +2381,24 @@ Deno.test("worker in workerd, large objects as segments in the Cache API", async
       },
     );
 
+    await t.step(
+      "a player's next range, asked as the last one ends, finds the segment kept",
+      async () => {
+        b2.putFile(BUCKET, { name: "site/seq.bin", body: { size: BIG_SIZE } });
+        const played: string[] = [];
+        for (const range of ["bytes=0-99", "bytes=100-199", "bytes=200-299"]) {
+          played.push((await worker.visit("/seq.bin", { headers: { Range: range } })).body);
+        }
+        assert.deepEqual(played, [
+          patternText(0, 99),
+          patternText(100, 199),
+          patternText(200, 299),
+        ]);
+        // The first answer ends only once segment 0 is kept; B2's first answer told the size.
+        assert.deepEqual(ranges(worker), [null, "bytes=0-999"]);
+      },
+    );
+
     await t.step("small objects are unchanged: one B2 request, kept whole", async () => {
       const small = await worker.visit("/small.bin", { headers: { Range: "bytes=10-19" } });
       assert.deepEqual([small.status, small.body], [206, patternText(10, 19)]);
