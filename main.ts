@@ -39,6 +39,7 @@ import * as nodeModule from "node:module";
 // one definition each. A URL run fetches this file anyway (it is also what is uploaded).
 import {
   canonicalPath,
+  eventsPerBatch,
   fromBase64Url,
   isProtected,
   purgeMessage,
@@ -2389,8 +2390,6 @@ const ALPHANUMERIC = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345
  * (backblaze.com/docs/cloud-storage-event-notifications-reference-guide, event types).
  */
 const EVENT_TYPES = ["b2:HideMarkerCreated:*", "b2:ObjectCreated:*", "b2:ObjectDeleted:*"];
-/** B2's largest batch (1-50, same guide): a bulk upload costs 50 times fewer deliveries. */
-const MAX_EVENTS_PER_BATCH = 50;
 /** What the rule calls need (backblaze.com/apidocs/b2-get-bucket-notification-rules, -set-). */
 const EVENT_CAPABILITIES = ["readBucketNotifications", "writeBucketNotifications"];
 /** The guide: "To enable this feature, contact the Support team to request access." */
@@ -2483,13 +2482,16 @@ function eventRule(options: {
   prefix: string;
   base: string;
   derived: { secret: string; urlKey: string };
+  cacheMode: CacheMode;
 }): NotificationRule {
   return {
     name: eventRuleName(options.workerName),
     eventTypes: EVENT_TYPES,
     objectNamePrefix: options.prefix,
     isEnabled: true,
-    maxEventsPerBatch: MAX_EVENTS_PER_BATCH,
+    // B2's largest (50: a bulk upload costs 50 times fewer deliveries), except in cache-api
+    // mode, where it is what one delivery's Cache API deletions cover (the worker's rule).
+    maxEventsPerBatch: eventsPerBatch(options.cacheMode),
     targetConfiguration: {
       targetType: "webhook",
       url: `${options.base}${EVENTS_PATH}?key=${options.derived.urlKey}`,
@@ -2724,7 +2726,13 @@ async function applyEventRule(
     }
     const derived = await deriveEventSecret(config.purgeSecret?.value ?? b2.applicationKey);
     ctx.secrets.add(derived.secret);
-    ours = eventRule({ workerName: config.workerName, prefix: b2.prefix, base, derived });
+    ours = eventRule({
+      workerName: config.workerName,
+      prefix: b2.prefix,
+      base,
+      derived,
+      cacheMode: config.worker.cacheMode,
+    });
   }
   const rules = mergeEventRules(present!, ours, name);
   if (!rules) return on ? "unchanged" : "removed";
@@ -2933,7 +2941,9 @@ function describeEventRule(
     `https://${config.workerName}.<subdomain>.workers.dev`;
   const url = `${base}${EVENTS_PATH}?key=(derived)`;
   return `event notifications: rule ${eventRuleName(config.workerName)}, ` +
-    `${EVENT_TYPES.join(" ")} under "${where.prefix}", up to ${MAX_EVENTS_PER_BATCH} ` +
+    `${EVENT_TYPES.join(" ")} under "${where.prefix}", up to ${
+      eventsPerBatch(config.worker.cacheMode)
+    } ` +
     `events a POST to ${url}, signed with the derived secret (${EVENT_SECRET_BINDING}); ` +
     eventReach(config.worker.cacheMode);
 }

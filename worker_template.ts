@@ -1707,6 +1707,13 @@ const EVENT_CLOCK_SKEW_MS = 10_000;
 // 50 a request (developers.cloudflare.com/workers/platform/limits/), purges included. They only
 // reach one data centre anyway; the tag purge is what reaches everywhere.
 const MAX_CACHE_DELETES = 40;
+// What one change may cost there: its path, its folder's for an index file, a large object's facts.
+const CACHE_DELETES_PER_CHANGE = 3;
+// B2's largest batch (1-50, the reference guide).
+const MAX_EVENTS_PER_BATCH = 50;
+// How long an oversized cache-api delivery waits; what it asks for is a refresh, which sets
+// the batch that fits.
+const OVERSIZED_RETRY_SECONDS = 300;
 // Tags purged and events seen lately, so that a retried or replayed notification costs no
 // second purge.
 const REMEMBERED = 20_000;
@@ -1719,6 +1726,18 @@ interface ChangeEvent {
   at: number;
   /** B2's `eventId`s of the name's events (unique: B2's idempotency key). */
   ids: string[];
+}
+
+/**
+ * The `maxEventsPerBatch` refresh sets on the rule: B2's largest (50), but in
+ * `cache-api` mode only as many events as one delivery's Cache API deletions
+ * always cover (13: three keys a change, 40 deletions a delivery), so that
+ * every copy a delivery names here is deleted before it is answered 200.
+ */
+export function eventsPerBatch(cacheMode: string): number {
+  return cacheMode === "cache-api"
+    ? Math.floor(MAX_CACHE_DELETES / CACHE_DELETES_PER_CHANGE)
+    : MAX_EVENTS_PER_BATCH;
 }
 
 /**
@@ -1759,11 +1778,18 @@ async function eventNotification(
   if (!Array.isArray(events)) return eventReply(200, { purged: 0, note: "no events list" });
   const changes = await changesOf(events, config);
   if (changes.length === 0) return eventReply(200, { purged: 0 });
-  await forgetLargeHere(new URL(request.url), changes, config);
   if (config.cacheMode === "cache-api") {
-    const deleted = await deleteHere(new URL(request.url).origin, changes, config);
-    return eventReply(200, { purged: changes.length, deletedHere: deleted });
+    const { deleted, left } = await deleteHere(new URL(request.url), changes, config);
+    if (left === 0) return eventReply(200, { purged: changes.length, deletedHere: deleted });
+    // More than one delivery may delete: only a rule set before refresh lowered its batch
+    // (eventsPerBatch) sends that many. Answered 503, so B2 keeps the events until then.
+    return eventReply(503, {
+      error: `${left} Cache API deletions over the ${MAX_CACHE_DELETES} a delivery may make: ` +
+        "run refresh, which sets the rule's batch that fits",
+      deletedHere: deleted,
+    }, OVERSIZED_RETRY_SECONDS);
   }
+  await forgetLargeHere(new URL(request.url), changes, config);
   if (config.cacheMode !== "workers-cache") return eventReply(200, { purged: 0 });
   if (!ctx.cache) return eventReply(503, { error: "Workers Cache is off for this version" }, 60);
   const outcome = await purgeChanges(ctx.cache, changes, {
@@ -1892,15 +1918,20 @@ function remember(map: Map<string, number>, key: string, at: number): void {
 /**
  * `cache-api` mode: the Cache API is per data centre, so only the copies
  * kept where B2's POST lands can be deleted: each name's canonical path (and
- * its folder's, for an index file). Copies elsewhere stay until their TTL.
+ * its folder's, for an index file), and a large object's facts. Copies
+ * elsewhere stay until their TTL. At most MAX_CACHE_DELETES; `left` says how
+ * many more it would take.
  */
 async function deleteHere(
-  origin: string,
+  url: URL,
   changes: ChangeEvent[],
   config: WorkerConfig,
-): Promise<number> {
+): Promise<{ deleted: number; left: number }> {
+  const origin = url.origin;
   const encode = (path: string) => path.split("/").map(encodeURIComponent).join("/");
-  const keys: string[] = [];
+  const keys: string[] = handlesLarge(config)
+    ? await Promise.all(changes.map(({ name }) => factsKey({ url, name })))
+    : [];
   for (const { name } of changes) {
     const path = config.urlStyle === "b2"
       ? `/file/${config.bucketName}/${encode(name)}`
@@ -1910,13 +1941,18 @@ async function deleteHere(
       keys.push(origin + path.slice(0, -encodeURIComponent(config.indexFile).length));
     }
   }
-  const budget = handlesLarge(config) ? MAX_CACHE_DELETES / 2 : MAX_CACHE_DELETES;
-  const deleted = await Promise.all(keys.slice(0, budget).map((key) => edgeCache().delete(key)));
-  return deleted.filter(Boolean).length;
+  const deleted = await Promise.all(
+    keys.slice(0, MAX_CACHE_DELETES).map((key) => edgeCache().delete(key).catch(() => false)),
+  );
+  return {
+    deleted: deleted.filter(Boolean).length,
+    left: Math.max(0, keys.length - MAX_CACHE_DELETES),
+  };
 }
 
 /**
- * What the edge remembers of a large object (its facts: size and version) is kept with the
+ * `workers-cache` mode (deleteHere does it in `cache-api` mode): what the edge remembers of a
+ * large object (its facts: size and version) is kept with the
  * Cache API in both modes, so only the data centre that receives B2's POST can forget it:
  * there the next request learns the new version from B2, and the old version's segments,
  * keyed by that version, are never used again (they expire with WORKER_CACHE_TTL). Elsewhere
@@ -1929,9 +1965,8 @@ async function forgetLargeHere(
 ): Promise<void> {
   if (!handlesLarge(config)) return;
   const keys = await Promise.all(changes.map(({ name }) => factsKey({ url, name })));
-  const budget = config.cacheMode === "cache-api" ? MAX_CACHE_DELETES / 2 : MAX_CACHE_DELETES;
   await Promise.all(
-    keys.slice(0, budget).map((key) => edgeCache().delete(key).catch(() => false)),
+    keys.slice(0, MAX_CACHE_DELETES).map((key) => edgeCache().delete(key).catch(() => false)),
   );
 }
 

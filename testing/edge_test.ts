@@ -945,6 +945,35 @@ Deno.test("a burst of uploads is coalesced: tag purges while the budget lasts, t
     assert.equal(seen(await e.visit("/hello.txt"))[1], "MISS");
   }));
 
+Deno.test("in cache-api mode a delivery never names more copies than it may delete: the rule's batch fits, a larger one is answered 503", () =>
+  withEdge({ ...EVENTS, env: { ...EVENTS.env, WORKER_CACHE_MODE: "cache-api" } }, async (e) => {
+    const refresh = await e.cli(["refresh"], { ...EVENTS.env, WORKER_CACHE_MODE: "cache-api" });
+    assert.equal(refresh.code, 0, refresh.stderr);
+    assert.equal(ourRule(e).maxEventsPerBatch, 13, "three Cache API keys a change, 40 a delivery");
+    await e.visit("/a");
+    await e.visit("/a");
+    e.b2Asked();
+
+    // Index pages (two keys each, three with a large object's facts), the worst case: all 200.
+    const names = Array.from({ length: 38 }, (_, i) => ({ name: `site/d${i}/index.html` }));
+    const deliveries = await e.b2.notify(BUCKET, [...names, { name: "site/a" }]);
+    assert.deepEqual(deliveries.map((d) => d.status), [200, 200, 200]);
+    assert.equal((await e.visit("/a")).body, "object a");
+    assert.deepEqual(e.b2Asked(), ["GET /site/a"], "its copy here was deleted");
+
+    // A rule from before refresh lowered the batch: 50 events, more than one delivery may
+    // delete. Not acknowledged: B2 keeps them until refresh sets the batch that fits.
+    await e.visit("/a");
+    const bulk = Array.from({ length: 49 }, (_, i) => ({ name: `site/bulk/${i}.bin` }));
+    const oversized = await e.b2.deliver(
+      ourRule(e),
+      notification([{ name: "site/a" }, ...bulk]),
+    );
+    assert.equal(oversized.status, 503);
+    assert.ok(Number(oversized.retryAfter) > 0, "with Retry-After");
+    assert.deepEqual(e.cache.purges, [], "no Workers Cache purge in this mode");
+  }));
+
 Deno.test("in cache-api mode a notification deletes the copy where it lands, and says so", () =>
   withEdge({ ...EVENTS, env: { ...EVENTS.env, WORKER_CACHE_MODE: "cache-api" } }, async (e) => {
     const refresh = await e.cli(["refresh"], { ...EVENTS.env, WORKER_CACHE_MODE: "cache-api" });
