@@ -153,7 +153,8 @@ const PURGE_TIMESTAMP_HEADER = "X-B2cdn-Timestamp";
 const PURGE_SIGNATURE_HEADER = "X-B2cdn-Signature";
 // A signed request is good this long either side of the worker's clock, then refused.
 const PURGE_WINDOW_SECONDS = 300;
-// Workers Cache accepts at most 100 operations a purge (developers.cloudflare.com/workers/cache/purge/).
+// Workers Cache accepts at most 100 operations a purge
+// (developers.cloudflare.com/workers/cache/purge/).
 const MAX_PURGE_OPERATIONS = 100;
 const MAX_PURGE_BODY_BYTES = 64 * 1024;
 // Signatures already used by this isolate; another isolate may accept a replay within the
@@ -1673,7 +1674,8 @@ export function fromBase64Url(text: string): Uint8Array<ArrayBuffer> {
 //
 // With B2_EVENT_NOTIFICATIONS=on, refresh gives the bucket a rule under which B2 POSTs what
 // changed (objects created or replaced, deleted, hidden) to EVENTS_PATH, signed with
-// B2_EVENT_NOTIFICATION_SECRET (backblaze.com/docs/cloud-storage-event-notifications-reference-guide).
+// B2_EVENT_NOTIFICATION_SECRET
+// (backblaze.com/docs/cloud-storage-event-notifications-reference-guide).
 // Each changed object of our bucket under our prefix has its tag purged, the tag its answers
 // carry (objectTag). Anything not signed with the secret over the exact body gets what any
 // other POST gets. B2 delivers at least once and retries whatever is not a 2xx, so an answer
