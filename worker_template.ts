@@ -1283,14 +1283,15 @@ async function pumpSegments(plan: SegmentPlan, writable: WritableStream<Uint8Arr
         end: Math.min(plan.end, offset + size - 1, plan.facts.size - 1) - offset,
       };
       const piece = await segmentPiece(plan, index, within);
-      await piece.pipeTo(writable, { preventClose: true });
+      const last = plan.tailFrom === undefined && (index + 1) * size > plan.end;
+      await (last ? sentOnceKept(piece, plan.filling) : piece).pipeTo(writable, {
+        preventClose: true,
+      });
     }
     if (plan.tailFrom !== undefined) {
       const tail = await b2Bytes(plan, plan.tailFrom, plan.facts.size - plan.tailFrom);
       await tail.pipeTo(writable, { preventClose: true });
     }
-    // The answer ends once its segments are kept: a player's next range, asked when this one
-    // ends, then finds the segment it shares with this one instead of fetching it again.
     await Promise.all(plan.filling);
     await writable.close();
   } catch (error) {
@@ -1302,6 +1303,32 @@ async function pumpSegments(plan: SegmentPlan, writable: WritableStream<Uint8Arr
     // shorter than its Content-Length.
     await writable.abort(error).catch(() => {});
   }
+}
+
+/**
+ * The answer's last piece, its last chunk held back until the segments this answer fetched
+ * are kept: the visitor has every byte of a fixed length only then, so a player's next range,
+ * asked as soon as this one is complete, finds the segment it shares with this one instead of
+ * fetching it again while the put still runs. A piece from the cache alone is piped natively.
+ */
+function sentOnceKept(
+  piece: ReadableStream<Uint8Array>,
+  filling: Promise<void>[],
+): ReadableStream<Uint8Array> {
+  if (filling.length === 0) return piece;
+  let held: Uint8Array | undefined;
+  return piece.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        if (held) controller.enqueue(held);
+        held = chunk;
+      },
+      async flush(controller) {
+        await Promise.all(filling);
+        if (held) controller.enqueue(held);
+      },
+    }),
+  );
 }
 
 /**

@@ -2411,6 +2411,67 @@ Deno.test("worker in workerd, large objects as segments in the Cache API", async
   }
 });
 
+/**
+ * A pass-through in front of `b2` that sends the first `fast` bytes of each download at once
+ * and the rest `delayMs` later, as a long segment arrives from a distant B2.
+ */
+function slowTail(
+  b2: FakeB2,
+  fast: number,
+  delayMs: number,
+): { url: string; close(): Promise<void> } {
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    async (request) => {
+      const url = new URL(request.url);
+      const answer = await fetch(`${b2.url}${url.pathname}${url.search}`, {
+        method: request.method,
+        headers: request.headers,
+      });
+      if (!answer.body) return answer;
+      const bytes = await answer.bytes();
+      const body = new ReadableStream<Uint8Array>({
+        async start(controller) {
+          controller.enqueue(bytes.subarray(0, fast));
+          await new Promise((resolve) => setTimeout(resolve, delayMs));
+          if (bytes.byteLength > fast) controller.enqueue(bytes.subarray(fast));
+          controller.close();
+        },
+      });
+      return new Response(body, { status: answer.status, headers: answer.headers });
+    },
+  );
+  return { url: `http://127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+}
+
+Deno.test("worker in workerd: a range that ends before its segment is sent only once the segment is kept", async () => {
+  const b2 = bigB2();
+  // The visitor's 100 bytes come at once; the segment's other 900 a while later.
+  const front = slowTail(b2, 300, 400);
+  const worker = await startWorker(b2, {
+    options: { cacheMode: "cache-api" },
+    extraBindings: SEGMENTING,
+    downloadUrl: front.url,
+  });
+  try {
+    const played: string[] = [];
+    for (const range of ["bytes=1000-1099", "bytes=1100-1199", "bytes=1200-1299"]) {
+      played.push((await worker.visit("/big.bin", { headers: { Range: range } })).body);
+    }
+    assert.deepEqual(played, [
+      patternText(1000, 1099),
+      patternText(1100, 1199),
+      patternText(1200, 1299),
+    ]);
+    // Without waiting for the put, the second range misses and B2 sends segment 1 again.
+    assert.deepEqual(ranges(worker), ["bytes=1000-1099", "bytes=1000-1999"]);
+  } finally {
+    await worker.dispose();
+    await front.close();
+    await b2.close();
+  }
+});
+
 Deno.test("worker in workerd: a notification for a large object forgets its facts where it lands", async () => {
   const b2 = bigB2();
   const secret = "abcdefghijklmnopqrstuvwxyz012345";
