@@ -3,6 +3,7 @@ import {
   askedBytes,
   formatLargeObjects,
   judgeLargeObjects,
+  type LargeRun,
   PLAYER_RANGE_BYTES,
   summarizeLarge,
   tilesWorkload,
@@ -78,6 +79,25 @@ Deno.test("summarizeLarge() gives per-1,000 figures, the hit ratio and the repea
   assert.equal(run.repeatB2Requests, 1);
   assert.equal(run.uniqueSegmentMiB, 8, "four ranges inside one 8 MiB segment");
   assert.deepEqual([run.cachedTtfbMs, run.b2TtfbMs], [1.5, 55]);
+  const last = summarizeLarge([record(1, 1, 50)], {
+    workload: "tiles",
+    segments: "on",
+    visits: [{ visitor: 1, path: "/v", start: 8 * MIB, end: 8 * MIB + 9 }],
+    wrong: 0,
+    sizes: { "/v": 9 * MIB },
+  });
+  assert.equal(last.uniqueSegmentMiB, 1, "the last segment counts its own length");
+});
+
+Deno.test("judgeLargeObjects() judges B2's bytes on the segments, the first whole GETs apart", () => {
+  const bytesGoal = (changes: Partial<LargeRun>) =>
+    judgeLargeObjects(largeObjects(changes)).find((t) => /unique segments/.test(t.name))!;
+  // 57.6 MiB of unique segments; the whole GETs sent 0.5 MiB more before they were cancelled.
+  const whole = bytesGoal({ b2MiBPer1000: (57.6 + 0.5) * 1000 / 72, wholeGetMiB: 0.5 });
+  assert.equal(whole.met, true, whole.detail);
+  assert.match(whole.detail, /100\.0 %.* 0\.50 MiB/);
+  const twice = bytesGoal({ b2MiBPer1000: 2 * 57.6 * 1000 / 72, wholeGetMiB: 0 });
+  assert.deepEqual([twice.met, /200\.0 %/.test(twice.detail)], [false, true]);
 });
 
 Deno.test("judgeLargeObjects() meets the Proof's goals when the figures do, and says which it misses", () => {
