@@ -33,6 +33,8 @@ const STREAM_SECONDS = 45;
 /** The ranges the stream asks for, one after the other. */
 const STREAM_RANGE_BYTES = 64 * MIB;
 const RSS_SAMPLE_MS = 50;
+/** Cached ranges asked again of the worker directly, for the like-for-like first byte. */
+const DIRECT_SAMPLES = 60;
 // Targets (issue 14, Proof).
 const TTFB_RATIO_LIMIT = 1.2;
 const STREAM_RSS_MARGIN_MIB = 32;
@@ -158,6 +160,11 @@ export interface LargeRun {
   /** All of the run's `b2WholeBytes`, in MiB (not per 1,000). */
   wholeGetMiB?: number;
   cachedTtfbMs: number | null;
+  /**
+   * The same cached ranges asked of workerd directly, as the small Cache API hit is measured:
+   * without the stand-in's own HTTP hop (a Deno server in front of workerd) in the figure.
+   */
+  cachedDirectTtfbMs?: number | null;
   b2TtfbMs: number | null;
 }
 
@@ -316,10 +323,12 @@ export async function benchLargeObjects(
     const counter = countingB2(b2);
     stack.defer(() => counter.close());
     let pid: number | undefined;
+    let workerUrl = "";
     const cache = await startWorkersCache({
       startLocalWorker: async (upload, options) => {
         const worker = await startWorker(upload, options);
         pid = worker.pid;
+        workerUrl = worker.url;
         return worker;
       },
     });
@@ -367,7 +376,12 @@ export async function benchLargeObjects(
         });
       }
       const paths = Object.fromEntries(Object.entries(sizes).map(([n, size]) => [`/${n}`, size]));
-      runs.push(summarizeLarge(records, { workload, segments, visits, wrong, sizes: paths }));
+      const run = summarizeLarge(records, { workload, segments, visits, wrong, sizes: paths });
+      if (segments === "on") {
+        const cached = visits.filter((_, i) => records[i]!.b2Requests === 0);
+        run.cachedDirectTtfbMs = await directTtfb(workerUrl, client, cached);
+      }
+      runs.push(run);
     }
     if (segments === "off") {
       smallHitTtfbMs = await smallHits(cache.url, client, "HIT");
@@ -390,6 +404,24 @@ export async function benchLargeObjects(
     smallCacheApiTtfbMs,
     stream: stream!,
   };
+}
+
+/** The median first byte of `visits` (already cached) asked of the worker at `url` directly. */
+async function directTtfb(
+  url: string,
+  client: Deno.HttpClient,
+  visits: RangeVisit[],
+): Promise<number | null> {
+  const times: number[] = [];
+  for (const visit of visits.slice(0, DIRECT_SAMPLES)) {
+    const started = performance.now();
+    const response = await fetch(`${url}${visit.path}`, {
+      client,
+      headers: { Range: `bytes=${visit.start}-${visit.end}` },
+    });
+    times.push((await readTimed(response, started)).ttfbMs);
+  }
+  return times.length > 0 ? median(times) : null;
 }
 
 /** The body, and the milliseconds from `started` to its first byte. */
@@ -488,8 +520,10 @@ export function judgeLargeObjects(report: LargeObjectsReport): Target[] {
   );
   const wholeGetMiB = on.reduce((n, r) => n + (r.wholeGetMiB ?? 0), 0);
   // Like for like: a cached segment and a small Cache API hit are both the worker answering
-  // from caches.default; a Workers Cache HIT never runs the worker, and is shown beside.
-  const ratio = (video.cachedTtfbMs ?? Infinity) / report.smallCacheApiTtfbMs;
+  // from caches.default, asked directly (the stand-in's own hop in front is shown beside); a
+  // Workers Cache HIT never runs the worker, and is shown beside too.
+  const direct = video.cachedDirectTtfbMs ?? video.cachedTtfbMs;
+  const ratio = (direct ?? Infinity) / report.smallCacheApiTtfbMs;
   const growth = (report.stream.peakRssMiB ?? NaN) - (report.stream.startRssMiB ?? NaN);
   return [
     {
@@ -510,9 +544,11 @@ export function judgeLargeObjects(report: LargeObjectsReport): Target[] {
       name:
         `large objects: first byte from a cached segment within ${TTFB_RATIO_LIMIT}x a small hit's`,
       met: ratio <= TTFB_RATIO_LIMIT,
-      detail: `${ms(video.cachedTtfbMs ?? NaN)} against ${ms(report.smallCacheApiTtfbMs)} (${
-        ratio.toFixed(2)
-      }x; a Workers Cache HIT: ${ms(report.smallHitTtfbMs)})`,
+      detail:
+        `${ms(direct ?? NaN)} against ${ms(report.smallCacheApiTtfbMs)} (${
+          ratio.toFixed(2)
+        }x; through the Workers Cache stand-in ${ms(video.cachedTtfbMs ?? NaN)}; ` +
+        `a Workers Cache HIT: ${ms(report.smallHitTtfbMs)})`,
     },
     {
       name:
@@ -564,6 +600,10 @@ export function formatLargeObjects(report: LargeObjectsReport): string[] {
     `  a small cached object: first byte in ${ms(report.smallHitTtfbMs)} from Workers Cache ` +
     `(HIT, no worker), ${ms(report.smallCacheApiTtfbMs)} from the worker's Cache API` +
     (report.segmentingAvailable ? "" : "; segmenting on: not in this worker"),
+    ...report.runs.filter((r) => typeof r.cachedDirectTtfbMs === "number").map((r) =>
+      `  cached ${r.workload === "video" ? "video" : "tile"} ranges asked of the worker directly ` +
+      `(as the small Cache API hit is): first byte in ${ms(r.cachedDirectTtfbMs!)}`
+    ),
     `  the video played from byte 0 in 64 MiB ranges (segments ${s.segments}): ${
       (s.bytes / 1e9).toFixed(2)
     } GB in ` +
