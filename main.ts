@@ -5393,8 +5393,9 @@ async function runPurge(
 
 /**
  * Listens for Ctrl-C (or SIGTERM) from now on, before anything tells the user
- * the command is ready; `pressed` resolves when one arrives. Disposing it
- * stops listening, so a command that fails does not hang on its listeners.
+ * the command is ready; `pressed` resolves when the first arrives, and later ones are absorbed
+ * until it is disposed. Disposing it stops listening, so a command that fails does not hang on
+ * its listeners.
  */
 export function listenForCtrlC(): Disposable & { pressed: Promise<void>; wasPressed(): boolean } {
   const { promise, resolve } = Promise.withResolvers<void>();
@@ -5403,8 +5404,10 @@ export function listenForCtrlC(): Disposable & { pressed: Promise<void>; wasPres
     Deno.removeSignalListener("SIGINT", stop);
     Deno.removeSignalListener("SIGTERM", stop);
   };
+  // The listeners stay until disposed: a terminal's Ctrl-C reaches the whole process group and
+  // `deno task` passes it on too, so a second SIGINT arrives while the first is being handled,
+  // and without a listener it would end the process before its clean stop.
   const stop = () => {
-    stopListening();
     pressed = true;
     resolve();
   };

@@ -175,3 +175,44 @@ Deno.test("demo prints no escape codes when its output is not a terminal", async
   assert.match(stdout, READY);
   assert.ok(!`${stdout}${errors}`.includes("\x1b["), `an escape code in:\n${stdout}${errors}`);
 });
+
+Deno.test({
+  name: "deno task demo stops cleanly on a terminal's Ctrl-C, which reaches the whole group",
+  // setsid gives the task a process group of its own, as a terminal gives its foreground job.
+  ignore: Deno.build.os !== "linux",
+  async fn() {
+    const group = new Deno.Command("setsid", {
+      args: [Deno.execPath(), "task", "demo", "--port", "0"],
+      cwd: ROOT,
+      env: childEnv({ NO_COLOR: "1" }),
+      clearEnv: true,
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const stderr = new Response(group.stderr).text();
+    const reader = group.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let stdout = "";
+    let url: string | undefined;
+    while (!url) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      stdout += value;
+      url = READY.exec(stdout)?.[1];
+    }
+    if (!url) assert.fail(`it printed no URL:\n${stdout}${await stderr}`);
+    const children = await descendants(group.pid);
+    // Every process of the group gets SIGINT: deno task, the demo, workerd; and deno task
+    // passes its own on, so the demo gets a second one while it stops. Sent twice here so the
+    // second is sure to arrive then, whoever wins the race.
+    Deno.kill(-group.pid, "SIGINT");
+    Deno.kill(-group.pid, "SIGINT");
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+      stdout += chunk.value;
+    }
+    const { code } = await group.status;
+    const errors = await stderr;
+    assert.equal(code, 0, errors);
+    assert.match(stdout, /Stopped\.\n$/);
+    await assertGone({ children, stdout, stderr: errors }, url);
+  },
+});
