@@ -6,7 +6,7 @@
  * ```sh
  * deno run --allow-net --allow-env --allow-read main.ts refresh
  * deno run --allow-net --allow-env --allow-read main.ts status --min-remaining 48h
- * deno run -A main.ts demo   # the whole chain on this machine, no account needed
+ * deno task demo   # in a clone: the whole chain on this machine, no account needed
  * ```
  *
  * Sections, in the order of the flow:
@@ -2904,7 +2904,7 @@ function eventRuleProblem(report: EventRuleReport): string | undefined {
  * How large objects are served, for status, render and `--dry-run`: which cache keeps their
  * segments and where that works (worker_template.ts, "Large objects").
  */
-export function describeSegments(mode: CacheMode | string, segmentSize: number): string {
+function describeSegments(mode: CacheMode | string, segmentSize: number): string {
   if (mode === "off") return "large objects: not cached (edge cache off)";
   const limit = mode === "workers-cache" ? "512 MB (Workers Cache)" : "100 MiB (Cache API)";
   if (segmentSize === 0) {

@@ -12,6 +12,7 @@ import {
   eventRuleName,
   formatDuration,
   generateSigningKey,
+  largeObjectsWhere,
   loadWorkerModule,
   parseCommandLine,
   parseConfig,
@@ -2587,6 +2588,19 @@ Deno.test("check-cache finds a workers.dev-only worker by itself, as purge does"
       await cloudflare.close();
     }
   });
+});
+
+Deno.test("largeObjectsWhere() says where large objects are kept, per mode and address", () => {
+  const where = (mode: "workers-cache" | "cache-api" | "off", url: string) =>
+    largeObjectsWhere(mode, new URL(url));
+  assert.match(where("workers-cache", "https://cdn.example.com/v.mp4"), /512 MB.*whole.*segments/);
+  assert.match(
+    where("workers-cache", "https://b2cdn.me.workers.dev/v.mp4"),
+    /from B2 for every range on workers.dev/,
+  );
+  assert.match(where("cache-api", "https://b2cdn.me.workers.dev/"), /nothing is kept/);
+  assert.match(where("cache-api", "https://cdn.example.com/"), /100 MiB.*segments/);
+  assert.match(where("off", "https://cdn.example.com/"), /nothing is kept at the edge/);
 });
 
 Deno.test("purgeUrl() takes --url, WORKER_DOMAIN, a concrete route, then workers.dev", async () => {

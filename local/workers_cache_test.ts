@@ -11,7 +11,6 @@ import {
   type CacheCheckReport,
   checkCache,
   defaultContext,
-  largeObjectsWhere,
   loadWorkerModule,
   run,
   signPurge,
@@ -1027,19 +1026,6 @@ Deno.test("checkCache() reports what a ranged miss returns and whether it fills 
         assert.equal(report.healthy, repeatOutcome === "ok");
       }));
   }
-});
-
-Deno.test("largeObjectsWhere() says where large objects are kept, per mode and address", () => {
-  const where = (mode: "workers-cache" | "cache-api" | "off", url: string) =>
-    largeObjectsWhere(mode, new URL(url));
-  assert.match(where("workers-cache", "https://cdn.example.com/v.mp4"), /512 MB.*whole.*segments/);
-  assert.match(
-    where("workers-cache", "https://b2cdn.me.workers.dev/v.mp4"),
-    /from B2 for every range on workers.dev/,
-  );
-  assert.match(where("cache-api", "https://b2cdn.me.workers.dev/"), /nothing is kept/);
-  assert.match(where("cache-api", "https://cdn.example.com/"), /100 MiB.*segments/);
-  assert.match(where("off", "https://cdn.example.com/"), /nothing is kept at the edge/);
 });
 
 Deno.test("checkCache() tells a large object sent whole, or slowly, for a range", async (t) => {
