@@ -1019,10 +1019,12 @@ function notSatisfiable(contentRange: string | null): Response {
 // Where they are kept: the Cache API (caches.default), in both modes. Workers Cache also
 // caches loopback calls through ctx.exports (developers.cloudflare.com/workers/cache/
 // configuration/), which workerd offers from the compatibility date 2025-11-17
-// (enable_ctx_exports), but (1) a loopback entry is a URL any visitor can ask for and a hit
-// never runs the worker, so a segment of a signed path would be served unsigned unless its key
-// held a secret; (2) nothing local emulates Workers Cache, so no test could show the segments
-// kept there. The Cache API is per data centre and does nothing on workers.dev
+// (enable_ctx_exports), and a named entrypoint would keep segments apart from visitors'
+// entries (the entrypoint is part of the key, and visitors reach only the default one). It is
+// not used yet because nothing local can show it working: no workerd or miniflare emulates
+// Workers Cache, and our stand-in sits in front of workerd's HTTP, where loopback calls never
+// pass, so the tiering, purge scope and limits of such entries would ship untested. The Cache
+// API is per data centre and does nothing on workers.dev
 // (developers.cloudflare.com/workers/runtime-apis/cache/): there large objects are still
 // served right, from B2 every time.
 //
