@@ -560,7 +560,7 @@ async function signedPurge(
   }
   const result = await ctx.cache.purge(options);
   const names = paths.map((path) => (objectName(path, config) as { name: string }).name);
-  const largeObjects = await forgetLargeFacts(new URL(request.url), names);
+  const largeObjects = await forgetLargeFacts(new URL(request.url), names, config);
   return reply(result.success ? 200 : 429, { purged: options, result, largeObjects });
 }
 
@@ -1126,11 +1126,31 @@ export function readFacts(
   return { size, fileId, headers };
 }
 
-async function factsKey(target: Pick<LargeTarget, "url" | "name">): Promise<string> {
-  return `${target.url.origin}${FACTS_PATH}?object=${await objectTag(target.name)}`;
+/**
+ * The key of a large object's facts: its name and the deploy's fingerprint (what refresh
+ * computed from everything that shapes an answer, the bucket and prefix included, never the
+ * token). The Cache API is per data centre and refresh cannot empty it, so facts (and the
+ * headers they carry) kept by a version with other settings are never read by this one: the
+ * first request after such a refresh learns them again from B2, under the new settings.
+ */
+async function factsKey(
+  target: Pick<LargeTarget, "url" | "name"> & { config: Pick<WorkerConfig, "fingerprint"> },
+): Promise<string> {
+  const query = new URLSearchParams({
+    object: await objectTag(target.name),
+    fingerprint: target.config.fingerprint,
+  });
+  return `${target.url.origin}${FACTS_PATH}?${query}`;
 }
 
-/** The key of segment `index`: the object's name, version and segment size, never the token. */
+/**
+ * The key of segment `index`: the object's name, version and segment size, never the token.
+ * Neither the bucket nor the fingerprint: a file id names one version of one file in all of B2
+ * (b2_download_file_by_id takes the id alone, no bucket: www.backblaze.com/apidocs/
+ * b2-download-file-by-id), and a segment holds only its bytes, no header. A version with other
+ * settings reaches a segment only through facts it learned itself from B2, so only once B2
+ * served it that very file id.
+ */
 async function segmentKey(plan: SegmentPlan, index: number): Promise<string> {
   const query = new URLSearchParams({
     object: await objectTag(plan.name),
@@ -1176,14 +1196,19 @@ async function forgetFacts(target: LargeTarget): Promise<void> {
  * object is never served from them once its facts are gone; the facts of the named objects
  * are forgotten here, in this data centre's Cache API only (it is per data centre), for the
  * host the purge was sent to. Elsewhere they last until WORKER_CACHE_TTL runs out, or until a
- * segment fetched from B2 shows the new version.
+ * segment fetched from B2 shows the new version. A refresh that changes the fingerprint (and
+ * so purges everything) reaches them in every data centre: facts are keyed by it.
  */
-async function forgetLargeFacts(url: URL, names: string[]): Promise<Record<string, unknown>> {
+async function forgetLargeFacts(
+  url: URL,
+  names: string[],
+  config: WorkerConfig,
+): Promise<Record<string, unknown>> {
   // Not every runtime that runs this module has a Cache API (Deno, in main.ts's tests).
   const cache = (globalThis as { caches?: { default?: Cache } }).caches?.default;
   const forgotten = await Promise.all(
     names.map(async (name) =>
-      await cache?.delete(await factsKey({ url, name })).catch(() => false) ?? false
+      await cache?.delete(await factsKey({ url, name, config })).catch(() => false) ?? false
     ),
   );
   return {
@@ -1961,7 +1986,7 @@ async function deleteHere(
   const origin = url.origin;
   const encode = (path: string) => path.split("/").map(encodeURIComponent).join("/");
   const keys: string[] = handlesLarge(config)
-    ? await Promise.all(changes.map(({ name }) => factsKey({ url, name })))
+    ? await Promise.all(changes.map(({ name }) => factsKey({ url, name, config })))
     : [];
   for (const { name } of changes) {
     const path = config.urlStyle === "b2"
@@ -1995,7 +2020,7 @@ async function forgetLargeHere(
   config: WorkerConfig,
 ): Promise<void> {
   if (!handlesLarge(config)) return;
-  const keys = await Promise.all(changes.map(({ name }) => factsKey({ url, name })));
+  const keys = await Promise.all(changes.map(({ name }) => factsKey({ url, name, config })));
   await Promise.all(
     keys.slice(0, MAX_CACHE_DELETES).map((key) => edgeCache().delete(key).catch(() => false)),
   );

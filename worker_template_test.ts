@@ -2512,3 +2512,43 @@ Deno.test("worker in workerd: a notification for a large object forgets its fact
     await b2.close();
   }
 });
+
+Deno.test("worker in workerd: facts kept under one fingerprint are not used after a redeploy with another", async () => {
+  const b2 = bigB2();
+  // One data centre's Cache API, shared by both versions, which refresh cannot empty.
+  const cachePersist = await Deno.makeTempDir();
+  const deploy = (fingerprint: string, cacheControl: string) =>
+    startWorker(b2, {
+      options: { cacheMode: "cache-api", cacheControl },
+      extraBindings: { ...SEGMENTING, WORKER_FINGERPRINT: fingerprint },
+      cachePersist,
+    });
+  const range = { headers: { Range: "bytes=1200-1299" } };
+  const before = await deploy("1-aaaaaaaaaaaaaaaa", "public, max-age=60");
+  try {
+    assert.equal((await before.visit("/big.bin", range)).body, patternText(1200, 1299));
+    await segmentKept(before, 1);
+    const known = await before.visit("/big.bin", { method: "HEAD" });
+    assert.equal(known.headers["cache-control"], "public, max-age=60");
+    assert.deepEqual(ranges(before), ["bytes=1200-1299", "bytes=1000-1999"]);
+  } finally {
+    await before.dispose();
+  }
+  // Another Cache-Control, so another fingerprint: the old facts carry the old header.
+  const after = await deploy("1-bbbbbbbbbbbbbbbb", "public, max-age=5");
+  try {
+    const answer = await after.visit("/big.bin", range);
+    assert.deepEqual(
+      [answer.status, answer.headers["cache-control"], answer.body],
+      [206, "public, max-age=5", patternText(1200, 1299)],
+    );
+    // Learned again from B2's answer to the visitor's range; segment 1 (same file id) reused.
+    assert.deepEqual(ranges(after), ["bytes=1200-1299"]);
+    const head = await after.visit("/big.bin", { method: "HEAD" });
+    assert.deepEqual([head.headers["cache-control"], ranges(after)], ["public, max-age=5", []]);
+  } finally {
+    await after.dispose();
+    await b2.close();
+    await Deno.remove(cachePersist, { recursive: true });
+  }
+});
