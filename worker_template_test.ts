@@ -1997,7 +1997,12 @@ async function signedRequest(
   order: unknown,
   options: { key?: string; nowMs?: number; path?: string; tamper?: (body: string) => string } = {},
 ): Promise<Request> {
-  const body = JSON.stringify(order);
+  // A nonce, as askWorkerToPurge() adds: each request is stamped a second earlier than the last,
+  // but one made just after a second boundary lands on the last one's second, and two orders
+  // alike would then carry one signature, which the worker refuses as a replay.
+  const body = JSON.stringify(
+    typeof order === "object" && order !== null ? { ...order, nonce: crypto.randomUUID() } : order,
+  );
   const headers = await signPurge(body, {
     key: options.key ?? PURGE_KEY,
     nowMs: options.nowMs ?? Date.now() - 1000 * signedCount++,
