@@ -24,6 +24,50 @@ async function assertGone(
   assert.ok(portIsFree(Number(new URL(url).port)), `${url}: the port is free again`);
 }
 
+/** A demo started as a child process and read until it serves. */
+interface Started {
+  child: Deno.ChildProcess;
+  url: string;
+  /** Its processes (workerd among them) while it served. */
+  children: number[];
+  /** Reads its output to the end, once it is told to stop: stdout whole, and stderr. */
+  rest(): Promise<{ stdout: string; stderr: string }>;
+}
+
+/** Starts `program args` as the user would, and waits until it prints where it serves. */
+async function startDemo(
+  program: string,
+  args: string[],
+  env: Record<string, string> = { NO_COLOR: "1" },
+): Promise<Started> {
+  const child = new Deno.Command(program, {
+    args,
+    cwd: ROOT,
+    env: childEnv(env),
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderr = new Response(child.stderr).text();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let stdout = "";
+  let url: string | undefined;
+  while (!url) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    stdout += value;
+    url = READY.exec(stdout)?.[1];
+  }
+  if (!url) assert.fail(`it printed no URL:\n${stdout}${await stderr}`);
+  const rest = async () => {
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+      stdout += chunk.value;
+    }
+    return { stdout, stderr: await stderr };
+  };
+  return { child, url, children: await descendants(child.pid), rest };
+}
+
 Deno.test("demo runs the whole chain locally and stops cleanly on Ctrl-C", async () => {
   let origin = "";
   const served = await whileServing(["demo"], { urlPattern: READY }, async (url, stdout) => {
@@ -85,46 +129,21 @@ Deno.test({
   async fn() {
     // As `npx -y deno@2 task demo & kill $!`: the process killed is a launcher (npm there, sh
     // here) two levels up, which passes nothing on; `deno task` and the demo outlive it.
-    const launcher = new Deno.Command("sh", {
-      args: ["-c", '"$0" task demo --port 0; true', Deno.execPath()],
-      cwd: ROOT,
-      env: childEnv({ NO_COLOR: "1" }),
-      clearEnv: true,
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const stderr = new Response(launcher.stderr).text();
-    const reader = launcher.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let stdout = "";
-    let url: string | undefined;
-    while (!url) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      stdout += value;
-      url = READY.exec(stdout)?.[1];
-    }
-    if (!url) assert.fail(`it printed no URL:\n${stdout}${await stderr}`);
-    const children = await descendants(launcher.pid);
-    launcher.kill("SIGKILL");
-    await launcher.status;
+    const demo = await startDemo("sh", ["-c", '"$0" task demo --port 0; true', Deno.execPath()]);
+    demo.child.kill("SIGKILL");
+    await demo.child.status;
     // Its output ends once every process under it has closed it: deno task, the demo, workerd.
-    const ended = (async () => {
-      for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
-        stdout += chunk.value;
-      }
-    })();
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`still running:\n${stdout}`)), 15_000);
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error("still running after 15 s")), 15_000);
     });
     try {
-      await Promise.race([ended, timeout]);
+      const { stdout } = await Promise.race([demo.rest(), timeout]);
+      assert.match(stdout, /Stopped\.\n$/);
+      await assertGone({ children: demo.children, stdout }, demo.url);
     } finally {
       clearTimeout(timer);
     }
-    await stderr;
-    assert.match(stdout, /Stopped\.\n$/);
-    await assertGone({ children, stdout }, url);
   },
 });
 
@@ -149,30 +168,17 @@ Deno.test("demo on a taken port exits 2 naming the port and --port, without a st
 
 Deno.test("demo prints no escape codes when its output is not a terminal", async () => {
   // NO_COLOR is left unset here on purpose: a pipe alone must keep the output plain.
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `--lock=${ROOT}deno.lock`, `${ROOT}local/demo.ts`, "--port", "0"],
-    cwd: ROOT,
-    env: childEnv({}),
-    clearEnv: true,
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const stderr = new Response(child.stderr).text();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let stdout = "";
-  while (!READY.test(stdout)) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    stdout += value;
-  }
-  child.kill("SIGTERM");
-  for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
-    stdout += chunk.value;
-  }
-  const { code } = await child.status;
-  const errors = await stderr;
-  assert.equal(code, 0, errors);
-  assert.match(stdout, READY);
+  const demo = await startDemo(Deno.execPath(), [
+    "run",
+    "-A",
+    `--lock=${ROOT}deno.lock`,
+    `${ROOT}local/demo.ts`,
+    "--port",
+    "0",
+  ], {});
+  demo.child.kill("SIGTERM");
+  const { stdout, stderr: errors } = await demo.rest();
+  assert.equal((await demo.child.status).code, 0, errors);
   assert.ok(!`${stdout}${errors}`.includes("\x1b["), `an escape code in:\n${stdout}${errors}`);
 });
 
@@ -181,38 +187,15 @@ Deno.test({
   // setsid gives the task a process group of its own, as a terminal gives its foreground job.
   ignore: Deno.build.os !== "linux",
   async fn() {
-    const group = new Deno.Command("setsid", {
-      args: [Deno.execPath(), "task", "demo", "--port", "0"],
-      cwd: ROOT,
-      env: childEnv({ NO_COLOR: "1" }),
-      clearEnv: true,
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const stderr = new Response(group.stderr).text();
-    const reader = group.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let stdout = "";
-    let url: string | undefined;
-    while (!url) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      stdout += value;
-      url = READY.exec(stdout)?.[1];
-    }
-    if (!url) assert.fail(`it printed no URL:\n${stdout}${await stderr}`);
-    const children = await descendants(group.pid);
+    const group = await startDemo("setsid", [Deno.execPath(), "task", "demo", "--port", "0"]);
     // Every process of the group gets SIGINT: deno task, the demo, workerd; and deno task
     // passes its own on, so the demo gets a second one while it stops. Sent twice here so the
     // second is sure to arrive then, whoever wins the race.
-    Deno.kill(-group.pid, "SIGINT");
-    Deno.kill(-group.pid, "SIGINT");
-    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
-      stdout += chunk.value;
-    }
-    const { code } = await group.status;
-    const errors = await stderr;
-    assert.equal(code, 0, errors);
+    Deno.kill(-group.child.pid, "SIGINT");
+    Deno.kill(-group.child.pid, "SIGINT");
+    const { stdout, stderr: errors } = await group.rest();
+    assert.equal((await group.child.status).code, 0, errors);
     assert.match(stdout, /Stopped\.\n$/);
-    await assertGone({ children, stdout, stderr: errors }, url);
+    await assertGone({ children: group.children, stdout, stderr: errors }, group.url);
   },
 });
