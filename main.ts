@@ -1032,6 +1032,11 @@ const PURGE_KEY_INFO = "b2-private-cdn purge key v1";
  * machine that refreshes or purges holds one of the two, so none stores the key.
  */
 export async function derivePurgeKey(secret: string): Promise<string> {
+  return toHex(await hkdf(secret, PURGE_KEY_INFO, 32));
+}
+
+/** `length` bytes of HKDF-SHA256 of `secret` (no salt) with `info`: alike on every machine. */
+async function hkdf(secret: string, info: string, length: number): Promise<Uint8Array> {
   const material = await crypto.subtle.importKey(
     "raw",
     new TextEncoder().encode(secret),
@@ -1044,12 +1049,12 @@ export async function derivePurgeKey(secret: string): Promise<string> {
       name: "HKDF",
       hash: "SHA-256",
       salt: new Uint8Array(0),
-      info: new TextEncoder().encode(PURGE_KEY_INFO),
+      info: new TextEncoder().encode(info),
     },
     material,
-    256,
+    length * 8,
   );
-  return toHex(new Uint8Array(bits));
+  return new Uint8Array(bits);
 }
 
 /** Seconds in `90`, `90s`, `30m`, `48h` or `6d`; `undefined` if it is none of those. */
@@ -2434,25 +2439,7 @@ export type RuleChange = "created" | "updated" | "unchanged" | "removed";
 export async function deriveEventSecret(
   secret: string,
 ): Promise<{ secret: string; urlKey: string }> {
-  const material = await crypto.subtle.importKey(
-    "raw",
-    new TextEncoder().encode(secret),
-    "HKDF",
-    false,
-    ["deriveBits"],
-  );
-  const bits = new Uint8Array(
-    await crypto.subtle.deriveBits(
-      {
-        name: "HKDF",
-        hash: "SHA-256",
-        salt: new Uint8Array(0),
-        info: new TextEncoder().encode(EVENT_SECRET_INFO),
-      },
-      material,
-      40 * 8,
-    ),
-  );
+  const bits = await hkdf(secret, EVENT_SECRET_INFO, 40);
   // 256 is 4 × 62 + 8: the first 8 characters are a little likelier, 190 bits remain.
   const characters = Array.from(bits.subarray(0, 32), (byte) => ALPHANUMERIC[byte % 62]);
   return { secret: characters.join(""), urlKey: toHex(bits.subarray(32)) };
