@@ -830,23 +830,7 @@ Deno.test("checkCache() reports MISS, HIT, HEAD and ranges of the real worker be
   });
   const cache = await startWorkersCache({ maxObjectBytes: 1_000_000 });
   try {
-    const upload = workerUpload(await loadWorkerModule(), {
-      downloadToken: b2.issueDownloadToken("site", "", 3600),
-      downloadUrl: b2.url,
-      bucketName: "site",
-      prefix: "",
-      issuedAt: Date.now(),
-      expiresAt: Date.now() + 3600_000,
-      options: {
-        urlStyle: "plain",
-        indexFile: "index.html",
-        cacheTtl: 86400,
-        cacheControl: "",
-        corsOrigins: "",
-        cacheMode: "workers-cache",
-      },
-    });
-    await cache.deploy(upload);
+    await deployRealWorker(cache, b2);
     const report = await checkCache(`${cache.url}/hello.txt`, defaultContext(QUIET_CTX), {
       largeUrl: `${cache.url}/big.bin`,
     });
