@@ -9,7 +9,7 @@
 
 import { parseConfig } from "../main.ts";
 import { startWorkersCache } from "../local/workers_cache.ts";
-import { table, type Target } from "./measure.ts";
+import { seededRandom, table, type Target } from "./measure.ts";
 import { ourUpload, startBenchB2 } from "./processes.ts";
 
 /** The cache modes compared, in the order they are run and printed. */
@@ -93,18 +93,6 @@ const QUERY_VARIANTS = [
  * (https://developers.cloudflare.com/cache/concepts/cache-responses/).
  */
 const EXPIRY_STATUSES = new Set(["EXPIRED", "UPDATING", "REVALIDATED", "STALE"]);
-
-/** mulberry32: a small seeded PRNG, so that the workload is the same on every run. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * The mixed workload of section 6, the same for a given seed: objects of

@@ -16,7 +16,7 @@
 import http from "node:http";
 import type { WorkerUpload } from "../main.ts";
 import { startWorkersCache } from "../local/workers_cache.ts";
-import { median, MIB, ms, table, type Target } from "./measure.ts";
+import { median, MIB, ms, seededRandom, table, type Target } from "./measure.ts";
 import { type FakeB2, memoryOf, ourUpload, startBenchB2, startWorker } from "./processes.ts";
 
 /** The video: 20 GB, decimal, as a video site counts. */
@@ -49,18 +49,6 @@ export interface RangeVisit {
   end: number;
 }
 
-/** A deterministic pseudo-random sequence in [0, 1) (mulberry32). */
-export function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * Viewers of one video: each starts at byte 0 and plays `playRanges` ranges of
  * {@linkcode PLAYER_RANGE_BYTES}, then seeks to a random place and plays again,
@@ -74,7 +62,7 @@ export function videoWorkload(
   const seeks = options.seeks ?? 3;
   const playRanges = options.playRanges ?? 6;
   const viewer = (visitor: number, seed: number): RangeVisit[] => {
-    const next = random(seed);
+    const next = seededRandom(seed);
     const visits: RangeVisit[] = [];
     let at = 0;
     for (let run = 0; run <= seeks; run++) {
@@ -102,7 +90,7 @@ export function tilesWorkload(
     {},
 ): RangeVisit[] {
   const size = options.size ?? TILES_BYTES;
-  const next = random(options.seed ?? 7);
+  const next = seededRandom(options.seed ?? 7);
   const places = Array.from({ length: options.places ?? 200 }, () => ({
     start: Math.floor(next() * (size - 64 * 1024)),
     length: 4096 + Math.floor(next() * 60 * 1024),

@@ -397,3 +397,18 @@ export function throughputRow(name: string, t: Throughput): string[] {
     String(t.errors),
   ];
 }
+
+/**
+ * mulberry32: a small seeded pseudo-random sequence in [0, 1), so that a workload is the same on
+ * every run.
+ */
+export function seededRandom(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
