@@ -46,7 +46,7 @@ import {
   startFakeCloudflare,
 } from "./local/fake_cloudflare.ts";
 import { childEnv } from "./testing/child_env.ts";
-import { whileServing } from "./testing/serving.ts";
+import { startUntil, whileServing } from "./testing/serving.ts";
 
 const B2_KEY = "fake-application-key";
 const CF_TOKEN = "fake-cf-token";
@@ -2938,30 +2938,16 @@ async function untilPrinted(
   args: string[],
   options: { cwd: string; env: Record<string, string>; pattern: RegExp },
 ): Promise<{ code: number; stdout: string }> {
-  const child = new Deno.Command(command, {
-    args,
+  const started = await startUntil(command, args, {
+    pattern: options.pattern,
     cwd: options.cwd,
-    env: childEnv({ NO_COLOR: "1", ...options.env }),
-    clearEnv: true,
+    env: { NO_COLOR: "1", ...options.env },
     signal: AbortSignal.timeout(60_000),
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const stderr = new Response(child.stderr).text();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let stdout = "";
-  while (!options.pattern.test(stdout)) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    stdout += value;
-  }
-  child.kill("SIGINT");
-  for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
-    stdout += chunk.value;
-  }
-  const { code } = await child.status;
-  assertNoSecret(stdout, await stderr);
-  assert.match(stdout, options.pattern, await stderr);
+  });
+  started.child.kill("SIGINT");
+  const { code, stdout, stderr } = await started.finish();
+  assertNoSecret(stdout, stderr);
+  assert.match(stdout, options.pattern, stderr);
   return { code, stdout };
 }
 

@@ -5,6 +5,7 @@ import {
   portIsFree,
   ROOT,
   type Served,
+  startUntil,
   stillRunning,
   whileServing,
 } from "../testing/serving.ts";
@@ -40,32 +41,18 @@ async function startDemo(
   args: string[],
   env: Record<string, string> = { NO_COLOR: "1" },
 ): Promise<Started> {
-  const child = new Deno.Command(program, {
-    args,
-    cwd: ROOT,
-    env: childEnv(env),
-    clearEnv: true,
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const stderr = new Response(child.stderr).text();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let stdout = "";
-  let url: string | undefined;
-  while (!url) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    stdout += value;
-    url = READY.exec(stdout)?.[1];
+  const started = await startUntil(program, args, { pattern: READY, env });
+  const url = started.match?.[1];
+  if (!url) {
+    const { stdout, stderr } = await started.finish();
+    assert.fail(`it printed no URL:\n${stdout}${stderr}`);
   }
-  if (!url) assert.fail(`it printed no URL:\n${stdout}${await stderr}`);
-  const rest = async () => {
-    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
-      stdout += chunk.value;
-    }
-    return { stdout, stderr: await stderr };
+  return {
+    child: started.child,
+    url,
+    children: await descendants(started.child.pid),
+    rest: started.finish,
   };
-  return { child, url, children: await descendants(child.pid), rest };
 }
 
 Deno.test("demo runs the whole chain locally and stops cleanly on Ctrl-C", async () => {

@@ -33,6 +33,52 @@ export interface Served {
   children: number[];
 }
 
+/** A child process read until its stdout matched a pattern. */
+export interface Started {
+  child: Deno.ChildProcess;
+  /** The pattern's match, or `undefined` when the output ended first. */
+  match: RegExpExecArray | undefined;
+  /** Its stdout so far. */
+  stdout(): string;
+  /** Waits for it to end, reading the rest of its output. */
+  finish(): Promise<{ code: number; stdout: string; stderr: string }>;
+}
+
+/** Starts `command` with only what Deno and the network need, and reads it until `pattern`. */
+export async function startUntil(
+  command: string,
+  args: string[],
+  options: { pattern: RegExp; env?: Record<string, string>; cwd?: string; signal?: AbortSignal },
+): Promise<Started> {
+  const child = new Deno.Command(command, {
+    args,
+    cwd: options.cwd ?? ROOT,
+    env: childEnv(options.env ?? { NO_COLOR: "1" }),
+    clearEnv: true,
+    ...(options.signal && { signal: options.signal }),
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderr = new Response(child.stderr).text();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let stdout = "";
+  let match: RegExpExecArray | undefined;
+  while (!match) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    stdout += value;
+    match = options.pattern.exec(stdout) ?? undefined;
+  }
+  const finish = async () => {
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+      stdout += chunk.value;
+    }
+    const { code } = await child.status;
+    return { code, stdout, stderr: await stderr };
+  };
+  return { child, match, stdout: () => stdout, finish };
+}
+
 /**
  * Starts `args` (`dev` and `demo` from their `local/` entry points on a port of the system's
  * choosing, the rest through `main.ts`), waits until stdout matches `urlPattern`, hands its
@@ -47,44 +93,25 @@ export async function whileServing(
   },
   check: (url: string, stdout: string) => Promise<void>,
 ): Promise<Served> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      `--lock=${ROOT}deno.lock`,
-      ...(args[0] === "dev" || args[0] === "demo"
-        ? [`${ROOT}local/${args[0]}.ts`, ...args.slice(1), "--port", "0"]
-        : [`${ROOT}main.ts`, ...args]),
-    ],
-    cwd: ROOT,
-    env: childEnv({ NO_COLOR: "1", ...options.env }),
-    clearEnv: true,
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const stderr = new Response(child.stderr).text();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let stdout = "";
-  let url: string | undefined;
-  while (!url) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    stdout += value;
-    url = options.urlPattern.exec(stdout)?.[1];
-  }
+  const started = await startUntil(Deno.execPath(), [
+    "run",
+    "-A",
+    `--lock=${ROOT}deno.lock`,
+    ...(args[0] === "dev" || args[0] === "demo"
+      ? [`${ROOT}local/${args[0]}.ts`, ...args.slice(1), "--port", "0"]
+      : [`${ROOT}main.ts`, ...args]),
+  ], { pattern: options.urlPattern, env: { NO_COLOR: "1", ...options.env } });
+  const { child } = started;
+  const url = started.match?.[1];
   let children: number[] = [];
   try {
-    assert.ok(url, `it printed its URL:\n${stdout}`);
-    await check(url, stdout);
+    assert.ok(url, `it printed its URL:\n${started.stdout()}`);
+    await check(url, started.stdout());
     children = await descendants(child.pid);
   } finally {
     child.kill(options.signal ?? "SIGINT");
   }
-  const { code } = await child.status;
-  for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
-    stdout += chunk.value;
-  }
-  return { code, stdout, stderr: await stderr, pid: child.pid, children };
+  return { ...await started.finish(), pid: child.pid, children };
 }
 
 /** Every process under `pid`, from `/proc` (Linux); empty where there is none. */
