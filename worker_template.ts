@@ -650,8 +650,12 @@ export function b2Url(
   config: Pick<WorkerConfig, "downloadUrl" | "bucketName">,
   name: string,
 ): string {
-  const encode = (path: string) => path.split("/").map(encodeURIComponent).join("/");
-  return `${config.downloadUrl}/file/${encode(config.bucketName)}/${encode(name)}`;
+  return `${config.downloadUrl}/file/${encodePath(config.bucketName)}/${encodePath(name)}`;
+}
+
+/** A name as a URL path: each `/`-separated part percent-encoded, the `/` kept. */
+function encodePath(path: string): string {
+  return path.split("/").map(encodeURIComponent).join("/");
 }
 
 /**
@@ -890,8 +894,11 @@ async function askB2(
     clearTimeout(timer);
   }
 
-  const facts = b2.ok && large ? readFacts(b2.headers, config) : undefined;
-  if (large && facts && facts.size > large.above) {
+  // Only an object past the limit needs its facts: a small one's headers are built once, below.
+  const facts = b2.ok && large && (totalSize(b2.headers) ?? 0) > large.above
+    ? readFacts(b2.headers, config)
+    : undefined;
+  if (large && facts) {
     await b2.body?.cancel();
     large.facts = facts;
     return new Response(null, { status: 204 });
@@ -1031,8 +1038,10 @@ function notSatisfiable(contentRange: string | null): Response {
 // What the worker learns of the object (its facts: size, file id, type, validators) comes from
 // the first B2 answer it gets for the object, which is the request it makes for any object
 // (a whole GET behind Workers Cache; the Cache API mode's usual request), so a small object
-// costs nothing more. A large one costs that answer's headers once per WORKER_CACHE_TTL and
-// data centre: its body is cancelled and the segments are asked for instead.
+// costs no B2 request more; what it does cost is one Cache API lookup for facts on each run of
+// the worker that reaches B2's path (a Workers Cache miss, a Cache API miss). A large one costs
+// that answer's headers once per WORKER_CACHE_TTL and data centre: its body is cancelled and
+// the segments are asked for instead.
 // ---------------------------------------------------------------------------
 
 /** What the edge remembers of a large object. */
@@ -1108,18 +1117,24 @@ function handlesLarge(config: WorkerConfig): boolean {
     (config.cacheMode === "cache-api" && config.segmentSize > 0);
 }
 
+/** An object's whole size from B2's headers: a range's `Content-Range` total, else its length. */
+function totalSize(b2: Headers): number | undefined {
+  const contentRange = b2.get("Content-Range");
+  const total = contentRange === null
+    ? b2.get("Content-Length")
+    : /^bytes \d+-\d+\/(\d+)$/.exec(contentRange)?.[1];
+  const size = Number(total ?? NaN);
+  return Number.isInteger(size) ? size : undefined;
+}
+
 /** The facts of a large object from B2's answer (a 200, a 206 or a HEAD); `undefined` if none. */
 export function readFacts(
   b2: Headers,
   config: Pick<WorkerConfig, "cacheTtl" | "cacheControl">,
 ): ObjectFacts | undefined {
   const fileId = b2.get("x-bz-file-id");
-  const contentRange = b2.get("Content-Range");
-  const total = contentRange === null
-    ? b2.get("Content-Length")
-    : /^bytes \d+-\d+\/(\d+)$/.exec(contentRange)?.[1];
-  const size = Number(total ?? NaN);
-  if (!fileId || !Number.isInteger(size)) return undefined;
+  const size = totalSize(b2);
+  if (!fileId || size === undefined) return undefined;
   const headers = objectHeaders(b2, config);
   headers.delete("Content-Length");
   headers.delete("Content-Range");
@@ -1188,7 +1203,25 @@ async function keepFacts(target: LargeTarget, facts: ObjectFacts): Promise<void>
 
 /** Forgets a version that B2 no longer serves: the next request learns the current one. */
 async function forgetFacts(target: LargeTarget): Promise<void> {
-  await edgeCache().delete(await factsKey(target)).catch(() => false);
+  await forgetFactsOf(target.url, [target.name], target.config);
+}
+
+/** Deletes the facts of `names`, at most `limit`, from this data centre's Cache API: how many. */
+async function forgetFactsOf(
+  url: URL,
+  names: string[],
+  config: WorkerConfig,
+  limit = Infinity,
+): Promise<number> {
+  // Not every runtime that runs this module has a Cache API (Deno, in main.ts's tests).
+  const cache = (globalThis as { caches?: { default?: Cache } }).caches?.default;
+  if (!cache) return 0;
+  const forgotten = await Promise.all(
+    names.slice(0, limit).map(async (name) =>
+      await cache.delete(await factsKey({ url, name, config })).catch(() => false)
+    ),
+  );
+  return forgotten.filter(Boolean).length;
 }
 
 /**
@@ -1204,15 +1237,8 @@ async function forgetLargeFacts(
   names: string[],
   config: WorkerConfig,
 ): Promise<Record<string, unknown>> {
-  // Not every runtime that runs this module has a Cache API (Deno, in main.ts's tests).
-  const cache = (globalThis as { caches?: { default?: Cache } }).caches?.default;
-  const forgotten = await Promise.all(
-    names.map(async (name) =>
-      await cache?.delete(await factsKey({ url, name, config })).catch(() => false) ?? false
-    ),
-  );
   return {
-    factsForgotten: forgotten.filter(Boolean).length,
+    factsForgotten: await forgetFactsOf(url, names, config),
     reach: "this data centre's Cache API, this host; elsewhere until WORKER_CACHE_TTL runs out",
   };
 }
@@ -1984,14 +2010,13 @@ async function deleteHere(
   config: WorkerConfig,
 ): Promise<{ deleted: number; left: number }> {
   const origin = url.origin;
-  const encode = (path: string) => path.split("/").map(encodeURIComponent).join("/");
   const keys: string[] = handlesLarge(config)
     ? await Promise.all(changes.map(({ name }) => factsKey({ url, name, config })))
     : [];
   for (const { name } of changes) {
     const path = config.urlStyle === "b2"
-      ? `/file/${config.bucketName}/${encode(name)}`
-      : `/${encode(name.slice(config.prefix.length))}`;
+      ? `/file/${config.bucketName}/${encodePath(name)}`
+      : `/${encodePath(name.slice(config.prefix.length))}`;
     keys.push(origin + path);
     if (config.indexFile !== "" && (path.endsWith(`/${encodeURIComponent(config.indexFile)}`))) {
       keys.push(origin + path.slice(0, -encodeURIComponent(config.indexFile).length));
@@ -2020,10 +2045,7 @@ async function forgetLargeHere(
   config: WorkerConfig,
 ): Promise<void> {
   if (!handlesLarge(config)) return;
-  const keys = await Promise.all(changes.map(({ name }) => factsKey({ url, name, config })));
-  await Promise.all(
-    keys.slice(0, MAX_CACHE_DELETES).map((key) => edgeCache().delete(key).catch(() => false)),
-  );
+  await forgetFactsOf(url, changes.map(({ name }) => name), config, MAX_CACHE_DELETES);
 }
 
 function eventReply(status: number, facts: Record<string, unknown>, retryAfter?: number): Response {
