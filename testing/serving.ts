@@ -16,7 +16,7 @@
 
 import assert from "node:assert/strict";
 import { childEnv } from "./child_env.ts";
-import { parseProcStat } from "../local/shutdown.ts";
+import { parseProcStat, processes } from "../local/shutdown.ts";
 
 /** The repository's root, with a trailing `/`. */
 export const ROOT: string = new URL("../", import.meta.url).pathname;
@@ -137,14 +137,9 @@ export async function descendants(pid: number): Promise<number[]> {
   return found;
 }
 
-/** The processes of `pids` still running (a zombie has ended); `/proc` only. */
+/** The processes of `pids` still running (a zombie has ended). */
 export async function stillRunning(pids: number[]): Promise<number[]> {
-  const running: number[] = [];
-  for (const pid of pids) {
-    const stat = await Deno.readTextFile(`/proc/${pid}/stat`).catch(() => undefined);
-    if (stat && !parseProcStat(stat).ended) running.push(pid);
-  }
-  return running;
+  return (await processes(pids)).filter((p) => !p.ended).map((p) => p.pid);
 }
 
 /** Whether something can listen on 127.0.0.1:`port` now. */
