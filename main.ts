@@ -1357,7 +1357,7 @@ async function readJson(response: Response): Promise<{ json: unknown; received: 
 // ---------------------------------------------------------------------------
 
 /** What `b2_authorize_account` (v4) told us. */
-interface B2Authorization {
+export interface B2Authorization {
   /** The account the key belongs to. */
   accountId: string;
   /** Authorizes the API calls that follow; a secret. */
@@ -2647,13 +2647,13 @@ async function syncEventRule(
   options: {
     result: RefreshResult;
     previous: WorkerSettings | undefined;
-    known?: { capabilities: string[]; bucket: Bucket } | undefined;
+    known?: { auth: B2Authorization; bucket: Bucket } | undefined;
   },
 ): Promise<void> {
   const { result, previous, known } = options;
   const on = config.worker.eventNotifications === true;
   const hadRule = previous?.bindings.some((b) => b.name === EVENT_SECRET_BINDING) ?? false;
-  const mayRead = known?.capabilities.includes("readBucketNotifications") ?? false;
+  const mayRead = known?.auth.capabilities.includes("readBucketNotifications") ?? false;
   if (!on && !hadRule && !mayRead) return;
   const counted: Context = {
     ...ctx,
@@ -2677,14 +2677,19 @@ async function syncEventRule(
 async function applyEventRule(
   config: Config,
   ctx: Context,
-  options: { result: RefreshResult; hadRule: boolean; known?: { bucket: Bucket } | undefined },
+  options: {
+    result: RefreshResult;
+    hadRule: boolean;
+    known?: { auth: B2Authorization; bucket: Bucket } | undefined;
+  },
 ): Promise<RuleChange | undefined> {
   const { result, hadRule } = options;
   const b2 = config.b2!;
   const cloudflare = config.cloudflare!;
   const on = config.worker.eventNotifications === true;
   const name = eventRuleName(config.workerName);
-  const auth = await authorizeAccount(b2, ctx);
+  // The refresh's own authorization when it made one (a kept upload did not).
+  const auth = options.known?.auth ?? await authorizeAccount(b2, ctx);
   const lacking = (wanted: string[]) => wanted.filter((c) => !auth.capabilities.includes(c));
   // Off, writing is needed only when there is a rule of ours to remove.
   const missing = lacking(on ? EVENT_CAPABILITIES : ["readBucketNotifications"]);
@@ -2955,8 +2960,8 @@ export interface PreparedWorker {
   facts: WorkerFacts;
   /** Sequential API round trips so far. */
   roundTrips: number;
-  /** What the key may do, as authorize's `allowed.capabilities` says. */
-  capabilities: string[];
+  /** The key's authorization: what it may do, and what later B2 calls of the run use. */
+  auth: B2Authorization;
 }
 
 /**
@@ -3035,7 +3040,7 @@ export async function prepareWorker(
     issuedAt,
     expiresAt,
     roundTrips: listed ? 3 : 2,
-    capabilities: auth.capabilities,
+    auth,
     facts,
     upload: workerUpload(worker.module, facts),
   };
@@ -3179,7 +3184,7 @@ export async function refresh(
     : undefined;
   let result: RefreshResult & { upload?: WorkerUpload };
   let upload: Uploaded | undefined;
-  let known: { capabilities: string[]; bucket: Bucket } | undefined;
+  let known: { auth: B2Authorization; bucket: Bucket } | undefined;
   if (recent) result = keptUpload(config, ctx, recent);
   else {
     // Prepare the worker from B2: nothing is uploaded unless every B2 step worked.
@@ -3200,7 +3205,7 @@ export async function refresh(
       upload: prepared.upload,
     };
     if (!settingsRead) return result;
-    known = { capabilities: prepared.capabilities, bucket: prepared.bucket };
+    known = { auth: prepared.auth, bucket: prepared.bucket };
     upload = await uploadPrepared(config, ctx, {
       module: options.module,
       prepared,

@@ -3898,6 +3898,8 @@ Deno.test("refresh with B2_EVENT_NOTIFICATIONS=on keeps one rule of ours beside 
     const first = await w.run(["refresh", "--json"], { env: EVENTS_ON });
     assert.equal(first.code, 0, first.stderr);
     assert.equal(JSON.parse(first.stdout).eventNotifications, "created");
+    const authorizes = w.b2.requests.filter((r) => r.path.endsWith("/b2_authorize_account"));
+    assert.equal(authorizes.length, 1, "the rule step uses the refresh's own authorization");
     const rules = w.b2.notificationRules.get("bucket-photos")!;
     assert.deepEqual(rules.map((r) => r.name), ["b2cdn-b2-private-cdn", "my-own-rule"]);
     assert.deepEqual(rules[1], USERS_RULE, "the user's rule is written back as it was");
