@@ -1562,7 +1562,8 @@ async function resolveBucket(
         body: JSON.stringify({
           accountId: auth.accountId,
           ...(bucketName ? { bucketName } : { bucketId }),
-          // Without it B2 leaves out restricted and shared buckets (www.backblaze.com/apidocs/b2-list-buckets, "bucketTypes").
+          // Without it B2 leaves out restricted and shared buckets
+          // (www.backblaze.com/apidocs/b2-list-buckets, "bucketTypes").
           bucketTypes: ["all"],
         }),
       },
@@ -2084,7 +2085,8 @@ async function listDomains(
 /**
  * Makes sure `config.route` runs the worker. A route that runs another
  * Worker (or none) is left alone unless `takeOver`, as wrangler does; the
- * API itself would re-point it (developers.cloudflare.com/api/resources/workers/subresources/routes/).
+ * API itself would re-point it
+ * (developers.cloudflare.com/api/resources/workers/subresources/routes/).
  */
 async function ensureRoute(
   config: CloudflareConfig,
@@ -2337,7 +2339,8 @@ function noSubdomain(config: CloudflareConfig): string {
 
 /**
  * Sets whether the worker answers at `<worker>.<subdomain>.workers.dev`, on
- * every deploy as wrangler does; preview URLs stay off (developers.cloudflare.com/workers/configuration/routing/workers-dev/).
+ * every deploy as wrangler does; preview URLs stay off
+ * (developers.cloudflare.com/workers/configuration/routing/workers-dev/).
  */
 async function setWorkersDev(
   config: CloudflareConfig,
@@ -2458,9 +2461,7 @@ function webhookBase(
   config: CloudflareConfig,
   workersDev: string | false | undefined,
 ): string | undefined {
-  const base = siteOrigin({ domain: config.domain }) ?? routeBase(config.route) ??
-    (workersDev || undefined);
-  return base?.replace(/\/+$/, "");
+  return (workerBase(config) ?? (workersDev || undefined))?.replace(/\/+$/, "");
 }
 
 /** The rule this tool keeps, signing with `derived.secret`. */
@@ -2929,8 +2930,7 @@ function describeEventRule(
   where: { prefix: string; domain?: string | undefined; route?: string | undefined },
 ): string {
   if (!config.worker.eventNotifications) return "event notifications: off";
-  const base = siteOrigin({ domain: where.domain }) ?? routeBase(where.route) ??
-    `https://${config.workerName}.<subdomain>.workers.dev`;
+  const base = workerBase(where) ?? `https://${config.workerName}.<subdomain>.workers.dev`;
   const url = `${base}${EVENTS_PATH}?key=(derived)`;
   return `event notifications: rule ${eventRuleName(config.workerName)}, ` +
     `${EVENT_TYPES.join(" ")} under "${where.prefix}", up to ${
@@ -3093,7 +3093,10 @@ export interface RefreshResult {
 /** How long `--verify` keeps trying while the deploy propagates. */
 const VERIFY_ATTEMPTS = 6;
 const VERIFY_PAUSE_MS = 5_000;
-/** A new custom domain's certificate takes minutes (developers.cloudflare.com/workers/configuration/routing/custom-domains/). */
+/**
+ * A new custom domain's certificate takes minutes
+ * (developers.cloudflare.com/workers/configuration/routing/custom-domains/).
+ */
 const CERTIFICATE_WAIT_MS = 10 * 60_000;
 const CERTIFICATE_PAUSE_MS = 15_000;
 /**
@@ -3685,7 +3688,10 @@ type PurgeAnswer =
     message: string;
   };
 
-/** Workers Cache takes at most 100 operations a purge (developers.cloudflare.com/workers/cache/purge/). */
+/**
+ * Workers Cache takes at most 100 operations a purge
+ * (developers.cloudflare.com/workers/cache/purge/).
+ */
 const MAX_PURGE_OPERATIONS = 100;
 /** And five purges a minute: a refused one is tried again after this many seconds. */
 const PURGE_RETRY_SECONDS = 60;
@@ -5693,7 +5699,9 @@ export function parseCommandLine(args: string[]): CommandLine {
     ...(values.url !== undefined && { url: values.url }),
   };
   const port = Number(values.port ?? 8787);
-  const minRemaining = parseDuration(values["min-remaining"] ?? "48h");
+  const minRemaining = values["min-remaining"] === undefined
+    ? STATUS_MIN_REMAINING
+    : parseDuration(values["min-remaining"]);
   // A page of help is printed whatever else the line holds.
   const problems = help ? [] : [
     ...positionalProblems(name, extra, { signsPrefix }),
@@ -6091,13 +6099,12 @@ export function runtimeProblem(
  * Hourly, at an odd minute. Each run refreshes only when due, so a new app deploys its worker
  * within the hour and a failed refresh is tried again an hour later, long before the token runs
  * out. Constant, like the name and backoff: the platform finds crons by running the module's top
- * level, possibly without the app's settings (docs.deno.com/runtime/fundamentals/cron/: "registered at the top level").
+ * level, possibly without the app's settings (docs.deno.com/runtime/fundamentals/cron/: "registered
+ * at the top level").
  */
 const DEPLOY_SCHEDULE = "17 * * * *";
 /** Health answers come from one read of the worker's bindings per instance in this long. */
 const HEALTH_READ_EVERY_MS = 300_000;
-/** Health is "short" (503) below this, as `status` is by default. */
-const HEALTH_MIN_REMAINING = 2 * DAY;
 
 /** What the platform gives {@linkcode startOnDeploy}: `Deno.cron`, `Deno.serve`, the environment. */
 export interface DeployPlatform {
@@ -6278,7 +6285,7 @@ async function readHealth(platform: DeployPlatform): Promise<Health> {
   try {
     const { config, ctx } = deploySettings(platform, { cloudflare: true });
     secrets = ctx.secrets;
-    const report = await status(config.cloudflare!, ctx, { minRemaining: HEALTH_MIN_REMAINING });
+    const report = await status(config.cloudflare!, ctx, { minRemaining: STATUS_MIN_REMAINING });
     const facts = {
       worker: report.worker,
       ...(report.expiresAt !== undefined && { expiresAt: report.expiresAt }),

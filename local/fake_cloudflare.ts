@@ -3,8 +3,8 @@
  * the demo and the benchmarks.
  *
  * It checks what it receives the way Cloudflare does (see
- * developers.cloudflare.com/api/, cited per behaviour): credentials and token permissions, the account and
- * zone in the path, the multipart shape of a module-worker upload, binding and
+ * developers.cloudflare.com/api/, cited per behaviour): credentials and token permissions, the
+ * account and zone in the path, the multipart shape of a module-worker upload, binding and
  * script names, route patterns against the zone, custom domains against the
  * zone, the stored workers, other Workers' domains and the zone's DNS records
  * (refused with 100116 and 100117), DNS records behind "DNS: Read" and
@@ -199,7 +199,10 @@ const SCRIPTS_EDIT = "workers_scripts:edit";
 const ROUTES_EDIT = "workers_routes:edit";
 const DNS_READ = "dns_records:read";
 const DNS_EDIT = "dns_records:edit";
-/** The record types a custom domain cannot share its hostname with (developers.cloudflare.com/workers/configuration/routing/custom-domains/). */
+/**
+ * The record types a custom domain cannot share its hostname with
+ * (developers.cloudflare.com/workers/configuration/routing/custom-domains/).
+ */
 const CONFLICTING_RECORD_TYPES = ["A", "AAAA", "CNAME"];
 const MODULE_TYPE = "application/javascript+module";
 const SUPPORTED_BINDINGS = ["plain_text", "secret_text"];
@@ -314,7 +317,8 @@ export class FakeCloudflare {
       },
     },
     {
-      // developers.cloudflare.com/fundamentals/api/reference/permissions/: reading needs "DNS: Read" (or Edit), deleting "DNS: Edit".
+      // developers.cloudflare.com/fundamentals/api/reference/permissions/: reading needs "DNS:
+      // Read" (or Edit), deleting "DNS: Edit".
       pattern: /^\/zones\/(?<zone>[^/]+)\/dns_records$/,
       permission: [DNS_READ, DNS_EDIT],
       methods: { GET: (call) => ok(this.#listDnsRecords(call)) },
@@ -695,7 +699,8 @@ export class FakeCloudflare {
     const existing = this.domains.findIndex((d) => d.hostname === hostname);
     const holder = this.domains[existing];
     if (holder && holder.service !== service && override_existing_origin !== true) {
-      // alchemy-run/alchemy-async#1384 quotes this refusal; developers.cloudflare.com/workers/configuration/routing/custom-domains/.
+      // alchemy-run/alchemy-async#1384 quotes this refusal;
+      // developers.cloudflare.com/workers/configuration/routing/custom-domains/.
       throw new Refusal(
         409,
         CODES.customDomainInUse,

@@ -2,8 +2,8 @@
  * The main module the Workers Cache stand-in (`workers_cache.ts`) runs in
  * workerd in front of the worker: it calls the worker's own `fetch`, unchanged,
  * with a `ctx` that also has `cache` (`purge`, `invalidate`), as Cloudflare's
- * runtime gives a cache-enabled worker (developers.cloudflare.com/workers/cache/purge/). Those calls
- * go to the stand-in through a service binding, which the worker never sees.
+ * runtime gives a cache-enabled worker (developers.cloudflare.com/workers/cache/purge/). Those
+ * calls go to the stand-in through a service binding, which the worker never sees.
  *
  * The stand-in loads this file with its types stripped and points the import
  * below at the upload's main module; it is type checked against the real
