@@ -467,6 +467,10 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
     max: MAX_SEGMENT_SIZE,
     default: String(DEFAULT_SEGMENT_SIZE),
     hint: `0 (off) or bytes from ${MIN_SEGMENT_SIZE} to ${MAX_SEGMENT_SIZE}, a multiple of 65536`,
+    valid: (text) => {
+      const size = Number(text);
+      return size === 0 || (size >= MIN_SEGMENT_SIZE && size % SEGMENT_STEP === 0);
+    },
     about: "bytes of one segment of an object too large to cache whole; 0: off (default 8388608)",
   },
   WORKER_PURGE_KEY: {
@@ -624,7 +628,8 @@ function readValue(
     case "integer": {
       const value = Number(raw);
       const good = /^\d+$/.test(raw) && value >= min && value <= max;
-      return good ? value : bad(`a whole number from ${min} to ${max}`);
+      if (!good) return bad(`a whole number from ${min} to ${max}`);
+      return checked(raw) ? value : undefined;
     }
     case "duration": {
       const seconds = parseDuration(raw);
@@ -734,7 +739,7 @@ function workerOptions(reading: Reading): WorkerOptions {
     cacheMode: cacheTtl === 0 ? "off" : value.text("WORKER_CACHE_MODE") as CacheMode,
     staleWhileRevalidate: value.number("WORKER_STALE_WHILE_REVALIDATE"),
     staleIfError: value.number("WORKER_STALE_IF_ERROR"),
-    segmentSize: segmentSize(reading),
+    segmentSize: value.number("WORKER_SEGMENT_SIZE"),
   };
   const signing = signingOptions(reading);
   if (signing) worker.signing = signing;
@@ -752,17 +757,6 @@ function workerOptions(reading: Reading): WorkerOptions {
     }
   }
   return worker;
-}
-
-/** `WORKER_SEGMENT_SIZE`, refused unless 0 or a multiple of 64 KiB from 1 to 64 MiB. */
-function segmentSize(reading: Reading): number {
-  const size = valueOf(reading).number("WORKER_SEGMENT_SIZE");
-  if (size !== 0 && (size < MIN_SEGMENT_SIZE || size % SEGMENT_STEP !== 0)) {
-    reading.problems.push(
-      `WORKER_SEGMENT_SIZE must be ${VARIABLES.WORKER_SEGMENT_SIZE.hint}, not "${size}".`,
-    );
-  }
-  return size;
 }
 
 /** The B2 settings, each missing one a problem. */
