@@ -3,8 +3,8 @@
  * cacheable site. `refresh` uploads this file with its types stripped and sets
  * the bindings of {@linkcode Env}; nothing else configures it.
  *
- * A module worker may only export functions and its handler (workerd refuses
- * to start otherwise), so every constant here stays private.
+ * A module worker may only export functions and its entrypoints (workerd
+ * refuses to start otherwise), so every other constant here stays private.
  *
  * @module
  */
@@ -90,11 +90,21 @@ export interface PurgeResult {
   errors: { code: number; message: string }[];
 }
 
+/** What a loopback binding of `ctx.exports` offers: a fetch to one of this worker's entrypoints. */
+export interface Fetcher {
+  fetch(request: Request): Promise<Response>;
+}
+
 /** The part of the Workers runtime this module uses; Deno's lib does not declare it. */
 export interface ExecutionContext {
   waitUntil(promise: Promise<unknown>): void;
   /** Workers Cache; optional in Cloudflare's own types, and absent where it is off. */
   cache?: { purge(options: PurgeOptions): Promise<PurgeResult> };
+  /**
+   * Loopback bindings to this module's entrypoints, by export name (workerd from the
+   * compatibility date 2025-11-17, `enable_ctx_exports`); absent in older runtimes.
+   */
+  exports?: Record<string, Fetcher | undefined>;
 }
 
 /** Which edge cache keeps objects. */
@@ -162,6 +172,10 @@ const MAX_PURGE_BODY_BYTES = 64 * 1024;
 const usedSignatures = new Map<string, number>();
 // Hex characters of SHA-256 in an object's tag: 160 bits, far from any collision.
 const TAG_HEX_LENGTH = 40;
+// The tags of names this isolate served lately: a large object's answer names its tag in the
+// key of its facts and of every segment, and a purge or a notification in each of its names.
+const TAGS = new Map<string, Promise<string>>();
+const REMEMBERED_TAGS = 1000;
 // What browsers get when neither WORKER_CACHE_CONTROL nor the object has a say: short enough
 // that a replaced file shows up within the hour.
 const DEFAULT_BROWSER_CACHE_CONTROL = "public, max-age=3600";
@@ -204,6 +218,7 @@ const STATUS_TEXT = {
   403: "Forbidden",
   404: "Not found",
   405: "Method not allowed",
+  409: "Conflict",
   416: "Range not satisfiable",
   502: "Bad gateway",
   504: "Gateway timeout",
@@ -402,9 +417,16 @@ export function edgeLifetime(
  * The `Cache-Tag` of one B2 name: tags are case-insensitive printable ASCII,
  * so the exact name is hashed (SHA-256, hex) and `/a` never shares `/a-2`'s.
  */
-export async function objectTag(name: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(name));
-  return "b2cdn-" + toHex(new Uint8Array(digest)).slice(0, TAG_HEX_LENGTH);
+export function objectTag(name: string): Promise<string> {
+  const known = TAGS.get(name);
+  if (known) return known;
+  const tag = crypto.subtle.digest("SHA-256", new TextEncoder().encode(name)).then((digest) =>
+    "b2cdn-" + toHex(new Uint8Array(digest)).slice(0, TAG_HEX_LENGTH)
+  );
+  TAGS.set(name, tag);
+  // A Map iterates in insertion order: the first is the oldest.
+  if (TAGS.size > REMEMBERED_TAGS) TAGS.delete(TAGS.keys().next().value!);
+  return tag;
 }
 
 /** Lowercase hex of bytes, as purge signatures and fingerprints are written. */
@@ -555,12 +577,13 @@ async function signedPurge(
   if (config.cacheMode !== "workers-cache") {
     return reply(400, { error: `this worker caches with ${config.cacheMode}, not Workers Cache` });
   }
-  if (!ctx.cache) {
+  const purger = purgerFor(ctx, config);
+  if (!purger) {
     return reply(501, { error: "ctx.cache is missing: Workers Cache is off for this version" });
   }
-  const result = await ctx.cache.purge(options);
+  const result = await purger.purge(options);
   const names = paths.map((path) => (objectName(path, config) as { name: string }).name);
-  const largeObjects = await forgetLargeFacts(new URL(request.url), names, config);
+  const largeObjects = await forgetLargeFacts(new URL(request.url), names, { config, ctx });
   return reply(result.success ? 200 : 429, { purged: options, result, largeObjects });
 }
 
@@ -1023,17 +1046,14 @@ function notSatisfiable(contentRange: string | null): Response {
 // naming the object's version (B2's X-Bz-File-Id) and the index, never the token, and a
 // visitor's range is sliced from the segments it spans, one segment at a time.
 //
-// Where they are kept: the Cache API (caches.default), in both modes. Workers Cache also
-// caches loopback calls through ctx.exports (developers.cloudflare.com/workers/cache/
-// configuration/), which workerd offers from the compatibility date 2025-11-17
-// (enable_ctx_exports), and a named entrypoint would keep segments apart from visitors'
-// entries (the entrypoint is part of the key, and visitors reach only the default one). It is
-// not used yet because nothing local can show it working: no workerd or miniflare emulates
-// Workers Cache, and our stand-in sits in front of workerd's HTTP, where loopback calls never
-// pass, so the tiering, purge scope and limits of such entries would ship untested. The Cache
-// API is per data centre and does nothing on workers.dev
+// Where they are kept: in workers-cache mode, in Workers Cache itself, as the answers of the
+// Segments entrypoint (see "Segments in Workers Cache" below): tiered, purged by the object's
+// tag, on workers.dev too. In cache-api mode, and where the runtime offers no ctx.exports, in
+// the Cache API (caches.default), which is per data centre and does nothing on workers.dev
 // (developers.cloudflare.com/workers/runtime-apis/cache/): there large objects are still
-// served right, from B2 every time.
+// served right, from B2 every time. The facts below are kept in the Cache API in both modes,
+// so on workers.dev each request for a large object also costs B2 one request for its
+// headers (its body left unread), while its segments still come from Workers Cache.
 //
 // What the worker learns of the object (its facts: size, file id, type, validators) comes from
 // the first B2 answer it gets for the object, which is the request it makes for any object
@@ -1228,18 +1248,24 @@ async function forgetFactsOf(
  * A purge's reach into large objects: their segments are keyed by version, so a replaced
  * object is never served from them once its facts are gone; the facts of the named objects
  * are forgotten here, in this data centre's Cache API only (it is per data centre), for the
- * host the purge was sent to. Elsewhere they last until WORKER_CACHE_TTL runs out, or until a
- * segment fetched from B2 shows the new version. A refresh that changes the fingerprint (and
+ * host the purge was sent to. Where the Segments entrypoint keeps segments in Workers Cache,
+ * the purge reached them everywhere: elsewhere the facts' next segment comes from B2, which
+ * shows the new version, and the answer starts over from it. With the Cache API, facts
+ * elsewhere last until WORKER_CACHE_TTL runs out. A refresh that changes the fingerprint (and
  * so purges everything) reaches them in every data centre: facts are keyed by it.
  */
 async function forgetLargeFacts(
   url: URL,
   names: string[],
-  config: WorkerConfig,
+  where: { config: WorkerConfig; ctx: ExecutionContext },
 ): Promise<Record<string, unknown>> {
+  const { config, ctx } = where;
   return {
     factsForgotten: await forgetFactsOf(url, names, config),
-    reach: "this data centre's Cache API, this host; elsewhere until WORKER_CACHE_TTL runs out",
+    reach: segmentsEntrypoint(ctx, config)
+      ? "segments: Workers Cache, everywhere; facts: this data centre's Cache API, this host, " +
+        "and elsewhere at the next segment B2 sends"
+      : "this data centre's Cache API, this host; elsewhere until WORKER_CACHE_TTL runs out",
   };
 }
 
@@ -1248,6 +1274,7 @@ async function knownLarge(request: Request, target: LargeTarget): Promise<Respon
   if (!handlesLarge(target.config)) return undefined;
   const facts = await lookUpFacts(target);
   if (!facts || facts.size <= target.config.segmentThreshold) return undefined;
+  // `undefined` too when B2 now holds another version: the caller asks B2 as for any object.
   return await answerLarge(request, facts, target);
 }
 
@@ -1257,21 +1284,25 @@ async function learnedLarge(
   facts: ObjectFacts,
   target: LargeTarget,
 ): Promise<Response> {
+  const answered = await answerLarge(request, facts, target);
+  // Replaced again between B2's answer and its first segment: nothing worth keeping.
+  if (!answered) return textResponse(502);
   await keepFacts(target, facts);
-  return await answerLarge(request, facts, target);
+  return answered;
 }
 
 /**
  * A large object's answer from its facts: 304, 416 and `HEAD` without
  * asking B2; a range as a 206 of at most MAX_SEGMENTS_PER_ANSWER segments;
  * a GET without (applicable) range whole. With segmenting off, B2 answers
- * the visitor's range itself.
+ * the visitor's range itself. `undefined` when the first segment shows that
+ * B2 holds another version now (the facts are forgotten).
  */
 async function answerLarge(
   request: Request,
   facts: ObjectFacts,
   target: LargeTarget,
-): Promise<Response> {
+): Promise<Response | undefined> {
   const { config } = target;
   const headers = publicHeaders(facts.headers);
   headers.set(
@@ -1296,7 +1327,9 @@ async function answerLarge(
   const status = range ? 206 : 200;
   if (request.method === "HEAD") return new Response(null, { status, headers });
   const plan = { ...target, facts, start: bytes.start, end, tailFrom, filling: [] };
-  return new Response(segmentedBody(plan), { status, headers });
+  const body = await segmentedBody(plan);
+  if (body === "changed") return undefined;
+  return body === "failed" ? textResponse(502) : new Response(body, { status, headers });
 }
 
 /** A writable whose readable has a known length (workerd sends it as Content-Length). */
@@ -1310,12 +1343,26 @@ function fixedLengthStream(length: number): TransformStream<Uint8Array, Uint8Arr
 /**
  * The plan's bytes as one stream, filled one segment at a time (the runtime
  * pipes each native body on its own): a visitor who stops reading ends it,
- * and no further segment is asked for.
+ * and no further segment is asked for. The first segment is asked for before
+ * the answer starts, so that a version B2 no longer serves (`changed`) or a
+ * B2 failure (`failed`) is answered cleanly instead of cut short.
  */
-function segmentedBody(plan: SegmentPlan): ReadableStream<Uint8Array> {
+async function segmentedBody(
+  plan: SegmentPlan,
+): Promise<ReadableStream<Uint8Array> | "changed" | "failed"> {
+  let first: ReadableStream<Uint8Array>;
+  try {
+    first = await segmentPiece(plan, Math.floor(plan.start / plan.config.segmentSize));
+  } catch (error) {
+    if (!(error instanceof SegmentFailure)) throw error;
+    console.error(error.message);
+    if (!error.changed) return "failed";
+    await forgetFacts(plan);
+    return "changed";
+  }
   const last = plan.tailFrom === undefined ? plan.end : plan.facts.size - 1;
   const { readable, writable } = fixedLengthStream(last - plan.start + 1);
-  plan.ctx.waitUntil(pumpSegments(plan, writable));
+  plan.ctx.waitUntil(pumpSegments(plan, writable, first));
   return readable;
 }
 
@@ -1326,16 +1373,16 @@ class SegmentFailure extends Error {
   }
 }
 
-async function pumpSegments(plan: SegmentPlan, writable: WritableStream<Uint8Array>) {
+async function pumpSegments(
+  plan: SegmentPlan,
+  writable: WritableStream<Uint8Array>,
+  first: ReadableStream<Uint8Array>,
+) {
   const size = plan.config.segmentSize;
+  const firstIndex = Math.floor(plan.start / size);
   try {
-    for (let index = Math.floor(plan.start / size); index * size <= plan.end; index++) {
-      const offset = index * size;
-      const within = {
-        start: Math.max(plan.start, offset) - offset,
-        end: Math.min(plan.end, offset + size - 1, plan.facts.size - 1) - offset,
-      };
-      const piece = await segmentPiece(plan, index, within);
+    for (let index = firstIndex; index * size <= plan.end; index++) {
+      const piece = index === firstIndex ? first : await segmentPiece(plan, index);
       const last = plan.tailFrom === undefined && (index + 1) * size > plan.end;
       await (last ? sentOnceKept(piece, plan.filling) : piece).pipeTo(writable, {
         preventClose: true,
@@ -1343,7 +1390,7 @@ async function pumpSegments(plan: SegmentPlan, writable: WritableStream<Uint8Arr
     }
     if (plan.tailFrom !== undefined) {
       const tail = await b2Bytes(plan, plan.tailFrom, plan.facts.size - plan.tailFrom);
-      await tail.pipeTo(writable, { preventClose: true });
+      await tail.body!.pipeTo(writable, { preventClose: true });
     }
     await Promise.all(plan.filling);
     await writable.close();
@@ -1384,26 +1431,45 @@ function sentOnceKept(
   );
 }
 
-/**
- * Bytes `within` of segment `index`: from the Cache API (which slices a
- * stored 200 itself), else from B2, kept for the next visitor meanwhile.
- */
-async function segmentPiece(
-  plan: SegmentPlan,
-  index: number,
-  within: ByteRange,
-): Promise<ReadableStream<Uint8Array>> {
+/** Where segment `index` starts and how long it is (the last one is shorter). */
+function segmentBounds(plan: SegmentPlan, index: number): { offset: number; length: number } {
   const offset = index * plan.config.segmentSize;
-  const length = Math.min(plan.config.segmentSize, plan.facts.size - offset);
+  return { offset, length: Math.min(plan.config.segmentSize, plan.facts.size - offset) };
+}
+
+/**
+ * The bytes of segment `index` that the plan's answer takes: from Workers
+ * Cache through the Segments entrypoint where it keeps them, else from the
+ * Cache API (filled from B2 meanwhile).
+ */
+async function segmentPiece(plan: SegmentPlan, index: number): Promise<ReadableStream<Uint8Array>> {
+  const { offset } = segmentBounds(plan, index);
+  const within = {
+    start: Math.max(plan.start, offset) - offset,
+    end: Math.min(plan.end, offset + plan.config.segmentSize - 1, plan.facts.size - 1) - offset,
+  };
+  const entrypoint = segmentsEntrypoint(plan.ctx, plan.config);
+  return entrypoint
+    ? await segmentFromWorkersCache(plan, { index, within }, entrypoint)
+    : await segmentFromCacheApi(plan, { index, within });
+}
+
+/** The Cache API's copy of a segment (which slices a stored 200 itself), else B2's, kept. */
+async function segmentFromCacheApi(
+  plan: SegmentPlan,
+  piece: { index: number; within: ByteRange },
+): Promise<ReadableStream<Uint8Array>> {
+  const { within } = piece;
+  const { offset, length } = segmentBounds(plan, piece.index);
   const whole = within.start === 0 && within.end === length - 1;
-  const key = await segmentKey(plan, index);
+  const key = await segmentKey(plan, piece.index);
   const lookup = new Request(key, {
     headers: whole ? {} : { Range: `bytes=${within.start}-${within.end}` },
   });
   const cached = await edgeCache().match(lookup);
   if (cached?.body && (cached.status === 200 || cached.status === 206)) return cached.body;
   await cached?.body?.cancel();
-  const [kept, sent] = (await b2Bytes(plan, offset, length)).tee();
+  const [kept, sent] = (await b2Bytes(plan, offset, length)).body!.tee();
   const copy = kept.pipeThrough(fixedLengthStream(length));
   const headers = {
     "Cache-Control": `public, max-age=${plan.config.cacheTtl}`,
@@ -1419,13 +1485,16 @@ async function segmentPiece(
   return whole ? sent : sliceStream(sent, within);
 }
 
-/** `length` bytes from `offset`, from B2, of exactly the version the facts name. */
+/**
+ * The bytes of a segment as B2 sent them, the exact version the facts name:
+ * the checked answer (its body is there), else a {@linkcode SegmentFailure}.
+ */
 async function b2Bytes(
-  plan: SegmentPlan,
+  source: { config: WorkerConfig; name: string; facts: Pick<ObjectFacts, "fileId"> },
   offset: number,
   length: number,
-): Promise<ReadableStream<Uint8Array>> {
-  const { config, name, facts } = plan;
+): Promise<Response> {
+  const { config, name, facts } = source;
   const headers = { Authorization: config.token, Range: `bytes=${offset}-${offset + length - 1}` };
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), config.timeoutMs);
@@ -1438,9 +1507,7 @@ async function b2Bytes(
     clearTimeout(timer);
   }
   const fileId = b2.headers.get("x-bz-file-id");
-  if ((b2.status === 206 || b2.status === 200) && fileId === facts.fileId && b2.body) {
-    return b2.body;
-  }
+  if ((b2.status === 206 || b2.status === 200) && fileId === facts.fileId && b2.body) return b2;
   await b2.body?.cancel();
   if (b2.ok || b2.status === 404 || b2.status === 416) {
     throw new SegmentFailure(
@@ -1450,6 +1517,172 @@ async function b2Bytes(
     );
   }
   throw new SegmentFailure(`B2 answered ${b2.status} for bytes ${offset}- of "${name}"`);
+}
+
+// ---------------------------------------------------------------------------
+// Segments in Workers Cache
+//
+// In workers-cache mode the worker keeps segments in Workers Cache itself: Workers Cache caches
+// loopback calls between a worker's entrypoints through ctx.exports like visitors' requests
+// (developers.cloudflare.com/workers/cache/configuration/: "caching applies to every fetch()
+// invocation — eyeball requests, service binding fetch() calls, and loopback fetch() calls
+// between entrypoints via ctx.exports"). So the default entrypoint asks the Segments
+// entrypoint below for each segment, and each segment is a cached answer of its own: tiered,
+// on workers.dev too, and purged by the object's tag. The entrypoint is part of the cache's
+// key (developers.cloudflare.com/workers/cache/cache-keys/), and visitors only ever reach the
+// default one, so no visitor's request is answered with a segment. Purge is scoped to the
+// entrypoint that calls it (developers.cloudflare.com/workers/cache/purge/): the worker's purges
+// are relayed to this entrypoint too. Without ctx.exports (an older runtime) the Cache API
+// keeps them, as in cache-api mode. The objects' facts stay in the Cache API in both modes.
+// ---------------------------------------------------------------------------
+
+/** Where segment requests go: the host is not part of Workers Cache's key. */
+const SEGMENTS_ORIGIN = "https://segments.b2-private-cdn.invalid";
+
+/** The Segments entrypoint where it keeps the segments; `undefined` where the Cache API does. */
+function segmentsEntrypoint(ctx: ExecutionContext, config: WorkerConfig): Fetcher | undefined {
+  if (config.cacheMode !== "workers-cache" || config.segmentSize === 0) return undefined;
+  return ctx.exports?.Segments;
+}
+
+/**
+ * A segment's address at the Segments entrypoint: the visitor's path, so that
+ * a purge by path prefix matches there as for visitors, and in the query the
+ * object's version, the segment size, the index and the segment's length (the
+ * last one is shorter); never the token.
+ */
+function segmentUrl(plan: SegmentPlan, index: number): string {
+  const query = new URLSearchParams({
+    version: plan.facts.fileId,
+    size: String(plan.config.segmentSize),
+    index: String(index),
+    length: String(segmentBounds(plan, index).length),
+  });
+  return `${SEGMENTS_ORIGIN}${plan.url.pathname}?${query}`;
+}
+
+/** The bytes `within` of a segment from the Segments entrypoint, through Workers Cache. */
+async function segmentFromWorkersCache(
+  plan: SegmentPlan,
+  piece: { index: number; within: ByteRange },
+  entrypoint: Fetcher,
+): Promise<ReadableStream<Uint8Array>> {
+  const { index, within } = piece;
+  const { length } = segmentBounds(plan, index);
+  const whole = within.start === 0 && within.end === length - 1;
+  const range = `bytes=${within.start}-${within.end}`;
+  const request = new Request(segmentUrl(plan, index), { headers: whole ? {} : { Range: range } });
+  let answer: Response;
+  try {
+    answer = await entrypoint.fetch(request);
+  } catch (error) {
+    throw new SegmentFailure(`Segment ${index} of "${plan.name}" failed: ${error}`);
+  }
+  const sliced = answer.status === 206 &&
+    answer.headers.get("Content-Range") === `bytes ${within.start}-${within.end}/${length}`;
+  const complete = answer.status === 200 && answer.headers.get("Content-Length") === `${length}`;
+  if (answer.body && (sliced || complete)) {
+    // A miss may bring the whole segment to a range (what the cache hands the caller of a
+    // ranged miss is not documented): sliced here then.
+    return sliced || whole ? answer.body : sliceStream(answer.body, within);
+  }
+  await answer.body?.cancel();
+  throw new SegmentFailure(
+    `Segment ${index} of "${plan.name}" came back ${answer.status}` +
+      (answer.status === 409 ? ": B2 holds another version now" : ""),
+    answer.status === 409,
+  );
+}
+
+/**
+ * The entrypoint that keeps large objects' segments in Workers Cache (see the
+ * section's comment). Reached only by this worker, through `ctx.exports`.
+ */
+export const Segments = {
+  async fetch(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
+    const config = readConfig(env);
+    const url = new URL(request.url);
+    if (request.method === "POST" && url.pathname === PURGE_PATH) {
+      return await relayedPurge(request, ctx);
+    }
+    if (request.method !== "GET" && request.method !== "HEAD") {
+      return textResponse(405, { Allow: "GET, HEAD" });
+    }
+    return await segmentAnswer(url, config);
+  },
+};
+
+/**
+ * One whole segment as a 200 the cache keeps (whatever `Range` the cache
+ * passes on: a 206 is never stored), tagged with its object's tag; 409 when
+ * B2 holds another version than the one asked for, never stored.
+ */
+async function segmentAnswer(url: URL, config: WorkerConfig): Promise<Response> {
+  const name = objectName(url.pathname, config);
+  const fileId = url.searchParams.get("version") ?? "";
+  const number = (key: string) => Number(url.searchParams.get(key));
+  const [index, size, length] = [number("index"), number("size"), number("length")];
+  if (
+    "status" in name || fileId === "" || !Number.isSafeInteger(index) || index < 0 ||
+    size !== config.segmentSize || size === 0 || !(length > 0 && length <= size)
+  ) {
+    return atEdgeNever(textResponse(400));
+  }
+  try {
+    const source = { config, name: name.name, facts: { fileId } };
+    const b2 = await b2Bytes(source, index * size, length);
+    const headers = { "Content-Type": "application/octet-stream", "Content-Length": `${length}` };
+    const answer = new Response(b2.body, { status: 200, headers });
+    return edgeLifetime(answer, config, { tag: await objectTag(name.name) });
+  } catch (error) {
+    if (!(error instanceof SegmentFailure)) throw error;
+    console.error(error.message);
+    return atEdgeNever(textResponse(error.changed ? 409 : 502));
+  }
+}
+
+/** The Segments entrypoint's own purge, asked by the default one: purges are scoped so. */
+async function relayedPurge(request: Request, ctx: ExecutionContext): Promise<Response> {
+  if (!ctx.cache) {
+    return Response.json({
+      success: false,
+      errors: [{ code: 0, message: "ctx.cache is missing" }],
+    });
+  }
+  return Response.json(await ctx.cache.purge(await request.json() as PurgeOptions));
+}
+
+/** What the worker's purges go through; `cost`: purges one call takes from the rate limit. */
+interface Purger {
+  purge(options: PurgeOptions): Promise<PurgeResult>;
+  cost: number;
+}
+
+/**
+ * `ctx.cache`, for visitors' entries and, where the Segments entrypoint keeps
+ * segments, its entries too. Both purges count against one rate limit
+ * (Assumption: the limit's scope is not documented; sharing it is the worst
+ * case). `undefined` without Workers Cache.
+ */
+function purgerFor(ctx: ExecutionContext, config: WorkerConfig): Purger | undefined {
+  const cache = ctx.cache;
+  if (!cache) return undefined;
+  const segments = segmentsEntrypoint(ctx, config);
+  if (!segments) return { purge: (options) => cache.purge(options), cost: 1 };
+  return {
+    cost: 2,
+    async purge(options) {
+      const visitors = await cache.purge(options);
+      if (!visitors.success) return visitors;
+      const relayed = await segments.fetch(
+        new Request(`${SEGMENTS_ORIGIN}${PURGE_PATH}`, {
+          method: "POST",
+          body: JSON.stringify(options),
+        }),
+      );
+      return await relayed.json() as PurgeResult;
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------
@@ -1873,8 +2106,9 @@ async function eventNotification(
   }
   await forgetLargeHere(new URL(request.url), changes, config);
   if (config.cacheMode !== "workers-cache") return eventReply(200, { purged: 0 });
-  if (!ctx.cache) return eventReply(503, { error: "Workers Cache is off for this version" }, 60);
-  const outcome = await purgeChanges(ctx.cache, changes, {
+  const purger = purgerFor(ctx, config);
+  if (!purger) return eventReply(503, { error: "Workers Cache is off for this version" }, 60);
+  const outcome = await purgeChanges(purger, changes, {
     now: Date.now(),
     windowMs: wholeNumber(env.WORKER_EVENT_COALESCE_SECONDS, COALESCE_SECONDS) * 1000,
   });
@@ -1936,7 +2170,7 @@ async function changesOf(events: unknown[], config: WorkerConfig): Promise<Chang
  * window. `retryAfter` (seconds) when some change is left uncovered.
  */
 async function purgeChanges(
-  cache: NonNullable<ExecutionContext["cache"]>,
+  cache: Purger,
   changes: ChangeEvent[],
   clock: { now: number; windowMs: number },
 ): Promise<{ by: "tags" | "everything" | "earlier purges"; retryAfter?: number }> {
@@ -1961,12 +2195,12 @@ async function purgeChanges(
   }
   const tags = [...new Set(pending.map((c) => c.tag))];
   if (tags.length === 0) return { by: "earlier purges" };
-  const requests = Math.ceil(tags.length / MAX_PURGE_OPERATIONS);
+  const requests = Math.ceil(tags.length / MAX_PURGE_OPERATIONS) * cache.cost;
   let left = tags;
   if (state.tokens - requests >= PURGE_RESERVE) {
     while (left.length > 0) {
       const batch = left.slice(0, MAX_PURGE_OPERATIONS);
-      state.tokens -= 1;
+      state.tokens -= cache.cost;
       const result = await cache.purge({ tags: batch });
       if (!result.success) {
         state.tokens = 0;
@@ -1979,7 +2213,7 @@ async function purgeChanges(
   }
   if (now - state.everythingTriedAt >= window) {
     state.everythingTriedAt = now;
-    state.tokens = Math.max(0, state.tokens - 1);
+    state.tokens = Math.max(0, state.tokens - cache.cost);
     const result = await cache.purge({ purgeEverything: true });
     // Everything cached before now is gone, and every event here happened before now.
     if (result.success) return (state.everythingAt = now), { by: "everything" };

@@ -2231,6 +2231,39 @@ function ranges(worker: TestWorker): (string | null)[] {
   return worker.downloads().map((r) => r.headers.get("range"));
 }
 
+// workerd's own ctx.exports (no stand-in here, so nothing caches the loopback calls): the
+// Segments entrypoint, as uploaded, is what workers-cache mode reads segments through.
+Deno.test("worker in workerd: workers-cache mode reads segments through its Segments entrypoint", async () => {
+  const b2 = bigB2();
+  const worker = await startWorker(b2, {
+    options: { cacheMode: "workers-cache" },
+    extraBindings: SEGMENTING,
+  });
+  try {
+    const answer = await worker.visit("/big.bin", { headers: { Range: "bytes=1900-3100" } });
+    assert.deepEqual(
+      [answer.status, answer.headers["content-range"], answer.body],
+      [206, `bytes 1900-3100/${BIG_SIZE}`, patternText(1900, 3100)],
+    );
+    // The whole GET, left unread, then one aligned segment each, from the Segments entrypoint.
+    assert.deepEqual(ranges(worker), [
+      null,
+      "bytes=1000-1999",
+      "bytes=2000-2999",
+      "bytes=3000-3999",
+    ]);
+    // Not kept in the Cache API: a repeat reads the segments again (only Workers Cache, which
+    // plain workerd lacks, would answer it), while the facts were kept there.
+    const again = await worker.visit("/big.bin", { headers: { Range: "bytes=2000-2099" } });
+    assert.equal(again.body, patternText(2000, 2099));
+    assert.deepEqual(ranges(worker), ["bytes=2000-2999"]);
+    assert.deepEqual(worker.logs, []);
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
+});
+
 Deno.test("worker in workerd, large objects as segments in the Cache API", async (t) => {
   const b2 = bigB2();
   const cachePersist = await Deno.makeTempDir();

@@ -40,6 +40,8 @@ export interface PurgeResult {
 
 /** Live counters. */
 export interface WorkersCacheStats {
+  /** The worker's own loopback calls through `ctx.exports`, which the cache serves too. */
+  loopback: { requests: number; hits: number; workerRuns: number };
   /** Answers given to visitors. */
   requests: number;
   /** Answers taken from storage without waiting for the worker (HIT, UPDATING). */
@@ -69,6 +71,8 @@ export interface WorkersCache {
   /** Every ctx.cache.purge or invalidate the worker called, in order, with what it answered. */
   readonly purges: {
     operation: "purge" | "invalidate";
+    /** The entrypoint that called it: a purge reaches only that one's entries. */
+    entrypoint: string;
     options: PurgeOptions;
     result: PurgeResult;
   }[];
@@ -106,6 +110,14 @@ export interface WorkersCacheOptions {
    * @default "slice"
    */
   rangedMiss?: RangedMiss;
+  /**
+   * Bytes the cache holds before it evicts what was used least recently, so that a long
+   * stream of segments does not fill this machine's memory. Assumption: Cloudflare documents no
+   * capacity, and evicts what is rarely used (developers.cloudflare.com/cache/concepts/
+   * retention-vs-freshness/).
+   * @default 2 GiB
+   */
+  capacityBytes?: number;
   /** How long the worker may take to send its headers before it counts as failed. @default 100 s */
   workerTimeoutMs?: number;
   /** Gets what the worker prints. */
@@ -133,6 +145,15 @@ const WORKER_TIMEOUT_MS = 100_000;
 /** The binding through which the shim's ctx.cache reaches this stand-in. */
 const CACHE_BINDING = "__WORKERS_CACHE";
 const SHIM_PATH = "workers_cache_shim.js";
+/**
+ * Which entrypoint a request is for, between this stand-in and the shim: visitors reach only
+ * the default one (developers.cloudflare.com/workers/cache/cache-keys/: the entrypoint is in the
+ * key), so a visitor's own header of that name is dropped.
+ */
+const ENTRYPOINT_HEADER = "x-workers-cache-entrypoint";
+/** The URL of a loopback call, from the shim. */
+const LOOPBACK_URL_HEADER = "x-workers-cache-loopback-url";
+const CAPACITY_BYTES = 2 * 1024 * 1024 * 1024;
 /** The import in the shim's source that is pointed at the upload's main module. */
 const SHIM_WORKER_IMPORT = `"../worker_template.ts"`;
 
@@ -192,6 +213,8 @@ interface Policy {
 }
 
 interface Entry {
+  /** The worker's entrypoint that answered it: only its own purges reach it. */
+  entrypoint: string;
   /** Path and query, for prefix purges. */
   path: string;
   /** The request header values the answer's `Vary` names, as sent. */
@@ -233,8 +256,10 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
   // The Cache API (caches.default) survives deploys on Cloudflare, so a worker in that mode
   // keeps its entries across versions here too.
   const cachePersist = await Deno.makeTempDir({ prefix: "workers-cache-" });
-  /** Key -> the entries of its variants (Vary). */
+  /** Key -> the entries of its variants (Vary), the least recently used first. */
   const store = new Map<string, Entry[]>();
+  const capacity = options.capacityBytes ?? CAPACITY_BYTES;
+  let storedBytes = 0;
   const background = new Set<Promise<unknown>>();
   const purges: WorkersCache["purges"] = [];
   let stats = emptyStats();
@@ -245,9 +270,11 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
 
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: options.port ?? 0, onListen: () => {} },
-    async (request) => {
+    async (visitor) => {
       const current = deployment;
       if (!current) return new Response("No worker is deployed yet.\n", { status: 503 });
+      const request = new Request(visitor);
+      request.headers.delete(ENTRYPOINT_HEADER);
       const answer = await track(current, handle(request, current));
       stats.requests++;
       const status = answer.headers.get("cf-cache-status") ?? "none";
@@ -266,19 +293,13 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     const url = new URL(request.url);
     if (!current.caching) {
       // Assumption: without caching the answer passes untouched, control headers and
-      // Cache-Tag included (nothing documents them being stripped then). A POST keeps its body.
-      const result = await callWorker(current, request, {
-        headers: request.headers,
-        ...(!["GET", "HEAD"].includes(request.method) && { body: await request.arrayBuffer() }),
-      });
+      // Cache-Tag included (nothing documents them being stripped then).
+      const result = await callWorker(current, request, { headers: request.headers });
       return "response" in result ? result.response : failureAnswer(result);
     }
     // developers.cloudflare.com/workers/cache/cache-keys/: "Only GET and HEAD are cached".
     if (request.method !== "GET" && request.method !== "HEAD") {
-      const result = await callWorker(current, request, {
-        headers: request.headers,
-        body: await request.arrayBuffer(),
-      });
+      const result = await callWorker(current, request, { headers: request.headers });
       if (!("response" in result)) return failureAnswer(result);
       return visitorAnswer(result.response, "DYNAMIC");
     }
@@ -322,9 +343,14 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
   }
 
   function lookUp(key: string, headers: Headers): Entry | undefined {
-    const entry = store.get(key)?.find((candidate) =>
+    const variants = store.get(key);
+    const entry = variants?.find((candidate) =>
       candidate.vary.every(([name, value]) => headers.get(name) === value)
     );
+    if (variants && entry) {
+      store.delete(key);
+      store.set(key, variants);
+    }
     // developers.cloudflare.com/workers/cache/configuration/: a request with Authorization is not
     // answered from an entry unless it said public, s-maxage or must-revalidate.
     if (entry && headers.has("authorization") && !entry.policy.forAuthorized) return undefined;
@@ -421,6 +447,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       return visitorAnswer(new Response(read.rest, response), "MISS", request);
     }
     const entry: Entry = {
+      entrypoint: request.headers.get(ENTRYPOINT_HEADER) ?? "default",
       path: new URL(request.url).pathname + new URL(request.url).search,
       vary: varyValues(response.headers.get("vary"), request.headers),
       status: response.status,
@@ -434,31 +461,53 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       other !== how.replacing &&
       !other.vary.every(([name, value]) => request.headers.get(name) === value)
     );
-    store.set(how.key, [...variants, entry]);
+    keep(how.key, [...variants, entry]);
     return serve(entry, request, how.label, { whole: rangedMiss === "whole" && !how.replacing });
   }
 
+  /** Stores a key's variants, then evicts the least recently used keys past the capacity. */
+  function keep(key: string, variants: Entry[]): void {
+    for (const old of store.get(key) ?? []) {
+      if (!variants.includes(old)) storedBytes -= old.body.byteLength;
+    }
+    store.delete(key);
+    store.set(key, variants);
+    storedBytes += variants.at(-1)!.body.byteLength;
+    for (const [oldest, entries] of store) {
+      if (storedBytes <= capacity || oldest === key) break;
+      for (const entry of entries) storedBytes -= entry.body.byteLength;
+      store.delete(oldest);
+    }
+  }
+
   function forget(key: string, entry: Entry): void {
-    const left = (store.get(key) ?? []).filter((other) => other !== entry);
+    const variants = store.get(key) ?? [];
+    if (!variants.includes(entry)) return;
+    storedBytes -= entry.body.byteLength;
+    const left = variants.filter((other) => other !== entry);
     if (left.length > 0) store.set(key, left);
     else store.delete(key);
   }
 
+  /** Calls the worker as `init` says (a GET for the cache); any other method keeps its body. */
   async function callWorker(
     current: Deployment,
     request: Request,
-    init: { method?: string; headers: Headers; body?: ArrayBuffer },
+    init: { method?: string; headers: Headers },
   ): Promise<WorkerResult> {
-    stats.workerRuns++;
+    if (init.headers.has(ENTRYPOINT_HEADER)) stats.loopback.workerRuns++;
+    else stats.workerRuns++;
+    const method = init.method ?? request.method;
+    const body = ["GET", "HEAD"].includes(method) ? undefined : await request.arrayBuffer();
     const { promise: timeout, resolve } = Promise.withResolvers<WorkerResult>();
     const timer = setTimeout(
       () => resolve({ failure: "timed out", message: `no answer in ${workerTimeoutMs} ms` }),
       workerTimeoutMs,
     );
     const call = current.worker.miniflare.dispatchFetch(request.url, {
-      method: init.method ?? request.method,
+      method,
       headers: init.headers,
-      ...(init.body && init.body.byteLength > 0 && { body: init.body }),
+      ...(body && body.byteLength > 0 && { body }),
       redirect: "manual",
     } as never).then(
       (response): WorkerResult => {
@@ -560,12 +609,40 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
 
   async function purge(operation: "purge" | "invalidate", request: Request): Promise<Response> {
     const options = await request.json() as PurgeOptions;
-    const result = applyPurge(operation, options);
-    purges.push({ operation, options, result });
+    const entrypoint = request.headers.get(ENTRYPOINT_HEADER) ?? "default";
+    const result = applyPurge(operation, options, entrypoint);
+    purges.push({ operation, entrypoint, options, result });
     return Response.json(result);
   }
 
-  function applyPurge(operation: "purge" | "invalidate", options: PurgeOptions): PurgeResult {
+  /**
+   * A loopback call of the worker to one of its entrypoints (`ctx.exports`), cached like a
+   * visitor's request under that entrypoint's keys (developers.cloudflare.com/workers/cache/
+   * configuration/: caching applies to "loopback fetch() calls between entrypoints via
+   * ctx.exports").
+   */
+  async function loopback(call: Request): Promise<Response> {
+    const current = deployment!;
+    const headers = new Headers(call.headers);
+    const url = headers.get(LOOPBACK_URL_HEADER) ?? "";
+    headers.delete(LOOPBACK_URL_HEADER);
+    const request = new Request(url, {
+      method: call.method,
+      headers,
+      ...(!["GET", "HEAD"].includes(call.method) && { body: await call.arrayBuffer() }),
+    });
+    const answer = await track(current, handle(request, current));
+    stats.loopback.requests++;
+    const status = answer.headers.get("cf-cache-status");
+    if (status === "HIT" || status === "UPDATING") stats.loopback.hits++;
+    return answer;
+  }
+
+  function applyPurge(
+    operation: "purge" | "invalidate",
+    options: PurgeOptions,
+    entrypoint: string,
+  ): PurgeResult {
     const tags = (options.tags ?? []).map((tag) => tag.toLowerCase());
     const prefixes = options.pathPrefixes ?? [];
     const operations = tags.length + prefixes.length + (options.purgeEverything ? 1 : 0);
@@ -589,8 +666,11 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     }
     purgeTokens -= 1;
     // Assumption: a purge reaches the entries of every version, not just the current one's.
+    // Only the calling entrypoint's (developers.cloudflare.com/workers/cache/purge/: "Purge is
+    // scoped to the entrypoint that calls it").
     for (const [key, entries] of store) {
       for (const entry of entries) {
+        if (entry.entrypoint !== entrypoint) continue;
         const hit = options.purgeEverything === true ||
           tags.some((tag) => entry.tags.has(tag)) ||
           prefixes.some((prefix) => entry.path.startsWith(prefix));
@@ -618,6 +698,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
           serviceBindings: {
             [CACHE_BINDING]: (request: Request) => {
               const operation = new URL(request.url).pathname.slice(1);
+              if (operation === "loopback") return loopback(request);
               return purge(operation === "invalidate" ? "invalidate" : "purge", request);
             },
           },
@@ -662,7 +743,13 @@ function refusal(code: number, message: string): PurgeResult {
 }
 
 function emptyStats(): WorkersCacheStats {
-  return { requests: 0, hits: 0, workerRuns: 0, statuses: {} };
+  return {
+    requests: 0,
+    hits: 0,
+    workerRuns: 0,
+    statuses: {},
+    loopback: { requests: 0, hits: 0, workerRuns: 0 },
+  };
 }
 
 async function loadShim(): Promise<string> {
@@ -683,14 +770,16 @@ function shimFor(shim: string, mainModule: string): string {
 
 /**
  * developers.cloudflare.com/workers/cache/cache-keys/: the path and query as sent (order and
- * trailing slash matter), the anti-poisoning headers, and the version unless cross-version; not the host.
+ * trailing slash matter), the anti-poisoning headers, the entrypoint, and the version unless
+ * cross-version; not the host.
  * Assumption: entries stored by a version without cross_version_cache stay that version's
  * (a later cross-version deploy starts cold: the worst case).
  */
 function cacheKey(url: URL, headers: Headers, current: Deployment): string {
   const version = current.crossVersion ? "*" : String(current.version);
+  const entrypoint = headers.get(ENTRYPOINT_HEADER) ?? "default";
   const guarded = KEY_HEADERS.map((name) => headers.get(name) ?? "").join("\n");
-  return `${version}\n${guarded}\n${url.pathname}${url.search}`;
+  return `${entrypoint}\n${version}\n${guarded}\n${url.pathname}${url.search}`;
 }
 
 /**

@@ -803,6 +803,7 @@ Deno.test("every answer carries cf-cache-status; what is not GET or HEAD is DYNA
       requests: 1,
       hits: 0,
       workerRuns: 1,
+      loopback: { requests: 0, hits: 0, workerRuns: 0 },
       statuses: { DYNAMIC: 1 },
     });
   }));
@@ -1166,69 +1167,129 @@ Deno.test("checkCache() reports an answer that is never stored, and a HEAD or ra
 const PURGE_KEY = "ab".repeat(32);
 
 // Issue 14, point 3: an object past the cache's limit (lowered here, in the stand-in and in the
-// worker alike) is never stored whole; its aligned segments are kept by the worker instead.
-Deno.test("the worker: an object over the limit is served from aligned segments behind the cache", async () => {
+// worker alike) is never stored whole; its aligned segments are kept in Workers Cache itself,
+// as the answers of the worker's Segments entrypoint to its own loopback calls (ctx.exports).
+Deno.test("the worker: an object over the limit is served from aligned segments kept in Workers Cache", async (t) => {
   const size = 5500;
   const b2 = startFakeB2({
     buckets: [{ id: "bucket-site", name: "site", files: [{ name: "v.mp4", body: { size } }] }],
   });
   const cache = await startWorkersCache({ maxObjectBytes: 2500 });
+  const bindings = {
+    WORKER_SEGMENT_SIZE: "1000",
+    WORKER_SEGMENT_THRESHOLD: "2500",
+    WORKER_PURGE_KEY: PURGE_KEY,
+  };
   const pattern = (start: number, end: number) =>
     Array.from({ length: end - start + 1 }, (_, i) => (start + i) % 251);
+  const asked = () =>
+    b2.requests.filter((r) => r.method === "GET" && r.path === "/file/site/v.mp4")
+      .map((r) => r.headers.get("range"));
+  const visit = async (range: string) => {
+    const answer = await fetch(`${cache.url}/v.mp4`, { headers: { Range: range } });
+    const body = [...await answer.bytes()];
+    return { status: answer.status, range: answer.headers.get("content-range"), body };
+  };
+  // The worker keeps facts in ctx.waitUntil, after its answer.
+  const settled = () => new Promise((resolve) => setTimeout(resolve, 200));
   try {
-    await deployRealWorker(cache, b2, {
-      WORKER_SEGMENT_SIZE: "1000",
-      WORKER_SEGMENT_THRESHOLD: "2500",
-      WORKER_PURGE_KEY: PURGE_KEY,
+    await deployRealWorker(cache, b2, bindings);
+    await t.step(
+      "a first range: B2's whole GET tells the size, then aligned segments",
+      async () => {
+        const first = await visit("bytes=1900-3100");
+        assert.deepEqual(first, {
+          status: 206,
+          range: `bytes 1900-3100/${size}`,
+          body: pattern(1900, 3100),
+        });
+        // The whole GET, left unread, then one loopback call (and B2 request) a segment.
+        assert.deepEqual(asked(), [null, "bytes=1000-1999", "bytes=2000-2999", "bytes=3000-3999"]);
+        assert.deepEqual(cache.stats.loopback, { requests: 3, hits: 0, workerRuns: 3 });
+        await settled();
+      },
+    );
+
+    await t.step("repeats and a token rotation are answered from Workers Cache", async () => {
+      const again = await visit("bytes=1000-3999");
+      assert.deepEqual([again.status, again.body], [206, pattern(1000, 3999)]);
+      // Refresh uploads a new version with a new token; entries are shared across versions.
+      await deployRealWorker(cache, b2, bindings);
+      const rotated = await visit("bytes=2500-2600");
+      assert.deepEqual(rotated.body, pattern(2500, 2600));
+      assert.equal(asked().length, 4, "B2 was asked nothing");
+      assert.deepEqual(cache.stats.loopback, { requests: 7, hits: 4, workerRuns: 3 });
     });
-    const asked = () =>
-      b2.requests.filter((r) => r.method === "GET" && r.path === "/file/site/v.mp4")
-        .map((r) => r.headers.get("range"));
-    const visit = async (range: string) => {
-      const answer = await fetch(`${cache.url}/v.mp4`, { headers: { Range: range } });
-      const body = [...await answer.bytes()];
-      return { status: answer.status, range: answer.headers.get("content-range"), body };
-    };
-    const first = await visit("bytes=1900-3100");
-    assert.deepEqual(first, {
-      status: 206,
-      range: `bytes 1900-3100/${size}`,
-      body: pattern(1900, 3100),
+
+    await t.step("an open-ended range and a GET without Range are byte-exact", async () => {
+      const open = await visit("bytes=5000-");
+      assert.deepEqual([open.range, open.body], [`bytes 5000-5499/${size}`, pattern(5000, 5499)]);
+      assert.deepEqual(asked().slice(4), ["bytes=5000-5499"], "the last segment is shorter");
+      const whole = await fetch(`${cache.url}/v.mp4`);
+      assert.equal(whole.status, 200);
+      assert.deepEqual([...await whole.bytes()], pattern(0, size - 1));
+      assert.deepEqual(asked().slice(5), ["bytes=0-999", "bytes=4000-4999"]);
     });
-    // The whole GET that told the size, left unread, then aligned segments only.
-    assert.deepEqual(asked(), [null, "bytes=1000-1999", "bytes=2000-2999", "bytes=3000-3999"]);
-    // The worker keeps segments and facts in ctx.waitUntil, after its answer.
-    await new Promise((resolve) => setTimeout(resolve, 200));
-    const again = await visit("bytes=1000-3999");
-    assert.deepEqual([again.status, again.body], [206, pattern(1000, 3999)]);
-    assert.equal(asked().length, 4, "repeats come from the kept segments and facts");
-    const open = await visit("bytes=5000-");
-    assert.deepEqual([open.range, open.body], [`bytes 5000-5499/${size}`, pattern(5000, 5499)]);
-    assert.deepEqual(asked().slice(4), ["bytes=5000-5499"]);
-    // HEAD (a GET for the worker on a miss) and a conditional GET: no B2 request at all.
-    const head = await fetch(`${cache.url}/v.mp4`, { method: "HEAD" });
-    assert.deepEqual([head.status, head.headers.get("content-length")], [200, String(size)]);
-    const etag = head.headers.get("etag")!;
-    const notModified = await fetch(`${cache.url}/v.mp4`, { headers: { "If-None-Match": etag } });
-    assert.equal(notModified.status, 304);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-    // The HEAD reached the worker as a GET, whose body the cache stops reading (it cannot keep
-    // it whole): one segment at most, and the 304 asked for nothing.
-    assert.deepEqual(asked().slice(5), ["bytes=0-999"]);
-    // A purge of the path forgets the facts in this data centre: the next request learns the
-    // version again (one whole GET, left unread); the segments, keyed by version, stay valid.
-    const body = JSON.stringify({ paths: ["/v.mp4"] });
-    const purged = await fetch(`${cache.url}/.well-known/b2-private-cdn/purge`, {
-      method: "POST",
-      headers: await signPurge(body, { key: PURGE_KEY, nowMs: Date.now() }),
-      body,
+
+    await t.step("HEAD and a conditional GET download nothing", async () => {
+      const head = await fetch(`${cache.url}/v.mp4`, { method: "HEAD" });
+      assert.deepEqual([head.status, head.headers.get("content-length")], [200, String(size)]);
+      const etag = head.headers.get("etag")!;
+      const notModified = await fetch(`${cache.url}/v.mp4`, { headers: { "If-None-Match": etag } });
+      assert.equal(notModified.status, 304);
+      await settled();
+      assert.equal(asked().length, 7);
     });
-    const answer = await purged.json();
-    assert.equal(purged.status, 200);
-    assert.equal(answer.largeObjects.factsForgotten, 1);
-    const after = await visit("bytes=1000-1999");
-    assert.deepEqual(after.body, pattern(1000, 1999));
-    assert.deepEqual(asked().slice(6), [null]);
+
+    await t.step("visitors never reach a segment: the entrypoint is the worker's own", async () => {
+      const query = "version=4_z5_f5500&size=1000&index=1&length=1000";
+      const answer = await fetch(`${cache.url}/v.mp4?${query}`, {
+        headers: { "x-workers-cache-entrypoint": "Segments" },
+        redirect: "manual",
+      });
+      await answer.body?.cancel();
+      assert.deepEqual([answer.status, answer.headers.get("location")], [301, "/v.mp4"]);
+    });
+
+    await t.step("a purge of the path reaches the segments in Workers Cache too", async () => {
+      const body = JSON.stringify({ paths: ["/v.mp4"] });
+      const purged = await fetch(`${cache.url}/.well-known/b2-private-cdn/purge`, {
+        method: "POST",
+        headers: await signPurge(body, { key: PURGE_KEY, nowMs: Date.now() }),
+        body,
+      });
+      const answer = await purged.json();
+      assert.equal(purged.status, 200);
+      assert.equal(answer.largeObjects.factsForgotten, 1);
+      assert.match(answer.largeObjects.reach, /^segments: Workers Cache, everywhere/);
+      const tag = answer.purged.tags[0];
+      assert.deepEqual(cache.purges.map((p) => [p.entrypoint, p.options, p.result.success]), [
+        ["default", { tags: [tag] }, true],
+        ["Segments", { tags: [tag] }, true],
+      ]);
+      const after = await visit("bytes=1000-1999");
+      assert.deepEqual(after.body, pattern(1000, 1999));
+      assert.deepEqual(asked().slice(7), [null, "bytes=1000-1999"]);
+      await settled();
+    });
+
+    await t.step(
+      "facts that outlived a replacement: the segment's 409 starts over on the new version",
+      async () => {
+        // Replaced (the fake's file ids follow the size), while the old version's facts are
+        // still kept here, as in a data centre the purge did not reach.
+        b2.putFile("site", { name: "v.mp4", body: { size: size + 100 } });
+        const answer = await fetch(`${cache.url}/v.mp4`, { headers: { Range: "bytes=2000-2099" } });
+        assert.deepEqual(
+          [answer.status, answer.headers.get("content-range"), answer.headers.get("etag")],
+          [206, `bytes 2000-2099/${size + 100}`, `"4_z5_f${size + 100}"`],
+        );
+        assert.deepEqual([...await answer.bytes()], pattern(2000, 2099));
+        // The old version's segment (refused, 409, never stored), B2's whole GET that tells
+        // the new version, and the new version's own segment.
+        assert.deepEqual(asked().slice(9), ["bytes=2000-2999", null, "bytes=2000-2999"]);
+      },
+    );
   } finally {
     await cache.close();
     await b2.close();
