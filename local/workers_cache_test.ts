@@ -72,6 +72,7 @@ async function harness(
     cacheOptions?: object;
     privateAnywhereBypasses?: boolean;
     rangedMiss?: RangedMiss;
+    capacityBytes?: number;
   } = {},
 ): Promise<Harness> {
   const clock = { now: 1_800_000_000_000 };
@@ -95,6 +96,7 @@ async function harness(
     ...(options.privateAnywhereBypasses !== undefined &&
       { privateAnywhereBypasses: options.privateAnywhereBypasses }),
     ...(options.rangedMiss && { rangedMiss: options.rangedMiss }),
+    ...(options.capacityBytes && { capacityBytes: options.capacityBytes }),
   });
   const upload = (cacheOptions?: object): WorkerUpload => ({
     metadata: {
@@ -1295,3 +1297,56 @@ Deno.test("the worker: an object over the limit is served from aligned segments 
     await b2.close();
   }
 });
+
+// ---------------------------------------------------------------------------
+// Loopback calls through ctx.exports, and the cache's capacity
+// ---------------------------------------------------------------------------
+
+Deno.test("loopback calls through ctx.exports are cached under their entrypoint's own keys", async (t) => {
+  await withCache({}, async (h) => {
+    h.origin = (request) =>
+      text(new URL(request.url).pathname, { "cache-control": "max-age=60", "cache-tag": "t" });
+    await t.step(
+      "a loopback call is a MISS, then a HIT that does not run the entrypoint",
+      async () => {
+        assert.equal((await h.get("/__loopback/x")).body, "/side/x");
+        assert.equal((await h.get("/__loopback/x")).body, "/side/x");
+        assert.deepEqual(h.seen().map((s) => s.path), ["/side/x"]);
+        assert.deepEqual(h.cache.stats.loopback, { requests: 2, hits: 1, workerRuns: 1 });
+        // The visitors' answers themselves said no-store: each ran the default entrypoint.
+        assert.deepEqual([h.cache.stats.requests, h.cache.stats.workerRuns], [2, 2]);
+      },
+    );
+    await t.step("the same path from a visitor is another entry", async () => {
+      assert.equal((await h.get("/x")).label, "MISS");
+      assert.deepEqual(h.seen().map((s) => s.path), ["/x"]);
+    });
+    await t.step("a visitor cannot name an entrypoint", async () => {
+      const answer = await h.get("/y", { headers: { "x-workers-cache-entrypoint": "Side" } });
+      assert.equal(answer.body, "/y");
+      h.seen();
+    });
+    await t.step("a purge reaches only the entrypoint that calls it", async () => {
+      await h.cacheCall("purge", { tags: ["t"] });
+      assert.equal((await h.get("/__loopback/x")).body, "/side/x");
+      assert.deepEqual(h.seen(), [], "the default entrypoint's purge left Side's entry");
+      const side = await h.get("/__loopback/__cache/purge", {
+        method: "POST",
+        body: JSON.stringify({ tags: ["t"] }),
+      });
+      assert.deepEqual(JSON.parse(side.body), { success: true, errors: [] });
+      assert.deepEqual(h.cache.purges.map((p) => p.entrypoint), ["default", "Side"]);
+      await h.get("/__loopback/x");
+      assert.deepEqual(h.seen().map((s) => s.path), ["/side/x"]);
+    });
+  });
+});
+
+Deno.test("past its capacity the cache evicts what was used least recently", () =>
+  withCache({ capacityBytes: 25 }, async (h) => {
+    h.origin = (request) =>
+      text(new URL(request.url).pathname.padEnd(10, "."), { "cache-control": "max-age=60" });
+    for (const path of ["/a", "/b", "/a", "/c", "/a", "/b"]) await h.get(path);
+    // /a and /b filled 20 bytes; /a was used again, so /c's 10 evicted /b, asked again last.
+    assert.deepEqual(h.seen().map((s) => s.path), ["/a", "/b", "/c", "/b"]);
+  }));
