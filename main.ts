@@ -2897,6 +2897,10 @@ function describeSegments(mode: CacheMode | string, segmentSize: number): string
   if (segmentSize === 0) {
     return `large objects (over ${limit}): segments off, every range from B2`;
   }
+  if (mode === "workers-cache") {
+    return `large objects (over ${limit}): ${segmentSize}-byte segments in Workers Cache ` +
+      "(the worker's Segments entrypoint), tiered and purged by tag, on every address";
+  }
   return `large objects (over ${limit}): ${segmentSize}-byte segments in the Cache API, ` +
     "per data centre; on a route or custom domain only (the Cache API keeps nothing for " +
     "the workers subdomain, where every segment comes from B2)";
@@ -4842,7 +4846,8 @@ async function checkRangedMiss(
 /**
  * Where large objects are kept at the edge, for a mode and the kind of address a visitor
  * uses: workers.dev, or a route or custom domain (which behave alike). Workers Cache answers
- * on workers.dev too; the Cache API, which keeps segments, does nothing there
+ * on workers.dev too, segments included; the Cache API, which keeps segments in cache-api mode
+ * and what the worker remembers of a large object in both, does nothing there
  * (developers.cloudflare.com/workers/runtime-apis/cache/).
  */
 export function largeObjectsWhere(mode: CacheMode, url: URL): string {
@@ -4852,11 +4857,12 @@ export function largeObjectsWhere(mode: CacheMode, url: URL): string {
   if (mode === "off") return "mode off: nothing is kept at the edge; every range is a B2 request";
   if (mode === "workers-cache") {
     return "workers-cache: objects up to 512 MB are kept whole by Workers Cache, ranges " +
-      "answered from them; larger ones " +
+      "answered from them; larger ones as WORKER_SEGMENT_SIZE segments in Workers Cache too " +
+      "(unless WORKER_SEGMENT_SIZE=0)" +
       (workersDev
-        ? "are read from B2 for every range on workers.dev (the Cache API does nothing " +
-          "there): serve them on a route or custom domain to keep them " + segments
-        : segments);
+        ? "; on workers.dev each of their ranges also asks B2 for the object's headers (what " +
+          "the worker remembers of it is kept in the Cache API, which does nothing there)"
+        : "");
   }
   return workersDev
     ? "cache-api on workers.dev: nothing is kept (the Cache API does nothing there); use a " +
@@ -4866,8 +4872,8 @@ export function largeObjectsWhere(mode: CacheMode, url: URL): string {
 
 /** What makes a large object's ranges ranges at the edge, for check-cache's findings. */
 const LARGE_OBJECT_ADVICE = "past the whole-object limit the worker answers ranges from " +
-  "segments, on a route or custom domain and with WORKER_SEGMENT_SIZE not 0; on workers.dev, " +
-  "or for an object under the limit, see docs/large-objects.md";
+  "segments unless WORKER_SEGMENT_SIZE is 0 (in cache-api mode on a route or custom domain " +
+  "only); for an object under the limit, see docs/large-objects.md";
 
 /**
  * Asks for the last bytes of a large object: a 206 that starts quickly is
@@ -5372,12 +5378,11 @@ async function runPurge(
       } from ` +
         `Workers Cache in ${report.requests} request${report.requests === 1 ? "" : "s"} to ` +
         `${report.url}` +
-        // What the worker's purge cannot reach: the Cache API is per data centre.
-        "\nNote: large objects' segments are kept by version, so a replaced one is never " +
-        "spliced; what the edge remembers of one (its size and version) is forgotten for paths " +
-        "named, only in the data centre the purge reached; prefixes and --all do not reach " +
-        "it, and elsewhere it lasts up to WORKER_CACHE_TTL. To switch a " +
-        "replaced large object everywhere at once, upload it under a new name.",
+        // What the worker relays to its Segments entrypoint (worker_template.ts, "Segments in
+        // Workers Cache"), and what it keeps per data centre.
+        "\nLarge objects' segments were purged too, everywhere. Where a data centre still " +
+        "remembers a replaced one's old version, its next range finds the segment gone, B2 " +
+        "names the new version, and that answer starts over from it.",
     );
   }
   return 0;

@@ -2072,7 +2072,7 @@ Deno.test("status exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, as Nagios plugin
       assert.equal(code, 0);
       assert.match(
         stdout,
-        /^OK - worker "b2-private-cdn": token expires \S+ \(6d 23h left, issued 0s ago\); edge cache workers-cache \(cache_options \{"enabled":true,"cross_version_cache":true\}\)\nLarge objects \(over 512 MB \(Workers Cache\)\): 8388608-byte segments in the Cache API, [^\n]+\nAnswers at: https:\/\/b2-private-cdn.fake-subdomain.workers.dev\/$/,
+        /^OK - worker "b2-private-cdn": token expires \S+ \(6d 23h left, issued 0s ago\); edge cache workers-cache \(cache_options \{"enabled":true,"cross_version_cache":true\}\)\nLarge objects \(over 512 MB \(Workers Cache\)\): 8388608-byte segments in Workers Cache [^\n]+\nAnswers at: https:\/\/b2-private-cdn.fake-subdomain.workers.dev\/$/,
       );
     });
     await t.step("less than --min-remaining left: WARNING", async () => {
@@ -2593,10 +2593,12 @@ Deno.test("check-cache finds a workers.dev-only worker by itself, as purge does"
 Deno.test("largeObjectsWhere() says where large objects are kept, per mode and address", () => {
   const where = (mode: "workers-cache" | "cache-api" | "off", url: string) =>
     largeObjectsWhere(mode, new URL(url));
-  assert.match(where("workers-cache", "https://cdn.example.com/v.mp4"), /512 MB.*whole.*segments/);
+  const custom = where("workers-cache", "https://cdn.example.com/v.mp4");
+  assert.match(custom, /512 MB.*whole.*segments in Workers Cache/);
+  assert.doesNotMatch(custom, /workers\.dev/);
   assert.match(
     where("workers-cache", "https://b2cdn.me.workers.dev/v.mp4"),
-    /from B2 for every range on workers.dev/,
+    /segments in Workers Cache.*on workers\.dev each of their ranges also asks B2 for the object's headers/,
   );
   assert.match(where("cache-api", "https://b2cdn.me.workers.dev/"), /nothing is kept/);
   assert.match(where("cache-api", "https://cdn.example.com/"), /100 MiB.*segments/);
