@@ -14,6 +14,7 @@
  * deno task bench --only cache-modes    # the cache modes over one workload, under a minute
  * deno task bench --only event-notifications   # notification to MISS, bursts; about a minute
  * deno task bench --only large-objects  # video and map ranges, segments on and off
+ * deno task bench --only large-objects --full-stream  # and the whole 20 GB video streamed
  * ```
  *
  * Everything runs on 127.0.0.1, every loop is bounded in time or count, and
@@ -81,6 +82,8 @@ export interface BenchOptions {
   json: boolean;
   /** `wrk` when it is installed, else the Deno fetch loop of `load.ts`. @default "auto" */
   load: LoadChoice;
+  /** Large objects: stream the whole 20 GB video, not its first 45 s. @default false */
+  fullStream?: boolean;
 }
 
 /** Everything the run measured. */
@@ -143,7 +146,7 @@ export async function bench(options: BenchOptions): Promise<BenchReport> {
     log("and event notifications: notification to MISS, bursts of 1,000 and 10,000...");
     const eventNotifications = await benchEventNotifications(module);
     log("and large objects by ranges, segments off and on...");
-    const largeObjects = await benchLargeObjects(module, log);
+    const largeObjects = await benchLargeObjects(module, { log, full: options.fullStream });
     const startup = { denoRunMs, ...compiled };
     return {
       workerOverhead,
@@ -222,7 +225,8 @@ export async function benchLargeObjectsAlone(
 ): Promise<LargeObjectsAloneReport> {
   return await measureReport(async () => {
     const log = options.json ? undefined : (line: string) => console.error(line);
-    return { largeObjects: await benchLargeObjects(await loadWorkerModule(), log) };
+    const module = await loadWorkerModule();
+    return { largeObjects: await benchLargeObjects(module, { log, full: options.fullStream }) };
   }, (measured) => judgeLargeObjects(measured.largeObjects));
 }
 
@@ -234,6 +238,7 @@ function parseFlags(args: string[]): { options: BenchOptions; only: string | und
       json: { type: "boolean", default: false },
       load: { type: "string", default: "auto" },
       only: { type: "string" },
+      "full-stream": { type: "boolean", default: false },
     },
   });
   const load = values.load;
@@ -247,7 +252,10 @@ function parseFlags(args: string[]): { options: BenchOptions; only: string | und
     );
     Deno.exit(2);
   }
-  return { options: { json: values.json, load }, only: values.only };
+  return {
+    options: { json: values.json, load, fullStream: values["full-stream"] },
+    only: values.only,
+  };
 }
 
 /** Runs what the flags ask and prints it, as text or one JSON object. */

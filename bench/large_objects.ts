@@ -290,8 +290,9 @@ function patternMatches(bytes: Uint8Array, start: number): boolean {
 /** Runs section 8. */
 export async function benchLargeObjects(
   module: string,
-  log?: (line: string) => void,
+  options: { log?: (line: string) => void; full?: boolean | undefined } = {},
 ): Promise<LargeObjectsReport> {
+  const { log } = options;
   const segmentingAvailable = module.includes("WORKER_SEGMENT_SIZE");
   const runs: LargeRun[] = [];
   let smallHitTtfbMs = NaN;
@@ -384,8 +385,13 @@ export async function benchLargeObjects(
         await directTtfb(direct.url, host, Array(30).fill({ path: "/small.txt" })) ?? NaN;
     }
     if (segments === (segmentingAvailable ? "on" : "off")) {
-      log?.(`  the 20 GB video played from byte 0 for ${STREAM_SECONDS} s...`);
-      stream = { segments, ...await streamWhole(`${cache.url}/video.mp4`, pid) };
+      const seconds = options.full ? Infinity : STREAM_SECONDS;
+      log?.(
+        `  the 20 GB video played from byte 0 ${
+          options.full ? "to its end" : `for ${seconds} s`
+        }...`,
+      );
+      stream = { segments, ...await streamWhole(`${cache.url}/video.mp4`, { pid, seconds, log }) };
     }
   }
   return {
@@ -473,14 +479,15 @@ async function smallHits(
 
 /**
  * Plays `url` from byte 0 as a player does, in consecutive ranges of STREAM_RANGE_BYTES,
- * each read to its end (or as far as a shorter 206 goes), for STREAM_SECONDS, while
+ * each read to its end (or as far as a shorter 206 goes), for `seconds` or to its end, while
  * sampling workerd's memory. Each answer ends before the next is asked, so nothing keeps
  * streaming after the measurement.
  */
 async function streamWhole(
   url: string,
-  pid: number | undefined,
+  how: { pid: number | undefined; seconds: number; log?: ((line: string) => void) | undefined },
 ): Promise<Omit<LargeObjectsReport["stream"], "segments">> {
+  const { pid } = how;
   const rss = () => pid === undefined ? undefined : memoryOf(pid, "VmRSS");
   const startRss = rss();
   let peak = startRss;
@@ -491,7 +498,10 @@ async function streamWhole(
   const started = performance.now();
   let bytes = 0;
   try {
-    while (performance.now() - started < STREAM_SECONDS * 1000 && bytes < VIDEO_BYTES) {
+    while (performance.now() - started < how.seconds * 1000 && bytes < VIDEO_BYTES) {
+      if (Math.floor((bytes + STREAM_RANGE_BYTES) / 2e9) > Math.floor(bytes / 2e9)) {
+        how.log?.(`    ${((bytes + STREAM_RANGE_BYTES) / 1e9).toFixed(0)} GB...`);
+      }
       const end = Math.min(bytes + STREAM_RANGE_BYTES, VIDEO_BYTES) - 1;
       const response = await fetch(url, { headers: { Range: `bytes=${bytes}-${end}` } });
       if (response.status !== 206) throw new Error(`${url} answered ${response.status}`);

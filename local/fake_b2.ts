@@ -772,6 +772,8 @@ export function patternByte(offset: number): number {
 }
 
 const CHUNK = 64 * 1024;
+/** The pattern from offset 0, one period longer than a chunk: any chunk is a copy of a piece. */
+const PATTERN = Uint8Array.from({ length: CHUNK + 251 }, (_, i) => patternByte(i));
 
 function bodyStream(
   file: FakeFile,
@@ -788,10 +790,9 @@ function bodyStream(
     pull(controller) {
       if (offset > end) return controller.close();
       const length = Math.min(CHUNK, end - offset + 1);
-      const chunk = new Uint8Array(length);
-      for (let i = 0; i < length; i++) chunk[i] = patternByte(offset + i);
+      const from = patternByte(offset);
+      controller.enqueue(PATTERN.slice(from, from + length));
       offset += length;
-      controller.enqueue(chunk);
     },
   }, { highWaterMark: 0 });
 }
