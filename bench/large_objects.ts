@@ -15,9 +15,16 @@
 
 import http from "node:http";
 import type { WorkerUpload } from "../main.ts";
-import { startWorkersCache } from "../local/workers_cache.ts";
+import { startWorkersCache, type WorkersCache } from "../local/workers_cache.ts";
 import { median, MIB, ms, seededRandom, table, type Target } from "./measure.ts";
-import { type FakeB2, memoryOf, ourUpload, startBenchB2, startWorker } from "./processes.ts";
+import {
+  type FakeB2,
+  memoryOf,
+  ourUpload,
+  passThroughUpload,
+  startBenchB2,
+  startWorker,
+} from "./processes.ts";
 
 /** The video: 20 GB, decimal, as a video site counts. */
 export const VIDEO_BYTES = 20_000_000_000;
@@ -219,6 +226,12 @@ export interface LargeObjectsReport {
   smallHitTtfbMs: number;
   /** Median TTFB of a 1 KiB object the worker finds in the Cache API, as it finds a segment. */
   smallCacheApiTtfbMs: number;
+  /**
+   * The pass-through worker reading the same segments through its own entrypoint, behind the
+   * stand-in: the least a cached segment's first byte and a segmented stream's memory cost
+   * with this runtime and stand-in. `null` when segmenting is not in the worker measured.
+   */
+  floor: { ttfbMs: number; rssGrowthMiB: number | null; bytes: number } | null;
   /** The video played from byte 0 by one visitor, with segmenting as deployed by default. */
   stream: {
     segments: "on" | "off";
@@ -295,95 +308,38 @@ export async function benchLargeObjects(
   const { log } = options;
   const segmentingAvailable = module.includes("WORKER_SEGMENT_SIZE");
   const runs: LargeRun[] = [];
-  let smallHitTtfbMs = NaN;
-  let smallCacheApiTtfbMs = NaN;
+  const small = { hit: NaN, cacheApi: NaN };
   let stream: LargeObjectsReport["stream"] | undefined;
+  let floor: LargeObjectsReport["floor"] = null;
   for (const segments of segmentingAvailable ? ["off", "on"] as const : ["off"] as const) {
     await using stack = new AsyncDisposableStack();
-    const sizes: Record<string, number> = {
-      "video.mp4": VIDEO_BYTES,
-      "tiles.pmtiles": TILES_BYTES,
-      "small.txt": 1024,
-    };
     const b2 = startBenchB2(
-      Object.entries(sizes).map(([name, size]) => ({ name, body: { size } })),
+      Object.entries(SIZES).map(([name, size]) => ({ name, body: { size } })),
       { latencyMs: B2_LATENCY_MS },
     );
     stack.defer(() => b2.close());
     const counter = countingB2(b2);
     stack.defer(() => counter.close());
-    let pid: number | undefined;
-    let workerUrl = "";
-    const cache = await startWorkersCache({
-      startLocalWorker: async (upload, options) => {
-        const worker = await startWorker(upload, options);
-        pid = worker.pid;
-        workerUrl = worker.url;
-        return worker;
-      },
-    });
-    stack.defer(() => cache.close());
     const upload = ourUpload(module, counter.b2, { WORKER_CACHE_MODE: "workers-cache" });
-    await cache.deploy(withSegments(upload, segments === "on" ? SEGMENT_BYTES : 0));
+    const ours = await behindStandIn(
+      stack,
+      withSegments(upload, segments === "on" ? SEGMENT_BYTES : 0),
+    );
     const client = stack.use(Deno.createHttpClient({}));
     for (
       const [workload, visits] of [["video", videoWorkload()], ["tiles", tilesWorkload()]] as const
     ) {
       log?.(`  ${workload}, segments ${segments}: ${visits.length} ranges...`);
-      const records: VisitRecord[] = [];
-      let wrong = 0;
-      for (const visit of visits) {
-        const before = b2.requests.length;
-        const bytesBefore = counter.bytes();
-        const wholeBefore = counter.wholeBytes();
-        const started = performance.now();
-        const response = await fetch(`${cache.url}${visit.path}`, {
-          client,
-          headers: { Range: `bytes=${visit.start}-${visit.end}` },
-        });
-        const { bytes, ttfbMs } = await readTimed(response, started);
-        await cache.idle();
-        const asked = b2.requests.slice(before).filter((r) => r.method === "GET");
-        const size = sizes[visit.path.slice(1)]!;
-        const wantedLength = visit.end - visit.start + 1;
-        // A shorter 206 is allowed (RFC 9110); its bytes must still be the right ones.
-        const start = Number(
-          /^bytes (\d+)-/.exec(response.headers.get("content-range") ?? "")?.[1],
-        );
-        if (
-          response.status !== 206 || start !== visit.start || bytes.byteLength > wantedLength ||
-          !patternMatches(bytes, visit.start)
-        ) wrong++;
-        records.push({
-          visitor: visit.visitor,
-          status: response.status,
-          served: bytes.byteLength,
-          ttfbMs,
-          b2Requests: asked.length,
-          b2Bytes: counter.bytes() - bytesBefore,
-          b2WholeBytes: counter.wholeBytes() - wholeBefore,
-          b2Asked: asked.reduce((n, r) => n + askedBytes(r.headers.get("range"), size), 0),
-        });
-      }
-      const paths = Object.fromEntries(Object.entries(sizes).map(([n, size]) => [`/${n}`, size]));
-      const run = summarizeLarge(records, { workload, segments, visits, wrong, sizes: paths });
+      const { records, wrong } = await play(visits, { at: ours, b2, counter, client });
+      const sizes = Object.fromEntries(Object.entries(SIZES).map(([n, size]) => [`/${n}`, size]));
+      const run = summarizeLarge(records, { workload, segments, visits, wrong, sizes });
       if (segments === "on") {
         const cached = visits.filter((_, i) => records[i]!.b2Requests === 0);
-        run.cachedDirectTtfbMs = await directTtfb(workerUrl, new URL(cache.url).host, cached);
+        run.cachedDirectTtfbMs = await directTtfb(ours.workerUrl, ours.host, cached);
       }
       runs.push(run);
     }
-    if (segments === "off") {
-      smallHitTtfbMs = await smallHits(cache.url, client, "HIT");
-      // The path a cached segment takes: the worker runs and finds it in caches.default.
-      const direct = await startWorker(ourUpload(module, b2, { WORKER_CACHE_MODE: "cache-api" }));
-      stack.defer(() => direct.dispose());
-      // Asked as the cached segments are (directTtfb), after one fill.
-      await smallHits(direct.url, client);
-      const host = new URL(direct.url).host;
-      smallCacheApiTtfbMs =
-        await directTtfb(direct.url, host, Array(30).fill({ path: "/small.txt" })) ?? NaN;
-    }
+    if (segments === "off") Object.assign(small, await smallObjectTtfb(stack, module, ours, b2));
     if (segments === (segmentingAvailable ? "on" : "off")) {
       const seconds = options.full ? Infinity : STREAM_SECONDS;
       log?.(
@@ -391,7 +347,9 @@ export async function benchLargeObjects(
           options.full ? "to its end" : `for ${seconds} s`
         }...`,
       );
-      stream = { segments, ...await streamWhole(`${cache.url}/video.mp4`, { pid, seconds, log }) };
+      const url = `${ours.cache.url}/video.mp4`;
+      stream = { segments, ...await streamWhole(url, { pid: ours.pid, seconds, log }) };
+      if (segments === "on") floor = await segmentedFloor(stack, { b2, like: upload, stream, log });
     }
   }
   return {
@@ -399,10 +357,154 @@ export async function benchLargeObjects(
     segmentBytes: SEGMENT_BYTES,
     b2LatencyMs: B2_LATENCY_MS,
     runs,
-    smallHitTtfbMs,
-    smallCacheApiTtfbMs,
+    smallHitTtfbMs: small.hit,
+    smallCacheApiTtfbMs: small.cacheApi,
     stream: stream!,
+    floor,
   };
+}
+
+/** The objects of the section's B2, by name. */
+const SIZES: Record<string, number> = {
+  "video.mp4": VIDEO_BYTES,
+  "tiles.pmtiles": TILES_BYTES,
+  "small.txt": 1024,
+};
+
+/** A worker deployed behind its own Workers Cache stand-in. */
+interface BehindStandIn {
+  cache: WorkersCache;
+  /** workerd's, when it can be found. */
+  pid: number | undefined;
+  /** workerd's own address, to ask the worker without the stand-in's hop. */
+  workerUrl: string;
+  /** The stand-in's host, under which the worker keeps what it keeps. */
+  host: string;
+}
+
+async function behindStandIn(
+  stack: AsyncDisposableStack,
+  upload: WorkerUpload,
+): Promise<BehindStandIn> {
+  let pid: number | undefined;
+  let workerUrl = "";
+  const cache = await startWorkersCache({
+    startLocalWorker: async (upload, options) => {
+      const worker = await startWorker(upload, options);
+      pid = worker.pid;
+      workerUrl = worker.url;
+      return worker;
+    },
+  });
+  stack.defer(() => cache.close());
+  await cache.deploy(upload);
+  return { cache, pid, workerUrl, host: new URL(cache.url).host };
+}
+
+/** Asks each visit's range through the stand-in and records what it cost and what came. */
+async function play(
+  visits: RangeVisit[],
+  how: {
+    at: BehindStandIn;
+    b2: FakeB2;
+    counter: ReturnType<typeof countingB2>;
+    client: Deno.HttpClient;
+  },
+): Promise<{ records: VisitRecord[]; wrong: number }> {
+  const { at, b2, counter, client } = how;
+  const records: VisitRecord[] = [];
+  let wrong = 0;
+  for (const visit of visits) {
+    const before = b2.requests.length;
+    const bytesBefore = counter.bytes();
+    const wholeBefore = counter.wholeBytes();
+    const started = performance.now();
+    const response = await fetch(`${at.cache.url}${visit.path}`, {
+      client,
+      headers: { Range: `bytes=${visit.start}-${visit.end}` },
+    });
+    const { bytes, ttfbMs } = await readTimed(response, started);
+    await at.cache.idle();
+    const asked = b2.requests.slice(before).filter((r) => r.method === "GET");
+    const size = SIZES[visit.path.slice(1)]!;
+    // A shorter 206 is allowed (RFC 9110); its bytes must still be the right ones.
+    const start = Number(/^bytes (\d+)-/.exec(response.headers.get("content-range") ?? "")?.[1]);
+    if (
+      response.status !== 206 || start !== visit.start ||
+      bytes.byteLength > visit.end - visit.start + 1 || !patternMatches(bytes, visit.start)
+    ) wrong++;
+    records.push({
+      visitor: visit.visitor,
+      status: response.status,
+      served: bytes.byteLength,
+      ttfbMs,
+      b2Requests: asked.length,
+      b2Bytes: counter.bytes() - bytesBefore,
+      b2WholeBytes: counter.wholeBytes() - wholeBefore,
+      b2Asked: asked.reduce((n, r) => n + askedBytes(r.headers.get("range"), size), 0),
+    });
+  }
+  return { records, wrong };
+}
+
+/**
+ * A small object's first byte: from Workers Cache (a HIT, the worker does not run), and from
+ * the worker's Cache API asked of workerd directly, after one fill, as cached segments are.
+ */
+async function smallObjectTtfb(
+  stack: AsyncDisposableStack,
+  module: string,
+  ours: BehindStandIn,
+  b2: FakeB2,
+): Promise<{ hit: number; cacheApi: number }> {
+  const client = stack.use(Deno.createHttpClient({}));
+  const hit = await smallHits(ours.cache.url, client, "HIT");
+  const direct = await startWorker(ourUpload(module, b2, { WORKER_CACHE_MODE: "cache-api" }));
+  stack.defer(() => direct.dispose());
+  await smallHits(direct.url, client);
+  const host = new URL(direct.url).host;
+  const cacheApi = await directTtfb(direct.url, host, Array(30).fill({ path: "/small.txt" }));
+  return { hit, cacheApi: cacheApi ?? NaN };
+}
+
+/**
+ * The floor of a segmented answer: the pass-through worker reading aligned segments through
+ * its own entrypoint, behind a stand-in of its own, played over the same bytes as our stream
+ * (workerd's memory), then asked again for segments it holds (first byte, asked directly).
+ */
+async function segmentedFloor(
+  stack: AsyncDisposableStack,
+  how: {
+    b2: FakeB2;
+    like: WorkerUpload;
+    stream: LargeObjectsReport["stream"];
+    log?: ((line: string) => void) | undefined;
+  },
+): Promise<NonNullable<LargeObjectsReport["floor"]>> {
+  const { b2, stream } = how;
+  const upload = await passThroughUpload(b2.url, how.like, "off", SEGMENT_BYTES);
+  const floor = await behindStandIn(stack, upload);
+  const token = b2.issueDownloadToken("bench", "", 86_400);
+  const path = `/file/bench/video.mp4?Authorization=${token}`;
+  how.log?.(
+    `  the floor, a pass-through reading segments, over the same ${
+      (stream.bytes / 1e9).toFixed(1)
+    } GB...`,
+  );
+  const played = await streamWhole(`${floor.cache.url}${path}`, {
+    pid: floor.pid,
+    seconds: Infinity,
+    bytes: stream.bytes,
+    log: how.log,
+  });
+  const held = Array.from({ length: 30 }, (_, k) => ({
+    path,
+    start: k * SEGMENT_BYTES,
+    end: (k + 1) * SEGMENT_BYTES - 1,
+  }));
+  const ttfbMs = await directTtfb(floor.workerUrl, floor.host, held) ?? NaN;
+  const growth = (played.peakRssMiB ?? NaN) - (played.startRssMiB ?? NaN);
+  return { ttfbMs, rssGrowthMiB: Number.isNaN(growth) ? null : growth, bytes: played.bytes };
 }
 
 /**
@@ -485,7 +587,13 @@ async function smallHits(
  */
 async function streamWhole(
   url: string,
-  how: { pid: number | undefined; seconds: number; log?: ((line: string) => void) | undefined },
+  how: {
+    pid: number | undefined;
+    seconds: number;
+    /** Stop after this many bytes. @default the whole video */
+    bytes?: number;
+    log?: ((line: string) => void) | undefined;
+  },
 ): Promise<Omit<LargeObjectsReport["stream"], "segments">> {
   const { pid } = how;
   const rss = () => pid === undefined ? undefined : memoryOf(pid, "VmRSS");
@@ -498,11 +606,14 @@ async function streamWhole(
   const started = performance.now();
   let bytes = 0;
   try {
-    while (performance.now() - started < how.seconds * 1000 && bytes < VIDEO_BYTES) {
+    const total = how.bytes ?? VIDEO_BYTES;
+    while (performance.now() - started < how.seconds * 1000 && bytes < total) {
       if (Math.floor((bytes + STREAM_RANGE_BYTES) / 2e9) > Math.floor(bytes / 2e9)) {
-        how.log?.(`    ${((bytes + STREAM_RANGE_BYTES) / 1e9).toFixed(0)} GB...`);
+        const now = rss();
+        const memory = now === undefined ? "" : `, workerd RSS ${(now / MIB).toFixed(1)} MiB`;
+        how.log?.(`    ${((bytes + STREAM_RANGE_BYTES) / 1e9).toFixed(0)} GB${memory}...`);
       }
-      const end = Math.min(bytes + STREAM_RANGE_BYTES, VIDEO_BYTES) - 1;
+      const end = Math.min(bytes + STREAM_RANGE_BYTES, total) - 1;
       const response = await fetch(url, { headers: { Range: `bytes=${bytes}-${end}` } });
       if (response.status !== 206) throw new Error(`${url} answered ${response.status}`);
       let read = 0;
@@ -546,6 +657,10 @@ export function judgeLargeObjects(report: LargeObjectsReport): Target[] {
   const direct = video.cachedDirectTtfbMs ?? video.cachedTtfbMs;
   const ratio = (direct ?? Infinity) / report.smallCacheApiTtfbMs;
   const growth = (report.stream.peakRssMiB ?? NaN) - (report.stream.startRssMiB ?? NaN);
+  // The runtime's own growth over as many segment subrequests is not the worker's.
+  const floorGrowth = report.floor?.rssGrowthMiB ?? 0;
+  const beyond = growth - floorGrowth;
+  const streamed = `${(report.stream.bytes / 1e9).toFixed(1)} GB`;
   return [
     {
       name: "large objects: a repeat viewing asks B2 for nothing",
@@ -569,15 +684,24 @@ export function judgeLargeObjects(report: LargeObjectsReport): Target[] {
         `${ms(direct ?? NaN)} against ${ms(report.smallCacheApiTtfbMs)} (${
           ratio.toFixed(2)
         }x; through the Workers Cache stand-in ${ms(video.cachedTtfbMs ?? NaN)}; ` +
-        `a Workers Cache HIT: ${ms(report.smallHitTtfbMs)})`,
+        `a Workers Cache HIT: ${ms(report.smallHitTtfbMs)}` +
+        (report.floor
+          ? `; the floor, a pass-through's loopback hit: ${ms(report.floor.ttfbMs)}`
+          : "") +
+        ")",
     },
     {
-      name:
-        `large objects: workerd memory flat over the stream (within ${STREAM_RSS_MARGIN_MIB} MiB)`,
-      met: growth <= STREAM_RSS_MARGIN_MIB,
+      name: `large objects: workerd memory flat over the stream (within ${STREAM_RSS_MARGIN_MIB} ` +
+        "MiB of the floor's growth)",
+      met: beyond <= STREAM_RSS_MARGIN_MIB,
       detail: Number.isNaN(growth)
         ? "not measured: no /proc"
-        : `${growth.toFixed(1)} MiB over ${(report.stream.bytes / 1e9).toFixed(1)} GB`,
+        : `${growth.toFixed(1)} MiB over ${streamed}` + (report.floor
+          ? `, the floor's ${floorGrowth.toFixed(1)} MiB over as many bytes: ${
+            beyond.toFixed(1)
+          } MiB beyond it`
+          : "") +
+          (report.stream.bytes < VIDEO_BYTES ? " (--full-stream plays all 20 GB)" : ""),
     },
   ];
 }
@@ -631,5 +755,15 @@ export function formatLargeObjects(report: LargeObjectsReport): string[] {
     `${s.seconds.toFixed(0)} s, workerd RSS ${
       s.startRssMiB === null ? "n/a" : `${s.startRssMiB.toFixed(1)} MiB`
     } at the start, peak ${s.peakRssMiB === null ? "n/a" : `${s.peakRssMiB.toFixed(1)} MiB`}`,
+    ...(report.floor
+      ? [
+        `  the floor (a pass-through reading the same segments through its own entrypoint): ` +
+        `first byte of a held segment ${ms(report.floor.ttfbMs)}, workerd RSS ${
+          report.floor.rssGrowthMiB === null
+            ? "n/a"
+            : `+${report.floor.rssGrowthMiB.toFixed(1)} MiB`
+        } over ${(report.floor.bytes / 1e9).toFixed(2)} GB`,
+      ]
+      : []),
   ];
 }

@@ -115,3 +115,23 @@ Deno.test("judgeLargeObjects() meets the Proof's goals when the figures do, and 
   assert.deepEqual(none.map((t) => t.met), [false]);
   assert.match(formatLargeObjects(largeObjects()).join("\n"), /20 GB video +on/);
 });
+
+Deno.test("judgeLargeObjects() judges memory beyond the floor's growth over as many bytes", () => {
+  const memoryGoal = (stream: { startRssMiB: number; peakRssMiB: number }, floor: number) => {
+    const report = largeObjects();
+    report.stream = { ...report.stream, ...stream, bytes: 20e9 };
+    report.floor = { ttfbMs: 1, rssGrowthMiB: floor, bytes: 20e9 };
+    return judgeLargeObjects(report).find((t) => /memory flat/.test(t.name))!;
+  };
+  // The runtime grows by itself over many subrequests; only what the worker adds is judged.
+  const runtime = memoryGoal({ startRssMiB: 90, peakRssMiB: 167 }, 60);
+  assert.equal(runtime.met, true, runtime.detail);
+  assert.match(
+    runtime.detail,
+    /77\.0 MiB over 20\.0 GB, the floor's 60\.0 MiB .*: 17\.0 MiB beyond/,
+  );
+  assert.doesNotMatch(runtime.detail, /--full-stream/);
+  // A segment held a request (8 MiB) over 20 GB of 64 MiB ranges would be far past it.
+  const held = memoryGoal({ startRssMiB: 90, peakRssMiB: 400 }, 60);
+  assert.equal(held.met, false);
+});

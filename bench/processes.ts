@@ -7,6 +7,7 @@
  * @module
  */
 
+import { stripTypeScriptTypes } from "node:module";
 import { parseConfig, type Settings, type WorkerUpload, workerUpload } from "../main.ts";
 import { type FakeB2, type FakeB2Options, type FakeFile, startFakeB2 } from "../local/fake_b2.ts";
 import { type LocalWorker, startLocalWorker } from "../local/workerd.ts";
@@ -40,6 +41,32 @@ export function startBenchB2(
 /** The 1 KiB object of the load runs. */
 export function smallObject(): Uint8Array<ArrayBuffer> {
   return new Uint8Array(SMALL_OBJECT).map((_, i) => i % 251);
+}
+
+/**
+ * The pass-through worker (`pass_through_worker.ts`), run like `like` (same compatibility
+ * date), its cache on or off, and with `segment` bytes, reading ranges as segments.
+ */
+export async function passThroughUpload(
+  origin: string,
+  like: WorkerUpload,
+  cache: "on" | "off",
+  segment?: number,
+): Promise<WorkerUpload> {
+  const source = await Deno.readTextFile(new URL("pass_through_worker.ts", import.meta.url));
+  return {
+    metadata: {
+      ...like.metadata,
+      bindings: [
+        { type: "plain_text", name: "ORIGIN", text: origin },
+        { type: "plain_text", name: "CACHE", text: cache },
+        ...(segment
+          ? [{ type: "plain_text" as const, name: "SEGMENT", text: String(segment) }]
+          : []),
+      ],
+    },
+    module: stripTypeScriptTypes(source, { mode: "transform" }),
+  };
 }
 
 /** The facts our worker is deployed with, pointing at a fake B2. */

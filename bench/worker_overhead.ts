@@ -7,7 +7,6 @@
  * @module
  */
 
-import { stripTypeScriptTypes } from "node:module";
 import type { WorkerUpload } from "../main.ts";
 import {
   CONNECTIONS,
@@ -29,6 +28,7 @@ import {
   cpuSeconds,
   type FakeB2,
   ourUpload,
+  passThroughUpload,
   pinning,
   type RunningWorker,
   smallObject,
@@ -62,25 +62,6 @@ export interface WorkerOverhead extends LoadRounds {
   cacheHitFloorRatio: number;
   /** Every round, for whoever wants the spread. */
   perRound: Record<Case, Throughput>[];
-}
-
-/** The pass-through worker, run like `like` (same compatibility date), its cache on or off. */
-async function passThroughUpload(
-  origin: string,
-  like: WorkerUpload,
-  cache: "on" | "off",
-): Promise<WorkerUpload> {
-  const source = await Deno.readTextFile(new URL("pass_through_worker.ts", import.meta.url));
-  return {
-    metadata: {
-      ...like.metadata,
-      bindings: [
-        { type: "plain_text", name: "ORIGIN", text: origin },
-        { type: "plain_text", name: "CACHE", text: cache },
-      ],
-    },
-    module: stripTypeScriptTypes(source, { mode: "transform" }),
-  };
 }
 
 /** Starts the four workers, each on its own workerd, and the URL of the object on each. */
