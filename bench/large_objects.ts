@@ -470,7 +470,8 @@ async function smallObjectTtfb(
 /**
  * The floor of a segmented answer: the pass-through worker reading aligned segments through
  * its own entrypoint, behind a stand-in of its own, played over the same bytes as our stream
- * (workerd's memory), then asked again for segments it holds (first byte, asked directly).
+ * (workerd's memory), then asked again for player ranges of segments it holds (first byte,
+ * asked directly, as our cached ranges are).
  */
 async function segmentedFloor(
   stack: AsyncDisposableStack,
@@ -497,10 +498,12 @@ async function segmentedFloor(
     bytes: stream.bytes,
     log: how.log,
   });
+  // The stream's last segments: the stand-in evicts the oldest past its capacity.
+  const last = Math.floor(played.bytes / SEGMENT_BYTES) - 1;
   const held = Array.from({ length: 30 }, (_, k) => ({
     path,
-    start: k * SEGMENT_BYTES,
-    end: (k + 1) * SEGMENT_BYTES - 1,
+    start: (last - k) * SEGMENT_BYTES,
+    end: (last - k) * SEGMENT_BYTES + PLAYER_RANGE_BYTES - 1,
   }));
   const ttfbMs = await directTtfb(floor.workerUrl, floor.host, held) ?? NaN;
   const growth = (played.peakRssMiB ?? NaN) - (played.startRssMiB ?? NaN);
@@ -690,6 +693,16 @@ export function judgeLargeObjects(report: LargeObjectsReport): Target[] {
           : "") +
         ")",
     },
+    ...(report.floor
+      ? [{
+        name: `large objects: a cached segment's first byte within ${TTFB_RATIO_LIMIT}x the ` +
+          "floor's (the same loopback read by a pass-through worker)",
+        met: (direct ?? Infinity) / report.floor.ttfbMs <= TTFB_RATIO_LIMIT,
+        detail: `${ms(direct ?? NaN)} against ${ms(report.floor.ttfbMs)} (${
+          ((direct ?? Infinity) / report.floor.ttfbMs).toFixed(2)
+        }x): what the worker adds to the platform's own path`,
+      }]
+      : []),
     {
       name: `large objects: workerd memory flat over the stream (within ${STREAM_RSS_MARGIN_MIB} ` +
         "MiB of the floor's growth)",

@@ -104,9 +104,10 @@ Deno.test("judgeLargeObjects() meets the Proof's goals when the figures do, and 
   assert.deepEqual(judgeLargeObjects(largeObjects()).filter((t) => !t.met), []);
   const missed = judgeLargeObjects(largeObjects({ repeatB2Requests: 3, cachedTtfbMs: 2 }))
     .filter((t) => !t.met).map((t) => t.name);
-  assert.equal(missed.length, 2);
+  assert.equal(missed.length, 3);
   assert.match(missed[0]!, /repeat viewing/);
-  assert.match(missed[1]!, /within 1.2x/);
+  assert.match(missed[1]!, /within 1.2x a small hit's/);
+  assert.match(missed[2]!, /within 1.2x the floor's/);
   const direct = judgeLargeObjects(largeObjects({ cachedTtfbMs: 5, cachedDirectTtfbMs: 1.1 }))
     .find((t) => /within 1.2x/.test(t.name))!;
   assert.equal(direct.met, true, "judged on the direct figure, the stand-in's shown beside");
@@ -134,4 +135,20 @@ Deno.test("judgeLargeObjects() judges memory beyond the floor's growth over as m
   // A segment held a request (8 MiB) over 20 GB of 64 MiB ranges would be far past it.
   const held = memoryGoal({ startRssMiB: 90, peakRssMiB: 400 }, 60);
   assert.equal(held.met, false);
+});
+
+Deno.test("judgeLargeObjects() judges a cached segment's first byte against the floor's too", () => {
+  const floorGoal = (floorMs: number) => {
+    const report = largeObjects({ cachedDirectTtfbMs: 3 });
+    report.floor = { ttfbMs: floorMs, rssGrowthMiB: 0, bytes: 2e9 };
+    const targets = judgeLargeObjects(report);
+    return {
+      floor: targets.find((t) => /floor's \(the same loopback/.test(t.name))!,
+      small: targets.find((t) => /a small hit's/.test(t.name))!,
+    };
+  };
+  const near = floorGoal(3.2);
+  assert.deepEqual([near.floor.met, near.small.met], [true, false], near.floor.detail);
+  assert.match(near.floor.detail, /0\.94x/);
+  assert.equal(floorGoal(2).floor.met, false);
 });

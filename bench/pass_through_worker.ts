@@ -52,8 +52,8 @@ export default {
 };
 
 /**
- * A range aligned to SEGMENT, as one 206 fed segment by segment from the
- * Segment entrypoint (the answer itself is never stored).
+ * A range as one 206 fed segment by segment from the Segment entrypoint, each
+ * asked for the bytes the range takes of it (the answer itself is never stored).
  */
 function segmented(
   url: URL,
@@ -66,11 +66,15 @@ function segmented(
   };
   const { readable, writable } = new FixedLengthStream(end - start + 1);
   ctx.waitUntil((async () => {
-    for (let index = start / size; index * size <= end; index++) {
+    for (let index = Math.floor(start / size); index * size <= end; index++) {
       const query = new URLSearchParams(url.search);
       query.set("index", String(index));
+      const from = Math.max(start, index * size) - index * size;
+      const to = Math.min(end, (index + 1) * size - 1) - index * size;
       const segment = await ctx.exports!.Segment!.fetch(
-        new Request(`https://segment.invalid${url.pathname}?${query}`),
+        new Request(`https://segment.invalid${url.pathname}?${query}`, {
+          headers: { Range: `bytes=${from}-${to}` },
+        }),
       );
       await segment.body!.pipeTo(writable, { preventClose: true });
     }

@@ -586,6 +586,9 @@ export class FakeB2 {
         "Event Notifications are not enabled for this account; contact Backblaze support",
       );
     }
+    // Both calls' docs ("Errors"): 401 unauthorized, "The auth token is valid, but does not
+    // allow you to make this call"; 400 bad_request, "The request had the wrong fields or
+    // illegal values". The messages are ours. Assumption: B2's wording is not documented.
     if (!this.#options.capabilities.includes(capability)) {
       return b2Error(401, "unauthorized", `key lacks the ${capability} capability`);
     }
@@ -629,6 +632,8 @@ export class FakeB2 {
     if (!Array.isArray(rules)) {
       return b2Error(400, "bad_request", "eventNotificationRules must be a list");
     }
+    // Each limit broken is "wrong fields or illegal values" (400 bad_request, the set call's
+    // docs); Assumption: one answer names the first problem, in our words.
     const problem = notificationRuleProblem(rules);
     if (problem) return b2Error(400, "bad_request", problem);
     this.notificationRules.set(
