@@ -562,9 +562,16 @@ async function signedPurge(
     return reply(501, { error: "ctx.cache is missing: Workers Cache is off for this version" });
   }
   const result = await purger.purge(options);
+  const segments = result.success && purger.segments ? await purger.segments(options) : undefined;
   const names = paths.map((path) => (objectName(path, config) as { name: string }).name);
   const largeObjects = await forgetLargeFacts(new URL(request.url), names, { config, ctx });
-  return reply(result.success ? 200 : 429, { purged: options, result, largeObjects });
+  const done = result.success && (segments?.success ?? true);
+  return reply(done ? 200 : 429, {
+    purged: options,
+    result,
+    ...(segments && { segments }),
+    largeObjects,
+  });
 }
 
 /** A JSON answer of the worker's own endpoints (purge, events), never kept by any cache. */
@@ -1565,7 +1572,7 @@ async function b2Bytes(
 // key (developers.cloudflare.com/workers/cache/cache-keys/), and visitors only ever reach the
 // default one, so no visitor's request is answered with a segment. Purge is scoped to the
 // entrypoint that calls it (developers.cloudflare.com/workers/cache/purge/): the worker's purges
-// are relayed to this entrypoint too. Without ctx.exports (an older runtime) the Cache API
+// are relayed to this entrypoint too (an event notification's one window later, together). Without ctx.exports (an older runtime) the Cache API
 // keeps them, as in cache-api mode. The objects' facts stay in the Cache API in both modes.
 // ---------------------------------------------------------------------------
 
@@ -1685,36 +1692,37 @@ async function relayedPurge(request: Request, ctx: ExecutionContext): Promise<Re
   return Response.json(await ctx.cache.purge(await request.json() as PurgeOptions));
 }
 
-/** What the worker's purges go through; `cost`: purges one call takes from the rate limit. */
+/** What the worker's purges go through. */
 interface Purger {
+  /** `ctx.cache.purge`: visitors' entries. */
   purge(options: PurgeOptions): Promise<PurgeResult>;
-  cost: number;
+  /** The Segments entrypoint's own purge, where it keeps segments. */
+  segments?: (options: PurgeOptions) => Promise<PurgeResult>;
 }
 
 /**
- * `ctx.cache`, for visitors' entries and, where the Segments entrypoint keeps
- * segments, its entries too. Both purges count against one rate limit
- * (Assumption: the limit's scope is not documented; sharing it is the worst
- * case). `undefined` without Workers Cache.
+ * `ctx.cache`, and the Segments entrypoint's purge where it keeps segments;
+ * `undefined` without Workers Cache. Every call counts against one purge rate
+ * limit (Assumption: whether the two entrypoints share it is not documented;
+ * sharing is the worst case).
  */
 function purgerFor(ctx: ExecutionContext, config: WorkerConfig): Purger | undefined {
   const cache = ctx.cache;
   if (!cache) return undefined;
   const segments = segmentsEntrypoint(ctx, config);
-  if (!segments) return { purge: (options) => cache.purge(options), cost: 1 };
   return {
-    cost: 2,
-    async purge(options) {
-      const visitors = await cache.purge(options);
-      if (!visitors.success) return visitors;
-      const relayed = await segments.fetch(
-        new Request(`${SEGMENTS_ORIGIN}${PURGE_PATH}`, {
-          method: "POST",
-          body: JSON.stringify(options),
-        }),
-      );
-      return await relayed.json() as PurgeResult;
-    },
+    purge: (options) => cache.purge(options),
+    ...(segments && {
+      segments: async (options: PurgeOptions) => {
+        const relayed = await segments.fetch(
+          new Request(`${SEGMENTS_ORIGIN}${PURGE_PATH}`, {
+            method: "POST",
+            body: JSON.stringify(options),
+          }),
+        );
+        return await relayed.json() as PurgeResult;
+      },
+    }),
   };
 }
 
@@ -2110,7 +2118,52 @@ const eventPurges = {
   tags: new Map<string, number>(),
   /** When each event was first received (ms, this isolate's clock). */
   seen: new Map<string, number>(),
+  /** Tags purged for visitors whose segments are still to be purged, or everything. */
+  segmentsOwed: new Set<string>(),
+  segmentsOwedEverything: false,
+  /** A purge of the Segments entrypoint is scheduled. */
+  segmentsScheduled: false,
 };
+
+// waitUntil work gets 30 s after the answer (developers.cloudflare.com/workers/runtime-apis/
+// context/): the Segments purge waits at most this long.
+const SEGMENTS_PURGE_DELAY_MAX_MS = 20_000;
+
+/**
+ * Purges the segments of what a delivery just purged for visitors, one window later and
+ * together with whatever later deliveries add meanwhile: bursts spend the purge budget on
+ * visitors' entries first, and the segments cost one purge a window. Done after B2 is
+ * answered (ctx.waitUntil); what fails stays owed for the next delivery to schedule.
+ * Until then, elsewhere, a replaced large object's old segments may still be served.
+ */
+function oweSegmentsPurge(
+  ctx: ExecutionContext,
+  purge: NonNullable<Purger["segments"]>,
+  how: { covered: PurgeOptions; windowMs: number },
+): void {
+  const state = eventPurges;
+  if (how.covered.purgeEverything) state.segmentsOwedEverything = true;
+  for (const tag of how.covered.tags ?? []) state.segmentsOwed.add(tag);
+  if (state.segmentsScheduled) return;
+  state.segmentsScheduled = true;
+  const delay = Math.min(how.windowMs, SEGMENTS_PURGE_DELAY_MAX_MS);
+  ctx.waitUntil((async () => {
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    const tags = [...state.segmentsOwed];
+    const everything = state.segmentsOwedEverything || tags.length > MAX_PURGE_OPERATIONS;
+    state.segmentsOwed.clear();
+    state.segmentsOwedEverything = false;
+    state.tokens = Math.max(0, state.tokens - 1);
+    const result = await purge(everything ? { purgeEverything: true } : { tags }).catch(
+      (error) => ({ success: false, errors: [{ code: 0, message: String(error) }] }),
+    );
+    state.segmentsScheduled = false;
+    if (result.success) return;
+    console.error(`Cannot purge segments yet: ${JSON.stringify(result.errors)}`);
+    for (const tag of tags) state.segmentsOwed.add(tag);
+    state.segmentsOwedEverything ||= everything;
+  })());
+}
 
 /**
  * B2's notification at `EVENTS_PATH`: purges what changed and answers B2;
@@ -2150,10 +2203,11 @@ async function eventNotification(
   if (config.cacheMode !== "workers-cache") return serviceReply(200, { purged: 0 });
   const purger = purgerFor(ctx, config);
   if (!purger) return serviceReply(503, { error: "Workers Cache is off for this version" }, 60);
-  const outcome = await purgeChanges(purger, changes, {
-    now: Date.now(),
-    windowMs: wholeNumber(env.WORKER_EVENT_COALESCE_SECONDS, COALESCE_SECONDS) * 1000,
-  });
+  const windowMs = wholeNumber(env.WORKER_EVENT_COALESCE_SECONDS, COALESCE_SECONDS) * 1000;
+  const outcome = await purgeChanges(purger, changes, { now: Date.now(), windowMs });
+  if (outcome.covered && purger.segments) {
+    oweSegmentsPurge(ctx, purger.segments, { covered: outcome.covered, windowMs });
+  }
   return outcome.retryAfter === undefined
     ? serviceReply(200, { purged: changes.length, by: outcome.by })
     : serviceReply(503, { error: "purge refused or rate limited" }, outcome.retryAfter);
@@ -2208,7 +2262,9 @@ async function purgeChanges(
   cache: Purger,
   changes: ChangeEvent[],
   clock: { now: number; windowMs: number },
-): Promise<{ by: "tags" | "everything" | "earlier purges"; retryAfter?: number }> {
+): Promise<
+  { by: "tags" | "everything" | "earlier purges"; retryAfter?: number; covered?: PurgeOptions }
+> {
   const { now, windowMs: window } = clock;
   const state = eventPurges;
   state.tokens = Math.min(
@@ -2233,21 +2289,24 @@ async function purgeChanges(
   // B2 sends at most MAX_EVENTS_PER_BATCH events a delivery, so the tags fit one purge; more
   // (a rule set by hand) are covered by a purge of everything.
   const fits = tags.length <= MAX_PURGE_OPERATIONS;
-  if (fits && state.tokens - cache.cost >= PURGE_RESERVE) {
-    state.tokens -= cache.cost;
+  if (fits && state.tokens - 1 >= PURGE_RESERVE) {
+    state.tokens -= 1;
     const result = await cache.purge({ tags });
     if (result.success) {
       for (const tag of tags) remember(state.tags, tag, now);
-      return { by: "tags" };
+      return { by: "tags", covered: { tags } };
     }
     state.tokens = 0;
   }
   if (now - state.everythingTriedAt >= window) {
     state.everythingTriedAt = now;
-    state.tokens = Math.max(0, state.tokens - cache.cost);
+    state.tokens = Math.max(0, state.tokens - 1);
     const result = await cache.purge({ purgeEverything: true });
     // Everything cached before now is gone, and every event here happened before now.
-    if (result.success) return (state.everythingAt = now), { by: "everything" };
+    if (result.success) {
+      state.everythingAt = now;
+      return { by: "everything", covered: { purgeEverything: true } };
+    }
   }
   return {
     by: "everything",
@@ -2298,11 +2357,10 @@ async function deleteHere(
 
 /**
  * `workers-cache` mode (deleteHere does it in `cache-api` mode): what the edge remembers of a
- * large object (its facts: size and version) is kept with the
- * Cache API in both modes, so only the data centre that receives B2's POST can forget it:
- * there the next request learns the new version from B2, and the old version's segments,
- * keyed by that version, are never used again (they expire with WORKER_CACHE_TTL). Elsewhere
- * the facts, and so the old segments, stay until then.
+ * large object (its facts: size and version) is kept with the Cache API in both modes, so only
+ * the data centre that receives B2's POST can forget it: there the next request learns the new
+ * version from B2, and the old version's segments, keyed by that version, are never used again.
+ * Elsewhere the facts stay, until oweSegmentsPurge() purges the segments they lead to.
  */
 async function forgetLargeHere(
   url: URL,
