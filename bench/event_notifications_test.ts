@@ -16,5 +16,5 @@ Deno.test("judgeEventNotifications() misses a stale GET or a burst left unacknow
 
 Deno.test("formatEventNotifications() prints purges per 1,000 events for each burst", () => {
   const text = formatEventNotifications(eventNotifications()).join("\n");
-  assert.match(text, /10,000 events +380 +20 +2 +2\.2 +16\.0 s/);
+  assert.match(text, /10,000 events +380 +20 +2 +2 +2\.2 +16\.0 s/);
 });

@@ -121,7 +121,7 @@ export function eventNotifications(
     bursts: [{
       events: 10_000,
       deliveries: 380,
-      purges: { tags: 20, everything: 2, refused: 0 },
+      purges: { tags: 20, everything: 2, refused: 0, segments: 2 },
       purgesPer1000Events: 2.2,
       acknowledgedAfterS: 16,
       unacknowledged: 0,
