@@ -2458,28 +2458,19 @@ function slowTail(
   fast: number,
   delayMs: number,
 ): { url: string; close(): Promise<void> } {
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
-    async (request) => {
-      const url = new URL(request.url);
-      const answer = await fetch(`${b2.url}${url.pathname}${url.search}`, {
-        method: request.method,
-        headers: request.headers,
-      });
-      if (!answer.body) return answer;
-      const bytes = await answer.bytes();
-      const body = new ReadableStream<Uint8Array>({
-        async start(controller) {
-          controller.enqueue(bytes.subarray(0, fast));
-          await new Promise((resolve) => setTimeout(resolve, delayMs));
-          if (bytes.byteLength > fast) controller.enqueue(bytes.subarray(fast));
-          controller.close();
-        },
-      });
-      return new Response(body, { status: answer.status, headers: answer.headers });
-    },
-  );
-  return { url: `http://127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+  return b2.front(async (answer) => {
+    if (!answer.body) return answer;
+    const bytes = await answer.bytes();
+    const body = new ReadableStream<Uint8Array>({
+      async start(controller) {
+        controller.enqueue(bytes.subarray(0, fast));
+        await new Promise((resolve) => setTimeout(resolve, delayMs));
+        if (bytes.byteLength > fast) controller.enqueue(bytes.subarray(fast));
+        controller.close();
+      },
+    });
+    return new Response(body, { status: answer.status, headers: answer.headers });
+  });
 }
 
 Deno.test("worker in workerd: a range that ends before its segment is sent only once the segment is kept", async () => {

@@ -18,6 +18,7 @@ import type { WorkerUpload } from "../main.ts";
 import { startWorkersCache, type WorkersCache } from "../local/workers_cache.ts";
 import { median, MIB, ms, seededRandom, table, type Target } from "./measure.ts";
 import {
+  type B2Address,
   type FakeB2,
   memoryOf,
   ourUpload,
@@ -255,39 +256,26 @@ export interface LargeObjectsReport {
  */
 function countingB2(
   b2: FakeB2,
-): { b2: FakeB2; bytes(): number; wholeBytes(): number; close(): Promise<void> } {
+): { b2: B2Address; bytes(): number; wholeBytes(): number; close(): Promise<void> } {
   let bytes = 0;
   let wholeBytes = 0;
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
-    async (request) => {
-      const url = new URL(request.url);
-      const answer = await fetch(`${b2.url}${url.pathname}${url.search}`, {
-        method: request.method,
-        headers: request.headers,
-      });
-      const counted = answer.body?.pipeThrough(
-        new TransformStream<Uint8Array, Uint8Array>({
-          transform(chunk, controller) {
-            bytes += chunk.byteLength;
-            if (!request.headers.has("range")) wholeBytes += chunk.byteLength;
-            controller.enqueue(chunk);
-          },
-        }),
-      );
-      return new Response(counted ?? null, { status: answer.status, headers: answer.headers });
-    },
-  );
-  const front = {
-    url: `http://127.0.0.1:${server.addr.port}`,
-    issueDownloadToken: (...args: Parameters<FakeB2["issueDownloadToken"]>) =>
-      b2.issueDownloadToken(...args),
-  } as FakeB2;
+  const front = b2.front((answer, request) => {
+    const counted = answer.body?.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, controller) {
+          bytes += chunk.byteLength;
+          if (!request.headers.has("range")) wholeBytes += chunk.byteLength;
+          controller.enqueue(chunk);
+        },
+      }),
+    );
+    return new Response(counted ?? null, { status: answer.status, headers: answer.headers });
+  });
   return {
-    b2: front,
+    b2: { url: front.url, issueDownloadToken: (...args) => b2.issueDownloadToken(...args) },
     bytes: () => bytes,
     wholeBytes: () => wholeBytes,
-    close: () => server.shutdown(),
+    close: front.close,
   };
 }
 

@@ -69,8 +69,11 @@ export async function passThroughUpload(
   };
 }
 
-/** The facts our worker is deployed with, pointing at a fake B2. */
-export function ourUpload(module: string, b2: FakeB2, settings: Settings): WorkerUpload {
+/** What an upload needs of a B2 stand-in: where it answers, and a download token. */
+export type B2Address = Pick<FakeB2, "url" | "issueDownloadToken">;
+
+/** The facts our worker is deployed with, pointing at `b2`. */
+export function ourUpload(module: string, b2: B2Address, settings: Settings): WorkerUpload {
   const now = Date.now();
   return workerUpload(module, {
     downloadToken: b2.issueDownloadToken("bench", "", 86_400),

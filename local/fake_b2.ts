@@ -222,6 +222,30 @@ export class FakeB2 {
     ];
   }
 
+  /**
+   * A server in front of this fake that passes every request on as it came and
+   * lets `reshape` change each answer (a body that arrives late, or one whose
+   * bytes are counted), as a slow network or a meter between the worker and
+   * B2 would. Its `url` stands for the fake's.
+   */
+  front(
+    reshape: (answer: Response, request: Request) => Response | Promise<Response>,
+  ): { url: string; close(): Promise<void> } {
+    const server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+      async (request) => {
+        const url = new URL(request.url);
+        const answer = await fetch(`${this.url}${url.pathname}${url.search}`, {
+          method: request.method,
+          headers: request.headers,
+          ...(request.method === "POST" && { body: await request.arrayBuffer() }),
+        });
+        return await reshape(answer, request);
+      },
+    );
+    return { url: `http://127.0.0.1:${server.addr.port}`, close: () => server.shutdown() };
+  }
+
   async close(): Promise<void> {
     for (const release of this.#hanging) release();
     await this.#server.shutdown();
