@@ -3679,7 +3679,13 @@ interface PurgeOrder {
 
 /** How the worker answered a purge request. */
 type PurgeAnswer =
-  | { kind: "done"; status: number; fingerprint: string }
+  | {
+    kind: "done";
+    status: number;
+    fingerprint: string;
+    /** Whether the worker purged its Segments entrypoint too (large objects' segments). */
+    segments: boolean;
+  }
   | {
     kind: "other-version" | "refused" | "rate-limited" | "failed" | "not-worker" | "unreachable";
     status: number;
@@ -3816,14 +3822,22 @@ async function askWorkerToPurge(
     };
   }
   const text = await response.text();
-  let json: { service?: string; fingerprint?: string; error?: string; result?: unknown } = {};
+  let json: {
+    service?: string;
+    fingerprint?: string;
+    error?: string;
+    result?: unknown;
+    segments?: { success?: boolean };
+  } = {};
   try {
     json = JSON.parse(text);
   } catch { /* not the worker's purge answer */ }
   const { status } = response;
   if (json?.service === "b2-private-cdn") {
     const fingerprint = json.fingerprint ?? "";
-    if (status === 200) return { kind: "done", status, fingerprint };
+    if (status === 200) {
+      return { kind: "done", status, fingerprint, segments: json.segments?.success === true };
+    }
     if (status === 409) {
       return {
         kind: "other-version",
@@ -3835,7 +3849,10 @@ async function askWorkerToPurge(
       return {
         kind: "rate-limited",
         status,
-        message: `Cloudflare refused the purge (${JSON.stringify(json.result)}): at most 5 ` +
+        message:
+          `Cloudflare refused the purge (${
+            JSON.stringify(json.segments?.success === false ? json.segments : json.result)
+          }): at most 5 ` +
           `purges a minute; try again in ${PURGE_RETRY_SECONDS} s.`,
       };
     }
@@ -3886,6 +3903,8 @@ export interface PurgeReport {
   requests: number;
   /** How many paths and prefixes the worker purged, or whether it purged everything. */
   purged: { paths: number; prefixes: number; everything: boolean };
+  /** Whether each request also purged large objects' segments (the Segments entrypoint's). */
+  segments: boolean;
 }
 
 /**
@@ -3904,6 +3923,7 @@ export async function purge(
     mode,
     requests: 0,
     purged: { paths: 0, prefixes: 0, everything: false },
+    segments: false,
   };
   if (mode === "off") return report;
   if (mode === "cache-api") {
@@ -3964,6 +3984,7 @@ export async function purge(
         { service: "Worker", status: answer.status, code: answer.kind },
       );
     }
+    report.segments = (report.requests === 0 || report.segments) && answer.segments;
     report.requests++;
     report.purged.paths += order.paths?.length ?? 0;
     report.purged.prefixes += order.prefixes?.length ?? 0;
@@ -4860,8 +4881,9 @@ export function largeObjectsWhere(mode: CacheMode, url: URL): string {
       "answered from them; larger ones as WORKER_SEGMENT_SIZE segments in Workers Cache too " +
       "(unless WORKER_SEGMENT_SIZE=0)" +
       (workersDev
-        ? "; on workers.dev each of their ranges also asks B2 for the object's headers (what " +
-          "the worker remembers of it is kept in the Cache API, which does nothing there)"
+        ? "; on workers.dev their ranges may also ask B2 for the object's headers (what the " +
+          "worker remembers of one is kept in the Cache API, which does nothing there, and " +
+          "for a minute in each isolate's memory)"
         : "");
   }
   return workersDev
@@ -5380,9 +5402,14 @@ async function runPurge(
         `${report.url}` +
         // What the worker relays to its Segments entrypoint (worker_template.ts, "Segments in
         // Workers Cache"), and what it keeps per data centre.
-        "\nLarge objects' segments were purged too, everywhere. Where a data centre still " +
-        "remembers a replaced one's old version, its next range finds the segment gone, B2 " +
-        "names the new version, and that answer starts over from it.",
+        (report.segments
+          ? "\nLarge objects' segments were purged too, everywhere. Where a data centre still " +
+            "remembers a replaced one's old version, its next range finds the segment gone, B2 " +
+            "names the new version, and that answer starts over from it."
+          : "\nNote: this version keeps large objects' segments in the Cache API (no " +
+            "ctx.exports, or WORKER_SEGMENT_SIZE=0): what the edge remembers of a replaced one " +
+            "is forgotten only where the purge landed, and elsewhere lasts up to " +
+            "WORKER_CACHE_TTL."),
     );
   }
   return 0;

@@ -565,8 +565,12 @@ async function signedPurge(
   const segments = result.success && purger.segments ? await purger.segments(options) : undefined;
   const names = paths.map((path) => (objectName(path, config) as { name: string }).name);
   const largeObjects = await forgetLargeFacts(new URL(request.url), names, { config, ctx });
-  const done = result.success && (segments?.success ?? true);
-  return reply(done ? 200 : 429, {
+  // A purge Workers Cache refused (its rate limit, most likely) is tried again later; a relay
+  // that failed otherwise (codes 501 and 502 of purgerFor and relayedPurge) is the worker's.
+  const relayFailed = segments?.errors.some((e) => e.code === 501 || e.code === 502) ?? false;
+  const status = !result.success || segments?.success === false ? (relayFailed ? 502 : 429) : 200;
+  return reply(status, {
+    ...(status === 502 && { error: "the Segments entrypoint's purge failed" }),
     purged: options,
     result,
     ...(segments && { segments }),
@@ -1333,7 +1337,7 @@ async function learnedLarge(
   facts: ObjectFacts,
   target: LargeTarget,
 ): Promise<Response> {
-  const answered = await answerLarge(request, facts, target);
+  const answered = await answerLarge(request, facts, target, { fromB2: true });
   // Replaced again between B2's answer and its first segment: nothing worth keeping.
   if (!answered) return textResponse(502);
   await keepFacts(target, facts);
@@ -1345,12 +1349,14 @@ async function learnedLarge(
  * asking B2; a range as a 206 of at most MAX_SEGMENTS_PER_ANSWER segments;
  * a GET without (applicable) range whole. With segmenting off, B2 answers
  * the visitor's range itself. `undefined` when the first segment shows that
- * B2 holds another version now (the facts are forgotten).
+ * B2 holds another version now (the facts are forgotten). `fromB2`: the facts
+ * come from B2's answer to this very request.
  */
 async function answerLarge(
   request: Request,
   facts: ObjectFacts,
   target: LargeTarget,
+  how: { fromB2?: boolean } = {},
 ): Promise<Response | undefined> {
   const { config } = target;
   const headers = publicHeaders(facts.headers);
@@ -1358,7 +1364,10 @@ async function answerLarge(
     "Cache-Control",
     facts.headers.get(BROWSER_CACHE_CONTROL_HEADER) ?? DEFAULT_BROWSER_CACHE_CONTROL,
   );
-  if (notModified(request.headers, facts.headers)) return notModifiedAnswer(headers);
+  const unmodified = notModified(request.headers, facts.headers);
+  const factsAlone = unmodified || request.method === "HEAD";
+  if (factsAlone && !how.fromB2 && !await factsHold(facts, target)) return undefined;
+  if (unmodified) return notModifiedAnswer(headers);
   const requested = parseRange(request.headers.get("Range"));
   const range = requested && ifRangeMatches(request.headers, headers) ? requested : undefined;
   if (config.segmentSize === 0) {
@@ -1379,6 +1388,30 @@ async function answerLarge(
   const body = await segmentedBody(plan);
   if (body === "changed") return undefined;
   return body === "failed" ? textResponse(502) : new Response(body, { status, headers });
+}
+
+/**
+ * Whether the facts' version is still the one the edge serves, asked before an answer made
+ * from the facts alone (a 304, a HEAD). Where the Segments entrypoint keeps segments, every
+ * purge and notification removes a replaced object's segments everywhere, so a one-byte read
+ * of its first segment comes from Workers Cache (the facts are as current as the edge's copy)
+ * or from B2, which refuses the old version: then the facts are forgotten. With the Cache API
+ * the facts stand (they last until WORKER_CACHE_TTL in data centres a purge did not reach).
+ */
+async function factsHold(facts: ObjectFacts, target: LargeTarget): Promise<boolean> {
+  const entrypoint = segmentsEntrypoint(target.ctx, target.config);
+  if (!entrypoint) return true;
+  const plan = { ...target, facts, start: 0, end: 0, filling: [] };
+  try {
+    const piece = { index: 0, within: { start: 0, end: 0 } };
+    await (await segmentFromWorkersCache(plan, piece, entrypoint)).cancel();
+    return true;
+  } catch (error) {
+    // Only another version is a reason to doubt them; a failure to read says nothing.
+    if (!(error instanceof SegmentFailure) || !error.changed) return true;
+    await forgetFacts(target);
+    return false;
+  }
 }
 
 /** A writable whose readable has a known length (workerd sends it as Content-Length). */
@@ -1636,7 +1669,11 @@ async function segmentFromWorkersCache(
 
 /**
  * The entrypoint that keeps large objects' segments in Workers Cache (see the
- * section's comment). Reached only by this worker, through `ctx.exports`.
+ * section's comment). Reached only by this worker, through `ctx.exports`:
+ * visitors never reach a named entrypoint. It checks no signed link and no
+ * purge signature, so another Worker of the account bound to it by name (a
+ * service binding with `entrypoint: "Segments"`) could read any object or
+ * purge: bind it from nothing else.
  */
 export const Segments = {
   async fetch(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
@@ -1686,7 +1723,7 @@ async function relayedPurge(request: Request, ctx: ExecutionContext): Promise<Re
   if (!ctx.cache) {
     return Response.json({
       success: false,
-      errors: [{ code: 0, message: "ctx.cache is missing" }],
+      errors: [{ code: 501, message: "ctx.cache is missing: Workers Cache is off" }],
     });
   }
   return Response.json(await ctx.cache.purge(await request.json() as PurgeOptions));
@@ -1714,13 +1751,17 @@ function purgerFor(ctx: ExecutionContext, config: WorkerConfig): Purger | undefi
     purge: (options) => cache.purge(options),
     ...(segments && {
       segments: async (options: PurgeOptions) => {
-        const relayed = await segments.fetch(
-          new Request(`${SEGMENTS_ORIGIN}${PURGE_PATH}`, {
-            method: "POST",
-            body: JSON.stringify(options),
-          }),
-        );
-        return await relayed.json() as PurgeResult;
+        try {
+          const relayed = await segments.fetch(
+            new Request(`${SEGMENTS_ORIGIN}${PURGE_PATH}`, {
+              method: "POST",
+              body: JSON.stringify(options),
+            }),
+          );
+          return await relayed.json() as PurgeResult;
+        } catch (error) {
+          return { success: false, errors: [{ code: 502, message: String(error) }] };
+        }
       },
     }),
   };
@@ -2121,20 +2162,23 @@ const eventPurges = {
   /** Tags purged for visitors whose segments are still to be purged, or everything. */
   segmentsOwed: new Set<string>(),
   segmentsOwedEverything: false,
-  /** A purge of the Segments entrypoint is scheduled. */
-  segmentsScheduled: false,
+  /** When a purge of the Segments entrypoint was scheduled; -Infinity once it has run. */
+  segmentsScheduledAt: -Infinity,
 };
 
 // waitUntil work gets 30 s after the answer (developers.cloudflare.com/workers/runtime-apis/
-// context/): the Segments purge waits at most this long.
+// context/): the Segments purge waits at most 20 s, and one scheduled longer ago than the 30 s
+// was cut off with its isolate's work and is scheduled again.
 const SEGMENTS_PURGE_DELAY_MAX_MS = 20_000;
+const WAIT_UNTIL_MS = 30_000;
 
 /**
  * Purges the segments of what a delivery just purged for visitors, one window later and
  * together with whatever later deliveries add meanwhile: bursts spend the purge budget on
  * visitors' entries first, and the segments cost one purge a window. Done after B2 is
- * answered (ctx.waitUntil); what fails stays owed for the next delivery to schedule.
- * Until then, elsewhere, a replaced large object's old segments may still be served.
+ * answered (ctx.waitUntil); what fails stays owed for the next delivery this isolate gets
+ * to schedule, and B2, answered 200 already, does not deliver again: until then, elsewhere, a
+ * replaced large object's old segments may still be served.
  */
 function oweSegmentsPurge(
   ctx: ExecutionContext,
@@ -2144,8 +2188,8 @@ function oweSegmentsPurge(
   const state = eventPurges;
   if (how.covered.purgeEverything) state.segmentsOwedEverything = true;
   for (const tag of how.covered.tags ?? []) state.segmentsOwed.add(tag);
-  if (state.segmentsScheduled) return;
-  state.segmentsScheduled = true;
+  if (Date.now() - state.segmentsScheduledAt < WAIT_UNTIL_MS) return;
+  state.segmentsScheduledAt = Date.now();
   const delay = Math.min(how.windowMs, SEGMENTS_PURGE_DELAY_MAX_MS);
   ctx.waitUntil((async () => {
     await new Promise((resolve) => setTimeout(resolve, delay));
@@ -2157,7 +2201,7 @@ function oweSegmentsPurge(
     const result = await purge(everything ? { purgeEverything: true } : { tags }).catch(
       (error) => ({ success: false, errors: [{ code: 0, message: String(error) }] }),
     );
-    state.segmentsScheduled = false;
+    state.segmentsScheduledAt = -Infinity;
     if (result.success) return;
     console.error(`Cannot purge segments yet: ${JSON.stringify(result.errors)}`);
     for (const tag of tags) state.segmentsOwed.add(tag);
@@ -2205,11 +2249,15 @@ async function eventNotification(
   if (!purger) return serviceReply(503, { error: "Workers Cache is off for this version" }, 60);
   const windowMs = wholeNumber(env.WORKER_EVENT_COALESCE_SECONDS, COALESCE_SECONDS) * 1000;
   const outcome = await purgeChanges(purger, changes, { now: Date.now(), windowMs });
-  if (outcome.covered && purger.segments) {
-    oweSegmentsPurge(ctx, purger.segments, { covered: outcome.covered, windowMs });
-  }
+  const segments = outcome.covered && purger.segments;
+  if (segments) oweSegmentsPurge(ctx, segments, { covered: outcome.covered!, windowMs });
   return outcome.retryAfter === undefined
-    ? serviceReply(200, { purged: changes.length, by: outcome.by })
+    ? serviceReply(200, {
+      purged: changes.length,
+      by: outcome.by,
+      ...(segments &&
+        { segments: `purged in ${Math.min(windowMs, SEGMENTS_PURGE_DELAY_MAX_MS)} ms` }),
+    })
     : serviceReply(503, { error: "purge refused or rate limited" }, outcome.retryAfter);
 }
 

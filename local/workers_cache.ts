@@ -631,6 +631,9 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       headers,
       ...(!["GET", "HEAD"].includes(call.method) && { body: await call.arrayBuffer() }),
     });
+    // Assumption: a loopback answer goes through the cache as a visitor's does (its control
+    // headers and Cache-Tag stripped, cf-cache-status added); the worker reads only its body,
+    // status and length.
     const answer = await track(current, handle(request, current));
     stats.loopback.requests++;
     const status = answer.headers.get("cf-cache-status");
@@ -659,6 +662,8 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     const bad = prefixes.find((prefix) => !prefix.startsWith("/"));
     if (bad !== undefined) return refusal(400, `"${bad}" is not a path starting with "/".`);
     const elapsed = now() - purgeTokensAt;
+    // Assumption: every entrypoint's purges draw on this one budget (the docs do not say
+    // whether the limit is a worker's or an entrypoint's; sharing it is the worst case).
     purgeTokens = Math.min(PURGE_BURST, purgeTokens + elapsed * PURGES_PER_MINUTE / 60_000);
     purgeTokensAt = now();
     if (purgeTokens < 1) {

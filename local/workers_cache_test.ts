@@ -1174,7 +1174,11 @@ const PURGE_KEY = "ab".repeat(32);
 Deno.test("the worker: an object over the limit is served from aligned segments kept in Workers Cache", async (t) => {
   const size = 5500;
   const b2 = startFakeB2({
-    buckets: [{ id: "bucket-site", name: "site", files: [{ name: "v.mp4", body: { size } }] }],
+    buckets: [{
+      id: "bucket-site",
+      name: "site",
+      files: [{ name: "v.mp4", body: { size } }, { name: "w.mp4", body: { size: 100_000 } }],
+    }],
   });
   const cache = await startWorkersCache({ maxObjectBytes: 2500 });
   const bindings = {
@@ -1233,7 +1237,7 @@ Deno.test("the worker: an object over the limit is served from aligned segments 
       assert.deepEqual(asked().slice(5), ["bytes=0-999", "bytes=4000-4999"]);
     });
 
-    await t.step("HEAD and a conditional GET download nothing", async () => {
+    await t.step("HEAD and a conditional GET download nothing more", async () => {
       const head = await fetch(`${cache.url}/v.mp4`, { method: "HEAD" });
       assert.deepEqual([head.status, head.headers.get("content-length")], [200, String(size)]);
       const etag = head.headers.get("etag")!;
@@ -1241,6 +1245,18 @@ Deno.test("the worker: an object over the limit is served from aligned segments 
       assert.equal(notModified.status, 304);
       await settled();
       assert.equal(asked().length, 7);
+      // An object of 100 segments not read yet: a HEAD reaches the worker as a GET, whose
+      // body the cache stops reading (it cannot keep it whole). B2 gets the whole GET, left
+      // unread, the first segment (read before the answer starts) and the few the
+      // connection took before the cancel reached the worker: each next segment is asked
+      // for only once the one before was taken, so with 8 MiB segments that is the first.
+      const first = await fetch(`${cache.url}/w.mp4`, { method: "HEAD" });
+      assert.deepEqual([first.status, first.headers.get("content-length")], [200, "100000"]);
+      await settled();
+      const w = b2.requests.filter((r) => r.method === "GET" && r.path === "/file/site/w.mp4")
+        .map((r) => r.headers.get("range"));
+      assert.deepEqual(w.slice(0, 2), [null, "bytes=0-999"]);
+      assert.ok(w.length <= 10, `B2 was asked ${JSON.stringify(w)} for a HEAD`);
     });
 
     await t.step("visitors never reach a segment: the entrypoint is the worker's own", async () => {
@@ -1290,6 +1306,25 @@ Deno.test("the worker: an object over the limit is served from aligned segments 
         // The old version's segment (refused, 409, never stored), B2's whole GET that tells
         // the new version, and the new version's own segment.
         assert.deepEqual(asked().slice(9), ["bytes=2000-2999", null, "bytes=2000-2999"]);
+        await settled();
+      },
+    );
+
+    await t.step(
+      "a browser's copy of a replaced version is not confirmed from old facts",
+      async () => {
+        const old = `"4_z5_f${size + 100}"`;
+        b2.putFile("site", { name: "v.mp4", body: { size: size + 200 } });
+        const mark = asked().length;
+        const answer = await fetch(`${cache.url}/v.mp4`, { headers: { "If-None-Match": old } });
+        assert.deepEqual(
+          [answer.status, answer.headers.get("etag")],
+          [200, `"4_z5_f${size + 200}"`],
+          "the new version, not a 304 from the facts of the old one",
+        );
+        assert.deepEqual([...await answer.bytes()], pattern(0, size + 199));
+        // The one-byte check of the old version's first segment, refused by B2.
+        assert.equal(asked()[mark], "bytes=0-999");
       },
     );
   } finally {

@@ -490,8 +490,22 @@ Deno.test("purge: a path exactly, a prefix, everything, through main.ts and the 
     });
 
     await t.step("everything", async () => {
-      assert.equal((await e.cli(["purge", "--all"])).code, 0);
+      const { code, stdout } = await e.cli(["purge", "--all"]);
+      assert.equal(code, 0);
+      assert.match(stdout, /Large objects' segments were purged too, everywhere/);
       assert.deepEqual(await labels(), all("MISS"));
+    });
+
+    await t.step("each reached the Segments entrypoint too, at once", async () => {
+      const tag = await objectTag("site/a");
+      assert.deepEqual(e.cache.purges.map((p) => [p.entrypoint, p.options]), [
+        ["default", { tags: [tag] }],
+        ["Segments", { tags: [tag] }],
+        ["default", { pathPrefixes: ["/docs/"] }],
+        ["Segments", { pathPrefixes: ["/docs/"] }],
+        ["default", { purgeEverything: true }],
+        ["Segments", { purgeEverything: true }],
+      ]);
     });
 
     await t.step("forged, unsigned, stale and replayed requests purge nothing", async () => {
