@@ -147,9 +147,10 @@ export interface ByteRange {
 }
 
 // Bumped whenever the same object and settings would be answered differently (headers, status,
-// mapping of paths to names): refresh then purges everything cached by older answers.
+// mapping of paths to names): refresh then purges everything cached by older answers. 3: an
+// ETag made from a file id no longer carries the bucket's id.
 // Only main.ts reads it, from this module's text.
-const ANSWER_FORMAT = 2;
+const ANSWER_FORMAT = 3;
 const DEFAULT_CACHE_TTL = 86_400;
 // After its lifetime an object is served stale for a day while one request revalidates it
 // (a HEAD to B2 when it did not change), so no visitor waits for B2 on a popular object.
@@ -768,7 +769,8 @@ export function objectHeaders(
   headers.set("Accept-Ranges", "bytes");
   // B2 answers "none" for large files uploaded in parts; their id names the version just as well.
   const sha1 = b2.get("x-bz-content-sha1")?.replace(/^unverified:/, "");
-  const version = [sha1, b2.get("x-bz-info-large_file_sha1"), b2.get("x-bz-file-id")]
+  const fileId = b2.get("x-bz-file-id");
+  const version = [sha1, b2.get("x-bz-info-large_file_sha1"), fileId && withoutBucketId(fileId)]
     .find((value) => value && value !== "none");
   if (version) headers.set("ETag", `"${version}"`);
   const uploaded = new Date(Number(b2.get("x-bz-upload-timestamp") ?? NaN));
@@ -805,6 +807,16 @@ export function corsHeaders(
     "Access-Control-Expose-Headers": EXPOSED_HEADERS,
     ...vary,
   };
+}
+
+/**
+ * A file id fit for visitors: B2's ids carry the bucket's id after `_z`
+ * (`4_z<bucketId>_f<version>_d<date>...`, as the file ids in B2's API examples
+ * show, www.backblaze.com/apidocs/b2-upload-file), which stays inside; the rest
+ * still names the version.
+ */
+export function withoutBucketId(fileId: string): string {
+  return fileId.replace(/^(\d+)_z[0-9A-Za-z]+_/, "$1_");
 }
 
 /**
