@@ -2650,11 +2650,8 @@ async function syncEventRule(
   const hadRule = previous?.bindings.some((b) => b.name === EVENT_SECRET_BINDING) ?? false;
   const mayRead = known?.auth.capabilities.includes("readBucketNotifications") ?? false;
   if (!on && !hadRule && !mayRead) return;
-  const counted: Context = {
-    ...ctx,
-    fetch: (input, init) => (result.roundTrips++, ctx.fetch(input, init)),
-  };
   try {
+    const counted = countingRoundTrips(ctx, result);
     const change = await applyEventRule(config, counted, { result, hadRule, known });
     if (change === undefined) return;
     result.eventNotifications = change;
@@ -2842,22 +2839,25 @@ async function judgeEventRule(
     report.eventNotifications = await readEventRule(config, ctx);
   } catch (error) {
     if (!(error instanceof ApiError) && !(error instanceof ConfigError)) throw error;
-    const problem = "cannot tell whether B2 delivers event notifications: cannot read the " +
+    const text = "cannot tell whether B2 delivers event notifications: cannot read the " +
       `Event Notification rule: ${error.message}`;
-    report.healthy = false;
-    if (report.state === "OK") report.state = "UNKNOWN";
-    report.problem = report.problem ? `${report.problem}; ${problem}` : problem;
+    addFinding(report, { state: "UNKNOWN", text });
     return;
   }
   if (config.worker.cacheMode !== "workers-cache") {
     warnings.push(`event notifications: ${eventReach(config.worker.cacheMode)}`);
   }
-  const problem = eventRuleProblem(report.eventNotifications);
-  if (!problem) return;
+  const text = eventRuleProblem(report.eventNotifications);
+  if (!text) return;
+  addFinding(report, { state: report.eventNotifications.suspended ? "CRITICAL" : "WARNING", text });
+}
+
+/** Adds a finding to a judged report: its state only worsens, and UNKNOWN only replaces OK. */
+function addFinding(report: StatusReport, finding: { state: StatusState; text: string }): void {
+  const rank: Record<StatusState, number> = { OK: 0, UNKNOWN: 1, WARNING: 2, CRITICAL: 3 };
   report.healthy = false;
-  const critical = report.state === "CRITICAL" || report.eventNotifications.suspended === true;
-  report.state = critical ? "CRITICAL" : "WARNING";
-  report.problem = report.problem ? `${report.problem}; ${problem}` : problem;
+  if (rank[finding.state] > rank[report.state]) report.state = finding.state;
+  report.problem = report.problem ? `${report.problem}; ${finding.text}` : finding.text;
 }
 
 /** One line for a person: the rule and its state. */
@@ -3480,11 +3480,16 @@ interface TriggerSteps {
   attempt<T>(work: () => Promise<T>): Promise<T | undefined>;
 }
 
+/** `ctx` whose every request counts as one of the result's round trips. */
+function countingRoundTrips(ctx: Context, result: Pick<RefreshResult, "roundTrips">): Context {
+  return { ...ctx, fetch: (input, init) => (result.roundTrips++, ctx.fetch(input, init)) };
+}
+
 function triggerSteps(result: RefreshResult, ctx: Context): TriggerSteps {
   const failed: string[] = [];
   return {
     result,
-    ctx: { ...ctx, fetch: (input, init) => (result.roundTrips++, ctx.fetch(input, init)) },
+    ctx: countingRoundTrips(ctx, result),
     failed,
     changed: [],
     attempt: async (work) => {

@@ -1373,9 +1373,8 @@ Deno.test("main.ts speaks HTTP only through send()", async () => {
       "const response = await fetch(url);",
       // send() itself.
       "const response = await ctx.fetch(call.url, {",
-      // Wrappers that count round trips and hand each request on to send()'s fetch.
-      "ctx: { ...ctx, fetch: (input, init) => (result.roundTrips++, ctx.fetch(input, init)) },",
-      "fetch: (input, init) => (result.roundTrips++, ctx.fetch(input, init)),",
+      // The one wrapper that counts round trips and hands each request on to send()'s fetch.
+      "return { ...ctx, fetch: (input, init) => (result.roundTrips++, ctx.fetch(input, init)) };",
     ].sort(),
   );
 });
