@@ -1415,8 +1415,8 @@ async function factsHold(facts: ObjectFacts, target: LargeTarget): Promise<boole
   if (!entrypoint) return true;
   const plan = { ...target, facts, start: 0, end: 0, filling: [] };
   try {
-    const piece = { index: 0, within: { start: 0, end: 0 } };
-    await (await segmentFromWorkersCache(plan, piece, entrypoint)).cancel();
+    const piece = { index: 0, within: { start: 0, end: 0 }, entrypoint };
+    await (await segmentFromWorkersCache(plan, piece)).cancel();
     return true;
   } catch (error) {
     // Only another version is a reason to doubt them; a failure to read says nothing.
@@ -1483,7 +1483,8 @@ async function pumpSegments(
       });
     }
     if (plan.tailFrom !== undefined) {
-      const tail = await b2Bytes(plan, plan.tailFrom, plan.facts.size - plan.tailFrom);
+      const length = plan.facts.size - plan.tailFrom;
+      const tail = await b2Bytes(plan, { offset: plan.tailFrom, length });
       await tail.body!.pipeTo(writable, { preventClose: true });
     }
     await Promise.all(plan.filling);
@@ -1544,7 +1545,7 @@ async function segmentPiece(plan: SegmentPlan, index: number): Promise<ReadableS
   };
   const entrypoint = segmentsEntrypoint(plan.ctx, plan.config);
   return entrypoint
-    ? await segmentFromWorkersCache(plan, { index, within }, entrypoint)
+    ? await segmentFromWorkersCache(plan, { index, within, entrypoint })
     : await segmentFromCacheApi(plan, { index, within });
 }
 
@@ -1563,7 +1564,7 @@ async function segmentFromCacheApi(
   const cached = await edgeCache().match(lookup);
   if (cached?.body && (cached.status === 200 || cached.status === 206)) return cached.body;
   await cached?.body?.cancel();
-  const [kept, sent] = (await b2Bytes(plan, offset, length)).body!.tee();
+  const [kept, sent] = (await b2Bytes(plan, { offset, length })).body!.tee();
   const copy = kept.pipeThrough(fixedLengthStream(length));
   const headers = {
     "Cache-Control": `public, max-age=${plan.config.cacheTtl}`,
@@ -1581,9 +1582,9 @@ async function segmentFromCacheApi(
  */
 async function b2Bytes(
   source: { config: WorkerConfig; name: string; facts: Pick<ObjectFacts, "fileId"> },
-  offset: number,
-  length: number,
+  bytes: { offset: number; length: number },
 ): Promise<Response> {
+  const { offset, length } = bytes;
   const { config, name, facts } = source;
   const headers = { Authorization: config.token, Range: `bytes=${offset}-${offset + length - 1}` };
   const b2 = await fetchB2(name, { headers }, config);
@@ -1649,10 +1650,9 @@ function segmentUrl(plan: SegmentPlan, index: number): string {
 /** The bytes `within` of a segment from the Segments entrypoint, through Workers Cache. */
 async function segmentFromWorkersCache(
   plan: SegmentPlan,
-  piece: { index: number; within: ByteRange },
-  entrypoint: Fetcher,
+  piece: { index: number; within: ByteRange; entrypoint: Fetcher },
 ): Promise<ReadableStream<Uint8Array>> {
-  const { index, within } = piece;
+  const { index, within, entrypoint } = piece;
   const { length } = segmentBounds(plan, index);
   const whole = within.start === 0 && within.end === length - 1;
   const range = `bytes=${within.start}-${within.end}`;
@@ -1719,7 +1719,7 @@ async function segmentAnswer(url: URL, config: WorkerConfig): Promise<Response> 
   }
   try {
     const source = { config, name: name.name, facts: { fileId } };
-    const b2 = await b2Bytes(source, index * size, length);
+    const b2 = await b2Bytes(source, { offset: index * size, length });
     const headers = { "Content-Type": "application/octet-stream", "Content-Length": `${length}` };
     const answer = new Response(b2.body, { status: 200, headers });
     return edgeLifetime(answer, config, { tag: await objectTag(name.name) });
