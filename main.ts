@@ -3863,11 +3863,15 @@ async function askWorkerToPurge(
     }
     return { kind: "failed", status, message: `The worker refused the purge: ${json.error}.` };
   }
-  return notThePurgeAnswer(url, response, text);
+  return notThePurgeAnswer(url, { response, text });
 }
 
 /** An answer to a signed purge that is not the worker's purge answer: whose it is, and why. */
-function notThePurgeAnswer(url: string, response: Response, text: string): PurgeAnswer {
+function notThePurgeAnswer(
+  url: string,
+  answer: { response: Response; text: string },
+): PurgeAnswer {
+  const { response, text } = answer;
   const { status } = response;
   // What the worker answers to any unsigned POST: it did not accept the signature.
   if (status === 405 && text === "Method not allowed\n") {

@@ -459,7 +459,8 @@ async function verifiedBody(request: Request, config: WorkerConfig): Promise<str
   const body = await readCapped(request, MAX_PURGE_BODY_BYTES);
   if (body === undefined) return undefined;
   const message = new TextEncoder().encode(purgeMessage(timestamp, body));
-  if (!await hmacVerifies(config.purgeKey, "hex", fromHex(signature), message)) return undefined;
+  const mac = { encoding: "hex" as const, signature: fromHex(signature), message };
+  if (!await hmacVerifies(config.purgeKey, mac)) return undefined;
   for (const [used, at] of usedSignatures) {
     if (at < now - PURGE_WINDOW_SECONDS) usedSignatures.delete(used);
   }
@@ -1253,7 +1254,7 @@ async function lookUpFacts(target: LargeTarget): Promise<ObjectFacts | undefined
       return undefined;
     }
     const facts = { size: size as number, fileId, headers: new Headers(headers) };
-    if (typeof until === "number") holdFacts(key, facts, until);
+    if (typeof until === "number") holdFacts(key, { facts, until });
     return facts;
   } catch {
     return undefined;
@@ -1263,7 +1264,7 @@ async function lookUpFacts(target: LargeTarget): Promise<ObjectFacts | undefined
 async function keepFacts(target: LargeTarget, facts: ObjectFacts): Promise<void> {
   const key = await factsKey(target);
   const until = Date.now() + target.config.cacheTtl * 1000;
-  holdFacts(key, facts, until);
+  holdFacts(key, { facts, until });
   const body = { size: facts.size, fileId: facts.fileId, headers: [...facts.headers], until };
   store(
     target.ctx,
@@ -1274,7 +1275,8 @@ async function keepFacts(target: LargeTarget, facts: ObjectFacts): Promise<void>
   );
 }
 
-function holdFacts(key: string, facts: ObjectFacts, until: number): void {
+function holdFacts(key: string, held: { facts: ObjectFacts; until: number }): void {
+  const { facts, until } = held;
   recentFacts.delete(key);
   recentFacts.set(key, { facts, until: Math.min(until, Date.now() + FACTS_IN_MEMORY_MS) });
   // A Map iterates in insertion order: the first is the oldest.
@@ -1989,10 +1991,11 @@ export async function checkSignedLink(
   const signature = fromBase64Url(sig);
   const grant = (expiresAt: number) =>
     ({ access: "signed", expiresAt, ...(dl !== undefined && { downloadName: dl }) }) as const;
-  if (await hmacVerifies(signing.key, "base64url", signature, message)) return grant(expires);
+  const mac = { encoding: "base64url" as const, signature, message };
+  if (await hmacVerifies(signing.key, mac)) return grant(expires);
   if (
     now < signing.previousUntil &&
-    await hmacVerifies(signing.previousKey, "base64url", signature, message)
+    await hmacVerifies(signing.previousKey, mac)
   ) {
     return grant(Math.min(expires, signing.previousUntil));
   }
@@ -2041,10 +2044,13 @@ function contentDisposition(name: string): string {
 
 async function hmacVerifies(
   key: string,
-  encoding: KeyEncoding,
-  signature: Uint8Array<ArrayBuffer>,
-  message: Uint8Array<ArrayBuffer>,
+  mac: {
+    encoding: KeyEncoding;
+    signature: Uint8Array<ArrayBuffer>;
+    message: Uint8Array<ArrayBuffer>;
+  },
 ): Promise<boolean> {
+  const { encoding, signature, message } = mac;
   if (key === "") return false;
   const id = `${encoding}:${key}`;
   let imported = HMAC_KEYS.get(id);
@@ -2288,7 +2294,12 @@ async function signedEventBody(
   if (!signature) return undefined;
   const body = await readCappedBytes(request, MAX_EVENTS_BODY_BYTES);
   if (body === undefined) return undefined;
-  const valid = await hmacVerifies(secret, "text", fromHex(signature.toLowerCase()), body);
+  const mac = {
+    encoding: "text" as const,
+    signature: fromHex(signature.toLowerCase()),
+    message: body,
+  };
+  const valid = await hmacVerifies(secret, mac);
   return valid ? body : undefined;
 }
 
