@@ -817,7 +817,7 @@ export function corsHeaders(
  * still names the version.
  */
 export function withoutBucketId(fileId: string): string {
-  return fileId.replace(/^(\d+)_z[0-9A-Za-z]+_/, "$1_");
+  return fileId.replace(/^(\d+)_z[^_]+_/, "$1_");
 }
 
 /**

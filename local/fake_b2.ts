@@ -501,7 +501,7 @@ export class FakeB2 {
     if (!file) {
       return b2Error(404, "not_found", `File with such name does not exist.`);
     }
-    return serveFile(file, request);
+    return serveFile(file, { request, bucket });
   }
 
   /**
@@ -860,13 +860,19 @@ function byteRange(
   return [start, end];
 }
 
-async function serveFile(file: FakeFile, request: Request): Promise<Response> {
+async function serveFile(
+  file: FakeFile,
+  where: { request: Request; bucket: FakeBucket },
+): Promise<Response> {
+  const { request, bucket } = where;
   const size = fileSize(file);
   const headers = new Headers({
     "content-type": file.contentType ?? "application/octet-stream",
     "accept-ranges": "bytes",
     "x-bz-file-name": file.name.split("/").map(encodeURIComponent).join("/"),
-    "x-bz-file-id": `4_z${file.name.length}_f${size}`,
+    // B2's ids carry the bucket's id after "_z" (its API examples); the rest follows the
+    // name's length and the size here, so a replaced file of another size is a new version.
+    "x-bz-file-id": `4_z${bucket.id}_f${file.name.length}x${size}`,
     "x-bz-content-sha1": await sha1Hex(file),
     "x-bz-upload-timestamp": String(file.uploadTimestamp ?? 1_700_000_000_000),
   });
