@@ -984,6 +984,30 @@ Deno.test("notifications purge the segments one window after visitors' entries, 
     assert.deepEqual(segments().map((p) => [p.options, p.result.success]), [[{ tags }, true]]);
   }));
 
+Deno.test("a refused purge of the segments stays owed, and the next delivery's purge takes it along", () =>
+  withEdge(EVENTS, async (e) => {
+    await refreshed(e, EVENTS.env);
+    await coalescingFor(e, 1);
+    // Spend the stand-in's purge budget (25, which both entrypoints share) down to one from
+    // outside, as other purges would: each signed purge takes two.
+    const left = () => 25 - e.cache.purges.filter((p) => p.result.success).length;
+    while (left() >= 3) assert.equal((await e.cli(["purge", "--all"])).code, 0);
+    assert.equal(left(), 1);
+    const window = () => new Promise((resolve) => setTimeout(resolve, 1_300));
+    const segments = () =>
+      e.cache.purges.filter((p) => p.entrypoint === "Segments" && p.options.tags)
+        .map((p) => [p.options.tags, p.result.success]);
+    const [a, b] = [await objectTag("site/a"), await objectTag("site/b")];
+    // The last purge goes to visitors' entries; the segments' purge after it is refused.
+    assert.deepEqual((await e.b2.notify(BUCKET, [{ name: "site/a" }])).map((d) => d.status), [200]);
+    await window();
+    assert.deepEqual(segments(), [[[a], false]]);
+    e.advance(60);
+    assert.deepEqual((await e.b2.notify(BUCKET, [{ name: "site/b" }])).map((d) => d.status), [200]);
+    await window();
+    assert.deepEqual(segments(), [[[a], false], [[a, b], true]], "the owed tag goes along");
+  }));
+
 Deno.test("a burst of uploads is coalesced: tag purges while the budget lasts, then everything, and nothing is acknowledged unpurged", () =>
   withEdge(EVENTS, async (e) => {
     await refreshed(e, EVENTS.env);
