@@ -601,6 +601,9 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       return new Response(sliceStream(response.body, range), { status: 206, headers });
     }
     if (head) {
+      // Assumption: for a HEAD (a GET for the worker) whose answer is not stored, the cache
+      // stops reading the worker's body once it has the headers; not documented, and a cache
+      // that read on would only cost the worker more of the B2 bytes it fetched.
       response.body?.cancel();
       return new Response(null, { status: response.status, headers });
     }
