@@ -8,11 +8,11 @@
  * @module
  */
 
-import { deriveEventSecret, parseConfig, workerUpload } from "../main.ts";
+import { deriveEventSecret } from "../main.ts";
 import type { FakeNotificationRule } from "../local/fake_b2.ts";
 import { startWorkersCache, type WorkersCache } from "../local/workers_cache.ts";
 import { median, ms, table, type Target } from "./measure.ts";
-import { type FakeB2, startBenchB2 } from "./processes.ts";
+import { type FakeB2, ourUpload, startBenchB2 } from "./processes.ts";
 
 const LATENCY_ROUNDS = 20;
 const BURSTS = [1_000, 10_000];
@@ -66,17 +66,8 @@ async function startEdge(module: string): Promise<Edge> {
   const b2 = startBenchB2([{ name: "hello.txt", body: "hello 0", contentType: "text/plain" }]);
   const cache = await startWorkersCache();
   const derived = await deriveEventSecret(SECRET_SOURCE);
-  const now = Date.now();
-  await cache.deploy(workerUpload(module, {
-    downloadToken: b2.issueDownloadToken("bench", "", 86_400),
-    downloadUrl: b2.url,
-    bucketName: "bench",
-    prefix: "",
-    issuedAt: now,
-    expiresAt: now + 86_400_000,
-    options: parseConfig({ B2_EVENT_NOTIFICATIONS: "on" }).worker,
-    eventSecret: derived.secret,
-  }));
+  const settings = { WORKER_CACHE_MODE: "workers-cache", B2_EVENT_NOTIFICATIONS: "on" };
+  await cache.deploy(ourUpload(module, b2, settings, { eventSecret: derived.secret }));
   // Set directly: the stand-in's set call refuses http://, and this worker is on 127.0.0.1.
   const rule: FakeNotificationRule = {
     name: "b2cdn-bench",

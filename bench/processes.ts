@@ -8,7 +8,13 @@
  */
 
 import { stripTypeScriptTypes } from "node:module";
-import { parseConfig, type Settings, type WorkerUpload, workerUpload } from "../main.ts";
+import {
+  parseConfig,
+  type Settings,
+  type WorkerFacts,
+  type WorkerUpload,
+  workerUpload,
+} from "../main.ts";
 import { type FakeB2, type FakeB2Options, type FakeFile, startFakeB2 } from "../local/fake_b2.ts";
 import { type LocalWorker, startLocalWorker } from "../local/workerd.ts";
 
@@ -72,10 +78,16 @@ export async function passThroughUpload(
 /** What an upload needs of a B2 stand-in: where it answers, and a download token. */
 export type B2Address = Pick<FakeB2, "url" | "issueDownloadToken">;
 
-/** The facts our worker is deployed with, pointing at `b2`. */
-export function ourUpload(module: string, b2: B2Address, settings: Settings): WorkerUpload {
+/** The facts our worker is deployed with, pointing at `b2`, and `secrets` as refresh sets them. */
+export function ourUpload(
+  module: string,
+  b2: B2Address,
+  settings: Settings,
+  secrets: Pick<WorkerFacts, "eventSecret"> = {},
+): WorkerUpload {
   const now = Date.now();
   return workerUpload(module, {
+    ...secrets,
     downloadToken: b2.issueDownloadToken("bench", "", 86_400),
     downloadUrl: b2.url,
     bucketName: "bench",
