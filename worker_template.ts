@@ -1540,10 +1540,10 @@ function segmentBounds(plan: SegmentPlan, index: number): { offset: number; leng
  * Cache API (filled from B2 meanwhile).
  */
 async function segmentPiece(plan: SegmentPlan, index: number): Promise<ReadableStream<Uint8Array>> {
-  const { offset } = segmentBounds(plan, index);
+  const { offset, length } = segmentBounds(plan, index);
   const within = {
     start: Math.max(plan.start, offset) - offset,
-    end: Math.min(plan.end, offset + plan.config.segmentSize - 1, plan.facts.size - 1) - offset,
+    end: Math.min(plan.end, offset + length - 1) - offset,
   };
   const entrypoint = segmentsEntrypoint(plan.ctx, plan.config);
   return entrypoint
@@ -2216,9 +2216,8 @@ function oweSegmentsPurge(
     state.segmentsOwed.clear();
     state.segmentsOwedEverything = false;
     state.tokens = Math.max(0, state.tokens - 1);
-    const result = await purge(everything ? { purgeEverything: true } : { tags }).catch(
-      (error) => ({ success: false, errors: [{ code: 0, message: String(error) }] }),
-    );
+    // purgerFor's relay answers a failure as a result, never by throwing.
+    const result = await purge(everything ? { purgeEverything: true } : { tags });
     state.segmentsScheduledAt = -Infinity;
     if (result.success) return;
     console.error(`Cannot purge segments yet: ${JSON.stringify(result.errors)}`);

@@ -33,6 +33,10 @@ type Handler = (request: Request, env: unknown, ctx: unknown) => Promise<Respons
 const ENTRYPOINT_HEADER = "x-workers-cache-entrypoint";
 /** The URL a loopback call asked for, as the stand-in gets it. */
 const LOOPBACK_URL_HEADER = "x-workers-cache-loopback-url";
+/** The worker's entrypoints that `ctx.exports` offers: those with a `fetch`. */
+const ENTRYPOINTS = Object.keys(entrypoints).filter((key) =>
+  typeof (entrypoints as Record<string, { fetch?: unknown }>)[key]?.fetch === "function"
+);
 
 export default {
   fetch(request: Request, env: Record<string, unknown>, ctx: RuntimeContext): Promise<Response> {
@@ -71,9 +75,6 @@ function contextFor(name: string, runtime: Runtime) {
     });
     return await answer.json();
   };
-  const names = Object.keys(entrypoints).filter((key) =>
-    typeof (entrypoints as Record<string, { fetch?: unknown }>)[key]?.fetch === "function"
-  );
   const loopback = (target: string) => ({
     fetch: async (request: Request) => {
       // Without caching a loopback call reaches the entrypoint as it is.
@@ -92,7 +93,7 @@ function contextFor(name: string, runtime: Runtime) {
   return {
     waitUntil: (promise: Promise<unknown>) => ctx.waitUntil(promise),
     passThroughOnException: () => ctx.passThroughOnException(),
-    exports: Object.fromEntries(names.map((target) => [target, loopback(target)])),
+    exports: Object.fromEntries(ENTRYPOINTS.map((target) => [target, loopback(target)])),
     // Assumption: a version without caching has no ctx.cache at all (the worst case for
     // a worker, which must guard it; its type is optional in @cloudflare/workers-types).
     ...(service !== undefined && {
