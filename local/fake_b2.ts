@@ -48,6 +48,20 @@ export interface FakeBucket {
  */
 const DEFAULT_BUCKET_TYPES = ["allPublic", "allPrivate", "snapshot"];
 
+/**
+ * One more application key of the fake account, such as a key that may only list
+ * (`B2_LISTING_KEY_ID`). The first key is the one of {@linkcode FakeB2Options}.
+ */
+export interface FakeKey {
+  keyId: string;
+  applicationKey: string;
+  capabilities: string[];
+  /** Restricts the key to this bucket name. @default unrestricted */
+  restrictToBucket?: string;
+  /** Restricts the key to names with this prefix. @default null */
+  namePrefix?: string | null;
+}
+
 /** How the fake account and key look. */
 export interface FakeB2Options {
   /** @default "fake-key-id" */
@@ -73,6 +87,8 @@ export interface FakeB2Options {
   eventNotifications?: boolean;
   /** How notifications reach their webhook (tests point it at a local worker). @default fetch */
   webhookFetch?: (url: string, init: RequestInit) => Promise<Response>;
+  /** Further keys of the account, each authorizing on its own. @default [] */
+  keys?: FakeKey[];
 }
 
 /** One Event Notification rule as the fake keeps it (the fields B2 documents). */
@@ -147,11 +163,20 @@ const ALL_CAPABILITIES = [
   "shareFiles",
 ];
 const MAX_DOWNLOAD_SECONDS = 604_800;
+// "The authorization token ... is valid for at most 24 hours"
+// (backblaze.com/apidocs/b2-authorize-account); past it a call answers 401 expired_auth_token.
+const ACCOUNT_TOKEN_MS = 86_400_000;
+// b2_list_file_names: "maxFileCount ... The default value is 100, and the maximum is 10000"
+// (backblaze.com/apidocs/b2-list-file-names).
+const DEFAULT_LIST_COUNT = 100;
+const MAX_LIST_COUNT = 10_000;
 
 /** The running fake; `url` serves both the API and the downloads. */
 export class FakeB2 {
   readonly requests: RecordedRequest[] = [];
   readonly accountTokens = new Set<string>();
+  /** The key each account token was issued to, and until when it holds. */
+  #accountGrants = new Map<string, { key: FakeKey; expiresAt: number }>();
   readonly downloadTokens = new Map<string, DownloadGrant>();
   #faults: { pathPrefix: string; fault: Fault; left: number }[] = [];
   #hanging = new Set<() => void>();
@@ -174,6 +199,7 @@ export class FakeB2 {
       now: Date.now,
       eventNotifications: true,
       webhookFetch: (url, init) => fetch(url, init),
+      keys: [],
       ...options,
     };
     this.#server = Deno.serve(
@@ -292,19 +318,25 @@ export class FakeB2 {
         return this.#withAccount(
           request,
           body,
-          (json) => this.#listBuckets(json),
+          (json, key) => this.#listBuckets(json, key),
         );
       case "/b2api/v4/b2_get_download_authorization":
         return this.#withAccount(
           request,
           body,
-          (json) => this.#downloadAuthorization(json),
+          (json, key) => this.#downloadAuthorization(json, key),
         );
+      case "/b2api/v4/b2_list_file_names":
+        return this.#listFileNames(request, { url, body });
       case "/b2api/v3/b2_get_bucket_notification_rules":
       case "/b2api/v4/b2_get_bucket_notification_rules":
         return this.#getNotificationRules(request, url);
       case "/b2api/v4/b2_set_bucket_notification_rules":
-        return this.#withAccount(request, body, (json) => this.#setNotificationRules(json));
+        return this.#withAccount(
+          request,
+          body,
+          (json, key) => this.#setNotificationRules(json, key),
+        );
       default:
         return b2Error(404, "not_found", `no such API: ${url.pathname}`);
     }
@@ -317,20 +349,35 @@ export class FakeB2 {
     return entry.fault;
   }
 
+  /** The keys of the account: the one of the options first, then `keys`. */
+  #keys(): FakeKey[] {
+    const { keyId, applicationKey, capabilities, restrictToBucket, namePrefix } = this.#options;
+    return [
+      { keyId, applicationKey, capabilities, restrictToBucket, namePrefix },
+      ...this.#options.keys,
+    ];
+  }
+
+  /** Makes every account token issued so far expired, as 24 hours would. */
+  expireAccountTokens(): void {
+    for (const grant of this.#accountGrants.values()) grant.expiresAt = -Infinity;
+  }
+
   #authorize(request: Request): Response {
     if (request.method !== "GET") {
       return b2Error(405, "method_not_allowed", "use GET");
     }
-    const expected = "Basic " +
-      btoa(`${this.#options.keyId}:${this.#options.applicationKey}`);
-    if (request.headers.get("authorization") !== expected) {
+    const header = request.headers.get("authorization");
+    const key = this.#keys().find((k) =>
+      header === "Basic " + btoa(`${k.keyId}:${k.applicationKey}`)
+    );
+    if (!key) {
       return b2Error(401, "unauthorized", "invalid authorization");
     }
     const token = `fake-account-${crypto.randomUUID()}`;
     this.accountTokens.add(token);
-    const restricted = this.#options.restrictToBucket
-      ? this.#bucketByName(this.#options.restrictToBucket)
-      : undefined;
+    this.#accountGrants.set(token, { key, expiresAt: this.#options.now() + ACCOUNT_TOKEN_MS });
+    const restricted = key.restrictToBucket ? this.#bucketByName(key.restrictToBucket) : undefined;
     return Response.json({
       accountId: ACCOUNT_ID,
       authorizationToken: token,
@@ -344,26 +391,34 @@ export class FakeB2 {
           recommendedPartSize: 100_000_000,
           allowed: {
             buckets: restricted ? [{ id: restricted.id, name: restricted.name }] : null,
-            capabilities: this.#options.capabilities,
-            namePrefix: this.#options.namePrefix,
+            capabilities: key.capabilities,
+            namePrefix: key.namePrefix ?? null,
           },
         },
       },
     });
   }
 
+  /** The key behind an account token, or B2's refusal of the token. */
+  #accountKey(request: Request): FakeKey | Response {
+    const grant = this.#accountGrants.get(request.headers.get("authorization") ?? "");
+    if (!grant) return b2Error(401, "bad_auth_token", "Invalid authorization token");
+    if (grant.expiresAt <= this.#options.now()) {
+      return b2Error(401, "expired_auth_token", "Authorization token has expired");
+    }
+    return grant.key;
+  }
+
   #withAccount(
     request: Request,
     body: string,
-    answer: (json: Record<string, unknown>) => Response,
-  ): Response {
+    answer: (json: Record<string, unknown>, key: FakeKey) => Response | Promise<Response>,
+  ): Response | Promise<Response> {
     if (request.method !== "POST") {
       return b2Error(405, "method_not_allowed", "use POST");
     }
-    const token = request.headers.get("authorization") ?? "";
-    if (!this.accountTokens.has(token)) {
-      return b2Error(401, "bad_auth_token", "Invalid authorization token");
-    }
+    const key = this.#accountKey(request);
+    if (key instanceof Response) return key;
     let json: unknown;
     try {
       json = JSON.parse(body);
@@ -373,11 +428,11 @@ export class FakeB2 {
     if (typeof json !== "object" || json === null || Array.isArray(json)) {
       return b2Error(400, "bad_request", "body must be a JSON object");
     }
-    return answer(json as Record<string, unknown>);
+    return answer(json as Record<string, unknown>, key);
   }
 
-  #listBuckets(json: Record<string, unknown>): Response {
-    if (!this.#options.capabilities.includes("listBuckets")) {
+  #listBuckets(json: Record<string, unknown>, key: FakeKey): Response {
+    if (!key.capabilities.includes("listBuckets")) {
       return b2Error(
         401,
         "unauthorized",
@@ -388,7 +443,7 @@ export class FakeB2 {
       return b2Error(400, "bad_request", "accountId is missing or wrong");
     }
     const { bucketName, bucketId } = json;
-    const restricted = this.#options.restrictToBucket;
+    const restricted = key.restrictToBucket;
     if (restricted && bucketName !== restricted && !bucketId) {
       return b2Error(401, "unauthorized", `restricted to bucket ${restricted}`);
     }
@@ -416,9 +471,9 @@ export class FakeB2 {
     });
   }
 
-  #downloadAuthorization(json: Record<string, unknown>): Response {
+  #downloadAuthorization(json: Record<string, unknown>, key: FakeKey): Response {
     const { bucketId, fileNamePrefix, validDurationInSeconds } = json;
-    if (!this.#options.capabilities.includes("shareFiles")) {
+    if (!key.capabilities.includes("shareFiles")) {
       return b2Error(
         401,
         "unauthorized",
@@ -448,11 +503,11 @@ export class FakeB2 {
     if (!bucket) {
       return b2Error(400, "bad_request", `invalid bucketId: ${bucketId}`);
     }
-    const restricted = this.#options.restrictToBucket;
+    const restricted = key.restrictToBucket;
     if (restricted && bucket.name !== restricted) {
       return b2Error(401, "unauthorized", `restricted to bucket ${restricted}`);
     }
-    const keyPrefix = this.#options.namePrefix;
+    const keyPrefix = key.namePrefix;
     if (keyPrefix && !fileNamePrefix.startsWith(keyPrefix)) {
       return b2Error(
         401,
@@ -502,6 +557,57 @@ export class FakeB2 {
       return b2Error(404, "not_found", `File with such name does not exist.`);
     }
     return serveFile(file, { request, bucket });
+  }
+
+  /**
+   * `b2_list_file_names` (backblaze.com/apidocs/b2-list-file-names): a GET with the fields in
+   * the query or a POST with them as JSON (Backblaze's b2sdk POSTs). Names in UTF-8 byte order
+   * from `startFileName` (inclusive) under `prefix`; with a `delimiter`, the names past the
+   * prefix that hold it are one item, `action: "folder"`, whose `fileName` ends in the
+   * delimiter (b2sdk `raw_simulator.py`; rclone `backend/b2/api/types.go`). `nextFileName` is
+   * where the next call starts, `null` when done.
+   */
+  #listFileNames(
+    request: Request,
+    sent: { url: URL; body: string },
+  ): Response | Promise<Response> {
+    if (request.method === "POST") {
+      return this.#withAccount(request, sent.body, (json, key) => this.#fileNames(json, key));
+    }
+    if (request.method !== "GET") return b2Error(405, "method_not_allowed", "use GET or POST");
+    const key = this.#accountKey(request);
+    if (key instanceof Response) return key;
+    return this.#fileNames(Object.fromEntries(sent.url.searchParams), key);
+  }
+
+  async #fileNames(json: Record<string, unknown>, key: FakeKey): Promise<Response> {
+    const { bucketId, startFileName = "", prefix = "", delimiter = null } = json;
+    const count = json.maxFileCount === undefined || json.maxFileCount === "0" ||
+        json.maxFileCount === 0
+      ? DEFAULT_LIST_COUNT
+      : Number(json.maxFileCount);
+    if (
+      typeof bucketId !== "string" || typeof startFileName !== "string" ||
+      typeof prefix !== "string" || (delimiter !== null && typeof delimiter !== "string")
+    ) {
+      return b2Error(400, "bad_request", "bucketId is required; names must be strings");
+    }
+    // Assumption: a count past the documented maximum is refused as "illegal values" (the
+    // docs' 400 bad_request) rather than clamped.
+    if (!Number.isInteger(count) || count < 1 || count > MAX_LIST_COUNT) {
+      return b2Error(400, "bad_request", `maxFileCount out of range: ${json.maxFileCount}`);
+    }
+    const bucket = this.#options.buckets.find((b) => b.id === bucketId);
+    if (!bucket) return b2Error(400, "bad_request", `Invalid bucketId: ${bucketId}`);
+    // listFiles, the key's bucket and its name prefix: a list outside them is 401 unauthorized
+    // with this message (Backblaze/B2_Command_Line_Tool issues 556 and 583).
+    const outside = !key.capabilities.includes("listFiles") ||
+      (key.restrictToBucket && key.restrictToBucket !== bucket.name) ||
+      (key.namePrefix && !prefix.startsWith(key.namePrefix));
+    if (outside) return b2Error(401, "unauthorized", unauthorizedMessage(key));
+    return Response.json(
+      await listNames(bucket, { startFileName, prefix, delimiter, count, accountId: ACCOUNT_ID }),
+    );
   }
 
   /**
@@ -600,7 +706,11 @@ export class FakeB2 {
    * the capability (backblaze.com/apidocs/b2-get-bucket-notification-rules and
    * b2-set-bucket-notification-rules), the bucket exists and the key may use it.
    */
-  #notificationAccess(capability: string, bucketId: unknown): Response | FakeBucket {
+  #notificationAccess(
+    capability: string,
+    access: { bucketId: unknown; key: FakeKey },
+  ): Response | FakeBucket {
+    const { bucketId, key } = access;
     if (!this.#options.eventNotifications) {
       // Assumption: reported as a 400 saying the feature is not enabled; the code is not
       // documented.
@@ -613,14 +723,14 @@ export class FakeB2 {
     // Both calls' docs ("Errors"): 401 unauthorized, "The auth token is valid, but does not
     // allow you to make this call"; 400 bad_request, "The request had the wrong fields or
     // illegal values". The messages are ours. Assumption: B2's wording is not documented.
-    if (!this.#options.capabilities.includes(capability)) {
+    if (!key.capabilities.includes(capability)) {
       return b2Error(401, "unauthorized", `key lacks the ${capability} capability`);
     }
     const bucket = this.#options.buckets.find((b) => b.id === bucketId);
     if (typeof bucketId !== "string" || !bucket) {
       return b2Error(400, "bad_request", `invalid bucketId: ${bucketId}`);
     }
-    const restricted = this.#options.restrictToBucket;
+    const restricted = key.restrictToBucket;
     if (restricted && bucket.name !== restricted) {
       return b2Error(401, "unauthorized", `restricted to bucket ${restricted}`);
     }
@@ -629,13 +739,12 @@ export class FakeB2 {
 
   #getNotificationRules(request: Request, url: URL): Response {
     if (request.method !== "GET") return b2Error(405, "method_not_allowed", "use GET");
-    if (!this.accountTokens.has(request.headers.get("authorization") ?? "")) {
-      return b2Error(401, "bad_auth_token", "Invalid authorization token");
-    }
-    const bucket = this.#notificationAccess(
-      "readBucketNotifications",
-      url.searchParams.get("bucketId") ?? undefined,
-    );
+    const key = this.#accountKey(request);
+    if (key instanceof Response) return key;
+    const bucket = this.#notificationAccess("readBucketNotifications", {
+      bucketId: url.searchParams.get("bucketId") ?? undefined,
+      key,
+    });
     if (bucket instanceof Response) return bucket;
     return this.#rulesAnswer(bucket);
   }
@@ -649,8 +758,11 @@ export class FakeB2 {
     return Response.json({ bucketId: bucket.id, eventNotificationRules: structuredClone(rules) });
   }
 
-  #setNotificationRules(json: Record<string, unknown>): Response {
-    const bucket = this.#notificationAccess("writeBucketNotifications", json.bucketId);
+  #setNotificationRules(json: Record<string, unknown>, key: FakeKey): Response {
+    const bucket = this.#notificationAccess("writeBucketNotifications", {
+      bucketId: json.bucketId,
+      key,
+    });
     if (bucket instanceof Response) return bucket;
     const rules = json.eventNotificationRules;
     if (!Array.isArray(rules)) {
@@ -780,6 +892,88 @@ export function notificationRuleProblem(rules: unknown[]): string | undefined {
   return undefined;
 }
 
+/** B2's message for a call outside the key's capabilities or restrictions. */
+function unauthorizedMessage(key: FakeKey): string {
+  return `unauthorized for application key with capabilities '${key.capabilities.join(",")}'` +
+    (key.restrictToBucket ? `, restricted to bucket '${key.restrictToBucket}'` : "") +
+    (key.namePrefix ? `, restricted to files that start with '${key.namePrefix}'` : "");
+}
+
+const UTF8 = new TextEncoder();
+
+/** Orders names as B2 does: by their UTF-8 bytes. */
+export function compareNames(a: string, b: string): number {
+  const x = UTF8.encode(a);
+  const y = UTF8.encode(b);
+  for (let i = 0; i < Math.min(x.length, y.length); i++) {
+    if (x[i] !== y[i]) return x[i]! - y[i]!;
+  }
+  return x.length - y.length;
+}
+
+/** One page of `b2_list_file_names`; see `FakeB2`'s handler of it. */
+async function listNames(
+  bucket: FakeBucket,
+  page: {
+    startFileName: string;
+    prefix: string;
+    delimiter: string | null;
+    count: number;
+    accountId: string;
+  },
+): Promise<{ files: Record<string, unknown>[]; nextFileName: string | null }> {
+  const { startFileName, prefix, delimiter, count, accountId } = page;
+  const names = (bucket.files ?? [])
+    .filter((f) => f.name.startsWith(prefix) && compareNames(f.name, startFileName) >= 0)
+    .sort((a, b) => compareNames(a.name, b.name));
+  const files: Record<string, unknown>[] = [];
+  let folder: string | undefined;
+  for (const file of names) {
+    if (folder !== undefined && file.name.startsWith(folder)) continue;
+    if (files.length === count) {
+      return { files, nextFileName: file.name };
+    }
+    const cut = delimiter ? file.name.indexOf(delimiter, prefix.length) : -1;
+    if (cut === -1) {
+      files.push(await fileItem(file, { bucket, accountId }));
+      continue;
+    }
+    folder = file.name.slice(0, cut + delimiter!.length);
+    // Assumption: a folder has no id, size, hash or time; the zero values are b2sdk's.
+    files.push({
+      accountId,
+      action: "folder",
+      bucketId: bucket.id,
+      contentLength: 0,
+      contentSha1: null,
+      contentType: null,
+      fileId: null,
+      fileInfo: {},
+      fileName: folder,
+      uploadTimestamp: 0,
+    });
+  }
+  return { files, nextFileName: null };
+}
+
+async function fileItem(
+  file: FakeFile,
+  where: { bucket: FakeBucket; accountId: string },
+): Promise<Record<string, unknown>> {
+  return {
+    accountId: where.accountId,
+    action: "upload",
+    bucketId: where.bucket.id,
+    contentLength: fileSize(file),
+    contentSha1: await sha1Hex(file),
+    contentType: file.contentType ?? "application/octet-stream",
+    fileId: fileId(file, where.bucket),
+    fileInfo: { ...file.info },
+    fileName: file.name,
+    uploadTimestamp: file.uploadTimestamp ?? DEFAULT_UPLOAD_TIMESTAMP,
+  };
+}
+
 function b2Error(
   status: number,
   code: string,
@@ -826,6 +1020,16 @@ function bodyStream(
   }, { highWaterMark: 0 });
 }
 
+const DEFAULT_UPLOAD_TIMESTAMP = 1_700_000_000_000;
+
+/**
+ * B2's ids carry the bucket's id after "_z" (its API examples); the rest follows the name's
+ * length and the size here, so a replaced file of another size is a new version.
+ */
+function fileId(file: FakeFile, bucket: FakeBucket): string {
+  return `4_z${bucket.id}_f${file.name.length}x${fileSize(file)}`;
+}
+
 async function sha1Hex(file: FakeFile): Promise<string> {
   if (!(typeof file.body === "string" || file.body instanceof Uint8Array)) {
     return "none";
@@ -870,11 +1074,9 @@ async function serveFile(
     "content-type": file.contentType ?? "application/octet-stream",
     "accept-ranges": "bytes",
     "x-bz-file-name": file.name.split("/").map(encodeURIComponent).join("/"),
-    // B2's ids carry the bucket's id after "_z" (its API examples); the rest follows the
-    // name's length and the size here, so a replaced file of another size is a new version.
-    "x-bz-file-id": `4_z${bucket.id}_f${file.name.length}x${size}`,
+    "x-bz-file-id": fileId(file, bucket),
     "x-bz-content-sha1": await sha1Hex(file),
-    "x-bz-upload-timestamp": String(file.uploadTimestamp ?? 1_700_000_000_000),
+    "x-bz-upload-timestamp": String(file.uploadTimestamp ?? DEFAULT_UPLOAD_TIMESTAMP),
   });
   for (const [key, value] of Object.entries(file.info ?? {})) {
     if (key === "b2-cache-control") headers.set("cache-control", value);

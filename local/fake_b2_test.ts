@@ -140,3 +140,233 @@ Deno.test("signEventBody() signs as B2 does: v1= and the hex HMAC-SHA256 of the 
     `v1=${hex}`,
   );
 });
+
+const LISTING_KEY = {
+  keyId: "listing-key-id",
+  applicationKey: "listing-application-key",
+  capabilities: ["listFiles"],
+  restrictToBucket: "photos",
+  namePrefix: "site/",
+};
+
+const LISTED_FILES = [
+  "site/a.txt",
+  "site/b/1.txt",
+  "site/b/2.txt",
+  "site/c.txt",
+  "site/d/e/f.txt",
+  "site/é.txt",
+  "site/z.txt",
+  "site/\u{1F600}.txt",
+  "other/x.txt",
+].map((name) => ({ name, body: name }));
+
+async function authorize(b2: { url: string }, keyId: string, applicationKey: string) {
+  const response = await fetch(`${b2.url}/b2api/v4/b2_authorize_account`, {
+    headers: { authorization: "Basic " + btoa(`${keyId}:${applicationKey}`) },
+  });
+  return await response.json();
+}
+
+Deno.test("the B2 stand-in lists names as b2_list_file_names does: folders, pages, byte order", async (t) => {
+  const b2 = startFakeB2({
+    buckets: [{ id: "bucket-photos", name: "photos", files: LISTED_FILES }],
+    keys: [LISTING_KEY],
+  });
+  try {
+    const auth = await authorize(b2, LISTING_KEY.keyId, LISTING_KEY.applicationKey);
+    assert.deepEqual(auth.apiInfo.storageApi.allowed, {
+      buckets: [{ id: "bucket-photos", name: "photos" }],
+      capabilities: ["listFiles"],
+      namePrefix: "site/",
+    });
+    const list = async (fields: Record<string, string | number>, method = "POST") => {
+      const url = new URL(`${b2.url}/b2api/v4/b2_list_file_names`);
+      const body = { bucketId: "bucket-photos", ...fields };
+      if (method === "GET") {
+        for (const [name, value] of Object.entries(body)) url.searchParams.set(name, String(value));
+      }
+      const response = await fetch(url, {
+        method,
+        headers: { authorization: auth.authorizationToken },
+        ...(method === "POST" && { body: JSON.stringify(body) }),
+      });
+      return [response.status, await response.json()];
+    };
+    const names = (body: { files: { fileName: string; action: string }[] }) =>
+      body.files.map((f) => `${f.action}:${f.fileName}`);
+
+    await t.step("a delimiter makes each folder one item, in UTF-8 byte order", async () => {
+      for (const method of ["POST", "GET"]) {
+        const [status, body] = await list({ prefix: "site/", delimiter: "/" }, method);
+        assert.equal(status, 200);
+        assert.deepEqual(names(body), [
+          "upload:site/a.txt",
+          "folder:site/b/",
+          "upload:site/c.txt",
+          "folder:site/d/",
+          "upload:site/z.txt",
+          "upload:site/é.txt",
+          "upload:site/\u{1F600}.txt",
+        ]);
+        assert.equal(body.nextFileName, null);
+      }
+    });
+
+    await t.step("a file item carries its size, hash, id and time; a folder none", async () => {
+      const [, body] = await list({ prefix: "site/", delimiter: "/", maxFileCount: 2 });
+      assert.deepEqual(body.files[0], {
+        accountId: "fake-account",
+        action: "upload",
+        bucketId: "bucket-photos",
+        contentLength: 10,
+        contentSha1: "81c329157632e27d2821b47f6d643712cbd0cbe5",
+        contentType: "application/octet-stream",
+        fileId: "4_zbucket-photos_f10x10",
+        fileInfo: {},
+        fileName: "site/a.txt",
+        uploadTimestamp: 1_700_000_000_000,
+      });
+      assert.deepEqual(
+        [body.files[1].action, body.files[1].fileId, body.files[1].contentLength],
+        ["folder", null, 0],
+      );
+    });
+
+    await t.step("pages follow nextFileName, which starts the next page inclusively", async () => {
+      const seen: string[] = [];
+      let start: string | null = "";
+      let calls = 0;
+      while (start !== null) {
+        const [status, body] = await list({
+          prefix: "site/",
+          delimiter: "/",
+          maxFileCount: 2,
+          startFileName: start,
+        });
+        assert.equal(status, 200);
+        seen.push(...names(body));
+        start = body.nextFileName;
+        calls++;
+      }
+      assert.equal(calls, 4);
+      assert.equal(new Set(seen).size, seen.length, "no item twice");
+      assert.deepEqual(seen.length, 7);
+    });
+
+    await t.step("a prefix inside a folder lists that folder", async () => {
+      const [, body] = await list({ prefix: "site/d/", delimiter: "/" });
+      assert.deepEqual(names(body), ["folder:site/d/e/"]);
+    });
+
+    await t.step("without a delimiter every name is listed", async () => {
+      const [, body] = await list({ prefix: "site/b/" });
+      assert.deepEqual(names(body), ["upload:site/b/1.txt", "upload:site/b/2.txt"]);
+    });
+
+    await t.step("maxFileCount past 10,000 is refused", async () => {
+      const [status, body] = await list({ prefix: "site/", maxFileCount: 10_001 });
+      assert.deepEqual([status, body.code], [400, "bad_request"]);
+    });
+  } finally {
+    await b2.close();
+  }
+});
+
+Deno.test("the B2 stand-in refuses a list outside the key's capabilities and restrictions", async (t) => {
+  const b2 = startFakeB2({
+    buckets: [
+      { id: "bucket-photos", name: "photos", files: LISTED_FILES },
+      { id: "bucket-other", name: "other", files: [] },
+    ],
+    keys: [LISTING_KEY, { ...LISTING_KEY, keyId: "no-list", capabilities: ["readFiles"] }],
+  });
+  try {
+    const listing = await authorize(b2, LISTING_KEY.keyId, LISTING_KEY.applicationKey);
+    const noList = await authorize(b2, "no-list", LISTING_KEY.applicationKey);
+    const list = async (token: string, body: Record<string, unknown>) => {
+      const response = await fetch(`${b2.url}/b2api/v4/b2_list_file_names`, {
+        method: "POST",
+        headers: { authorization: token },
+        body: JSON.stringify(body),
+      });
+      return [response.status, await response.json()];
+    };
+    const refusal = "unauthorized for application key with capabilities 'listFiles', " +
+      "restricted to bucket 'photos', restricted to files that start with 'site/'";
+    const cases: [string, string, Record<string, unknown>, number, string][] = [
+      [
+        "a prefix outside the key's",
+        listing.authorizationToken,
+        {
+          bucketId: "bucket-photos",
+          prefix: "other/",
+        },
+        401,
+        "unauthorized",
+      ],
+      ["no prefix", listing.authorizationToken, { bucketId: "bucket-photos" }, 401, "unauthorized"],
+      [
+        "another bucket",
+        listing.authorizationToken,
+        {
+          bucketId: "bucket-other",
+          prefix: "site/",
+        },
+        401,
+        "unauthorized",
+      ],
+      [
+        "a key without listFiles",
+        noList.authorizationToken,
+        {
+          bucketId: "bucket-photos",
+          prefix: "site/",
+        },
+        401,
+        "unauthorized",
+      ],
+      [
+        "a made-up token",
+        "fake-account-made-up",
+        {
+          bucketId: "bucket-photos",
+          prefix: "site/",
+        },
+        401,
+        "bad_auth_token",
+      ],
+      ["no bucket", listing.authorizationToken, { prefix: "site/" }, 400, "bad_request"],
+    ];
+    for (const [what, token, body, status, code] of cases) {
+      await t.step(what, async () => {
+        const [got, answer] = await list(token, body);
+        assert.deepEqual([got, answer.code], [status, code]);
+        if (what === "a prefix outside the key's") assert.equal(answer.message, refusal);
+      });
+    }
+    await t.step("an expired account token: 401 expired_auth_token", async () => {
+      b2.expireAccountTokens();
+      const [status, body] = await list(listing.authorizationToken, {
+        bucketId: "bucket-photos",
+        prefix: "site/",
+      });
+      assert.deepEqual([status, body.code], [401, "expired_auth_token"]);
+    });
+    await t.step("the listing key cannot get a download token", async () => {
+      const fresh = await authorize(b2, LISTING_KEY.keyId, LISTING_KEY.applicationKey);
+      const response = await fetch(`${b2.url}/b2api/v4/b2_get_download_authorization`, {
+        method: "POST",
+        headers: { authorization: fresh.authorizationToken },
+        body: JSON.stringify({
+          bucketId: "bucket-photos",
+          fileNamePrefix: "site/",
+          validDurationInSeconds: 60,
+        }),
+      });
+      assert.deepEqual([response.status, (await response.json()).code], [401, "unauthorized"]);
+    });
+  } finally {
+    await b2.close();
+  }
+});
