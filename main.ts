@@ -32,7 +32,7 @@
 // `parseEnv` and `stripTypeScriptTypes` arrived in Deno 2.8.2. A named import of a missing
 // export fails before any code runs, so these two are read from namespaces and checked by
 // `runtimeProblem()` before use, which lets an older Deno say what to upgrade.
-import { parseArgs } from "node:util";
+import { parseArgs, type ParseArgsConfig } from "node:util";
 import * as nodeUtil from "node:util";
 import * as nodeModule from "node:module";
 // The worker's pure rules, so that what the CLI signs and checks is what the worker accepts:
@@ -4960,160 +4960,385 @@ async function checkLargeObject(url: string, ctx: Context): Promise<CacheFinding
 // Commands
 // ---------------------------------------------------------------------------
 
+/** What every command needs: its settings and `.env` (and `worker_template.ts`). */
+const ENV_READ = "--allow-env --allow-read";
+/** What the commands that call an API need on top. */
+const NET_ENV_READ = `--allow-net ${ENV_READ}`;
+
+/** One flag of a command: how the parser reads it and the line its help page prints. */
+interface FlagSpec {
+  /** `boolean` for a switch, `string` for a flag that takes a value. */
+  type: "boolean" | "string";
+  /** Repeatable: every value is kept, in order (`[]` when not given). */
+  multiple?: true;
+  /** What it takes, as its help line shows it, such as `<url>`. */
+  value?: string;
+  /** What it does; each `\n` starts a line under the first. */
+  help: string;
+  /** The setting its value is (`--verify` is `VERIFY_URL`). */
+  setting?: Variable;
+  /** Only a person running the command by hand gives it; scheduled runs never do. */
+  byHand?: true;
+  /** Its value once read, or `undefined` when it is not one (given as text, or absent). */
+  parse?: (text: string | undefined) => unknown;
+  /** What `parse` takes, for the problem when it is not that: `a port number`. */
+  must?: string;
+}
+
+/**
+ * One command: everything its help, the parser, the settings check and dispatch use. `F` is
+ * the flags' type, which is read from the table itself (so the table is checked with `never`).
+ */
+interface CommandSpec<F = Flags> {
+  /** Its line in the list of commands. */
+  summary: string;
+  /** What follows `main.ts <command>` on its usage line. */
+  usage: string;
+  /** What it does, in a sentence or two. */
+  about: string;
+  /** Its own flags; any other command's flag given to it is a problem. */
+  flags: Record<string, FlagSpec>;
+  /** One command line that works, with a comment. */
+  example: string;
+  /** Its exit codes. @default "0 done, 1 the operation failed, 2 bad usage or configuration" */
+  exit?: string;
+  /** What it needs of the configuration given its flags (every setting given is checked). */
+  needs: (flags: F) => Needs;
+  /** The Deno permission flags it runs with. */
+  permissions: string;
+  /** The problems with its positional arguments. @default none may be given */
+  positionals?: (args: string[], flags: F) => string[];
+  /** Reads no settings and no `.env`: keygen's key must come out while they hold a bad one. */
+  settingsFree?: true;
+  /** Runs it; absent for what the local platform runs (`dev`, `demo`). */
+  handler?: CommandHandler;
+}
+
+/** `--port` of the local platform's commands. */
+const PORT_FLAG = {
+  type: "string",
+  value: "<n>",
+  help: "local port (default 8787)",
+  parse: (text = "8787"): number | undefined => {
+    const port = Number(text);
+    return Number.isInteger(port) && port >= 0 && port <= 65535 ? port : undefined;
+  },
+  must: "a port number",
+} as const satisfies FlagSpec;
+
+/**
+ * The commands, in the order `--help` lists them. Usage, help pages, the flag parser's
+ * options, the check of who takes which flag, and dispatch are all read from here.
+ */
+export const COMMANDS = {
+  refresh: {
+    summary: "get a fresh B2 download token and deploy the worker with it (default)",
+    usage: "[--dry-run] [--verify <url>] [--take-over] [--remove-leftovers] [--json]",
+    about: "Gets a fresh B2 download token and deploys the worker with it, then its route, " +
+      "custom domain and workers.dev. A failed B2 step uploads nothing.",
+    flags: {
+      "dry-run": {
+        type: "boolean",
+        help: "do the B2 steps and show the upload (secrets masked); upload nothing",
+      },
+      verify: {
+        type: "string",
+        value: "<url>",
+        help: "fetch this URL afterwards; fail unless it answers 2xx",
+        setting: "VERIFY_URL",
+      },
+      "take-over": {
+        type: "boolean",
+        help: "once, by hand: move WORKER_ROUTE / WORKER_DOMAIN from another\n" +
+          "Worker, deleting the DNS record that blocks a custom domain",
+        byHand: true,
+      },
+      "remove-leftovers": {
+        type: "boolean",
+        help: "delete routes and custom domains that run this worker but no\n" +
+          "setting names any more",
+        byHand: true,
+      },
+      json: { type: "boolean", help: "one JSON object on stdout" },
+    },
+    example: "main.ts refresh --verify https://cdn.example.com/index.html",
+    needs: (): Needs => ({ b2: true, cloudflare: true }),
+    permissions: NET_ENV_READ,
+    handler: runRefresh,
+  },
+  status: {
+    summary: "check the deployed worker's token, as a Nagios plugin (exit 0/1/2/3)",
+    usage: "[--min-remaining <duration>] [--json]",
+    about: "Reads the deployed worker's bindings: its token's expiry, age and time left, its " +
+      "edge cache, where it answers and its leftovers. One line, as a Nagios plugin prints.",
+    flags: {
+      "min-remaining": {
+        type: "string",
+        value: "<d>",
+        help: "WARNING below this much time left, CRITICAL below half of it\n" +
+          "(default 48h: WARNING under 48h, CRITICAL under 24h)",
+        parse: (text: string | undefined): number | undefined =>
+          text === undefined ? STATUS_MIN_REMAINING : parseDuration(text),
+        must: "a duration such as 48h or 2d",
+      },
+      json: { type: "boolean", help: "the report as one JSON object on stdout" },
+    },
+    example: "main.ts status --min-remaining 3d   # in a crontab or a Nagios check",
+    exit: "0 OK, 1 WARNING (refresh soon), 2 CRITICAL (the site fails or soon will), " +
+      "3 UNKNOWN (Cloudflare could not be asked, or bad usage or configuration)",
+    needs: statusNeeds,
+    permissions: NET_ENV_READ,
+    handler: runStatus,
+  },
+  render: {
+    summary: "print the worker module and its bindings (secrets masked); no network",
+    usage: "[--json]",
+    about: "Prints the worker module and the bindings refresh would upload, secrets masked and " +
+      "B2's answers as placeholders. Needs no credentials and no network.",
+    flags: { json: { type: "boolean", help: "{ cacheMode, metadata, module } on stdout" } },
+    example: "main.ts render --worker-cache-mode cache-api | head",
+    needs: (): Needs => ({}),
+    permissions: ENV_READ,
+    handler: runRender,
+  },
+  purge: {
+    summary: "remove paths, --prefix <path> or --all from the edge cache",
+    usage: "<path>... | --prefix <path>... | --all [--url <url>] [--json]",
+    about: "Removes paths (exactly), every path under a prefix, or everything from Workers " +
+      "Cache, by a signed request the worker answers (signed with WORKER_PURGE_KEY, else a " +
+      "key derived from B2_APPLICATION_KEY).",
+    flags: {
+      prefix: {
+        type: "string",
+        multiple: true,
+        value: "<path>",
+        help: "every path that starts with this (repeatable)",
+      },
+      all: { type: "boolean", help: "everything the worker's cache holds" },
+      url: {
+        type: "string",
+        value: "<url>",
+        help: "where the worker answers (default: WORKER_DOMAIN, the route's\n" +
+          "host, else its workers.dev address)",
+      },
+      json: { type: "boolean", help: "the report as one JSON object on stdout" },
+    },
+    example: "main.ts purge /index.html --prefix /css/ --url https://cdn.example.com",
+    exit: "0 done, 1 refused or rate limited, 2 bad usage or configuration",
+    needs: purgeNeeds,
+    permissions: NET_ENV_READ,
+    positionals: purgePositionalProblems,
+    handler: runPurge,
+  },
+  cron: {
+    summary: "stay running and refresh on REFRESH_SCHEDULE (Deno.cron)",
+    usage: "[--verify <url>]",
+    about: "Stays running: refreshes at start when the token is due, then on REFRESH_SCHEDULE " +
+      "(Deno.cron, UTC), retrying a failed run. Ctrl-C or SIGTERM stops it.",
+    flags: {
+      verify: {
+        type: "string",
+        value: "<url>",
+        help: "fetch this URL after each refresh",
+        setting: "VERIFY_URL",
+      },
+    },
+    example: "deno run --allow-net --allow-env --allow-read --unstable-cron main.ts cron",
+    exit: "0 once stopped (it runs until Ctrl-C or SIGTERM), 2 bad configuration",
+    needs: (): Needs => ({ b2: true, cloudflare: true, schedule: true }),
+    permissions: `${NET_ENV_READ} --unstable-cron`,
+    handler: runCron,
+  },
+  dev: {
+    summary: "run the worker locally in workerd with a real token (deno task dev)",
+    usage: "[--port <n>]",
+    about: "Runs the worker refresh would deploy in workerd on this machine, with a fresh real " +
+      "token, behind the Workers Cache stand-in. Needs only the B2 settings; from a clone.",
+    flags: { port: PORT_FLAG },
+    example: "deno task dev --port 9000",
+    exit: "0 on Ctrl-C or SIGTERM, 1 failed, 2 bad configuration or the port is taken",
+    needs: (): Needs => ({ b2: true }),
+    permissions: "-A",
+  },
+  demo: {
+    summary: "the whole chain on this machine, against local stand-ins (deno task demo)",
+    usage: "[--port <n>]",
+    about: "The whole chain on this machine: stand-ins for B2 and Cloudflare, a real refresh, " +
+      "the worker in workerd behind the Workers Cache stand-in. No account; from a clone.",
+    flags: { port: PORT_FLAG },
+    example: "deno task demo",
+    exit: "0 on Ctrl-C or SIGTERM, 1 failed, 2 the port is taken",
+    needs: (): Needs => ({}),
+    permissions: "-A",
+  },
+  sign: {
+    summary: "print a signed link to a path under WORKER_SIGNED_PREFIXES; no network",
+    usage: "<path> | --prefix <path> --expires <when> [flags]",
+    about: "Prints a signed link to a path (or every path under a prefix) under " +
+      "WORKER_SIGNED_PREFIXES, with WORKER_SIGNING_KEY. No network.",
+    flags: {
+      expires: {
+        type: "string",
+        value: "<when>",
+        help: "a duration from now (1h, 7d) or an ISO 8601 time (required)",
+      },
+      "not-before": { type: "string", value: "<when>", help: "the link works only from then on" },
+      "download-name": {
+        type: "string",
+        value: "<name>",
+        help: "served as an attachment with this file name",
+      },
+      prefix: {
+        type: "string",
+        multiple: true,
+        value: "<path>",
+        help: "a link for every path under it, instead of one <path>",
+      },
+      url: {
+        type: "string",
+        value: "<url>",
+        help: "the site's origin (default: WORKER_DOMAIN or the route's host)",
+      },
+      json: { type: "boolean", help: "the link and its parts as one JSON object" },
+    },
+    example: "main.ts sign /members/video.mp4 --expires 1h",
+    exit: "0 printed, 2 a link the worker would refuse, or bad usage or configuration",
+    needs: (): Needs => ({}),
+    permissions: ENV_READ,
+    positionals: signPositionalProblems,
+    handler: runSign,
+  },
+  keygen: {
+    summary: "print a fresh WORKER_SIGNING_KEY",
+    usage: "[--json]",
+    about: "Prints a fresh WORKER_SIGNING_KEY (on stdout only, shown once). Reads no settings.",
+    flags: { json: { type: "boolean", help: "{ key } on stdout" } },
+    example: 'echo "WORKER_SIGNING_KEY=$(main.ts keygen)" >> .env',
+    exit: "0",
+    needs: (): Needs => ({}),
+    // main() reads the environment before any command; keygen reads nothing else.
+    permissions: "--allow-env",
+    settingsFree: true,
+    handler: runKeygen,
+  },
+  "check-cache": {
+    summary: "check Workers Cache on the deployed worker from real answers",
+    usage: "[--url <url>] [--large-url <url>] [--json]",
+    about: "Asks the deployed worker and reports, from real answers, whether Workers Cache " +
+      "stores, serves and purges as intended. Run once after the first deploy.",
+    flags: {
+      url: {
+        type: "string",
+        value: "<url>",
+        help: "a small object on the worker (default: WORKER_DOMAIN's or the\n" +
+          "route's host, else the worker's workers.dev address, /)",
+      },
+      "large-url": {
+        type: "string",
+        value: "<url>",
+        help: "a large object, to see how its ranges are served",
+      },
+      json: { type: "boolean", help: "the report as one JSON object on stdout" },
+    },
+    example: "main.ts check-cache --url https://cdn.example.com/hello.txt",
+    exit: "0 as intended, 1 a problem, 2 no URL or bad usage",
+    needs: (): Needs => ({}),
+    permissions: NET_ENV_READ,
+    handler: runCheckCache,
+  },
+} as const;
+
+// Checked here rather than with `satisfies`, which would read the flags' type while it is
+// being read from the table.
+COMMANDS satisfies Record<string, CommandSpec<never>>;
+
+/** A command's name. */
+export type Command = keyof typeof COMMANDS;
+
+/** `status` reads the rule's B2 side only when events are on; `--min-remaining` is checked. */
+function statusNeeds(flags: Flags): Needs {
+  return { cloudflare: true, minRemaining: flags["min-remaining"], b2ForEvents: true };
+}
+
+/**
+ * With `--url`, `WORKER_DOMAIN` or a one-host route nothing of Cloudflare is asked: only the key
+ * purge requests are signed with.
+ */
+function purgeNeeds(flags: Flags): Needs {
+  return { cloudflareUnlessSite: flags.url === undefined, purgeKey: true };
+}
+
+/** Whether `name` is a command (`constructor` is not, though `in` would say so). */
+function isCommand(name: string | undefined): name is Command & string {
+  return name !== undefined && Object.hasOwn(COMMANDS, name);
+}
+
+/** Each command's flags' values, by name. @internal */
+export type FlagValues = {
+  [C in Command]: {
+    [Name in keyof (typeof COMMANDS)[C]["flags"]]: FlagValue<(typeof COMMANDS)[C]["flags"][Name]>;
+  };
+}[Command];
+/** The type that has every member of the union `U`. @internal */
+export type UnionToIntersection<U> = (U extends unknown ? (u: U) => void : never) extends
+  (i: infer I) => void ? I : never;
+
+/**
+ * What a flag's value is once read: its parsed value, a switch, a list, or text if given.
+ * @internal
+ */
+export type FlagValue<S> = S extends { parse: (text: string | undefined) => infer V }
+  ? Exclude<V, undefined>
+  : S extends { type: "boolean" } ? boolean
+  : S extends { multiple: true } ? string[]
+  : string | undefined;
+
+/** The command line's flags, by name, as read from {@linkcode COMMANDS}, and `--verbose`. */
+export type Flags = UnionToIntersection<FlagValues> & {
+  /** `--verbose`: each step on stderr. */
+  verbose: boolean;
+};
+
+/** Every command's flags, by name, each with the commands that take it. */
+function commandFlags(): Map<string, { spec: FlagSpec; commands: Command[] }> {
+  const flags = new Map<string, { spec: FlagSpec; commands: Command[] }>();
+  for (const [command, spec] of Object.entries(COMMANDS) as [Command, CommandSpec][]) {
+    for (const [name, flag] of Object.entries(spec.flags)) {
+      const entry = flags.get(name) ?? { spec: flag, commands: [] };
+      entry.commands.push(command);
+      flags.set(name, entry);
+    }
+  }
+  return flags;
+}
+
+/** The flags every command takes, beside its own and the settings'. */
+const COMMON_FLAGS = {
+  help: { type: "boolean", short: "h" },
+  version: { type: "boolean", short: "V" },
+  verbose: { type: "boolean", short: "v" },
+  "env-file": { type: "string" },
+} as const;
+
 /** What `--help` prints: the commands, and where each one's page and the settings are. */
-const USAGE =
-  `b2-private-cdn ${VERSION}: serve a private Backblaze B2 bucket through a Cloudflare Worker
+function usage(): string {
+  return `b2-private-cdn ${VERSION}: serve a private Backblaze B2 bucket through a Cloudflare Worker
 
 Usage: deno run --allow-net --allow-env --allow-read main.ts [command] [flags]
 
 Commands:
-  refresh      get a fresh B2 download token and deploy the worker with it (default)
-  status       check the deployed worker's token, as a Nagios plugin (exit 0/1/2/3)
-  render       print the worker module and its bindings (secrets masked); no network
-  purge        remove paths, --prefix <path> or --all from the edge cache
-  cron         stay running and refresh on REFRESH_SCHEDULE (Deno.cron)
-  dev          run the worker locally in workerd with a real token (deno task dev)
-  demo         the whole chain on this machine, against local stand-ins (deno task demo)
-  sign         print a signed link to a path under WORKER_SIGNED_PREFIXES; no network
-  keygen       print a fresh WORKER_SIGNING_KEY
-  check-cache  check Workers Cache on the deployed worker from real answers
+${Object.entries(COMMANDS).map(([name, spec]) => `  ${name.padEnd(13)}${spec.summary}`).join("\n")}
 
 main.ts help <command> (or <command> --help): its flags and an example.
 main.ts help settings: every setting (flags, else environment, else .env).
 Every command also takes --env-file <path>, --verbose (-v), --help (-h), --version (-V).
 
 Exit codes: 0 done, 1 the operation failed, 2 bad usage or configuration (status: see its help).`;
-
-/** One command's page: what it does, its own flags, and one example. */
-interface CommandHelp {
-  /** What follows `main.ts <command>` on the usage line. */
-  usage: string;
-  /** What it does, in a sentence or two. */
-  about: string;
-  /** Its own flags, one line each: the flag, then what it does. */
-  flags: string[];
-  /** One command line that works, with a comment. */
-  example: string;
-  /** Its exit codes. @default "0 done, 1 the operation failed, 2 bad usage or configuration" */
-  exit?: string;
 }
 
-/** `<command> --help` and `help <command>`; each flag of {@linkcode COMMAND_FLAGS} is on its page. */
-const COMMAND_HELP: Record<Command, CommandHelp> = {
-  refresh: {
-    usage: "[--dry-run] [--verify <url>] [--take-over] [--remove-leftovers] [--json]",
-    about: "Gets a fresh B2 download token and deploys the worker with it, then its route, " +
-      "custom domain and workers.dev. A failed B2 step uploads nothing.",
-    flags: [
-      "--dry-run              do the B2 steps and show the upload (secrets masked); upload nothing",
-      "--verify <url>         fetch this URL afterwards; fail unless it answers 2xx",
-      "--take-over            once, by hand: move WORKER_ROUTE / WORKER_DOMAIN from another",
-      "                       Worker, deleting the DNS record that blocks a custom domain",
-      "--remove-leftovers     delete routes and custom domains that run this worker but no",
-      "                       setting names any more",
-      "--json                 one JSON object on stdout",
-    ],
-    example: "main.ts refresh --verify https://cdn.example.com/index.html",
-  },
-  status: {
-    usage: "[--min-remaining <duration>] [--json]",
-    about: "Reads the deployed worker's bindings: its token's expiry, age and time left, its " +
-      "edge cache, where it answers and its leftovers. One line, as a Nagios plugin prints.",
-    flags: [
-      "--min-remaining <d>    WARNING below this much time left, CRITICAL below half of it",
-      "                       (default 48h: WARNING under 48h, CRITICAL under 24h)",
-      "--json                 the report as one JSON object on stdout",
-    ],
-    example: "main.ts status --min-remaining 3d   # in a crontab or a Nagios check",
-    exit: "0 OK, 1 WARNING (refresh soon), 2 CRITICAL (the site fails or soon will), " +
-      "3 UNKNOWN (Cloudflare could not be asked, or bad usage or configuration)",
-  },
-  render: {
-    usage: "[--json]",
-    about: "Prints the worker module and the bindings refresh would upload, secrets masked and " +
-      "B2's answers as placeholders. Needs no credentials and no network.",
-    flags: ["--json                 { cacheMode, metadata, module } on stdout"],
-    example: "main.ts render --worker-cache-mode cache-api | head",
-  },
-  purge: {
-    usage: "<path>... | --prefix <path>... | --all [--url <url>] [--json]",
-    about: "Removes paths (exactly), every path under a prefix, or everything from Workers " +
-      "Cache, by a signed request the worker answers (signed with WORKER_PURGE_KEY, else a " +
-      "key derived from B2_APPLICATION_KEY).",
-    flags: [
-      "--prefix <path>        every path that starts with this (repeatable)",
-      "--all                  everything the worker's cache holds",
-      "--url <url>            where the worker answers (default: WORKER_DOMAIN, the route's",
-      "                       host, else its workers.dev address)",
-      "--json                 the report as one JSON object on stdout",
-    ],
-    example: "main.ts purge /index.html --prefix /css/ --url https://cdn.example.com",
-    exit: "0 done, 1 refused or rate limited, 2 bad usage or configuration",
-  },
-  cron: {
-    usage: "[--verify <url>]",
-    about: "Stays running: refreshes at start when the token is due, then on REFRESH_SCHEDULE " +
-      "(Deno.cron, UTC), retrying a failed run. Ctrl-C or SIGTERM stops it.",
-    flags: ["--verify <url>         fetch this URL after each refresh"],
-    example: "deno run --allow-net --allow-env --allow-read --unstable-cron main.ts cron",
-    exit: "0 once stopped (it runs until Ctrl-C or SIGTERM), 2 bad configuration",
-  },
-  dev: {
-    usage: "[--port <n>]",
-    about: "Runs the worker refresh would deploy in workerd on this machine, with a fresh real " +
-      "token, behind the Workers Cache stand-in. Needs only the B2 settings; from a clone.",
-    flags: ["--port <n>             local port (default 8787)"],
-    example: "deno task dev --port 9000",
-    exit: "0 on Ctrl-C or SIGTERM, 1 failed, 2 bad configuration or the port is taken",
-  },
-  demo: {
-    usage: "[--port <n>]",
-    about: "The whole chain on this machine: stand-ins for B2 and Cloudflare, a real refresh, " +
-      "the worker in workerd behind the Workers Cache stand-in. No account; from a clone.",
-    flags: ["--port <n>             local port (default 8787)"],
-    example: "deno task demo",
-    exit: "0 on Ctrl-C or SIGTERM, 1 failed, 2 the port is taken",
-  },
-  sign: {
-    usage: "<path> | --prefix <path> --expires <when> [flags]",
-    about: "Prints a signed link to a path (or every path under a prefix) under " +
-      "WORKER_SIGNED_PREFIXES, with WORKER_SIGNING_KEY. No network.",
-    flags: [
-      "--expires <when>       a duration from now (1h, 7d) or an ISO 8601 time (required)",
-      "--not-before <when>    the link works only from then on",
-      "--download-name <name> served as an attachment with this file name",
-      "--prefix <path>        a link for every path under it, instead of one <path>",
-      "--url <url>            the site's origin (default: WORKER_DOMAIN or the route's host)",
-      "--json                 the link and its parts as one JSON object",
-    ],
-    example: "main.ts sign /members/video.mp4 --expires 1h",
-    exit: "0 printed, 2 a link the worker would refuse, or bad usage or configuration",
-  },
-  keygen: {
-    usage: "[--json]",
-    about: "Prints a fresh WORKER_SIGNING_KEY (on stdout only, shown once). Reads no settings.",
-    flags: ["--json                 { key } on stdout"],
-    example: 'echo "WORKER_SIGNING_KEY=$(main.ts keygen)" >> .env',
-    exit: "0",
-  },
-  "check-cache": {
-    usage: "[--url <url>] [--large-url <url>] [--json]",
-    about: "Asks the deployed worker and reports, from real answers, whether Workers Cache " +
-      "stores, serves and purges as intended. Run once after the first deploy.",
-    flags: [
-      "--url <url>            a small object on the worker (default: WORKER_DOMAIN's or the",
-      "                       route's host, else the worker's workers.dev address, /)",
-      "--large-url <url>      a large object, to see how its ranges are served",
-      "--json                 the report as one JSON object on stdout",
-    ],
-    example: "main.ts check-cache --url https://cdn.example.com/hello.txt",
-    exit: "0 as intended, 1 a problem, 2 no URL or bad usage",
-  },
-};
-
-/** `main.ts help <topic>`: a command's page, `settings`, or without a topic {@linkcode USAGE}. */
+/** `main.ts help <topic>`: a command's page, `settings`, or without a topic {@linkcode usage}. */
 function helpText(topic?: Command | "settings"): string {
-  if (topic === undefined) return USAGE;
+  if (topic === undefined) return usage();
   if (topic === "settings") {
     return "Settings (flags, else environment, else .env; * marks credentials, never flags):\n" +
       SETTINGS.map(([name, v]) =>
@@ -5122,12 +5347,10 @@ function helpText(topic?: Command | "settings"): string {
       "\nEvery setting but the credentials is also a flag: --b2-bucket-name photos. " +
       "Details and defaults: docs/configuration.md.";
   }
-  const page = COMMAND_HELP[topic];
-  const run = topic === "dev" || topic === "demo"
-    ? `deno task ${topic}`
-    : `deno run ${COMMANDS[topic].permissions} main.ts ${topic}`;
+  const page: CommandSpec = COMMANDS[topic];
+  const run = page.handler ? `deno run ${page.permissions} main.ts ${topic}` : `deno task ${topic}`;
   return `Usage: ${run} ${page.usage}\n\n${wrap(page.about)}\n\nFlags:\n` +
-    page.flags.map((line) => `  ${line}`).join("\n") +
+    Object.entries(page.flags).map(([name, flag]) => flagLine(name, flag)).join("\n") +
     "\n  --env-file <path>      read settings from this file instead of ./.env" +
     "\n  --verbose, -v          print each step on stderr" +
     "\n  --<setting>            any setting but a credential (main.ts help settings)" +
@@ -5135,6 +5358,12 @@ function helpText(topic?: Command | "settings"): string {
     wrap(
       `Exit codes: ${page.exit ?? "0 done, 1 the operation failed, 2 bad usage or configuration"}`,
     );
+}
+
+/** A flag's lines on its command's page: the flag and what it takes, then what it does. */
+function flagLine(name: string, flag: FlagSpec): string {
+  const label = `--${name}${flag.value ? ` ${flag.value}` : ""}`.padEnd(22);
+  return `  ${label} ${flag.help.replaceAll("\n", `\n${" ".repeat(25)}`)}`;
 }
 
 /** Breaks `text` into lines of at most `width` characters, at spaces. */
@@ -5189,60 +5418,15 @@ export function summary(result: RefreshResult): string {
     (result.notice ? `\nNote: ${result.notice}` : "");
 }
 
-/** The flags every command shares. */
-export interface Flags {
-  /** `--json`: one JSON object on stdout. */
-  json: boolean;
-  /** `--dry-run`: the B2 steps only; nothing is uploaded. */
-  dryRun: boolean;
-  /** `--take-over`, for `refresh`: move a route, domain or DNS record held by something else. */
-  takeOver: boolean;
-  /** `--remove-leftovers`, for `refresh`: delete routes and domains no longer configured. */
-  removeLeftovers: boolean;
-  /** `--verbose`: each step on stderr. */
-  verbose: boolean;
-  /** `--port`, for `dev` and `demo`. */
-  port: number;
-  /** `--min-remaining`, for `status`, in seconds. */
-  minRemaining: number;
-  /** `purge`: its paths, prefixes, `--all` and `--url`. */
-  purge: PurgeRequest;
-  /** `sign`: what the link grants. */
-  sign: SignFlags;
-  /** `check-cache`: a small object on the worker (`--url`). */
-  url?: string;
-  /** `check-cache`: a large object, to see how its ranges are served (`--large-url`). */
-  largeUrl?: string;
-}
-
-/** The flags of `sign`, as given. */
-export interface SignFlags {
-  /** `--expires`: a duration from now or an ISO 8601 time. */
-  expires?: string;
-  /** `--not-before`: the same forms. */
-  notBefore?: string;
-  /** `--download-name`: served as an attachment with this name. */
-  downloadName?: string;
-  /** Signed with `--prefix <path>/`: the link covers every path under it. */
-  prefix: boolean;
-  /** `--url`: the site's origin. */
-  baseUrl?: string;
-}
-
-async function runRefresh(
-  config: Config,
-  ctx: Context,
-  io: Io,
-  flags: Flags,
-): Promise<number> {
+async function runRefresh({ config, ctx, io, flags }: Job): Promise<number> {
   let result: RefreshResult & { upload?: WorkerUpload };
   let incomplete: IncompleteDeployError | undefined;
   try {
     result = await refresh(config, ctx, {
       module: await loadWorkerModule(),
-      dryRun: flags.dryRun,
-      takeOver: flags.takeOver,
-      removeLeftovers: flags.removeLeftovers,
+      dryRun: flags["dry-run"],
+      takeOver: flags["take-over"],
+      removeLeftovers: flags["remove-leftovers"],
       progress: (line) => io.stderr(line),
     });
   } catch (error) {
@@ -5251,12 +5435,12 @@ async function runRefresh(
     result = error.result;
   }
   const { upload, ...facts } = result;
-  const eventRule = flags.dryRun && config.worker.eventNotifications
+  const eventRule = flags["dry-run"] && config.worker.eventNotifications
     ? describeEventRule(config, { prefix: config.b2?.prefix ?? "", ...config.cloudflare })
     : undefined;
   if (flags.json) {
     io.stdout(JSON.stringify(
-      flags.dryRun && upload
+      flags["dry-run"] && upload
         ? {
           ...facts,
           cloudflareAsked: false,
@@ -5267,7 +5451,7 @@ async function runRefresh(
     ));
   } else {
     io.stdout(summary(result));
-    if (flags.dryRun && upload) io.stdout(`${describeUpload(upload)}\n${DRY_RUN_NOTE}`);
+    if (flags["dry-run"] && upload) io.stdout(`${describeUpload(upload)}\n${DRY_RUN_NOTE}`);
     if (eventRule) io.stdout(eventRule);
   }
   for (const warning of result.warnings ?? []) io.stderr(`warning: ${warning}`);
@@ -5293,12 +5477,7 @@ function describeUpload(upload: WorkerUpload): string {
  * Prints what refresh would upload, with placeholders for what only B2 can
  * tell (the token, its times and the download URL): no credentials, no network.
  */
-async function runRender(
-  settings: Settings,
-  config: Config,
-  io: Io,
-  flags: Flags,
-): Promise<number> {
+async function runRender({ settings, config, io, flags }: Job): Promise<number> {
   const module = await loadWorkerModule();
   const upload = workerUpload(module, {
     downloadToken: "",
@@ -5347,14 +5526,9 @@ async function runRender(
   return 0;
 }
 
-async function runStatus(
-  config: Config,
-  ctx: Context,
-  io: Io,
-  flags: Flags,
-): Promise<number> {
+async function runStatus({ config, ctx, io, flags }: Job): Promise<number> {
   const report = await status(config.cloudflare!, ctx, {
-    minRemaining: flags.minRemaining,
+    minRemaining: flags["min-remaining"],
     cacheMode: config.worker.cacheMode,
     survey: true,
   });
@@ -5393,13 +5567,8 @@ async function runStatus(
  */
 const STATUS_EXIT = { OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3 } as const;
 
-async function runPurge(
-  config: Config,
-  ctx: Context,
-  io: Io,
-  flags: Flags,
-): Promise<number> {
-  const report = await purge(config, ctx, flags.purge);
+async function runPurge({ config, ctx, io, flags, args }: Job): Promise<number> {
+  const report = await purge(config, ctx, purgeRequest(args, flags));
   if (flags.json) io.stdout(JSON.stringify(report));
   else if (report.mode === "off") {
     io.stdout(
@@ -5467,12 +5636,7 @@ function describeCacheCheck(report: CacheCheckReport): string {
  * (a large object's range, a purge), and its exit code means "the edge
  * caches as intended", not "the token was renewed".
  */
-async function runCheckCache(
-  settings: Settings,
-  config: Config,
-  options: { ctx: Context; io: Io; flags: Flags },
-): Promise<number> {
-  const { ctx, io, flags } = options;
+async function runCheckCache({ settings, config, ctx, io, flags }: Job): Promise<number> {
   const origin = siteOrigin({ domain: settings.WORKER_DOMAIN, route: settings.WORKER_ROUTE });
   // As purge does: with neither a domain nor a concrete route, its workers.dev address.
   // check-cache asks nothing of Cloudflare otherwise, so its settings are read only then.
@@ -5484,7 +5648,7 @@ async function runCheckCache(
   const url = flags.url ?? (origin && `${origin}/`) ??
     (cloudflare && subdomain ? workersDevUrl(cloudflare, subdomain) : undefined);
   const problems: string[] = [];
-  for (const [flag, value] of [["--url", url], ["--large-url", flags.largeUrl]] as const) {
+  for (const [flag, value] of [["--url", url], ["--large-url", flags["large-url"]]] as const) {
     if (value !== undefined && !URL.canParse(value)) {
       problems.push(`${flag} must be an http(s) URL, not "${value}".`);
     }
@@ -5512,7 +5676,7 @@ async function runCheckCache(
     }
     : undefined;
   const report = await checkCache(url!, ctx, {
-    ...(flags.largeUrl !== undefined && { largeUrl: flags.largeUrl }),
+    ...(flags["large-url"] !== undefined && { largeUrl: flags["large-url"] }),
     ...(purgeObject && { purge: purgeObject }),
     mode: config.worker.cacheMode,
   });
@@ -5520,7 +5684,7 @@ async function runCheckCache(
   return report.healthy ? 0 : 1;
 }
 
-async function runCron(config: Config, ctx: Context, io: Io): Promise<number> {
+async function runCron({ config, ctx, io }: Job): Promise<number> {
   if (typeof Deno.cron !== "function") {
     throw new ConfigError([
       "Deno.cron is not available: run with --unstable-cron (the deno.json tasks do).",
@@ -5543,7 +5707,7 @@ async function runCron(config: Config, ctx: Context, io: Io): Promise<number> {
   return 0;
 }
 
-function runKeygen(io: Io, flags: Flags): number {
+function runKeygen({ io, flags }: Job): Promise<number> {
   const key = generateSigningKey();
   if (flags.json) io.stdout(JSON.stringify({ key }));
   else io.stdout(key);
@@ -5551,17 +5715,16 @@ function runKeygen(io: Io, flags: Flags): number {
     "Keep it as WORKER_SIGNING_KEY in .env (or as a secret) on every machine that refreshes " +
       "the worker or signs links, then run refresh. It is shown only this once.",
   );
-  return 0;
+  return Promise.resolve(0);
 }
 
 /** Prints a signed link; every problem with the request is a {@linkcode ConfigError} (exit 2). */
-async function runSign(
-  path: string,
-  options: { settings: Settings; config: Config; ctx: Context; io: Io; flags: Flags },
-): Promise<number> {
-  const { settings, ctx, io, flags } = options;
-  const signing = options.config.worker.signing;
-  const { expires, notBefore, downloadName, prefix } = flags.sign;
+async function runSign({ settings, config, ctx, io, flags, args }: Job): Promise<number> {
+  const signing = config.worker.signing;
+  const { expires, "not-before": notBefore, "download-name": downloadName } = flags;
+  // Checked by signPositionalProblems(): one path, or one --prefix.
+  const prefix = args.length === 0;
+  const path = args[0] ?? flags.prefix[0] ?? "";
   const now = Math.floor(ctx.now() / 1000);
   const problems: string[] = [];
   if (!signing?.key) {
@@ -5608,7 +5771,7 @@ async function runSign(
       );
     }
   }
-  const baseUrl = flags.sign.baseUrl ??
+  const baseUrl = flags.url ??
     siteOrigin({ domain: settings.WORKER_DOMAIN, route: settings.WORKER_ROUTE });
   if (baseUrl === undefined) {
     problems.push(
@@ -5634,56 +5797,13 @@ async function runSign(
   return 0;
 }
 
-/** What every command needs: its settings and `.env` (and `worker_template.ts`). */
-const ENV_READ = "--allow-env --allow-read";
-/** What the commands that call an API need on top. */
-const NET_ENV_READ = `--allow-net ${ENV_READ}`;
-
-/**
- * How a command is run: what it needs of the configuration given its flags
- * (every setting given is checked whatever it needs), and its permissions.
- */
-export const COMMANDS = {
-  refresh: { needs: (): Needs => ({ b2: true, cloudflare: true }), permissions: NET_ENV_READ },
-  status: {
-    needs: (flags: Flags): Needs => ({
-      cloudflare: true,
-      minRemaining: flags.minRemaining,
-      b2ForEvents: true,
-    }),
-    permissions: NET_ENV_READ,
-  },
-  render: { needs: (): Needs => ({}), permissions: ENV_READ },
-  // With --url, WORKER_DOMAIN or a one-host route nothing of Cloudflare is asked: only the key
-  // purge requests are signed with.
-  purge: {
-    needs: (flags: Flags): Needs => ({
-      cloudflareUnlessSite: flags.purge.url === undefined,
-      purgeKey: true,
-    }),
-    permissions: NET_ENV_READ,
-  },
-  cron: {
-    needs: (): Needs => ({ b2: true, cloudflare: true, schedule: true }),
-    permissions: `${NET_ENV_READ} --unstable-cron`,
-  },
-  dev: { needs: (): Needs => ({ b2: true }), permissions: "-A" },
-  demo: { needs: (): Needs => ({}), permissions: "-A" },
-  sign: { needs: (): Needs => ({}), permissions: ENV_READ },
-  // main() reads the environment before any command; keygen reads nothing else.
-  keygen: { needs: (): Needs => ({}), permissions: "--allow-env" },
-  "check-cache": { needs: (): Needs => ({}), permissions: NET_ENV_READ },
-} as const satisfies Record<string, { needs: (flags: Flags) => Needs; permissions: string }>;
-/** A command's name. */
-export type Command = keyof typeof COMMANDS;
-
-/** Parsed command line: the command, its flags and the settings given as flags. */
+/** Parsed command line: the command, its arguments and flags, and the settings given as flags. */
 export interface CommandLine {
   /** The command to run. @default "refresh" */
   command: Command;
-  /** `sign`'s path. */
-  path?: string;
-  /** The flags every command shares. */
+  /** Its positional arguments: `purge`'s paths, `sign`'s path. */
+  args: string[];
+  /** The flags, each command's own read from {@linkcode COMMANDS}. */
   flags: Flags;
   /** Settings given as flags, such as `--b2-bucket-name`. */
   settings: Settings;
@@ -5697,101 +5817,65 @@ export interface CommandLine {
   version: boolean;
 }
 
-/**
- * The flags that belong to some commands only; given to another, each is a
- * problem, so nothing typed is silently ignored. The rest (`--verbose`,
- * `--env-file`, `--help`, `--version` and the settings' own flags) apply to all.
- */
-const COMMAND_FLAGS = {
-  json: ["refresh", "status", "render", "purge", "sign", "keygen", "check-cache"],
-  "dry-run": ["refresh"],
-  "take-over": ["refresh"],
-  "remove-leftovers": ["refresh"],
-  verify: ["refresh", "cron"],
-  "min-remaining": ["status"],
-  all: ["purge"],
-  prefix: ["purge", "sign"],
-  url: ["purge", "sign", "check-cache"],
-  "large-url": ["check-cache"],
-  port: ["dev", "demo"],
-  expires: ["sign"],
-  "not-before": ["sign"],
-  "download-name": ["sign"],
-} as const satisfies Record<string, readonly Command[]>;
-
 /** Parses `args`, throwing {@linkcode ConfigError} for anything it does not know. */
 export function parseCommandLine(args: string[]): CommandLine {
+  const known = commandFlags();
   let parsed;
   try {
-    parsed = parseArgs({ args, allowPositionals: true, strict: true, options: argOptions() });
+    parsed = parseArgs({ args, allowPositionals: true, strict: true, options: argOptions(known) });
   } catch (error) {
     const message = (error as Error).message.replace(/\. To specify.*$/s, ".");
     throw new ConfigError([`${message} See --help for the flags.`]);
   }
-  const { values, positionals } = parsed;
-  const help = helpRequest(positionals, values.help ?? false);
-  const [name = "refresh", ...extra] = help ? [] : positionals;
-  // sign takes one path, or one --prefix; purge takes any number of paths.
-  const signsPrefix = name === "sign" && extra.length === 0 && values.prefix?.length === 1;
-  const purgeRequest: PurgeRequest = {
-    paths: name === "purge" ? extra : [],
-    prefixes: name === "purge" ? values.prefix ?? [] : [],
-    all: values.all ?? false,
-    ...(values.url !== undefined && { url: values.url }),
-  };
-  const port = Number(values.port ?? 8787);
-  const minRemaining = values["min-remaining"] === undefined
-    ? STATUS_MIN_REMAINING
-    : parseDuration(values["min-remaining"]);
-  // A page of help is printed whatever else the line holds.
-  const problems = help ? [] : [
-    ...positionalProblems(name, extra, { signsPrefix }),
-    ...(name === "purge" ? purgeProblems(purgeRequest) : []),
-    ...(name in COMMANDS ? misplacedFlags(name as Command, values) : []),
-  ];
-  if (!help && (!Number.isInteger(port) || port < 0 || port > 65535)) {
-    problems.push(`--port must be a port number, not "${values.port}".`);
+  const values = parsed.values as Record<string, string | boolean | string[] | undefined>;
+  const help = helpRequest(parsed.positionals, values.help === true);
+  const [name = "refresh", ...extra] = help ? [] : parsed.positionals;
+  const flags: Record<string, unknown> = { verbose: values.verbose ?? false };
+  const problems: string[] = [];
+  for (const [flag, { spec }] of known) {
+    const value = values[flag];
+    if (spec.parse) {
+      flags[flag] = spec.parse(value as string | undefined);
+      if (flags[flag] === undefined) {
+        problems.push(`--${flag} must be ${spec.must}, not "${value}".`);
+      }
+    } else {flags[flag] = value ??
+        (spec.type === "boolean" ? false : spec.multiple ? [] : undefined);}
   }
-  if (!help && minRemaining === undefined) {
-    problems.push(
-      `--min-remaining must be a duration such as 48h or 2d, not "${values["min-remaining"]}".`,
+  // A page of help is printed whatever else the line holds.
+  if (help) problems.length = 0;
+  else {
+    const command: CommandSpec | undefined = isCommand(name) ? COMMANDS[name] : undefined;
+    problems.unshift(
+      ...(command ? [] : [`Unknown command "${name}". Commands: ${commandList()}.`]),
+      ...(command?.positionals ?? unexpected)(extra, flags as Flags),
+      ...(command ? misplacedFlags(name as Command, { known, values }) : []),
     );
   }
   if (problems.length > 0) throw new ConfigError(problems);
   const settings: Settings = {};
   for (const variable of SETTING_FLAGS) {
-    const value = (values as Record<string, unknown>)[flagName(variable)];
+    const value = values[flagName(variable)];
     if (typeof value === "string") settings[variable] = value;
   }
-  if (values.verify !== undefined) settings.VERIFY_URL = values.verify;
+  for (const [flag, { spec }] of known) {
+    if (spec.setting && typeof values[flag] === "string") settings[spec.setting] = values[flag];
+  }
   return {
     command: name as Command,
-    ...(name === "sign" && { path: signsPrefix ? values.prefix![0]! : extra[0] ?? "" }),
-    flags: {
-      json: values.json ?? false,
-      dryRun: values["dry-run"] ?? false,
-      takeOver: values["take-over"] ?? false,
-      removeLeftovers: values["remove-leftovers"] ?? false,
-      verbose: values.verbose ?? false,
-      port,
-      minRemaining: minRemaining ?? 0,
-      purge: purgeRequest,
-      sign: {
-        ...(values.expires !== undefined && { expires: values.expires }),
-        ...(values["not-before"] !== undefined && { notBefore: values["not-before"] }),
-        ...(values["download-name"] !== undefined && { downloadName: values["download-name"] }),
-        prefix: signsPrefix,
-        ...(values.url !== undefined && { baseUrl: values.url }),
-      },
-      ...(values.url !== undefined && { url: values.url }),
-      ...(values["large-url"] !== undefined && { largeUrl: values["large-url"] }),
-    },
+    args: extra,
+    flags: flags as Flags,
     settings,
-    ...(values["env-file"] !== undefined && { envFile: values["env-file"] }),
+    ...(typeof values["env-file"] === "string" && { envFile: values["env-file"] }),
     help: help !== undefined,
     ...(help?.topic && { helpTopic: help.topic }),
-    version: values.version ?? false,
+    version: values.version === true,
   };
+}
+
+/** The commands' names, as problems list them. */
+function commandList(): string {
+  return Object.keys(COMMANDS).join(", ");
 }
 
 /**
@@ -5807,64 +5891,58 @@ function helpRequest(
   if (!asked && !flag) return undefined;
   const topic = asked ? rest[0] : first;
   if (topic === undefined) return {};
-  if (topic === "settings" || topic in COMMANDS) return { topic: topic as Command | "settings" };
+  if (topic === "settings" || isCommand(topic)) return { topic };
   throw new ConfigError([
-    `No help for "${topic}". Commands: ${Object.keys(COMMANDS).join(", ")}; also help settings.`,
+    `No help for "${topic}". Commands: ${commandList()}; also help settings.`,
   ]);
 }
 
-/** The flags `parseArgs` knows: the commands' own, then every setting's by its flag name. */
-function argOptions() {
+/** The flags `parseArgs` knows: the common ones, the commands' own, then every setting's. */
+function argOptions(known: ReturnType<typeof commandFlags>) {
   return {
-    help: { type: "boolean", short: "h" },
-    version: { type: "boolean", short: "V" },
-    verbose: { type: "boolean", short: "v" },
-    json: { type: "boolean" },
-    "dry-run": { type: "boolean" },
-    "take-over": { type: "boolean" },
-    "remove-leftovers": { type: "boolean" },
-    verify: { type: "string" },
-    all: { type: "boolean" },
-    prefix: { type: "string", multiple: true },
-    url: { type: "string" },
-    "min-remaining": { type: "string" },
-    port: { type: "string" },
-    "large-url": { type: "string" },
-    "env-file": { type: "string" },
-    expires: { type: "string" },
-    "not-before": { type: "string" },
-    "download-name": { type: "string" },
+    ...COMMON_FLAGS,
+    ...Object.fromEntries(
+      [...known].map(([name, { spec }]) => [name, {
+        type: spec.type,
+        ...(spec.multiple && { multiple: true }),
+      }]),
+    ),
     ...Object.fromEntries(SETTING_FLAGS.map((name) => [flagName(name), { type: "string" }])),
-  } as const;
+  } as ParseArgsConfig["options"];
 }
 
-/** An unknown command, or positional arguments the command does not take. */
-function positionalProblems(
-  name: string,
-  extra: string[],
-  options: { signsPrefix: boolean },
-): string[] {
-  const problems: string[] = [];
-  if (!(name in COMMANDS)) {
-    problems.push(
-      `Unknown command "${name}". Commands: ${Object.keys(COMMANDS).join(", ")}.`,
-    );
-  }
-  const takesPath = name === "sign" && !options.signsPrefix;
-  if (extra.length > (takesPath ? 1 : 0) && name !== "purge") {
-    problems.push(`Unexpected arguments: ${extra.slice(takesPath ? 1 : 0).join(" ")}.`);
-  }
-  if (name === "sign" && (extra.length === 0) === !options.signsPrefix) {
-    problems.push(
-      "sign needs one path, or one --prefix: main.ts sign /members/video.mp4 --expires 1h, " +
+/** A command that takes no positional arguments, given some. */
+function unexpected(extra: string[]): string[] {
+  return extra.length > 0 ? [`Unexpected arguments: ${extra.join(" ")}.`] : [];
+}
+
+/** `sign` takes one path, or one `--prefix`. */
+function signPositionalProblems(extra: string[], flags: Flags): string[] {
+  const signsPrefix = extra.length === 0 && flags.prefix.length === 1;
+  return [
+    ...unexpected(extra.slice(signsPrefix ? 0 : 1)),
+    ...((extra.length === 0) === !signsPrefix
+      ? [
+        "sign needs one path, or one --prefix: main.ts sign /members/video.mp4 --expires 1h, " +
         "or main.ts sign --prefix /members/ --expires 1h.",
-    );
-  }
-  return problems;
+      ]
+      : []),
+  ];
+}
+
+/** What `purge` is asked to remove, and where. */
+function purgeRequest(paths: string[], flags: Flags): PurgeRequest {
+  return {
+    paths,
+    prefixes: flags.prefix,
+    all: flags.all,
+    ...(flags.url !== undefined && { url: flags.url }),
+  };
 }
 
 /** A purge names paths, prefixes or everything, and its `--url` is an http(s) URL. */
-function purgeProblems(request: PurgeRequest): string[] {
+function purgePositionalProblems(paths: string[], flags: Flags): string[] {
+  const request = purgeRequest(paths, flags);
   const problems: string[] = [];
   const what = request.paths.length + request.prefixes.length;
   if (what === 0 && !request.all) problems.push("purge needs paths, --prefix <path> or --all.");
@@ -5875,13 +5953,15 @@ function purgeProblems(request: PurgeRequest): string[] {
   return problems;
 }
 
-/** Flags given to a command they do not belong to (see {@linkcode COMMAND_FLAGS}). */
-function misplacedFlags(name: Command, values: Record<string, unknown>): string[] {
+/** Flags given to a command whose entry in {@linkcode COMMANDS} does not list them. */
+function misplacedFlags(
+  name: Command,
+  options: { known: ReturnType<typeof commandFlags>; values: Record<string, unknown> },
+): string[] {
   const problems: string[] = [];
-  for (const [flag, commands] of Object.entries(COMMAND_FLAGS)) {
-    if (values[flag] !== undefined && !(commands as readonly string[]).includes(name)) {
-      // Only a person running refresh opts in; the scheduled runs never take anything over.
-      const byHand = flag === "take-over" || flag === "remove-leftovers" ? ", run by hand" : "";
+  for (const [flag, { spec, commands }] of options.known) {
+    if (options.values[flag] !== undefined && !commands.includes(name)) {
+      const byHand = spec.byHand ? ", run by hand" : "";
       problems.push(`--${flag} only applies to ${commands.join(", ")}${byHand}, not to "${name}".`);
     }
   }
@@ -5922,13 +6002,15 @@ export interface Job {
   io: Io;
   /** The command line's flags. */
   flags: Flags;
+  /** Its positional arguments: `purge`'s paths, `sign`'s path. */
+  args: string[];
 }
 
 /** Runs one command; resolves to its exit code. */
 export type CommandHandler = (job: Job) => Promise<number>;
 
 /** `dev` and `demo` run on stand-ins this file does not ship: where they run instead. */
-function localOnly(command: LocalCommand): ConfigError {
+function localOnly(command: Command): ConfigError {
   return new ConfigError([
     `${command} runs on the local platform, which ships with a clone, not with main.ts: ` +
     `in a clone, run deno task ${command} (deno run -A local/${command}.ts).`,
@@ -5953,24 +6035,12 @@ export async function run(options: RunOptions): Promise<number> {
     json = line.flags.json;
     if (line.help) return io.stdout(helpText(line.helpTopic)), 0;
     if (line.version) return io.stdout(`b2-private-cdn ${VERSION}`), 0;
-    // Needs no settings: a fresh key must come out while the configuration holds a bad one.
-    if (line.command === "keygen") return runKeygen(io, line.flags);
-    if ((line.command === "dev" || line.command === "demo") && !options.local?.[line.command]) {
-      throw localOnly(line.command);
-    }
-    const dotenv = await options.readEnvFile(line.envFile ?? ".env");
-    if (line.envFile && dotenv === undefined) {
-      throw new ConfigError([`--env-file: cannot read "${line.envFile}".`]);
-    }
-    const settings: Settings = {
-      ...pickSettings(dotenv ? parseEnv(dotenv) : {}),
-      ...pickSettings(options.env),
-      ...line.settings,
-    };
-    for (const name of SECRET_VARIABLES) {
-      const value = settings[name as Variable];
-      if (value) ctx.secrets.add(value);
-    }
+    const spec: CommandSpec = COMMANDS[line.command];
+    const handler = spec.handler ?? options.local?.[line.command as LocalCommand];
+    if (!handler) throw localOnly(line.command);
+    const settings = spec.settingsFree
+      ? {}
+      : await settingsOf(line, { ...options, secrets: ctx.secrets });
     if (line.flags.verbose || line.command === "demo") {
       const log = options.ctx?.log;
       ctx.log = (text) => {
@@ -5978,33 +6048,13 @@ export async function run(options: RunOptions): Promise<number> {
         if (line.flags.verbose) io.stderr(text);
       };
     }
-    const config = parseConfig(settings, COMMANDS[line.command].needs(line.flags));
+    const config = parseConfig(settings, spec.needs(line.flags));
     for (const warning of config.warnings ?? []) io.stderr(`warning: ${warning}`);
-    switch (line.command) {
-      case "refresh":
-        return await runRefresh(config, ctx, io, line.flags);
-      case "render":
-        return await runRender(settings, config, io, line.flags);
-      case "status":
-        return await runStatus(config, ctx, io, line.flags);
-      case "purge":
-        return await runPurge(config, ctx, io, line.flags);
-      case "cron":
-        return await runCron(config, ctx, io);
-      case "dev":
-      case "demo": {
-        const handler = options.local![line.command]!;
-        return await handler({ settings, config, ctx, io, flags: line.flags });
-      }
-      case "sign":
-        return await runSign(line.path ?? "", { settings, config, ctx, io, flags: line.flags });
-      case "check-cache":
-        return await runCheckCache(settings, config, { ctx, io, flags: line.flags });
-    }
+    return await handler({ settings, config, ctx, io, flags: line.flags, args: line.args });
   } catch (error) {
     const [code, message] = failure(error, command);
     // status cannot tell, which a monitor must read as UNKNOWN, on stdout, not as CRITICAL.
-    if ((command ?? options.args.find((arg) => arg in COMMANDS)) === "status") {
+    if ((command ?? options.args.find(isCommand)) === "status") {
       io.stdout(
         json ? JSON.stringify({ state: "UNKNOWN", problem: message }) : `UNKNOWN - ${message}`,
       );
@@ -6013,6 +6063,27 @@ export async function run(options: RunOptions): Promise<number> {
     io.stderr(`error: ${message}`);
     return code;
   }
+}
+
+/** The settings of a run: its flags over the environment over the dotenv file. */
+async function settingsOf(
+  line: CommandLine,
+  options: Pick<RunOptions, "env" | "readEnvFile"> & { secrets: Set<string> },
+): Promise<Settings> {
+  const dotenv = await options.readEnvFile(line.envFile ?? ".env");
+  if (line.envFile && dotenv === undefined) {
+    throw new ConfigError([`--env-file: cannot read "${line.envFile}".`]);
+  }
+  const settings: Settings = {
+    ...pickSettings(dotenv ? parseEnv(dotenv) : {}),
+    ...pickSettings(options.env),
+    ...line.settings,
+  };
+  for (const name of SECRET_VARIABLES) {
+    const value = settings[name as Variable];
+    if (value) options.secrets.add(value);
+  }
+  return settings;
 }
 
 /** A failed command's exit code and message: 2 for usage, settings and permissions, else 1. */
@@ -6047,7 +6118,6 @@ async function readTextIfExists(path: string): Promise<string | undefined> {
   }
 }
 
-/** The command line entry point: the only place that touches `Deno.args`, `Deno.env` and `Deno.exit`. */
 /** How to run `command` with the Deno permissions it needs (README: Permissions). */
 function permissionsHint(command: Command): string {
   return `Run it as deno run ${COMMANDS[command].permissions} main.ts ${command} ` +
@@ -6073,7 +6143,7 @@ export async function main(
     env = Deno.env.toObject();
   } catch (error) {
     if (!(error instanceof Deno.errors.NotCapable)) throw error;
-    const name = args.find((arg) => arg in COMMANDS) as Command | undefined;
+    const name = args.find(isCommand);
     const message = `${error.message}. ${permissionsHint(name ?? "refresh")}`;
     // status answers as a Nagios plugin that cannot check: UNKNOWN on stdout, exit 3.
     if (name === "status") Deno.stdout.writeSync(encoder.encode(`UNKNOWN - ${message}\n`));

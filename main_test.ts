@@ -444,6 +444,23 @@ Deno.test("run() keeps --help short and points at each command's page and the se
   });
 });
 
+Deno.test("run() takes only the names the command table owns, not an object's own", async (t) => {
+  for (const name of ["constructor", "toString", "__proto__", "hasOwnProperty"]) {
+    await t.step(name, async () => {
+      const command = await runBare([name]);
+      assert.deepEqual([command.code, command.stdout], [2, ""]);
+      assert.equal(
+        command.stderr,
+        `error: Unknown command "${name}". Commands: refresh, status, render, purge, cron, ` +
+          "dev, demo, sign, keygen, check-cache.",
+      );
+      const help = await runBare(["help", name]);
+      assert.equal(help.code, 2);
+      assert.match(help.stderr, new RegExp(`^error: No help for "${name}"\\. Commands: refresh`));
+    });
+  }
+});
+
 Deno.test("run() exits 2 on bad usage, naming the fix", async (t) => {
   const w = world();
   try {
