@@ -41,6 +41,8 @@ import workerModule, {
   type PurgeOptions,
 } from "./worker_template.ts";
 import {
+  FAKE_ACCOUNT_ID,
+  FAKE_ZONE_ID,
   type FakeCloudflare,
   type FakeCloudflareOptions,
   startFakeCloudflare,
@@ -112,7 +114,7 @@ function world(
     B2_BUCKET_NAME: "photos",
     B2_FILE_PREFIX: "site/",
     B2_API_URL: b2.url,
-    CLOUDFLARE_ACCOUNT_ID: "fake-account-id",
+    CLOUDFLARE_ACCOUNT_ID: "acc00000000000000000000000000001",
     CLOUDFLARE_API_TOKEN: CF_TOKEN,
     CLOUDFLARE_API_BASE_URL: cloudflare.url,
   };
@@ -779,7 +781,7 @@ Deno.test("refresh checks what the key allows before asking for a token", async 
 Deno.test("refresh retries what is worth retrying and fails clearly on the rest", async (t) => {
   const authorize = "/b2api/v4/b2_authorize_account";
   const downloadAuth = "/b2api/v4/b2_get_download_authorization";
-  const script = "/accounts/fake-account-id/workers/scripts/";
+  const script = "/accounts/acc00000000000000000000000000001/workers/scripts/";
   const cases: {
     name: string;
     b2?: [string, Parameters<FakeB2["fail"]>[1]];
@@ -918,7 +920,7 @@ Deno.test("refresh --verbose names each step and no secret", async () => {
     assert.match(stderr, /B2: download token for "site\/" valid 7d/);
     assert.match(
       stderr,
-      /Cloudflare: uploading worker "b2-private-cdn" to account fake-account-id/,
+      /Cloudflare: uploading worker "b2-private-cdn" to account acc00000000000000000000000000001/,
     );
   } finally {
     await w.close();
@@ -1470,7 +1472,7 @@ Deno.test("refresh names a DNS failure without --verbose, and asks once", async 
 // Routes, domains, verify
 // ---------------------------------------------------------------------------
 
-const ZONE = "fake-zone-id";
+const ZONE = FAKE_ZONE_ID;
 /** What Backblaze's guide left: a proxied CNAME to B2 and a route to the guide's worker. */
 const GUIDE_HOST = "files.example.com";
 const GUIDE_RECORD = {
@@ -1488,6 +1490,7 @@ const GUIDE_RECORD = {
 function otherWorker(cf: FakeCloudflare, name: string): void {
   const now = new Date().toISOString();
   cf.scripts.set(name, {
+    account: FAKE_ACCOUNT_ID,
     metadata: { main_module: "worker.js", compatibility_date: "2024-01-01", bindings: [] },
     module: "export default {}",
     moduleContentType: "application/javascript+module",
@@ -1799,7 +1802,7 @@ Deno.test("an account without a workers.dev subdomain gets a clear message", asy
       assert.equal(code, 1);
       assert.match(
         stderr,
-        /no workers\.dev subdomain yet.*https:\/\/dash\.cloudflare\.com\/fake-account-id\/workers\/onboarding/,
+        /no workers\.dev subdomain yet.*https:\/\/dash\.cloudflare\.com\/acc00000000000000000000000000001\/workers\/onboarding/,
       );
     });
     await t.step("an existing worker: deployed, with a warning instead of a failure", async () => {
@@ -2320,7 +2323,7 @@ function startWorkerEndpoint(cloudflare: FakeCloudflare) {
 function purgeWorld() {
   const w = world();
   const endpoint = startWorkerEndpoint(w.cloudflare);
-  const env = { CLOUDFLARE_ZONE_ID: "fake-zone-id", WORKER_DOMAIN: SITE_HOST };
+  const env = { CLOUDFLARE_ZONE_ID: "20e00000000000000000000000000001", WORKER_DOMAIN: SITE_HOST };
   const ctx = { fetch: endpoint.fetch as typeof fetch };
   return {
     w,
@@ -2562,7 +2565,7 @@ Deno.test("check-cache finds a workers.dev-only worker by itself, as purge does"
     const code = await run({
       args: ["check-cache"],
       env: {
-        CLOUDFLARE_ACCOUNT_ID: "fake-account-id",
+        CLOUDFLARE_ACCOUNT_ID: "acc00000000000000000000000000001",
         CLOUDFLARE_API_TOKEN: CF_TOKEN,
         CLOUDFLARE_API_BASE_URL: cloudflare.url,
         ...env,

@@ -140,7 +140,7 @@ function fakeSettings(b2: FakeB2, cloudflareUrl: string, settings: Settings): Se
     B2_APPLICATION_KEY_ID: "fake-key-id",
     B2_APPLICATION_KEY: "fake-application-key",
     B2_API_URL: b2.url,
-    CLOUDFLARE_ACCOUNT_ID: "fake-account-id",
+    CLOUDFLARE_ACCOUNT_ID: "acc00000000000000000000000000001",
     CLOUDFLARE_API_TOKEN: "fake-cf-token",
     CLOUDFLARE_API_BASE_URL: cloudflareUrl,
     ...settings,

@@ -72,7 +72,7 @@ export async function runDemo({ ctx, io, flags }: Job): Promise<number> {
       B2_API_URL: b2.url,
       B2_BUCKET_NAME: "demo-bucket",
       B2_FILE_PREFIX: "site/",
-      CLOUDFLARE_ACCOUNT_ID: "fake-account-id",
+      CLOUDFLARE_ACCOUNT_ID: "acc00000000000000000000000000001",
       CLOUDFLARE_API_TOKEN: "fake-cf-token",
       CLOUDFLARE_API_BASE_URL: cloudflare.url,
       B2_EVENT_NOTIFICATIONS: "on",

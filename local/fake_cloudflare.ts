@@ -26,10 +26,41 @@
  * @module
  */
 
+/** An account as `GET /accounts` lists it. */
+export interface FakeAccount {
+  /** 32 hex characters, as Cloudflare's ids are. */
+  id: string;
+  name: string;
+}
+
+/** A zone of an account, as `GET /zones` lists it. */
+export interface FakeZone {
+  id: string;
+  /** The domain, such as `example.com`. */
+  name: string;
+  /** The account that holds it. @default the first account */
+  account?: string;
+}
+
+/** The id of the fake's first account unless `accountId` says otherwise: 32 hex, as Cloudflare's. */
+export const FAKE_ACCOUNT_ID = "acc00000000000000000000000000001";
+/** The id of the fake's default zone, `example.com`. */
+export const FAKE_ZONE_ID = "20e00000000000000000000000000001";
+
 /** How the fake account looks. */
 export interface FakeCloudflareOptions {
-  /** @default "fake-account-id" */
+  /** The account the workers go to, listed first. @default FAKE_ACCOUNT_ID */
   accountId?: string;
+  /**
+   * Further accounts the credential can see (a user in several). An account-owned token sees
+   * only the first account all the same. @default []
+   */
+  otherAccounts?: FakeAccount[];
+  /**
+   * Who owns the Bearer token: a user (verified at `/user/tokens/verify`) or the first
+   * account (verified at `/accounts/{id}/tokens/verify`). @default "user"
+   */
+  tokenOwner?: "user" | "account";
   /** Bearer token accepted. @default "fake-cf-token" */
   apiToken?: string;
   /** Legacy global key pair accepted (with `apiKey`). @default "admin@example.com" */
@@ -37,9 +68,9 @@ export interface FakeCloudflareOptions {
   /** Legacy global key (`X-Auth-Key`). @default "fake-global-key" */
   apiKey?: string;
   /**
-   * What the Bearer token may do; the legacy key may do everything. The DNS
-   * permissions are `dns_records:read` and `dns_records:edit`.
-   * @default ["workers_scripts:edit", "workers_routes:edit"]
+   * What the Bearer token may do; the legacy key may do everything. The others are
+   * `workers_scripts:read`, `dns_records:read` and `dns_records:edit`.
+   * @default ["workers_scripts:edit", "workers_routes:edit", "zone:read"]
    */
   tokenPermissions?: string[];
   /**
@@ -47,8 +78,8 @@ export interface FakeCloudflareOptions {
    * chose one. @default "fake-subdomain"
    */
   workersDevSubdomain?: string | null;
-  /** @default [{ id: "fake-zone-id", name: "example.com" }] */
-  zones?: { id: string; name: string }[];
+  /** @default [{ id: FAKE_ZONE_ID, name: "example.com" }] */
+  zones?: FakeZone[];
   /** Added to every answer, to model a distant server. @default 0 */
   latencyMs?: number;
 }
@@ -73,6 +104,8 @@ export interface WorkerMetadata {
 
 /** A worker as the fake holds it after a successful upload. */
 export interface StoredScript {
+  /** The account it was uploaded to; other accounts do not see it. */
+  account: string;
   /** The metadata uploaded, with `bindings` as they now stand (kept and updated secrets included). */
   metadata: WorkerMetadata;
   /** Text of the main module part. */
@@ -144,6 +177,12 @@ export interface RecordedApiRequest {
 
 /** The error codes the fake answers with, by meaning. */
 export const CLOUDFLARE_ERROR_CODES = {
+  /**
+   * 401: `/user/tokens/verify` asked with a token that is not a user's (an account-owned one,
+   * or none valid): "Invalid API Token". wrangler's `whoami` reads it as "account-owned"
+   * (workers-sdk `packages/wrangler/src/user/whoami.ts`, `getTokenType`).
+   */
+  invalidToken: 1000,
   /** 403: unknown token, or a token lacking the permission. */
   authentication: 10000,
   /** 400: neither a Bearer token nor the legacy header pair. */
@@ -197,6 +236,8 @@ const CODES = CLOUDFLARE_ERROR_CODES;
 const API_PREFIX = "/client/v4";
 const SCRIPTS_EDIT = "workers_scripts:edit";
 const ROUTES_EDIT = "workers_routes:edit";
+const SCRIPTS_READ = "workers_scripts:read";
+const ZONE_READ = "zone:read";
 const DNS_READ = "dns_records:read";
 const DNS_EDIT = "dns_records:edit";
 /**
@@ -226,7 +267,15 @@ class Refusal extends Error {
   }
 }
 
+/** Who is calling: what they may do, and who owns the credential. */
+interface Credential {
+  permissions: "all" | string[];
+  owner: "user" | "account";
+}
+
 interface Call {
+  /** Absent for the endpoints that check the credential themselves. */
+  credential?: Credential;
   request: Request;
   url: URL;
   body: Uint8Array<ArrayBuffer>;
@@ -240,8 +289,11 @@ interface Call {
 
 interface Endpoint {
   pattern: RegExp;
-  /** Any one of these permissions lets the token call it. */
-  permission: string | string[];
+  /**
+   * Any one of these permissions lets the token call it; `"none"`: any valid credential
+   * (the token checks itself, as the verify endpoints do).
+   */
+  permission: string | string[] | "none";
   methods: Record<string, (call: Call) => Response | Promise<Response>>;
 }
 
@@ -258,6 +310,40 @@ export class FakeCloudflare {
   #server: Deno.HttpServer<Deno.NetAddr>;
   #options: Required<FakeCloudflareOptions>;
   #endpoints: Endpoint[] = [
+    {
+      // developers.cloudflare.com/api/resources/user/subresources/tokens/methods/verify/: needs
+      // no permission; a token that is not a user's gets 1000 (API_FACTS "Discovery").
+      pattern: /^\/user\/tokens\/verify$/,
+      permission: "none",
+      methods: { GET: (call) => this.#verifyToken(call, "user") },
+    },
+    {
+      pattern: /^\/accounts\/(?<account>[^/]+)\/tokens\/verify$/,
+      permission: "none",
+      methods: { GET: (call) => this.#verifyToken(call, "account") },
+    },
+    {
+      // The accounts the credential can see; an account-owned token sees its one account
+      // (cloudflare-typescript `src/resources/accounts/accounts.ts`; API_FACTS "Discovery").
+      // Assumption: any valid token lists the accounts it has a permission on.
+      pattern: /^\/accounts$/,
+      permission: "none",
+      methods: { GET: (call) => this.#listAccounts(call) },
+    },
+    {
+      // GET /zones?name=&account.id= needs "Zone > Zone > Read". Assumption (reports differ,
+      // API_FACTS "Discovery"): without it the answer is an empty list, not a 403, which is
+      // the case worse for a client, since it cannot tell "no such zone" from "not allowed".
+      pattern: /^\/zones$/,
+      permission: "none",
+      methods: { GET: (call) => this.#listZones(call) },
+    },
+    {
+      // The account's Workers; reading needs "Workers Scripts: Read" or Edit.
+      pattern: /^\/accounts\/(?<account>[^/]+)\/workers\/scripts$/,
+      permission: [SCRIPTS_READ, SCRIPTS_EDIT],
+      methods: { GET: (call) => this.#listScripts(call) },
+    },
     {
       pattern: /^\/accounts\/(?<account>[^/]+)\/workers\/scripts\/(?<script>[^/]+)$/,
       permission: SCRIPTS_EDIT,
@@ -312,7 +398,7 @@ export class FakeCloudflare {
       pattern: /^\/accounts\/(?<account>[^/]+)\/workers\/scripts\/(?<script>[^/]+)\/subdomain$/,
       permission: SCRIPTS_EDIT,
       methods: {
-        GET: (call) => ok(this.#script(call.script).subdomain),
+        GET: (call) => ok(this.#script(call.script, call.account).subdomain),
         POST: (call) => this.#setScriptSubdomain(call),
       },
     },
@@ -332,12 +418,15 @@ export class FakeCloudflare {
 
   constructor(options: FakeCloudflareOptions = {}) {
     this.#options = {
-      accountId: "fake-account-id",
+      accountId: FAKE_ACCOUNT_ID,
       apiToken: "fake-cf-token",
       email: "admin@example.com",
       apiKey: "fake-global-key",
-      tokenPermissions: [SCRIPTS_EDIT, ROUTES_EDIT],
-      zones: [{ id: "fake-zone-id", name: "example.com" }],
+      otherAccounts: [],
+      tokenOwner: "user",
+      // Assumption: Cloudflare's "Edit Cloudflare Workers" token template includes Zone Read.
+      tokenPermissions: [SCRIPTS_EDIT, ROUTES_EDIT, ZONE_READ],
+      zones: [{ id: FAKE_ZONE_ID, name: "example.com" }],
       latencyMs: 0,
       workersDevSubdomain: "fake-subdomain",
       ...options,
@@ -415,8 +504,9 @@ export class FakeCloudflare {
     path: string,
   ): Response | Promise<Response> {
     for (const endpoint of this.#endpoints) {
-      const groups = endpoint.pattern.exec(path)?.groups;
-      if (!groups) continue;
+      const match = endpoint.pattern.exec(path);
+      if (!match) continue;
+      const groups = match.groups ?? {};
       const handler = endpoint.methods[base.request.method];
       if (!handler) {
         throw new Refusal(
@@ -425,7 +515,13 @@ export class FakeCloudflare {
           `Method ${base.request.method} not available for that URI.`,
         );
       }
-      const permissions = this.#authenticate(base.request.headers);
+      if (endpoint.permission === "none") {
+        // The handler checks the credential itself.
+        const { account = "" } = decodeAll(groups);
+        return handler({ ...base, ...NO_IDS, account });
+      }
+      const credential = this.#authenticate(base.request.headers);
+      const { permissions } = credential;
       const {
         account = "",
         zone = "",
@@ -434,23 +530,24 @@ export class FakeCloudflare {
         domain = "",
         record = "",
       } = decodeAll(groups);
-      if (groups.account !== undefined && account !== this.#options.accountId) {
+      const visible = this.#visibleAccounts(credential);
+      if (groups.account !== undefined && !visible.some((a) => a.id === account)) {
         throw unauthorizedResource();
       }
-      if (groups.zone !== undefined && !this.#zoneById(zone)) {
+      if (groups.zone !== undefined && !this.#zoneById(zone, credential)) {
         throw unauthorizedResource();
       }
       const allowed = [endpoint.permission].flat();
       if (permissions !== "all" && !allowed.some((p) => permissions.includes(p))) {
         throw new Refusal(403, CODES.authentication, "Authentication error");
       }
-      return handler({ ...base, account, zone, script, route, domain, record });
+      return handler({ ...base, credential, account, zone, script, route, domain, record });
     }
     throw noRoute();
   }
 
   /** What the caller may do: `"all"` for the legacy key, else the token's permissions. */
-  #authenticate(headers: Headers): "all" | string[] {
+  #authenticate(headers: Headers): Credential {
     const authorization = headers.get("authorization");
     if (authorization !== null) {
       const token = BEARER.exec(authorization)?.[1];
@@ -467,7 +564,7 @@ export class FakeCloudflare {
       if (token !== this.#options.apiToken) {
         throw new Refusal(403, CODES.authentication, "Authentication error");
       }
-      return this.#options.tokenPermissions;
+      return { permissions: this.#options.tokenPermissions, owner: this.#options.tokenOwner };
     }
     const email = headers.get("x-auth-email");
     const key = headers.get("x-auth-key");
@@ -485,7 +582,61 @@ export class FakeCloudflare {
         "Unknown X-Auth-Key or X-Auth-Email",
       );
     }
-    return "all";
+    return { permissions: "all", owner: "user" };
+  }
+
+  /**
+   * GET /user/tokens/verify and /accounts/{id}/tokens/verify: `{ id, status }` with message
+   * 10000 "This API Token is valid and active" for a token of that owner; anything else
+   * (another owner's token, an unknown one) 401 with 1000 "Invalid API Token" (API_FACTS
+   * "Discovery"; the status is an assumption from reports). The legacy key is no token.
+   */
+  #verifyToken(call: Call, where: "user" | "account"): Response {
+    const token = BEARER.exec(call.request.headers.get("authorization") ?? "")?.[1];
+    const owner = this.#options.tokenOwner;
+    const valid = token === this.#options.apiToken && owner === where &&
+      (where === "user" || call.account === this.#options.accountId);
+    if (!valid) throw new Refusal(401, CODES.invalidToken, "Invalid API Token");
+    return Response.json({
+      success: true,
+      errors: [],
+      messages: [{ code: 10000, message: "This API Token is valid and active", type: null }],
+      result: { id: "f4e3000000000000000000000000000c", status: "active" },
+    });
+  }
+
+  #listAccounts(call: Call): Response {
+    const credential = this.#authenticate(call.request.headers);
+    const accounts = this.#visibleAccounts(credential).map((a) => ({
+      ...a,
+      type: "standard",
+      settings: { enforce_twofactor: false },
+    }));
+    return paged(call, accounts);
+  }
+
+  /** GET /zones?name=&account.id=: the credential's zones, by exact name (wrangler's walk asks so). */
+  #listZones(call: Call): Response {
+    const credential = this.#authenticate(call.request.headers);
+    const { permissions } = credential;
+    const name = call.url.searchParams.get("name");
+    const account = call.url.searchParams.get("account.id");
+    const readable = permissions === "all" || permissions.includes(ZONE_READ);
+    const visible = this.#visibleAccounts(credential);
+    const zones = !readable ? [] : this.#options.zones.flatMap((zone) => {
+      const holder = visible.find((a) => a.id === this.#zoneAccount(zone));
+      if (!holder || (name !== null && zone.name !== name)) return [];
+      if (account !== null && holder.id !== account) return [];
+      return [{ id: zone.id, name: zone.name, status: "active", account: holder }];
+    });
+    return paged(call, zones);
+  }
+
+  #listScripts(call: Call): Response {
+    const scripts = [...this.scripts].filter(([, s]) => s.account === call.account);
+    return ok(
+      scripts.map(([id, s]) => ({ id, created_on: s.createdOn, modified_on: s.modifiedOn })),
+    );
   }
 
   async #upload(call: Call): Promise<Response> {
@@ -511,13 +662,16 @@ export class FakeCloudflare {
           `the main module of a module worker must be ${MODULE_TYPE}`,
       );
     }
-    const previous = this.scripts.get(call.script);
+    // One Worker per name across the fake's accounts: an upload to another account replaces it.
+    const stored = this.scripts.get(call.script);
+    const previous = stored?.account === call.account ? stored : undefined;
     if (!previous && this.#options.workersDevSubdomain === null) {
       // workers-sdk#14494: the first upload of a Worker on such an account is refused.
       throw subdomainRequired();
     }
     const now = new Date().toISOString();
-    const stored: StoredScript = {
+    const next: StoredScript = {
+      account: call.account,
       metadata: { ...metadata, bindings: keptBindings(metadata, previous) },
       module: await main.text(),
       moduleContentType: main.type,
@@ -528,15 +682,15 @@ export class FakeCloudflare {
       // otherwise. The tool sets it on every deploy, so its tests do not rest on this.
       subdomain: previous?.subdomain ?? { enabled: true, previews_enabled: true },
     };
-    this.scripts.set(call.script, stored);
-    const etag = await sha256Hex(stored.module);
+    this.scripts.set(call.script, next);
+    const etag = await sha256Hex(next.module);
     return ok({
       id: call.script,
       tag: etag.slice(0, 32),
       etag,
       handlers: ["fetch"],
-      created_on: stored.createdOn,
-      modified_on: stored.modifiedOn,
+      created_on: next.createdOn,
+      modified_on: next.modifiedOn,
       compatibility_date: metadata.compatibility_date,
       compatibility_flags: metadata.compatibility_flags ?? [],
       has_modules: true,
@@ -547,7 +701,7 @@ export class FakeCloudflare {
   }
 
   #settings(call: Call): Response {
-    const { metadata } = this.#script(call.script);
+    const { metadata } = this.#script(call.script, call.account);
     return ok({
       bindings: metadata.bindings.map(({ text, ...binding }) =>
         binding.type === "secret_text" ? binding : { ...binding, text }
@@ -565,7 +719,7 @@ export class FakeCloudflare {
   }
 
   #putSecret(call: Call): Response {
-    const stored = this.#script(call.script);
+    const stored = this.#script(call.script, call.account);
     const { name, text, type } = readJson(call);
     if (typeof name !== "string" || !BINDING_NAME.test(name)) {
       throw parseBody(
@@ -608,8 +762,9 @@ export class FakeCloudflare {
     if (script !== undefined && typeof script !== "string") {
       throw parseBody("script must be a string");
     }
-    checkRoutePattern(pattern, this.#zoneById(call.zone)?.name ?? "");
-    if (script && !this.scripts.has(script)) {
+    checkRoutePattern(pattern, this.#zoneById(call.zone, call.credential!)?.name ?? "");
+    const zone = this.#zoneById(call.zone, call.credential!)!;
+    if (script && this.scripts.get(script)?.account !== this.#zoneAccount(zone)) {
       throw new Refusal(
         400,
         CODES.routeScriptMissing,
@@ -683,6 +838,7 @@ export class FakeCloudflare {
       throw parseBody("environment must be a string");
     }
     const zone = this.#options.zones.find((z) =>
+      this.#zoneAccount(z) === call.account &&
       (zone_id === undefined || z.id === zone_id) &&
       (zone_name === undefined || z.name === zone_name) &&
       inZone(hostname, z.name)
@@ -695,7 +851,7 @@ export class FakeCloudflare {
           `no zone of this account (matching zone_id ${JSON.stringify(zone_id)}) contains it`,
       );
     }
-    this.#script(service);
+    this.#script(service, call.account);
     const existing = this.domains.findIndex((d) => d.hostname === hostname);
     const holder = this.domains[existing];
     if (holder && holder.service !== service && override_existing_origin !== true) {
@@ -751,7 +907,7 @@ export class FakeCloudflare {
 
   /** POST /accounts/{id}/workers/scripts/{name}/subdomain `{ enabled, previews_enabled? }`. */
   #setScriptSubdomain(call: Call): Response {
-    const stored = this.#script(call.script);
+    const stored = this.#script(call.script, call.account);
     const { enabled, previews_enabled } = readJson(call);
     if (typeof enabled !== "boolean") throw parseBody("enabled must be a boolean");
     if (previews_enabled !== undefined && typeof previews_enabled !== "boolean") {
@@ -791,9 +947,9 @@ export class FakeCloudflare {
     );
   }
 
-  #script(name: string): StoredScript {
+  #script(name: string, account: string): StoredScript {
     const stored = this.scripts.get(name);
-    if (!stored) {
+    if (!stored || stored.account !== account) {
       throw new Refusal(
         404,
         CODES.workerNotFound,
@@ -815,8 +971,23 @@ export class FakeCloudflare {
     return this.routes.get(zoneId) ?? [];
   }
 
-  #zoneById(id: string): { id: string; name: string } | undefined {
-    return this.#options.zones.find((z) => z.id === id);
+  /** A zone the credential can see: one of its accounts holds it. */
+  #zoneById(id: string, credential: Credential): FakeZone | undefined {
+    const accounts = this.#visibleAccounts(credential).map((a) => a.id);
+    return this.#options.zones.find((z) => z.id === id && accounts.includes(this.#zoneAccount(z)));
+  }
+
+  #zoneAccount(zone: FakeZone): string {
+    return zone.account ?? this.#options.accountId;
+  }
+
+  /** The accounts a credential can see: an account-owned token only its own. */
+  #visibleAccounts(credential: Credential): FakeAccount[] {
+    const all = [
+      { id: this.#options.accountId, name: "Fake account" },
+      ...this.#options.otherAccounts,
+    ];
+    return credential.owner === "account" ? all.slice(0, 1) : all;
   }
 }
 
@@ -825,6 +996,25 @@ export function startFakeCloudflare(
   options?: FakeCloudflareOptions,
 ): FakeCloudflare {
   return new FakeCloudflare(options);
+}
+
+const NO_IDS = { zone: "", script: "", route: "", domain: "", record: "" };
+
+/** Pages from 1, 20 a page by default, at most 50 (`result_info`, API_FACTS "Discovery"). */
+const PER_PAGE = { default: 20, max: 50 };
+
+function paged(call: Call, items: unknown[]): Response {
+  const page = Math.max(1, Number(call.url.searchParams.get("page") ?? 1) || 1);
+  const asked = Number(call.url.searchParams.get("per_page") ?? PER_PAGE.default);
+  const perPage = Math.min(PER_PAGE.max, Math.max(1, asked || PER_PAGE.default));
+  const result = items.slice((page - 1) * perPage, page * perPage);
+  return Response.json({
+    success: true,
+    errors: [],
+    messages: [],
+    result,
+    result_info: { page, per_page: perPage, count: result.length, total_count: items.length },
+  });
 }
 
 function ok(result: unknown): Response {

@@ -1,15 +1,17 @@
 import assert from "node:assert/strict";
 import {
   CLOUDFLARE_ERROR_CODES as CODES,
+  FAKE_ACCOUNT_ID,
+  FAKE_ZONE_ID,
   type FakeCloudflare,
   type FakeCloudflareOptions,
   startFakeCloudflare,
   type WorkerBinding,
 } from "./fake_cloudflare.ts";
 
-const ACCOUNT = "/accounts/fake-account-id";
+const ACCOUNT = `/accounts/${FAKE_ACCOUNT_ID}`;
 const SCRIPT = `${ACCOUNT}/workers/scripts/cdn`;
-const ROUTES = "/zones/fake-zone-id/workers/routes";
+const ROUTES = `/zones/${FAKE_ZONE_ID}/workers/routes`;
 const DOMAINS = `${ACCOUNT}/workers/domains`;
 const TOKEN = { authorization: "Bearer fake-cf-token" };
 const MODULE_SOURCE = "export default { fetch() { return new Response('hi'); } };";
@@ -218,6 +220,7 @@ Deno.test("upload stores a module worker and answers like Cloudflare", async () 
     await upload(cf, workerForm());
     const stored = cf.scripts.get("cdn");
     assert.deepEqual(stored && { ...stored, modifiedOn: "", createdOn: "" }, {
+      account: FAKE_ACCOUNT_ID,
       metadata: {
         main_module: "worker.js",
         compatibility_date: "2025-01-01",
@@ -470,7 +473,7 @@ Deno.test("routes are created, refused when duplicated or outside the zone, upda
           (await call(cf, "DELETE", `${ROUTES}/${id}`)).json.result,
           { id },
         );
-        assert.deepEqual(cf.routes.get("fake-zone-id"), []);
+        assert.deepEqual(cf.routes.get("20e00000000000000000000000000001"), []);
         assertRefused(
           await call(cf, "DELETE", `${ROUTES}/${id}`),
           404,
@@ -488,7 +491,7 @@ Deno.test("custom domains are replaced per hostname and checked against zone and
     const domain = {
       hostname: "cdn.example.com",
       service: "cdn",
-      zone_id: "fake-zone-id",
+      zone_id: "20e00000000000000000000000000001",
       environment: "production",
     };
     const first = await call(cf, "PUT", DOMAINS, { json: domain });
@@ -598,7 +601,11 @@ Deno.test("a hostname with an A, AAAA or CNAME record is refused with 100117, wh
     await upload(cf, workerForm());
     cf.dnsRecords.push(dnsRecord({ name: "files.example.com", type: "CNAME" }));
     cf.dnsRecords.push(dnsRecord({ name: "mail.example.com", type: "TXT" }));
-    const json = { hostname: "files.example.com", service: "cdn", zone_id: "fake-zone-id" };
+    const json = {
+      hostname: "files.example.com",
+      service: "cdn",
+      zone_id: "20e00000000000000000000000000001",
+    };
     for (const flags of [{}, { override_existing_origin: true }]) {
       const answer = await call(cf, "PUT", DOMAINS, { json: { ...json, ...flags } });
       assertRefused(answer, 409, CODES.customDomainDnsConflict);
@@ -619,8 +626,8 @@ Deno.test("a hostname with an A, AAAA or CNAME record is refused with 100117, wh
 
 Deno.test("DNS records need dns_records:read to list and dns_records:edit to delete", async (t) => {
   const record = dnsRecord({ name: "files.example.com", type: "CNAME" });
-  const list = "/zones/fake-zone-id/dns_records?name=files.example.com";
-  const one = `/zones/fake-zone-id/dns_records/${record.id}`;
+  const list = "/zones/20e00000000000000000000000000001/dns_records?name=files.example.com";
+  const one = `/zones/20e00000000000000000000000000001/dns_records/${record.id}`;
   await t.step("a Workers-only token may do neither", async () => {
     await withFake({}, async (cf) => {
       cf.dnsRecords.push(record);
@@ -683,7 +690,7 @@ let recordId = 0;
 function dnsRecord(fields: { name: string; type: string }) {
   return {
     id: `record-${++recordId}`,
-    zone_id: "fake-zone-id",
+    zone_id: "20e00000000000000000000000000001",
     zone_name: "example.com",
     content: fields.type === "A" ? "192.0.2.1" : "f004.backblazeb2.com",
     proxied: true,
@@ -691,3 +698,122 @@ function dnsRecord(fields: { name: string; type: string }) {
     ...fields,
   };
 }
+
+const OTHER_ACCOUNT = { id: "acc00000000000000000000000000002", name: "Second account" };
+
+Deno.test("token verify: a user's token at /user, an account's at /accounts/{id}, 1000 otherwise", async (t) => {
+  const userVerify = "/user/tokens/verify";
+  const accountVerify = `${ACCOUNT}/tokens/verify`;
+  await t.step("a user-owned token", async () => {
+    await withFake({}, async (cf) => {
+      const answer = await call(cf, "GET", userVerify);
+      assert.equal(answer.status, 200);
+      assert.equal(answer.json.result.status, "active");
+      assert.deepEqual(answer.json.messages.map((m: { code: number }) => m.code), [10000]);
+      assertRefused(await call(cf, "GET", accountVerify), 401, CODES.invalidToken);
+    });
+  });
+  await t.step("an account-owned token", async () => {
+    await withFake({ tokenOwner: "account" }, async (cf) => {
+      assertRefused(await call(cf, "GET", userVerify), 401, CODES.invalidToken);
+      assert.equal((await call(cf, "GET", accountVerify)).json.result.status, "active");
+      const elsewhere = `/accounts/${OTHER_ACCOUNT.id}/tokens/verify`;
+      assertRefused(await call(cf, "GET", elsewhere), 401, CODES.invalidToken);
+    });
+  });
+  await t.step("an unknown token gets 1000 at both", async () => {
+    await withFake({}, async (cf) => {
+      const headers = { authorization: "Bearer not-the-token" };
+      assertRefused(await call(cf, "GET", userVerify, { headers }), 401, CODES.invalidToken);
+      assertRefused(await call(cf, "GET", accountVerify, { headers }), 401, CODES.invalidToken);
+    });
+  });
+});
+
+Deno.test("/accounts lists what the credential sees, paged; an account token sees one", async (t) => {
+  const many = Array.from({ length: 24 }, (_, i) => ({
+    id: `acc${String(i + 10).padStart(29, "0")}`,
+    name: `Account ${i}`,
+  }));
+  await t.step("a user in 25 accounts: two pages of 20 and 5", async () => {
+    await withFake({ otherAccounts: many }, async (cf) => {
+      const first = await call(cf, "GET", "/accounts");
+      assert.equal(first.json.result.length, 20);
+      assert.deepEqual(first.json.result_info, {
+        page: 1,
+        per_page: 20,
+        count: 20,
+        total_count: 25,
+      });
+      assert.equal(first.json.result[0].id, FAKE_ACCOUNT_ID);
+      const second = await call(cf, "GET", "/accounts?page=2");
+      assert.equal(second.json.result.length, 5);
+      assert.equal(second.json.result.at(-1).id, many.at(-1)!.id);
+    });
+  });
+  await t.step("an account-owned token sees only its account", async () => {
+    await withFake({ otherAccounts: many, tokenOwner: "account" }, async (cf) => {
+      const answer = await call(cf, "GET", "/accounts");
+      assert.deepEqual(answer.json.result.map((a: { id: string }) => a.id), [FAKE_ACCOUNT_ID]);
+      // ...and cannot use another account's endpoints.
+      const other = `/accounts/${many[0]!.id}/workers/scripts`;
+      assertRefused(await call(cf, "GET", other), 403, CODES.unauthorizedResource);
+    });
+  });
+  await t.step("an unknown token is refused", async () => {
+    await withFake({}, async (cf) => {
+      const headers = { authorization: "Bearer nope" };
+      assertRefused(await call(cf, "GET", "/accounts", { headers }), 403, CODES.authentication);
+    });
+  });
+});
+
+Deno.test("/zones?name= finds a zone by exact name, in its account, only with zone:read", async (t) => {
+  const zones = [
+    { id: FAKE_ZONE_ID, name: "example.com" },
+    { id: "20e00000000000000000000000000002", name: "example.org", account: OTHER_ACCOUNT.id },
+  ];
+  const ids = (answer: Answer) => answer.json.result.map((z: { id: string }) => z.id);
+  await withFake({ zones, otherAccounts: [OTHER_ACCOUNT] }, async (cf) => {
+    await t.step("by name, with the account it belongs to", async () => {
+      const answer = await call(cf, "GET", "/zones?name=example.org");
+      assert.deepEqual(answer.json.result, [{
+        id: "20e00000000000000000000000000002",
+        name: "example.org",
+        status: "active",
+        account: OTHER_ACCOUNT,
+      }]);
+    });
+    await t.step("a subdomain is not a zone: the walk must go up", async () => {
+      assert.deepEqual(ids(await call(cf, "GET", "/zones?name=cdn.example.com")), []);
+    });
+    await t.step("account.id narrows", async () => {
+      const asked = `/zones?name=example.org&account.id=${FAKE_ACCOUNT_ID}`;
+      assert.deepEqual(ids(await call(cf, "GET", asked)), []);
+    });
+  });
+  await withFake({ zones, tokenPermissions: ["workers_scripts:edit"] }, async (cf) => {
+    await t.step("without zone:read: an empty list, not a refusal", async () => {
+      const answer = await call(cf, "GET", "/zones?name=example.com");
+      assert.equal(answer.status, 200);
+      assert.deepEqual(ids(answer), []);
+    });
+  });
+});
+
+Deno.test("a Worker belongs to the account it was uploaded to", async () => {
+  await withFake({ otherAccounts: [OTHER_ACCOUNT] }, async (cf) => {
+    assert.equal((await upload(cf, workerForm())).status, 200);
+    const list = (account: string) => call(cf, "GET", `/accounts/${account}/workers/scripts`);
+    assert.deepEqual((await list(FAKE_ACCOUNT_ID)).json.result.map((s: { id: string }) => s.id), [
+      "cdn",
+    ]);
+    assert.deepEqual((await list(OTHER_ACCOUNT.id)).json.result, []);
+    const settings = `/accounts/${OTHER_ACCOUNT.id}/workers/scripts/cdn/settings`;
+    assertRefused(await call(cf, "GET", settings), 404, CODES.workerNotFound);
+  });
+  await withFake({ tokenPermissions: ["workers_scripts:read"] }, async (cf) => {
+    assert.equal((await call(cf, "GET", `${ACCOUNT}/workers/scripts`)).status, 200);
+    assertRefused(await upload(cf, workerForm()), 403, CODES.authentication);
+  });
+});

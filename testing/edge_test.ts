@@ -134,7 +134,7 @@ async function startEdge(
     B2_BUCKET_NAME: BUCKET,
     B2_FILE_PREFIX: "site/",
     B2_API_URL: b2.url,
-    CLOUDFLARE_ACCOUNT_ID: "fake-account-id",
+    CLOUDFLARE_ACCOUNT_ID: "acc00000000000000000000000000001",
     CLOUDFLARE_API_TOKEN: "fake-cf-token",
     CLOUDFLARE_API_BASE_URL: cloudflare.url,
     ...options.env,
