@@ -146,7 +146,10 @@ export type CloudflareAuth =
 
 /** Where the worker goes and how it is reached. */
 export interface CloudflareConfig {
-  /** The account that owns the worker (`CLOUDFLARE_ACCOUNT_ID`). */
+  /**
+   * The account that owns the worker (`CLOUDFLARE_ACCOUNT_ID`); `""` until
+   * {@linkcode findCloudflareIds} finds the one the token sees.
+   */
   accountId: string;
   /** The API token, or the legacy global key. */
   auth: CloudflareAuth;
@@ -154,7 +157,10 @@ export interface CloudflareConfig {
   apiBaseUrl: string;
   /** The worker script's name (`WORKER_NAME`). @default "b2-private-cdn" */
   workerName: string;
-  /** The zone of the route or custom domain (`CLOUDFLARE_ZONE_ID`). */
+  /**
+   * The zone of the route or custom domain (`CLOUDFLARE_ZONE_ID`); found from their host by
+   * {@linkcode findCloudflareIds} when absent.
+   */
   zoneId?: string;
   /** A route such as `cdn.example.com/*` on `zoneId`. */
   route?: string;
@@ -313,7 +319,11 @@ export type Variable =
 export const VARIABLES: { readonly [name in Variable]: Setting } = {
   B2_APPLICATION_KEY_ID: { kind: "text", credential: true, about: "B2 application key id" },
   B2_APPLICATION_KEY: { kind: "secret", about: "B2 application key" },
-  B2_BUCKET_NAME: { kind: "text", about: "bucket name (or B2_BUCKET_ID)" },
+  B2_BUCKET_NAME: {
+    kind: "text",
+    check: bucketNameProblem,
+    about: "bucket name (or B2_BUCKET_ID)",
+  },
   B2_BUCKET_ID: { kind: "text", about: "bucket id (or B2_BUCKET_NAME)" },
   B2_FILE_PREFIX: {
     kind: "text",
@@ -341,7 +351,11 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
     hint: "on or off",
     about: "on: B2 tells the worker what changed and it purges exactly that (default off)",
   },
-  CLOUDFLARE_ACCOUNT_ID: { kind: "text", about: "account that owns the worker" },
+  CLOUDFLARE_ACCOUNT_ID: {
+    kind: "text",
+    check: (value) => readCloudflareId("CLOUDFLARE_ACCOUNT_ID", value).problem,
+    about: "account that owns the worker (found when the token sees one)",
+  },
   CLOUDFLARE_API_TOKEN: { kind: "secret", about: 'API token with "Workers Scripts: Edit"' },
   CLOUDFLARE_EMAIL: { kind: "text", credential: true, about: "legacy global key: account email" },
   CLOUDFLARE_API_KEY: { kind: "secret", about: "legacy global key" },
@@ -350,7 +364,11 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
     default: "https://api.cloudflare.com/client/v4",
     about: "default https://api.cloudflare.com/client/v4",
   },
-  CLOUDFLARE_ZONE_ID: { kind: "text", about: "zone for WORKER_ROUTE / WORKER_DOMAIN" },
+  CLOUDFLARE_ZONE_ID: {
+    kind: "text",
+    check: (value) => readCloudflareId("CLOUDFLARE_ZONE_ID", value).problem,
+    about: "zone for WORKER_ROUTE / WORKER_DOMAIN (found from their host)",
+  },
   WORKER_NAME: {
     kind: "text",
     default: "b2-private-cdn",
@@ -553,6 +571,125 @@ function routeProblem(route: string): string | undefined {
   return undefined;
 }
 
+/** Cloudflare's account and zone ids: 32 hexadecimal characters. */
+const CLOUDFLARE_ID = /^[0-9a-f]{32}$/i;
+
+/** The dashboard, whose addresses start with the account id: `dash.cloudflare.com/<id>/...`. */
+const DASHBOARD_HOST = "dash.cloudflare.com";
+
+/** The settings that hold a Cloudflare id. */
+export type CloudflareIdSetting = "CLOUDFLARE_ACCOUNT_ID" | "CLOUDFLARE_ZONE_ID";
+
+/** What an id setting holds: the id, and a note when it came out of a dashboard address. */
+export interface CloudflareIdReading {
+  /** The id, in lower case; absent when the value holds none. */
+  id?: string;
+  /** Which id was taken from a pasted dashboard address, to be said. */
+  note?: string;
+  /** Why the value is no id, naming the setting and the fix. */
+  problem?: string;
+}
+
+/**
+ * Reads a Cloudflare id setting: 32 hexadecimal characters, or a dashboard address pasted
+ * whole, whose first path segment is the account id (`https://dash.cloudflare.com/<id>/...`).
+ * A zone's dashboard address names its domain, not its zone id: that is a problem, and it says
+ * how to get the id.
+ *
+ * ```ts
+ * readCloudflareId("CLOUDFLARE_ACCOUNT_ID", "https://dash.cloudflare.com/0123456789abcdef0123456789abcdef/home");
+ * // { id: "0123456789abcdef0123456789abcdef", note: "CLOUDFLARE_ACCOUNT_ID is a dashboard address: ..." }
+ * ```
+ */
+export function readCloudflareId(name: CloudflareIdSetting, raw: string): CloudflareIdReading {
+  const value = raw.trim();
+  if (CLOUDFLARE_ID.test(value)) return { id: value.toLowerCase() };
+  const address = dashboardAddress(value);
+  const what = name === "CLOUDFLARE_ACCOUNT_ID" ? "account" : "zone";
+  if (address && name === "CLOUDFLARE_ACCOUNT_ID") {
+    return {
+      id: address.account,
+      note: `CLOUDFLARE_ACCOUNT_ID is a dashboard address: took the account id ` +
+        `${address.account} from it (the part after ${DASHBOARD_HOST}/); write just that id ` +
+        "to silence this note.",
+    };
+  }
+  const leaveOut = name === "CLOUDFLARE_ACCOUNT_ID"
+    ? "or leave it out: it is found when the token sees one account"
+    : "or leave it out: it is found from WORKER_ROUTE or WORKER_DOMAIN when the token may " +
+      'read the zone ("Zone: Read")';
+  if (address) {
+    return {
+      problem: `CLOUDFLARE_ZONE_ID is a dashboard address, which holds the account id ` +
+        `${address.account}${address.domain ? ` and the domain ${address.domain}` : ""} but ` +
+        "no zone id: copy the Zone ID from the domain's Overview page (API section), " +
+        leaveOut + ".",
+    };
+  }
+  return {
+    problem: `${name} must be the ${what} id, 32 hexadecimal characters ` +
+      (what === "account"
+        ? `(as in ${DASHBOARD_HOST}/<account id>/...)`
+        : "(the domain's Overview page, API section)") +
+      `, not "${value}"; ${leaveOut}.`,
+  };
+}
+
+/** The account id and the domain in a dashboard address, with or without its scheme. */
+function dashboardAddress(value: string): { account: string; domain?: string } | undefined {
+  const withScheme = /^[a-z]+:\/\//i.test(value) ? value : `https://${value}`;
+  if (!URL.canParse(withScheme)) return undefined;
+  const url = new URL(withScheme);
+  if (url.hostname !== DASHBOARD_HOST) return undefined;
+  const [account = "", second = ""] = url.pathname.split("/").filter(Boolean);
+  if (!CLOUDFLARE_ID.test(account)) return undefined;
+  const domain = second.includes(".") ? second : undefined;
+  return { account: account.toLowerCase(), ...(domain && { domain }) };
+}
+
+/**
+ * Why B2 would refuse `name` as a bucket name, or `undefined` when it would not. B2's rule
+ * (backblaze.com/apidocs/b2-create-bucket): 6 to 63 characters, letters, digits and "-", not
+ * starting with "b2-", which Backblaze reserves; b2sdk's simulator refuses any other character
+ * as "illegal bucket name" (b2sdk `raw_simulator.py`, `create_bucket`).
+ */
+export function bucketNameProblem(name: string): string | undefined {
+  const bad = [...new Set(name.replace(/[A-Za-z0-9-]/g, ""))];
+  const why = bad.length > 0
+    ? `${bad.map((c) => JSON.stringify(c)).join(", ")} ${
+      bad.length === 1 ? "is" : "are"
+    } not allowed`
+    : name.length < 6 || name.length > 63
+    ? `it has ${name.length} characters`
+    : name.toLowerCase().startsWith("b2-")
+    ? 'names starting with "b2-" are reserved'
+    : undefined;
+  if (!why) return undefined;
+  return `B2_BUCKET_NAME "${name}" is no name B2 allows (${why}): a bucket name has 6 to 63 ` +
+    'letters, digits and "-", and does not start with "b2-". Copy it from the Buckets page ' +
+    "of the B2 web console.";
+}
+
+/**
+ * The names to try, most specific first, when looking for the zone of a route or custom
+ * domain, as wrangler walks them (workers-sdk `getZoneIdFromHost`): the host without scheme,
+ * `*.`, path or port, then each parent, never a bare top-level domain.
+ *
+ * ```ts
+ * zoneCandidates("*.cdn.example.co.uk/*"); // ["cdn.example.co.uk", "example.co.uk", "co.uk"]
+ * ```
+ */
+export function zoneCandidates(target: string): string[] {
+  const host = target.trim().toLowerCase()
+    .replace(/^[a-z][a-z0-9+.-]*:\/\//, "")
+    .replace(/^\*\.?/, "")
+    .replace(/[/?#].*$/, "")
+    .replace(/:\d+$/, "")
+    .replace(/\.$/, "");
+  const labels = host.split(".").filter(Boolean);
+  return labels.slice(0, -1).map((_, i) => labels.slice(i).join("."));
+}
+
 /** What a command needs from the configuration; see `COMMANDS` for each command's. */
 export interface Needs {
   /** The B2 settings must be complete: the key and the bucket. */
@@ -583,6 +720,8 @@ interface Reading {
   /** The settings given (not their defaults), by name. */
   given: Set<Variable>;
   problems: string[];
+  /** What was understood in a way worth saying, such as an id read from an address. */
+  notes: string[];
 }
 
 /**
@@ -590,7 +729,7 @@ interface Reading {
  * each unset or bad one takes its default, and every problem is collected.
  */
 function readSettings(settings: Settings): Reading {
-  const reading: Reading = { values: {}, given: new Set(), problems: [] };
+  const reading: Reading = { values: {}, given: new Set(), problems: [], notes: [] };
   for (const [name, setting] of SETTINGS) {
     const raw = setting.untrimmed ? settings[name] : settings[name]?.trim();
     const given = raw !== undefined && (raw !== "" || setting.emptyIsValue === true);
@@ -719,7 +858,7 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
         "derived from it, as refresh gave the worker.",
     );
   }
-  const warnings = tokenLifeProblems(reading, needs);
+  const warnings = [...reading.notes, ...tokenLifeProblems(reading, needs)];
   if (problems.length > 0) throw new ConfigError(problems);
   if (warnings.length > 0) config.warnings = warnings;
   return config;
@@ -768,7 +907,8 @@ function b2Config(reading: Reading): B2Config {
   const bucketId = value.text("B2_BUCKET_ID");
   if (!keyId) reading.problems.push("Set B2_APPLICATION_KEY_ID to the id of a B2 application key.");
   if (!applicationKey) reading.problems.push("Set B2_APPLICATION_KEY to the B2 application key.");
-  if (!bucketName && !bucketId) {
+  // A bad name given is a problem of its own already.
+  if (!bucketName && !bucketId && !settingsGiven(reading, ["B2_BUCKET_NAME", "B2_BUCKET_ID"])[0]) {
     reading.problems.push("Set B2_BUCKET_NAME (or B2_BUCKET_ID) to the bucket to serve.");
   }
   return {
@@ -786,10 +926,8 @@ function b2Config(reading: Reading): B2Config {
 function cloudflareConfig(reading: Reading): CloudflareConfig {
   const value = valueOf(reading);
   const problems = reading.problems;
-  const accountId = value.text("CLOUDFLARE_ACCOUNT_ID");
-  if (!accountId) {
-    problems.push("Set CLOUDFLARE_ACCOUNT_ID to the id of the account that owns the worker.");
-  }
+  // Left out, they are found before the first other call (findCloudflareIds).
+  const accountId = cloudflareIdOf(reading, "CLOUDFLARE_ACCOUNT_ID");
   const token = value.text("CLOUDFLARE_API_TOKEN");
   const email = value.text("CLOUDFLARE_EMAIL");
   const key = value.text("CLOUDFLARE_API_KEY");
@@ -806,13 +944,10 @@ function cloudflareConfig(reading: Reading): CloudflareConfig {
         "(or CLOUDFLARE_EMAIL and CLOUDFLARE_API_KEY for the legacy global key).",
     );
   }
-  const zoneId = value.text("CLOUDFLARE_ZONE_ID");
+  const zoneId = cloudflareIdOf(reading, "CLOUDFLARE_ZONE_ID");
   const route = value.text("WORKER_ROUTE");
   const domain = value.text("WORKER_DOMAIN");
   const named = settingsGiven(reading, ["WORKER_ROUTE", "WORKER_DOMAIN"]);
-  if (named.length > 0 && !zoneId) {
-    problems.push(`Set CLOUDFLARE_ZONE_ID to the zone of ${named[0]}.`);
-  }
   const workersDev = value.text("WORKER_WORKERS_DEV");
   return {
     accountId: accountId ?? "",
@@ -828,6 +963,15 @@ function cloudflareConfig(reading: Reading): CloudflareConfig {
     workersDev: workersDev === "on" ||
       (workersDev === "auto" && !named.length),
   };
+}
+
+/** An id setting's id (its value was checked by its `check`), noting one read from an address. */
+function cloudflareIdOf(reading: Reading, name: CloudflareIdSetting): string | undefined {
+  const raw = valueOf(reading).text(name);
+  if (raw === undefined) return undefined;
+  const { id, note } = readCloudflareId(name, raw);
+  if (note) reading.notes.push(note);
+  return id;
 }
 
 /** Which of `names` were given (a bad value too). */
@@ -1950,6 +2094,183 @@ async function cloudflareCall<T>(
       (hint ? `. Fix: ${hint}.` : ""),
     { service: "Cloudflare", status: response.status, code: String(code) },
   );
+}
+
+/** An account the credential can see, as `GET /accounts` lists it. */
+export interface CloudflareAccount {
+  /** 32 hexadecimal characters. */
+  id: string;
+  /** The name the dashboard shows. */
+  name: string;
+}
+
+/** A zone, as `GET /zones` lists it. */
+export interface CloudflareZone {
+  id: string;
+  /** The domain, such as `example.com`. */
+  name: string;
+}
+
+/** Items asked for a page of a list; Cloudflare's most (API_FACTS, Discovery). */
+const LIST_PAGE_SIZE = 50;
+
+/**
+ * Every item of a list endpoint, page by page (from 1) until a page comes back short, which is
+ * when `page * per_page` reaches `result_info.total_count` (workers-sdk `cfetch`).
+ */
+async function cloudflareList<T>(
+  config: CloudflareConfig,
+  ctx: Context,
+  request: { step: string; path: string },
+): Promise<T[]> {
+  const items: T[] = [];
+  const join = request.path.includes("?") ? "&" : "?";
+  for (let page = 1;; page++) {
+    const path = `${request.path}${join}page=${page}&per_page=${LIST_PAGE_SIZE}`;
+    const batch = await cloudflareCall<T[]>(config, ctx, request.step, { method: "GET", path });
+    items.push(...batch);
+    if (batch.length < LIST_PAGE_SIZE) return items;
+  }
+}
+
+/** The accounts the credential can see (an account-owned token: its own). */
+async function listAccounts(config: CloudflareConfig, ctx: Context): Promise<CloudflareAccount[]> {
+  const accounts = await cloudflareList<CloudflareAccount>(config, ctx, {
+    step: "list the accounts the token can see",
+    path: "/accounts",
+  });
+  return accounts.map(({ id, name }) => ({ id, name }));
+}
+
+/** Who owns a verified API token, and (for an account's token) which account. */
+export interface TokenOwner {
+  /** `user`: made under My Profile; `account`: made under the account's API Tokens. */
+  owner: "user" | "account";
+  /** The account of an account-owned token. */
+  accountId?: string;
+}
+
+/**
+ * Verifies the API token, needing no permission: `/user/tokens/verify` for a user's token; a
+ * token that is not a user's gets 1000 there (wrangler's `whoami` reads it so), and is then
+ * verified at `/accounts/{id}/tokens/verify` of the one account it sees (API_FACTS, Discovery).
+ */
+async function verifyToken(config: CloudflareConfig, ctx: Context): Promise<TokenOwner> {
+  const active = (answer: { status?: string }) => {
+    if (answer.status === "active") return;
+    throw new ApiError(
+      `CLOUDFLARE_API_TOKEN is ${answer.status ?? "not active"}: make a new one (My Profile > ` +
+        "API Tokens, or the account's API Tokens page) and set it.",
+      { service: "Cloudflare", status: 403, code: "token_not_active" },
+    );
+  };
+  try {
+    active(
+      await cloudflareCall(config, ctx, "verify the API token", {
+        method: "GET",
+        path: "/user/tokens/verify",
+      }),
+    );
+    return { owner: "user" };
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.code !== "1000") throw error;
+  }
+  const invalid = new ApiError(
+    "CLOUDFLARE_API_TOKEN is not a valid API token: Cloudflare verified it neither as a " +
+      "user's token nor as an account's. Copy it again (it is shown once), or make a new one.",
+    { service: "Cloudflare", status: 401, code: "1000" },
+  );
+  const accounts = await listAccounts(config, ctx).catch((error) => {
+    throw error instanceof ApiError && error.status < 500 ? invalid : error;
+  });
+  const [account] = accounts;
+  if (accounts.length !== 1 || !account) throw invalid;
+  try {
+    active(
+      await cloudflareCall(config, ctx, "verify the account's API token", {
+        method: "GET",
+        path: `/accounts/${account.id}/tokens/verify`,
+      }),
+    );
+  } catch (error) {
+    throw error instanceof ApiError && error.code === "1000" ? invalid : error;
+  }
+  return { owner: "account", accountId: account.id };
+}
+
+/**
+ * The zone of a route's or custom domain's host: each name of {@linkcode zoneCandidates} in
+ * turn, first found wins, as wrangler walks them. `undefined` when none is visible: the
+ * domain is elsewhere, or the token lacks "Zone: Read", which Cloudflare may answer with an
+ * empty list rather than a refusal (API_FACTS, Discovery).
+ */
+async function findZone(
+  config: CloudflareConfig,
+  ctx: Context,
+  target: string,
+): Promise<CloudflareZone | undefined> {
+  for (const name of zoneCandidates(target)) {
+    const query = new URLSearchParams({
+      name,
+      ...(config.accountId && { "account.id": config.accountId }),
+    });
+    const [zone] = await cloudflareCall<CloudflareZone[]>(config, ctx, `look up zone "${name}"`, {
+      method: "GET",
+      path: `/zones?${query}`,
+    });
+    if (zone) return { id: zone.id, name: zone.name };
+  }
+  return undefined;
+}
+
+/** Why no zone was found for `target`, and the two ways out. */
+function noZone(config: CloudflareConfig, target: string): string {
+  return `Cannot find the zone of "${target}" (tried ${zoneCandidates(target).join(", ")}` +
+    `${config.accountId ? ` in account ${config.accountId}` : ""}): the domain is not on this ` +
+    'account, or the token lacks "Zone: Read" (Zone > Zone > Read), without which Cloudflare ' +
+    "lists no zone. Add that permission to the token, or set CLOUDFLARE_ZONE_ID (the " +
+    "domain's Overview page, API section).";
+}
+
+/** The accounts, one a line, as a choice is offered: `name: id`. */
+function describeAccounts(accounts: CloudflareAccount[]): string {
+  return accounts.map((a) => `${a.name || "(no name)"}: ${a.id}`).join("; ");
+}
+
+/**
+ * Fills in what the settings left out: the account, when the token sees exactly one, and the
+ * zone of the route or custom domain, from its host. Runs before any other Cloudflare call, so
+ * a missing id fails before anything is written. Returns `config` itself when nothing is missing.
+ */
+export async function findCloudflareIds(
+  config: CloudflareConfig,
+  ctx: Context,
+): Promise<CloudflareConfig> {
+  const found = { ...config };
+  if (!found.accountId) {
+    const accounts = await listAccounts(config, ctx);
+    const [only] = accounts;
+    if (accounts.length !== 1 || !only) {
+      throw new ConfigError([
+        accounts.length === 0
+          ? "CLOUDFLARE_ACCOUNT_ID is not set, and the token sees no account to take: set it " +
+            `to the account that owns the worker (${DASHBOARD_HOST}/<account id>/...).`
+          : `CLOUDFLARE_ACCOUNT_ID is not set, and the token sees ${accounts.length} accounts: ` +
+            `set it to one of them (${describeAccounts(accounts)}), or run main.ts init, ` +
+            "which offers the choice.",
+      ]);
+    }
+    found.accountId = only.id;
+    ctx.log(`Cloudflare: account ${only.id} (${only.name}), the one the token sees`);
+  }
+  const target = found.route ?? found.domain;
+  if (!found.zoneId && target) {
+    const zone = await findZone(found, ctx, target);
+    if (!zone) throw new ConfigError([noZone(found, target)]);
+    found.zoneId = zone.id;
+    ctx.log(`Cloudflare: zone ${zone.name} is ${zone.id}`);
+  }
+  return found.accountId === config.accountId && found.zoneId === config.zoneId ? config : found;
 }
 
 /** Uploads and deploys the worker, code, configuration and secret together, in one call. */
@@ -3086,6 +3407,8 @@ export interface RefreshResult {
   notice?: string;
   /** What happened to the bucket's Event Notification rule (`B2_EVENT_NOTIFICATIONS`). */
   eventNotifications?: RuleChange;
+  /** `--dry-run`: what a real run would do on Cloudflare, as read now. */
+  plan?: DeployPlan;
 }
 
 /** How long `--verify` keeps trying while the deploy propagates. */
@@ -3134,7 +3457,7 @@ class IncompleteDeployError extends ApiError {
 export interface RefreshOptions {
   /** The worker's JavaScript, as {@linkcode loadWorkerModule} gives it. */
   module: string;
-  /** Do the B2 steps and return the upload (`--dry-run`); Cloudflare is not asked anything. */
+  /** Do the B2 steps, ask Cloudflare read-only and return the upload and the plan (`--dry-run`). */
   dryRun?: boolean;
   /** Move a route, custom domain or DNS record held by something else (person-run only). */
   takeOver?: boolean;
@@ -3162,10 +3485,12 @@ export async function refresh(
   options: RefreshOptions,
 ): Promise<RefreshResult & { upload?: WorkerUpload }> {
   const b2 = config.b2;
-  const cloudflare = config.cloudflare;
-  if (!b2 || !cloudflare) {
+  if (!b2 || !config.cloudflare) {
     throw new Error("refresh needs the B2 and Cloudflare configuration");
   }
+  // Before B2 is asked: an id that cannot be found fails before anything is written.
+  const cloudflare = await findCloudflareIds(config.cloudflare, ctx);
+  if (cloudflare !== config.cloudflare) config = { ...config, cloudflare };
   const takeOver = !options.unattended && (options.takeOver ?? false);
   const removeLeftovers = !options.unattended && (options.removeLeftovers ?? false);
   // What the deployed version serves, whether it owes a purge and when it was uploaded. A
@@ -3205,7 +3530,10 @@ export async function refresh(
       segmentSize: config.worker.segmentSize ?? DEFAULT_SEGMENT_SIZE,
       upload: prepared.upload,
     };
-    if (!settingsRead) return result;
+    if (options.dryRun) {
+      result.plan = await planDeploy(config, ctx, prepared);
+      return result;
+    }
     known = { auth: prepared.auth, bucket: prepared.bucket };
     upload = await uploadPrepared(config, ctx, {
       module: options.module,
@@ -3227,6 +3555,126 @@ export async function refresh(
   // Once the route and domain lead to the new version: the purge is asked of the worker there.
   await upload?.paid?.();
   return result;
+}
+
+/** What `--dry-run` found on Cloudflare, asked read-only: each step, and what would fail. */
+export interface DeployPlan {
+  /** What a real run would create, change or leave, one line a step. */
+  steps: string[];
+  /** What a real run would meet and fail on, each with its fix; the dry run then exits 1. */
+  problems: string[];
+}
+
+/**
+ * Asks Cloudflare, read-only, what a real run would need: the token, the worker's current
+ * settings, the route or custom domain and workers.dev. Writes nothing; each read that fails
+ * (a permission the token lacks) is a problem, and the other reads still run.
+ */
+async function planDeploy(
+  config: Config,
+  ctx: Context,
+  prepared: Pick<PreparedWorker, "facts" | "expiresAt">,
+): Promise<DeployPlan> {
+  const cf = config.cloudflare!;
+  const plan: DeployPlan = { steps: [], problems: [] };
+  const read = async <T>(work: () => Promise<T>): Promise<T | undefined> => {
+    try {
+      return await work();
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      plan.problems.push(error.message);
+      return undefined;
+    }
+  };
+  if ("token" in cf.auth) {
+    const token = await read(() => verifyToken(cf, ctx));
+    if (token) {
+      plan.steps.push(`API token: valid, ${token.owner === "user" ? "a user's" : "the account's"}`);
+    }
+  }
+  const settings = await read(async () => ({ deployed: await readWorkerSettings(cf, ctx) }));
+  if (settings) {
+    const purge = settings.deployed && purgeNeeded(settings.deployed, prepared.facts);
+    plan.steps.push(
+      `worker "${cf.workerName}" in account ${cf.accountId}: ` +
+        (settings.deployed ? "would be uploaded again" : "would be created") +
+        ` with a token valid until ${isoSeconds(prepared.expiresAt)}` +
+        (purge && config.worker.cacheMode === "workers-cache"
+          ? `, and Workers Cache purged: ${purge}`
+          : ""),
+    );
+  }
+  const routes = cf.zoneId ? await read(() => listRoutes(cf, ctx)) : undefined;
+  const domains = cf.zoneId || cf.domain ? await read(() => listDomains(cf, ctx)) : undefined;
+  if (cf.route && routes) planRoute(cf, routes, plan);
+  if (cf.domain && domains) await planDomain(cf, ctx, { domains, plan });
+  for (
+    const leftover of findLeftovers(cf, { ...(routes && { routes }), ...(domains && { domains }) })
+  ) {
+    plan.steps.push(
+      `${leftover.kind} ${leftover.name}: left running this worker, though no setting names it ` +
+        "(refresh --remove-leftovers deletes it)",
+    );
+  }
+  if (!cf.workersDev) plan.steps.push("workers.dev: would be off");
+  else {
+    const found = await read(async () => ({ subdomain: await accountSubdomain(cf, ctx) }));
+    if (found?.subdomain) {
+      plan.steps.push(`workers.dev: would answer at ${workersDevUrl(cf, found.subdomain)}`);
+    } else if (found) plan.problems.push(`WORKER_WORKERS_DEV: ${noSubdomain(cf)}`);
+  }
+  return plan;
+}
+
+/** The route step, as a real run would take it. */
+function planRoute(cf: CloudflareConfig, routes: ZoneRoute[], plan: DeployPlan): void {
+  const existing = routes.find((r) => r.pattern === cf.route);
+  if (!existing) plan.steps.push(`route ${cf.route}: would be created`);
+  else if (existing.script === cf.workerName) {
+    plan.steps.push(`route ${cf.route}: runs this worker already`);
+  } else {
+    plan.problems.push(
+      `route ${cf.route} runs ${existing.script ? `worker "${existing.script}"` : "no worker"}: ` +
+        `a real run leaves it so and fails this step; ${TAKE_OVER_COMMAND} moves it to this worker`,
+    );
+  }
+}
+
+/** The custom domain step, as a real run would take it, DNS records read when the token may. */
+async function planDomain(
+  cf: CloudflareConfig,
+  ctx: Context,
+  options: { domains: CustomDomain[]; plan: DeployPlan },
+): Promise<void> {
+  const { plan } = options;
+  const existing = options.domains.find((d) => d.hostname === cf.domain);
+  if (existing?.service === cf.workerName) {
+    plan.steps.push(`custom domain ${cf.domain}: this worker's already`);
+    return;
+  }
+  if (existing) {
+    plan.problems.push(
+      `custom domain ${cf.domain} is worker "${existing.service}"'s: a real run leaves it so and ` +
+        `fails this step; ${TAKE_OVER_COMMAND} moves it to this worker`,
+    );
+    return;
+  }
+  const records = await conflictingRecords(cf, cf.domain!, ctx);
+  if (records && records.length > 0) {
+    plan.problems.push(
+      `custom domain ${cf.domain} has the DNS record${records.length === 1 ? "" : "s"} ` +
+        `${records.map(describeRecord).join(", ")} (Cloudflare refuses the domain then, 100117): ` +
+        `set WORKER_ROUTE=${cf.domain}/* instead, or ${TAKE_OVER_COMMAND} deletes the record`,
+    );
+    return;
+  }
+  plan.steps.push(
+    `custom domain ${cf.domain}: would be attached; Cloudflare makes its DNS record and ` +
+      "certificate, which takes a few minutes" +
+      (records
+        ? ""
+        : ' (whether a DNS record is in the way is unknown: the token lacks "DNS: Read")'),
+  );
 }
 
 /** A scheduled retry's result when the deployed upload is moments old: B2 is not asked. */
@@ -5441,17 +5889,13 @@ async function runRefresh({ config, ctx, io, flags }: Job): Promise<number> {
   if (flags.json) {
     io.stdout(JSON.stringify(
       flags["dry-run"] && upload
-        ? {
-          ...facts,
-          cloudflareAsked: false,
-          metadata: maskSecrets(upload.metadata),
-          ...(eventRule && { eventRule }),
-        }
+        ? { ...facts, metadata: maskSecrets(upload.metadata), ...(eventRule && { eventRule }) }
         : facts,
     ));
   } else {
     io.stdout(summary(result));
-    if (flags["dry-run"] && upload) io.stdout(`${describeUpload(upload)}\n${DRY_RUN_NOTE}`);
+    if (flags["dry-run"] && upload) io.stdout(describeUpload(upload));
+    if (result.plan) io.stdout(describePlan(result.plan));
     if (eventRule) io.stdout(eventRule);
   }
   for (const warning of result.warnings ?? []) io.stderr(`warning: ${warning}`);
@@ -5459,12 +5903,21 @@ async function runRefresh({ config, ctx, io, flags }: Job): Promise<number> {
     io.stderr(`error: ${incomplete.message}`);
     return 1;
   }
+  const problems = result.plan?.problems ?? [];
+  if (problems.length > 0) {
+    io.stderr(`error: a real run would fail: ${problems.join("; ")}`);
+    return 1;
+  }
   return 0;
 }
 
-/** A dry run checks the Cloudflare settings as configuration only: said, so none is misled. */
-const DRY_RUN_NOTE = "Cloudflare was not asked: CLOUDFLARE_ACCOUNT_ID and the credentials are " +
-  "set, but only a refresh without --dry-run tries them.";
+/** A dry run's plan, for a person: what would happen, then what would fail. */
+function describePlan(plan: DeployPlan): string {
+  const lines = ["Cloudflare, asked read-only (nothing was written):"];
+  for (const step of plan.steps) lines.push(`  ${step}`);
+  for (const problem of plan.problems) lines.push(`  PROBLEM: ${problem}`);
+  return lines.join("\n");
+}
 
 function describeUpload(upload: WorkerUpload): string {
   return `metadata ${JSON.stringify(maskSecrets(upload.metadata), null, 2)}\n` +
@@ -6050,6 +6503,7 @@ export async function run(options: RunOptions): Promise<number> {
     }
     const config = parseConfig(settings, spec.needs(line.flags));
     for (const warning of config.warnings ?? []) io.stderr(`warning: ${warning}`);
+    if (config.cloudflare) config.cloudflare = await findCloudflareIds(config.cloudflare, ctx);
     return await handler({ settings, config, ctx, io, flags: line.flags, args: line.args });
   } catch (error) {
     const [code, message] = failure(error, command);
@@ -6374,6 +6828,7 @@ async function deployRun(platform: DeployPlatform): Promise<void> {
           "settings to silence this line.",
       );
     }
+    config.cloudflare = await findCloudflareIds(config.cloudflare!, ctx);
     const decision = await refreshIfDue(config, ctx, { loadModule: loadWorkerModule });
     platform.log(
       decision.refreshed ? `Refreshed: ${decision.reason}` : `Not due: ${decision.reason}`,

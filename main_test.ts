@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import {
   ApiError,
+  bucketNameProblem,
   COMMANDS,
   type ConfigError,
   type Context,
@@ -18,6 +19,7 @@ import {
   parseConfig,
   parseDuration,
   purgeUrl,
+  readCloudflareId,
   refreshIfDue,
   run,
   runtimeProblem,
@@ -31,6 +33,7 @@ import {
   VARIABLES,
   VERSION,
   type WorkerMetadata,
+  zoneCandidates,
 } from "./main.ts";
 import { startLocalWorker } from "./local/workerd.ts";
 import { type FakeB2, type FakeB2Options, startFakeB2 } from "./local/fake_b2.ts";
@@ -180,7 +183,6 @@ Deno.test("parseConfig() reports every problem at once, naming what to set", asy
         /Set B2_APPLICATION_KEY_ID/,
         /Set B2_APPLICATION_KEY to/,
         /Set B2_BUCKET_NAME \(or B2_BUCKET_ID\)/,
-        /Set CLOUDFLARE_ACCOUNT_ID/,
         /Set CLOUDFLARE_API_TOKEN/,
       ],
     },
@@ -211,13 +213,17 @@ Deno.test("parseConfig() reports every problem at once, naming what to set", asy
       expect: [/Set CLOUDFLARE_API_KEY too/],
     },
     {
-      name: "route without zone",
+      name: "ids that are no ids, a bucket name B2 refuses",
       settings: {
-        WORKER_ROUTE: "cdn.example.com/*",
+        CLOUDFLARE_ACCOUNT_ID: "my-account",
+        CLOUDFLARE_ZONE_ID: "abc",
+        B2_BUCKET_NAME: "My_Bucket!",
         WORKER_DOMAIN: "cdn example",
       },
       expect: [
-        /Set CLOUDFLARE_ZONE_ID to the zone of WORKER_ROUTE/,
+        /CLOUDFLARE_ACCOUNT_ID must be the account id, 32 hexadecimal characters .*not "my-account"; or leave it out/,
+        /CLOUDFLARE_ZONE_ID must be the zone id, 32 hexadecimal characters .*not "abc"/,
+        /B2_BUCKET_NAME "My_Bucket!" is no name B2 allows \("_", "!" are not allowed\): a bucket name has 6 to 63 letters, digits and "-"/,
         /WORKER_DOMAIN must be a host/,
       ],
     },
@@ -274,7 +280,7 @@ Deno.test("parseConfig() applies the documented defaults", () => {
     B2_APPLICATION_KEY_ID: "id",
     B2_APPLICATION_KEY: "key",
     B2_BUCKET_ID: "b1",
-    CLOUDFLARE_ACCOUNT_ID: "acct",
+    CLOUDFLARE_ACCOUNT_ID: "ACC00000000000000000000000000001",
     CLOUDFLARE_EMAIL: "me@example.com",
     CLOUDFLARE_API_KEY: "global",
   }, { b2: true, cloudflare: true });
@@ -288,7 +294,8 @@ Deno.test("parseConfig() applies the documented defaults", () => {
       tokenTtl: 604800,
     },
     cloudflare: {
-      accountId: "acct",
+      // Ids are read in lower case, as Cloudflare writes them.
+      accountId: "acc00000000000000000000000000001",
       auth: { email: "me@example.com", key: "global" },
       apiBaseUrl: "https://api.cloudflare.com/client/v4",
       workerName: "b2-private-cdn",
@@ -715,7 +722,7 @@ Deno.test("refresh --dry-run asks B2 but uploads nothing", async () => {
       /"B2_DOWNLOAD_TOKEN",\s*"text": "\(secret, not shown\)"/,
     );
     assert.match(stdout, /module worker\.js: \d+ bytes/);
-    assert.equal(w.cloudflare.requests.length, 0);
+    assert.deepEqual(w.cloudflare.requests.filter((r) => r.method !== "GET"), []);
     assert.equal(w.b2.downloadTokens.size, 1);
   } finally {
     await w.close();
@@ -753,8 +760,8 @@ Deno.test("refresh checks what the key allows before asking for a token", async 
     {
       name: "no such bucket",
       b2: {},
-      env: { B2_BUCKET_NAME: "nope" },
-      expect: /No bucket named "nope" in this B2 account\. Check B2_BUCKET_NAME/,
+      env: { B2_BUCKET_NAME: "nope-not-here" },
+      expect: /No bucket named "nope-not-here" in this B2 account\. Check B2_BUCKET_NAME/,
     },
   ];
   for (const c of cases) {
@@ -1051,7 +1058,7 @@ Deno.test("purge --url with WORKER_PURGE_KEY needs no Cloudflare setting and no 
     await t.step("nothing set: every missing setting in one round", async () => {
       const noUrl = await runOnly(["purge", "/hello.txt"], {});
       assert.equal(noUrl.code, 2);
-      for (const name of ["CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN", "B2_APPLICATION_KEY"]) {
+      for (const name of ["CLOUDFLARE_API_TOKEN", "B2_APPLICATION_KEY"]) {
         assert.match(noUrl.stderr, new RegExp(`Set ${name}`));
       }
       assert.match(noUrl.stderr, /pass --url https:\/\/<host>, or set WORKER_DOMAIN/);
@@ -1197,26 +1204,77 @@ Deno.test("refreshIfDue() says what it kept when a retry uploaded nothing", asyn
   }
 });
 
-Deno.test("refresh --dry-run checks the Cloudflare settings as configuration and says it did not ask", async () => {
-  const w = world();
-  try {
-    const missing = await w.run(["refresh", "--dry-run"], {
-      env: { CLOUDFLARE_ACCOUNT_ID: "", CLOUDFLARE_API_TOKEN: "" },
-    });
-    assert.equal(missing.code, 2);
-    assert.match(missing.stderr, /Set CLOUDFLARE_ACCOUNT_ID.*\n.*Set CLOUDFLARE_API_TOKEN/);
-    const { code, stdout } = await w.run(["refresh", "--dry-run"]);
-    assert.equal(code, 0);
-    assert.match(
-      stdout,
-      /\nCloudflare was not asked: CLOUDFLARE_ACCOUNT_ID and the credentials are set, but only a refresh without --dry-run tries them\.$/,
-    );
-    const json = await w.run(["refresh", "--dry-run", "--json"]);
-    assert.equal(JSON.parse(json.stdout).cloudflareAsked, false);
-    assert.equal(w.cloudflare.requests.length, 0);
-  } finally {
-    await w.close();
-  }
+Deno.test("refresh --dry-run asks Cloudflare read-only and prints the plan; nothing is written", async (t) => {
+  const writes = (w: World) => w.cloudflare.requests.filter((r) => r.method !== "GET");
+  await t.step("a first deploy: what would be created, on a valid token", async () => {
+    const w = world();
+    try {
+      const { code, stdout } = await w.run(["refresh", "--dry-run"]);
+      assert.equal(code, 0);
+      assert.match(stdout, /Cloudflare, asked read-only \(nothing was written\):/);
+      assert.match(stdout, /API token: valid, a user's/);
+      assert.match(stdout, /worker "b2-private-cdn" in account acc0+1: would be created/);
+      assert.match(
+        stdout,
+        /workers\.dev: would answer at https:\/\/b2-private-cdn\.fake-subdomain/,
+      );
+      assert.deepEqual(writes(w), []);
+      const json = JSON.parse((await w.run(["refresh", "--dry-run", "--json"])).stdout);
+      assert.deepEqual(json.plan.problems, []);
+      assert.equal(json.plan.steps.length, 3);
+    } finally {
+      await w.close();
+    }
+  });
+  await t.step(
+    "a route another Worker holds and a token without Routes: exit 1, each named",
+    async () => {
+      const w = world({ cloudflare: { tokenPermissions: ["workers_scripts:edit", "zone:read"] } });
+      try {
+        const { code, stdout, stderr } = await w.run(["refresh", "--dry-run"], {
+          env: { WORKER_ROUTE: "files.example.com/*" },
+        });
+        assert.equal(code, 1);
+        assert.match(stdout, /PROBLEM: Cannot list the zone's routes: Cloudflare answered 403/);
+        assert.match(stderr, /^error: a real run would fail: /m);
+        assert.deepEqual(writes(w), []);
+      } finally {
+        await w.close();
+      }
+      const held = world();
+      try {
+        otherWorker(held.cloudflare, "b2-guide");
+        held.cloudflare.routes.set(ZONE, [{
+          id: "r1",
+          pattern: "files.example.com/*",
+          script: "b2-guide",
+        }]);
+        const { code, stdout } = await held.run(["refresh", "--dry-run"], {
+          env: { WORKER_ROUTE: "files.example.com/*", CLOUDFLARE_ZONE_ID: ZONE },
+        });
+        assert.equal(code, 1);
+        assert.match(
+          stdout,
+          /PROBLEM: route files\.example\.com\/\* runs worker "b2-guide": a real run leaves it so/,
+        );
+        assert.deepEqual(writes(held), []);
+      } finally {
+        await held.close();
+      }
+    },
+  );
+  await t.step("a token Cloudflare does not know: the verify says so", async () => {
+    const w = world();
+    try {
+      const { code, stdout } = await w.run(["refresh", "--dry-run"], {
+        env: { CLOUDFLARE_API_TOKEN: "not-the-token" },
+      });
+      assert.equal(code, 1);
+      assert.match(stdout, /PROBLEM: CLOUDFLARE_API_TOKEN is not a valid API token/);
+    } finally {
+      await w.close();
+    }
+  });
 });
 
 // ---------------------------------------------------------------------------
@@ -2126,7 +2184,7 @@ Deno.test("status exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, as Nagios plugin
     });
     await t.step("Cloudflare refuses to say: UNKNOWN, on stdout", async () => {
       const { code, stdout, stderr } = await w.run(["status"], {
-        env: { CLOUDFLARE_ACCOUNT_ID: "nope" },
+        env: { CLOUDFLARE_ACCOUNT_ID: "acc0000000000000000000000000dead" },
       });
       assert.deepEqual([code, stderr], [3, ""]);
       assert.match(stdout, /^UNKNOWN - .*Fix: .*CLOUDFLARE_ACCOUNT_ID/);
@@ -2141,9 +2199,9 @@ Deno.test("status exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, as Nagios plugin
       assert.match(report.problem, /Cloudflare/);
     });
     await t.step("bad settings or usage: UNKNOWN, not CRITICAL", async () => {
-      const unset = await w.run(["status"], { env: { CLOUDFLARE_ACCOUNT_ID: "" } });
+      const unset = await w.run(["status"], { env: { CLOUDFLARE_API_TOKEN: "" } });
       assert.equal(unset.code, 3);
-      assert.match(unset.stdout, /^UNKNOWN - .*Set CLOUDFLARE_ACCOUNT_ID/);
+      assert.match(unset.stdout, /^UNKNOWN - .*Set CLOUDFLARE_API_TOKEN/);
       const usage = await w.run(["status", "--min-remaining", "soon"]);
       assert.equal(usage.code, 3);
       assert.match(usage.stdout, /^UNKNOWN - --min-remaining must be a duration/);
@@ -2625,7 +2683,7 @@ Deno.test("largeObjectsWhere() says where large objects are kept, per mode and a
 });
 
 Deno.test("purgeUrl() takes --url, WORKER_DOMAIN, a concrete route, then workers.dev", async () => {
-  const base = parseConfig({ CLOUDFLARE_ACCOUNT_ID: "a", CLOUDFLARE_API_TOKEN: "t" }, {
+  const base = parseConfig({ CLOUDFLARE_ACCOUNT_ID: FAKE_ACCOUNT_ID, CLOUDFLARE_API_TOKEN: "t" }, {
     cloudflare: true,
   });
   const ctx = { ...({} as Context) };
@@ -2744,7 +2802,7 @@ Deno.test("main() ends quietly when the reader of its output has gone (| head, a
 
 Deno.test("a permission Deno refuses is exit 2 naming the flags to run with, not a retry", async () => {
   const env = {
-    CLOUDFLARE_ACCOUNT_ID: "a",
+    CLOUDFLARE_ACCOUNT_ID: FAKE_ACCOUNT_ID,
     CLOUDFLARE_API_TOKEN: CF_TOKEN,
     CLOUDFLARE_API_BASE_URL: "http://127.0.0.1:39998/client/v4",
   };
@@ -2795,7 +2853,7 @@ Deno.test("main.ts as a subprocess: exit codes, stdout and stderr", async (t) =>
       });
       assert.equal(code, 2);
       assert.equal(stdout, "");
-      assert.match(stderr, /^error: The configuration has 5 problems:/);
+      assert.match(stderr, /^error: The configuration has 4 problems:/);
     });
     await t.step("a B2 failure exits 1", async () => {
       w.b2.fail("/b2api/v4/b2_authorize_account", {
@@ -3195,7 +3253,7 @@ Deno.test("a Deploy cron run with missing settings fails, naming what to set", a
   await assert.rejects(registered[0]![3](), /Set B2_APPLICATION_KEY_ID/);
   const error = lines.find((line) => line.startsWith("error: "));
   assert.match(error!, /Set B2_APPLICATION_KEY_ID/);
-  assert.match(error!, /CLOUDFLARE_ACCOUNT_ID/);
+  assert.match(error!, /CLOUDFLARE_API_TOKEN/);
   assert.doesNotMatch(error!, /REFRESH_SCHEDULE/, "ignored on Deploy, so never a problem there");
   assert.deepEqual(fetches, []);
   assertNoSecret(...lines);
@@ -3306,7 +3364,7 @@ Deno.test("on Deploy, / answers 200 and /health the token's state, read once per
       assert.equal(health.status, 200);
       const body = await health.json();
       assert.equal(body.state, "unknown");
-      assert.match(body.problem, /CLOUDFLARE_ACCOUNT_ID/);
+      assert.match(body.problem, /CLOUDFLARE_API_TOKEN/);
     });
     await t.step("other paths are 404, other methods 405", async () => {
       assert.equal((await get("/refresh")).status, 404);
@@ -4288,4 +4346,183 @@ Deno.test("refresh never alters a user's rule: one B2 answered with a masked sec
   } finally {
     await w.close();
   }
+});
+
+// ---------------------------------------------------------------------------
+// Ids need not be hunted
+// ---------------------------------------------------------------------------
+
+Deno.test("readCloudflareId() takes 32 hex, reads a dashboard address, and says what it took", async (t) => {
+  const id = "0123456789abcdef0123456789abcdef";
+  await t.step("an id, in either case", () => {
+    assert.deepEqual(readCloudflareId("CLOUDFLARE_ACCOUNT_ID", ` ${id.toUpperCase()} `), { id });
+  });
+  await t.step("the README's dashboard address pasted whole: the account id, said", () => {
+    for (
+      const pasted of [
+        `https://dash.cloudflare.com/${id}/workers-and-pages`,
+        `dash.cloudflare.com/${id}`,
+      ]
+    ) {
+      const read = readCloudflareId("CLOUDFLARE_ACCOUNT_ID", pasted);
+      assert.equal(read.id, id);
+      assert.match(read.note!, new RegExp(`took the account id ${id} from it`));
+    }
+  });
+  await t.step("a zone's dashboard address holds no zone id: a problem naming the way out", () => {
+    const read = readCloudflareId(
+      "CLOUDFLARE_ZONE_ID",
+      `https://dash.cloudflare.com/${id}/example.com`,
+    );
+    assert.equal(read.id, undefined);
+    assert.match(
+      read.problem!,
+      /holds the account id .* and the domain example\.com but no zone id/,
+    );
+    assert.match(read.problem!, /or leave it out: it is found from WORKER_ROUTE or WORKER_DOMAIN/);
+  });
+  await t.step("anything else is a problem that quotes it", () => {
+    for (
+      const [name, raw] of [["CLOUDFLARE_ACCOUNT_ID", "my-account"], [
+        "CLOUDFLARE_ZONE_ID",
+        "abc",
+      ]] as const
+    ) {
+      assert.match(
+        readCloudflareId(name, raw).problem!,
+        new RegExp(`^${name} must be .*not "${raw}"`),
+      );
+    }
+    assert.ok(readCloudflareId("CLOUDFLARE_ACCOUNT_ID", `https://example.com/${id}`).problem);
+  });
+});
+
+Deno.test("bucketNameProblem() refuses what B2 refuses, with B2's rule", () => {
+  for (const good of ["photos", "My-Bucket-2", "a".repeat(63)]) {
+    assert.equal(bucketNameProblem(good), undefined, good);
+  }
+  const cases: [string, RegExp][] = [
+    ["My_Bucket!", /\("_", "!" are not allowed\)/],
+    ["short", /\(it has 5 characters\)/],
+    ["a".repeat(64), /\(it has 64 characters\)/],
+    ["b2-photos", /names starting with "b2-" are reserved/],
+    ["my.bucket", /"\." is not allowed/],
+  ];
+  for (const [name, why] of cases) {
+    const problem = bucketNameProblem(name)!;
+    assert.match(problem, why);
+    assert.match(problem, /6 to 63 letters, digits and "-", and does not start with "b2-"/);
+  }
+});
+
+Deno.test("zoneCandidates() walks up a host's labels as wrangler does, never to a bare TLD", () => {
+  assert.deepEqual(zoneCandidates("cdn.example.com/*"), ["cdn.example.com", "example.com"]);
+  assert.deepEqual(zoneCandidates("*.cdn.example.co.uk/files/*"), [
+    "cdn.example.co.uk",
+    "example.co.uk",
+    "co.uk",
+  ]);
+  assert.deepEqual(zoneCandidates("https://Example.COM:8443/x"), ["example.com"]);
+  assert.deepEqual(zoneCandidates("*example.com/*"), ["example.com"]);
+  assert.deepEqual(zoneCandidates("localhost"), []);
+});
+
+Deno.test("refresh finds the account and the zone the settings leave out", async (t) => {
+  const without = { CLOUDFLARE_ACCOUNT_ID: "" };
+  const second = { id: "acc00000000000000000000000000002", name: "Side project" };
+  await t.step("one account: taken, and the worker deploys there", async () => {
+    for (const tokenOwner of ["user", "account"] as const) {
+      const w = world({ cloudflare: { tokenOwner, otherAccounts: [second] } });
+      try {
+        const { code, stderr } = await w.run(["refresh", "--verbose"], {
+          env: { ...without, ...(tokenOwner === "user" && { CLOUDFLARE_API_TOKEN: CF_TOKEN }) },
+        });
+        if (tokenOwner === "user") {
+          // A user in two accounts: no guess.
+          assert.equal(code, 2);
+          assert.match(
+            stderr,
+            /CLOUDFLARE_ACCOUNT_ID is not set, and the token sees 2 accounts: set it to one of them \(Fake account: acc0+1; Side project: acc0+2\)/,
+          );
+          assert.equal(w.b2.requests.length, 0, "B2 is not asked before the ids are known");
+        } else {
+          assert.equal(code, 0, stderr);
+          assert.match(
+            stderr,
+            /Cloudflare: account acc0+1 \(Fake account\), the one the token sees/,
+          );
+          assert.equal(w.cloudflare.scripts.get("b2-private-cdn")?.account, FAKE_ACCOUNT_ID);
+        }
+      } finally {
+        await w.close();
+      }
+    }
+  });
+  await t.step("the zone of a route and of a custom domain, by walking up the host", async () => {
+    for (
+      const env of [{ WORKER_ROUTE: "cdn.example.com/*" }, {
+        WORKER_DOMAIN: "cdn.example.com",
+      }] as Record<string, string>[]
+    ) {
+      const w = world();
+      try {
+        const { code, stderr } = await w.run(["refresh", "--verbose"], {
+          env: { ...without, ...env },
+        });
+        assert.equal(code, 0, stderr);
+        assert.match(stderr, /Cloudflare: zone example\.com is 20e0+1/);
+        const looked = w.cloudflare.requests.filter((r) => r.path.startsWith("/zones?"));
+        assert.deepEqual(looked.map((r) => new URL(r.path, "http://x").searchParams.get("name")), [
+          "cdn.example.com",
+          "example.com",
+        ]);
+      } finally {
+        await w.close();
+      }
+    }
+  });
+  await t.step("a token without Zone Read: exit 2 naming it, nothing asked of B2", async () => {
+    const w = world({
+      cloudflare: { tokenPermissions: ["workers_scripts:edit", "workers_routes:edit"] },
+    });
+    try {
+      const { code, stderr } = await w.run(["refresh"], {
+        env: { WORKER_ROUTE: "cdn.example.com/*" },
+      });
+      assert.equal(code, 2);
+      assert.match(
+        stderr,
+        /Cannot find the zone of "cdn\.example\.com\/\*" \(tried cdn\.example\.com, example\.com in account acc0+1\).*"Zone: Read".*or set CLOUDFLARE_ZONE_ID/,
+      );
+      assert.equal(w.b2.requests.length, 0);
+      assert.deepEqual(w.cloudflare.requests.filter((r) => r.method !== "GET"), []);
+    } finally {
+      await w.close();
+    }
+  });
+  await t.step(
+    "the dashboard address pasted as the account id: deploys, saying which id it took",
+    async () => {
+      const w = world();
+      try {
+        const { code, stderr } = await w.run(["refresh"], {
+          env: {
+            CLOUDFLARE_ACCOUNT_ID:
+              `https://dash.cloudflare.com/${FAKE_ACCOUNT_ID}/workers-and-pages`,
+          },
+        });
+        assert.equal(code, 0, stderr);
+        assert.match(
+          stderr,
+          new RegExp(
+            `^warning: CLOUDFLARE_ACCOUNT_ID is a dashboard address: took the account id ${FAKE_ACCOUNT_ID}`,
+            "m",
+          ),
+        );
+        assert.ok(w.cloudflare.scripts.has("b2-private-cdn"));
+      } finally {
+        await w.close();
+      }
+    },
+  );
 });
