@@ -2106,6 +2106,7 @@ export interface CloudflareAccount {
 
 /** A zone, as `GET /zones` lists it. */
 export interface CloudflareZone {
+  /** 32 hexadecimal characters. */
   id: string;
   /** The domain, such as `example.com`. */
   name: string;
