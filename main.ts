@@ -94,6 +94,20 @@ export interface WorkerOptions {
    * changed; refresh keeps the bucket's rule. @default false
    */
   eventNotifications?: boolean;
+  /** Folder listings (`WORKER_LISTING=on`); the key goes as secret bindings. @default undefined (off) */
+  listing?: ListingOptions;
+}
+
+/** Folder listings: the key that may only list, where it authorizes, how long listings keep. */
+export interface ListingOptions {
+  /** `B2_LISTING_KEY_ID`. */
+  keyId: string;
+  /** `B2_LISTING_KEY`; a secret. */
+  key: string;
+  /** `B2_API_URL`, where refresh authorized it. */
+  apiUrl: string;
+  /** `WORKER_LISTING_TTL`: seconds the edge keeps a listing. @default 60 */
+  ttl: number;
 }
 
 /** Which paths need a signed link, and the keys that sign them. */
@@ -1954,11 +1968,24 @@ export function workerUpload(module: string, facts: WorkerFacts): WorkerUpload {
         ...(facts.eventSecret
           ? [{ type: "secret_text" as const, name: EVENT_SECRET_BINDING, text: facts.eventSecret }]
           : []),
+        ...listingBindings(facts.options.listing),
       ],
       cache_options: cacheOptionsFor(facts.options.cacheMode),
     },
     module,
   };
+}
+
+/** The listing bindings: the key (and its id) only ever as `secret_text`. None when off. */
+function listingBindings(listing: ListingOptions | undefined): Binding[] {
+  if (!listing) return [];
+  return [
+    { type: "plain_text", name: "WORKER_LISTING", text: "on" },
+    { type: "plain_text", name: "WORKER_LISTING_TTL", text: String(listing.ttl) },
+    { type: "plain_text", name: "B2_API_URL", text: listing.apiUrl },
+    { type: "secret_text", name: "B2_LISTING_KEY_ID", text: listing.keyId },
+    { type: "secret_text", name: "B2_LISTING_KEY", text: listing.key },
+  ];
 }
 
 /** The signed-link bindings: the keys only ever as `secret_text`. None without signing. */

@@ -75,6 +75,21 @@ export interface Env {
    * @default the limit of the cache in use
    */
   WORKER_SEGMENT_THRESHOLD?: string;
+  /** `on`: a folder without its index file answers a listing of it. @default "off" */
+  WORKER_LISTING?: string;
+  /** Seconds the edge keeps a listing. @default "60" */
+  WORKER_LISTING_TTL?: string;
+  /** The id of the key that may only list (a secret binding). */
+  B2_LISTING_KEY_ID?: string;
+  /** The key that may only list (a secret binding). */
+  B2_LISTING_KEY?: string;
+  /** Where refresh authorized, so the listing key authorizes there too. @default B2's */
+  B2_API_URL?: string;
+  /**
+   * Names one listing page asks B2 for. `refresh` does not set it: it lets tests and the
+   * bench page through small folders. @default "1000"
+   */
+  WORKER_LISTING_PAGE_SIZE?: string;
 }
 
 /** What `ctx.cache.purge` takes (Workers Cache; developers.cloudflare.com/workers/cache/purge/). */
@@ -132,6 +147,8 @@ export interface WorkerConfig {
   segmentSize: number;
   /** Bytes above which an object is large: the cache in use cannot hold it whole. */
   segmentThreshold: number;
+  /** Folder listings; absent when off. */
+  listing?: ListingConfig;
 }
 
 /** The B2 name a path maps to, or the status that refuses it. */
@@ -240,8 +257,13 @@ export default {
       if (handled) return handled;
     }
     // Every answer respond() gives is one made here, never B2's or the cache's own, so its
-    // headers can be changed in place.
-    const response = await respond(request, config, ctx);
+    // headers can be changed in place; so are listings.
+    const url = new URL(request.url);
+    const response = await withListing(
+      request,
+      { url, config, ctx },
+      () => respond(request, config, ctx),
+    );
     response.headers.set("X-Content-Type-Options", "nosniff");
     const cors = corsHeaders(request.headers.get("Origin"), config.corsOrigins, {
       // Workers Cache stores the answer with its CORS headers and serves it to every origin:
@@ -599,6 +621,7 @@ function serviceReply(
 
 /** Parses the bindings, applying the defaults of {@linkcode Env}. */
 export function readConfig(env: Env): WorkerConfig {
+  const listing = readListing(env);
   return {
     token: env.B2_DOWNLOAD_TOKEN,
     downloadUrl: env.B2_DOWNLOAD_URL.replace(/\/+$/, ""),
@@ -624,6 +647,7 @@ export function readConfig(env: Env): WorkerConfig {
     purgeKey: env.WORKER_PURGE_KEY ?? "",
     fingerprint: env.WORKER_FINGERPRINT ?? "",
     ...readSegmenting(env),
+    ...(listing && { listing }),
   };
 }
 
@@ -2145,6 +2169,8 @@ const REMEMBERED = 20_000;
 /** One change, as B2 reports it; only the fields used here. */
 interface ChangeEvent {
   tag: string;
+  /** The tags of the listings that show the name (listings on), else none. */
+  listingTags: string[];
   name: string;
   /** B2's `eventTimestamp`, ms: the latest of the name's events. */
   at: number;
@@ -2318,8 +2344,16 @@ async function changesOf(events: unknown[], config: WorkerConfig): Promise<Chang
     if (typeof eventId === "string") known.ids.push(eventId);
     latest.set(objectName, { at: Math.max(at, known.at), ids: known.ids });
   }
+  const listed = async (name: string) =>
+    config.listing ? await Promise.all(foldersAbove(name, config.prefix).map(listingTag)) : [];
   return await Promise.all(
-    [...latest].map(async ([name, { at, ids }]) => ({ name, at, ids, tag: await objectTag(name) })),
+    [...latest].map(async ([name, { at, ids }]) => ({
+      name,
+      at,
+      ids,
+      tag: await objectTag(name),
+      listingTags: await listed(name),
+    })),
   );
 }
 
@@ -2354,17 +2388,20 @@ async function purgeChanges(
   for (const id of changes.flatMap((c) => c.ids)) {
     if (!state.seen.has(id)) remember(state.seen, id, now);
   }
-  const tags = [...new Set(pending.map((c) => c.tag))];
-  if (tags.length === 0) return { by: "earlier purges" };
+  const objectTags = [...new Set(pending.map((c) => c.tag))];
+  if (objectTags.length === 0) return { by: "earlier purges" };
+  // A listing is purged with the objects it shows; segments (`covered`) are objects' only.
+  const tags = [...new Set([...objectTags, ...pending.flatMap((c) => c.listingTags)])];
   // B2 sends at most MAX_EVENTS_PER_BATCH events a delivery, so the tags fit one purge; more
-  // (a rule set by hand) are covered by a purge of everything.
+  // (a rule set by hand, or names in many folders when listings are on) are covered by a
+  // purge of everything.
   const fits = tags.length <= MAX_PURGE_OPERATIONS;
   if (fits && state.tokens - 1 >= PURGE_RESERVE) {
     state.tokens -= 1;
     const result = await cache.purge({ tags });
     if (result.success) {
-      for (const tag of tags) remember(state.tags, tag, now);
-      return { by: "tags", covered: { tags } };
+      for (const tag of objectTags) remember(state.tags, tag, now);
+      return { by: "tags", covered: { tags: objectTags } };
     }
     state.tokens = 0;
   }
@@ -2416,8 +2453,19 @@ async function deleteHere(
       keys.push(origin + path.slice(0, -encodeURIComponent(config.indexFile).length));
     }
   }
+  // Listings go with what budget is left, their folder's first page only: best effort, since
+  // they expire after WORKER_LISTING_TTL anyway.
+  const listings = config.listing
+    ? [...new Set(changes.map(({ name }) => name.slice(0, name.lastIndexOf("/") + 1)))]
+      .filter((folder) => folder.startsWith(config.prefix))
+      .flatMap((folder) =>
+        [false, true].map((json) => listingCacheKey(origin, { folder, from: "", json }, config))
+      )
+    : [];
+  const budget = keys.slice(0, MAX_CACHE_DELETES);
+  budget.push(...listings.slice(0, MAX_CACHE_DELETES - budget.length));
   const deleted = await Promise.all(
-    keys.slice(0, MAX_CACHE_DELETES).map((key) => edgeCache().delete(key).catch(() => false)),
+    budget.map((key) => edgeCache().delete(key).catch(() => false)),
   );
   return {
     deleted: deleted.filter(Boolean).length,
@@ -2439,4 +2487,578 @@ async function forgetLargeHere(
 ): Promise<void> {
   if (!handlesLarge(config)) return;
   await forgetFactsOf(url, changes.map(({ name }) => name), config, MAX_CACHE_DELETES);
+}
+
+// ---------------------------------------------------------------------------
+// Folder listings
+//
+// With WORKER_LISTING=on, a folder path (ending in `/`) whose index file B2 does not have
+// answers a listing of that folder: an HTML page, or JSON with `?format=json`, one page per
+// b2_list_file_names call (`delimiter=/`; the next page is `?from=<name>`). A download token
+// cannot list, so the worker holds a second key that can do nothing but list the bucket under
+// B2_FILE_PREFIX (refresh refuses any other), and authorizes with it at B2_API_URL, the address
+// refresh used: one account token per isolate, renewed when B2 says it expired (tokens live at
+// most 24 hours; backblaze.com/apidocs/b2-authorize-account). What a visitor may not fetch is
+// never listed: hidden names (a segment starting with `.`, B2's `.bzEmpty` among them), names
+// a path cannot reach, and anything under a signed prefix. Listings are kept at the edge for
+// WORKER_LISTING_TTL, tagged by folder, and an event notification for a name purges the
+// listings of its folder and of every folder above it up to the prefix.
+// ---------------------------------------------------------------------------
+
+/** What listing folders takes, from the bindings. */
+export interface ListingConfig {
+  keyId: string;
+  key: string;
+  /** Where `b2_authorize_account` is called: refresh's `B2_API_URL`. */
+  apiUrl: string;
+  /** Seconds the edge keeps a listing. */
+  ttl: number;
+  /** Names a page asks B2 for: one `b2_list_file_names` call. */
+  pageSize: number;
+}
+
+/** One folder or file a listing shows. */
+export interface ListedEntry {
+  /** Relative to the folder listed; a folder's ends in `/`. */
+  name: string;
+  /** The worker's own path of it, percent-encoded. */
+  path: string;
+  folder: boolean;
+  /** Bytes; files only. */
+  size?: number;
+  /** B2's upload time, ms since the epoch; files only. */
+  uploaded?: number;
+}
+
+/** One page of a folder, as visitors may see it. */
+export interface FolderPage {
+  /** The folder's public path, decoded (`/docs/`). */
+  title: string;
+  /** The folder's own path, percent-encoded. */
+  path: string;
+  /** From the top down to this folder, each with its path. */
+  crumbs: { name: string; path: string }[];
+  folders: ListedEntry[];
+  files: ListedEntry[];
+  /** Where the next page starts (`?from=`), relative to the folder; absent on the last. */
+  next?: string;
+}
+
+// Short: a listing without event notifications shows a new upload within this many seconds.
+const DEFAULT_LISTING_TTL = 60;
+// b2_list_file_names is billed per 1,000 names returned (backblaze.com/b2/
+// b2-transactions-price.html), so a page of 1,000 costs one Class C transaction.
+const DEFAULT_LISTING_PAGE_SIZE = 1000;
+const MAX_LISTING_PAGE_SIZE = 10_000;
+const LISTING_TAG_PREFIX = "b2cdn-list-";
+// The only query a listing takes, in this order: anything else is sent to the bare folder.
+const LISTING_PARAMETERS = ["from", "format"];
+const LISTING_STYLE = [
+  "body{font:16px/1.5 system-ui,sans-serif;margin:2rem auto;max-width:60rem;padding:0 1rem}",
+  "nav ol{list-style:none;padding:0;margin:0 0 1rem}nav li{display:inline}",
+  'nav li+li::before{content:" / "}',
+  "table{border-collapse:collapse;width:100%}caption{text-align:left;color:#555}",
+  "th,td{text-align:left;padding:.25rem .75rem .25rem 0;border-bottom:1px solid #ddd}",
+  "td.size{text-align:right;white-space:nowrap}",
+  "a:focus-visible{outline:3px solid #1a5fb4;outline-offset:2px}",
+].join("");
+// The page's style is allowed by its hash: no script, no other source.
+let listingStyleHash: Promise<string> | undefined;
+// Account tokens of the listing key, one per isolate and key; see listingSession().
+const listingSessions = new Map<string, Promise<ListingSession>>();
+
+interface ListingSession {
+  token: string;
+  apiUrl: string;
+  bucketId: string;
+}
+
+/** The listing bindings, or `undefined` when listings are off or the key is missing. */
+export function readListing(env: Env): ListingConfig | undefined {
+  if (env.WORKER_LISTING !== "on" || !env.B2_LISTING_KEY_ID || !env.B2_LISTING_KEY) {
+    return undefined;
+  }
+  const pageSize = wholeNumber(env.WORKER_LISTING_PAGE_SIZE, DEFAULT_LISTING_PAGE_SIZE);
+  return {
+    keyId: env.B2_LISTING_KEY_ID,
+    key: env.B2_LISTING_KEY,
+    apiUrl: (env.B2_API_URL ?? "https://api.backblazeb2.com").replace(/\/+$/, ""),
+    ttl: wholeNumber(env.WORKER_LISTING_TTL, DEFAULT_LISTING_TTL),
+    pageSize: Math.min(Math.max(pageSize, 1), MAX_LISTING_PAGE_SIZE),
+  };
+}
+
+/**
+ * The B2 folder (`site/docs/`) a request may list, or `undefined`: listings on, a GET or
+ * HEAD of a path ending in `/` that objectName() would accept, under the prefix, no hidden
+ * segment, and public (a signed prefix is never listed).
+ */
+export function listedFolder(
+  request: { method: string; url: URL; link: LinkCheck },
+  config: Pick<WorkerConfig, "listing" | "urlStyle" | "bucketName" | "prefix">,
+): string | undefined {
+  const { method, url, link } = request;
+  if (!config.listing || (method !== "GET" && method !== "HEAD")) return undefined;
+  if (!url.pathname.endsWith("/") || link.access !== "public") return undefined;
+  // The folder's index file by objectName()'s rules, with a name of one character: whatever
+  // path it refuses, or maps outside the prefix, is not listed either.
+  const mapped = objectName(url.pathname, { ...config, indexFile: "-" });
+  if ("status" in mapped) return undefined;
+  const folder = mapped.name.slice(0, -1);
+  return hiddenName(folder.slice(config.prefix.length)) ? undefined : folder;
+}
+
+/** Whether a name (relative to the prefix) has a hidden segment: `.git/`, `.bzEmpty`. */
+function hiddenName(relative: string): boolean {
+  return relative.split("/").some((segment) => segment.startsWith("."));
+}
+
+/** `from` and `format` of a listing's query, with the query they make; `undefined`: foreign. */
+export function listingQuery(
+  url: URL,
+): { from: string; json: boolean; canonical: string } | undefined {
+  const names = [...url.searchParams.keys()];
+  if (names.some((name) => !LISTING_PARAMETERS.includes(name))) return undefined;
+  if (new Set(names).size !== names.length) return undefined;
+  const from = url.searchParams.get("from") ?? "";
+  const format = url.searchParams.get("format");
+  if (format !== null && format !== "json") return undefined;
+  const json = format === "json";
+  return { from, json, canonical: listingSearch(from, json) };
+}
+
+/** The one query string of a listing page: `?from=<strictly encoded>&format=json`. */
+function listingSearch(from: string, json: boolean): string {
+  const parts = [...(from ? [`from=${strictEncode(from)}`] : []), ...(json ? ["format=json"] : [])];
+  return parts.length === 0 ? "" : `?${parts.join("&")}`;
+}
+
+/**
+ * Percent-encodes all but letters, digits and `-._~`, so that no browser re-encodes what a
+ * link holds (they differ on `'` in a query) and the cache sees one URL per page.
+ */
+function strictEncode(text: string): string {
+  return encodeURIComponent(text).replace(
+    /[!'()*]/g,
+    (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
+  );
+}
+
+/** The `Cache-Tag` of a folder's listings, as objectTag() hashes names. */
+export async function listingTag(folder: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(folder));
+  return LISTING_TAG_PREFIX + toHex(new Uint8Array(digest)).slice(0, TAG_HEX_LENGTH);
+}
+
+/** The folders whose listings show a name: its own and each above it, up to the prefix. */
+export function foldersAbove(name: string, prefix: string): string[] {
+  const relative = name.slice(prefix.length).split("/").slice(0, -1);
+  return relative.map((_, i) => prefix + relative.slice(0, i + 1).join("/") + "/")
+    .reverse().concat(prefix);
+}
+
+/** Why a listing could not be made: logged, and answered 502 or 504. */
+class ListingError extends Error {
+  constructor(message: string, readonly status: 502 | 504 = 502) {
+    super(message);
+  }
+}
+
+/**
+ * This isolate's account token of the listing key, authorizing once; `renew` drops the one
+ * held (B2 said it expired). A failed authorization is not kept.
+ */
+function listingSession(config: WorkerConfig, renew: boolean): Promise<ListingSession> {
+  const listing = config.listing!;
+  const id = `${listing.apiUrl} ${listing.keyId}`;
+  const held = renew ? undefined : listingSessions.get(id);
+  if (held) return held;
+  const session = authorizeListing(config);
+  listingSessions.set(id, session);
+  session.catch(() => {
+    if (listingSessions.get(id) === session) listingSessions.delete(id);
+  });
+  return session;
+}
+
+/** `b2_authorize_account` with the listing key; the bucket's id from what the key may reach. */
+async function authorizeListing(config: WorkerConfig): Promise<ListingSession> {
+  const listing = config.listing!;
+  const response = await listingFetch(`${listing.apiUrl}/b2api/v4/b2_authorize_account`, {
+    headers: { Authorization: `Basic ${btoa(`${listing.keyId}:${listing.key}`)}` },
+  }, config);
+  if (!response.ok) {
+    const code = await b2ErrorCode(response);
+    throw new ListingError(
+      `B2 refused the listing key: ${response.status} ${code}; check B2_LISTING_KEY_ID and ` +
+        "B2_LISTING_KEY, then run refresh",
+    );
+  }
+  const answer = await response.json() as {
+    authorizationToken?: string;
+    apiInfo?: { storageApi?: { apiUrl?: string; allowed?: { buckets?: unknown } } };
+  };
+  const storage = answer.apiInfo?.storageApi;
+  const buckets = Array.isArray(storage?.allowed?.buckets) ? storage.allowed.buckets : [];
+  const bucket = (buckets as { id?: string; name?: string }[])
+    .find((b) => b.name === config.bucketName);
+  if (!answer.authorizationToken || !storage?.apiUrl || !bucket?.id) {
+    throw new ListingError(
+      "the listing key's authorization names no API address or not this bucket; run refresh, " +
+        "which checks the key",
+    );
+  }
+  return {
+    token: answer.authorizationToken,
+    apiUrl: storage.apiUrl.replace(/\/+$/, ""),
+    bucketId: bucket.id,
+  };
+}
+
+/** A B2 API call within WORKER_B2_TIMEOUT_MS; never throws but as a ListingError. */
+async function listingFetch(url: string, init: RequestInit, config: WorkerConfig) {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), config.timeoutMs);
+  try {
+    return await fetch(url, { ...init, signal: controller.signal });
+  } catch (error) {
+    throw controller.signal.aborted
+      ? new ListingError("B2 did not answer the listing in time", 504)
+      : new ListingError(`B2 could not be reached for a listing: ${error}`);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** One item of `b2_list_file_names`; only the fields used here. */
+interface B2ListedFile {
+  action?: string;
+  fileName?: string;
+  contentLength?: number;
+  uploadTimestamp?: number;
+}
+
+/**
+ * One `b2_list_file_names` page of `folder` from `startFileName`, with `delimiter=/`; an
+ * account token B2 calls expired (or bad) is renewed once.
+ */
+async function listB2Folder(
+  config: WorkerConfig,
+  page: { folder: string; startFileName: string },
+): Promise<{ files: B2ListedFile[]; nextFileName: string | null }> {
+  const held = await askB2List(config, { ...page, renew: false });
+  if (held !== "renew") return held;
+  const renewed = await askB2List(config, { ...page, renew: true });
+  if (renewed !== "renew") return renewed;
+  throw new ListingError("B2 refused a fresh account token of the listing key; run refresh");
+}
+
+async function askB2List(
+  config: WorkerConfig,
+  page: { folder: string; startFileName: string; renew: boolean },
+): Promise<{ files: B2ListedFile[]; nextFileName: string | null } | "renew"> {
+  const session = await listingSession(config, page.renew);
+  const response = await listingFetch(`${session.apiUrl}/b2api/v4/b2_list_file_names`, {
+    method: "POST",
+    headers: { Authorization: session.token, "Content-Type": "application/json" },
+    body: JSON.stringify({
+      bucketId: session.bucketId,
+      prefix: page.folder,
+      delimiter: "/",
+      startFileName: page.startFileName,
+      maxFileCount: config.listing!.pageSize,
+    }),
+  }, config);
+  if (response.ok) {
+    const body = await response.json() as { files?: unknown; nextFileName?: unknown };
+    return {
+      files: Array.isArray(body.files) ? body.files : [],
+      nextFileName: typeof body.nextFileName === "string" ? body.nextFileName : null,
+    };
+  }
+  const code = await b2ErrorCode(response);
+  if (response.status === 401 && (code === "expired_auth_token" || code === "bad_auth_token")) {
+    return "renew";
+  }
+  throw new ListingError(
+    `B2 answered ${response.status} ${code} to the listing of "${page.folder}"` +
+      (response.status === 401 ? ": the listing key cannot list it; run refresh" : ""),
+  );
+}
+
+/**
+ * One page of `folder` as visitors may see it: folders, then files, each in B2's order (by
+ * name, in UTF-8 bytes), leaving out what listedEntry() refuses.
+ */
+async function folderPage(
+  config: WorkerConfig,
+  page: { folder: string; from: string },
+): Promise<FolderPage> {
+  const { folder, from } = page;
+  const b2 = await listB2Folder(config, { folder, startFileName: from ? folder + from : "" });
+  const entries = b2.files.flatMap((file) => listedEntry(file, { folder, config }) ?? []);
+  const root = config.urlStyle === "b2" ? `/file/${config.bucketName}/${config.prefix}` : "/";
+  const below = folder.slice(config.prefix.length).split("/").slice(0, -1);
+  const crumbs = [{ name: "Top", path: publicPath(config.prefix, config) }].concat(
+    below.map((name, i) => ({
+      name,
+      path: publicPath(config.prefix + below.slice(0, i + 1).join("/") + "/", config),
+    })),
+  );
+  const next = b2.nextFileName?.startsWith(folder) ? b2.nextFileName.slice(folder.length) : "";
+  return {
+    title: root + below.map((segment) => `${segment}/`).join(""),
+    path: publicPath(folder, config),
+    crumbs,
+    folders: entries.filter((entry) => entry.folder),
+    files: entries.filter((entry) => !entry.folder),
+    ...(next && { next }),
+  };
+}
+
+/**
+ * A B2 item as a listing shows it, or `undefined` when an unsigned visitor may not see it:
+ * not a live file or a folder, hidden (a name starting with `.`), a name no path reaches
+ * (what objectName() refuses), or under a signed prefix.
+ */
+function listedEntry(
+  file: B2ListedFile,
+  where: { folder: string; config: WorkerConfig },
+): ListedEntry | undefined {
+  const { folder, config } = where;
+  const isFolder = file.action === "folder";
+  if (!isFolder && file.action !== "upload") return undefined;
+  if (typeof file.fileName !== "string" || !file.fileName.startsWith(folder)) return undefined;
+  const name = file.fileName.slice(folder.length);
+  const segment = isFolder ? name.slice(0, -1) : name;
+  if (segment === "" || segment.startsWith(".") || HOSTILE_CHARACTER.test(segment)) {
+    return undefined;
+  }
+  if (isFolder !== name.endsWith("/")) return undefined;
+  const decoded = config.urlStyle === "b2"
+    ? `/file/${config.bucketName}/${file.fileName}`
+    : `/${file.fileName.slice(config.prefix.length)}`;
+  if (isProtected(decoded, config.signing.prefixes)) return undefined;
+  const path = publicPath(file.fileName, config);
+  if (isFolder) return { name, path, folder: true };
+  return {
+    name,
+    path,
+    folder: false,
+    size: Number(file.contentLength ?? 0),
+    uploaded: Number(file.uploadTimestamp ?? 0),
+  };
+}
+
+/** The worker's own path of a B2 name (or folder), each segment strictly percent-encoded. */
+function publicPath(name: string, config: WorkerConfig): string {
+  const encode = (text: string) => text.split("/").map(strictEncode).join("/");
+  return config.urlStyle === "b2"
+    ? `/file/${strictEncode(config.bucketName)}/${encode(name)}`
+    : `/${encode(name.slice(config.prefix.length))}`;
+}
+
+/** Text fit for HTML, in an element or a quoted attribute: `<script>` stays text. */
+export function escapeHtml(text: string): string {
+  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+/** Bytes for people: `999 B`, `1.5 KiB`, `12.0 MiB`. */
+export function formatSize(bytes: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  let unit = 0;
+  while (bytes >= 1024 ** (unit + 1) && unit < units.length - 1) unit++;
+  return unit === 0 ? `${bytes} B` : `${(bytes / 1024 ** unit).toFixed(1)} ${units[unit]}`;
+}
+
+/** `1,234,567`: the exact size shown on hover. */
+function groupDigits(value: number): string {
+  return String(value).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+}
+
+/** The listing page: no script at all, links only, so keyboards and text browsers work. */
+export function listingHtml(page: FolderPage): string {
+  const e = escapeHtml;
+  const crumbs = page.crumbs.map((crumb, i) =>
+    i === page.crumbs.length - 1
+      ? `<li><a href="${e(crumb.path)}" aria-current="page">${e(crumb.name)}</a></li>`
+      : `<li><a href="${e(crumb.path)}">${e(crumb.name)}</a></li>`
+  );
+  const folderRows = page.folders.map((entry) =>
+    `<tr><td><a href="${e(entry.path)}">${e(entry.name)}</a></td><td class="size">folder</td>` +
+    "<td></td></tr>"
+  );
+  const fileRows = page.files.map((entry) => {
+    const uploaded = new Date(entry.uploaded ?? 0).toISOString();
+    const shown = `${uploaded.slice(0, 10)} ${uploaded.slice(11, 16)} UTC`;
+    return `<tr><td><a href="${e(entry.path)}">${e(entry.name)}</a></td>` +
+      `<td class="size"><data value="${entry.size}" title="${
+        groupDigits(entry.size ?? 0)
+      } bytes">` +
+      `${formatSize(entry.size ?? 0)}</data></td>` +
+      `<td><time datetime="${uploaded}">${shown}</time></td></tr>`;
+  });
+  const empty = folderRows.length + fileRows.length === 0
+    ? ['<tr><td colspan="3">Nothing to list here.</td></tr>']
+    : [];
+  const next = page.next === undefined
+    ? ""
+    : `<p><a href="${e(page.path + listingSearch(page.next, false))}" rel="next">Next page</a></p>`;
+  return [
+    '<!doctype html><html lang="en"><head><meta charset="utf-8">',
+    '<meta name="viewport" content="width=device-width, initial-scale=1">',
+    `<title>Index of ${e(page.title)}</title><style>${LISTING_STYLE}</style></head><body>`,
+    `<nav aria-label="Breadcrumb"><ol>${crumbs.join("")}</ol></nav>`,
+    `<main><h1>Index of ${e(page.title)}</h1><table>`,
+    `<caption>${page.folders.length} folders, ${page.files.length} files` +
+    `${page.next === undefined ? "" : " on this page"}</caption>`,
+    '<thead><tr><th scope="col">Name</th><th scope="col">Size</th>',
+    '<th scope="col">Uploaded</th></tr></thead><tbody>',
+    ...folderRows,
+    ...fileRows,
+    ...empty,
+    "</tbody></table>",
+    next,
+    `<p><a href="${e(page.path + listingSearch("", true))}">This listing as JSON</a></p>`,
+    "</main></body></html>",
+  ].join("\n");
+}
+
+/** The listing for scripts: the same entries, and the next page's URL path. */
+export function listingJson(page: FolderPage): string {
+  const entry = (item: ListedEntry) => ({
+    name: item.name,
+    path: item.path,
+    ...(!item.folder && {
+      size: item.size,
+      uploaded: new Date(item.uploaded ?? 0).toISOString(),
+    }),
+  });
+  return JSON.stringify({
+    folder: page.title,
+    folders: page.folders.map(entry),
+    files: page.files.map(entry),
+    next: page.next === undefined ? null : page.path + listingSearch(page.next, true),
+  });
+}
+
+/**
+ * A folder's listing when the request may list it and B2 has no index file there; anything
+ * else is what `otherwise` answers. Behind Workers Cache a listing's query must be the one
+ * listingSearch() writes (else a 301 to it, or to the bare folder when it has an index
+ * file), since the query is part of the cache's key. The Cache API keeps listings under keys
+ * of their own, and like objects there ignores any other query.
+ */
+async function withListing(
+  request: Request,
+  where: { url: URL; config: WorkerConfig; ctx: ExecutionContext },
+  otherwise: () => Promise<Response>,
+): Promise<Response> {
+  const { url, config, ctx } = where;
+  const now = Math.floor(Date.now() / 1000);
+  const link = await checkSignedLink(url, { signing: config.signing, now });
+  const folder = listedFolder({ method: request.method, url, link }, config);
+  if (folder === undefined) return await otherwise();
+  const query = listingQuery(url);
+  const target = { folder, from: query?.from ?? "", json: query?.json ?? false };
+  const indexName = config.indexFile === "" ? undefined : folder + config.indexFile;
+  if (config.cacheMode === "workers-cache" && url.search !== "") {
+    if (!query) return await otherwise();
+    const tags = await listingTags(folder, indexName);
+    if (url.search !== query.canonical) {
+      return listingRedirect(url.pathname + query.canonical, { config, tags });
+    }
+    if (indexName) {
+      const index = await askB2("HEAD", indexName, { config });
+      if (index.ok) return listingRedirect(url.pathname, { config, tags });
+      if (index.status !== 404) return edgeLifetime(index, config);
+    }
+    return await listingAnswer(target, { config, tags });
+  }
+  const cacheKey = listingCacheKey(url.origin, target, config);
+  const keep = config.cacheMode === "cache-api" && config.listing!.ttl > 0;
+  const cached = keep ? await edgeCache().match(cacheKey) : undefined;
+  if (cached) return new Response(cached.body, cached);
+  const answered = await otherwise();
+  if (answered.status !== 404) return answered;
+  await answered.body?.cancel();
+  const listed = await listingAnswer(target, {
+    config,
+    tags: await listingTags(folder, indexName),
+  });
+  if (keep && listed.ok) store(ctx, cacheKey, listed.clone());
+  return listed;
+}
+
+/**
+ * Where the Cache API keeps a listing page: the folder's path as publicPath() writes it, so
+ * that a notification finds it whatever encoding the visitor's path had.
+ */
+function listingCacheKey(
+  origin: string,
+  page: { folder: string; from: string; json: boolean },
+  config: WorkerConfig,
+): string {
+  const query = listingSearch(page.from, page.json).replace("?", "&");
+  return `${origin}${publicPath(page.folder, config)}?b2cdn-listing${query}`;
+}
+
+/** What a folder's listing answers are tagged with: its listing tag, its index file's tag. */
+async function listingTags(folder: string, indexName: string | undefined): Promise<string[]> {
+  return [await listingTag(folder), ...(indexName ? [await objectTag(indexName)] : [])];
+}
+
+/** A redirect kept at the edge as long as a listing is, and purged with it. */
+function listingRedirect(
+  location: string,
+  where: { config: WorkerConfig; tags: string[] },
+): Response {
+  const { ttl } = where.config.listing!;
+  return new Response(null, {
+    status: 301,
+    headers: {
+      Location: location,
+      "Cache-Control": `public, max-age=${ttl}`,
+      [CDN_CACHE_CONTROL_HEADER]: ttl > 0 ? `public, max-age=${ttl}` : "no-store",
+      "Cache-Tag": where.tags.join(","),
+    },
+  });
+}
+
+/** The listing page (HTML, or JSON), with its lifetimes and tags; 502 or 504 when B2 fails. */
+async function listingAnswer(
+  target: { folder: string; from: string; json: boolean },
+  where: { config: WorkerConfig; tags: string[] },
+): Promise<Response> {
+  const { config, tags } = where;
+  let page: FolderPage;
+  try {
+    page = await folderPage(config, target);
+  } catch (error) {
+    if (!(error instanceof ListingError)) throw error;
+    console.error(`Cannot list a folder: ${error.message}`);
+    return edgeLifetime(textResponse(error.status), config);
+  }
+  const { ttl } = config.listing!;
+  const headers = new Headers({
+    "Content-Type": target.json ? "application/json; charset=utf-8" : "text/html; charset=utf-8",
+    "Content-Security-Policy": "default-src 'none'; " +
+      `style-src '${await styleHash()}'; base-uri 'none'; form-action 'none'; ` +
+      "frame-ancestors 'none'",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": ttl > 0 ? `public, max-age=${ttl}` : "no-cache",
+  });
+  if (config.cacheMode === "workers-cache") {
+    headers.set(CDN_CACHE_CONTROL_HEADER, ttl > 0 ? `public, max-age=${ttl}` : "no-store");
+    headers.set("Cache-Tag", tags.join(","));
+  }
+  const body = target.json ? listingJson(page) : listingHtml(page);
+  return new Response(body, { status: 200, headers });
+}
+
+/** `sha256-<base64>` of the page's style, for its Content-Security-Policy. */
+function styleHash(): Promise<string> {
+  listingStyleHash ??= crypto.subtle.digest("SHA-256", new TextEncoder().encode(LISTING_STYLE))
+    .then((digest) => `sha256-${btoa(String.fromCharCode(...new Uint8Array(digest)))}`);
+  return listingStyleHash;
 }

@@ -34,9 +34,15 @@ import worker, {
   corsHeaders,
   coversPath,
   type Env,
+  escapeHtml,
   type ExecutionContext,
+  foldersAbove,
   formatRange,
+  formatSize,
   ifRangeMatches,
+  listedFolder,
+  listingQuery,
+  listingTag,
   notModified,
   objectHeaders,
   objectName,
@@ -563,6 +569,8 @@ async function startWorker(b2: FakeB2, setup: WorkerSetup = {}): Promise<TestWor
     new URL(b2.url).host,
     signing?.key,
     signing?.previousKey,
+    setup.options?.listing?.keyId,
+    setup.options?.listing?.key,
   ]
     .filter((secret) => secret !== undefined);
   let seen = b2.requests.length;
@@ -626,7 +634,8 @@ async function startWorker(b2: FakeB2, setup: WorkerSetup = {}): Promise<TestWor
     for (const name of Object.keys(headers)) {
       assert.ok(!name.startsWith("x-bz") && !name.startsWith("x-b2cdn"), `${where} has ${name}`);
     }
-    for (const secret of secrets) {
+    // The account tokens the worker got with the listing key, so far.
+    for (const secret of [...secrets, ...b2.accountTokens]) {
       assert.ok(!JSON.stringify(headers).includes(secret), `${where} shows ${secret}`);
       assert.ok(!body.includes(secret), `${where} body shows ${secret}`);
     }
@@ -2595,4 +2604,425 @@ Deno.test("worker in workerd: facts kept under one fingerprint are not used afte
     await b2.close();
     await Deno.remove(cachePersist, { recursive: true });
   }
+});
+
+// ---------------------------------------------------------------------------
+// Folder listings (issue 24)
+// ---------------------------------------------------------------------------
+
+const LISTING_KEY = {
+  keyId: "listing-key-id-5d1c",
+  applicationKey: "listing-application-key-9e4b",
+  capabilities: ["listFiles"],
+  restrictToBucket: BUCKET,
+  namePrefix: PREFIX,
+};
+
+/** Names an attacker may upload: each must show as text and link to itself. */
+const HOSTILE_NAMES = [
+  "<script>alert(1)<",
+  "\"quoted\" & 'apos'",
+  "<img src=x onerror=alert(1)>",
+  "with space+plus#hash?query%25",
+];
+
+const LISTING_FILES: FakeFile[] = [
+  { name: "site/docs/a.txt", body: { size: 1536 }, uploadTimestamp: Date.UTC(2026, 11, 1, 9, 30) },
+  { name: "site/docs/b.txt", body: "b" },
+  ...HOSTILE_NAMES.map((name) => ({ name: `site/docs/${name}.txt`, body: name })),
+  { name: "site/docs/café.txt", body: "café" },
+  { name: "site/docs/sub/c.txt", body: "c" },
+  { name: "site/docs/empty/.bzEmpty", body: "" },
+  { name: "site/docs/.hidden.txt", body: "hidden" },
+  { name: "site/docs/.git/config", body: "hidden" },
+  { name: "site/docs/members/x.txt", body: "signed only" },
+  { name: "site/docs/back\\slash.txt", body: "no path reaches it" },
+  { name: "site/indexed/index.html", body: "<h1>indexed</h1>", contentType: "text/html" },
+  { name: "site/indexed/x.txt", body: "x" },
+  ...Array.from({ length: 7 }, (_, i) => ({ name: `site/many/${i}.txt`, body: String(i) })),
+  { name: "secret.txt", body: "outside the prefix" },
+];
+
+function listingB2(): FakeB2 {
+  return startFakeB2({
+    buckets: [{ id: BUCKET_ID, name: BUCKET, files: structuredClone(LISTING_FILES) }],
+    keys: [LISTING_KEY],
+  });
+}
+
+function listingOptions(b2: FakeB2, cacheMode: WorkerOptions["cacheMode"]) {
+  return {
+    cacheMode,
+    listing: {
+      keyId: LISTING_KEY.keyId,
+      key: LISTING_KEY.applicationKey,
+      apiUrl: b2.url,
+      ttl: 60,
+    },
+    signing: {
+      prefixes: ["/docs/members/"],
+      key: generateSigningKey(),
+      maxTtl: 3600,
+    },
+  } satisfies Partial<WorkerOptions>;
+}
+
+/** The B2 API calls (not downloads) since `from`, by name. */
+function apiCalls(b2: FakeB2, from: number): string[] {
+  return b2.requests.slice(from).filter((r) => r.path.startsWith("/b2api/"))
+    .map((r) => r.path.replace(/^\/b2api\/v4\//, "").replace(/\?.*/, ""));
+}
+
+/** The `href`s of a listing page's table, decoded from HTML once. */
+function tableLinks(html: string): string[] {
+  const table = html.slice(html.indexOf("<tbody>"), html.indexOf("</tbody>"));
+  return [...table.matchAll(/href="([^"]*)"/g)].map((m) =>
+    m[1]!.replace(/&#(\d+);/g, (_, code) => String.fromCharCode(Number(code)))
+  );
+}
+
+Deno.test("worker in workerd lists a folder without an index file, escaping every name", async (t) => {
+  const b2 = listingB2();
+  const worker = await startWorker(b2, { options: listingOptions(b2, "cache-api") });
+  try {
+    let page = "";
+    await t.step(
+      "an HTML page: folders first, then files, no script, a strict policy",
+      async () => {
+        const answer = await worker.visit("/docs/");
+        assert.equal(answer.status, 200);
+        assert.equal(answer.headers["content-type"], "text/html; charset=utf-8");
+        assert.match(
+          answer.headers["content-security-policy"]!,
+          /^default-src 'none'; style-src 'sha256-/,
+        );
+        page = answer.body;
+        assert.doesNotMatch(page, /<script/i);
+        for (const name of HOSTILE_NAMES.filter((name) => /[<>"'&]/.test(name))) {
+          assert.ok(!page.includes(name), `"${name}" is escaped`);
+          assert.ok(page.includes(`>${escapeHtml(name)}.txt</a>`), `"${name}" shows as text`);
+        }
+        assert.deepEqual(tableLinks(page), [
+          "/docs/empty/",
+          "/docs/sub/",
+          "/docs/%22quoted%22%20%26%20%27apos%27.txt",
+          "/docs/%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E.txt",
+          "/docs/%3Cscript%3Ealert%281%29%3C.txt",
+          "/docs/a.txt",
+          "/docs/b.txt",
+          "/docs/caf%C3%A9.txt",
+          "/docs/with%20space%2Bplus%23hash%3Fquery%2525.txt",
+        ]);
+        assert.match(
+          page,
+          /<data value="1536" title="1,536 bytes">1\.5 KiB<\/data><\/td><td><time datetime="2026-12-01T09:30:00\.000Z">2026-12-01 09:30 UTC<\/time>/,
+        );
+        assert.match(
+          page,
+          /<nav aria-label="Breadcrumb"><ol><li><a href="\/">Top<\/a><\/li><li><a href="\/docs\/" aria-current="page">docs<\/a>/,
+        );
+      },
+    );
+
+    await t.step("each link is the worker's own path of the name it shows", async () => {
+      for (const link of tableLinks(page).filter((l) => !l.endsWith("/"))) {
+        const answer = await worker.visit(link);
+        assert.equal(answer.status, 200, link);
+      }
+      const hostile = await worker.visit("/docs/%3Cscript%3Ealert%281%29%3C.txt");
+      assert.equal(hostile.body, "<script>alert(1)<");
+    });
+
+    await t.step("hidden names, unreachable names and signed prefixes are never listed", () => {
+      for (const name of [".hidden", ".git", ".bzEmpty", "members", "back", "slash", "secret"]) {
+        assert.ok(!page.includes(name), `${name} is not listed`);
+      }
+    });
+
+    await t.step("the same listing as JSON, at ?format=json", async () => {
+      const answer = await worker.visit("/docs/?format=json");
+      assert.equal(answer.headers["content-type"], "application/json; charset=utf-8");
+      const listing = JSON.parse(answer.body);
+      assert.deepEqual(listing.folders, [
+        { name: "empty/", path: "/docs/empty/" },
+        { name: "sub/", path: "/docs/sub/" },
+      ]);
+      assert.deepEqual(listing.files[3], {
+        name: "a.txt",
+        path: "/docs/a.txt",
+        size: 1536,
+        uploaded: "2026-12-01T09:30:00.000Z",
+      });
+      assert.deepEqual(listing.files.map((f: { name: string }) => f.name), [
+        ...HOSTILE_NAMES.toSorted().map((name) => `${name}.txt`).slice(0, 3),
+        "a.txt",
+        "b.txt",
+        "café.txt",
+        "with space+plus#hash?query%25.txt",
+      ]);
+      assert.deepEqual([listing.folder, listing.next], ["/docs/", null]);
+    });
+
+    await t.step("a folder of only .bzEmpty lists as empty", async () => {
+      const answer = await worker.visit("/docs/empty/");
+      assert.equal(answer.status, 200);
+      assert.match(answer.body, /Nothing to list here/);
+    });
+
+    await t.step("a folder with its index file serves it", async () => {
+      const answer = await worker.visit("/indexed/");
+      assert.deepEqual([answer.status, answer.body], [200, "<h1>indexed</h1>"]);
+    });
+
+    await t.step("a signed prefix and a hidden folder are not listed", async () => {
+      assert.equal((await worker.visit("/docs/members/")).status, 403);
+      assert.equal((await worker.visit("/docs/.git/")).status, 404);
+    });
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
+});
+
+Deno.test("worker in workerd pages through a folder one b2_list_file_names call a page", async () => {
+  const b2 = listingB2();
+  const worker = await startWorker(b2, {
+    options: listingOptions(b2, "off"),
+    extraBindings: { WORKER_LISTING_PAGE_SIZE: "3" },
+  });
+  try {
+    const from = b2.requests.length;
+    const names: string[] = [];
+    let next: string | null = "/many/?format=json";
+    while (next !== null) {
+      const answer = await worker.visit(next);
+      assert.equal(answer.status, 200, next);
+      const listing = JSON.parse(answer.body);
+      names.push(...listing.files.map((f: { name: string }) => f.name));
+      next = listing.next;
+    }
+    assert.deepEqual(names, Array.from({ length: 7 }, (_, i) => `${i}.txt`));
+    assert.deepEqual(apiCalls(b2, from), [
+      "b2_authorize_account",
+      "b2_list_file_names",
+      "b2_list_file_names",
+      "b2_list_file_names",
+    ]);
+    const html = await worker.visit("/many/");
+    assert.match(html.body, /<a href="\/many\/\?from=3\.txt" rel="next">Next page<\/a>/);
+    assert.match(html.body, /3 files on this page/);
+    const second = await worker.visit("/many/?from=3.txt");
+    assert.deepEqual(tableLinks(second.body), ["/many/3.txt", "/many/4.txt", "/many/5.txt"]);
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
+});
+
+Deno.test("worker in workerd keeps one account token per isolate and renews it when B2 says it expired", async () => {
+  const b2 = listingB2();
+  const worker = await startWorker(b2, { options: listingOptions(b2, "off") });
+  try {
+    const from = b2.requests.length;
+    for (let i = 0; i < 3; i++) assert.equal((await worker.visit("/docs/")).status, 200);
+    b2.expireAccountTokens();
+    assert.equal((await worker.visit("/docs/")).status, 200);
+    assert.deepEqual(
+      apiCalls(b2, from).filter((call) => call === "b2_authorize_account").length,
+      2,
+      "authorized once, then once more after the expiry",
+    );
+    const authorizations = b2.requests.slice(from).filter((r) =>
+      r.path.endsWith("authorize_account")
+    );
+    assert.ok(authorizations.every((r) => r.path === "/b2api/v4/b2_authorize_account"));
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
+});
+
+Deno.test("worker in workerd answers 502 when B2 refuses the listing key, and says why in its log only", async () => {
+  const b2 = listingB2();
+  const options = listingOptions(b2, "off");
+  const worker = await startWorker(b2, {
+    options: { ...options, listing: { ...options.listing, key: "not-the-key" } },
+  });
+  try {
+    assert.equal((await worker.visit("/docs/")).status, 502);
+    assert.ok(worker.logs.some((line) => /B2 refused the listing key: 401/.test(line)));
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
+});
+
+Deno.test("worker in workerd lists nothing when listings are off", async () => {
+  const b2 = listingB2();
+  const worker = await startWorker(b2, { options: { cacheMode: "off" } });
+  try {
+    assert.equal((await worker.visit("/docs/")).status, 404);
+    assert.deepEqual(apiCalls(b2, 0), []);
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
+});
+
+Deno.test("worker in workerd keeps listings in the Cache API and deletes one when a notification names its folder", async () => {
+  const b2 = listingB2();
+  const secret = "abcdefghijklmnopqrstuvwxyz012345";
+  const worker = await startWorker(b2, {
+    options: listingOptions(b2, "cache-api"),
+    extraBindings: { B2_EVENT_NOTIFICATION_SECRET: secret },
+  });
+  try {
+    const from = b2.requests.length;
+    const first = await worker.visit("/docs/");
+    assert.equal(first.headers["cache-control"], "public, max-age=60");
+    const again = await worker.visit("/docs/");
+    assert.equal(again.body, first.body);
+    assert.deepEqual(apiCalls(b2, from).filter((c) => c === "b2_list_file_names").length, 1);
+
+    b2.putFile(BUCKET, { name: "site/docs/new.txt", body: "new" });
+    const body = JSON.stringify({
+      events: [{
+        bucketName: BUCKET,
+        eventId: "e-1",
+        eventTimestamp: Date.now(),
+        eventType: "b2:ObjectCreated:Upload",
+        objectName: "site/docs/new.txt",
+      }],
+    });
+    const answer = await worker.visit("/.well-known/b2-private-cdn/events", {
+      method: "POST",
+      headers: { "X-Bz-Event-Notification-Signature": await signEventBody(secret, body) },
+      body,
+    });
+    assert.equal(answer.status, 200);
+    assert.ok(tableLinks((await worker.visit("/docs/")).body).includes("/docs/new.txt"));
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
+});
+
+Deno.test("worker in workerd, Workers Cache mode: listings carry their lifetime and tags, on one URL a page", async (t) => {
+  const b2 = listingB2();
+  const worker = await startWorker(b2, { options: listingOptions(b2, "workers-cache") });
+  const tags = [await listingTag("site/docs/"), await objectTag("site/docs/index.html")].join(",");
+  try {
+    await t.step("a listing is kept for WORKER_LISTING_TTL, tagged by its folder", async () => {
+      for (const path of ["/docs/", "/docs/?format=json"]) {
+        const answer = await worker.visit(path);
+        assert.equal(answer.status, 200, path);
+        assert.equal(answer.headers["cloudflare-cdn-cache-control"], "public, max-age=60");
+        assert.equal(answer.headers["cache-tag"], tags);
+      }
+    });
+    await t.step(
+      "a listing's query in another shape is sent to the one the page links",
+      async () => {
+        const cases: [string, string][] = [
+          ["/docs/?format=json&from=b.txt", "/docs/?from=b.txt&format=json"],
+          ["/docs/?from=&format=json", "/docs/?format=json"],
+          ["/docs/?from=a+b", "/docs/?from=a%20b"],
+          ["/docs/?utm_source=x", "/docs/"],
+          ["/docs/?format=xml", "/docs/"],
+          ["/indexed/?format=json", "/indexed/"],
+        ];
+        for (const [path, location] of cases) {
+          const answer = await worker.visit(path, { redirect: "manual" });
+          assert.deepEqual([answer.status, answer.headers["location"]], [301, location], path);
+        }
+      },
+    );
+    await t.step("a later page is its own URL", async () => {
+      const answer = await worker.visit("/docs/?from=b.txt&format=json");
+      const listing = JSON.parse(answer.body);
+      assert.equal(listing.files[0].name, "b.txt");
+    });
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
+});
+
+Deno.test("listedFolder() lists only public folder paths under the prefix, none hidden", async (t) => {
+  const listing = { keyId: "k", key: "k", apiUrl: "https://api", ttl: 60, pageSize: 1000 };
+  const plain = { ...PLAIN, listing };
+  const at = (path: string, link: { access: "public" | "refused" } = { access: "public" }) =>
+    listedFolder({ method: "GET", url: new URL(`https://cdn.example.com${path}`), link }, plain);
+  const cases: [string, string | undefined][] = [
+    ["/", "site/"],
+    ["/docs/", "site/docs/"],
+    ["/caf%C3%A9/", "site/café/"],
+    ["/docs", undefined],
+    ["/.git/", undefined],
+    ["/a/.hidden/", undefined],
+    ["/a//", undefined],
+    ["/a%2Fb/", undefined],
+    ["//", undefined],
+  ];
+  for (const [path, folder] of cases) {
+    await t.step(path, () => assert.equal(at(path), folder));
+  }
+  await t.step("a refused (signed) path", () => {
+    assert.equal(at("/docs/", { access: "refused" }), undefined);
+  });
+  await t.step("off", () => {
+    const url = new URL("https://cdn.example.com/docs/");
+    assert.equal(
+      listedFolder({ method: "GET", url, link: { access: "public" } }, PLAIN),
+      undefined,
+    );
+  });
+  await t.step("b2 style: the full name, under the prefix, in this bucket", () => {
+    const b2 = { ...B2_STYLE, listing };
+    const url = (path: string) => new URL(`https://cdn.example.com${path}`);
+    const link = { access: "public" } as const;
+    assert.equal(
+      listedFolder({ method: "GET", url: url("/file/vault/site/a/"), link }, b2),
+      "site/a/",
+    );
+    assert.equal(
+      listedFolder({ method: "GET", url: url("/file/vault/other/"), link }, b2),
+      undefined,
+    );
+    assert.equal(
+      listedFolder({ method: "GET", url: url("/file/else/site/"), link }, b2),
+      undefined,
+    );
+  });
+});
+
+Deno.test("listingQuery() takes from and format=json only, and writes the one query of a page", async (t) => {
+  const query = (search: string) => listingQuery(new URL(`https://cdn.example.com/d/${search}`));
+  await t.step("the shapes a page links", () => {
+    assert.deepEqual(query(""), { from: "", json: false, canonical: "" });
+    assert.deepEqual(query("?format=json"), { from: "", json: true, canonical: "?format=json" });
+    assert.deepEqual(query("?from=a%20b(1)"), {
+      from: "a b(1)",
+      json: false,
+      canonical: "?from=a%20b%281%29",
+    });
+  });
+  await t.step("anything else", () => {
+    for (const search of ["?x=1", "?format=xml", "?from=a&from=b", "?format=json&x"]) {
+      assert.equal(query(search), undefined, search);
+    }
+  });
+});
+
+Deno.test("foldersAbove() names the folder of a name and each above it, up to the prefix", () => {
+  assert.deepEqual(foldersAbove("site/a/b/c.txt", "site/"), ["site/a/b/", "site/a/", "site/"]);
+  assert.deepEqual(foldersAbove("site/c.txt", "site/"), ["site/"]);
+  assert.deepEqual(foldersAbove("c.txt", ""), [""]);
+});
+
+Deno.test("formatSize() writes bytes for people", () => {
+  assert.deepEqual(
+    [0, 1023, 1024, 1536, 10 * 1024 ** 2, 5 * 1024 ** 4].map(formatSize),
+    ["0 B", "1023 B", "1.0 KiB", "1.5 KiB", "10.0 MiB", "5.0 TiB"],
+  );
 });
