@@ -349,9 +349,8 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
     kind: "duration",
     min: 1,
     max: MAX_TOKEN_TTL,
-    default: String(MAX_TOKEN_TTL),
-    hint: "a duration from 1s to 7d such as 7d, 12h or 3600 (seconds)",
-    about: "download token lifetime: seconds or 12h, 7d; at most 7d (default 604800)",
+    default: "7d",
+    about: "download token lifetime, at most 7d (default 7d)",
   },
   B2_API_URL: {
     kind: "url",
@@ -423,11 +422,11 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
     about: "served for / and dir/ (default index.html; empty: off)",
   },
   WORKER_CACHE_TTL: {
-    kind: "integer",
+    kind: "duration",
     min: 0,
     max: YEAR,
-    default: String(DAY),
-    about: "seconds the edge keeps an object (default 86400)",
+    default: "1d",
+    about: "how long the edge keeps an object; 0: no edge cache (default 1d)",
   },
   WORKER_CACHE_CONTROL: {
     kind: "text",
@@ -470,7 +469,6 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
     min: 60,
     max: YEAR,
     default: "7d",
-    hint: "a duration from 60s to 365d such as 7d",
     about: "longest life of a signed link (default 7d)",
   },
   WORKER_CACHE_MODE: {
@@ -480,18 +478,18 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
     about: "workers-cache (default), cache-api or off; WORKER_CACHE_TTL=0 means off",
   },
   WORKER_STALE_WHILE_REVALIDATE: {
-    kind: "integer",
+    kind: "duration",
     min: 0,
     max: YEAR,
-    default: String(DEFAULT_STALE_WHILE_REVALIDATE),
-    about: "Workers Cache: seconds served stale while revalidating (default 86400)",
+    default: "1d",
+    about: "Workers Cache: how long served stale while revalidating (default 1d)",
   },
   WORKER_STALE_IF_ERROR: {
-    kind: "integer",
+    kind: "duration",
     min: 0,
     max: YEAR,
-    default: String(DEFAULT_STALE_IF_ERROR),
-    about: "Workers Cache: seconds served stale while B2 or the token fails (default 604800)",
+    default: "7d",
+    about: "Workers Cache: how long served stale while B2 or the token fails (default 7d)",
   },
   WORKER_SEGMENT_SIZE: {
     kind: "integer",
@@ -524,6 +522,8 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
   },
   REFRESH_MARGIN: {
     kind: "duration",
+    min: 0,
+    max: MAX_TOKEN_TTL,
     default: "6d",
     about: "cron refreshes at start below this time left (default 6d)",
   },
@@ -787,7 +787,7 @@ function readValue(
     case "duration": {
       const seconds = parseDuration(raw);
       const good = seconds !== undefined && seconds >= min && seconds <= max;
-      return good ? seconds : bad("a duration such as 90s, 30m, 48h or 6d");
+      return good ? seconds : bad(durationHint(min, max));
     }
     case "enum": {
       const value = raw.toLowerCase();
@@ -1209,7 +1209,28 @@ async function hkdf(secret: string, info: string, length: number): Promise<Uint8
   return new Uint8Array(bits);
 }
 
-/** Seconds in `90`, `90s`, `30m`, `48h` or `6d`; `undefined` if it is none of those. */
+/** How every time setting and flag is written; `.env.example` and the docs say it once. */
+export const DURATION_SYNTAX = "90s, 15m, 12h, 7d or plain seconds";
+
+/** What a duration between `min` and `max` seconds must look like, for a problem's "must be". */
+function durationHint(min: number, max: number): string {
+  const range = max === Infinity
+    ? `at least ${shortDuration(min)}`
+    : `from ${shortDuration(min)} to ${shortDuration(max)}`;
+  return `a duration ${range}, written ${DURATION_SYNTAX}`;
+}
+
+/** `7d`, `12h`, `90s`: seconds in the largest unit that holds them exactly. */
+function shortDuration(seconds: number): string {
+  const units = [["d", DAY], ["h", 3600], ["m", 60]] as const;
+  const [unit, size] = units.find(([, size]) => seconds > 0 && seconds % size === 0) ?? ["s", 1];
+  return `${seconds / size}${unit}`;
+}
+
+/**
+ * Seconds in a duration as every time setting and flag takes it: `90s`, `15m`, `12h`, `7d` or
+ * plain seconds (`90`); `undefined` if it is none of those.
+ */
 export function parseDuration(text: string): number | undefined {
   const match = /^(\d+)\s*([smhd]?)$/.exec(text.trim());
   if (!match) return undefined;
@@ -5555,7 +5576,7 @@ export const COMMANDS = {
           "(default 48h: WARNING under 48h, CRITICAL under 24h)",
         parse: (text: string | undefined): number | undefined =>
           text === undefined ? STATUS_MIN_REMAINING : parseDuration(text),
-        must: "a duration such as 48h or 2d",
+        must: `a duration, written ${DURATION_SYNTAX}`,
       },
       json: { type: "boolean", help: "the report as one JSON object on stdout" },
     },
@@ -6225,8 +6246,8 @@ async function runSign({ settings, config, ctx, io, flags, args }: Job): Promise
     if (seconds !== undefined) return now + seconds;
     if (ISO_TIME.test(text.trim())) return Math.floor(Date.parse(text.trim()) / 1000);
     problems.push(
-      `--${flag} must be a duration from now such as 1h or 7d, or an ISO 8601 time such as ` +
-        `2026-12-31T00:00:00Z, not "${text}".`,
+      `--${flag} must be a duration from now (${DURATION_SYNTAX}) or an ISO 8601 time ` +
+        `such as 2026-12-31T00:00:00Z, not "${text}".`,
     );
     return undefined;
   };

@@ -3,6 +3,7 @@ import {
   ApiError,
   bucketNameProblem,
   COMMANDS,
+  type Config,
   type ConfigError,
   type Context,
   type CronRegistrar,
@@ -30,6 +31,7 @@ import {
   type Setting,
   signLink,
   startOnDeploy,
+  type Variable,
   VARIABLES,
   VERSION,
   type WorkerMetadata,
@@ -198,9 +200,9 @@ Deno.test("parseConfig() reports every problem at once, naming what to set", asy
         REFRESH_MARGIN: "soon",
       },
       expect: [
-        /B2_TOKEN_TTL must be a duration from 1s to 7d such as 7d, 12h or 3600 \(seconds\), not "604801"/,
+        /B2_TOKEN_TTL must be a duration from 1s to 7d, written 90s, 15m, 12h, 7d or plain seconds, not "604801"/,
         /WORKER_URL_STYLE must be "plain" or "b2", not "s3"/,
-        /WORKER_CACHE_TTL must be a whole number/,
+        /WORKER_CACHE_TTL must be a duration from 0s to 365d, written 90s, 15m, 12h, 7d or plain seconds, not "-1"/,
         /WORKER_NAME must be 1-63 lowercase/,
         /WORKER_CORS_ORIGINS must be "\*" or origins/,
         /B2_API_URL must be an http\(s\) URL/,
@@ -241,18 +243,47 @@ Deno.test("parseConfig() reports every problem at once, naming what to set", asy
   }
 });
 
-Deno.test("parseConfig() takes B2_TOKEN_TTL as seconds or as a duration", async (t) => {
+Deno.test("parseConfig() takes every time setting as 90s, 15m, 12h, 7d or plain seconds", async (t) => {
   const base = { B2_APPLICATION_KEY_ID: "id", B2_APPLICATION_KEY: "key", B2_BUCKET_ID: "b1" };
-  for (const [text, seconds] of [["3600", 3600], ["12h", 43_200], ["7d", 604_800]] as const) {
-    await t.step(text, () => {
-      const config = parseConfig({ ...base, B2_TOKEN_TTL: text }, { b2: true });
-      assert.equal(config.b2?.tokenTtl, seconds);
+  const times = (Object.entries(VARIABLES) as [Variable, Setting][])
+    .filter(([, setting]) => setting.kind === "duration").map(([name]) => name);
+  assert.deepEqual(times.sort(), [
+    "B2_TOKEN_TTL",
+    "REFRESH_MARGIN",
+    "WORKER_CACHE_TTL",
+    "WORKER_SIGNED_MAX_TTL",
+    "WORKER_STALE_IF_ERROR",
+    "WORKER_STALE_WHILE_REVALIDATE",
+  ]);
+  const read = (config: Config): Record<string, number | undefined> => ({
+    B2_TOKEN_TTL: config.b2?.tokenTtl,
+    REFRESH_MARGIN: config.refreshMargin,
+    WORKER_CACHE_TTL: config.worker.cacheTtl,
+    WORKER_SIGNED_MAX_TTL: config.worker.signing?.maxTtl,
+    WORKER_STALE_IF_ERROR: config.worker.staleIfError,
+    WORKER_STALE_WHILE_REVALIDATE: config.worker.staleWhileRevalidate,
+  });
+  for (const name of times) {
+    for (const [text, seconds] of [["90s", 90], ["15m", 900], ["12h", 43_200], ["7d", 604_800]]) {
+      await t.step(`${name}=${text}`, () => {
+        const config = parseConfig({ ...base, [name]: text }, { b2: true });
+        assert.equal(read(config)[name], seconds);
+      });
+    }
+    await t.step(`${name}=3600 (plain seconds)`, () => {
+      assert.equal(read(parseConfig({ ...base, [name]: "3600" }, { b2: true }))[name], 3600);
+    });
+    await t.step(`${name}=1w is refused with the syntax`, () => {
+      assert.throws(
+        () => parseConfig({ ...base, [name]: "1w" }, { b2: true }),
+        new RegExp(`${name} must be a duration .*, written 90s, 15m, 12h, 7d or plain seconds`),
+      );
     });
   }
-  await t.step("8d is refused", () => {
+  await t.step("B2_TOKEN_TTL=8d is refused with its bounds", () => {
     assert.throws(
       () => parseConfig({ ...base, B2_TOKEN_TTL: "8d" }, { b2: true }),
-      /B2_TOKEN_TTL must be a duration from 1s to 7d such as 7d, 12h or 3600 \(seconds\), not "8d"/,
+      /B2_TOKEN_TTL must be a duration from 1s to 7d, written 90s, 15m, 12h, 7d or plain seconds, not "8d"/,
     );
   });
 });
@@ -3503,7 +3534,7 @@ Deno.test("parseConfig() refuses protected prefixes without a key, weak keys and
       },
       expect: [
         /WORKER_SIGNING_KEY_PREVIOUS_UNTIL is set without WORKER_SIGNING_KEY_PREVIOUS/,
-        /WORKER_SIGNED_MAX_TTL must be a duration from 60s to 365d/,
+        /WORKER_SIGNED_MAX_TTL must be a duration from 1m to 365d, written 90s/,
       ],
     },
     {
