@@ -3341,7 +3341,7 @@ export async function prepareWorker(
   worker: { module: string; options: WorkerOptions; purgeSecret?: string },
   ctx: Context,
 ): Promise<PreparedWorker> {
-  ctx.log(`B2: authorizing key ${config.keyId} at ${config.apiUrl}`);
+  ctx.log(`B2: authorizing key ${firstFour(config.keyId)} at ${config.apiUrl}`);
   const auth = await authorizeAccount(config, ctx);
   checkKey(auth, config);
   const listed = !(config.bucketName && config.bucketId) &&
@@ -5884,6 +5884,20 @@ export interface Io {
   stderr: (text: string) => void;
 }
 
+/** A credential as `--verbose` may show it: its first four characters, enough to tell keys apart. */
+function firstFour(credential: string): string {
+  return credential.length > 4 ? `${credential.slice(0, 4)}...` : "...";
+}
+
+/** `text` with each credential in `credentials` cut to its {@linkcode firstFour}. */
+function maskCredentials(text: string, credentials: Iterable<string>): string {
+  let out = text;
+  for (const credential of credentials) {
+    if (credential.length > 4) out = out.replaceAll(credential, firstFour(credential));
+  }
+  return out;
+}
+
 /** Replaces every known secret in `text`. */
 function redact(text: string, secrets: Iterable<string>): string {
   let out = text;
@@ -6545,9 +6559,13 @@ export async function run(options: RunOptions): Promise<number> {
       : await settingsOf(line, { ...options, secrets: ctx.secrets });
     if (line.flags.verbose || line.command === "demo") {
       const log = options.ctx?.log;
+      // Secrets never show (io redacts them); the ids beside them show their first four
+      // characters only, enough to tell which key or account was used.
+      const credentials = SETTINGS.filter(([, v]) => v.credential)
+        .flatMap(([name]) => settings[name] ?? []);
       ctx.log = (text) => {
         log?.(text);
-        if (line.flags.verbose) io.stderr(text);
+        if (line.flags.verbose) io.stderr(maskCredentials(text, credentials));
       };
     }
     const config = parseConfig(settings, spec.needs(line.flags));

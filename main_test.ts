@@ -950,7 +950,7 @@ Deno.test("refresh --verbose names each step and no secret", async () => {
   try {
     const { code, stderr } = await w.run(["refresh", "--verbose"]);
     assert.equal(code, 0);
-    assert.match(stderr, /B2: authorizing key fake-key-id/);
+    assert.match(stderr, /B2: authorizing key fake\.\.\. at /);
     assert.match(
       stderr,
       /B2: bucket "photos" is bucket-photos \(b2_list_buckets\)/,
@@ -3958,13 +3958,17 @@ Deno.test("no secret reaches any output", async (t) => {
         env: w.env,
       });
       outputs.push(stdout, stderr);
-      assert.match(stderr, /B2: authorizing key fake-key-id/);
+      assert.match(stderr, /B2: authorizing key fake\.\.\. at /);
     });
     // The tokens these runs were given, now that all of them ran.
     for (const token of w.b2.downloadTokens.keys()) secretsSeen.add(token);
     for (const token of w.b2.accountTokens) secretsSeen.add(token);
     assert.ok(w.b2.downloadTokens.size > 0, "download tokens were handed out");
     assertNoSecret(...outputs);
+    // The ids beside the secrets show their first four characters at most.
+    for (const credential of ["fake-key-id", "admin@example.com"]) {
+      assert.deepEqual(outputs.filter((text) => text.includes(credential)), [], credential);
+    }
   } finally {
     await w.close();
     await echo.shutdown();
