@@ -1,3 +1,4 @@
+#!/usr/bin/env -S deno run --allow-net --allow-env --allow-read --unstable-cron
 /**
  * b2-private-cdn keeps a Cloudflare Worker authorized to serve a private
  * Backblaze B2 bucket: it gets a B2 download token for the bucket and prefix
@@ -5,7 +6,7 @@
  *
  * ```sh
  * deno run --allow-net --allow-env --allow-read main.ts refresh
- * deno run --allow-net --allow-env --allow-read main.ts status --min-remaining 48h
+ * ./main.ts status --min-remaining 48h   # the first line runs it with those flags
  * deno task demo   # in a clone: the whole chain on this machine, no account needed
  * ```
  *

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { dirname } from "node:path";
 import {
   ApiError,
   bucketNameProblem,
@@ -2814,6 +2815,31 @@ const RUN = [
   "--allow-read",
   `${ROOT}main.ts`,
 ];
+
+Deno.test("main.ts runs as ./main.ts: a deno run shebang with the production flags, and its run bit", async () => {
+  const first = (await Deno.readTextFile(`${ROOT}main.ts`)).split("\n", 1)[0];
+  assert.equal(
+    first,
+    "#!/usr/bin/env -S deno run --allow-net --allow-env --allow-read --unstable-cron",
+  );
+  assert.ok(((await Deno.stat(`${ROOT}main.ts`)).mode ?? 0) & 0o100, "main.ts is executable");
+  // git keeps the run bit, so a fresh clone has it too.
+  const index = await new Deno.Command("git", { args: ["ls-files", "-s", "main.ts"], cwd: ROOT })
+    .output();
+  assert.match(new TextDecoder().decode(index.stdout), /^100755 /);
+  const output = await new Deno.Command(`${ROOT}main.ts`, {
+    args: ["--version"],
+    cwd: await Deno.makeTempDir(),
+    env: childEnv({ NO_COLOR: "1", PATH: `${dirname(Deno.execPath())}:${Deno.env.get("PATH")}` }),
+    clearEnv: true,
+  }).output();
+  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  assert.deepEqual([output.code, decode(output.stdout), decode(output.stderr)], [
+    0,
+    `b2-private-cdn ${VERSION}\n`,
+    "",
+  ]);
+});
 
 Deno.test("main() ends quietly when the reader of its output has gone (| head, a closed terminal)", async () => {
   const child = new Deno.Command(Deno.execPath(), {
