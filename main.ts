@@ -209,6 +209,8 @@ export interface Config {
   refreshSchedule: string;
   /** `cron` refreshes at start when less than this many seconds are left. @default 6 days */
   refreshMargin: number;
+  /** `REFRESH_PING_URL`: the dead man's switch each refresh run pings. */
+  pingUrl?: string;
   /** What the purge key is derived from: `WORKER_PURGE_KEY`, else `B2_APPLICATION_KEY`. */
   purgeSecret?: { from: "WORKER_PURGE_KEY" | "B2_APPLICATION_KEY"; value: string };
   /** Settings that work but contradict each other, each with its fix; absent when none. */
@@ -325,7 +327,8 @@ export type Variable =
   | "WORKER_PURGE_KEY"
   | "VERIFY_URL"
   | "REFRESH_SCHEDULE"
-  | "REFRESH_MARGIN";
+  | "REFRESH_MARGIN"
+  | "REFRESH_PING_URL";
 
 /**
  * The settings the tool reads, in `--help`'s order. Credentials have no flag,
@@ -527,6 +530,12 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
     max: MAX_TOKEN_TTL,
     default: "6d",
     about: "cron refreshes at start below this time left (default 6d)",
+  },
+  // A credential: whoever holds the URL can report runs that never happened.
+  REFRESH_PING_URL: {
+    kind: "url",
+    credential: true,
+    about: "dead man's switch: pinged at each run's start and end (healthchecks.io, Uptime Kuma)",
   },
 };
 
@@ -848,6 +857,8 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
   }
   const verifyUrl = value.text("VERIFY_URL");
   if (verifyUrl !== undefined) config.verifyUrl = verifyUrl;
+  const pingUrl = value.text("REFRESH_PING_URL");
+  if (pingUrl !== undefined) config.pingUrl = pingUrl;
   if (needs.b2 || (needs.b2ForEvents && worker.eventNotifications)) config.b2 = b2Config(reading);
   const site = workerBase({
     domain: value.text("WORKER_DOMAIN"),
@@ -1352,7 +1363,7 @@ export class ApiError extends Error {
 }
 
 /** Who answers: the two APIs, the deployed worker (purge), or a URL checked on it. */
-export type Service = "B2" | "Cloudflare" | "Verify" | "Worker";
+export type Service = "B2" | "Cloudflare" | "Verify" | "Worker" | "Ping";
 
 /** One request as {@linkcode send} makes it. */
 export interface Call {
@@ -1379,6 +1390,7 @@ const URL_SETTING: Record<Service, string> = {
   B2: "B2_API_URL",
   Cloudflare: "CLOUDFLARE_API_BASE_URL",
   Verify: "the URL",
+  Ping: "REFRESH_PING_URL",
   Worker: "the URL (--url)",
 };
 
@@ -1862,6 +1874,8 @@ export interface WorkerFacts {
   fingerprint?: string;
   /** A purge still owed (`all`), remembered by the worker for the next refresh. */
   purgePending?: string;
+  /** `REFRESH_PINGED`: the run's dead man's switch and when it pinged ({@linkcode pingedBinding}). */
+  pinged?: string;
   /** From {@linkcode deriveEventSecret}: what B2 signs notifications with; a secret binding. */
   eventSecret?: string;
 }
@@ -1987,6 +2001,7 @@ export function workerUpload(module: string, facts: WorkerFacts): WorkerUpload {
           : []),
         ...(facts.fingerprint ? [plain("WORKER_FINGERPRINT", facts.fingerprint)] : []),
         ...(facts.purgePending ? [plain("WORKER_PURGE_PENDING", facts.purgePending)] : []),
+        ...(facts.pinged ? [plain("REFRESH_PINGED", facts.pinged)] : []),
         ...(facts.eventSecret
           ? [{ type: "secret_text" as const, name: EVENT_SECRET_BINDING, text: facts.eventSecret }]
           : []),
@@ -3339,7 +3354,7 @@ export interface PreparedWorker {
  */
 export async function prepareWorker(
   config: B2Config,
-  worker: { module: string; options: WorkerOptions; purgeSecret?: string },
+  worker: { module: string; options: WorkerOptions; purgeSecret?: string; pinged?: string },
   ctx: Context,
 ): Promise<PreparedWorker> {
   ctx.log(`B2: authorizing key ${firstFour(config.keyId)} at ${config.apiUrl}`);
@@ -3389,6 +3404,7 @@ export async function prepareWorker(
     issuedAt,
     expiresAt,
     options: worker.options,
+    ...(worker.pinged && { pinged: worker.pinged }),
     fingerprint: await servingFingerprint(worker.module, {
       bucketName: bucket.name,
       prefix: config.prefix,
@@ -3520,6 +3536,8 @@ export interface RefreshOptions {
   unattended?: boolean;
   /** Progress a person should see without `--verbose` (the certificate wait). @default ctx.log */
   progress?: (line: string) => void;
+  /** The run's dead man's switch, as the `REFRESH_PINGED` binding records it for `status`. */
+  pinged?: string;
 }
 
 /**
@@ -3568,6 +3586,7 @@ export async function refresh(
       module: options.module,
       options: config.worker,
       ...(config.purgeSecret && { purgeSecret: config.purgeSecret.value }),
+      ...(options.pinged && { pinged: options.pinged }),
     }, ctx);
     result = {
       worker: cloudflare.workerName,
@@ -4549,6 +4568,8 @@ export interface StatusReport {
   warnings?: string[];
   /** The bucket's Event Notification rule, with `B2_EVENT_NOTIFICATIONS=on`. */
   eventNotifications?: EventRuleReport;
+  /** When the run that deployed the worker pinged its dead man's switch (`REFRESH_PING_URL`). */
+  pinged?: string;
 }
 
 /** How `status` judges the deployed worker, by the Nagios plugin states it prints. */
@@ -4626,6 +4647,7 @@ function deployedToken(settings: WorkerSettings, now: number): Partial<StatusRep
     // Deploys before segments existed did not segment.
     segmentSize: Number(plain("WORKER_SEGMENT_SIZE") ?? 0),
     cacheOptions: settings.cacheOptions ?? "unknown",
+    ...(plain("REFRESH_PINGED") && { pinged: describePinged(plain("REFRESH_PINGED")!) }),
   };
 }
 
@@ -4789,7 +4811,7 @@ export interface StartupDecision {
 export async function refreshIfDue(
   config: Config,
   ctx: Context,
-  options: { loadModule: () => Promise<string> },
+  options: { loadModule: () => Promise<string>; pinged?: string },
 ): Promise<StartupDecision> {
   const cloudflare = config.cloudflare!;
   const report = await status(cloudflare, ctx, {
@@ -4806,6 +4828,7 @@ export async function refreshIfDue(
   const result = await refresh(config, ctx, {
     module: await options.loadModule(),
     unattended: true,
+    ...(options.pinged && { pinged: options.pinged }),
   });
   return {
     refreshed: true,
@@ -4831,15 +4854,288 @@ export function scheduleRefresh(
     CRON_NAME,
     config.refreshSchedule,
     { backoffSchedule: CRON_BACKOFF_MS },
-    async () => {
-      const result = await refresh(config, ctx, {
-        module: await options.module,
-        unattended: true,
-      });
-      options.report(summary(result));
-      for (const warning of result.warnings ?? []) options.report(`warning: ${warning}`);
-    },
+    () =>
+      withDeadMansSwitch(config.pingUrl, ctx, {
+        report: options.report,
+        job: async ({ report, pinged }) => {
+          const result = await refresh(config, ctx, {
+            module: await options.module,
+            unattended: true,
+            ...(pinged && { pinged }),
+          });
+          report(summary(result));
+          for (const warning of result.warnings ?? []) report(`warning: ${warning}`);
+        },
+      }),
   );
+}
+
+// ---------------------------------------------------------------------------
+// Dead man's switch
+// ---------------------------------------------------------------------------
+
+/**
+ * What a run tells the monitor at `REFRESH_PING_URL`: it began, it succeeded, or it failed.
+ * A monitor that hears nothing within its period and grace alerts, which also catches the run
+ * that never happened.
+ */
+export type PingEvent = "start" | "success" | "fail";
+
+/**
+ * How long a run's pings may hold it up after its work is done, all of them together: the
+ * monitor is a witness, and one that hangs must not make the run late or fail it.
+ */
+const PING_TIMEOUT_MS = 5_000;
+/**
+ * The run's last lines a ping carries: healthchecks.io keeps the first 100,000 bytes of a body,
+ * older self-hosted versions 10 KB (API_FACTS, "Alerts for cron jobs"), so 10 KB fits both.
+ */
+const PING_BODY_BYTES = 10_000;
+const PING_BODY_LINES = 30;
+/** Assumption: Uptime Kuma shows `msg` as one heartbeat's line, so one line of ours, cut short. */
+const PING_MESSAGE_CHARS = 200;
+
+/**
+ * Whether `url` is an Uptime Kuma push URL (`/api/push/<token>`), which reads only its query and
+ * answers 404 to any other path, or else takes healthchecks.io's paths (`/start`, `/fail`), as
+ * healthchecks.io, its self-hosted versions and Cronitor's compatible endpoint do.
+ */
+function isUptimeKuma(url: URL): boolean {
+  return /\/api\/push\/[^/]+\/?$/.test(url.pathname);
+}
+
+/**
+ * The request that tells the monitor at `url` of `event`, or `undefined` when its kind has no
+ * such ping (Uptime Kuma has no start). healthchecks.io: `POST <url>/start`, `<url>` and
+ * `<url>/fail`, the run's last lines as the body; Uptime Kuma: `GET <url>?status=up|down&msg=`,
+ * any `status`, `msg` and `ping` the copied URL carried replaced (API_FACTS, "Alerts for cron
+ * jobs").
+ */
+export function pingRequest(
+  url: string,
+  options: { event: PingEvent; lines: readonly string[] },
+): { url: string; init: RequestInit } | undefined {
+  const target = new URL(url);
+  const { event, lines } = options;
+  if (isUptimeKuma(target)) {
+    if (event === "start") return undefined;
+    for (const name of ["status", "msg", "ping"]) target.searchParams.delete(name);
+    const last = lines.findLast((line) => line.trim() !== "")?.trim() ?? "";
+    target.searchParams.set("status", event === "success" ? "up" : "down");
+    target.searchParams.set(
+      "msg",
+      (last || (event === "success" ? "OK" : "failed")).slice(
+        0,
+        PING_MESSAGE_CHARS,
+      ),
+    );
+    return { url: target.href, init: { method: "GET" } };
+  }
+  target.pathname = target.pathname.replace(/\/+$/, "") + (event === "success" ? "" : `/${event}`);
+  return {
+    url: target.href,
+    init: {
+      method: "POST",
+      headers: { "content-type": "text/plain; charset=utf-8" },
+      body: event === "start" ? "" : lastBytes(lines, PING_BODY_BYTES),
+    },
+  };
+}
+
+/** The last of `lines` (at most {@linkcode PING_BODY_LINES}) that fit in `limit` UTF-8 bytes. */
+function lastBytes(lines: readonly string[], limit: number): string {
+  const encoder = new TextEncoder();
+  const kept: string[] = [];
+  let size = 0;
+  for (const line of lines.slice(-PING_BODY_LINES).toReversed()) {
+    const bytes = encoder.encode(line).length + 1;
+    if (size + bytes > limit) {
+      // A line too long for what is left keeps its end, where an error says what failed.
+      if (kept.length === 0) kept.push(line.slice(-(limit - 1)));
+      break;
+    }
+    kept.unshift(line);
+    size += bytes;
+  }
+  return kept.join("\n");
+}
+
+/**
+ * `REFRESH_PING_URL` as output may show it: its host and the first four characters of its
+ * token, since anyone holding the whole URL can report runs that never happened.
+ */
+export function shownPingUrl(url: string): string {
+  const target = new URL(url);
+  const kuma = isUptimeKuma(target);
+  const path = kuma ? target.pathname.replace(/^.*\/api\/push\//, "") : target.pathname.slice(1);
+  return `${target.origin}/${kuma ? "api/push/" : ""}${firstFour(path.replace(/\/+$/, ""))}`;
+}
+
+/** What one ping got: an answer's status, or why none came; a run's record of it. */
+export interface PingOutcome {
+  /** Which ping. */
+  event: PingEvent;
+  /** When it was sent, ISO 8601. */
+  at: string;
+  /** Whether the monitor took it (a 2xx). */
+  ok: boolean;
+  /** `answered 200`, or why it was not taken. */
+  detail: string;
+}
+
+/** The pings of one run, in order; see {@linkcode deadMansSwitch}. */
+export interface DeadMansSwitch {
+  /** Keeps a line of the run's output for the closing ping's body (secrets are redacted). */
+  line(text: string): void;
+  /** Sends the start ping without waiting for it: the run goes on meanwhile. */
+  start(): void;
+  /**
+   * Sends the success or fail ping once the start ping has settled, so the monitor hears them
+   * in order, and resolves when it has: never later than the timeout after this call.
+   */
+  finish(ok: boolean): Promise<void>;
+  /** The pings sent so far. */
+  readonly sent: PingOutcome[];
+}
+
+/**
+ * The dead man's switch of one run at `url`: `start()` when it begins, `line()` for each line it
+ * prints, `finish()` when it ends. A ping never throws and never makes the run fail: one the
+ * monitor refuses, or that gets no answer, is told to `warn` and the run goes on. All of a run's
+ * pings are done within `timeoutMs` of its end (the start ping runs alongside the work).
+ *
+ * ```ts
+ * import { deadMansSwitch, defaultContext } from "./main.ts";
+ * const pings = deadMansSwitch("https://hc-ping.com/<uuid>", defaultContext(), {
+ *   warn: console.error,
+ * });
+ * pings.start();
+ * pings.line("Deployed worker ...");
+ * await pings.finish(true);
+ * ```
+ */
+export function deadMansSwitch(
+  url: string,
+  ctx: Context,
+  options: { warn: (line: string) => void; timeoutMs?: number },
+): DeadMansSwitch {
+  const timeoutMs = options.timeoutMs ?? PING_TIMEOUT_MS;
+  // Whoever holds the whole URL can report runs: it is never printed.
+  ctx.secrets.add(url);
+  const lines: string[] = [];
+  const sent: PingOutcome[] = [];
+  let started: Promise<void> = Promise.resolve();
+  const ping = async (event: PingEvent, withinMs: number) => {
+    const request = pingRequest(url, { event, lines });
+    if (!request) return;
+    const outcome = await sendPing(request, { event, withinMs, ctx });
+    sent.push(outcome);
+    if (!outcome.ok) {
+      options.warn(
+        `the dead man's switch at ${shownPingUrl(url)} did not take the ${event} ping: ` +
+          `${outcome.detail}. The run goes on; check REFRESH_PING_URL.`,
+      );
+    }
+  };
+  return {
+    sent,
+    line(text) {
+      lines.push(...redact(text, ctx.secrets).split("\n"));
+      lines.splice(0, Math.max(0, lines.length - PING_BODY_LINES));
+    },
+    start() {
+      started = ping("start", timeoutMs);
+    },
+    async finish(ok) {
+      const deadline = ctx.now() + timeoutMs;
+      await started;
+      await ping(ok ? "success" : "fail", deadline - ctx.now());
+    },
+  };
+}
+
+/** What one run hands its job: where its lines go, and the switch's record for the upload. */
+export interface PingedRun {
+  /** Prints a line of the run's output, and keeps it for the closing ping's body. */
+  report: (line: string) => void;
+  /** For {@linkcode RefreshOptions.pinged}: the switch and when the run pinged it. */
+  pinged?: string;
+}
+
+/**
+ * Runs `job` between the pings of the switch at `url` (none when it is `undefined`): the start
+ * ping goes out as the job begins, and once it ends the success ping, or the fail ping when it
+ * throws or `succeeded` says so, with the job's last lines (its error too) as the body. What
+ * the job returns or throws is passed on unchanged; a ping's trouble is only reported.
+ */
+export async function withDeadMansSwitch<T>(
+  url: string | undefined,
+  ctx: Context,
+  options: {
+    report: (line: string) => void;
+    job: (run: PingedRun) => Promise<T>;
+    succeeded?: (value: T) => boolean;
+  },
+): Promise<T> {
+  if (url === undefined) return await options.job({ report: options.report });
+  const pings = deadMansSwitch(url, ctx, { warn: (line) => options.report(`warning: ${line}`) });
+  const report = (line: string) => {
+    pings.line(line);
+    options.report(line);
+  };
+  const pinged = pingedBinding(url, ctx.now());
+  pings.start();
+  let value: T;
+  try {
+    value = await options.job({ report, pinged });
+  } catch (error) {
+    pings.line(`error: ${(error as Error)?.message ?? error}`);
+    await pings.finish(false);
+    throw error;
+  }
+  await pings.finish(options.succeeded?.(value) ?? true);
+  return value;
+}
+
+/** `REFRESH_PINGED`: the switch as output may show it, and when the run began pinging it. */
+function pingedBinding(url: string, at: number): string {
+  return `${shownPingUrl(url)} ${isoSeconds(at)}`;
+}
+
+/** `status`'s sentence for a `REFRESH_PINGED` binding. */
+function describePinged(binding: string): string {
+  const [url = "", at = ""] = binding.split(" ");
+  return /\/api\/push\//.test(url)
+    ? `The run that deployed this worker, at ${at}, pushed its outcome to the Uptime Kuma ` +
+      `monitor at ${url} when it ended.`
+    : `The run that deployed this worker pinged ${url}/start at ${at}, then ${url} or ` +
+      `${url}/fail when it ended.`;
+}
+
+/** One ping through {@linkcode send}, within `withinMs` in all; its outcome, never a throw. */
+async function sendPing(
+  request: { url: string; init: RequestInit },
+  options: { event: PingEvent; withinMs: number; ctx: Context },
+): Promise<PingOutcome> {
+  const { event, withinMs, ctx } = options;
+  const at = isoSeconds(ctx.now());
+  if (withinMs < 1) {
+    return { event, at, ok: false, detail: "no time was left after the start ping hung" };
+  }
+  try {
+    const response = await send({ ...ctx, timeoutMs: withinMs, budgetMs: withinMs, retries: 2 }, {
+      service: "Ping",
+      step: `ping the dead man's switch (${event})`,
+      url: request.url,
+      init: request.init,
+    });
+    const text = (await response.text()).trim().slice(0, QUOTED_BODY_CHARS);
+    const detail = `answered ${response.status}${text ? ` ${JSON.stringify(text)}` : ""}`;
+    return { event, at, ok: response.ok, detail };
+  } catch (error) {
+    // A refused permission too: the run's own requests say which flag it needs.
+    return { event, at, ok: false, detail: (error as Error).message };
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -6218,8 +6514,16 @@ async function runCron({ config, ctx, io }: Job): Promise<number> {
   report(
     `Scheduled "${CRON_NAME}" at "${config.refreshSchedule}" (UTC). Ctrl-C stops it.`,
   );
-  const decision = await refreshIfDue(config, ctx, { loadModule: () => Promise.resolve(module) });
-  report(`Start-up check: ${decision.reason}`);
+  await withDeadMansSwitch(config.pingUrl, ctx, {
+    report,
+    job: async (run) => {
+      const decision = await refreshIfDue(config, ctx, {
+        loadModule: () => Promise.resolve(module),
+        ...(run.pinged && { pinged: run.pinged }),
+      });
+      run.report(`Start-up check: ${decision.reason}`);
+    },
+  });
   await ctrlC.pressed;
   return 0;
 }
@@ -6880,27 +7184,40 @@ async function deployRun(platform: DeployPlatform): Promise<void> {
     return;
   }
   let secrets: Set<string> = new Set();
+  // The switch is pinged even when the settings fail, so the monitor hears of that too.
+  const env = platform.env();
+  const pingCtx = defaultContext(platform.ctx);
+  for (const name of SECRET_VARIABLES) if (env[name]) pingCtx.secrets.add(env[name]);
+  const pingUrl = readSettings(pickSettings(env)).values.REFRESH_PING_URL as string | undefined;
   try {
-    const tooOld = runtimeProblem(platform.denoVersion);
-    if (tooOld) throw new Error(tooOld);
-    const { config, ctx, env } = deploySettings(platform, {
-      b2: true,
-      cloudflare: true,
-      schedule: true,
+    await withDeadMansSwitch(pingUrl, pingCtx, {
+      report: (line) => platform.log(redact(line, pingCtx.secrets)),
+      job: async ({ report, pinged }) => {
+        const tooOld = runtimeProblem(platform.denoVersion);
+        if (tooOld) throw new Error(tooOld);
+        const { config, ctx } = deploySettings(platform, {
+          b2: true,
+          cloudflare: true,
+          schedule: true,
+        });
+        secrets = ctx.secrets;
+        if (env.REFRESH_SCHEDULE) {
+          report(
+            `REFRESH_SCHEDULE is ignored on Deno Deploy: "${CRON_NAME}" runs at ` +
+              `"${DEPLOY_SCHEDULE}" (UTC) and refreshes when less than REFRESH_MARGIN is left. ` +
+              "Remove it from the app's settings to silence this line.",
+          );
+        }
+        config.cloudflare = await findCloudflareIds(config.cloudflare!, ctx);
+        const decision = await refreshIfDue(config, ctx, {
+          loadModule: loadWorkerModule,
+          ...(pinged && { pinged }),
+        });
+        report(
+          decision.refreshed ? `Refreshed: ${decision.reason}` : `Not due: ${decision.reason}`,
+        );
+      },
     });
-    secrets = ctx.secrets;
-    if (env.REFRESH_SCHEDULE) {
-      platform.log(
-        `REFRESH_SCHEDULE is ignored on Deno Deploy: "${CRON_NAME}" runs at "${DEPLOY_SCHEDULE}" ` +
-          "(UTC) and refreshes when less than REFRESH_MARGIN is left. Remove it from the app's " +
-          "settings to silence this line.",
-      );
-    }
-    config.cloudflare = await findCloudflareIds(config.cloudflare!, ctx);
-    const decision = await refreshIfDue(config, ctx, { loadModule: loadWorkerModule });
-    platform.log(
-      decision.refreshed ? `Refreshed: ${decision.reason}` : `Not due: ${decision.reason}`,
-    );
   } catch (failure) {
     // Thrown again so the platform marks the run failed and retries it on the backoff.
     const message = redact((failure as Error)?.message ?? String(failure), secrets);
