@@ -4961,14 +4961,15 @@ function lastBytes(lines: readonly string[], limit: number): string {
 }
 
 /**
- * `REFRESH_PING_URL` as output may show it: its host and the first four characters of its
- * token, since anyone holding the whole URL can report runs that never happened.
+ * `REFRESH_PING_URL` as output may show it: each part of its path but the API's own words
+ * (`ping`, `api`, `push`) cut to its first four characters, since whoever holds the whole URL
+ * can report runs that never happened.
  */
 export function shownPingUrl(url: string): string {
   const target = new URL(url);
-  const kuma = isUptimeKuma(target);
-  const path = kuma ? target.pathname.replace(/^.*\/api\/push\//, "") : target.pathname.slice(1);
-  return `${target.origin}/${kuma ? "api/push/" : ""}${firstFour(path.replace(/\/+$/, ""))}`;
+  const path = target.pathname.split("/").filter(Boolean)
+    .map((part) => ["ping", "api", "push"].includes(part) ? part : firstFour(part));
+  return `${target.origin}/${path.join("/")}`;
 }
 
 /** What one ping got: an answer's status, or why none came; a run's record of it. */
@@ -5058,6 +5059,8 @@ export function deadMansSwitch(
 export interface PingedRun {
   /** Prints a line of the run's output, and keeps it for the closing ping's body. */
   report: (line: string) => void;
+  /** Keeps a line printed elsewhere for the closing ping's body. */
+  keep: (line: string) => void;
   /** For {@linkcode RefreshOptions.pinged}: the switch and when the run pinged it. */
   pinged?: string;
 }
@@ -5077,17 +5080,18 @@ export async function withDeadMansSwitch<T>(
     succeeded?: (value: T) => boolean;
   },
 ): Promise<T> {
-  if (url === undefined) return await options.job({ report: options.report });
+  if (url === undefined) return await options.job({ report: options.report, keep: () => {} });
   const pings = deadMansSwitch(url, ctx, { warn: (line) => options.report(`warning: ${line}`) });
+  const keep = (line: string) => pings.line(line);
   const report = (line: string) => {
-    pings.line(line);
+    keep(line);
     options.report(line);
   };
   const pinged = pingedBinding(url, ctx.now());
   pings.start();
   let value: T;
   try {
-    value = await options.job({ report, pinged });
+    value = await options.job({ report, keep, pinged });
   } catch (error) {
     pings.line(`error: ${(error as Error)?.message ?? error}`);
     await pings.finish(false);
@@ -6226,7 +6230,7 @@ export function summary(result: RefreshResult): string {
     (result.notice ? `\nNote: ${result.notice}` : "");
 }
 
-async function runRefresh({ config, ctx, io, flags }: Job): Promise<number> {
+async function runRefresh({ config, ctx, io, flags, pinged }: Job): Promise<number> {
   let result: RefreshResult & { upload?: WorkerUpload };
   let incomplete: IncompleteDeployError | undefined;
   try {
@@ -6236,6 +6240,7 @@ async function runRefresh({ config, ctx, io, flags }: Job): Promise<number> {
       takeOver: flags["take-over"],
       removeLeftovers: flags["remove-leftovers"],
       progress: (line) => io.stderr(line),
+      ...(pinged && { pinged }),
     });
   } catch (error) {
     if (!(error instanceof IncompleteDeployError)) throw error;
@@ -6366,6 +6371,7 @@ async function runStatus({ config, ctx, io, flags }: Job): Promise<number> {
           : "") +
         (report.urls ? `\nAnswers at: ${report.urls.join(", ") || "nowhere"}` : "") +
         (report.eventNotifications ? `\n${describeRuleState(report.eventNotifications)}` : "") +
+        (report.pinged ? `\n${report.pinged}` : "") +
         (report.warnings ?? []).map((w) => `\nWarning: ${w}`).join(""),
     );
   }
@@ -6825,6 +6831,8 @@ export interface Job {
   flags: Flags;
   /** Its positional arguments: `purge`'s paths, `sign`'s path. */
   args: string[];
+  /** A refresh's dead man's switch, for the `REFRESH_PINGED` binding. */
+  pinged?: string;
 }
 
 /** Runs one command; resolves to its exit code. */
@@ -6873,10 +6881,26 @@ export async function run(options: RunOptions): Promise<number> {
         if (line.flags.verbose) io.stderr(maskCredentials(text, credentials));
       };
     }
-    const config = parseConfig(settings, spec.needs(line.flags));
-    for (const warning of config.warnings ?? []) io.stderr(`warning: ${warning}`);
-    if (config.cloudflare) config.cloudflare = await findCloudflareIds(config.cloudflare, ctx);
-    return await handler({ settings, config, ctx, io, flags: line.flags, args: line.args });
+    // A refresh that deploys tells REFRESH_PING_URL's monitor that it began and how it ended,
+    // a bad setting included.
+    const pingUrl = line.command === "refresh" && !line.flags["dry-run"]
+      ? readSettings(settings).values.REFRESH_PING_URL as string | undefined
+      : undefined;
+    return await withDeadMansSwitch(pingUrl, ctx, {
+      report: (text) => io.stderr(text),
+      succeeded: (code) => code === 0,
+      job: async ({ keep, pinged }) => {
+        const kept: Io = {
+          stdout: (text) => (keep(text), io.stdout(text)),
+          stderr: (text) => (keep(text), io.stderr(text)),
+        };
+        const config = parseConfig(settings, spec.needs(line.flags));
+        for (const warning of config.warnings ?? []) kept.stderr(`warning: ${warning}`);
+        if (config.cloudflare) config.cloudflare = await findCloudflareIds(config.cloudflare, ctx);
+        const { flags, args } = line;
+        return await handler({ settings, config, ctx, io: kept, flags, args, pinged });
+      },
+    });
   } catch (error) {
     const [code, message] = failure(error, command);
     // status cannot tell, which a monitor must read as UNKNOWN, on stdout, not as CRITICAL.

@@ -20,6 +20,7 @@ import {
   parseCommandLine,
   parseConfig,
   parseDuration,
+  pingRequest,
   purgeUrl,
   readCloudflareId,
   refreshIfDue,
@@ -53,6 +54,7 @@ import {
   type FakeCloudflareOptions,
   startFakeCloudflare,
 } from "./local/fake_cloudflare.ts";
+import { type FakeMonitor, startFakeMonitor } from "./local/fake_monitor.ts";
 import { childEnv } from "./testing/child_env.ts";
 import { startUntil, whileServing } from "./testing/serving.ts";
 
@@ -4586,4 +4588,238 @@ Deno.test("refresh finds the account and the zone the settings leave out", async
       }
     },
   );
+});
+
+// ---------------------------------------------------------------------------
+// The dead man's switch (issue 23)
+// ---------------------------------------------------------------------------
+
+const CHECK = "5e2b7c1a-0d5f-4c43-9a0e-0123456789ab";
+const PUSH_TOKEN = "kUm4PushT0ken";
+
+/** A world with a monitor stand-in that knows one healthchecks.io check and one push token. */
+function monitored(): { w: World; monitor: FakeMonitor; hc: string; kuma: string } {
+  const w = world();
+  const monitor = startFakeMonitor({ checks: [CHECK], pushTokens: [PUSH_TOKEN] });
+  // The whole URL is a credential of sorts: no output may show it.
+  secretsSeen.add(CHECK).add(PUSH_TOKEN);
+  return {
+    w,
+    monitor,
+    hc: `${monitor.url}/ping/${CHECK}`,
+    kuma: `${monitor.url}/api/push/${PUSH_TOKEN}?status=up&msg=OK&ping=`,
+  };
+}
+
+Deno.test("refresh pings REFRESH_PING_URL's /start, then its success with the run's last lines", async () => {
+  const { w, monitor, hc } = monitored();
+  try {
+    const { code, stdout, stderr } = await w.run(["refresh"], { env: { REFRESH_PING_URL: hc } });
+    assert.deepEqual([code, stderr], [0, ""]);
+    assert.deepEqual(monitor.pings.map(({ event, method }) => [event, method]), [
+      ["start", "POST"],
+      ["success", "POST"],
+    ]);
+    assert.equal(monitor.pings[0]!.body, "");
+    assert.equal(monitor.pings[1]!.body, stdout, "the body is the run's output");
+    assert.match(monitor.pings[1]!.body, /^Deployed worker "b2-private-cdn"/);
+    assertNoSecret(...monitor.pings.map((ping) => ping.body));
+  } finally {
+    await Promise.all([w.close(), monitor.close()]);
+  }
+});
+
+Deno.test("a failed refresh pings /fail with its error, secrets redacted", async (t) => {
+  const { w, monitor, hc } = monitored();
+  try {
+    await t.step("B2 refuses the key", async () => {
+      const { code, stderr } = await w.run(["refresh"], {
+        env: { REFRESH_PING_URL: hc, B2_APPLICATION_KEY: "a-wrong-application-key" },
+      });
+      assert.equal(code, 1);
+      const fail = monitor.pings.at(-1)!;
+      assert.deepEqual([monitor.pings.at(-2)?.event, fail.event], ["start", "fail"]);
+      assert.equal(fail.body, stderr, "the body is the run's error");
+      assert.match(fail.body, /^error: Cannot authorize the B2 application key/);
+      assert.ok(!fail.body.includes("a-wrong-application-key"));
+    });
+    await t.step("a bad setting", async () => {
+      const { code } = await w.run(["refresh"], {
+        env: { REFRESH_PING_URL: hc, WORKER_CACHE_TTL: "soon" },
+      });
+      assert.equal(code, 2);
+      assert.deepEqual(monitor.pings.slice(-2).map((ping) => ping.event), ["start", "fail"]);
+      assert.match(monitor.pings.at(-1)!.body, /WORKER_CACHE_TTL must be a duration/);
+    });
+    await t.step("a dry run pings nothing: it is not the run that keeps the site up", async () => {
+      const before = monitor.pings.length;
+      const { code } = await w.run(["refresh", "--dry-run"], { env: { REFRESH_PING_URL: hc } });
+      assert.deepEqual([code, monitor.pings.length], [0, before]);
+    });
+  } finally {
+    await Promise.all([w.close(), monitor.close()]);
+  }
+});
+
+Deno.test("an Uptime Kuma push URL gets ?status=up|down&msg=, and no /start", async () => {
+  const { w, monitor, kuma } = monitored();
+  try {
+    const good = await w.run(["refresh"], { env: { REFRESH_PING_URL: kuma } });
+    const bad = await w.run(["refresh"], {
+      env: { REFRESH_PING_URL: kuma, B2_APPLICATION_KEY: "a-wrong-application-key" },
+    });
+    assert.deepEqual([good.code, good.stderr, bad.code], [0, "", 1]);
+    assert.deepEqual(monitor.pings.map(({ service, event }) => [service, event]), [
+      ["uptime-kuma", "success"],
+      ["uptime-kuma", "fail"],
+    ]);
+    assert.equal(monitor.pings[0]!.body, good.stdout.split("\n").at(-1)!.slice(0, 200));
+    assert.match(monitor.pings[1]!.body, /^error: Cannot authorize the B2 application key/);
+  } finally {
+    await Promise.all([w.close(), monitor.close()]);
+  }
+});
+
+Deno.test("a ping the monitor refuses is a warning; the run's exit code stands", async () => {
+  const { w, monitor } = monitored();
+  try {
+    const unknown = `${monitor.url}/ping/${CHECK.replace("5e2b", "0000")}`;
+    const { code, stderr } = await w.run(["refresh"], { env: { REFRESH_PING_URL: unknown } });
+    assert.equal(code, 0);
+    assert.match(
+      stderr,
+      /^warning: the dead man's switch at http:\/\/127\.0\.0\.1:\d+\/ping\/0000\.\.\. did not take the start ping: answered 404 "not found"\. The run goes on; check REFRESH_PING_URL\.$/m,
+    );
+    assert.match(stderr, /did not take the success ping: answered 404/);
+  } finally {
+    await Promise.all([w.close(), monitor.close()]);
+  }
+});
+
+Deno.test("a hanging ping URL delays a refresh by at most the ping timeout (5 s)", async () => {
+  const { w, monitor, hc } = monitored();
+  try {
+    const started = performance.now();
+    assert.equal((await w.run(["refresh"])).code, 0);
+    const alone = performance.now() - started;
+    monitor.hang();
+    const hanging = performance.now();
+    const { code, stderr } = await w.run(["refresh"], {
+      env: { REFRESH_PING_URL: hc },
+      ctx: { timeoutMs: 30_000 },
+    });
+    const delay = performance.now() - hanging - alone;
+    assert.equal(code, 0);
+    assert.ok(delay <= 5_000 + 1_000, `delayed ${Math.round(delay)} ms`);
+    assert.match(
+      stderr,
+      /did not take the start ping: REFRESH_PING_URL|did not take the start ping/,
+    );
+    assert.match(stderr, /did not take the success ping/);
+    assert.ok(monitor.requests() >= 2, "both pings were tried");
+  } finally {
+    await Promise.all([w.close(), monitor.close()]);
+  }
+});
+
+Deno.test("status shows when the deploying run pinged its switch", async () => {
+  const { w, monitor, hc, kuma } = monitored();
+  try {
+    assert.equal((await w.run(["refresh"], { env: { REFRESH_PING_URL: hc } })).code, 0);
+    const { stdout } = await w.run(["status"]);
+    assert.match(
+      stdout,
+      /\nThe run that deployed this worker pinged http:\/\/127\.0\.0\.1:\d+\/ping\/5e2b\.\.\.\/start at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, then http:\/\/127\.0\.0\.1:\d+\/ping\/5e2b\.\.\. or http:\/\/127\.0\.0\.1:\d+\/ping\/5e2b\.\.\.\/fail when it ended\./,
+    );
+    assert.equal((await w.run(["refresh"], { env: { REFRESH_PING_URL: kuma } })).code, 0);
+    assert.match(
+      (await w.run(["status"])).stdout,
+      /pushed its outcome to the Uptime Kuma monitor at http:\/\/127\.0\.0\.1:\d+\/api\/push\/kUm4\.\.\. when it ended\./,
+    );
+  } finally {
+    await Promise.all([w.close(), monitor.close()]);
+  }
+});
+
+Deno.test("cron's scheduled runs and the Deploy cron ping the switch too", async (t) => {
+  const { w, monitor, hc } = monitored();
+  try {
+    await t.step("scheduleRefresh()", async () => {
+      const registered: Parameters<CronRegistrar>[] = [];
+      const config = parseConfig({ ...w.env, REFRESH_PING_URL: hc }, {
+        b2: true,
+        cloudflare: true,
+      });
+      const reports: string[] = [];
+      scheduleRefresh(config, ctxFor(), {
+        module: "export default {}",
+        register: (...args) => registered.push(args),
+        report: (line) => reports.push(line),
+      });
+      await registered[0]![3]();
+      assert.deepEqual(monitor.pings.map((ping) => ping.event), ["start", "success"]);
+      assert.equal(monitor.pings[1]!.body, reports.join("\n"));
+    });
+    await t.step("the Deploy cron, not due: still a success", async () => {
+      const { platform, registered, lines } = deployPlatform({
+        env: { ...w.env, REFRESH_PING_URL: hc },
+      });
+      startOnDeploy(platform);
+      await registered[0]![3]();
+      assert.match(lines.at(-1)!, /^Not due: /);
+      assert.deepEqual(monitor.pings.slice(-2).map((ping) => ping.event), ["start", "success"]);
+      assert.equal(monitor.pings.at(-1)!.body, lines.at(-1));
+    });
+    await t.step("the Deploy cron with a bad setting: a fail ping naming it", async () => {
+      const { platform, registered } = deployPlatform({
+        env: { ...w.env, REFRESH_PING_URL: hc, CLOUDFLARE_ACCOUNT_ID: "" },
+      });
+      startOnDeploy(platform);
+      await assert.rejects(registered[0]![3](), /CLOUDFLARE_ACCOUNT_ID/);
+      assert.equal(monitor.pings.at(-1)!.event, "fail");
+      assert.match(monitor.pings.at(-1)!.body, /^error: Set CLOUDFLARE_ACCOUNT_ID/);
+    });
+    assertNoSecret(...monitor.pings.map((ping) => ping.body));
+  } finally {
+    await Promise.all([w.close(), monitor.close()]);
+  }
+});
+
+Deno.test("pingRequest() shapes each kind of monitor's ping", async (t) => {
+  const lines = ["one", "two", "error: three"];
+  await t.step("healthchecks.io: paths, a POST body of the last lines", () => {
+    const url = "https://hc-ping.com/5e2b7c1a-0d5f-4c43-9a0e-0123456789ab/";
+    assert.deepEqual(
+      (["start", "success", "fail"] as const).map((event) => {
+        const request = pingRequest(url, { event, lines })!;
+        return [request.url, request.init.method, request.init.body];
+      }),
+      [
+        [`${url}start`, "POST", ""],
+        [url.slice(0, -1), "POST", "one\ntwo\nerror: three"],
+        [`${url}fail`, "POST", "one\ntwo\nerror: three"],
+      ],
+    );
+  });
+  await t.step("healthchecks.io: the body keeps the last 10,000 bytes, ending intact", () => {
+    const body = pingRequest("https://hc-ping.com/x", {
+      event: "fail",
+      lines: [...Array(40)].map((_, i) => `${i} ${"é".repeat(400)}`),
+    })!.init.body as string;
+    assert.ok(new TextEncoder().encode(body).length <= 10_000);
+    assert.match(body, /^28 é+\n29 /);
+    assert.match(body, /\n39 é{400}$/);
+  });
+  await t.step("Uptime Kuma: the copied query replaced, no start", () => {
+    const url = "https://kuma.example.com/api/push/AbCd1234?status=up&msg=OK&ping=";
+    assert.equal(pingRequest(url, { event: "start", lines }), undefined);
+    assert.equal(
+      pingRequest(url, { event: "fail", lines })!.url,
+      "https://kuma.example.com/api/push/AbCd1234?status=down&msg=error%3A+three",
+    );
+    assert.equal(
+      pingRequest(url, { event: "success", lines: [] })!.url,
+      "https://kuma.example.com/api/push/AbCd1234?status=up&msg=OK",
+    );
+  });
 });
