@@ -4772,12 +4772,12 @@ Deno.test("cron's scheduled runs and the Deploy cron ping the switch too", async
     });
     await t.step("the Deploy cron with a bad setting: a fail ping naming it", async () => {
       const { platform, registered } = deployPlatform({
-        env: { ...w.env, REFRESH_PING_URL: hc, CLOUDFLARE_ACCOUNT_ID: "" },
+        env: { ...w.env, REFRESH_PING_URL: hc, WORKER_CACHE_TTL: "soon" },
       });
       startOnDeploy(platform);
-      await assert.rejects(registered[0]![3](), /CLOUDFLARE_ACCOUNT_ID/);
+      await assert.rejects(registered[0]![3](), /WORKER_CACHE_TTL/);
       assert.equal(monitor.pings.at(-1)!.event, "fail");
-      assert.match(monitor.pings.at(-1)!.body, /^error: Set CLOUDFLARE_ACCOUNT_ID/);
+      assert.match(monitor.pings.at(-1)!.body, /^error: WORKER_CACHE_TTL must be a duration/);
     });
     assertNoSecret(...monitor.pings.map((ping) => ping.body));
   } finally {
