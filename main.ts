@@ -1337,11 +1337,24 @@ const RETRY_AFTER_LIMIT_MS = 120_000;
 /** How much of an answer that is not what was expected an error quotes. */
 const QUOTED_BODY_CHARS = 80;
 
-/** An API answered with an error, or could not be reached. Exit code 1. */
+/**
+ * An API answered with an error, or could not be reached. Exit code 1.
+ *
+ * @example What B2 said, and what to change
+ * ```ts ignore
+ * try {
+ *   await refresh(config, ctx, { module });
+ * } catch (error) {
+ *   if (error instanceof ApiError && error.service === "B2") {
+ *     console.error(error.code, error.serverMessage, error.hint);
+ *   }
+ * }
+ * ```
+ */
 export class ApiError extends Error {
   /** Which API failed. */
   readonly service: Service;
-  /** The HTTP status, or 0 when no answer came. */
+  /** The HTTP status of the last answer, or 0 when no answer came. */
   readonly status: number;
   /**
    * The service's own error code (`unauthorized`, `10000`), or when no answer came why:
@@ -1349,17 +1362,78 @@ export class ApiError extends Error {
    * in `cause` (`dns error: failed to lookup address information: ...`).
    */
   readonly code: string;
-  /** Makes the error; the message says what failed and what to change. */
+  /** The service's own words for the error, as it answered them, when it gave any. */
+  readonly serverMessage?: string;
+  /** What to change, when this tool knows: `check B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY`. */
+  readonly hint?: string;
+  /** What failed and what the service said, without the hint. */
+  readonly problem: string;
+  /** Makes the error; the message is `problem`, then `. Fix: <hint>.` when there is a hint. */
   constructor(
-    message: string,
-    details: { service: Service; status: number; code: string; cause?: string },
+    problem: string,
+    details: {
+      service: Service;
+      status: number;
+      code: string;
+      cause?: string;
+      serverMessage?: string;
+      hint?: string;
+    },
   ) {
-    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    super(
+      details.hint ? `${problem}. Fix: ${details.hint}.` : problem,
+      details.cause === undefined ? undefined : { cause: details.cause },
+    );
     this.name = "ApiError";
     this.service = details.service;
     this.status = details.status;
     this.code = details.code;
+    if (details.serverMessage !== undefined) this.serverMessage = details.serverMessage;
+    if (details.hint) this.hint = details.hint;
+    this.problem = problem;
   }
+}
+
+/** Why this tool refuses to go on, though nothing refused it. */
+type RefusalCode =
+  /** `WORKER_ROUTE` runs another Worker, and `--take-over` was not given. */
+  | "route_held"
+  /** `WORKER_DOMAIN` is another Worker's custom domain (Cloudflare's 100116), and no `--take-over`. */
+  | "domain_held"
+  /** `WORKER_DOMAIN` has an ordinary DNS record (Cloudflare's 100117), and no `--take-over`. */
+  | "dns_record_in_the_way"
+  /** `--take-over` must delete a DNS record, and the token may not. */
+  | "dns_edit_needed"
+  /** The B2 key lacks a capability the event rule needs. */
+  | "missing_capability"
+  /** B2 answered another rule's signing secret masked: writing it back would change it. */
+  | "masked_secret"
+  /** Another rule's prefix overlaps ours for the same events, which B2 refuses. */
+  | "rule_overlap"
+  /** The bucket has B2's 25 rules already. */
+  | "too_many_rules";
+
+/**
+ * This tool's own refusal to change something it was not told to change, or cannot: the
+ * message says what to run or set instead. Exit code 1.
+ */
+class RefusalError extends Error {
+  /** Which refusal it is. */
+  readonly code: RefusalCode;
+  /** Makes the error; the message says what was left as it was and what to do. */
+  constructor(message: string, code: RefusalCode) {
+    super(message);
+    this.name = "RefusalError";
+    this.code = code;
+  }
+}
+
+/** Whether `error` is an operation's failure to report (an API's, ours), not a bug. */
+function isOperationError(
+  error: unknown,
+): error is ApiError | RefusalError | IncompleteDeployError {
+  return error instanceof ApiError || error instanceof RefusalError ||
+    error instanceof IncompleteDeployError;
 }
 
 /** Who answers: the two APIs, the deployed worker (purge), or a URL checked on it. */
@@ -1608,12 +1682,13 @@ async function b2Call<T>(
   const hint = request.authorizing && response.status === 401
     ? credentials
     : B2_HINTS[code] ?? (response.status === 401 ? credentials : "");
-  throw new ApiError(
-    `Cannot ${step}: B2 answered ${response.status} ${code}${detail}${
-      hint ? `. Fix: ${hint}.` : ""
-    }`,
-    { service: "B2", status: response.status, code },
-  );
+  throw new ApiError(`Cannot ${step}: B2 answered ${response.status} ${code}${detail}`, {
+    service: "B2",
+    status: response.status,
+    code,
+    ...(body?.message && { serverMessage: body.message }),
+    ...(hint && { hint }),
+  });
 }
 
 /** Authorizes with the application key (`b2_authorize_account`, API v4). */
@@ -2154,9 +2229,14 @@ async function cloudflareCall<T>(
         ? ` error ${error.code}: ${error.message}`
         : envelope === undefined
         ? ` (${received})`
-        : "") +
-      (hint ? `. Fix: ${hint}.` : ""),
-    { service: "Cloudflare", status: response.status, code: String(code) },
+        : ""),
+    {
+      service: "Cloudflare",
+      status: response.status,
+      code: String(code),
+      ...(error && { serverMessage: error.message }),
+      ...(hint && { hint }),
+    },
   );
 }
 
@@ -2488,12 +2568,12 @@ async function ensureRoute(
   if (existing.script === workerName) return { change: "unchanged" };
   const holder = existing.script ? `worker "${existing.script}"` : "no worker";
   if (!options.takeOver) {
-    throw new ApiError(
+    throw new RefusalError(
       `Cannot point route "${route}" at worker "${workerName}": it runs ${holder}, and ` +
         "this tool only changes a route another Worker holds when told to; it was left as " +
         `it is. To move it (${holder} stops serving ${route}), run once by hand: ` +
         `${TAKE_OVER_COMMAND}. Or set WORKER_ROUTE to a pattern no other Worker uses.`,
-      { service: "Cloudflare", status: 409, code: "route_held_by_other_worker" },
+      "route_held",
     );
   }
   await cloudflareCall(config, ctx, `take over route "${route}"`, {
@@ -2561,13 +2641,13 @@ async function ensureDomain(
       },
     });
   const otherWorker = (holder: string) =>
-    new ApiError(
+    new RefusalError(
       `Cannot attach custom domain "${domain}" to worker "${workerName}": it is the custom ` +
         `domain of worker "${holder}" (Cloudflare error 100116), and this tool only moves ` +
         "another Worker's hostname when told to; it was left as it is. To move it (worker " +
         `"${holder}" stops serving it), run once by hand: ${TAKE_OVER_COMMAND} ` +
         "(it sends override_existing_origin).",
-      { service: "Cloudflare", status: 409, code: "100116" },
+      "domain_held",
     );
   if (existing && !options.takeOver) throw otherWorker(existing.service);
   try {
@@ -2590,7 +2670,7 @@ async function ensureDomain(
     : 'a DNS record (an A, AAAA or CNAME; CLOUDFLARE_API_TOKEN lacks "DNS: Read" on the ' +
       "zone, which would show it)";
   if (!options.takeOver) {
-    throw new ApiError(
+    throw new RefusalError(
       `Cannot attach custom domain "${domain}" to worker "${workerName}": the hostname has ` +
         `${what} (Cloudflare error 100117), which no setting overrides; it was left as it ` +
         "is. Either keep it and set WORKER_ROUTE=" + `${domain}/* instead of WORKER_DOMAIN ` +
@@ -2598,7 +2678,7 @@ async function ensureDomain(
         `hand: ${TAKE_OVER_COMMAND}, which deletes the record (the token needs "DNS: Edit" ` +
         "on the zone) and attaches the domain; its new certificate then takes a few minutes, " +
         `during which https://${domain}/ does not answer.`,
-      { service: "Cloudflare", status: 409, code: "100117" },
+      "dns_record_in_the_way",
     );
   }
   const deleted = await deleteRecords(config, ctx, { records, what });
@@ -2616,11 +2696,11 @@ async function deleteRecords(
   ctx: Context,
   options: { records: DnsRecord[] | undefined; what: string },
 ): Promise<string[]> {
-  const needEdit = new ApiError(
+  const needEdit = new RefusalError(
     `Cannot take over "${config.domain}": deleting ${options.what} needs "DNS: Edit" on the ` +
       "zone. Add it to CLOUDFLARE_API_TOKEN (or delete the record in the dashboard), then run " +
       `${TAKE_OVER_COMMAND} again.`,
-    { service: "Cloudflare", status: 403, code: "dns_edit_needed" },
+    "dns_edit_needed",
   );
   if (!options.records) throw needEdit;
   const deleted: string[] = [];
@@ -2936,12 +3016,12 @@ function mergeEventRules(
     // Assumption: B2 answers a rule's secret as it was set (b2-sdk-python's integration test
     // compares set and get with it); a masked one would be lost by writing it back.
     if (secret && !/^[A-Za-z0-9]{32}$/.test(secret)) {
-      throw new ApiError(
+      throw new RefusalError(
         `Cannot change the bucket's Event Notification rules: B2 answered rule "${rule.name}" ` +
           "with its signing secret masked, and writing all rules back would change it. Add or " +
           `remove rule "${name}" by hand (b2 bucket notification-rule), or set ` +
           "B2_EVENT_NOTIFICATIONS=off.",
-        { service: "B2", status: 200, code: "masked_secret" },
+        "masked_secret",
       );
     }
   }
@@ -2955,10 +3035,10 @@ function mergeEventRules(
 const MAX_RULES = 25;
 
 /** What B2 would refuse of our rule beside the user's, found before anything is written. */
-class EventRuleConflictError extends ApiError {
+class EventRuleConflictError extends RefusalError {
   /** Makes the error; the message names the rule and what to change. */
   constructor(message: string, code: "rule_overlap" | "too_many_rules") {
-    super(message, { service: "B2", status: 0, code });
+    super(message, code);
     this.name = "EventRuleConflictError";
   }
 }
@@ -3043,7 +3123,7 @@ async function syncEventRule(
     result.eventNotifications = change;
     ctx.log(`B2: Event Notification rule ${eventRuleName(config.workerName)} ${change}`);
   } catch (error) {
-    if (!(error instanceof ApiError) && !(error instanceof ConfigError)) throw error;
+    if (!isOperationError(error) && !(error instanceof ConfigError)) throw error;
     (result.failed ??= []).push(`B2 Event Notifications: ${error.message}`);
   }
 }
@@ -3114,17 +3194,17 @@ function missingCapabilities(
   b2: B2Config,
   auth: B2Authorization,
   facts: { missing: string[]; on: boolean; name: string },
-): ApiError {
+): RefusalError {
   const why = facts.on
     ? "which B2_EVENT_NOTIFICATIONS=on needs to keep the bucket's notification rule"
     : `which removing rule "${facts.name}" (B2_EVENT_NOTIFICATIONS is off) needs`;
-  return new ApiError(
+  return new RefusalError(
     `The B2 key lacks ${facts.missing.join(" and ")}, ${why} (it has: ` +
       `${auth.capabilities.join(", ") || "none"}). Add them: b2 key create --bucket ` +
       `${b2.bucketName ?? "<bucket>"}${b2.prefix ? ` --name-prefix ${b2.prefix}` : ""} <name> ` +
       `listBuckets,readFiles,shareFiles,${EVENT_CAPABILITIES.join(",")}` +
       (facts.on ? "; or set B2_EVENT_NOTIFICATIONS=off." : "."),
-    { service: "B2", status: 0, code: "missing_capability" },
+    "missing_capability",
   );
 }
 
@@ -3149,13 +3229,13 @@ async function featureCall<T>(auth: B2Authorization, call: () => Promise<T>): Pr
   } catch (error) {
     if (!(error instanceof ApiError) || (error.status !== 400 && error.status !== 403)) throw error;
     // b2Call's hint for a 400 is about the bucket settings, which B2 did take here.
-    const refused = error.message.replace(`. Fix: ${B2_HINTS.bad_request}.`, "");
-    if (RULE_REFUSAL.test(refused.slice(refused.indexOf("B2 answered")))) {
+    const refused = error.hint === B2_HINTS.bad_request ? error.problem : error.message;
+    if (RULE_REFUSAL.test(error.serverMessage ?? "")) {
       throw new ApiError(
         `${sentence(refused)} B2 refused the bucket's rules as they would be: change the rule ` +
           "it names (b2 bucket notification-rule update|delete), or set " +
           "B2_EVENT_NOTIFICATIONS=off.",
-        { service: "B2", status: error.status, code: error.code },
+        { service: "B2", status: error.status, code: error.code, ...serverSaid(error) },
       );
     }
     throw new ApiError(
@@ -3163,9 +3243,14 @@ async function featureCall<T>(auth: B2Authorization, call: () => Promise<T>): Pr
         `enables them per account on request, so ask Backblaze Support to enable Event ` +
         `Notifications for account ${auth.accountId} (${EVENTS_GUIDE}), then run refresh ` +
         "again; or set B2_EVENT_NOTIFICATIONS=off.",
-      { service: "B2", status: error.status, code: error.code },
+      { service: "B2", status: error.status, code: error.code, ...serverSaid(error) },
     );
   }
+}
+
+/** The service's own words of `error`, to keep when it is thrown again in other words. */
+function serverSaid(error: ApiError): { serverMessage?: string } {
+  return error.serverMessage === undefined ? {} : { serverMessage: error.serverMessage };
 }
 
 /** What `status` found of the rule. */
@@ -3224,7 +3309,7 @@ async function judgeEventRule(
   try {
     report.eventNotifications = await readEventRule(config, ctx);
   } catch (error) {
-    if (!(error instanceof ApiError) && !(error instanceof ConfigError)) throw error;
+    if (!isOperationError(error) && !(error instanceof ConfigError)) throw error;
     const text = "cannot tell whether B2 delivers event notifications: cannot read the " +
       `Event Notification rule: ${error.message}`;
     addFinding(report, { state: "UNKNOWN", text });
@@ -3498,7 +3583,7 @@ const RECENT_UPLOAD_MS = 60 * 60_000;
  * leftovers) did not: the site keeps working on the new token where it was
  * already reached. Exit code 1; `result` says what was deployed.
  */
-class IncompleteDeployError extends ApiError {
+class IncompleteDeployError extends Error {
   /** What was deployed; `failed` lists the steps after the upload that did not work. */
   readonly result: RefreshResult;
   /** Makes the error from the result; the message names each failed step and the token's expiry. */
@@ -3512,7 +3597,6 @@ class IncompleteDeployError extends ApiError {
         `worker. But ${failed.length === 1 ? "a step" : `${failed.length} steps`} after the ` +
         `upload failed:\n  - ${failed.join("\n  - ")}\nFix that, then run refresh again; ` +
         "scheduled runs (cron, Deno Deploy) retry only these steps while the upload is fresh.",
-      { service: "Cloudflare", status: 0, code: "incomplete_deploy" },
     );
     this.name = "IncompleteDeployError";
     this.result = result;
@@ -3892,7 +3976,7 @@ async function purgeOnceNewVersionAnswers(
     ]);
   }
   const url = await purgeUrl(config, ctx, {});
-  let last = "";
+  let last = { message: "", status: 0 };
   for (let attempt = 1; attempt <= VERIFY_ATTEMPTS; attempt++) {
     const answer = await askWorkerToPurge(url, {
       order: { everything: true, expect: options.fingerprint },
@@ -3909,13 +3993,13 @@ async function purgeOnceNewVersionAnswers(
         code: answer.kind,
       });
     }
-    last = answer.message;
-    ctx.log(`Worker: ${last} (attempt ${attempt} of ${VERIFY_ATTEMPTS})`);
+    last = answer;
+    ctx.log(`Worker: ${last.message} (attempt ${attempt} of ${VERIFY_ATTEMPTS})`);
     if (attempt < VERIFY_ATTEMPTS) await ctx.sleep(VERIFY_PAUSE_MS);
   }
   throw new ApiError(
-    `Cannot purge after the deploy: ${last} ${remembered}`,
-    { service: "Worker", status: 0, code: "not_answering" },
+    `Cannot purge after the deploy: ${last.message} ${remembered}`,
+    { service: "Worker", status: last.status, code: "not_answering" },
   );
 }
 
@@ -3993,7 +4077,10 @@ interface TriggerSteps {
   failed: string[];
   /** What `--take-over` and `--remove-leftovers` changed, in words. */
   changed: string[];
-  /** Runs one step; an {@linkcode ApiError} is recorded in `failed` and yields `undefined`. */
+  /**
+   * Runs one step; an {@linkcode ApiError} or {@linkcode RefusalError} is recorded in `failed`
+   * and yields `undefined`.
+   */
   attempt<T>(work: () => Promise<T>): Promise<T | undefined>;
 }
 
@@ -4013,7 +4100,7 @@ function triggerSteps(result: RefreshResult, ctx: Context): TriggerSteps {
       try {
         return await work();
       } catch (error) {
-        if (!(error instanceof ApiError)) throw error;
+        if (!isOperationError(error)) throw error;
         failed.push(error.message);
         return undefined;
       }
@@ -4138,6 +4225,7 @@ async function verify(
     ? Math.ceil(CERTIFICATE_WAIT_MS / CERTIFICATE_PAUSE_MS) + 1
     : VERIFY_ATTEMPTS;
   let last = "";
+  let lastStatus = 0;
   // A failed connection or 525/526 (Cloudflare's TLS errors) is what a missing certificate looks like.
   let noTls = false;
   for (let attempt = 1; attempt <= attempts; attempt++) {
@@ -4156,11 +4244,13 @@ async function verify(
         return "verified";
       }
       last = `answered ${response.status}`;
+      lastStatus = response.status;
       noTls = response.status === 525 || response.status === 526;
     } catch (error) {
       if (!(error instanceof ApiError)) throw error;
       // Even a name that does not resolve is tried again: a new host's record takes a while.
       last = `could not be reached: ${error.cause ?? error.message}`;
+      lastStatus = 0;
       noTls = true;
     }
     if (options.waitForCertificate) {
@@ -4179,7 +4269,7 @@ async function verify(
     `The worker is deployed, but ${url} ${last} after ${attempts} attempts. ` +
       "Check that the route or domain points at the worker and that the file exists " +
       "(try the same path with `main.ts dev`).",
-    { service: "Verify", status: 0, code: "verify_failed" },
+    { service: "Verify", status: lastStatus, code: "verify_failed" },
   );
 }
 
@@ -4604,14 +4694,14 @@ export async function status(
       problem: `worker "${config.workerName}" does not exist; run refresh`,
     };
   }
-  if (options.survey) await survey(config, report, ctx);
+  const { readAll } = options.survey ? await survey(config, report, ctx) : { readAll: true };
   const missing = missingTokenBinding(settings);
   if (missing) return { ...report, problem: missing };
   Object.assign(report, deployedToken(settings, ctx.now()));
   const findings = [
     ...tokenProblems(report, options.minRemaining),
     ...cacheProblems(report, settings, options.cacheMode),
-    ...servingProblems(report, settings),
+    ...servingProblems(report, settings, { readAll }),
   ];
   if (findings.length === 0) return { ...report, healthy: true, state: "OK" };
   return {
@@ -4696,7 +4786,11 @@ function cacheProblems(
 }
 
 /** A purge is still owed, or (surveyed in full) nothing leads to the worker. */
-function servingProblems(report: StatusReport, settings: WorkerSettings): Finding[] {
+function servingProblems(
+  report: StatusReport,
+  settings: WorkerSettings,
+  survey: { readAll: boolean },
+): Finding[] {
   const problems: Finding[] = [];
   if (plainBinding(settings, "WORKER_PURGE_PENDING")) {
     problems.push({
@@ -4705,8 +4799,7 @@ function servingProblems(report: StatusReport, settings: WorkerSettings): Findin
     });
   }
   // Read in full (no read failed) and nothing leads to the worker: a good token serves nobody.
-  const readAll = !report.warnings?.some((warning) => warning.startsWith("cannot read "));
-  if (report.urls?.length === 0 && !report.leftovers && readAll) {
+  if (report.urls?.length === 0 && !report.leftovers && survey.readAll) {
     problems.push({
       state: "CRITICAL",
       text: "the worker answers nowhere: no route, custom domain or workers.dev address runs " +
@@ -4721,15 +4814,21 @@ function servingProblems(report: StatusReport, settings: WorkerSettings): Findin
  * custom domain, workers.dev, and leftovers. A call the token may not make
  * becomes a warning; the token's health does not depend on this.
  */
-async function survey(config: CloudflareConfig, report: StatusReport, ctx: Context): Promise<void> {
+async function survey(
+  config: CloudflareConfig,
+  report: StatusReport,
+  ctx: Context,
+): Promise<{ readAll: boolean }> {
   const urls: string[] = [];
   const warnings: string[] = [];
+  let readAll = true;
   const tryRead = async <T>(what: string, read: () => Promise<T>) => {
     try {
       return await read();
     } catch (error) {
       if (!(error instanceof ApiError)) throw error;
       warnings.push(`cannot read ${what}: ${error.message}`);
+      readAll = false;
       return undefined;
     }
   };
@@ -4782,6 +4881,7 @@ async function survey(config: CloudflareConfig, report: StatusReport, ctx: Conte
   }
   report.urls = urls;
   if (warnings.length > 0) report.warnings = warnings;
+  return { readAll };
 }
 
 /** Failed scheduled runs are tried again after 1, 5 and 15 minutes. */
@@ -5419,7 +5519,7 @@ export async function checkCache(
     await purge?.(fresh);
   } catch (error) {
     // A purge that cannot be made is a finding of its own; the rest is checked without it.
-    if (!(error instanceof ApiError || error instanceof ConfigError)) throw error;
+    if (!(isOperationError(error) || error instanceof ConfigError)) throw error;
     say("purge", "problem", error.message);
     purge = undefined;
   }
@@ -6939,7 +7039,7 @@ async function settingsOf(
 /** A failed command's exit code and message: 2 for usage, settings and permissions, else 1. */
 function failure(error: unknown, command: Command | undefined): [number, string] {
   if (error instanceof ConfigError) return [2, error.message];
-  if (error instanceof ApiError) return [1, error.message];
+  if (isOperationError(error)) return [1, error.message];
   if (error instanceof Deno.errors.NotCapable) {
     return [2, `${error.message}. ${permissionsHint(command ?? "refresh")}`];
   }

@@ -21,6 +21,7 @@ import {
   parseConfig,
   parseDuration,
   pingRequest,
+  prepareWorker,
   purgeUrl,
   readCloudflareId,
   refreshIfDue,
@@ -33,6 +34,7 @@ import {
   type Setting,
   signLink,
   startOnDeploy,
+  status,
   type Variable,
   VARIABLES,
   VERSION,
@@ -1346,6 +1348,53 @@ async function apiError(work: () => Promise<unknown>): Promise<ApiError> {
   }
   assert.fail("it did not fail");
 }
+
+Deno.test("ApiError carries what the service said and the fix as fields, and the message joins them", async (t) => {
+  const w = world();
+  try {
+    const config = parseConfig({ ...w.env, B2_APPLICATION_KEY: "not-the-key" }, { b2: true });
+    const worker = { module: await loadWorkerModule(), options: config.worker };
+    await t.step("B2 refuses the key", async () => {
+      const error = await apiError(() => prepareWorker(config.b2!, worker, quickContext()));
+      assert.deepEqual(
+        {
+          service: error.service,
+          status: error.status,
+          code: error.code,
+          serverMessage: error.serverMessage,
+          hint: error.hint,
+          problem: error.problem,
+        },
+        {
+          service: "B2",
+          status: 401,
+          code: "unauthorized",
+          serverMessage: "invalid authorization",
+          hint: "check B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY",
+          problem: "Cannot authorize the B2 application key: B2 answered 401 unauthorized: " +
+            "invalid authorization",
+        },
+      );
+      assert.equal(error.message, `${error.problem}. Fix: ${error.hint}.`);
+    });
+    await t.step("Cloudflare refuses the token", async () => {
+      const cloudflare = parseConfig({ ...w.env, CLOUDFLARE_API_TOKEN: "not-the-token" }, {
+        cloudflare: true,
+      }).cloudflare!;
+      const error = await apiError(() =>
+        status(cloudflare, quickContext(), { minRemaining: 3600 })
+      );
+      assert.deepEqual(
+        [error.service, error.status, error.code, error.serverMessage],
+        ["Cloudflare", 403, "10000", "Authentication error"],
+      );
+      assert.match(error.hint!, /^check CLOUDFLARE_API_TOKEN: it needs "Workers Scripts: Edit"/);
+      assert.equal(error.message, `${error.problem}. Fix: ${error.hint}.`);
+    });
+  } finally {
+    await w.close();
+  }
+});
 
 Deno.test("send() keeps the runtime's cause and retries only what a retry can fix", async (t) => {
   const b2 = { service: "B2" as const, step: "authorize the B2 application key" };
