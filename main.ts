@@ -1691,57 +1691,152 @@ async function b2Call<T>(
   });
 }
 
-/** Authorizes with the application key (`b2_authorize_account`, API v4). */
-async function authorizeAccount(
-  config: B2Config,
-  ctx: Context,
-): Promise<B2Authorization> {
-  ctx.secrets.add(config.applicationKey);
-  // The key as the Basic header carries it: a server that echoes it must not print it.
-  const basic = btoa(`${config.keyId}:${config.applicationKey}`);
-  ctx.secrets.add(basic);
-  const answer = await b2Call<{
-    accountId: string;
-    authorizationToken: string;
-    apiInfo?: {
-      storageApi?: {
-        apiUrl: string;
-        downloadUrl: string;
-        allowed?: {
-          buckets?: { id: string; name: string | null }[] | null;
-          capabilities?: string[];
-          namePrefix?: string | null;
-        };
+/**
+ * The B2 native API for one application key, made once from the B2 settings and the context:
+ * each method is one endpoint, through {@linkcode send}. {@linkcode B2Client.authorize} comes
+ * first; the calls after it carry the account token it got.
+ */
+class B2Client {
+  /** The B2 settings it was made from. */
+  readonly config: B2Config;
+  readonly #ctx: Context;
+  #auth: B2Authorization | undefined;
+
+  /** A client for `config`'s key; with `auth`, one this run's authorize call already made. */
+  constructor(config: B2Config, ctx: Context, options: { auth?: B2Authorization } = {}) {
+    this.config = config;
+    this.#ctx = ctx;
+    this.#auth = options.auth;
+  }
+
+  /** The key's authorization, once {@linkcode B2Client.authorize} has it. */
+  get auth(): B2Authorization {
+    if (!this.#auth) throw new Error("B2Client: authorize() comes first");
+    return this.#auth;
+  }
+
+  /** `b2_authorize_account` (v4): what the key may do, and the token the calls after it use. */
+  async authorize(): Promise<B2Authorization> {
+    const { config } = this;
+    const ctx = this.#ctx;
+    ctx.secrets.add(config.applicationKey);
+    // The key as the Basic header carries it: a server that echoes it must not print it.
+    const basic = btoa(`${config.keyId}:${config.applicationKey}`);
+    ctx.secrets.add(basic);
+    const answer = await b2Call<AuthorizeAnswer>(ctx, "authorize the B2 application key", {
+      authorizing: true,
+      url: `${config.apiUrl}/b2api/v4/b2_authorize_account`,
+      init: { headers: { authorization: `Basic ${basic}` } },
+    });
+    ctx.secrets.add(answer.authorizationToken);
+    const storage = answer.apiInfo?.storageApi;
+    if (!storage?.apiUrl || !storage.downloadUrl) {
+      throw new ApiError(
+        "Cannot authorize the B2 application key: the answer has no apiInfo.storageApi. " +
+          "Check that B2_API_URL points at the B2 native API.",
+        { service: "B2", status: 200, code: "unexpected_answer" },
+      );
+    }
+    const allowed = storage.allowed ?? {};
+    this.#auth = {
+      accountId: answer.accountId,
+      authorizationToken: answer.authorizationToken,
+      apiUrl: storage.apiUrl.replace(/\/+$/, ""),
+      downloadUrl: storage.downloadUrl.replace(/\/+$/, ""),
+      buckets: allowed.buckets?.map((b) => ({ id: b.id, name: b.name ?? "" })) ?? null,
+      capabilities: allowed.capabilities ?? [],
+      namePrefix: allowed.namePrefix ?? null,
+    };
+    return this.#auth;
+  }
+
+  /** `b2_list_buckets`: the account's bucket of this name or id, whatever its type. */
+  async listBuckets(which: { bucketName: string } | { bucketId: string }): Promise<Bucket[]> {
+    const answer = await this.#call<{ buckets: { bucketId: string; bucketName: string }[] }>(
+      `find bucket "${"bucketName" in which ? which.bucketName : which.bucketId}"`,
+      "v4/b2_list_buckets",
+      {
+        accountId: this.auth.accountId,
+        ...which,
+        // Without it B2 leaves out restricted and shared buckets
+        // (www.backblaze.com/apidocs/b2-list-buckets, "bucketTypes").
+        bucketTypes: ["all"],
+      },
+    );
+    return answer.buckets.map((b) => ({ id: b.bucketId, name: b.bucketName }));
+  }
+
+  /** `b2_get_download_authorization`: a download token for the names under `prefix`. */
+  async getDownloadAuthorization(
+    request: { bucket: Bucket; prefix: string; validSeconds: number },
+  ): Promise<string> {
+    const answer = await this.#call<{ authorizationToken: string }>(
+      `get a download authorization for bucket "${request.bucket.name}"`,
+      "v4/b2_get_download_authorization",
+      {
+        bucketId: request.bucket.id,
+        fileNamePrefix: request.prefix,
+        validDurationInSeconds: request.validSeconds,
+      },
+    );
+    this.#ctx.secrets.add(answer.authorizationToken);
+    return answer.authorizationToken;
+  }
+
+  /** `b2_get_bucket_notification_rules` (documented as v3 GET); their secrets are kept secret. */
+  async getNotificationRules(bucket: Bucket): Promise<NotificationRule[]> {
+    const answer = await this.#call<{ eventNotificationRules?: NotificationRule[] }>(
+      `read the Event Notification rules of bucket "${bucket.name}"`,
+      `v3/b2_get_bucket_notification_rules?bucketId=${encodeURIComponent(bucket.id)}`,
+    );
+    for (const rule of answer.eventNotificationRules ?? []) {
+      const secret = rule.targetConfiguration?.hmacSha256SigningSecret;
+      if (secret) this.#ctx.secrets.add(secret);
+    }
+    return answer.eventNotificationRules ?? [];
+  }
+
+  /** `b2_set_bucket_notification_rules`: replaces all of the bucket's rules. */
+  async setNotificationRules(
+    bucket: Bucket,
+    rules: NotificationRule[],
+  ): Promise<NotificationRule[]> {
+    const answer = await this.#call<{ eventNotificationRules?: NotificationRule[] }>(
+      `set the Event Notification rules of bucket "${bucket.name}"`,
+      "v4/b2_set_bucket_notification_rules",
+      { bucketId: bucket.id, eventNotificationRules: rules },
+    );
+    return answer.eventNotificationRules ?? [];
+  }
+
+  /** One call with the account token: a POST of `body` as JSON, or a GET without one. */
+  async #call<T>(step: string, endpoint: string, body?: unknown): Promise<T> {
+    const { apiUrl, authorizationToken } = this.auth;
+    return await b2Call<T>(this.#ctx, step, {
+      url: `${apiUrl}/b2api/${endpoint}`,
+      init: body === undefined ? { headers: { authorization: authorizationToken } } : {
+        method: "POST",
+        headers: { authorization: authorizationToken, "content-type": "application/json" },
+        body: JSON.stringify(body),
+      },
+    });
+  }
+}
+
+/** What `b2_authorize_account` answers, as far as this tool reads it. */
+interface AuthorizeAnswer {
+  accountId: string;
+  authorizationToken: string;
+  apiInfo?: {
+    storageApi?: {
+      apiUrl: string;
+      downloadUrl: string;
+      allowed?: {
+        buckets?: { id: string; name: string | null }[] | null;
+        capabilities?: string[];
+        namePrefix?: string | null;
       };
     };
-  }>(ctx, "authorize the B2 application key", {
-    authorizing: true,
-    url: `${config.apiUrl}/b2api/v4/b2_authorize_account`,
-    init: {
-      headers: {
-        authorization: `Basic ${basic}`,
-      },
-    },
-  });
-  ctx.secrets.add(answer.authorizationToken);
-  const storage = answer.apiInfo?.storageApi;
-  if (!storage?.apiUrl || !storage.downloadUrl) {
-    throw new ApiError(
-      "Cannot authorize the B2 application key: the answer has no apiInfo.storageApi. " +
-        "Check that B2_API_URL points at the B2 native API.",
-      { service: "B2", status: 200, code: "unexpected_answer" },
-    );
-  }
-  const allowed = storage.allowed ?? {};
-  return {
-    accountId: answer.accountId,
-    authorizationToken: answer.authorizationToken,
-    apiUrl: storage.apiUrl.replace(/\/+$/, ""),
-    downloadUrl: storage.downloadUrl.replace(/\/+$/, ""),
-    buckets: allowed.buckets?.map((b) => ({ id: b.id, name: b.name ?? "" })) ??
-      null,
-    capabilities: allowed.capabilities ?? [],
-    namePrefix: allowed.namePrefix ?? null,
   };
 }
 
@@ -1788,85 +1883,32 @@ function checkKey(auth: B2Authorization, config: B2Config): void {
  * answer when it names the bucket, else with `b2_list_buckets`.
  */
 async function resolveBucket(
-  auth: B2Authorization,
-  config: B2Config,
-  ctx: Context,
+  b2: B2Client,
+  wanted: Pick<B2Config, "bucketName" | "bucketId">,
 ): Promise<Bucket> {
-  const { bucketName, bucketId } = config;
+  const { bucketName, bucketId } = wanted;
   if (bucketName !== undefined && bucketId !== undefined) {
     return { id: bucketId, name: bucketName };
   }
-  const known = auth.buckets?.find((b) =>
+  const known = b2.auth.buckets?.find((b) =>
     b.name !== "" && (b.name === bucketName || b.id === bucketId)
   );
   if (known) return known;
-  if (!auth.capabilities.includes("listBuckets")) {
+  if (!b2.auth.capabilities.includes("listBuckets")) {
     throw new ConfigError([
       `The B2 key lacks listBuckets, so the bucket's ${bucketName ? "id" : "name"} cannot be ` +
       `looked up. Set ${bucketName ? "B2_BUCKET_ID" : "B2_BUCKET_NAME"} as well, ` +
       "or give the key the listBuckets capability.",
     ]);
   }
-  const answer = await b2Call<
-    { buckets: { bucketId: string; bucketName: string }[] }
-  >(
-    ctx,
-    `find bucket "${bucketName ?? bucketId}"`,
-    {
-      url: `${auth.apiUrl}/b2api/v4/b2_list_buckets`,
-      init: {
-        method: "POST",
-        headers: {
-          authorization: auth.authorizationToken,
-          "content-type": "application/json",
-        },
-        body: JSON.stringify({
-          accountId: auth.accountId,
-          ...(bucketName ? { bucketName } : { bucketId }),
-          // Without it B2 leaves out restricted and shared buckets
-          // (www.backblaze.com/apidocs/b2-list-buckets, "bucketTypes").
-          bucketTypes: ["all"],
-        }),
-      },
-    },
-  );
-  const bucket = answer.buckets[0];
+  const [bucket] = await b2.listBuckets(bucketName ? { bucketName } : { bucketId: bucketId! });
   if (!bucket) {
     throw new ConfigError([
       `No bucket ${bucketName ? `named "${bucketName}"` : `with id "${bucketId}"`} in this ` +
       `B2 account. Check ${bucketName ? "B2_BUCKET_NAME" : "B2_BUCKET_ID"}.`,
     ]);
   }
-  return { id: bucket.bucketId, name: bucket.bucketName };
-}
-
-/** Gets a download token for the bucket and prefix (`b2_get_download_authorization`). */
-async function getDownloadAuthorization(
-  auth: B2Authorization,
-  request: { bucket: Bucket; prefix: string; validSeconds: number },
-  ctx: Context,
-): Promise<string> {
-  const answer = await b2Call<{ authorizationToken: string }>(
-    ctx,
-    `get a download authorization for bucket "${request.bucket.name}"`,
-    {
-      url: `${auth.apiUrl}/b2api/v4/b2_get_download_authorization`,
-      init: {
-        method: "POST",
-        headers: {
-          authorization: auth.authorizationToken,
-          "content-type": "application/json",
-        },
-        body: JSON.stringify({
-          bucketId: request.bucket.id,
-          fileNamePrefix: request.prefix,
-          validDurationInSeconds: request.validSeconds,
-        }),
-      },
-    },
-  );
-  ctx.secrets.add(answer.authorizationToken);
-  return answer.authorizationToken;
+  return bucket;
 }
 
 // ---------------------------------------------------------------------------
@@ -2176,36 +2218,270 @@ interface Envelope<T> {
   result: T;
 }
 
-/** One Cloudflare API call: auth, envelope check, typed result or {@linkcode ApiError}. */
-async function cloudflareCall<T>(
-  config: CloudflareConfig,
-  ctx: Context,
-  step: string,
-  request: {
-    method: string;
-    path: string;
-    body?: BodyInit;
-    json?: unknown;
-    headers?: Record<string, string>;
-  },
-): Promise<T> {
-  const headers = new Headers({
-    ...request.headers,
-    ...("token" in config.auth
+/**
+ * The Cloudflare API for one account and worker, made once from the Cloudflare settings and
+ * the context: each method is one endpoint, through {@linkcode send}, with the credentials set
+ * once; a refusal is an {@linkcode ApiError} with Cloudflare's code, message and the fix.
+ */
+class CloudflareClient {
+  /** The Cloudflare settings it was made from. */
+  readonly config: CloudflareConfig;
+  /** The context its requests go through. */
+  readonly ctx: Context;
+  readonly #auth: Record<string, string>;
+
+  /** A client for `config`'s account and worker. */
+  constructor(config: CloudflareConfig, ctx: Context) {
+    this.config = config;
+    this.ctx = ctx;
+    this.#auth = "token" in config.auth
       ? { authorization: `Bearer ${config.auth.token}` }
-      : { "x-auth-email": config.auth.email, "x-auth-key": config.auth.key }),
-  });
-  let body = request.body;
-  if (request.json !== undefined) {
-    headers.set("content-type", "application/json");
-    body = JSON.stringify(request.json);
+      : { "x-auth-email": config.auth.email, "x-auth-key": config.auth.key };
   }
-  const response = await send(ctx, {
-    url: config.apiBaseUrl + request.path,
-    init: { method: request.method, headers, body },
-    service: "Cloudflare",
-    step,
-  });
+
+  /** The same client over another context, such as one that counts round trips. */
+  over(ctx: Context): CloudflareClient {
+    return new CloudflareClient(this.config, ctx);
+  }
+
+  /** `PUT .../workers/scripts/{name}`: code, configuration and secrets, in one call. */
+  async uploadWorker(upload: WorkerUpload): Promise<void> {
+    const form = new FormData();
+    form.append(
+      "metadata",
+      new Blob([JSON.stringify(upload.metadata)], { type: "application/json" }),
+    );
+    form.append(
+      upload.metadata.main_module,
+      new Blob([upload.module], { type: "application/javascript+module" }),
+      upload.metadata.main_module,
+    );
+    await this.#call(`upload worker "${this.config.workerName}"`, {
+      method: "PUT",
+      path: this.#script(""),
+      body: form,
+    });
+  }
+
+  /** `GET .../workers/scripts/{name}/settings`; `undefined` when there is no such worker. */
+  async workerSettings(): Promise<WorkerSettings | undefined> {
+    try {
+      const settings = await this.#call<
+        { bindings?: WorkerSettings["bindings"]; cache_options?: CacheOptions }
+      >(`read the settings of worker "${this.config.workerName}"`, {
+        method: "GET",
+        path: this.#script("/settings"),
+      });
+      const cacheOptions = settings.cache_options;
+      return {
+        bindings: settings.bindings ?? [],
+        ...(typeof cacheOptions?.enabled === "boolean" && { cacheOptions }),
+      };
+    } catch (error) {
+      if (error instanceof ApiError && error.code === "10007") return undefined;
+      throw error;
+    }
+  }
+
+  /**
+   * `GET /user/tokens/verify`, or with `accountId` `GET /accounts/{id}/tokens/verify`: whether
+   * the API token is active; needs no permission.
+   */
+  async verifyToken(options: { accountId?: string } = {}): Promise<{ status?: string }> {
+    return await this.#call(
+      options.accountId ? "verify the account's API token" : "verify the API token",
+      {
+        method: "GET",
+        path: options.accountId
+          ? `/accounts/${options.accountId}/tokens/verify`
+          : "/user/tokens/verify",
+      },
+    );
+  }
+
+  /** `GET /accounts`, every page: the accounts the credential sees (an account's token: its own). */
+  async listAccounts(): Promise<CloudflareAccount[]> {
+    const accounts = await this.#list<CloudflareAccount>(
+      "list the accounts the token can see",
+      "/accounts",
+    );
+    return accounts.map(({ id, name }) => ({ id, name }));
+  }
+
+  /** `GET /zones?name=`, within the account when it is known: the zone of that name, if seen. */
+  async zonesNamed(name: string): Promise<CloudflareZone[]> {
+    const query = new URLSearchParams({
+      name,
+      ...(this.config.accountId && { "account.id": this.config.accountId }),
+    });
+    const zones = await this.#call<CloudflareZone[]>(`look up zone "${name}"`, {
+      method: "GET",
+      path: `/zones?${query}`,
+    });
+    return zones.map(({ id, name }) => ({ id, name }));
+  }
+
+  /** `GET /zones/{zone}/workers/routes` (needs "Workers Routes: Edit" on the zone). */
+  async listRoutes(): Promise<ZoneRoute[]> {
+    return await this.#call<ZoneRoute[]>("list the zone's routes", {
+      method: "GET",
+      path: `/zones/${this.config.zoneId}/workers/routes`,
+    });
+  }
+
+  /** `POST /zones/{zone}/workers/routes`, or with `id` `PUT` (take over) that route. */
+  async putRoute(options: { id?: string } = {}): Promise<void> {
+    const { zoneId, route } = this.config;
+    await this.#call(options.id ? `take over route "${route}"` : `create route "${route}"`, {
+      method: options.id ? "PUT" : "POST",
+      path: `/zones/${zoneId}/workers/routes${options.id ? `/${options.id}` : ""}`,
+      json: { pattern: route, script: this.config.workerName },
+    });
+  }
+
+  /** `DELETE /zones/{zone}/workers/routes/{id}`. */
+  async deleteRoute(route: { zoneId: string; id: string; pattern: string }): Promise<void> {
+    await this.#call(`remove route "${route.pattern}"`, {
+      method: "DELETE",
+      path: `/zones/${route.zoneId}/workers/routes/${route.id}`,
+    });
+  }
+
+  /** `GET /accounts/{id}/workers/domains`: who holds a hostname, and what runs this worker. */
+  async listDomains(): Promise<CustomDomain[]> {
+    return await this.#call<CustomDomain[]>("list the custom domains", {
+      method: "GET",
+      path: `/accounts/${this.config.accountId}/workers/domains`,
+    });
+  }
+
+  /** `PUT /accounts/{id}/workers/domains`: `WORKER_DOMAIN` runs the worker. */
+  async attachDomain(options: { override: boolean }): Promise<void> {
+    const { domain, workerName, zoneId, accountId } = this.config;
+    await this.#call(`attach custom domain "${domain}"`, {
+      method: "PUT",
+      path: `/accounts/${accountId}/workers/domains`,
+      json: {
+        hostname: domain,
+        service: workerName,
+        zone_id: zoneId,
+        ...(options.override && { override_existing_origin: true }),
+      },
+    });
+  }
+
+  /** `DELETE /accounts/{id}/workers/domains/{id}`. */
+  async deleteDomain(domain: { id: string; hostname: string }): Promise<void> {
+    await this.#call(`remove custom domain "${domain.hostname}"`, {
+      method: "DELETE",
+      path: `/accounts/${this.config.accountId}/workers/domains/${domain.id}`,
+    });
+  }
+
+  /** `GET /zones/{zone}/dns_records?name=`: the zone's records named `hostname`. */
+  async dnsRecords(hostname: string): Promise<DnsRecord[]> {
+    return await this.#call<DnsRecord[]>(`read the DNS records of "${hostname}"`, {
+      method: "GET",
+      path: `/zones/${this.config.zoneId}/dns_records?name=${encodeURIComponent(hostname)}`,
+    });
+  }
+
+  /** `DELETE /zones/{zone}/dns_records/{id}`. */
+  async deleteDnsRecord(record: DnsRecord): Promise<void> {
+    await this.#call(`delete DNS record ${describeRecord(record)}`, {
+      method: "DELETE",
+      path: `/zones/${this.config.zoneId}/dns_records/${record.id}`,
+    });
+  }
+
+  /** `GET /accounts/{id}/workers/subdomain`; `undefined` when it never chose one (10007). */
+  async accountSubdomain(): Promise<string | undefined> {
+    try {
+      const answer = await this.#call<{ subdomain: string }>(
+        "read the account's workers.dev subdomain",
+        { method: "GET", path: `/accounts/${this.config.accountId}/workers/subdomain` },
+      );
+      return answer.subdomain || undefined;
+    } catch (error) {
+      if (error instanceof ApiError && error.code === "10007") return undefined;
+      throw error;
+    }
+  }
+
+  /** `POST .../workers/scripts/{name}/subdomain`: on or off at workers.dev; previews off. */
+  async setWorkersDev(enabled: boolean): Promise<void> {
+    await this.#call(`turn workers.dev ${enabled ? "on" : "off"}`, {
+      method: "POST",
+      path: this.#script("/subdomain"),
+      headers: SCRIPT_API_DATE,
+      json: { enabled, previews_enabled: false },
+    });
+  }
+
+  /** `GET .../workers/scripts/{name}/subdomain`: whether it answers at workers.dev. */
+  async workersDevEnabled(): Promise<boolean> {
+    const state = await this.#call<{ enabled: boolean }>(
+      "read the worker's workers.dev setting",
+      { method: "GET", path: this.#script("/subdomain"), headers: SCRIPT_API_DATE },
+    );
+    return state.enabled;
+  }
+
+  /**
+   * Every item of a list endpoint, page by page (from 1) until a page comes back short, which is
+   * when `page * per_page` reaches `result_info.total_count` (workers-sdk `cfetch`).
+   */
+  async #list<T>(step: string, path: string): Promise<T[]> {
+    const items: T[] = [];
+    const join = path.includes("?") ? "&" : "?";
+    for (let page = 1;; page++) {
+      const batch = await this.#call<T[]>(step, {
+        method: "GET",
+        path: `${path}${join}page=${page}&per_page=${LIST_PAGE_SIZE}`,
+      });
+      items.push(...batch);
+      if (batch.length < LIST_PAGE_SIZE) return items;
+    }
+  }
+
+  /** The worker script's path, and `rest` after it. */
+  #script(rest: string): string {
+    return `/accounts/${this.config.accountId}/workers/scripts/${this.config.workerName}${rest}`;
+  }
+
+  /** One call: credentials, envelope check, typed result or {@linkcode ApiError}. */
+  async #call<T>(
+    step: string,
+    request: {
+      method: string;
+      path: string;
+      body?: BodyInit;
+      json?: unknown;
+      headers?: Record<string, string>;
+    },
+  ): Promise<T> {
+    const headers = new Headers({ ...request.headers, ...this.#auth });
+    let body = request.body;
+    if (request.json !== undefined) {
+      headers.set("content-type", "application/json");
+      body = JSON.stringify(request.json);
+    }
+    const response = await send(this.ctx, {
+      url: this.config.apiBaseUrl + request.path,
+      init: { method: request.method, headers, body },
+      service: "Cloudflare",
+      step,
+    });
+    return await cloudflareResult<T>(response, { step, config: this.config, ctx: this.ctx });
+  }
+}
+
+/** The result of Cloudflare's envelope, or what it says went wrong as an {@linkcode ApiError}. */
+async function cloudflareResult<T>(
+  response: Response,
+  call: { step: string; config: CloudflareConfig; ctx: Context },
+): Promise<T> {
+  const { step } = call;
   const { json, received } = await readJson(response);
   const envelope = json as Envelope<T> | undefined;
   if (response.ok && envelope?.success) return envelope.result;
@@ -2215,14 +2491,14 @@ async function cloudflareCall<T>(
         `Cannot ${step}: Cloudflare answered ${response.status} with ${received}. The API ` +
           "answers JSON: check that CLOUDFLARE_API_BASE_URL is " +
           "https://api.cloudflare.com/client/v4, not a proxy or web page in front of it.",
-        ctx.secrets,
+        call.ctx.secrets,
       ),
       { service: "Cloudflare", status: response.status, code: "not_json" },
     );
   }
   const error = envelope?.errors?.[0];
   const code = error?.code ?? 0;
-  const hint = cloudflareHint(response.status, code, config);
+  const hint = cloudflareHint(response.status, code, call.config);
   throw new ApiError(
     `Cannot ${step}: Cloudflare answered ${response.status}` +
       (error
@@ -2259,34 +2535,6 @@ export interface CloudflareZone {
 /** Items asked for a page of a list; Cloudflare's most (API_FACTS, Discovery). */
 const LIST_PAGE_SIZE = 50;
 
-/**
- * Every item of a list endpoint, page by page (from 1) until a page comes back short, which is
- * when `page * per_page` reaches `result_info.total_count` (workers-sdk `cfetch`).
- */
-async function cloudflareList<T>(
-  config: CloudflareConfig,
-  ctx: Context,
-  request: { step: string; path: string },
-): Promise<T[]> {
-  const items: T[] = [];
-  const join = request.path.includes("?") ? "&" : "?";
-  for (let page = 1;; page++) {
-    const path = `${request.path}${join}page=${page}&per_page=${LIST_PAGE_SIZE}`;
-    const batch = await cloudflareCall<T[]>(config, ctx, request.step, { method: "GET", path });
-    items.push(...batch);
-    if (batch.length < LIST_PAGE_SIZE) return items;
-  }
-}
-
-/** The accounts the credential can see (an account-owned token: its own). */
-async function listAccounts(config: CloudflareConfig, ctx: Context): Promise<CloudflareAccount[]> {
-  const accounts = await cloudflareList<CloudflareAccount>(config, ctx, {
-    step: "list the accounts the token can see",
-    path: "/accounts",
-  });
-  return accounts.map(({ id, name }) => ({ id, name }));
-}
-
 /** Who owns a verified API token, and (for an account's token) which account. */
 export interface TokenOwner {
   /** `user`: made under My Profile; `account`: made under the account's API Tokens. */
@@ -2300,45 +2548,39 @@ export interface TokenOwner {
  * token that is not a user's gets 1000 there (wrangler's `whoami` reads it so), and is then
  * verified at `/accounts/{id}/tokens/verify` of the one account it sees (API_FACTS, Discovery).
  */
-async function verifyToken(config: CloudflareConfig, ctx: Context): Promise<TokenOwner> {
+async function verifyToken(cf: CloudflareClient): Promise<TokenOwner> {
+  // Cloudflare answered 200, and says the token is disabled or expired.
   const active = (answer: { status?: string }) => {
     if (answer.status === "active") return;
     throw new ApiError(
       `CLOUDFLARE_API_TOKEN is ${answer.status ?? "not active"}: make a new one (My Profile > ` +
         "API Tokens, or the account's API Tokens page) and set it.",
-      { service: "Cloudflare", status: 403, code: "token_not_active" },
+      { service: "Cloudflare", status: 200, code: "token_not_active" },
     );
   };
+  let refused: ApiError;
   try {
-    active(
-      await cloudflareCall(config, ctx, "verify the API token", {
-        method: "GET",
-        path: "/user/tokens/verify",
-      }),
-    );
+    active(await cf.verifyToken());
     return { owner: "user" };
   } catch (error) {
     if (!(error instanceof ApiError) || error.code !== "1000") throw error;
+    refused = error;
   }
-  const invalid = new ApiError(
-    "CLOUDFLARE_API_TOKEN is not a valid API token: Cloudflare verified it neither as a " +
-      "user's token nor as an account's. Copy it again (it is shown once), or make a new one.",
-    { service: "Cloudflare", status: 401, code: "1000" },
-  );
-  const accounts = await listAccounts(config, ctx).catch((error) => {
-    throw error instanceof ApiError && error.status < 500 ? invalid : error;
+  const invalid = (answer: ApiError) =>
+    new ApiError(
+      "CLOUDFLARE_API_TOKEN is not a valid API token: Cloudflare verified it neither as a " +
+        "user's token nor as an account's. Copy it again (it is shown once), or make a new one.",
+      { service: "Cloudflare", status: answer.status, code: answer.code, ...serverSaid(answer) },
+    );
+  const accounts = await cf.listAccounts().catch((error) => {
+    throw error instanceof ApiError && error.status < 500 ? invalid(error) : error;
   });
   const [account] = accounts;
-  if (accounts.length !== 1 || !account) throw invalid;
+  if (accounts.length !== 1 || !account) throw invalid(refused);
   try {
-    active(
-      await cloudflareCall(config, ctx, "verify the account's API token", {
-        method: "GET",
-        path: `/accounts/${account.id}/tokens/verify`,
-      }),
-    );
+    active(await cf.verifyToken({ accountId: account.id }));
   } catch (error) {
-    throw error instanceof ApiError && error.code === "1000" ? invalid : error;
+    throw error instanceof ApiError && error.code === "1000" ? invalid(error) : error;
   }
   return { owner: "account", accountId: account.id };
 }
@@ -2350,20 +2592,12 @@ async function verifyToken(config: CloudflareConfig, ctx: Context): Promise<Toke
  * empty list rather than a refusal (API_FACTS, Discovery).
  */
 async function findZone(
-  config: CloudflareConfig,
-  ctx: Context,
+  cf: CloudflareClient,
   target: string,
 ): Promise<CloudflareZone | undefined> {
   for (const name of zoneCandidates(target)) {
-    const query = new URLSearchParams({
-      name,
-      ...(config.accountId && { "account.id": config.accountId }),
-    });
-    const [zone] = await cloudflareCall<CloudflareZone[]>(config, ctx, `look up zone "${name}"`, {
-      method: "GET",
-      path: `/zones?${query}`,
-    });
-    if (zone) return { id: zone.id, name: zone.name };
+    const [zone] = await cf.zonesNamed(name);
+    if (zone) return zone;
   }
   return undefined;
 }
@@ -2393,7 +2627,7 @@ export async function findCloudflareIds(
 ): Promise<CloudflareConfig> {
   const found = { ...config };
   if (!found.accountId) {
-    const accounts = await listAccounts(config, ctx);
+    const accounts = await new CloudflareClient(config, ctx).listAccounts();
     const [only] = accounts;
     if (accounts.length !== 1 || !only) {
       throw new ConfigError([
@@ -2410,63 +2644,12 @@ export async function findCloudflareIds(
   }
   const target = found.route ?? found.domain;
   if (!found.zoneId && target) {
-    const zone = await findZone(found, ctx, target);
+    const zone = await findZone(new CloudflareClient(found, ctx), target);
     if (!zone) throw new ConfigError([noZone(found, target)]);
     found.zoneId = zone.id;
     ctx.log(`Cloudflare: zone ${zone.name} is ${zone.id}`);
   }
   return found.accountId === config.accountId && found.zoneId === config.zoneId ? config : found;
-}
-
-/** Uploads and deploys the worker, code, configuration and secret together, in one call. */
-async function uploadWorker(
-  config: CloudflareConfig,
-  upload: WorkerUpload,
-  ctx: Context,
-): Promise<void> {
-  const form = new FormData();
-  form.append(
-    "metadata",
-    new Blob([JSON.stringify(upload.metadata)], { type: "application/json" }),
-  );
-  form.append(
-    upload.metadata.main_module,
-    new Blob([upload.module], { type: "application/javascript+module" }),
-    upload.metadata.main_module,
-  );
-  await cloudflareCall(config, ctx, `upload worker "${config.workerName}"`, {
-    method: "PUT",
-    path: `/accounts/${config.accountId}/workers/scripts/${config.workerName}`,
-    body: form,
-  });
-}
-
-/** The deployed worker's settings, or `undefined` when there is no such worker. */
-async function readWorkerSettings(
-  config: CloudflareConfig,
-  ctx: Context,
-): Promise<WorkerSettings | undefined> {
-  try {
-    const settings = await cloudflareCall<
-      { bindings?: WorkerSettings["bindings"]; cache_options?: CacheOptions }
-    >(
-      config,
-      ctx,
-      `read the settings of worker "${config.workerName}"`,
-      {
-        method: "GET",
-        path: `/accounts/${config.accountId}/workers/scripts/${config.workerName}/settings`,
-      },
-    );
-    const cacheOptions = settings.cache_options;
-    return {
-      bindings: settings.bindings ?? [],
-      ...(typeof cacheOptions?.enabled === "boolean" && { cacheOptions }),
-    };
-  } catch (error) {
-    if (error instanceof ApiError && error.code === "10007") return undefined;
-    throw error;
-  }
 }
 
 /** What a route or domain step did. */
@@ -2523,25 +2706,6 @@ function describeRecord(record: DnsRecord): string {
     (record.proxied ? " (proxied)" : "");
 }
 
-/** The zone's routes (needs "Workers Routes: Edit" on the zone). */
-async function listRoutes(config: CloudflareConfig, ctx: Context): Promise<ZoneRoute[]> {
-  return await cloudflareCall<ZoneRoute[]>(config, ctx, "list the zone's routes", {
-    method: "GET",
-    path: `/zones/${config.zoneId}/workers/routes`,
-  });
-}
-
-/** The account's custom domains, all of them: who holds a hostname, and what runs this worker. */
-async function listDomains(
-  config: CloudflareConfig,
-  ctx: Context,
-): Promise<CustomDomain[]> {
-  return await cloudflareCall<CustomDomain[]>(config, ctx, "list the custom domains", {
-    method: "GET",
-    path: `/accounts/${config.accountId}/workers/domains`,
-  });
-}
-
 /**
  * Makes sure `config.route` runs the worker. A route that runs another
  * Worker (or none) is left alone unless `takeOver`, as wrangler does; the
@@ -2549,20 +2713,14 @@ async function listDomains(
  * (developers.cloudflare.com/api/resources/workers/subresources/routes/).
  */
 async function ensureRoute(
-  config: CloudflareConfig,
-  ctx: Context,
+  cf: CloudflareClient,
   options: { routes: ZoneRoute[]; takeOver: boolean },
 ): Promise<{ change: Change; from?: string }> {
-  const { zoneId, route, workerName } = config;
+  const { zoneId, route, workerName } = cf.config;
   if (!zoneId || !route) throw new Error("ensureRoute needs zoneId and route");
-  const json = { pattern: route, script: workerName };
   const existing = options.routes.find((r) => r.pattern === route);
   if (!existing) {
-    await cloudflareCall(config, ctx, `create route "${route}"`, {
-      method: "POST",
-      path: `/zones/${zoneId}/workers/routes`,
-      json,
-    });
+    await cf.putRoute();
     return { change: "created" };
   }
   if (existing.script === workerName) return { change: "unchanged" };
@@ -2576,11 +2734,7 @@ async function ensureRoute(
       "route_held",
     );
   }
-  await cloudflareCall(config, ctx, `take over route "${route}"`, {
-    method: "PUT",
-    path: `/zones/${zoneId}/workers/routes/${existing.id}`,
-    json,
-  });
+  await cf.putRoute({ id: existing.id });
   return { change: "taken over", from: holder };
 }
 
@@ -2589,20 +2743,11 @@ async function ensureRoute(
  * the token may not read DNS ("DNS: Read").
  */
 async function conflictingRecords(
-  config: CloudflareConfig,
+  cf: CloudflareClient,
   hostname: string,
-  ctx: Context,
 ): Promise<DnsRecord[] | undefined> {
   try {
-    const records = await cloudflareCall<DnsRecord[]>(
-      config,
-      ctx,
-      `read the DNS records of "${hostname}"`,
-      {
-        method: "GET",
-        path: `/zones/${config.zoneId}/dns_records?name=${encodeURIComponent(hostname)}`,
-      },
-    );
+    const records = await cf.dnsRecords(hostname);
     return records.filter((r) => ["A", "AAAA", "CNAME"].includes(r.type));
   } catch (error) {
     if (error instanceof ApiError && (error.status === 403 || error.status === 401)) {
@@ -2621,25 +2766,14 @@ async function conflictingRecords(
  * (developers.cloudflare.com/workers/configuration/routing/custom-domains/).
  */
 async function ensureDomain(
-  config: CloudflareConfig,
-  ctx: Context,
+  cf: CloudflareClient,
   options: { domains: CustomDomain[]; takeOver: boolean },
 ): Promise<{ change: Change; from?: string; deleted?: string[] }> {
-  const { zoneId, domain, workerName, accountId } = config;
+  const { zoneId, domain, workerName } = cf.config;
   if (!zoneId || !domain) throw new Error("ensureDomain needs zoneId and domain");
   const existing = options.domains.find((d) => d.hostname === domain);
   if (existing?.service === workerName) return { change: "unchanged" };
-  const attach = (override: boolean) =>
-    cloudflareCall(config, ctx, `attach custom domain "${domain}"`, {
-      method: "PUT",
-      path: `/accounts/${accountId}/workers/domains`,
-      json: {
-        hostname: domain,
-        service: workerName,
-        zone_id: zoneId,
-        ...(override && { override_existing_origin: true }),
-      },
-    });
+  const attach = (override: boolean) => cf.attachDomain({ override });
   const otherWorker = (holder: string) =>
     new RefusalError(
       `Cannot attach custom domain "${domain}" to worker "${workerName}": it is the custom ` +
@@ -2659,12 +2793,12 @@ async function ensureDomain(
     if (!(error instanceof ApiError) || error.status !== 409) throw error;
     if (error.code === "100116") {
       // Attached elsewhere since the list was read.
-      const holder = (await listDomains(config, ctx)).find((d) => d.hostname === domain);
+      const holder = (await cf.listDomains()).find((d) => d.hostname === domain);
       throw otherWorker(holder?.service ?? "(another Worker)");
     }
     if (error.code !== "100117") throw error;
   }
-  const records = await conflictingRecords(config, domain, ctx);
+  const records = await conflictingRecords(cf, domain);
   const what = records
     ? `the DNS record${records.length === 1 ? "" : "s"} ${records.map(describeRecord).join(", ")}`
     : 'a DNS record (an A, AAAA or CNAME; CLOUDFLARE_API_TOKEN lacks "DNS: Read" on the ' +
@@ -2681,7 +2815,7 @@ async function ensureDomain(
       "dns_record_in_the_way",
     );
   }
-  const deleted = await deleteRecords(config, ctx, { records, what });
+  const deleted = await deleteRecords(cf, { records, what });
   await attach(existing !== undefined);
   return { change: "taken over", from: what, deleted };
 }
@@ -2692,12 +2826,11 @@ async function ensureDomain(
  * them, which also means it cannot delete them.
  */
 async function deleteRecords(
-  config: CloudflareConfig,
-  ctx: Context,
+  cf: CloudflareClient,
   options: { records: DnsRecord[] | undefined; what: string },
 ): Promise<string[]> {
   const needEdit = new RefusalError(
-    `Cannot take over "${config.domain}": deleting ${options.what} needs "DNS: Edit" on the ` +
+    `Cannot take over "${cf.config.domain}": deleting ${options.what} needs "DNS: Edit" on the ` +
       "zone. Add it to CLOUDFLARE_API_TOKEN (or delete the record in the dashboard), then run " +
       `${TAKE_OVER_COMMAND} again.`,
     "dns_edit_needed",
@@ -2706,10 +2839,7 @@ async function deleteRecords(
   const deleted: string[] = [];
   for (const record of options.records) {
     try {
-      await cloudflareCall(config, ctx, `delete DNS record ${describeRecord(record)}`, {
-        method: "DELETE",
-        path: `/zones/${config.zoneId}/dns_records/${record.id}`,
-      });
+      await cf.deleteDnsRecord(record);
     } catch (error) {
       if (error instanceof ApiError && error.status === 403) throw needEdit;
       throw error;
@@ -2740,17 +2870,10 @@ function findLeftovers(
 }
 
 /** Deletes a leftover route or custom domain (`--remove-leftovers`). */
-async function removeLeftover(
-  config: CloudflareConfig,
-  leftover: Leftover,
-  ctx: Context,
-): Promise<void> {
-  await cloudflareCall(config, ctx, `remove ${leftover.kind} "${leftover.name}"`, {
-    method: "DELETE",
-    path: leftover.kind === "route"
-      ? `/zones/${leftover.zoneId}/workers/routes/${leftover.id}`
-      : `/accounts/${config.accountId}/workers/domains/${leftover.id}`,
-  });
+async function removeLeftover(cf: CloudflareClient, leftover: Leftover): Promise<void> {
+  if (leftover.kind === "route") {
+    await cf.deleteRoute({ zoneId: leftover.zoneId!, id: leftover.id, pattern: leftover.name });
+  } else await cf.deleteDomain({ id: leftover.id, hostname: leftover.name });
 }
 
 /** Whether the worker answers on workers.dev, and where. */
@@ -2765,25 +2888,6 @@ interface WorkersDev {
 
 /** Selects the current semantics of the script subdomain endpoint, as wrangler does. */
 const SCRIPT_API_DATE = { "cloudflare-workers-script-api-date": "2025-08-01" };
-
-/** The account's workers.dev subdomain, or `undefined` when it never chose one (code 10007). */
-async function accountSubdomain(
-  config: CloudflareConfig,
-  ctx: Context,
-): Promise<string | undefined> {
-  try {
-    const answer = await cloudflareCall<{ subdomain: string }>(
-      config,
-      ctx,
-      "read the account's workers.dev subdomain",
-      { method: "GET", path: `/accounts/${config.accountId}/workers/subdomain` },
-    );
-    return answer.subdomain || undefined;
-  } catch (error) {
-    if (error instanceof ApiError && error.code === "10007") return undefined;
-    throw error;
-  }
-}
 
 /** Where the worker answers on workers.dev, given the account's subdomain. */
 function workersDevUrl(config: CloudflareConfig, subdomain: string): string {
@@ -2802,41 +2906,22 @@ function noSubdomain(config: CloudflareConfig): string {
  * every deploy as wrangler does; preview URLs stay off
  * (developers.cloudflare.com/workers/configuration/routing/workers-dev/).
  */
-async function setWorkersDev(
-  config: CloudflareConfig,
-  ctx: Context,
-): Promise<WorkersDev> {
+async function applyWorkersDev(cf: CloudflareClient): Promise<WorkersDev> {
+  const { config } = cf;
   let subdomain: string | undefined;
   if (config.workersDev) {
-    subdomain = await accountSubdomain(config, ctx);
+    subdomain = await cf.accountSubdomain();
     if (!subdomain) return { enabled: false, problem: noSubdomain(config) };
   }
-  await cloudflareCall(config, ctx, `turn workers.dev ${config.workersDev ? "on" : "off"}`, {
-    method: "POST",
-    path: `/accounts/${config.accountId}/workers/scripts/${config.workerName}/subdomain`,
-    headers: SCRIPT_API_DATE,
-    json: { enabled: config.workersDev, previews_enabled: false },
-  });
+  await cf.setWorkersDev(config.workersDev);
   return subdomain ? { enabled: true, url: workersDevUrl(config, subdomain) } : { enabled: false };
 }
 
 /** Reads whether the deployed worker answers on workers.dev, for `status`. */
-async function readWorkersDev(
-  config: CloudflareConfig,
-  ctx: Context,
-): Promise<WorkersDev> {
-  const state = await cloudflareCall<{ enabled: boolean }>(
-    config,
-    ctx,
-    "read the worker's workers.dev setting",
-    {
-      method: "GET",
-      path: `/accounts/${config.accountId}/workers/scripts/${config.workerName}/subdomain`,
-      headers: SCRIPT_API_DATE,
-    },
-  );
-  if (!state.enabled) return { enabled: false };
-  const subdomain = await accountSubdomain(config, ctx);
+async function readWorkersDev(cf: CloudflareClient): Promise<WorkersDev> {
+  const { config } = cf;
+  if (!await cf.workersDevEnabled()) return { enabled: false };
+  const subdomain = await cf.accountSubdomain();
   return subdomain
     ? { enabled: true, url: workersDevUrl(config, subdomain) }
     : { enabled: false, problem: noSubdomain(config) };
@@ -2947,53 +3032,6 @@ function eventRule(options: {
       customHeaders: [],
     },
   };
-}
-
-/** The bucket's rules (`b2_get_bucket_notification_rules`, documented as v3 GET). */
-async function getNotificationRules(
-  auth: B2Authorization,
-  bucket: Bucket,
-  ctx: Context,
-): Promise<NotificationRule[]> {
-  const answer = await b2Call<{ eventNotificationRules?: NotificationRule[] }>(
-    ctx,
-    `read the Event Notification rules of bucket "${bucket.name}"`,
-    {
-      url: `${auth.apiUrl}/b2api/v3/b2_get_bucket_notification_rules?bucketId=${
-        encodeURIComponent(bucket.id)
-      }`,
-      init: { headers: { authorization: auth.authorizationToken } },
-    },
-  );
-  for (const rule of answer.eventNotificationRules ?? []) {
-    const secret = rule.targetConfiguration?.hmacSha256SigningSecret;
-    if (secret) ctx.secrets.add(secret);
-  }
-  return answer.eventNotificationRules ?? [];
-}
-
-/** Replaces all of the bucket's rules (`b2_set_bucket_notification_rules`). */
-async function setNotificationRules(
-  auth: B2Authorization,
-  request: { bucket: Bucket; rules: NotificationRule[] },
-  ctx: Context,
-): Promise<NotificationRule[]> {
-  const answer = await b2Call<{ eventNotificationRules?: NotificationRule[] }>(
-    ctx,
-    `set the Event Notification rules of bucket "${request.bucket.name}"`,
-    {
-      url: `${auth.apiUrl}/b2api/v4/b2_set_bucket_notification_rules`,
-      init: {
-        method: "POST",
-        headers: { authorization: auth.authorizationToken, "content-type": "application/json" },
-        body: JSON.stringify({
-          bucketId: request.bucket.id,
-          eventNotificationRules: request.rules,
-        }),
-      },
-    },
-  );
-  return answer.eventNotificationRules ?? [];
 }
 
 /**
@@ -3147,13 +3185,14 @@ async function applyEventRule(
   const on = config.worker.eventNotifications === true;
   const name = eventRuleName(config.workerName);
   // The refresh's own authorization when it made one (a kept upload did not).
-  const auth = options.known?.auth ?? await authorizeAccount(b2, ctx);
+  const client = new B2Client(b2, ctx, { ...(options.known && { auth: options.known.auth }) });
+  const auth = options.known?.auth ?? await client.authorize();
   const lacking = (wanted: string[]) => wanted.filter((c) => !auth.capabilities.includes(c));
   // Off, writing is needed only when there is a rule of ours to remove.
   const missing = lacking(on ? EVENT_CAPABILITIES : ["readBucketNotifications"]);
   if (missing.length > 0) throw missingCapabilities(b2, auth, { missing, on, name });
-  const bucket = options.known?.bucket ?? await resolveBucket(auth, b2, ctx);
-  const present = await featureCall(auth, () => getNotificationRules(auth, bucket, ctx))
+  const bucket = options.known?.bucket ?? await resolveBucket(client, b2);
+  const present = await featureCall(auth, () => client.getNotificationRules(bucket))
     .catch((error) => {
       // Off with no deploy that had it on: an account without the feature has no rule of ours.
       const refused = error instanceof ApiError && (error.status === 400 || error.status === 403);
@@ -3186,7 +3225,7 @@ async function applyEventRule(
   }
   const rules = mergeEventRules(present!, ours, name);
   if (!rules) return on ? "unchanged" : "removed";
-  await featureCall(auth, () => setNotificationRules(auth, { bucket, rules }, ctx));
+  await featureCall(auth, () => client.setNotificationRules(bucket, rules));
   return !on ? "removed" : had ? "updated" : "created";
 }
 
@@ -3273,12 +3312,13 @@ export interface EventRuleReport {
 async function readEventRule(config: Config, ctx: Context): Promise<EventRuleReport> {
   const b2 = config.b2!;
   const name = eventRuleName(config.workerName);
-  const auth = await authorizeAccount(b2, ctx);
+  const client = new B2Client(b2, ctx);
+  const auth = await client.authorize();
   if (!auth.capabilities.includes("readBucketNotifications")) {
     throw missingCapabilities(b2, auth, { missing: ["readBucketNotifications"], on: true, name });
   }
-  const bucket = await resolveBucket(auth, b2, ctx);
-  const rules = await featureCall(auth, () => getNotificationRules(auth, bucket, ctx));
+  const bucket = await resolveBucket(client, b2);
+  const rules = await featureCall(auth, () => client.getNotificationRules(bucket));
   const rule = rules.find((r) => r.name === name);
   if (!rule) return { name, present: false };
   return {
@@ -3443,13 +3483,14 @@ export async function prepareWorker(
   ctx: Context,
 ): Promise<PreparedWorker> {
   ctx.log(`B2: authorizing key ${firstFour(config.keyId)} at ${config.apiUrl}`);
-  const auth = await authorizeAccount(config, ctx);
+  const b2 = new B2Client(config, ctx);
+  const auth = await b2.authorize();
   checkKey(auth, config);
   const listed = !(config.bucketName && config.bucketId) &&
     !auth.buckets?.some((b) =>
       b.name && (b.name === config.bucketName || b.id === config.bucketId)
     );
-  const bucket = await resolveBucket(auth, config, ctx);
+  const bucket = await resolveBucket(b2, config);
   ctx.log(
     `B2: bucket "${bucket.name}" is ${bucket.id}${listed ? " (b2_list_buckets)" : ""}`,
   );
@@ -3462,12 +3503,8 @@ export async function prepareWorker(
     auth.capabilities.includes("listBuckets");
   const issuedAt = ctx.now();
   const [downloadToken, byId] = await Promise.all([
-    getDownloadAuthorization(auth, {
-      bucket,
-      prefix: config.prefix,
-      validSeconds: config.tokenTtl,
-    }, ctx),
-    unchecked ? resolveBucket(auth, { ...config, bucketName: undefined }, ctx) : undefined,
+    b2.getDownloadAuthorization({ bucket, prefix: config.prefix, validSeconds: config.tokenTtl }),
+    unchecked ? resolveBucket(b2, { bucketId }) : undefined,
   ]);
   if (byId && byId.name !== bucketName) {
     throw new ConfigError([
@@ -3648,7 +3685,8 @@ export async function refresh(
   // What the deployed version serves, whether it owes a purge and when it was uploaded. A
   // person's run asks alongside B2's authorize, which adds a request but no round trip; a
   // scheduled run asks first, since an upload moments old means B2 is not asked at all.
-  const settingsRead = options.dryRun ? undefined : readWorkerSettings(cloudflare, ctx).then(
+  const cf = new CloudflareClient(cloudflare, ctx);
+  const settingsRead = options.dryRun ? undefined : cf.workerSettings().then(
     (settings) => ({ settings }),
     (error) => ({ error: error as Error }),
   );
@@ -3689,13 +3727,14 @@ export async function refresh(
     }
     known = { auth: prepared.auth, bucket: prepared.bucket };
     upload = await uploadPrepared(config, ctx, {
+      cf,
       module: options.module,
       prepared,
       previous: await deployed(),
       result,
     });
   }
-  const newDomain = await deployTriggers(cloudflare, result, ctx, { takeOver, removeLeftovers });
+  const newDomain = await deployTriggers(cf, result, { takeOver, removeLeftovers });
   await syncEventRule(config, ctx, { result, previous: await deployed(), known });
   if (result.failed) throw new IncompleteDeployError(result);
   if (config.verifyUrl) {
@@ -3729,23 +3768,24 @@ async function planDeploy(
   prepared: Pick<PreparedWorker, "facts" | "expiresAt">,
 ): Promise<DeployPlan> {
   const cf = config.cloudflare!;
+  const client = new CloudflareClient(cf, ctx);
   const plan: DeployPlan = { steps: [], problems: [] };
   const read = async <T>(work: () => Promise<T>): Promise<T | undefined> => {
     try {
       return await work();
     } catch (error) {
-      if (!(error instanceof ApiError)) throw error;
+      if (!isOperationError(error)) throw error;
       plan.problems.push(error.message);
       return undefined;
     }
   };
   if ("token" in cf.auth) {
-    const token = await read(() => verifyToken(cf, ctx));
+    const token = await read(() => verifyToken(client));
     if (token) {
       plan.steps.push(`API token: valid, ${token.owner === "user" ? "a user's" : "the account's"}`);
     }
   }
-  const settings = await read(async () => ({ deployed: await readWorkerSettings(cf, ctx) }));
+  const settings = await read(async () => ({ deployed: await client.workerSettings() }));
   if (settings) {
     const purge = settings.deployed && purgeNeeded(settings.deployed, prepared.facts);
     plan.steps.push(
@@ -3757,10 +3797,10 @@ async function planDeploy(
           : ""),
     );
   }
-  const routes = cf.zoneId ? await read(() => listRoutes(cf, ctx)) : undefined;
-  const domains = cf.zoneId || cf.domain ? await read(() => listDomains(cf, ctx)) : undefined;
+  const routes = cf.zoneId ? await read(() => client.listRoutes()) : undefined;
+  const domains = cf.zoneId || cf.domain ? await read(() => client.listDomains()) : undefined;
   if (cf.route && routes) planRoute(cf, routes, plan);
-  if (cf.domain && domains) await planDomain(cf, ctx, { domains, plan });
+  if (cf.domain && domains) await planDomain(client, { domains, plan });
   for (
     const leftover of findLeftovers(cf, { ...(routes && { routes }), ...(domains && { domains }) })
   ) {
@@ -3771,7 +3811,7 @@ async function planDeploy(
   }
   if (!cf.workersDev) plan.steps.push("workers.dev: would be off");
   else {
-    const found = await read(async () => ({ subdomain: await accountSubdomain(cf, ctx) }));
+    const found = await read(async () => ({ subdomain: await client.accountSubdomain() }));
     if (found?.subdomain) {
       plan.steps.push(`workers.dev: would answer at ${workersDevUrl(cf, found.subdomain)}`);
     } else if (found) plan.problems.push(`WORKER_WORKERS_DEV: ${noSubdomain(cf)}`);
@@ -3795,10 +3835,10 @@ function planRoute(cf: CloudflareConfig, routes: ZoneRoute[], plan: DeployPlan):
 
 /** The custom domain step, as a real run would take it, DNS records read when the token may. */
 async function planDomain(
-  cf: CloudflareConfig,
-  ctx: Context,
+  client: CloudflareClient,
   options: { domains: CustomDomain[]; plan: DeployPlan },
 ): Promise<void> {
+  const cf = client.config;
   const { plan } = options;
   const existing = options.domains.find((d) => d.hostname === cf.domain);
   if (existing?.service === cf.workerName) {
@@ -3812,7 +3852,7 @@ async function planDomain(
     );
     return;
   }
-  const records = await conflictingRecords(cf, cf.domain!, ctx);
+  const records = await conflictingRecords(client, cf.domain!);
   if (records && records.length > 0) {
     plan.problems.push(
       `custom domain ${cf.domain} has the DNS record${records.length === 1 ? "" : "s"} ` +
@@ -3869,13 +3909,14 @@ async function uploadPrepared(
   config: Config,
   ctx: Context,
   options: {
+    cf: CloudflareClient;
     module: string;
     prepared: PreparedWorker;
     previous: WorkerSettings | undefined;
     result: RefreshResult;
   },
 ): Promise<Uploaded> {
-  const { prepared, result } = options;
+  const { cf, prepared, result } = options;
   const cloudflare = config.cloudflare!;
   const purge = purgeNeeded(options.previous, prepared.facts);
   const mustPurge = purge !== undefined && config.worker.cacheMode === "workers-cache";
@@ -3887,7 +3928,7 @@ async function uploadPrepared(
     `Cloudflare: uploading worker "${cloudflare.workerName}" to account ` +
       `${cloudflare.accountId} (cache: ${config.worker.cacheMode})`,
   );
-  await uploadWorker(cloudflare, upload, ctx);
+  await cf.uploadWorker(upload);
   result.deployed = true;
   result.roundTrips++;
   if (!mustPurge) return { ...(purge !== undefined && { purge }) };
@@ -3898,7 +3939,7 @@ async function uploadPrepared(
       why: purge,
     });
     // The debt is paid: the same upload without it.
-    await uploadWorker(cloudflare, prepared.upload, ctx);
+    await cf.uploadWorker(prepared.upload);
     result.roundTrips++;
     result.purged = purge;
   };
@@ -4034,18 +4075,16 @@ function recentUpload(
  * Returns whether a custom domain was attached now (its certificate is new).
  */
 async function deployTriggers(
-  config: CloudflareConfig,
+  cf: CloudflareClient,
   result: RefreshResult,
-  ctx: Context,
   options: { takeOver: boolean; removeLeftovers: boolean },
 ): Promise<boolean> {
-  const steps = triggerSteps(result, ctx);
+  const { config } = cf;
+  const steps = triggerSteps(result, cf);
   // Both lists are read whenever a zone is set, so leftovers are seen by every refresh.
-  const routes = config.zoneId
-    ? await steps.attempt(() => listRoutes(config, steps.ctx))
-    : undefined;
+  const routes = config.zoneId ? await steps.attempt(() => steps.cf.listRoutes()) : undefined;
   const domains = config.zoneId || config.domain
-    ? await steps.attempt(() => listDomains(config, steps.ctx))
+    ? await steps.attempt(() => steps.cf.listDomains())
     : undefined;
   if (config.route && routes) {
     await triggerRoute(config, steps, { routes, takeOver: options.takeOver });
@@ -4068,10 +4107,12 @@ async function deployTriggers(
   return newDomain;
 }
 
-/** What the steps after the upload share: the result, a counting context, what they did. */
+/** What the steps after the upload share: the result, a counting client, what they did. */
 interface TriggerSteps {
   result: RefreshResult;
   /** Every request is a round trip here; counting them keeps `roundTrips` honest. */
+  cf: CloudflareClient;
+  /** The context of `cf`. */
   ctx: Context;
   /** Each failed step's message; the others still run. */
   failed: string[];
@@ -4089,11 +4130,13 @@ function countingRoundTrips(ctx: Context, result: Pick<RefreshResult, "roundTrip
   return { ...ctx, fetch: (input, init) => (result.roundTrips++, ctx.fetch(input, init)) };
 }
 
-function triggerSteps(result: RefreshResult, ctx: Context): TriggerSteps {
+function triggerSteps(result: RefreshResult, cf: CloudflareClient): TriggerSteps {
   const failed: string[] = [];
+  const ctx = countingRoundTrips(cf.ctx, result);
   return {
     result,
-    ctx: countingRoundTrips(ctx, result),
+    cf: cf.over(ctx),
+    ctx,
     failed,
     changed: [],
     attempt: async (work) => {
@@ -4114,7 +4157,7 @@ async function triggerRoute(
   steps: TriggerSteps,
   options: { routes: ZoneRoute[]; takeOver: boolean },
 ): Promise<void> {
-  const done = await steps.attempt(() => ensureRoute(config, steps.ctx, options));
+  const done = await steps.attempt(() => ensureRoute(steps.cf, options));
   if (!done) return;
   steps.result.route = done.change;
   steps.ctx.log(`Cloudflare: route ${config.route} ${done.change}`);
@@ -4129,7 +4172,7 @@ async function triggerDomain(
   steps: TriggerSteps,
   options: { domains: CustomDomain[]; takeOver: boolean },
 ): Promise<boolean> {
-  const done = await steps.attempt(() => ensureDomain(config, steps.ctx, options));
+  const done = await steps.attempt(() => ensureDomain(steps.cf, options));
   if (!done) return false;
   const { result, changed } = steps;
   result.domain = done.change;
@@ -4163,7 +4206,7 @@ async function triggerLeftovers(
     const name = `${leftover.kind} ${leftover.name}`;
     if (options.remove && !options.stepFailed) {
       const removed = await steps.attempt(async () => {
-        await removeLeftover(config, leftover, steps.ctx);
+        await removeLeftover(steps.cf, leftover);
         return true;
       });
       if (removed) steps.changed.push(`removed ${name}, which still ran this worker`);
@@ -4199,7 +4242,7 @@ async function triggerWorkersDev(
     );
     return;
   }
-  const workersDev = await steps.attempt(() => setWorkersDev(config, steps.ctx));
+  const workersDev = await steps.attempt(() => applyWorkersDev(steps.cf));
   if (!workersDev) return;
   result.workersDev = workersDev.url ?? false;
   steps.ctx.log(`Cloudflare: workers.dev ${workersDev.url ?? "off"}`);
@@ -4390,7 +4433,8 @@ export async function purgeUrl(
   const cloudflare = config.cloudflare;
   let base = options.url || config.site || workerBase(cloudflare ?? {});
   if (!base && cloudflare) {
-    const subdomain = await (options.subdomain ?? (() => accountSubdomain(cloudflare, ctx)))();
+    const subdomain = await (options.subdomain ??
+      (() => new CloudflareClient(cloudflare, ctx).accountSubdomain()))();
     if (subdomain) base = workersDevUrl(cloudflare, subdomain);
   }
   if (!base) {
@@ -4687,14 +4731,15 @@ export async function status(
   },
 ): Promise<StatusReport> {
   const report: StatusReport = { worker: config.workerName, healthy: false, state: "CRITICAL" };
-  const settings = await readWorkerSettings(config, ctx);
+  const cf = new CloudflareClient(config, ctx);
+  const settings = await cf.workerSettings();
   if (!settings || !settings.bindings) {
     return {
       ...report,
       problem: `worker "${config.workerName}" does not exist; run refresh`,
     };
   }
-  const { readAll } = options.survey ? await survey(config, report, ctx) : { readAll: true };
+  const { readAll } = options.survey ? await survey(cf, report) : { readAll: true };
   const missing = missingTokenBinding(settings);
   if (missing) return { ...report, problem: missing };
   Object.assign(report, deployedToken(settings, ctx.now()));
@@ -4814,11 +4859,8 @@ function servingProblems(
  * custom domain, workers.dev, and leftovers. A call the token may not make
  * becomes a warning; the token's health does not depend on this.
  */
-async function survey(
-  config: CloudflareConfig,
-  report: StatusReport,
-  ctx: Context,
-): Promise<{ readAll: boolean }> {
+async function survey(cf: CloudflareClient, report: StatusReport): Promise<{ readAll: boolean }> {
+  const { config } = cf;
   const urls: string[] = [];
   const warnings: string[] = [];
   let readAll = true;
@@ -4833,9 +4875,9 @@ async function survey(
     }
   };
   const routes = config.zoneId
-    ? await tryRead("the zone's routes", () => listRoutes(config, ctx))
+    ? await tryRead("the zone's routes", () => cf.listRoutes())
     : undefined;
-  const domains = await tryRead("the custom domains", () => listDomains(config, ctx));
+  const domains = await tryRead("the custom domains", () => cf.listDomains());
   const held = (what: string, by: string | undefined) =>
     by
       ? `${what} runs ${by}, not this worker; ${TAKE_OVER_COMMAND} moves it`
@@ -4859,7 +4901,7 @@ async function survey(
         held(`custom domain ${config.domain}`, domain && `worker "${domain.service}"`),
       );}
   }
-  const workersDev = await tryRead("the workers.dev setting", () => readWorkersDev(config, ctx));
+  const workersDev = await tryRead("the workers.dev setting", () => readWorkersDev(cf));
   if (workersDev?.url) urls.push(workersDev.url);
   if (workersDev && workersDev.enabled !== config.workersDev) {
     warnings.push(
@@ -6563,7 +6605,7 @@ async function runCheckCache({ settings, config, ctx, io, flags }: Job): Promise
       settings.CLOUDFLARE_ACCOUNT_ID
     ? parseConfig(settings, { cloudflare: true }).cloudflare
     : undefined;
-  const subdomain = cloudflare && await accountSubdomain(cloudflare, ctx);
+  const subdomain = cloudflare && await new CloudflareClient(cloudflare, ctx).accountSubdomain();
   const url = flags.url ?? (origin && `${origin}/`) ??
     (cloudflare && subdomain ? workersDevUrl(cloudflare, subdomain) : undefined);
   const problems: string[] = [];
