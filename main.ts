@@ -45,7 +45,9 @@ import {
   isProtected,
   purgeMessage,
   signedLinkMessage,
+  signedLinkQuery,
   toHex,
+  urlPath,
   validDownloadName,
 } from "./worker_template.ts";
 
@@ -77,6 +79,12 @@ export interface WorkerOptions {
   cacheControl: string;
   /** Empty (no CORS), `*`, or a comma list of origins. @default "" */
   corsOrigins: string;
+  /**
+   * What HTML, SVG, XML and XHTML objects may do on the site's origin: `serve` them (a static
+   * site), `sandbox` them (they render, no script runs) or make them a `download`.
+   * @default "serve"
+   */
+  activeContent?: ActiveContent;
   /**
    * The edge cache in force: `WORKER_CACHE_MODE`, except that `WORKER_CACHE_TTL=0` always
    * means `off`. @default "workers-cache"
@@ -123,6 +131,8 @@ export interface SigningOptions {
   previousUntil?: number;
   /** The longest life a link may have, in seconds. @default 604800 */
   maxTtl: number;
+  /** How each prefix was read (a folder, or a file), as refresh reports it. @default [] */
+  readings?: string[];
 }
 
 /**
@@ -131,6 +141,10 @@ export interface SigningOptions {
  */
 export type CacheMode = "workers-cache" | "cache-api" | "off";
 const CACHE_MODES: readonly CacheMode[] = ["workers-cache", "cache-api", "off"];
+
+/** `WORKER_ACTIVE_CONTENT`: what HTML, SVG, XML and XHTML objects may do (docs/worker.md). */
+export type ActiveContent = "serve" | "sandbox" | "download";
+const ACTIVE_CONTENT: readonly ActiveContent[] = ["serve", "sandbox", "download"];
 /** An hour-old stale copy is fine for a day while one request revalidates it. */
 const DEFAULT_STALE_WHILE_REVALIDATE = DAY;
 /** A week: as long as a download token lives, so an expired one never empties the site. */
@@ -315,6 +329,7 @@ export type Variable =
   | "WORKER_CACHE_TTL"
   | "WORKER_CACHE_CONTROL"
   | "WORKER_CORS_ORIGINS"
+  | "WORKER_ACTIVE_CONTENT"
   | "WORKER_SIGNED_PREFIXES"
   | "WORKER_SIGNING_KEY"
   | "WORKER_SIGNING_KEY_PREVIOUS"
@@ -444,6 +459,12 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
     hint: '"*" or origins like https://example.com',
     valid: (origin) => URL.canParse(origin) && new URL(origin).origin === origin,
     about: "empty (no CORS), * or a comma list of origins",
+  },
+  WORKER_ACTIVE_CONTENT: {
+    kind: "enum",
+    values: ACTIVE_CONTENT,
+    default: "serve",
+    about: "HTML, SVG and XML: serve (default, a static site), sandbox or download (uploads)",
   },
   WORKER_SIGNED_PREFIXES: {
     kind: "list",
@@ -900,6 +921,7 @@ function workerOptions(reading: Reading): WorkerOptions {
     cacheTtl,
     cacheControl: value.text("WORKER_CACHE_CONTROL")!,
     corsOrigins: value.list("WORKER_CORS_ORIGINS").join(","),
+    activeContent: value.text("WORKER_ACTIVE_CONTENT") as ActiveContent,
     // A lifetime of 0 keeps nothing whichever cache is named: it wins, as it always meant off.
     cacheMode: cacheTtl === 0 ? "off" : value.text("WORKER_CACHE_MODE") as CacheMode,
     staleWhileRevalidate: value.number("WORKER_STALE_WHILE_REVALIDATE"),
@@ -1022,10 +1044,11 @@ function signingOptions(reading: Reading): SigningOptions | undefined {
   ] as const;
   if (settingsGiven(reading, [...names]).length === 0) return undefined;
   const problems = reading.problems;
-  const prefixes = value.list("WORKER_SIGNED_PREFIXES").flatMap((raw) => {
-    const path = canonicalPath(raw);
-    return path === undefined ? [] : [path.endsWith("/") ? path : `${path}/`];
-  });
+  const indexFile = value.text("WORKER_INDEX_FILE") ?? "";
+  const read = value.list("WORKER_SIGNED_PREFIXES").map((raw) => prefixReading(raw, indexFile));
+  const prefixes = read.flatMap((one) => one && "prefix" in one ? [one.prefix] : []);
+  const readings = read.flatMap((one) => one && "reading" in one ? [one.reading] : []);
+  problems.push(...read.flatMap((one) => one && "problem" in one ? [one.problem] : []));
   if (prefixes.length > 0 && !given("WORKER_SIGNING_KEY")) {
     problems.push(
       "Set WORKER_SIGNING_KEY: WORKER_SIGNED_PREFIXES protects paths, and links need a key " +
@@ -1049,11 +1072,44 @@ function signingOptions(reading: Reading): SigningOptions | undefined {
   const previousUntil = reading.values.WORKER_SIGNING_KEY_PREVIOUS_UNTIL as number | undefined;
   return {
     prefixes,
+    ...(readings.length > 0 && { readings }),
     key: value.text("WORKER_SIGNING_KEY") ?? "",
     ...(previousKey && { previousKey }),
     ...(previous && previousUntil !== undefined && { previousUntil }),
     maxTtl: value.number("WORKER_SIGNED_MAX_TTL"),
   };
+}
+
+/**
+ * How one of WORKER_SIGNED_PREFIXES is read: ending in `/`, a folder (it and
+ * every path under it); otherwise a file, which also covers a folder of that
+ * name and, when it is the index file, the folder that serves it (the
+ * worker checks the name finally served). A folder named like the index file
+ * could mean either, and is refused. `undefined` for a malformed one (its
+ * setting's check says so).
+ */
+function prefixReading(
+  raw: string,
+  indexFile: string,
+): { prefix: string; reading: string } | { problem: string } | undefined {
+  const path = canonicalPath(raw);
+  if (path === undefined) return undefined;
+  const folder = path.endsWith("/");
+  const file = folder ? path.slice(0, -1) : path;
+  const parent = file.slice(0, file.lastIndexOf("/") + 1);
+  const indexNamed = indexFile !== "" && file.slice(parent.length) === indexFile;
+  if (folder && path !== "/" && indexNamed) {
+    return {
+      problem: `WORKER_SIGNED_PREFIXES: "${raw}" is a folder named like WORKER_INDEX_FILE ` +
+        `(${indexFile}): write "${urlPath(file)}" to protect that file (and ${urlPath(parent)}, ` +
+        `which serves it), or "${urlPath(parent)}" to protect the whole folder.`,
+    };
+  }
+  const reading = folder
+    ? `${urlPath(path)} (a folder: it and every path under it)`
+    : `${urlPath(file)} (a file${indexNamed ? `, and ${urlPath(parent)}, which serves it` : ""}; ` +
+      `and every path under ${urlPath(file)}/, were it a folder)`;
+  return { prefix: `${file}/`, reading };
 }
 
 /** What `status` asks of a token by default (`--min-remaining`), and Deno Deploy's `/health`. */
@@ -2034,6 +2090,8 @@ async function servingFingerprint(
     signing?.previousKey ?? "",
     // An earlier end for the previous key revokes its links sooner: their copies must go too.
     signing?.previousUntil ?? 0,
+    // Workers Cache keeps the headers it sets. The default adds nothing, as below.
+    ...(facts.options.activeContent ?? "serve") === "serve" ? [] : [facts.options.activeContent],
     // Segments are kept under keys holding their size: another size starts them afresh. The
     // default adds nothing, so deploys from before segments keep their fingerprint (and the
     // upgrade purges nothing).
@@ -2102,6 +2160,7 @@ export function workerUpload(module: string, facts: WorkerFacts): WorkerUpload {
         plain("WORKER_CACHE_TTL", String(facts.options.cacheTtl)),
         plain("WORKER_CACHE_CONTROL", facts.options.cacheControl),
         plain("WORKER_CORS_ORIGINS", facts.options.corsOrigins),
+        plain("WORKER_ACTIVE_CONTENT", facts.options.activeContent ?? "serve"),
         ...signingBindings(facts.options.signing),
         plain("WORKER_CACHE_MODE", facts.options.cacheMode),
         plain(
@@ -3682,6 +3741,8 @@ export async function refresh(
   if (cloudflare !== config.cloudflare) config = { ...config, cloudflare };
   const takeOver = !options.unattended && (options.takeOver ?? false);
   const removeLeftovers = !options.unattended && (options.removeLeftovers ?? false);
+  const signedReadings = config.worker.signing?.readings ?? [];
+  if (signedReadings.length > 0) ctx.log(`Signed links: ${signedReadings.join("; ")}`);
   // What the deployed version serves, whether it owes a purge and when it was uploaded. A
   // person's run asks alongside B2's authorize, which adds a request but no round trip; a
   // scheduled run asks first, since an upload moments old means B2 is not asked at all.
@@ -4614,11 +4675,17 @@ export async function purge(
   ctx.secrets.add(key);
   const url = await purgeUrl(config, ctx, { ...(request.url && { url: request.url }) });
   report.url = url;
-  const asPath = (text: string) =>
-    new URL(
+  // In the one spelling the worker serves (every other is a 301, never an entry), so that a
+  // prefix written "/caf%c3%a9/" reaches what "/café/" stored; one the worker would refuse goes
+  // as it is, for the worker to name.
+  const asPath = (text: string) => {
+    const path = new URL(
       text.startsWith("/") || /^https?:/.test(text) ? text : `/${text}`,
       "https://any.invalid",
     ).pathname;
+    const canonical = canonicalPath(path);
+    return canonical === undefined ? path : urlPath(canonical);
+  };
   const orders: PurgeOrder[] = [];
   if (request.all) orders.push({ everything: true });
   else {
@@ -5385,13 +5452,14 @@ export async function signLink(
   if (problems.length > 0 || canonical === undefined) throw new ConfigError(problems);
 
   const prefix = options.prefix ?? false;
-  const message = new TextEncoder().encode(signedLinkMessage({
+  const grant = {
     path: canonical,
     prefix,
     expires,
     ...(notBefore !== undefined && { notBefore }),
     ...(downloadName !== undefined && { downloadName }),
-  }));
+  };
+  const message = new TextEncoder().encode(signedLinkMessage(grant));
   const key = await crypto.subtle.importKey(
     "raw",
     fromBase64Url(options.key),
@@ -5400,14 +5468,11 @@ export async function signLink(
     ["sign"],
   );
   const signature = new Uint8Array(await crypto.subtle.sign("HMAC", key, message));
-  const query = new URLSearchParams({ exp: String(expires) });
-  if (notBefore !== undefined) query.set("nbf", String(notBefore));
-  if (downloadName !== undefined) query.set("dl", downloadName);
-  if (prefix) query.set("scope", canonical);
-  query.set("sig", toBase64Url(signature));
+  // The worker's own rule: any other spelling of this link would only be a 301 to this one.
+  const query = signedLinkQuery(grant, signature);
   return {
-    url: `${new URL(baseUrl).origin}${encodePath(canonical)}?${query}`,
-    query: String(query),
+    url: `${new URL(baseUrl).origin}${urlPath(canonical)}?${query}`,
+    query,
     path: canonical,
     prefix,
     expires: isoSeconds(expires * 1000),
@@ -6733,7 +6798,8 @@ async function runSign({ settings, config, ctx, io, flags, args }: Job): Promise
   }
   const canonical = canonicalPath(path);
   if (canonical !== undefined && signing && signing.prefixes.length > 0) {
-    if (!isProtected(canonical, signing.prefixes)) {
+    const { indexFile } = config.worker;
+    if (!isProtected(canonical, { prefixes: signing.prefixes, indexFile })) {
       problems.push(
         `"${path}" is not under WORKER_SIGNED_PREFIXES (${signing.prefixes.join(", ")}): ` +
           `it is public and needs no link${prefix ? ", and a prefix must lie within them" : ""}.`,

@@ -343,6 +343,7 @@ Deno.test("parseConfig() applies the documented defaults", () => {
       cacheTtl: 86400,
       cacheControl: "",
       corsOrigins: "",
+      activeContent: "serve",
       cacheMode: "workers-cache",
       staleWhileRevalidate: 86400,
       staleIfError: 604800,
@@ -586,6 +587,7 @@ Deno.test("refresh uploads the worker with the token only as a secret binding", 
       WORKER_CACHE_TTL: "86400",
       WORKER_CACHE_CONTROL: "",
       WORKER_CORS_ORIGINS: "",
+      WORKER_ACTIVE_CONTENT: "serve",
       WORKER_CACHE_MODE: "workers-cache",
       WORKER_STALE_WHILE_REVALIDATE: "86400",
       WORKER_STALE_IF_ERROR: "604800",
@@ -3624,6 +3626,16 @@ Deno.test("parseConfig() refuses protected prefixes without a key, weak keys and
       expect: [/WORKER_SIGNING_KEY_PREVIOUS_UNTIL must be an ISO 8601 time/],
     },
     {
+      name: "a folder named like the index file, which could mean either",
+      settings: {
+        WORKER_SIGNED_PREFIXES: "/solo/index.html/,/members/",
+        WORKER_SIGNING_KEY: SIGNING_KEY,
+      },
+      expect: [
+        /WORKER_SIGNED_PREFIXES: "\/solo\/index.html\/" is a folder named like WORKER_INDEX_FILE \(index.html\): write "\/solo\/index.html" to protect that file \(and \/solo\/, which serves it\), or "\/solo\/" to protect the whole folder\./,
+      ],
+    },
+    {
       name: "a prefix outside /file/<bucket>/ in B2's URL shape",
       settings: {
         WORKER_URL_STYLE: "b2",
@@ -3663,8 +3675,27 @@ Deno.test("parseConfig() reads the signing settings into canonical prefixes", ()
     previousKey: PREVIOUS_SIGNING_KEY,
     previousUntil: Date.parse("2026-12-31T11:00:00Z"),
     maxTtl: 30 * 86400,
+    readings: [
+      "/members/ (a folder: it and every path under it)",
+      "/media (a file; and every path under /media/, were it a folder)",
+      "/caf%C3%A9/ (a folder: it and every path under it)",
+      "/ (a folder: it and every path under it)",
+    ],
   });
   assert.equal(parseConfig({}).worker.signing, undefined, "no setting, no signing");
+});
+
+Deno.test("parseConfig() reads a prefix naming the index file as that file and its folder", () => {
+  const settings = { WORKER_SIGNED_PREFIXES: "/solo/index.html", WORKER_SIGNING_KEY: SIGNING_KEY };
+  assert.deepEqual(parseConfig(settings).worker.signing?.readings, [
+    "/solo/index.html (a file, and /solo/, which serves it; and every path under " +
+    "/solo/index.html/, were it a folder)",
+  ]);
+  // Another index file: the same prefix is a file like any other.
+  const other = parseConfig({ ...settings, WORKER_INDEX_FILE: "default.htm" });
+  assert.deepEqual(other.worker.signing?.readings, [
+    "/solo/index.html (a file; and every path under /solo/index.html/, were it a folder)",
+  ]);
 });
 
 Deno.test("refresh uploads the signing keys only as secret bindings, and never prints them", async () => {
@@ -3683,6 +3714,10 @@ Deno.test("refresh uploads the signing keys only as secret bindings, and never p
     assert.equal(masked.WORKER_SIGNING_KEY_PREVIOUS, "(secret, not shown)");
     const { code, stdout, stderr } = await w.run(["refresh", "--verbose"], { env });
     assert.equal(code, 0, stderr);
+    assert.match(
+      stderr,
+      /Signed links: \/members\/ \(a folder: it and every path under it\); \/caf%C3%A9\/ \(a folder/,
+    );
     for (const text of [dryRun.stdout, dryRun.stderr, stdout, stderr]) {
       assert.ok(!text.includes(SIGNING_KEY) && !text.includes(PREVIOUS_SIGNING_KEY), text);
     }
@@ -3804,6 +3839,16 @@ Deno.test("sign prints the link the exported signLink() makes", async (t) => {
     });
     assert.match(sig!, /^[A-Za-z0-9_-]{43}$/);
     assert.equal(link.url, `https://cdn.example.com/course1/?${link.query}`);
+  });
+  await t.step("the folder of a protected index file, in the worker's one spelling", async () => {
+    const env = { WORKER_SIGNED_PREFIXES: "/solo/index.html" };
+    const folder = await sign(["/s%6Flo/", "--expires", "1h"], env);
+    assert.equal(folder.code, 0, folder.stderr);
+    assert.match(folder.stdout, /^https:\/\/cdn\.example\.com\/solo\/\?exp=\d+&sig=/);
+    const uploads = await sign(["/members/a@2x,b.png", "--expires", "1h"]);
+    assert.match(uploads.stdout, /^https:\/\/cdn\.example\.com\/members\/a@2x,b\.png\?exp=/);
+    const neighbour = await sign(["/solo/other.txt", "--expires", "1h"], env);
+    assert.equal(neighbour.code, 2);
   });
 });
 

@@ -33,6 +33,12 @@ export interface Env {
   WORKER_CORS_ORIGINS?: string;
   /** Milliseconds to wait for B2's response headers. @default "30000" */
   WORKER_B2_TIMEOUT_MS?: string;
+  /**
+   * What HTML, SVG, XML and XHTML objects may do on the site's origin: `serve` them as they
+   * are (a static site), `sandbox` them (`Content-Security-Policy: sandbox`: they render, no
+   * script runs) or make them a `download`. @default "serve"
+   */
+  WORKER_ACTIVE_CONTENT?: string;
   /** Comma list of public path prefixes that need a signed link. @default "" */
   WORKER_SIGNED_PREFIXES?: string;
   /** The key links are signed with, base64url (a secret binding). */
@@ -125,6 +131,9 @@ export interface ExecutionContext {
 /** Which edge cache keeps objects. */
 export type CacheMode = "workers-cache" | "cache-api" | "off";
 
+/** What HTML, SVG, XML and XHTML objects may do on the site's origin (`WORKER_ACTIVE_CONTENT`). */
+export type ActiveContent = "serve" | "sandbox" | "download";
+
 /** {@linkcode Env} parsed once per request, defaults applied. */
 export interface WorkerConfig {
   token: string;
@@ -137,6 +146,7 @@ export interface WorkerConfig {
   cacheControl: string;
   corsOrigins: string[];
   timeoutMs: number;
+  activeContent: ActiveContent;
   signing: SigningConfig;
   cacheMode: CacheMode;
   staleWhileRevalidate: number;
@@ -165,9 +175,10 @@ export interface ByteRange {
 
 // Bumped whenever the same object and settings would be answered differently (headers, status,
 // mapping of paths to names): refresh then purges everything cached by older answers. 3: an
-// ETag made from a file id no longer carries the bucket's id.
+// ETag made from a file id no longer carries the bucket's id. 4: a path or query spelled
+// otherwise than canonicalTarget() writes it is a 301, no longer an entry of its own.
 // Only main.ts reads it, from this module's text.
-const ANSWER_FORMAT = 3;
+const ANSWER_FORMAT = 4;
 const DEFAULT_CACHE_TTL = 86_400;
 // After its lifetime an object is served stale for a day while one request revalidates it
 // (a HEAD to B2 when it did not change), so no visitor waits for B2 on a popular object.
@@ -230,6 +241,10 @@ const BROWSER_CACHE_CONTROL_HEADER = "x-b2cdn-browser-cache-control";
 const CDN_CACHE_CONTROL_HEADER = "Cloudflare-CDN-Cache-Control";
 // What a player's script needs to read to seek and revalidate.
 const EXPOSED_HEADERS = "Accept-Ranges, Content-Length, Content-Range, ETag, Last-Modified";
+// The types a browser runs script in when it opens them: HTML, XML (which XSLT and XHTML
+// namespaces can make a page of), and every +xml type (SVG and XHTML among them).
+const ACTIVE_CONTENT_TYPE =
+  /^\s*(text\/html|text\/xml|application\/xml|[\w.+-]+\/[\w.-]+\+xml)\s*(;|$)/i;
 const PREFLIGHT_MAX_AGE = "86400";
 const STATUS_TEXT = {
   400: "Bad request",
@@ -265,6 +280,9 @@ export default {
       () => respond(request, config, ctx),
     );
     response.headers.set("X-Content-Type-Options", "nosniff");
+    if (response.status === 200 || response.status === 206) {
+      activeContentHeaders(response.headers, config.activeContent);
+    }
     const cors = corsHeaders(request.headers.get("Origin"), config.corsOrigins, {
       // Workers Cache stores the answer with its CORS headers and serves it to every origin:
       // with "*" it is the same for all of them, so it must not be split by Origin.
@@ -296,6 +314,13 @@ async function respond(
   // Signed links: a protected path is refused before any cache or B2 is asked.
   const now = Math.floor(Date.now() / 1000);
   const link = await checkSignedLink(url, { signing: config.signing, now });
+  // 3. One spelling per object and per grant, in every mode: any other goes to the canonical
+  // one without asking B2, so that no spelling costs a cache entry and a download of its own.
+  const listed = listedFolder({ method: request.method, url, link }, config) !== undefined;
+  const moved = "status" in name
+    ? undefined
+    : movedToCanonical(url, { link, listed, now, config });
+  if (moved) return applyGrant(moved, link, now);
   if (config.cacheMode === "workers-cache") {
     const answered = await behindWorkersCache(request, { url, name, link, now, ctx }, config);
     return applyGrant(answered, link, now);
@@ -347,20 +372,9 @@ async function behindWorkersCache(
   const { url, name, link, ctx } = target;
   if ("status" in name) return edgeLifetime(textResponse(name.status), config);
   if (link.access === "refused") return edgeLifetime(textResponse(403), config);
-  // The query is part of the cache's key, so each variant would be one more entry and one
-  // more B2 download of the same object: every query on a public path goes to the canonical
-  // URL instead. A signed link keeps its query (nothing else passes checkSignedLink), so each
-  // link is its own entry, kept no longer than the link lives.
+  // A signed link keeps its query (respond() sent every other spelling to the canonical one),
+  // so each link is its own entry, kept no longer than the link lives.
   const signedFor = signedLifetime(link, target.now);
-  if (signedFor === undefined && url.search !== "") {
-    return edgeLifetime(
-      new Response(null, {
-        status: 301,
-        headers: { Location: url.pathname, "Cache-Control": DEFAULT_BROWSER_CACHE_CONTROL },
-      }),
-      config,
-    );
-  }
   const tag = await objectTag(name.name);
   const large = { url, name: name.name, config, ctx };
   // A large object's answers are never stored here (the cache cannot hold it whole): its
@@ -377,7 +391,7 @@ async function behindWorkersCache(
     const head = await askB2("HEAD", name.name, { config, large: found });
     if (found.facts) return atEdgeNever(await learnedLarge(request, found.facts, large));
     if (!head.ok || notModified(request.headers, head.headers)) {
-      return edgeLifetime(await answer(request, head), config, { tag, signedFor });
+      return keptAtEdge(request, await answer(request, head), { config, tag, signedFor });
     }
   }
   // A Range reaches the worker on every miss, and the cache never stores a 206 made here
@@ -389,13 +403,72 @@ async function behindWorkersCache(
   // and not documented; `check-cache` reports it from the real edge.
   const object = await askB2(request.method, name.name, { config, large: found });
   if (found.facts) return atEdgeNever(await learnedLarge(request, found.facts, large));
-  return edgeLifetime(await answer(request, object), config, { tag, signedFor });
+  return keptAtEdge(request, await answer(request, object), { config, tag, signedFor });
 }
 
-/** Keeps an answer out of Workers Cache (and its stale windows): for large objects. */
+/**
+ * {@linkcode edgeLifetime} for an object's answer, except that a 304 is kept
+ * only when it answers the cache's own revalidation, the one 304 Workers
+ * Cache is documented to take (it keeps the stored body); a 304 a visitor
+ * shaped otherwise (`If-None-Match: *`, a list, another date) is never marked
+ * for the edge, so it cannot become the answer everyone gets.
+ */
+function keptAtEdge(
+  request: Request,
+  answered: Response,
+  options: { config: WorkerConfig; tag: string; signedFor: number | undefined },
+): Response {
+  const kept = edgeLifetime(answered, options.config, options);
+  if (kept.status !== 304 || revalidatesStoredCopy(request.headers, kept.headers)) return kept;
+  return atEdgeNever(kept);
+}
+
+/** Keeps an answer out of Workers Cache (and its stale windows): large objects, visitors' 304s. */
 function atEdgeNever(response: Response): Response {
   response.headers.set(CDN_CACHE_CONTROL_HEADER, "no-store");
   return response;
+}
+
+/**
+ * A `301` to {@linkcode canonicalTarget} when the request spells its path or
+ * query otherwise; `undefined` when it is canonical already or refused (a
+ * refusal is answered as such, never redirected). Behind Workers Cache the
+ * redirect is kept like an object, or no longer than its link lives.
+ */
+function movedToCanonical(
+  url: URL,
+  options: { link: LinkCheck; listed: boolean; now: number; config: WorkerConfig },
+): Response | undefined {
+  const { link, listed, now, config } = options;
+  if (link.access === "refused") return undefined;
+  const canonical = canonicalTarget(url, link, { listed });
+  if (canonical === undefined || canonical === spelledTarget(url)) return undefined;
+  const moved = new Response(null, {
+    status: 301,
+    headers: { Location: canonical, "Cache-Control": DEFAULT_BROWSER_CACHE_CONTROL },
+  });
+  if (config.cacheMode !== "workers-cache") return moved;
+  return edgeLifetime(moved, config, { signedFor: signedLifetime(link, now) });
+}
+
+/** A request's path and query as spelled: `/a?` too, which URL.search reads as no query. */
+function spelledTarget(url: URL): string {
+  return url.pathname + (url.search || (url.href.endsWith("?") ? "?" : ""));
+}
+
+/**
+ * Whether a conditional request carries exactly the validators Workers Cache
+ * builds from a stored copy of this object when it revalidates it
+ * (`If-None-Match` with its one ETag; else `If-Modified-Since` with its
+ * date): the one 304 the cache is documented to take. A visitor's other
+ * shapes (`*`, a list, a weak tag, another date) get a 304 the edge never keeps.
+ */
+export function revalidatesStoredCopy(request: Headers, object: Headers): boolean {
+  const etag = object.get("ETag");
+  const ifNoneMatch = request.get("If-None-Match");
+  if (ifNoneMatch !== null) return etag !== null && ifNoneMatch.trim() === etag;
+  const since = request.get("If-Modified-Since");
+  return since !== null && since.trim() === object.get("Last-Modified");
 }
 
 /**
@@ -635,6 +708,10 @@ export function readConfig(env: Env): WorkerConfig {
       .map((origin) => origin.trim().replace(/\/$/, ""))
       .filter((origin) => origin !== ""),
     timeoutMs: wholeNumber(env.WORKER_B2_TIMEOUT_MS, DEFAULT_B2_TIMEOUT_MS),
+    activeContent:
+      env.WORKER_ACTIVE_CONTENT === "sandbox" || env.WORKER_ACTIVE_CONTENT === "download"
+        ? env.WORKER_ACTIVE_CONTENT
+        : "serve",
     signing: readSigning(env),
     cacheMode: env.WORKER_CACHE_MODE === "workers-cache" || env.WORKER_CACHE_MODE === "off"
       ? env.WORKER_CACHE_MODE
@@ -806,6 +883,27 @@ export function objectHeaders(
     config.cacheControl || b2.get("Cache-Control") || DEFAULT_BROWSER_CACHE_CONTROL,
   );
   return headers;
+}
+
+/**
+ * Applies `WORKER_ACTIVE_CONTENT` to an object's headers, in place. HTML,
+ * SVG, XML and XHTML (and an object of no type, which a browser may take
+ * for one) can run script on the site's origin: `sandbox` lets them render
+ * without it (`Content-Security-Policy: sandbox`), `download` makes them an
+ * attachment (keeping a file name the object names), `serve` leaves them be.
+ */
+export function activeContentHeaders(headers: Headers, choice: ActiveContent): void {
+  if (choice === "serve") return;
+  const type = headers.get("Content-Type");
+  if (type !== null && !ACTIVE_CONTENT_TYPE.test(type)) return;
+  if (choice === "sandbox") {
+    headers.set("Content-Security-Policy", "sandbox");
+    return;
+  }
+  const disposition = headers.get("Content-Disposition") ?? "";
+  // Only the type changes: `inline; filename="a.html"` keeps its file name.
+  const [, parameters = ""] = /^[^;]*(;.*)?$/s.exec(disposition) ?? [];
+  headers.set("Content-Disposition", `attachment${parameters}`);
 }
 
 /**
@@ -1819,6 +1917,11 @@ function purgerFor(ctx: ExecutionContext, config: WorkerConfig): Purger | undefi
 export interface SigningConfig {
   /** Canonical protected prefixes, each ending in `/`; empty protects nothing. */
   prefixes: string[];
+  /**
+   * `WORKER_INDEX_FILE`: a folder's path serves it, so a folder is protected when its index
+   * file is (`/solo/index.html` protects `/solo/` too). Empty: folders serve nothing.
+   */
+  indexFile: string;
   /** The current key (base64url); empty refuses every protected path. */
   key: string;
   /** The key before the last rotation; empty when there is none. */
@@ -1839,6 +1942,8 @@ export type LinkCheck =
     expiresAt: number;
     /** The `Content-Disposition` file name the link asks for. */
     downloadName?: string;
+    /** The link's query as {@linkcode signedLinkQuery} writes it: the one spelling served. */
+    query: string;
   };
 
 /** What a signature covers: one canonical path, or every path under a canonical prefix. */
@@ -1860,8 +1965,9 @@ const SIGNING_CLOCK_SKEW = 300;
 // The first line of every signed message: a version, so a later format cannot be confused
 // with this one, and a label, so the key signs nothing else by mistake.
 const SIGNED_LINK_VERSION = "b2cdn-link-v1";
-// Every parameter a signed link may carry; any other on a protected path is refused, so each
-// grant has one URL (the query is part of Workers Cache's key) and nothing rides along.
+// Every parameter a signed link may carry; any other on a protected path is refused, and any
+// other spelling of these goes to the one signedLinkQuery() writes, so each grant has one URL
+// (the query is part of Workers Cache's key) and nothing rides along.
 const SIGNED_LINK_PARAMETERS = new Set(["exp", "nbf", "dl", "scope", "sig"]);
 const UNIX_SECONDS = /^\d{1,11}$/;
 // 32 bytes of HMAC-SHA256, base64url without padding.
@@ -1885,6 +1991,7 @@ export function readSigning(env: Env): SigningConfig {
   const until = Date.parse(env.WORKER_SIGNING_KEY_PREVIOUS_UNTIL ?? "");
   return {
     prefixes,
+    indexFile: env.WORKER_INDEX_FILE ?? "index.html",
     key: env.WORKER_SIGNING_KEY ?? "",
     previousKey: env.WORKER_SIGNING_KEY_PREVIOUS ?? "",
     previousUntil: Number.isNaN(until) ? 0 : Math.floor(until / 1000),
@@ -1907,6 +2014,53 @@ export function canonicalPath(pathname: string): string | undefined {
   const decoded = parts.map(decodeSegment);
   if (decoded.some((part) => part === undefined)) return undefined;
   return `/${decoded.join("/")}${folder ? "/" : ""}`;
+}
+
+// What a canonical URL path keeps as it is: RFC 3986's unreserved characters, its sub-delims,
+// ":" and "@" (a path's pchar), none of which a URL parser encodes in a path, so a Location
+// written with them comes back unchanged (no redirect loop). Everything else is percent-encoded,
+// UTF-8, uppercase hex: "@2x.png" stays, "%68" becomes "h", "%c3%a9" becomes "%C3%A9".
+const PATH_LITERAL = /^[A-Za-z0-9\-._~!$&'()*+,;=:@]$/u;
+
+/**
+ * A canonical path (from {@linkcode canonicalPath}, decoded) written as a
+ * URL path, in the one spelling the worker serves: every other spelling of
+ * it is answered `301` to this one.
+ */
+export function urlPath(path: string): string {
+  const segment = (part: string) =>
+    Array.from(part, (c) => PATH_LITERAL.test(c) ? c : encodeURIComponent(c)).join("");
+  return path.split("/").map(segment).join("/");
+}
+
+/**
+ * The one spelling of a request's path and query that is served (the rule
+ * `sign` and `purge` write links and prefixes by): its canonical path written
+ * by {@linkcode urlPath}, and for a signed link the query
+ * {@linkcode signedLinkQuery} writes for its grant; on a folder that is
+ * `listed` ({@linkcode listedFolder}), a listing's query as
+ * {@linkcode listingQuery} writes it. `undefined` for a path
+ * {@linkcode objectName} refuses.
+ */
+export function canonicalTarget(
+  url: URL,
+  link: LinkCheck,
+  options: { listed?: boolean } = {},
+): string | undefined {
+  const path = canonicalPath(url.pathname);
+  if (path === undefined) return undefined;
+  const query = link.access === "signed" ? `?${link.query}` : publicQuery(url, options);
+  return urlPath(path) + query;
+}
+
+/**
+ * The query a public path keeps, with its `?`: none, but a listing's own.
+ * The query is part of Workers Cache's key, so each other would be one more
+ * entry and one more B2 download of the same object: a query a public path
+ * may keep is added here, and only here.
+ */
+function publicQuery(url: URL, options: { listed?: boolean }): string {
+  return options.listed ? listingQuery(url)?.canonical ?? "" : "";
 }
 
 /** A prefix (as configured, percent-encoded or not) in canonical form, always ending in `/`. */
@@ -1939,9 +2093,16 @@ export function coversPath(prefix: string, path: string): boolean {
   return path === folder || path.startsWith(`${folder}/`);
 }
 
-/** Whether a canonical path needs a signature. */
-export function isProtected(path: string, prefixes: string[]): boolean {
-  return prefixes.some((prefix) => coversPath(prefix, path));
+/**
+ * Whether a canonical path needs a signature: it lies under a prefix, or it
+ * is a folder whose index file (the name finally served) does.
+ */
+export function isProtected(
+  path: string,
+  signing: Pick<SigningConfig, "prefixes" | "indexFile">,
+): boolean {
+  const served = path.endsWith("/") && signing.indexFile !== "" ? path + signing.indexFile : path;
+  return signing.prefixes.some((prefix) => coversPath(prefix, path) || coversPath(prefix, served));
 }
 
 /**
@@ -1960,6 +2121,27 @@ export function signedLinkMessage(grant: SignedGrant): string {
     grant.notBefore === undefined ? "" : String(grant.notBefore),
     grant.downloadName ?? "",
   ].join("\n");
+}
+
+/**
+ * The query of a link to a grant with this signature, exactly as `sign`
+ * writes it (`exp`, `nbf`, `dl`, `scope`, `sig`, form-encoded, the signature
+ * in base64url without padding): the one spelling of the grant the worker
+ * serves; any other is answered `301` to it.
+ */
+export function signedLinkQuery(grant: SignedGrant, signature: Uint8Array): string {
+  const query = new URLSearchParams({ exp: String(grant.expires) });
+  if (grant.notBefore !== undefined) query.set("nbf", String(grant.notBefore));
+  if (grant.downloadName !== undefined) query.set("dl", grant.downloadName);
+  if (grant.prefix) query.set("scope", grant.path);
+  query.set("sig", toBase64Url(signature));
+  return String(query);
+}
+
+/** Base64url without padding, as signatures are written. */
+function toBase64Url(bytes: Uint8Array): string {
+  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_")
+    .replace(/=+$/, "");
 }
 
 /** Whether a download name may go into `Content-Disposition` and a signed message. */
@@ -1983,17 +2165,17 @@ export async function checkSignedLink(
   // The common case, a site with nothing protected, costs one comparison.
   if (signing.prefixes.length === 0) return { access: "public" };
   const path = canonicalPath(url.pathname);
-  if (path !== undefined && !isProtected(path, signing.prefixes)) return { access: "public" };
+  if (path !== undefined && !isProtected(path, signing)) return { access: "public" };
   const refused = { access: "refused" } as const;
   if (path === undefined) return refused;
 
-  const query = new Map<string, string>();
+  const parameters = new Map<string, string>();
   for (const [name, value] of url.searchParams) {
-    if (!SIGNED_LINK_PARAMETERS.has(name) || query.has(name)) return refused;
-    query.set(name, value);
+    if (!SIGNED_LINK_PARAMETERS.has(name) || parameters.has(name)) return refused;
+    parameters.set(name, value);
   }
   const [exp = "", nbf, dl, scope, sig = ""] = ["exp", "nbf", "dl", "scope", "sig"]
-    .map((name) => query.get(name));
+    .map((name) => parameters.get(name));
   if (!UNIX_SECONDS.test(exp) || !SIGNATURE.test(sig)) return refused;
   if (nbf !== undefined && !UNIX_SECONDS.test(nbf)) return refused;
   if (dl !== undefined && !validDownloadName(dl)) return refused;
@@ -2005,16 +2187,23 @@ export async function checkSignedLink(
   if (now >= expires || (notBefore !== undefined && now < notBefore)) return refused;
   if (expires - now > signing.maxTtl + SIGNING_CLOCK_SKEW) return refused;
 
-  const message = new TextEncoder().encode(signedLinkMessage({
+  const signedGrant: SignedGrant = {
     path: scope ?? path,
     prefix: scope !== undefined,
     expires,
     ...(notBefore !== undefined && { notBefore }),
     ...(dl !== undefined && { downloadName: dl }),
-  }));
+  };
+  const message = new TextEncoder().encode(signedLinkMessage(signedGrant));
   const signature = fromBase64Url(sig);
+  const query = signedLinkQuery(signedGrant, signature);
   const grant = (expiresAt: number) =>
-    ({ access: "signed", expiresAt, ...(dl !== undefined && { downloadName: dl }) }) as const;
+    ({
+      access: "signed",
+      expiresAt,
+      ...(dl !== undefined && { downloadName: dl }),
+      query,
+    }) as const;
   const mac = { encoding: "base64url" as const, signature, message };
   if (await hmacVerifies(signing.key, mac)) return grant(expires);
   if (
@@ -2838,7 +3027,7 @@ function listedEntry(
   const decoded = config.urlStyle === "b2"
     ? `/file/${config.bucketName}/${file.fileName}`
     : `/${file.fileName.slice(config.prefix.length)}`;
-  if (isProtected(decoded, config.signing.prefixes)) return undefined;
+  if (isProtected(decoded, config.signing)) return undefined;
   const path = publicPath(file.fileName, config);
   if (isFolder) return { name, path, folder: true };
   return {
@@ -2852,10 +3041,12 @@ function listedEntry(
 
 /** The worker's own path of a B2 name (or folder), each segment strictly percent-encoded. */
 function publicPath(name: string, config: WorkerConfig): string {
-  const encode = (text: string) => text.split("/").map(strictEncode).join("/");
-  return config.urlStyle === "b2"
-    ? `/file/${strictEncode(config.bucketName)}/${encode(name)}`
-    : `/${encode(name.slice(config.prefix.length))}`;
+  // In the one spelling the worker serves (urlPath()), so a link is never a redirect.
+  return urlPath(
+    config.urlStyle === "b2"
+      ? `/file/${config.bucketName}/${name}`
+      : `/${name.slice(config.prefix.length)}`,
+  );
 }
 
 /** Text fit for HTML, in an element or a quoted attribute: `<script>` stays text. */
@@ -2965,8 +3156,10 @@ async function withListing(
   if (config.cacheMode === "workers-cache" && url.search !== "") {
     if (!query) return await otherwise();
     const tags = await listingTags(folder, indexName);
-    if (url.search !== query.canonical) {
-      return listingRedirect(url.pathname + query.canonical, { config, tags });
+    // The one spelling of the folder's path and of the listing's query.
+    const canonical = canonicalTarget(url, link, { listed: true });
+    if (canonical !== undefined && canonical !== spelledTarget(url)) {
+      return listingRedirect(canonical, { config, tags });
     }
     if (indexName) {
       const index = await askB2("HEAD", indexName, { config });

@@ -27,6 +27,7 @@ import {
   startFakeB2,
 } from "./local/fake_b2.ts";
 import worker, {
+  activeContentHeaders,
   applyGrant,
   b2Url,
   canonicalPath,
@@ -40,6 +41,7 @@ import worker, {
   formatRange,
   formatSize,
   ifRangeMatches,
+  isProtected,
   listedFolder,
   listingQuery,
   listingTag,
@@ -57,6 +59,7 @@ import worker, {
   signedLinkMessage,
   type SigningConfig,
   sliceBody,
+  urlPath,
   withoutBucketId,
 } from "./worker_template.ts";
 
@@ -119,7 +122,15 @@ Deno.test("readConfig() applies the defaults of absent options", () => {
       cacheControl: "",
       corsOrigins: [],
       timeoutMs: 30000,
-      signing: { prefixes: [], key: "", previousKey: "", previousUntil: 0, maxTtl: 604800 },
+      activeContent: "serve",
+      signing: {
+        prefixes: [],
+        indexFile: "index.html",
+        key: "",
+        previousKey: "",
+        previousUntil: 0,
+        maxTtl: 604800,
+      },
       // No binding means a deploy by an older refresh, which only knew the Cache API.
       cacheMode: "cache-api",
       staleWhileRevalidate: 86400,
@@ -146,6 +157,7 @@ Deno.test("readConfig() reads every option", () => {
       WORKER_CACHE_CONTROL: " public, max-age=60 ",
       WORKER_CORS_ORIGINS: "https://a.example, https://b.example/",
       WORKER_B2_TIMEOUT_MS: "500",
+      WORKER_ACTIVE_CONTENT: "sandbox",
       WORKER_SIGNED_PREFIXES: "/members/, /caf%C3%A9,/%zz/",
       WORKER_SIGNING_KEY: "current",
       WORKER_SIGNING_KEY_PREVIOUS: "previous",
@@ -171,9 +183,11 @@ Deno.test("readConfig() reads every option", () => {
       cacheControl: "public, max-age=60",
       corsOrigins: ["https://a.example", "https://b.example"],
       timeoutMs: 500,
+      activeContent: "sandbox",
       signing: {
         // A prefix the worker cannot read protects everything rather than nothing.
         prefixes: ["/members/", "/café/", "/"],
+        indexFile: "",
         key: "current",
         previousKey: "previous",
         previousUntil: 1798675200,
@@ -1402,16 +1416,18 @@ Deno.test("checkSignedLink() fails closed", async (t) => {
   const now = 1_800_000_000;
   const signing: SigningConfig = {
     prefixes: ["/members/"],
+    indexFile: "index.html",
     key: KEY,
     previousKey: "",
     previousUntil: 0,
     maxTtl: 3600,
   };
-  const { url } = await signLink(SITE, "/members/a.txt", { key: KEY, expires: now + 60 });
+  const { url, query } = await signLink(SITE, "/members/a.txt", { key: KEY, expires: now + 60 });
   await t.step("a valid link is signed until its expiry", async () => {
     assert.deepEqual(await checkSignedLink(new URL(url), { signing, now }), {
       access: "signed",
       expiresAt: now + 60,
+      query,
     });
   });
   await t.step("without a key (a binding set by hand) nothing protected is served", async () => {
@@ -1437,7 +1453,12 @@ Deno.test("checkSignedLink() fails closed", async (t) => {
 });
 
 Deno.test("applyGrant() makes signed answers private for at most their remaining life", async (t) => {
-  const signed = { access: "signed", expiresAt: 1000, downloadName: 'Café "1".mp4' } as const;
+  const signed = {
+    access: "signed",
+    expiresAt: 1000,
+    downloadName: 'Café "1".mp4',
+    query: "exp=1000&sig=x",
+  } as const;
   const answer = (cacheControl: string, status = 200) =>
     new Response(null, { status, headers: { "Cache-Control": cacheControl } });
   await t.step("the shorter of the object's lifetime and the link's", () => {
@@ -1638,11 +1659,12 @@ Deno.test("worker in workerd, signed links with the Cache API", async (t) => {
       ]);
     });
 
-    await t.step("the link for a path works percent-encoded, as the same path", async () => {
+    await t.step("the link for a path percent-encoded goes to its one spelling", async () => {
       const link = await signed("/members/b.txt");
       const answer = await worker.raw(link.replace("/members/", "/%6Dembers/"));
-      assert.deepEqual([answer.status, answer.body], [200, "also members"]);
-      worker.downloads();
+      assert.deepEqual([answer.status, answer.headers["location"]], [301, link]);
+      assert.match(answer.headers["cache-control"]!, /^private, max-age=\d+$/);
+      assert.deepEqual(worker.downloads(), []);
     });
 
     await t.step("a prefix link works for every path under it, on whole segments", async () => {
@@ -1787,6 +1809,7 @@ Deno.test("docs/signed-links.md's test vector is what signLink() makes and the w
   assert.equal(link.url, fields.url);
   const signing: SigningConfig = {
     prefixes: ["/members/"],
+    indexFile: "index.html",
     key: fields.key!,
     previousKey: "",
     previousUntil: 0,
@@ -1796,6 +1819,7 @@ Deno.test("docs/signed-links.md's test vector is what signLink() makes and the w
     access: "signed",
     expiresAt: expires,
     downloadName: fields.download,
+    query: url.search.slice(1),
   });
   assert.deepEqual(await checkSignedLink(url, { signing, now: expires }), { access: "refused" });
 });
@@ -2203,6 +2227,331 @@ Deno.test("worker in workerd, signed links in Workers Cache mode", async (t) => 
       assert.deepEqual([answer.status, answer.headers["location"]], [301, "/hello.txt"]);
       assert.deepEqual(worker.downloads(), []);
     });
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// One spelling per object and per grant; signed index files; active content (issue 26)
+// ---------------------------------------------------------------------------
+
+Deno.test("urlPath() writes a canonical path in the one spelling a URL parser leaves alone", async (t) => {
+  const table: [string, string][] = [
+    ["/hello.txt", "/hello.txt"],
+    ["/café/menü.txt", "/caf%C3%A9/men%C3%BC.txt"],
+    ["/with space.txt", "/with%20space.txt"],
+    ["/100%.txt", "/100%25.txt"],
+    ["/a+b@2x,c;d=e:f!$&'()*~.png", "/a+b@2x,c;d=e:f!$&'()*~.png"],
+    ['/q?"#<>^`{|}.txt', "/q%3F%22%23%3C%3E%5E%60%7B%7C%7D.txt"],
+    ["/docs/", "/docs/"],
+    ["/", "/"],
+  ];
+  for (const [path, expected] of table) {
+    await t.step(path, () => {
+      assert.equal(urlPath(path), expected);
+      // What a browser makes of the Location: the same spelling, so a 301 never loops.
+      assert.equal(new URL(expected, SITE).pathname, expected);
+      assert.equal(canonicalPath(expected), path);
+    });
+  }
+});
+
+Deno.test("isProtected() checks the name finally served: a folder whose index file is protected", async (t) => {
+  const table: [string[], string, string, boolean][] = [
+    [["/solo/index.html/"], "/solo/index.html", "index.html", true],
+    [["/solo/index.html/"], "/solo/", "index.html", true],
+    [["/solo/index.html/"], "/solo/other.txt", "index.html", false],
+    [["/solo/index.html/"], "/solo/", "", false],
+    [["/index.html/"], "/", "index.html", true],
+    [["/index.html/"], "/docs/", "index.html", false],
+    [["/members/"], "/members/", "index.html", true],
+    [["/members/"], "/members-public/", "index.html", false],
+  ];
+  for (const [prefixes, path, indexFile, expected] of table) {
+    await t.step(`${prefixes} ${path} (index ${indexFile || "off"})`, () => {
+      assert.equal(isProtected(path, { prefixes, indexFile }), expected);
+    });
+  }
+});
+
+Deno.test("activeContentHeaders() sandboxes or attaches HTML, SVG, XML and XHTML only", async (t) => {
+  const types: [string | null, boolean][] = [
+    ["text/html", true],
+    ["text/html; charset=utf-8", true],
+    ["TEXT/HTML", true],
+    ["image/svg+xml", true],
+    ["application/xhtml+xml", true],
+    ["text/xml", true],
+    ["application/xml", true],
+    ["application/rss+xml; charset=utf-8", true],
+    // Without a type a browser may sniff it into one of them.
+    [null, true],
+    ["text/plain", false],
+    ["image/png", false],
+    ["video/mp4", false],
+    ["application/json", false],
+    ["text/htmlx", false],
+  ];
+  for (const [type, active] of types) {
+    await t.step(String(type), () => {
+      const headers = () => new Headers(type === null ? {} : { "Content-Type": type });
+      const served = headers();
+      activeContentHeaders(served, "serve");
+      assert.deepEqual([...served], [...headers()]);
+      const sandboxed = headers();
+      activeContentHeaders(sandboxed, "sandbox");
+      assert.equal(sandboxed.get("Content-Security-Policy"), active ? "sandbox" : null);
+      const downloaded = headers();
+      activeContentHeaders(downloaded, "download");
+      assert.equal(downloaded.get("Content-Disposition"), active ? "attachment" : null);
+    });
+  }
+  await t.step("a download keeps the file name the object or the link names", () => {
+    for (
+      const [given, expected] of [
+        ['inline; filename="a.html"', 'attachment; filename="a.html"'],
+        ['attachment; filename="b.svg"', 'attachment; filename="b.svg"'],
+        ["inline", "attachment"],
+      ]
+    ) {
+      const headers = new Headers({ "Content-Type": "text/html", "Content-Disposition": given! });
+      activeContentHeaders(headers, "download");
+      assert.equal(headers.get("Content-Disposition"), expected);
+    }
+  });
+});
+
+/** What a visitor is told to ask instead: status, Location, and whether B2 was asked. */
+async function spelled(worker: TestWorker, path: string) {
+  const answer = await worker.raw(path);
+  return { status: answer.status, location: answer.headers["location"], answer };
+}
+
+for (const cacheMode of ["cache-api", "workers-cache", "off"] as const) {
+  Deno.test(`worker in workerd (${cacheMode}): every other spelling of an object or a grant is a 301 to its one spelling, B2 not asked`, async (t) => {
+    const b2 = startMemberB2();
+    const worker = await startWorker(b2, { options: { cacheMode, signing: SIGNING } });
+    try {
+      await t.step("public paths: encoded letters, lower-case hex, an empty query", async () => {
+        const table: [string, string][] = [
+          ["/%68ello.txt", "/hello.txt"],
+          ["/hell%6F.txt", "/hello.txt"],
+          ["/hello.txt?", "/hello.txt"],
+          ["/hello.txt?utm_source=mail", "/hello.txt"],
+          ["/%68ello.txt?v=2", "/hello.txt"],
+          ["/caf%c3%a9/men%c3%bc.txt", "/caf%C3%A9/men%C3%BC.txt"],
+          ["/a%2Bb.txt", "/a+b.txt"],
+          ["/with%20space.txt?", "/with%20space.txt"],
+          ["/%64ocs/", "/docs/"],
+          ["/?", "/"],
+        ];
+        for (const [path, canonical] of table) {
+          const { status, location, answer } = await spelled(worker, path);
+          assert.deepEqual([status, location], [301, canonical], path);
+          assert.equal(answer.headers["cache-control"], "public, max-age=3600", path);
+          if (cacheMode === "workers-cache") {
+            assert.equal(answer.headers["cloudflare-cdn-cache-control"], EDGE, path);
+          }
+        }
+        assert.deepEqual(worker.downloads(), []);
+        for (const canonical of ["/hello.txt", "/a+b.txt", "/100%25.txt", "/with%20space.txt"]) {
+          assert.equal((await worker.raw(canonical)).status, 200, canonical);
+        }
+        worker.downloads();
+      });
+
+      await t.step("a signed link: only the query sign writes is served", async () => {
+        const expires = nowSeconds() + 600;
+        const link = await signed("/members/a.txt", { expires, downloadName: "a b.txt" });
+        const [path, query] = link.split("?") as [string, string];
+        const parameters = [...new URLSearchParams(query)];
+        const sig = new URLSearchParams(query).get("sig")!;
+        // The last base64url character of 32 bytes carries 2 bits that decode to nothing.
+        const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        const last = alphabet.indexOf(sig.at(-1)!);
+        const sameSignature = sig.slice(0, -1) + alphabet[last ^ 1];
+        const spellings: [string, string][] = [
+          [
+            "reordered",
+            `${path}?${
+              parameters.reverse().map(([n, v]) => `${n}=${encodeURIComponent(v)}`).join("&")
+            }`,
+          ],
+          ["& appended", `${link}&`],
+          ["&& appended", `${link}&&`],
+          ["& prepended", `${path}?&${query}`],
+          ["&& prepended", `${path}?&&${query}`],
+          ["a leading zero on the expiry", link.replace(`exp=${expires}`, `exp=0${expires}`)],
+          ["a percent-encoded name", link.replace("exp=", "%65xp=")],
+          [
+            "a percent-encoded digit",
+            link.replace(
+              `exp=${expires}`,
+              `exp=%3${String(expires).slice(0, 1)}${String(expires).slice(1)}`,
+            ),
+          ],
+          ["a space as %20", link.replace("a+b.txt", "a%20b.txt")],
+          ["a percent-encoded letter in the path", link.replace("/members/", "/%6Dembers/")],
+          ["lower-case hex in the path", link.replace("/members/a.txt", "/members/%61.txt")],
+          ["another spelling of the same signature bytes", link.replace(sig, sameSignature)],
+        ];
+        for (const [label, spelling] of spellings) {
+          assert.notEqual(spelling, link, label);
+          const { status, location, answer } = await spelled(worker, spelling);
+          assert.deepEqual([status, location], [301, link], label);
+          assert.match(answer.headers["cache-control"]!, /^private, max-age=(59\d|600)$/, label);
+          if (cacheMode === "workers-cache") {
+            const edge = answer.headers["cloudflare-cdn-cache-control"] ?? "";
+            assert.match(
+              edge,
+              /^public, max-age=(59\d|600), stale-while-revalidate=0, stale-if-error=0$/,
+            );
+          }
+        }
+        assert.deepEqual(worker.downloads(), []);
+        const served = await worker.raw(link);
+        assert.deepEqual([served.status, served.body], [200, "members only"]);
+        assert.equal(worker.downloads().length, 1);
+      });
+
+      await t.step("a spelling of a refused link is refused, not redirected", async () => {
+        const link = await signed("/members/a.txt", { key: OTHER_KEY });
+        for (const spelling of [link, `${link}&`, link.replace("/members/", "/%6Dembers/")]) {
+          assert.deepEqual(
+            await worker.raw(spelling),
+            cacheMode === "workers-cache"
+              ? {
+                ...FORBIDDEN,
+                headers: { ...FORBIDDEN.headers, "cloudflare-cdn-cache-control": "no-store" },
+              }
+              : FORBIDDEN,
+            spelling,
+          );
+        }
+        assert.deepEqual(worker.downloads(), []);
+      });
+    } finally {
+      await worker.dispose();
+      await b2.close();
+    }
+  });
+}
+
+Deno.test("worker in workerd: a signed index file stays signed behind its folder's URL", async (t) => {
+  const b2 = startMemberB2();
+  b2.putFile(BUCKET, {
+    name: "site/solo/index.html",
+    body: "<h1>solo</h1>",
+    contentType: "text/html",
+  });
+  b2.putFile(BUCKET, { name: "site/solo/other.txt", body: "other", contentType: "text/plain" });
+  const cases = [
+    {
+      label: "a file under a folder",
+      prefix: "/solo/index.html/",
+      folder: "/solo/",
+      body: "<h1>solo</h1>",
+    },
+    { label: "the root's index file", prefix: "/index.html/", folder: "/", body: "<h1>home</h1>" },
+  ];
+  for (const cacheMode of ["cache-api", "workers-cache"] as const) {
+    for (const { label, prefix, folder, body } of cases) {
+      await t.step(`${cacheMode}: ${label}`, async () => {
+        const worker = await startWorker(b2, {
+          options: { cacheMode, signing: { ...SIGNING, prefixes: [prefix] } },
+        });
+        try {
+          const file = prefix.slice(0, -1);
+          for (const path of [file, folder]) {
+            const answer = await worker.raw(path);
+            assert.deepEqual([answer.status, answer.body], [403, "Forbidden\n"], path);
+          }
+          assert.deepEqual(worker.downloads(), []);
+          for (const path of [file, folder]) {
+            const answer = await worker.raw(await signed(path));
+            assert.deepEqual([answer.status, answer.body], [200, body], path);
+          }
+          // Its neighbours stay public.
+          const neighbour = folder === "/" ? "/hello.txt" : "/solo/other.txt";
+          assert.equal((await worker.raw(neighbour)).status, 200);
+          worker.downloads();
+        } finally {
+          await worker.dispose();
+        }
+      });
+    }
+  }
+  await b2.close();
+});
+
+Deno.test("worker in workerd: WORKER_ACTIVE_CONTENT sandboxes or attaches HTML and SVG, in every mode", async (t) => {
+  const b2 = startB2();
+  b2.putFile(BUCKET, { name: "site/logo.svg", body: "<svg/>", contentType: "image/svg+xml" });
+  try {
+    for (const cacheMode of ["cache-api", "workers-cache"] as const) {
+      for (const choice of ["serve", "sandbox", "download"] as const) {
+        await t.step(`${cacheMode}, ${choice}`, async () => {
+          const worker = await startWorker(b2, {
+            options: { cacheMode, activeContent: choice },
+          });
+          try {
+            for (const path of ["/", "/logo.svg", "/hello.txt"]) {
+              // Twice: the Cache API's copy is answered the same way.
+              for (const _ of [1, 2]) {
+                const answer = await worker.visit(path);
+                const active = path !== "/hello.txt";
+                assert.equal(answer.status, 200);
+                assert.deepEqual([
+                  answer.headers["content-security-policy"],
+                  answer.headers["content-disposition"],
+                ], [
+                  active && choice === "sandbox" ? "sandbox" : undefined,
+                  active && choice === "download" ? "attachment" : undefined,
+                ], path);
+              }
+            }
+            worker.downloads();
+          } finally {
+            await worker.dispose();
+          }
+        });
+      }
+    }
+  } finally {
+    await b2.close();
+  }
+});
+
+Deno.test("worker in workerd, Workers Cache mode: a 304 a visitor shaped is never kept at the edge", async () => {
+  const b2 = startB2();
+  const worker = await startWorker(b2, { options: { cacheMode: "workers-cache" } });
+  try {
+    const shaped: Record<string, string>[] = [
+      { "If-None-Match": "*" },
+      { "If-None-Match": `"other", ${HELLO_SHA1}` },
+      { "If-None-Match": `W/${HELLO_SHA1}` },
+      { "If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT" },
+    ];
+    for (const headers of shaped) {
+      const answer = await worker.visit("/hello.txt", { headers });
+      assert.deepEqual([answer.status, answer.body], [304, ""], JSON.stringify(headers));
+      assert.equal(answer.headers["cloudflare-cdn-cache-control"], "no-store");
+    }
+    // The cache's own revalidation, with the validators it stored, renews its copy.
+    const own: Record<string, string>[] = [
+      { "If-None-Match": HELLO_SHA1 },
+      { "If-Modified-Since": LAST_MODIFIED },
+    ];
+    for (const headers of own) {
+      const answer = await worker.visit("/hello.txt", { headers });
+      assert.deepEqual([answer.status, answer.headers["cloudflare-cdn-cache-control"]], [
+        304,
+        EDGE,
+      ]);
+    }
+    assert.deepEqual(worker.downloads().map((r) => r.method), Array(6).fill("HEAD"));
   } finally {
     await worker.dispose();
     await b2.close();
