@@ -317,9 +317,7 @@ async function respond(
   // 3. One spelling per object and per grant, in every mode: any other goes to the canonical
   // one without asking B2, so that no spelling costs a cache entry and a download of its own.
   const listed = listedFolder({ method: request.method, url, link }, config) !== undefined;
-  const moved = "status" in name
-    ? undefined
-    : movedToCanonical(url, { link, listed, now, config });
+  const moved = "status" in name ? undefined : movedToCanonical(url, { link, listed, now, config });
   if (moved) return applyGrant(moved, link, now);
   if (config.cacheMode === "workers-cache") {
     const answered = await behindWorkersCache(request, { url, name, link, now, ctx }, config);
@@ -3039,7 +3037,7 @@ function listedEntry(
   };
 }
 
-/** The worker's own path of a B2 name (or folder), each segment strictly percent-encoded. */
+/** The worker's own path of a B2 name (or folder), in its canonical spelling. */
 function publicPath(name: string, config: WorkerConfig): string {
   // In the one spelling the worker serves (urlPath()), so a link is never a redirect.
   return urlPath(

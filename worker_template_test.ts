@@ -3054,13 +3054,13 @@ Deno.test("worker in workerd lists a folder without an index file, escaping ever
         assert.deepEqual(tableLinks(page), [
           "/docs/empty/",
           "/docs/sub/",
-          "/docs/%22quoted%22%20%26%20%27apos%27.txt",
-          "/docs/%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E.txt",
-          "/docs/%3Cscript%3Ealert%281%29%3C.txt",
+          "/docs/%22quoted%22%20&%20'apos'.txt",
+          "/docs/%3Cimg%20src=x%20onerror=alert(1)%3E.txt",
+          "/docs/%3Cscript%3Ealert(1)%3C.txt",
           "/docs/a.txt",
           "/docs/b.txt",
           "/docs/caf%C3%A9.txt",
-          "/docs/with%20space%2Bplus%23hash%3Fquery%2525.txt",
+          "/docs/with%20space+plus%23hash%3Fquery%2525.txt",
         ]);
         assert.match(
           page,
@@ -3074,11 +3074,12 @@ Deno.test("worker in workerd lists a folder without an index file, escaping ever
     );
 
     await t.step("each link is the worker's own path of the name it shows", async () => {
+      // In the one spelling the worker serves: never a redirect.
       for (const link of tableLinks(page).filter((l) => !l.endsWith("/"))) {
-        const answer = await worker.visit(link);
+        const answer = await worker.visit(link, { redirect: "manual" });
         assert.equal(answer.status, 200, link);
       }
-      const hostile = await worker.visit("/docs/%3Cscript%3Ealert%281%29%3C.txt");
+      const hostile = await worker.visit("/docs/%3Cscript%3Ealert(1)%3C.txt");
       assert.equal(hostile.body, "<script>alert(1)<");
     });
 
