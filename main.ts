@@ -5599,9 +5599,11 @@ function cachingHeaders(headers: Headers): string {
 /**
  * Checks Workers Cache on the deployed worker from real answers: a new URL
  * answered MISS then HIT, a HEAD and a range after the GET answered from the
- * cache, a purge taking effect (when `purge` is given), and, for `largeUrl`,
- * whether a small range of a large object comes back 206 quickly or the whole
- * object is sent. `url` names a small object on the worker.
+ * cache, a purge taking effect (when `purge` is given), then, each after a
+ * purge, a range, a conditional GET and a HEAD as the first request (and
+ * that a plain GET after the last two still gets the whole object), and, for
+ * `largeUrl`, whether a small range of a large object comes back 206 quickly
+ * or the whole object is sent. `url` names a small object on the worker.
  */
 export async function checkCache(
   url: string,
@@ -5667,7 +5669,10 @@ async function checkSmallObject(check: SmallCheck): Promise<void> {
   await checkRangeAfterGet(check, first);
   await checkBrowserRevalidation(check, first);
   if (check.purge) {
-    if (await checkPurge(check, check.purge)) await checkRangedMiss(check, check.purge, first);
+    if (await checkPurge(check, check.purge)) {
+      await checkRangedMiss(check, check.purge, first);
+      await checkShapedMisses(check, check.purge, first);
+    }
   } else if (!check.purgeFailed) {
     check.say(
       "purge",
@@ -5676,6 +5681,7 @@ async function checkSmallObject(check: SmallCheck): Promise<void> {
         "workers-cache",
     );
     check.say("ranged miss", "not checked", "it needs a purge, to start from an empty entry");
+    check.say("shaped misses", "not checked", "they need a purge, to start from an empty entry");
   }
 }
 
@@ -5882,6 +5888,48 @@ async function checkRangedMiss(
         : `: after ${EDGE_ATTEMPTS} tries a ranged miss has not filled the cache, so players' ` +
           "ranges and seeks reach the worker and B2 every time (docs/large-objects.md)"),
   );
+}
+
+/**
+ * A conditional GET (the object's own validator, as a browser sends it), then a HEAD, as
+ * the first request after a purge, each followed by a plain GET. Whether Workers Cache could
+ * keep the 304 or the bodyless answer as the URL's entry is not documented: if it did, every
+ * visitor after would get nothing. The plain GET must get the whole object.
+ */
+async function checkShapedMisses(
+  check: SmallCheck,
+  purge: (url: URL) => Promise<void>,
+  first: Probe,
+): Promise<void> {
+  const etag = first.headers.get("etag");
+  const lastModified = first.headers.get("last-modified");
+  const conditional: Record<string, string> | undefined = etag
+    ? { "If-None-Match": etag }
+    : lastModified
+    ? { "If-Modified-Since": lastModified }
+    : undefined;
+  const shapes: { shape: string; init: Parameters<typeof probe>[2] }[] = [
+    { shape: "HEAD", init: { method: "HEAD" } },
+  ];
+  if (conditional) shapes.unshift({ shape: "conditional", init: { headers: conditional } });
+  for (const { shape, init } of shapes) {
+    await purge(check.fresh);
+    const shaped = await probeUntil(check, (label) => label !== "HIT", init);
+    const plain = await probe(check.ctx, check.fresh.href);
+    const whole = plain.status === 200 && plain.bytes.byteLength === first.bytes.byteLength &&
+      plain.bytes.every((byte, i) => byte === first.bytes[i]);
+    check.say(
+      `GET after a ${shape} miss`,
+      whole ? "ok" : "problem",
+      `${shape}: ${shaped.status}, cf-cache-status ${shaped.label}; then GET: ${plain.status}, ` +
+        `cf-cache-status ${plain.label}, ${plain.bytes.byteLength} of ` +
+        `${first.bytes.byteLength} bytes` +
+        (whole
+          ? ""
+          : `: the cache kept what a visitor's ${shape} shaped as the answer for everyone ` +
+            "(see docs/edge-cache.md, What the worker answers)"),
+    );
+  }
 }
 
 /**

@@ -2654,6 +2654,24 @@ Deno.test("purge sends paths, prefixes or everything in as few signed requests a
       assert.deepEqual(p.endpoint.purges[2]?.pathPrefixes, ["/old/"]);
       assert.equal(p.endpoint.purges[0]?.tags?.[0], await objectTag("site/photos/0.jpg"));
     });
+    await t.step(
+      "prefixes in the one spelling the worker serves, which is what was kept",
+      async () => {
+        p.endpoint.purges.length = 0;
+        const { code } = await p.run([
+          "purge",
+          "--prefix",
+          "/caf%c3%a9/",
+          "--prefix",
+          "/%69mg/a%2Bb",
+        ]);
+        assert.equal(code, 0);
+        assert.deepEqual(p.endpoint.purges.map((o) => o.pathPrefixes), [[
+          "/caf%C3%A9/",
+          "/img/a+b",
+        ]]);
+      },
+    );
     await t.step("--all", async () => {
       p.endpoint.purges.length = 0;
       assert.equal((await p.run(["purge", "--all"])).code, 0);

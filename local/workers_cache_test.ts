@@ -845,6 +845,7 @@ Deno.test("checkCache() reports MISS, HIT, HEAD and ranges of the real worker be
       "browser revalidation": "note",
       purge: "not checked",
       "ranged miss": "not checked",
+      "shaped misses": "not checked",
       "range of the large object": "ok",
     }, JSON.stringify(report.findings, null, 2));
     assert.equal(report.healthy, true);
@@ -857,6 +858,87 @@ Deno.test("checkCache() reports MISS, HIT, HEAD and ranges of the real worker be
     await cache.close();
     await b2.close();
   }
+});
+
+Deno.test("checkCache() with a purge: after a conditional or a HEAD as the first request, the real worker's edge still gives a GET the whole object", async () => {
+  const b2 = startFakeB2({
+    buckets: [{
+      id: "bucket-site",
+      name: "site",
+      files: [{ name: "hello.txt", body: "hello from B2\n", contentType: "text/plain" }],
+    }],
+  });
+  const cache = await startWorkersCache();
+  try {
+    await deployRealWorker(cache, b2, { WORKER_PURGE_KEY: PURGE_KEY });
+    let purges = 0;
+    const purge = async (url: URL) => {
+      const body = JSON.stringify({ paths: [url.pathname] });
+      // Each signed a second apart: the worker refuses a signature it has seen.
+      const nowMs = Date.now() - 1000 * purges++;
+      const purged = await fetch(`${cache.url}/.well-known/b2-private-cdn/purge`, {
+        method: "POST",
+        headers: await signPurge(body, { key: PURGE_KEY, nowMs }),
+        body,
+      });
+      assert.equal(purged.status, 200, await purged.text());
+    };
+    const report = await checkCache(`${cache.url}/hello.txt`, defaultContext(QUIET_CTX), {
+      purge,
+    });
+    const finding = (check: string) => report.findings.find((f) => f.check === check);
+    assert.deepEqual(finding("GET after a conditional miss"), {
+      check: "GET after a conditional miss",
+      outcome: "ok",
+      detail: "conditional: 304, cf-cache-status BYPASS; then GET: 200, cf-cache-status MISS, " +
+        "14 of 14 bytes",
+    });
+    assert.deepEqual(finding("GET after a HEAD miss"), {
+      check: "GET after a HEAD miss",
+      outcome: "ok",
+      detail: "HEAD: 200, cf-cache-status MISS; then GET: 200, cf-cache-status HIT, 14 of 14 bytes",
+    });
+    assert.equal(report.healthy, true, JSON.stringify(report.findings, null, 2));
+  } finally {
+    await cache.close();
+    await b2.close();
+  }
+});
+
+Deno.test("checkCache() reports an edge that keeps a visitor's 304 as the answer for everyone", async () => {
+  // An edge that, after a purge, stores whatever the first request got, a 304 included.
+  let kept: { status: number; body: string } | undefined;
+  const fetch = (_: unknown, init?: RequestInit) => {
+    const headers = new Headers(init?.headers);
+    let label = "HIT";
+    if (!kept) {
+      label = "MISS";
+      const conditional = headers.get("if-none-match") === '"v1"';
+      kept = conditional ? { status: 304, body: "" } : { status: 200, body: "0123456789" };
+    }
+    const status = kept.status;
+    const body = init?.method === "HEAD" || status === 304 ? null : kept.body;
+    return Promise.resolve(
+      new Response(body, {
+        status,
+        headers: { "cf-cache-status": label, etag: '"v1"', "content-length": "10" },
+      }),
+    );
+  };
+  const ctx = defaultContext({ ...QUIET_CTX, fetch });
+  const report = await checkCache("https://cdn.example/a", ctx, {
+    purge: () => {
+      kept = undefined;
+      return Promise.resolve();
+    },
+  });
+  const finding = report.findings.find((f) => f.check === "GET after a conditional miss")!;
+  assert.equal(finding.outcome, "problem");
+  assert.match(
+    finding.detail,
+    /^conditional: 304, cf-cache-status MISS; then GET: 304, cf-cache-status HIT, 0 of 10 bytes: the cache kept what a visitor's conditional shaped as the answer for everyone/,
+  );
+  assert.equal(report.healthy, false);
 });
 
 /** The real worker, in Workers Cache mode, behind `cache`, serving bucket "site" of `b2`. */
@@ -938,8 +1020,9 @@ Deno.test("checkCache() checks a purge it is given, and says when none is", asyn
         },
       });
       // Once so that the first GET is a MISS, once to see the purge take effect, once so that
-      // a range is the first request.
-      assert.deepEqual(purged, ["/p", "/p", "/p"]);
+      // a range is the first request, once so that a HEAD is (an object without validators
+      // takes no conditional).
+      assert.deepEqual(purged, ["/p", "/p", "/p", "/p"]);
       assert.equal(outcomes(report)["first GET"], "ok");
       assert.equal(outcomes(report).purge, "ok");
       assert.match(report.findings.find((f) => f.check === "purge")!.detail, /MISS after/);
@@ -1160,6 +1243,7 @@ Deno.test("checkCache() reports an answer that is never stored, and a HEAD or ra
         "range after GET": "problem",
         purge: "not checked",
         "ranged miss": "not checked",
+        "shaped misses": "not checked",
       });
       if (range.whole) assert.match(report.findings[3]!.detail, /whole object came back/);
     });
