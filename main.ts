@@ -579,6 +579,88 @@ const SETTING_FLAGS = SETTINGS
 export const SECRET_VARIABLES: readonly string[] = SETTINGS
   .filter(([, v]) => v.kind === "secret").map(([name]) => name);
 
+/** The prefixes of this tool's settings: a name with one of them that is no setting is a typo. */
+const SETTING_PREFIXES = ["B2_", "CLOUDFLARE_", "WORKER_", "REFRESH_"] as const;
+
+/**
+ * Names with our prefixes that the b2 CLI or wrangler read, which users keep in the same
+ * environment: never warned about. wrangler 4.86 (`npm pack wrangler`, its `variableName:`
+ * and `readEnv()` calls in wrangler-dist/cli.js); the b2 CLI: `B2_ACCOUNT_INFO` (b2sdk's
+ * sqlite_account_info.py, Debian's python3-b2sdk 1.17.3); Assumption: the rest of the b2 names
+ * from the b2 CLI's README, not read here, since its current source is on PyPI only. The names
+ * we share with them (`B2_APPLICATION_KEY_ID`, `CLOUDFLARE_API_TOKEN`...) are our settings.
+ */
+const FOREIGN_VARIABLES: ReadonlySet<string> = new Set([
+  // the b2 CLI
+  "B2_ACCOUNT_INFO",
+  "B2_ENVIRONMENT",
+  "B2_DESTINATION_SSE_C_KEY_B64",
+  "B2_DESTINATION_SSE_C_KEY_ID",
+  "B2_SOURCE_SSE_C_KEY_B64",
+  "B2_USER_AGENT_APPEND",
+  // wrangler
+  "CLOUDFLARE_ACCESS_CLIENT_ID",
+  "CLOUDFLARE_ACCESS_CLIENT_SECRET",
+  "CLOUDFLARE_API_USER_SERVICE_KEY",
+  "CLOUDFLARE_BASE_URL",
+  "CLOUDFLARE_COMPLIANCE_REGION",
+  "CLOUDFLARE_CONTAINER_REGISTRY",
+  "CLOUDFLARE_ENV",
+  "CLOUDFLARE_INCLUDE_PROCESS_ENV",
+  "CLOUDFLARE_LOAD_DEV_VARS_FROM_DOT_ENV",
+]);
+
+/**
+ * A warning for each name in `names` (from `where`: `.env`, the environment) that has one of
+ * our prefixes but is neither a setting nor a name the b2 CLI or wrangler read: it would be
+ * silently ignored, and is most likely a misspelt setting, which the warning names.
+ */
+export function unknownSettings(names: Iterable<string>, where: string): string[] {
+  const settings = Object.keys(VARIABLES);
+  return [...names]
+    .filter((name) =>
+      SETTING_PREFIXES.some((prefix) => name.startsWith(prefix)) &&
+      !Object.hasOwn(VARIABLES, name) && !FOREIGN_VARIABLES.has(name)
+    )
+    .map((name) => {
+      const near = closestName(name, settings);
+      return `${name} (in ${where}) is not a setting of this tool and is ignored; ` +
+        (near.close
+          ? `did you mean ${near.name}?`
+          : `the nearest is ${near.name} (main.ts help settings lists them all).`);
+    });
+}
+
+/**
+ * The name in `names` nearest to `name` by edit distance (a swap of two neighbours counts
+ * one), and whether it is near enough to be what was meant.
+ */
+function closestName(name: string, names: readonly string[]): { name: string; close: boolean } {
+  let best = { name: names[0] ?? "", distance: Infinity };
+  for (const candidate of names) {
+    const distance = editDistance(name.toUpperCase(), candidate.toUpperCase());
+    if (distance < best.distance) best = { name: candidate, distance };
+  }
+  return { name: best.name, close: best.distance <= Math.max(2, Math.floor(name.length / 5)) };
+}
+
+/** Optimal string alignment distance: insertions, deletions, substitutions and swaps. */
+function editDistance(a: string, b: string): number {
+  const rows = [...Array(a.length + 1)].map((_, i) => [i, ...Array(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) rows[0]![j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const row = rows[i]!;
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      row[j] = Math.min(rows[i - 1]![j]! + 1, row[j - 1]! + 1, rows[i - 1]![j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        row[j] = Math.min(row[j]!, rows[i - 2]![j - 2]! + 1);
+      }
+    }
+  }
+  return rows[a.length]![b.length]!;
+}
+
 /**
  * What a route pattern may be, by Cloudflare's rules and ours, or
  * `undefined` when it is good. Cloudflare: one host (a leading `*` allowed),
@@ -6903,12 +6985,12 @@ export interface CommandLine {
 /** Parses `args`, throwing {@linkcode ConfigError} for anything it does not know. */
 export function parseCommandLine(args: string[]): CommandLine {
   const known = commandFlags();
+  const options = argOptions(known);
   let parsed;
   try {
-    parsed = parseArgs({ args, allowPositionals: true, strict: true, options: argOptions(known) });
+    parsed = parseArgs({ args, allowPositionals: true, strict: true, options });
   } catch (error) {
-    const message = (error as Error).message.replace(/\. To specify.*$/s, ".");
-    throw new ConfigError([`${message} See --help for the flags.`]);
+    throw new ConfigError([flagProblem(error as Error & { code?: string }, options)]);
   }
   const values = parsed.values as Record<string, string | boolean | string[] | undefined>;
   const help = helpRequest(parsed.positionals, values.help === true);
@@ -6954,6 +7036,32 @@ export function parseCommandLine(args: string[]): CommandLine {
     ...(help?.topic && { helpTopic: help.topic }),
     version: values.version === true,
   };
+}
+
+/**
+ * What `parseArgs` refused, in our words: an unknown flag names the nearest one it knows (or,
+ * for a credential's name, why it has no flag).
+ */
+function flagProblem(
+  error: Error & { code?: string },
+  options: ParseArgsConfig["options"],
+): string {
+  const message = error.message.replace(/\. To specify.*$/s, ".");
+  const flag = /^Unknown option '(--?[^'=]+)/.exec(message)?.[1];
+  if (error.code !== "ERR_PARSE_ARGS_UNKNOWN_OPTION" || flag === undefined) {
+    return `${message} See --help for the flags.`;
+  }
+  const variable = flag.replace(/^--?/, "").toUpperCase().replaceAll("-", "_");
+  const setting: Setting | undefined = Object.hasOwn(VARIABLES, variable)
+    ? VARIABLES[variable as Variable]
+    : undefined;
+  if (setting) {
+    return `${variable} has no flag: it is a credential, and flags show in ps. Set it in .env ` +
+      "or the environment.";
+  }
+  const near = closestName(flag.replace(/^--?/, ""), Object.keys(options ?? {}));
+  return `Unknown flag ${flag}` +
+    (near.close ? `: did you mean --${near.name}?` : `. See --help for the flags.`);
 }
 
 /** The commands' names, as problems list them. */
@@ -7123,9 +7231,11 @@ export async function run(options: RunOptions): Promise<number> {
     const spec: CommandSpec = COMMANDS[line.command];
     const handler = spec.handler ?? options.local?.[line.command as LocalCommand];
     if (!handler) throw localOnly(line.command);
-    const settings = spec.settingsFree
-      ? {}
-      : await settingsOf(line, { ...options, secrets: ctx.secrets });
+    const settings = spec.settingsFree ? {} : await settingsOf(line, {
+      ...options,
+      secrets: ctx.secrets,
+      warn: (text) => io.stderr(`warning: ${text}`),
+    });
     if (line.flags.verbose || line.command === "demo") {
       const log = options.ctx?.log;
       // Secrets never show (io redacts them); the ids beside them show their first four
@@ -7174,14 +7284,23 @@ export async function run(options: RunOptions): Promise<number> {
 /** The settings of a run: its flags over the environment over the dotenv file. */
 async function settingsOf(
   line: CommandLine,
-  options: Pick<RunOptions, "env" | "readEnvFile"> & { secrets: Set<string> },
+  options: Pick<RunOptions, "env" | "readEnvFile"> & {
+    secrets: Set<string>;
+    warn: (line: string) => void;
+  },
 ): Promise<Settings> {
-  const dotenv = await options.readEnvFile(line.envFile ?? ".env");
-  if (line.envFile && dotenv === undefined) {
+  const file = line.envFile ?? ".env";
+  const text = await options.readEnvFile(file);
+  if (line.envFile && text === undefined) {
     throw new ConfigError([`--env-file: cannot read "${line.envFile}".`]);
   }
+  const dotenv = text ? parseEnv(text) : {};
+  for (const warning of unknownSettings(Object.keys(dotenv), file)) options.warn(warning);
+  for (const warning of unknownSettings(Object.keys(options.env), "the environment")) {
+    options.warn(warning);
+  }
   const settings: Settings = {
-    ...pickSettings(dotenv ? parseEnv(dotenv) : {}),
+    ...pickSettings(dotenv),
     ...pickSettings(options.env),
     ...line.settings,
   };
@@ -7434,6 +7553,12 @@ function deploySettings(
     if (value) ctx.secrets.add(value);
   }
   ctx.log = (line) => platform.log(redact(line, ctx.secrets));
+  // Once a run, not at every health read.
+  if (needs.schedule) {
+    for (const warning of unknownSettings(Object.keys(env), "the app's settings")) {
+      ctx.log(`warning: ${warning}`);
+    }
+  }
   // The Deploy schedule is fixed (see DEPLOY_SCHEDULE); a value here must not fail the run,
   // and the token's life is checked against the schedule that runs.
   const settings = { ...pickSettings(env), REFRESH_SCHEDULE: DEPLOY_SCHEDULE };

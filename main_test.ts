@@ -513,10 +513,10 @@ Deno.test("run() exits 2 on bad usage, naming the fix", async (t) => {
     for (
       const [args, pattern] of [
         [["deploy"], /Unknown command "deploy"/],
-        [["refresh", "--bogus"], /Unknown option '--bogus'.*--help/],
+        [["refresh", "--bogus"], /Unknown flag --bogus\. See --help/],
         [
           ["refresh", "--b2-application-key", "x"],
-          /Unknown option '--b2-application-key'/,
+          /B2_APPLICATION_KEY has no flag: it is a credential/,
         ],
         [
           ["refresh", "--b2-token-ttl", "0"],
@@ -4934,4 +4934,98 @@ Deno.test("pingRequest() shapes each kind of monitor's ping", async (t) => {
       "https://kuma.example.com/api/push/AbCd1234?status=up&msg=OK",
     );
   });
+});
+
+// ---------------------------------------------------------------------------
+// No setting silently ignored (issue 23)
+// ---------------------------------------------------------------------------
+
+Deno.test("a misspelt setting in .env or the environment is a warning naming the setting meant", async () => {
+  const w = world();
+  try {
+    const { code, stderr } = await w.run(["render"], {
+      dotenv: "WORKER_CAHCE_TTL=3600\nWORKER_CACHE_MODE=off\n",
+      env: { CLOUDFLARE_ACOUNT_ID: "x", REFRESH_SHEDULE: "5 4 * * *", WORKER_FOO: "1" },
+    });
+    assert.equal(code, 0);
+    assert.deepEqual(stderr.split("\n"), [
+      "warning: WORKER_CAHCE_TTL (in .env) is not a setting of this tool and is ignored; did " +
+      "you mean WORKER_CACHE_TTL?",
+      "warning: CLOUDFLARE_ACOUNT_ID (in the environment) is not a setting of this tool and is " +
+      "ignored; did you mean CLOUDFLARE_ACCOUNT_ID?",
+      "warning: REFRESH_SHEDULE (in the environment) is not a setting of this tool and is " +
+      "ignored; did you mean REFRESH_SCHEDULE?",
+      "warning: WORKER_FOO (in the environment) is not a setting of this tool and is ignored; " +
+      "the nearest is WORKER_NAME (main.ts help settings lists them all).",
+    ]);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("the b2 CLI's and wrangler's own names, and other prefixes, pass without a word", async () => {
+  const w = world();
+  try {
+    const { code, stderr } = await w.run(["render"], {
+      env: {
+        B2_ACCOUNT_INFO: "~/.b2_account_info",
+        CLOUDFLARE_ENV: "production",
+        CLOUDFLARE_INCLUDE_PROCESS_ENV: "true",
+        WRANGLER_LOG: "debug",
+        WORKERS_CI_BRANCH: "main",
+        HOME: "/root",
+      },
+    });
+    assert.deepEqual([code, stderr], [0, ""]);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("a Deploy cron run warns of a misspelt setting in the app's settings", async () => {
+  const w = world();
+  try {
+    const { platform, registered, lines } = deployPlatform({
+      env: { ...w.env, WORKER_CAHCE_TTL: "3600" },
+    });
+    startOnDeploy(platform);
+    await registered[0]![3]();
+    assert.ok(
+      lines.includes(
+        "warning: WORKER_CAHCE_TTL (in the app's settings) is not a setting of this tool and is " +
+          "ignored; did you mean WORKER_CACHE_TTL?",
+      ),
+    );
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("an unknown flag gets the nearest flag; a credential's name says why it has none", async (t) => {
+  for (
+    const [args, problem] of [
+      [
+        ["render", "--worker-cahce-ttl", "3600"],
+        "Unknown flag --worker-cahce-ttl: did you mean --worker-cache-ttl?",
+      ],
+      [["refresh", "--dryrun"], "Unknown flag --dryrun: did you mean --dry-run?"],
+      [
+        ["status", "--min-remainig", "3d"],
+        "Unknown flag --min-remainig: did you mean --min-remaining?",
+      ],
+      [["render", "--zzz"], "Unknown flag --zzz. See --help for the flags."],
+      [
+        ["refresh", "--b2-application-key", "k"],
+        "B2_APPLICATION_KEY has no flag: it is a credential, and flags show in ps. Set it in .env " +
+        "or the environment.",
+      ],
+    ] as const
+  ) {
+    await t.step(args.join(" "), () => {
+      assert.throws(
+        () => parseCommandLine([...args]),
+        (error: ConfigError) => (assert.deepEqual(error.problems, [problem]), true),
+      );
+    });
+  }
 });
