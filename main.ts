@@ -1212,16 +1212,11 @@ function tokenLifeProblems(reading: Reading, needs: Needs): string[] {
   const gap = scheduleGap(schedule);
   if (gap === undefined) return [];
   const wanted = needs.minRemaining ?? STATUS_MIN_REMAINING;
-  const enough = Math.min(MAX_TOKEN_TTL, gap + wanted);
-  const fix = enough > gap
-    ? `set B2_TOKEN_TTL to at least ${enough} (${formatDuration(enough)}; the default ` +
-      `${MAX_TOKEN_TTL} is a week)`
-    : `set B2_TOKEN_TTL=${MAX_TOKEN_TTL}`;
   const runs = `REFRESH_SCHEDULE "${schedule}" refreshes every ${formatDuration(gap)} at most`;
-  const often = 'or refresh more often (e.g. REFRESH_SCHEDULE="17 * * * *", hourly)';
   if (ttl <= gap) {
+    const fixes = tokenLifeFixes({ ttl, gap, wanted, expiring: true });
     const text = `B2_TOKEN_TTL is ${ttl} (${formatDuration(ttl)}), but ${runs}: each token ` +
-      `would expire before the next run and the site fail until it; ${fix}, ${often}.`;
+      `would expire before the next run and the site fail until it; ${fixes}.`;
     if (needs.schedule) reading.problems.push(text);
     return needs.schedule ? [] : [
       `${text} (A warning here, as this command may be run on another schedule: then set ` +
@@ -1233,8 +1228,40 @@ function tokenLifeProblems(reading: Reading, needs: Needs): string[] {
   return [
     `B2_TOKEN_TTL is ${ttl} (${formatDuration(ttl)}), and ${runs}, so before each run the ` +
     `token has less than the ${formatDuration(wanted)} ${setting} asks for, and status ` +
-    `reports it although refresh cannot fix that; ${fix}, ${often}.`,
+    `reports it although refresh cannot fix that; ${tokenLifeFixes({ ttl, gap, wanted })}.`,
   ];
+}
+
+/** Hourly, at an odd minute: the schedule advice suggests when runs are further apart. */
+const HOURLY = "17 * * * *";
+
+/**
+ * The changes that would make each token outlive the gap between runs by `wanted` seconds, each
+ * one that would work and only those: a longer `B2_TOKEN_TTL` (a week at most), an hourly
+ * schedule (when the runs are further apart), or asking less of status.
+ */
+function tokenLifeFixes(
+  facts: { ttl: number; gap: number; wanted: number; expiring?: boolean },
+): string {
+  const { ttl, gap, wanted, expiring } = facts;
+  const needed = gap + wanted;
+  const fixes: string[] = [];
+  if (needed <= MAX_TOKEN_TTL) {
+    fixes.push(
+      `set B2_TOKEN_TTL to at least ${needed} (${formatDuration(needed)}; the default ` +
+        `${MAX_TOKEN_TTL} is a week)`,
+    );
+  } else if (expiring && ttl < MAX_TOKEN_TTL && gap < MAX_TOKEN_TTL) {
+    fixes.push(`set B2_TOKEN_TTL=${MAX_TOKEN_TTL} (a week, the longest B2 allows)`);
+  }
+  if (gap > 3600 && 3600 + wanted <= MAX_TOKEN_TTL) {
+    const longer = ttl < 3600 + wanted ? ` with B2_TOKEN_TTL=${MAX_TOKEN_TTL}` : "";
+    fixes.push(`refresh more often (e.g. REFRESH_SCHEDULE="${HOURLY}", hourly${longer})`);
+  }
+  if (!expiring && ttl > gap) {
+    fixes.push(`ask status for no more than ${formatDuration(ttl - gap)} (--min-remaining)`);
+  }
+  return fixes.join(", or ");
 }
 
 /** The field bounds of a cron expression: minute, hour, day of month, month, day of week. */
@@ -6210,11 +6237,14 @@ export const COMMANDS = {
       "min-remaining": {
         type: "string",
         value: "<d>",
-        help: "WARNING below this much time left, CRITICAL below half of it\n" +
-          "(default 48h: WARNING under 48h, CRITICAL under 24h)",
-        parse: (text: string | undefined): number | undefined =>
-          text === undefined ? STATUS_MIN_REMAINING : parseDuration(text),
-        must: `a duration, written ${DURATION_SYNTAX}`,
+        help: "WARNING below this much time left, CRITICAL below half of it;\n" +
+          "under 7d (default 48h: WARNING under 48h, CRITICAL under 24h)",
+        parse: (text: string | undefined): number | undefined => {
+          const seconds = text === undefined ? STATUS_MIN_REMAINING : parseDuration(text);
+          return seconds !== undefined && seconds < MAX_TOKEN_TTL ? seconds : undefined;
+        },
+        must: `a duration under 7d, written ${DURATION_SYNTAX} (a B2 download token lives 7d ` +
+          "at most, so status could never say OK to more)",
       },
       json: { type: "boolean", help: "the report as one JSON object on stdout" },
     },

@@ -1178,7 +1178,8 @@ Deno.test("B2_TOKEN_TTL shorter than the schedule leaves is refused for cron, wa
             'B2_TOKEN_TTL is 3600 (1h 0m), but REFRESH_SCHEDULE "17 4 * * *" refreshes every ' +
             "1d 0h at most: each token would expire before the next run and the site fail until " +
             "it; set B2_TOKEN_TTL to at least 259200 (3d 0h; the default 604800 is a week), or " +
-            'refresh more often (e.g. REFRESH_SCHEDULE="17 * * * *", hourly).',
+            'refresh more often (e.g. REFRESH_SCHEDULE="17 * * * *", hourly with ' +
+            "B2_TOKEN_TTL=604800).",
           ]);
           return true;
         },
@@ -5027,5 +5028,63 @@ Deno.test("an unknown flag gets the nearest flag; a credential's name says why i
         (error: ConfigError) => (assert.deepEqual(error.problems, [problem]), true),
       );
     });
+  }
+});
+
+Deno.test("status --min-remaining refuses 7d or more: no token lives longer", async (t) => {
+  const w = world();
+  try {
+    for (const value of ["7d", "168h", "8d", "604800"]) {
+      await t.step(value, async () => {
+        const { code, stdout, stderr } = await w.run(["status", "--min-remaining", value]);
+        assert.deepEqual([code, stderr], [3, ""]);
+        assert.equal(
+          stdout,
+          `UNKNOWN - --min-remaining must be a duration under 7d, written 90s, 15m, 12h, 7d or ` +
+            `plain seconds (a B2 download token lives 7d at most, so status could never say OK ` +
+            `to more), not "${value}".`,
+        );
+      });
+    }
+    await t.step("6d 23h is taken", () => {
+      assert.equal(
+        parseCommandLine(["status", "--min-remaining", "167h"]).flags["min-remaining"],
+        167 * 3600,
+      );
+    });
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("status's advice on a token too short for --min-remaining is advice that works", async (t) => {
+  const w = world();
+  try {
+    await t.step(
+      "more than a week's worth on the daily schedule: no longer token can help",
+      async () => {
+        const { stderr } = await w.run(["status", "--min-remaining", "156h"]);
+        assert.equal(
+          stderr,
+          'warning: B2_TOKEN_TTL is 604800 (7d 0h), and REFRESH_SCHEDULE "17 4 * * *" refreshes ' +
+            "every 1d 0h at most, so before each run the token has less than the 6d 12h " +
+            "--min-remaining asks for, and status reports it although refresh cannot fix that; " +
+            'refresh more often (e.g. REFRESH_SCHEDULE="17 * * * *", hourly), or ask status for ' +
+            "no more than 6d 0h (--min-remaining).",
+        );
+      },
+    );
+    await t.step("already hourly: no hourly advice", async () => {
+      const { stderr } = await w.run(["status", "--min-remaining", "2d"], {
+        env: { REFRESH_SCHEDULE: "17 * * * *", B2_TOKEN_TTL: "1d" },
+      });
+      assert.match(
+        stderr,
+        /; set B2_TOKEN_TTL to at least 176400 .*, or ask status for no more than 23h 0m \(--min-remaining\)\.$/,
+      );
+      assert.doesNotMatch(stderr, /refresh more often/);
+    });
+  } finally {
+    await w.close();
   }
 });
