@@ -6381,8 +6381,8 @@ export const COMMANDS = {
     example: 'echo "WORKER_SIGNING_KEY=$(main.ts keygen)" >> .env',
     exit: "0",
     needs: (): Needs => ({}),
-    // main() reads the environment before any command; keygen reads nothing else.
-    permissions: "--allow-env",
+    // Reads no setting: main() does not even read the environment for it.
+    permissions: "",
     settingsFree: true,
     handler: runKeygen,
   },
@@ -6513,7 +6513,7 @@ function helpText(topic?: Command | "settings"): string {
       "Details and defaults: docs/configuration.md.";
   }
   const page: CommandSpec = COMMANDS[topic];
-  const run = page.handler ? `deno run ${page.permissions} main.ts ${topic}` : `deno task ${topic}`;
+  const run = page.handler ? `${denoRun(page.permissions)} main.ts ${topic}` : `deno task ${topic}`;
   return `Usage: ${run} ${page.usage}\n\n${wrap(page.about)}\n\nFlags:\n` +
     Object.entries(page.flags).map(([name, flag]) => flagLine(name, flag)).join("\n") +
     "\n  --env-file <path>      read settings from this file instead of ./.env" +
@@ -6529,6 +6529,11 @@ function helpText(topic?: Command | "settings"): string {
 function flagLine(name: string, flag: FlagSpec): string {
   const label = `--${name}${flag.value ? ` ${flag.value}` : ""}`.padEnd(22);
   return `  ${label} ${flag.help.replaceAll("\n", `\n${" ".repeat(25)}`)}`;
+}
+
+/** `deno run` with a command's permission flags, if it has any. */
+function denoRun(permissions: string): string {
+  return permissions ? `deno run ${permissions}` : "deno run";
 }
 
 /** Breaks `text` into lines of at most `width` characters, at spaces. */
@@ -7298,7 +7303,7 @@ export async function run(options: RunOptions): Promise<number> {
       },
     });
   } catch (error) {
-    const [code, message] = failure(error, command);
+    const [code, message] = failure(error, { command, args: options.args });
     // status cannot tell, which a monitor must read as UNKNOWN, on stdout, not as CRITICAL.
     if ((command ?? options.args.find(isCommand)) === "status") {
       io.stdout(
@@ -7342,11 +7347,14 @@ async function settingsOf(
 }
 
 /** A failed command's exit code and message: 2 for usage, settings and permissions, else 1. */
-function failure(error: unknown, command: Command | undefined): [number, string] {
+function failure(
+  error: unknown,
+  line: { command: Command | undefined; args: readonly string[] },
+): [number, string] {
   if (error instanceof ConfigError) return [2, error.message];
   if (isOperationError(error)) return [1, error.message];
   if (error instanceof Deno.errors.NotCapable) {
-    return [2, `${error.message}. ${permissionsHint(command ?? "refresh")}`];
+    return [2, `${error.message}. ${permissionsHint(line.command ?? "refresh", line.args)}`];
   }
   return [1, `${(error as Error)?.stack ?? error}`];
 }
@@ -7374,8 +7382,11 @@ async function readTextIfExists(path: string): Promise<string | undefined> {
 }
 
 /** How to run `command` with the Deno permissions it needs (README: Permissions). */
-function permissionsHint(command: Command): string {
-  return `Run it as deno run ${COMMANDS[command].permissions} main.ts ${command} ` +
+function permissionsHint(command: Command, args: readonly string[]): string {
+  // The line as it was typed, the command named even when it was the default.
+  const typed = args.includes(command) ? args : [command, ...args];
+  const shown = typed.map((arg) => /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg}'`).join(" ");
+  return `Run it as ${denoRun(COMMANDS[command].permissions)} main.ts ${shown} ` +
     "(README: Permissions).";
 }
 
@@ -7393,13 +7404,23 @@ export async function main(
     Deno.stderr.writeSync(encoder.encode(`error: ${tooOld}\n`));
     Deno.exit(1);
   }
-  let env: Record<string, string>;
+  // Help, the version and keygen read no setting, so they run with no permission at all; a
+  // line that does not parse is reported by run() alike.
+  let line: CommandLine | undefined;
   try {
-    env = Deno.env.toObject();
+    line = parseCommandLine(args);
+  } catch {
+    line = undefined;
+  }
+  const spec: CommandSpec | undefined = line && COMMANDS[line.command];
+  const free = !line || line.help || line.version || spec?.settingsFree === true;
+  let env: Record<string, string> = {};
+  try {
+    if (!free) env = Deno.env.toObject();
   } catch (error) {
     if (!(error instanceof Deno.errors.NotCapable)) throw error;
-    const name = args.find(isCommand);
-    const message = `${error.message}. ${permissionsHint(name ?? "refresh")}`;
+    const name = line!.command;
+    const message = `${error.message}. ${permissionsHint(name, args)}`;
     // status answers as a Nagios plugin that cannot check: UNKNOWN on stdout, exit 3.
     if (name === "status") Deno.stdout.writeSync(encoder.encode(`UNKNOWN - ${message}\n`));
     else Deno.stderr.writeSync(encoder.encode(`error: ${message}\n`));

@@ -2946,10 +2946,51 @@ Deno.test("a permission Deno refuses is exit 2 naming the flags to run with, not
   );
   assert.doesNotMatch(status.stdout, /retrying|attempts/);
   assert.ok(!status.stdout.includes(CF_TOKEN));
-  const keygen = await spawn(["run", `${ROOT}main.ts`, "keygen"]);
-  assert.equal(keygen.code, 2);
-  assert.match(keygen.stderr, /Run it as deno run --allow-env main\.ts keygen/);
-  assert.doesNotMatch(keygen.stderr, /Uncaught|^ {4}at /m);
+  // The hint is the line that was run, with its own flags, and the permissions it lacked.
+  const render = await spawn(["run", `${ROOT}main.ts`, "render", "--worker-cache-ttl", "2h"]);
+  assert.equal(render.code, 2);
+  assert.equal(
+    render.stderr,
+    "error: Requires env access, run again with the --allow-env flag. Run it as deno run " +
+      "--allow-env --allow-read main.ts render --worker-cache-ttl 2h (README: Permissions).\n",
+  );
+  const missing = await spawn(["run", "--allow-env", `${ROOT}main.ts`, "--worker-name", "a b"]);
+  assert.equal(missing.code, 2);
+  assert.match(
+    missing.stderr,
+    /Run it as deno run --allow-net --allow-env --allow-read main\.ts refresh --worker-name 'a b' /,
+  );
+});
+
+Deno.test("help is free: every help page and the version need no permission and no setting", async (t) => {
+  const lines = [
+    ["--help"],
+    ["-h"],
+    ["help"],
+    ["help", "settings"],
+    ["--version"],
+    ...Object.keys(COMMANDS).flatMap((command) => [["help", command], [command, "--help"]]),
+  ];
+  for (const args of lines) {
+    await t.step(`deno run main.ts ${args.join(" ")}`, async () => {
+      // No permission flag, no settings, and a directory with no .env.
+      const { code, stdout, stderr } = await spawn(["run", `${ROOT}main.ts`, ...args], {
+        cwd: await Deno.makeTempDir(),
+      });
+      assert.deepEqual([code, stderr], [0, ""]);
+      assert.notEqual(stdout, "");
+    });
+  }
+  await t.step("keygen, which reads no setting either", async () => {
+    const { code, stdout } = await spawn(["run", `${ROOT}main.ts`, "keygen"]);
+    assert.equal(code, 0);
+    assert.match(stdout, /^[A-Za-z0-9_-]{43}\n$/);
+  });
+  await t.step("deno task help", async () => {
+    const { code, stdout } = await spawn(["task", "-q", "help"]);
+    assert.equal(code, 0);
+    assert.match(stdout, /^b2-private-cdn \d+\.\d+\.\d+: serve a private Backblaze B2 bucket/);
+  });
 });
 
 Deno.test("main.ts as a subprocess: exit codes, stdout and stderr", async (t) => {
@@ -3046,12 +3087,12 @@ Deno.test("the deno.json tasks carry the permissions their commands need", async
         if (command === "dev" || command === "demo") continue; // local/, below
         // deno.json turns on the unstable cron itself.
         const flags = permissions.replace(" --unstable-cron", "");
-        assert.equal(tasks[command], `deno run ${flags} main.ts ${command}`, command);
+        assert.equal(tasks[command], `deno run ${flags}${flags && " "}main.ts ${command}`, command);
       }
       assert.match(tasks.dev, /^deno run -A --lock=deno\.lock local\/dev\.ts$/);
       assert.match(tasks.demo, /^deno run -A --lock=deno\.lock local\/demo\.ts$/);
     });
-    await t.step("keygen, with env access only", async () => {
+    await t.step("keygen, with no permission at all", async () => {
       const { code, stdout } = await spawn(["task", "-q", "keygen"]);
       assert.equal(code, 0);
       assert.match(stdout, /^[A-Za-z0-9_-]{43}\n$/);
