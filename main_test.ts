@@ -450,7 +450,7 @@ Deno.test("run() prints a command's own page for <command> --help and help <comm
       assert.deepEqual([flag.code, flag.stderr], [0, ""]);
       assert.deepEqual(topic, flag);
       const page = flag.stdout;
-      assert.match(page, new RegExp(`^Usage: deno (run .* main\\.ts|task) ${command} `));
+      assert.match(page, new RegExp(`^Usage: deno (run (.* )?main\\.ts|task) ${command} `));
       for (const name of flags) assert.match(page, new RegExp(`^  ${name}\\b`, "m"), name);
       assert.match(page, /\nExample:\n {2}\S.*\n\nExit codes: \d/);
       // Only its own flags: none of the commands it does not take.
