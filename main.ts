@@ -298,6 +298,10 @@ export interface Setting {
 /** Once a day at 04:17 UTC: an odd minute, away from the top-of-the-hour rush. */
 const DEFAULT_SCHEDULE = "17 4 * * *";
 const YEAR = 365 * DAY;
+/** A minute: without event notifications, a new upload shows in its folder's listing by then. */
+const DEFAULT_LISTING_TTL = 60;
+/** What a listing key may have: listing names, and seeing its own bucket's name. */
+const LISTING_CAPABILITIES = ["listFiles", "listBuckets"];
 /** Segments of large objects: 8 MiB by default, 1 to 64 MiB in steps of 64 KiB. */
 const DEFAULT_SEGMENT_SIZE = 8 * 1024 * 1024;
 const MIN_SEGMENT_SIZE = 1024 * 1024;
@@ -314,6 +318,8 @@ export type Variable =
   | "B2_TOKEN_TTL"
   | "B2_API_URL"
   | "B2_EVENT_NOTIFICATIONS"
+  | "B2_LISTING_KEY_ID"
+  | "B2_LISTING_KEY"
   | "CLOUDFLARE_ACCOUNT_ID"
   | "CLOUDFLARE_API_TOKEN"
   | "CLOUDFLARE_EMAIL"
@@ -339,6 +345,8 @@ export type Variable =
   | "WORKER_STALE_WHILE_REVALIDATE"
   | "WORKER_STALE_IF_ERROR"
   | "WORKER_SEGMENT_SIZE"
+  | "WORKER_LISTING"
+  | "WORKER_LISTING_TTL"
   | "WORKER_PURGE_KEY"
   | "VERIFY_URL"
   | "REFRESH_SCHEDULE"
@@ -383,6 +391,12 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
     hint: "on or off",
     about: "on: B2 tells the worker what changed and it purges exactly that (default off)",
   },
+  B2_LISTING_KEY_ID: {
+    kind: "text",
+    credential: true,
+    about: "WORKER_LISTING: id of a B2 key that can only list the bucket under the prefix",
+  },
+  B2_LISTING_KEY: { kind: "secret", about: "WORKER_LISTING: that key" },
   CLOUDFLARE_ACCOUNT_ID: {
     kind: "text",
     check: (value) => readCloudflareId("CLOUDFLARE_ACCOUNT_ID", value).problem,
@@ -527,6 +541,20 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
       return size === 0 || (size >= MIN_SEGMENT_SIZE && size % SEGMENT_STEP === 0);
     },
     about: "bytes of one segment of an object too large to cache whole; 0: off (default 8388608)",
+  },
+  WORKER_LISTING: {
+    kind: "enum",
+    values: ["on", "off"],
+    default: "off",
+    hint: "on or off",
+    about: "on: a folder path without its index file lists the folder (default off)",
+  },
+  WORKER_LISTING_TTL: {
+    kind: "integer",
+    min: 0,
+    max: DAY,
+    default: String(DEFAULT_LISTING_TTL),
+    about: `seconds the edge keeps a listing (default ${DEFAULT_LISTING_TTL})`,
   },
   WORKER_PURGE_KEY: {
     kind: "secret",
@@ -1013,6 +1041,8 @@ function workerOptions(reading: Reading): WorkerOptions {
   const signing = signingOptions(reading);
   if (signing) worker.signing = signing;
   if (value.text("B2_EVENT_NOTIFICATIONS") === "on") worker.eventNotifications = true;
+  const listing = listingOptions(reading);
+  if (listing) worker.listing = listing;
   if (signing && worker.urlStyle === "b2") {
     // In B2's URL shape every path the worker serves is /file/<bucket>/<name>: a prefix outside
     // it would protect nothing while the paths it was meant for stay public.
@@ -1026,6 +1056,27 @@ function workerOptions(reading: Reading): WorkerOptions {
     }
   }
   return worker;
+}
+
+/** The listing settings when `WORKER_LISTING=on`, each missing one a problem. */
+function listingOptions(reading: Reading): ListingOptions | undefined {
+  const value = valueOf(reading);
+  if (value.text("WORKER_LISTING") !== "on") return undefined;
+  const keyId = value.text("B2_LISTING_KEY_ID");
+  const key = value.text("B2_LISTING_KEY");
+  if (!keyId || !key) {
+    reading.problems.push(
+      "Set B2_LISTING_KEY_ID and B2_LISTING_KEY: WORKER_LISTING=on needs a second B2 key that " +
+        "can only list, e.g. b2 key create --bucket <bucket> [--name-prefix <B2_FILE_PREFIX>] " +
+        "<name> listFiles (see docs/configuration.md, Keys).",
+    );
+  }
+  return {
+    keyId: keyId ?? "",
+    key: key ?? "",
+    apiUrl: value.text("B2_API_URL")!,
+    ttl: value.number("WORKER_LISTING_TTL"),
+  };
 }
 
 /** The B2 settings, each missing one a problem. */
@@ -1823,7 +1874,12 @@ const B2_HINTS: Record<string, string> = {
 async function b2Call<T>(
   ctx: Context,
   step: string,
-  request: { url: string; init: RequestInit; authorizing?: boolean },
+  request: {
+    url: string;
+    init: RequestInit;
+    /** The authorize call, and what to check when it is refused. */
+    authorizing?: string;
+  },
 ): Promise<T> {
   const response = await send(ctx, { ...request, service: "B2", step });
   const { json, received } = await readJson(response);
@@ -1843,7 +1899,7 @@ async function b2Call<T>(
   const code = body?.code ?? "unknown";
   const detail = body ? (body.message ? `: ${body.message}` : "") : ` (${received})`;
   // A 401 to the authorize call itself is the key pair, whatever code B2 gives it.
-  const credentials = "check B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY";
+  const credentials = request.authorizing ?? APPLICATION_KEY_PAIR.credentials;
   const hint = request.authorizing && response.status === 401
     ? credentials
     : B2_HINTS[code] ?? (response.status === 401 ? credentials : "");
@@ -1856,6 +1912,23 @@ async function b2Call<T>(
   });
 }
 
+/** Which key an authorization is for, in messages. */
+interface KeyPair {
+  /** What the key is, after "authorize". */
+  what: string;
+  /** What to check when B2 refuses it. */
+  credentials: string;
+}
+
+const APPLICATION_KEY_PAIR: KeyPair = {
+  what: "the B2 application key",
+  credentials: "check B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY",
+};
+const LISTING_KEY_PAIR: KeyPair = {
+  what: "the B2 listing key",
+  credentials: "check B2_LISTING_KEY_ID and B2_LISTING_KEY",
+};
+
 /**
  * The B2 native API for one application key, made once from the B2 settings and the context:
  * each method is one endpoint, through {@linkcode send}. {@linkcode B2Client.authorize} comes
@@ -1866,12 +1939,41 @@ class B2Client {
   readonly config: B2Config;
   readonly #ctx: Context;
   #auth: B2Authorization | undefined;
+  readonly #pair: KeyPair;
 
-  /** A client for `config`'s key; with `auth`, one this run's authorize call already made. */
-  constructor(config: B2Config, ctx: Context, options: { auth?: B2Authorization } = {}) {
+  /**
+   * A client for `config`'s key; with `auth`, one this run's authorize call already made;
+   * `pair` names the key in messages (the application key by default).
+   */
+  constructor(
+    config: B2Config,
+    ctx: Context,
+    options: { auth?: B2Authorization; pair?: KeyPair } = {},
+  ) {
     this.config = config;
     this.#ctx = ctx;
     this.#auth = options.auth;
+    this.#pair = options.pair ?? APPLICATION_KEY_PAIR;
+  }
+
+  /**
+   * A client for the listing key (`WORKER_LISTING`), at the address the worker will use.
+   * {@linkcode B2Client.authorizeListing} is all it does.
+   */
+  static forListing(config: B2Config, listing: ListingOptions, ctx: Context): B2Client {
+    return new B2Client(
+      { ...config, keyId: listing.keyId, applicationKey: listing.key, apiUrl: listing.apiUrl },
+      ctx,
+      { pair: LISTING_KEY_PAIR },
+    );
+  }
+
+  /**
+   * Authorizes the listing key and refuses it ({@linkcode checkListingKey}, a
+   * {@linkcode ConfigError}) when it can do more than list `served`.
+   */
+  async authorizeListing(served: { bucket: Bucket; prefix: string }): Promise<void> {
+    checkListingKey(await this.authorize(), served);
   }
 
   /** The key's authorization, once {@linkcode B2Client.authorize} has it. */
@@ -1888,8 +1990,9 @@ class B2Client {
     // The key as the Basic header carries it: a server that echoes it must not print it.
     const basic = btoa(`${config.keyId}:${config.applicationKey}`);
     ctx.secrets.add(basic);
-    const answer = await b2Call<AuthorizeAnswer>(ctx, "authorize the B2 application key", {
-      authorizing: true,
+    const pair = this.#pair;
+    const answer = await b2Call<AuthorizeAnswer>(ctx, `authorize ${pair.what}`, {
+      authorizing: pair.credentials,
       url: `${config.apiUrl}/b2api/v4/b2_authorize_account`,
       init: { headers: { authorization: `Basic ${basic}` } },
     });
@@ -1897,7 +2000,7 @@ class B2Client {
     const storage = answer.apiInfo?.storageApi;
     if (!storage?.apiUrl || !storage.downloadUrl) {
       throw new ApiError(
-        "Cannot authorize the B2 application key: the answer has no apiInfo.storageApi. " +
+        `Cannot authorize ${pair.what}: the answer has no apiInfo.storageApi. ` +
           "Check that B2_API_URL points at the B2 native API.",
         { service: "B2", status: 200, code: "unexpected_answer" },
       );
@@ -2038,6 +2141,52 @@ function checkKey(auth: B2Authorization, config: B2Config): void {
     problems.push(
       `The B2 key only reaches names starting with "${auth.namePrefix}", but B2_FILE_PREFIX ` +
         `is "${config.prefix}". Set B2_FILE_PREFIX under "${auth.namePrefix}", or ${makeKey}.`,
+    );
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+}
+
+/**
+ * Refuses a listing key that could do more than list this bucket under the prefix: the
+ * worker holds it at the edge, so it must be worth nothing else to whoever reads it. Every
+ * capability but {@linkcode LISTING_CAPABILITIES}, a key for every bucket or another, and a
+ * name prefix other than `B2_FILE_PREFIX` (wider reaches more; narrower could not list the
+ * top) are problems, each named. Exit code 2.
+ */
+export function checkListingKey(
+  auth: Pick<B2Authorization, "buckets" | "capabilities" | "namePrefix">,
+  served: { bucket: Bucket; prefix: string },
+): void {
+  const { bucket, prefix } = served;
+  const makeKey = `Make one with: b2 key create --bucket ${bucket.name}` +
+    (prefix ? ` --name-prefix ${prefix}` : "") + " <name> listFiles";
+  const problems: string[] = [];
+  const beyond = auth.capabilities.filter((c) => !LISTING_CAPABILITIES.includes(c));
+  if (beyond.length > 0) {
+    problems.push(
+      `B2_LISTING_KEY can do more than list: it has ${beyond.join(", ")}. The worker keeps ` +
+        `this key at the edge, so it must only list. ${makeKey}.`,
+    );
+  }
+  if (!auth.capabilities.includes("listFiles")) {
+    problems.push(
+      `B2_LISTING_KEY lacks the listFiles capability, which listings need. ${makeKey}.`,
+    );
+  }
+  const buckets = auth.buckets ?? [];
+  if (buckets.length !== 1 || buckets[0]!.id !== bucket.id) {
+    const reach = auth.buckets === null
+      ? "every bucket of the account"
+      : `bucket ${buckets.map((b) => `"${b.name}"`).join(", ")}`;
+    problems.push(
+      `B2_LISTING_KEY reaches ${reach}, not only "${bucket.name}". ${makeKey}.`,
+    );
+  }
+  if ((auth.namePrefix ?? "") !== prefix) {
+    const reach = auth.namePrefix ? `names starting with "${auth.namePrefix}"` : "every name";
+    problems.push(
+      `B2_LISTING_KEY reaches ${reach}, but B2_FILE_PREFIX is "${prefix}": the key must be ` +
+        `restricted to exactly that prefix. ${makeKey}.`,
     );
   }
   if (problems.length > 0) throw new ConfigError(problems);
@@ -2207,6 +2356,8 @@ async function servingFingerprint(
     ...(facts.options.segmentSize ?? DEFAULT_SEGMENT_SIZE) === DEFAULT_SEGMENT_SIZE
       ? []
       : [facts.options.segmentSize],
+    // A folder's answer is a listing or a 404 by this; off (the default) adds nothing.
+    ...(facts.options.listing ? ["listing", facts.options.listing.ttl] : []),
   ]);
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(shape));
   return `${format}-${toHex(new Uint8Array(digest)).slice(0, 16)}`;
@@ -3670,10 +3821,19 @@ export async function prepareWorker(
     !auth.buckets?.some((b) => b.id === bucketId && b.name === bucketName) &&
     auth.capabilities.includes("listBuckets");
   const issuedAt = ctx.now();
+  const listing = worker.options.listing;
   const [downloadToken, byId] = await Promise.all([
     b2.getDownloadAuthorization({ bucket, prefix: config.prefix, validSeconds: config.tokenTtl }),
     unchecked ? resolveBucket(b2, { bucketId }) : undefined,
+    // The listing key authorizes where the worker will (B2_API_URL), alongside the token.
+    listing &&
+    B2Client.forListing(config, listing, ctx).authorizeListing({ bucket, prefix: config.prefix }),
   ]);
+  if (listing) {
+    ctx.log(
+      `B2: listing key ${firstFour(listing.keyId)} can only list "${bucket.name}/${config.prefix}"`,
+    );
+  }
   if (byId && byId.name !== bucketName) {
     throw new ConfigError([
       `B2_BUCKET_ID "${bucketId}" is bucket "${byId.name}", not B2_BUCKET_NAME "${bucketName}": ` +

@@ -42,7 +42,7 @@ import {
   zoneCandidates,
 } from "./main.ts";
 import { startLocalWorker } from "./local/workerd.ts";
-import { type FakeB2, type FakeB2Options, startFakeB2 } from "./local/fake_b2.ts";
+import { type FakeB2, type FakeB2Options, type FakeKey, startFakeB2 } from "./local/fake_b2.ts";
 import workerModule, {
   type Env,
   type ExecutionContext,
@@ -64,6 +64,9 @@ const B2_KEY = "fake-application-key";
 const CF_TOKEN = "fake-cf-token";
 const CF_GLOBAL_KEY = "fake-global-key";
 
+/** The listing key's secret half: no output may show it. */
+const LISTING_KEY = "K005listingkeysecret0000000000";
+
 /** Every secret any fake handed out or was configured with. */
 const secretsSeen = new Set<string>([
   B2_KEY,
@@ -73,6 +76,8 @@ const secretsSeen = new Set<string>([
   btoa(`fake-key-id:${B2_KEY}`),
   // The Event Notification signing secret refresh derives from the key.
   (await deriveEventSecret(B2_KEY)).secret,
+  LISTING_KEY,
+  btoa(`listing-key-id:${LISTING_KEY}`),
 ]);
 /** What a stand-in's tokens look like, for those made in a subprocess (the demo's). */
 const FAKE_TOKEN = /fake-(download|account)-[0-9a-f]{8}-/;
@@ -1028,7 +1033,7 @@ Deno.test("help settings lists the table: each setting in order, * for credentia
   assert.deepEqual(
     [...SECRET_VARIABLES].sort(),
     ["B2_APPLICATION_KEY", "CLOUDFLARE_API_KEY", "CLOUDFLARE_API_TOKEN", "WORKER_PURGE_KEY"]
-      .concat(["WORKER_SIGNING_KEY", "WORKER_SIGNING_KEY_PREVIOUS"]).sort(),
+      .concat(["WORKER_SIGNING_KEY", "WORKER_SIGNING_KEY_PREVIOUS", "B2_LISTING_KEY"]).sort(),
   );
 });
 
@@ -5127,5 +5132,120 @@ Deno.test("status's advice on a token too short for --min-remaining is advice th
     });
   } finally {
     await w.close();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Issue 24: folder listings
+// ---------------------------------------------------------------------------
+
+const LISTING_ENV = {
+  WORKER_LISTING: "on",
+  B2_LISTING_KEY_ID: "listing-key-id",
+  B2_LISTING_KEY: LISTING_KEY,
+};
+
+/** The fake's listing key, restricted as refresh wants it unless `changes` say otherwise. */
+function listingKey(changes: Partial<FakeKey> = {}): FakeKey {
+  return {
+    keyId: "listing-key-id",
+    applicationKey: LISTING_KEY,
+    capabilities: ["listFiles"],
+    restrictToBucket: "photos",
+    namePrefix: "site/",
+    ...changes,
+  };
+}
+
+Deno.test("refresh gives the worker the listing key as secret bindings, authorized where B2_API_URL says", async () => {
+  const w = world({ b2: { keys: [listingKey({ capabilities: ["listBuckets", "listFiles"] })] } });
+  try {
+    const { code, stderr } = await w.run(["refresh"], { env: LISTING_ENV });
+    assert.equal(code, 0, stderr);
+    const script = w.cloudflare.scripts.get("b2-private-cdn")!;
+    const listing = script.metadata.bindings.filter((b) => /LISTING|B2_API_URL/.test(b.name));
+    assert.deepEqual(listing, [
+      { type: "plain_text", name: "WORKER_LISTING", text: "on" },
+      { type: "plain_text", name: "WORKER_LISTING_TTL", text: "60" },
+      { type: "plain_text", name: "B2_API_URL", text: w.b2.url },
+      { type: "secret_text", name: "B2_LISTING_KEY_ID", text: "listing-key-id" },
+      { type: "secret_text", name: "B2_LISTING_KEY", text: LISTING_KEY },
+    ]);
+    const authorizations = w.b2.requests.filter((r) => r.path.endsWith("b2_authorize_account"));
+    assert.deepEqual(
+      authorizations.map((r) => r.headers.get("authorization")),
+      [`Basic ${btoa(`fake-key-id:${B2_KEY}`)}`, `Basic ${btoa(`listing-key-id:${LISTING_KEY}`)}`],
+    );
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("refresh refuses a listing key that can do more than list the bucket under the prefix", async (t) => {
+  const cases: {
+    name: string;
+    key: FakeKey | undefined;
+    env?: Record<string, string>;
+    expect: RegExp;
+  }[] = [
+    ...["readFiles", "shareFiles", "writeFiles", "deleteFiles", "writeKeys", "listAllBucketNames"]
+      .map((capability) => ({
+        name: `a key with ${capability}`,
+        key: listingKey({ capabilities: ["listFiles", capability] }),
+        expect: new RegExp(
+          `B2_LISTING_KEY can do more than list: it has ${capability}\. .*b2 key create ` +
+            "--bucket photos --name-prefix site/ <name> listFiles",
+        ),
+      })),
+    {
+      name: "a key without listFiles",
+      key: listingKey({ capabilities: ["listBuckets"] }),
+      expect: /B2_LISTING_KEY lacks the listFiles capability/,
+    },
+    {
+      name: "a key for every bucket",
+      key: listingKey({ restrictToBucket: "" }),
+      expect: /B2_LISTING_KEY reaches every bucket of the account, not only "photos"/,
+    },
+    {
+      name: "a key for another bucket",
+      key: listingKey({ restrictToBucket: "other" }),
+      expect: /B2_LISTING_KEY reaches bucket "other", not only "photos"/,
+    },
+    {
+      name: "a key for every name",
+      key: listingKey({ namePrefix: null }),
+      expect: /B2_LISTING_KEY reaches every name, but B2_FILE_PREFIX is "site\/"/,
+    },
+    {
+      name: "a key for a narrower prefix",
+      key: listingKey({ namePrefix: "site/a/" }),
+      expect: /reaches names starting with "site\/a\/", but B2_FILE_PREFIX is "site\/"/,
+    },
+    {
+      name: "a key B2 refuses",
+      key: undefined,
+      expect:
+        /Cannot authorize the B2 listing key: B2 answered 401 .*check B2_LISTING_KEY_ID and B2_LISTING_KEY/,
+    },
+    {
+      name: "no key",
+      key: listingKey(),
+      env: { B2_LISTING_KEY_ID: "", B2_LISTING_KEY: "" },
+      expect: /Set B2_LISTING_KEY_ID and B2_LISTING_KEY: WORKER_LISTING=on needs a second B2 key/,
+    },
+  ];
+  for (const c of cases) {
+    await t.step(c.name, async () => {
+      const w = world({ b2: { keys: c.key ? [c.key] : [] } });
+      try {
+        const { code, stderr } = await w.run(["refresh"], { env: { ...LISTING_ENV, ...c.env } });
+        assert.equal(code, c.name === "a key B2 refuses" ? 1 : 2, stderr);
+        assert.match(stderr, c.expect);
+        assert.equal(w.cloudflare.scripts.size, 0, "nothing was uploaded");
+      } finally {
+        await w.close();
+      }
+    });
   }
 });

@@ -31,7 +31,7 @@ import {
   signEventBody,
   startFakeB2,
 } from "../local/fake_b2.ts";
-import { objectTag } from "../worker_template.ts";
+import { listingTag, objectTag } from "../worker_template.ts";
 import { type FakeCloudflare, startFakeCloudflare } from "../local/fake_cloudflare.ts";
 import { startWorkersCache, type WorkersCache } from "../local/workers_cache.ts";
 
@@ -145,6 +145,7 @@ async function startEdge(
     SIGNING_KEY,
     await derivePurgeKey(B2_KEY),
     (await deriveEventSecret(B2_KEY)).secret,
+    LISTING_KEY,
   ];
   let pending: WorkerMetadata | undefined;
   let seen = 0;
@@ -179,7 +180,7 @@ async function startEdge(
   };
 
   const leaks = (where: string, text: string) => {
-    for (const secret of [...secrets, ...b2.downloadTokens.keys()]) {
+    for (const secret of [...secrets, ...b2.downloadTokens.keys(), ...b2.accountTokens]) {
       assert.ok(!text.includes(secret), `${where} shows a secret`);
     }
   };
@@ -1082,4 +1083,59 @@ Deno.test("in cache-api mode a notification deletes the copy where it lands, and
     assert.equal((await e.visit("/a-2")).body, "object a-2");
     assert.deepEqual(e.b2Asked(), ["GET /site/a"]);
     assert.deepEqual(e.cache.purges, [], "no Workers Cache purge in this mode");
+  }));
+
+// ---------------------------------------------------------------------------
+// Issue 24: Folder listings
+// ---------------------------------------------------------------------------
+
+const LISTING_KEY = "listing-application-key-e9d2";
+const LISTING = {
+  env: {
+    ...EVENTS.env,
+    ...SIGNED,
+    WORKER_LISTING: "on",
+    B2_LISTING_KEY_ID: "listing-key-id",
+    B2_LISTING_KEY: LISTING_KEY,
+  },
+  b2: {
+    ...EVENTS.b2,
+    keys: [{
+      keyId: "listing-key-id",
+      applicationKey: LISTING_KEY,
+      capabilities: ["listFiles"],
+      restrictToBucket: BUCKET,
+      namePrefix: "site/",
+    }],
+  },
+};
+
+Deno.test("a listing is kept at the edge for its TTL, and an upload into its folder purges it and the folders above", () =>
+  withEdge(LISTING, async (e) => {
+    await refreshed(e, LISTING.env);
+    const lists = () => e.b2.requests.filter((r) => r.path.endsWith("b2_list_file_names")).length;
+    const first = await e.visit("/docs/");
+    assert.deepEqual([first.status, first.label], [200, "MISS"]);
+    assert.match(first.body, /<a href="\/docs\/one\.txt">one\.txt<\/a>/);
+    assert.deepEqual(seen(await e.visit("/docs/")).slice(0, 2), [200, "HIT"]);
+    const top = await e.visit("/");
+    assert.match(top.body, /<a href="\/docs\/">docs\/<\/a>/);
+    assert.doesNotMatch(top.body, /members/, "a signed prefix is not listed");
+    assert.equal(lists(), 2);
+
+    const [delivery] = await e.b2.upload(BUCKET, { name: "site/docs/new/three.txt", body: "3" });
+    assert.equal(delivery?.status, 200);
+    const tags = visitorPurges(e).at(-1)!.options.tags!;
+    assert.ok(tags.includes(await listingTag("site/docs/new/")));
+    assert.ok(tags.includes(await listingTag("site/docs/")));
+    assert.ok(tags.includes(await listingTag("site/")));
+    const after = await e.visit("/docs/");
+    assert.equal(after.label, "MISS");
+    assert.match(after.body, /<a href="\/docs\/new\/">new\/<\/a>/);
+    assert.equal(lists(), 3);
+
+    // The TTL: a minute later the stand-in asks the worker again.
+    assert.equal((await e.visit("/docs/")).label, "HIT");
+    e.advance(61);
+    assert.notEqual((await e.visit("/docs/")).label, "HIT");
   }));
