@@ -2018,10 +2018,20 @@ class B2Client {
     return this.#auth;
   }
 
-  /** `b2_list_buckets`: the account's bucket of this name or id, whatever its type. */
-  async listBuckets(which: { bucketName: string } | { bucketId: string }): Promise<Bucket[]> {
+  /**
+   * `b2_list_buckets`: the account's bucket of this name or id, whatever its type; without
+   * either, every bucket the key may see.
+   */
+  async listBuckets(
+    which: { bucketName: string } | { bucketId: string } | Record<never, never> = {},
+  ): Promise<Bucket[]> {
+    const named = "bucketName" in which
+      ? which.bucketName
+      : "bucketId" in which
+      ? which.bucketId
+      : "";
     const answer = await this.#call<{ buckets: { bucketId: string; bucketName: string }[] }>(
-      `find bucket "${"bucketName" in which ? which.bucketName : which.bucketId}"`,
+      named ? `find bucket "${named}"` : "list the buckets the key can see",
       "v4/b2_list_buckets",
       {
         accountId: this.auth.accountId,
@@ -2666,6 +2676,14 @@ class CloudflareClient {
     });
   }
 
+  /** `GET /accounts/{id}/workers/scripts`: the account's Workers (needs Workers Scripts). */
+  async listScripts(): Promise<{ id: string }[]> {
+    return await this.#call<{ id: string }[]>("list the account's Workers", {
+      method: "GET",
+      path: `/accounts/${this.config.accountId}/workers/scripts`,
+    });
+  }
+
   /** `GET /accounts/{id}/workers/domains`: who holds a hostname, and what runs this worker. */
   async listDomains(): Promise<CustomDomain[]> {
     return await this.#call<CustomDomain[]>("list the custom domains", {
@@ -2930,6 +2948,18 @@ function noZone(config: CloudflareConfig, target: string): string {
     "domain's Overview page, API section).";
 }
 
+/** Why no account was taken from those the token sees (none, or several: no guess). */
+function noAccountTaken(accounts: CloudflareAccount[]): ConfigError {
+  return new ConfigError([
+    accounts.length === 0
+      ? "CLOUDFLARE_ACCOUNT_ID is not set, and the token sees no account to take: set it " +
+        `to the account that owns the worker (${DASHBOARD_HOST}/<account id>/...).`
+      : `CLOUDFLARE_ACCOUNT_ID is not set, and the token sees ${accounts.length} accounts: ` +
+        `set it to one of them (${describeAccounts(accounts)}), or run main.ts init, ` +
+        "which offers the choice.",
+  ]);
+}
+
 /** The accounts, one a line, as a choice is offered: `name: id`. */
 function describeAccounts(accounts: CloudflareAccount[]): string {
   return accounts.map((a) => `${a.name || "(no name)"}: ${a.id}`).join("; ");
@@ -2948,16 +2978,7 @@ export async function findCloudflareIds(
   if (!found.accountId) {
     const accounts = await new CloudflareClient(config, ctx).listAccounts();
     const [only] = accounts;
-    if (accounts.length !== 1 || !only) {
-      throw new ConfigError([
-        accounts.length === 0
-          ? "CLOUDFLARE_ACCOUNT_ID is not set, and the token sees no account to take: set it " +
-            `to the account that owns the worker (${DASHBOARD_HOST}/<account id>/...).`
-          : `CLOUDFLARE_ACCOUNT_ID is not set, and the token sees ${accounts.length} accounts: ` +
-            `set it to one of them (${describeAccounts(accounts)}), or run main.ts init, ` +
-            "which offers the choice.",
-      ]);
-    }
+    if (accounts.length !== 1 || !only) throw noAccountTaken(accounts);
     found.accountId = only.id;
     ctx.log(`Cloudflare: account ${only.id} (${only.name}), the one the token sees`);
   }
@@ -6279,6 +6300,575 @@ async function checkLargeObject(url: string, ctx: Context): Promise<CacheFinding
 }
 
 // ---------------------------------------------------------------------------
+// Setup: init
+// ---------------------------------------------------------------------------
+
+/**
+ * A conversation with the person at the terminal: `main()` makes one when stdin and stdout are
+ * both terminals; without one, `init` takes everything from flags and the environment.
+ */
+export interface Prompter {
+  /**
+   * Asks `question` (printed as is, without a line break) and reads one line; `hidden` for a
+   * secret, which the terminal then does not echo. `undefined` when input has ended.
+   */
+  ask(question: string, options?: { hidden?: boolean }): Promise<string | undefined>;
+  /** Prints a line. */
+  say(text: string): void;
+}
+
+/** What `init` is handed beyond a command's job: the terminal, if any, and where it runs. */
+export interface InitPlace {
+  /** The person at the terminal; absent in a pipe. */
+  terminal?: Prompter;
+  /** The working directory, for the crontab line. */
+  cwd: string;
+  /** The `deno` executable, for the crontab line. */
+  denoPath: string;
+  /** This file, for the crontab line: a path, or the URL it runs from. */
+  script: string;
+}
+
+/** The capabilities a key needs: download tokens (`shareFiles`), reading what they serve. */
+const NEEDED_CAPABILITIES = ["readFiles", "shareFiles"];
+
+/** The name a key gets in the `b2 key create` line init suggests. */
+const KEY_NAME = "b2-private-cdn";
+
+/** Asks until `read` accepts the answer; the end of input stops init. */
+async function askUntil<T>(
+  terminal: Prompter,
+  question: string,
+  options: { hidden?: boolean; read: (answer: string) => { value: T } | { problem: string } },
+): Promise<T> {
+  for (;;) {
+    const answer = await terminal.ask(question, { hidden: options.hidden ?? false });
+    if (answer === undefined) {
+      throw new ConfigError(["init stopped: input ended; nothing written."]);
+    }
+    const read = options.read(answer.trim());
+    if ("value" in read) return read.value;
+    terminal.say(`  ${read.problem}`);
+  }
+}
+
+/** Offers `items` as a numbered list; Enter takes the first. */
+async function choose<T>(
+  terminal: Prompter,
+  question: string,
+  items: { label: string; value: T }[],
+): Promise<T> {
+  const list = items.map((item, i) => `  ${i + 1}) ${item.label}`).join("\n");
+  return await askUntil<T>(terminal, `${question}\n${list}\nChoose 1-${items.length} [1]: `, {
+    read: (answer) => {
+      const index = answer === "" ? 0 : Number(answer) - 1;
+      const item = Number.isInteger(index) ? items[index] : undefined;
+      return item ? { value: item.value } : { problem: `Type a number from 1 to ${items.length}.` };
+    },
+  });
+}
+
+/** A yes or no; Enter takes `fallback`. */
+async function confirm(terminal: Prompter, question: string, fallback: boolean): Promise<boolean> {
+  return await askUntil<boolean>(terminal, `${question} [${fallback ? "Y/n" : "y/N"}] `, {
+    read: (answer) =>
+      answer === ""
+        ? { value: fallback }
+        : /^y(es)?$/i.test(answer)
+        ? { value: true }
+        : /^no?$/i.test(answer)
+        ? { value: false }
+        : { problem: "Type y or n." },
+  });
+}
+
+/** Checks one setting's value by its own rules (the same as every command's). */
+function settingProblem(name: Variable, value: string): string | undefined {
+  try {
+    parseConfig({ [name]: value });
+    return undefined;
+  } catch (error) {
+    if (error instanceof ConfigError) return error.problems.join(" ");
+    throw error;
+  }
+}
+
+/** What `init` has gathered so far: the settings of the `.env` it writes. */
+type Gathered = Settings;
+
+/** One setting: as given, else asked (checked like every setting), else missing in a pipe. */
+async function gather(
+  name: Variable,
+  setup: { settings: Settings; terminal?: Prompter; missing: string[] },
+  question: { text: string; hidden?: boolean; fallback?: string },
+): Promise<string | undefined> {
+  const given = setup.settings[name];
+  if (given) return given;
+  if (!setup.terminal) {
+    if (question.fallback === undefined) setup.missing.push(name);
+    return question.fallback;
+  }
+  const shown = question.fallback ? ` [${question.fallback}]` : "";
+
+  return await askUntil(setup.terminal, `${question.text}${shown}: `, {
+    hidden: question.hidden ?? false,
+    read: (answer) => {
+      const value = answer || question.fallback;
+      if (value === undefined || (value === "" && question.fallback === undefined)) {
+        return { problem: `${name} is needed.` };
+      }
+      if (value === "") return { value };
+      const problem = settingProblem(name, value);
+      return problem ? { problem } : { value };
+    },
+  });
+}
+
+/** Fails with every missing setting named: a pipe never waits for input. */
+function requireGiven(missing: string[]): void {
+  if (missing.length === 0) return;
+  throw new ConfigError([
+    `init has no terminal to ask, so set ${missing.join(", ")} (in the environment; settings ` +
+    "that are not credentials also as flags, --b2-bucket-name photos), then run it again.",
+  ]);
+}
+
+/** The B2 half: the key, what it may do, the bucket and the prefix. */
+async function setupB2(
+  setup: { settings: Settings; terminal?: Prompter; ctx: Context; io: Io },
+): Promise<Gathered> {
+  const { ctx, io, terminal } = setup;
+  const missing: string[] = [];
+  const ask = { ...setup, missing };
+  const keyId = await gather("B2_APPLICATION_KEY_ID", ask, {
+    text: "B2 application key id (keyID)",
+  });
+  const applicationKey = await gather("B2_APPLICATION_KEY", ask, {
+    text: "B2 application key (not shown as you type)",
+    hidden: true,
+  });
+  requireGiven(missing);
+  ctx.secrets.add(applicationKey!);
+  const apiUrl = setup.settings.B2_API_URL ?? VARIABLES.B2_API_URL.default!;
+  const client = new B2Client(
+    { keyId: keyId!, applicationKey: applicationKey!, apiUrl, prefix: "", tokenTtl: 1 },
+    ctx,
+  );
+  const auth = await client.authorize();
+  const buckets = auth.buckets ??
+    (auth.capabilities.includes("listBuckets") ? await client.listBuckets() : undefined);
+  io.stdout(describeKey(auth));
+  const lacking = NEEDED_CAPABILITIES.filter((c) => !auth.capabilities.includes(c));
+  if (lacking.length > 0) throw new ConfigError([keyRefusal(auth, lacking, buckets)]);
+  const bucket = await pickBucket(buckets, { ...setup, missing });
+  const prefix = await gather("B2_FILE_PREFIX", { ...setup, missing }, {
+    text: auth.namePrefix
+      ? "Serve only names under this prefix"
+      : "Serve only names under this prefix (Enter: the whole bucket)",
+    fallback: auth.namePrefix ?? "",
+  });
+  requireGiven(missing);
+  if (auth.namePrefix && !prefix!.startsWith(auth.namePrefix)) {
+    throw new ConfigError([
+      `B2_FILE_PREFIX "${prefix}" is outside the key's names, which start with ` +
+      `"${auth.namePrefix}": serve a prefix under it.`,
+    ]);
+  }
+  if (terminal === undefined) {
+    io.stdout(`Bucket: ${bucket}${prefix ? `, names under "${prefix}"` : ""}`);
+  }
+  return {
+    B2_APPLICATION_KEY_ID: keyId!,
+    B2_APPLICATION_KEY: applicationKey!,
+    B2_BUCKET_NAME: bucket!,
+    ...(prefix && { B2_FILE_PREFIX: prefix }),
+    ...(setup.settings.B2_API_URL && { B2_API_URL: apiUrl }),
+  };
+}
+
+/** What the key may do, in one line. */
+function describeKey(auth: B2Authorization): string {
+  const where = auth.buckets
+    ? `restricted to bucket ${auth.buckets.map((b) => `"${b.name}"`).join(", ")}`
+    : "all buckets of the account";
+  return `B2 key: ${where}` +
+    (auth.namePrefix ? `, names starting with "${auth.namePrefix}"` : "") +
+    `; may ${auth.capabilities.join(", ") || "nothing"}`;
+}
+
+/** Why the key cannot serve, and the two ways to make one that can. */
+function keyRefusal(
+  auth: B2Authorization,
+  lacking: string[],
+  buckets: Bucket[] | undefined,
+): string {
+  const bucket = auth.buckets?.[0]?.name ?? buckets?.[0]?.name ?? "<bucket>";
+  return `The B2 key lacks ${lacking.join(" and ")}, which serving needs (shareFiles makes the ` +
+    "download token, readFiles lets it read). Make a key that has them: in the Backblaze web " +
+    "console, B2 Cloud Storage > Application Keys > Add a New Application Key, access to your " +
+    'bucket only, type of access "Read Only"; or with the b2 CLI: b2 key create --bucket ' +
+    `${bucket}${auth.namePrefix ? ` --name-prefix ${auth.namePrefix}` : ""} ${KEY_NAME} ` +
+    "listBuckets,readFiles,shareFiles";
+}
+
+/** The bucket: given, the key's only one, or chosen from those it sees. */
+async function pickBucket(
+  buckets: Bucket[] | undefined,
+  setup: { settings: Settings; terminal?: Prompter; missing: string[] },
+): Promise<string | undefined> {
+  const given = setup.settings.B2_BUCKET_NAME;
+  const names = buckets?.map((b) => b.name).filter(Boolean) ?? [];
+  if (given) {
+    if (buckets && !names.includes(given)) {
+      throw new ConfigError([
+        `B2_BUCKET_NAME "${given}" is not a bucket this key can see (${
+          names.join(", ") || "none"
+        }).`,
+      ]);
+    }
+    return given;
+  }
+  if (names.length === 1) return names[0];
+  if (!setup.terminal || names.length === 0) {
+    return await gather("B2_BUCKET_NAME", setup, { text: "Bucket name" });
+  }
+  return await choose(
+    setup.terminal,
+    "Which bucket does the site serve?",
+    names.map((name) => ({ label: name, value: name })),
+  );
+}
+
+/** The Cloudflare half: the token, the account, where visitors reach the site, its zone. */
+async function setupCloudflare(
+  setup: { settings: Settings; terminal?: Prompter; ctx: Context; io: Io },
+): Promise<{ gathered: Gathered; config: CloudflareConfig }> {
+  const { settings, ctx, io } = setup;
+  const missing: string[] = [];
+  const legacy = !settings.CLOUDFLARE_API_TOKEN && settings.CLOUDFLARE_EMAIL &&
+    settings.CLOUDFLARE_API_KEY;
+  const token = legacy ? undefined : await gather("CLOUDFLARE_API_TOKEN", { ...setup, missing }, {
+    text: "Cloudflare API token (not shown as you type)",
+    hidden: true,
+  });
+  requireGiven(missing);
+  if (token) ctx.secrets.add(token);
+  const config = parseConfig(
+    { ...settings, ...(token && { CLOUDFLARE_API_TOKEN: token }) },
+    { cloudflare: true },
+  ).cloudflare!;
+  if ("token" in config.auth) {
+    const owner = await verifyToken(new CloudflareClient(config, ctx));
+    io.stdout(`Cloudflare token: valid, ${owner.owner === "user" ? "a user's" : "an account's"}`);
+  }
+  config.accountId ||= await pickAccount(config, setup);
+  const where = await pickWhere(config, setup);
+  Object.assign(config, where, { workersDev: !where.route && !where.domain });
+  const zone = await pickZone(config, setup);
+  if (zone) config.zoneId = zone;
+  const problems = await permissionProblems(config, ctx);
+  if (problems.length > 0) throw new ConfigError(problems);
+  io.stdout("Cloudflare token: may do everything this setup needs");
+  return {
+    config,
+    gathered: {
+      CLOUDFLARE_ACCOUNT_ID: config.accountId,
+      ...(token && { CLOUDFLARE_API_TOKEN: token }),
+      ...(settings.CLOUDFLARE_API_BASE_URL && { CLOUDFLARE_API_BASE_URL: config.apiBaseUrl }),
+      ...(config.zoneId && { CLOUDFLARE_ZONE_ID: config.zoneId }),
+      ...(config.route && { WORKER_ROUTE: config.route }),
+      ...(config.domain && { WORKER_DOMAIN: config.domain }),
+    },
+  };
+}
+
+/** The account: the only one the token sees, or one chosen from them. */
+async function pickAccount(
+  config: CloudflareConfig,
+  setup: { terminal?: Prompter; ctx: Context; io: Io },
+): Promise<string> {
+  const accounts = await new CloudflareClient(config, setup.ctx).listAccounts();
+  const [only] = accounts;
+  if (accounts.length === 1 && only) {
+    setup.io.stdout(`Cloudflare account: ${only.name} (${only.id}), the one the token sees`);
+    return only.id;
+  }
+  // The same refusal refresh gives: no guess between accounts.
+  if (accounts.length === 0 || !setup.terminal) throw noAccountTaken(accounts);
+  return await choose(
+    setup.terminal,
+    "The token sees several accounts. Which one holds the worker?",
+    accounts.map((a) => ({ label: `${a.name} (${a.id})`, value: a.id })),
+  );
+}
+
+/** Where visitors reach the site: given, asked, or workers.dev in a pipe. */
+async function pickWhere(
+  config: CloudflareConfig,
+  setup: { settings: Settings; terminal?: Prompter },
+): Promise<{ route?: string; domain?: string }> {
+  if (config.route || config.domain || !setup.terminal) {
+    return {
+      ...(config.route && { route: config.route }),
+      ...(config.domain && { domain: config.domain }),
+    };
+  }
+  const how = await choose(setup.terminal, "Where do visitors reach the site?", [
+    {
+      label: `workers.dev: https://${config.workerName}.<your subdomain>.workers.dev/`,
+      value: "dev",
+    },
+    {
+      label: "a custom domain, such as cdn.example.com (Cloudflare makes its DNS record)",
+      value: "domain",
+    },
+    {
+      label: "a route, such as cdn.example.com/* (a proxied DNS record must exist)",
+      value: "route",
+    },
+  ]);
+  if (how === "dev") return {};
+  const name = how === "route" ? "WORKER_ROUTE" : "WORKER_DOMAIN";
+  const value = await gather(name, { settings: {}, terminal: setup.terminal, missing: [] }, {
+    text: how === "route" ? "Route pattern" : "Host name",
+  });
+  return how === "route" ? { route: value! } : { domain: value! };
+}
+
+/** The zone of the route or domain: found by its host; else typed, or a refusal in a pipe. */
+async function pickZone(
+  config: CloudflareConfig,
+  setup: { terminal?: Prompter; ctx: Context; io: Io },
+): Promise<string | undefined> {
+  const target = config.route ?? config.domain;
+  if (config.zoneId || !target) return config.zoneId;
+  const zone = await findZone(new CloudflareClient(config, setup.ctx), target);
+  if (zone) {
+    setup.io.stdout(`Cloudflare zone: ${zone.name} (${zone.id})`);
+    return zone.id;
+  }
+  if (!setup.terminal) throw new ConfigError([noZone(config, target)]);
+  setup.terminal.say(noZone(config, target));
+  return await askUntil(setup.terminal, "Zone id (32 hex), as the Overview page shows it: ", {
+    read: (answer) => {
+      const { id, problem } = readCloudflareId("CLOUDFLARE_ZONE_ID", answer);
+      return id ? { value: id } : { problem: problem! };
+    },
+  });
+}
+
+/**
+ * Each permission the setup needs, probed with a read-only call; a refusal names the
+ * permission group to add. A read cannot tell Edit from Read: the groups named are the ones a
+ * refresh uses (developers.cloudflare.com/fundamentals/api/reference/permissions/).
+ */
+async function permissionProblems(config: CloudflareConfig, ctx: Context): Promise<string[]> {
+  const cf = new CloudflareClient(config, ctx);
+  const probes: { read: () => Promise<unknown>; group: string; on: string }[] = [
+    {
+      read: () => cf.listScripts(),
+      group: "Account > Workers Scripts > Edit",
+      on: `account ${config.accountId}`,
+    },
+  ];
+  if (config.route) {
+    probes.push({
+      read: () => cf.listRoutes(),
+      group: "Zone > Workers Routes > Edit",
+      on: `zone ${config.zoneId}`,
+    });
+  }
+  const problems: string[] = [];
+  for (const probe of probes) {
+    try {
+      await probe.read();
+    } catch (error) {
+      if (!(error instanceof ApiError) || (error.status !== 403 && error.status !== 401)) {
+        throw error;
+      }
+      problems.push(
+        `The Cloudflare token lacks "${probe.group}" on ${probe.on} (Cloudflare answered ` +
+          `${error.status} to a read): add it under My Profile > API Tokens > Edit, then run ` +
+          "init again.",
+      );
+    }
+  }
+  if (config.workersDev && problems.length === 0 && !(await cf.accountSubdomain())) {
+    problems.push(`workers.dev: ${noSubdomain(config)}.`);
+  }
+  return problems;
+}
+
+/**
+ * A value as `.env` holds it and `parseEnv` reads it back unchanged: bare when it can be, else
+ * in the first of ', ` and " quotes it does not hold (only " expands \n, so a value with a line
+ * break is refused: no setting takes one).
+ */
+function envValue(name: Variable, value: string): string {
+  if (/^[A-Za-z0-9_.,:/@*+=%-]*$/.test(value)) return value;
+  const quote = ["'", "`", '"'].find((q) => !value.includes(q));
+  if (!quote || value.includes("\n")) {
+    throw new ConfigError([
+      `${name} cannot be written to .env as it is: it holds a line break or every kind of quote.`,
+    ]);
+  }
+  return `${quote}${value}${quote}`;
+}
+
+/**
+ * The text of a `.env` holding `settings`, in the order of {@linkcode VARIABLES} (that of
+ * `.env.example`), one `NAME=value` a line, read back the same by `parseEnv`.
+ *
+ * ```ts
+ * envFileText({ B2_BUCKET_NAME: "photos", WORKER_ROUTE: "cdn.example.com/*" });
+ * // "# Written by b2-private-cdn init ...\nB2_BUCKET_NAME=photos\nWORKER_ROUTE=cdn.example.com/*\n"
+ * ```
+ */
+export function envFileText(settings: Settings): string {
+  const lines = (Object.keys(VARIABLES) as Variable[])
+    .filter((name) => settings[name] !== undefined)
+    .map((name) => `${name}=${envValue(name, settings[name]!)}`);
+  return "# Written by b2-private-cdn init; every setting: docs/configuration.md or .env.example.\n" +
+    "# It holds secrets: keep it to yourself (mode 0600).\n" +
+    `${lines.join("\n")}\n`;
+}
+
+/**
+ * Writes `text` to `path` readable by its owner alone (mode 0600). An existing file is first
+ * renamed to `<path>.bak-<time>`, which is returned; the new file is written beside it and
+ * renamed into place, so `path` is never half written.
+ */
+export async function writeEnvFile(
+  path: string,
+  text: string,
+  now: number,
+): Promise<string | undefined> {
+  let backup: string | undefined;
+  try {
+    await Deno.lstat(path);
+    backup = `${path}.bak-${new Date(now).toISOString().replace(/[-:]|\.\d+/g, "")}`;
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  const temporary = `${path}.new-${crypto.randomUUID().slice(0, 8)}`;
+  await Deno.writeTextFile(temporary, text, { mode: 0o600, createNew: true });
+  // The mode given is masked by the umask, which may not be 077.
+  await Deno.chmod(temporary, 0o600);
+  if (backup) await Deno.rename(path, backup);
+  await Deno.rename(temporary, path);
+  return backup;
+}
+
+/** A word as a POSIX shell reads it back: bare when safe, else single-quoted. */
+function shellWord(text: string): string {
+  return /^[A-Za-z0-9_./:@+=-]+$/.test(text) ? text : `'${text.replaceAll("'", `'\\''`)}'`;
+}
+
+/** The refresh command for this machine: absolute `deno` and script, and the settings file. */
+function refreshCommand(place: Pick<InitPlace, "denoPath" | "script">, envFile?: string): string {
+  return `${shellWord(place.denoPath)} run ${NET_ENV_READ} ${shellWord(place.script)} refresh` +
+    (envFile ? ` --env-file ${shellWord(envFile)}` : "");
+}
+
+/** The crontab line for this machine: the absolute `deno`, directory and settings file. */
+export function crontabLine(
+  place: Pick<InitPlace, "cwd" | "denoPath" | "script">,
+  envFile?: string,
+): string {
+  return `${DEFAULT_SCHEDULE} cd ${shellWord(place.cwd)} && ${refreshCommand(place, envFile)} ` +
+    `>> ${shellWord(`${place.cwd}/b2-private-cdn.log`)} 2>&1`;
+}
+
+/**
+ * `init`: checks a B2 key and a Cloudflare token, finds what they may reach, asks what only a
+ * person can say (or takes it from flags and the environment in a pipe), writes `.env` and
+ * prints the crontab line; at a terminal it offers the first refresh.
+ */
+async function runInit(job: Job): Promise<number> {
+  const { settings, ctx, io, flags } = job;
+  const place = job.place;
+  if (!place) throw new Error("init needs InitPlace");
+  const terminal = place.terminal;
+  const path = job.envFile ?? ".env";
+  const setup = { settings, ctx, io, ...(terminal && { terminal }) };
+  await checkEnvFileFree(path, { terminal, force: flags.force });
+  const b2 = await setupB2(setup);
+  const cloudflare = await setupCloudflare(setup);
+  const written: Settings = { ...settings, ...b2, ...cloudflare.gathered };
+  // Checked as refresh will read it, before anything is written.
+  const config = parseConfig(written, { b2: true, cloudflare: true });
+  const backup = await writeEnvFile(path, envFileText(written), ctx.now());
+  io.stdout(`Wrote ${path} (mode 0600)${backup ? `; the old one is ${backup}` : ""}.`);
+  io.stdout(
+    `Refresh it daily from crontab (crontab -e), at an odd minute:\n  ${
+      crontabLine(place, job.envFile)
+    }`,
+  );
+  if (!terminal || !(await confirm(terminal, "Run the first refresh now?", true))) {
+    const base = await siteBase(config, ctx) ?? "https://<where it answers>";
+    io.stdout(
+      `Then deploy: ${refreshCommand(place, job.envFile)} --verify ${base}/<a file in the bucket>`,
+    );
+    return 0;
+  }
+  const file = await askUntil(terminal, "A file to fetch once deployed, to check (Enter: none): ", {
+    read: (answer) => ({ value: answer.replace(/^\/+/, "") }),
+  });
+  return await firstRefresh(config, { ctx, io, file });
+}
+
+/** Where the site answers: the domain or route's base, else its workers.dev address. */
+async function siteBase(config: Config, ctx: Context): Promise<string | undefined> {
+  const cloudflare = config.cloudflare!;
+  if (config.site || !cloudflare.workersDev) return config.site;
+  const subdomain = await new CloudflareClient(cloudflare, ctx).accountSubdomain();
+  return subdomain ? workersDevUrl(cloudflare, subdomain).replace(/\/$/, "") : undefined;
+}
+
+/** A `.env` already there is replaced only when the person says so (or `--force`). */
+async function checkEnvFileFree(
+  path: string,
+  options: { terminal: Prompter | undefined; force: boolean },
+): Promise<void> {
+  try {
+    await Deno.lstat(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return;
+    throw error;
+  }
+  if (options.force) return;
+  const replace = options.terminal &&
+    await confirm(
+      options.terminal,
+      `${path} exists. Replace it (the old one is kept beside it)?`,
+      false,
+    );
+  if (!replace) {
+    throw new ConfigError([
+      `${path} exists and was left as it is: pass --force to replace it (a backup is kept), or ` +
+      "--env-file <path> to write another file.",
+    ]);
+  }
+}
+
+/** The first refresh, with `--verify` on the file named, as `refresh` prints it. */
+async function firstRefresh(
+  config: Config,
+  options: { ctx: Context; io: Io; file: string },
+): Promise<number> {
+  const { ctx, io, file } = options;
+  const base = file ? await siteBase(config, ctx) : undefined;
+  const verifyUrl = base ? `${base}/${file}` : undefined;
+  const result = await refresh({ ...config, ...(verifyUrl && { verifyUrl }) }, ctx, {
+    module: await loadWorkerModule(),
+    progress: (line) => io.stderr(line),
+  });
+  io.stdout(summary(result));
+  for (const warning of result.warnings ?? []) io.stderr(`warning: ${warning}`);
+  return 0;
+}
+
+// ---------------------------------------------------------------------------
 // Commands
 // ---------------------------------------------------------------------------
 
@@ -6332,6 +6922,8 @@ interface CommandSpec<F = Flags> {
   positionals?: (args: string[], flags: F) => string[];
   /** Reads no settings and no `.env`: keygen's key must come out while they hold a bad one. */
   settingsFree?: true;
+  /** Reads the environment and flags but not the dotenv file, which it writes (`init`). */
+  writesEnvFile?: true;
   /** Runs it; absent for what the local platform runs (`dev`, `demo`). */
   handler?: CommandHandler;
 }
@@ -6353,6 +6945,30 @@ const PORT_FLAG = {
  * options, the check of who takes which flag, and dispatch are all read from here.
  */
 export const COMMANDS = {
+  init: {
+    summary: "guided setup: checks a B2 key and a Cloudflare token, finds the ids, writes .env",
+    usage:
+      "[--b2-bucket-name <name>] [--worker-route <pattern> | --worker-domain <host>] [--force]",
+    about: "Checks a B2 key and a Cloudflare API token, offers the buckets, accounts and zones " +
+      "they reach, checks each permission the setup needs with read-only calls, writes .env " +
+      "(mode 0600) and prints the crontab line. At a terminal it asks (secrets unseen) and " +
+      "offers the first refresh; in a pipe it takes everything from flags and the environment " +
+      "and names what is missing.",
+    flags: {
+      force: {
+        type: "boolean",
+        help: "replace an existing .env (or --env-file) without asking; the old\n" +
+          "one is kept beside it",
+      },
+    },
+    example: "deno task init   # or, in a pipe: B2_APPLICATION_KEY_ID=... B2_APPLICATION_KEY=... " +
+      "CLOUDFLARE_API_TOKEN=... main.ts init --b2-bucket-name photos",
+    exit: "0 .env written, 1 B2 or Cloudflare failed, 2 something is missing or refused",
+    needs: (): Needs => ({}),
+    permissions: `${NET_ENV_READ} --allow-write`,
+    writesEnvFile: true,
+    handler: runInit,
+  },
   refresh: {
     summary: "get a fresh B2 download token and deploy the worker with it (default)",
     usage: "[--dry-run] [--verify <url>] [--take-over] [--remove-leftovers] [--json]",
@@ -6729,6 +7345,19 @@ function maskCredentials(text: string, credentials: Iterable<string>): string {
     if (credential.length > 4) out = out.replaceAll(credential, firstFour(credential));
   }
   return out;
+}
+
+/** `place` whose terminal never shows a known secret in what it prints. */
+function redactingPlace(place: InitPlace, secrets: Set<string>): InitPlace {
+  const terminal = place.terminal;
+  if (!terminal) return place;
+  return {
+    ...place,
+    terminal: {
+      ask: (question, options) => terminal.ask(redact(question, secrets), options),
+      say: (text) => terminal.say(redact(text, secrets)),
+    },
+  };
 }
 
 /** Replaces every known secret in `text`. */
@@ -7371,6 +8000,8 @@ export interface RunOptions {
    * `local/demo.ts` pass them); without one, the command says where it runs.
    */
   local?: Partial<Record<LocalCommand, CommandHandler>>;
+  /** Where `init` runs; read only by `init` (`main()`'s reads need `--allow-read`). */
+  place?: () => InitPlace;
 }
 
 /** The commands `main.ts` lists but the local platform runs. */
@@ -7392,6 +8023,10 @@ export interface Job {
   args: string[];
   /** A refresh's dead man's switch, for the `REFRESH_PINGED` binding. */
   pinged?: string;
+  /** `--env-file`, as given. */
+  envFile?: string;
+  /** Where `init` runs: the terminal, if any, and the paths of the crontab line. */
+  place?: InitPlace;
 }
 
 /** Runs one command; resolves to its exit code. */
@@ -7428,6 +8063,8 @@ export async function run(options: RunOptions): Promise<number> {
     if (!handler) throw localOnly(line.command);
     const settings = spec.settingsFree ? {} : await settingsOf(line, {
       ...options,
+      // init writes the dotenv file: what it holds is not its input.
+      ...(spec.writesEnvFile && { readEnvFile: () => Promise.resolve(undefined), envFile: false }),
       secrets: ctx.secrets,
       warn: (text) => io.stderr(`warning: ${text}`),
     });
@@ -7459,7 +8096,18 @@ export async function run(options: RunOptions): Promise<number> {
         for (const warning of config.warnings ?? []) kept.stderr(`warning: ${warning}`);
         if (config.cloudflare) config.cloudflare = await findCloudflareIds(config.cloudflare, ctx);
         const { flags, args } = line;
-        return await handler({ settings, config, ctx, io: kept, flags, args, pinged });
+        const place = spec.writesEnvFile ? options.place?.() : undefined;
+        return await handler({
+          settings,
+          config,
+          ctx,
+          io: kept,
+          flags,
+          args,
+          pinged,
+          ...(line.envFile && { envFile: line.envFile }),
+          ...(place && { place: redactingPlace(place, ctx.secrets) }),
+        });
       },
     });
   } catch (error) {
@@ -7482,11 +8130,12 @@ async function settingsOf(
   options: Pick<RunOptions, "env" | "readEnvFile"> & {
     secrets: Set<string>;
     warn: (line: string) => void;
+    envFile?: false;
   },
 ): Promise<Settings> {
   const file = line.envFile ?? ".env";
   const text = await options.readEnvFile(file);
-  if (line.envFile && text === undefined) {
+  if (line.envFile && text === undefined && options.envFile !== false) {
     throw new ConfigError([`--env-file: cannot read "${line.envFile}".`]);
   }
   const dotenv = text ? parseEnv(text) : {};
@@ -7589,6 +8238,7 @@ export async function main(
   const code = await run({
     args,
     env,
+    place: initPlace,
     ...(options.local && { local: options.local }),
     readEnvFile: readTextIfExists,
     io: {
@@ -7612,6 +8262,81 @@ function writeLine(file: { writeSync(bytes: Uint8Array): number }, bytes: Uint8A
   } catch (error) {
     if (!(error instanceof Deno.errors.BrokenPipe)) throw error;
   }
+}
+
+/** Where `init` runs, read only when it runs: cwd and execPath need `--allow-read`. */
+function initPlace(): InitPlace {
+  const script = new URL(import.meta.url);
+  const terminal = Deno.stdin.isTerminal() && Deno.stdout.isTerminal();
+  return {
+    cwd: Deno.cwd(),
+    denoPath: Deno.execPath(),
+    script: script.protocol === "file:" ? decodeURIComponent(script.pathname) : script.href,
+    ...(terminal && { terminal: terminalPrompter() }),
+  };
+}
+
+/**
+ * Questions on the terminal. Answers are read a line at a time from one buffer; a hidden one in
+ * raw mode, so the terminal echoes nothing of it (Backspace still works, Ctrl-C stops init).
+ */
+function terminalPrompter(): Prompter {
+  const encoder = new TextEncoder();
+  const decoder = new TextDecoder();
+  let pending = "";
+  const write = (text: string) => writeLine(Deno.stdout, encoder.encode(text));
+  const readMore = async (): Promise<boolean> => {
+    const bytes = new Uint8Array(4096);
+    const count = await Deno.stdin.read(bytes);
+    if (count === null) return false;
+    pending += decoder.decode(bytes.subarray(0, count), { stream: true });
+    return true;
+  };
+  /** The text up to the next of `stops` (taken too), or what is left when input ends. */
+  const line = async (stops = /[\r\n]/): Promise<{ text: string; stop?: string } | undefined> => {
+    for (;;) {
+      const end = pending.search(stops);
+      if (end >= 0) {
+        const text = pending.slice(0, end);
+        const stop = pending[end]!;
+        pending = pending.slice(end + (pending.startsWith("\r\n", end) ? 2 : 1));
+        return { text, stop };
+      }
+      if (!(await readMore())) {
+        const rest = pending;
+        pending = "";
+        return rest ? { text: rest } : undefined;
+      }
+    }
+  };
+  return {
+    say: (text) => write(`${text}\n`),
+    async ask(question, options = {}) {
+      if (!options.hidden) {
+        write(question);
+        return (await line())?.text;
+      }
+      // Raw before the question shows, so that nothing typed after it is echoed.
+      Deno.stdin.setRaw(true);
+      write(question);
+      try {
+        // Ctrl-C arrives as a character in raw mode: it ends the answer and stops init.
+        // deno-lint-ignore no-control-regex
+        const typed = await line(/[\r\n\x03]/);
+        if (typed?.stop === "\x03") {
+          throw new ConfigError(["init stopped (Ctrl-C); nothing written."]);
+        }
+        // Backspace and Delete, as a terminal in raw mode sends them, take back a character.
+        return typed?.text.split("").reduce(
+          (text, c) => c === "\x7f" || c === "\b" ? text.slice(0, -1) : text + c,
+          "",
+        );
+      } finally {
+        Deno.stdin.setRaw(false);
+        write("\n");
+      }
+    },
+  };
 }
 
 /** The oldest Deno with the built-ins this tool uses: `node:util` `parseEnv`, `node:module` `stripTypeScriptTypes`. */

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { dirname } from "node:path";
+import { parseEnv } from "node:util";
 import {
   ApiError,
   bucketNameProblem,
@@ -8,10 +9,12 @@ import {
   type ConfigError,
   type Context,
   type CronRegistrar,
+  crontabLine,
   defaultContext,
   type DeployPlatform,
   deriveEventSecret,
   derivePurgeKey,
+  envFileText,
   eventRuleName,
   formatDuration,
   generateSigningKey,
@@ -4981,6 +4984,40 @@ Deno.test("pingRequest() shapes each kind of monitor's ping", async (t) => {
       "https://kuma.example.com/api/push/AbCd1234?status=up&msg=OK",
     );
   });
+Deno.test("envFileText() writes what parseEnv reads back the same, in .env.example's order", () => {
+  const settings = {
+    WORKER_ROUTE: "cdn.example.com/*",
+    B2_APPLICATION_KEY: "K001+/abc=",
+    B2_FILE_PREFIX: "my site/ #1",
+    WORKER_CACHE_CONTROL: `public, max-age=60, it's "quoted"`,
+    B2_BUCKET_NAME: "photos",
+  };
+  const text = envFileText(settings);
+  assert.deepEqual({ ...parseEnv(text) }, settings);
+  assert.deepEqual(
+    text.split("\n").filter((line) => !line.startsWith("#") && line).map((l) => l.split("=")[0]),
+    [
+      "B2_APPLICATION_KEY",
+      "B2_BUCKET_NAME",
+      "B2_FILE_PREFIX",
+      "WORKER_ROUTE",
+      "WORKER_CACHE_CONTROL",
+    ],
+  );
+});
+
+Deno.test("crontabLine() names this machine's deno, directory and settings file, quoted for sh", () => {
+  const place = {
+    cwd: "/srv/my site",
+    denoPath: "/usr/local/bin/deno",
+    script: "/srv/my site/main.ts",
+  };
+  assert.equal(
+    crontabLine(place),
+    "17 4 * * * cd '/srv/my site' && /usr/local/bin/deno run --allow-net --allow-env --allow-read " +
+      "'/srv/my site/main.ts' refresh >> '/srv/my site/b2-private-cdn.log' 2>&1",
+  );
+  assert.match(crontabLine(place, "/etc/cdn.env"), / refresh --env-file \/etc\/cdn\.env >> /);
 });
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,454 @@
+/**
+ * `init` as a person meets it: in a real pseudo-terminal (testing/pty.ts) against the B2 and
+ * Cloudflare stand-ins, and in a pipe with flags. Each run checks the `.env` it wrote against
+ * the one a hand-written setup would have, deploys from it, and reads the terminal's whole
+ * scrollback for the secrets, which were typed unseen.
+ */
+import assert from "node:assert/strict";
+import { parseEnv } from "node:util";
+import { run } from "../main.ts";
+import { type FakeB2, type FakeB2Options, startFakeB2 } from "../local/fake_b2.ts";
+import {
+  FAKE_ACCOUNT_ID,
+  FAKE_ZONE_ID,
+  type FakeCloudflare,
+  type FakeCloudflareOptions,
+  startFakeCloudflare,
+} from "../local/fake_cloudflare.ts";
+import { childEnv } from "./child_env.ts";
+import { startInTerminal, type TerminalSession } from "./pty.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+const KEY_ID = "0012ab34cd56ef780000000001";
+const B2_KEY = "K001secretApplicationKeyAbCdEfGh";
+const CF_TOKEN = "cf-token-Secret_0123456789abcdefXYZ";
+const SECOND = { id: "acc00000000000000000000000000002", name: "Side project" };
+/** What a stand-in's own tokens look like: never shown either. */
+const FAKE_TOKEN = /fake-(download|account)-[0-9a-f]{8}-/;
+
+interface Place {
+  b2: FakeB2;
+  cf: FakeCloudflare;
+  dir: string;
+  /** The stand-ins' addresses, as the settings that point at them. */
+  apis: Record<string, string>;
+  close(): Promise<void>;
+}
+
+async function place(
+  options: { b2?: FakeB2Options; cloudflare?: FakeCloudflareOptions } = {},
+): Promise<Place> {
+  const b2 = startFakeB2({
+    keyId: KEY_ID,
+    applicationKey: B2_KEY,
+    buckets: [
+      { id: "bucket-photos", name: "photos", files: [{ name: "site/cat.jpg", body: "a cat" }] },
+      { id: "bucket-backup", name: "backups", files: [] },
+    ],
+    ...options.b2,
+  });
+  const cf = startFakeCloudflare({ apiToken: CF_TOKEN, ...options.cloudflare });
+  const dir = await Deno.makeTempDir({ prefix: "init-" });
+  return {
+    b2,
+    cf,
+    dir,
+    apis: { B2_API_URL: b2.url, CLOUDFLARE_API_BASE_URL: cf.url },
+    async close() {
+      await Promise.all([b2.close(), cf.close()]);
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+const INIT = [
+  Deno.execPath(),
+  "run",
+  "--allow-net",
+  "--allow-env",
+  "--allow-read",
+  "--allow-write",
+];
+
+function initInTerminal(at: Place, env: Record<string, string> = {}): TerminalSession {
+  return startInTerminal([...INIT, `${ROOT}main.ts`, "init"], {
+    cwd: at.dir,
+    env: childEnv({ NO_COLOR: "1", TERM: "xterm", ...at.apis, ...env }),
+  });
+}
+
+/** The secrets a run was given, and the stand-ins' tokens: none may show. */
+function assertNoSecret(text: string): void {
+  for (const secret of [B2_KEY, CF_TOKEN, btoa(`${KEY_ID}:${B2_KEY}`)]) {
+    assert.ok(!text.includes(secret), `a secret is on the screen:\n${text}`);
+  }
+  assert.doesNotMatch(text, FAKE_TOKEN);
+}
+
+/** The `.env` written, parsed, after checking it is its owner's alone. */
+async function written(at: Place, name = ".env"): Promise<Record<string, string>> {
+  const path = `${at.dir}/${name}`;
+  assert.equal((await Deno.stat(path)).mode! & 0o777, 0o600);
+  return { ...parseEnv(await Deno.readTextFile(path)) } as Record<string, string>;
+}
+
+/** A refresh as cron will run it, from the written file and nothing else; its exit code. */
+async function refreshFrom(at: Place, name = ".env"): Promise<{ code: number; output: string }> {
+  const lines: string[] = [];
+  const code = await run({
+    args: ["refresh", "--env-file", `${at.dir}/${name}`],
+    env: {},
+    readEnvFile: (path) => Deno.readTextFile(path).catch(() => undefined),
+    io: { stdout: (t) => lines.push(t), stderr: (t) => lines.push(t) },
+  });
+  return { code, output: lines.join("\n") };
+}
+
+/** The settings a person writes by hand for the stand-ins: the key, bucket, token, and ids. */
+function byHand(at: Place, settings: Record<string, string>): Record<string, string> {
+  return {
+    B2_APPLICATION_KEY_ID: KEY_ID,
+    B2_APPLICATION_KEY: B2_KEY,
+    CLOUDFLARE_API_TOKEN: CF_TOKEN,
+    ...at.apis,
+    ...settings,
+  };
+}
+
+Deno.test("init at a terminal: any key, several accounts, workers.dev; the .env deploys, no secret shown", async () => {
+  const at = await place({ cloudflare: { otherAccounts: [SECOND] } });
+  try {
+    const session = initInTerminal(at);
+    await session.expect("B2 application key id (keyID): ");
+    await session.type(KEY_ID);
+    await session.expect("B2 application key (not shown as you type): ");
+    await session.type(B2_KEY);
+    await session.expect(
+      "all buckets of the account; may listBuckets, listFiles, readFiles, shareFiles",
+    );
+    await session.expect("Which bucket does the site serve?\r\n  1) photos\r\n  2) backups");
+    await session.type("1");
+    await session.expect("Serve only names under this prefix (Enter: the whole bucket): ");
+    await session.type("site/");
+    await session.expect("Cloudflare API token (not shown as you type): ");
+    await session.type(CF_TOKEN);
+    await session.expect("Cloudflare token: valid, a user's");
+    await session.expect(`  2) Side project (${SECOND.id})`);
+    await session.type("2");
+    await session.expect("Where do visitors reach the site?");
+    await session.type("1");
+    await session.expect("may do everything this setup needs");
+    await session.expect(/Wrote \.env \(mode 0600\)\.\r\n/);
+    await session.expect(
+      /17 4 \* \* \* cd \S+ && \S*deno run --allow-net --allow-env --allow-read \S+main\.ts refresh >> \S+b2-private-cdn\.log 2>&1/,
+    );
+    await session.expect("Run the first refresh now? [Y/n] ");
+    await session.type("n");
+    await session.expect(
+      /Then deploy: .* --verify https:\/\/b2-private-cdn\.fake-subdomain\.workers\.dev\//,
+    );
+    const { code, transcript } = await session.finish();
+    assert.equal(code, 0, transcript);
+    assertNoSecret(transcript);
+    // What was typed in the open is on the screen, as it should be.
+    assert.match(transcript, new RegExp(`keyID\\): ${KEY_ID}\\r\\n`));
+    assert.deepEqual(
+      await written(at),
+      byHand(at, {
+        B2_BUCKET_NAME: "photos",
+        B2_FILE_PREFIX: "site/",
+        CLOUDFLARE_ACCOUNT_ID: SECOND.id,
+      }),
+    );
+    const deployed = await refreshFrom(at);
+    assert.equal(deployed.code, 0, deployed.output);
+    assert.equal(at.cf.scripts.get("b2-private-cdn")?.account, SECOND.id);
+    assertNoSecret(deployed.output);
+  } finally {
+    await at.close();
+  }
+});
+
+Deno.test("init at a terminal: a key restricted to a bucket and prefix, an account's token, a route", async () => {
+  const at = await place({
+    b2: { restrictToBucket: "photos", namePrefix: "site/" },
+    cloudflare: { tokenOwner: "account", otherAccounts: [SECOND] },
+  });
+  try {
+    const session = initInTerminal(at);
+    await session.expect("keyID): ");
+    await session.type(KEY_ID);
+    await session.expect("(not shown as you type): ");
+    await session.type(B2_KEY);
+    await session.expect('B2 key: restricted to bucket "photos", names starting with "site/"');
+    // One bucket: not asked. The key's prefix is offered.
+    await session.expect("Serve only names under this prefix [site/]: ");
+    await session.type("");
+    await session.expect("Cloudflare API token (not shown as you type): ");
+    await session.type(CF_TOKEN);
+    await session.expect("Cloudflare token: valid, an account's");
+    await session.expect(
+      `Cloudflare account: Fake account (${FAKE_ACCOUNT_ID}), the one the token sees`,
+    );
+    await session.expect("Where do visitors reach the site?");
+    await session.type("3");
+    await session.expect("Route pattern: ");
+    await session.type("https://cdn.example.com/*");
+    // Checked like the setting: refused with its reason, and asked again.
+    await session.expect("WORKER_ROUTE must not start with https://");
+    await session.expect("Route pattern: ");
+    await session.type("cdn.example.com/*");
+    await session.expect(`Cloudflare zone: example.com (${FAKE_ZONE_ID})`);
+    await session.expect("Run the first refresh now? [Y/n] ");
+    await session.type("y");
+    await session.expect("A file to fetch once deployed, to check (Enter: none): ");
+    await session.type("");
+    await session.expect(
+      /Deployed worker "b2-private-cdn" for bucket "photos" \(prefix "site\/"\).*route created/,
+    );
+    const { code, transcript } = await session.finish();
+    assert.equal(code, 0, transcript);
+    assertNoSecret(transcript);
+    assert.deepEqual(
+      await written(at),
+      byHand(at, {
+        B2_BUCKET_NAME: "photos",
+        B2_FILE_PREFIX: "site/",
+        CLOUDFLARE_ACCOUNT_ID: FAKE_ACCOUNT_ID,
+        CLOUDFLARE_ZONE_ID: FAKE_ZONE_ID,
+        WORKER_ROUTE: "cdn.example.com/*",
+      }),
+    );
+    assert.deepEqual(at.cf.routes.get(FAKE_ZONE_ID)?.map((r) => [r.pattern, r.script]), [
+      ["cdn.example.com/*", "b2-private-cdn"],
+    ]);
+    const again = await refreshFrom(at);
+    assert.equal(again.code, 0, again.output);
+  } finally {
+    await at.close();
+  }
+});
+
+Deno.test("init at a terminal: a custom domain, and a token without Zone Read says which permission", async (t) => {
+  await t.step("the zone is found and the domain deploys", async () => {
+    const at = await place();
+    try {
+      const session = initInTerminal(at, { B2_APPLICATION_KEY_ID: KEY_ID });
+      // The key id from the environment is not asked again; the key is.
+      await session.expect("B2 application key (not shown as you type): ");
+      await session.type(B2_KEY);
+      await session.expect("Choose 1-2 [1]: ");
+      await session.type("");
+      await session.expect("prefix (Enter: the whole bucket): ");
+      await session.type("");
+      await session.expect("API token (not shown as you type): ");
+      await session.type(CF_TOKEN);
+      await session.expect("Where do visitors reach the site?");
+      await session.type("2");
+      await session.expect("Host name: ");
+      await session.type("files.example.com");
+      await session.expect(`Cloudflare zone: example.com (${FAKE_ZONE_ID})`);
+      await session.expect("Run the first refresh now? [Y/n] ");
+      await session.type("n");
+      const { code, transcript } = await session.finish();
+      assert.equal(code, 0, transcript);
+      assertNoSecret(transcript);
+      assert.deepEqual(
+        await written(at),
+        byHand(at, {
+          B2_BUCKET_NAME: "photos",
+          CLOUDFLARE_ACCOUNT_ID: FAKE_ACCOUNT_ID,
+          CLOUDFLARE_ZONE_ID: FAKE_ZONE_ID,
+          WORKER_DOMAIN: "files.example.com",
+        }),
+      );
+      const deployed = await refreshFrom(at);
+      assert.equal(deployed.code, 0, deployed.output);
+      assert.equal(at.cf.domains[0]?.hostname, "files.example.com");
+    } finally {
+      await at.close();
+    }
+  });
+  await t.step("no Zone Read: named, and a zone id typed instead is taken", async () => {
+    const at = await place({
+      cloudflare: { tokenPermissions: ["workers_scripts:edit", "workers_routes:edit"] },
+    });
+    try {
+      const session = initInTerminal(at, {
+        B2_BUCKET_NAME: "photos",
+        WORKER_ROUTE: "cdn.example.com/*",
+      });
+      await session.expect("keyID): ");
+      await session.type(KEY_ID);
+      await session.expect("(not shown as you type): ");
+      await session.type(B2_KEY);
+      await session.expect("prefix (Enter: the whole bucket): ");
+      await session.type("");
+      await session.expect("API token (not shown as you type): ");
+      await session.type(CF_TOKEN);
+      await session.expect(
+        /Cannot find the zone of "cdn\.example\.com\/\*" \(tried cdn\.example\.com, example\.com in account \w+\): the domain is not on this account, or the token lacks "Zone: Read"/,
+      );
+      await session.expect("Zone id (32 hex), as the Overview page shows it: ");
+      await session.type(`https://dash.cloudflare.com/${FAKE_ACCOUNT_ID}/example.com`);
+      await session.expect("holds the account id");
+      await session.type(FAKE_ZONE_ID);
+      await session.expect("Run the first refresh now? [Y/n] ");
+      await session.type("n");
+      const { code, transcript } = await session.finish();
+      assert.equal(code, 0, transcript);
+      assert.equal((await written(at)).CLOUDFLARE_ZONE_ID, FAKE_ZONE_ID);
+    } finally {
+      await at.close();
+    }
+  });
+});
+
+Deno.test("init at a terminal: a key without shareFiles is refused with how to make one", async () => {
+  const at = await place({ b2: { capabilities: ["listBuckets", "listFiles", "readFiles"] } });
+  try {
+    const session = initInTerminal(at);
+    await session.expect("keyID): ");
+    await session.type(KEY_ID);
+    await session.expect("(not shown as you type): ");
+    await session.type(B2_KEY);
+    const { code, transcript } = await session.finish();
+    assert.equal(code, 2, transcript);
+    assert.match(
+      transcript,
+      /The B2 key lacks shareFiles, which serving needs .*B2 Cloud Storage > Application Keys > Add a New Application Key.*b2 key create --bucket photos b2-private-cdn listBuckets,readFiles,shareFiles/s,
+    );
+    assertNoSecret(transcript);
+    await assert.rejects(Deno.stat(`${at.dir}/.env`), Deno.errors.NotFound);
+  } finally {
+    await at.close();
+  }
+});
+
+/** `init` in a pipe: stdin and stdout are not terminals. */
+async function initInPipe(
+  at: Place,
+  options: { env?: Record<string, string>; args?: string[] } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [...INIT.slice(1), `${ROOT}main.ts`, "init", ...(options.args ?? [])],
+    cwd: at.dir,
+    env: childEnv({ NO_COLOR: "1", ...at.apis, ...options.env }),
+    clearEnv: true,
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // Input stays open: a run that waited for it would hang here, and the test time out.
+  const output = await child.output();
+  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  const result = {
+    code: output.code,
+    stdout: decode(output.stdout),
+    stderr: decode(output.stderr),
+  };
+  assertNoSecret(result.stdout + result.stderr);
+  return result;
+}
+
+Deno.test("init in a pipe: from flags and the environment; what is missing is named, never waited for", async (t) => {
+  const credentials = {
+    B2_APPLICATION_KEY_ID: KEY_ID,
+    B2_APPLICATION_KEY: B2_KEY,
+    CLOUDFLARE_API_TOKEN: CF_TOKEN,
+  };
+  await t.step("nothing given: exit 2 naming the credentials", async () => {
+    const at = await place();
+    try {
+      const { code, stderr } = await initInPipe(at);
+      assert.equal(code, 2);
+      assert.match(
+        stderr,
+        /init has no terminal to ask, so set B2_APPLICATION_KEY_ID, B2_APPLICATION_KEY/,
+      );
+      assert.equal(at.b2.requests.length, 0);
+    } finally {
+      await at.close();
+    }
+  });
+  await t.step(
+    "several buckets and accounts: each choice named, then a custom domain written",
+    async (inner) => {
+      const at = await place({ cloudflare: { otherAccounts: [SECOND] } });
+      try {
+        const noBucket = await initInPipe(at, { env: credentials });
+        assert.equal(noBucket.code, 2);
+        assert.match(noBucket.stderr, /set B2_BUCKET_NAME/);
+        const noAccount = await initInPipe(at, {
+          env: credentials,
+          args: ["--b2-bucket-name", "photos"],
+        });
+        assert.equal(noAccount.code, 2);
+        assert.match(
+          noAccount.stderr,
+          /the token sees 2 accounts: set it to one of them \(Fake account: acc0+1; Side project: acc0+2\)/,
+        );
+        const args = [
+          "--b2-bucket-name",
+          "photos",
+          "--cloudflare-account-id",
+          FAKE_ACCOUNT_ID,
+          "--worker-domain",
+          "cdn.example.com",
+        ];
+        const done = await initInPipe(at, { env: credentials, args });
+        assert.equal(done.code, 0, done.stderr);
+        assert.match(done.stdout, /Wrote \.env \(mode 0600\)\./);
+        assert.deepEqual(
+          await written(at),
+          byHand(at, {
+            B2_BUCKET_NAME: "photos",
+            CLOUDFLARE_ACCOUNT_ID: FAKE_ACCOUNT_ID,
+            CLOUDFLARE_ZONE_ID: FAKE_ZONE_ID,
+            WORKER_DOMAIN: "cdn.example.com",
+          }),
+        );
+        assert.deepEqual(
+          at.cf.requests.filter((r) => r.method !== "GET"),
+          [],
+          "init writes nothing there",
+        );
+        const deployed = await refreshFrom(at);
+        assert.equal(deployed.code, 0, deployed.output);
+        await inner.step("an existing .env is kept unless --force, which backs it up", async () => {
+          const again = await initInPipe(at, { env: credentials, args });
+          assert.equal(again.code, 2);
+          assert.match(again.stderr, /\.env exists and was left as it is: pass --force/);
+          const before = await Deno.readTextFile(`${at.dir}/.env`);
+          const forced = await initInPipe(at, { env: credentials, args: [...args, "--force"] });
+          assert.equal(forced.code, 0, forced.stderr);
+          const backup = /the old one is (\S+)\./.exec(forced.stdout)?.[1];
+          assert.ok(backup, forced.stdout);
+          assert.equal(await Deno.readTextFile(`${at.dir}/${backup}`), before);
+          assert.equal((await Deno.stat(`${at.dir}/${backup}`)).mode! & 0o777, 0o600);
+          await written(at);
+        });
+      } finally {
+        await at.close();
+      }
+    },
+  );
+  await t.step("a token without the route permission: named, nothing written", async () => {
+    const at = await place({
+      cloudflare: { tokenPermissions: ["workers_scripts:edit", "zone:read"] },
+    });
+    try {
+      const { code, stderr } = await initInPipe(at, {
+        env: { ...credentials, B2_BUCKET_NAME: "photos", WORKER_ROUTE: "cdn.example.com/*" },
+      });
+      assert.equal(code, 2);
+      assert.match(
+        stderr,
+        /The Cloudflare token lacks "Zone > Workers Routes > Edit" on zone 20e0+1/,
+      );
+      await assert.rejects(Deno.stat(`${at.dir}/.env`), Deno.errors.NotFound);
+    } finally {
+      await at.close();
+    }
+  });
+});
