@@ -494,7 +494,7 @@ Deno.test("run() keeps --help short and points at each command's page and the se
   await t.step("help of something unknown is a usage error", async () => {
     const { code, stderr } = await runBare(["help", "deploy"]);
     assert.equal(code, 2);
-    assert.match(stderr, /^error: No help for "deploy"\. Commands: refresh, status/);
+    assert.match(stderr, /^error: No help for "deploy"\. Commands: init, refresh, status/);
   });
 });
 
@@ -505,12 +505,15 @@ Deno.test("run() takes only the names the command table owns, not an object's ow
       assert.deepEqual([command.code, command.stdout], [2, ""]);
       assert.equal(
         command.stderr,
-        `error: Unknown command "${name}". Commands: refresh, status, render, purge, cron, ` +
+        `error: Unknown command "${name}". Commands: init, refresh, status, render, purge, cron, ` +
           "dev, demo, sign, keygen, check-cache.",
       );
       const help = await runBare(["help", name]);
       assert.equal(help.code, 2);
-      assert.match(help.stderr, new RegExp(`^error: No help for "${name}"\\. Commands: refresh`));
+      assert.match(
+        help.stderr,
+        new RegExp(`^error: No help for "${name}"\\. Commands: init, refresh`),
+      );
     });
   }
 });
@@ -4984,6 +4987,8 @@ Deno.test("pingRequest() shapes each kind of monitor's ping", async (t) => {
       "https://kuma.example.com/api/push/AbCd1234?status=up&msg=OK",
     );
   });
+});
+
 Deno.test("envFileText() writes what parseEnv reads back the same, in .env.example's order", () => {
   const settings = {
     WORKER_ROUTE: "cdn.example.com/*",

@@ -34,12 +34,12 @@ function shellWord(text: string): string {
   return `'${text.replaceAll("'", `'\\''`)}'`;
 }
 
-/** Starts `command` in a new pseudo-terminal (util-linux `script`, `-e`: its exit code). */
-export function startInTerminal(
+/** `script` running `command` in a new pseudo-terminal; `--return`: the command's exit code. */
+function spawnScript(
   command: string[],
   options: { cwd: string; env: Record<string, string> },
-): TerminalSession {
-  const child = new Deno.Command("script", {
+): Deno.ChildProcess {
+  return new Deno.Command("script", {
     args: [
       "--quiet",
       "--return",
@@ -55,6 +55,22 @@ export function startInTerminal(
     stdout: "piped",
     stderr: "piped",
   }).spawn();
+}
+
+/** Starts `command` in a new pseudo-terminal. */
+export function startInTerminal(
+  command: string[],
+  options: { cwd: string; env: Record<string, string> },
+): TerminalSession {
+  let child: Deno.ChildProcess;
+  try {
+    child = spawnScript(command, options);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+    throw new Error(
+      "util-linux `script` runs the pseudo-terminal: apt-get install bsdutils (.ci/run does)",
+    );
+  }
   const writer = child.stdin.getWriter();
   let transcript = "";
   let seen = 0;
