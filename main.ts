@@ -3743,18 +3743,40 @@ function eventRuleProblem(report: EventRuleReport): string | undefined {
  * segments and where that works (worker_template.ts, "Large objects").
  */
 function describeSegments(mode: CacheMode | string, segmentSize: number): string {
-  if (mode === "off") return "large objects: not cached (edge cache off)";
-  const limit = mode === "workers-cache" ? "512 MB (Workers Cache)" : "100 MiB (Cache API)";
+  if (mode === "off") return "large objects are not cached either (the edge cache is off)";
+  const limit = mode === "workers-cache"
+    ? "over 512 MB, more than Workers Cache keeps whole"
+    : "over 100 MiB, more than the Cache API keeps whole";
   if (segmentSize === 0) {
-    return `large objects (over ${limit}): segments off, every range from B2`;
+    return `large objects (${limit}) are served range by range from B2 ` +
+      "(WORKER_SEGMENT_SIZE=0 turns segments off)";
   }
+  const size = segmentSize % (1024 * 1024) === 0
+    ? `${segmentSize / 1024 / 1024} MiB`
+    : `${segmentSize / 1024} KiB`;
   if (mode === "workers-cache") {
-    return `large objects (over ${limit}): ${segmentSize}-byte segments in Workers Cache ` +
-      "(the worker's Segments entrypoint), tiered and purged by tag, on every address";
+    return `large objects (${limit}) are kept in ${size} segments in Workers Cache, on every ` +
+      "address, and purged with their object";
   }
-  return `large objects (over ${limit}): ${segmentSize}-byte segments in the Cache API, ` +
-    "per data centre; on a route or custom domain only (the Cache API keeps nothing for " +
-    "the workers subdomain, where every segment comes from B2)";
+  return `large objects (${limit}) are kept in ${size} segments in the Cache API, in each ` +
+    "data centre, on a route or custom domain only: on workers.dev every segment comes from B2";
+}
+
+/** The edge cache of a deployed version, in words, from its mode and `cache_options`. */
+function describeCache(
+  mode: string,
+  options: CacheOptions | "unknown" | undefined,
+): string {
+  if (mode === "off") return "there is no edge cache (WORKER_CACHE_MODE=off)";
+  if (mode === "cache-api") return "the edge cache is the Cache API, per data centre";
+  if (options === undefined || options === "unknown") {
+    return "the edge cache is Workers Cache (Cloudflare did not say whether this version has " +
+      "it on)";
+  }
+  if (!options.enabled) return "the edge cache should be Workers Cache, but it is off";
+  return options.cross_version_cache
+    ? "the edge cache is Workers Cache, kept across refreshes"
+    : "the edge cache is Workers Cache, started afresh at each refresh";
 }
 
 function capitalize(text: string): string {
@@ -5180,8 +5202,11 @@ function cacheProblems(
   ) {
     problems.push({
       state: "WARNING",
-      text: `Cloudflare reports cache_options ${JSON.stringify(deployed)} where ${wanted} ` +
-        `needs ${JSON.stringify(expected)}; run refresh (a full upload sets it)`,
+      text: `Cloudflare says the deployed version has Workers Cache ${
+        deployed.enabled ? "on but not kept across refreshes" : "off"
+      }, where WORKER_CACHE_MODE=${wanted} wants it ${
+        expected.enabled ? "on and kept" : "off"
+      }; run refresh (a full upload sets it)`,
     });
   }
   return problems;
@@ -7033,11 +7058,16 @@ export const COMMANDS = {
   },
   render: {
     summary: "print the worker module and its bindings (secrets masked); no network",
-    usage: "[--json]",
-    about: "Prints the worker module and the bindings refresh would upload, secrets masked and " +
-      "B2's answers as placeholders. Needs no credentials and no network.",
-    flags: { json: { type: "boolean", help: "{ cacheMode, metadata, module } on stdout" } },
-    example: "main.ts render --worker-cache-mode cache-api | head",
+    usage: "[--module | --out <file>] [--json]",
+    about: "Says what refresh would upload: the module's size, its bindings (secrets masked, " +
+      "B2's answers as placeholders) and the settings that differ from the defaults; the " +
+      "module itself with --module or --out. Needs no credentials and no network.",
+    flags: {
+      module: { type: "boolean", help: "print the module alone (to pipe or diff)" },
+      out: { type: "string", value: "<file>", help: "write the module to this file" },
+      json: { type: "boolean", help: "{ cacheMode, segments, metadata, module } on stdout" },
+    },
+    example: "main.ts render --worker-cache-mode cache-api",
     needs: (): Needs => ({}),
     permissions: ENV_READ,
     handler: runRender,
@@ -7446,10 +7476,23 @@ function describePlan(plan: DeployPlan): string {
 }
 
 function describeUpload(upload: WorkerUpload): string {
-  return `metadata ${JSON.stringify(maskSecrets(upload.metadata), null, 2)}\n` +
-    `module ${upload.metadata.main_module}: ${
-      new TextEncoder().encode(upload.module).length
-    } bytes`;
+  const bytes = new TextEncoder().encode(upload.module).length.toLocaleString("en-US");
+  return `The upload would be ${upload.metadata.main_module}, ${bytes} bytes, with ` +
+    `${upload.metadata.bindings.length} bindings (secrets masked):\n` +
+    bindingLines(upload.metadata).join("\n");
+}
+
+/** One line per binding, name then value, secrets masked (`placeholders` stand for values). */
+function bindingLines(
+  metadata: WorkerMetadata,
+  placeholders: Readonly<Record<string, string>> = {},
+): string[] {
+  const width = Math.max(...metadata.bindings.map((b) => b.name.length));
+  return metadata.bindings.map((b) => {
+    const shown = placeholders[b.name] ??
+      (b.type === "secret_text" ? "(secret, not shown)" : JSON.stringify(b.text));
+    return `  ${b.name.padEnd(width)}  ${shown}`;
+  });
 }
 
 /**
@@ -7475,8 +7518,6 @@ async function runRender({ settings, config, io, flags }: Job): Promise<number> 
     }),
   });
   const metadata = maskSecrets(upload.metadata);
-  const cache = `edge cache: ${config.worker.cacheMode}` +
-    (config.worker.cacheTtl === 0 ? " (WORKER_CACHE_TTL=0)" : "");
   const segments = describeSegments(
     config.worker.cacheMode,
     config.worker.segmentSize ?? DEFAULT_SEGMENT_SIZE,
@@ -7496,13 +7537,69 @@ async function runRender({ settings, config, io, flags }: Job): Promise<number> 
       metadata,
       module,
     }));
-  } else {
-    io.stdout(
-      `// ${cache}\n// ${segments}\n${eventRule ? `// ${eventRule}\n` : ""}` +
-        `// metadata: ${JSON.stringify(metadata)}\n${module}`,
-    );
+    return 0;
   }
+  // The module alone, to pipe or diff.
+  if (flags.module) return io.stdout(module), 0;
+  if (flags.out !== undefined) await Deno.writeTextFile(flags.out, module);
+  io.stdout(renderSummary({ settings, config, metadata, module, segments, eventRule }));
+  if (flags.out !== undefined) io.stdout(`Wrote the module to ${flags.out}.`);
   return 0;
+}
+
+/** What `render` prints for a person: the module's size, the bindings, the settings changed. */
+function renderSummary(facts: {
+  settings: Settings;
+  config: Config;
+  metadata: WorkerMetadata;
+  module: string;
+  segments: string;
+  eventRule: string | undefined;
+}): string {
+  const { config, metadata, module } = facts;
+  const bytes = new TextEncoder().encode(module).length;
+  // B2's answers are only known at refresh: shown as what they will be, not as 1970.
+  const atRefresh: Record<string, string> = {
+    B2_DOWNLOAD_TOKEN: "(secret: B2's download token, made at refresh)",
+    B2_TOKEN_ISSUED_AT: "(when refresh runs)",
+    B2_TOKEN_EXPIRES_AT: `(B2_TOKEN_TTL after refresh runs)`,
+  };
+  const bindings = bindingLines(metadata, atRefresh);
+  const changed = changedSettings(facts.settings);
+  return [
+    `The worker refresh would deploy as "${config.workerName}" (nothing was sent anywhere):`,
+    `  module ${metadata.main_module}, ${bytes.toLocaleString("en-US")} bytes ` +
+    "(render --module prints it, render --out <file> writes it)",
+    `  ${
+      capitalize(describeCache(config.worker.cacheMode, cacheOptionsFor(config.worker.cacheMode)))
+    }`,
+    `  ${capitalize(facts.segments)}`,
+    ...(facts.eventRule ? [`  ${capitalize(facts.eventRule)}`] : []),
+    `Bindings (${metadata.bindings.length}, secrets masked):`,
+    ...bindings,
+    changed.length > 0
+      ? `Settings that differ from the defaults:\n${changed.map((line) => `  ${line}`).join("\n")}`
+      : "Every setting is at its default.",
+  ].join("\n");
+}
+
+/**
+ * The settings given whose value differs from the default, as `NAME=value`: secrets as set,
+ * never shown, and credentials by their first four characters.
+ */
+function changedSettings(settings: Settings): string[] {
+  const reading = readSettings(settings);
+  const defaults = readSettings({});
+  return SETTINGS
+    .filter(([name]) =>
+      reading.given.has(name) &&
+      JSON.stringify(reading.values[name]) !== JSON.stringify(defaults.values[name])
+    )
+    .map(([name, setting]) =>
+      setting.kind === "secret"
+        ? `${name} (set; a secret, not shown)`
+        : `${name}=${setting.credential ? firstFour(settings[name]!) : settings[name]}`
+    );
 }
 
 async function runStatus({ config, ctx, io, flags }: Job): Promise<number> {
@@ -7515,15 +7612,14 @@ async function runStatus({ config, ctx, io, flags }: Job): Promise<number> {
   if (flags.json) {
     io.stdout(JSON.stringify(report));
   } else {
+    const left = report.remaining ?? 0;
     const facts = report.expiresAt
-      ? `token expires ${report.expiresAt} (${formatDuration(report.remaining!)} left` +
-        (report.age !== undefined ? `, issued ${formatDuration(report.age)} ago)` : ")")
+      ? (left > 0
+        ? `the download token expires ${report.expiresAt}, in ${formatDuration(left)}`
+        : `the download token expired ${report.expiresAt}, ${formatDuration(-left)} ago`) +
+        (report.age !== undefined ? ` (issued ${formatDuration(report.age)} ago)` : "")
       : "";
-    const cache = report.cacheMode
-      ? `edge cache ${report.cacheMode} (cache_options ${
-        report.cacheOptions === "unknown" ? "unknown" : JSON.stringify(report.cacheOptions)
-      })`
-      : "";
+    const cache = report.cacheMode ? describeCache(report.cacheMode, report.cacheOptions) : "";
     io.stdout(
       `${report.state} - worker "${report.worker}": ` +
         [facts, cache, report.problem].filter(Boolean).join("; ") +
@@ -8163,7 +8259,8 @@ function failure(
   if (error instanceof ConfigError) return [2, error.message];
   if (isOperationError(error)) return [1, error.message];
   if (error instanceof Deno.errors.NotCapable) {
-    return [2, `${error.message}. ${permissionsHint(line.command ?? "refresh", line.args)}`];
+    const hint = permissionsHint(line.command ?? "refresh", line.args, error.message);
+    return [2, `${error.message}. ${hint}`];
   }
   return [1, `${(error as Error)?.stack ?? error}`];
 }
@@ -8191,12 +8288,17 @@ async function readTextIfExists(path: string): Promise<string | undefined> {
 }
 
 /** How to run `command` with the Deno permissions it needs (README: Permissions). */
-function permissionsHint(command: Command, args: readonly string[]): string {
+function permissionsHint(command: Command, args: readonly string[], refused = ""): string {
   // The line as it was typed, the command named even when it was the default.
   const typed = args.includes(command) ? args : [command, ...args];
   const shown = typed.map((arg) => /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg}'`).join(" ");
-  return `Run it as ${denoRun(COMMANDS[command].permissions)} main.ts ${shown} ` +
-    "(README: Permissions).";
+  // What the command's own flags need beyond its usual permissions (render --out: a write).
+  let permissions: string = COMMANDS[command].permissions;
+  const [, kind, target] = /Requires (\w+) access to "([^"]+)"/.exec(refused) ?? [];
+  if (kind && !permissions.includes(`--allow-${kind}`) && permissions !== "-A") {
+    permissions = `${permissions} --allow-${kind}=${target}`.trim();
+  }
+  return `Run it as ${denoRun(permissions)} main.ts ${shown} (README: Permissions).`;
 }
 
 /**

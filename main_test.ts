@@ -442,7 +442,7 @@ Deno.test("run() prints a command's own page for <command> --help and help <comm
   const own: Record<string, string[]> = {
     refresh: ["--dry-run", "--verify", "--take-over", "--remove-leftovers", "--json"],
     status: ["--min-remaining", "--json"],
-    render: ["--json"],
+    render: ["--module", "--out", "--json"],
     purge: ["--prefix", "--all", "--url", "--json"],
     cron: ["--verify"],
     dev: ["--port"],
@@ -766,11 +766,9 @@ Deno.test("refresh --dry-run asks B2 but uploads nothing", async () => {
     const { code, stdout } = await w.run(["refresh", "--dry-run"]);
     assert.equal(code, 0);
     assert.match(stdout, /^Would deploy worker "b2-private-cdn"/);
-    assert.match(
-      stdout,
-      /"B2_DOWNLOAD_TOKEN",\s*"text": "\(secret, not shown\)"/,
-    );
-    assert.match(stdout, /module worker\.js: \d+ bytes/);
+    assert.match(stdout, /^ {2}B2_DOWNLOAD_TOKEN +\(secret, not shown\)$/m);
+    assert.match(stdout, /^The upload would be worker\.js, [\d,]+ bytes, with \d+ bindings/m);
+    assert.doesNotMatch(stdout, /^\s*[{}"]/m, "sentences, not JSON");
     assert.deepEqual(w.cloudflare.requests.filter((r) => r.method !== "GET"), []);
     assert.equal(w.b2.downloadTokens.size, 1);
   } finally {
@@ -2228,6 +2226,90 @@ Deno.test("render prints the module and masked bindings without the network", as
   assert.match(module, /export default/);
 });
 
+Deno.test("render prints a summary for a person, and the module only with --module or --out", async (t) => {
+  const render = async (args: string[], env: Record<string, string> = {}) => {
+    const stdout: string[] = [];
+    const stderr: string[] = [];
+    const code = await run({
+      args: ["render", ...args],
+      env: {
+        B2_BUCKET_NAME: "photos",
+        B2_APPLICATION_KEY_ID: "0012345678abcdef",
+        B2_APPLICATION_KEY: B2_KEY,
+        ...env,
+      },
+      readEnvFile: () => Promise.resolve(undefined),
+      io: { stdout: (t) => stdout.push(t), stderr: (t) => stderr.push(t) },
+      ctx: { fetch: () => Promise.reject(new Error("render must not use the network")) },
+    });
+    assertNoSecret(...stdout, ...stderr);
+    return { code, stdout: stdout.join("\n"), stderr: stderr.join("\n") };
+  };
+  const module = await loadWorkerModule();
+  await t.step("the summary: size, bindings masked, what differs from the defaults", async () => {
+    const { code, stdout } = await render([], {
+      WORKER_CACHE_TTL: "2h",
+      WORKER_CACHE_MODE: "workers-cache",
+    });
+    assert.equal(code, 0);
+    const bytes = new TextEncoder().encode(module).length.toLocaleString("en-US");
+    assert.match(stdout, new RegExp(`^  module worker\\.js, ${bytes} bytes `, "m"));
+    assert.match(
+      stdout,
+      /^ {2}B2_DOWNLOAD_TOKEN +\(secret: B2's download token, made at refresh\)$/m,
+    );
+    assert.match(stdout, /^ {2}WORKER_PURGE_KEY +\(secret, not shown\)$/m);
+    assert.match(stdout, /^ {2}WORKER_CACHE_TTL +"7200"$/m);
+    // WORKER_CACHE_MODE is given, but as its default: not a difference.
+    assert.match(
+      stdout,
+      /\nSettings that differ from the defaults:\n {2}B2_APPLICATION_KEY_ID=0012\.\.\.\n {2}B2_APPLICATION_KEY \(set; a secret, not shown\)\n {2}B2_BUCKET_NAME=photos\n {2}WORKER_CACHE_TTL=2h$/,
+    );
+    assert.ok(!stdout.includes("export default"), "no module without --module");
+    assert.ok(stdout.split("\n").length < 40, "a page, not the module's thousands of lines");
+  });
+  await t.step("--module: the module alone", async () => {
+    const { code, stdout } = await render(["--module"]);
+    assert.deepEqual([code, stdout], [0, module]);
+  });
+  await t.step("--out <file>: the module written, the summary printed", async () => {
+    const file = `${await Deno.makeTempDir()}/worker.js`;
+    const { code, stdout } = await render(["--out", file]);
+    assert.equal(code, 0);
+    assert.equal(await Deno.readTextFile(file), module);
+    assert.match(stdout, new RegExp(`\nWrote the module to ${file.replaceAll(".", "\\.")}\\.$`));
+  });
+  await t.step("nothing given: said so", async () => {
+    const stdout: string[] = [];
+    await run({
+      args: ["render"],
+      env: {},
+      readEnvFile: () => Promise.resolve(undefined),
+      io: { stdout: (t) => stdout.push(t), stderr: () => {} },
+    });
+    assert.match(stdout.join("\n"), /\nEvery setting is at its default\.$/);
+  });
+  await t.step("--out without the write permission names the flag it needs", async () => {
+    const file = `${await Deno.makeTempDir()}/worker.js`;
+    const { code, stderr } = await spawn([
+      "run",
+      "--allow-env",
+      "--allow-read",
+      `${ROOT}main.ts`,
+      "render",
+      "--out",
+      file,
+    ]);
+    assert.equal(code, 2);
+    assert.match(
+      stderr,
+      new RegExp(
+        `Run it as deno run --allow-env --allow-read --allow-write=${file} main\\.ts render --out ${file} `,
+      ),
+    );
+  });
+});
+
 Deno.test("status exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, as Nagios plugins do", async (t) => {
   const w = world();
   const day = 86_400_000;
@@ -2246,7 +2328,7 @@ Deno.test("status exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, as Nagios plugin
       assert.equal(code, 0);
       assert.match(
         stdout,
-        /^OK - worker "b2-private-cdn": token expires \S+ \(6d 23h left, issued 0s ago\); edge cache workers-cache \(cache_options \{"enabled":true,"cross_version_cache":true\}\)\nLarge objects \(over 512 MB \(Workers Cache\)\): 8388608-byte segments in Workers Cache [^\n]+\nAnswers at: https:\/\/b2-private-cdn.fake-subdomain.workers.dev\/$/,
+        /^OK - worker "b2-private-cdn": the download token expires \S+, in 6d 23h \(issued 0s ago\); the edge cache is Workers Cache, kept across refreshes\nLarge objects \(over 512 MB, more than Workers Cache keeps whole\) are kept in 8 MiB segments in Workers Cache, on every address, and purged with their object\nAnswers at: https:\/\/b2-private-cdn.fake-subdomain.workers.dev\/$/,
       );
     });
     await t.step("less than --min-remaining left: WARNING", async () => {
@@ -2276,7 +2358,7 @@ Deno.test("status exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, as Nagios plugin
       assert.equal(code, 2);
       assert.match(
         stdout,
-        /^CRITICAL .*-1d 0h left.*the download token has expired; run refresh$/m,
+        /^CRITICAL .*the download token expired \S+, 1d 0h ago .*; the download token has expired; run refresh$/m,
       );
     });
     await t.step("Cloudflare refuses to say: UNKNOWN, on stdout", async () => {
@@ -2520,7 +2602,7 @@ Deno.test("every upload says which cache it uses, and status reads it back", asy
       assert.equal(code, 1);
       assert.match(
         stdout,
-        /^WARNING .*Cloudflare reports cache_options \{"enabled":true\} where workers-cache needs \{"enabled":true,"cross_version_cache":true\}; run refresh \(a full upload sets it\)$/m,
+        /^WARNING .*Cloudflare says the deployed version has Workers Cache on but not kept across refreshes, where WORKER_CACHE_MODE=workers-cache wants it on and kept; run refresh \(a full upload sets it\)$/m,
       );
       const other = await p.run(["status"], { WORKER_CACHE_MODE: "cache-api" });
       assert.match(other.stdout, /caches with workers-cache, WORKER_CACHE_MODE says cache-api/);
@@ -2529,19 +2611,28 @@ Deno.test("every upload says which cache it uses, and status reads it back", asy
       delete p.w.cloudflare.scripts.get("b2-private-cdn")!.metadata.cache_options;
       const { code, stdout } = await p.run(["status"]);
       assert.equal(code, 0);
-      assert.match(stdout, /edge cache workers-cache \(cache_options unknown\)$/m);
+      assert.match(
+        stdout,
+        /the edge cache is Workers Cache \(Cloudflare did not say whether this version has it on\)$/m,
+      );
     });
     await t.step("render and --dry-run show the mode in force", async () => {
       const render = await p.run(["render"], { WORKER_CACHE_TTL: "0" });
-      assert.match(render.stdout, /^\/\/ edge cache: off \(WORKER_CACHE_TTL=0\)\n/);
-      assert.match(render.stdout, /"cache_options":\{"enabled":false\}/);
-      assert.match(render.stdout, /^\/\/ large objects: not cached \(edge cache off\)$/m);
+      assert.match(render.stdout, /^ {2}There is no edge cache \(WORKER_CACHE_MODE=off\)$/m);
+      assert.match(render.stdout, /^ {2}WORKER_CACHE_MODE +"off"$/m);
+      assert.match(
+        render.stdout,
+        /^ {2}Large objects are not cached either \(the edge cache is off\)$/m,
+      );
       const dry = await p.run(["refresh", "--dry-run"], { WORKER_CACHE_MODE: "cache-api" });
       assert.match(dry.stdout, /^Would deploy .*; edge cache cache-api$/m);
-      assert.match(dry.stdout, /^Large objects \(over 100 MiB \(Cache API\)\): 8388608-byte /m);
+      assert.match(
+        dry.stdout,
+        /^Large objects \(over 100 MiB, more than the Cache API keeps whole\) are kept in 8 MiB /m,
+      );
       const off = await p.run(["render"], { WORKER_SEGMENT_SIZE: "0" });
-      assert.match(off.stdout, /^\/\/ large objects .*: segments off, every range from B2$/m);
-      assert.match(off.stdout, /"name":"WORKER_SEGMENT_SIZE","text":"0"/);
+      assert.match(off.stdout, /^ {2}Large objects .* are served range by range from B2 /m);
+      assert.match(off.stdout, /^ {2}WORKER_SEGMENT_SIZE +"0"$/m);
     });
   } finally {
     await p.close();
@@ -4458,12 +4549,9 @@ Deno.test("render and refresh --dry-run show the rule that would be set, never i
   assert.equal(code, 0);
   assert.match(
     stdout.join(""),
-    /\/\/ event notifications: rule b2cdn-b2-private-cdn, .* under "site\/", up to 50 events a POST to https:\/\/cdn\.example\.com\/\.well-known\/b2-private-cdn\/events\?key=\(derived\)/,
+    /^ {2}Event notifications: rule b2cdn-b2-private-cdn, .* under "site\/", up to 50 events a POST to https:\/\/cdn\.example\.com\/\.well-known\/b2-private-cdn\/events\?key=\(derived\)/m,
   );
-  assert.match(
-    stdout.join(""),
-    /"name":"B2_EVENT_NOTIFICATION_SECRET","text":"\(secret, not shown\)"/,
-  );
+  assert.match(stdout.join(""), /^ {2}B2_EVENT_NOTIFICATION_SECRET +\(secret, not shown\)$/m);
 
   const w = world({ b2: { capabilities: EVENT_KEY } });
   try {
