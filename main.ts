@@ -4143,22 +4143,28 @@ async function planDeploy(
   const cf = config.cloudflare!;
   const client = new CloudflareClient(cf, ctx);
   const plan: DeployPlan = { steps: [], problems: [] };
-  const read = async <T>(work: () => Promise<T>): Promise<T | undefined> => {
+  // A refusal of a read names the permission group whose lack it shows, as init does.
+  const read = async <T>(
+    work: () => Promise<T>,
+    group?: { name: string; on: string },
+  ): Promise<T | undefined> => {
     try {
       return await work();
     } catch (error) {
       if (!isOperationError(error)) throw error;
-      plan.problems.push(error.message);
+      const refused = error instanceof ApiError && (error.status === 401 || error.status === 403);
+      plan.problems.push(group && refused ? lacksPermission(group, error.status) : error.message);
       return undefined;
     }
   };
+  const scripts = { name: "Account > Workers Scripts > Edit", on: `account ${cf.accountId}` };
   if ("token" in cf.auth) {
     const token = await read(() => verifyToken(client));
     if (token) {
       plan.steps.push(`API token: valid, ${token.owner === "user" ? "a user's" : "the account's"}`);
     }
   }
-  const settings = await read(async () => ({ deployed: await client.workerSettings() }));
+  const settings = await read(async () => ({ deployed: await client.workerSettings() }), scripts);
   if (settings) {
     const purge = settings.deployed && purgeNeeded(settings.deployed, prepared.facts);
     plan.steps.push(
@@ -4170,8 +4176,15 @@ async function planDeploy(
           : ""),
     );
   }
-  const routes = cf.zoneId ? await read(() => client.listRoutes()) : undefined;
-  const domains = cf.zoneId || cf.domain ? await read(() => client.listDomains()) : undefined;
+  const routes = cf.zoneId
+    ? await read(() => client.listRoutes(), {
+      name: "Zone > Workers Routes > Edit",
+      on: `zone ${cf.zoneId}`,
+    })
+    : undefined;
+  const domains = cf.zoneId || cf.domain
+    ? await read(() => client.listDomains(), scripts)
+    : undefined;
   if (cf.route && routes) planRoute(cf, routes, plan);
   if (cf.domain && domains) await planDomain(client, { domains, plan });
   for (
@@ -4190,6 +4203,13 @@ async function planDeploy(
     } else if (found) plan.problems.push(`WORKER_WORKERS_DEV: ${noSubdomain(cf)}`);
   }
   return plan;
+}
+
+/** A permission group the token lacks, as a read refused it, and where to add it. */
+function lacksPermission(group: { name: string; on: string }, status: number): string {
+  return `The Cloudflare token lacks "${group.name}" on ${group.on} (Cloudflare answered ` +
+    `${status} to a read): add it under My Profile > API Tokens > Edit (or the account's API ` +
+    "Tokens page for an account's token).";
 }
 
 /** The route step, as a real run would take it. */
@@ -6712,9 +6732,9 @@ async function permissionProblems(config: CloudflareConfig, ctx: Context): Promi
         throw error;
       }
       problems.push(
-        `The Cloudflare token lacks "${probe.group}" on ${probe.on} (Cloudflare answered ` +
-          `${error.status} to a read): add it under My Profile > API Tokens > Edit, then run ` +
-          "init again.",
+        `${
+          lacksPermission({ name: probe.group, on: probe.on }, error.status)
+        } Then run init again.`,
       );
     }
   }
@@ -6978,7 +6998,7 @@ export const COMMANDS = {
       "they reach, checks each permission the setup needs with read-only calls, writes .env " +
       "(mode 0600) and prints the crontab line. At a terminal it asks (secrets unseen) and " +
       "offers the first refresh; in a pipe it takes everything from flags and the environment " +
-      "and names what is missing.",
+      "and names what is missing. It reads no .env: --env-file names the file it writes.",
     flags: {
       force: {
         type: "boolean",

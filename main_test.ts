@@ -1283,7 +1283,10 @@ Deno.test("refresh --dry-run asks Cloudflare read-only and prints the plan; noth
           env: { WORKER_ROUTE: "files.example.com/*" },
         });
         assert.equal(code, 1);
-        assert.match(stdout, /PROBLEM: Cannot list the zone's routes: Cloudflare answered 403/);
+        assert.match(
+          stdout,
+          /PROBLEM: The Cloudflare token lacks "Zone > Workers Routes > Edit" on zone 20e0+1 \(Cloudflare answered 403 to a read\)/,
+        );
         assert.match(stderr, /^error: a real run would fail: /m);
         assert.deepEqual(writes(w), []);
       } finally {
