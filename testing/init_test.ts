@@ -452,3 +452,40 @@ Deno.test("init in a pipe: from flags and the environment; what is missing is na
     }
   });
 });
+
+Deno.test("init at a terminal: Ctrl-C at a secret's prompt stops it, writing nothing", async () => {
+  const at = await place();
+  try {
+    const session = initInTerminal(at);
+    await session.expect("keyID): ");
+    await session.type(KEY_ID);
+    await session.expect("(not shown as you type): ");
+    // Raw mode: Ctrl-C arrives as a character, half a key typed before it.
+    await session.type(`${B2_KEY.slice(0, 10)}\x03`);
+    const { code, transcript } = await session.finish();
+    assert.equal(code, 2, transcript);
+    assert.match(transcript, /init stopped \(Ctrl-C\); nothing written\./);
+    assert.ok(!transcript.includes(B2_KEY.slice(0, 10)), "nothing of the key shows");
+    await assert.rejects(Deno.stat(`${at.dir}/.env`), Deno.errors.NotFound);
+    assert.equal(at.b2.requests.length, 0);
+  } finally {
+    await at.close();
+  }
+});
+
+Deno.test("init at a terminal: an existing .env is replaced only when the person says so", async () => {
+  const at = await place();
+  try {
+    await Deno.writeTextFile(`${at.dir}/.env`, "B2_BUCKET_NAME=photos\n");
+    const session = initInTerminal(at);
+    await session.expect(".env exists. Replace it (the old one is kept beside it)? [y/N] ");
+    await session.type("");
+    const { code, transcript } = await session.finish();
+    assert.equal(code, 2, transcript);
+    assert.match(transcript, /\.env exists and was left as it is/);
+    assert.equal(await Deno.readTextFile(`${at.dir}/.env`), "B2_BUCKET_NAME=photos\n");
+    assert.equal(at.b2.requests.length, 0, "asked first, before any key is tried");
+  } finally {
+    await at.close();
+  }
+});
