@@ -39,17 +39,35 @@ import * as nodeModule from "node:module";
 // The worker's pure rules, so that what the CLI signs and checks is what the worker accepts:
 // one definition each. A URL run fetches this file anyway (it is also what is uploaded).
 import {
+  type CacheMode,
   canonicalPath,
+  encodePath,
+  type Env,
   eventsPerBatch,
   fromBase64Url,
   isProtected,
   purgeMessage,
+  sharedFacts,
   signedLinkMessage,
   signedLinkQuery,
   toHex,
   urlPath,
   validDownloadName,
 } from "./worker_template.ts";
+
+export type { CacheMode, Env };
+
+/** What the worker defines and this file must agree with, from the worker. */
+const {
+  purgePath: PURGE_PATH,
+  eventsPath: EVENTS_PATH,
+  purgeTimestampHeader: PURGE_TIMESTAMP_HEADER,
+  purgeSignatureHeader: PURGE_SIGNATURE_HEADER,
+  defaultStaleWhileRevalidate: DEFAULT_STALE_WHILE_REVALIDATE,
+  defaultStaleIfError: DEFAULT_STALE_IF_ERROR,
+  defaultSegmentSize: DEFAULT_SEGMENT_SIZE,
+  defaultSignedMaxTtl: DEFAULT_SIGNED_MAX_TTL,
+} = sharedFacts();
 
 const parseEnv = nodeUtil.parseEnv;
 const stripTypeScriptTypes = nodeModule.stripTypeScriptTypes;
@@ -135,20 +153,11 @@ export interface SigningOptions {
   readings?: string[];
 }
 
-/**
- * Which edge cache keeps objects: Workers Cache (tiered, in front of the
- * worker), the Cache API (`caches.default`, per data centre) or none.
- */
-export type CacheMode = "workers-cache" | "cache-api" | "off";
 const CACHE_MODES: readonly CacheMode[] = ["workers-cache", "cache-api", "off"];
 
 /** `WORKER_ACTIVE_CONTENT`: what HTML, SVG, XML and XHTML objects may do (docs/worker.md). */
 export type ActiveContent = "serve" | "sandbox" | "download";
 const ACTIVE_CONTENT: readonly ActiveContent[] = ["serve", "sandbox", "download"];
-/** An hour-old stale copy is fine for a day while one request revalidates it. */
-const DEFAULT_STALE_WHILE_REVALIDATE = DAY;
-/** A week: as long as a download token lives, so an expired one never empties the site. */
-const DEFAULT_STALE_IF_ERROR = 7 * DAY;
 
 /** How to reach B2 and what to authorize. */
 export interface B2Config {
@@ -302,62 +311,16 @@ const YEAR = 365 * DAY;
 const DEFAULT_LISTING_TTL = 60;
 /** What a listing key may have: listing names, and seeing its own bucket's name. */
 const LISTING_CAPABILITIES = ["listFiles", "listBuckets"];
-/** Segments of large objects: 8 MiB by default, 1 to 64 MiB in steps of 64 KiB. */
-const DEFAULT_SEGMENT_SIZE = 8 * 1024 * 1024;
+/** Segments of large objects: 1 to 64 MiB in steps of 64 KiB. */
 const MIN_SEGMENT_SIZE = 1024 * 1024;
 const MAX_SEGMENT_SIZE = 64 * 1024 * 1024;
 const SEGMENT_STEP = 64 * 1024;
-
-/** A variable the tool reads: a key of {@linkcode VARIABLES}, which must name each. */
-export type Variable =
-  | "B2_APPLICATION_KEY_ID"
-  | "B2_APPLICATION_KEY"
-  | "B2_BUCKET_NAME"
-  | "B2_BUCKET_ID"
-  | "B2_FILE_PREFIX"
-  | "B2_TOKEN_TTL"
-  | "B2_API_URL"
-  | "B2_EVENT_NOTIFICATIONS"
-  | "B2_LISTING_KEY_ID"
-  | "B2_LISTING_KEY"
-  | "CLOUDFLARE_ACCOUNT_ID"
-  | "CLOUDFLARE_API_TOKEN"
-  | "CLOUDFLARE_EMAIL"
-  | "CLOUDFLARE_API_KEY"
-  | "CLOUDFLARE_API_BASE_URL"
-  | "CLOUDFLARE_ZONE_ID"
-  | "WORKER_NAME"
-  | "WORKER_ROUTE"
-  | "WORKER_DOMAIN"
-  | "WORKER_WORKERS_DEV"
-  | "WORKER_URL_STYLE"
-  | "WORKER_INDEX_FILE"
-  | "WORKER_CACHE_TTL"
-  | "WORKER_CACHE_CONTROL"
-  | "WORKER_CORS_ORIGINS"
-  | "WORKER_ACTIVE_CONTENT"
-  | "WORKER_SIGNED_PREFIXES"
-  | "WORKER_SIGNING_KEY"
-  | "WORKER_SIGNING_KEY_PREVIOUS"
-  | "WORKER_SIGNING_KEY_PREVIOUS_UNTIL"
-  | "WORKER_SIGNED_MAX_TTL"
-  | "WORKER_CACHE_MODE"
-  | "WORKER_STALE_WHILE_REVALIDATE"
-  | "WORKER_STALE_IF_ERROR"
-  | "WORKER_SEGMENT_SIZE"
-  | "WORKER_LISTING"
-  | "WORKER_LISTING_TTL"
-  | "WORKER_PURGE_KEY"
-  | "VERIFY_URL"
-  | "REFRESH_SCHEDULE"
-  | "REFRESH_MARGIN"
-  | "REFRESH_PING_URL";
 
 /**
  * The settings the tool reads, in `--help`'s order. Credentials have no flag,
  * since flags show in `ps`; secrets are also never printed.
  */
-export const VARIABLES: { readonly [name in Variable]: Setting } = {
+export const VARIABLES = {
   B2_APPLICATION_KEY_ID: { kind: "text", credential: true, about: "B2 application key id" },
   B2_APPLICATION_KEY: { kind: "secret", about: "B2 application key" },
   B2_BUCKET_NAME: {
@@ -586,7 +549,10 @@ export const VARIABLES: { readonly [name in Variable]: Setting } = {
     credential: true,
     about: "dead man's switch: pinged at each run's start and end (healthchecks.io, Uptime Kuma)",
   },
-};
+} satisfies Record<string, Setting>;
+
+/** A variable the tool reads: a key of {@linkcode VARIABLES}. */
+export type Variable = keyof typeof VARIABLES;
 
 /** Raw values by variable name: flags over the environment over `.env`. */
 export type Settings = Partial<Record<Variable, string>>;
@@ -1371,8 +1337,6 @@ export function scheduleGap(schedule: string): number | undefined {
   return last === undefined || longest === 0 ? undefined : longest * 60;
 }
 
-/** A week: the longest a B2 download authorization lives, so a leaked link is worth no more. */
-const DEFAULT_SIGNED_MAX_TTL = 7 * DAY;
 /** What a signing key must hold at least: HMAC-SHA256's own output size. */
 const MIN_SIGNING_KEY_BYTES = 32;
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2}))?$/;
@@ -2244,12 +2208,8 @@ const MAIN_MODULE = "worker.js";
 /** The runtime behaviour the worker was written and tested against (workerd in miniflare 4). */
 const COMPATIBILITY_DATE = "2026-07-01";
 
-/**
- * Where the worker takes signed purge requests (`PURGE_PATH` in the worker, written twice:
- * workerd takes every export of a worker module for an entrypoint, so it exports functions
- * only; `purgeMessage()` covers this path, and the end-to-end tests send to it).
- */
-const PURGE_PATH = "/.well-known/b2-private-cdn/purge";
+/** A binding this tool sets: a key of the worker's {@linkcode Env}, so no file misspells one. */
+type BindingName = keyof Env & string;
 
 /** A Cloudflare Worker binding as the upload metadata carries it. */
 export interface Binding {
@@ -2405,96 +2365,82 @@ async function readBeside(path: string): Promise<Uint8Array<ArrayBuffer>> {
 
 /** The upload for these facts: the token only ever as a `secret_text` binding. */
 export function workerUpload(module: string, facts: WorkerFacts): WorkerUpload {
-  const plain = (name: string, text: string): Binding => ({
-    type: "plain_text",
-    name,
-    text,
-  });
+  const { options } = facts;
   return {
     metadata: {
       main_module: MAIN_MODULE,
       compatibility_date: COMPATIBILITY_DATE,
       bindings: [
-        {
-          type: "secret_text",
-          name: "B2_DOWNLOAD_TOKEN",
-          text: facts.downloadToken,
-        },
+        secret("B2_DOWNLOAD_TOKEN", facts.downloadToken),
         plain("B2_DOWNLOAD_URL", facts.downloadUrl),
         plain("B2_BUCKET_NAME", facts.bucketName),
         plain("B2_FILE_PREFIX", facts.prefix),
         plain("B2_TOKEN_ISSUED_AT", isoSeconds(facts.issuedAt)),
         plain("B2_TOKEN_EXPIRES_AT", isoSeconds(facts.expiresAt)),
-        plain("WORKER_URL_STYLE", facts.options.urlStyle),
-        plain("WORKER_INDEX_FILE", facts.options.indexFile),
-        plain("WORKER_CACHE_TTL", String(facts.options.cacheTtl)),
-        plain("WORKER_CACHE_CONTROL", facts.options.cacheControl),
-        plain("WORKER_CORS_ORIGINS", facts.options.corsOrigins),
-        plain("WORKER_ACTIVE_CONTENT", facts.options.activeContent ?? "serve"),
-        ...signingBindings(facts.options.signing),
-        plain("WORKER_CACHE_MODE", facts.options.cacheMode),
+        plain("WORKER_URL_STYLE", options.urlStyle),
+        plain("WORKER_INDEX_FILE", options.indexFile),
+        plain("WORKER_CACHE_TTL", String(options.cacheTtl)),
+        plain("WORKER_CACHE_CONTROL", options.cacheControl),
+        plain("WORKER_CORS_ORIGINS", options.corsOrigins),
+        plain("WORKER_ACTIVE_CONTENT", options.activeContent ?? "serve"),
+        ...signingBindings(options.signing),
+        plain("WORKER_CACHE_MODE", options.cacheMode),
         plain(
           "WORKER_STALE_WHILE_REVALIDATE",
-          String(facts.options.staleWhileRevalidate ?? DEFAULT_STALE_WHILE_REVALIDATE),
+          String(options.staleWhileRevalidate ?? DEFAULT_STALE_WHILE_REVALIDATE),
         ),
-        plain(
-          "WORKER_STALE_IF_ERROR",
-          String(facts.options.staleIfError ?? DEFAULT_STALE_IF_ERROR),
-        ),
-        plain("WORKER_SEGMENT_SIZE", String(facts.options.segmentSize ?? DEFAULT_SEGMENT_SIZE)),
-        ...(facts.purgeKey
-          ? [{ type: "secret_text" as const, name: "WORKER_PURGE_KEY", text: facts.purgeKey }]
-          : []),
+        plain("WORKER_STALE_IF_ERROR", String(options.staleIfError ?? DEFAULT_STALE_IF_ERROR)),
+        plain("WORKER_SEGMENT_SIZE", String(options.segmentSize ?? DEFAULT_SEGMENT_SIZE)),
+        ...(facts.purgeKey ? [secret("WORKER_PURGE_KEY", facts.purgeKey)] : []),
         ...(facts.fingerprint ? [plain("WORKER_FINGERPRINT", facts.fingerprint)] : []),
         ...(facts.purgePending ? [plain("WORKER_PURGE_PENDING", facts.purgePending)] : []),
         ...(facts.pinged ? [plain("REFRESH_PINGED", facts.pinged)] : []),
-        ...(facts.eventSecret
-          ? [{ type: "secret_text" as const, name: EVENT_SECRET_BINDING, text: facts.eventSecret }]
-          : []),
-        ...listingBindings(facts.options.listing),
+        ...(facts.eventSecret ? [secret(EVENT_SECRET_BINDING, facts.eventSecret)] : []),
+        ...listingBindings(options.listing),
       ],
-      cache_options: cacheOptionsFor(facts.options.cacheMode),
+      cache_options: cacheOptionsFor(options.cacheMode),
     },
     module,
   };
+}
+
+/** A `plain_text` binding of the worker's {@linkcode Env}. */
+function plain(name: BindingName, text: string): Binding {
+  return { type: "plain_text", name, text };
+}
+
+/** A `secret_text` binding of the worker's {@linkcode Env}: never shown once set. */
+function secret(name: BindingName, text: string): Binding {
+  return { type: "secret_text", name, text };
 }
 
 /** The listing bindings: the key (and its id) only ever as `secret_text`. None when off. */
 function listingBindings(listing: ListingOptions | undefined): Binding[] {
   if (!listing) return [];
   return [
-    { type: "plain_text", name: "WORKER_LISTING", text: "on" },
-    { type: "plain_text", name: "WORKER_LISTING_TTL", text: String(listing.ttl) },
-    { type: "plain_text", name: "B2_API_URL", text: listing.apiUrl },
-    { type: "secret_text", name: "B2_LISTING_KEY_ID", text: listing.keyId },
-    { type: "secret_text", name: "B2_LISTING_KEY", text: listing.key },
+    plain("WORKER_LISTING", "on"),
+    plain("WORKER_LISTING_TTL", String(listing.ttl)),
+    plain("B2_API_URL", listing.apiUrl),
+    secret("B2_LISTING_KEY_ID", listing.keyId),
+    secret("B2_LISTING_KEY", listing.key),
   ];
 }
 
 /** The signed-link bindings: the keys only ever as `secret_text`. None without signing. */
 function signingBindings(signing: SigningOptions | undefined): Binding[] {
   if (!signing) return [];
-  const bindings: Binding[] = [
-    {
-      type: "plain_text",
-      name: "WORKER_SIGNED_PREFIXES",
-      // Percent-encoded again, since the worker decodes what it reads exactly once.
-      text: signing.prefixes.map(encodePath).join(","),
-    },
-    { type: "plain_text", name: "WORKER_SIGNED_MAX_TTL", text: String(signing.maxTtl) },
-    { type: "secret_text", name: "WORKER_SIGNING_KEY", text: signing.key },
+  return [
+    // Percent-encoded again, since the worker decodes what it reads exactly once.
+    plain("WORKER_SIGNED_PREFIXES", signing.prefixes.map(encodePath).join(",")),
+    plain("WORKER_SIGNED_MAX_TTL", String(signing.maxTtl)),
+    secret("WORKER_SIGNING_KEY", signing.key),
+    ...(signing.previousKey && signing.previousUntil !== undefined
+      ? [
+        secret("WORKER_SIGNING_KEY_PREVIOUS", signing.previousKey),
+        plain("WORKER_SIGNING_KEY_PREVIOUS_UNTIL", isoSeconds(signing.previousUntil)),
+      ]
+      : []),
   ];
-  if (signing.previousKey && signing.previousUntil !== undefined) {
-    bindings.push(
-      { type: "secret_text", name: "WORKER_SIGNING_KEY_PREVIOUS", text: signing.previousKey },
-      {
-        type: "plain_text",
-        name: "WORKER_SIGNING_KEY_PREVIOUS_UNTIL",
-        text: isoSeconds(signing.previousUntil),
-      },
-    );
-  }
-  return bindings;
 }
 
 /** The metadata with secret values replaced, for printing. */
@@ -3271,10 +3217,8 @@ async function readWorkersDev(cf: CloudflareClient): Promise<WorkersDev> {
 // Event notifications
 // ---------------------------------------------------------------------------
 
-/** Where the worker takes B2's signed notifications (`EVENTS_PATH` in the worker). */
-const EVENTS_PATH = "/.well-known/b2-private-cdn/events";
 /** The secret binding the worker verifies notifications with. */
-const EVENT_SECRET_BINDING = "B2_EVENT_NOTIFICATION_SECRET";
+const EVENT_SECRET_BINDING: BindingName = "B2_EVENT_NOTIFICATION_SECRET";
 /** Fixed, so that every machine derives the same signing secret from the same configuration. */
 const EVENT_SECRET_INFO = "b2-private-cdn event notifications v1";
 const ALPHANUMERIC = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -4369,7 +4313,10 @@ interface WorkerSettings {
 }
 
 /** The text of the deployed worker's plain-text binding `name`, the facts refresh left there. */
-function plainBinding(settings: WorkerSettings | undefined, name: string): string | undefined {
+function plainBinding(
+  settings: WorkerSettings | undefined,
+  name: BindingName,
+): string | undefined {
   return settings?.bindings.find((b) => b.name === name && b.type === "plain_text")?.text;
 }
 
@@ -4383,9 +4330,9 @@ function purgeNeeded(
   previous: WorkerSettings | undefined,
   next: Pick<WorkerFacts, "fingerprint">,
 ): string | undefined {
-  const plain = (name: string) => plainBinding(previous, name);
-  if (plain("WORKER_PURGE_PENDING")) return "a purge of an earlier refresh is still owed";
-  const fingerprint = plain("WORKER_FINGERPRINT");
+  const read = (name: BindingName) => plainBinding(previous, name);
+  if (read("WORKER_PURGE_PENDING")) return "a purge of an earlier refresh is still owed";
+  const fingerprint = read("WORKER_FINGERPRINT");
   if (!fingerprint || fingerprint === next.fingerprint) return undefined;
   return "what the site serves changed (bucket, prefix, URL style, index file, " +
     "browser cache policy, CORS origins, cache mode or answer format)";
@@ -4446,17 +4393,17 @@ function recentUpload(
   deployed: WorkerSettings | undefined,
   now: number,
 ): { bucket: string; prefix: string; issuedAt: string; expiresAt: string } | undefined {
-  const plain = (name: string) => plainBinding(deployed, name);
-  const issued = Date.parse(plain("B2_TOKEN_ISSUED_AT") ?? "");
-  const expires = Date.parse(plain("B2_TOKEN_EXPIRES_AT") ?? "");
+  const read = (name: BindingName) => plainBinding(deployed, name);
+  const issued = Date.parse(read("B2_TOKEN_ISSUED_AT") ?? "");
+  const expires = Date.parse(read("B2_TOKEN_EXPIRES_AT") ?? "");
   const age = now - issued;
   if (Number.isNaN(issued) || Number.isNaN(expires) || age < 0 || age > RECENT_UPLOAD_MS) {
     return undefined;
   }
-  if (plain("WORKER_PURGE_PENDING")) return undefined;
+  if (read("WORKER_PURGE_PENDING")) return undefined;
   return {
-    bucket: plain("B2_BUCKET_NAME") ?? "",
-    prefix: plain("B2_FILE_PREFIX") ?? "",
+    bucket: read("B2_BUCKET_NAME") ?? "",
+    prefix: read("B2_FILE_PREFIX") ?? "",
     issuedAt: isoSeconds(issued),
     expiresAt: isoSeconds(expires),
   };
@@ -4768,8 +4715,8 @@ export async function signPurge(
   );
   return {
     "content-type": "application/json",
-    "x-b2cdn-timestamp": timestamp,
-    "x-b2cdn-signature": toHex(new Uint8Array(signature)),
+    [PURGE_TIMESTAMP_HEADER]: timestamp,
+    [PURGE_SIGNATURE_HEADER]: toHex(new Uint8Array(signature)),
   };
 }
 
@@ -5168,20 +5115,20 @@ function missingTokenBinding(settings: WorkerSettings): string | undefined {
 
 /** The token's times and the cache the deployed version uses, from its bindings. */
 function deployedToken(settings: WorkerSettings, now: number): Partial<StatusReport> {
-  const plain = (name: string) => plainBinding(settings, name);
-  const expires = Date.parse(plain("B2_TOKEN_EXPIRES_AT") ?? "");
-  const issued = Date.parse(plain("B2_TOKEN_ISSUED_AT") ?? "");
+  const read = (name: BindingName) => plainBinding(settings, name);
+  const expires = Date.parse(read("B2_TOKEN_EXPIRES_AT") ?? "");
+  const issued = Date.parse(read("B2_TOKEN_ISSUED_AT") ?? "");
   return {
     expiresAt: isoSeconds(expires),
     remaining: Math.floor((expires - now) / 1000),
     ...(!Number.isNaN(issued) &&
       { issuedAt: isoSeconds(issued), age: Math.floor((now - issued) / 1000) }),
     // Deploys before cache modes existed used the Cache API.
-    cacheMode: plain("WORKER_CACHE_MODE") ?? "cache-api",
+    cacheMode: read("WORKER_CACHE_MODE") ?? "cache-api",
     // Deploys before segments existed did not segment.
-    segmentSize: Number(plain("WORKER_SEGMENT_SIZE") ?? 0),
+    segmentSize: Number(read("WORKER_SEGMENT_SIZE") ?? 0),
     cacheOptions: settings.cacheOptions ?? "unknown",
-    ...(plain("REFRESH_PINGED") && { pinged: describePinged(plain("REFRESH_PINGED")!) }),
+    ...(read("REFRESH_PINGED") && { pinged: describePinged(read("REFRESH_PINGED")!) }),
   };
 }
 
@@ -5819,11 +5766,6 @@ export async function signLink(
 /** A fresh signing key: 32 random bytes, base64url, as `WORKER_SIGNING_KEY` takes it. */
 export function generateSigningKey(): string {
   return toBase64Url(crypto.getRandomValues(new Uint8Array(MIN_SIGNING_KEY_BYTES)));
-}
-
-/** A canonical path percent-encoded per segment, as the worker decodes it back. */
-function encodePath(path: string): string {
-  return path.split("/").map(encodeURIComponent).join("/");
 }
 
 function toBase64Url(bytes: Uint8Array): string {

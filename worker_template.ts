@@ -11,15 +11,19 @@
 
 /** The bindings `refresh` sets. Options absent from an older deploy get their defaults. */
 export interface Env {
+  /** When the deploying run pinged REFRESH_PING_URL, for `status`; the worker does not read it. */
+  REFRESH_PINGED?: string;
   /** The B2 download authorization token (a secret binding). */
   B2_DOWNLOAD_TOKEN: string;
   /** Like `https://f004.backblazeb2.com`. */
   B2_DOWNLOAD_URL: string;
+  /** The bucket the token reads. */
   B2_BUCKET_NAME: string;
   /** Prepended to every name; empty serves the whole bucket. @default "" */
   B2_FILE_PREFIX?: string;
   /** ISO 8601, for whoever reads the worker's settings; the worker does not need them. */
   B2_TOKEN_ISSUED_AT?: string;
+  /** ISO 8601, as `B2_TOKEN_ISSUED_AT`; what `status` judges. */
   B2_TOKEN_EXPIRES_AT?: string;
   /** `plain`: `/<path>` serves `<prefix><path>`; `b2`: `/file/<bucket>/<name>`. @default "plain" */
   WORKER_URL_STYLE?: string;
@@ -171,6 +175,33 @@ export type RangeSpec = { start: number; end?: number } | { suffix: number };
 export interface ByteRange {
   start: number;
   end: number;
+}
+
+/**
+ * The facts main.ts must agree with, defined here once: where purges and events are sent, the
+ * purge request's headers and the defaults the worker applies. A module worker exports only
+ * functions and its entrypoints, so they are handed out by this one.
+ */
+export function sharedFacts(): {
+  purgePath: string;
+  eventsPath: string;
+  purgeTimestampHeader: string;
+  purgeSignatureHeader: string;
+  defaultStaleWhileRevalidate: number;
+  defaultStaleIfError: number;
+  defaultSegmentSize: number;
+  defaultSignedMaxTtl: number;
+} {
+  return {
+    purgePath: PURGE_PATH,
+    eventsPath: EVENTS_PATH,
+    purgeTimestampHeader: PURGE_TIMESTAMP_HEADER,
+    purgeSignatureHeader: PURGE_SIGNATURE_HEADER,
+    defaultStaleWhileRevalidate: DEFAULT_STALE_WHILE_REVALIDATE,
+    defaultStaleIfError: DEFAULT_STALE_IF_ERROR,
+    defaultSegmentSize: DEFAULT_SEGMENT_SIZE,
+    defaultSignedMaxTtl: DEFAULT_SIGNED_MAX_TTL,
+  };
 }
 
 // Bumped whenever the same object and settings would be answered differently (headers, status,
@@ -786,7 +817,7 @@ export function b2Url(
 }
 
 /** A name as a URL path: each `/`-separated part percent-encoded, the `/` kept. */
-function encodePath(path: string): string {
+export function encodePath(path: string): string {
   return path.split("/").map(encodeURIComponent).join("/");
 }
 
