@@ -228,6 +228,12 @@ export interface Config {
    * origin, else a one-host route's fixed part (`https://example.com/cdn`).
    */
   site?: string;
+  /** The site's origin alone: `WORKER_DOMAIN`'s, else a one-host route's host's. */
+  origin?: string;
+  /** `B2_BUCKET_NAME`, whether or not the command needs B2 (render shows it). */
+  bucketName?: string;
+  /** `B2_FILE_PREFIX`, whether or not the command needs B2. @default "" */
+  filePrefix: string;
   /** Five-field cron expression, UTC. @default "17 4 * * *" */
   refreshSchedule: string;
   /** `cron` refreshes at start when less than this many seconds are left. @default 6 days */
@@ -822,6 +828,11 @@ export interface Needs {
    * (`purge`, which otherwise asks Cloudflare for the workers.dev address).
    */
   cloudflareUnlessSite?: boolean;
+  /**
+   * The Cloudflare settings are read (and must be complete) when `CLOUDFLARE_ACCOUNT_ID` is
+   * set and no site is (`check-cache`, which then asks for the workers.dev address).
+   */
+  cloudflareIfAccount?: boolean;
   /** Signed purge requests: `WORKER_PURGE_KEY` or `B2_APPLICATION_KEY` (with Workers Cache). */
   purgeKey?: boolean;
   /** Refreshes on `REFRESH_SCHEDULE` (`cron`): each token must outlive the gap to the next run. */
@@ -942,6 +953,7 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
   const worker = workerOptions(reading);
   const config: Config = {
     worker,
+    filePrefix: value.text("B2_FILE_PREFIX") ?? "",
     workerName: value.text("WORKER_NAME")!,
     refreshSchedule: value.text("REFRESH_SCHEDULE")!,
     refreshMargin: value.number("REFRESH_MARGIN"),
@@ -957,12 +969,16 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
   const pingUrl = value.text("REFRESH_PING_URL");
   if (pingUrl !== undefined) config.pingUrl = pingUrl;
   if (needs.b2 || (needs.b2ForEvents && worker.eventNotifications)) config.b2 = b2Config(reading);
-  const site = workerBase({
-    domain: value.text("WORKER_DOMAIN"),
-    route: value.text("WORKER_ROUTE"),
-  });
+  const where = { domain: value.text("WORKER_DOMAIN"), route: value.text("WORKER_ROUTE") };
+  const site = workerAddress(where);
+  const origin = workerAddress(where, { origin: true });
   if (site) config.site = site;
-  if (needs.cloudflare || (needs.cloudflareUnlessSite && !site)) {
+  if (origin) config.origin = origin;
+  const bucketName = value.text("B2_BUCKET_NAME");
+  if (bucketName !== undefined) config.bucketName = bucketName;
+  const cloudflareToFind = needs.cloudflareIfAccount && !origin &&
+    value.text("CLOUDFLARE_ACCOUNT_ID") !== undefined;
+  if (needs.cloudflare || (needs.cloudflareUnlessSite && !site) || cloudflareToFind) {
     const before = problems.length;
     config.cloudflare = cloudflareConfig(reading);
     if (!needs.cloudflare && problems.length > before) {
@@ -3282,17 +3298,6 @@ export function eventRuleName(workerName: string): string {
   return `b2cdn-${workerName.replaceAll("_", "-")}`.slice(0, 63);
 }
 
-/**
- * The public HTTPS origin (and route path) where B2 reaches the worker:
- * `WORKER_DOMAIN`, else the route's one host, else workers.dev.
- */
-function webhookBase(
-  config: CloudflareConfig,
-  workersDev: string | false | undefined,
-): string | undefined {
-  return (workerBase(config) ?? (workersDev || undefined))?.replace(/\/+$/, "");
-}
-
 /** The rule this tool keeps, signing with `derived.secret`. */
 function eventRule(options: {
   workerName: string;
@@ -3490,7 +3495,8 @@ async function applyEventRule(
   }
   let ours: NotificationRule | undefined;
   if (on) {
-    const base = webhookBase(cloudflare, result.workersDev);
+    const { domain, route } = cloudflare;
+    const base = workerAddress({ domain, route, workersDevUrl: result.workersDev || undefined });
     if (!base) {
       throw new ConfigError([
         "B2_EVENT_NOTIFICATIONS=on needs a public HTTPS address of the worker for B2 to call: " +
@@ -3624,11 +3630,11 @@ async function readEventRule(config: Config, ctx: Context): Promise<EventRuleRep
  * (https://nagios-plugins.org/doc/guidelines.html, "Plugin Return Codes").
  * A WARNING or CRITICAL stays: what it reports is known.
  */
-async function judgeEventRule(
+async function eventRuleFindings(
   config: Config,
   ctx: Context,
   report: StatusReport,
-): Promise<void> {
+): Promise<Finding[]> {
   const warnings = report.warnings ??= [];
   try {
     report.eventNotifications = await readEventRule(config, ctx);
@@ -3636,23 +3642,14 @@ async function judgeEventRule(
     if (!isOperationError(error) && !(error instanceof ConfigError)) throw error;
     const text = "cannot tell whether B2 delivers event notifications: cannot read the " +
       `Event Notification rule: ${error.message}`;
-    addFinding(report, { state: "UNKNOWN", text });
-    return;
+    return [{ state: "UNKNOWN", text }];
   }
   if (config.worker.cacheMode !== "workers-cache") {
     warnings.push(`event notifications: ${eventReach(config.worker.cacheMode)}`);
   }
   const text = eventRuleProblem(report.eventNotifications);
-  if (!text) return;
-  addFinding(report, { state: report.eventNotifications.suspended ? "CRITICAL" : "WARNING", text });
-}
-
-/** Adds a finding to a judged report: its state only worsens, and UNKNOWN only replaces OK. */
-function addFinding(report: StatusReport, finding: { state: StatusState; text: string }): void {
-  const rank: Record<StatusState, number> = { OK: 0, UNKNOWN: 1, WARNING: 2, CRITICAL: 3 };
-  report.healthy = false;
-  if (rank[finding.state] > rank[report.state]) report.state = finding.state;
-  report.problem = report.problem ? `${report.problem}; ${finding.text}` : finding.text;
+  if (!text) return [];
+  return [{ state: report.eventNotifications.suspended ? "CRITICAL" : "WARNING", text }];
 }
 
 /** One line for a person: the rule and its state. */
@@ -3740,15 +3737,12 @@ function eventReach(mode: CacheMode): string {
 }
 
 /** The rule refresh would set, for render and `--dry-run`; the secret is never shown. */
-function describeEventRule(
-  config: Config,
-  where: { prefix: string; domain?: string | undefined; route?: string | undefined },
-): string {
+function describeEventRule(config: Config): string {
   if (!config.worker.eventNotifications) return "event notifications: off";
-  const base = workerBase(where) ?? `https://${config.workerName}.<subdomain>.workers.dev`;
+  const base = config.site ?? `https://${config.workerName}.<subdomain>.workers.dev`;
   const url = `${base}${EVENTS_PATH}?key=(derived)`;
   return `event notifications: rule ${eventRuleName(config.workerName)}, ` +
-    `${EVENT_TYPES.join(" ")} under "${where.prefix}", up to ${
+    `${EVENT_TYPES.join(" ")} under "${config.filePrefix}", up to ${
       eventsPerBatch(config.worker.cacheMode)
     } ` +
     `events a POST to ${url}, signed with the derived secret (${EVENT_SECRET_BINDING}); ` +
@@ -4721,43 +4715,27 @@ export async function signPurge(
 }
 
 /**
- * Where visitors reach the worker by its own names: the custom domain
- * (`WORKER_DOMAIN`), else the route's host when the route (`WORKER_ROUTE`,
- * its scheme optional) names one host.
+ * Where the worker answers, from the settings alone: `WORKER_DOMAIN`'s origin, else the URL
+ * under which a one-host route runs it (`example.com/cdn/*` gives `https://example.com/cdn`),
+ * else `workersDevUrl`, its workers.dev address when known. With `origin`, the scheme and host
+ * only, a one-host route's whatever its pattern. The one place that says where it answers.
  */
-function siteOrigin(
-  names: { domain?: string | undefined; route?: string | undefined },
+function workerAddress(
+  where: { domain?: string | undefined; route?: string | undefined; workersDevUrl?: string },
+  options: { origin?: boolean } = {},
 ): string | undefined {
-  const domain = names.domain?.trim();
+  const domain = where.domain?.trim();
   if (domain) return `https://${domain}`;
-  const { host } = routeParts(names.route);
-  return host ? `https://${host}` : undefined;
-}
-
-/** `WORKER_DOMAIN`'s origin, else the URL under which a one-host route runs the worker. */
-function workerBase(
-  names: { domain?: string | undefined; route?: string | undefined },
-): string | undefined {
-  return siteOrigin({ domain: names.domain }) || routeBase(names.route);
-}
-
-/**
- * The URL under which a route runs the worker: its one host and the fixed
- * part of its pattern (`example.com/cdn/*` gives `https://example.com/cdn`);
- * `undefined` for a host with a wildcard or a pattern without one.
- */
-function routeBase(route: string | undefined): string | undefined {
-  const { host, pattern } = routeParts(route);
-  if (!host || !pattern.endsWith("*")) return undefined;
-  return `https://${host}${pattern.slice(0, -1).replace(/\/+$/, "")}`;
-}
-
-/** A route's one host (none when it has a wildcard) and its path pattern; the scheme is optional. */
-function routeParts(route: string | undefined): { host?: string; pattern: string } {
-  const bare = route?.trim().replace(/^https?:\/\//, "") ?? "";
+  // The route's scheme is optional; a host with a wildcard is no one host.
+  const bare = where.route?.trim().replace(/^https?:\/\//, "") ?? "";
   const slash = bare.includes("/") ? bare.indexOf("/") : bare.length;
   const host = bare.slice(0, slash);
-  return { ...(host && !host.includes("*") && { host }), pattern: bare.slice(slash) };
+  const pattern = bare.slice(slash);
+  if (host && !host.includes("*")) {
+    if (options.origin) return `https://${host}`;
+    if (pattern.endsWith("*")) return `https://${host}${pattern.slice(0, -1).replace(/\/+$/, "")}`;
+  }
+  return where.workersDevUrl?.replace(/\/+$/, "");
 }
 
 /**
@@ -4771,7 +4749,8 @@ export async function purgeUrl(
   options: { url?: string; subdomain?: () => Promise<string | undefined> },
 ): Promise<string> {
   const cloudflare = config.cloudflare;
-  let base = options.url || config.site || workerBase(cloudflare ?? {});
+  let base = options.url || config.site ||
+    workerAddress({ domain: cloudflare?.domain, route: cloudflare?.route });
   if (!base && cloudflare) {
     const subdomain = await (options.subdomain ??
       (() => new CloudflareClient(cloudflare, ctx).accountSubdomain()))();
@@ -5056,8 +5035,11 @@ export interface StatusReport {
 export type StatusState = "OK" | "WARNING" | "CRITICAL" | "UNKNOWN";
 
 /** One reason a report is not OK, and how bad it is. */
-interface Finding {
-  state: Exclude<StatusState, "OK" | "UNKNOWN">;
+/** One thing `status` found wrong: how bad, and what to do. */
+export interface Finding {
+  /** `UNKNOWN` when it could not be told (it only replaces `OK`). */
+  state: Exclude<StatusState, "OK">;
+  /** What is wrong and the fix, as `problem` joins them. */
   text: string;
 }
 
@@ -5074,32 +5056,50 @@ export async function status(
     cacheMode?: CacheMode;
     /** Also list where the worker answers, its leftovers and warnings (more API calls). */
     survey?: boolean;
+    /** Further findings, judged with the deployment's own (the event rule's). */
+    more?: (report: StatusReport) => Promise<Finding[]>;
   },
 ): Promise<StatusReport> {
   const report: StatusReport = { worker: config.workerName, healthy: false, state: "CRITICAL" };
-  const cf = new CloudflareClient(config, ctx);
+  const findings = await deploymentFindings(new CloudflareClient(config, ctx), report, options);
+  findings.push(...await options.more?.(report) ?? []);
+  return judge(report, findings);
+}
+
+/** What is wrong with the deployed worker; `report` gets its facts on the way. */
+async function deploymentFindings(
+  cf: CloudflareClient,
+  report: StatusReport,
+  options: { minRemaining: number; cacheMode?: CacheMode; survey?: boolean },
+): Promise<Finding[]> {
   const settings = await cf.workerSettings();
   if (!settings || !settings.bindings) {
-    return {
-      ...report,
-      problem: `worker "${config.workerName}" does not exist; run refresh`,
-    };
+    return [{ state: "CRITICAL", text: `worker "${report.worker}" does not exist; run refresh` }];
   }
   const { readAll } = options.survey ? await survey(cf, report) : { readAll: true };
   const missing = missingTokenBinding(settings);
-  if (missing) return { ...report, problem: missing };
-  Object.assign(report, deployedToken(settings, ctx.now()));
-  const findings = [
+  if (missing) return [{ state: "CRITICAL", text: missing }];
+  Object.assign(report, deployedToken(settings, cf.ctx.now()));
+  return [
     ...tokenProblems(report, options.minRemaining),
     ...cacheProblems(report, settings, options.cacheMode),
     ...servingProblems(report, settings, { readAll }),
   ];
-  if (findings.length === 0) return { ...report, healthy: true, state: "OK" };
-  return {
-    ...report,
-    state: findings.some((f) => f.state === "CRITICAL") ? "CRITICAL" : "WARNING",
-    problem: findings.map((f) => f.text).join("; "),
-  };
+}
+
+/**
+ * The report's state from all its findings, once: the worst of them (UNKNOWN only replaces
+ * OK, since what a WARNING or CRITICAL reports is known), and every text, in order.
+ */
+function judge(report: StatusReport, findings: Finding[]): StatusReport {
+  const rank: Record<StatusState, number> = { OK: 0, UNKNOWN: 1, WARNING: 2, CRITICAL: 3 };
+  report.healthy = findings.length === 0;
+  report.state = findings.reduce<StatusState>(
+    (worst, finding) => rank[finding.state] > rank[worst] ? finding.state : worst,
+    "OK",
+  );
+  if (findings.length > 0) report.problem = findings.map((f) => f.text).join("; ");
+  return report;
 }
 
 /** Why the deployed worker cannot hold a working token at all, or `undefined`. */
@@ -7175,7 +7175,7 @@ export const COMMANDS = {
     },
     example: "main.ts check-cache --url https://cdn.example.com/hello.txt",
     exit: "0 as intended, 1 a problem, 2 no URL or bad usage",
-    needs: (): Needs => ({}),
+    needs: (): Needs => ({ cloudflareIfAccount: true }),
     permissions: NET_ENV_READ,
     handler: runCheckCache,
   },
@@ -7402,7 +7402,7 @@ async function runRefresh({ config, ctx, io, flags, pinged }: Job): Promise<numb
   }
   const { upload, ...facts } = result;
   const eventRule = flags["dry-run"] && config.worker.eventNotifications
-    ? describeEventRule(config, { prefix: config.b2?.prefix ?? "", ...config.cloudflare })
+    ? describeEventRule(config)
     : undefined;
   if (flags.json) {
     io.stdout(JSON.stringify(
@@ -7461,36 +7461,29 @@ function bindingLines(
  * Prints what refresh would upload, with placeholders for what only B2 can
  * tell (the token, its times and the download URL): no credentials, no network.
  */
-async function runRender({ settings, config, io, flags }: Job): Promise<number> {
+async function runRender({ config, io, flags }: Job): Promise<number> {
   const module = await loadWorkerModule();
+  const served = {
+    bucketName: config.bucketName ?? "(B2_BUCKET_NAME)",
+    prefix: config.filePrefix,
+    options: config.worker,
+  };
   const upload = workerUpload(module, {
+    ...served,
     downloadToken: "",
     downloadUrl: "https://f000.backblazeb2.com (from b2_authorize_account)",
-    bucketName: settings.B2_BUCKET_NAME ?? "(B2_BUCKET_NAME)",
-    prefix: settings.B2_FILE_PREFIX ?? "",
     issuedAt: 0,
     expiresAt: 0,
-    options: config.worker,
     ...(config.purgeSecret && { purgeKey: "(derived)" }),
     ...(config.worker.eventNotifications && { eventSecret: "(derived)" }),
-    fingerprint: await servingFingerprint(module, {
-      bucketName: settings.B2_BUCKET_NAME ?? "(B2_BUCKET_NAME)",
-      prefix: settings.B2_FILE_PREFIX ?? "",
-      options: config.worker,
-    }),
+    fingerprint: await servingFingerprint(module, served),
   });
   const metadata = maskSecrets(upload.metadata);
   const segments = describeSegments(
     config.worker.cacheMode,
     config.worker.segmentSize ?? DEFAULT_SEGMENT_SIZE,
   );
-  const eventRule = config.worker.eventNotifications
-    ? describeEventRule(config, {
-      prefix: settings.B2_FILE_PREFIX ?? "",
-      domain: settings.WORKER_DOMAIN,
-      route: settings.WORKER_ROUTE,
-    })
-    : undefined;
+  const eventRule = config.worker.eventNotifications ? describeEventRule(config) : undefined;
   if (flags.json) {
     io.stdout(JSON.stringify({
       cacheMode: config.worker.cacheMode,
@@ -7569,8 +7562,9 @@ async function runStatus({ config, ctx, io, flags }: Job): Promise<number> {
     minRemaining: flags["min-remaining"],
     cacheMode: config.worker.cacheMode,
     survey: true,
+    ...(config.worker.eventNotifications &&
+      { more: (report: StatusReport) => eventRuleFindings(config, ctx, report) }),
   });
-  if (config.worker.eventNotifications) await judgeEventRule(config, ctx, report);
   if (flags.json) {
     io.stdout(JSON.stringify(report));
   } else {
@@ -7674,14 +7668,11 @@ function describeCacheCheck(report: CacheCheckReport): string {
  * (a large object's range, a purge), and its exit code means "the edge
  * caches as intended", not "the token was renewed".
  */
-async function runCheckCache({ settings, config, ctx, io, flags }: Job): Promise<number> {
-  const origin = siteOrigin({ domain: settings.WORKER_DOMAIN, route: settings.WORKER_ROUTE });
+async function runCheckCache({ config, ctx, io, flags }: Job): Promise<number> {
+  const { origin } = config;
   // As purge does: with neither a domain nor a concrete route, its workers.dev address.
   // check-cache asks nothing of Cloudflare otherwise, so its settings are read only then.
-  const cloudflare = flags.url === undefined && origin === undefined &&
-      settings.CLOUDFLARE_ACCOUNT_ID
-    ? parseConfig(settings, { cloudflare: true }).cloudflare
-    : undefined;
+  const cloudflare = flags.url === undefined ? config.cloudflare : undefined;
   const subdomain = cloudflare && await new CloudflareClient(cloudflare, ctx).accountSubdomain();
   const url = flags.url ?? (origin && `${origin}/`) ??
     (cloudflare && subdomain ? workersDevUrl(cloudflare, subdomain) : undefined);
@@ -7765,7 +7756,7 @@ function runKeygen({ io, flags }: Job): Promise<number> {
 }
 
 /** Prints a signed link; every problem with the request is a {@linkcode ConfigError} (exit 2). */
-async function runSign({ settings, config, ctx, io, flags, args }: Job): Promise<number> {
+async function runSign({ config, ctx, io, flags, args }: Job): Promise<number> {
   const signing = config.worker.signing;
   const { expires, "not-before": notBefore, "download-name": downloadName } = flags;
   // Checked by signPositionalProblems(): one path, or one --prefix.
@@ -7819,7 +7810,7 @@ async function runSign({ settings, config, ctx, io, flags, args }: Job): Promise
     }
   }
   const baseUrl = flags.url ??
-    siteOrigin({ domain: settings.WORKER_DOMAIN, route: settings.WORKER_ROUTE });
+    config.origin;
   if (baseUrl === undefined) {
     problems.push(
       "Give --url https://<your host>: neither WORKER_DOMAIN nor a WORKER_ROUTE with a " +
@@ -8067,7 +8058,10 @@ export type LocalCommand = "dev" | "demo";
 
 /** What a command is handed once its line and settings are read. */
 export interface Job {
-  /** The settings as given, before checking. */
+  /**
+   * The settings as given, before checking: only `init` reads them, to write them back; every
+   * other command reads `config`.
+   */
   settings: Settings;
   /** The settings, checked. */
   config: Config;
