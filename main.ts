@@ -346,19 +346,19 @@ export const VARIABLES = {
     min: 1,
     max: MAX_TOKEN_TTL,
     default: "7d",
-    about: "download token lifetime, at most 7d (default 7d)",
+    about: "download token lifetime, at most 7d",
   },
   B2_API_URL: {
     kind: "url",
     default: "https://api.backblazeb2.com",
-    about: "default https://api.backblazeb2.com",
+    about: "the B2 native API",
   },
   B2_EVENT_NOTIFICATIONS: {
     kind: "enum",
     values: ["on", "off"],
     default: "off",
     hint: "on or off",
-    about: "on: B2 tells the worker what changed and it purges exactly that (default off)",
+    about: "on: B2 tells the worker what changed and it purges exactly that",
   },
   B2_LISTING_KEY_ID: {
     kind: "text",
@@ -377,7 +377,7 @@ export const VARIABLES = {
   CLOUDFLARE_API_BASE_URL: {
     kind: "url",
     default: "https://api.cloudflare.com/client/v4",
-    about: "default https://api.cloudflare.com/client/v4",
+    about: "the Cloudflare API",
   },
   CLOUDFLARE_ZONE_ID: {
     kind: "text",
@@ -389,7 +389,7 @@ export const VARIABLES = {
     default: "b2-private-cdn",
     hint: '1-63 lowercase letters, digits, "-" or "_", starting with a letter',
     valid: (name) => WORKER_NAME_PATTERN.test(name),
-    about: "default b2-private-cdn",
+    about: "the worker script's name",
   },
   WORKER_ROUTE: {
     kind: "route",
@@ -407,13 +407,13 @@ export const VARIABLES = {
     values: ["on", "off", "auto"],
     default: "auto",
     hint: "on, off or auto",
-    about: "answer on workers.dev too: on, off, auto (default: on without route/domain)",
+    about: "answer on workers.dev too: on, off, or auto (on without route/domain)",
   },
   WORKER_URL_STYLE: {
     kind: "enum",
     values: ["plain", "b2"],
     default: "plain",
-    about: "plain (default) or b2 (/file/<bucket>/<name>)",
+    about: "plain or b2 (/file/<bucket>/<name>)",
   },
   WORKER_INDEX_FILE: {
     kind: "text",
@@ -421,14 +421,14 @@ export const VARIABLES = {
     emptyIsValue: true,
     hint: 'a file name without "/"',
     valid: (name) => !/[/\\]/.test(name) && name !== "." && name !== "..",
-    about: "served for / and dir/ (default index.html; empty: off)",
+    about: "served for / and dir/; empty: off",
   },
   WORKER_CACHE_TTL: {
     kind: "duration",
     min: 0,
     max: YEAR,
     default: "1d",
-    about: "how long the edge keeps an object; 0: no edge cache (default 1d)",
+    about: "how long the edge keeps an object; 0: no edge cache",
   },
   WORKER_CACHE_CONTROL: {
     kind: "text",
@@ -477,27 +477,27 @@ export const VARIABLES = {
     min: 60,
     max: YEAR,
     default: "7d",
-    about: "longest life of a signed link (default 7d)",
+    about: "longest life of a signed link",
   },
   WORKER_CACHE_MODE: {
     kind: "enum",
     values: CACHE_MODES,
     default: "workers-cache",
-    about: "workers-cache (default), cache-api or off; WORKER_CACHE_TTL=0 means off",
+    about: "workers-cache, cache-api or off; WORKER_CACHE_TTL=0 means off",
   },
   WORKER_STALE_WHILE_REVALIDATE: {
     kind: "duration",
     min: 0,
     max: YEAR,
     default: "1d",
-    about: "Workers Cache: how long served stale while revalidating (default 1d)",
+    about: "Workers Cache: how long served stale while revalidating",
   },
   WORKER_STALE_IF_ERROR: {
     kind: "duration",
     min: 0,
     max: YEAR,
     default: "7d",
-    about: "Workers Cache: how long served stale while B2 or the token fails (default 7d)",
+    about: "Workers Cache: how long served stale while B2 or the token fails",
   },
   WORKER_SEGMENT_SIZE: {
     kind: "integer",
@@ -509,7 +509,7 @@ export const VARIABLES = {
       const size = Number(text);
       return size === 0 || (size >= MIN_SEGMENT_SIZE && size % SEGMENT_STEP === 0);
     },
-    about: "bytes of one segment of an object too large to cache whole; 0: off (default 8388608)",
+    about: "bytes of one segment of an object too large to cache whole; 0: off",
   },
   WORKER_LISTING: {
     kind: "enum",
@@ -540,14 +540,14 @@ export const VARIABLES = {
     default: DEFAULT_SCHEDULE,
     hint: `a five-field cron expression such as "${DEFAULT_SCHEDULE}"`,
     valid: (schedule) => schedule.split(/\s+/).length === 5,
-    about: `cron schedule, UTC (default "${DEFAULT_SCHEDULE}")`,
+    about: "cron schedule, UTC",
   },
   REFRESH_MARGIN: {
     kind: "duration",
     min: 0,
     max: MAX_TOKEN_TTL,
     default: "6d",
-    about: "cron refreshes at start below this time left (default 6d)",
+    about: "cron refreshes at start below this time left",
   },
   // A credential: whoever holds the URL can report runs that never happened.
   REFRESH_PING_URL: {
@@ -7275,7 +7275,7 @@ function helpText(topic?: Command | "settings"): string {
   if (topic === "settings") {
     return "Settings (flags, else environment, else .env; * marks credentials, never flags):\n" +
       SETTINGS.map(([name, v]) =>
-        `  ${(v.kind === "secret" || v.credential ? "*" : " ") + name.padEnd(24)} ${v.about}`
+        `  ${(v.kind === "secret" || v.credential ? "*" : " ") + name.padEnd(24)} ${settingLine(v)}`
       ).join("\n") +
       "\nEvery setting but the credentials is also a flag: --b2-bucket-name photos. " +
       "Details and defaults: docs/configuration.md.";
@@ -7302,6 +7302,16 @@ function flagLine(name: string, flag: FlagSpec): string {
 /** `deno run` with a command's permission flags, if it has any. */
 function denoRun(permissions: string): string {
   return permissions ? `deno run ${permissions}` : "deno run";
+}
+
+/**
+ * A setting's line in `help settings`: what it does, then its default as the table has it
+ * (quoted when it has spaces); an empty default is described by `about` itself.
+ */
+function settingLine(setting: Setting): string {
+  const value = setting.default;
+  if (!value) return setting.about;
+  return `${setting.about} (default ${/\s/.test(value) ? JSON.stringify(value) : value})`;
 }
 
 /** Breaks `text` into lines of at most `width` characters, at spaces. */

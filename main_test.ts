@@ -1022,7 +1022,7 @@ Deno.test(".env.example names every setting of VARIABLES, only those, with their
   }
 });
 
-Deno.test("help settings lists the table: each setting in order, * for credentials, its line", async () => {
+Deno.test("help settings lists the table: each setting in order, * for credentials, its line and default", async () => {
   const { stdout } = await runBare(["help", "settings"]);
   const listed = [...stdout.matchAll(/^ {2}([ *])([A-Z][A-Z0-9_]+) +(.+)$/gm)]
     .map(([, star, name, about]) => ({ name, credential: star === "*", about }));
@@ -1031,7 +1031,11 @@ Deno.test("help settings lists the table: each setting in order, * for credentia
     (Object.entries(VARIABLES) as [string, Setting][]).map(([name, setting]) => ({
       name,
       credential: setting.kind === "secret" || setting.credential === true,
-      about: setting.about,
+      about: setting.default
+        ? `${setting.about} (default ${
+          /\s/.test(setting.default) ? JSON.stringify(setting.default) : setting.default
+        })`
+        : setting.about,
     })),
   );
   assert.deepEqual(
