@@ -447,7 +447,7 @@ export const VARIABLES = {
     kind: "enum",
     values: ACTIVE_CONTENT,
     default: "serve",
-    about: "HTML, SVG and XML: serve (default, a static site), sandbox or download (uploads)",
+    about: "HTML, SVG and XML: serve (a static site), sandbox or download (uploads)",
   },
   WORKER_SIGNED_PREFIXES: {
     kind: "list",
