@@ -232,8 +232,8 @@ export interface Config {
   origin?: string;
   /** `B2_BUCKET_NAME`, whether or not the command needs B2 (render shows it). */
   bucketName?: string;
-  /** `B2_FILE_PREFIX`, whether or not the command needs B2. @default "" */
-  filePrefix: string;
+  /** `B2_FILE_PREFIX`, whether or not the command needs B2; absent for the whole bucket. */
+  filePrefix?: string;
   /** Five-field cron expression, UTC. @default "17 4 * * *" */
   refreshSchedule: string;
   /** `cron` refreshes at start when less than this many seconds are left. @default 6 days */
@@ -953,7 +953,6 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
   const worker = workerOptions(reading);
   const config: Config = {
     worker,
-    filePrefix: value.text("B2_FILE_PREFIX") ?? "",
     workerName: value.text("WORKER_NAME")!,
     refreshSchedule: value.text("REFRESH_SCHEDULE")!,
     refreshMargin: value.number("REFRESH_MARGIN"),
@@ -976,6 +975,8 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
   if (origin) config.origin = origin;
   const bucketName = value.text("B2_BUCKET_NAME");
   if (bucketName !== undefined) config.bucketName = bucketName;
+  const filePrefix = value.text("B2_FILE_PREFIX");
+  if (filePrefix) config.filePrefix = filePrefix;
   const cloudflareToFind = needs.cloudflareIfAccount && !origin &&
     value.text("CLOUDFLARE_ACCOUNT_ID") !== undefined;
   if (needs.cloudflare || (needs.cloudflareUnlessSite && !site) || cloudflareToFind) {
@@ -3742,7 +3743,7 @@ function describeEventRule(config: Config): string {
   const base = config.site ?? `https://${config.workerName}.<subdomain>.workers.dev`;
   const url = `${base}${EVENTS_PATH}?key=(derived)`;
   return `event notifications: rule ${eventRuleName(config.workerName)}, ` +
-    `${EVENT_TYPES.join(" ")} under "${config.filePrefix}", up to ${
+    `${EVENT_TYPES.join(" ")} under "${config.filePrefix ?? ""}", up to ${
       eventsPerBatch(config.worker.cacheMode)
     } ` +
     `events a POST to ${url}, signed with the derived secret (${EVENT_SECRET_BINDING}); ` +
@@ -7475,7 +7476,7 @@ async function runRender({ config, io, flags }: Job): Promise<number> {
   const module = await loadWorkerModule();
   const served = {
     bucketName: config.bucketName ?? "(B2_BUCKET_NAME)",
-    prefix: config.filePrefix,
+    prefix: config.filePrefix ?? "",
     options: config.worker,
   };
   const upload = workerUpload(module, {
