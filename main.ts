@@ -516,14 +516,14 @@ export const VARIABLES = {
     values: ["on", "off"],
     default: "off",
     hint: "on or off",
-    about: "on: a folder path without its index file lists the folder (default off)",
+    about: "on: a folder path without its index file lists the folder",
   },
   WORKER_LISTING_TTL: {
     kind: "integer",
     min: 0,
     max: DAY,
     default: String(DEFAULT_LISTING_TTL),
-    about: `seconds the edge keeps a listing (default ${DEFAULT_LISTING_TTL})`,
+    about: "seconds the edge keeps a listing",
   },
   WORKER_PURGE_KEY: {
     kind: "secret",
