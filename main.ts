@@ -7472,7 +7472,7 @@ function bindingLines(
  * Prints what refresh would upload, with placeholders for what only B2 can
  * tell (the token, its times and the download URL): no credentials, no network.
  */
-async function runRender({ config, io, flags }: Job): Promise<number> {
+async function runRender({ settings, config, io, flags }: Job): Promise<number> {
   const module = await loadWorkerModule();
   const served = {
     bucketName: config.bucketName ?? "(B2_BUCKET_NAME)",
@@ -8070,8 +8070,8 @@ export type LocalCommand = "dev" | "demo";
 /** What a command is handed once its line and settings are read. */
 export interface Job {
   /**
-   * The settings as given, before checking: only `init` reads them, to write them back; every
-   * other command reads `config`.
+   * The settings as given, before checking: only `init` (which writes them back) and render's
+   * list of what differs from the defaults read them; everything else reads `config`.
    */
   settings: Settings;
   /** The settings, checked. */
