@@ -6,8 +6,18 @@
  * A module worker may only export functions and its entrypoints (workerd
  * refuses to start otherwise), so every other constant here stays private.
  *
+ * The sections follow a request: the bindings and constants; the request
+ * (`fetch`, then `respond()` and the Workers Cache mode); purges; settings;
+ * names; ranges and conditionals; headers; bodies; the Cache API; B2; the
+ * answer; then what only some requests meet: large objects, segments in
+ * Workers Cache, signed links, event notifications and folder listings.
+ *
  * @module
  */
+
+// ---------------------------------------------------------------------------
+// Bindings, types and constants
+// ---------------------------------------------------------------------------
 
 /** The bindings `refresh` sets. Options absent from an older deploy get their defaults. */
 export interface Env {
@@ -288,6 +298,13 @@ const STATUS_TEXT = {
   504: "Gateway timeout",
 };
 
+// ---------------------------------------------------------------------------
+// The request
+// fetch() takes a signed purge or B2's event notification first, then respond() (methods,
+// names, one spelling, the Workers Cache mode or the Cache API and B2, the answer), then what
+// every answer gets: nosniff, active content and CORS.
+// ---------------------------------------------------------------------------
+
 export default {
   async fetch(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
     const config = readConfig(env);
@@ -331,7 +348,7 @@ async function respond(
   config: WorkerConfig,
   ctx: ExecutionContext,
 ): Promise<Response> {
-  // 1. Methods
+  // Methods
   const cors = config.corsOrigins.length > 0;
   const allow = cors ? "GET, HEAD, OPTIONS" : "GET, HEAD";
   if (request.method === "OPTIONS" && cors) return preflight(request, config, allow);
@@ -339,13 +356,13 @@ async function respond(
     return textResponse(405, { Allow: allow });
   }
 
-  // 2. Names: refused before B2 is asked anything
+  // Names: refused before B2 is asked anything
   const url = new URL(request.url);
   const name = objectName(url.pathname, config);
   // Signed links: a protected path is refused before any cache or B2 is asked.
   const now = Math.floor(Date.now() / 1000);
   const link = await checkSignedLink(url, { signing: config.signing, now });
-  // 3. One spelling per object and per grant, in every mode: any other goes to the canonical
+  // One spelling per object and per grant, in every mode: any other goes to the canonical
   // one without asking B2, so that no spelling costs a cache entry and a download of its own.
   const listed = listedFolder({ method: request.method, url, link }, config) !== undefined;
   const moved = "status" in name ? undefined : movedToCanonical(url, { link, listed, now, config });
@@ -357,17 +374,17 @@ async function respond(
   if ("status" in name) return textResponse(name.status);
   if (link.access === "refused") return textResponse(403);
 
-  // 4. Range. With If-Range the answer depends on validators only known once the
+  // Range. With If-Range the answer depends on validators only known once the
   // object is here, so the whole object is fetched and answer() decides.
   const range = parseRange(request.headers.get("Range"));
   const rangeToFetch = request.headers.has("If-Range") ? undefined : range;
 
-  // 7. Edge cache, keyed by the public URL: no query, no token, so it survives rotation.
+  // The Cache API, keyed by the public URL: no query, no token, so it survives rotation.
   // A TTL of 0 or the mode "off" turns it off: nothing is looked up, nothing kept.
   const cacheKey = url.origin + url.pathname;
   const cacheApi = config.cacheMode === "cache-api" && config.cacheTtl > 0;
   const cached = cacheApi ? await lookUpCache(cacheKey, rangeToFetch) : undefined;
-  // 8. Large objects: segments, once the edge knows the object is one (or B2 just said so).
+  // Large objects: segments, once the edge knows the object is one (or B2 just said so).
   const target = { url, name: name.name, config, ctx };
   const known = cached ? undefined : await knownLarge(request, target);
   if (known) return applyGrant(known, link, now);
@@ -384,7 +401,7 @@ async function respond(
     });
   if (large?.facts) return applyGrant(await learnedLarge(request, large.facts, target), link, now);
 
-  // 5, 4, 6: conditional, range and a streamed body
+  // The answer: conditional, range and a streamed body
   return applyGrant(await answer(request, object, range), link, now);
 }
 
@@ -537,6 +554,11 @@ export function edgeLifetime(
   if (tag && (status === 200 || status === 304 || status === 404)) headers.set("Cache-Tag", tag);
   return response;
 }
+
+// ---------------------------------------------------------------------------
+// Purges
+// Tags name what a purge removes; a signed POST to PURGE_PATH says which.
+// ---------------------------------------------------------------------------
 
 /**
  * The `Cache-Tag` of one B2 name: tags are case-insensitive printable ASCII,
@@ -721,6 +743,10 @@ function serviceReply(
   });
 }
 
+// ---------------------------------------------------------------------------
+// Settings
+// ---------------------------------------------------------------------------
+
 /** Parses the bindings, applying the defaults of {@linkcode Env}. */
 export function readConfig(env: Env): WorkerConfig {
   const listing = readListing(env);
@@ -761,6 +787,10 @@ function wholeNumber(text: string | undefined, fallback: number): number {
   const value = Number(text?.trim() || NaN);
   return Number.isInteger(value) && value >= 0 ? value : fallback;
 }
+
+// ---------------------------------------------------------------------------
+// Names
+// ---------------------------------------------------------------------------
 
 /**
  * Maps a request path (still percent-encoded, as `URL.pathname` gives it) to
@@ -821,6 +851,10 @@ export function encodePath(path: string): string {
   return path.split("/").map(encodeURIComponent).join("/");
 }
 
+// ---------------------------------------------------------------------------
+// Ranges and conditionals
+// ---------------------------------------------------------------------------
+
 /**
  * Reads a `Range` header. Anything but one `bytes=` range (several ranges,
  * other units, nonsense) is `undefined`: HTTP lets a server ignore it and
@@ -876,6 +910,10 @@ export function ifRangeMatches(request: Headers, object: Headers): boolean {
   return ifRange === object.get("Last-Modified") ||
     (!ifRange.startsWith("W/") && ifRange === object.get("ETag"));
 }
+
+// ---------------------------------------------------------------------------
+// Headers
+// ---------------------------------------------------------------------------
 
 /** Only the headers in the public allowlist. */
 export function publicHeaders(headers: Headers): Headers {
@@ -971,6 +1009,10 @@ export function withoutBucketId(fileId: string): string {
   return fileId.replace(/^(\d+)_z[^_]+_/, "$1_");
 }
 
+// ---------------------------------------------------------------------------
+// Bodies, and the CORS preflight
+// ---------------------------------------------------------------------------
+
 /**
  * The bytes of `range` out of a stream of the whole object, as they arrive.
  * Stops reading (and cancels the source) once the range is sent.
@@ -1013,6 +1055,11 @@ function preflight(request: Request, config: WorkerConfig, allow: string): Respo
   return new Response(null, { status: 204, headers });
 }
 
+// ---------------------------------------------------------------------------
+// The Cache API
+// What the cache-api mode keeps per data centre (caches.default); Workers Cache needs none.
+// ---------------------------------------------------------------------------
+
 function edgeCache(): Cache {
   return (caches as unknown as { default: Cache }).default;
 }
@@ -1050,10 +1097,14 @@ function store(ctx: ExecutionContext, key: string, response: Response): Promise<
   return put;
 }
 
+// ---------------------------------------------------------------------------
+// B2
+// ---------------------------------------------------------------------------
+
 /**
- * Asks B2 for a name with only the token and the range (3), keeps what may
- * be cached when told where (7) and turns B2's failures into short generic
- * answers (9). Conditional headers stay at the edge: the validators are ours,
+ * Asks B2 for a name with only the token and the range, keeps what may
+ * be cached when told where (the Cache API) and turns B2's failures into short generic
+ * answers. Conditional headers stay at the edge: the validators are ours,
  * not B2's.
  */
 async function askB2(
@@ -1157,6 +1208,10 @@ async function b2ErrorCode(response: Response): Promise<string> {
     return "(no code)";
   }
 }
+
+// ---------------------------------------------------------------------------
+// The answer
+// ---------------------------------------------------------------------------
 
 /**
  * The visitor's answer from an object (cached or from B2) or an error
