@@ -461,7 +461,7 @@ export const VARIABLES = {
   WORKER_SIGNING_KEY: {
     kind: "secret",
     check: (key) => signingKeyProblems("WORKER_SIGNING_KEY", key)[0],
-    about: "signs links; main.ts keygen prints one",
+    about: "signs links; deno run main.ts keygen prints one",
   },
   WORKER_SIGNING_KEY_PREVIOUS: {
     kind: "secret",
@@ -519,11 +519,11 @@ export const VARIABLES = {
     about: "on: a folder path without its index file lists the folder",
   },
   WORKER_LISTING_TTL: {
-    kind: "integer",
+    kind: "duration",
     min: 0,
     max: DAY,
-    default: String(DEFAULT_LISTING_TTL),
-    about: "seconds the edge keeps a listing",
+    default: shortDuration(DEFAULT_LISTING_TTL),
+    about: "how long the edge keeps a listing",
   },
   WORKER_PURGE_KEY: {
     kind: "secret",
@@ -627,7 +627,7 @@ export function unknownSettings(names: Iterable<string>, where: string): string[
       return `${name} (in ${where}) is not a setting of this tool and is ignored; ` +
         (near.close
           ? `did you mean ${near.name}?`
-          : `the nearest is ${near.name} (main.ts help settings lists them all).`);
+          : `the nearest is ${near.name} (deno run main.ts help settings lists them all).`);
     });
 }
 
@@ -1168,7 +1168,8 @@ function signingOptions(reading: Reading): SigningOptions | undefined {
   if (prefixes.length > 0 && !given("WORKER_SIGNING_KEY")) {
     problems.push(
       "Set WORKER_SIGNING_KEY: WORKER_SIGNED_PREFIXES protects paths, and links need a key " +
-        "(main.ts keygen prints one; keep it in .env on every machine that refreshes or signs).",
+        "(deno run main.ts keygen prints one; keep it in .env on every machine that refreshes " +
+        "or signs).",
     );
   }
   const previous = given("WORKER_SIGNING_KEY_PREVIOUS");
@@ -1360,7 +1361,7 @@ const ISO_TIME = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\
 
 /** Why a signing key is not good enough, naming the variable; empty when it is. */
 function signingKeyProblems(name: string, key: string): string[] {
-  const fix = "main.ts keygen prints a good one";
+  const fix = "deno run main.ts keygen prints a good one";
   if (!/^[A-Za-z0-9_-]+={0,2}$/.test(key)) {
     return [`${name} must be base64url (A-Z, a-z, 0-9, "-" and "_"); ${fix}.`];
   }
@@ -2918,7 +2919,7 @@ function noAccountTaken(accounts: CloudflareAccount[]): ConfigError {
       ? "CLOUDFLARE_ACCOUNT_ID is not set, and the token sees no account to take: set it " +
         `to the account that owns the worker (${DASHBOARD_HOST}/<account id>/...).`
       : `CLOUDFLARE_ACCOUNT_ID is not set, and the token sees ${accounts.length} accounts: ` +
-        `set it to one of them (${describeAccounts(accounts)}), or run main.ts init, ` +
+        `set it to one of them (${describeAccounts(accounts)}), or run deno task init, ` +
         "which offers the choice.",
   ]);
 }
@@ -3002,7 +3003,8 @@ interface Leftover {
 }
 
 /** The person-run command that opts in to moving a route or hostname to this worker. */
-const TAKE_OVER_COMMAND = "main.ts refresh --take-over";
+const TAKE_OVER_COMMAND =
+  "deno run --allow-net --allow-env --allow-read main.ts refresh --take-over";
 
 function describeRecord(record: DnsRecord): string {
   return `${record.type} ${record.name} -> ${record.content}` +
@@ -4344,7 +4346,7 @@ async function purgeOnceNewVersionAnswers(
   options: { fingerprint: string; purgeKey?: string; why: string },
 ): Promise<void> {
   const remembered = "The worker is deployed and remembers the purge: the next refresh " +
-    "tries again (or run `main.ts purge --all`).";
+    "tries again (or run `deno run --allow-net --allow-env --allow-read main.ts purge --all`).";
   if (!options.purgeKey) {
     throw new ConfigError([
       `Cannot purge: ${options.why}, but there is no purge key. Set WORKER_PURGE_KEY or ` +
@@ -4646,7 +4648,7 @@ async function verify(
   throw new ApiError(
     `The worker is deployed, but ${url} ${last} after ${attempts} attempts. ` +
       "Check that the route or domain points at the worker and that the file exists " +
-      "(try the same path with `main.ts dev`).",
+      "(try the same path with `deno task dev`).",
     { service: "Verify", status: lastStatus, code: "verify_failed" },
   );
 }
@@ -6950,7 +6952,7 @@ export const COMMANDS = {
       },
     },
     example: "deno task init   # or, in a pipe: B2_APPLICATION_KEY_ID=... B2_APPLICATION_KEY=... " +
-      "CLOUDFLARE_API_TOKEN=... main.ts init --b2-bucket-name photos",
+      "CLOUDFLARE_API_TOKEN=... deno task init --b2-bucket-name photos",
     exit: "0 .env written, 1 B2 or Cloudflare failed, 2 something is missing or refused",
     needs: (): Needs => ({}),
     permissions: `${NET_ENV_READ} --allow-write`,
@@ -6987,7 +6989,8 @@ export const COMMANDS = {
       },
       json: { type: "boolean", help: "one JSON object on stdout" },
     },
-    example: "main.ts refresh --verify https://cdn.example.com/index.html",
+    example:
+      "deno run --allow-net --allow-env --allow-read main.ts refresh --verify https://cdn.example.com/index.html",
     needs: (): Needs => ({ b2: true, cloudflare: true }),
     permissions: NET_ENV_READ,
     handler: runRefresh,
@@ -7012,7 +7015,8 @@ export const COMMANDS = {
       },
       json: { type: "boolean", help: "the report as one JSON object on stdout" },
     },
-    example: "main.ts status --min-remaining 3d   # in a crontab or a Nagios check",
+    example:
+      "deno run --allow-net --allow-env --allow-read main.ts status --min-remaining 3d   # a Nagios check",
     exit: "0 OK, 1 WARNING (refresh soon), 2 CRITICAL (the site fails or soon will), " +
       "3 UNKNOWN (Cloudflare could not be asked, or bad usage or configuration)",
     needs: statusNeeds,
@@ -7030,7 +7034,7 @@ export const COMMANDS = {
       out: { type: "string", value: "<file>", help: "write the module to this file" },
       json: { type: "boolean", help: "{ cacheMode, segments, metadata, module } on stdout" },
     },
-    example: "main.ts render --worker-cache-mode cache-api",
+    example: "deno run --allow-env --allow-read main.ts render --worker-cache-mode cache-api",
     needs: (): Needs => ({}),
     permissions: ENV_READ,
     handler: runRender,
@@ -7057,7 +7061,8 @@ export const COMMANDS = {
       },
       json: { type: "boolean", help: "the report as one JSON object on stdout" },
     },
-    example: "main.ts purge /index.html --prefix /css/ --url https://cdn.example.com",
+    example:
+      "deno run --allow-net --allow-env --allow-read main.ts purge /index.html --prefix /css/ --url https://cdn.example.com",
     exit: "0 done, 1 refused or rate limited, 2 bad usage or configuration",
     needs: purgeNeeds,
     permissions: NET_ENV_READ,
@@ -7135,7 +7140,7 @@ export const COMMANDS = {
       },
       json: { type: "boolean", help: "the link and its parts as one JSON object" },
     },
-    example: "main.ts sign /members/video.mp4 --expires 1h",
+    example: "deno run --allow-env --allow-read main.ts sign /members/video.mp4 --expires 1h",
     exit: "0 printed, 2 a link the worker would refuse, or bad usage or configuration",
     needs: (): Needs => ({}),
     permissions: ENV_READ,
@@ -7147,7 +7152,7 @@ export const COMMANDS = {
     usage: "[--json]",
     about: "Prints a fresh WORKER_SIGNING_KEY (on stdout only, shown once). Reads no settings.",
     flags: { json: { type: "boolean", help: "{ key } on stdout" } },
-    example: 'echo "WORKER_SIGNING_KEY=$(main.ts keygen)" >> .env',
+    example: 'echo "WORKER_SIGNING_KEY=$(deno run main.ts keygen)" >> .env',
     exit: "0",
     needs: (): Needs => ({}),
     // Reads no setting: main() does not even read the environment for it.
@@ -7174,7 +7179,8 @@ export const COMMANDS = {
       },
       json: { type: "boolean", help: "the report as one JSON object on stdout" },
     },
-    example: "main.ts check-cache --url https://cdn.example.com/hello.txt",
+    example:
+      "deno run --allow-net --allow-env --allow-read main.ts check-cache --url https://cdn.example.com/hello.txt",
     exit: "0 as intended, 1 a problem, 2 no URL or bad usage",
     needs: (): Needs => ({ cloudflareIfAccount: true }),
     permissions: NET_ENV_READ,
@@ -7263,8 +7269,8 @@ Usage: deno run --allow-net --allow-env --allow-read main.ts [command] [flags]
 Commands:
 ${Object.entries(COMMANDS).map(([name, spec]) => `  ${name.padEnd(13)}${spec.summary}`).join("\n")}
 
-main.ts help <command> (or <command> --help): its flags and an example.
-main.ts help settings: every setting (flags, else environment, else .env).
+deno run main.ts help <command> (or <command> --help): its flags and an example.
+deno run main.ts help settings: every setting (flags, else environment, else .env).
 Every command also takes --env-file <path>, --verbose (-v), --help (-h), --version (-V).
 
 Exit codes: 0 done, 1 the operation failed, 2 bad usage or configuration (status: see its help).`;
@@ -7287,7 +7293,7 @@ function helpText(topic?: Command | "settings"): string {
     Object.entries(page.flags).map(([name, flag]) => flagLine(name, flag)).join("\n") +
     "\n  --env-file <path>      read settings from this file instead of ./.env" +
     "\n  --verbose, -v          print each step on stderr" +
-    "\n  --<setting>            any setting but a credential (main.ts help settings)" +
+    "\n  --<setting>            any setting but a credential (deno run main.ts help settings)" +
     `\n\nExample:\n  ${page.example}\n\n` +
     wrap(
       `Exit codes: ${page.exit ?? "0 done, 1 the operation failed, 2 bad usage or configuration"}`,
@@ -7777,7 +7783,7 @@ async function runSign({ config, ctx, io, flags, args }: Job): Promise<number> {
   const problems: string[] = [];
   if (!signing?.key) {
     problems.push(
-      "Set WORKER_SIGNING_KEY to the key the worker checks (main.ts keygen prints one).",
+      "Set WORKER_SIGNING_KEY to the key the worker checks (deno run main.ts keygen prints one).",
     );
   }
   if (!signing || signing.prefixes.length === 0) {
@@ -7998,8 +8004,8 @@ function signPositionalProblems(extra: string[], flags: Flags): string[] {
     ...unexpected(extra.slice(signsPrefix ? 0 : 1)),
     ...((extra.length === 0) === !signsPrefix
       ? [
-        "sign needs one path, or one --prefix: main.ts sign /members/video.mp4 --expires 1h, " +
-        "or main.ts sign --prefix /members/ --expires 1h.",
+        "sign needs one path, or one --prefix: deno run --allow-env --allow-read main.ts sign " +
+        "/members/video.mp4 --expires 1h, or the same with --prefix /members/ instead of the path.",
       ]
       : []),
   ];

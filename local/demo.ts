@@ -139,7 +139,7 @@ async function tour(
     "Ctrl-C (or SIGTERM) stops it, workerd included.";
 }
 
-/** Purges one object as `main.ts purge <path> --url <origin>` would, and says so. */
+/** Purges one object as `deno task purge <path> --url <origin>` would, and says so. */
 async function showPurge(url: string, options: { config: Config; ctx: Context }): Promise<string> {
   const object = new URL(url);
   const report = await purge(options.config, options.ctx, {
@@ -148,7 +148,7 @@ async function showPurge(url: string, options: { config: Config; ctx: Context })
     all: false,
     url: object.origin,
   });
-  return `  $ main.ts purge ${object.pathname} --url ${object.origin}\n` +
+  return `  $ deno task purge ${object.pathname} --url ${object.origin}   # with the demo's key\n` +
     `    purged ${report.purged.paths} path in ${report.requests} signed request to the worker\n`;
 }
 
