@@ -288,7 +288,7 @@ Deno.test("parseConfig() takes every time setting as 90s, 15m, 12h, 7d or plain 
   for (const name of times) {
     const forms = [["90s", 90], ["15m", 900], ["12h", 43_200], ["7d", 604_800]] as const;
     for (const [text, seconds] of forms) {
-      if (seconds > (VARIABLES[name].max ?? Infinity)) continue;
+      if (seconds > ((VARIABLES[name] as Setting).max ?? Infinity)) continue;
       await t.step(`${name}=${text}`, () => {
         const config = parseConfig({ ...base, [name]: text }, { b2: true });
         assert.equal(read(config)[name], seconds);
