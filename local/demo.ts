@@ -2,8 +2,9 @@
  * `demo`: the whole chain on this machine. Stand-ins for B2 (holding a few sample files) and
  * for the Cloudflare API, a real `refresh` against them, then the worker the stand-in
  * "deployed", run in workerd behind the Workers Cache stand-in: a `MISS`, a `HIT`, a purge,
- * an upload that B2's Event Notification turns into a `MISS` with no purge typed, and `curl`
- * lines to try. Nothing leaves the machine.
+ * an upload that B2's Event Notification turns into a `MISS` with no purge typed, a folder
+ * listing (`/files/`, with a key that can only list), and `curl` lines to try. Nothing leaves
+ * the machine.
  *
  * ```sh
  * deno task demo              # deno run -A --lock=deno.lock local/demo.ts
@@ -40,13 +41,39 @@ const DEMO_FILES = [
   "images/logo.svg",
 ];
 
+/**
+ * A folder without an index file, so that `/files/` shows a listing (`WORKER_LISTING=on`):
+ * a subfolder, sizes from bytes to MiB, and a name that must stay text.
+ */
+const LISTED_FILES = [
+  { name: "site/files/notes & ideas.txt", body: "Listed, escaped, linked.\n" },
+  { name: "site/files/<img src=x onerror=alert(1)>.txt", body: "A name is text.\n" },
+  { name: "site/files/archive.bin", body: { size: 5 * 1024 * 1024 + 123 } },
+  { name: "site/files/data/measurements.csv", body: "day,value\n1,42\n" },
+  { name: "site/files/.hidden", body: "never listed" },
+];
+
+/** The demo's listing key: it can only list the demo bucket under `site/`. */
+const LISTING_KEY = {
+  keyId: "fake-listing-key-id",
+  applicationKey: "fake-listing-key",
+  capabilities: ["listFiles"],
+  restrictToBucket: "demo-bucket",
+  namePrefix: "site/",
+};
+
 /** Runs the demo until Ctrl-C, SIGTERM, SIGHUP, or the launcher that started it is gone. */
 export async function runDemo({ ctx, io, flags }: Job): Promise<number> {
   using stop = untilStopped();
   // Where the worker runs here: B2's webhook POSTs to its public address arrive there.
   let local: string | undefined;
   const b2 = startFakeB2({
-    buckets: [{ id: "bucket-demo", name: "demo-bucket", files: await demoFiles() }],
+    buckets: [{
+      id: "bucket-demo",
+      name: "demo-bucket",
+      files: [...await demoFiles(), ...LISTED_FILES],
+    }],
+    keys: [LISTING_KEY],
     capabilities: [
       "listBuckets",
       "readFiles",
@@ -76,6 +103,9 @@ export async function runDemo({ ctx, io, flags }: Job): Promise<number> {
       CLOUDFLARE_API_TOKEN: "fake-cf-token",
       CLOUDFLARE_API_BASE_URL: cloudflare.url,
       B2_EVENT_NOTIFICATIONS: "on",
+      WORKER_LISTING: "on",
+      B2_LISTING_KEY_ID: LISTING_KEY.keyId,
+      B2_LISTING_KEY: LISTING_KEY.applicationKey,
     }, { b2: true, cloudflare: true });
     const result = await refresh(config, { ...ctx, log: (line) => say(`  ${line}`) }, {
       module: await loadWorkerModule(),
@@ -130,8 +160,10 @@ async function tour(
     await showCacheStatus(`${url}/hello.txt`, ctx) +
     await showUpload(options.b2) +
     await showCacheStatus(`${url}/hello.txt`, ctx) +
+    await showListing(`${url}/files/`, ctx) +
     "Try it:\n" +
     `  curl -i ${url}/\n` +
+    `  open ${url}/files/ in a browser   # a folder listing; ?format=json for scripts\n` +
     `  curl -i ${url}/hello.txt\n` +
     `  curl -i -H "Range: bytes=0-99" ${url}/video/sample.mp4\n` +
     `  curl -I ${url}/images/logo.svg\n` +
@@ -165,6 +197,23 @@ async function showUpload(b2: FakeB2): Promise<string> {
   const statuses = deliveries.map((d) => d.status).join(", ");
   return "  (an upload replaces site/hello.txt in the bucket; no purge is typed)\n" +
     `    B2 sent ${deliveries.length} signed notification; the worker answered ${statuses}\n`;
+}
+
+/** Asks for a folder's listing as JSON, and shows what it lists. */
+async function showListing(url: string, ctx: Context): Promise<string> {
+  const response = await send(ctx, {
+    service: "Verify",
+    step: "ask the demo's worker for a listing",
+    url: `${url}?format=json`,
+    retry: false,
+  });
+  const listing = await response.json() as {
+    folders: { name: string }[];
+    files: { name: string }[];
+  };
+  const names = [...listing.folders, ...listing.files].map((entry) => entry.name);
+  return `  $ curl -s '${url}?format=json'   # WORKER_LISTING=on, a key that can only list\n` +
+    `    ${names.join("  ")}\n`;
 }
 
 /** Asks for `url` twice as `curl -sI` would, and shows the `cf-cache-status` of each answer. */

@@ -13,7 +13,8 @@ import {
 const READY = /runs in workerd \(Cloudflare's runtime\) at (http:\/\/127\.0\.0\.1:\d+)/;
 
 /** What the stand-ins' tokens and the demo's fake key look like: never printed. */
-const SECRET = /fake-(download|account)-[0-9a-f]{8}-|fake-application-key|fake-cf-token/;
+const SECRET =
+  /fake-(download|account)-[0-9a-f]{8}-|fake-application-key|fake-cf-token|fake-listing-key(?!-id)/;
 
 /** Once it has ended: nothing it started still runs, and its port takes a new listener. */
 async function assertGone(
@@ -83,6 +84,17 @@ Deno.test("demo runs the whole chain locally and stops cleanly on Ctrl-C", async
       "cf-cache-status: HIT",
     ]);
     assert.match(await (await fetch(`${url}/hello.txt`)).text(), /^Hello again/);
+    // A folder without its index file lists, its hostile name as text and its dot-name hidden.
+    assert.match(
+      stdout,
+      /^ {4}data\/ {2}<img src=x onerror=alert\(1\)>\.txt {2}archive\.bin {2}notes & ideas\.txt$/m,
+    );
+    const listing = await fetch(`${url}/files/`);
+    assert.equal(listing.status, 200);
+    const html = await listing.text();
+    assert.match(html, /<a href="\/files\/data\/">data\/<\/a>/);
+    assert.match(html, />&#60;img src=x onerror=alert\(1\)&#62;\.txt<\/a>/);
+    assert.doesNotMatch(html, /hidden|<script/);
   });
   assert.equal(served.code, 0, served.stderr);
   assert.match(served.stdout, /Stopped\.\n$/);
