@@ -2832,7 +2832,7 @@ const LISTING_STYLE = [
   'nav li+li::before{content:" / "}',
   "table{border-collapse:collapse;width:100%}caption{text-align:left;color:#555}",
   "th,td{text-align:left;padding:.25rem .75rem .25rem 0;border-bottom:1px solid #ddd}",
-  "td.size{text-align:right;white-space:nowrap}",
+  ".size{text-align:right;white-space:nowrap}",
   "a:focus-visible{outline:3px solid #1a5fb4;outline-offset:2px}",
 ].join("");
 // The page's style is allowed by its hash: no script, no other source.
@@ -3151,6 +3151,11 @@ function groupDigits(value: number): string {
   return String(value).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
 }
 
+/** `1 file`, `2 files`. */
+function count(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
+}
+
 /** The listing page: no script at all, links only, so keyboards and text browsers work. */
 export function listingHtml(page: FolderPage): string {
   const e = escapeHtml;
@@ -3185,9 +3190,9 @@ export function listingHtml(page: FolderPage): string {
     `<title>Index of ${e(page.title)}</title><style>${LISTING_STYLE}</style></head><body>`,
     `<nav aria-label="Breadcrumb"><ol>${crumbs.join("")}</ol></nav>`,
     `<main><h1>Index of ${e(page.title)}</h1><table>`,
-    `<caption>${page.folders.length} folders, ${page.files.length} files` +
+    `<caption>${count(page.folders.length, "folder")}, ${count(page.files.length, "file")}` +
     `${page.next === undefined ? "" : " on this page"}</caption>`,
-    '<thead><tr><th scope="col">Name</th><th scope="col">Size</th>',
+    '<thead><tr><th scope="col">Name</th><th scope="col" class="size">Size</th>',
     '<th scope="col">Uploaded</th></tr></thead><tbody>',
     ...folderRows,
     ...fileRows,

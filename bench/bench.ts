@@ -15,6 +15,7 @@
  * deno task bench --only event-notifications   # notification to MISS, bursts; about a minute
  * deno task bench --only large-objects  # video and map ranges, segments on and off
  * deno task bench --only large-objects --full-stream  # and the whole 20 GB video streamed
+ * deno task bench --only listings       # folder listings' B2 transactions, under a minute
  * ```
  *
  * Everything runs on 127.0.0.1, every loop is bounded in time or count, and
@@ -23,7 +24,7 @@
  *
  * Each section is a file of its own: `worker_overhead.ts`, `streaming.ts`,
  * `refresh.ts`, `startup.ts`, `signed_links.ts`, `cache_modes.ts`,
- * `event_notifications.ts`, `large_objects.ts`; they
+ * `event_notifications.ts`, `large_objects.ts`, `listings.ts`; they
  * share `measure.ts` (figures and the report's printing) and `processes.ts`
  * (workerd, /proc, pinning).
  *
@@ -50,6 +51,7 @@ import {
   judgeLargeObjects,
   type LargeObjectsReport,
 } from "./large_objects.ts";
+import { benchListings, formatListings, judgeListings, type ListingsReport } from "./listings.ts";
 import {
   formatSections,
   type LoadChoice,
@@ -96,6 +98,12 @@ export interface BenchReport extends MachineFacts, Verdict {
   cacheModes: CacheModesReport;
   eventNotifications: EventNotificationsRun;
   largeObjects: LargeObjectsReport;
+  listings: ListingsReport;
+}
+
+/** The listings section alone (`--only listings`), with its targets. */
+export interface ListingsAloneReport extends MachineFacts, Verdict {
+  listings: ListingsReport;
 }
 
 /** The event-notifications section alone (`--only event-notifications`), with its targets. */
@@ -119,7 +127,7 @@ export interface LargeObjectsAloneReport extends MachineFacts, Verdict {
 }
 
 /** The sections `--only` runs alone. */
-const ALONE = ["signed-links", "cache-modes", "event-notifications", "large-objects"];
+const ALONE = ["signed-links", "cache-modes", "event-notifications", "large-objects", "listings"];
 
 /** Runs every section in turn and judges the targets. */
 export async function bench(options: BenchOptions): Promise<BenchReport> {
@@ -147,6 +155,8 @@ export async function bench(options: BenchOptions): Promise<BenchReport> {
     const eventNotifications = await benchEventNotifications(module);
     log("and large objects by ranges, segments off and on...");
     const largeObjects = await benchLargeObjects(module, { log, full: options.fullStream });
+    log("and folder listings: B2 transactions per 1,000 views...");
+    const listings = await benchListings(module, log);
     const startup = { denoRunMs, ...compiled };
     return {
       workerOverhead,
@@ -157,6 +167,7 @@ export async function bench(options: BenchOptions): Promise<BenchReport> {
       cacheModes,
       eventNotifications,
       largeObjects,
+      listings,
     };
   }, judge);
 }
@@ -175,6 +186,7 @@ export function judge(report: Omit<BenchReport, "targets" | "seconds">): Target[
     ...judgeCacheModes(report.cacheModes),
     ...judgeEventNotifications(report.eventNotifications),
     ...judgeLargeObjects(report.largeObjects),
+    ...judgeListings(report.listings),
   ];
 }
 
@@ -189,6 +201,7 @@ export function formatReport(report: BenchReport): string {
     formatCacheModes(report.cacheModes),
     formatEventNotifications(report.eventNotifications),
     formatLargeObjects(report.largeObjects),
+    formatListings(report.listings),
   ]);
 }
 
@@ -228,6 +241,14 @@ export async function benchLargeObjectsAlone(
     const module = await loadWorkerModule();
     return { largeObjects: await benchLargeObjects(module, { log, full: options.fullStream }) };
   }, (measured) => judgeLargeObjects(measured.largeObjects));
+}
+
+/** Runs section 9 alone: under a minute. */
+export async function benchListingsAlone(options: BenchOptions): Promise<ListingsAloneReport> {
+  return await measureReport(async () => {
+    const log = options.json ? undefined : (line: string) => console.error(line);
+    return { listings: await benchListings(await loadWorkerModule(), log) };
+  }, (measured) => judgeListings(measured.listings));
 }
 
 /** The flags, checked; exits 2 on bad usage. */
@@ -283,6 +304,12 @@ async function run(options: BenchOptions, only: string | undefined): Promise<str
     return options.json
       ? JSON.stringify(report)
       : formatSections(report, [formatLargeObjects(report.largeObjects)]);
+  }
+  if (only === "listings") {
+    const report = await benchListingsAlone(options);
+    return options.json
+      ? JSON.stringify(report)
+      : formatSections(report, [formatListings(report.listings)]);
   }
   const report = await bench(options);
   return options.json ? JSON.stringify(report) : formatReport(report);

@@ -4,6 +4,7 @@ import {
   cacheModes,
   eventNotifications,
   largeObjects,
+  listings,
   signedLinks,
   throughput,
 } from "./test_figures.ts";
@@ -56,6 +57,7 @@ function measured(changes: {
     cacheModes: cacheModes(),
     eventNotifications: eventNotifications(),
     largeObjects: largeObjects(),
+    listings: listings(),
   };
 }
 

@@ -6,6 +6,7 @@
  * @module
  */
 
+import type { ListingRun, ListingsReport } from "./listings.ts";
 import {
   type CacheModesReport,
   countCacheRun,
@@ -156,5 +157,27 @@ export function largeObjects(changes: Partial<LargeRun> = {}): LargeObjectsRepor
     smallCacheApiTtfbMs: 1,
     stream: { segments: "on", bytes: 2e9, seconds: 45, peakRssMiB: 80, startRssMiB: 75 },
     floor: { ttfbMs: 1, oursTtfbMs: 1.1, rssGrowthMiB: 3, bytes: 2e9 },
+  };
+}
+
+/** A listings section that meets its targets: one list call a page per minute, or fewer. */
+export function listings(changes: Partial<ListingRun> = {}): ListingsReport {
+  const run = (name: string, ttl: number, classC: number): ListingRun => ({
+    name,
+    ttl,
+    views: 1000,
+    pages: 4,
+    listCalls: classC - 1,
+    authorizations: 1,
+    classC,
+    classB: classC - 1,
+    uploads: 0,
+    errors: 0,
+    ...changes,
+  });
+  return {
+    folderNames: 2500,
+    spanSeconds: 3600,
+    runs: [run("cache on, TTL 60 s (the default)", 60, 200), run("cache off", 0, 1001)],
   };
 }
