@@ -1,6 +1,6 @@
 /**
- * A local stand-in for the Backblaze B2 native API (v4) and its download
- * endpoint, for tests, the demo and the benchmarks.
+ * A local stand-in for the Backblaze B2 native API (v4, and the v1 calls rclone 1.60 makes) and
+ * its download endpoint, for tests, the demo and the benchmarks.
  *
  * It follows the documented shapes (www.backblaze.com/apidocs/, cited per endpoint) and checks
  * what it receives the way B2 does: Basic auth on authorize, the account token
@@ -314,6 +314,17 @@ export class FakeB2 {
     switch (url.pathname) {
       case "/b2api/v4/b2_authorize_account":
         return this.#authorize(request);
+      // rclone 1.60 authorizes, lists buckets and lists names with v1 and nothing else
+      // (backend/b2/b2.go: "/b2api/v1/b2_authorize_account", then SetRoot(apiUrl + "/b2api/v1")).
+      case "/b2api/v1/b2_authorize_account":
+        return this.#authorize(request, 1);
+      case "/b2api/v1/b2_list_file_names":
+        return this.#withAccount(
+          request,
+          body,
+          async (json, key) => withV1Sizes(await this.#fileNames(json, key)),
+        );
+      case "/b2api/v1/b2_list_buckets":
       case "/b2api/v4/b2_list_buckets":
         return this.#withAccount(
           request,
@@ -363,7 +374,13 @@ export class FakeB2 {
     for (const grant of this.#accountGrants.values()) grant.expiresAt = -Infinity;
   }
 
-  #authorize(request: Request): Response {
+  /**
+   * `b2_authorize_account`: v4 puts the answer's fields under `apiInfo.storageApi`
+   * (backblaze.com/apidocs/b2-authorize-account); v1 has them at the top level, as v2 did
+   * (rclone 1.60 reads `apiUrl`, `downloadUrl` and `allowed.{bucketId, bucketName,
+   * capabilities, namePrefix}` there: backend/b2/api/types.go, AuthorizeAccountResponse).
+   */
+  #authorize(request: Request, version: 1 | 4 = 4): Response {
     if (request.method !== "GET") {
       return b2Error(405, "method_not_allowed", "use GET");
     }
@@ -378,6 +395,22 @@ export class FakeB2 {
     this.accountTokens.add(token);
     this.#accountGrants.set(token, { key, expiresAt: this.#options.now() + ACCOUNT_TOKEN_MS });
     const restricted = key.restrictToBucket ? this.#bucketByName(key.restrictToBucket) : undefined;
+    if (version === 1) {
+      return Response.json({
+        accountId: ACCOUNT_ID,
+        authorizationToken: token,
+        apiUrl: this.url,
+        downloadUrl: this.url,
+        absoluteMinimumPartSize: 5_000_000,
+        recommendedPartSize: 100_000_000,
+        minimumPartSize: 100_000_000,
+        allowed: {
+          ...(restricted && { bucketId: restricted.id, bucketName: restricted.name }),
+          capabilities: key.capabilities,
+          namePrefix: key.namePrefix ?? null,
+        },
+      });
+    }
     return Response.json({
       accountId: ACCOUNT_ID,
       authorizationToken: token,
@@ -890,6 +923,18 @@ export function notificationRuleProblem(rules: unknown[]): string | undefined {
     seen.push({ prefix: rule.objectNamePrefix, types, name });
   }
   return undefined;
+}
+
+/**
+ * A `b2_list_file_names` answer in v1's shape: each file's length as `size` too, which rclone
+ * 1.60 reads (backend/b2/api/types.go, File). Assumption: v1 answers carried both fields, as
+ * later versions carry `contentLength`; B2's v1 reference is not at hand.
+ */
+async function withV1Sizes(answer: Response): Promise<Response> {
+  if (!answer.ok) return answer;
+  const page = await answer.json() as { files: Record<string, unknown>[] };
+  for (const file of page.files) file.size = file.contentLength;
+  return Response.json(page);
 }
 
 /** B2's message for a call outside the key's capabilities or restrictions. */

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { signEventBody, startFakeB2 } from "./fake_b2.ts";
+import { type FakeB2Options, signEventBody, startFakeB2 } from "./fake_b2.ts";
 
 const RULE = {
   name: "b2cdn-site",
@@ -366,6 +366,76 @@ Deno.test("the B2 stand-in refuses a list outside the key's capabilities and res
       });
       assert.deepEqual([response.status, (await response.json()).code], [401, "unauthorized"]);
     });
+  } finally {
+    await b2.close();
+  }
+});
+
+/** A fake with two files, and a caller of its v1 API with a fresh token, as rclone 1.60 calls. */
+async function v1B2(options: FakeB2Options = {}) {
+  const b2 = startFakeB2({
+    buckets: [{
+      id: "bucket-photos",
+      name: "photos",
+      files: ["site/a.txt", "site/docs/b.txt"].map((name) => ({
+        name,
+        body: name,
+        info: { src_last_modified_millis: "5" },
+      })),
+    }],
+    ...options,
+  });
+  const auth = await (await fetch(`${b2.url}/b2api/v1/b2_authorize_account`, {
+    headers: { authorization: "Basic " + btoa("fake-key-id:fake-application-key") },
+  })).json();
+  const call = async (api: string, fields: Record<string, unknown>) =>
+    await (await fetch(`${b2.url}/b2api/v1/${api}`, {
+      method: "POST",
+      headers: { authorization: auth.authorizationToken },
+      body: JSON.stringify(fields),
+    })).json();
+  return { b2, auth, call };
+}
+
+Deno.test("the B2 stand-in answers rclone 1.60's v1 calls in v1's shape", async () => {
+  const { b2, auth, call } = await v1B2({ restrictToBucket: "photos" });
+  try {
+    // rclone reads these at the top level (backend/b2/api/types.go, AuthorizeAccountResponse).
+    assert.deepEqual(
+      { ...auth, authorizationToken: "token" },
+      {
+        accountId: "fake-account",
+        authorizationToken: "token",
+        apiUrl: b2.url,
+        downloadUrl: b2.url,
+        absoluteMinimumPartSize: 5_000_000,
+        recommendedPartSize: 100_000_000,
+        minimumPartSize: 100_000_000,
+        allowed: {
+          bucketId: "bucket-photos",
+          bucketName: "photos",
+          capabilities: ["listBuckets", "listFiles", "readFiles", "shareFiles"],
+          namePrefix: null,
+        },
+      },
+    );
+    const buckets = await call("b2_list_buckets", {
+      accountId: "fake-account",
+      bucketId: "bucket-photos",
+    });
+    assert.deepEqual(buckets.buckets.map((b: { bucketName: string }) => b.bucketName), ["photos"]);
+    // rclone 1.60 reads a file's length from `size` (its api.File); folders are 0.
+    const names = await call("b2_list_file_names", {
+      bucketId: "bucket-photos",
+      prefix: "site/",
+      delimiter: "/",
+    });
+    assert.deepEqual(
+      names.files.map((f: Record<string, unknown>) => [f.fileName, f.size, f.contentLength]),
+      [["site/a.txt", 10, 10], ["site/docs/", 0, 0]],
+    );
+    const refused = await call("b2_list_file_names", { bucketId: "nope" });
+    assert.deepEqual([refused.status, refused.code], [400, "bad_request"]);
   } finally {
     await b2.close();
   }
