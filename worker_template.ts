@@ -217,9 +217,10 @@ export function sharedFacts(): {
 // Bumped whenever the same object and settings would be answered differently (headers, status,
 // mapping of paths to names): refresh then purges everything cached by older answers. 3: an
 // ETag made from a file id no longer carries the bucket's id. 4: a path or query spelled
-// otherwise than canonicalTarget() writes it is a 301, no longer an entry of its own.
+// otherwise than canonicalTarget() writes it is a 301, no longer an entry of its own. 5: answers
+// in the b2 URL style describe their object with B2's own headers.
 // Only main.ts reads it, from this module's text.
-const ANSWER_FORMAT = 4;
+const ANSWER_FORMAT = 5;
 const DEFAULT_CACHE_TTL = 86_400;
 // After its lifetime an object is served stale for a day while one request revalidates it
 // (a HEAD to B2 when it did not change), so no visitor waits for B2 on a popular object.
@@ -262,7 +263,7 @@ const HOSTILE_CHARACTER = /[/\\\p{Cc}]/u;
 // B2 refuses longer names; refusing them here spares the round trip.
 const MAX_NAME_BYTES = 1024;
 // What a visitor may see of an object. Everything else B2 sends (x-bz-*, its own dates)
-// stays at the edge.
+// stays at the edge, but for B2_OBJECT_HEADERS in the b2 URL style.
 const PUBLIC_HEADERS = [
   "accept-ranges",
   "content-disposition",
@@ -275,6 +276,20 @@ const PUBLIC_HEADERS = [
   "expires",
   "last-modified",
 ];
+// What B2's own download answers say of their object: its id, name, SHA-1 and upload time, and
+// the file info its uploader set (x-bz-info-*, large_file_sha1 and src_last_modified_millis
+// among them). The b2 URL style passes them on, on every answer of an object, since clients made
+// for B2 read them there: rclone's --b2-download-url takes an object's id, SHA-1 (its hash
+// check) and modification time from a GET's or HEAD's headers, replacing its listing's
+// (rclone backend/b2/b2.go, getOrHead and decodeMetaDataRaw, at v1.60.1). No other x-bz-*
+// header of B2's answer (how B2 handled the request) goes on. The plain style shows none.
+const B2_OBJECT_HEADERS = [
+  "x-bz-file-id",
+  "x-bz-file-name",
+  "x-bz-content-sha1",
+  "x-bz-upload-timestamp",
+];
+const B2_FILE_INFO_PREFIX = "x-bz-info-";
 // The cached copy carries the edge's lifetime in Cache-Control, so the one meant for
 // browsers travels beside it; PUBLIC_HEADERS keeps it from ever reaching a visitor.
 const BROWSER_CACHE_CONTROL_HEADER = "x-b2cdn-browser-cache-control";
@@ -331,6 +346,8 @@ export default {
     if (response.status === 200 || response.status === 206) {
       activeContentHeaders(response.headers, config.activeContent);
     }
+    // A copy the Cache API kept for a deploy in the b2 style outlives a refresh to the plain one.
+    if (config.urlStyle !== "b2") withoutB2Headers(response.headers);
     const cors = corsHeaders(request.headers.get("Origin"), config.corsOrigins, {
       // Workers Cache stores the answer with its CORS headers and serves it to every origin:
       // with "*" it is the same for all of them, so it must not be split by Origin.
@@ -915,26 +932,47 @@ export function ifRangeMatches(request: Headers, object: Headers): boolean {
 // Headers
 // ---------------------------------------------------------------------------
 
-/** Only the headers in the public allowlist. */
-export function publicHeaders(headers: Headers): Headers {
+/**
+ * Only the headers in the public allowlist, and with `describe` the ones
+ * B2's answers describe their object with (`X-Bz-File-Id`, `X-Bz-File-Name`,
+ * `X-Bz-Content-Sha1`, `X-Bz-Upload-Timestamp`, every `X-Bz-Info-*`).
+ */
+export function publicHeaders(headers: Headers, options: { describe?: boolean } = {}): Headers {
   const kept = new Headers();
   for (const name of PUBLIC_HEADERS) {
     const value = headers.get(name);
     if (value !== null) kept.set(name, value);
   }
+  if (options.describe) {
+    for (const [name, value] of headers) {
+      if (isB2ObjectHeader(name)) kept.set(name, value);
+    }
+  }
   return kept;
+}
+
+function isB2ObjectHeader(name: string): boolean {
+  return B2_OBJECT_HEADERS.includes(name) || name.startsWith(B2_FILE_INFO_PREFIX);
+}
+
+/** Removes every `x-bz-*` header, in place: what the plain URL style never shows. */
+function withoutB2Headers(headers: Headers): void {
+  for (const name of [...headers.keys()]) {
+    if (name.startsWith("x-bz-")) headers.delete(name);
+  }
 }
 
 /**
  * The headers an object is cached and served with, made from B2's: the
- * allowlist, validators from B2's metadata, the edge lifetime in
- * `Cache-Control` and the browsers' one beside it.
+ * allowlist (and in the b2 URL style B2's description of the object),
+ * validators from B2's metadata, the edge lifetime in `Cache-Control` and
+ * the browsers' one beside it.
  */
 export function objectHeaders(
   b2: Headers,
-  config: Pick<WorkerConfig, "cacheTtl" | "cacheControl">,
+  config: Pick<WorkerConfig, "cacheTtl" | "cacheControl"> & Partial<Pick<WorkerConfig, "urlStyle">>,
 ): Headers {
-  const headers = publicHeaders(b2);
+  const headers = publicHeaders(b2, { describe: config.urlStyle === "b2" });
   headers.set("Accept-Ranges", "bytes");
   // B2 answers "none" for large files uploaded in parts; their id names the version just as well.
   const sha1 = b2.get("x-bz-content-sha1")?.replace(/^unverified:/, "");
@@ -1220,7 +1258,8 @@ async function b2ErrorCode(response: Response): Promise<string> {
  */
 async function answer(request: Request, object: Response, range?: RangeSpec): Promise<Response> {
   if (!object.ok) return object;
-  const headers = publicHeaders(object.headers);
+  // The object's headers are objectHeaders(): B2's description is there only in the b2 style.
+  const headers = publicHeaders(object.headers, { describe: true });
   headers.set(
     "Cache-Control",
     object.headers.get(BROWSER_CACHE_CONTROL_HEADER) ?? DEFAULT_BROWSER_CACHE_CONTROL,
@@ -1250,12 +1289,18 @@ async function answer(request: Request, object: Response, range?: RangeSpec): Pr
   return new Response(body, { status: 206, headers });
 }
 
-/** 304 with the validators and browsers' lifetime of an answer's `headers`. */
+/**
+ * 304 with the validators and browsers' lifetime of an answer's `headers`, and B2's description
+ * of the object where the answer has it: a cache that revalidates its copy updates the copy's
+ * headers from the 304 (RFC 9110 15.4.5 lets a 304 carry metadata that guides that update), so
+ * Workers Cache's copy keeps describing the object as B2 does.
+ */
 function notModifiedAnswer(headers: Headers): Response {
   const validators = new Headers();
-  for (const name of ["Cache-Control", "ETag", "Last-Modified"]) {
-    const value = headers.get(name);
-    if (value !== null) validators.set(name, value);
+  for (const [name, value] of headers) {
+    if (["cache-control", "etag", "last-modified"].includes(name) || isB2ObjectHeader(name)) {
+      validators.set(name, value);
+    }
   }
   return new Response(null, { status: 304, headers: validators });
 }
@@ -1393,7 +1438,7 @@ function totalSize(b2: Headers): number | undefined {
 /** The facts of a large object from B2's answer (a 200, a 206 or a HEAD); `undefined` if none. */
 export function readFacts(
   b2: Headers,
-  config: Pick<WorkerConfig, "cacheTtl" | "cacheControl">,
+  config: Pick<WorkerConfig, "cacheTtl" | "cacheControl"> & Partial<Pick<WorkerConfig, "urlStyle">>,
 ): ObjectFacts | undefined {
   const fileId = b2.get("x-bz-file-id");
   const size = totalSize(b2);
@@ -1579,7 +1624,7 @@ async function answerLarge(
   how: { fromB2?: boolean } = {},
 ): Promise<Response | undefined> {
   const { config } = target;
-  const headers = publicHeaders(facts.headers);
+  const headers = publicHeaders(facts.headers, { describe: true });
   headers.set(
     "Cache-Control",
     facts.headers.get(BROWSER_CACHE_CONTROL_HEADER) ?? DEFAULT_BROWSER_CACHE_CONTROL,

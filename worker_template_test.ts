@@ -497,6 +497,19 @@ const FILES: FakeFile[] = [
   { name: "site/100%.txt", body: "percent", contentType: "text/plain" },
   { name: "site/own-cache.txt", body: "own", info: { "b2-cache-control": "max-age=60" } },
   { name: "site/pattern.bin", body: { size: 1000 } },
+  // What rclone uploads: its modification time in the file info (backend/b2/b2.go, timeKey).
+  {
+    name: "site/backup.tar",
+    body: "backup bytes",
+    uploadTimestamp: 1_650_000_000_000,
+    info: { src_last_modified_millis: "1600000000123", author: "caf%C3%A9" },
+  },
+  // A large file uploaded in parts: no SHA-1 of its own ("none"), the whole file's in its info.
+  {
+    name: "site/parts.bin",
+    body: { size: 2000 },
+    info: { large_file_sha1: "0123456789abcdef0123456789abcdef01234567" },
+  },
   // Just past the largest object the worker keeps at the edge.
   { name: "site/video.bin", body: { size: VIDEO_SIZE }, contentType: "video/mp4" },
   // Outside the prefix: the worker must never serve these, even with a bucket-wide token.
@@ -576,6 +589,9 @@ async function startWorker(b2: FakeB2, setup: WorkerSetup = {}): Promise<TestWor
   });
   const address = new URL(url);
   const signing = setup.options?.signing;
+  // The b2 URL style names the bucket in every path and shows B2's description of each object,
+  // whose file id carries the bucket's id: accepted there, and nowhere else.
+  const b2Style = setup.options?.urlStyle === "b2";
   const secrets = [
     token,
     BUCKET,
@@ -646,18 +662,32 @@ async function startWorker(b2: FakeB2, setup: WorkerSetup = {}): Promise<TestWor
     const where = `answer ${status} ${JSON.stringify(headers)}`;
     assert.equal(headers["x-content-type-options"], "nosniff", where);
     for (const name of Object.keys(headers)) {
-      assert.ok(!name.startsWith("x-bz") && !name.startsWith("x-b2cdn"), `${where} has ${name}`);
+      const described = b2Style && B2_DESCRIPTION.test(name);
+      assert.ok(described || !/^x-bz|^x-b2cdn/.test(name), `${where} has ${name}`);
     }
+    const { "x-bz-file-id": fileId, ...rest } = headers;
     // The account tokens the worker got with the listing key, so far.
     for (const secret of [...secrets, ...b2.accountTokens]) {
-      assert.ok(!JSON.stringify(headers).includes(secret), `${where} shows ${secret}`);
+      assert.ok(!JSON.stringify(rest).includes(secret), `${where} shows ${secret}`);
       assert.ok(!body.includes(secret), `${where} body shows ${secret}`);
+      assert.ok(
+        !fileId?.includes(secret) || (b2Style && secret === BUCKET_ID),
+        `${where} shows ${secret} in its file id`,
+      );
     }
     worker.checked++;
     return { status, headers, body };
   }
 
   return worker;
+}
+
+/** What B2's answers describe an object with, shown in the b2 URL style only. */
+const B2_DESCRIPTION = /^x-bz-(file-id|file-name|content-sha1|upload-timestamp|info-.+)$/;
+
+/** An answer's `x-bz-*` headers. */
+function b2Description(answer: Answer): Record<string, string> {
+  return Object.fromEntries(Object.entries(answer.headers).filter(([n]) => n.startsWith("x-bz-")));
 }
 
 /** The headers every object answer has, for whole-object assertions. */
@@ -703,6 +733,28 @@ Deno.test("worker in workerd, plain URLs and default options", async (t) => {
       }
       assert.deepEqual(worker.downloads(), []);
     });
+
+    await t.step(
+      "2 names: nothing of B2's description of an object, even with file info",
+      async () => {
+        // startWorker's check() refuses any x-bz-* header and the bucket's id in every answer.
+        const first = await worker.visit("/backup.tar");
+        await cachedCopy(worker, "/backup.tar");
+        const answers = [
+          first,
+          await worker.visit("/backup.tar"),
+          await worker.visit("/backup.tar", { method: "HEAD" }),
+          await worker.visit("/backup.tar", { headers: { "If-None-Match": first.headers.etag! } }),
+        ];
+        assert.deepEqual(answers.map((a) => [a.status, b2Description(a)]), [
+          [200, {}],
+          [200, {}],
+          [200, {}],
+          [304, {}],
+        ]);
+        worker.downloads();
+      },
+    );
 
     await t.step("1 methods: HEAD is asked of B2 as HEAD and answered without a body", async () => {
       assert.deepEqual(await worker.visit("/pattern.bin", { method: "HEAD" }), {
@@ -1118,10 +1170,68 @@ Deno.test("worker in workerd, b2 URLs, CORS, no index, configured Cache-Control"
           "content-type": "text/plain",
           etag: HELLO_SHA1,
           vary: "Origin",
+          "x-bz-content-sha1": HELLO_SHA1.slice(1, -1),
+          "x-bz-file-id": `4_z${BUCKET_ID}_f14x11`,
+          "x-bz-file-name": "site/hello.txt",
+          "x-bz-upload-timestamp": "1700000000000",
         }),
         body: "hello world",
       });
       assert.deepEqual(worker.downloads().map((r) => r.path), [`/file/${BUCKET}/site/hello.txt`]);
+    });
+
+    await t.step(
+      "2 names: B2's description of the object on a GET, a HEAD, a 304, a range and a cached copy",
+      async () => {
+        const path = `/file/${BUCKET}/site/backup.tar`;
+        // What rclone sends to its --b2-download-url: its B2 account token.
+        const rclone = { Authorization: "account-token-from-rclone-5d1c" };
+        const described = {
+          "x-bz-content-sha1": "aa4c1d13809b09aa0c9838aec55931ced2432734",
+          "x-bz-file-id": `4_z${BUCKET_ID}_f15x12`,
+          "x-bz-file-name": "site/backup.tar",
+          "x-bz-info-author": "caf%C3%A9",
+          "x-bz-info-src_last_modified_millis": "1600000000123",
+          "x-bz-upload-timestamp": "1650000000000",
+        };
+        const fromB2 = await worker.visit(path, { headers: rclone });
+        await cachedCopy(worker, path);
+        const answers = [
+          fromB2,
+          await worker.visit(path, { headers: rclone }),
+          await worker.visit(path, { method: "HEAD", headers: rclone }),
+          await worker.visit(path, {
+            headers: { ...rclone, "If-None-Match": fromB2.headers.etag! },
+          }),
+          await worker.visit(path, { headers: { ...rclone, Range: "bytes=2-5" } }),
+        ];
+        assert.deepEqual(answers.map((a) => [a.status, b2Description(a)]), [
+          [200, described],
+          [200, described],
+          [200, described],
+          [304, described],
+          [206, described],
+        ]);
+        assert.equal(fromB2.headers.etag, `"${described["x-bz-content-sha1"]}"`);
+        // B2 got the worker's download token, never what the visitor sent, which no answer shows.
+        const asked = worker.downloads();
+        assert.deepEqual(asked.map((r) => [r.path, r.headers.get("authorization")]), [
+          [path, worker.token],
+        ]);
+        assert.ok(!JSON.stringify(answers).includes(rclone.Authorization));
+      },
+    );
+
+    await t.step("2 names: a large file's SHA-1 is in its info, as B2 says it", async () => {
+      const answer = await worker.visit(`/file/${BUCKET}/site/parts.bin`, { method: "HEAD" });
+      assert.deepEqual(b2Description(answer), {
+        "x-bz-content-sha1": "none",
+        "x-bz-file-id": `4_z${BUCKET_ID}_f14x2000`,
+        "x-bz-file-name": "site/parts.bin",
+        "x-bz-info-large_file_sha1": "0123456789abcdef0123456789abcdef01234567",
+        "x-bz-upload-timestamp": "1700000000000",
+      });
+      worker.downloads();
     });
 
     await t.step(
@@ -1210,6 +1320,10 @@ Deno.test("worker in workerd, b2 URLs, CORS, no index, configured Cache-Control"
           "content-length": "11",
           "content-type": "text/plain",
           etag: HELLO_SHA1,
+          "x-bz-content-sha1": HELLO_SHA1.slice(1, -1),
+          "x-bz-file-id": `4_z${BUCKET_ID}_f14x11`,
+          "x-bz-file-name": "site/hello.txt",
+          "x-bz-upload-timestamp": "1700000000000",
         }),
       );
     });
@@ -1267,6 +1381,37 @@ Deno.test("worker in workerd keeps cached objects across a redeploy, until the c
       assert.equal(off.downloads().length, 2);
     } finally {
       await off.dispose();
+    }
+  } finally {
+    await b2.close();
+    await Deno.remove(cachePersist, { recursive: true });
+  }
+});
+
+Deno.test("worker in workerd shows nothing of B2 in the plain style, even from a copy kept in the b2 style", async () => {
+  const b2 = startB2();
+  const cachePersist = await Deno.makeTempDir();
+  const path = `/file/${BUCKET}/site/backup.tar`;
+  try {
+    const before = await startWorker(b2, { cachePersist, options: { urlStyle: "b2" } });
+    try {
+      assert.equal(b2Description(await before.visit(path))["x-bz-file-name"], "site/backup.tar");
+      await cachedCopy(before, path);
+    } finally {
+      await before.dispose();
+    }
+    // The Cache API keys by path alone and outlives the refresh: the copy answers this path.
+    const after = await startWorker(b2, { cachePersist, prefix: "" });
+    try {
+      const answer = await after.visit(path);
+      assert.deepEqual([answer.status, answer.body, b2Description(answer)], [
+        200,
+        "backup bytes",
+        {},
+      ]);
+      assert.deepEqual(after.downloads(), []);
+    } finally {
+      await after.dispose();
     }
   } finally {
     await b2.close();
