@@ -590,7 +590,7 @@ const SETTING_PREFIXES = ["B2_", "CLOUDFLARE_", "WORKER_", "REFRESH_"] as const;
  * from the b2 CLI's README, not read here, since its current source is on PyPI only. The names
  * we share with them (`B2_APPLICATION_KEY_ID`, `CLOUDFLARE_API_TOKEN`...) are our settings.
  */
-const FOREIGN_VARIABLES: ReadonlySet<string> = new Set([
+export const FOREIGN_VARIABLES: ReadonlySet<string> = new Set([
   // the b2 CLI
   "B2_ACCOUNT_INFO",
   "B2_ENVIRONMENT",

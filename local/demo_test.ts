@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { problemsOf, tasks } from "../testing/examples.ts";
 import { childEnv } from "../testing/child_env.ts";
 import {
   descendants,
@@ -95,6 +96,13 @@ Deno.test("demo runs the whole chain locally and stops cleanly on Ctrl-C", async
     assert.match(html, /<a href="\/files\/data\/">data\/<\/a>/);
     assert.match(html, />&#60;img src=x onerror=alert\(1\)&#62;\.txt<\/a>/);
     assert.doesNotMatch(html, /hidden|<script/);
+    // The tour's command lines are written as they are run in a clone.
+    const tour = [...stdout.matchAll(/^ {2}\$ (.+)$/gm)].map((m, i) => ({
+      where: `the tour's line ${i + 1}`,
+      line: m[1]!,
+    }));
+    assert.ok(tour.some(({ line }) => line.startsWith("deno task purge ")), "a purge is shown");
+    assert.deepEqual(problemsOf(tour, await tasks()), []);
   });
   assert.equal(served.code, 0, served.stderr);
   assert.match(served.stdout, /Stopped\.\n$/);

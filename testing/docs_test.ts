@@ -11,7 +11,7 @@
  */
 
 import assert from "node:assert/strict";
-import { VARIABLES } from "../main.ts";
+import { FOREIGN_VARIABLES, VARIABLES } from "../main.ts";
 
 const ROOT = new URL("../", import.meta.url);
 
@@ -257,4 +257,16 @@ Deno.test("tableSettings() and settingsProblems() catch a table that drifted", (
   ]);
   assert.deepEqual(settingsProblems(["B2_A", "B2_A"], ["B2_A"]), ["B2_A is in the table twice"]);
   assert.deepEqual(tableSettings(markdown, "## Missing"), []);
+});
+
+Deno.test("docs/configuration.md names exactly the b2 CLI's and wrangler's names that are left alone", async () => {
+  const markdown = await Deno.readTextFile(new URL("docs/configuration.md", ROOT));
+  const paragraph = /\*\*Names shared with the b2 CLI and wrangler\.\*\*[\s\S]*?\n\n/.exec(markdown)
+    ?.[0];
+  assert.ok(paragraph, "configuration.md has the paragraph");
+  const named = [...paragraph.matchAll(/`([A-Z][A-Z0-9_]+)`/g)].map((match) => match[1]!);
+  const ours = named.filter((name) => Object.hasOwn(VARIABLES, name));
+  const theirs = named.filter((name) => !Object.hasOwn(VARIABLES, name));
+  assert.ok(ours.length > 0, "it names the settings we share");
+  assert.deepEqual(theirs.sort(), [...FOREIGN_VARIABLES].sort());
 });
