@@ -27,6 +27,21 @@
  * - Main: `main()`, the only code that touches `Deno.args`, `Deno.env` and `Deno.exit`.
  * - Deno Deploy: the `Deno.cron` job and `/health` ({@linkcode startOnDeploy}).
  *
+ * As a module it offers {@linkcode parseConfig}, {@linkcode defaultContext},
+ * {@linkcode loadWorkerModule}, {@linkcode refresh}, {@linkcode status}, {@linkcode purge},
+ * {@linkcode refreshIfDue}, {@linkcode scheduleRefresh}, {@linkcode signLink},
+ * {@linkcode generateSigningKey}, {@linkcode checkCache}, {@linkcode run}, {@linkcode main} and
+ * {@linkcode startOnDeploy}; what else is exported is `@internal`, for the tests and `local/`.
+ *
+ * @example Renew the token and deploy, from code
+ * ```ts ignore
+ * import { defaultContext, loadWorkerModule, parseConfig, refresh } from "./main.ts";
+ *
+ * const config = parseConfig(Deno.env.toObject(), { b2: true, cloudflare: true });
+ * const result = await refresh(config, defaultContext(), { module: await loadWorkerModule() });
+ * console.log(`token valid until ${result.expiresAt}`);
+ * ```
+ *
  * @module
  */
 
@@ -575,7 +590,10 @@ const SETTING_FLAGS = SETTINGS
   .filter(([, v]) => v.kind !== "secret" && !v.credential)
   .map(([name]) => name);
 
-/** The names of the secret variables, whose values never reach any output. */
+/**
+ * The names of the secret variables, whose values never reach any output.
+ * @internal
+ */
 export const SECRET_VARIABLES: readonly string[] = SETTINGS
   .filter(([, v]) => v.kind === "secret").map(([name]) => name);
 
@@ -614,6 +632,7 @@ export const FOREIGN_VARIABLES: ReadonlySet<string> = new Set([
  * A warning for each name in `names` (from `where`: `.env`, the environment) that has one of
  * our prefixes but is neither a setting nor a name the b2 CLI or wrangler read: it would be
  * silently ignored, and is most likely a misspelt setting, which the warning names.
+ * @internal
  */
 export function unknownSettings(names: Iterable<string>, where: string): string[] {
   const settings = Object.keys(VARIABLES);
@@ -704,10 +723,16 @@ const CLOUDFLARE_ID = /^[0-9a-f]{32}$/i;
 /** The dashboard, whose addresses start with the account id: `dash.cloudflare.com/<id>/...`. */
 const DASHBOARD_HOST = "dash.cloudflare.com";
 
-/** The settings that hold a Cloudflare id. */
+/**
+ * The settings that hold a Cloudflare id.
+ * @internal
+ */
 export type CloudflareIdSetting = "CLOUDFLARE_ACCOUNT_ID" | "CLOUDFLARE_ZONE_ID";
 
-/** What an id setting holds: the id, and a note when it came out of a dashboard address. */
+/**
+ * What an id setting holds: the id, and a note when it came out of a dashboard address.
+ * @internal
+ */
 export interface CloudflareIdReading {
   /** The id, in lower case; absent when the value holds none. */
   id?: string;
@@ -727,6 +752,7 @@ export interface CloudflareIdReading {
  * readCloudflareId("CLOUDFLARE_ACCOUNT_ID", "https://dash.cloudflare.com/0123456789abcdef0123456789abcdef/home");
  * // { id: "0123456789abcdef0123456789abcdef", note: "CLOUDFLARE_ACCOUNT_ID is a dashboard address: ..." }
  * ```
+ * @internal
  */
 export function readCloudflareId(name: CloudflareIdSetting, raw: string): CloudflareIdReading {
   const value = raw.trim();
@@ -779,6 +805,7 @@ function dashboardAddress(value: string): { account: string; domain?: string } |
  * (backblaze.com/apidocs/b2-create-bucket): 6 to 63 characters, letters, digits and "-", not
  * starting with "b2-", which Backblaze reserves; b2sdk's simulator refuses any other character
  * as "illegal bucket name" (b2sdk `raw_simulator.py`, `create_bucket`).
+ * @internal
  */
 export function bucketNameProblem(name: string): string | undefined {
   const bad = [...new Set(name.replace(/[A-Za-z0-9-]/g, ""))];
@@ -805,6 +832,7 @@ export function bucketNameProblem(name: string): string | undefined {
  * ```ts
  * zoneCandidates("*.cdn.example.co.uk/*"); // ["cdn.example.co.uk", "example.co.uk", "co.uk"]
  * ```
+ * @internal
  */
 export function zoneCandidates(target: string): string[] {
   const host = target.trim().toLowerCase()
@@ -945,6 +973,11 @@ function valueOf(reading: Reading) {
  * Turns raw settings into a {@linkcode Config}, reporting every problem at
  * once as a {@linkcode ConfigError}: every setting given is checked, whatever
  * the command, and what `needs` asks for must be set.
+ *
+ * @example Settings as the environment gives them, checked for a refresh
+ * ```ts ignore
+ * const config = parseConfig(Deno.env.toObject(), { b2: true, cloudflare: true });
+ * ```
  */
 export function parseConfig(settings: Settings, needs: Needs = {}): Config {
   const reading = readSettings(settings);
@@ -1325,6 +1358,7 @@ function cronField(field: string, [low, high]: readonly [number, number]): Set<n
  * The longest time, in seconds, between two runs of a five-field UTC cron
  * expression, found over eight years of days (leap days included);
  * `undefined` for an expression it cannot read (names such as `MON`).
+ * @internal
  */
 export function scheduleGap(schedule: string): number | undefined {
   const fields = schedule.trim().split(/\s+/);
@@ -1392,6 +1426,7 @@ const PURGE_KEY_INFO = "b2-private-cdn purge key v1";
  * The worker's purge key: HKDF-SHA256 of `WORKER_PURGE_KEY`, else of
  * `B2_APPLICATION_KEY`, with a fixed info string, as 64 hex characters. Every
  * machine that refreshes or purges holds one of the two, so none stores the key.
+ * @internal
  */
 export async function derivePurgeKey(secret: string): Promise<string> {
   return toHex(await hkdf(secret, PURGE_KEY_INFO, 32));
@@ -1419,7 +1454,10 @@ async function hkdf(secret: string, info: string, length: number): Promise<Uint8
   return new Uint8Array(bits);
 }
 
-/** How every time setting and flag is written; `.env.example` and the docs say it once. */
+/**
+ * How every time setting and flag is written; `.env.example` and the docs say it once.
+ * @internal
+ */
 export const DURATION_SYNTAX = "90s, 15m, 12h, 7d or plain seconds";
 
 /** What a duration between `min` and `max` seconds must look like, for a problem's "must be". */
@@ -1440,6 +1478,7 @@ function shortDuration(seconds: number): string {
 /**
  * Seconds in a duration as every time setting and flag takes it: `90s`, `15m`, `12h`, `7d` or
  * plain seconds (`90`); `undefined` if it is none of those.
+ * @internal
  */
 export function parseDuration(text: string): number | undefined {
   const match = /^(\d+)\s*([smhd]?)$/.exec(text.trim());
@@ -1454,7 +1493,10 @@ export function parseDuration(text: string): number | undefined {
   return Number(match[1]) * unit;
 }
 
-/** `5d 3h`, `2h 5m`, `40s`: the two largest units of a span of seconds. */
+/**
+ * `5d 3h`, `2h 5m`, `40s`: the two largest units of a span of seconds.
+ * @internal
+ */
 export function formatDuration(seconds: number): string {
   const sign = seconds < 0 ? "-" : "";
   const left = Math.floor(Math.abs(seconds));
@@ -1478,7 +1520,10 @@ function count(n: number, one: string, many: string): string {
   return `${n} ${n === 1 ? one : many}`;
 }
 
-/** ISO 8601 UTC to the second. */
+/**
+ * ISO 8601 UTC to the second.
+ * @internal
+ */
 export function isoSeconds(ms: number): string {
   return new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
 }
@@ -1512,7 +1557,14 @@ export interface Context {
   budgetMs: number;
 }
 
-/** A {@linkcode Context} with the real network and clock. */
+/**
+ * A {@linkcode Context} with the real network and clock.
+ *
+ * @example The real network and clock, with a shorter timeout
+ * ```ts ignore
+ * const ctx = defaultContext({ timeoutMs: 10_000 });
+ * ```
+ */
 export function defaultContext(overrides: Partial<Context> = {}): Context {
   return {
     fetch: globalThis.fetch,
@@ -1637,7 +1689,10 @@ function isOperationError(
 /** Who answers: the two APIs, the deployed worker (purge), or a URL checked on it. */
 export type Service = "B2" | "Cloudflare" | "Verify" | "Worker" | "Ping";
 
-/** One request as {@linkcode send} makes it. */
+/**
+ * One request as {@linkcode send} makes it.
+ * @internal
+ */
 export interface Call {
   /** Who is asked; errors and `--verbose` lines name it. */
   service: Service;
@@ -1736,6 +1791,7 @@ function networkAdvice(failure: NetworkFailure, check: string): string {
  * `ctx.timeoutMs`. The answer is returned whatever its status once it is final or the retries
  * or the budget are spent; no answer at all is an {@linkcode ApiError} that keeps the
  * runtime's cause. Nothing in `ctx.secrets` reaches its messages.
+ * @internal
  */
 export async function send(ctx: Context, call: Call): Promise<Response> {
   const { service, step } = call;
@@ -1814,7 +1870,10 @@ async function readJson(response: Response): Promise<{ json: unknown; received: 
 // B2
 // ---------------------------------------------------------------------------
 
-/** What `b2_authorize_account` (v4) told us. */
+/**
+ * What `b2_authorize_account` (v4) told us.
+ * @internal
+ */
 export interface B2Authorization {
   /** The account the key belongs to. */
   accountId: string;
@@ -1832,7 +1891,10 @@ export interface B2Authorization {
   namePrefix: string | null;
 }
 
-/** The bucket being served. */
+/**
+ * The bucket being served.
+ * @internal
+ */
 export interface Bucket {
   /** The bucket's id. */
   id: string;
@@ -2144,6 +2206,7 @@ function checkKey(auth: B2Authorization, config: B2Config): void {
  * capability but {@linkcode LISTING_CAPABILITIES}, a key for every bucket or another, and a
  * name prefix other than `B2_FILE_PREFIX` (wider reaches more; narrower could not list the
  * top) are problems, each named. Exit code 2.
+ * @internal
  */
 export function checkListingKey(
   auth: Pick<B2Authorization, "buckets" | "capabilities" | "namePrefix">,
@@ -2271,7 +2334,10 @@ export interface WorkerUpload {
   module: string;
 }
 
-/** The facts the worker's bindings carry. */
+/**
+ * The facts the worker's bindings carry.
+ * @internal
+ */
 export interface WorkerFacts {
   /** The B2 download token; only ever a secret binding. */
   downloadToken: string;
@@ -2354,6 +2420,11 @@ async function servingFingerprint(
 /**
  * The JavaScript uploaded as the worker: `worker_template.ts` with its types
  * stripped by the runtime, so what runs is exactly what was type checked.
+ *
+ * @example What refresh uploads
+ * ```ts ignore
+ * const module = await loadWorkerModule();
+ * ```
  */
 export async function loadWorkerModule(): Promise<string> {
   const source = new TextDecoder().decode(await readBeside("./worker_template.ts"));
@@ -2381,7 +2452,10 @@ async function readBeside(path: string): Promise<Uint8Array<ArrayBuffer>> {
   return new Uint8Array(await response.arrayBuffer());
 }
 
-/** The upload for these facts: the token only ever as a `secret_text` binding. */
+/**
+ * The upload for these facts: the token only ever as a `secret_text` binding.
+ * @internal
+ */
 export function workerUpload(module: string, facts: WorkerFacts): WorkerUpload {
   const { options } = facts;
   return {
@@ -2817,7 +2891,10 @@ async function cloudflareResult<T>(
   );
 }
 
-/** An account the credential can see, as `GET /accounts` lists it. */
+/**
+ * An account the credential can see, as `GET /accounts` lists it.
+ * @internal
+ */
 export interface CloudflareAccount {
   /** 32 hexadecimal characters. */
   id: string;
@@ -2825,7 +2902,10 @@ export interface CloudflareAccount {
   name: string;
 }
 
-/** A zone, as `GET /zones` lists it. */
+/**
+ * A zone, as `GET /zones` lists it.
+ * @internal
+ */
 export interface CloudflareZone {
   /** 32 hexadecimal characters. */
   id: string;
@@ -2836,7 +2916,10 @@ export interface CloudflareZone {
 /** Items asked for a page of a list; Cloudflare's most (API_FACTS, Discovery). */
 const LIST_PAGE_SIZE = 50;
 
-/** Who owns a verified API token, and (for an account's token) which account. */
+/**
+ * Who owns a verified API token, and (for an account's token) which account.
+ * @internal
+ */
 export interface TokenOwner {
   /** `user`: made under My Profile; `account`: made under the account's API Tokens. */
   owner: "user" | "account";
@@ -2933,6 +3016,7 @@ function describeAccounts(accounts: CloudflareAccount[]): string {
  * Fills in what the settings left out: the account, when the token sees exactly one, and the
  * zone of the route or custom domain, from its host. Runs before any other Cloudflare call, so
  * a missing id fails before anything is written. Returns `config` itself when nothing is missing.
+ * @internal
  */
 export async function findCloudflareIds(
   config: CloudflareConfig,
@@ -3286,6 +3370,7 @@ export type RuleChange = "created" | "updated" | "unchanged" | "removed";
  * purge key comes from (`WORKER_PURGE_KEY`, else `B2_APPLICATION_KEY`): 32
  * alphanumerics, as B2 requires. `urlKey` (16 hex) goes into the webhook's
  * URL, so a changed secret changes the rule, which B2 cannot be asked about.
+ * @internal
  */
 export async function deriveEventSecret(
   secret: string,
@@ -3296,7 +3381,10 @@ export async function deriveEventSecret(
   return { secret: characters.join(""), urlKey: toHex(bits.subarray(32)) };
 }
 
-/** `b2cdn-<worker>`: B2 takes letters, digits and `-` (names starting `b2-` are reserved). */
+/**
+ * `b2cdn-<worker>`: B2 takes letters, digits and `-` (names starting `b2-` are reserved).
+ * @internal
+ */
 export function eventRuleName(workerName: string): string {
   return `b2cdn-${workerName.replaceAll("_", "-")}`.slice(0, 63);
 }
@@ -3756,7 +3844,10 @@ function describeEventRule(config: Config): string {
 // The refresh itself
 // ---------------------------------------------------------------------------
 
-/** A worker ready to upload, and what it was made from. */
+/**
+ * A worker ready to upload, and what it was made from.
+ * @internal
+ */
 export interface PreparedWorker {
   /** The bucket the token reads. */
   bucket: Bucket;
@@ -3779,6 +3870,7 @@ export interface PreparedWorker {
 /**
  * Steps 1-4 of a refresh, which touch only B2: authorize, check the key,
  * resolve the bucket, get a download token, and build the upload.
+ * @internal
  */
 export async function prepareWorker(
   config: B2Config,
@@ -3979,6 +4071,13 @@ export interface RefreshOptions {
  * B2 step worked, so a failed run leaves the deployed worker, still valid for
  * days, as it was. A step after the upload that fails throws
  * {@linkcode IncompleteDeployError}, which carries the result.
+ *
+ * @example Renew the token and deploy
+ * ```ts ignore
+ * const config = parseConfig(Deno.env.toObject(), { b2: true, cloudflare: true });
+ * const result = await refresh(config, defaultContext(), { module: await loadWorkerModule() });
+ * console.log(`token valid until ${result.expiresAt}`);
+ * ```
  */
 export async function refresh(
   config: Config,
@@ -4692,7 +4791,10 @@ const MAX_PURGE_OPERATIONS = 100;
 /** And five purges a minute: a refused one is tried again after this many seconds. */
 const PURGE_RETRY_SECONDS = 60;
 
-/** The headers that sign `body` with the purge key (HMAC-SHA256), stamped `nowMs`. */
+/**
+ * The headers that sign `body` with the purge key (HMAC-SHA256), stamped `nowMs`.
+ * @internal
+ */
 export async function signPurge(
   body: string,
   options: { key: string; nowMs: number },
@@ -4745,6 +4847,7 @@ function workerAddress(
  * Where the worker answers purge requests: `--url`, else `WORKER_DOMAIN`,
  * else under the route when it names one host (the worker takes the purge
  * path under any path), else the workers.dev address.
+ * @internal
  */
 export async function purgeUrl(
   config: Config,
@@ -4900,6 +5003,11 @@ export interface PurgeReport {
  * edge cache in force, in as few requests as the limits allow (100
  * operations each). A refused or rate-limited request stops the run with
  * {@linkcode ApiError}, naming what is left and when to try again.
+ *
+ * @example Forget one object and a folder at the edge
+ * ```ts ignore
+ * await purge(config, defaultContext(), { paths: ["/index.html"], prefixes: ["/css/"], all: false });
+ * ```
  */
 export async function purge(
   config: Config,
@@ -5049,6 +5157,12 @@ export interface Finding {
 /**
  * Reads the deployed worker's bindings and judges its token against
  * `minRemaining` seconds: `WARNING` below it, `CRITICAL` below half of it.
+ *
+ * @example Is the deployed token good for two more days?
+ * ```ts ignore
+ * const report = await status(config.cloudflare!, defaultContext(), { minRemaining: 2 * 86_400 });
+ * if (!report.healthy) console.error(report.state, report.problem);
+ * ```
  */
 export async function status(
   config: CloudflareConfig,
@@ -5301,6 +5415,12 @@ export interface StartupDecision {
 /**
  * Refreshes when the deployed token is missing or has less than `config.refreshMargin` left;
  * otherwise only reads the worker's bindings. The module is loaded only when it is due.
+ *
+ * @example Refresh only when the deployed token runs low
+ * ```ts ignore
+ * const decision = await refreshIfDue(config, defaultContext(), { loadModule: loadWorkerModule });
+ * console.log(decision.reason);
+ * ```
  */
 export async function refreshIfDue(
   config: Config,
@@ -5334,7 +5454,18 @@ export async function refreshIfDue(
   };
 }
 
-/** Registers the scheduled refresh. Each run refreshes; a failure is retried by the backoff. */
+/**
+ * Registers the scheduled refresh. Each run refreshes; a failure is retried by the backoff.
+ *
+ * @example Refresh on REFRESH_SCHEDULE with Deno.cron
+ * ```ts ignore
+ * scheduleRefresh(config, defaultContext(), {
+ *   module: loadWorkerModule(),
+ *   register: Deno.cron,
+ *   report: console.log,
+ * });
+ * ```
+ */
 export function scheduleRefresh(
   config: Config,
   ctx: Context,
@@ -5372,6 +5503,7 @@ export function scheduleRefresh(
  * What a run tells the monitor at `REFRESH_PING_URL`: it began, it succeeded, or it failed.
  * A monitor that hears nothing within its period and grace alerts, which also catches the run
  * that never happened.
+ * @internal
  */
 export type PingEvent = "start" | "success" | "fail";
 
@@ -5404,6 +5536,7 @@ function isUptimeKuma(url: URL): boolean {
  * `<url>/fail`, the run's last lines as the body; Uptime Kuma: `GET <url>?status=up|down&msg=`,
  * any `status`, `msg` and `ping` the copied URL carried replaced (API_FACTS, "Alerts for cron
  * jobs").
+ * @internal
  */
 export function pingRequest(
   url: string,
@@ -5458,6 +5591,7 @@ function lastBytes(lines: readonly string[], limit: number): string {
  * `REFRESH_PING_URL` as output may show it: each part of its path but the API's own words
  * (`ping`, `api`, `push`) cut to its first four characters, since whoever holds the whole URL
  * can report runs that never happened.
+ * @internal
  */
 export function shownPingUrl(url: string): string {
   const target = new URL(url);
@@ -5466,7 +5600,10 @@ export function shownPingUrl(url: string): string {
   return `${target.origin}/${path.join("/")}`;
 }
 
-/** What one ping got: an answer's status, or why none came; a run's record of it. */
+/**
+ * What one ping got: an answer's status, or why none came; a run's record of it.
+ * @internal
+ */
 export interface PingOutcome {
   /** Which ping. */
   event: PingEvent;
@@ -5478,7 +5615,10 @@ export interface PingOutcome {
   detail: string;
 }
 
-/** The pings of one run, in order; see {@linkcode deadMansSwitch}. */
+/**
+ * The pings of one run, in order; see {@linkcode deadMansSwitch}.
+ * @internal
+ */
 export interface DeadMansSwitch {
   /** Keeps a line of the run's output for the closing ping's body (secrets are redacted). */
   line(text: string): void;
@@ -5508,6 +5648,7 @@ export interface DeadMansSwitch {
  * pings.line("Deployed worker ...");
  * await pings.finish(true);
  * ```
+ * @internal
  */
 export function deadMansSwitch(
   url: string,
@@ -5549,7 +5690,10 @@ export function deadMansSwitch(
   };
 }
 
-/** What one run hands its job: where its lines go, and the switch's record for the upload. */
+/**
+ * What one run hands its job: where its lines go, and the switch's record for the upload.
+ * @internal
+ */
 export interface PingedRun {
   /** Prints a line of the run's output, and keeps it for the closing ping's body. */
   report: (line: string) => void;
@@ -5564,6 +5708,7 @@ export interface PingedRun {
  * ping goes out as the job begins, and once it ends the success ping, or the fail ping when it
  * throws or `succeeded` says so, with the job's last lines (its error too) as the body. What
  * the job returns or throws is passed on unchanged; a ping's trouble is only reported.
+ * @internal
  */
 export async function withDeadMansSwitch<T>(
   url: string | undefined,
@@ -5690,6 +5835,15 @@ export interface SignedLink {
  * ```
  *
  * @throws {ConfigError} for a malformed path, key, time or download name.
+ *
+ * @example A link to a protected file, good for an hour
+ * ```ts ignore
+ * const link = await signLink("https://cdn.example.com", "/members/video.mp4", {
+ *   key: Deno.env.get("WORKER_SIGNING_KEY")!,
+ *   expires: Math.floor(Date.now() / 1000) + 3600,
+ * });
+ * console.log(link.url);
+ * ```
  */
 export async function signLink(
   baseUrl: string,
@@ -5766,7 +5920,14 @@ export async function signLink(
   };
 }
 
-/** A fresh signing key: 32 random bytes, base64url, as `WORKER_SIGNING_KEY` takes it. */
+/**
+ * A fresh signing key: 32 random bytes, base64url, as `WORKER_SIGNING_KEY` takes it.
+ *
+ * @example A key for WORKER_SIGNING_KEY
+ * ```ts ignore
+ * console.log(`WORKER_SIGNING_KEY=${generateSigningKey()}`);
+ * ```
+ */
 export function generateSigningKey(): string {
   return toBase64Url(crypto.getRandomValues(new Uint8Array(MIN_SIGNING_KEY_BYTES)));
 }
@@ -5884,6 +6045,14 @@ function cachingHeaders(headers: Headers): string {
  * that a plain GET after the last two still gets the whole object), and, for
  * `largeUrl`, whether a small range of a large object comes back 206 quickly
  * or the whole object is sent. `url` names a small object on the worker.
+ *
+ * @example Does Workers Cache keep what the worker answers?
+ * ```ts ignore
+ * const report = await checkCache("https://cdn.example.com/hello.txt", defaultContext(), {
+ *   mode: "workers-cache",
+ * });
+ * console.log(report.healthy ? "as intended" : report.findings);
+ * ```
  */
 export async function checkCache(
   url: string,
@@ -6218,6 +6387,7 @@ async function checkShapedMisses(
  * on workers.dev too, segments included; the Cache API, which keeps segments in cache-api mode
  * and what the worker remembers of a large object in both, does nothing there
  * (developers.cloudflare.com/workers/runtime-apis/cache/).
+ * @internal
  */
 export function largeObjectsWhere(mode: CacheMode, url: URL): string {
   const workersDev = url.hostname.endsWith(".workers.dev");
@@ -6296,6 +6466,7 @@ async function checkLargeObject(url: string, ctx: Context): Promise<CacheFinding
 /**
  * A conversation with the person at the terminal: `main()` makes one when stdin and stdout are
  * both terminals; without one, `init` takes everything from flags and the environment.
+ * @internal
  */
 export interface Prompter {
   /**
@@ -6307,7 +6478,10 @@ export interface Prompter {
   say(text: string): void;
 }
 
-/** What `init` is handed beyond a command's job: the terminal, if any, and where it runs. */
+/**
+ * What `init` is handed beyond a command's job: the terminal, if any, and where it runs.
+ * @internal
+ */
 export interface InitPlace {
   /** The person at the terminal; absent in a pipe. */
   terminal?: Prompter;
@@ -6713,6 +6887,7 @@ function envValue(name: Variable, value: string): string {
  * envFileText({ B2_BUCKET_NAME: "photos", WORKER_ROUTE: "cdn.example.com/*" });
  * // "# Written by b2-private-cdn init ...\nB2_BUCKET_NAME=photos\nWORKER_ROUTE=cdn.example.com/*\n"
  * ```
+ * @internal
  */
 export function envFileText(settings: Settings): string {
   const lines = (Object.keys(VARIABLES) as Variable[])
@@ -6727,6 +6902,7 @@ export function envFileText(settings: Settings): string {
  * Writes `text` to `path` readable by its owner alone (mode 0600). An existing file is first
  * renamed to `<path>.bak-<time>`, which is returned; the new file is written beside it and
  * renamed into place, so `path` is never half written.
+ * @internal
  */
 export async function writeEnvFile(
   path: string,
@@ -6760,7 +6936,10 @@ function refreshCommand(place: Pick<InitPlace, "denoPath" | "script">, envFile?:
     (envFile ? ` --env-file ${shellWord(envFile)}` : "");
 }
 
-/** The crontab line for this machine: the absolute `deno`, directory and settings file. */
+/**
+ * The crontab line for this machine: the absolute `deno`, directory and settings file.
+ * @internal
+ */
 export function crontabLine(
   place: Pick<InitPlace, "cwd" | "denoPath" | "script">,
   envFile?: string,
@@ -6933,6 +7112,7 @@ const PORT_FLAG = {
 /**
  * The commands, in the order `--help` lists them. Usage, help pages, the flag parser's
  * options, the check of who takes which flag, and dispatch are all read from here.
+ * @internal
  */
 export const COMMANDS = {
   init: {
@@ -7192,7 +7372,10 @@ export const COMMANDS = {
 // being read from the table.
 COMMANDS satisfies Record<string, CommandSpec<never>>;
 
-/** A command's name. */
+/**
+ * A command's name.
+ * @internal
+ */
 export type Command = keyof typeof COMMANDS;
 
 /** `status` reads the rule's B2 side only when events are on; `--min-remaining` is checked. */
@@ -7213,13 +7396,19 @@ function isCommand(name: string | undefined): name is Command & string {
   return name !== undefined && Object.hasOwn(COMMANDS, name);
 }
 
-/** Each command's flags' values, by name. @internal */
+/**
+ * Each command's flags' values, by name.
+ * @internal
+ */
 export type FlagValues = {
   [C in Command]: {
     [Name in keyof (typeof COMMANDS)[C]["flags"]]: FlagValue<(typeof COMMANDS)[C]["flags"][Name]>;
   };
 }[Command];
-/** The type that has every member of the union `U`. @internal */
+/**
+ * The type that has every member of the union `U`.
+ * @internal
+ */
 export type UnionToIntersection<U> = (U extends unknown ? (u: U) => void : never) extends
   (i: infer I) => void ? I : never;
 
@@ -7233,7 +7422,10 @@ export type FlagValue<S> = S extends { parse: (text: string | undefined) => infe
   : S extends { multiple: true } ? string[]
   : string | undefined;
 
-/** The command line's flags, by name, as read from {@linkcode COMMANDS}, and `--verbose`. */
+/**
+ * The command line's flags, by name, as read from {@linkcode COMMANDS}, and `--verbose`.
+ * @internal
+ */
 export type Flags = UnionToIntersection<FlagValues> & {
   /** `--verbose`: each step on stderr. */
   verbose: boolean;
@@ -7378,7 +7570,10 @@ function redact(text: string, secrets: Iterable<string>): string {
   return out;
 }
 
-/** The one line (and notes) a refresh prints for a person. */
+/**
+ * The one line (and notes) a refresh prints for a person.
+ * @internal
+ */
 export function summary(result: RefreshResult): string {
   const where = result.prefix ? `prefix "${result.prefix}"` : "the whole bucket";
   const done = result.reusedUpload
@@ -7653,6 +7848,7 @@ async function runPurge({ config, ctx, io, flags, args }: Job): Promise<number> 
  * the command is ready; `pressed` resolves when the first arrives, and later ones are absorbed
  * until it is disposed. Disposing it stops listening, so a command that fails does not hang on
  * its listeners.
+ * @internal
  */
 export function listenForCtrlC(): Disposable & { pressed: Promise<void>; wasPressed(): boolean } {
   const { promise, resolve } = Promise.withResolvers<void>();
@@ -7852,7 +8048,10 @@ async function runSign({ config, ctx, io, flags, args }: Job): Promise<number> {
   return 0;
 }
 
-/** Parsed command line: the command, its arguments and flags, and the settings given as flags. */
+/**
+ * Parsed command line: the command, its arguments and flags, and the settings given as flags.
+ * @internal
+ */
 export interface CommandLine {
   /** The command to run. @default "refresh" */
   command: Command;
@@ -7872,7 +8071,10 @@ export interface CommandLine {
   version: boolean;
 }
 
-/** Parses `args`, throwing {@linkcode ConfigError} for anything it does not know. */
+/**
+ * Parses `args`, throwing {@linkcode ConfigError} for anything it does not know.
+ * @internal
+ */
 export function parseCommandLine(args: string[]): CommandLine {
   const known = commandFlags();
   const options = argOptions(known);
@@ -8070,10 +8272,16 @@ export interface RunOptions {
   place?: () => InitPlace;
 }
 
-/** The commands `main.ts` lists but the local platform runs. */
+/**
+ * The commands `main.ts` lists but the local platform runs.
+ * @internal
+ */
 export type LocalCommand = "dev" | "demo";
 
-/** What a command is handed once its line and settings are read. */
+/**
+ * What a command is handed once its line and settings are read.
+ * @internal
+ */
 export interface Job {
   /**
    * The settings as given, before checking: only `init` (which writes them back) and render's
@@ -8098,7 +8306,10 @@ export interface Job {
   place?: InitPlace;
 }
 
-/** Runs one command; resolves to its exit code. */
+/**
+ * Runs one command; resolves to its exit code.
+ * @internal
+ */
 export type CommandHandler = (job: Job) => Promise<number>;
 
 /** `dev` and `demo` run on stand-ins this file does not ship: where they run instead. */
@@ -8112,6 +8323,16 @@ function localOnly(command: Command): ConfigError {
 /**
  * Runs one command line and returns its exit code. Everything it prints
  * passes through {@linkcode redact}, on top of never formatting a secret.
+ *
+ * @example One command line, its output collected
+ * ```ts ignore
+ * const code = await run({
+ *   args: ["status", "--json"],
+ *   env: Deno.env.toObject(),
+ *   readEnvFile: () => Promise.resolve(undefined),
+ *   io: { stdout: console.log, stderr: console.error },
+ * });
+ * ```
  */
 export async function run(options: RunOptions): Promise<number> {
   const ctx = defaultContext(options.ctx);
@@ -8277,6 +8498,11 @@ function permissionsHint(command: Command, args: readonly string[], refused = ""
 /**
  * Runs the command line of this process and exits with its code. The local platform's entry
  * points call it with their command first and the handlers only they have.
+ *
+ * @example The command line of this process
+ * ```ts ignore
+ * if (import.meta.main) await main();
+ * ```
  */
 export async function main(
   options: { args?: string[]; local?: RunOptions["local"] } = {},
@@ -8420,6 +8646,7 @@ const MIN_DENO_VERSION = "2.8.2";
 /**
  * Why this runtime cannot run the tool, or `undefined` when it can: the version is older than
  * {@linkcode MIN_DENO_VERSION} or a built-in the tool needs is missing.
+ * @internal
  */
 export function runtimeProblem(
   denoVersion: string,
@@ -8506,6 +8733,18 @@ interface Health {
  * The server answers `/` with 200 whatever the health (the platform's warm-up request runs
  * without the production settings) and `/health` with the deployed token's expiry, read from the
  * worker's bindings at most every five minutes per instance, whatever the requests.
+ *
+ * @example The Deno Deploy entry point (what `main.ts` does when DENO_DEPLOY is set)
+ * ```ts ignore
+ * startOnDeploy({
+ *   env: () => Deno.env.toObject(),
+ *   cron: Deno.cron,
+ *   serve: Deno.serve,
+ *   log: console.log,
+ *   error: console.error,
+ *   denoVersion: Deno.version.deno,
+ * });
+ * ```
  */
 export function startOnDeploy(platform: DeployPlatform): DeployApp {
   const { log, error } = platform;
