@@ -73,16 +73,15 @@ import {
 export type { CacheMode, Env };
 
 /** What the worker defines and this file must agree with, from the worker. */
-const {
-  purgePath: PURGE_PATH,
-  eventsPath: EVENTS_PATH,
-  purgeTimestampHeader: PURGE_TIMESTAMP_HEADER,
-  purgeSignatureHeader: PURGE_SIGNATURE_HEADER,
-  defaultStaleWhileRevalidate: DEFAULT_STALE_WHILE_REVALIDATE,
-  defaultStaleIfError: DEFAULT_STALE_IF_ERROR,
-  defaultSegmentSize: DEFAULT_SEGMENT_SIZE,
-  defaultSignedMaxTtl: DEFAULT_SIGNED_MAX_TTL,
-} = sharedFacts();
+const FACTS: ReturnType<typeof sharedFacts> = sharedFacts();
+const PURGE_PATH = FACTS.purgePath;
+const EVENTS_PATH = FACTS.eventsPath;
+const PURGE_TIMESTAMP_HEADER = FACTS.purgeTimestampHeader;
+const PURGE_SIGNATURE_HEADER = FACTS.purgeSignatureHeader;
+const DEFAULT_STALE_WHILE_REVALIDATE = FACTS.defaultStaleWhileRevalidate;
+const DEFAULT_STALE_IF_ERROR = FACTS.defaultStaleIfError;
+const DEFAULT_SEGMENT_SIZE = FACTS.defaultSegmentSize;
+const DEFAULT_SIGNED_MAX_TTL = FACTS.defaultSignedMaxTtl;
 
 const parseEnv = nodeUtil.parseEnv;
 const stripTypeScriptTypes = nodeModule.stripTypeScriptTypes;
@@ -330,6 +329,8 @@ const DEFAULT_SCHEDULE = "17 4 * * *";
 const YEAR = 365 * DAY;
 /** A minute: without event notifications, a new upload shows in its folder's listing by then. */
 const DEFAULT_LISTING_TTL = 60;
+/** As `.env` and `--help` write it. */
+const DEFAULT_LISTING_TTL_TEXT: string = shortDuration(DEFAULT_LISTING_TTL);
 /** What a listing key may have: listing names, and seeing its own bucket's name. */
 const LISTING_CAPABILITIES = ["listFiles", "listBuckets"];
 /** Segments of large objects: 1 to 64 MiB in steps of 64 KiB. */
@@ -383,7 +384,8 @@ export const VARIABLES = {
   B2_LISTING_KEY: { kind: "secret", about: "WORKER_LISTING: that key" },
   CLOUDFLARE_ACCOUNT_ID: {
     kind: "text",
-    check: (value) => readCloudflareId("CLOUDFLARE_ACCOUNT_ID", value).problem,
+    check: (value: string): string | undefined =>
+      readCloudflareId("CLOUDFLARE_ACCOUNT_ID", value).problem,
     about: "account that owns the worker (found when the token sees one)",
   },
   CLOUDFLARE_API_TOKEN: { kind: "secret", about: 'API token with "Workers Scripts: Edit"' },
@@ -396,14 +398,15 @@ export const VARIABLES = {
   },
   CLOUDFLARE_ZONE_ID: {
     kind: "text",
-    check: (value) => readCloudflareId("CLOUDFLARE_ZONE_ID", value).problem,
+    check: (value: string): string | undefined =>
+      readCloudflareId("CLOUDFLARE_ZONE_ID", value).problem,
     about: "zone for WORKER_ROUTE / WORKER_DOMAIN (found from their host)",
   },
   WORKER_NAME: {
     kind: "text",
     default: "b2-private-cdn",
     hint: '1-63 lowercase letters, digits, "-" or "_", starting with a letter',
-    valid: (name) => WORKER_NAME_PATTERN.test(name),
+    valid: (name: string): boolean => WORKER_NAME_PATTERN.test(name),
     about: "the worker script's name",
   },
   WORKER_ROUTE: {
@@ -414,7 +417,7 @@ export const VARIABLES = {
   WORKER_DOMAIN: {
     kind: "host",
     hint: "a host name like cdn.example.com",
-    valid: (host) => /^[a-z0-9.-]+$/i.test(host),
+    valid: (host: string): boolean => /^[a-z0-9.-]+$/i.test(host),
     about: "custom domain for the worker, e.g. cdn.example.com",
   },
   WORKER_WORKERS_DEV: {
@@ -435,7 +438,7 @@ export const VARIABLES = {
     default: "index.html",
     emptyIsValue: true,
     hint: 'a file name without "/"',
-    valid: (name) => !/[/\\]/.test(name) && name !== "." && name !== "..",
+    valid: (name: string): boolean => !/[/\\]/.test(name) && name !== "." && name !== "..",
     about: "served for / and dir/; empty: off",
   },
   WORKER_CACHE_TTL: {
@@ -455,7 +458,7 @@ export const VARIABLES = {
     default: "",
     values: ["*"],
     hint: '"*" or origins like https://example.com',
-    valid: (origin) => URL.canParse(origin) && new URL(origin).origin === origin,
+    valid: (origin: string): boolean => URL.canParse(origin) && new URL(origin).origin === origin,
     about: "empty (no CORS), * or a comma list of origins",
   },
   WORKER_ACTIVE_CONTENT: {
@@ -466,7 +469,7 @@ export const VARIABLES = {
   },
   WORKER_SIGNED_PREFIXES: {
     kind: "list",
-    check: (prefix) =>
+    check: (prefix: string): string | undefined =>
       canonicalPath(prefix) === undefined
         ? `WORKER_SIGNED_PREFIXES must list paths like /members/ (starting with "/", no empty, ` +
           `"." or ".." segment, "%" written as %25), not "${prefix}".`
@@ -475,12 +478,13 @@ export const VARIABLES = {
   },
   WORKER_SIGNING_KEY: {
     kind: "secret",
-    check: (key) => signingKeyProblems("WORKER_SIGNING_KEY", key)[0],
+    check: (key: string): string | undefined => signingKeyProblems("WORKER_SIGNING_KEY", key)[0],
     about: "signs links; deno run main.ts keygen prints one",
   },
   WORKER_SIGNING_KEY_PREVIOUS: {
     kind: "secret",
-    check: (key) => signingKeyProblems("WORKER_SIGNING_KEY_PREVIOUS", key)[0],
+    check: (key: string): string | undefined =>
+      signingKeyProblems("WORKER_SIGNING_KEY_PREVIOUS", key)[0],
     about: "the key before a rotation",
   },
   WORKER_SIGNING_KEY_PREVIOUS_UNTIL: {
@@ -518,9 +522,9 @@ export const VARIABLES = {
     kind: "integer",
     min: 0,
     max: MAX_SEGMENT_SIZE,
-    default: String(DEFAULT_SEGMENT_SIZE),
+    default: `${DEFAULT_SEGMENT_SIZE}`,
     hint: `0 (off) or bytes from ${MIN_SEGMENT_SIZE} to ${MAX_SEGMENT_SIZE}, a multiple of 65536`,
-    valid: (text) => {
+    valid: (text: string): boolean => {
       const size = Number(text);
       return size === 0 || (size >= MIN_SEGMENT_SIZE && size % SEGMENT_STEP === 0);
     },
@@ -537,12 +541,12 @@ export const VARIABLES = {
     kind: "duration",
     min: 0,
     max: DAY,
-    default: shortDuration(DEFAULT_LISTING_TTL),
+    default: DEFAULT_LISTING_TTL_TEXT,
     about: "how long the edge keeps a listing",
   },
   WORKER_PURGE_KEY: {
     kind: "secret",
-    check: (key) =>
+    check: (key: string): string | undefined =>
       key.length < MIN_PURGE_KEY_LENGTH
         ? `WORKER_PURGE_KEY must be at least ${MIN_PURGE_KEY_LENGTH} characters ` +
           "(e.g. openssl rand -hex 32), or unset to derive it from B2_APPLICATION_KEY."
@@ -554,7 +558,7 @@ export const VARIABLES = {
     kind: "cron",
     default: DEFAULT_SCHEDULE,
     hint: `a five-field cron expression such as "${DEFAULT_SCHEDULE}"`,
-    valid: (schedule) => schedule.split(/\s+/).length === 5,
+    valid: (schedule: string): boolean => schedule.split(/\s+/).length === 5,
     about: "cron schedule, UTC",
   },
   REFRESH_MARGIN: {
@@ -1981,7 +1985,8 @@ const LISTING_KEY_PAIR: KeyPair = {
 class B2Client {
   /** The B2 settings it was made from. */
   readonly config: B2Config;
-  readonly #ctx: Context;
+  /** The context its requests go through. */
+  readonly ctx: Context;
   #auth: B2Authorization | undefined;
   readonly #pair: KeyPair;
 
@@ -1995,7 +2000,7 @@ class B2Client {
     options: { auth?: B2Authorization; pair?: KeyPair } = {},
   ) {
     this.config = config;
-    this.#ctx = ctx;
+    this.ctx = ctx;
     this.#auth = options.auth;
     this.#pair = options.pair ?? APPLICATION_KEY_PAIR;
   }
@@ -2029,7 +2034,7 @@ class B2Client {
   /** `b2_authorize_account` (v4): what the key may do, and the token the calls after it use. */
   async authorize(): Promise<B2Authorization> {
     const { config } = this;
-    const ctx = this.#ctx;
+    const ctx = this.ctx;
     ctx.secrets.add(config.applicationKey);
     // The key as the Basic header carries it: a server that echoes it must not print it.
     const basic = btoa(`${config.keyId}:${config.applicationKey}`);
@@ -2101,7 +2106,7 @@ class B2Client {
         validDurationInSeconds: request.validSeconds,
       },
     );
-    this.#ctx.secrets.add(answer.authorizationToken);
+    this.ctx.secrets.add(answer.authorizationToken);
     return answer.authorizationToken;
   }
 
@@ -2113,7 +2118,7 @@ class B2Client {
     );
     for (const rule of answer.eventNotificationRules ?? []) {
       const secret = rule.targetConfiguration?.hmacSha256SigningSecret;
-      if (secret) this.#ctx.secrets.add(secret);
+      if (secret) this.ctx.secrets.add(secret);
     }
     return answer.eventNotificationRules ?? [];
   }
@@ -2134,7 +2139,7 @@ class B2Client {
   /** One call with the account token: a POST of `body` as JSON, or a GET without one. */
   async #call<T>(step: string, endpoint: string, body?: unknown): Promise<T> {
     const { apiUrl, authorizationToken } = this.auth;
-    return await b2Call<T>(this.#ctx, step, {
+    return await b2Call<T>(this.ctx, step, {
       url: `${apiUrl}/b2api/${endpoint}`,
       init: body === undefined ? { headers: { authorization: authorizationToken } } : {
         method: "POST",
@@ -3889,62 +3894,23 @@ export async function prepareWorker(
   ctx.log(
     `B2: bucket "${bucket.name}" is ${bucket.id}${listed ? " (b2_list_buckets)" : ""}`,
   );
-  // Both given, and the key does not vouch for the pair: the name is checked against the id
-  // alongside the token request (no extra round trip), so a mismatch never reaches the worker,
-  // where every download would fail.
-  const { bucketName, bucketId } = config;
-  const unchecked = bucketName !== undefined && bucketId !== undefined &&
-    !auth.buckets?.some((b) => b.id === bucketId && b.name === bucketName) &&
-    auth.capabilities.includes("listBuckets");
   const issuedAt = ctx.now();
-  const listing = worker.options.listing;
-  const [downloadToken, byId] = await Promise.all([
-    b2.getDownloadAuthorization({ bucket, prefix: config.prefix, validSeconds: config.tokenTtl }),
-    unchecked ? resolveBucket(b2, { bucketId }) : undefined,
-    // The listing key authorizes where the worker will (B2_API_URL), alongside the token.
-    listing &&
-    B2Client.forListing(config, listing, ctx).authorizeListing({ bucket, prefix: config.prefix }),
-  ]);
-  if (listing) {
-    ctx.log(
-      `B2: listing key ${firstFour(listing.keyId)} can only list "${bucket.name}/${config.prefix}"`,
-    );
-  }
-  if (byId && byId.name !== bucketName) {
-    throw new ConfigError([
-      `B2_BUCKET_ID "${bucketId}" is bucket "${byId.name}", not B2_BUCKET_NAME "${bucketName}": ` +
-      "set the two of one bucket, or only one of them.",
-    ]);
-  }
+  const downloadToken = await downloadTokenFor(b2, { bucket, listing: worker.options.listing });
   // Counted from before the request, so the recorded expiry is never late.
   const expiresAt = issuedAt + config.tokenTtl * 1000;
   ctx.log(
     `B2: download token for "${config.prefix}" valid ${formatDuration(config.tokenTtl)}, ` +
       `until ${isoSeconds(expiresAt)}`,
   );
-  const facts: WorkerFacts = {
+  const facts = await preparedFacts(worker, {
     downloadToken,
     downloadUrl: auth.downloadUrl,
     bucketName: bucket.name,
     prefix: config.prefix,
     issuedAt,
     expiresAt,
-    options: worker.options,
-    ...(worker.pinged && { pinged: worker.pinged }),
-    fingerprint: await servingFingerprint(worker.module, {
-      bucketName: bucket.name,
-      prefix: config.prefix,
-      options: worker.options,
-    }),
-  };
-  if (worker.purgeSecret) {
-    facts.purgeKey = await derivePurgeKey(worker.purgeSecret);
-    ctx.secrets.add(facts.purgeKey);
-  }
-  if (worker.purgeSecret && worker.options.eventNotifications) {
-    facts.eventSecret = (await deriveEventSecret(worker.purgeSecret)).secret;
-    ctx.secrets.add(facts.eventSecret);
-  }
+    secrets: ctx.secrets,
+  });
   return {
     bucket,
     prefix: config.prefix,
@@ -3955,6 +3921,66 @@ export async function prepareWorker(
     facts,
     upload: workerUpload(worker.module, facts),
   };
+}
+
+/**
+ * The download token for the bucket and prefix. Alongside it (no extra round trip): the listing
+ * key is authorized where the worker will (B2_API_URL), and, when both the bucket's name and id
+ * are given and the key does not vouch for the pair, the name is checked against the id, so a
+ * mismatch never reaches the worker, where every download would fail.
+ */
+async function downloadTokenFor(
+  b2: B2Client,
+  wanted: { bucket: Bucket; listing: ListingOptions | undefined },
+): Promise<string> {
+  const { config, auth, ctx } = b2;
+  const { bucketName, bucketId, prefix } = config;
+  const { bucket, listing } = wanted;
+  const unchecked = bucketName !== undefined && bucketId !== undefined &&
+    !auth.buckets?.some((b) => b.id === bucketId && b.name === bucketName) &&
+    auth.capabilities.includes("listBuckets");
+  const [downloadToken, byId] = await Promise.all([
+    b2.getDownloadAuthorization({ bucket, prefix, validSeconds: config.tokenTtl }),
+    unchecked ? resolveBucket(b2, { bucketId }) : undefined,
+    listing && B2Client.forListing(config, listing, ctx).authorizeListing({ bucket, prefix }),
+  ]);
+  if (listing) {
+    ctx.log(`B2: listing key ${firstFour(listing.keyId)} can only list "${bucket.name}/${prefix}"`);
+  }
+  if (byId && byId.name !== bucketName) {
+    throw new ConfigError([
+      `B2_BUCKET_ID "${bucketId}" is bucket "${byId.name}", not B2_BUCKET_NAME "${bucketName}": ` +
+      "set the two of one bucket, or only one of them.",
+    ]);
+  }
+  return downloadToken;
+}
+
+/** What the upload is made from: B2's answers, the options, and the keys derived for the worker. */
+async function preparedFacts(
+  worker: { module: string; options: WorkerOptions; purgeSecret?: string; pinged?: string },
+  fromB2: Omit<WorkerFacts, "options"> & { secrets: Set<string> },
+): Promise<WorkerFacts> {
+  const { secrets, ...got } = fromB2;
+  const facts: WorkerFacts = {
+    ...got,
+    options: worker.options,
+    ...(worker.pinged && { pinged: worker.pinged }),
+    fingerprint: await servingFingerprint(worker.module, {
+      bucketName: got.bucketName,
+      prefix: got.prefix,
+      options: worker.options,
+    }),
+  };
+  if (worker.purgeSecret) {
+    facts.purgeKey = await derivePurgeKey(worker.purgeSecret);
+    secrets.add(facts.purgeKey);
+  }
+  if (worker.purgeSecret && worker.options.eventNotifications) {
+    facts.eventSecret = (await deriveEventSecret(worker.purgeSecret)).secret;
+    secrets.add(facts.eventSecret);
+  }
+  return facts;
 }
 
 /** What a refresh did, as printed by `--json`. */
@@ -4085,9 +4111,7 @@ export async function refresh(
   options: RefreshOptions,
 ): Promise<RefreshResult & { upload?: WorkerUpload }> {
   const b2 = config.b2;
-  if (!b2 || !config.cloudflare) {
-    throw new Error("refresh needs the B2 and Cloudflare configuration");
-  }
+  if (!b2 || !config.cloudflare) throw new Error("refresh needs B2 and Cloudflare settings");
   // Before B2 is asked: an id that cannot be found fails before anything is written.
   const cloudflare = await findCloudflareIds(config.cloudflare, ctx);
   if (cloudflare !== config.cloudflare) config = { ...config, cloudflare };
@@ -4099,67 +4123,79 @@ export async function refresh(
   // person's run asks alongside B2's authorize, which adds a request but no round trip; a
   // scheduled run asks first, since an upload moments old means B2 is not asked at all.
   const cf = new CloudflareClient(cloudflare, ctx);
-  const settingsRead = options.dryRun ? undefined : cf.workerSettings().then(
-    (settings) => ({ settings }),
-    (error) => ({ error: error as Error }),
-  );
-  const deployed = async () => {
-    const read = await settingsRead!;
-    if ("error" in read) throw read.error;
-    return read.settings;
-  };
-  const recent = options.unattended && settingsRead
+  const deployed = options.dryRun ? undefined : askedNow(cf.workerSettings());
+  const recent = options.unattended && deployed
     ? recentUpload(await deployed(), ctx.now())
     : undefined;
   let result: RefreshResult & { upload?: WorkerUpload };
   let upload: Uploaded | undefined;
-  let known: { auth: B2Authorization; bucket: Bucket } | undefined;
+  let prepared: PreparedWorker | undefined;
   if (recent) result = keptUpload(config, ctx, recent);
   else {
     // Prepare the worker from B2: nothing is uploaded unless every B2 step worked.
-    const prepared = await prepareWorker(b2, {
+    prepared = await prepareWorker(b2, {
       module: options.module,
       options: config.worker,
       ...(config.purgeSecret && { purgeSecret: config.purgeSecret.value }),
       ...(options.pinged && { pinged: options.pinged }),
     }, ctx);
-    result = {
-      worker: cloudflare.workerName,
-      bucket: prepared.bucket.name,
-      prefix: prepared.prefix,
-      expiresAt: isoSeconds(prepared.expiresAt),
-      deployed: false,
-      roundTrips: prepared.roundTrips + (options.unattended ? 1 : 0),
-      cacheMode: config.worker.cacheMode,
-      segmentSize: config.worker.segmentSize ?? DEFAULT_SEGMENT_SIZE,
-      upload: prepared.upload,
-    };
+    result = preparedResult(config, { prepared, unattended: options.unattended ?? false });
     if (options.dryRun) {
       result.plan = await planDeploy(config, ctx, prepared);
       return result;
     }
-    known = { auth: prepared.auth, bucket: prepared.bucket };
     upload = await uploadPrepared(config, ctx, {
       cf,
       module: options.module,
       prepared,
-      previous: await deployed(),
+      previous: await deployed!(),
       result,
     });
   }
   const newDomain = await deployTriggers(cf, result, { takeOver, removeLeftovers });
-  await syncEventRule(config, ctx, { result, previous: await deployed(), known });
+  const known = prepared && { auth: prepared.auth, bucket: prepared.bucket };
+  await syncEventRule(config, ctx, { result, previous: await deployed!(), known });
   if (result.failed) throw new IncompleteDeployError(result);
   if (config.verifyUrl) {
     await verifyDeploy(config, ctx, { result, newDomain, progress: options.progress ?? ctx.log });
   }
-  if (upload?.purge !== undefined && config.worker.cacheMode === "cache-api") {
-    result.notice = `${upload.purge}: copies kept with the Cache API stay until ` +
-      "WORKER_CACHE_TTL runs out (this tool cannot purge them; see docs/edge-cache.md, Purge)";
-  }
+  if (upload?.notice) result.notice = upload.notice;
   // Once the route and domain lead to the new version: the purge is asked of the worker there.
   await upload?.paid?.();
   return result;
+}
+
+/**
+ * A request asked now and awaited when its answer is needed: a person's refresh asks for the
+ * deployed settings alongside B2's authorize, which adds a request but no round trip. Its
+ * failure is thrown where it is awaited, not left unhandled meanwhile.
+ */
+function askedNow<T>(request: Promise<T>): () => Promise<T> {
+  const settled = request.then((value) => ({ value }), (error) => ({ error: error as Error }));
+  return async () => {
+    const answer = await settled;
+    if ("error" in answer) throw answer.error;
+    return answer.value;
+  };
+}
+
+/** A refresh's result once B2 has given the token, before anything is uploaded. */
+function preparedResult(
+  config: Config,
+  options: { prepared: PreparedWorker; unattended: boolean },
+): RefreshResult & { upload?: WorkerUpload } {
+  const { prepared } = options;
+  return {
+    worker: config.cloudflare!.workerName,
+    bucket: prepared.bucket.name,
+    prefix: prepared.prefix,
+    expiresAt: isoSeconds(prepared.expiresAt),
+    deployed: false,
+    roundTrips: prepared.roundTrips + (options.unattended ? 1 : 0),
+    cacheMode: config.worker.cacheMode,
+    segmentSize: config.worker.segmentSize ?? DEFAULT_SEGMENT_SIZE,
+    upload: prepared.upload,
+  };
 }
 
 /** What `--dry-run` found on Cloudflare, asked read-only: each step, and what would fail. */
@@ -4328,8 +4364,8 @@ function keptUpload(
 
 /** What {@linkcode uploadPrepared} leaves for the end of the refresh. */
 interface Uploaded {
-  /** Why everything cached must go, when it must. */
-  purge?: string;
+  /** What the change leaves cached that this tool cannot purge (the Cache API's copies). */
+  notice?: string;
   /** Purges through the new version and uploads again without the debt; run last. */
   paid?: () => Promise<void>;
 }
@@ -4364,7 +4400,14 @@ async function uploadPrepared(
   await cf.uploadWorker(upload);
   result.deployed = true;
   result.roundTrips++;
-  if (!mustPurge) return { ...(purge !== undefined && { purge }) };
+  if (!mustPurge) {
+    return purge !== undefined && config.worker.cacheMode === "cache-api"
+      ? {
+        notice: `${purge}: copies kept with the Cache API stay until WORKER_CACHE_TTL runs ` +
+          "out (this tool cannot purge them; see docs/edge-cache.md, Purge)",
+      }
+      : {};
+  }
   const paid = async () => {
     await purgeOnceNewVersionAnswers(config, ctx, {
       fingerprint: prepared.facts.fingerprint!,
@@ -4376,7 +4419,7 @@ async function uploadPrepared(
     result.roundTrips++;
     result.purged = purge;
   };
-  return { purge, paid };
+  return { paid };
 }
 
 /** `--verify`: the URL answers 2xx, or, behind a brand-new custom domain, a warning. */
@@ -5044,48 +5087,10 @@ export async function purge(
   ctx.secrets.add(key);
   const url = await purgeUrl(config, ctx, { ...(request.url && { url: request.url }) });
   report.url = url;
-  // In the one spelling the worker serves (every other is a 301, never an entry), so that a
-  // prefix written "/caf%c3%a9/" reaches what "/café/" stored; one the worker would refuse goes
-  // as it is, for the worker to name.
-  const asPath = (text: string) => {
-    const path = new URL(
-      text.startsWith("/") || /^https?:/.test(text) ? text : `/${text}`,
-      "https://any.invalid",
-    ).pathname;
-    const canonical = canonicalPath(path);
-    return canonical === undefined ? path : urlPath(canonical);
-  };
-  const orders: PurgeOrder[] = [];
-  if (request.all) orders.push({ everything: true });
-  else {
-    const operations = [
-      ...[...new Set(request.paths.map(asPath))].map((path) => ({ path })),
-      ...[...new Set(request.prefixes.map(asPath))].map((prefix) => ({ prefix })),
-    ];
-    for (let i = 0; i < operations.length; i += MAX_PURGE_OPERATIONS) {
-      const batch = operations.slice(i, i + MAX_PURGE_OPERATIONS);
-      const paths = batch.flatMap((op) => "path" in op ? [op.path] : []);
-      const prefixes = batch.flatMap((op) => "prefix" in op ? [op.prefix] : []);
-      orders.push({ ...(paths.length && { paths }), ...(prefixes.length && { prefixes }) });
-    }
-  }
+  const orders = purgeOrders(request);
   for (const [index, order] of orders.entries()) {
     const answer = await askWorkerToPurge(url, { order, key }, ctx);
-    if (answer.kind !== "done") {
-      const left = orders.slice(index);
-      const leftCount = left.reduce(
-        (sum, o) => sum + (o.paths?.length ?? 0) + (o.prefixes?.length ?? 0),
-        0,
-      );
-      const done = index === 0 ? "" : ` ${index} of ${orders.length} requests were purged.`;
-      throw new ApiError(
-        sentence(answer.message.replace(/^./, (c) => c.toUpperCase())) + done +
-          (request.all
-            ? ""
-            : ` ${count(leftCount, "path or prefix is", "paths and prefixes are")} left.`),
-        { service: "Worker", status: answer.status, code: answer.kind },
-      );
-    }
+    if (answer.kind !== "done") throw unfinishedPurge(answer, { orders, index });
     report.segments = (report.requests === 0 || report.segments) && answer.segments;
     report.requests++;
     report.purged.paths += order.paths?.length ?? 0;
@@ -5094,6 +5099,55 @@ export async function purge(
     ctx.log(`Worker: purge request ${index + 1} of ${orders.length} done`);
   }
   return report;
+}
+
+/**
+ * The requests a purge sends: everything, or its paths and prefixes in batches of as many
+ * operations as the worker takes, each in the one spelling the worker serves (every other is a
+ * 301, never an entry), so that a prefix written "/caf%c3%a9/" reaches what "/café/" stored; one
+ * the worker would refuse goes as it is, for the worker to name.
+ */
+function purgeOrders(request: PurgeRequest): PurgeOrder[] {
+  if (request.all) return [{ everything: true }];
+  const asPath = (text: string) => {
+    const path = new URL(
+      text.startsWith("/") || /^https?:/.test(text) ? text : `/${text}`,
+      "https://any.invalid",
+    ).pathname;
+    const canonical = canonicalPath(path);
+    return canonical === undefined ? path : urlPath(canonical);
+  };
+  const operations = [
+    ...[...new Set(request.paths.map(asPath))].map((path) => ({ path })),
+    ...[...new Set(request.prefixes.map(asPath))].map((prefix) => ({ prefix })),
+  ];
+  const orders: PurgeOrder[] = [];
+  for (let i = 0; i < operations.length; i += MAX_PURGE_OPERATIONS) {
+    const batch = operations.slice(i, i + MAX_PURGE_OPERATIONS);
+    const paths = batch.flatMap((op) => "path" in op ? [op.path] : []);
+    const prefixes = batch.flatMap((op) => "prefix" in op ? [op.prefix] : []);
+    orders.push({ ...(paths.length && { paths }), ...(prefixes.length && { prefixes }) });
+  }
+  return orders;
+}
+
+/** A purge the worker did not finish: its answer, and what was done and what is left. */
+function unfinishedPurge(
+  answer: { kind: string; status: number; message: string },
+  at: { orders: PurgeOrder[]; index: number },
+): ApiError {
+  const { orders, index } = at;
+  const everything = orders[0]?.everything === true;
+  const left = orders.slice(index).reduce(
+    (sum, o) => sum + (o.paths?.length ?? 0) + (o.prefixes?.length ?? 0),
+    0,
+  );
+  const done = index === 0 ? "" : ` ${index} of ${orders.length} requests were purged.`;
+  return new ApiError(
+    sentence(answer.message.replace(/^./, (c) => c.toUpperCase())) + done +
+      (everything ? "" : ` ${count(left, "path or prefix is", "paths and prefixes are")} left.`),
+    { service: "Worker", status: answer.status, code: answer.kind },
+  );
 }
 
 // ---------------------------------------------------------------------------
@@ -8359,15 +8413,7 @@ export async function run(options: RunOptions): Promise<number> {
       warn: (text) => io.stderr(`warning: ${text}`),
     });
     if (line.flags.verbose || line.command === "demo") {
-      const log = options.ctx?.log;
-      // Secrets never show (io redacts them); the ids beside them show their first four
-      // characters only, enough to tell which key or account was used.
-      const credentials = SETTINGS.filter(([, v]) => v.credential)
-        .flatMap(([name]) => settings[name] ?? []);
-      ctx.log = (text) => {
-        log?.(text);
-        if (line.flags.verbose) io.stderr(maskCredentials(text, credentials));
-      };
+      ctx.log = progressLog(io, { verbose: line.flags.verbose, settings, also: options.ctx?.log });
     }
     // A refresh that deploys tells REFRESH_PING_URL's monitor that it began and how it ended,
     // a bad setting included.
@@ -8378,10 +8424,8 @@ export async function run(options: RunOptions): Promise<number> {
       report: (text) => io.stderr(text),
       succeeded: (code) => code === 0,
       job: async ({ keep, pinged }) => {
-        const kept: Io = {
-          stdout: (text) => (keep(text), io.stdout(text)),
-          stderr: (text) => (keep(text), io.stderr(text)),
-        };
+        // What the run prints also goes with its ping (the fail ping carries its last lines).
+        const kept: Io = { stdout: both(keep, io.stdout), stderr: both(keep, io.stderr) };
         const config = parseConfig(settings, spec.needs(line.flags));
         for (const warning of config.warnings ?? []) kept.stderr(`warning: ${warning}`);
         if (config.cloudflare) config.cloudflare = await findCloudflareIds(config.cloudflare, ctx);
@@ -8401,17 +8445,48 @@ export async function run(options: RunOptions): Promise<number> {
       },
     });
   } catch (error) {
-    const [code, message] = failure(error, { command, args: options.args });
-    // status cannot tell, which a monitor must read as UNKNOWN, on stdout, not as CRITICAL.
-    if ((command ?? options.args.find(isCommand)) === "status") {
-      io.stdout(
-        json ? JSON.stringify({ state: "UNKNOWN", problem: message }) : `UNKNOWN - ${message}`,
-      );
-      return STATUS_EXIT.UNKNOWN;
-    }
-    io.stderr(`error: ${message}`);
-    return code;
+    return reportFailure(error, io, { command, json, args: options.args });
   }
+}
+
+/**
+ * Progress lines (`--verbose`, and the demo's own log): secrets never show (io redacts them);
+ * the ids beside them show their first four characters only, enough to tell which key or
+ * account was used.
+ */
+function progressLog(
+  io: Io,
+  options: { verbose: boolean; settings: Settings; also: ((line: string) => void) | undefined },
+): (line: string) => void {
+  const credentials = SETTINGS.filter(([, v]) => v.credential)
+    .flatMap(([name]) => options.settings[name] ?? []);
+  return (text) => {
+    options.also?.(text);
+    if (options.verbose) io.stderr(maskCredentials(text, credentials));
+  };
+}
+
+/** A line written to `first`, then to `second`. */
+function both(first: (line: string) => void, second: (line: string) => void) {
+  return (line: string): void => (first(line), second(line));
+}
+
+/** Says why a run failed and returns its exit code. */
+function reportFailure(
+  error: unknown,
+  io: Io,
+  run: { command: Command | undefined; json: boolean; args: string[] },
+): number {
+  const [code, message] = failure(error, { command: run.command, args: run.args });
+  // status cannot tell, which a monitor must read as UNKNOWN, on stdout, not as CRITICAL.
+  if ((run.command ?? run.args.find(isCommand)) === "status") {
+    io.stdout(
+      run.json ? JSON.stringify({ state: "UNKNOWN", problem: message }) : `UNKNOWN - ${message}`,
+    );
+    return STATUS_EXIT.UNKNOWN;
+  }
+  io.stderr(`error: ${message}`);
+  return code;
 }
 
 /** The settings of a run: its flags over the environment over the dotenv file. */
