@@ -594,7 +594,8 @@ async function startWorker(b2: FakeB2, setup: WorkerSetup = {}): Promise<TestWor
   const b2Style = setup.options?.urlStyle === "b2";
   const secrets = [
     token,
-    BUCKET,
+    // The b2 style names the bucket in every URL, so a listing's links show it.
+    setup.options?.urlStyle === "b2" ? undefined : BUCKET,
     BUCKET_ID,
     new URL(b2.url).host,
     signing?.key,
@@ -3520,4 +3521,25 @@ Deno.test("formatSize() writes bytes for people", () => {
     [0, 1023, 1024, 1536, 10 * 1024 ** 2, 5 * 1024 ** 4].map(formatSize),
     ["0 B", "1023 B", "1.0 KiB", "1.5 KiB", "10.0 MiB", "5.0 TiB"],
   );
+});
+
+Deno.test("worker in workerd lists in the b2 URL style under /file/<bucket>/, only under the prefix", async () => {
+  const b2 = listingB2();
+  const worker = await startWorker(b2, {
+    options: { ...listingOptions(b2, "off"), urlStyle: "b2", signing: undefined },
+  });
+  try {
+    const answer = await worker.raw(`/file/${BUCKET}/site/docs/?format=json`);
+    assert.equal(answer.status, 200);
+    const listing = JSON.parse(answer.body);
+    assert.equal(listing.folder, `/file/${BUCKET}/site/docs/`);
+    assert.deepEqual(
+      listing.folders.map((f: { path: string }) => f.path),
+      ["empty/", "members/", "sub/"].map((name) => `/file/${BUCKET}/site/docs/${name}`),
+    );
+    assert.equal((await worker.raw(`/file/${BUCKET}/`)).status, 404, "above the prefix");
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
 });
