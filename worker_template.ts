@@ -343,9 +343,6 @@ export default {
       () => respond(request, config, ctx),
     );
     response.headers.set("X-Content-Type-Options", "nosniff");
-    if (response.status === 200 || response.status === 206) {
-      activeContentHeaders(response.headers, config.activeContent);
-    }
     // A copy the Cache API kept for a deploy in the b2 style outlives a refresh to the plain one.
     if (config.urlStyle !== "b2") withoutB2Headers(response.headers);
     const cors = corsHeaders(request.headers.get("Origin"), config.corsOrigins, {
@@ -419,7 +416,7 @@ async function respond(
   if (large?.facts) return applyGrant(await learnedLarge(request, large.facts, target), link, now);
 
   // The answer: conditional, range and a streamed body
-  return applyGrant(await answer(request, object, range), link, now);
+  return applyGrant(await answer(request, object, { range, config }), link, now);
 }
 
 /**
@@ -454,7 +451,11 @@ async function behindWorkersCache(
     const head = await askB2("HEAD", name.name, { config, large: found });
     if (found.facts) return atEdgeNever(await learnedLarge(request, found.facts, large));
     if (!head.ok || notModified(request.headers, head.headers)) {
-      return keptAtEdge(request, await answer(request, head), { config, tag, signedFor });
+      return keptAtEdge(request, await answer(request, head, { config }), {
+        config,
+        tag,
+        signedFor,
+      });
     }
   }
   // A Range reaches the worker on every miss, and the cache never stores a 206 made here
@@ -466,7 +467,11 @@ async function behindWorkersCache(
   // and not documented; `check-cache` reports it from the real edge.
   const object = await askB2(request.method, name.name, { config, large: found });
   if (found.facts) return atEdgeNever(await learnedLarge(request, found.facts, large));
-  return keptAtEdge(request, await answer(request, object), { config, tag, signedFor });
+  return keptAtEdge(request, await answer(request, object, { config }), {
+    config,
+    tag,
+    signedFor,
+  });
 }
 
 /**
@@ -1254,16 +1259,24 @@ async function b2ErrorCode(response: Response): Promise<string> {
 /**
  * The visitor's answer from an object (cached or from B2) or an error
  * answer: 304 when the client's copy is current, 206/416 for a range the
- * runtime did not apply, the browsers' `Cache-Control`, a streamed body.
+ * runtime did not apply, the browsers' `Cache-Control`, `WORKER_ACTIVE_CONTENT`,
+ * a streamed body.
  */
-async function answer(request: Request, object: Response, range?: RangeSpec): Promise<Response> {
+async function answer(
+  request: Request,
+  object: Response,
+  options: { range?: RangeSpec | undefined; config: Pick<WorkerConfig, "activeContent"> },
+): Promise<Response> {
   if (!object.ok) return object;
+  const { range, config } = options;
   // The object's headers are objectHeaders(): B2's description is there only in the b2 style.
   const headers = publicHeaders(object.headers, { describe: true });
   headers.set(
     "Cache-Control",
     object.headers.get(BROWSER_CACHE_CONTROL_HEADER) ?? DEFAULT_BROWSER_CACHE_CONTROL,
   );
+  // Here, on an object's own answers only: a listing is the worker's page, with its own policy.
+  activeContentHeaders(headers, config.activeContent);
 
   if (notModified(request.headers, object.headers)) {
     await object.body?.cancel();
@@ -1629,6 +1642,7 @@ async function answerLarge(
     "Cache-Control",
     facts.headers.get(BROWSER_CACHE_CONTROL_HEADER) ?? DEFAULT_BROWSER_CACHE_CONTROL,
   );
+  activeContentHeaders(headers, config.activeContent);
   const unmodified = notModified(request.headers, facts.headers);
   const factsAlone = unmodified || request.method === "HEAD";
   if (factsAlone && !how.fromB2 && !await factsHold(facts, target)) return undefined;
@@ -1637,7 +1651,7 @@ async function answerLarge(
   const range = requested && ifRangeMatches(request.headers, headers) ? requested : undefined;
   if (config.segmentSize === 0) {
     const object = await askB2(request.method, target.name, { ...(range && { range }), config });
-    return await answer(request, object, range);
+    return await answer(request, object, { range, config });
   }
   const bytes = range ? resolveRange(range, facts.size) : { start: 0, end: facts.size - 1 };
   if (!bytes) return notSatisfiable(`bytes */${facts.size}`);

@@ -3444,6 +3444,50 @@ Deno.test("worker in workerd, Workers Cache mode: listings carry their lifetime 
   }
 });
 
+Deno.test("worker in workerd: WORKER_ACTIVE_CONTENT leaves a listing the worker's own page, in every mode", async (t) => {
+  const b2 = listingB2();
+  try {
+    for (const cacheMode of ["cache-api", "workers-cache"] as const) {
+      for (const choice of ["sandbox", "download"] as const) {
+        await t.step(`${cacheMode}, ${choice}`, async () => {
+          const worker = await startWorker(b2, {
+            options: { ...listingOptions(b2, cacheMode), activeContent: choice },
+          });
+          try {
+            // Twice: the Cache API's copy is answered the same way.
+            for (const _ of [1, 2]) {
+              const listing = await worker.visit("/docs/");
+              assert.equal(listing.status, 200);
+              // Its own strict policy, not replaced by the sandbox, and a page, not a download.
+              assert.match(
+                listing.headers["content-security-policy"]!,
+                /^default-src 'none'; style-src 'sha256-.*; frame-ancestors 'none'$/,
+              );
+              assert.equal(listing.headers["content-disposition"], undefined);
+              // An HTML object beside it is still sandboxed or attached.
+              const page = await worker.visit("/indexed/");
+              assert.deepEqual([
+                page.status,
+                page.headers["content-security-policy"],
+                page.headers["content-disposition"],
+              ], [
+                200,
+                choice === "sandbox" ? "sandbox" : undefined,
+                choice === "download" ? "attachment" : undefined,
+              ]);
+            }
+            worker.downloads();
+          } finally {
+            await worker.dispose();
+          }
+        });
+      }
+    }
+  } finally {
+    await b2.close();
+  }
+});
+
 Deno.test("listedFolder() lists only public folder paths under the prefix, none hidden", async (t) => {
   const listing = { keyId: "k", key: "k", apiUrl: "https://api", ttl: 60, pageSize: 1000 };
   const plain = { ...PLAIN, listing };
