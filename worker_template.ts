@@ -301,6 +301,8 @@ const EXPOSED_HEADERS = "Accept-Ranges, Content-Length, Content-Range, ETag, Las
 // namespaces can make a page of), and every +xml type (SVG and XHTML among them).
 const ACTIVE_CONTENT_TYPE =
   /^\s*(text\/html|text\/xml|application\/xml|[\w.+-]+\/[\w.-]+\+xml)\s*(;|$)/i;
+// What activeContentHeaders() sets, which a 304 carries as the whole answer would.
+const ACTIVE_CONTENT_HEADERS = ["Content-Security-Policy", "Content-Disposition"];
 const PREFLIGHT_MAX_AGE = "86400";
 const STATUS_TEXT = {
   400: "Bad request",
@@ -1303,17 +1305,19 @@ async function answer(
 }
 
 /**
- * 304 with the validators and browsers' lifetime of an answer's `headers`, and B2's description
- * of the object where the answer has it: a cache that revalidates its copy updates the copy's
- * headers from the 304 (RFC 9110 15.4.5 lets a 304 carry metadata that guides that update), so
- * Workers Cache's copy keeps describing the object as B2 does.
+ * 304 with the validators and browsers' lifetime of an answer's `headers`, what
+ * `WORKER_ACTIVE_CONTENT` set, and B2's description of the object where the answer has it: a
+ * cache that revalidates its copy, a browser's too, updates the copy's headers from the 304 (RFC
+ * 9110 15.4.5 lets a 304 carry metadata that guides that update; RFC 9111 4.3.4), so Workers
+ * Cache's copy keeps describing the object as B2 does, and a browser's copy kept from before
+ * `sandbox` or `download` was chosen gets them too, instead of running on.
  */
 function notModifiedAnswer(headers: Headers): Response {
   const validators = new Headers();
+  const kept = ["cache-control", "etag", "last-modified", ...ACTIVE_CONTENT_HEADERS]
+    .map((name) => name.toLowerCase());
   for (const [name, value] of headers) {
-    if (["cache-control", "etag", "last-modified"].includes(name) || isB2ObjectHeader(name)) {
-      validators.set(name, value);
-    }
+    if (kept.includes(name) || isB2ObjectHeader(name)) validators.set(name, value);
   }
   return new Response(null, { status: 304, headers: validators });
 }
@@ -2382,7 +2386,10 @@ export function applyGrant(response: Response, check: LinkCheck, now: number): R
     const maxAge = own === undefined ? lifetime : Math.min(lifetime, Number(own));
     response.headers.set("Cache-Control", `private, max-age=${maxAge}`);
   }
-  if (check.downloadName !== undefined && (response.status === 200 || response.status === 206)) {
+  // A 304 that updates the browser's copy's Content-Disposition updates it to the link's.
+  const named = response.status === 200 || response.status === 206 ||
+    (response.status === 304 && response.headers.has("Content-Disposition"));
+  if (check.downloadName !== undefined && named) {
     response.headers.set("Content-Disposition", contentDisposition(check.downloadName));
   }
   return response;

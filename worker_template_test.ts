@@ -2670,6 +2670,62 @@ Deno.test("worker in workerd: WORKER_ACTIVE_CONTENT sandboxes or attaches HTML a
   }
 });
 
+Deno.test("worker in workerd: a 304 carries what WORKER_ACTIVE_CONTENT set, so a browser's copy kept from before gets it", async (t) => {
+  const b2 = startMemberB2();
+  b2.putFile(BUCKET, {
+    name: "site/members/page.html",
+    body: "<h1>p</h1>",
+    contentType: "text/html",
+  });
+  try {
+    for (const cacheMode of ["cache-api", "workers-cache"] as const) {
+      for (const choice of ["serve", "sandbox", "download"] as const) {
+        await t.step(`${cacheMode}, ${choice}`, async () => {
+          const worker = await startWorker(b2, {
+            options: { cacheMode, activeContent: choice, signing: SIGNING },
+          });
+          try {
+            for (const path of ["/", "/hello.txt"]) {
+              const { headers } = await worker.visit(path);
+              const answer = await worker.visit(path, {
+                headers: { "If-None-Match": headers["etag"]! },
+              });
+              const active = path === "/";
+              assert.deepEqual([
+                answer.status,
+                answer.headers["content-security-policy"],
+                answer.headers["content-disposition"],
+              ], [
+                304,
+                active && choice === "sandbox" ? "sandbox" : undefined,
+                active && choice === "download" ? "attachment" : undefined,
+              ], path);
+            }
+            // A link's download name stays the name the browser's copy is updated with.
+            const link = await signed("/members/page.html", { downloadName: "p.html" });
+            const { headers } = await worker.visit(link);
+            const answer = await worker.visit(link, {
+              headers: { "If-None-Match": headers["etag"]! },
+            });
+            assert.equal(answer.status, 304);
+            assert.equal(
+              answer.headers["content-disposition"],
+              choice === "download"
+                ? `attachment; filename="p.html"; filename*=UTF-8''p.html`
+                : undefined,
+            );
+            worker.downloads();
+          } finally {
+            await worker.dispose();
+          }
+        });
+      }
+    }
+  } finally {
+    await b2.close();
+  }
+});
+
 Deno.test("worker in workerd, Workers Cache mode: a 304 a visitor shaped is never kept at the edge", async () => {
   const b2 = startB2();
   const worker = await startWorker(b2, { options: { cacheMode: "workers-cache" } });
