@@ -218,9 +218,11 @@ export function sharedFacts(): {
 // mapping of paths to names): refresh then purges everything cached by older answers. 3: an
 // ETag made from a file id no longer carries the bucket's id. 4: a path or query spelled
 // otherwise than canonicalTarget() writes it is a 301, no longer an entry of its own. 5: answers
-// in the b2 URL style describe their object with B2's own headers.
+// in the b2 URL style describe their object with B2's own headers. 6: WORKER_ACTIVE_CONTENT reads
+// Content-Type as a browser does (lists, text/xsl, unknown types), and a listing or a 304 is
+// answered otherwise with it.
 // Only main.ts reads it, from this module's text.
-const ANSWER_FORMAT = 5;
+const ANSWER_FORMAT = 6;
 const DEFAULT_CACHE_TTL = 86_400;
 // After its lifetime an object is served stale for a day while one request revalidates it
 // (a HEAD to B2 when it did not change), so no visitor waits for B2 on a popular object.
@@ -297,10 +299,16 @@ const BROWSER_CACHE_CONTROL_HEADER = "x-b2cdn-browser-cache-control";
 const CDN_CACHE_CONTROL_HEADER = "Cloudflare-CDN-Cache-Control";
 // What a player's script needs to read to seek and revalidate.
 const EXPOSED_HEADERS = "Accept-Ranges, Content-Length, Content-Range, ETag, Last-Modified";
-// The types a browser runs script in when it opens them: HTML, XML (which XSLT and XHTML
-// namespaces can make a page of), and every +xml type (SVG and XHTML among them).
+// The types a browser runs script in when it opens them, by essence: HTML, XML (which XSLT and
+// XHTML namespaces can make a page of; Chromium and Firefox render text/xsl as XML too), every
+// +xml type (SVG and XHTML among them), and multipart/x-mixed-replace, whose parts Firefox renders
+// as pages.
 const ACTIVE_CONTENT_TYPE =
-  /^\s*(text\/html|text\/xml|application\/xml|[\w.+-]+\/[\w.-]+\+xml)\s*(;|$)/i;
+  /^(text\/html|text\/xml|text\/xsl|application\/xml|multipart\/x-mixed-replace|.+\/.+\+xml)$/;
+// A MIME type's essence as a browser parses it (Fetch, "parse a MIME type"): two HTTP tokens.
+const MIME_ESSENCE = /^\s*([!#$%&'*+.^_`|~0-9a-z-]+\/[!#$%&'*+.^_`|~0-9a-z-]+)\s*(;|$)/i;
+// Types a browser sniffs, which may find a page (MIME Sniffing, "unknown MIME type").
+const UNKNOWN_TYPES = ["*/*", "unknown/unknown", "application/unknown"];
 // What activeContentHeaders() sets, which a 304 carries as the whole answer would.
 const ACTIVE_CONTENT_HEADERS = ["Content-Security-Policy", "Content-Disposition"];
 const PREFLIGHT_MAX_AGE = "86400";
@@ -999,15 +1007,13 @@ export function objectHeaders(
 
 /**
  * Applies `WORKER_ACTIVE_CONTENT` to an object's headers, in place. HTML,
- * SVG, XML and XHTML (and an object of no type, which a browser may take
- * for one) can run script on the site's origin: `sandbox` lets them render
+ * SVG, XML and XHTML (and any `Content-Type` a browser may take for one:
+ * none, one it cannot parse, a list) can run script on the site's origin: `sandbox` lets them render
  * without it (`Content-Security-Policy: sandbox`), `download` makes them an
  * attachment (keeping a file name the object names), `serve` leaves them be.
  */
 export function activeContentHeaders(headers: Headers, choice: ActiveContent): void {
-  if (choice === "serve") return;
-  const type = headers.get("Content-Type");
-  if (type !== null && !ACTIVE_CONTENT_TYPE.test(type)) return;
+  if (choice === "serve" || !activeType(headers.get("Content-Type"))) return;
   if (choice === "sandbox") {
     headers.set("Content-Security-Policy", "sandbox");
     return;
@@ -1016,6 +1022,20 @@ export function activeContentHeaders(headers: Headers, choice: ActiveContent): v
   // Only the type changes: `inline; filename="a.html"` keeps its file name.
   const [, parameters = ""] = /^[^;]*(;.*)?$/s.exec(disposition) ?? [];
   headers.set("Content-Disposition", `attachment${parameters}`);
+}
+
+/**
+ * Whether a browser may run script in an answer of this `Content-Type`. It
+ * reads the last type of a list that it can parse (Fetch, "extract a MIME
+ * type"): `text/plain, text/html` is HTML. So a list is taken as active
+ * whatever it holds, as are no type, a type it cannot parse and the types
+ * it sniffs; only one clear type of another kind is not.
+ */
+function activeType(type: string | null): boolean {
+  if (type === null || type.includes(",")) return true;
+  const essence = MIME_ESSENCE.exec(type)?.[1]?.toLowerCase();
+  return essence === undefined || UNKNOWN_TYPES.includes(essence) ||
+    ACTIVE_CONTENT_TYPE.test(essence);
 }
 
 /**

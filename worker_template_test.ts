@@ -2434,7 +2434,26 @@ Deno.test("activeContentHeaders() sandboxes or attaches HTML, SVG, XML and XHTML
     ["application/rss+xml; charset=utf-8", true],
     // Without a type a browser may sniff it into one of them.
     [null, true],
+    // A browser takes the last type of a list it can parse: these are HTML.
+    ["text/plain, text/html", true],
+    ["text/plain,text/html;charset=utf-8", true],
+    ['text/plain; a="x,text/html"', true],
+    // Rendered as XML by Chromium and Firefox.
+    ["text/xsl", true],
+    // Firefox renders its parts as pages.
+    ["multipart/x-mixed-replace; boundary=x", true],
+    // Types a browser cannot parse, or sniffs.
+    ["", true],
+    ["html", true],
+    ["text/", true],
+    ["*/*", true],
+    ["unknown/unknown", true],
+    ["application/unknown", true],
     ["text/plain", false],
+    ["text/plain; charset=utf-8", false],
+    ["application/octet-stream", false],
+    ["application/pdf", false],
+    ["image/svg", false],
     ["image/png", false],
     ["video/mp4", false],
     ["application/json", false],
@@ -2666,6 +2685,35 @@ Deno.test("worker in workerd: WORKER_ACTIVE_CONTENT sandboxes or attaches HTML a
       }
     }
   } finally {
+    await b2.close();
+  }
+});
+
+Deno.test("worker in workerd: WORKER_ACTIVE_CONTENT goes by the type B2 gives, as a browser reads it, not the name", async () => {
+  const b2 = startB2();
+  const objects: [string, string, boolean][] = [
+    ["site/types/page.txt", "text/html", true],
+    ["site/types/list.txt", "text/plain, text/html", true],
+    ["site/types/style.txt", "text/xsl", true],
+    ["site/types/plain.html", "text/plain", false],
+    ["site/types/picture.svg", "image/png", false],
+  ];
+  for (const [name, contentType] of objects) {
+    b2.putFile(BUCKET, { name, body: "<script>alert(1)</script>", contentType });
+  }
+  const worker = await startWorker(b2, { options: { activeContent: "sandbox" } });
+  try {
+    for (const [name, contentType, active] of objects) {
+      const answer = await worker.visit(`/${name.slice(PREFIX.length)}`);
+      assert.deepEqual(
+        [answer.status, answer.headers["content-type"], answer.headers["content-security-policy"]],
+        [200, contentType, active ? "sandbox" : undefined],
+        name,
+      );
+    }
+    worker.downloads();
+  } finally {
+    await worker.dispose();
     await b2.close();
   }
 });
