@@ -3310,10 +3310,10 @@ export function listingJson(page: FolderPage): string {
 
 /**
  * A folder's listing when the request may list it and B2 has no index file there; anything
- * else is what `otherwise` answers. Behind Workers Cache a listing's query must be the one
- * listingSearch() writes (else a 301 to it, or to the bare folder when it has an index
- * file), since the query is part of the cache's key. The Cache API keeps listings under keys
- * of their own, and like objects there ignores any other query.
+ * else is what `otherwise` answers. In every mode the folder's path and the listing's query
+ * must be spelled as canonicalTarget() writes them (else a 301 to that), since the query is
+ * part of Workers Cache's key; behind it, a listing's query on a folder with an index file is
+ * a 301 to the bare folder. The Cache API keeps listings under keys of their own.
  */
 async function withListing(
   request: Request,
@@ -3343,6 +3343,9 @@ async function withListing(
     }
     return await listingAnswer(target, { config, tags });
   }
+  // Another spelling is respond()'s 301, as behind Workers Cache: never a kept page's answer.
+  const canonical = canonicalTarget(url, link, { listed: true });
+  if (canonical !== undefined && canonical !== spelledTarget(url)) return await otherwise();
   const cacheKey = listingCacheKey(url.origin, target, config);
   const keep = config.cacheMode === "cache-api" && config.listing!.ttl > 0;
   const cached = keep ? await edgeCache().match(cacheKey) : undefined;

@@ -3548,6 +3548,48 @@ Deno.test("worker in workerd, Workers Cache mode: listings carry their lifetime 
   }
 });
 
+Deno.test("worker in workerd: a kept listing is never answered under another spelling, in every mode", async (t) => {
+  const b2 = listingB2();
+  try {
+    for (const cacheMode of ["cache-api", "workers-cache", "off"] as const) {
+      await t.step(cacheMode, async () => {
+        const worker = await startWorker(b2, { options: listingOptions(b2, cacheMode) });
+        try {
+          // Listed (and kept, where the mode keeps listings) under their one spelling first.
+          for (const page of ["/docs/", "/docs/?format=json", "/docs/?from=b.txt&format=json"]) {
+            assert.equal((await worker.raw(page)).status, 200, page);
+          }
+          worker.downloads();
+          const calls = b2.requests.length;
+          const spellings: [string, string][] = [
+            ["/%64ocs/", "/docs/"],
+            ["/docs/?", "/docs/"],
+            ["/docs/?utm_source=x", "/docs/"],
+            ["/%64ocs/?format=json", "/docs/?format=json"],
+            ["/docs/?format=json&", "/docs/?format=json"],
+            ["/docs/?&format=json", "/docs/?format=json"],
+            ["/docs/?format=json&from=b.txt", "/docs/?from=b.txt&format=json"],
+            ["/docs/?from=b%2Etxt&format=json", "/docs/?from=b.txt&format=json"],
+          ];
+          for (const [spelling, canonical] of spellings) {
+            const answer = await worker.raw(spelling);
+            assert.deepEqual(
+              [answer.status, answer.headers["location"]],
+              [301, canonical],
+              spelling,
+            );
+          }
+          assert.deepEqual(b2.requests.slice(calls).map((r) => r.path), []);
+        } finally {
+          await worker.dispose();
+        }
+      });
+    }
+  } finally {
+    await b2.close();
+  }
+});
+
 Deno.test("worker in workerd: WORKER_ACTIVE_CONTENT leaves a listing the worker's own page, in every mode", async (t) => {
   const b2 = listingB2();
   try {
