@@ -537,16 +537,17 @@ function spelledTarget(url: URL): string {
 /**
  * Whether a conditional request carries exactly the validators Workers Cache
  * builds from a stored copy of this object when it revalidates it
- * (`If-None-Match` with its one ETag; else `If-Modified-Since` with its
- * date): the one 304 the cache is documented to take. A visitor's other
- * shapes (`*`, a list, a weak tag, another date) get a 304 the edge never keeps.
+ * (`If-None-Match` with its one ETag; only for an object without one,
+ * `If-Modified-Since` with its date): the one 304 the cache is documented to
+ * take. A visitor's other shapes (`*`, a list, a weak tag, a date where the
+ * object has an ETag, another date) get a 304 the edge never keeps.
  */
 export function revalidatesStoredCopy(request: Headers, object: Headers): boolean {
   const etag = object.get("ETag");
   const ifNoneMatch = request.get("If-None-Match");
-  if (ifNoneMatch !== null) return etag !== null && ifNoneMatch.trim() === etag;
+  if (etag !== null) return ifNoneMatch !== null && ifNoneMatch.trim() === etag;
   const since = request.get("If-Modified-Since");
-  return since !== null && since.trim() === object.get("Last-Modified");
+  return ifNoneMatch === null && since !== null && since.trim() === object.get("Last-Modified");
 }
 
 /**

@@ -55,6 +55,7 @@ import worker, {
   type RangeSpec,
   readConfig,
   resolveRange,
+  revalidatesStoredCopy,
   signedLifetime,
   signedLinkMessage,
   type SigningConfig,
@@ -2034,14 +2035,17 @@ Deno.test("worker in workerd, Workers Cache mode", async (t) => {
     await t.step(
       "a revalidation is a HEAD to B2 and a 304 carrying the edge lifetime",
       async () => {
-        const conditionSets: Record<string, string>[] = [
-          { "If-None-Match": HELLO_SHA1 },
-          { "If-Modified-Since": LAST_MODIFIED },
+        // The cache's revalidation, as the stand-in sends it, then a date alone: the object has
+        // an ETag, which the cache revalidates with, so that is a visitor's, never kept.
+        const conditionSets: [Record<string, string>, string][] = [
+          [{ "If-None-Match": HELLO_SHA1 }, EDGE],
+          [{ "If-None-Match": HELLO_SHA1, "If-Modified-Since": LAST_MODIFIED }, EDGE],
+          [{ "If-Modified-Since": LAST_MODIFIED }, "no-store"],
         ];
-        for (const conditions of conditionSets) {
+        for (const [conditions, edge] of conditionSets) {
           const answer = await worker.visit("/hello.txt", { headers: conditions });
           assert.deepEqual([answer.status, answer.body], [304, ""]);
-          assert.equal(answer.headers["cloudflare-cdn-cache-control"], EDGE);
+          assert.equal(answer.headers["cloudflare-cdn-cache-control"], edge);
           assert.equal(answer.headers["cache-tag"], helloTag);
           assert.equal(answer.headers["etag"], HELLO_SHA1);
           assert.deepEqual(worker.downloads().map((r) => r.method), ["HEAD"]);
@@ -2774,6 +2778,32 @@ Deno.test("worker in workerd: a 304 carries what WORKER_ACTIVE_CONTENT set, so a
   }
 });
 
+Deno.test("revalidatesStoredCopy() knows the cache's own revalidation: the ETag, or a date only without one", async (t) => {
+  const tagged = new Headers({ ETag: HELLO_SHA1, "Last-Modified": LAST_MODIFIED });
+  const dated = new Headers({ "Last-Modified": LAST_MODIFIED });
+  const table: [string, Headers, Record<string, string>, boolean][] = [
+    ["its ETag", tagged, { "If-None-Match": HELLO_SHA1 }, true],
+    ["its ETag and date", tagged, {
+      "If-None-Match": HELLO_SHA1,
+      "If-Modified-Since": LAST_MODIFIED,
+    }, true],
+    ["its date alone, where it has an ETag", tagged, { "If-Modified-Since": LAST_MODIFIED }, false],
+    ["*", tagged, { "If-None-Match": "*" }, false],
+    ["a weak tag", tagged, { "If-None-Match": `W/${HELLO_SHA1}` }, false],
+    ["its date, where it has no ETag", dated, { "If-Modified-Since": LAST_MODIFIED }, true],
+    ["another date", dated, { "If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT" }, false],
+    ["a tag, where it has none", dated, {
+      "If-None-Match": HELLO_SHA1,
+      "If-Modified-Since": LAST_MODIFIED,
+    }, false],
+  ];
+  for (const [label, object, request, expected] of table) {
+    await t.step(label, () => {
+      assert.equal(revalidatesStoredCopy(new Headers(request), object), expected);
+    });
+  }
+});
+
 Deno.test("worker in workerd, Workers Cache mode: a 304 a visitor shaped is never kept at the edge", async () => {
   const b2 = startB2();
   const worker = await startWorker(b2, { options: { cacheMode: "workers-cache" } });
@@ -2783,6 +2813,9 @@ Deno.test("worker in workerd, Workers Cache mode: a 304 a visitor shaped is neve
       { "If-None-Match": `"other", ${HELLO_SHA1}` },
       { "If-None-Match": `W/${HELLO_SHA1}` },
       { "If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT" },
+      // The object has an ETag, which is what the cache revalidates with: a date alone is a
+      // visitor's, even the object's own.
+      { "If-Modified-Since": LAST_MODIFIED },
     ];
     for (const headers of shaped) {
       const answer = await worker.visit("/hello.txt", { headers });
@@ -2792,7 +2825,7 @@ Deno.test("worker in workerd, Workers Cache mode: a 304 a visitor shaped is neve
     // The cache's own revalidation, with the validators it stored, renews its copy.
     const own: Record<string, string>[] = [
       { "If-None-Match": HELLO_SHA1 },
-      { "If-Modified-Since": LAST_MODIFIED },
+      { "If-None-Match": HELLO_SHA1, "If-Modified-Since": LAST_MODIFIED },
     ];
     for (const headers of own) {
       const answer = await worker.visit("/hello.txt", { headers });
@@ -2801,7 +2834,7 @@ Deno.test("worker in workerd, Workers Cache mode: a 304 a visitor shaped is neve
         EDGE,
       ]);
     }
-    assert.deepEqual(worker.downloads().map((r) => r.method), Array(6).fill("HEAD"));
+    assert.deepEqual(worker.downloads().map((r) => r.method), Array(7).fill("HEAD"));
   } finally {
     await worker.dispose();
     await b2.close();
