@@ -4219,20 +4219,7 @@ async function planDeploy(
   const cf = config.cloudflare!;
   const client = new CloudflareClient(cf, ctx);
   const plan: DeployPlan = { steps: [], problems: [] };
-  // A refusal of a read names the permission group whose lack it shows, as init does.
-  const read = async <T>(
-    work: () => Promise<T>,
-    group?: { name: string; on: string },
-  ): Promise<T | undefined> => {
-    try {
-      return await work();
-    } catch (error) {
-      if (!isOperationError(error)) throw error;
-      const refused = error instanceof ApiError && (error.status === 401 || error.status === 403);
-      plan.problems.push(group && refused ? lacksPermission(group, error.status) : error.message);
-      return undefined;
-    }
-  };
+  const read = planReader(plan);
   const scripts = { name: "Account > Workers Scripts > Edit", on: `account ${cf.accountId}` };
   if ("token" in cf.auth) {
     const token = await read(() => verifyToken(client));
@@ -4279,6 +4266,26 @@ async function planDeploy(
     } else if (found) plan.problems.push(`WORKER_WORKERS_DEV: ${noSubdomain(cf)}`);
   }
   return plan;
+}
+
+/**
+ * A dry run's read: its answer, or `undefined` with the failure among the plan's problems. A
+ * refusal names the permission group whose lack it shows, as init does.
+ */
+function planReader(plan: DeployPlan) {
+  return async <T>(
+    work: () => Promise<T>,
+    group?: { name: string; on: string },
+  ): Promise<T | undefined> => {
+    try {
+      return await work();
+    } catch (error) {
+      if (!isOperationError(error)) throw error;
+      const refused = error instanceof ApiError && (error.status === 401 || error.status === 403);
+      plan.problems.push(group && refused ? lacksPermission(group, error.status) : error.message);
+      return undefined;
+    }
+  };
 }
 
 /** A permission group the token lacks, as a read refused it, and where to add it. */
@@ -4946,43 +4953,52 @@ async function askWorkerToPurge(
     };
   }
   const text = await response.text();
-  let json: {
-    service?: string;
-    fingerprint?: string;
-    error?: string;
-    result?: unknown;
-    segments?: { success?: boolean };
-  } = {};
+  let json: PurgeAnswerBody = {};
   try {
     json = JSON.parse(text);
   } catch { /* not the worker's purge answer */ }
-  const { status } = response;
-  if (json?.service === "b2-private-cdn") {
-    const fingerprint = json.fingerprint ?? "";
-    if (status === 200) {
-      return { kind: "done", status, fingerprint, segments: json.segments?.success === true };
-    }
-    if (status === 409) {
-      return {
-        kind: "other-version",
-        status,
-        message: `an older version still answers at ${url} (fingerprint "${fingerprint}")`,
-      };
-    }
-    if (status === 429) {
-      return {
-        kind: "rate-limited",
-        status,
-        message:
-          `Cloudflare refused the purge (${
-            JSON.stringify(json.segments?.success === false ? json.segments : json.result)
-          }): at most 5 ` +
-          `purges a minute; try again in ${PURGE_RETRY_SECONDS} s.`,
-      };
-    }
-    return { kind: "failed", status, message: `The worker refused the purge: ${json.error}.` };
+  if (json?.service !== "b2-private-cdn") return notThePurgeAnswer(url, { response, text });
+  return theWorkersPurgeAnswer(url, { status: response.status, json });
+}
+
+/** What the worker's purge answer holds (worker_template.ts, `signedPurge()`). */
+interface PurgeAnswerBody {
+  service?: string;
+  fingerprint?: string;
+  error?: string;
+  result?: unknown;
+  segments?: { success?: boolean };
+}
+
+/** The worker's own answer to a purge: done, another version, rate limited or refused. */
+function theWorkersPurgeAnswer(
+  url: string,
+  answer: { status: number; json: PurgeAnswerBody },
+): PurgeAnswer {
+  const { status, json } = answer;
+  const fingerprint = json.fingerprint ?? "";
+  if (status === 200) {
+    return { kind: "done", status, fingerprint, segments: json.segments?.success === true };
   }
-  return notThePurgeAnswer(url, { response, text });
+  if (status === 409) {
+    return {
+      kind: "other-version",
+      status,
+      message: `an older version still answers at ${url} (fingerprint "${fingerprint}")`,
+    };
+  }
+  if (status === 429) {
+    return {
+      kind: "rate-limited",
+      status,
+      message:
+        `Cloudflare refused the purge (${
+          JSON.stringify(json.segments?.success === false ? json.segments : json.result)
+        }): at most 5 ` +
+        `purges a minute; try again in ${PURGE_RETRY_SECONDS} s.`,
+    };
+  }
+  return { kind: "failed", status, message: `The worker refused the purge: ${json.error}.` };
 }
 
 /** An answer to a signed purge that is not the worker's purge answer: whose it is, and why. */
@@ -5398,29 +5414,7 @@ async function survey(cf: CloudflareClient, report: StatusReport): Promise<{ rea
     ? await tryRead("the zone's routes", () => cf.listRoutes())
     : undefined;
   const domains = await tryRead("the custom domains", () => cf.listDomains());
-  const held = (what: string, by: string | undefined) =>
-    by
-      ? `${what} runs ${by}, not this worker; ${TAKE_OVER_COMMAND} moves it`
-      : `${what} is not set up; run refresh`;
-  if (config.route && routes) {
-    const route = routes.find((r) => r.pattern === config.route);
-    if (route?.script === config.workerName) urls.push(`route ${config.route}`);
-    else {
-      warnings.push(
-        held(
-          `route ${config.route}`,
-          route && (route.script ? `worker "${route.script}"` : "no worker"),
-        ),
-      );
-    }
-  }
-  if (config.domain && domains) {
-    const domain = domains.find((d) => d.hostname === config.domain);
-    if (domain?.service === config.workerName) urls.push(`https://${config.domain}/`);
-    else {warnings.push(
-        held(`custom domain ${config.domain}`, domain && `worker "${domain.service}"`),
-      );}
-  }
+  surveyTriggers(config, { routes, domains, urls, warnings });
   const workersDev = await tryRead("the workers.dev setting", () => readWorkersDev(cf));
   if (workersDev?.url) urls.push(workersDev.url);
   if (workersDev && workersDev.enabled !== config.workersDev) {
@@ -5444,6 +5438,38 @@ async function survey(cf: CloudflareClient, report: StatusReport): Promise<{ rea
   report.urls = urls;
   if (warnings.length > 0) report.warnings = warnings;
   return { readAll };
+}
+
+/** Whether the configured route and custom domain run this worker: an address, or a warning. */
+function surveyTriggers(
+  config: CloudflareConfig,
+  found: {
+    routes: ZoneRoute[] | undefined;
+    domains: CustomDomain[] | undefined;
+    urls: string[];
+    warnings: string[];
+  },
+): void {
+  const { routes, domains, urls, warnings } = found;
+  const held = (what: string, by: string | undefined) =>
+    by
+      ? `${what} runs ${by}, not this worker; ${TAKE_OVER_COMMAND} moves it`
+      : `${what} is not set up; run refresh`;
+  if (config.route && routes) {
+    const route = routes.find((r) => r.pattern === config.route);
+    if (route?.script === config.workerName) urls.push(`route ${config.route}`);
+    else {
+      const by = route && (route.script ? `worker "${route.script}"` : "no worker");
+      warnings.push(held(`route ${config.route}`, by));
+    }
+  }
+  if (config.domain && domains) {
+    const domain = domains.find((d) => d.hostname === config.domain);
+    if (domain?.service === config.workerName) urls.push(`https://${config.domain}/`);
+    else {warnings.push(
+        held(`custom domain ${config.domain}`, domain && `worker "${domain.service}"`),
+      );}
+  }
 }
 
 /** Failed scheduled runs are tried again after 1, 5 and 15 minutes. */
@@ -5934,14 +5960,7 @@ export async function signLink(
     );
   }
   problems.push(...signingKeyProblems("The signing key", options.key));
-  if (!URL.canParse(baseUrl) || !/^https?:$/.test(new URL(baseUrl).protocol)) {
-    problems.push(`The base URL must be an http(s) URL like https://cdn.example.com.`);
-  } else if (new URL(baseUrl).pathname !== "/" || /[?#]/.test(baseUrl)) {
-    problems.push(
-      `The base URL is an origin like https://cdn.example.com; put the path in the path, ` +
-        `not "${baseUrl}".`,
-    );
-  }
+  problems.push(...baseUrlProblems(baseUrl));
   if (problems.length > 0 || canonical === undefined) throw new ConfigError(problems);
 
   const prefix = options.prefix ?? false;
@@ -5952,15 +5971,7 @@ export async function signLink(
     ...(notBefore !== undefined && { notBefore }),
     ...(downloadName !== undefined && { downloadName }),
   };
-  const message = new TextEncoder().encode(signedLinkMessage(grant));
-  const key = await crypto.subtle.importKey(
-    "raw",
-    fromBase64Url(options.key),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"],
-  );
-  const signature = new Uint8Array(await crypto.subtle.sign("HMAC", key, message));
+  const signature = await hmacSha256(fromBase64Url(options.key), signedLinkMessage(grant));
   // The worker's own rule: any other spelling of this link would only be a 301 to this one.
   const query = signedLinkQuery(grant, signature);
   return {
@@ -5972,6 +5983,33 @@ export async function signLink(
     ...(notBefore !== undefined && { notBefore: isoSeconds(notBefore * 1000) }),
     ...(downloadName !== undefined && { downloadName }),
   };
+}
+
+/** What is wrong with a signed link's base URL: it is an http(s) origin, nothing more. */
+function baseUrlProblems(baseUrl: string): string[] {
+  if (!URL.canParse(baseUrl) || !/^https?:$/.test(new URL(baseUrl).protocol)) {
+    return [`The base URL must be an http(s) URL like https://cdn.example.com.`];
+  }
+  if (new URL(baseUrl).pathname !== "/" || /[?#]/.test(baseUrl)) {
+    return [
+      `The base URL is an origin like https://cdn.example.com; put the path in the path, ` +
+      `not "${baseUrl}".`,
+    ];
+  }
+  return [];
+}
+
+/** HMAC-SHA256 of `message` with the raw `key`. */
+async function hmacSha256(key: Uint8Array<ArrayBuffer>, message: string): Promise<Uint8Array> {
+  const imported = await crypto.subtle.importKey(
+    "raw",
+    key,
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const encoded = new TextEncoder().encode(message);
+  return new Uint8Array(await crypto.subtle.sign("HMAC", imported, encoded));
 }
 
 /**
@@ -8025,12 +8063,13 @@ function runKeygen({ io, flags }: Job): Promise<number> {
 /** Prints a signed link; every problem with the request is a {@linkcode ConfigError} (exit 2). */
 async function runSign({ config, ctx, io, flags, args }: Job): Promise<number> {
   const signing = config.worker.signing;
-  const { expires, "not-before": notBefore, "download-name": downloadName } = flags;
+  const downloadName = flags["download-name"];
   // Checked by signPositionalProblems(): one path, or one --prefix.
   const prefix = args.length === 0;
   const path = args[0] ?? flags.prefix[0] ?? "";
   const now = Math.floor(ctx.now() / 1000);
   const problems: string[] = [];
+  const maxTtl = signing?.maxTtl ?? DEFAULT_SIGNED_MAX_TTL;
   if (!signing?.key) {
     problems.push(
       "Set WORKER_SIGNING_KEY to the key the worker checks (deno run main.ts keygen prints one).",
@@ -8042,30 +8081,7 @@ async function runSign({ config, ctx, io, flags, args }: Job): Promise<number> {
         "without it every path is public.",
     );
   }
-  const when = (flag: string, text: string | undefined) => {
-    if (text === undefined) return undefined;
-    const seconds = parseDuration(text);
-    if (seconds !== undefined) return now + seconds;
-    if (ISO_TIME.test(text.trim())) return Math.floor(Date.parse(text.trim()) / 1000);
-    problems.push(
-      `--${flag} must be a duration from now (${DURATION_SYNTAX}) or an ISO 8601 time ` +
-        `such as 2026-12-31T00:00:00Z, not "${text}".`,
-    );
-    return undefined;
-  };
-  const expiresAt = when("expires", expires);
-  const notBeforeAt = when("not-before", notBefore);
-  const maxTtl = signing?.maxTtl ?? DEFAULT_SIGNED_MAX_TTL;
-  if (expires === undefined) problems.push("sign needs --expires, e.g. --expires 1h.");
-  else if (expiresAt !== undefined && expiresAt <= now) {
-    problems.push(`--expires must be in the future, not ${isoSeconds(expiresAt * 1000)}.`);
-  } else if (expiresAt !== undefined && expiresAt - now > maxTtl) {
-    problems.push(
-      `--expires is ${formatDuration(expiresAt - now)} away, more than WORKER_SIGNED_MAX_TTL ` +
-        `(${formatDuration(maxTtl)}), and the worker would refuse the link: sign for less, or ` +
-        "raise WORKER_SIGNED_MAX_TTL and refresh.",
-    );
-  }
+  const { expiresAt, notBeforeAt } = signTimes(flags, { now, maxTtl, problems });
   const canonical = canonicalPath(path);
   if (canonical !== undefined && signing && signing.prefixes.length > 0) {
     const { indexFile } = config.worker;
@@ -8076,8 +8092,7 @@ async function runSign({ config, ctx, io, flags, args }: Job): Promise<number> {
       );
     }
   }
-  const baseUrl = flags.url ??
-    config.origin;
+  const baseUrl = flags.url ?? config.origin;
   if (baseUrl === undefined) {
     problems.push(
       "Give --url https://<your host>: neither WORKER_DOMAIN nor a WORKER_ROUTE with a " +
@@ -8100,6 +8115,38 @@ async function runSign({ config, ctx, io, flags, args }: Job): Promise<number> {
   if (problems.length > 0 || link === undefined) throw new ConfigError(problems);
   io.stdout(flags.json ? JSON.stringify(link) : link.url);
   return 0;
+}
+
+/** `sign`'s `--expires` and `--not-before` in Unix seconds; each problem with them joins `problems`. */
+function signTimes(
+  flags: Flags,
+  options: { now: number; maxTtl: number; problems: string[] },
+): { expiresAt: number | undefined; notBeforeAt: number | undefined } {
+  const { now, maxTtl, problems } = options;
+  const when = (flag: string, text: string | undefined) => {
+    if (text === undefined) return undefined;
+    const seconds = parseDuration(text);
+    if (seconds !== undefined) return now + seconds;
+    if (ISO_TIME.test(text.trim())) return Math.floor(Date.parse(text.trim()) / 1000);
+    problems.push(
+      `--${flag} must be a duration from now (${DURATION_SYNTAX}) or an ISO 8601 time ` +
+        `such as 2026-12-31T00:00:00Z, not "${text}".`,
+    );
+    return undefined;
+  };
+  const expiresAt = when("expires", flags.expires);
+  const notBeforeAt = when("not-before", flags["not-before"]);
+  if (flags.expires === undefined) problems.push("sign needs --expires, e.g. --expires 1h.");
+  else if (expiresAt !== undefined && expiresAt <= now) {
+    problems.push(`--expires must be in the future, not ${isoSeconds(expiresAt * 1000)}.`);
+  } else if (expiresAt !== undefined && expiresAt - now > maxTtl) {
+    problems.push(
+      `--expires is ${formatDuration(expiresAt - now)} away, more than WORKER_SIGNED_MAX_TTL ` +
+        `(${formatDuration(maxTtl)}), and the worker would refuse the link: sign for less, or ` +
+        "raise WORKER_SIGNED_MAX_TTL and refresh.",
+    );
+  }
+  return { expiresAt, notBeforeAt };
 }
 
 /**
