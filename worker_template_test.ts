@@ -2920,6 +2920,66 @@ Deno.test("worker in workerd: workers-cache mode reads segments through its Segm
   }
 });
 
+Deno.test("worker in workerd: a large object's answers are sandboxed or attached as a small one's", async (t) => {
+  const b2 = startB2();
+  b2.putFile(BUCKET, {
+    name: "site/big.svg",
+    body: { size: BIG_SIZE },
+    contentType: "image/svg+xml",
+  });
+  try {
+    for (const cacheMode of ["cache-api", "workers-cache"] as const) {
+      for (const choice of ["sandbox", "download"] as const) {
+        await t.step(`${cacheMode}, ${choice}`, async () => {
+          const worker = await startWorker(b2, {
+            options: { cacheMode, activeContent: choice },
+            extraBindings: SEGMENTING,
+          });
+          const expected = [
+            choice === "sandbox" ? "sandbox" : undefined,
+            choice === "download" ? "attachment" : undefined,
+          ];
+          try {
+            // B2's first answer tells the size, then the facts answer the rest.
+            const requests: [string, RequestInit][] = [
+              ["a first GET", {}],
+              ["a GET from the facts", {}],
+              ["a range", { headers: { Range: "bytes=1200-1299" } }],
+              ["a HEAD", { method: "HEAD" }],
+            ];
+            let etag = "";
+            for (const [label, init] of requests) {
+              const answer = await worker.visit("/big.svg", init);
+              etag = answer.headers["etag"] ?? etag;
+              assert.deepEqual(
+                [
+                  answer.headers["content-security-policy"],
+                  answer.headers["content-disposition"],
+                ],
+                expected,
+                label,
+              );
+            }
+            const revalidated = await worker.visit("/big.svg", {
+              headers: { "If-None-Match": etag },
+            });
+            assert.deepEqual([
+              revalidated.status,
+              revalidated.headers["content-security-policy"],
+              revalidated.headers["content-disposition"],
+            ], [304, ...expected]);
+            worker.downloads();
+          } finally {
+            await worker.dispose();
+          }
+        });
+      }
+    }
+  } finally {
+    await b2.close();
+  }
+});
+
 Deno.test("worker in workerd, large objects as segments in the Cache API", async (t) => {
   const b2 = bigB2();
   const cachePersist = await Deno.makeTempDir();
