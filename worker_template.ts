@@ -3313,8 +3313,8 @@ export function listingJson(page: FolderPage): string {
  * A folder's listing when the request may list it and B2 has no index file there; anything
  * else is what `otherwise` answers. In every mode the folder's path and the listing's query
  * must be spelled as canonicalTarget() writes them (else a 301 to that), since the query is
- * part of Workers Cache's key; behind it, a listing's query on a folder with an index file is
- * a 301 to the bare folder. The Cache API keeps listings under keys of their own.
+ * part of Workers Cache's key, and a listing's query on a folder with its index file is a 301
+ * to the bare folder. The Cache API keeps listings under keys of their own.
  */
 async function withListing(
   request: Request,
@@ -3352,7 +3352,7 @@ async function withListing(
   const cached = keep ? await edgeCache().match(cacheKey) : undefined;
   if (cached) return new Response(cached.body, cached);
   const answered = await otherwise();
-  if (answered.status !== 404) return answered;
+  if (answered.status !== 404) return indexFound(answered, url);
   await answered.body?.cancel();
   const listed = await listingAnswer(target, {
     config,
@@ -3360,6 +3360,20 @@ async function withListing(
   });
   if (keep && listed.ok) store(ctx, cacheKey, listed.clone());
   return listed;
+}
+
+/**
+ * What a listed folder answers when it has its index file after all: the index, on the bare
+ * folder only. A listing's query is then one more spelling of the index, a 301 to the bare
+ * folder as behind Workers Cache.
+ */
+async function indexFound(answered: Response, url: URL): Promise<Response> {
+  if (url.search === "" || !answered.ok) return answered;
+  await answered.body?.cancel();
+  return new Response(null, {
+    status: 301,
+    headers: { Location: url.pathname, "Cache-Control": DEFAULT_BROWSER_CACHE_CONTROL },
+  });
 }
 
 /**

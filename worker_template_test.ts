@@ -3683,6 +3683,37 @@ Deno.test("worker in workerd: a kept listing is never answered under another spe
   }
 });
 
+Deno.test("worker in workerd: a listing's query on a folder with its index file is a 301 to the bare folder, in every mode", async (t) => {
+  const b2 = listingB2();
+  try {
+    for (const cacheMode of ["cache-api", "workers-cache", "off"] as const) {
+      await t.step(cacheMode, async () => {
+        const worker = await startWorker(b2, { options: listingOptions(b2, cacheMode) });
+        try {
+          // Twice: the Cache API's copy of the index is no other answer.
+          for (const _ of [1, 2]) {
+            for (const spelling of ["/indexed/?format=json", "/indexed/?from=x.txt"]) {
+              const answer = await worker.raw(spelling);
+              assert.deepEqual(
+                [answer.status, answer.headers["location"], answer.body],
+                [301, "/indexed/", ""],
+                spelling,
+              );
+            }
+          }
+          const index = await worker.raw("/indexed/");
+          assert.deepEqual([index.status, index.body], [200, "<h1>indexed</h1>"]);
+          worker.downloads();
+        } finally {
+          await worker.dispose();
+        }
+      });
+    }
+  } finally {
+    await b2.close();
+  }
+});
+
 Deno.test("worker in workerd: WORKER_ACTIVE_CONTENT leaves a listing the worker's own page, in every mode", async (t) => {
   const b2 = listingB2();
   try {
