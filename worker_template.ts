@@ -391,9 +391,13 @@ async function respond(
   const listed = listedFolder({ method: request.method, url, link }, config) !== undefined;
   const moved = "status" in name ? undefined : movedToCanonical(url, { link, listed, now, config });
   if (moved) return applyGrant(moved, link, now);
+  // A download link names the attachment; a signed link its grant's `dl`, in applyGrant().
+  const download = "status" in name || link.access !== "public" || listed
+    ? undefined
+    : attachmentName(url, name.name);
+  const finish = (answered: Response) => asAttachment(applyGrant(answered, link, now), download);
   if (config.cacheMode === "workers-cache") {
-    const answered = await behindWorkersCache(request, { url, name, link, now, ctx }, config);
-    return applyGrant(answered, link, now);
+    return finish(await behindWorkersCache(request, { url, name, link, now, ctx }, config));
   }
   if ("status" in name) return textResponse(name.status);
   if (link.access === "refused") return textResponse(403);
@@ -411,7 +415,7 @@ async function respond(
   // Large objects: segments, once the edge knows the object is one (or B2 just said so).
   const target = { url, name: name.name, config, ctx };
   const known = cached ? undefined : await knownLarge(request, target);
-  if (known) return applyGrant(known, link, now);
+  if (known) return finish(known);
   const large: LargeProbe | undefined = handlesLarge(config)
     ? { above: config.segmentThreshold }
     : undefined;
@@ -423,10 +427,10 @@ async function respond(
       ...(cacheApi && { keep: { key: cacheKey, ctx } }),
       ...(large && { large }),
     });
-  if (large?.facts) return applyGrant(await learnedLarge(request, large.facts, target), link, now);
+  if (large?.facts) return finish(await learnedLarge(request, large.facts, target));
 
   // The answer: conditional, range and a streamed body
-  return applyGrant(await answer(request, object, { range, config }), link, now);
+  return finish(await answer(request, object, { range, config }));
 }
 
 /**
@@ -2222,13 +2226,63 @@ export function canonicalTarget(
 }
 
 /**
- * The query a public path keeps, with its `?`: none, but a listing's own.
- * The query is part of Workers Cache's key, so each other would be one more
- * entry and one more B2 download of the same object: a query a public path
- * may keep is added here, and only here.
+ * The query a public path keeps, with its `?`: none, but a listing's own, or
+ * on anything else a download link's ({@linkcode downloadQuery}). The query is
+ * part of Workers Cache's key, so each other would be one more entry and one
+ * more B2 download of the same object: a query a public path may keep is
+ * added here, and only here.
  */
 function publicQuery(url: URL, options: { listed?: boolean }): string {
-  return options.listed ? listingQuery(url)?.canonical ?? "" : "";
+  if (options.listed) return listingQuery(url)?.canonical ?? "";
+  return downloadQuery(url)?.canonical ?? "";
+}
+
+// Download links: `?download` names the attachment after the object, `?download=<name>` as
+// asked. What the name may not hold: a separator, a control character, or a character that
+// reorders text (U+202E shows "exe.txt" as "txt.exe"), so the name a visitor saves is the one
+// they read.
+const HOSTILE_ATTACHMENT_NAME = /[/\\\p{Cc}\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/u;
+
+/**
+ * A download link's query: exactly one `download` parameter, bare (the
+ * object's own name) or with a file name of at most 255 UTF-8 bytes that
+ * holds no separator, control or bidirectional formatting character.
+ * `canonical` is its one spelling (`?download`, or `?download=` and the name
+ * form-encoded, as `URLSearchParams` writes it); `name` is empty for the
+ * object's own. `undefined` for any other query, which is answered `301` to
+ * the bare path.
+ */
+export function downloadQuery(url: URL): { name: string; canonical: string } | undefined {
+  const parameters = [...url.searchParams];
+  const [only] = parameters;
+  if (parameters.length !== 1 || only?.[0] !== "download") return undefined;
+  const name = only[1];
+  if (name === "") return { name, canonical: "?download" };
+  const valid = name.trim() !== "" && !HOSTILE_ATTACHMENT_NAME.test(name) &&
+    new TextEncoder().encode(name).length <= MAX_DOWNLOAD_NAME_BYTES;
+  return valid ? { name, canonical: `?${new URLSearchParams({ download: name })}` } : undefined;
+}
+
+/**
+ * The file name a public request's download link asks for (the last part of
+ * the object's B2 name for a bare `?download`), or `undefined` without one.
+ */
+function attachmentName(url: URL, objectName: string): string | undefined {
+  const asked = downloadQuery(url);
+  if (!asked) return undefined;
+  return asked.name || objectName.slice(objectName.lastIndexOf("/") + 1)
+    .replace(new RegExp(HOSTILE_ATTACHMENT_NAME, "gu"), "_");
+}
+
+/**
+ * Names an object's answer (200 or 206) as an attachment when a download link asked for one,
+ * in place: behind Workers Cache before the cache stores it, so the link's entry keeps it.
+ */
+function asAttachment(response: Response, name: string | undefined): Response {
+  if (name !== undefined && (response.status === 200 || response.status === 206)) {
+    response.headers.set("Content-Disposition", contentDisposition(name));
+  }
+  return response;
 }
 
 /** A prefix (as configured, percent-encoded or not) in canonical form, always ending in `/`. */
@@ -2416,9 +2470,14 @@ export function applyGrant(response: Response, check: LinkCheck, now: number): R
   return response;
 }
 
-/** `attachment` with an ASCII fallback name and the exact one in RFC 8187 form. */
-function contentDisposition(name: string): string {
-  const ascii = name.replace(/[^\x20-\x7e]/g, "_");
+/**
+ * `Content-Disposition: attachment` for a file name, as RFC 6266 advises: `filename` an ASCII
+ * fallback, a quoted string without `"`, `\\` or `%` (section 4.3 and appendix D: recipients
+ * treat them unevenly), and `filename*` the exact name, UTF-8 in RFC 8187's form. Any name
+ * gives one header line: everything outside printable ASCII is replaced or percent-encoded.
+ */
+export function contentDisposition(name: string): string {
+  const ascii = name.replace(/[^\x20-\x7e]|["\\%]/g, "_");
   const exact = encodeURIComponent(name).replace(
     /['()*]/g,
     (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
