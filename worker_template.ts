@@ -2980,6 +2980,7 @@ const LISTING_STYLE = [
   "th,td{text-align:left;padding:.25rem .75rem .25rem 0;border-bottom:1px solid #ddd}",
   ".size{text-align:right;white-space:nowrap}",
   "a:focus-visible{outline:3px solid #1a5fb4;outline-offset:2px}",
+  "a.download{font-size:.85em;color:#555;margin-left:.5rem}",
 ].join("");
 // The page's style is allowed by its hash: no script, no other source.
 let listingStyleHash: Promise<string> | undefined;
@@ -3317,7 +3318,10 @@ export function listingHtml(page: FolderPage): string {
   const fileRows = page.files.map((entry) => {
     const uploaded = new Date(entry.uploaded ?? 0).toISOString();
     const shown = `${uploaded.slice(0, 10)} ${uploaded.slice(11, 16)} UTC`;
-    return `<tr><td><a href="${e(entry.path)}">${e(entry.name)}</a></td>` +
+    // A download link beside each file (see downloadQuery()), named for screen readers.
+    const download = `<a href="${e(entry.path + "?download")}" class="download" ` +
+      `aria-label="Download ${e(entry.name)}">download</a>`;
+    return `<tr><td><a href="${e(entry.path)}">${e(entry.name)}</a> ${download}</td>` +
       `<td class="size"><data value="${entry.size}" title="${
         groupDigits(entry.size ?? 0)
       } bytes">` +

@@ -3394,9 +3394,8 @@ Deno.test("worker in workerd lists a folder without an index file, escaping ever
           assert.ok(!page.includes(name), `"${name}" is escaped`);
           assert.ok(page.includes(`>${escapeHtml(name)}.txt</a>`), `"${name}" shows as text`);
         }
-        assert.deepEqual(tableLinks(page), [
-          "/docs/empty/",
-          "/docs/sub/",
+        // Each file has its download link beside it.
+        const files = [
           "/docs/%22quoted%22%20&%20'apos'.txt",
           "/docs/%3Cimg%20src=x%20onerror=alert(1)%3E.txt",
           "/docs/%3Cscript%3Ealert(1)%3C.txt",
@@ -3404,7 +3403,16 @@ Deno.test("worker in workerd lists a folder without an index file, escaping ever
           "/docs/b.txt",
           "/docs/caf%C3%A9.txt",
           "/docs/with%20space+plus%23hash%3Fquery%2525.txt",
+        ];
+        assert.deepEqual(tableLinks(page), [
+          "/docs/empty/",
+          "/docs/sub/",
+          ...files.flatMap((path) => [path, `${path}?download`]),
         ]);
+        assert.match(
+          page,
+          /<a href="\/docs\/a\.txt\?download" class="download" aria-label="Download a\.txt">download<\/a>/,
+        );
         assert.match(
           page,
           /<data value="1536" title="1,536 bytes">1\.5 KiB<\/data><\/td><td><time datetime="2026-12-01T09:30:00\.000Z">2026-12-01 09:30 UTC<\/time>/,
@@ -3505,7 +3513,10 @@ Deno.test("worker in workerd pages through a folder one b2_list_file_names call 
     assert.match(html.body, /<a href="\/many\/\?from=3\.txt" rel="next">Next page<\/a>/);
     assert.match(html.body, /3 files on this page/);
     const second = await worker.visit("/many/?from=3.txt");
-    assert.deepEqual(tableLinks(second.body), ["/many/3.txt", "/many/4.txt", "/many/5.txt"]);
+    assert.deepEqual(
+      tableLinks(second.body).filter((link) => !link.endsWith("?download")),
+      ["/many/3.txt", "/many/4.txt", "/many/5.txt"],
+    );
   } finally {
     await worker.dispose();
     await b2.close();
