@@ -220,9 +220,10 @@ export function sharedFacts(): {
 // otherwise than canonicalTarget() writes it is a 301, no longer an entry of its own. 5: answers
 // in the b2 URL style describe their object with B2's own headers. 6: WORKER_ACTIVE_CONTENT reads
 // Content-Type as a browser does (lists, text/xsl, unknown types), and a listing or a 304 is
-// answered otherwise with it.
+// answered otherwise with it. 7: `?download` is a download link (a stored 301 would keep sending
+// it to the bare path), and listings offer it.
 // Only main.ts reads it, from this module's text.
-const ANSWER_FORMAT = 6;
+const ANSWER_FORMAT = 7;
 const DEFAULT_CACHE_TTL = 86_400;
 // After its lifetime an object is served stale for a day while one request revalidates it
 // (a HEAD to B2 when it did not change), so no visitor waits for B2 on a popular object.
