@@ -2655,6 +2655,130 @@ Deno.test("worker in workerd: a signed index file stays signed behind its folder
   await b2.close();
 });
 
+Deno.test("worker in workerd: a signed index file is refused under every spelling of its folder, listings on, in every mode and URL style", async (t) => {
+  const b2 = listingB2();
+  b2.putFile(BUCKET, {
+    name: "site/solo/index.html",
+    body: "<h1>solo</h1>",
+    contentType: "text/html",
+  });
+  b2.putFile(BUCKET, { name: "site/solo/other.txt", body: "other", contentType: "text/plain" });
+  const spellings = [
+    "/solo/",
+    "/solo/?",
+    "/solo/?format=json",
+    "/sol%6F/",
+    "/sol%6f/?from=a",
+    "/solo/./",
+    "/solo/%2e/",
+    "/solo/index.html",
+    "/solo/%69ndex.html",
+    "/solo/index.html?",
+    "/solo/index.html/",
+    "/solo//",
+    "//solo/",
+    "/solo%2F",
+    "/solo%2Findex.html",
+    "/solo/index.html%00",
+    "/docs/../solo/",
+    "/docs/%2e%2e/solo/",
+  ];
+  try {
+    for (const urlStyle of ["plain", "b2"] as const) {
+      const root = urlStyle === "b2" ? `/file/${BUCKET}/site` : "";
+      for (const cacheMode of ["cache-api", "workers-cache", "off"] as const) {
+        await t.step(`${urlStyle}, ${cacheMode}`, async () => {
+          const options = listingOptions(b2, cacheMode);
+          const worker = await startWorker(b2, {
+            options: {
+              ...options,
+              urlStyle,
+              signing: { ...options.signing, prefixes: [`${root}/solo/index.html/`] },
+            },
+          });
+          try {
+            for (const spelling of spellings) {
+              const answer = await worker.raw(root + spelling);
+              assert.ok([400, 403, 404].includes(answer.status), `${spelling}: ${answer.status}`);
+              assert.ok(!answer.body.includes("solo"), spelling);
+            }
+            const asked = worker.downloads().map((r) => r.path);
+            assert.ok(!asked.some((path) => path.endsWith("/solo/index.html")), String(asked));
+            // A neighbour stays public.
+            assert.equal((await worker.raw(`${root}/solo/other.txt`)).status, 200);
+            worker.downloads();
+          } finally {
+            await worker.dispose();
+          }
+        });
+      }
+    }
+  } finally {
+    await b2.close();
+  }
+});
+
+Deno.test("worker in workerd: no 301 leaves the site, whatever the path or query spells", async (t) => {
+  const b2 = listingB2();
+  b2.putFile(BUCKET, { name: "site/evil.com", body: "a name", contentType: "text/plain" });
+  const hostile = [
+    "//evil.com",
+    "//evil.com/",
+    "///evil.com",
+    "/\\evil.com",
+    "/%2F%2Fevil.com",
+    "/%2fevil.com",
+    "/%5Cevil.com",
+    "/%5C%5Cevil.com/",
+    "/%09/evil.com",
+    "/%0D%0ALocation:%20https://evil.com",
+    "/evil.com?",
+    "/evil%2Ecom?x=//evil.com",
+    "/docs/?from=//evil.com&format=json&",
+    "/docs/?from=%0D%0ALocation:%20https://evil.com",
+    "/https:%2F%2Fevil.com",
+    "/@evil.com?",
+    "/%40evil.com",
+  ];
+  try {
+    for (const cacheMode of ["cache-api", "workers-cache", "off"] as const) {
+      await t.step(cacheMode, async () => {
+        const worker = await startWorker(b2, { options: listingOptions(b2, cacheMode) });
+        try {
+          const redirected: string[] = [];
+          for (const path of hostile) {
+            const answer = await worker.raw(path);
+            const location = answer.headers["location"];
+            if (location === undefined) {
+              assert.equal(answer.status, 400, path);
+              continue;
+            }
+            redirected.push(location);
+            assert.equal(answer.status, 301, path);
+            // One path on this site: a single "/" and no scheme, host, backslash or control.
+            assert.match(location, /^\/(?![/\\])[^\\\s]*$/, `${path} -> ${location}`);
+            assert.equal(new URL(location, SITE).origin, SITE, `${path} -> ${location}`);
+          }
+          // The others are refused (400): a path with an empty, encoded-slash or control segment.
+          assert.deepEqual(redirected, [
+            "/evil.com",
+            "/evil.com",
+            "/docs/?from=%2F%2Fevil.com&format=json",
+            "/docs/?from=%0D%0ALocation%3A%20https%3A%2F%2Fevil.com",
+            "/@evil.com",
+            "/@evil.com",
+          ]);
+          worker.downloads();
+        } finally {
+          await worker.dispose();
+        }
+      });
+    }
+  } finally {
+    await b2.close();
+  }
+});
+
 Deno.test("worker in workerd: WORKER_ACTIVE_CONTENT sandboxes or attaches HTML and SVG, in every mode", async (t) => {
   const b2 = startB2();
   b2.putFile(BUCKET, { name: "site/logo.svg", body: "<svg/>", contentType: "image/svg+xml" });
