@@ -6689,6 +6689,17 @@ function requireGiven(missing: string[]): void {
   ]);
 }
 
+/**
+ * In a pipe, every credential that is missing is named at once, before any is tried: the
+ * Cloudflare token is asked for after the B2 key otherwise, one run later.
+ */
+function requireCredentials(settings: Settings): void {
+  const legacy = settings.CLOUDFLARE_EMAIL && settings.CLOUDFLARE_API_KEY;
+  const needed: Variable[] = ["B2_APPLICATION_KEY_ID", "B2_APPLICATION_KEY"];
+  if (!legacy) needed.push("CLOUDFLARE_API_TOKEN");
+  requireGiven(needed.filter((name) => !settings[name]));
+}
+
 /** The B2 half: the key, what it may do, the bucket and the prefix. */
 async function setupB2(
   setup: { settings: Settings; terminal?: Prompter; ctx: Context; io: Io },
@@ -7053,6 +7064,7 @@ async function runInit(job: Job): Promise<number> {
   const path = job.envFile ?? ".env";
   const setup = { settings, ctx, io, ...(terminal && { terminal }) };
   await checkEnvFileFree(path, { terminal, force: flags.force });
+  if (!terminal) requireCredentials(settings);
   const b2 = await setupB2(setup);
   const cloudflare = await setupCloudflare(setup);
   const written: Settings = { ...settings, ...b2, ...cloudflare.gathered };

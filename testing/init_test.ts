@@ -366,7 +366,22 @@ Deno.test("init in a pipe: from flags and the environment; what is missing is na
         stderr,
         /init has no terminal to ask, so set B2_APPLICATION_KEY_ID, B2_APPLICATION_KEY/,
       );
+      assert.match(stderr, /set B2_APPLICATION_KEY_ID, B2_APPLICATION_KEY, CLOUDFLARE_API_TOKEN /);
       assert.equal(at.b2.requests.length, 0);
+    } finally {
+      await at.close();
+    }
+  });
+  await t.step("only the Cloudflare token missing: named before the B2 key is tried", async () => {
+    const at = await place();
+    try {
+      const { code, stderr } = await initInPipe(at, {
+        env: { B2_APPLICATION_KEY_ID: KEY_ID, B2_APPLICATION_KEY: B2_KEY },
+      });
+      assert.equal(code, 2);
+      assert.match(stderr, /init has no terminal to ask, so set CLOUDFLARE_API_TOKEN /);
+      assert.equal(at.b2.requests.length, 0);
+      assertNoSecret(stderr);
     } finally {
       await at.close();
     }
