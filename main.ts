@@ -7251,7 +7251,9 @@ export const COMMANDS = {
     flags: {
       "dry-run": {
         type: "boolean",
-        help: "do the B2 steps and show the upload (secrets masked); upload nothing",
+        help: "do the B2 steps, ask Cloudflare read-only what a real run would\n" +
+          "change or meet, and show the plan and the upload (secrets masked);\n" +
+          "write nothing",
       },
       verify: {
         type: "string",
@@ -7308,7 +7310,7 @@ export const COMMANDS = {
     handler: runStatus,
   },
   render: {
-    summary: "print the worker module and its bindings (secrets masked); no network",
+    summary: "say what refresh would upload: size, bindings (secrets masked); no network",
     usage: "[--module | --out <file>] [--json]",
     about: "Says what refresh would upload: the module's size, its bindings (secrets masked, " +
       "B2's answers as placeholders) and the settings that differ from the defaults; the " +
@@ -7587,7 +7589,9 @@ function helpText(topic?: Command | "settings"): string {
   const run = page.handler ? `${denoRun(page.permissions)} main.ts ${topic}` : `deno task ${topic}`;
   return `Usage: ${run} ${page.usage}\n\n${wrap(page.about)}\n\nFlags:\n` +
     Object.entries(page.flags).map(([name, flag]) => flagLine(name, flag)).join("\n") +
-    "\n  --env-file <path>      read settings from this file instead of ./.env" +
+    (page.writesEnvFile
+      ? "\n  --env-file <path>      write the settings to this file instead of ./.env"
+      : "\n  --env-file <path>      read settings from this file instead of ./.env") +
     "\n  --verbose, -v          print each step on stderr" +
     "\n  --<setting>            any setting but a credential (deno run main.ts help settings)" +
     `\n\nExample:\n  ${page.example}\n\n` +

@@ -477,6 +477,15 @@ Deno.test("run() prints a command's own page for <command> --help and help <comm
       for (const name of others) assert.doesNotMatch(page, new RegExp(`^  ${name}\\b`, "m"));
     });
   }
+  await t.step("each page says what the command does now", async () => {
+    const refresh = (await runBare(["help", "refresh"])).stdout;
+    assert.match(refresh, /--dry-run +do the B2 steps, ask Cloudflare read-only/);
+    const init = (await runBare(["help", "init"])).stdout;
+    assert.match(init, /^ {2}--env-file <path> +write the settings to this file instead of/m);
+    assert.doesNotMatch(init, /read settings from/);
+    const usage = (await runBare(["--help"])).stdout;
+    assert.match(usage, /^ {2}render +say what refresh would upload/m);
+  });
   await t.step("a flag it does not take still gets the page, not the flag's error", async () => {
     const { code, stdout } = await runBare(["purge", "--help", "--port", "1"]);
     assert.equal(code, 0);
