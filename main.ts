@@ -1773,7 +1773,11 @@ function networkFailure(error: unknown, timeoutMs: number): NetworkFailure {
 }
 
 /** What to do about a request that got no answer. */
-function networkAdvice(failure: NetworkFailure, check: string): string {
+function networkAdvice(
+  failure: NetworkFailure,
+  call: { service: Service; check: string },
+): string {
+  const { check } = call;
   switch (failure.code) {
     case "dns":
       return `The host name does not resolve: check ${check} and this machine's DNS`;
@@ -1783,7 +1787,11 @@ function networkAdvice(failure: NetworkFailure, check: string): string {
     case "blocked-port":
       return `Deno refuses that port as browsers do: use another port in ${check}`;
     default:
-      return `Check the network and ${check}, then run again`;
+      // A ping's trouble never stops the run it reports on, and its warning names the URL:
+      // there is nothing to run again.
+      return call.service === "Ping"
+        ? "Check the network"
+        : `Check the network and ${check}, then run again`;
   }
 }
 
@@ -1835,7 +1843,7 @@ export async function send(ctx: Context, call: Call): Promise<Response> {
         throw new ApiError(
           redact(
             `Cannot ${step}: ${who} ${what} (${tries}${why.retryable ? "" : ", no retry"}). ` +
-              `${networkAdvice(why, call.check ?? URL_SETTING[service])}.`,
+              `${networkAdvice(why, { service, check: call.check ?? URL_SETTING[service] })}.`,
             ctx.secrets,
           ),
           { service, status: 0, code: why.code, cause: redact(why.cause, ctx.secrets) },
@@ -5856,8 +5864,9 @@ async function sendPing(
     const detail = `answered ${response.status}${text ? ` ${JSON.stringify(text)}` : ""}`;
     return { event, at, ok: response.ok, detail };
   } catch (error) {
-    // A refused permission too: the run's own requests say which flag it needs.
-    return { event, at, ok: false, detail: (error as Error).message };
+    // A refused permission too: the run's own requests say which flag it needs. The warning
+    // that quotes it goes on after it, so its last full stop goes.
+    return { event, at, ok: false, detail: (error as Error).message.replace(/\.$/, "") };
   }
 }
 
