@@ -11,19 +11,24 @@
  * ```
  *
  * Sections, in the order of the flow:
- * - Configuration: flags, then the environment, then `.env` become one `Config`.
+ * - Configuration: flags, then the environment, then `.env` become one `Config`; names that
+ *   are no setting get the nearest one; one syntax for times.
  * - HTTP: `Context`, the one request helper, retries, `ApiError`.
  * - B2: authorize, find the bucket, get the download token.
  * - The worker module: `worker_template.ts` and its bindings, as uploaded.
- * - Cloudflare: upload, route, custom domain, workers.dev, leftovers.
+ * - Cloudflare: the token verified and the account and zone found from it (discovery), then
+ *   upload, route, custom domain, workers.dev, leftovers.
  * - Event notifications: the bucket's B2 rule that tells the worker what changed
  *   (`B2_EVENT_NOTIFICATIONS`), kept by refresh and read by status.
- * - The refresh itself: B2, then the upload and the steps after it, then verify.
+ * - The refresh itself: B2, then the upload and the steps after it, then verify; the dry
+ *   run's read-only plan (`--dry-run`).
  * - Purge: signed purge requests the worker answers.
  * - Status and cron: what is deployed, and refreshing when due.
+ * - Dead man's switch: the pings of `REFRESH_PING_URL` around a refresh or cron run.
  * - Signed links: links the worker checks (`sign`).
  * - The edge check: Workers Cache as the real edge answers (`check-cache`).
- * - Commands: the command line, each command's output, `run()`.
+ * - Setup: `init`, which asks for the key and token, checks them and writes `.env`.
+ * - Commands: the command table and help, each command's output, the command line, `run()`.
  * - Main: `main()`, the only code that touches `Deno.args`, `Deno.env` and `Deno.exit`.
  * - Deno Deploy: the `Deno.cron` job and `/health` ({@linkcode startOnDeploy}).
  *

@@ -5412,3 +5412,14 @@ Deno.test("refresh refuses a listing key that can do more than list the bucket u
     });
   }
 });
+
+Deno.test("main.ts's opening map names its sections, each in the order the file has them", async () => {
+  const source = await Deno.readTextFile(new URL("./main.ts", import.meta.url));
+  const rule = "// " + "-".repeat(75);
+  const banners = [...source.matchAll(new RegExp(`^${rule}\\n// (.+)\\n${rule}$`, "gm"))]
+    .map((m) => m[1]!.split(":")[0]);
+  const map = source.slice(0, source.indexOf("@module"));
+  const listed = [...map.matchAll(/^ \* - ([^:]+):/gm)].map((m) => m[1]);
+  assert.ok(banners.length > 10, `${banners.length} banners`);
+  assert.deepEqual(listed, banners);
+});
