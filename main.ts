@@ -7852,6 +7852,7 @@ function renderSummary(facts: {
     B2_DOWNLOAD_TOKEN: "(secret: B2's download token, made at refresh)",
     B2_TOKEN_ISSUED_AT: "(when refresh runs)",
     B2_TOKEN_EXPIRES_AT: `(B2_TOKEN_TTL after refresh runs)`,
+    B2_DOWNLOAD_URL: "(B2's download URL for the account, from b2_authorize_account at refresh)",
   };
   const bindings = bindingLines(metadata, atRefresh);
   const changed = changedSettings(facts.settings);

@@ -2286,6 +2286,8 @@ Deno.test("render prints a summary for a person, and the module only with --modu
       /^ {2}B2_DOWNLOAD_TOKEN +\(secret: B2's download token, made at refresh\)$/m,
     );
     assert.match(stdout, /^ {2}WORKER_PURGE_KEY +\(secret, not shown\)$/m);
+    // Not a made-up value in quotes, which reads as the one that would be uploaded.
+    assert.match(stdout, /^ {2}B2_DOWNLOAD_URL +\(B2's download URL for the account, from b2_/m);
     assert.match(stdout, /^ {2}WORKER_CACHE_TTL +"7200"$/m);
     // WORKER_CACHE_MODE is given, but as its default: not a difference.
     assert.match(
