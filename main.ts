@@ -8236,7 +8236,7 @@ export function parseCommandLine(args: string[]): CommandLine {
   else {
     const command: CommandSpec | undefined = isCommand(name) ? COMMANDS[name] : undefined;
     problems.unshift(
-      ...(command ? [] : [`Unknown command "${name}". Commands: ${commandList()}.`]),
+      ...(command ? [] : [unknownCommand(name)]),
       ...(command?.positionals ?? unexpected)(extra, flags as Flags),
       ...(command ? misplacedFlags(name as Command, { known, values }) : []),
     );
@@ -8286,6 +8286,13 @@ function flagProblem(
   const near = closestName(flag.replace(/^--?/, ""), Object.keys(options ?? {}));
   return `Unknown flag ${flag}` +
     (near.close ? `: did you mean --${near.name}?` : `. See --help for the flags.`);
+}
+
+/** An unknown command, with the nearest one when it is near enough to be what was meant. */
+function unknownCommand(name: string): string {
+  const near = closestName(name, Object.keys(COMMANDS));
+  return `Unknown command "${name}"` + (near.close ? `: did you mean ${near.name}?` : ".") +
+    ` Commands: ${commandList()}.`;
 }
 
 /** The commands' names, as problems list them. */

@@ -544,6 +544,8 @@ Deno.test("run() exits 2 on bad usage, naming the fix", async (t) => {
     for (
       const [args, pattern] of [
         [["deploy"], /Unknown command "deploy"/],
+        [["refrsh"], /^error: Unknown command "refrsh": did you mean refresh\? Commands: init, /],
+        [["stauts"], /Unknown command "stauts": did you mean status\?/],
         [["refresh", "--bogus"], /Unknown flag --bogus\. See --help/],
         [
           ["refresh", "--b2-application-key", "x"],
