@@ -919,8 +919,10 @@ function readValue(
   raw: string,
   problems: string[],
 ): Value | undefined {
-  // A secret's value is never quoted back, whatever its check.
-  const not = (text: string) => setting.kind === "secret" ? "" : `, not "${text}"`;
+  // A secret's or credential's value is never quoted back, whatever its check: a ping URL
+  // holds its check's token, a key id more than the four characters output may show.
+  const not = (text: string) =>
+    setting.kind === "secret" || setting.credential ? "" : `, not "${text}"`;
   const bad = (hint: string, text = raw) => {
     problems.push(`${name} must be ${setting.hint ?? hint}${not(text)}.`);
     return undefined;

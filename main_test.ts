@@ -4980,6 +4980,20 @@ Deno.test("a ping the monitor refuses is a warning; the run's exit code stands",
   }
 });
 
+Deno.test("a malformed REFRESH_PING_URL is refused without quoting its token", async () => {
+  const w = world();
+  try {
+    for (const url of [`hc-ping.com/${CHECK}`, `ftp://hc-ping.com/${CHECK}`]) {
+      const { code, stderr } = await w.run(["refresh"], { env: { REFRESH_PING_URL: url } });
+      assert.equal(code, 2);
+      assert.match(stderr, /^error: REFRESH_PING_URL must be an http\(s\) URL\.$/m);
+      assert.ok(!stderr.includes(CHECK.slice(4)), stderr);
+    }
+  } finally {
+    await w.close();
+  }
+});
+
 Deno.test("a hanging ping URL delays a refresh by at most the ping timeout (5 s)", async () => {
   const { w, monitor, hc } = monitored();
   try {
