@@ -7890,8 +7890,13 @@ function changedSettings(settings: Settings): string[] {
     .map(([name, setting]) =>
       setting.kind === "secret"
         ? `${name} (set; a secret, not shown)`
-        : `${name}=${setting.credential ? firstFour(settings[name]!) : settings[name]}`
+        : `${name}=${setting.credential ? shownCredential(name, settings[name]!) : settings[name]}`
     );
+}
+
+/** A credential as output may show it: the ping URL's host and cut path, else four characters. */
+function shownCredential(name: Variable, value: string): string {
+  return name === "REFRESH_PING_URL" ? shownPingUrl(value) : firstFour(value);
 }
 
 async function runStatus({ config, ctx, io, flags }: Job): Promise<number> {

@@ -2297,6 +2297,8 @@ Deno.test("render prints a summary for a person, and the module only with --modu
       /\nSettings that differ from the defaults:\n {2}B2_APPLICATION_KEY_ID=0012\.\.\.\n {2}B2_APPLICATION_KEY \(set; a secret, not shown\)\n {2}B2_BUCKET_NAME=photos\n {2}WORKER_CACHE_TTL=2h$/,
     );
     assert.ok(!stdout.includes("export default"), "no module without --module");
+    const pinged = await render([], { REFRESH_PING_URL: "https://hc-ping.com/5e2b7c1a-0d5f-4c43" });
+    assert.match(pinged.stdout, /^ {2}REFRESH_PING_URL=https:\/\/hc-ping\.com\/5e2b\.\.\.$/m);
     assert.ok(stdout.split("\n").length < 40, "a page, not the module's thousands of lines");
   });
   await t.step("--module: the module alone", async () => {
