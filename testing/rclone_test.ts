@@ -15,7 +15,7 @@
 import assert from "node:assert/strict";
 import http from "node:http";
 import { loadWorkerModule, workerUpload } from "../main.ts";
-import { type FakeFile, startFakeB2 } from "../local/fake_b2.ts";
+import { type FakeB2, type FakeFile, startFakeB2 } from "../local/fake_b2.ts";
 import { startWorkersCache } from "../local/workers_cache.ts";
 
 const RCLONE = await rcloneVersion();
@@ -162,12 +162,20 @@ interface Run {
   exchanges: Exchange[];
 }
 
-Deno.test({
-  name: "rclone restores, checks and syncs a backup through the worker in the b2 URL style",
-  ignore: RCLONE === undefined && !CI,
-  sanitizeResources: false,
-  sanitizeOps: false,
-}, async (t) => {
+/** The B2 stand-in, the worker behind the Workers Cache stand-in, and rclone set up for both. */
+interface Edge {
+  b2: FakeB2;
+  front: { url: string; exchanges: Exchange[] };
+  /** The worker's download token. */
+  token: string;
+  /** rclone's own directory: its HOME, configuration and cache. */
+  home: string;
+  /** Runs rclone with its temporary configuration; it must exit 0. */
+  rclone(args: string[]): Promise<Run>;
+  close(): Promise<void>;
+}
+
+async function startEdge(urlStyle: "plain" | "b2"): Promise<Edge> {
   assert.ok(
     RCLONE !== undefined,
     "rclone is required in CI (CI=true): .ci/run installs it (apt-get install -y rclone)",
@@ -178,76 +186,101 @@ Deno.test({
   const cache = await startWorkersCache();
   const front = await recordingFront(cache.url);
   const home = await Deno.makeTempDir({ prefix: "rclone-home-" });
-  try {
-    const token = b2.issueDownloadToken(BUCKET, PREFIX, 3600);
-    const upload = workerUpload(await loadWorkerModule(), {
-      downloadToken: token,
-      downloadUrl: b2.url,
-      bucketName: BUCKET,
-      prefix: PREFIX,
-      issuedAt: Date.now(),
-      expiresAt: Date.now() + 3600_000,
-      options: {
-        urlStyle: "b2",
-        indexFile: "index.html",
-        cacheTtl: 86_400,
-        cacheControl: "",
-        corsOrigins: "",
-        cacheMode: "workers-cache",
-        segmentSize: MIB,
+  const token = b2.issueDownloadToken(BUCKET, PREFIX, 3600);
+  const upload = workerUpload(await loadWorkerModule(), {
+    downloadToken: token,
+    downloadUrl: b2.url,
+    bucketName: BUCKET,
+    prefix: PREFIX,
+    issuedAt: Date.now(),
+    expiresAt: Date.now() + 3600_000,
+    options: {
+      urlStyle,
+      indexFile: "index.html",
+      cacheTtl: 86_400,
+      cacheControl: "",
+      corsOrigins: "",
+      cacheMode: "workers-cache",
+      segmentSize: MIB,
+    },
+  });
+  // Not set by refresh: lets a few MiB count as a large object.
+  upload.metadata.bindings.push({
+    type: "plain_text",
+    name: "WORKER_SEGMENT_THRESHOLD",
+    text: String(2 * MIB),
+  });
+  await cache.deploy(upload);
+  const config = `${home}/rclone.conf`;
+  // Only loopback: the B2 stand-in's API, and the edge (through the recording pass-through).
+  await Deno.writeTextFile(
+    config,
+    [
+      "[edge]",
+      "type = b2",
+      "account = fake-key-id",
+      "key = fake-application-key",
+      `endpoint = ${b2.url}`,
+      `download_url = ${front.url}`,
+      "",
+    ].join("\n"),
+  );
+  const rclone = async (args: string[]): Promise<Run> => {
+    const before = front.exchanges.length;
+    const { code, stdout, stderr } = await new Deno.Command("rclone", {
+      args: [
+        ...args,
+        "--config",
+        config,
+        "--cache-dir",
+        `${home}/cache`,
+        "-vv",
+        "--retries",
+        "1",
+        "--low-level-retries",
+        "1",
+      ],
+      clearEnv: true,
+      env: {
+        HOME: home,
+        XDG_CONFIG_HOME: home,
+        XDG_CACHE_HOME: home,
+        PATH: Deno.env.get("PATH")!,
       },
-    });
-    // Not set by refresh: lets a few MiB count as a large object.
-    upload.metadata.bindings.push({
-      type: "plain_text",
-      name: "WORKER_SEGMENT_THRESHOLD",
-      text: String(2 * MIB),
-    });
-    await cache.deploy(upload);
-    const config = `${home}/rclone.conf`;
-    // Only loopback: the B2 stand-in's API, and the edge (through the recording pass-through).
-    await Deno.writeTextFile(
-      config,
-      [
-        "[edge]",
-        "type = b2",
-        "account = fake-key-id",
-        "key = fake-application-key",
-        `endpoint = ${b2.url}`,
-        `download_url = ${front.url}`,
-        "",
-      ].join("\n"),
-    );
-    const rclone = async (args: string[]): Promise<Run> => {
-      const before = front.exchanges.length;
-      const { code, stdout, stderr } = await new Deno.Command("rclone", {
-        args: [
-          ...args,
-          "--config",
-          config,
-          "--cache-dir",
-          `${home}/cache`,
-          "-vv",
-          "--retries",
-          "1",
-          "--low-level-retries",
-          "1",
-        ],
-        clearEnv: true,
-        env: {
-          HOME: home,
-          XDG_CONFIG_HOME: home,
-          XDG_CACHE_HOME: home,
-          PATH: Deno.env.get("PATH")!,
-        },
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const log = new TextDecoder().decode(stderr);
-      assert.equal(code, 0, `rclone ${args.join(" ")} failed:\n${log}`);
-      return { code, stdout, log, exchanges: front.exchanges.slice(before) };
-    };
-    const remote = `edge:${BUCKET}/${PREFIX.slice(0, -1)}`;
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const log = new TextDecoder().decode(stderr);
+    assert.equal(code, 0, `rclone ${args.join(" ")} failed:\n${log}`);
+    return { code, stdout, log, exchanges: front.exchanges.slice(before) };
+  };
+  return {
+    b2,
+    front,
+    token,
+    home,
+    rclone,
+    async close() {
+      await front.close();
+      await cache.close();
+      await b2.close();
+      await Deno.remove(home, { recursive: true });
+    },
+  };
+}
+
+const REMOTE = `edge:${BUCKET}/${PREFIX.slice(0, -1)}`;
+
+Deno.test({
+  name: "rclone restores, checks and syncs a backup through the worker in the b2 URL style",
+  ignore: RCLONE === undefined && !CI,
+  sanitizeResources: false,
+  sanitizeOps: false,
+}, async (t) => {
+  const edge = await startEdge("b2");
+  const { b2, front, token, home, rclone } = edge;
+  try {
+    const remote = REMOTE;
     const restore = `${home}/restore`;
     const hashes = new Map(
       await Promise.all(
@@ -372,10 +405,30 @@ Deno.test({
       }
     });
   } finally {
-    await front.close();
-    await cache.close();
-    await b2.close();
-    await Deno.remove(home, { recursive: true });
+    await edge.close();
+  }
+});
+
+Deno.test({
+  name: "rclone cannot read through the plain URL style: a file it asks for is an empty folder",
+  ignore: RCLONE === undefined && !CI,
+  sanitizeResources: false,
+  sanitizeOps: false,
+}, async () => {
+  // What docs/rclone.md says: rclone's HEAD of /file/<bucket>/<name> is a 404 in the plain
+  // style, so it takes the file for a folder, and `rclone cat` prints nothing and exits 0.
+  const edge = await startEdge("plain");
+  try {
+    const run = await edge.rclone(["cat", `${REMOTE}/notes.txt`]);
+    assert.deepEqual([run.code, run.stdout.length], [0, 0]);
+    assert.deepEqual(run.exchanges.map((e) => [e.method, e.path, e.status]), [
+      ["HEAD", `/file/${BUCKET}/backups/notes.txt`, 404],
+    ]);
+    for (const e of run.exchanges) {
+      assert.deepEqual(Object.keys(e.answer).filter((name) => name.startsWith("x-bz-")), []);
+    }
+  } finally {
+    await edge.close();
   }
 });
 
