@@ -8321,8 +8321,10 @@ function helpRequest(
   const topic = asked ? rest[0] : first;
   if (topic === undefined) return {};
   if (topic === "settings" || isCommand(topic)) return { topic };
+  const near = closestName(topic, [...Object.keys(COMMANDS), "settings"]);
   throw new ConfigError([
-    `No help for "${topic}". Commands: ${commandList()}; also help settings.`,
+    `No help for "${topic}"${near.close ? `: did you mean ${near.name}?` : "."} ` +
+    `Commands: ${commandList()}; also help settings.`,
   ]);
 }
 

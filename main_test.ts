@@ -515,6 +515,9 @@ Deno.test("run() keeps --help short and points at each command's page and the se
     const { code, stderr } = await runBare(["help", "deploy"]);
     assert.equal(code, 2);
     assert.match(stderr, /^error: No help for "deploy"\. Commands: init, refresh, status/);
+    const near = await runBare(["help", "setings"]);
+    assert.equal(near.code, 2);
+    assert.match(near.stderr, /^error: No help for "setings": did you mean settings\? Commands: /);
   });
 });
 
