@@ -4235,7 +4235,7 @@ async function planDeploy(
   const client = new CloudflareClient(cf, ctx);
   const plan: DeployPlan = { steps: [], problems: [] };
   const read = planReader(plan);
-  const scripts = { name: "Account > Workers Scripts > Edit", on: `account ${cf.accountId}` };
+  const { scripts, routes: routesGroup } = permissionGroups(cf);
   if ("token" in cf.auth) {
     const token = await read(() => verifyToken(client));
     if (token) {
@@ -4254,12 +4254,7 @@ async function planDeploy(
           : ""),
     );
   }
-  const routes = cf.zoneId
-    ? await read(() => client.listRoutes(), {
-      name: "Zone > Workers Routes > Edit",
-      on: `zone ${cf.zoneId}`,
-    })
-    : undefined;
+  const routes = cf.zoneId ? await read(() => client.listRoutes(), routesGroup) : undefined;
   const domains = cf.zoneId || cf.domain
     ? await read(() => client.listDomains(), scripts)
     : undefined;
@@ -4290,21 +4285,43 @@ async function planDeploy(
 function planReader(plan: DeployPlan) {
   return async <T>(
     work: () => Promise<T>,
-    group?: { name: string; on: string },
+    group?: PermissionGroup,
   ): Promise<T | undefined> => {
     try {
       return await work();
     } catch (error) {
       if (!isOperationError(error)) throw error;
-      const refused = error instanceof ApiError && (error.status === 401 || error.status === 403);
-      plan.problems.push(group && refused ? lacksPermission(group, error.status) : error.message);
+      plan.problems.push((group && refusedPermission(error, group)) ?? error.message);
       return undefined;
     }
   };
 }
 
+/** A permission group a read needs, and where: named when Cloudflare refuses the read. */
+interface PermissionGroup {
+  name: string;
+  on: string;
+}
+
+/**
+ * The permission groups a refresh needs, each where it applies: what the dry run and init name
+ * when a read is refused (developers.cloudflare.com/fundamentals/api/reference/permissions/).
+ */
+function permissionGroups(cf: CloudflareConfig): Record<"scripts" | "routes", PermissionGroup> {
+  return {
+    scripts: { name: "Account > Workers Scripts > Edit", on: `account ${cf.accountId}` },
+    routes: { name: "Zone > Workers Routes > Edit", on: `zone ${cf.zoneId}` },
+  };
+}
+
+/** What `group`'s lack is when `error` is Cloudflare refusing a read (401, 403), else nothing. */
+function refusedPermission(error: unknown, group: PermissionGroup): string | undefined {
+  const refused = error instanceof ApiError && (error.status === 401 || error.status === 403);
+  return refused ? lacksPermission(group, error.status) : undefined;
+}
+
 /** A permission group the token lacks, as a read refused it, and where to add it. */
-function lacksPermission(group: { name: string; on: string }, status: number): string {
+function lacksPermission(group: PermissionGroup, status: number): string {
   return `The Cloudflare token lacks "${group.name}" on ${group.on} (Cloudflare answered ` +
     `${status} to a read): add it under My Profile > API Tokens > Edit (or the account's API ` +
     "Tokens page for an account's token).";
@@ -6947,33 +6964,19 @@ async function pickZone(
  */
 async function permissionProblems(config: CloudflareConfig, ctx: Context): Promise<string[]> {
   const cf = new CloudflareClient(config, ctx);
-  const probes: { read: () => Promise<unknown>; group: string; on: string }[] = [
-    {
-      read: () => cf.listScripts(),
-      group: "Account > Workers Scripts > Edit",
-      on: `account ${config.accountId}`,
-    },
+  const groups = permissionGroups(config);
+  const probes: { read: () => Promise<unknown>; group: PermissionGroup }[] = [
+    { read: () => cf.listScripts(), group: groups.scripts },
   ];
-  if (config.route) {
-    probes.push({
-      read: () => cf.listRoutes(),
-      group: "Zone > Workers Routes > Edit",
-      on: `zone ${config.zoneId}`,
-    });
-  }
+  if (config.route) probes.push({ read: () => cf.listRoutes(), group: groups.routes });
   const problems: string[] = [];
   for (const probe of probes) {
     try {
       await probe.read();
     } catch (error) {
-      if (!(error instanceof ApiError) || (error.status !== 403 && error.status !== 401)) {
-        throw error;
-      }
-      problems.push(
-        `${
-          lacksPermission({ name: probe.group, on: probe.on }, error.status)
-        } Then run init again.`,
-      );
+      const refusal = refusedPermission(error, probe.group);
+      if (!refusal) throw error;
+      problems.push(`${refusal} Then run init again.`);
     }
   }
   if (config.workersDev && problems.length === 0 && !(await cf.accountSubdomain())) {
