@@ -6774,9 +6774,8 @@ async function setupB2(
       `"${auth.namePrefix}": serve a prefix under it.`,
     ]);
   }
-  if (terminal === undefined) {
-    io.stdout(`Bucket: ${bucket}${prefix ? `, names under "${prefix}"` : ""}`);
-  }
+  // At a terminal too: a key that sees one bucket is given it without a question.
+  io.stdout(`Bucket: ${bucket}${prefix ? `, names under "${prefix}"` : ""}`);
   return {
     B2_APPLICATION_KEY_ID: keyId!,
     B2_APPLICATION_KEY: applicationKey!,

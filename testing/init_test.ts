@@ -130,6 +130,7 @@ Deno.test("init at a terminal: any key, several accounts, workers.dev; the .env 
     await session.type("1");
     await session.expect("Serve only names under this prefix (Enter: the whole bucket): ");
     await session.type("site/");
+    await session.expect('Bucket: photos, names under "site/"');
     await session.expect("Cloudflare API token (not shown as you type): ");
     await session.type(CF_TOKEN);
     await session.expect("Cloudflare token: valid, a user's");
@@ -184,6 +185,8 @@ Deno.test("init at a terminal: a key restricted to a bucket and prefix, an accou
     // One bucket: not asked. The key's prefix is offered.
     await session.expect("Serve only names under this prefix [site/]: ");
     await session.type("");
+    // Not asked, so said: which bucket the .env will name.
+    await session.expect('Bucket: photos, names under "site/"');
     await session.expect("Cloudflare API token (not shown as you type): ");
     await session.type(CF_TOKEN);
     await session.expect("Cloudflare token: valid, an account's");
