@@ -6737,7 +6737,7 @@ function requireCredentials(settings: Settings): void {
 async function setupB2(
   setup: { settings: Settings; terminal?: Prompter; ctx: Context; io: Io },
 ): Promise<Gathered> {
-  const { ctx, io, terminal } = setup;
+  const { ctx, io } = setup;
   const missing: string[] = [];
   const ask = { ...setup, missing };
   const keyId = await gather("B2_APPLICATION_KEY_ID", ask, {
