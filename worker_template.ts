@@ -398,6 +398,9 @@ async function respond(
     : attachmentName(url, name.name);
   const finish = (answered: Response) => asAttachment(applyGrant(answered, link, now), download);
   if (config.cacheMode === "workers-cache") {
+    if (download !== undefined && downloadQuery(url)?.name) {
+      return finish(await namedFromShared(request, { url, ctx }));
+    }
     return finish(await behindWorkersCache(request, { url, name, link, now, ctx }, config));
   }
   if ("status" in name) return textResponse(name.status);
@@ -2273,6 +2276,37 @@ function attachmentName(url: URL, objectName: string): string | undefined {
   if (!asked) return undefined;
   return asked.name || objectName.slice(objectName.lastIndexOf("/") + 1)
     .replace(new RegExp(HOSTILE_ATTACHMENT_NAME, "gu"), "_");
+}
+
+/**
+ * Behind Workers Cache, a download link that names its file (`?download=<name>`) is answered
+ * from the object's own `?download` entry, through a loopback call that the cache serves like a
+ * visitor's (developers.cloudflare.com/workers/cache/configuration/: caching applies to
+ * "loopback fetch() calls between entrypoints via ctx.exports"), renamed by the caller, and never
+ * kept itself: names are free to invent, and each one kept would be one more entry and one more
+ * B2 download of the whole object. Assumption: a loopback call to the default entrypoint shares
+ * visitors' entries, since the entrypoint is what the key adds. Where the runtime offers no
+ * `ctx.exports`, the name is dropped by a `301` to `?download`, which costs nothing new.
+ */
+async function namedFromShared(
+  request: Request,
+  target: { url: URL; ctx: ExecutionContext },
+): Promise<Response> {
+  const shared = new URL(target.url);
+  shared.search = "?download";
+  const self = target.ctx.exports?.default;
+  if (!self) {
+    const location = shared.pathname + shared.search;
+    return atEdgeNever(
+      new Response(null, {
+        status: 301,
+        headers: { Location: location, "Cache-Control": DEFAULT_BROWSER_CACHE_CONTROL },
+      }),
+    );
+  }
+  const answered = await self.fetch(new Request(shared, request));
+  // The loopback's answer may have immutable headers; a copy can be renamed and marked.
+  return atEdgeNever(new Response(answered.body, answered));
 }
 
 /**

@@ -1,7 +1,8 @@
 /**
  * Download links (issue 24, item 3): `?download` and `?download=<name>` on a public path answer
- * the object as an attachment with a safe RFC 6266 file name; each is its own entry of Workers
- * Cache; any other query is still a `301` to the bare path. The worker runs in workerd behind the
+ * the object as an attachment with a safe RFC 6266 file name; `?download` is its own entry of
+ * Workers Cache, and a named link is answered from that entry, never kept under its own name; any
+ * other query is still a `301` to the bare path. The worker runs in workerd behind the
  * Workers Cache stand-in, as deployed by default, and with the Cache API.
  *
  * @module
@@ -125,6 +126,8 @@ async function startSite(options: Partial<WorkerOptions> = {}) {
         headers,
       };
     },
+    /** The Workers Cache stand-in's counters. */
+    stats: () => cache.stats,
     /** Downloads B2 was asked for since the last call. */
     downloads() {
       const fresh = b2.requests.slice(seen).filter((r) => r.path.startsWith("/file/"));
@@ -138,7 +141,7 @@ async function startSite(options: Partial<WorkerOptions> = {}) {
   };
 }
 
-Deno.test("worker in workerd: download links name the attachment, each kept by Workers Cache on its own", async (t) => {
+Deno.test("worker in workerd: download links name the attachment; ?download is kept by Workers Cache, named links come from it", async (t) => {
   const site = await startSite();
   try {
     await t.step("?download names the object, and is an entry of its own", async () => {
@@ -178,6 +181,40 @@ Deno.test("worker in workerd: download links name the attachment, each kept by W
       assert.deepEqual([spelled.status, spelled.location], [301, canonical]);
       assert.deepEqual(site.downloads(), []);
     });
+
+    await t.step(
+      "named links share the object's ?download entry: an invented name costs B2 nothing",
+      async () => {
+        site.downloads();
+        await site.visit("/hello.txt?download");
+        const hitsBefore = site.stats().loopback.hits;
+        const names = ["a.txt", "b.txt", "c.txt"];
+        const answers = [];
+        for (const name of names) answers.push(await site.visit(`/hello.txt?download=${name}`));
+        const again = await site.visit("/hello.txt?download=a.txt");
+        assert.deepEqual(
+          [...answers, again].map((a) => [a.status, a.body, a.cache, a.disposition]),
+          [...names, "a.txt"].map((name) => [
+            200,
+            "hello world",
+            "BYPASS",
+            `attachment; filename="${name}"; filename*=UTF-8''${name}`,
+          ]),
+          "each named answer is made anew (never kept), from the shared entry",
+        );
+        assert.deepEqual(site.downloads(), [], "B2 is asked for no named link");
+        assert.equal(site.stats().loopback.hits - hitsBefore, 4, "each from the ?download entry");
+        const range = await site.visit("/hello.txt?download=a.txt", {
+          headers: { Range: "bytes=6-10" },
+        });
+        assert.deepEqual([range.status, range.body, range.disposition], [
+          206,
+          "world",
+          `attachment; filename="a.txt"; filename*=UTF-8''a.txt`,
+        ]);
+        assert.deepEqual(site.downloads(), []);
+      },
+    );
 
     await t.step("a bare ?download takes the last part of the name", async () => {
       const answer = await site.visit("/caf%C3%A9/men%C3%BC.txt?download");
