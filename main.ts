@@ -7761,7 +7761,9 @@ async function runRefresh({ config, ctx, io, flags, pinged }: Job): Promise<numb
   }
   const problems = result.plan?.problems ?? [];
   if (problems.length > 0) {
-    io.stderr(`error: a real run would fail: ${problems.join("; ")}`);
+    // One sentence: the problems' own full stops would stand before each "; ".
+    const joined = problems.map((problem) => problem.replace(/\.$/, "")).join("; ");
+    io.stderr(`error: a real run would fail: ${joined}.`);
     return 1;
   }
   return 0;

@@ -1346,11 +1346,14 @@ Deno.test("refresh --dry-run asks Cloudflare read-only and prints the plan; noth
   await t.step("a token Cloudflare does not know: the verify says so", async () => {
     const w = world();
     try {
-      const { code, stdout } = await w.run(["refresh", "--dry-run"], {
+      const { code, stdout, stderr } = await w.run(["refresh", "--dry-run"], {
         env: { CLOUDFLARE_API_TOKEN: "not-the-token" },
       });
       assert.equal(code, 1);
       assert.match(stdout, /PROBLEM: CLOUDFLARE_API_TOKEN is not a valid API token/);
+      // Every refused read is a problem, joined into one sentence.
+      assert.match(stderr, /^error: a real run would fail: CLOUDFLARE_API_TOKEN is not .*; /m);
+      assert.doesNotMatch(stderr, /\.;|\.\.$/m);
     } finally {
       await w.close();
     }
