@@ -8284,7 +8284,8 @@ function flagProblem(
   const message = error.message.replace(/\. To specify.*$/s, ".");
   const flag = /^Unknown option '(--?[^'=]+)/.exec(message)?.[1];
   if (error.code !== "ERR_PARSE_ARGS_UNKNOWN_OPTION" || flag === undefined) {
-    return `${message} See --help for the flags.`;
+    // parseArgs says "Option '--verify <value>' argument missing", with no full stop.
+    return `${message.replace(/([^.?])$/, "$1.")} See --help for the flags.`;
   }
   const variable = flag.replace(/^--?/, "").toUpperCase().replaceAll("-", "_");
   const setting: Setting | undefined = Object.hasOwn(VARIABLES, variable)

@@ -548,6 +548,10 @@ Deno.test("run() exits 2 on bad usage, naming the fix", async (t) => {
       const [args, pattern] of [
         [["deploy"], /Unknown command "deploy"/],
         [["refrsh"], /^error: Unknown command "refrsh": did you mean refresh\? Commands: init, /],
+        [
+          ["refresh", "--verify"],
+          /^error: Option '--verify <value>' argument missing\. See --help/,
+        ],
         [["stauts"], /Unknown command "stauts": did you mean status\?/],
         [["refresh", "--bogus"], /Unknown flag --bogus\. See --help/],
         [
