@@ -233,6 +233,24 @@ interface Entry {
   updating?: boolean;
 }
 
+/**
+ * An answer being stored: its bytes so far, read by every request that waits on it, and how it
+ * ended (stored, or failed and not stored).
+ */
+interface Fill {
+  status: number;
+  headers: Headers;
+  /** The bytes of the whole answer, from its `Content-Length`. */
+  size: number;
+  vary: [string, string | null][];
+  chunks: Uint8Array[];
+  ended?: "stored" | Error;
+  /** Wakes the readers that wait for more. */
+  wake: Set<() => void>;
+  /** Settles once it is stored or failed. */
+  done: Promise<unknown>;
+}
+
 interface Deployment {
   worker: LocalWorker;
   version: number;
@@ -258,6 +276,8 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
   const cachePersist = await Deno.makeTempDir({ prefix: "workers-cache-" });
   /** Key -> the entries of its variants (Vary), the least recently used first. */
   const store = new Map<string, Entry[]>();
+  /** Key -> the answer being stored for it, which later misses of that key read too. */
+  const fills = new Map<string, Fill>();
   const capacity = options.capacityBytes ?? CAPACITY_BYTES;
   let storedBytes = 0;
   const background = new Set<Promise<unknown>>();
@@ -313,6 +333,12 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     }
 
     const entry = lookUp(key, request.headers);
+    const pending = entry ? undefined : fills.get(key);
+    // developers.cloudflare.com/workers/cache/ (index): "concurrent misses for one key are
+    // collapsed per data centre": a miss while the key's answer is being stored reads that one.
+    if (pending && pending.vary.every(([name, value]) => request.headers.get(name) === value)) {
+      return serveFill(pending, request, "MISS");
+    }
     if (!entry) return await fill(request, { key, label: "MISS" }, current);
     const staleFor = staleSeconds(entry);
     if (staleFor < 0) return serve(entry, request, "HIT");
@@ -437,10 +463,20 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       if (how.replacing) forget(how.key, how.replacing);
       return visitorAnswer(response, how.replacing ? how.label : verdict.label, request);
     }
-    if ((completeSize(response.status, response.headers) ?? 0) > maxObjectBytes) {
+    const size = completeSize(response.status, response.headers);
+    if ((size ?? 0) > maxObjectBytes) {
       // developers.cloudflare.com/workers/cache/limitations/: "Larger answers are not stored (MISS
       // every time)".
       return visitorAnswer(response, "MISS", request);
+    }
+    if (size !== undefined && response.body && !nullBodyStatus(response.status)) {
+      const fill = startFill(response, request, { ...how, size, policy: verdict.policy });
+      // A HEAD has no body to stream: it is answered once the entry is kept, as a GET right
+      // after it finds it.
+      if (request.method === "HEAD") await fill.done;
+      return serveFill(fill, request, how.label, {
+        whole: rangedMiss === "whole" && !how.replacing,
+      });
     }
     const read = await readUpTo(response.body, maxObjectBytes);
     if (read.rest) {
@@ -463,6 +499,100 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     );
     keep(how.key, [...variants, entry]);
     return serve(entry, request, how.label, { whole: rangedMiss === "whole" && !how.replacing });
+  }
+
+  /**
+   * Stores an answer of known length as it streams from the worker, once it is complete and as
+   * long as it said. Assumption: the cache streams an answer it stores to the requests waiting on
+   * it as the worker sends it, rather than after its last byte (not documented for Workers Cache;
+   * Cloudflare's cache streams what it fills from an origin, and collapses concurrent misses
+   * onto one fill). A worker that fails midway leaves nothing stored and its readers cut short.
+   */
+  function startFill(
+    response: Response,
+    request: Request,
+    how: { key: string; replacing?: Entry; size: number; policy: Policy },
+  ): Fill {
+    const fill: Fill = {
+      status: response.status,
+      headers: new Headers(response.headers),
+      size: how.size,
+      vary: varyValues(response.headers.get("vary"), request.headers),
+      chunks: [],
+      wake: new Set(),
+      done: Promise.resolve(),
+    };
+    const ended = (how: Fill["ended"]) => {
+      fill.ended = how;
+      for (const wake of fill.wake) wake();
+    };
+    const arrived = (chunk: Uint8Array) => {
+      fill.chunks.push(chunk);
+      for (const wake of fill.wake) wake();
+    };
+    fills.set(how.key, fill);
+    const work = (async () => {
+      const bytes = await readAll(response.body!, { limit: how.size, onChunk: arrived });
+      if (bytes.byteLength !== how.size) {
+        throw new Error(`the worker sent ${bytes.byteLength} of ${how.size} bytes`);
+      }
+      const entry: Entry = {
+        entrypoint: request.headers.get(ENTRYPOINT_HEADER) ?? "default",
+        path: new URL(request.url).pathname + new URL(request.url).search,
+        vary: fill.vary,
+        status: fill.status,
+        headers: fill.headers,
+        body: bytes,
+        tags: cacheTags(fill.headers.get("cache-tag")),
+        storedAt: now(),
+        policy: how.policy,
+      };
+      const variants = (store.get(how.key) ?? []).filter((other) =>
+        other !== how.replacing &&
+        !other.vary.every(([name, value]) => request.headers.get(name) === value)
+      );
+      keep(how.key, [...variants, entry]);
+    })().then(
+      () => ended("stored"),
+      (error) => ended(error instanceof Error ? error : new Error(String(error))),
+    ).finally(() => {
+      if (fills.get(how.key) === fill) fills.delete(how.key);
+    });
+    fill.done = work;
+    background.add(work);
+    work.finally(() => background.delete(work));
+    // A redeploy lets the version that answered finish storing it.
+    if (deployment) track(deployment, work);
+    return fill;
+  }
+
+  /** An answer being stored, as {@linkcode serve} answers from a stored one. */
+  function serveFill(
+    fill: Fill,
+    request: Request,
+    label: string,
+    how: { whole?: boolean } = {},
+  ): Response {
+    const headers = clientHeaders(fill.headers, label);
+    headers.set("Age", "0");
+    const head = request.method === "HEAD";
+    const range = fill.status === 200 && !how.whole && ifRangeHolds(request.headers, fill.headers)
+      ? parseRange(request.headers.get("range"), fill.size)
+      : undefined;
+    if (range === "unsatisfiable") {
+      const refused = new Headers({
+        "content-range": `bytes */${fill.size}`,
+        "cf-cache-status": label,
+      });
+      return new Response(null, { status: 416, headers: refused });
+    }
+    const bytes = range ?? { start: 0, end: fill.size - 1 };
+    headers.set("Content-Length", String(bytes.end - bytes.start + 1));
+    if (range) headers.set("Content-Range", `bytes ${range.start}-${range.end}/${fill.size}`);
+    return new Response(head ? null : fillReader(fill, bytes), {
+      status: range ? 206 : fill.status,
+      headers,
+    });
   }
 
   /** Stores a key's variants, then evicts the least recently used keys past the capacity. */
@@ -1052,4 +1182,54 @@ function sliceStream(
       },
     }),
   );
+}
+
+/**
+ * The bytes `range` of a fill, as they arrive: each chunk is handed on as soon as it is read
+ * from the worker, and the stream ends only once the fill is stored (so a request made right
+ * after finds the entry), or errors when the fill failed.
+ */
+function fillReader(fill: Fill, range: { start: number; end: number }): ReadableStream<Uint8Array> {
+  let index = 0;
+  let offset = 0;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      for (;;) {
+        const chunk = fill.chunks[index];
+        if (chunk && offset <= range.end) {
+          index++;
+          const from = Math.max(range.start - offset, 0);
+          const to = Math.min(range.end + 1 - offset, chunk.byteLength);
+          offset += chunk.byteLength;
+          if (from < to) return controller.enqueue(chunk.subarray(from, to));
+          continue;
+        }
+        if (fill.ended instanceof Error) return controller.error(fill.ended);
+        if (fill.ended === "stored") return controller.close();
+        await new Promise<void>((resolve) => {
+          const wake = () => {
+            fill.wake.delete(wake);
+            resolve();
+          };
+          fill.wake.add(wake);
+        });
+      }
+    },
+  }, { highWaterMark: 0 });
+}
+
+/** The whole body, handing each chunk to `onChunk` as it comes; throws past `limit` bytes. */
+async function readAll(
+  body: ReadableStream<Uint8Array>,
+  how: { limit: number; onChunk: (chunk: Uint8Array) => void },
+): Promise<Uint8Array<ArrayBuffer>> {
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for await (const chunk of body) {
+    total += chunk.byteLength;
+    if (total > how.limit) throw new Error(`the worker sent more than ${how.limit} bytes`);
+    chunks.push(chunk);
+    how.onChunk(chunk);
+  }
+  return new Uint8Array(await new Blob(chunks as BlobPart[]).arrayBuffer());
 }
