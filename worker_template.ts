@@ -479,12 +479,23 @@ async function behindWorkersCache(
   // A Range reaches the worker on every miss, and the cache never stores a 206 made here
   // (developers.cloudflare.com/workers/cache/configuration/, "Status codes that are never
   // cached"): it is answered with the whole object, a 200 the cache stores and answers later
-  // ranges from. The size comes with that answer (one B2 request, no probe first): past the
-  // cache's limit its body is left unread and the object is served from segments. What the
+  // ranges from. The size comes with that answer (one B2 request, no probe first). What the
   // cache hands the visitor of that first miss (the whole 200, or a 206 it slices) is its own
-  // and not documented; `check-cache` reports it from the real edge.
-  const object = await askB2(request.method, name.name, { config, large: found });
-  if (found.facts) return atEdgeNever(await learnedLarge(request, found.facts, large));
+  // and not documented; `check-cache` reports it from the real edge. Past the cache's limit,
+  // a range takes its first bytes from that same answer (one B2 round trip before them; a
+  // range past the first segment asks B2 for its own bytes only, see firstRead()), and the
+  // rest of the object is served from segments.
+  const first = request.method === "GET" ? firstRead(range, config) : undefined;
+  found.keepAnswer = range !== undefined && request.method === "GET";
+  let object = await askB2(request.method, name.name, { config, large: found, range: first });
+  if (first && object.status === 206 && !found.facts) {
+    // It turned out small: the whole object, a 200 the cache keeps and slices the range from.
+    await object.body?.cancel();
+    object = await askB2(request.method, name.name, { config, large: found });
+  }
+  if (found.facts) {
+    return atEdgeNever(await learnedLarge(request, found.facts, large, found.answer));
+  }
   return keptAtEdge(request, await answer(request, object, { config }), {
     config,
     tag,
@@ -507,6 +518,26 @@ function keptAtEdge(
   const kept = edgeLifetime(answered, options.config, options);
   if (kept.status !== 304 || revalidatesStoredCopy(request.headers, kept.headers)) return kept;
   return atEdgeNever(kept);
+}
+
+/**
+ * What B2 is asked for when a range reaches an object not known here: `undefined` for the whole
+ * object (today's request of any object, which a small one is answered and kept from), or, for
+ * a range past the first segment or of the last bytes, only the visitor's own bytes up to the
+ * end of the segment they start in. An object under one segment never gets such a range (its
+ * bytes all lie in the first), so it costs one request as before; one that turns out small
+ * between one segment and the cache's limit costs a second, the whole object, which the cache
+ * keeps: the default leans toward large objects there, since a first visit that starts a
+ * segment or more into an object is a seek or a reader's index lookup, which is what large
+ * archives and long videos get. See docs/large-objects.md ("The first range").
+ */
+function firstRead(range: RangeSpec | undefined, config: WorkerConfig): RangeSpec | undefined {
+  const size = config.segmentSize;
+  if (!range || size === 0) return undefined;
+  if ("suffix" in range) return range;
+  if (range.start < size) return undefined;
+  const segmentEnd = (Math.floor(range.start / size) + 1) * size - 1;
+  return { start: range.start, end: Math.min(range.end ?? Infinity, segmentEnd) };
 }
 
 /** Keeps an answer out of Workers Cache (and its stale windows): large objects, visitors' 304s. */
@@ -1214,7 +1245,8 @@ async function askB2(
     ? readFacts(b2.headers, config)
     : undefined;
   if (large && facts) {
-    await b2.body?.cancel();
+    if (large.keepAnswer) large.answer = b2;
+    else await b2.body?.cancel();
     large.facts = facts;
     return new Response(null, { status: 204 });
   }
@@ -1411,6 +1443,10 @@ export interface ObjectFacts {
 interface LargeProbe {
   above: number;
   facts?: ObjectFacts;
+  /** Whether B2's answer is wanted, body unread, for the visitor's first bytes. */
+  keepAnswer?: boolean;
+  /** B2's answer, body unread, when `keepAnswer`. */
+  answer?: Response;
 }
 
 /** Where a large object's answer comes from. */
@@ -1642,13 +1678,19 @@ async function knownLarge(request: Request, target: LargeTarget): Promise<Respon
   return await answerLarge(request, facts, target);
 }
 
-/** A large object's answer right after B2 said it is one: the facts are kept for later ones. */
+/**
+ * A large object's answer right after B2 said it is one: the facts are kept for later ones.
+ * `first`: B2's answer that told it, body unread, whose bytes start the visitor's range when
+ * they cover its start; otherwise it is cancelled.
+ */
 async function learnedLarge(
   request: Request,
   facts: ObjectFacts,
   target: LargeTarget,
+  first?: Response,
 ): Promise<Response> {
-  const answered = await answerLarge(request, facts, target, { fromB2: true });
+  const answered = await answerLarge(request, facts, target, { fromB2: true, first });
+  if (first?.body && !first.body.locked) await first.body.cancel();
   // Replaced again between B2's answer and its first segment: nothing worth keeping.
   if (!answered) return textResponse(502);
   await keepFacts(target, facts);
@@ -1667,7 +1709,7 @@ async function answerLarge(
   request: Request,
   facts: ObjectFacts,
   target: LargeTarget,
-  how: { fromB2?: boolean } = {},
+  how: { fromB2?: boolean; first?: Response | undefined } = {},
 ): Promise<Response | undefined> {
   const { config } = target;
   const headers = publicHeaders(facts.headers, { describe: true });
@@ -1690,16 +1732,61 @@ async function answerLarge(
   if (!bytes) return notSatisfiable(`bytes */${facts.size}`);
   const firstIndex = Math.floor(bytes.start / config.segmentSize);
   const lastByte = (firstIndex + MAX_SEGMENTS_PER_ANSWER) * config.segmentSize - 1;
-  const end = Math.min(bytes.end, lastByte);
+  const first = range && request.method === "GET" ? firstBytes(how.first, bytes.start) : undefined;
+  // From B2's first answer, up to the end of its segment: the player asks for the rest.
+  const firstEnd = first && Math.min(first.last, (firstIndex + 1) * config.segmentSize - 1);
+  const end = Math.min(bytes.end, lastByte, firstEnd ?? Infinity);
   const tailFrom = !range && bytes.end > lastByte ? lastByte + 1 : undefined;
   headers.set("Content-Length", String((range ? end : bytes.end) - bytes.start + 1));
   if (range) headers.set("Content-Range", `bytes ${bytes.start}-${end}/${facts.size}`);
   const status = range ? 206 : 200;
   if (request.method === "HEAD") return new Response(null, { status, headers });
   const plan = { ...target, facts, start: bytes.start, end, tailFrom, filling: [] };
+  if (first) {
+    target.ctx.waitUntil(keepSegment(plan, firstIndex));
+    const within = { start: bytes.start - first.offset, end: end - first.offset };
+    return new Response(sliceBody(first.body, within), { status, headers });
+  }
   const body = await segmentedBody(plan);
   if (body === "changed") return undefined;
   return body === "failed" ? textResponse(502) : new Response(body, { status, headers });
+}
+
+/**
+ * The body of B2's first answer for an object and the offsets it holds, when they hold the
+ * byte `start` (a 200 holds the object from its first byte, a 206 says where it starts).
+ */
+function firstBytes(
+  b2: Response | undefined,
+  start: number,
+): { body: ReadableStream<Uint8Array>; offset: number; last: number } | undefined {
+  if (!b2?.body || b2.body.locked) return undefined;
+  const offset = b2.status === 206
+    ? Number(/^bytes (\d+)-/.exec(b2.headers.get("Content-Range") ?? "")?.[1] ?? NaN)
+    : 0;
+  const last = offset + Number(b2.headers.get("Content-Length") ?? NaN) - 1;
+  if (!(start >= offset && start <= last)) return undefined;
+  return { body: b2.body, offset, last };
+}
+
+/**
+ * Has Workers Cache keep segment `index` whole while the visitor's first bytes come from B2's
+ * own answer: a one-byte read through the Segments entrypoint, whose miss the cache fills from
+ * B2 with the whole segment (it never stores the slice it hands back). Where the Cache API
+ * keeps segments, the next range fills it instead. A segment B2 now holds in another version
+ * is not kept, and the facts are forgotten.
+ */
+async function keepSegment(plan: SegmentPlan, index: number): Promise<void> {
+  const entrypoint = segmentsEntrypoint(plan.ctx, plan.config);
+  if (!entrypoint) return;
+  try {
+    const piece = { index, within: { start: 0, end: 0 }, entrypoint };
+    await (await segmentFromWorkersCache(plan, piece)).cancel();
+  } catch (error) {
+    if (!(error instanceof SegmentFailure)) throw error;
+    console.error(error.message);
+    if (error.changed) await forgetFacts(plan);
+  }
 }
 
 /**
@@ -1844,9 +1931,17 @@ async function segmentPiece(plan: SegmentPlan, index: number): Promise<ReadableS
     end: Math.min(plan.end, offset + length - 1) - offset,
   };
   const entrypoint = segmentsEntrypoint(plan.ctx, plan.config);
-  return entrypoint
-    ? await segmentFromWorkersCache(plan, { index, within, entrypoint })
-    : await segmentFromCacheApi(plan, { index, within });
+  if (!entrypoint) return await segmentFromCacheApi(plan, { index, within });
+  const piece = { index, within, entrypoint };
+  // A range that starts inside a segment would wait, on a miss, for the bytes before it: the
+  // segment is asked for only if kept, else the visitor's own bytes come from B2 at once while
+  // the segment is kept meanwhile (one B2 request more, for his bytes alone).
+  if (within.start === 0) return await segmentFromWorkersCache(plan, piece);
+  const kept = await segmentFromWorkersCache(plan, { ...piece, ifKept: true });
+  if (kept) return kept;
+  plan.ctx.waitUntil(keepSegment(plan, index));
+  const own = { offset: offset + within.start, length: within.end - within.start + 1 };
+  return (await b2Bytes(plan, own)).body!;
 }
 
 /** The Cache API's copy of a segment (which slices a stored 200 itself), else B2's, kept. */
@@ -1947,19 +2042,43 @@ function segmentUrl(plan: SegmentPlan, index: number): string {
   return `${SEGMENTS_ORIGIN}${plan.url.pathname}?${query}`;
 }
 
-/** The bytes `within` of a segment from the Segments entrypoint, through Workers Cache. */
+/**
+ * Asked of the Segments entrypoint with a segment wanted only if the cache keeps it: reached
+ * only on a miss, it answers at once that it is not kept (404, never stored) instead of
+ * asking B2. Not part of the cache's key (developers.cloudflare.com/workers/cache/cache-keys/).
+ */
+const IF_KEPT_HEADER = "X-B2-Private-CDN-If-Kept";
+
+/**
+ * The bytes `within` of a segment from the Segments entrypoint, through Workers Cache; with
+ * `ifKept`, `undefined` when the cache does not keep it.
+ */
+async function segmentFromWorkersCache(
+  plan: SegmentPlan,
+  piece: { index: number; within: ByteRange; entrypoint: Fetcher; ifKept: true },
+): Promise<ReadableStream<Uint8Array> | undefined>;
 async function segmentFromWorkersCache(
   plan: SegmentPlan,
   piece: { index: number; within: ByteRange; entrypoint: Fetcher },
-): Promise<ReadableStream<Uint8Array>> {
+): Promise<ReadableStream<Uint8Array>>;
+async function segmentFromWorkersCache(
+  plan: SegmentPlan,
+  piece: { index: number; within: ByteRange; entrypoint: Fetcher; ifKept?: true },
+): Promise<ReadableStream<Uint8Array> | undefined> {
   const { index, within, entrypoint } = piece;
   const { length } = segmentBounds(plan, index);
   const whole = within.start === 0 && within.end === length - 1;
-  const range = `bytes=${within.start}-${within.end}`;
-  const request = new Request(segmentUrl(plan, index), { headers: whole ? {} : { Range: range } });
+  const headers = new Headers(whole ? {} : { Range: `bytes=${within.start}-${within.end}` });
+  if (piece.ifKept) headers.set(IF_KEPT_HEADER, "1");
   let answer: Response;
   try {
-    answer = await entrypoint.fetch(request);
+    answer = await entrypoint.fetch(new Request(segmentUrl(plan, index), { headers }));
+    if (answer.status === 404 && answer.headers.has(IF_KEPT_HEADER)) {
+      await answer.body?.cancel();
+      if (piece.ifKept) return undefined;
+      // A miss the cache collapsed onto another caller's "only if kept": asked again.
+      answer = await entrypoint.fetch(new Request(segmentUrl(plan, index), { headers }));
+    }
   } catch (error) {
     throw new SegmentFailure(`Segment ${index} of "${plan.name}" failed: ${error}`);
   }
@@ -1996,6 +2115,10 @@ export const Segments = {
     }
     if (request.method !== "GET" && request.method !== "HEAD") {
       return textResponse(405, { Allow: "GET, HEAD" });
+    }
+    // Reached only on a miss: a kept segment is answered by the cache.
+    if (request.headers.has(IF_KEPT_HEADER)) {
+      return atEdgeNever(textResponse(404, { [IF_KEPT_HEADER]: "not kept" }));
     }
     return await segmentAnswer(url, config);
   },
