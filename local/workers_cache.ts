@@ -76,7 +76,10 @@ export interface WorkersCache {
     options: PurgeOptions;
     result: PurgeResult;
   }[];
-  /** Resolves once every background revalidation started so far has finished. */
+  /**
+   * Resolves once every background revalidation, answer being stored and loopback call started
+   * so far has finished.
+   */
   idle(): Promise<void>;
   close(): Promise<void>;
 }
@@ -278,6 +281,8 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
   const store = new Map<string, Entry[]>();
   /** Key -> the answer being stored for it, which later misses of that key read too. */
   const fills = new Map<string, Fill>();
+  /** Key -> the answer of the miss the worker is being asked for, once it comes. */
+  const misses = new Map<string, Promise<Fill | undefined>>();
   const capacity = options.capacityBytes ?? CAPACITY_BYTES;
   let storedBytes = 0;
   const background = new Set<Promise<unknown>>();
@@ -332,14 +337,18 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       return await fill(request, { key, label: "MISS", conditional: true }, current);
     }
 
-    const entry = lookUp(key, request.headers);
-    const pending = entry ? undefined : fills.get(key);
-    // developers.cloudflare.com/workers/cache/ (index): "concurrent misses for one key are
-    // collapsed per data centre": a miss while the key's answer is being stored reads that one.
-    if (pending && pending.vary.every(([name, value]) => request.headers.get(name) === value)) {
-      return serveFill(pending, request, "MISS");
+    let entry = lookUp(key, request.headers);
+    if (!entry) {
+      // developers.cloudflare.com/workers/cache/ (index): "concurrent misses for one key are
+      // collapsed per data centre": a miss while the worker is asked for the key waits for its
+      // answer, and reads it as it is stored; if it may not be stored, asks the worker itself.
+      const pending = fills.get(key) ?? await misses.get(key);
+      if (pending?.vary.every(([name, value]) => request.headers.get(name) === value)) {
+        return serveFill(pending, request, "MISS");
+      }
+      entry = lookUp(key, request.headers);
+      if (!entry) return await firstMiss(request, key, current);
     }
-    if (!entry) return await fill(request, { key, label: "MISS" }, current);
     const staleFor = staleSeconds(entry);
     if (staleFor < 0) return serve(entry, request, "HIT");
     if (!entry.policy.noCache && staleFor <= entry.policy.staleWhileRevalidate) {
@@ -383,6 +392,18 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     return entry;
   }
 
+  /** A miss no other request is asking the worker for: the others wait for it. */
+  async function firstMiss(request: Request, key: string, current: Deployment): Promise<Response> {
+    const { promise, resolve } = Promise.withResolvers<Fill | undefined>();
+    misses.set(key, promise);
+    try {
+      return await fill(request, { key, label: "MISS" }, current);
+    } finally {
+      resolve(fills.get(key));
+      if (misses.get(key) === promise) misses.delete(key);
+    }
+  }
+
   /** Asks the worker for the whole object, stores what may be stored, answers the visitor. */
   async function fill(
     request: Request,
@@ -395,7 +416,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     });
     const result = await callWorker(current, request, { method: "GET", headers });
     if (!("response" in result)) return failureAnswer(result);
-    return await keepAndAnswer(result.response, request, how);
+    return await keepAndAnswer(result.response, request, { ...how, current });
   }
 
   /**
@@ -445,14 +466,19 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       forget(key, entry);
       return serve(entry, request, verdict.label);
     }
-    return await keepAndAnswer(response, request, { key, label: "EXPIRED", replacing: entry });
+    return await keepAndAnswer(response, request, {
+      key,
+      label: "EXPIRED",
+      replacing: entry,
+      current,
+    });
   }
 
   /** Stores the worker's answer when the rules allow, then answers the visitor. */
   async function keepAndAnswer(
     response: Response,
     request: Request,
-    how: { key: string; label: string; replacing?: Entry },
+    how: { key: string; label: string; replacing?: Entry; current: Deployment },
   ): Promise<Response> {
     const verdict = response.status === 304
       ? { store: false as const, label: "BYPASS" }
@@ -511,7 +537,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
   function startFill(
     response: Response,
     request: Request,
-    how: { key: string; replacing?: Entry; size: number; policy: Policy },
+    how: { key: string; replacing?: Entry; size: number; policy: Policy; current: Deployment },
   ): Fill {
     const fill: Fill = {
       status: response.status,
@@ -562,7 +588,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     background.add(work);
     work.finally(() => background.delete(work));
     // A redeploy lets the version that answered finish storing it.
-    if (deployment) track(deployment, work);
+    track(how.current, work);
     return fill;
   }
 
@@ -767,7 +793,12 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     // Assumption: a loopback answer goes through the cache as a visitor's does (its control
     // headers and Cache-Tag stripped, cf-cache-status added); the worker reads only its body,
     // status and length.
-    const answer = await track(current, handle(request, current));
+    // Tracked as background work too, so that idle() also waits for what the worker asked of
+    // itself after its answer (a segment it keeps meanwhile).
+    const work = track(current, handle(request, current));
+    background.add(work);
+    work.finally(() => background.delete(work));
+    const answer = await work;
     stats.loopback.requests++;
     const status = answer.headers.get("cf-cache-status");
     if (status === "HIT" || status === "UPDATING") stats.loopback.hits++;
@@ -853,7 +884,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
         inFlight: new Set(),
       };
       if (previous) {
-        await Promise.allSettled(previous.inFlight);
+        while (previous.inFlight.size > 0) await Promise.allSettled(previous.inFlight);
         await previous.worker.dispose();
       }
     },

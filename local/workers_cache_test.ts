@@ -561,6 +561,44 @@ Deno.test("stale-while-revalidate serves the stale copy and revalidates in the b
     assert.deepEqual([late.label, late.body], ["EXPIRED", "v2"], "past the window it waits");
   }));
 
+Deno.test("an answer being stored reaches its caller as the worker sends it, and a miss meanwhile shares it", () =>
+  withCache({}, async (h) => {
+    const { promise: release, resolve } = Promise.withResolvers<void>();
+    const encoder = new TextEncoder();
+    h.origin = () =>
+      new Response(
+        new ReadableStream({
+          async start(controller) {
+            controller.enqueue(encoder.encode("first-"));
+            await release;
+            controller.enqueue(encoder.encode("last"));
+            controller.close();
+          },
+        }),
+        { headers: { "content-length": "10", "cache-control": "max-age=60" } },
+      );
+    const first = await fetch(`${h.cache.url}/s`);
+    const reader = first.body!.getReader();
+    const chunk = await reader.read();
+    assert.equal(new TextDecoder().decode(chunk.value), "first-", "before the worker's last byte");
+    const second = fetch(`${h.cache.url}/s`);
+    await new Promise((wait) => setTimeout(wait, 100));
+    resolve();
+    let rest = "";
+    for (let next = await reader.read(); !next.done; next = await reader.read()) {
+      rest += new TextDecoder().decode(next.value);
+    }
+    assert.equal(rest, "last");
+    const shared = await second;
+    assert.deepEqual([shared.headers.get("cf-cache-status"), await shared.text()], [
+      "MISS",
+      "first-last",
+    ]);
+    assert.equal(h.seen().length, 1, "the worker was asked once");
+    const after = await h.get("/s");
+    assert.deepEqual([after.label, after.body], ["HIT", "first-last"]);
+  }));
+
 Deno.test("a background revalidation started before a redeploy finishes on the version that began it", () =>
   withCache({}, async (h) => {
     h.origin = () =>
