@@ -984,7 +984,7 @@ Deno.test("checkCache() reports an edge that keeps a visitor's 304 as the answer
 /** The real worker, in Workers Cache mode, behind `cache`, serving bucket "site" of `b2`. */
 async function deployRealWorker(
   cache: WorkersCache,
-  b2: ReturnType<typeof startFakeB2>,
+  b2: Pick<ReturnType<typeof startFakeB2>, "issueDownloadToken" | "url">,
   bindings: Record<string, string> = {},
 ) {
   const upload = workerUpload(await loadWorkerModule(), {
@@ -1464,6 +1464,204 @@ Deno.test("the worker: an object over the limit is served from aligned segments 
     );
   } finally {
     await cache.close();
+    await b2.close();
+  }
+});
+
+// Issue 25: the first viewer of a large object waits for one B2 round trip, no more. B2 is
+// asked for the visitor's own bytes (their answer tells the facts), and the segment is kept in
+// Workers Cache meanwhile, through the Segments entrypoint.
+Deno.test("the worker: a first range of an unknown large object costs one B2 round trip", async (t) => {
+  const size = 5500;
+  const latencyMs = 400;
+  const names = ["start.mp4", "middle.mp4", "end.mp4", "zero.mp4", "replaced.mp4"];
+  const b2 = startFakeB2({
+    buckets: [{
+      id: "bucket-site",
+      name: "site",
+      files: names.map((name) => ({ name, body: { size } })),
+    }],
+    latencyMs,
+  });
+  const cache = await startWorkersCache({ maxObjectBytes: 2500 });
+  const bindings = { WORKER_SEGMENT_SIZE: "1000", WORKER_SEGMENT_THRESHOLD: "2500" };
+  const pattern = (start: number, end: number) =>
+    Array.from({ length: end - start + 1 }, (_, i) => (start + i) % 251);
+  const asked = (name: string) =>
+    b2.requests.filter((r) => r.method === "GET" && r.path === `/file/site/${name}`)
+      .map((r) => r.headers.get("range"));
+  const visit = async (name: string, range: string) => {
+    const started = performance.now();
+    const answer = await fetch(`${cache.url}/${name}`, { headers: { Range: range } });
+    const body = [...await answer.bytes()];
+    return {
+      status: answer.status,
+      range: answer.headers.get("content-range"),
+      etag: answer.headers.get("etag"),
+      body,
+      ms: performance.now() - started,
+    };
+  };
+  try {
+    await deployRealWorker(cache, b2, bindings);
+    const cases = [
+      { step: "at the start of a segment", name: "start.mp4", from: 2000, to: 2199, sent: 2199 },
+      { step: "in the middle of a segment", name: "middle.mp4", from: 2400, to: 2599, sent: 2599 },
+      // Past the segment's end: a shorter 206 up to it; the player asks for the rest.
+      { step: "at the end of a segment", name: "end.mp4", from: 2900, to: 3099, sent: 2999 },
+    ];
+    for (const { step, name, from, to, sent } of cases) {
+      await t.step(step, async () => {
+        const first = await visit(name, `bytes=${from}-${to}`);
+        assert.deepEqual([first.status, first.range, first.body], [
+          206,
+          `bytes ${from}-${sent}/${size}`,
+          pattern(from, sent),
+        ]);
+        // One round trip of B2 (two would take twice its latency), the answer that told the
+        // object's size being the visitor's own bytes.
+        assert.ok(first.ms < 1.8 * latencyMs, `first byte after ${first.ms.toFixed(0)} ms`);
+        await cache.idle();
+        assert.deepEqual(asked(name), [`bytes=${from}-${sent}`, "bytes=2000-2999"]);
+        const again = await visit(name, `bytes=${from}-${sent}`);
+        assert.deepEqual(again.body, pattern(from, sent));
+        assert.equal(asked(name).length, 2, "the segment kept meanwhile answers a repeat");
+      });
+    }
+
+    await t.step(
+      "a known object: a range inside a segment not kept reads its own bytes",
+      async () => {
+        const inside = await visit("start.mp4", "bytes=3400-3499");
+        assert.deepEqual([inside.range, inside.body], [
+          `bytes 3400-3499/${size}`,
+          pattern(3400, 3499),
+        ]);
+        assert.ok(inside.ms < 1.8 * latencyMs, `first byte after ${inside.ms.toFixed(0)} ms`);
+        // Asked of Workers Cache only if kept, then the visitor's bytes and the segment.
+        await cache.idle();
+        assert.deepEqual(asked("start.mp4").slice(2), ["bytes=3400-3499", "bytes=3000-3999"]);
+        // A range from a segment's first byte reads the segment itself: no more to wait for.
+        const aligned = await visit("start.mp4", "bytes=4000-4099");
+        assert.deepEqual(aligned.body, pattern(4000, 4099));
+        assert.deepEqual(asked("start.mp4").slice(4), ["bytes=4000-4999"]);
+      },
+    );
+
+    await t.step(
+      "a first range a segment or more into an object that turns out small",
+      async () => {
+        b2.putFile("site", { name: "small.mp4", body: { size: 2000 } });
+        const first = await visit("small.mp4", "bytes=1500-1599");
+        assert.deepEqual([first.range, first.body], ["bytes 1500-1599/2000", pattern(1500, 1599)]);
+        // The visitor's own bytes, then the whole object, which the cache keeps.
+        assert.deepEqual(asked("small.mp4"), ["bytes=1500-1599", null]);
+        const again = await visit("small.mp4", "bytes=100-199");
+        assert.deepEqual(again.body, pattern(100, 199));
+        assert.equal(asked("small.mp4").length, 2);
+      },
+    );
+
+    await t.step(
+      "at the object's first byte: the whole GET, cut after the visitor's bytes",
+      async () => {
+        const first = await visit("zero.mp4", "bytes=0-199");
+        assert.deepEqual([first.status, first.range, first.body], [
+          206,
+          `bytes 0-199/${size}`,
+          pattern(0, 199),
+        ]);
+        assert.ok(first.ms < 1.8 * latencyMs, `first byte after ${first.ms.toFixed(0)} ms`);
+        await cache.idle();
+        assert.deepEqual(asked("zero.mp4"), [null, "bytes=0-999"]);
+      },
+    );
+
+    await t.step("replaced between the facts and the segment: never mixed", async () => {
+      // B2 holds a new version by the time the segment is asked for: the facts came with the
+      // visitor's own bytes, of the old version, which he gets whole.
+      const replacing = b2.front((answer, request) => {
+        if (request.headers.get("range") === "bytes=2400-2599") {
+          b2.putFile("site", { name: "replaced.mp4", body: { size: size + 100 } });
+        }
+        return answer;
+      });
+      try {
+        const front = { url: replacing.url, issueDownloadToken: b2.issueDownloadToken.bind(b2) };
+        await deployRealWorker(cache, front, bindings);
+        const old = await visit("replaced.mp4", "bytes=2400-2599");
+        assert.deepEqual([old.status, old.range, old.etag, old.body], [
+          206,
+          `bytes 2400-2599/${size}`,
+          `"4_f12x${size}"`,
+          pattern(2400, 2599),
+        ]);
+        await cache.idle();
+        // The segment's B2 answer named the new version: refused (409), not kept, the old
+        // facts forgotten; the next range learns the new version from its own bytes.
+        assert.deepEqual(asked("replaced.mp4"), ["bytes=2400-2599", "bytes=2000-2999"]);
+        const next = await visit("replaced.mp4", "bytes=2400-2599");
+        assert.deepEqual([next.range, next.etag, next.body], [
+          `bytes 2400-2599/${size + 100}`,
+          `"4_f12x${size + 100}"`,
+          pattern(2400, 2599),
+        ]);
+        await cache.idle();
+        assert.deepEqual(asked("replaced.mp4").slice(2), ["bytes=2400-2599", "bytes=2000-2999"]);
+      } finally {
+        await replacing.close();
+      }
+    });
+  } finally {
+    await cache.close();
+    await b2.close();
+  }
+});
+
+Deno.test("the worker: a visitor who stops reading stops the B2 read that serves only him", async () => {
+  const segment = 64 * 1024 * 1024;
+  const b2 = startFakeB2({
+    buckets: [{ id: "bucket-site", name: "site", files: [{ name: "v.mp4", body: { size: 1e9 } }] }],
+  });
+  const sent = new Map<string | null, number>();
+  const counting = b2.front((answer, request) => {
+    const range = request.headers.get("range");
+    const counted = answer.body?.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, controller) {
+          sent.set(range, (sent.get(range) ?? 0) + chunk.byteLength);
+          controller.enqueue(chunk);
+        },
+      }),
+    );
+    return new Response(counted ?? null, answer);
+  });
+  const cache = await startWorkersCache();
+  try {
+    const front = { url: counting.url, issueDownloadToken: b2.issueDownloadToken.bind(b2) };
+    await deployRealWorker(cache, front, { WORKER_SEGMENT_SIZE: String(segment) });
+    const from = segment + 1024;
+    const end = 2 * segment - 1;
+    const answer = await fetch(`${cache.url}/v.mp4`, { headers: { Range: `bytes=${from}-` } });
+    assert.equal(answer.headers.get("content-range"), `bytes ${from}-${end}/1000000000`);
+    const reader = answer.body!.getReader();
+    await reader.read();
+    await reader.cancel();
+    await cache.idle();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const own = sent.get(`bytes=${from}-${end}`) ?? 0;
+    assert.ok(own > 0 && own < segment / 4, `B2 sent ${own} bytes of the visitor's own read`);
+    // The segment, read meanwhile for the next visitor, is read whole and kept.
+    assert.equal(sent.get(`bytes=${segment}-${end}`), segment);
+    const before = b2.requests.length;
+    const kept = await fetch(`${cache.url}/v.mp4`, {
+      headers: { Range: `bytes=${from}-${from + 9}` },
+    });
+    assert.equal((await kept.bytes()).byteLength, 10);
+    assert.equal(b2.requests.length, before, "from Workers Cache");
+  } finally {
+    await cache.close();
+    await counting.close();
     await b2.close();
   }
 });
