@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import {
+  alignedSegment,
   askedBytes,
   formatLargeObjects,
   judgeLargeObjects,
@@ -89,15 +90,40 @@ Deno.test("summarizeLarge() gives per-1,000 figures, the hit ratio and the repea
   assert.equal(last.uniqueSegmentMiB, 1, "the last segment counts its own length");
 });
 
-Deno.test("judgeLargeObjects() judges B2's bytes on the segments, the first whole GETs apart", () => {
+Deno.test("judgeLargeObjects() judges B2's bytes: each segment once, plus the visitors' own", () => {
   const bytesGoal = (changes: Partial<LargeRun>) =>
     judgeLargeObjects(largeObjects(changes)).find((t) => /unique segments/.test(t.name))!;
-  // 57.6 MiB of unique segments; the whole GETs sent 0.5 MiB more before they were cancelled.
-  const whole = bytesGoal({ b2MiBPer1000: (57.6 + 0.5) * 1000 / 72, wholeGetMiB: 0.5 });
-  assert.equal(whole.met, true, whole.detail);
-  assert.match(whole.detail, /100\.0 %.* 0\.50 MiB/);
-  const twice = bytesGoal({ b2MiBPer1000: 2 * 57.6 * 1000 / 72, wholeGetMiB: 0 });
-  assert.deepEqual([twice.met, /200\.0 %/.test(twice.detail)], [false, true]);
+  // 57.6 MiB of unique segments (tiles' run as much); the visitors' own reads sent 2 MiB for
+  // 2 MiB they took, and 0.5 MiB more before the cancel of one reached B2.
+  const met = bytesGoal({ segmentMiB: 57.6, ownMiB: 2.5, ownServedMiB: 2 });
+  assert.equal(met.met, true, met.detail);
+  assert.match(met.detail, /segments 115\.2 MiB \(100\.0 %.* own 2\.00 MiB.* 0\.50 MiB more/);
+  const twice = bytesGoal({ segmentMiB: 2 * 57.6 });
+  assert.deepEqual([twice.met, /150\.0 %/.test(twice.detail)], [false, true]);
+});
+
+Deno.test("judgeLargeObjects() judges a cold range's first byte and B2 requests against before", () => {
+  const goals = (changes: Partial<LargeRun>) =>
+    judgeLargeObjects(largeObjects(changes)).filter((t) => /the video'/.test(t.name));
+  const [ttfb, requests] = goals({ b2TtfbMs: 54, b2RequestsPer1000: 295 });
+  assert.deepEqual(
+    [ttfb!.met, requests!.met],
+    [true, true],
+    `${ttfb!.detail}; ${requests!.detail}`,
+  );
+  assert.match(ttfb!.detail, /54\.0 ms against 50\.0 ms \(1\.08x/);
+  const [slow, many] = goals({ b2TtfbMs: 60, b2RequestsPer1000: 300 });
+  assert.deepEqual([slow!.met, many!.met], [false, false]);
+  assert.match(many!.detail, /300 \(1\.27x\)/);
+});
+
+Deno.test("alignedSegment() tells a segment's own B2 range from a visitor's", () => {
+  const size = 20 * 8 * MIB + 100;
+  assert.equal(alignedSegment(`bytes=${8 * MIB}-${16 * MIB - 1}`, size), true);
+  assert.equal(alignedSegment(`bytes=${160 * MIB}-${size - 1}`, size), true, "the last, shorter");
+  assert.equal(alignedSegment(`bytes=${8 * MIB + 1}-${16 * MIB - 1}`, size), false);
+  assert.equal(alignedSegment(`bytes=${8 * MIB}-${10 * MIB - 1}`, size), false);
+  assert.equal(alignedSegment(null, size), false);
 });
 
 Deno.test("judgeLargeObjects() meets the Proof's goals when the figures do, and says which it misses", () => {
