@@ -1939,9 +1939,11 @@ async function segmentPiece(plan: SegmentPlan, index: number): Promise<ReadableS
   if (within.start === 0) return await segmentFromWorkersCache(plan, piece);
   const kept = await segmentFromWorkersCache(plan, { ...piece, ifKept: true });
   if (kept) return kept;
-  plan.ctx.waitUntil(keepSegment(plan, index));
   const own = { offset: offset + within.start, length: within.end - within.start + 1 };
-  return (await b2Bytes(plan, own)).body!;
+  const b2 = await b2Bytes(plan, own);
+  // Once B2 has shown the facts' version still holds: no segment asked of a replaced object.
+  plan.ctx.waitUntil(keepSegment(plan, index));
+  return b2.body!;
 }
 
 /** The Cache API's copy of a segment (which slices a stored 200 itself), else B2's, kept. */
