@@ -1733,21 +1733,21 @@ async function answerLarge(
   const firstIndex = Math.floor(bytes.start / config.segmentSize);
   const lastByte = (firstIndex + MAX_SEGMENTS_PER_ANSWER) * config.segmentSize - 1;
   const first = range && request.method === "GET" ? firstBytes(how.first, bytes.start) : undefined;
-  // From B2's first answer, up to the end of its segment: the player asks for the rest.
-  const firstEnd = first && Math.min(first.last, (firstIndex + 1) * config.segmentSize - 1);
-  const end = Math.min(bytes.end, lastByte, firstEnd ?? Infinity);
+  const end = Math.min(bytes.end, lastByte);
   const tailFrom = !range && bytes.end > lastByte ? lastByte + 1 : undefined;
   headers.set("Content-Length", String((range ? end : bytes.end) - bytes.start + 1));
   if (range) headers.set("Content-Range", `bytes ${bytes.start}-${end}/${facts.size}`);
   const status = range ? 206 : 200;
   if (request.method === "HEAD") return new Response(null, { status, headers });
   const plan = { ...target, facts, start: bytes.start, end, tailFrom, filling: [] };
-  if (first) {
-    target.ctx.waitUntil(keepSegment(plan, firstIndex));
-    const within = { start: bytes.start - first.offset, end: end - first.offset };
-    return new Response(sliceBody(first.body, within), { status, headers });
-  }
-  const body = await segmentedBody(plan);
+  // The first segment's part from B2's first answer (the rest from segments, as for any range),
+  // while that segment is kept meanwhile.
+  const firstEnd = first && Math.min(end, first.last, (firstIndex + 1) * config.segmentSize - 1);
+  const given = first && firstEnd !== undefined
+    ? sliceStream(first.body, { start: bytes.start - first.offset, end: firstEnd - first.offset })
+    : undefined;
+  if (given) target.ctx.waitUntil(keepSegment(plan, firstIndex));
+  const body = await segmentedBody(plan, given);
   if (body === "changed") return undefined;
   return body === "failed" ? textResponse(502) : new Response(body, { status, headers });
 }
@@ -1826,14 +1826,16 @@ function fixedLengthStream(length: number): TransformStream<Uint8Array, Uint8Arr
  * pipes each native body on its own): a visitor who stops reading ends it,
  * and no further segment is asked for. The first segment is asked for before
  * the answer starts, so that a version B2 no longer serves (`changed`) or a
- * B2 failure (`failed`) is answered cleanly instead of cut short.
+ * B2 failure (`failed`) is answered cleanly instead of cut short; `given`: the first
+ * segment's part already at hand (from B2's answer that told the facts).
  */
 async function segmentedBody(
   plan: SegmentPlan,
+  given?: ReadableStream<Uint8Array>,
 ): Promise<ReadableStream<Uint8Array> | "changed" | "failed"> {
   let first: ReadableStream<Uint8Array>;
   try {
-    first = await segmentPiece(plan, Math.floor(plan.start / plan.config.segmentSize));
+    first = given ?? await segmentPiece(plan, Math.floor(plan.start / plan.config.segmentSize));
   } catch (error) {
     if (!(error instanceof SegmentFailure)) throw error;
     console.error(error.message);
