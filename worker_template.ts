@@ -3376,9 +3376,8 @@ async function folderPage(
   config: WorkerConfig,
   page: { folder: string; from: string },
 ): Promise<FolderPage> {
-  const { folder, from } = page;
-  const b2 = await listB2Folder(config, { folder, startFileName: from ? folder + from : "" });
-  const entries = b2.files.flatMap((file) => listedEntry(file, { folder, config }) ?? []);
+  const { folder } = page;
+  const { entries, next } = await shownPage(config, page);
   const root = config.urlStyle === "b2" ? `/file/${config.bucketName}/${config.prefix}` : "/";
   const below = folder.slice(config.prefix.length).split("/").slice(0, -1);
   const crumbs = [{ name: "Top", path: publicPath(config.prefix, config) }].concat(
@@ -3387,7 +3386,6 @@ async function folderPage(
       path: publicPath(config.prefix + below.slice(0, i + 1).join("/") + "/", config),
     })),
   );
-  const next = b2.nextFileName?.startsWith(folder) ? b2.nextFileName.slice(folder.length) : "";
   return {
     title: root + below.map((segment) => `${segment}/`).join(""),
     path: publicPath(folder, config),
@@ -3396,6 +3394,48 @@ async function folderPage(
     files: entries.filter((entry) => !entry.folder),
     ...(next && { next }),
   };
+}
+
+/**
+ * The entries of one page a visitor may see, in B2's order, and where the next page starts.
+ * A page B2 fills with nothing to show, and whose next name may not be shown either, is
+ * followed to B2's next one, since only a shown name may start a page.
+ */
+async function shownPage(
+  config: WorkerConfig,
+  page: { folder: string; from: string },
+): Promise<{ entries: ListedEntry[]; next?: string }> {
+  const { folder, from } = page;
+  let startFileName = from ? folder + from : "";
+  for (;;) {
+    const b2 = await listB2Folder(config, { folder, startFileName });
+    const entries = b2.files.flatMap((file) => listedEntry(file, { folder, config }) ?? []);
+    const more = b2.nextFileName?.startsWith(folder) && b2.nextFileName !== startFileName;
+    const next = more ? nextFrom(b2.nextFileName!, { folder, config, entries }) : undefined;
+    if (!more || next !== undefined) return { entries, ...(next && { next }) };
+    startFileName = b2.nextFileName!;
+  }
+}
+
+/**
+ * The `from` of the next page, never a name listedEntry() would not show (a hidden or signed
+ * name, or a file inside a folder): B2's next name cut to its item when that item is shown,
+ * else the least name past the page's last entry; `undefined` when the page shows none.
+ */
+function nextFrom(
+  nextFileName: string,
+  where: { folder: string; config: WorkerConfig; entries: ListedEntry[] },
+): string | undefined {
+  const { folder, config, entries } = where;
+  const rest = nextFileName.slice(folder.length);
+  const cut = rest.indexOf("/");
+  const item = cut === -1 ? rest : rest.slice(0, cut + 1);
+  const action = cut === -1 ? "upload" : "folder";
+  if (listedEntry({ action, fileName: folder + item }, { folder, config })) return item;
+  const last = entries.at(-1);
+  if (!last) return undefined;
+  // B2 allows no character below a space in a name, and "0" follows "/" (b2-list-file-names).
+  return last.folder ? `${last.name.slice(0, -1)}0` : `${last.name} `;
 }
 
 /**

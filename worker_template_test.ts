@@ -3650,6 +3650,48 @@ Deno.test("worker in workerd pages through a folder one b2_list_file_names call 
   }
 });
 
+Deno.test("worker in workerd never names a hidden, signed or unreachable name in a listing's next page", async () => {
+  const b2 = listingB2();
+  const worker = await startWorker(b2, {
+    options: listingOptions(b2, "off"),
+    extraBindings: { WORKER_LISTING_PAGE_SIZE: "1" },
+  });
+  try {
+    const names: string[] = [];
+    const cursors: string[] = [];
+    let next: string | null = "/docs/?format=json";
+    for (let pages = 0; next !== null; pages++) {
+      assert.ok(pages < 40, "the pages end");
+      const answer = await worker.visit(next);
+      assert.equal(answer.status, 200, next);
+      const html = await worker.visit(next.replace(/&?format=json/, "").replace(/\?$/, ""));
+      const listing = JSON.parse(answer.body);
+      names.push(...listing.folders.concat(listing.files).map((f: { name: string }) => f.name));
+      next = listing.next;
+      cursors.push(next ?? "", html.body.match(/href="([^"]*)" rel="next"/)?.[1] ?? "");
+    }
+    for (const secret of [".hidden", ".git", "config", "members", "signed", "slash", ".bzEmpty"]) {
+      assert.ok(!cursors.some((cursor) => cursor.includes(secret)), `${secret} in ${cursors}`);
+    }
+    // Every name the one-page listing shows, once.
+    assert.deepEqual(
+      names.toSorted(),
+      [
+        "empty/",
+        "sub/",
+        ...HOSTILE_NAMES.map((name) => `${name}.txt`),
+        "a.txt",
+        "b.txt",
+        "café.txt",
+      ]
+        .toSorted(),
+    );
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
+});
+
 Deno.test("worker in workerd keeps one account token per isolate and renews it when B2 says it expired", async () => {
   const b2 = listingB2();
   const worker = await startWorker(b2, { options: listingOptions(b2, "off") });
