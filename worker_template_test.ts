@@ -22,6 +22,7 @@ import { startLocalWorker } from "./local/workerd.ts";
 import {
   type FakeB2,
   type FakeFile,
+  type Fault,
   patternByte,
   signEventBody,
   startFakeB2,
@@ -3724,6 +3725,44 @@ Deno.test("worker in workerd answers 502 when B2 refuses the listing key, and sa
   try {
     assert.equal((await worker.visit("/docs/")).status, 502);
     assert.ok(worker.logs.some((line) => /B2 refused the listing key: 401/.test(line)));
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
+});
+
+Deno.test("worker in workerd answers a listing B2 fails with 502, and its log names no key, token or bucket", async () => {
+  const b2 = listingB2();
+  const worker = await startWorker(b2, { options: listingOptions(b2, "off") });
+  const list = "/b2api/v4/b2_list_file_names";
+  // Where B2 fails, how, and what the log says of it. The first comes before any token is held.
+  const faults: [string, Fault, string][] = [
+    ["/b2api/v4/b2_authorize_account", { status: 503, code: "service_unavailable" }, "503"],
+    [list, { status: 503, code: "service_unavailable" }, "503 service_unavailable"],
+    [list, { status: 500, code: "internal_error" }, "500 internal_error"],
+    [
+      list,
+      { status: 401, code: "unauthorized", message: `key ${LISTING_KEY.keyId} cannot list` },
+      "cannot list it",
+    ],
+    [list, { status: 401, code: "bad_auth_token", times: 2 }, "refused a fresh account token"],
+    [list, { status: 400, code: "bad_request", message: LISTING_KEY.applicationKey }, "400"],
+  ];
+  try {
+    for (const [path, fault, logged] of faults) {
+      for (const page of ["/docs/", "/docs/?format=json"]) {
+        b2.fail(path, { ...fault });
+        worker.logs.length = 0;
+        // visit() checks the answer's headers and body for the key, tokens and bucket.
+        assert.equal((await worker.visit(page)).status, 502, `${fault.code} ${page}`);
+        await waitFor(() => worker.logs.join("").includes(logged), `the log of ${fault.code}`);
+        const log = worker.logs.join("\n");
+        const secrets = [LISTING_KEY.keyId, LISTING_KEY.applicationKey, worker.token, BUCKET_ID];
+        for (const secret of [...secrets, BUCKET, ...b2.accountTokens]) {
+          assert.ok(!log.includes(secret), `the log shows ${secret}: ${log}`);
+        }
+      }
+    }
   } finally {
     await worker.dispose();
     await b2.close();
