@@ -3505,9 +3505,22 @@ function count(n: number, noun: string): string {
   return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }
 
+/**
+ * A name as a listing page shows it: each character that reorders the text around it as its
+ * code point (`[U+202E]`), since U+202E shows `invoice\u202Etxt.exe` as `invoiceexe.txt`; the
+ * same characters a download link's name may not hold. The JSON form keeps the exact name.
+ */
+function readableName(name: string): string {
+  return name.replace(
+    /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/gu,
+    (c) => `[U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}]`,
+  );
+}
+
 /** The listing page: no script at all, links only, so keyboards and text browsers work. */
 export function listingHtml(page: FolderPage): string {
-  const e = escapeHtml;
+  // Every text and attribute of the page: links are percent-encoded paths, which this keeps.
+  const e = (text: string) => escapeHtml(readableName(text));
   const crumbs = page.crumbs.map((crumb, i) =>
     i === page.crumbs.length - 1
       ? `<li><a href="${e(crumb.path)}" aria-current="page">${e(crumb.name)}</a></li>`

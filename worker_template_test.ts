@@ -3769,6 +3769,30 @@ Deno.test("worker in workerd answers a listing B2 fails with 502, and its log na
   }
 });
 
+Deno.test("worker in workerd shows a name's bidirectional formatting characters in a listing, so it reads as it is", async () => {
+  const b2 = listingB2();
+  const worker = await startWorker(b2, { options: listingOptions(b2, "off") });
+  try {
+    // U+202E shows "invoice\u202Etxt.exe" as "invoiceexe.txt".
+    b2.putFile(BUCKET, { name: "site/docs/invoice\u202Etxt.exe", body: "MZ" });
+    b2.putFile(BUCKET, { name: "site/docs/\u2067isolate\u2069/x.txt", body: "x" });
+    const html = await worker.visit("/docs/");
+    assert.doesNotMatch(html.body, /[\u202E\u2067\u2069]/u);
+    assert.ok(html.body.includes(">invoice[U+202E]txt.exe</a>"), html.body);
+    assert.ok(html.body.includes('aria-label="Download invoice[U+202E]txt.exe"'), html.body);
+    assert.ok(html.body.includes(">[U+2067]isolate[U+2069]/</a>"), html.body);
+    const inside = await worker.visit("/docs/%E2%81%A7isolate%E2%81%A9/");
+    assert.equal(inside.status, 200);
+    assert.doesNotMatch(inside.body, /[\u2067\u2069]/u);
+    // Scripts get the exact names.
+    const json = JSON.parse((await worker.visit("/docs/?format=json")).body);
+    assert.ok(json.files.some((f: { name: string }) => f.name === "invoice\u202Etxt.exe"));
+  } finally {
+    await worker.dispose();
+    await b2.close();
+  }
+});
+
 Deno.test("worker in workerd lists nothing when listings are off", async () => {
   const b2 = listingB2();
   const worker = await startWorker(b2, { options: { cacheMode: "off" } });
