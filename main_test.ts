@@ -5411,6 +5411,11 @@ Deno.test("refresh refuses a listing key that can do more than list the bucket u
       expect: /B2_LISTING_KEY reaches every name, but B2_FILE_PREFIX is "site\/"/,
     },
     {
+      name: "a key for a wider prefix",
+      key: listingKey({ namePrefix: "si" }),
+      expect: /reaches names starting with "si", but B2_FILE_PREFIX is "site\/"/,
+    },
+    {
       name: "a key for a narrower prefix",
       key: listingKey({ namePrefix: "site/a/" }),
       expect: /reaches names starting with "site\/a\/", but B2_FILE_PREFIX is "site\/"/,
@@ -5435,6 +5440,9 @@ Deno.test("refresh refuses a listing key that can do more than list the bucket u
         const { code, stderr } = await w.run(["refresh"], { env: { ...LISTING_ENV, ...c.env } });
         assert.equal(code, c.name === "a key B2 refuses" ? 1 : 2, stderr);
         assert.match(stderr, c.expect);
+        for (const secret of [LISTING_KEY, "listing-key-id", ...w.b2.accountTokens]) {
+          assert.ok(!stderr.includes(secret), `${c.name}: stderr shows ${secret}`);
+        }
         assert.equal(w.cloudflare.scripts.size, 0, "nothing was uploaded");
       } finally {
         await w.close();
