@@ -3271,9 +3271,12 @@ async function authorizeListing(config: WorkerConfig): Promise<ListingSession> {
   }, config);
   if (!response.ok) {
     const code = await b2ErrorCode(response);
+    // A 5xx (or 429) is B2 unable to answer now, not a verdict on the key.
     throw new ListingError(
-      `B2 refused the listing key: ${response.status} ${code}; check B2_LISTING_KEY_ID and ` +
-        "B2_LISTING_KEY, then run refresh",
+      response.status >= 500 || response.status === 429
+        ? `B2 could not authorize the listing key now: ${response.status} ${code}`
+        : `B2 refused the listing key: ${response.status} ${code}; check B2_LISTING_KEY_ID and ` +
+          "B2_LISTING_KEY, then run refresh",
     );
   }
   const answer = await response.json() as {
