@@ -252,7 +252,24 @@ interface Fill {
   wake: Set<() => void>;
   /** Settles once it is stored or failed. */
   done: Promise<unknown>;
+  /** What a purge matches it by, as for a stored entry. */
+  entrypoint: string;
+  path: string;
+  tags: Set<string>;
+  /** How many purges had been made when the worker was asked for it. */
+  since: number;
 }
+
+/** A purge or invalidation made, for the answers that were being asked for meanwhile. */
+interface PurgeRecord {
+  seq: number;
+  operation: "purge" | "invalidate";
+  at: number;
+  matches: (entry: Pick<Entry, "entrypoint" | "path" | "tags">) => boolean;
+}
+
+/** The purges kept for answers still coming; older ones count as matching (the safe side). */
+const PURGE_LOG_LENGTH = 100;
 
 interface Deployment {
   worker: LocalWorker;
@@ -289,6 +306,9 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
   const purges: WorkersCache["purges"] = [];
   let stats = emptyStats();
   let purgeTokens = PURGE_BURST;
+  /** The latest purges, the oldest first, and how many were made in all. */
+  const purgeLog: PurgeRecord[] = [];
+  let purgeCount = 0;
   let purgeTokensAt = now();
   let deployment: Deployment | undefined;
   let versions = 0;
@@ -343,7 +363,11 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       // collapsed per data centre": a miss while the worker is asked for the key waits for its
       // answer, and reads it as it is stored; if it may not be stored, asks the worker itself.
       const pending = fills.get(key) ?? await misses.get(key);
-      if (pending?.vary.every(([name, value]) => request.headers.get(name) === value)) {
+      // Not onto an answer asked for before a purge that matches it.
+      if (
+        pending && !purgedSince(pending.since, pending) &&
+        pending.vary.every(([name, value]) => request.headers.get(name) === value)
+      ) {
         return serveFill(pending, request, "MISS");
       }
       entry = lookUp(key, request.headers);
@@ -414,9 +438,10 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       keepConditional: how.conditional,
       keepRange: rangedMiss !== "removed",
     });
+    const since = purgeCount;
     const result = await callWorker(current, request, { method: "GET", headers });
     if (!("response" in result)) return failureAnswer(result);
-    return await keepAndAnswer(result.response, request, { ...how, current });
+    return await keepAndAnswer(result.response, request, { ...how, current, since });
   }
 
   /**
@@ -437,6 +462,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     const lastModified = entry.headers.get("last-modified");
     if (etag !== null) headers.set("If-None-Match", etag);
     if (lastModified !== null) headers.set("If-Modified-Since", lastModified);
+    const since = purgeCount;
     const result = await callWorker(current, request, { method: "GET", headers });
     const failed = !("response" in result) || isFailure(result.response.status);
     // stale-if-error counts from expiry; a no-cache entry is never used unvalidated.
@@ -471,6 +497,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       label: "EXPIRED",
       replacing: entry,
       current,
+      since,
     });
   }
 
@@ -478,7 +505,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
   async function keepAndAnswer(
     response: Response,
     request: Request,
-    how: { key: string; label: string; replacing?: Entry; current: Deployment },
+    how: { key: string; label: string; replacing?: Entry; current: Deployment; since: number },
   ): Promise<Response> {
     const verdict = response.status === 304
       ? { store: false as const, label: "BYPASS" }
@@ -519,12 +546,17 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       storedAt: now(),
       policy: verdict.policy,
     };
+    // As for a streamed answer (startFill()): a purge made meanwhile reaches it.
+    const purged = purgedSince(how.since, entry);
+    const whole = rangedMiss === "whole" && !how.replacing;
+    if (purged?.operation === "purge") return serve(entry, request, how.label, { whole });
+    if (purged) entry.invalidatedAt = purged.at;
     const variants = (store.get(how.key) ?? []).filter((other) =>
       other !== how.replacing &&
       !other.vary.every(([name, value]) => request.headers.get(name) === value)
     );
     keep(how.key, [...variants, entry]);
-    return serve(entry, request, how.label, { whole: rangedMiss === "whole" && !how.replacing });
+    return serve(entry, request, how.label, { whole });
   }
 
   /**
@@ -537,9 +569,20 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
   function startFill(
     response: Response,
     request: Request,
-    how: { key: string; replacing?: Entry; size: number; policy: Policy; current: Deployment },
+    how: {
+      key: string;
+      replacing?: Entry;
+      size: number;
+      policy: Policy;
+      current: Deployment;
+      since: number;
+    },
   ): Fill {
     const fill: Fill = {
+      entrypoint: request.headers.get(ENTRYPOINT_HEADER) ?? "default",
+      path: new URL(request.url).pathname + new URL(request.url).search,
+      tags: cacheTags(response.headers.get("cache-tag")),
+      since: how.since,
       status: response.status,
       headers: new Headers(response.headers),
       size: how.size,
@@ -562,16 +605,23 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       if (bytes.byteLength !== how.size) {
         throw new Error(`the worker sent ${bytes.byteLength} of ${how.size} bytes`);
       }
+      // Assumption: a purge made while an answer is being stored reaches it too: it is not
+      // stored, or is stored stale after an invalidation (developers.cloudflare.com/workers/
+      // cache/purge/ does not say what happens to a fill under way; the docs promise that a
+      // purged entry is gone, so the stand-in takes the side that never serves a purged one).
+      const purged = purgedSince(fill.since, fill);
+      if (purged?.operation === "purge") return;
       const entry: Entry = {
-        entrypoint: request.headers.get(ENTRYPOINT_HEADER) ?? "default",
-        path: new URL(request.url).pathname + new URL(request.url).search,
+        entrypoint: fill.entrypoint,
+        path: fill.path,
         vary: fill.vary,
         status: fill.status,
         headers: fill.headers,
         body: bytes,
-        tags: cacheTags(fill.headers.get("cache-tag")),
+        tags: fill.tags,
         storedAt: now(),
         policy: how.policy,
+        ...(purged && { invalidatedAt: purged.at }),
       };
       const variants = (store.get(how.key) ?? []).filter((other) =>
         other !== how.replacing &&
@@ -805,6 +855,27 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     return answer;
   }
 
+  /**
+   * The latest purge made after the `since`-th that reaches an answer being stored; one too old
+   * to be kept counts as reaching it.
+   */
+  function purgedSince(
+    since: number,
+    answer: Pick<Entry, "entrypoint" | "path" | "tags">,
+  ): PurgeRecord | undefined {
+    const oldest = purgeLog[0]?.seq ?? purgeCount + 1;
+    if (since + 1 < oldest) {
+      return {
+        seq: since + 1,
+        operation: "purge",
+        at: now(),
+        matches: () => true,
+      };
+    }
+    const reaching = purgeLog.filter((record) => record.seq > since && record.matches(answer));
+    return reaching.find((record) => record.operation === "purge") ?? reaching.at(-1);
+  }
+
   function applyPurge(
     operation: "purge" | "invalidate",
     options: PurgeOptions,
@@ -837,13 +908,15 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     // Assumption: a purge reaches the entries of every version, not just the current one's.
     // Only the calling entrypoint's (developers.cloudflare.com/workers/cache/purge/: "Purge is
     // scoped to the entrypoint that calls it").
+    const matches = (entry: Pick<Entry, "entrypoint" | "path" | "tags">) =>
+      entry.entrypoint === entrypoint && (options.purgeEverything === true ||
+        tags.some((tag) => entry.tags.has(tag)) ||
+        prefixes.some((prefix) => entry.path.startsWith(prefix)));
+    purgeLog.push({ seq: ++purgeCount, operation, at: now(), matches });
+    if (purgeLog.length > PURGE_LOG_LENGTH) purgeLog.shift();
     for (const [key, entries] of store) {
       for (const entry of entries) {
-        if (entry.entrypoint !== entrypoint) continue;
-        const hit = options.purgeEverything === true ||
-          tags.some((tag) => entry.tags.has(tag)) ||
-          prefixes.some((prefix) => entry.path.startsWith(prefix));
-        if (!hit) continue;
+        if (!matches(entry)) continue;
         // Assumption: an invalidated entry is stale at once, so its stale directives decide
         // what happens next (developers.cloudflare.com/workers/cache/purge/: invalidate "marks
         // entries stale").

@@ -599,6 +599,51 @@ Deno.test("an answer being stored reaches its caller as the worker sends it, and
     assert.deepEqual([after.label, after.body], ["HIT", "first-last"]);
   }));
 
+Deno.test("a purge while an answer is being stored reaches it: not shared with later misses, not stored", async (t) => {
+  for (const purge of [{ tags: ["v1-tag"] }, { pathPrefixes: ["/p"] }]) {
+    await t.step(JSON.stringify(purge), () =>
+      withCache({}, async (h) => {
+        const { promise: release, resolve } = Promise.withResolvers<void>();
+        const encoder = new TextEncoder();
+        h.origin = () =>
+          new Response(
+            new ReadableStream({
+              async start(controller) {
+                controller.enqueue(encoder.encode("old-"));
+                await release;
+                controller.enqueue(encoder.encode("v1"));
+                controller.close();
+              },
+            }),
+            {
+              headers: {
+                "content-length": "6",
+                "cache-control": "max-age=60",
+                "cache-tag": "v1-tag",
+              },
+            },
+          );
+        const first = await fetch(`${h.cache.url}/p`);
+        const reader = first.body!.getReader();
+        await reader.read();
+        // The object is replaced and purged while its old answer is still being stored.
+        assert.equal(JSON.parse((await h.cacheCall("purge", purge)).body).success, true);
+        h.origin = () => text("new-v2", { "cache-control": "max-age=60" });
+        // Whatever is shared, the old answer ends soon after (a test that fails, never hangs).
+        const released = setTimeout(resolve, 300);
+        const after = await h.get("/p");
+        assert.deepEqual([after.label, after.body], ["MISS", "new-v2"], "not the purged fill");
+        clearTimeout(released);
+        resolve();
+        while (!(await reader.read()).done);
+        await h.cache.idle();
+        h.origin = () => text("new-v3", { "cache-control": "max-age=60" });
+        const later = await h.get("/p");
+        assert.notEqual(later.body, "old-v1", "the purged answer was not stored");
+      }));
+  }
+});
+
 Deno.test("a background revalidation started before a redeploy finishes on the version that began it", () =>
   withCache({}, async (h) => {
     h.origin = () =>
