@@ -100,6 +100,11 @@ Deno.test("judgeLargeObjects() judges B2's bytes: each segment once, plus the vi
   assert.match(met.detail, /segments 115\.2 MiB \(100\.0 %.* own 2\.00 MiB.* 0\.50 MiB more/);
   const twice = bytesGoal({ segmentMiB: 2 * 57.6 });
   assert.deepEqual([twice.met, /150\.0 %/.test(twice.detail)], [false, true]);
+  // A read of the visitors' own that went on far past their bytes (a cancel that never came)
+  // is not excused as a cancel on its way: at most a segment a run.
+  const uncut = bytesGoal({ segmentMiB: 57.6, ownMiB: 2 + 20, ownServedMiB: 2 });
+  assert.equal(uncut.met, false, uncut.detail);
+  assert.match(uncut.detail, /20\.00 MiB more .*at most 16 MiB/);
 });
 
 Deno.test("judgeLargeObjects() judges a cold range's first byte and B2 requests against before", () => {
