@@ -525,11 +525,12 @@ function keptAtEdge(
  * object (today's request of any object, which a small one is answered and kept from), or, for
  * a range past the first segment or of the last bytes, only the visitor's own bytes up to the
  * end of the segment they start in. An object under one segment never gets such a range (its
- * bytes all lie in the first), so it costs one request as before; one that turns out small
- * between one segment and the cache's limit costs a second, the whole object, which the cache
- * keeps: the default leans toward large objects there, since a first visit that starts a
- * segment or more into an object is a seek or a reader's index lookup, which is what large
- * archives and long videos get. See docs/large-objects.md ("The first range").
+ * bytes all lie in the first), so it costs one request as before, except for a suffix range
+ * (`bytes=-N`), whose start is not known before B2 answers; one that turns out small costs a
+ * second request, the whole object, which the cache keeps: the default leans toward large
+ * objects there, since a first visit that starts a segment or more into an object is a seek or a
+ * reader's index lookup, which is what large archives and long videos get. See
+ * docs/large-objects.md ("The first viewer").
  */
 function firstRead(range: RangeSpec | undefined, config: WorkerConfig): RangeSpec | undefined {
   const size = config.segmentSize;

@@ -565,6 +565,8 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
    * it as the worker sends it, rather than after its last byte (not documented for Workers Cache;
    * Cloudflare's cache streams what it fills from an origin, and collapses concurrent misses
    * onto one fill). A worker that fails midway leaves nothing stored and its readers cut short.
+   * Assumption: the fill goes on when its caller, or every reader, stops reading (not documented;
+   * the worker's keepSegment() cancels its one-byte read at once and counts on it).
    */
   function startFill(
     response: Response,
