@@ -258,6 +258,8 @@ interface Fill {
   tags: Set<string>;
   /** How many purges had been made when the worker was asked for it. */
   since: number;
+  /** Its lifetime and who it may answer, as the entry will have. */
+  policy: Policy;
 }
 
 /** A purge or invalidation made, for the answers that were being asked for meanwhile. */
@@ -363,9 +365,11 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       // collapsed per data centre": a miss while the worker is asked for the key waits for its
       // answer, and reads it as it is stored; if it may not be stored, asks the worker itself.
       const pending = fills.get(key) ?? await misses.get(key);
-      // Not onto an answer asked for before a purge that matches it.
+      // Not onto an answer asked for before a purge that matches it, nor onto one a request
+      // with Authorization may not be answered from (as lookUp() refuses a stored one).
+      const authorized = !request.headers.has("authorization") || pending?.policy.forAuthorized;
       if (
-        pending && !purgedSince(pending.since, pending) &&
+        pending && authorized && !purgedSince(pending.since, pending) &&
         pending.vary.every(([name, value]) => request.headers.get(name) === value)
       ) {
         return serveFill(pending, request, "MISS");
@@ -585,6 +589,7 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       path: new URL(request.url).pathname + new URL(request.url).search,
       tags: cacheTags(response.headers.get("cache-tag")),
       since: how.since,
+      policy: how.policy,
       status: response.status,
       headers: new Headers(response.headers),
       size: how.size,

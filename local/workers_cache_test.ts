@@ -644,6 +644,38 @@ Deno.test("a purge while an answer is being stored reaches it: not shared with l
   }
 });
 
+Deno.test("a request with Authorization shares an answer being stored only if it says public", async (t) => {
+  for (const [control, shared] of [["max-age=60", false], ["public, max-age=60", true]] as const) {
+    await t.step(control, () =>
+      withCache({}, async (h) => {
+        const { promise: release, resolve } = Promise.withResolvers<void>();
+        const encoder = new TextEncoder();
+        h.origin = () =>
+          new Response(
+            new ReadableStream({
+              async start(controller) {
+                controller.enqueue(encoder.encode("for-"));
+                await release;
+                controller.enqueue(encoder.encode("all"));
+                controller.close();
+              },
+            }),
+            { headers: { "content-length": "7", "cache-control": control } },
+          );
+        const first = await fetch(`${h.cache.url}/a`);
+        const reader = first.body!.getReader();
+        await reader.read();
+        const released = setTimeout(resolve, 300);
+        const authorized = await h.get("/a", { headers: { Authorization: "Bearer x" } });
+        clearTimeout(released);
+        resolve();
+        while (!(await reader.read()).done);
+        assert.equal(authorized.body, "for-all");
+        assert.equal(h.seen().length, shared ? 1 : 2, "the worker asked again unless public");
+      }));
+  }
+});
+
 Deno.test("a background revalidation started before a redeploy finishes on the version that began it", () =>
   withCache({}, async (h) => {
     h.origin = () =>
