@@ -12,7 +12,7 @@ import { deriveEventSecret } from "../main.ts";
 import type { FakeNotificationRule } from "../local/fake_b2.ts";
 import { startWorkersCache, type WorkersCache } from "../local/workers_cache.ts";
 import { median, ms, table, type Target } from "./measure.ts";
-import { type FakeB2, ourUpload, startBenchB2 } from "./processes.ts";
+import { BENCH_BUCKET, type FakeB2, ourUpload, startBenchB2 } from "./processes.ts";
 
 const LATENCY_ROUNDS = 20;
 const BURSTS = [1_000, 10_000];
@@ -110,7 +110,7 @@ async function notificationToMiss(module: string) {
     await visit(url);
     if ((await visit(url)).label !== "HIT") throw new Error("the object is not cached");
     const started = performance.now();
-    await edge.b2.upload("bench", { name: "hello.txt", body: `hello ${round}` });
+    await edge.b2.upload(BENCH_BUCKET, { name: "hello.txt", body: `hello ${round}` });
     const after = await visit(url);
     times.push(performance.now() - started);
     if (after.label === "MISS" && after.body === `hello ${round}`) freshMisses++;
@@ -126,7 +126,7 @@ async function burst(module: string, events: number): Promise<EventBurst> {
   await using edge = await startEdge(module);
   const started = performance.now();
   const names = Array.from({ length: events }, (_, i) => ({ name: `bulk/${i}.bin`, size: 1 }));
-  let pending = (await edge.b2.notify("bench", names)).filter((d) => d.status !== 200);
+  let pending = (await edge.b2.notify(BENCH_BUCKET, names)).filter((d) => d.status !== 200);
   for (let round = 0; pending.length > 0 && round < MAX_RETRY_ROUNDS; round++) {
     const wait = Math.max(...pending.map((d) => Number(d.retryAfter ?? 1)));
     await new Promise((resolve) => setTimeout(resolve, wait * 1000));

@@ -19,6 +19,7 @@ import { startWorkersCache, type WorkersCache } from "../local/workers_cache.ts"
 import { median, MIB, ms, seededRandom, table, type Target } from "./measure.ts";
 import {
   type B2Address,
+  BENCH_BUCKET,
   type FakeB2,
   memoryOf,
   ourUpload,
@@ -548,8 +549,8 @@ async function segmentedFloor(
   const { b2, stream, ours } = how;
   const upload = await passThroughUpload(b2.url, how.like, "off", SEGMENT_BYTES);
   const floor = await behindStandIn(stack, upload);
-  const token = b2.issueDownloadToken("bench", "", 86_400);
-  const path = `/file/bench/video.mp4?Authorization=${token}`;
+  const token = b2.issueDownloadToken(BENCH_BUCKET, "", 86_400);
+  const path = `/file/${BENCH_BUCKET}/video.mp4?Authorization=${token}`;
   how.log?.(
     `  the floor, a pass-through reading segments, over the same ${
       (stream.bytes / 1e9).toFixed(1)

@@ -14,7 +14,7 @@ import { deriveEventSecret } from "../main.ts";
 import type { FakeFile, FakeNotificationRule } from "../local/fake_b2.ts";
 import { startWorkersCache } from "../local/workers_cache.ts";
 import { seededRandom, table, type Target } from "./measure.ts";
-import { ourUpload, startBenchB2 } from "./processes.ts";
+import { BENCH_BUCKET, ourUpload, startBenchB2 } from "./processes.ts";
 
 const FOLDER_NAMES = 2_500;
 const VIEWS = 1_000;
@@ -28,7 +28,7 @@ const LISTING_KEY = {
   keyId: "bench-listing-key-id",
   applicationKey: "bench-listing-key",
   capabilities: ["listFiles"],
-  restrictToBucket: "bench",
+  restrictToBucket: BENCH_BUCKET,
   namePrefix: null,
 };
 /**
@@ -132,7 +132,7 @@ async function runListings(
   for (const view of views) {
     if (run.uploads && view.at >= (uploads + 1) * UPLOAD_EVERY_SECONDS) {
       uploads++;
-      await b2.upload("bench", { name: `archive/new-${uploads}.bin`, body: "new" });
+      await b2.upload(BENCH_BUCKET, { name: `archive/new-${uploads}.bin`, body: "new" });
     }
     at = view.at;
     const answer = await fetch(`${cache.url}${view.url}`);

@@ -36,12 +36,15 @@ let pinned = false;
 // The worker and its origin
 // ---------------------------------------------------------------------------
 
+/** The bench's bucket: a name B2 allows (6 to 63 characters), as refresh now checks. */
+export const BENCH_BUCKET = "bench-bucket";
+
 /** The B2 stand-in with the one bucket the bench deploys against, holding `files`. */
 export function startBenchB2(
   files: FakeFile[],
   options: Omit<FakeB2Options, "buckets"> = {},
 ): FakeB2 {
-  return startFakeB2({ buckets: [{ id: "bucket-bench", name: "bench", files }], ...options });
+  return startFakeB2({ buckets: [{ id: "bucket-bench", name: BENCH_BUCKET, files }], ...options });
 }
 
 /** The 1 KiB object of the load runs. */
@@ -88,9 +91,9 @@ export function ourUpload(
   const now = Date.now();
   return workerUpload(module, {
     ...secrets,
-    downloadToken: b2.issueDownloadToken("bench", "", 86_400),
+    downloadToken: b2.issueDownloadToken(BENCH_BUCKET, "", 86_400),
     downloadUrl: b2.url,
-    bucketName: "bench",
+    bucketName: BENCH_BUCKET,
     prefix: "",
     issuedAt: now,
     expiresAt: now + 86_400_000,

@@ -25,6 +25,7 @@ import {
   throughputRow,
 } from "./measure.ts";
 import {
+  BENCH_BUCKET,
   cpuSeconds,
   type FakeB2,
   ourUpload,
@@ -81,9 +82,9 @@ async function startCases(
   const cached = await start(ourUpload(module, b2, {}));
   const floor = await start(await passThroughUpload(b2.url, uncachedUpload, "off"));
   const cacheFloor = await start(await passThroughUpload(b2.url, uncachedUpload, "on"));
-  const token = b2.issueDownloadToken("bench", "", 86_400);
+  const token = b2.issueDownloadToken(BENCH_BUCKET, "", 86_400);
   const direct = (worker: RunningWorker) => ({
-    url: `${worker.url}/file/bench/1k.bin?Authorization=${token}`,
+    url: `${worker.url}/file/${BENCH_BUCKET}/1k.bin?Authorization=${token}`,
     pid: worker.pid,
   });
   return {
