@@ -58,7 +58,7 @@ interface Scenario {
   concurrentRequests?: number;
 }
 
-const REFRESH_SCENARIOS: Scenario[] = [
+export const REFRESH_SCENARIOS: Scenario[] = [
   {
     scenario: "bucket name and id given",
     settings: { B2_BUCKET_NAME: BENCH_BUCKET, B2_BUCKET_ID: "bucket-bench" },
@@ -135,7 +135,7 @@ async function refreshCli(settings: Settings, envFile: string): Promise<number[]
 }
 
 /** The settings of a refresh against these stand-ins. */
-function fakeSettings(b2: FakeB2, cloudflareUrl: string, settings: Settings): Settings {
+export function fakeSettings(b2: FakeB2, cloudflareUrl: string, settings: Settings): Settings {
   return {
     B2_APPLICATION_KEY_ID: "fake-key-id",
     B2_APPLICATION_KEY: "fake-application-key",
