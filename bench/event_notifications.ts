@@ -12,7 +12,7 @@ import { deriveEventSecret } from "../main.ts";
 import type { FakeNotificationRule } from "../local/fake_b2.ts";
 import { startWorkersCache, type WorkersCache } from "../local/workers_cache.ts";
 import { median, ms, table, type Target } from "./measure.ts";
-import { BENCH_BUCKET, type FakeB2, ourUpload, startBenchB2 } from "./processes.ts";
+import { BENCH_BUCKET, benchEventRule, type FakeB2, ourUpload, startBenchB2 } from "./processes.ts";
 
 const LATENCY_ROUNDS = 20;
 const BURSTS = [1_000, 10_000];
@@ -68,21 +68,7 @@ async function startEdge(module: string): Promise<Edge> {
   const derived = await deriveEventSecret(SECRET_SOURCE);
   const settings = { WORKER_CACHE_MODE: "workers-cache", B2_EVENT_NOTIFICATIONS: "on" };
   await cache.deploy(ourUpload(module, b2, settings, { eventSecret: derived.secret }));
-  // Set directly: the stand-in's set call refuses http://, and this worker is on 127.0.0.1.
-  const rule: FakeNotificationRule = {
-    name: "b2cdn-bench",
-    eventTypes: ["b2:ObjectCreated:*", "b2:ObjectDeleted:*", "b2:HideMarkerCreated:*"],
-    objectNamePrefix: "",
-    isEnabled: true,
-    maxEventsPerBatch: 50,
-    targetConfiguration: {
-      targetType: "webhook",
-      url: `${cache.url}/.well-known/b2-private-cdn/events?key=${derived.urlKey}`,
-      hmacSha256SigningSecret: derived.secret,
-    },
-    isSuspended: false,
-    suspensionReason: "",
-  };
+  const rule = benchEventRule(cache.url, derived);
   b2.notificationRules.set("bucket-bench", [rule]);
   return {
     b2,

@@ -11,10 +11,10 @@
  */
 
 import { deriveEventSecret } from "../main.ts";
-import type { FakeFile, FakeNotificationRule } from "../local/fake_b2.ts";
+import type { FakeFile } from "../local/fake_b2.ts";
 import { startWorkersCache } from "../local/workers_cache.ts";
 import { seededRandom, table, type Target } from "./measure.ts";
-import { BENCH_BUCKET, ourUpload, startBenchB2 } from "./processes.ts";
+import { BENCH_BUCKET, benchEventRule, ourUpload, startBenchB2 } from "./processes.ts";
 
 const FOLDER_NAMES = 2_500;
 const VIEWS = 1_000;
@@ -124,7 +124,7 @@ async function runListings(
     text: String(COALESCE_SECONDS),
   });
   await cache.deploy(upload);
-  if (run.uploads) b2.notificationRules.set("bucket-bench", [eventRule(cache.url, derived)]);
+  if (run.uploads) b2.notificationRules.set("bucket-bench", [benchEventRule(cache.url, derived)]);
   const from = b2.requests.length;
   let uploads = 0;
   let errors = 0;
@@ -156,28 +156,6 @@ async function runListings(
     classB: asked.filter((r) => r.path.startsWith("/file/")).length,
     uploads,
     errors,
-  };
-}
-
-/** Our rule, set directly: the stand-in's set call refuses http://, and this is 127.0.0.1. */
-function eventRule(
-  origin: string,
-  derived: { secret: string; urlKey?: string },
-): FakeNotificationRule {
-  const key = derived.urlKey ? `?key=${derived.urlKey}` : "";
-  return {
-    name: "b2cdn-bench",
-    eventTypes: ["b2:ObjectCreated:*", "b2:ObjectDeleted:*", "b2:HideMarkerCreated:*"],
-    objectNamePrefix: "",
-    isEnabled: true,
-    maxEventsPerBatch: 50,
-    targetConfiguration: {
-      targetType: "webhook",
-      url: `${origin}/.well-known/b2-private-cdn/events${key}`,
-      hmacSha256SigningSecret: derived.secret,
-    },
-    isSuspended: false,
-    suspensionReason: "",
   };
 }
 

@@ -15,7 +15,13 @@ import {
   type WorkerUpload,
   workerUpload,
 } from "../main.ts";
-import { type FakeB2, type FakeB2Options, type FakeFile, startFakeB2 } from "../local/fake_b2.ts";
+import {
+  type FakeB2,
+  type FakeB2Options,
+  type FakeFile,
+  type FakeNotificationRule,
+  startFakeB2,
+} from "../local/fake_b2.ts";
 import { type LocalWorker, startLocalWorker } from "../local/workerd.ts";
 
 // The sections reach the B2 stand-in through this file alone.
@@ -38,6 +44,28 @@ let pinned = false;
 
 /** The bench's bucket: a name B2 allows (6 to 63 characters), as refresh now checks. */
 export const BENCH_BUCKET = "bench-bucket";
+
+/** Our event rule for the bench's B2, set directly: the stand-in's set call refuses http://, and this is 127.0.0.1. */
+export function benchEventRule(
+  origin: string,
+  derived: { secret: string; urlKey?: string },
+): FakeNotificationRule {
+  const key = derived.urlKey ? `?key=${derived.urlKey}` : "";
+  return {
+    name: "b2cdn-bench",
+    eventTypes: ["b2:ObjectCreated:*", "b2:ObjectDeleted:*", "b2:HideMarkerCreated:*"],
+    objectNamePrefix: "",
+    isEnabled: true,
+    maxEventsPerBatch: 50,
+    targetConfiguration: {
+      targetType: "webhook",
+      url: `${origin}/.well-known/b2-private-cdn/events${key}`,
+      hmacSha256SigningSecret: derived.secret,
+    },
+    isSuspended: false,
+    suspensionReason: "",
+  };
+}
 
 /** The B2 stand-in with the one bucket the bench deploys against, holding `files`. */
 export function startBenchB2(
