@@ -393,12 +393,13 @@ async function respond(
   const moved = "status" in name ? undefined : movedToCanonical(url, { link, listed, now, config });
   if (moved) return applyGrant(moved, link, now);
   // A download link names the attachment; a signed link its grant's `dl`, in applyGrant().
-  const download = "status" in name || link.access !== "public" || listed
+  const asked = "status" in name || link.access !== "public" || listed
     ? undefined
-    : attachmentName(url, name.name);
+    : downloadQuery(url);
+  const download = asked && "name" in name ? attachmentName(asked, name.name) : undefined;
   const finish = (answered: Response) => asAttachment(applyGrant(answered, link, now), download);
   if (config.cacheMode === "workers-cache") {
-    if (download !== undefined && downloadQuery(url)?.name) {
+    if (asked?.name) {
       return finish(await namedFromShared(request, { url, ctx }));
     }
     return finish(await behindWorkersCache(request, { url, name, link, now, ctx }, config));
@@ -2396,12 +2397,10 @@ export function downloadQuery(url: URL): { name: string; canonical: string } | u
 }
 
 /**
- * The file name a public request's download link asks for (the last part of
- * the object's B2 name for a bare `?download`), or `undefined` without one.
+ * The file name a public request's download link asks for: its own, or the last
+ * part of the object's B2 name for a bare `?download`.
  */
-function attachmentName(url: URL, objectName: string): string | undefined {
-  const asked = downloadQuery(url);
-  if (!asked) return undefined;
+function attachmentName(asked: { name: string }, objectName: string): string {
   return asked.name || objectName.slice(objectName.lastIndexOf("/") + 1)
     .replace(new RegExp(HOSTILE_ATTACHMENT_NAME, "gu"), "_");
 }
