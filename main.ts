@@ -1679,13 +1679,10 @@ type RefusalCode =
  * message says what to run or set instead. Exit code 1.
  */
 class RefusalError extends Error {
-  /** Which refusal it is. */
-  readonly code: RefusalCode;
-  /** Makes the error; the message says what was left as it was and what to do. */
-  constructor(message: string, code: RefusalCode) {
+  /** The message says what was left as it was and what to do. */
+  constructor(message: string, readonly code: RefusalCode) {
     super(message);
     this.name = "RefusalError";
-    this.code = code;
   }
 }
 
@@ -1889,35 +1886,22 @@ async function readJson(response: Response): Promise<{ json: unknown; received: 
 // B2
 // ---------------------------------------------------------------------------
 
-/**
- * What `b2_authorize_account` (v4) told us.
- * @internal
- */
-export interface B2Authorization {
-  /** The account the key belongs to. */
+/** What `b2_authorize_account` (v4) told us; a `null` restriction is none. */
+interface B2Authorization {
   accountId: string;
   /** Authorizes the API calls that follow; a secret. */
   authorizationToken: string;
-  /** The API host for this account. */
   apiUrl: string;
-  /** The host files are downloaded from. */
   downloadUrl: string;
-  /** Buckets the key is restricted to, or `null` for all of the account's. */
+  /** The buckets the key is restricted to. */
   buckets: { id: string; name: string }[] | null;
-  /** What the key may do, e.g. `shareFiles`. */
   capabilities: string[];
-  /** The key's name prefix restriction, or `null`. */
   namePrefix: string | null;
 }
 
-/**
- * The bucket being served.
- * @internal
- */
-export interface Bucket {
-  /** The bucket's id. */
+/** The bucket being served. */
+interface Bucket {
   id: string;
-  /** The bucket's name. */
   name: string;
 }
 
@@ -1998,10 +1982,6 @@ const LISTING_KEY_PAIR: KeyPair = {
  * first; the calls after it carry the account token it got.
  */
 class B2Client {
-  /** The B2 settings it was made from. */
-  readonly config: B2Config;
-  /** The context its requests go through. */
-  readonly ctx: Context;
   #auth: B2Authorization | undefined;
   readonly #pair: KeyPair;
 
@@ -2010,34 +1990,12 @@ class B2Client {
    * `pair` names the key in messages (the application key by default).
    */
   constructor(
-    config: B2Config,
-    ctx: Context,
+    readonly config: B2Config,
+    readonly ctx: Context,
     options: { auth?: B2Authorization; pair?: KeyPair } = {},
   ) {
-    this.config = config;
-    this.ctx = ctx;
     this.#auth = options.auth;
     this.#pair = options.pair ?? APPLICATION_KEY_PAIR;
-  }
-
-  /**
-   * A client for the listing key (`WORKER_LISTING`), at the address the worker will use.
-   * {@linkcode B2Client.authorizeListing} is all it does.
-   */
-  static forListing(config: B2Config, listing: ListingOptions, ctx: Context): B2Client {
-    return new B2Client(
-      { ...config, keyId: listing.keyId, applicationKey: listing.key, apiUrl: listing.apiUrl },
-      ctx,
-      { pair: LISTING_KEY_PAIR },
-    );
-  }
-
-  /**
-   * Authorizes the listing key and refuses it ({@linkcode checkListingKey}, a
-   * {@linkcode ConfigError}) when it can do more than list `served`.
-   */
-  async authorizeListing(served: { bucket: Bucket; prefix: string }): Promise<void> {
-    checkListingKey(await this.authorize(), served);
   }
 
   /** The key's authorization, once {@linkcode B2Client.authorize} has it. */
@@ -2048,8 +2006,7 @@ class B2Client {
 
   /** `b2_authorize_account` (v4): what the key may do, and the token the calls after it use. */
   async authorize(): Promise<B2Authorization> {
-    const { config } = this;
-    const ctx = this.ctx;
+    const { config, ctx } = this;
     ctx.secrets.add(config.applicationKey);
     // The key as the Basic header carries it: a server that echoes it must not print it.
     const basic = btoa(`${config.keyId}:${config.applicationKey}`);
@@ -2221,18 +2178,23 @@ function checkKey(auth: B2Authorization, config: B2Config): void {
 }
 
 /**
- * Refuses a listing key that could do more than list this bucket under the prefix: the
- * worker holds it at the edge, so it must be worth nothing else to whoever reads it. Every
- * capability but {@linkcode LISTING_CAPABILITIES}, a key for every bucket or another, and a
- * name prefix other than `B2_FILE_PREFIX` (wider reaches more; narrower could not list the
- * top) are problems, each named. Exit code 2.
- * @internal
+ * Authorizes the listing key (`WORKER_LISTING`) at the address the worker will use, and refuses
+ * it when it could do more than list this bucket under the prefix: the worker holds it at the
+ * edge, so it must be worth nothing else to whoever reads it. Every capability but
+ * {@linkcode LISTING_CAPABILITIES}, a key for every bucket or another, and a name prefix other
+ * than `B2_FILE_PREFIX` (wider reaches more; narrower could not list the top) are problems,
+ * each named. Exit code 2.
  */
-export function checkListingKey(
-  auth: Pick<B2Authorization, "buckets" | "capabilities" | "namePrefix">,
-  served: { bucket: Bucket; prefix: string },
-): void {
-  const { bucket, prefix } = served;
+async function checkListingKey(
+  b2: B2Client,
+  served: { listing: ListingOptions; bucket: Bucket; prefix: string },
+): Promise<void> {
+  const { listing, bucket, prefix } = served;
+  const auth = await new B2Client(
+    { ...b2.config, keyId: listing.keyId, applicationKey: listing.key, apiUrl: listing.apiUrl },
+    b2.ctx,
+    { pair: LISTING_KEY_PAIR },
+  ).authorize();
   const makeKey = `Make one with: b2 key create --bucket ${bucket.name}` +
     (prefix ? ` --name-prefix ${prefix}` : "") + " <name> listFiles";
   const problems: string[] = [];
@@ -2611,16 +2573,10 @@ interface Envelope<T> {
  * once; a refusal is an {@linkcode ApiError} with Cloudflare's code, message and the fix.
  */
 class CloudflareClient {
-  /** The Cloudflare settings it was made from. */
-  readonly config: CloudflareConfig;
-  /** The context its requests go through. */
-  readonly ctx: Context;
   readonly #auth: Record<string, string>;
 
   /** A client for `config`'s account and worker. */
-  constructor(config: CloudflareConfig, ctx: Context) {
-    this.config = config;
-    this.ctx = ctx;
+  constructor(readonly config: CloudflareConfig, readonly ctx: Context) {
     this.#auth = "token" in config.auth
       ? { authorization: `Bearer ${config.auth.token}` }
       : { "x-auth-email": config.auth.email, "x-auth-key": config.auth.key };
@@ -2656,7 +2612,6 @@ class CloudflareClient {
       const settings = await this.#call<
         { bindings?: WorkerSettings["bindings"]; cache_options?: CacheOptions }
       >(`read the settings of worker "${this.config.workerName}"`, {
-        method: "GET",
         path: this.#script("/settings"),
       });
       const cacheOptions = settings.cache_options;
@@ -2678,7 +2633,6 @@ class CloudflareClient {
     return await this.#call(
       options.accountId ? "verify the account's API token" : "verify the API token",
       {
-        method: "GET",
         path: options.accountId
           ? `/accounts/${options.accountId}/tokens/verify`
           : "/user/tokens/verify",
@@ -2702,7 +2656,6 @@ class CloudflareClient {
       ...(this.config.accountId && { "account.id": this.config.accountId }),
     });
     const zones = await this.#call<CloudflareZone[]>(`look up zone "${name}"`, {
-      method: "GET",
       path: `/zones?${query}`,
     });
     return zones.map(({ id, name }) => ({ id, name }));
@@ -2711,7 +2664,6 @@ class CloudflareClient {
   /** `GET /zones/{zone}/workers/routes` (needs "Workers Routes: Edit" on the zone). */
   async listRoutes(): Promise<ZoneRoute[]> {
     return await this.#call<ZoneRoute[]>("list the zone's routes", {
-      method: "GET",
       path: `/zones/${this.config.zoneId}/workers/routes`,
     });
   }
@@ -2737,7 +2689,6 @@ class CloudflareClient {
   /** `GET /accounts/{id}/workers/scripts`: the account's Workers (needs Workers Scripts). */
   async listScripts(): Promise<{ id: string }[]> {
     return await this.#call<{ id: string }[]>("list the account's Workers", {
-      method: "GET",
       path: `/accounts/${this.config.accountId}/workers/scripts`,
     });
   }
@@ -2745,7 +2696,6 @@ class CloudflareClient {
   /** `GET /accounts/{id}/workers/domains`: who holds a hostname, and what runs this worker. */
   async listDomains(): Promise<CustomDomain[]> {
     return await this.#call<CustomDomain[]>("list the custom domains", {
-      method: "GET",
       path: `/accounts/${this.config.accountId}/workers/domains`,
     });
   }
@@ -2776,7 +2726,6 @@ class CloudflareClient {
   /** `GET /zones/{zone}/dns_records?name=`: the zone's records named `hostname`. */
   async dnsRecords(hostname: string): Promise<DnsRecord[]> {
     return await this.#call<DnsRecord[]>(`read the DNS records of "${hostname}"`, {
-      method: "GET",
       path: `/zones/${this.config.zoneId}/dns_records?name=${encodeURIComponent(hostname)}`,
     });
   }
@@ -2794,7 +2743,7 @@ class CloudflareClient {
     try {
       const answer = await this.#call<{ subdomain: string }>(
         "read the account's workers.dev subdomain",
-        { method: "GET", path: `/accounts/${this.config.accountId}/workers/subdomain` },
+        { path: `/accounts/${this.config.accountId}/workers/subdomain` },
       );
       return answer.subdomain || undefined;
     } catch (error) {
@@ -2817,7 +2766,7 @@ class CloudflareClient {
   async workersDevEnabled(): Promise<boolean> {
     const state = await this.#call<{ enabled: boolean }>(
       "read the worker's workers.dev setting",
-      { method: "GET", path: this.#script("/subdomain"), headers: SCRIPT_API_DATE },
+      { path: this.#script("/subdomain"), headers: SCRIPT_API_DATE },
     );
     return state.enabled;
   }
@@ -2831,7 +2780,6 @@ class CloudflareClient {
     const join = path.includes("?") ? "&" : "?";
     for (let page = 1;; page++) {
       const batch = await this.#call<T[]>(step, {
-        method: "GET",
         path: `${path}${join}page=${page}&per_page=${LIST_PAGE_SIZE}`,
       });
       items.push(...batch);
@@ -2844,11 +2792,11 @@ class CloudflareClient {
     return `/accounts/${this.config.accountId}/workers/scripts/${this.config.workerName}${rest}`;
   }
 
-  /** One call: credentials, envelope check, typed result or {@linkcode ApiError}. */
+  /** One call, a GET unless said: credentials, envelope check, result or {@linkcode ApiError}. */
   async #call<T>(
     step: string,
     request: {
-      method: string;
+      method?: string;
       path: string;
       body?: BodyInit;
       json?: unknown;
@@ -2863,7 +2811,7 @@ class CloudflareClient {
     }
     const response = await send(this.ctx, {
       url: this.config.apiBaseUrl + request.path,
-      init: { method: request.method, headers, body },
+      init: { method: request.method ?? "GET", headers, body },
       service: "Cloudflare",
       step,
     });
@@ -2911,25 +2859,16 @@ async function cloudflareResult<T>(
   );
 }
 
-/**
- * An account the credential can see, as `GET /accounts` lists it.
- * @internal
- */
-export interface CloudflareAccount {
-  /** 32 hexadecimal characters. */
+/** An account the credential can see, as `GET /accounts` lists it. */
+interface CloudflareAccount {
   id: string;
   /** The name the dashboard shows. */
   name: string;
 }
 
-/**
- * A zone, as `GET /zones` lists it.
- * @internal
- */
-export interface CloudflareZone {
-  /** 32 hexadecimal characters. */
+/** A zone, as `GET /zones` lists it; its name is the domain, such as `example.com`. */
+interface CloudflareZone {
   id: string;
-  /** The domain, such as `example.com`. */
   name: string;
 }
 
@@ -2937,13 +2876,11 @@ export interface CloudflareZone {
 const LIST_PAGE_SIZE = 50;
 
 /**
- * Who owns a verified API token, and (for an account's token) which account.
- * @internal
+ * Who owns a verified API token: a `user` (made under My Profile), or an `account` (made
+ * under the account's API Tokens), with its id.
  */
-export interface TokenOwner {
-  /** `user`: made under My Profile; `account`: made under the account's API Tokens. */
+interface TokenOwner {
   owner: "user" | "account";
-  /** The account of an account-owned token. */
   accountId?: string;
 }
 
@@ -3036,9 +2973,8 @@ function describeAccounts(accounts: CloudflareAccount[]): string {
  * Fills in what the settings left out: the account, when the token sees exactly one, and the
  * zone of the route or custom domain, from its host. Runs before any other Cloudflare call, so
  * a missing id fails before anything is written. Returns `config` itself when nothing is missing.
- * @internal
  */
-export async function findCloudflareIds(
+async function findCloudflareIds(
   config: CloudflareConfig,
   ctx: Context,
 ): Promise<CloudflareConfig> {
@@ -3957,7 +3893,7 @@ async function downloadTokenFor(
   const [downloadToken, byId] = await Promise.all([
     b2.getDownloadAuthorization({ bucket, prefix, validSeconds: config.tokenTtl }),
     unchecked ? resolveBucket(b2, { bucketId }) : undefined,
-    listing && B2Client.forListing(config, listing, ctx).authorizeListing({ bucket, prefix }),
+    listing && checkListingKey(b2, { listing, bucket, prefix }),
   ]);
   if (listing) {
     ctx.log(`B2: listing key ${firstFour(listing.keyId)} can only list "${bucket.name}/${prefix}"`);
