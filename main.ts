@@ -5595,15 +5595,10 @@ export function pingRequest(
   if (isUptimeKuma(target)) {
     if (event === "start") return undefined;
     for (const name of ["status", "msg", "ping"]) target.searchParams.delete(name);
-    const last = lines.findLast((line) => line.trim() !== "")?.trim() ?? "";
+    const last = lines.findLast((line) => line.trim() !== "")?.trim() ||
+      (event === "success" ? "OK" : "failed");
     target.searchParams.set("status", event === "success" ? "up" : "down");
-    target.searchParams.set(
-      "msg",
-      (last || (event === "success" ? "OK" : "failed")).slice(
-        0,
-        PING_MESSAGE_CHARS,
-      ),
-    );
+    target.searchParams.set("msg", last.slice(0, PING_MESSAGE_CHARS));
     return { url: target.href, init: { method: "GET" } };
   }
   target.pathname = target.pathname.replace(/\/+$/, "") + (event === "success" ? "" : `/${event}`);
@@ -5639,110 +5634,16 @@ function lastBytes(lines: readonly string[], limit: number): string {
  * `REFRESH_PING_URL` as output may show it: each part of its path but the API's own words
  * (`ping`, `api`, `push`) cut to its first four characters, since whoever holds the whole URL
  * can report runs that never happened.
- * @internal
  */
-export function shownPingUrl(url: string): string {
+function shownPingUrl(url: string): string {
   const target = new URL(url);
   const path = target.pathname.split("/").filter(Boolean)
     .map((part) => ["ping", "api", "push"].includes(part) ? part : firstFour(part));
   return `${target.origin}/${path.join("/")}`;
 }
 
-/**
- * What one ping got: an answer's status, or why none came; a run's record of it.
- * @internal
- */
-export interface PingOutcome {
-  /** Which ping. */
-  event: PingEvent;
-  /** When it was sent, ISO 8601. */
-  at: string;
-  /** Whether the monitor took it (a 2xx). */
-  ok: boolean;
-  /** `answered 200`, or why it was not taken. */
-  detail: string;
-}
-
-/**
- * The pings of one run, in order; see {@linkcode deadMansSwitch}.
- * @internal
- */
-export interface DeadMansSwitch {
-  /** Keeps a line of the run's output for the closing ping's body (secrets are redacted). */
-  line(text: string): void;
-  /** Sends the start ping without waiting for it: the run goes on meanwhile. */
-  start(): void;
-  /**
-   * Sends the success or fail ping once the start ping has settled, so the monitor hears them
-   * in order, and resolves when it has: never later than the timeout after this call.
-   */
-  finish(ok: boolean): Promise<void>;
-  /** The pings sent so far. */
-  readonly sent: PingOutcome[];
-}
-
-/**
- * The dead man's switch of one run at `url`: `start()` when it begins, `line()` for each line it
- * prints, `finish()` when it ends. A ping never throws and never makes the run fail: one the
- * monitor refuses, or that gets no answer, is told to `warn` and the run goes on. All of a run's
- * pings are done within `timeoutMs` of its end (the start ping runs alongside the work).
- *
- * ```ts
- * import { deadMansSwitch, defaultContext } from "./main.ts";
- * const pings = deadMansSwitch("https://hc-ping.com/<uuid>", defaultContext(), {
- *   warn: console.error,
- * });
- * pings.start();
- * pings.line("Deployed worker ...");
- * await pings.finish(true);
- * ```
- * @internal
- */
-export function deadMansSwitch(
-  url: string,
-  ctx: Context,
-  options: { warn: (line: string) => void; timeoutMs?: number },
-): DeadMansSwitch {
-  const timeoutMs = options.timeoutMs ?? PING_TIMEOUT_MS;
-  // Whoever holds the whole URL can report runs: it is never printed.
-  ctx.secrets.add(url);
-  const lines: string[] = [];
-  const sent: PingOutcome[] = [];
-  let started: Promise<void> = Promise.resolve();
-  const ping = async (event: PingEvent, withinMs: number) => {
-    const request = pingRequest(url, { event, lines });
-    if (!request) return;
-    const outcome = await sendPing(request, { event, withinMs, ctx });
-    sent.push(outcome);
-    if (!outcome.ok) {
-      options.warn(
-        `the dead man's switch at ${shownPingUrl(url)} did not take the ${event} ping: ` +
-          `${outcome.detail}. The run goes on; check REFRESH_PING_URL.`,
-      );
-    }
-  };
-  return {
-    sent,
-    line(text) {
-      lines.push(...redact(text, ctx.secrets).split("\n"));
-      lines.splice(0, Math.max(0, lines.length - PING_BODY_LINES));
-    },
-    start() {
-      started = ping("start", timeoutMs);
-    },
-    async finish(ok) {
-      const deadline = ctx.now() + timeoutMs;
-      await started;
-      await ping(ok ? "success" : "fail", deadline - ctx.now());
-    },
-  };
-}
-
-/**
- * What one run hands its job: where its lines go, and the switch's record for the upload.
- * @internal
- */
-export interface PingedRun {
+/** What one run hands its job: where its lines go, and the switch's record for the upload. */
+interface PingedRun {
   /** Prints a line of the run's output, and keeps it for the closing ping's body. */
   report: (line: string) => void;
   /** Keeps a line printed elsewhere for the closing ping's body. */
@@ -5753,12 +5654,14 @@ export interface PingedRun {
 
 /**
  * Runs `job` between the pings of the switch at `url` (none when it is `undefined`): the start
- * ping goes out as the job begins, and once it ends the success ping, or the fail ping when it
+ * ping goes out as the job begins and runs alongside it; once it ends, and the start ping has
+ * settled so that the monitor hears them in order, the success ping, or the fail ping when it
  * throws or `succeeded` says so, with the job's last lines (its error too) as the body. What
- * the job returns or throws is passed on unchanged; a ping's trouble is only reported.
- * @internal
+ * the job returns or throws is passed on unchanged. A ping never fails the run: one the monitor
+ * refuses, or that gets no answer, is reported as a warning, and all of them are done within
+ * {@linkcode PING_TIMEOUT_MS} of the job's end.
  */
-export async function withDeadMansSwitch<T>(
+async function withDeadMansSwitch<T>(
   url: string | undefined,
   ctx: Context,
   options: {
@@ -5768,23 +5671,43 @@ export async function withDeadMansSwitch<T>(
   },
 ): Promise<T> {
   if (url === undefined) return await options.job({ report: options.report, keep: () => {} });
-  const pings = deadMansSwitch(url, ctx, { warn: (line) => options.report(`warning: ${line}`) });
-  const keep = (line: string) => pings.line(line);
+  // Whoever holds the whole URL can report runs: it is never printed.
+  ctx.secrets.add(url);
+  const lines: string[] = [];
+  const keep = (text: string) => {
+    lines.push(...redact(text, ctx.secrets).split("\n"));
+    lines.splice(0, Math.max(0, lines.length - PING_BODY_LINES));
+  };
   const report = (line: string) => {
     keep(line);
     options.report(line);
   };
+  const ping = async (event: PingEvent, withinMs: number) => {
+    const request = pingRequest(url, { event, lines });
+    const refused = request && await sendPing(request, { event, withinMs, ctx });
+    if (refused) {
+      options.report(
+        `warning: the dead man's switch at ${shownPingUrl(url)} did not take the ${event} ` +
+          `ping: ${refused}. The run goes on; check REFRESH_PING_URL.`,
+      );
+    }
+  };
   const pinged = pingedBinding(url, ctx.now());
-  pings.start();
+  const started = ping("start", PING_TIMEOUT_MS);
+  const finish = async (ok: boolean) => {
+    const deadline = ctx.now() + PING_TIMEOUT_MS;
+    await started;
+    await ping(ok ? "success" : "fail", deadline - ctx.now());
+  };
   let value: T;
   try {
     value = await options.job({ report, keep, pinged });
   } catch (error) {
-    pings.line(`error: ${(error as Error)?.message ?? error}`);
-    await pings.finish(false);
+    keep(`error: ${(error as Error)?.message ?? error}`);
+    await finish(false);
     throw error;
   }
-  await pings.finish(options.succeeded?.(value) ?? true);
+  await finish(options.succeeded?.(value) ?? true);
   return value;
 }
 
@@ -5803,16 +5726,16 @@ function describePinged(binding: string): string {
       `${url}/fail when it ended.`;
 }
 
-/** One ping through {@linkcode send}, within `withinMs` in all; its outcome, never a throw. */
+/**
+ * One ping through {@linkcode send}, within `withinMs` in all: why the monitor did not take it
+ * (a 2xx), or `undefined` when it did; never a throw.
+ */
 async function sendPing(
   request: { url: string; init: RequestInit },
   options: { event: PingEvent; withinMs: number; ctx: Context },
-): Promise<PingOutcome> {
+): Promise<string | undefined> {
   const { event, withinMs, ctx } = options;
-  const at = isoSeconds(ctx.now());
-  if (withinMs < 1) {
-    return { event, at, ok: false, detail: "no time was left after the start ping hung" };
-  }
+  if (withinMs < 1) return "no time was left after the start ping hung";
   try {
     const response = await send({ ...ctx, timeoutMs: withinMs, budgetMs: withinMs, retries: 2 }, {
       service: "Ping",
@@ -5821,12 +5744,12 @@ async function sendPing(
       init: request.init,
     });
     const text = (await response.text()).trim().slice(0, QUOTED_BODY_CHARS);
-    const detail = `answered ${response.status}${text ? ` ${JSON.stringify(text)}` : ""}`;
-    return { event, at, ok: response.ok, detail };
+    if (response.ok) return undefined;
+    return `answered ${response.status}${text ? ` ${JSON.stringify(text)}` : ""}`;
   } catch (error) {
     // A refused permission too: the run's own requests say which flag it needs. The warning
     // that quotes it goes on after it, so its last full stop goes.
-    return { event, at, ok: false, detail: (error as Error).message.replace(/\.$/, "") };
+    return (error as Error).message.replace(/\.$/, "");
   }
 }
 
