@@ -70,6 +70,7 @@ import {
   sharedFacts,
   signedLinkMessage,
   signedLinkQuery,
+  toBase64Url,
   toHex,
   urlPath,
   validDownloadName,
@@ -5893,15 +5894,11 @@ function baseUrlProblems(baseUrl: string): string[] {
 
 /** HMAC-SHA256 of `message` with the raw `key`. */
 async function hmacSha256(key: Uint8Array<ArrayBuffer>, message: string): Promise<Uint8Array> {
-  const imported = await crypto.subtle.importKey(
-    "raw",
-    key,
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"],
+  const hmac = { name: "HMAC", hash: "SHA-256" };
+  const imported = await crypto.subtle.importKey("raw", key, hmac, false, ["sign"]);
+  return new Uint8Array(
+    await crypto.subtle.sign(hmac, imported, new TextEncoder().encode(message)),
   );
-  const encoded = new TextEncoder().encode(message);
-  return new Uint8Array(await crypto.subtle.sign("HMAC", imported, encoded));
 }
 
 /**
@@ -5914,11 +5911,6 @@ async function hmacSha256(key: Uint8Array<ArrayBuffer>, message: string): Promis
  */
 export function generateSigningKey(): string {
   return toBase64Url(crypto.getRandomValues(new Uint8Array(MIN_SIGNING_KEY_BYTES)));
-}
-
-function toBase64Url(bytes: Uint8Array): string {
-  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_")
-    .replace(/=+$/, "");
 }
 
 // ---------------------------------------------------------------------------
@@ -5988,7 +5980,7 @@ async function probe(
     retry: false,
     check: "the URL (--url)",
   });
-  const chunks: Uint8Array[] = [];
+  const chunks: Uint8Array<ArrayBuffer>[] = [];
   let total = 0;
   let firstByteMs = ctx.now() - started;
   let cut = false;
@@ -6005,9 +5997,7 @@ async function probe(
       }
     }
   }
-  const bytes = new Uint8Array(total);
-  let offset = 0;
-  for (const chunk of chunks) bytes.set(chunk, (offset += chunk.byteLength) - chunk.byteLength);
+  const bytes = new Uint8Array(await new Blob(chunks).arrayBuffer());
   const label = response.headers.get("cf-cache-status") ?? undefined;
   return { status: response.status, label, headers: response.headers, bytes, cut, firstByteMs };
 }
@@ -6136,32 +6126,19 @@ async function probeUntil(
 async function checkFirstGet(check: SmallCheck): Promise<Probe | undefined> {
   const { say } = check;
   const first = await probe(check.ctx, check.fresh.href);
-  if (first.headers.has("cf-mitigated")) {
-    say(
-      "first GET",
-      "problem",
-      `a Cloudflare challenge answered (cf-mitigated: ${first.headers.get("cf-mitigated")}), ` +
-        "not the worker: let this client through the zone's WAF or bot rules, or run the " +
-        "check from another network",
-    );
-    return undefined;
-  }
-  if (first.status !== 200) {
-    say(
-      "first GET",
-      "problem",
-      `answered ${first.status}; give --url the address of a small object that exists`,
-    );
-    return undefined;
-  }
-  if (first.label === undefined) {
-    say(
-      "first GET",
-      "problem",
-      "no cf-cache-status at all: Workers Cache is off in the deployed version. Its upload " +
-        'must carry cache_options {"enabled": true, "cross_version_cache": true}: run refresh ' +
-        "in the Workers Cache mode, then check again",
-    );
+  const refused = first.headers.has("cf-mitigated")
+    ? `a Cloudflare challenge answered (cf-mitigated: ${first.headers.get("cf-mitigated")}), ` +
+      "not the worker: let this client through the zone's WAF or bot rules, or run the " +
+      "check from another network"
+    : first.status !== 200
+    ? `answered ${first.status}; give --url the address of a small object that exists`
+    : first.label === undefined
+    ? "no cf-cache-status at all: Workers Cache is off in the deployed version. Its upload " +
+      'must carry cache_options {"enabled": true, "cross_version_cache": true}: run refresh ' +
+      "in the Workers Cache mode, then check again"
+    : undefined;
+  if (refused) {
+    say("first GET", "problem", refused);
     return undefined;
   }
   if (first.label === "MISS") {
@@ -6425,22 +6402,14 @@ async function checkLargeObject(url: string, ctx: Context): Promise<CacheFinding
   const facts = `${tail.status}, first byte in ${tail.firstByteMs} ms, ` +
     `${tail.bytes.byteLength} bytes read${tail.cut ? " before stopping" : ""}, ` +
     `cf-cache-status ${tail.label ?? "(none)"}, object ${size} bytes`;
-  if (tail.status !== 206) {
-    return {
-      check,
-      outcome: "problem",
-      detail: `${facts}: the whole object is sent for a range; ${LARGE_OBJECT_ADVICE}`,
-    };
-  }
-  if (tail.firstByteMs > SLOW_FIRST_BYTE_MS) {
-    return {
-      check,
-      outcome: "problem",
-      detail: `${facts}: slow, the edge probably read the whole object before answering; ` +
-        LARGE_OBJECT_ADVICE,
-    };
-  }
-  return { check, outcome: "ok", detail: `${facts}: ranges of it are served as ranges` };
+  const problem = tail.status !== 206
+    ? "the whole object is sent for a range"
+    : tail.firstByteMs > SLOW_FIRST_BYTE_MS
+    ? "slow, the edge probably read the whole object before answering"
+    : undefined;
+  return problem
+    ? { check, outcome: "problem", detail: `${facts}: ${problem}; ${LARGE_OBJECT_ADVICE}` }
+    : { check, outcome: "ok", detail: `${facts}: ranges of it are served as ranges` };
 }
 
 // ---------------------------------------------------------------------------
@@ -6450,30 +6419,25 @@ async function checkLargeObject(url: string, ctx: Context): Promise<CacheFinding
 /**
  * A conversation with the person at the terminal: `main()` makes one when stdin and stdout are
  * both terminals; without one, `init` takes everything from flags and the environment.
- * @internal
  */
-export interface Prompter {
+interface Prompter {
   /**
    * Asks `question` (printed as is, without a line break) and reads one line; `hidden` for a
    * secret, which the terminal then does not echo. `undefined` when input has ended.
    */
   ask(question: string, options?: { hidden?: boolean }): Promise<string | undefined>;
-  /** Prints a line. */
   say(text: string): void;
 }
 
 /**
- * What `init` is handed beyond a command's job: the terminal, if any, and where it runs.
+ * What `init` is handed beyond a command's job: the terminal (absent in a pipe), and the
+ * working directory, `deno` and this file (a path, or the URL it runs from) for the crontab line.
  * @internal
  */
 export interface InitPlace {
-  /** The person at the terminal; absent in a pipe. */
   terminal?: Prompter;
-  /** The working directory, for the crontab line. */
   cwd: string;
-  /** The `deno` executable, for the crontab line. */
   denoPath: string;
-  /** This file, for the crontab line: a path, or the URL it runs from. */
   script: string;
 }
 
@@ -6541,9 +6505,6 @@ function settingProblem(name: Variable, value: string): string | undefined {
   }
 }
 
-/** What `init` has gathered so far: the settings of the `.env` it writes. */
-type Gathered = Settings;
-
 /** One setting: as given, else asked (checked like every setting), else missing in a pipe. */
 async function gather(
   name: Variable,
@@ -6595,7 +6556,7 @@ function requireCredentials(settings: Settings): void {
 /** The B2 half: the key, what it may do, the bucket and the prefix. */
 async function setupB2(
   setup: { settings: Settings; terminal?: Prompter; ctx: Context; io: Io },
-): Promise<Gathered> {
+): Promise<Settings> {
   const { ctx, io } = setup;
   const missing: string[] = [];
   const ask = { ...setup, missing };
@@ -6700,7 +6661,7 @@ async function pickBucket(
 /** The Cloudflare half: the token, the account, where visitors reach the site, its zone. */
 async function setupCloudflare(
   setup: { settings: Settings; terminal?: Prompter; ctx: Context; io: Io },
-): Promise<{ gathered: Gathered; config: CloudflareConfig }> {
+): Promise<{ gathered: Settings; config: CloudflareConfig }> {
   const { settings, ctx, io } = setup;
   const missing: string[] = [];
   const legacy = !settings.CLOUDFLARE_API_TOKEN && settings.CLOUDFLARE_EMAIL &&
@@ -6862,11 +6823,6 @@ function envValue(name: Variable, value: string): string {
 /**
  * The text of a `.env` holding `settings`, in the order of {@linkcode VARIABLES} (that of
  * `.env.example`), one `NAME=value` a line, read back the same by `parseEnv`.
- *
- * ```ts
- * envFileText({ B2_BUCKET_NAME: "photos", WORKER_ROUTE: "cdn.example.com/*" });
- * // "# Written by b2-private-cdn init ...\nB2_BUCKET_NAME=photos\nWORKER_ROUTE=cdn.example.com/*\n"
- * ```
  * @internal
  */
 export function envFileText(settings: Settings): string {
@@ -6882,9 +6838,8 @@ export function envFileText(settings: Settings): string {
  * Writes `text` to `path` readable by its owner alone (mode 0600). An existing file is first
  * renamed to `<path>.bak-<time>`, which is returned; the new file is written beside it and
  * renamed into place, so `path` is never half written.
- * @internal
  */
-export async function writeEnvFile(
+async function writeEnvFile(
   path: string,
   text: string,
   now: number,
@@ -7064,8 +7019,11 @@ interface CommandSpec<F = Flags> {
   example: string;
   /** Its exit codes. @default "0 done, 1 the operation failed, 2 bad usage or configuration" */
   exit?: string;
-  /** What it needs of the configuration given its flags (every setting given is checked). */
-  needs: (flags: F) => Needs;
+  /**
+   * What it needs of the configuration given its flags (every setting given is checked).
+   * @default nothing
+   */
+  needs?: (flags: F) => Needs;
   /** The Deno permission flags it runs with. */
   permissions: string;
   /** The problems with its positional arguments. @default none may be given */
@@ -7115,7 +7073,6 @@ export const COMMANDS = {
     example: "deno task init   # or, in a pipe: B2_APPLICATION_KEY_ID=... B2_APPLICATION_KEY=... " +
       "CLOUDFLARE_API_TOKEN=... deno task init --b2-bucket-name photos",
     exit: "0 .env written, 1 B2 or Cloudflare failed, 2 something is missing or refused",
-    needs: (): Needs => ({}),
     permissions: `${NET_ENV_READ} --allow-write`,
     writesEnvFile: true,
     handler: runInit,
@@ -7198,7 +7155,6 @@ export const COMMANDS = {
       json: { type: "boolean", help: "{ cacheMode, segments, metadata, module } on stdout" },
     },
     example: "deno run --allow-env --allow-read main.ts render --worker-cache-mode cache-api",
-    needs: (): Needs => ({}),
     permissions: ENV_READ,
     handler: runRender,
   },
@@ -7270,7 +7226,6 @@ export const COMMANDS = {
     flags: { port: PORT_FLAG },
     example: "deno task demo",
     exit: "0 on Ctrl-C or SIGTERM, 1 failed, 2 the port is taken",
-    needs: (): Needs => ({}),
     permissions: "-A",
   },
   sign: {
@@ -7305,7 +7260,6 @@ export const COMMANDS = {
     },
     example: "deno run --allow-env --allow-read main.ts sign /members/video.mp4 --expires 1h",
     exit: "0 printed, 2 a link the worker would refuse, or bad usage or configuration",
-    needs: (): Needs => ({}),
     permissions: ENV_READ,
     positionals: signPositionalProblems,
     handler: runSign,
@@ -7317,7 +7271,6 @@ export const COMMANDS = {
     flags: { json: { type: "boolean", help: "{ key } on stdout" } },
     example: 'echo "WORKER_SIGNING_KEY=$(deno run main.ts keygen)" >> .env',
     exit: "0",
-    needs: (): Needs => ({}),
     // Reads no setting: main() does not even read the environment for it.
     permissions: "",
     settingsFree: true,
@@ -7355,11 +7308,7 @@ export const COMMANDS = {
 // being read from the table.
 COMMANDS satisfies Record<string, CommandSpec<never>>;
 
-/**
- * A command's name.
- * @internal
- */
-export type Command = keyof typeof COMMANDS;
+type Command = keyof typeof COMMANDS;
 
 /** `status` reads the rule's B2 side only when events are on; `--min-remaining` is checked. */
 function statusNeeds(flags: Flags): Needs {
@@ -7379,40 +7328,25 @@ function isCommand(name: string | undefined): name is Command & string {
   return name !== undefined && Object.hasOwn(COMMANDS, name);
 }
 
-/**
- * Each command's flags' values, by name.
- * @internal
- */
-export type FlagValues = {
+/** Each command's flags' values, by name. */
+type FlagValues = {
   [C in Command]: {
     [Name in keyof (typeof COMMANDS)[C]["flags"]]: FlagValue<(typeof COMMANDS)[C]["flags"][Name]>;
   };
 }[Command];
-/**
- * The type that has every member of the union `U`.
- * @internal
- */
-export type UnionToIntersection<U> = (U extends unknown ? (u: U) => void : never) extends
+/** The type that has every member of the union `U`. */
+type UnionToIntersection<U> = (U extends unknown ? (u: U) => void : never) extends
   (i: infer I) => void ? I : never;
 
-/**
- * What a flag's value is once read: its parsed value, a switch, a list, or text if given.
- * @internal
- */
-export type FlagValue<S> = S extends { parse: (text: string | undefined) => infer V }
+/** What a flag's value is once read: its parsed value, a switch, a list, or text if given. */
+type FlagValue<S> = S extends { parse: (text: string | undefined) => infer V }
   ? Exclude<V, undefined>
   : S extends { type: "boolean" } ? boolean
   : S extends { multiple: true } ? string[]
   : string | undefined;
 
-/**
- * The command line's flags, by name, as read from {@linkcode COMMANDS}, and `--verbose`.
- * @internal
- */
-export type Flags = UnionToIntersection<FlagValues> & {
-  /** `--verbose`: each step on stderr. */
-  verbose: boolean;
-};
+/** The command line's flags, by name, as read from {@linkcode COMMANDS}, and `--verbose`. */
+type Flags = UnionToIntersection<FlagValues> & { verbose: boolean };
 
 /** Every command's flags, by name, each with the commands that take it. */
 function commandFlags(): Map<string, { spec: FlagSpec; commands: Command[] }> {
@@ -8055,21 +7989,18 @@ function signTimes(
  * @internal
  */
 export interface CommandLine {
-  /** The command to run. @default "refresh" */
+  /** @default "refresh" */
   command: Command;
   /** Its positional arguments: `purge`'s paths, `sign`'s path. */
   args: string[];
-  /** The flags, each command's own read from {@linkcode COMMANDS}. */
   flags: Flags;
   /** Settings given as flags, such as `--b2-bucket-name`. */
   settings: Settings;
-  /** `--env-file`: the dotenv file to read instead of `.env`. */
   envFile?: string;
   /** `--help`, `<command> --help` or `help [<command>]`. */
   help: boolean;
   /** What help was asked about: a command, or `settings`; absent for the short `--help`. */
   helpTopic?: Command | "settings";
-  /** `--version`. */
   version: boolean;
 }
 
@@ -8300,13 +8231,9 @@ export interface Job {
    * list of what differs from the defaults read them; everything else reads `config`.
    */
   settings: Settings;
-  /** The settings, checked. */
   config: Config;
-  /** The network, clock and logging. */
   ctx: Context;
-  /** Where output goes. */
   io: Io;
-  /** The command line's flags. */
   flags: Flags;
   /** Its positional arguments: `purge`'s paths, `sign`'s path. */
   args: string[];
@@ -8314,7 +8241,7 @@ export interface Job {
   pinged?: string;
   /** `--env-file`, as given. */
   envFile?: string;
-  /** Where `init` runs: the terminal, if any, and the paths of the crontab line. */
+  /** Given to `init` alone. */
   place?: InitPlace;
 }
 
@@ -8384,7 +8311,7 @@ export async function run(options: RunOptions): Promise<number> {
       job: async ({ keep, pinged }) => {
         // What the run prints also goes with its ping (the fail ping carries its last lines).
         const kept: Io = { stdout: both(keep, io.stdout), stderr: both(keep, io.stderr) };
-        const config = parseConfig(settings, spec.needs(line.flags));
+        const config = parseConfig(settings, spec.needs?.(line.flags));
         for (const warning of config.warnings ?? []) kept.stderr(`warning: ${warning}`);
         if (config.cloudflare) config.cloudflare = await findCloudflareIds(config.cloudflare, ctx);
         const { flags, args } = line;

@@ -2523,7 +2523,7 @@ export function signedLinkQuery(grant: SignedGrant, signature: Uint8Array): stri
 }
 
 /** Base64url without padding, as signatures are written. */
-function toBase64Url(bytes: Uint8Array): string {
+export function toBase64Url(bytes: Uint8Array): string {
   return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_")
     .replace(/=+$/, "");
 }
