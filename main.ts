@@ -59,6 +59,7 @@ import * as nodeModule from "node:module";
 // The worker's pure rules, so that what the CLI signs and checks is what the worker accepts:
 // one definition each. A URL run fetches this file anyway (it is also what is uploaded).
 import {
+  type ActiveContent,
   type CacheMode,
   canonicalPath,
   encodePath,
@@ -76,7 +77,7 @@ import {
   validDownloadName,
 } from "./worker_template.ts";
 
-export type { CacheMode, Env };
+export type { ActiveContent, CacheMode, Env };
 
 /** What the worker defines and this file must agree with, from the worker. */
 const FACTS: ReturnType<typeof sharedFacts> = sharedFacts();
@@ -117,16 +118,9 @@ export interface WorkerOptions {
   cacheControl: string;
   /** Empty (no CORS), `*`, or a comma list of origins. @default "" */
   corsOrigins: string;
-  /**
-   * What HTML, SVG, XML and XHTML objects may do on the site's origin: `serve` them (a static
-   * site), `sandbox` them (they render, no script runs) or make them a `download`.
-   * @default "serve"
-   */
+  /** `serve` (a static site), `sandbox` (no script runs) or `download`. @default "serve" */
   activeContent?: ActiveContent;
-  /**
-   * The edge cache in force: `WORKER_CACHE_MODE`, except that `WORKER_CACHE_TTL=0` always
-   * means `off`. @default "workers-cache"
-   */
+  /** `WORKER_CACHE_MODE`, but always `off` when `WORKER_CACHE_TTL=0`. @default "workers-cache" */
   cacheMode: CacheMode;
   /** Workers Cache: seconds a stale object is served while revalidated. @default 86400 */
   staleWhileRevalidate?: number;
@@ -136,10 +130,7 @@ export interface WorkerOptions {
   segmentSize?: number;
   /** Signed links; the keys go to the worker as secret bindings. @default undefined (none) */
   signing?: SigningOptions;
-  /**
-   * `B2_EVENT_NOTIFICATIONS=on`: the worker takes B2's signed notifications and purges what
-   * changed; refresh keeps the bucket's rule. @default false
-   */
+  /** The worker purges what B2 notifies it changed; refresh keeps the rule. @default false */
   eventNotifications?: boolean;
   /** Folder listings (`WORKER_LISTING=on`); the key goes as secret bindings. @default undefined (off) */
   listing?: ListingOptions;
@@ -175,8 +166,6 @@ export interface SigningOptions {
 
 const CACHE_MODES: readonly CacheMode[] = ["workers-cache", "cache-api", "off"];
 
-/** `WORKER_ACTIVE_CONTENT`: what HTML, SVG, XML and XHTML objects may do (docs/worker.md). */
-export type ActiveContent = "serve" | "sandbox" | "download";
 const ACTIVE_CONTENT: readonly ActiveContent[] = ["serve", "sandbox", "download"];
 
 /** How to reach B2 and what to authorize. */
@@ -204,10 +193,7 @@ export type CloudflareAuth =
 
 /** Where the worker goes and how it is reached. */
 export interface CloudflareConfig {
-  /**
-   * The account that owns the worker (`CLOUDFLARE_ACCOUNT_ID`); `""` until
-   * {@linkcode findCloudflareIds} finds the one the token sees.
-   */
+  /** The worker's account (`CLOUDFLARE_ACCOUNT_ID`); `""` until found from the token. */
   accountId: string;
   /** The API token, or the legacy global key. */
   auth: CloudflareAuth;
@@ -215,19 +201,13 @@ export interface CloudflareConfig {
   apiBaseUrl: string;
   /** The worker script's name (`WORKER_NAME`). @default "b2-private-cdn" */
   workerName: string;
-  /**
-   * The zone of the route or custom domain (`CLOUDFLARE_ZONE_ID`); found from their host by
-   * {@linkcode findCloudflareIds} when absent.
-   */
+  /** The zone of the route or domain (`CLOUDFLARE_ZONE_ID`); found from their host when absent. */
   zoneId?: string;
   /** A route such as `cdn.example.com/*` on `zoneId`. */
   route?: string;
   /** A custom domain such as `cdn.example.com` on `zoneId`. */
   domain?: string;
-  /**
-   * Whether the worker answers at `<worker>.<subdomain>.workers.dev`.
-   * @default true without `route` and `domain`, else false
-   */
+  /** The worker answers at `<worker>.<subdomain>.workers.dev`. @default !route && !domain */
   workersDev: boolean;
 }
 
@@ -283,11 +263,10 @@ export class ConfigError extends Error {
 }
 
 /**
- * How a setting's value is read and checked: `text` as given (trimmed);
- * `secret` the same, never printed and never a flag; `integer` and
- * `duration` (`90s`, `30m`, `48h`, `6d`) within `min`..`max`; `enum` one of
- * `values`; `list` comma-separated, each item checked; `url` an http(s) URL;
- * `time` an ISO 8601 time; `host`, `route` and `cron` text with their own check.
+ * How a setting's value is read and checked: `text` as given (trimmed); `secret` the same, never
+ * printed and never a flag; `integer` and `duration` (`90s`, `30m`, `48h`, `6d`) within
+ * `min`..`max`; `enum` one of `values`; `list` comma-separated, each item checked; `url` an
+ * http(s) URL; `time` an ISO 8601 time.
  */
 export type SettingKind =
   | "text"
@@ -297,10 +276,7 @@ export type SettingKind =
   | "enum"
   | "list"
   | "url"
-  | "time"
-  | "host"
-  | "route"
-  | "cron";
+  | "time";
 
 /** One setting the tool reads: its kind, default and check, and its line in `--help`. */
 export interface Setting {
@@ -333,10 +309,6 @@ export interface Setting {
 /** Once a day at 04:17 UTC: an odd minute, away from the top-of-the-hour rush. */
 const DEFAULT_SCHEDULE = "17 4 * * *";
 const YEAR = 365 * DAY;
-/** A minute: without event notifications, a new upload shows in its folder's listing by then. */
-const DEFAULT_LISTING_TTL = 60;
-/** As `.env` and `--help` write it. */
-const DEFAULT_LISTING_TTL_TEXT: string = shortDuration(DEFAULT_LISTING_TTL);
 /** What a listing key may have: listing names, and seeing its own bucket's name. */
 const LISTING_CAPABILITIES = ["listFiles", "listBuckets"];
 /** Segments of large objects: 1 to 64 MiB in steps of 64 KiB. */
@@ -416,12 +388,12 @@ export const VARIABLES = {
     about: "the worker script's name",
   },
   WORKER_ROUTE: {
-    kind: "route",
+    kind: "text",
     check: routeProblem,
     about: "route to point at the worker, e.g. cdn.example.com/*",
   },
   WORKER_DOMAIN: {
-    kind: "host",
+    kind: "text",
     hint: "a host name like cdn.example.com",
     valid: (host: string): boolean => /^[a-z0-9.-]+$/i.test(host),
     about: "custom domain for the worker, e.g. cdn.example.com",
@@ -547,7 +519,8 @@ export const VARIABLES = {
     kind: "duration",
     min: 0,
     max: DAY,
-    default: DEFAULT_LISTING_TTL_TEXT,
+    // Without event notifications, a new upload shows in its folder's listing a minute later.
+    default: "1m",
     about: "how long the edge keeps a listing",
   },
   WORKER_PURGE_KEY: {
@@ -561,7 +534,7 @@ export const VARIABLES = {
   },
   VERIFY_URL: { kind: "url", about: "fetched after deploying; must answer 2xx" },
   REFRESH_SCHEDULE: {
-    kind: "cron",
+    kind: "text",
     default: DEFAULT_SCHEDULE,
     hint: `a five-field cron expression such as "${DEFAULT_SCHEDULE}"`,
     valid: (schedule: string): boolean => schedule.split(/\s+/).length === 5,
@@ -639,12 +612,10 @@ export const FOREIGN_VARIABLES: ReadonlySet<string> = new Set([
 ]);
 
 /**
- * A warning for each name in `names` (from `where`: `.env`, the environment) that has one of
- * our prefixes but is neither a setting nor a name the b2 CLI or wrangler read: it would be
- * silently ignored, and is most likely a misspelt setting, which the warning names.
- * @internal
+ * A warning for each name (from `where`: `.env`, the environment) with one of our prefixes that
+ * is neither a setting nor read by the b2 CLI or wrangler: most likely a misspelt setting.
  */
-export function unknownSettings(names: Iterable<string>, where: string): string[] {
+function unknownSettings(names: Iterable<string>, where: string): string[] {
   const settings = Object.keys(VARIABLES);
   return [...names]
     .filter((name) =>
@@ -733,43 +704,23 @@ const CLOUDFLARE_ID = /^[0-9a-f]{32}$/i;
 /** The dashboard, whose addresses start with the account id: `dash.cloudflare.com/<id>/...`. */
 const DASHBOARD_HOST = "dash.cloudflare.com";
 
-/**
- * The settings that hold a Cloudflare id.
- * @internal
- */
-export type CloudflareIdSetting = "CLOUDFLARE_ACCOUNT_ID" | "CLOUDFLARE_ZONE_ID";
+type CloudflareIdSetting = "CLOUDFLARE_ACCOUNT_ID" | "CLOUDFLARE_ZONE_ID";
 
 /**
- * What an id setting holds: the id, and a note when it came out of a dashboard address.
- * @internal
- */
-export interface CloudflareIdReading {
-  /** The id, in lower case; absent when the value holds none. */
-  id?: string;
-  /** Which id was taken from a pasted dashboard address, to be said. */
-  note?: string;
-  /** Why the value is no id, naming the setting and the fix. */
-  problem?: string;
-}
-
-/**
- * Reads a Cloudflare id setting: 32 hexadecimal characters, or a dashboard address pasted
- * whole, whose first path segment is the account id (`https://dash.cloudflare.com/<id>/...`).
- * A zone's dashboard address names its domain, not its zone id: that is a problem, and it says
+ * Reads a Cloudflare id setting: the id (lower case) from 32 hexadecimal characters, or from a
+ * dashboard address pasted whole, whose first path segment is the account id, with a `note` to
+ * say so. A zone's dashboard address names its domain, not its zone id: a `problem`, which says
  * how to get the id.
- *
- * ```ts
- * readCloudflareId("CLOUDFLARE_ACCOUNT_ID", "https://dash.cloudflare.com/0123456789abcdef0123456789abcdef/home");
- * // { id: "0123456789abcdef0123456789abcdef", note: "CLOUDFLARE_ACCOUNT_ID is a dashboard address: ..." }
- * ```
- * @internal
  */
-export function readCloudflareId(name: CloudflareIdSetting, raw: string): CloudflareIdReading {
+function readCloudflareId(
+  name: CloudflareIdSetting,
+  raw: string,
+): { id?: string; note?: string; problem?: string } {
   const value = raw.trim();
   if (CLOUDFLARE_ID.test(value)) return { id: value.toLowerCase() };
   const address = dashboardAddress(value);
-  const what = name === "CLOUDFLARE_ACCOUNT_ID" ? "account" : "zone";
-  if (address && name === "CLOUDFLARE_ACCOUNT_ID") {
+  const account = name === "CLOUDFLARE_ACCOUNT_ID";
+  if (address && account) {
     return {
       id: address.account,
       note: `CLOUDFLARE_ACCOUNT_ID is a dashboard address: took the account id ` +
@@ -777,7 +728,7 @@ export function readCloudflareId(name: CloudflareIdSetting, raw: string): Cloudf
         "to silence this note.",
     };
   }
-  const leaveOut = name === "CLOUDFLARE_ACCOUNT_ID"
+  const leaveOut = account
     ? "or leave it out: it is found when the token sees one account"
     : "or leave it out: it is found from WORKER_ROUTE or WORKER_DOMAIN when the token may " +
       'read the zone ("Zone: Read")';
@@ -790,8 +741,8 @@ export function readCloudflareId(name: CloudflareIdSetting, raw: string): Cloudf
     };
   }
   return {
-    problem: `${name} must be the ${what} id, 32 hexadecimal characters ` +
-      (what === "account"
+    problem: `${name} must be the ${account ? "account" : "zone"} id, 32 hexadecimal characters ` +
+      (account
         ? `(as in ${DASHBOARD_HOST}/<account id>/...)`
         : "(the domain's Overview page, API section)") +
       `, not "${value}"; ${leaveOut}.`,
@@ -815,9 +766,8 @@ function dashboardAddress(value: string): { account: string; domain?: string } |
  * (backblaze.com/apidocs/b2-create-bucket): 6 to 63 characters, letters, digits and "-", not
  * starting with "b2-", which Backblaze reserves; b2sdk's simulator refuses any other character
  * as "illegal bucket name" (b2sdk `raw_simulator.py`, `create_bucket`).
- * @internal
  */
-export function bucketNameProblem(name: string): string | undefined {
+function bucketNameProblem(name: string): string | undefined {
   const bad = [...new Set(name.replace(/[A-Za-z0-9-]/g, ""))];
   const why = bad.length > 0
     ? `${bad.map((c) => JSON.stringify(c)).join(", ")} ${
@@ -924,8 +874,8 @@ function readValue(
   // holds its check's token, a key id more than the four characters output may show.
   const not = (text: string) =>
     setting.kind === "secret" || setting.credential ? "" : `, not "${text}"`;
-  const bad = (hint: string, text = raw) => {
-    problems.push(`${name} must be ${setting.hint ?? hint}${not(text)}.`);
+  const bad = (hint: string) => {
+    problems.push(`${name} must be ${setting.hint ?? hint}${not(raw)}.`);
     return undefined;
   };
   const checked = (text: string) => {
@@ -945,7 +895,8 @@ function readValue(
     case "duration": {
       const seconds = parseDuration(raw);
       const good = seconds !== undefined && seconds >= min && seconds <= max;
-      return good ? seconds : bad(durationHint(min, max));
+      const range = `from ${shortDuration(min)} to ${shortDuration(max)}`;
+      return good ? seconds : bad(`a duration ${range}, written ${DURATION_SYNTAX}`);
     }
     case "enum": {
       const value = raw.toLowerCase();
@@ -1117,7 +1068,7 @@ function b2Config(reading: Reading): B2Config {
   if (!keyId) reading.problems.push("Set B2_APPLICATION_KEY_ID to the id of a B2 application key.");
   if (!applicationKey) reading.problems.push("Set B2_APPLICATION_KEY to the B2 application key.");
   // A bad name given is a problem of its own already.
-  if (!bucketName && !bucketId && !settingsGiven(reading, ["B2_BUCKET_NAME", "B2_BUCKET_ID"])[0]) {
+  if (!bucketId && !reading.given.has("B2_BUCKET_NAME")) {
     reading.problems.push("Set B2_BUCKET_NAME (or B2_BUCKET_ID) to the bucket to serve.");
   }
   return {
@@ -1156,7 +1107,7 @@ function cloudflareConfig(reading: Reading): CloudflareConfig {
   const zoneId = cloudflareIdOf(reading, "CLOUDFLARE_ZONE_ID");
   const route = value.text("WORKER_ROUTE");
   const domain = value.text("WORKER_DOMAIN");
-  const named = settingsGiven(reading, ["WORKER_ROUTE", "WORKER_DOMAIN"]);
+  const named = reading.given.has("WORKER_ROUTE") || reading.given.has("WORKER_DOMAIN");
   const workersDev = value.text("WORKER_WORKERS_DEV");
   return {
     accountId: accountId ?? "",
@@ -1169,8 +1120,7 @@ function cloudflareConfig(reading: Reading): CloudflareConfig {
     // A workers.dev URL is outside the zone's WAF and Access rules
     // (developers.cloudflare.com/workers/configuration/routing/workers-dev/), so by default
     // it is only on when nothing else reaches the worker.
-    workersDev: workersDev === "on" ||
-      (workersDev === "auto" && !named.length),
+    workersDev: workersDev === "on" || (workersDev === "auto" && !named),
   };
 }
 
@@ -1183,27 +1133,15 @@ function cloudflareIdOf(reading: Reading, name: CloudflareIdSetting): string | u
   return id;
 }
 
-/** Which of `names` were given (a bad value too). */
-function settingsGiven(reading: Reading, names: Variable[]): Variable[] {
-  return names.filter((name) => reading.given.has(name));
-}
-
 /**
- * The signed-link settings, or `undefined` when none is set. Protected
- * prefixes without a key and half a rotation are problems (a weak key is
- * one already, from its check).
+ * The signed-link settings, or `undefined` when none is set. Protected prefixes without a key and
+ * half a rotation are problems (a weak key is one already, from its check).
  */
 function signingOptions(reading: Reading): SigningOptions | undefined {
   const value = valueOf(reading);
   const given = (name: Variable) => reading.given.has(name);
-  const names = [
-    "WORKER_SIGNED_PREFIXES",
-    "WORKER_SIGNING_KEY",
-    "WORKER_SIGNING_KEY_PREVIOUS",
-    "WORKER_SIGNING_KEY_PREVIOUS_UNTIL",
-    "WORKER_SIGNED_MAX_TTL",
-  ] as const;
-  if (settingsGiven(reading, [...names]).length === 0) return undefined;
+  // The signed-link settings are WORKER_SIGNED_PREFIXES, WORKER_SIGNED_MAX_TTL and the keys.
+  if (![...reading.given].some((name) => name.startsWith("WORKER_SIGN"))) return undefined;
   const problems = reading.problems;
   const indexFile = value.text("WORKER_INDEX_FILE") ?? "";
   const read = value.list("WORKER_SIGNED_PREFIXES").map((raw) => prefixReading(raw, indexFile));
@@ -1243,12 +1181,10 @@ function signingOptions(reading: Reading): SigningOptions | undefined {
 }
 
 /**
- * How one of WORKER_SIGNED_PREFIXES is read: ending in `/`, a folder (it and
- * every path under it); otherwise a file, which also covers a folder of that
- * name and, when it is the index file, the folder that serves it (the
- * worker checks the name finally served). A folder named like the index file
- * could mean either, and is refused. `undefined` for a malformed one (its
- * setting's check says so).
+ * How one of WORKER_SIGNED_PREFIXES is read: ending in `/`, a folder (it and every path under it);
+ * otherwise a file, which also covers a folder of that name and, when it is the index file, the
+ * folder that serves it (the worker checks the name finally served). A folder named like the index
+ * file could mean either, and is refused. `undefined` for a malformed one (its check says so).
  */
 function prefixReading(
   raw: string,
@@ -1278,10 +1214,9 @@ function prefixReading(
 const STATUS_MIN_REMAINING = 2 * DAY;
 
 /**
- * Whether `B2_TOKEN_TTL` fits the schedule that renews it. A token that dies
- * before the next scheduled run is a problem for `cron`, which runs on
- * `REFRESH_SCHEDULE`; for the other commands, which cannot know what runs
- * them, it and a token that `status` would call short before each run are
+ * Whether `B2_TOKEN_TTL` fits the schedule that renews it. A token that dies before the next run
+ * is a problem for `cron`, which runs on `REFRESH_SCHEDULE`; for the other commands, which cannot
+ * know what runs them, it and a token that `status` would call short before each run are
  * warnings. Returns the warnings; pushes the problems.
  */
 function tokenLifeProblems(reading: Reading, needs: Needs): string[] {
@@ -1367,9 +1302,8 @@ function cronField(field: string, [low, high]: readonly [number, number]): Set<n
 }
 
 /**
- * The longest time, in seconds, between two runs of a five-field UTC cron
- * expression, found over eight years of days (leap days included);
- * `undefined` for an expression it cannot read (names such as `MON`).
+ * The longest time, in seconds, between two runs of a five-field UTC cron expression, found over
+ * eight years of days (leap days included); `undefined` for one it cannot read (`MON`).
  * @internal
  */
 export function scheduleGap(schedule: string): number | undefined {
@@ -1435,9 +1369,8 @@ const MIN_PURGE_KEY_LENGTH = 32;
 const PURGE_KEY_INFO = "b2-private-cdn purge key v1";
 
 /**
- * The worker's purge key: HKDF-SHA256 of `WORKER_PURGE_KEY`, else of
- * `B2_APPLICATION_KEY`, with a fixed info string, as 64 hex characters. Every
- * machine that refreshes or purges holds one of the two, so none stores the key.
+ * The worker's purge key: HKDF-SHA256 of `WORKER_PURGE_KEY`, else of `B2_APPLICATION_KEY`, as 64
+ * hex characters. Every machine that refreshes or purges holds one of the two, so none stores it.
  * @internal
  */
 export async function derivePurgeKey(secret: string): Promise<string> {
@@ -1466,24 +1399,16 @@ async function hkdf(secret: string, info: string, length: number): Promise<Uint8
   return new Uint8Array(bits);
 }
 
-/**
- * How every time setting and flag is written; `.env.example` and the docs say it once.
- * @internal
- */
-export const DURATION_SYNTAX = "90s, 15m, 12h, 7d or plain seconds";
+/** How every time setting and flag is written; `.env.example` and the docs say it once. */
+const DURATION_SYNTAX = "90s, 15m, 12h, 7d or plain seconds";
 
-/** What a duration between `min` and `max` seconds must look like, for a problem's "must be". */
-function durationHint(min: number, max: number): string {
-  const range = max === Infinity
-    ? `at least ${shortDuration(min)}`
-    : `from ${shortDuration(min)} to ${shortDuration(max)}`;
-  return `a duration ${range}, written ${DURATION_SYNTAX}`;
-}
+/** The units of a duration, largest first, in seconds. */
+const DURATION_UNITS = [["d", DAY], ["h", 3600], ["m", 60], ["s", 1]] as const;
 
 /** `7d`, `12h`, `90s`: seconds in the largest unit that holds them exactly. */
 function shortDuration(seconds: number): string {
-  const units = [["d", DAY], ["h", 3600], ["m", 60]] as const;
-  const [unit, size] = units.find(([, size]) => seconds > 0 && seconds % size === 0) ?? ["s", 1];
+  const [unit, size] = DURATION_UNITS.find(([, size]) => seconds > 0 && seconds % size === 0) ??
+    ["s", 1];
   return `${seconds / size}${unit}`;
 }
 
@@ -1495,14 +1420,7 @@ function shortDuration(seconds: number): string {
 export function parseDuration(text: string): number | undefined {
   const match = /^(\d+)\s*([smhd]?)$/.exec(text.trim());
   if (!match) return undefined;
-  const unit = {
-    "": 1,
-    s: 1,
-    m: 60,
-    h: 3600,
-    d: DAY,
-  }[match[2] as "" | "s" | "m" | "h" | "d"];
-  return Number(match[1]) * unit;
+  return Number(match[1]) * (DURATION_UNITS.find(([unit]) => unit === match[2])?.[1] ?? 1);
 }
 
 /**
@@ -1512,14 +1430,12 @@ export function parseDuration(text: string): number | undefined {
 export function formatDuration(seconds: number): string {
   const sign = seconds < 0 ? "-" : "";
   const left = Math.floor(Math.abs(seconds));
-  const units = [["d", DAY], ["h", 3600], ["m", 60], ["s", 1]] as const;
-  const first = units.findIndex(([, size]) => left >= size);
-  if (first === -1 || first === units.length - 1) return `${sign}${left}s`;
-  const [unit, size] = units[first]!;
-  const [nextUnit, nextSize] = units[first + 1]!;
-  return `${sign}${Math.floor(left / size)}${unit} ${
-    Math.floor((left % size) / nextSize)
-  }${nextUnit}`;
+  const first = DURATION_UNITS.findIndex(([, size]) => left >= size);
+  if (first === -1 || first === DURATION_UNITS.length - 1) return `${sign}${left}s`;
+  const [unit, size] = DURATION_UNITS[first]!;
+  const [nextUnit, nextSize] = DURATION_UNITS[first + 1]!;
+  const next = Math.floor((left % size) / nextSize);
+  return `${sign}${Math.floor(left / size)}${unit} ${next}${nextUnit}`;
 }
 
 /** `text` ending as a sentence does, so that another can follow it. */

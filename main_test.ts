@@ -3,7 +3,6 @@ import { dirname } from "node:path";
 import { parseEnv } from "node:util";
 import {
   ApiError,
-  bucketNameProblem,
   COMMANDS,
   type Config,
   type ConfigError,
@@ -26,7 +25,6 @@ import {
   pingRequest,
   prepareWorker,
   purgeUrl,
-  readCloudflareId,
   refreshIfDue,
   run,
   runtimeProblem,
@@ -35,6 +33,7 @@ import {
   SECRET_VARIABLES,
   send,
   type Setting,
+  type Settings,
   signLink,
   startOnDeploy,
   status,
@@ -4711,10 +4710,24 @@ Deno.test("refresh never alters a user's rule: one B2 answered with a masked sec
 // Ids need not be hunted
 // ---------------------------------------------------------------------------
 
-Deno.test("readCloudflareId() takes 32 hex, reads a dashboard address, and says what it took", async (t) => {
+Deno.test("parseConfig() takes a Cloudflare id as 32 hex or from a dashboard address, and says what it took", async (t) => {
   const id = "0123456789abcdef0123456789abcdef";
+  const withAccount = (value: string) =>
+    parseConfig({ CLOUDFLARE_API_TOKEN: "token", CLOUDFLARE_ACCOUNT_ID: value }, {
+      cloudflare: true,
+    });
+  const problemOf = (settings: Settings) => {
+    try {
+      parseConfig(settings);
+    } catch (error) {
+      return (error as ConfigError).problems[0]!;
+    }
+    assert.fail(`no problem with ${JSON.stringify(settings)}`);
+  };
   await t.step("an id, in either case", () => {
-    assert.deepEqual(readCloudflareId("CLOUDFLARE_ACCOUNT_ID", ` ${id.toUpperCase()} `), { id });
+    const config = withAccount(` ${id.toUpperCase()} `);
+    assert.equal(config.cloudflare?.accountId, id);
+    assert.equal(config.warnings, undefined);
   });
   await t.step("the README's dashboard address pasted whole: the account id, said", () => {
     for (
@@ -4723,22 +4736,17 @@ Deno.test("readCloudflareId() takes 32 hex, reads a dashboard address, and says 
         `dash.cloudflare.com/${id}`,
       ]
     ) {
-      const read = readCloudflareId("CLOUDFLARE_ACCOUNT_ID", pasted);
-      assert.equal(read.id, id);
-      assert.match(read.note!, new RegExp(`took the account id ${id} from it`));
+      const config = withAccount(pasted);
+      assert.equal(config.cloudflare?.accountId, id);
+      assert.match(config.warnings![0]!, new RegExp(`took the account id ${id} from it`));
     }
   });
   await t.step("a zone's dashboard address holds no zone id: a problem naming the way out", () => {
-    const read = readCloudflareId(
-      "CLOUDFLARE_ZONE_ID",
-      `https://dash.cloudflare.com/${id}/example.com`,
-    );
-    assert.equal(read.id, undefined);
-    assert.match(
-      read.problem!,
-      /holds the account id .* and the domain example\.com but no zone id/,
-    );
-    assert.match(read.problem!, /or leave it out: it is found from WORKER_ROUTE or WORKER_DOMAIN/);
+    const problem = problemOf({
+      CLOUDFLARE_ZONE_ID: `https://dash.cloudflare.com/${id}/example.com`,
+    });
+    assert.match(problem, /holds the account id .* and the domain example\.com but no zone id/);
+    assert.match(problem, /or leave it out: it is found from WORKER_ROUTE or WORKER_DOMAIN/);
   });
   await t.step("anything else is a problem that quotes it", () => {
     for (
@@ -4747,18 +4755,15 @@ Deno.test("readCloudflareId() takes 32 hex, reads a dashboard address, and says 
         "abc",
       ]] as const
     ) {
-      assert.match(
-        readCloudflareId(name, raw).problem!,
-        new RegExp(`^${name} must be .*not "${raw}"`),
-      );
+      assert.match(problemOf({ [name]: raw }), new RegExp(`^${name} must be .*not "${raw}"`));
     }
-    assert.ok(readCloudflareId("CLOUDFLARE_ACCOUNT_ID", `https://example.com/${id}`).problem);
+    assert.ok(problemOf({ CLOUDFLARE_ACCOUNT_ID: `https://example.com/${id}` }));
   });
 });
 
-Deno.test("bucketNameProblem() refuses what B2 refuses, with B2's rule", () => {
+Deno.test("parseConfig() refuses a B2_BUCKET_NAME that B2 refuses, with B2's rule", () => {
   for (const good of ["photos", "My-Bucket-2", "a".repeat(63)]) {
-    assert.equal(bucketNameProblem(good), undefined, good);
+    assert.equal(parseConfig({ B2_BUCKET_NAME: good }).bucketName, good);
   }
   const cases: [string, RegExp][] = [
     ["My_Bucket!", /\("_", "!" are not allowed\)/],
@@ -4768,9 +4773,12 @@ Deno.test("bucketNameProblem() refuses what B2 refuses, with B2's rule", () => {
     ["my.bucket", /"\." is not allowed/],
   ];
   for (const [name, why] of cases) {
-    const problem = bucketNameProblem(name)!;
-    assert.match(problem, why);
-    assert.match(problem, /6 to 63 letters, digits and "-", and does not start with "b2-"/);
+    assert.throws(() => parseConfig({ B2_BUCKET_NAME: name }), (error: ConfigError) => {
+      assert.equal(error.problems.length, 1);
+      assert.match(error.message, why);
+      assert.match(error.message, /6 to 63 letters, digits and "-", and does not start with "b2-"/);
+      return true;
+    });
   }
 });
 
