@@ -3325,15 +3325,6 @@ function mergeEventRules(
 /** B2's limit of rules a bucket (backblaze.com/apidocs/b2-set-bucket-notification-rules). */
 const MAX_RULES = 25;
 
-/** What B2 would refuse of our rule beside the user's, found before anything is written. */
-class EventRuleConflictError extends RefusalError {
-  /** Makes the error; the message names the rule and what to change. */
-  constructor(message: string, code: "rule_overlap" | "too_many_rules") {
-    super(message, code);
-    this.name = "EventRuleConflictError";
-  }
-}
-
 /**
  * Refuses, naming what to change, what B2's set call would: more than 25
  * rules, or a rule whose prefix overlaps ours (one starts with the other)
@@ -3351,7 +3342,7 @@ function checkRoomFor(ours: NotificationRule, others: NotificationRule[]): void 
   const them = (rule: NotificationRule) =>
     `b2 bucket notification-rule update|delete b2://<bucket>/${rule.objectNamePrefix} ${rule.name}`;
   if (clash) {
-    throw new EventRuleConflictError(
+    throw new RefusalError(
       `Cannot add Event Notification rule "${ours.name}" (${ours.eventTypes.join(" ")} under ` +
         `"${prefix}"): rule "${clash.name}" (${clash.eventTypes.join(" ")} under ` +
         `"${clash.objectNamePrefix}") overlaps it, and B2 refuses two rules whose prefixes ` +
@@ -3362,7 +3353,7 @@ function checkRoomFor(ours: NotificationRule, others: NotificationRule[]): void 
     );
   }
   if (others.length + 1 > MAX_RULES) {
-    throw new EventRuleConflictError(
+    throw new RefusalError(
       `Cannot add Event Notification rule "${ours.name}": the bucket has ${others.length} ` +
         `other rules, and B2 takes at most ${MAX_RULES} a bucket. Delete one you no longer ` +
         "need (b2 bucket notification-rule delete b2://<bucket>/<prefix> <name>), or set " +
@@ -3705,10 +3696,9 @@ function describeEventRule(config: Config): string {
   if (!config.worker.eventNotifications) return "event notifications: off";
   const base = config.site ?? `https://${config.workerName}.<subdomain>.workers.dev`;
   const url = `${base}${EVENTS_PATH}?key=(derived)`;
+  const batch = eventsPerBatch(config.worker.cacheMode);
   return `event notifications: rule ${eventRuleName(config.workerName)}, ` +
-    `${EVENT_TYPES.join(" ")} under "${config.filePrefix ?? ""}", up to ${
-      eventsPerBatch(config.worker.cacheMode)
-    } ` +
+    `${EVENT_TYPES.join(" ")} under "${config.filePrefix ?? ""}", up to ${batch} ` +
     `events a POST to ${url}, signed with the derived secret (${EVENT_SECRET_BINDING}); ` +
     eventReach(config.worker.cacheMode);
 }
@@ -3991,16 +3981,17 @@ export async function refresh(
   // person's run asks alongside B2's authorize, which adds a request but no round trip; a
   // scheduled run asks first, since an upload moments old means B2 is not asked at all.
   const cf = new CloudflareClient(cloudflare, ctx);
-  const deployed = options.dryRun ? undefined : askedNow(cf.workerSettings());
+  const deployed = options.dryRun ? undefined : cf.workerSettings();
+  // Its failure is thrown where it is awaited, not left unhandled meanwhile.
+  deployed?.catch(() => {});
   const recent = options.unattended && deployed
-    ? recentUpload(await deployed(), ctx.now())
+    ? recentUpload(await deployed, ctx.now())
     : undefined;
   let result: RefreshResult & { upload?: WorkerUpload };
   let upload: Uploaded | undefined;
   let prepared: PreparedWorker | undefined;
   if (recent) result = keptUpload(config, ctx, recent);
   else {
-    // Prepare the worker from B2: nothing is uploaded unless every B2 step worked.
     prepared = await prepareWorker(b2, {
       module: options.module,
       options: config.worker,
@@ -4016,13 +4007,13 @@ export async function refresh(
       cf,
       module: options.module,
       prepared,
-      previous: await deployed!(),
+      previous: await deployed!,
       result,
     });
   }
   const newDomain = await deployTriggers(cf, result, { takeOver, removeLeftovers });
   const known = prepared && { auth: prepared.auth, bucket: prepared.bucket };
-  await syncEventRule(config, ctx, { result, previous: await deployed!(), known });
+  await syncEventRule(config, ctx, { result, previous: await deployed!, known });
   if (result.failed) throw new IncompleteDeployError(result);
   if (config.verifyUrl) {
     await verifyDeploy(config, ctx, { result, newDomain, progress: options.progress ?? ctx.log });
@@ -4031,20 +4022,6 @@ export async function refresh(
   // Once the route and domain lead to the new version: the purge is asked of the worker there.
   await upload?.paid?.();
   return result;
-}
-
-/**
- * A request asked now and awaited when its answer is needed: a person's refresh asks for the
- * deployed settings alongside B2's authorize, which adds a request but no round trip. Its
- * failure is thrown where it is awaited, not left unhandled meanwhile.
- */
-function askedNow<T>(request: Promise<T>): () => Promise<T> {
-  const settled = request.then((value) => ({ value }), (error) => ({ error: error as Error }));
-  return async () => {
-    const answer = await settled;
-    if ("error" in answer) throw answer.error;
-    return answer.value;
-  };
 }
 
 /** A refresh's result once B2 has given the token, before anything is uploaded. */
@@ -4113,9 +4090,7 @@ async function planDeploy(
     : undefined;
   if (cf.route && routes) planRoute(cf, routes, plan);
   if (cf.domain && domains) await planDomain(client, { domains, plan });
-  for (
-    const leftover of findLeftovers(cf, { ...(routes && { routes }), ...(domains && { domains }) })
-  ) {
+  for (const leftover of findLeftovers(cf, { routes, domains })) {
     plan.steps.push(
       `${leftover.kind} ${leftover.name}: left running this worker, though no setting names it ` +
         "(refresh --remove-leftovers deletes it)",
@@ -4467,8 +4442,8 @@ async function deployTriggers(
   // nothing is removed and workers.dev is not turned off until those steps work.
   const stepFailed = steps.failed.length > 0;
   await triggerLeftovers(config, steps, {
-    ...(routes && { routes }),
-    ...(domains && { domains }),
+    routes,
+    domains,
     remove: options.removeLeftovers,
     stepFailed,
   });
@@ -4569,11 +4544,7 @@ async function triggerLeftovers(
   options: { routes?: ZoneRoute[]; domains?: CustomDomain[]; remove: boolean; stepFailed: boolean },
 ): Promise<void> {
   const { result } = steps;
-  const leftovers = findLeftovers(config, {
-    ...(options.routes && { routes: options.routes }),
-    ...(options.domains && { domains: options.domains }),
-  });
-  for (const leftover of leftovers) {
+  for (const leftover of findLeftovers(config, options)) {
     const name = `${leftover.kind} ${leftover.name}`;
     if (options.remove && !options.stepFailed) {
       const removed = await steps.attempt(async () => {
@@ -4735,22 +4706,12 @@ export async function signPurge(
   options: { key: string; nowMs: number },
 ): Promise<Record<string, string>> {
   const timestamp = String(Math.floor(options.nowMs / 1000));
-  const key = await crypto.subtle.importKey(
-    "raw",
-    Uint8Array.from(options.key.match(/../g) ?? [], (pair) => parseInt(pair, 16)),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"],
-  );
-  const signature = await crypto.subtle.sign(
-    "HMAC",
-    key,
-    new TextEncoder().encode(purgeMessage(timestamp, body)),
-  );
+  const key = Uint8Array.from(options.key.match(/../g) ?? [], (pair) => parseInt(pair, 16));
+  const signature = await hmacSha256(key, purgeMessage(timestamp, body));
   return {
     "content-type": "application/json",
     [PURGE_TIMESTAMP_HEADER]: timestamp,
-    [PURGE_SIGNATURE_HEADER]: toHex(new Uint8Array(signature)),
+    [PURGE_SIGNATURE_HEADER]: toHex(signature),
   };
 }
 
@@ -4873,14 +4834,12 @@ function theWorkersPurgeAnswer(
     };
   }
   if (status === 429) {
+    const said = JSON.stringify(json.segments?.success === false ? json.segments : json.result);
     return {
       kind: "rate-limited",
       status,
-      message:
-        `Cloudflare refused the purge (${
-          JSON.stringify(json.segments?.success === false ? json.segments : json.result)
-        }): at most 5 ` +
-        `purges a minute; try again in ${PURGE_RETRY_SECONDS} s.`,
+      message: `Cloudflare refused the purge (${said}): at most 5 purges a minute; try again ` +
+        `in ${PURGE_RETRY_SECONDS} s.`,
     };
   }
   return { kind: "failed", status, message: `The worker refused the purge: ${json.error}.` };
@@ -4905,14 +4864,13 @@ function notThePurgeAnswer(
     };
   }
   const mitigated = response.headers.get("cf-mitigated");
+  const answered = `${status}${mitigated ? `, cf-mitigated: ${mitigated}` : ""}`;
   return {
     kind: "not-worker",
     status,
-    message:
-      `The answer from ${url} (${status}${
-        mitigated ? `, cf-mitigated: ${mitigated}` : ""
-      }) is not the worker's: a WAF rule, bot challenge or Access policy in front of it? ` +
-      "Let POST requests to this path through, or pass the workers.dev address with --url.",
+    message: `The answer from ${url} (${answered}) is not the worker's: a WAF rule, bot ` +
+      "challenge or Access policy in front of it? Let POST requests to this path through, or " +
+      "pass the workers.dev address with --url.",
   };
 }
 
@@ -5045,7 +5003,7 @@ function unfinishedPurge(
   );
   const done = index === 0 ? "" : ` ${index} of ${orders.length} requests were purged.`;
   return new ApiError(
-    sentence(answer.message.replace(/^./, (c) => c.toUpperCase())) + done +
+    sentence(capitalize(answer.message)) + done +
       (everything ? "" : ` ${count(left, "path or prefix is", "paths and prefixes are")} left.`),
     { service: "Worker", status: answer.status, code: answer.kind },
   );
@@ -5100,7 +5058,6 @@ export interface StatusReport {
 /** How `status` judges the deployed worker, by the Nagios plugin states it prints. */
 export type StatusState = "OK" | "WARNING" | "CRITICAL" | "UNKNOWN";
 
-/** One reason a report is not OK, and how bad it is. */
 /** One thing `status` found wrong: how bad, and what to do. */
 export interface Finding {
   /** `UNKNOWN` when it could not be told (it only replaces `OK`). */
@@ -5309,10 +5266,7 @@ async function survey(cf: CloudflareClient, report: StatusReport): Promise<{ rea
     );
   }
   if (workersDev?.problem) warnings.push(workersDev.problem);
-  const leftovers = findLeftovers(config, {
-    ...(routes && { routes }),
-    ...(domains && { domains }),
-  }).map((l) => `${l.kind} ${l.name}`);
+  const leftovers = findLeftovers(config, { routes, domains }).map((l) => `${l.kind} ${l.name}`);
   if (leftovers.length > 0) {
     report.leftovers = leftovers;
     warnings.push(
@@ -5350,10 +5304,9 @@ function surveyTriggers(
   }
   if (config.domain && domains) {
     const domain = domains.find((d) => d.hostname === config.domain);
+    const by = domain && `worker "${domain.service}"`;
     if (domain?.service === config.workerName) urls.push(`https://${config.domain}/`);
-    else {warnings.push(
-        held(`custom domain ${config.domain}`, domain && `worker "${domain.service}"`),
-      );}
+    else warnings.push(held(`custom domain ${config.domain}`, by));
   }
 }
 
