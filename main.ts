@@ -4064,7 +4064,7 @@ async function planDeploy(
   const cf = config.cloudflare!;
   const client = new CloudflareClient(cf, ctx);
   const plan: DeployPlan = { steps: [], problems: [] };
-  const read = planReader(plan);
+  const read = attempts(plan.problems);
   const { scripts, routes: routesGroup } = permissionGroups(cf);
   if ("token" in cf.auth) {
     const token = await read(() => verifyToken(client));
@@ -4107,19 +4107,17 @@ async function planDeploy(
 }
 
 /**
- * A dry run's read: its answer, or `undefined` with the failure among the plan's problems. A
- * refusal names the permission group whose lack it shows, as init does.
+ * Runs a step that may fail: its answer, or `undefined` with the failure among `failures` (the
+ * dry run's problems, a refresh's failed steps). A read Cloudflare refuses names the permission
+ * group `group` whose lack it shows, as init does.
  */
-function planReader(plan: DeployPlan) {
-  return async <T>(
-    work: () => Promise<T>,
-    group?: PermissionGroup,
-  ): Promise<T | undefined> => {
+function attempts(failures: string[]) {
+  return async <T>(work: () => Promise<T>, group?: PermissionGroup): Promise<T | undefined> => {
     try {
       return await work();
     } catch (error) {
       if (!isOperationError(error)) throw error;
-      plan.problems.push((group && refusedPermission(error, group)) ?? error.message);
+      failures.push((group && refusedPermission(error, group)) ?? error.message);
       return undefined;
     }
   };
@@ -4144,15 +4142,10 @@ function permissionGroups(cf: CloudflareConfig): Record<"scripts" | "routes", Pe
 
 /** What `group`'s lack is when `error` is Cloudflare refusing a read (401, 403), else nothing. */
 function refusedPermission(error: unknown, group: PermissionGroup): string | undefined {
-  const refused = error instanceof ApiError && (error.status === 401 || error.status === 403);
-  return refused ? lacksPermission(group, error.status) : undefined;
-}
-
-/** A permission group the token lacks, as a read refused it, and where to add it. */
-function lacksPermission(group: PermissionGroup, status: number): string {
+  if (!(error instanceof ApiError) || ![401, 403].includes(error.status)) return undefined;
   return `The Cloudflare token lacks "${group.name}" on ${group.on} (Cloudflare answered ` +
-    `${status} to a read): add it under My Profile > API Tokens > Edit (or the account's API ` +
-    "Tokens page for an account's token).";
+    `${error.status} to a read): add it under My Profile > API Tokens > Edit (or the account's ` +
+    "API Tokens page for an account's token).";
 }
 
 /** The route step, as a real run would take it. */
@@ -4458,17 +4451,12 @@ interface TriggerSteps {
   result: RefreshResult;
   /** Every request is a round trip here; counting them keeps `roundTrips` honest. */
   cf: CloudflareClient;
-  /** The context of `cf`. */
-  ctx: Context;
   /** Each failed step's message; the others still run. */
   failed: string[];
   /** What `--take-over` and `--remove-leftovers` changed, in words. */
   changed: string[];
-  /**
-   * Runs one step; an {@linkcode ApiError} or {@linkcode RefusalError} is recorded in `failed`
-   * and yields `undefined`.
-   */
-  attempt<T>(work: () => Promise<T>): Promise<T | undefined>;
+  /** Runs one step: its answer, or `undefined` with its failure in `failed`. */
+  attempt: ReturnType<typeof attempts>;
 }
 
 /** `ctx` whose every request counts as one of the result's round trips. */
@@ -4478,22 +4466,12 @@ function countingRoundTrips(ctx: Context, result: Pick<RefreshResult, "roundTrip
 
 function triggerSteps(result: RefreshResult, cf: CloudflareClient): TriggerSteps {
   const failed: string[] = [];
-  const ctx = countingRoundTrips(cf.ctx, result);
   return {
     result,
-    cf: cf.over(ctx),
-    ctx,
+    cf: cf.over(countingRoundTrips(cf.ctx, result)),
     failed,
     changed: [],
-    attempt: async (work) => {
-      try {
-        return await work();
-      } catch (error) {
-        if (!isOperationError(error)) throw error;
-        failed.push(error.message);
-        return undefined;
-      }
-    },
+    attempt: attempts(failed),
   };
 }
 
@@ -4506,7 +4484,7 @@ async function triggerRoute(
   const done = await steps.attempt(() => ensureRoute(steps.cf, options));
   if (!done) return;
   steps.result.route = done.change;
-  steps.ctx.log(`Cloudflare: route ${config.route} ${done.change}`);
+  steps.cf.ctx.log(`Cloudflare: route ${config.route} ${done.change}`);
   if (done.from) {
     steps.changed.push(`route ${config.route} now runs this worker instead of ${done.from}`);
   }
@@ -4523,7 +4501,7 @@ async function triggerDomain(
   const { result, changed } = steps;
   result.domain = done.change;
   const newDomain = done.change !== "unchanged";
-  steps.ctx.log(`Cloudflare: custom domain ${config.domain} ${done.change}`);
+  steps.cf.ctx.log(`Cloudflare: custom domain ${config.domain} ${done.change}`);
   for (const record of done.deleted ?? []) changed.push(`deleted DNS record ${record}`);
   if (done.from) {
     changed.push(`custom domain ${config.domain} now runs this worker instead of ${done.from}`);
@@ -4587,7 +4565,7 @@ async function triggerWorkersDev(
   const workersDev = await steps.attempt(() => applyWorkersDev(steps.cf));
   if (!workersDev) return;
   result.workersDev = workersDev.url ?? false;
-  steps.ctx.log(`Cloudflare: workers.dev ${workersDev.url ?? "off"}`);
+  steps.cf.ctx.log(`Cloudflare: workers.dev ${workersDev.url ?? "off"}`);
   if (workersDev.problem) {
     (result.warnings ??= []).push(`WORKER_WORKERS_DEV: ${workersDev.problem}`);
   }
