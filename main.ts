@@ -3217,7 +3217,6 @@ interface NotificationRule {
   eventTypes: string[];
   /** Names under this prefix; `""` for all. */
   objectNamePrefix: string;
-  /** Whether B2 delivers at all. */
   isEnabled: boolean;
   /** 1-50. @default 1 */
   maxEventsPerBatch?: number;
@@ -3262,26 +3261,35 @@ export function eventRuleName(workerName: string): string {
   return `b2cdn-${workerName.replaceAll("_", "-")}`.slice(0, 63);
 }
 
-/** The rule this tool keeps, signing with `derived.secret`. */
-function eventRule(options: {
-  workerName: string;
-  prefix: string;
-  base: string;
-  derived: { secret: string; urlKey: string };
-  cacheMode: CacheMode;
-}): NotificationRule {
+/** The rule this tool keeps: B2 POSTs to the worker's address, signed with the derived secret. */
+async function eventRule(
+  config: Config,
+  ctx: Context,
+  workersDev: string | false | undefined,
+): Promise<NotificationRule> {
+  const { domain, route } = config.cloudflare!;
+  const base = workerAddress({ domain, route, workersDevUrl: workersDev || undefined });
+  if (!base) {
+    throw new ConfigError([
+      "B2_EVENT_NOTIFICATIONS=on needs a public HTTPS address of the worker for B2 to call: " +
+      "set WORKER_DOMAIN, a WORKER_ROUTE with one host, or WORKER_WORKERS_DEV=on.",
+    ]);
+  }
+  const b2 = config.b2!;
+  const derived = await deriveEventSecret(config.purgeSecret?.value ?? b2.applicationKey);
+  ctx.secrets.add(derived.secret);
   return {
-    name: eventRuleName(options.workerName),
+    name: eventRuleName(config.workerName),
     eventTypes: EVENT_TYPES,
-    objectNamePrefix: options.prefix,
+    objectNamePrefix: b2.prefix,
     isEnabled: true,
     // B2's largest (50: a bulk upload costs 50 times fewer deliveries), except in cache-api
     // mode, where it is what one delivery's Cache API deletions cover (the worker's rule).
-    maxEventsPerBatch: eventsPerBatch(options.cacheMode),
+    maxEventsPerBatch: eventsPerBatch(config.worker.cacheMode),
     targetConfiguration: {
       targetType: "webhook",
-      url: `${options.base}${EVENTS_PATH}?key=${options.derived.urlKey}`,
-      hmacSha256SigningSecret: options.derived.secret,
+      url: `${base}${EVENTS_PATH}?key=${derived.urlKey}`,
+      hmacSha256SigningSecret: derived.secret,
       customHeaders: [],
     },
   };
@@ -3425,7 +3433,6 @@ async function applyEventRule(
 ): Promise<RuleChange | undefined> {
   const { result, hadRule } = options;
   const b2 = config.b2!;
-  const cloudflare = config.cloudflare!;
   const on = config.worker.eventNotifications === true;
   const name = eventRuleName(config.workerName);
   // The refresh's own authorization when it made one (a kept upload did not).
@@ -3448,26 +3455,7 @@ async function applyEventRule(
   if (!on && lacking(EVENT_CAPABILITIES).length > 0) {
     throw missingCapabilities(b2, auth, { missing: lacking(EVENT_CAPABILITIES), on, name });
   }
-  let ours: NotificationRule | undefined;
-  if (on) {
-    const { domain, route } = cloudflare;
-    const base = workerAddress({ domain, route, workersDevUrl: result.workersDev || undefined });
-    if (!base) {
-      throw new ConfigError([
-        "B2_EVENT_NOTIFICATIONS=on needs a public HTTPS address of the worker for B2 to call: " +
-        "set WORKER_DOMAIN, a WORKER_ROUTE with one host, or WORKER_WORKERS_DEV=on.",
-      ]);
-    }
-    const derived = await deriveEventSecret(config.purgeSecret?.value ?? b2.applicationKey);
-    ctx.secrets.add(derived.secret);
-    ours = eventRule({
-      workerName: config.workerName,
-      prefix: b2.prefix,
-      base,
-      derived,
-      cacheMode: config.worker.cacheMode,
-    });
-  }
+  const ours = on ? await eventRule(config, ctx, result.workersDev) : undefined;
   const rules = mergeEventRules(present!, ours, name);
   if (!rules) return on ? "unchanged" : "removed";
   await featureCall(auth, () => client.setNotificationRules(bucket, rules));
@@ -3749,9 +3737,7 @@ export async function prepareWorker(
       b.name && (b.name === config.bucketName || b.id === config.bucketId)
     );
   const bucket = await resolveBucket(b2, config);
-  ctx.log(
-    `B2: bucket "${bucket.name}" is ${bucket.id}${listed ? " (b2_list_buckets)" : ""}`,
-  );
+  ctx.log(`B2: bucket "${bucket.name}" is ${bucket.id}${listed ? " (b2_list_buckets)" : ""}`);
   const issuedAt = ctx.now();
   const downloadToken = await downloadTokenFor(b2, { bucket, listing: worker.options.listing });
   // Counted from before the request, so the recorded expiry is never late.
