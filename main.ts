@@ -2234,7 +2234,7 @@ export interface WorkerUpload {
 }
 
 /**
- * The facts the worker's bindings carry.
+ * The facts the worker's bindings carry; times in milliseconds since the epoch.
  * @internal
  */
 export interface WorkerFacts {
@@ -2242,15 +2242,10 @@ export interface WorkerFacts {
   downloadToken: string;
   /** Where the worker fetches files from. */
   downloadUrl: string;
-  /** The bucket served. */
   bucketName: string;
-  /** The name prefix served. */
   prefix: string;
-  /** When the token was issued, milliseconds since the epoch. */
   issuedAt: number;
-  /** When the token expires, milliseconds since the epoch. */
   expiresAt: number;
-  /** What the worker does with a request. */
   options: WorkerOptions;
   /** From {@linkcode derivePurgeKey}; without it the worker takes no purge requests. */
   purgeKey?: string;
@@ -2596,10 +2591,10 @@ class CloudflareClient {
   }
 
   /** `DELETE /zones/{zone}/workers/routes/{id}`. */
-  async deleteRoute(route: { zoneId: string; id: string; pattern: string }): Promise<void> {
+  async deleteRoute(route: { id: string; pattern: string }): Promise<void> {
     await this.#call(`remove route "${route.pattern}"`, {
       method: "DELETE",
-      path: `/zones/${route.zoneId}/workers/routes/${route.id}`,
+      path: `/zones/${this.config.zoneId}/workers/routes/${route.id}`,
     });
   }
 
@@ -2918,7 +2913,6 @@ export type Change = "created" | "unchanged" | "taken over";
 
 /** A route of the zone, as `GET /zones/{zone}/workers/routes` lists it. */
 interface ZoneRoute {
-  /** The route's id, for `PUT|DELETE /zones/{zone}/workers/routes/{id}`. */
   id: string;
   /** What requests it matches, such as `cdn.example.com/*`. */
   pattern: string;
@@ -2928,14 +2922,11 @@ interface ZoneRoute {
 
 /** A custom domain of the account, as `GET /accounts/{id}/workers/domains` lists it. */
 interface CustomDomain {
-  /** The domain's id, for `DELETE /accounts/{id}/workers/domains/{id}`. */
   id: string;
   /** The whole host name it answers on, such as `cdn.example.com`. */
   hostname: string;
   /** The name of the Worker script it runs. */
   service: string;
-  /** The zone that holds `hostname`. */
-  zone_id: string;
 }
 
 /** An ordinary DNS record, as `GET /zones/{zone}/dns_records` lists it. */
@@ -2953,10 +2944,7 @@ interface Leftover {
   kind: "route" | "custom domain";
   /** The route pattern or the hostname. */
   name: string;
-  /** Its {@linkcode ZoneRoute} or {@linkcode CustomDomain} id. */
   id: string;
-  /** The zone of a route. */
-  zoneId?: string;
 }
 
 /** The person-run command that opts in to moving a route or hostname to this worker. */
@@ -2969,17 +2957,15 @@ function describeRecord(record: DnsRecord): string {
 }
 
 /**
- * Makes sure `config.route` runs the worker. A route that runs another
- * Worker (or none) is left alone unless `takeOver`, as wrangler does; the
- * API itself would re-point it
+ * Makes sure `config.route` runs the worker. A route that runs another Worker (or none) is left
+ * alone unless `takeOver`, as wrangler does; the API itself would re-point it
  * (developers.cloudflare.com/api/resources/workers/subresources/routes/).
  */
 async function ensureRoute(
   cf: CloudflareClient,
   options: { routes: ZoneRoute[]; takeOver: boolean },
 ): Promise<{ change: Change; from?: string }> {
-  const { zoneId, route, workerName } = cf.config;
-  if (!zoneId || !route) throw new Error("ensureRoute needs zoneId and route");
+  const { route, workerName } = cf.config;
   const existing = options.routes.find((r) => r.pattern === route);
   if (!existing) {
     await cf.putRoute();
@@ -3020,11 +3006,10 @@ async function conflictingRecords(
 }
 
 /**
- * Makes sure `config.domain` is a custom domain of the worker (Cloudflare
- * makes its DNS record and certificate). Another Worker's hostname (409
- * 100116) and a hostname with an ordinary DNS record (409 100117) are only
- * moved with `takeOver`: the first by `override_existing_origin`, the second
- * by deleting the record, which no flag replaces
+ * Makes sure `config.domain` is a custom domain of the worker (Cloudflare makes its DNS record
+ * and certificate). Another Worker's hostname (409 100116) and a hostname with an ordinary DNS
+ * record (409 100117) are only moved with `takeOver`: the first by `override_existing_origin`,
+ * the second by deleting the record, which no flag replaces
  * (developers.cloudflare.com/workers/configuration/routing/custom-domains/).
  */
 async function ensureDomain(
@@ -3119,12 +3104,7 @@ function findLeftovers(
   return [
     ...(found.routes ?? []).filter((r) =>
       r.script === config.workerName && r.pattern !== config.route
-    ).map((r): Leftover => ({
-      kind: "route",
-      name: r.pattern,
-      id: r.id,
-      zoneId: config.zoneId!,
-    })),
+    ).map((r): Leftover => ({ kind: "route", name: r.pattern, id: r.id })),
     ...(found.domains ?? []).filter((d) =>
       d.service === config.workerName && d.hostname !== config.domain
     ).map((d): Leftover => ({ kind: "custom domain", name: d.hostname, id: d.id })),
@@ -3133,9 +3113,8 @@ function findLeftovers(
 
 /** Deletes a leftover route or custom domain (`--remove-leftovers`). */
 async function removeLeftover(cf: CloudflareClient, leftover: Leftover): Promise<void> {
-  if (leftover.kind === "route") {
-    await cf.deleteRoute({ zoneId: leftover.zoneId!, id: leftover.id, pattern: leftover.name });
-  } else await cf.deleteDomain({ id: leftover.id, hostname: leftover.name });
+  if (leftover.kind === "route") await cf.deleteRoute({ id: leftover.id, pattern: leftover.name });
+  else await cf.deleteDomain({ id: leftover.id, hostname: leftover.name });
 }
 
 /** Whether the worker answers on workers.dev, and where. */
