@@ -6493,8 +6493,8 @@ async function setupCloudflare(
     io.stdout(`Cloudflare token: valid, ${owner.owner === "user" ? "a user's" : "an account's"}`);
   }
   config.accountId ||= await pickAccount(config, setup);
-  const where = await pickWhere(config, setup);
-  Object.assign(config, where, { workersDev: !where.route && !where.domain });
+  Object.assign(config, await pickWhere(config, setup));
+  config.workersDev = !config.route && !config.domain;
   const zone = await pickZone(config, setup);
   if (zone) config.zoneId = zone;
   const problems = await permissionProblems(config, ctx);
@@ -6533,17 +6533,12 @@ async function pickAccount(
   );
 }
 
-/** Where visitors reach the site: given, asked, or workers.dev in a pipe. */
+/** Where visitors reach the site, when neither is given: asked, or workers.dev in a pipe. */
 async function pickWhere(
   config: CloudflareConfig,
   setup: { settings: Settings; terminal?: Prompter },
 ): Promise<{ route?: string; domain?: string }> {
-  if (config.route || config.domain || !setup.terminal) {
-    return {
-      ...(config.route && { route: config.route }),
-      ...(config.domain && { domain: config.domain }),
-    };
-  }
+  if (config.route || config.domain || !setup.terminal) return {};
   const how = await choose(setup.terminal, "Where do visitors reach the site?", [
     {
       label: `workers.dev: https://${config.workerName}.<your subdomain>.workers.dev/`,
@@ -6651,11 +6646,7 @@ export function envFileText(settings: Settings): string {
  * renamed to `<path>.bak-<time>`, which is returned; the new file is written beside it and
  * renamed into place, so `path` is never half written.
  */
-async function writeEnvFile(
-  path: string,
-  text: string,
-  now: number,
-): Promise<string | undefined> {
+async function writeEnvFile(path: string, text: string, now: number) {
   let backup: string | undefined;
   try {
     await Deno.lstat(path);
@@ -6716,11 +6707,8 @@ async function runInit(job: Job): Promise<number> {
   const config = parseConfig(written, { b2: true, cloudflare: true });
   const backup = await writeEnvFile(path, envFileText(written), ctx.now());
   io.stdout(`Wrote ${path} (mode 0600)${backup ? `; the old one is ${backup}` : ""}.`);
-  io.stdout(
-    `Refresh it daily from crontab (crontab -e), at an odd minute:\n  ${
-      crontabLine(place, job.envFile)
-    }`,
-  );
+  const cron = crontabLine(place, job.envFile);
+  io.stdout(`Refresh it daily from crontab (crontab -e), at an odd minute:\n  ${cron}`);
   if (!terminal || !(await confirm(terminal, "Run the first refresh now?", true))) {
     const base = await siteBase(config, ctx) ?? "https://<where it answers>";
     io.stdout(
@@ -6754,12 +6742,8 @@ async function checkEnvFileFree(
     throw error;
   }
   if (options.force) return;
-  const replace = options.terminal &&
-    await confirm(
-      options.terminal,
-      `${path} exists. Replace it (the old one is kept beside it)?`,
-      false,
-    );
+  const question = `${path} exists. Replace it (the old one is kept beside it)?`;
+  const replace = options.terminal && await confirm(options.terminal, question, false);
   if (!replace) {
     throw new ConfigError([
       `${path} exists and was left as it is: pass --force to replace it (a backup is kept), or ` +
@@ -6796,7 +6780,6 @@ const NET_ENV_READ = `--allow-net ${ENV_READ}`;
 
 /** One flag of a command: how the parser reads it and the line its help page prints. */
 interface FlagSpec {
-  /** `boolean` for a switch, `string` for a flag that takes a value. */
   type: "boolean" | "string";
   /** Repeatable: every value is kept, in order (`[]` when not given). */
   multiple?: true;
@@ -7559,14 +7542,12 @@ async function runPurge({ config, ctx, io, flags, args }: Job): Promise<number> 
     );
   } else {
     const { paths, prefixes, everything } = report.purged;
+    const what = everything
+      ? "everything"
+      : `${count(paths, "path", "paths")} and ${count(prefixes, "prefix", "prefixes")}`;
     io.stdout(
-      `Purged ${
-        everything
-          ? "everything"
-          : `${count(paths, "path", "paths")} and ${count(prefixes, "prefix", "prefixes")}`
-      } from ` +
-        `Workers Cache in ${report.requests} request${report.requests === 1 ? "" : "s"} to ` +
-        `${report.url}` +
+      `Purged ${what} from Workers Cache in ${count(report.requests, "request", "requests")} ` +
+        `to ${report.url}` +
         // What the worker relays to its Segments entrypoint (worker_template.ts, "Segments in
         // Workers Cache"), and what it keeps per data centre.
         (report.segments
@@ -7674,14 +7655,8 @@ async function runCron({ config, ctx, io }: Job): Promise<number> {
   using ctrlC = listenForCtrlC();
   const module = await loadWorkerModule();
   const report = (line: string) => io.stdout(`${new Date(ctx.now()).toISOString()} ${line}`);
-  scheduleRefresh(config, ctx, {
-    module,
-    register: Deno.cron as CronRegistrar,
-    report,
-  });
-  report(
-    `Scheduled "${CRON_NAME}" at "${config.refreshSchedule}" (UTC). Ctrl-C stops it.`,
-  );
+  scheduleRefresh(config, ctx, { module, register: Deno.cron as CronRegistrar, report });
+  report(`Scheduled "${CRON_NAME}" at "${config.refreshSchedule}" (UTC). Ctrl-C stops it.`);
   await withDeadMansSwitch(config.pingUrl, ctx, {
     report,
     job: async (run) => {
@@ -7796,11 +7771,8 @@ function signTimes(
   return { expiresAt, notBeforeAt };
 }
 
-/**
- * Parsed command line: the command, its arguments and flags, and the settings given as flags.
- * @internal
- */
-export interface CommandLine {
+/** Parsed command line: the command, its arguments and flags, and the settings given as flags. */
+interface CommandLine {
   /** @default "refresh" */
   command: Command;
   /** Its positional arguments: `purge`'s paths, `sign`'s path. */
@@ -7836,13 +7808,12 @@ export function parseCommandLine(args: string[]): CommandLine {
   const problems: string[] = [];
   for (const [flag, { spec }] of known) {
     const value = values[flag];
-    if (spec.parse) {
-      flags[flag] = spec.parse(value as string | undefined);
-      if (flags[flag] === undefined) {
-        problems.push(`--${flag} must be ${spec.must}, not "${value}".`);
-      }
-    } else {flags[flag] = value ??
-        (spec.type === "boolean" ? false : spec.multiple ? [] : undefined);}
+    flags[flag] = spec.parse
+      ? spec.parse(value as string | undefined)
+      : value ?? (spec.type === "boolean" ? false : spec.multiple ? [] : undefined);
+    if (spec.parse && flags[flag] === undefined) {
+      problems.push(`--${flag} must be ${spec.must}, not "${value}".`);
+    }
   }
   // A page of help is printed whatever else the line holds.
   if (help) problems.length = 0;
@@ -7906,12 +7877,7 @@ function flagProblem(
 function unknownCommand(name: string): string {
   const near = closestName(name, Object.keys(COMMANDS));
   return `Unknown command "${name}"` + (near.close ? `: did you mean ${near.name}?` : ".") +
-    ` Commands: ${commandList()}.`;
-}
-
-/** The commands' names, as problems list them. */
-function commandList(): string {
-  return Object.keys(COMMANDS).join(", ");
+    ` Commands: ${Object.keys(COMMANDS).join(", ")}.`;
 }
 
 /**
@@ -7931,7 +7897,7 @@ function helpRequest(
   const near = closestName(topic, [...Object.keys(COMMANDS), "settings"]);
   throw new ConfigError([
     `No help for "${topic}"${near.close ? `: did you mean ${near.name}?` : "."} ` +
-    `Commands: ${commandList()}; also help settings.`,
+    `Commands: ${Object.keys(COMMANDS).join(", ")}; also help settings.`,
   ]);
 }
 
@@ -8210,11 +8176,13 @@ async function settingsOf(
     ...pickSettings(options.env),
     ...line.settings,
   };
-  for (const name of SECRET_VARIABLES) {
-    const value = settings[name as Variable];
-    if (value) options.secrets.add(value);
-  }
+  addSecrets(options.secrets, settings);
   return settings;
+}
+
+/** Adds the secret settings `source` holds to `secrets`, which no output shows. */
+function addSecrets(secrets: Set<string>, source: Record<string, string | undefined>): void {
+  for (const name of SECRET_VARIABLES) if (source[name]) secrets.add(source[name]);
 }
 
 /** A failed command's exit code and message: 2 for usage, settings and permissions, else 1. */
@@ -8482,7 +8450,6 @@ export interface DeployApp {
 interface Health {
   /** `healthy` (200), `short` or `missing` (503), `unknown` (200: it could not tell). */
   state: "healthy" | "short" | "missing" | "unknown";
-  /** The worker script's name. */
   worker?: string;
   /** When the deployed token expires, ISO 8601. */
   expiresAt?: string;
@@ -8564,16 +8531,10 @@ export function startOnDeploy(platform: DeployPlatform): DeployApp {
 }
 
 /** The settings and a context for one run on Deploy; secrets are registered before any output. */
-function deploySettings(
-  platform: DeployPlatform,
-  needs: Needs,
-): { config: Config; ctx: Context; env: Record<string, string | undefined> } {
+function deploySettings(platform: DeployPlatform, needs: Needs): { config: Config; ctx: Context } {
   const env = platform.env();
   const ctx = defaultContext(platform.ctx);
-  for (const name of SECRET_VARIABLES) {
-    const value = env[name];
-    if (value) ctx.secrets.add(value);
-  }
+  addSecrets(ctx.secrets, env);
   ctx.log = (line) => platform.log(redact(line, ctx.secrets));
   // Once a run, not at every health read.
   if (needs.schedule) {
@@ -8587,7 +8548,7 @@ function deploySettings(
   try {
     const config = parseConfig(settings, needs);
     for (const warning of config.warnings ?? []) ctx.log(`warning: ${warning}`);
-    return { config, ctx, env };
+    return { config, ctx };
   } catch (problem) {
     if (problem instanceof ConfigError) {
       throw new ConfigError(problem.problems.map((line) => redact(line, ctx.secrets)));
@@ -8614,7 +8575,7 @@ async function deployRun(platform: DeployPlatform): Promise<void> {
   // The switch is pinged even when the settings fail, so the monitor hears of that too.
   const env = platform.env();
   const pingCtx = defaultContext(platform.ctx);
-  for (const name of SECRET_VARIABLES) if (env[name]) pingCtx.secrets.add(env[name]);
+  addSecrets(pingCtx.secrets, env);
   const pingUrl = readSettings(pickSettings(env)).values.REFRESH_PING_URL as string | undefined;
   try {
     await withDeadMansSwitch(pingUrl, pingCtx, {
@@ -8640,9 +8601,7 @@ async function deployRun(platform: DeployPlatform): Promise<void> {
           loadModule: loadWorkerModule,
           ...(pinged && { pinged }),
         });
-        report(
-          decision.refreshed ? `Refreshed: ${decision.reason}` : `Not due: ${decision.reason}`,
-        );
+        report(`${decision.refreshed ? "Refreshed" : "Not due"}: ${decision.reason}`);
       },
     });
   } catch (failure) {
@@ -8664,15 +8623,10 @@ async function readHealth(platform: DeployPlatform): Promise<Health> {
     const { config, ctx } = deploySettings(platform, { cloudflare: true });
     secrets = ctx.secrets;
     const report = await status(config.cloudflare!, ctx, { minRemaining: STATUS_MIN_REMAINING });
-    const facts = {
-      worker: report.worker,
-      ...(report.expiresAt !== undefined && { expiresAt: report.expiresAt }),
-      ...(report.remaining !== undefined && { remaining: report.remaining }),
-      ...(report.problem !== undefined && { problem: report.problem }),
-      checkedAt,
-    };
-    if (report.healthy) return { state: "healthy", ...facts };
-    return { state: report.expiresAt === undefined ? "missing" : "short", ...facts };
+    const { worker, expiresAt, remaining, problem } = report;
+    const state = report.healthy ? "healthy" : expiresAt === undefined ? "missing" : "short";
+    // What is undefined is left out of the JSON.
+    return { state, worker, expiresAt, remaining, problem, checkedAt };
   } catch (failure) {
     const message = redact((failure as Error)?.message ?? String(failure), secrets);
     return { state: "unknown", problem: message, checkedAt };
