@@ -334,24 +334,24 @@ const STATUS_TEXT = {
 export default {
   async fetch(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
     const config = readConfig(env);
+    const url = new URL(request.url);
     // Under any path, so that a worker reached only through a route such as example.com/cdn/*
     // can still be asked (the signature covers the fixed PURGE_PATH, not where it was sent).
-    if (request.method === "POST" && new URL(request.url).pathname.endsWith(PURGE_PATH)) {
+    if (request.method === "POST" && url.pathname.endsWith(PURGE_PATH)) {
       // Anything not signed, fresh and unused falls through to what any POST gets.
-      const purged = await signedPurge(request, config, ctx);
+      const purged = await signedPurge(request, { url, config, ctx });
       if (purged) return purged;
     }
-    if (request.method === "POST" && new URL(request.url).pathname.endsWith(EVENTS_PATH)) {
-      const handled = await eventNotification(request, env, { config, ctx });
+    if (request.method === "POST" && url.pathname.endsWith(EVENTS_PATH)) {
+      const handled = await eventNotification(request, env, { url, config, ctx });
       if (handled) return handled;
     }
+    const visit = await readVisit(request, url, config);
     // Every answer respond() gives is one made here, never B2's or the cache's own, so its
     // headers can be changed in place; so are listings.
-    const url = new URL(request.url);
     const response = await withListing(
-      request,
-      { url, config, ctx },
-      () => respond(request, config, ctx),
+      { visit, config, ctx },
+      () => respond(request, visit, { config, ctx }),
     );
     response.headers.set("X-Content-Type-Options", "nosniff");
     // A copy the Cache API kept for a deploy in the b2 style outlives a refresh to the plain one.
@@ -368,11 +368,33 @@ export default {
   },
 };
 
+/**
+ * What fetch() reads of a request once, for every step after it: its URL, the time, what its
+ * signed link allows (one HMAC verification a request) and the folder it lists, if any.
+ */
+interface Visit {
+  url: URL;
+  /** Unix seconds. */
+  now: number;
+  link: LinkCheck;
+  /** {@linkcode listedFolder}'s answer. */
+  folder: string | undefined;
+}
+
+async function readVisit(request: Request, url: URL, config: WorkerConfig): Promise<Visit> {
+  const now = Math.floor(Date.now() / 1000);
+  // Signed links: a protected path is refused before any cache or B2 is asked.
+  const link = await checkSignedLink(url, { signing: config.signing, now });
+  const folder = listedFolder({ method: request.method, url, link }, config);
+  return { url, now, link, folder };
+}
+
 async function respond(
   request: Request,
-  config: WorkerConfig,
-  ctx: ExecutionContext,
+  visit: Visit,
+  where: { config: WorkerConfig; ctx: ExecutionContext },
 ): Promise<Response> {
+  const { config, ctx } = where;
   // Methods
   const cors = config.corsOrigins.length > 0;
   const allow = cors ? "GET, HEAD, OPTIONS" : "GET, HEAD";
@@ -382,14 +404,11 @@ async function respond(
   }
 
   // Names: refused before B2 is asked anything
-  const url = new URL(request.url);
+  const { url, link, now } = visit;
   const name = objectName(url.pathname, config);
-  // Signed links: a protected path is refused before any cache or B2 is asked.
-  const now = Math.floor(Date.now() / 1000);
-  const link = await checkSignedLink(url, { signing: config.signing, now });
   // One spelling per object and per grant, in every mode: any other goes to the canonical
   // one without asking B2, so that no spelling costs a cache entry and a download of its own.
-  const listed = listedFolder({ method: request.method, url, link }, config) !== undefined;
+  const listed = visit.folder !== undefined;
   const moved = "status" in name ? undefined : movedToCanonical(url, { link, listed, now, config });
   if (moved) return applyGrant(moved, link, now);
   // A download link names the attachment; a signed link its grant's `dl`, in applyGrant().
@@ -727,9 +746,9 @@ async function readCappedBytes(
  */
 async function signedPurge(
   request: Request,
-  config: WorkerConfig,
-  ctx: ExecutionContext,
+  where: { url: URL; config: WorkerConfig; ctx: ExecutionContext },
 ): Promise<Response | undefined> {
+  const { url, config, ctx } = where;
   const body = await verifiedBody(request, config);
   if (body === undefined) return undefined;
   const reply = (status: number, facts: Record<string, unknown>) =>
@@ -786,7 +805,7 @@ async function signedPurge(
   const result = await purger.purge(options);
   const segments = result.success && purger.segments ? await purger.segments(options) : undefined;
   const names = paths.map((path) => (objectName(path, config) as { name: string }).name);
-  const largeObjects = await forgetLargeFacts(new URL(request.url), names, { config, ctx });
+  const largeObjects = await forgetLargeFacts(url, names, { config, ctx });
   // A purge Workers Cache refused (its rate limit, most likely) is tried again later; a relay
   // that failed otherwise (codes 501 and 502 of purgerFor and relayedPurge) is the worker's.
   const relayFailed = segments?.errors.some((e) => e.code === 501 || e.code === 502) ?? false;
@@ -2840,11 +2859,11 @@ function oweSegmentsPurge(
 async function eventNotification(
   request: Request,
   env: Env,
-  options: { config: WorkerConfig; ctx: ExecutionContext },
+  options: { url: URL; config: WorkerConfig; ctx: ExecutionContext },
 ): Promise<Response | undefined> {
   const body = await signedEventBody(request, env.B2_EVENT_NOTIFICATION_SECRET ?? "");
   if (body === undefined) return undefined;
-  const { config, ctx } = options;
+  const { url, config, ctx } = options;
   let events: unknown;
   try {
     events = (JSON.parse(new TextDecoder().decode(body)) as { events?: unknown })?.events;
@@ -2857,7 +2876,7 @@ async function eventNotification(
   const changes = await changesOf(events, config);
   if (changes.length === 0) return serviceReply(200, { purged: 0 });
   if (config.cacheMode === "cache-api") {
-    const { deleted, left } = await deleteHere(new URL(request.url), changes, config);
+    const { deleted, left } = await deleteHere(url, changes, config);
     if (left === 0) return serviceReply(200, { purged: changes.length, deletedHere: deleted });
     // More than one delivery may delete: only a rule set before refresh lowered its batch
     // (eventsPerBatch) sends that many. Answered 503, so B2 keeps the events until then.
@@ -2867,7 +2886,7 @@ async function eventNotification(
       deletedHere: deleted,
     }, OVERSIZED_RETRY_SECONDS);
   }
-  await forgetLargeHere(new URL(request.url), changes, config);
+  await forgetLargeHere(url, changes, config);
   if (config.cacheMode !== "workers-cache") return serviceReply(200, { purged: 0 });
   const purger = purgerFor(ctx, config);
   if (!purger) return serviceReply(503, { error: "Workers Cache is off for this version" }, 60);
@@ -3598,14 +3617,10 @@ export function listingJson(page: FolderPage): string {
  * to the bare folder. The Cache API keeps listings under keys of their own.
  */
 async function withListing(
-  request: Request,
-  where: { url: URL; config: WorkerConfig; ctx: ExecutionContext },
+  where: { visit: Visit; config: WorkerConfig; ctx: ExecutionContext },
   otherwise: () => Promise<Response>,
 ): Promise<Response> {
-  const { url, config, ctx } = where;
-  const now = Math.floor(Date.now() / 1000);
-  const link = await checkSignedLink(url, { signing: config.signing, now });
-  const folder = listedFolder({ method: request.method, url, link }, config);
+  const { visit: { url, link, folder }, config, ctx } = where;
   if (folder === undefined) return await otherwise();
   const query = listingQuery(url);
   const target = { folder, from: query?.from ?? "", json: query?.json ?? false };

@@ -1889,6 +1889,76 @@ Deno.test("worker in workerd, signed links with the Cache API", async (t) => {
   }
 });
 
+/**
+ * Runs `work`, counting what the worker's own code does meanwhile (calls made from
+ * worker_template.ts, not from the B2 stand-in serving it in this process): HMAC verifications
+ * (`crypto.subtle.verify`) and URL parses (`new URL`).
+ */
+async function countingWorkerCalls(
+  work: () => Promise<void>,
+): Promise<{ verifications: number; urlParses: number }> {
+  const fromWorker = () => /worker_template\.ts/.test(new Error().stack?.split("\n")[3] ?? "");
+  const counts = { verifications: 0, urlParses: 0 };
+  const { verify } = crypto.subtle;
+  const OriginalUrl = globalThis.URL;
+  crypto.subtle.verify = function (...args: Parameters<SubtleCrypto["verify"]>) {
+    if (fromWorker()) counts.verifications++;
+    return verify.apply(this, args);
+  };
+  globalThis.URL = class extends OriginalUrl {
+    constructor(...args: ConstructorParameters<typeof URL>) {
+      super(...args);
+      if (fromWorker()) counts.urlParses++;
+    }
+  };
+  try {
+    await work();
+  } finally {
+    crypto.subtle.verify = verify;
+    globalThis.URL = OriginalUrl;
+  }
+  return counts;
+}
+
+Deno.test("worker.fetch() verifies a signed link's HMAC once and parses its URL once", async (t) => {
+  const b2 = startMemberB2();
+  const env: Env = {
+    B2_DOWNLOAD_TOKEN: b2.issueDownloadToken(BUCKET, "", 3600),
+    B2_DOWNLOAD_URL: b2.url,
+    B2_BUCKET_NAME: BUCKET,
+    B2_FILE_PREFIX: PREFIX,
+    // No edge cache: Deno has no caches.default, and every request goes to B2.
+    WORKER_CACHE_MODE: "off",
+    WORKER_SIGNED_PREFIXES: SIGNING.prefixes.join(","),
+    WORKER_SIGNING_KEY: KEY,
+  };
+  const ctx: ExecutionContext = { waitUntil() {} };
+  const cases: [string, string | Promise<string>, { status: number; verifications: number }][] = [
+    ["a signed link", signed("/members/a.txt"), { status: 200, verifications: 1 }],
+    ["a public path", "/hello.txt", { status: 200, verifications: 0 }],
+    ["a forged link", tamper(await signed("/members/a.txt"), "sig", "A".repeat(43)), {
+      status: 403,
+      verifications: 1,
+    }],
+  ];
+  try {
+    for (const [what, path, expected] of cases) {
+      await t.step(what, async () => {
+        const request = new Request(`${SITE}${await path}`);
+        let status = 0;
+        const counts = await countingWorkerCalls(async () => {
+          const response = await worker.fetch(request, env, ctx);
+          status = response.status;
+          await response.body?.cancel();
+        });
+        assert.deepEqual({ status, ...counts }, { ...expected, urlParses: 1 });
+      });
+    }
+  } finally {
+    await b2.close();
+  }
+});
+
 Deno.test("worker in workerd refuses what was cached before its prefix became private", async () => {
   const b2 = startMemberB2();
   const cachePersist = await Deno.makeTempDir();
