@@ -425,7 +425,19 @@ async function respond(
   }
   if ("status" in name) return textResponse(name.status);
   if (link.access === "refused") return textResponse(403);
+  return finish(await throughCacheApi(request, { url, name: name.name, ctx }, config));
+}
 
+/**
+ * The Cache API mode, or no edge cache: a copy kept in the Cache API, a large object's
+ * segments, or B2's answer, made the visitor's (conditional, range, a streamed body).
+ */
+async function throughCacheApi(
+  request: Request,
+  where: { url: URL; name: string; ctx: ExecutionContext },
+  config: WorkerConfig,
+): Promise<Response> {
+  const { url, name, ctx } = where;
   // Range. With If-Range the answer depends on validators only known once the
   // object is here, so the whole object is fetched and answer() decides.
   const range = parseRange(request.headers.get("Range"));
@@ -437,24 +449,24 @@ async function respond(
   const cacheApi = config.cacheMode === "cache-api" && config.cacheTtl > 0;
   const cached = cacheApi ? await lookUpCache(cacheKey, rangeToFetch) : undefined;
   // Large objects: segments, once the edge knows the object is one (or B2 just said so).
-  const target = { url, name: name.name, config, ctx };
+  const target = { url, name, config, ctx };
   const known = cached ? undefined : await knownLarge(request, target);
-  if (known) return finish(known);
+  if (known) return known;
   const large: LargeProbe | undefined = handlesLarge(config)
     ? { above: config.segmentThreshold }
     : undefined;
   const object = cached ??
-    await askB2(request.method, name.name, {
+    await askB2(request.method, name, {
       range: rangeToFetch,
       wholeFromZero: true,
       config,
       ...(cacheApi && { keep: { key: cacheKey, ctx } }),
       ...(large && { large }),
     });
-  if (large?.facts) return finish(await learnedLarge(request, large.facts, target));
+  if (large?.facts) return await learnedLarge(request, large.facts, target);
 
   // The answer: conditional, range and a streamed body
-  return finish(await answer(request, object, { range, config }));
+  return await answer(request, object, { range, config });
 }
 
 /**
@@ -748,7 +760,7 @@ async function signedPurge(
   request: Request,
   where: { url: URL; config: WorkerConfig; ctx: ExecutionContext },
 ): Promise<Response | undefined> {
-  const { url, config, ctx } = where;
+  const { config, ctx } = where;
   const body = await verifiedBody(request, config);
   if (body === undefined) return undefined;
   const reply = (status: number, facts: Record<string, unknown>) =>
@@ -757,39 +769,10 @@ async function signedPurge(
       { fingerprint: config.fingerprint, answerFormat: ANSWER_FORMAT, ...facts },
       status === 429 ? 60 : undefined,
     );
-  let order: { paths?: unknown; prefixes?: unknown; everything?: unknown; expect?: unknown };
-  try {
-    order = JSON.parse(body);
-  } catch {
-    return reply(400, { error: "the body is not JSON" });
-  }
-  const strings = (value: unknown) =>
-    value === undefined
-      ? []
-      : Array.isArray(value) && value.every((v) => typeof v === "string")
-      ? value as string[]
-      : undefined;
-  const paths = strings(order?.paths);
-  const prefixes = strings(order?.prefixes);
-  if (!paths || !prefixes || ![undefined, true, false].includes(order.everything as boolean)) {
-    return reply(400, { error: "paths and prefixes must be lists of paths, everything a boolean" });
-  }
-  if (order.expect !== undefined && order.expect !== config.fingerprint) {
-    return reply(409, { error: "another version answers" });
-  }
-  const unknown = paths.filter((path) => "status" in objectName(path, config));
-  const odd = prefixes.filter((prefix) => !prefix.startsWith("/"));
-  if (unknown.length > 0 || odd.length > 0) {
-    return reply(400, { error: "not paths of this site", paths: [...unknown, ...odd] });
-  }
-  const options: PurgeOptions = {};
-  if (paths.length > 0) {
-    const names = paths.map((path) => (objectName(path, config) as { name: string }).name);
-    options.tags = [...new Set(await Promise.all(names.map(objectTag)))];
-  }
-  if (prefixes.length > 0) options.pathPrefixes = prefixes;
-  if (order.everything === true) options.purgeEverything = true;
-  const operations = (options.tags?.length ?? 0) + prefixes.length +
+  const order = await purgeOrder(body, config);
+  if ("refused" in order) return reply(order.refused, order.facts);
+  const { options } = order;
+  const operations = (options.tags?.length ?? 0) + (options.pathPrefixes?.length ?? 0) +
     (options.purgeEverything ? 1 : 0);
   if (operations === 0) return reply(200, { purged: null });
   if (operations > MAX_PURGE_OPERATIONS) {
@@ -802,21 +785,87 @@ async function signedPurge(
   if (!purger) {
     return reply(501, { error: "ctx.cache is missing: Workers Cache is off for this version" });
   }
+  const { status, facts } = await purgeOutcome(purger, order, where);
+  return reply(status, facts);
+}
+
+/**
+ * A purge order read from its body and checked against this site: the B2 names of its paths and
+ * what `ctx.cache.purge` is to be asked, or the status and facts that refuse it.
+ */
+async function purgeOrder(
+  body: string,
+  config: WorkerConfig,
+): Promise<
+  { names: string[]; options: PurgeOptions } | {
+    refused: 400 | 409;
+    facts: Record<string, unknown>;
+  }
+> {
+  let order: { paths?: unknown; prefixes?: unknown; everything?: unknown; expect?: unknown };
+  try {
+    order = JSON.parse(body);
+  } catch {
+    return { refused: 400, facts: { error: "the body is not JSON" } };
+  }
+  const strings = (value: unknown) =>
+    value === undefined
+      ? []
+      : Array.isArray(value) && value.every((v) => typeof v === "string")
+      ? value as string[]
+      : undefined;
+  const paths = strings(order?.paths);
+  const prefixes = strings(order?.prefixes);
+  if (!paths || !prefixes || ![undefined, true, false].includes(order.everything as boolean)) {
+    const error = "paths and prefixes must be lists of paths, everything a boolean";
+    return { refused: 400, facts: { error } };
+  }
+  if (order.expect !== undefined && order.expect !== config.fingerprint) {
+    return { refused: 409, facts: { error: "another version answers" } };
+  }
+  const named = paths.map((path) => ({ path, name: objectName(path, config) }));
+  const unknown = named.filter(({ name }) => "status" in name).map(({ path }) => path);
+  const odd = prefixes.filter((prefix) => !prefix.startsWith("/"));
+  if (unknown.length > 0 || odd.length > 0) {
+    return {
+      refused: 400,
+      facts: { error: "not paths of this site", paths: [...unknown, ...odd] },
+    };
+  }
+  const names = named.flatMap(({ name }) => "name" in name ? [name.name] : []);
+  const options: PurgeOptions = {};
+  if (names.length > 0) options.tags = [...new Set(await Promise.all(names.map(objectTag)))];
+  if (prefixes.length > 0) options.pathPrefixes = prefixes;
+  if (order.everything === true) options.purgeEverything = true;
+  return { names, options };
+}
+
+/**
+ * Purges what an order asks (visitors' entries, then the segments where the Segments entrypoint
+ * keeps them) and forgets the named large objects' facts here: the answer's status and facts.
+ */
+async function purgeOutcome(
+  purger: Purger,
+  order: { names: string[]; options: PurgeOptions },
+  where: { url: URL; config: WorkerConfig; ctx: ExecutionContext },
+): Promise<{ status: number; facts: Record<string, unknown> }> {
+  const { names, options } = order;
+  const { url, config, ctx } = where;
   const result = await purger.purge(options);
   const segments = result.success && purger.segments ? await purger.segments(options) : undefined;
-  const names = paths.map((path) => (objectName(path, config) as { name: string }).name);
   const largeObjects = await forgetLargeFacts(url, names, { config, ctx });
   // A purge Workers Cache refused (its rate limit, most likely) is tried again later; a relay
   // that failed otherwise (codes 501 and 502 of purgerFor and relayedPurge) is the worker's.
   const relayFailed = segments?.errors.some((e) => e.code === 501 || e.code === 502) ?? false;
   const status = !result.success || segments?.success === false ? (relayFailed ? 502 : 429) : 200;
-  return reply(status, {
+  const facts = {
     ...(status === 502 && { error: "the Segments entrypoint's purge failed" }),
     purged: options,
     result,
     ...(segments && { segments }),
     largeObjects,
-  });
+  };
+  return { status, facts };
 }
 
 /** A JSON answer of the worker's own endpoints (purge, events), never kept by any cache. */
@@ -1271,6 +1320,23 @@ async function askB2(
     large.facts = facts;
     return new Response(null, { status: 204 });
   }
+  return await fromB2(b2, { method, name, config, keep });
+}
+
+/**
+ * B2's answer made ours: an object with our headers (kept in the Cache API when told where and
+ * it may be), a 404 (kept briefly), a 416, or a short 502 for anything else, logged.
+ */
+async function fromB2(
+  b2: Response,
+  asked: {
+    method: string;
+    name: string;
+    config: WorkerConfig;
+    keep: { key: string; ctx: ExecutionContext } | undefined;
+  },
+): Promise<Response> {
+  const { method, name, config, keep } = asked;
   if (b2.ok) {
     const object = new Response(b2.body, {
       status: b2.status,
