@@ -165,7 +165,6 @@ export interface SigningOptions {
 }
 
 const CACHE_MODES: readonly CacheMode[] = ["workers-cache", "cache-api", "off"];
-
 const ACTIVE_CONTENT: readonly ActiveContent[] = ["serve", "sandbox", "download"];
 
 /** How to reach B2 and what to authorize. */
@@ -187,9 +186,7 @@ export interface B2Config {
 }
 
 /** Cloudflare credentials: a scoped API token, or the legacy global key. */
-export type CloudflareAuth =
-  | { token: string }
-  | { email: string; key: string };
+export type CloudflareAuth = { token: string } | { email: string; key: string };
 
 /** Where the worker goes and how it is reached. */
 export interface CloudflareConfig {
@@ -662,9 +659,8 @@ function editDistance(a: string, b: string): number {
 }
 
 /**
- * What a route pattern may be, by Cloudflare's rules and ours, or
- * `undefined` when it is good. Cloudflare: one host (a leading `*` allowed),
- * an optional path ending in `*`, no `*` elsewhere and no query
+ * What is wrong with a route pattern by Cloudflare's rules and ours, or `undefined`. Cloudflare:
+ * one host (a leading `*` allowed), an optional path ending in `*`, no `*` elsewhere, no query
  * (developers.cloudflare.com/workers/configuration/routing/routes/, "Validity").
  */
 function routeProblem(route: string): string | undefined {
@@ -768,11 +764,9 @@ function dashboardAddress(value: string): { account: string; domain?: string } |
  * as "illegal bucket name" (b2sdk `raw_simulator.py`, `create_bucket`).
  */
 function bucketNameProblem(name: string): string | undefined {
-  const bad = [...new Set(name.replace(/[A-Za-z0-9-]/g, ""))];
+  const bad = [...new Set(name.replace(/[A-Za-z0-9-]/g, ""))].map((c) => JSON.stringify(c));
   const why = bad.length > 0
-    ? `${bad.map((c) => JSON.stringify(c)).join(", ")} ${
-      bad.length === 1 ? "is" : "are"
-    } not allowed`
+    ? `${bad.join(", ")} ${bad.length === 1 ? "is" : "are"} not allowed`
     : name.length < 6 || name.length > 63
     ? `it has ${name.length} characters`
     : name.toLowerCase().startsWith("b2-")
@@ -947,32 +941,29 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
   const { problems } = reading;
   const value = valueOf(reading);
   const worker = workerOptions(reading);
+  const where = { domain: value.text("WORKER_DOMAIN"), route: value.text("WORKER_ROUTE") };
+  const site = workerAddress(where);
+  const origin = workerAddress(where, { origin: true });
+  const verifyUrl = value.text("VERIFY_URL");
+  const pingUrl = value.text("REFRESH_PING_URL");
+  const bucketName = value.text("B2_BUCKET_NAME");
+  const filePrefix = value.text("B2_FILE_PREFIX");
+  const purgeFrom = value.text("WORKER_PURGE_KEY") ? "WORKER_PURGE_KEY" : "B2_APPLICATION_KEY";
+  const purgeSecret = value.text(purgeFrom);
   const config: Config = {
     worker,
     workerName: value.text("WORKER_NAME")!,
     refreshSchedule: value.text("REFRESH_SCHEDULE")!,
     refreshMargin: value.number("REFRESH_MARGIN"),
+    ...(purgeSecret && { purgeSecret: { from: purgeFrom, value: purgeSecret } }),
+    ...(verifyUrl && { verifyUrl }),
+    ...(pingUrl && { pingUrl }),
+    ...(site && { site }),
+    ...(origin && { origin }),
+    ...(bucketName && { bucketName }),
+    ...(filePrefix && { filePrefix }),
   };
-  const purgeKey = value.text("WORKER_PURGE_KEY");
-  const applicationKey = value.text("B2_APPLICATION_KEY");
-  if (purgeKey) config.purgeSecret = { from: "WORKER_PURGE_KEY", value: purgeKey };
-  else if (applicationKey) {
-    config.purgeSecret = { from: "B2_APPLICATION_KEY", value: applicationKey };
-  }
-  const verifyUrl = value.text("VERIFY_URL");
-  if (verifyUrl !== undefined) config.verifyUrl = verifyUrl;
-  const pingUrl = value.text("REFRESH_PING_URL");
-  if (pingUrl !== undefined) config.pingUrl = pingUrl;
   if (needs.b2 || (needs.b2ForEvents && worker.eventNotifications)) config.b2 = b2Config(reading);
-  const where = { domain: value.text("WORKER_DOMAIN"), route: value.text("WORKER_ROUTE") };
-  const site = workerAddress(where);
-  const origin = workerAddress(where, { origin: true });
-  if (site) config.site = site;
-  if (origin) config.origin = origin;
-  const bucketName = value.text("B2_BUCKET_NAME");
-  if (bucketName !== undefined) config.bucketName = bucketName;
-  const filePrefix = value.text("B2_FILE_PREFIX");
-  if (filePrefix) config.filePrefix = filePrefix;
   const cloudflareToFind = needs.cloudflareIfAccount && !origin &&
     value.text("CLOUDFLARE_ACCOUNT_ID") !== undefined;
   if (needs.cloudflare || (needs.cloudflareUnlessSite && !site) || cloudflareToFind) {
@@ -1004,6 +995,8 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
 function workerOptions(reading: Reading): WorkerOptions {
   const value = valueOf(reading);
   const cacheTtl = value.number("WORKER_CACHE_TTL");
+  const signing = signingOptions(reading);
+  const listing = listingOptions(reading);
   const worker: WorkerOptions = {
     urlStyle: value.text("WORKER_URL_STYLE") === "b2" ? "b2" : "plain",
     indexFile: value.text("WORKER_INDEX_FILE")!,
@@ -1016,12 +1009,10 @@ function workerOptions(reading: Reading): WorkerOptions {
     staleWhileRevalidate: value.number("WORKER_STALE_WHILE_REVALIDATE"),
     staleIfError: value.number("WORKER_STALE_IF_ERROR"),
     segmentSize: value.number("WORKER_SEGMENT_SIZE"),
+    ...(signing && { signing }),
+    ...(value.text("B2_EVENT_NOTIFICATIONS") === "on" && { eventNotifications: true }),
+    ...(listing && { listing }),
   };
-  const signing = signingOptions(reading);
-  if (signing) worker.signing = signing;
-  if (value.text("B2_EVENT_NOTIFICATIONS") === "on") worker.eventNotifications = true;
-  const listing = listingOptions(reading);
-  if (listing) worker.listing = listing;
   if (signing && worker.urlStyle === "b2") {
     // In B2's URL shape every path the worker serves is /file/<bucket>/<name>: a prefix outside
     // it would protect nothing while the paths it was meant for stay public.
@@ -1379,24 +1370,10 @@ export async function derivePurgeKey(secret: string): Promise<string> {
 
 /** `length` bytes of HKDF-SHA256 of `secret` (no salt) with `info`: alike on every machine. */
 async function hkdf(secret: string, info: string, length: number): Promise<Uint8Array> {
-  const material = await crypto.subtle.importKey(
-    "raw",
-    new TextEncoder().encode(secret),
-    "HKDF",
-    false,
-    ["deriveBits"],
-  );
-  const bits = await crypto.subtle.deriveBits(
-    {
-      name: "HKDF",
-      hash: "SHA-256",
-      salt: new Uint8Array(0),
-      info: new TextEncoder().encode(info),
-    },
-    material,
-    length * 8,
-  );
-  return new Uint8Array(bits);
+  const bytes = (text: string) => new TextEncoder().encode(text);
+  const key = await crypto.subtle.importKey("raw", bytes(secret), "HKDF", false, ["deriveBits"]);
+  const params = { name: "HKDF", hash: "SHA-256", salt: new Uint8Array(0), info: bytes(info) };
+  return new Uint8Array(await crypto.subtle.deriveBits(params, key, length * 8));
 }
 
 /** How every time setting and flag is written; `.env.example` and the docs say it once. */
