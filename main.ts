@@ -3775,10 +3775,10 @@ async function preparedFacts(
   if (worker.purgeSecret) {
     facts.purgeKey = await derivePurgeKey(worker.purgeSecret);
     secrets.add(facts.purgeKey);
-  }
-  if (worker.purgeSecret && worker.options.eventNotifications) {
-    facts.eventSecret = (await deriveEventSecret(worker.purgeSecret)).secret;
-    secrets.add(facts.eventSecret);
+    if (worker.options.eventNotifications) {
+      facts.eventSecret = (await deriveEventSecret(worker.purgeSecret)).secret;
+      secrets.add(facts.eventSecret);
+    }
   }
   return facts;
 }
@@ -3853,7 +3853,6 @@ const RECENT_UPLOAD_MS = 60 * 60_000;
 class IncompleteDeployError extends Error {
   /** What was deployed; `failed` lists the steps after the upload that did not work. */
   readonly result: RefreshResult;
-  /** Makes the error from the result; the message names each failed step and the token's expiry. */
   constructor(result: RefreshResult) {
     const failed = result.failed ?? [];
     super(
@@ -3926,13 +3925,11 @@ export async function refresh(
   const deployed = options.dryRun ? undefined : cf.workerSettings();
   // Its failure is thrown where it is awaited, not left unhandled meanwhile.
   deployed?.catch(() => {});
-  const recent = options.unattended && deployed
-    ? recentUpload(await deployed, ctx.now())
-    : undefined;
+  const kept = options.unattended && deployed ? keptUpload(config, ctx, await deployed) : undefined;
   let result: RefreshResult & { upload?: WorkerUpload };
   let upload: Uploaded | undefined;
   let prepared: PreparedWorker | undefined;
-  if (recent) result = keptUpload(config, ctx, recent);
+  if (kept) result = kept;
   else {
     prepared = await prepareWorker(b2, {
       module: options.module,
@@ -4141,24 +4138,35 @@ async function planDomain(
   );
 }
 
-/** A scheduled retry's result when the deployed upload is moments old: B2 is not asked. */
+/**
+ * A scheduled retry's result when the deployed token was issued less than an hour ago and it
+ * owes no purge: B2 is not asked, only the steps after the upload are redone. Else `undefined`.
+ */
 function keptUpload(
   config: Config,
   ctx: Context,
-  recent: NonNullable<ReturnType<typeof recentUpload>>,
-): RefreshResult {
+  deployed: WorkerSettings | undefined,
+): RefreshResult | undefined {
+  const read = (name: BindingName) => plainBinding(deployed, name);
+  const issued = Date.parse(read("B2_TOKEN_ISSUED_AT") ?? "");
+  const expires = Date.parse(read("B2_TOKEN_EXPIRES_AT") ?? "");
+  const age = ctx.now() - issued;
+  if (Number.isNaN(issued) || Number.isNaN(expires) || age < 0 || age > RECENT_UPLOAD_MS) {
+    return undefined;
+  }
+  if (read("WORKER_PURGE_PENDING")) return undefined;
   const workerName = config.cloudflare!.workerName;
   ctx.log(
-    `Cloudflare: worker "${workerName}" was uploaded at ${recent.issuedAt}; ` +
+    `Cloudflare: worker "${workerName}" was uploaded at ${isoSeconds(issued)}; ` +
       "not uploading again, only redoing the steps after the upload",
   );
   return {
     worker: workerName,
-    bucket: recent.bucket,
-    prefix: recent.prefix,
-    expiresAt: recent.expiresAt,
+    bucket: read("B2_BUCKET_NAME") ?? "",
+    prefix: read("B2_FILE_PREFIX") ?? "",
+    expiresAt: isoSeconds(expires),
     deployed: false,
-    reusedUpload: recent.issuedAt,
+    reusedUpload: isoSeconds(issued),
     roundTrips: 1,
     cacheMode: config.worker.cacheMode,
   };
@@ -4323,31 +4331,6 @@ async function purgeOnceNewVersionAnswers(
     `Cannot purge after the deploy: ${last.message} ${remembered}`,
     { service: "Worker", status: last.status, code: "not_answering" },
   );
-}
-
-/**
- * The deployed worker's facts when its token was issued less than an hour
- * ago and it owes no purge: a scheduled retry then only redoes the steps
- * after the upload.
- */
-function recentUpload(
-  deployed: WorkerSettings | undefined,
-  now: number,
-): { bucket: string; prefix: string; issuedAt: string; expiresAt: string } | undefined {
-  const read = (name: BindingName) => plainBinding(deployed, name);
-  const issued = Date.parse(read("B2_TOKEN_ISSUED_AT") ?? "");
-  const expires = Date.parse(read("B2_TOKEN_EXPIRES_AT") ?? "");
-  const age = now - issued;
-  if (Number.isNaN(issued) || Number.isNaN(expires) || age < 0 || age > RECENT_UPLOAD_MS) {
-    return undefined;
-  }
-  if (read("WORKER_PURGE_PENDING")) return undefined;
-  return {
-    bucket: read("B2_BUCKET_NAME") ?? "",
-    prefix: read("B2_FILE_PREFIX") ?? "",
-    issuedAt: isoSeconds(issued),
-    expiresAt: isoSeconds(expires),
-  };
 }
 
 /**
@@ -4522,9 +4505,8 @@ async function triggerWorkersDev(
 async function verify(
   url: string,
   ctx: Context,
-  options: { waitForCertificate?: boolean; progress?: (line: string) => void } = {},
+  options: { waitForCertificate: boolean; progress: (line: string) => void },
 ): Promise<"verified" | "certificate pending"> {
-  const progress = options.progress ?? ctx.log;
   const pauseMs = options.waitForCertificate ? CERTIFICATE_PAUSE_MS : VERIFY_PAUSE_MS;
   const attempts = options.waitForCertificate
     ? Math.ceil(CERTIFICATE_WAIT_MS / CERTIFICATE_PAUSE_MS) + 1
@@ -4559,7 +4541,7 @@ async function verify(
       noTls = true;
     }
     if (options.waitForCertificate) {
-      progress(
+      options.progress(
         `Verify: ${url} ${last}; waiting for the new custom domain's certificate ` +
           `(${formatDuration((attempt - 1) * pauseMs / 1000)} of up to ` +
           `${formatDuration(CERTIFICATE_WAIT_MS / 1000)})`,
@@ -5265,8 +5247,7 @@ export async function refreshIfDue(
   ctx: Context,
   options: { loadModule: () => Promise<string>; pinged?: string },
 ): Promise<StartupDecision> {
-  const cloudflare = config.cloudflare!;
-  const report = await status(cloudflare, ctx, {
+  const report = await status(config.cloudflare!, ctx, {
     minRemaining: config.refreshMargin,
     cacheMode: config.worker.cacheMode,
   });
