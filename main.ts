@@ -3660,8 +3660,6 @@ export interface PreparedWorker {
   bucket: Bucket;
   /** The name prefix the token covers. */
   prefix: string;
-  /** When the token was issued, milliseconds since the epoch. */
-  issuedAt: number;
   /** When the token expires, milliseconds since the epoch. */
   expiresAt: number;
   /** What would be uploaded. */
@@ -3714,7 +3712,6 @@ export async function prepareWorker(
   return {
     bucket,
     prefix: config.prefix,
-    issuedAt,
     expiresAt,
     roundTrips: listed ? 3 : 2,
     auth,
@@ -4580,8 +4577,6 @@ interface PurgeOrder {
 type PurgeAnswer =
   | {
     kind: "done";
-    status: number;
-    fingerprint: string;
     /** Whether the worker purged its Segments entrypoint too (large objects' segments). */
     segments: boolean;
   }
@@ -4726,7 +4721,7 @@ function theWorkersPurgeAnswer(
   const { status, json } = answer;
   const fingerprint = json.fingerprint ?? "";
   if (status === 200) {
-    return { kind: "done", status, fingerprint, segments: json.segments?.success === true };
+    return { kind: "done", segments: json.segments?.success === true };
   }
   if (status === 409) {
     return {
