@@ -3252,10 +3252,9 @@ async function eventRule(
 }
 
 /**
- * The rules to write back: every rule as B2 gave it but ours, replaced by
- * `ours` (removed when `undefined`); `undefined` when nothing would change.
- * A rule of someone else's whose secret B2 gave masked cannot be written
- * back unchanged, so that is refused rather than altered.
+ * The rules to write back: every rule as B2 gave it but ours, replaced by `ours` (removed when
+ * `undefined`); `undefined` when nothing would change. A rule of someone else's whose secret B2
+ * gave masked cannot be written back unchanged, so that is refused rather than altered.
  */
 function mergeEventRules(
   present: NotificationRule[],
@@ -3303,16 +3302,15 @@ function checkRoomFor(ours: NotificationRule, others: NotificationRule[]): void 
     (rule.objectNamePrefix.startsWith(prefix) || prefix.startsWith(rule.objectNamePrefix)) &&
     rule.eventTypes.some((type) => groups.has(group(type)))
   );
-  const them = (rule: NotificationRule) =>
-    `b2 bucket notification-rule update|delete b2://<bucket>/${rule.objectNamePrefix} ${rule.name}`;
   if (clash) {
     throw new RefusalError(
       `Cannot add Event Notification rule "${ours.name}" (${ours.eventTypes.join(" ")} under ` +
         `"${prefix}"): rule "${clash.name}" (${clash.eventTypes.join(" ")} under ` +
         `"${clash.objectNamePrefix}") overlaps it, and B2 refuses two rules whose prefixes ` +
-        "overlap for the same event type. Narrow rule " +
-        `"${clash.name}" to a prefix outside "${prefix}" or to other event types, or delete it ` +
-        `(${them(clash)}); or set B2_EVENT_NOTIFICATIONS=off.`,
+        `overlap for the same event type. Narrow rule "${clash.name}" to a prefix outside ` +
+        `"${prefix}" or to other event types, or delete it (b2 bucket notification-rule ` +
+        `update|delete b2://<bucket>/${clash.objectNamePrefix} ${clash.name}); or set ` +
+        "B2_EVENT_NOTIFICATIONS=off.",
       "rule_overlap",
     );
   }
@@ -3339,14 +3337,12 @@ function sameRule(present: NotificationRule, wanted: NotificationRule): boolean 
 }
 
 /**
- * Refresh's step for `B2_EVENT_NOTIFICATIONS`: on, the bucket gets our rule
- * (created, updated, or left as it is); off, our rule is removed: when a
- * previous deploy had it on, and whenever the key may read the rules (`known`,
- * from this run's authorize), since the worker is uploaded without the secret
- * before the removal, and a removal that failed once must be tried again.
- * Other rules are written back untouched. Runs after the upload: a failure is
- * one of `result.failed`, so the run exits 1 with the worker deployed, naming
- * what to ask Backblaze for or what to add to the key.
+ * Refresh's step for `B2_EVENT_NOTIFICATIONS`: on, the bucket gets our rule (created, updated, or
+ * left as it is); off, our rule is removed: when a previous deploy had it on, and whenever the key
+ * may read the rules (`known`, from this run's authorize), since the worker is uploaded without the
+ * secret before the removal, and a removal that failed once must be tried again. Other rules are
+ * written back untouched. Runs after the upload: a failure is one of `result.failed`, so the run
+ * exits 1 with the worker deployed, naming what to ask Backblaze for or what to add to the key.
  */
 async function syncEventRule(
   config: Config,
@@ -3445,11 +3441,10 @@ const RULE_REFUSAL =
   /overlap|25 |unique|reserved|https|signing ?secret|hmacSha256SigningSecret|maxEventsPerBatch|event ?types?\b/i;
 
 /**
- * A rule call, with B2's refusal of an account that lacks the feature turned
- * into what to ask for. Assumption: such an account gets a 400 or 403 whose
- * code is not documented (a 400 has been reported), so any 400 or 403 to a
- * key that has the capabilities names the feature too, unless B2's message
- * is one of its refusals of the rules themselves ({@linkcode RULE_REFUSAL}).
+ * A rule call, with B2's refusal of an account that lacks the feature turned into what to ask for.
+ * Assumption: such an account gets a 400 or 403 whose code is not documented (a 400 has been
+ * reported), so any 400 or 403 to a key that has the capabilities names the feature too, unless
+ * B2's message is one of its refusals of the rules themselves ({@linkcode RULE_REFUSAL}).
  */
 async function featureCall<T>(auth: B2Authorization, call: () => Promise<T>): Promise<T> {
   try {
@@ -3521,13 +3516,12 @@ async function readEventRule(config: Config, ctx: Context): Promise<EventRuleRep
 }
 
 /**
- * `status` with `B2_EVENT_NOTIFICATIONS=on`: the rule joins the report; a
- * suspended one is CRITICAL with the fix, a missing or disabled one WARNING
- * (the site works, uploads are only not purged). A rule B2 cannot be asked
- * about (B2 busy, a key without `readBucketNotifications`) makes an OK report
- * UNKNOWN: status cannot tell whether uploads are purged
- * (https://nagios-plugins.org/doc/guidelines.html, "Plugin Return Codes").
- * A WARNING or CRITICAL stays: what it reports is known.
+ * `status` with `B2_EVENT_NOTIFICATIONS=on`: the rule joins the report; a suspended one is CRITICAL
+ * with the fix, a missing or disabled one WARNING (the site works, uploads are only not purged). A
+ * rule B2 cannot be asked about (B2 busy, a key without `readBucketNotifications`) makes an OK
+ * report UNKNOWN: status cannot tell whether uploads are purged
+ * (https://nagios-plugins.org/doc/guidelines.html, "Plugin Return Codes"). A WARNING or CRITICAL
+ * stays: what it reports is known.
  */
 async function eventRuleFindings(
   config: Config,
@@ -4267,10 +4261,9 @@ function plainBinding(
 }
 
 /**
- * Why everything cached must go, or `undefined`: the deployed version serves
- * with another fingerprint, or owes a purge. A first deploy, or one made
- * before fingerprints existed (when only the Cache API was used), has
- * nothing in Workers Cache.
+ * Why everything cached must go, or `undefined`: the deployed version serves with another
+ * fingerprint, or owes a purge. A first deploy, or one made before fingerprints existed (when only
+ * the Cache API was used), has nothing in Workers Cache.
  */
 function purgeNeeded(
   previous: WorkerSettings | undefined,
@@ -4447,10 +4440,9 @@ async function triggerLeftovers(
   for (const leftover of findLeftovers(config, options)) {
     const name = `${leftover.kind} ${leftover.name}`;
     if (options.remove && !options.stepFailed) {
-      const removed = await steps.attempt(async () => {
-        await removeLeftover(steps.cf, leftover);
-        return true;
-      });
+      const removed = await steps.attempt(() =>
+        removeLeftover(steps.cf, leftover).then(() => true)
+      );
       if (removed) steps.changed.push(`removed ${name}, which still ran this worker`);
     } else {
       (result.leftovers ??= []).push(name);
