@@ -1600,7 +1600,6 @@ export interface Call {
   service: Service;
   /** What the request is for, as in "Cannot <step>". */
   step: string;
-  /** Where it goes. */
   url: string;
   /** Method, headers, body; the signal is the helper's own. */
   init?: RequestInit;
@@ -2471,11 +2470,6 @@ class CloudflareClient {
       : { "x-auth-email": config.auth.email, "x-auth-key": config.auth.key };
   }
 
-  /** The same client over another context, such as one that counts round trips. */
-  over(ctx: Context): CloudflareClient {
-    return new CloudflareClient(this.config, ctx);
-  }
-
   /** `PUT .../workers/scripts/{name}`: code, configuration and secrets, in one call. */
   async uploadWorker(upload: WorkerUpload): Promise<void> {
     const form = new FormData();
@@ -2531,11 +2525,7 @@ class CloudflareClient {
 
   /** `GET /accounts`, every page: the accounts the credential sees (an account's token: its own). */
   async listAccounts(): Promise<CloudflareAccount[]> {
-    const accounts = await this.#list<CloudflareAccount>(
-      "list the accounts the token can see",
-      "/accounts",
-    );
-    return accounts.map(({ id, name }) => ({ id, name }));
+    return await this.#list<CloudflareAccount>("list the accounts the token can see", "/accounts");
   }
 
   /** `GET /zones?name=`, within the account when it is known: the zone of that name, if seen. */
@@ -2544,10 +2534,9 @@ class CloudflareClient {
       name,
       ...(this.config.accountId && { "account.id": this.config.accountId }),
     });
-    const zones = await this.#call<CloudflareZone[]>(`look up zone "${name}"`, {
+    return await this.#call<CloudflareZone[]>(`look up zone "${name}"`, {
       path: `/zones?${query}`,
     });
-    return zones.map(({ id, name }) => ({ id, name }));
   }
 
   /** `GET /zones/{zone}/workers/routes` (needs "Workers Routes: Edit" on the zone). */
@@ -2765,20 +2754,13 @@ interface CloudflareZone {
 const LIST_PAGE_SIZE = 50;
 
 /**
- * Who owns a verified API token: a `user` (made under My Profile), or an `account` (made
- * under the account's API Tokens), with its id.
+ * Verifies the API token, needing no permission, and says who owns it: a `user` (made under My
+ * Profile) or an `account` (made under the account's API Tokens). `/user/tokens/verify` for a
+ * user's token; a token that is not a user's gets 1000 there (wrangler's `whoami` reads it so),
+ * and is then verified at `/accounts/{id}/tokens/verify` of the one account it sees (API_FACTS,
+ * Discovery).
  */
-interface TokenOwner {
-  owner: "user" | "account";
-  accountId?: string;
-}
-
-/**
- * Verifies the API token, needing no permission: `/user/tokens/verify` for a user's token; a
- * token that is not a user's gets 1000 there (wrangler's `whoami` reads it so), and is then
- * verified at `/accounts/{id}/tokens/verify` of the one account it sees (API_FACTS, Discovery).
- */
-async function verifyToken(cf: CloudflareClient): Promise<TokenOwner> {
+async function verifyToken(cf: CloudflareClient): Promise<"user" | "account"> {
   // Cloudflare answered 200, and says the token is disabled or expired.
   const active = (answer: { status?: string }) => {
     if (answer.status === "active") return;
@@ -2791,7 +2773,7 @@ async function verifyToken(cf: CloudflareClient): Promise<TokenOwner> {
   let refused: ApiError;
   try {
     active(await cf.verifyToken());
-    return { owner: "user" };
+    return "user";
   } catch (error) {
     if (!(error instanceof ApiError) || error.code !== "1000") throw error;
     refused = error;
@@ -2812,7 +2794,7 @@ async function verifyToken(cf: CloudflareClient): Promise<TokenOwner> {
   } catch (error) {
     throw error instanceof ApiError && error.code === "1000" ? invalid(error) : error;
   }
-  return { owner: "account", accountId: account.id };
+  return "account";
 }
 
 /**
@@ -2997,7 +2979,6 @@ async function ensureDomain(
   if (!zoneId || !domain) throw new Error("ensureDomain needs zoneId and domain");
   const existing = options.domains.find((d) => d.hostname === domain);
   if (existing?.service === workerName) return { change: "unchanged" };
-  const attach = (override: boolean) => cf.attachDomain({ override });
   const otherWorker = (holder: string) =>
     new RefusalError(
       `Cannot attach custom domain "${domain}" to worker "${workerName}": it is the custom ` +
@@ -3009,7 +2990,7 @@ async function ensureDomain(
     );
   if (existing && !options.takeOver) throw otherWorker(existing.service);
   try {
-    await attach(existing !== undefined);
+    await cf.attachDomain({ override: existing !== undefined });
     return existing
       ? { change: "taken over", from: `worker "${existing.service}"` }
       : { change: "created" };
@@ -3040,7 +3021,7 @@ async function ensureDomain(
     );
   }
   const deleted = await deleteRecords(cf, { records, what });
-  await attach(existing !== undefined);
+  await cf.attachDomain({ override: existing !== undefined });
   return { change: "taken over", from: what, deleted };
 }
 
@@ -3999,7 +3980,7 @@ async function planDeploy(
   if ("token" in cf.auth) {
     const token = await read(() => verifyToken(client));
     if (token) {
-      plan.steps.push(`API token: valid, ${token.owner === "user" ? "a user's" : "the account's"}`);
+      plan.steps.push(`API token: valid, ${token === "user" ? "a user's" : "the account's"}`);
     }
   }
   const settings = await read(async () => ({ deployed: await client.workerSettings() }), scripts);
@@ -4383,7 +4364,7 @@ function triggerSteps(result: RefreshResult, cf: CloudflareClient): TriggerSteps
   const failed: string[] = [];
   return {
     result,
-    cf: cf.over(countingRoundTrips(cf.ctx, result)),
+    cf: new CloudflareClient(cf.config, countingRoundTrips(cf.ctx, result)),
     failed,
     changed: [],
     attempt: attempts(failed),
@@ -6435,7 +6416,7 @@ async function setupCloudflare(
   ).cloudflare!;
   if ("token" in config.auth) {
     const owner = await verifyToken(new CloudflareClient(config, ctx));
-    io.stdout(`Cloudflare token: valid, ${owner.owner === "user" ? "a user's" : "an account's"}`);
+    io.stdout(`Cloudflare token: valid, ${owner === "user" ? "a user's" : "an account's"}`);
   }
   config.accountId ||= await pickAccount(config, setup);
   Object.assign(config, await pickWhere(config, setup));
