@@ -5811,12 +5811,15 @@ export async function checkCache(
   };
 }
 
+/** Purges the object behind a URL, all its queries. */
+type ObjectPurge = (url: URL) => Promise<void>;
+
 /** How the checks of the small object report, and the purge they may use. */
 interface SmallCheck {
   fresh: URL;
   ctx: Context;
   say: (check: string, outcome: CacheFinding["outcome"], detail: string) => void;
-  purge?: (url: URL) => Promise<void>;
+  purge?: ObjectPurge;
   /** The purge before the check failed, and was reported. */
   purgeFailed?: boolean;
 }
@@ -5977,21 +5980,17 @@ async function checkBrowserRevalidation(check: SmallCheck, first: Probe): Promis
 }
 
 /** A purge takes effect: the next GET is not a HIT. */
-async function checkPurge(
-  check: SmallCheck,
-  purge: (url: URL) => Promise<void>,
-): Promise<boolean> {
+async function checkPurge(check: SmallCheck, purge: ObjectPurge): Promise<boolean> {
   await purge(check.fresh);
   const after = await probeUntil(check, (label) => label !== "HIT");
   const reached = after.label !== "HIT";
+  const waited = (EDGE_ATTEMPTS - 1) * EDGE_PAUSE_MS / 1000;
   check.say(
     "purge",
     reached ? "ok" : "problem",
     reached
       ? `cf-cache-status ${after.label} after the purge`
-      : `still HIT after ${EDGE_ATTEMPTS} tries in ${
-        (EDGE_ATTEMPTS - 1) * EDGE_PAUSE_MS / 1000
-      } s: the purge did not reach this entry`,
+      : `still HIT after ${EDGE_ATTEMPTS} tries in ${waited} s: the purge did not reach this entry`,
   );
   return reached;
 }
@@ -6002,11 +6001,7 @@ async function checkPurge(
  * the worker and a 206 is never stored), so it is a note; the same range again must be a
  * HIT, or every player's ranges reach the worker and B2 however often they are watched.
  */
-async function checkRangedMiss(
-  check: SmallCheck,
-  purge: (url: URL) => Promise<void>,
-  first: Probe,
-): Promise<void> {
+async function checkRangedMiss(check: SmallCheck, purge: ObjectPurge, first: Probe): Promise<void> {
   const range = firstBytesRange(first);
   if (!range) return;
   await purge(check.fresh);
@@ -6046,7 +6041,7 @@ async function checkRangedMiss(
  */
 async function checkShapedMisses(
   check: SmallCheck,
-  purge: (url: URL) => Promise<void>,
+  purge: ObjectPurge,
   first: Probe,
 ): Promise<void> {
   const etag = first.headers.get("etag");
@@ -6256,14 +6251,11 @@ async function gather(
     return question.fallback;
   }
   const shown = question.fallback ? ` [${question.fallback}]` : "";
-
   return await askUntil(setup.terminal, `${question.text}${shown}: `, {
     hidden: question.hidden ?? false,
     read: (answer) => {
       const value = answer || question.fallback;
-      if (value === undefined || (value === "" && question.fallback === undefined)) {
-        return { problem: `${name} is needed.` };
-      }
+      if (value === undefined) return { problem: `${name} is needed.` };
       if (value === "") return { value };
       const problem = settingProblem(name, value);
       return problem ? { problem } : { value };
@@ -6377,10 +6369,9 @@ async function pickBucket(
   const names = buckets?.map((b) => b.name).filter(Boolean) ?? [];
   if (given) {
     if (buckets && !names.includes(given)) {
+      const seen = names.join(", ") || "none";
       throw new ConfigError([
-        `B2_BUCKET_NAME "${given}" is not a bucket this key can see (${
-          names.join(", ") || "none"
-        }).`,
+        `B2_BUCKET_NAME "${given}" is not a bucket this key can see (${seen}).`,
       ]);
     }
     return given;
@@ -7367,6 +7358,7 @@ function renderSummary(facts: {
 }): string {
   const { config, metadata, module } = facts;
   const bytes = new TextEncoder().encode(module).length;
+  const cache = describeCache(config.worker.cacheMode, cacheOptionsFor(config.worker.cacheMode));
   // B2's answers are only known at refresh: shown as what they will be, not as 1970.
   const atRefresh: Record<string, string> = {
     B2_DOWNLOAD_TOKEN: "(secret: B2's download token, made at refresh)",
@@ -7380,9 +7372,7 @@ function renderSummary(facts: {
     `The worker refresh would deploy as "${config.workerName}" (nothing was sent anywhere):`,
     `  module ${metadata.main_module}, ${bytes.toLocaleString("en-US")} bytes ` +
     "(render --module prints it, render --out <file> writes it)",
-    `  ${
-      capitalize(describeCache(config.worker.cacheMode, cacheOptionsFor(config.worker.cacheMode)))
-    }`,
+    `  ${capitalize(cache)}`,
     `  ${capitalize(facts.segments)}`,
     ...(facts.eventRule ? [`  ${capitalize(facts.eventRule)}`] : []),
     `Bindings (${metadata.bindings.length}, secrets masked):`,
@@ -7787,10 +7777,8 @@ function flagProblem(
     return `${message.replace(/([^.?])$/, "$1.")} See --help for the flags.`;
   }
   const variable = flag.replace(/^--?/, "").toUpperCase().replaceAll("-", "_");
-  const setting: Setting | undefined = Object.hasOwn(VARIABLES, variable)
-    ? VARIABLES[variable as Variable]
-    : undefined;
-  if (setting) {
+  // Every setting but the credentials is a flag parseArgs knows.
+  if (Object.hasOwn(VARIABLES, variable)) {
     return `${variable} has no flag: it is a credential, and flags show in ps. Set it in .env ` +
       "or the environment.";
   }
@@ -7914,16 +7902,10 @@ export interface RunOptions {
    * The commands that run on the local platform, which only a clone has (`local/dev.ts` and
    * `local/demo.ts` pass them); without one, the command says where it runs.
    */
-  local?: Partial<Record<LocalCommand, CommandHandler>>;
+  local?: Partial<Record<"dev" | "demo", CommandHandler>>;
   /** Where `init` runs; read only by `init` (`main()`'s reads need `--allow-read`). */
   place?: () => InitPlace;
 }
-
-/**
- * The commands `main.ts` lists but the local platform runs.
- * @internal
- */
-export type LocalCommand = "dev" | "demo";
 
 /**
  * What a command is handed once its line and settings are read.
@@ -7992,7 +7974,7 @@ export async function run(options: RunOptions): Promise<number> {
     if (line.help) return io.stdout(helpText(line.helpTopic)), 0;
     if (line.version) return io.stdout(`b2-private-cdn ${VERSION}`), 0;
     const spec: CommandSpec = COMMANDS[line.command];
-    const handler = spec.handler ?? options.local?.[line.command as LocalCommand];
+    const handler = spec.handler ?? options.local?.[line.command as "dev" | "demo"];
     if (!handler) throw localOnly(line.command);
     const settings = spec.settingsFree ? {} : await settingsOf(line, {
       ...options,
