@@ -558,7 +558,6 @@ export type Variable = keyof typeof VARIABLES;
 /** Raw values by variable name: flags over the environment over `.env`. */
 export type Settings = Partial<Record<Variable, string>>;
 
-/** The table, each entry as a {@linkcode Setting}. */
 const SETTINGS = Object.entries(VARIABLES) as [Variable, Setting][];
 
 /** `--b2-bucket-name` for `B2_BUCKET_NAME`: every variable but the secrets has a flag. */
@@ -694,12 +693,9 @@ function routeProblem(route: string): string | undefined {
   return undefined;
 }
 
-/** Cloudflare's account and zone ids: 32 hexadecimal characters. */
 const CLOUDFLARE_ID = /^[0-9a-f]{32}$/i;
-
 /** The dashboard, whose addresses start with the account id: `dash.cloudflare.com/<id>/...`. */
 const DASHBOARD_HOST = "dash.cloudflare.com";
-
 type CloudflareIdSetting = "CLOUDFLARE_ACCOUNT_ID" | "CLOUDFLARE_ZONE_ID";
 
 /**
