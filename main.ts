@@ -3327,7 +3327,7 @@ async function syncEventRule(
   options: {
     result: RefreshResult;
     previous: WorkerSettings | undefined;
-    known?: { auth: B2Authorization; bucket: Bucket } | undefined;
+    known?: Pick<PreparedWorker, "auth" | "bucket">;
   },
 ): Promise<void> {
   const { result, previous, known } = options;
@@ -3357,7 +3357,7 @@ async function applyEventRule(
   options: {
     result: RefreshResult;
     hadRule: boolean;
-    known?: { auth: B2Authorization; bucket: Bucket } | undefined;
+    known?: Pick<PreparedWorker, "auth" | "bucket">;
   },
 ): Promise<RuleChange | undefined> {
   const { result, hadRule } = options;
@@ -3365,7 +3365,7 @@ async function applyEventRule(
   const on = config.worker.eventNotifications === true;
   const name = eventRuleName(config.workerName);
   // The refresh's own authorization when it made one (a kept upload did not).
-  const client = new B2Client(b2, ctx, { ...(options.known && { auth: options.known.auth }) });
+  const client = new B2Client(b2, ctx, { auth: options.known?.auth });
   const auth = options.known?.auth ?? await client.authorize();
   const lacking = (wanted: string[]) => wanted.filter((c) => !auth.capabilities.includes(c));
   // Off, writing is needed only when there is a rule of ours to remove.
@@ -3919,8 +3919,7 @@ export async function refresh(
     });
   }
   const newDomain = await deployTriggers(cf, result, { takeOver, removeLeftovers });
-  const known = prepared && { auth: prepared.auth, bucket: prepared.bucket };
-  await syncEventRule(config, ctx, { result, previous: await deployed!, known });
+  await syncEventRule(config, ctx, { result, previous: await deployed!, known: prepared });
   if (result.failed) throw new IncompleteDeployError(result);
   if (config.verifyUrl) {
     await verifyDeploy(config, ctx, { result, newDomain, progress: options.progress ?? ctx.log });
@@ -5148,12 +5147,7 @@ async function survey(cf: CloudflareClient, report: StatusReport): Promise<{ rea
 /** Whether the configured route and custom domain run this worker: an address, or a warning. */
 function surveyTriggers(
   config: CloudflareConfig,
-  found: {
-    routes: ZoneRoute[] | undefined;
-    domains: CustomDomain[] | undefined;
-    urls: string[];
-    warnings: string[];
-  },
+  found: { routes?: ZoneRoute[]; domains?: CustomDomain[]; urls: string[]; warnings: string[] },
 ): void {
   const { routes, domains, urls, warnings } = found;
   const held = (what: string, by: string | undefined) =>
@@ -5162,11 +5156,9 @@ function surveyTriggers(
       : `${what} is not set up; run refresh`;
   if (config.route && routes) {
     const route = routes.find((r) => r.pattern === config.route);
+    const by = route && (route.script ? `worker "${route.script}"` : "no worker");
     if (route?.script === config.workerName) urls.push(`route ${config.route}`);
-    else {
-      const by = route && (route.script ? `worker "${route.script}"` : "no worker");
-      warnings.push(held(`route ${config.route}`, by));
-    }
+    else warnings.push(held(`route ${config.route}`, by));
   }
   if (config.domain && domains) {
     const domain = domains.find((d) => d.hostname === config.domain);
