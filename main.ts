@@ -4316,22 +4316,15 @@ async function deployTriggers(
   const domains = config.zoneId || config.domain
     ? await steps.attempt(() => steps.cf.listDomains())
     : undefined;
-  if (config.route && routes) {
-    await triggerRoute(config, steps, { routes, takeOver: options.takeOver });
-  }
+  if (config.route && routes) await triggerRoute(steps, { routes, takeOver: options.takeOver });
   const newDomain = config.domain && domains
-    ? await triggerDomain(config, steps, { domains, takeOver: options.takeOver })
+    ? await triggerDomain(steps, { domains, takeOver: options.takeOver })
     : false;
   // A route or domain that did not take must not cost the site the ways it answers today:
   // nothing is removed and workers.dev is not turned off until those steps work.
   const stepFailed = steps.failed.length > 0;
-  await triggerLeftovers(config, steps, {
-    routes,
-    domains,
-    remove: options.removeLeftovers,
-    stepFailed,
-  });
-  await triggerWorkersDev(config, steps, { stepFailed });
+  await triggerLeftovers(steps, { routes, domains, remove: options.removeLeftovers, stepFailed });
+  await triggerWorkersDev(steps, stepFailed);
   if (steps.changed.length > 0) result.changed = steps.changed;
   if (steps.failed.length > 0) result.failed = steps.failed;
   return newDomain;
@@ -4368,10 +4361,10 @@ function triggerSteps(result: RefreshResult, cf: CloudflareClient): TriggerSteps
 
 /** The route step: `WORKER_ROUTE` runs this worker. */
 async function triggerRoute(
-  config: CloudflareConfig,
   steps: TriggerSteps,
   options: { routes: ZoneRoute[]; takeOver: boolean },
 ): Promise<void> {
+  const { config } = steps.cf;
   const done = await steps.attempt(() => ensureRoute(steps.cf, options));
   if (!done) return;
   steps.result.route = done.change;
@@ -4383,10 +4376,10 @@ async function triggerRoute(
 
 /** The custom domain step; returns whether the domain was attached now (its certificate is new). */
 async function triggerDomain(
-  config: CloudflareConfig,
   steps: TriggerSteps,
   options: { domains: CustomDomain[]; takeOver: boolean },
 ): Promise<boolean> {
+  const { config } = steps.cf;
   const done = await steps.attempt(() => ensureDomain(steps.cf, options));
   if (!done) return false;
   const { result, changed } = steps;
@@ -4408,12 +4401,11 @@ async function triggerDomain(
 
 /** The leftovers step: routes and domains that run the worker but no setting names. */
 async function triggerLeftovers(
-  config: CloudflareConfig,
   steps: TriggerSteps,
   options: { routes?: ZoneRoute[]; domains?: CustomDomain[]; remove: boolean; stepFailed: boolean },
 ): Promise<void> {
   const { result } = steps;
-  for (const leftover of findLeftovers(config, options)) {
+  for (const leftover of findLeftovers(steps.cf.config, options)) {
     const name = `${leftover.kind} ${leftover.name}`;
     if (options.remove && !options.stepFailed) {
       const removed = await steps.attempt(() =>
@@ -4440,13 +4432,9 @@ async function triggerLeftovers(
 }
 
 /** The workers.dev step, left as it was while a route or domain step fails. */
-async function triggerWorkersDev(
-  config: CloudflareConfig,
-  steps: TriggerSteps,
-  options: { stepFailed: boolean },
-): Promise<void> {
+async function triggerWorkersDev(steps: TriggerSteps, stepFailed: boolean): Promise<void> {
   const { result } = steps;
-  if (options.stepFailed && !config.workersDev) {
+  if (stepFailed && !steps.cf.config.workersDev) {
     (result.warnings ??= []).push(
       "workers.dev was left as it was, not turned off, while the step above fails",
     );
