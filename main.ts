@@ -4177,26 +4177,22 @@ async function uploadPrepared(
   await cf.uploadWorker(upload);
   result.deployed = true;
   result.roundTrips++;
-  if (!mustPurge) {
-    return purge !== undefined && config.worker.cacheMode === "cache-api"
-      ? {
-        notice: `${purge}: copies kept with the Cache API stay until WORKER_CACHE_TTL runs ` +
-          "out (this tool cannot purge them; see docs/edge-cache.md, Purge)",
-      }
-      : {};
+  if (purge !== undefined && config.worker.cacheMode === "cache-api") {
+    return {
+      notice: `${purge}: copies kept with the Cache API stay until WORKER_CACHE_TTL runs out ` +
+        "(this tool cannot purge them; see docs/edge-cache.md, Purge)",
+    };
   }
-  const paid = async () => {
-    await purgeOnceNewVersionAnswers(config, ctx, {
-      fingerprint: prepared.facts.fingerprint!,
-      purgeKey: prepared.facts.purgeKey,
-      why: purge,
-    });
-    // The debt is paid: the same upload without it.
-    await cf.uploadWorker(prepared.upload);
-    result.roundTrips++;
-    result.purged = purge;
+  if (!mustPurge) return {};
+  return {
+    paid: async () => {
+      await purgeOnceNewVersionAnswers(config, ctx, { facts: prepared.facts, why: purge });
+      // The debt is paid: the same upload without it.
+      await cf.uploadWorker(prepared.upload);
+      result.roundTrips++;
+      result.purged = purge;
+    },
   };
-  return { paid };
 }
 
 /** `--verify`: the URL answers 2xx, or, behind a brand-new custom domain, a warning. */
@@ -4261,11 +4257,12 @@ function purgeNeeded(
 async function purgeOnceNewVersionAnswers(
   config: Config,
   ctx: Context,
-  options: { fingerprint: string; purgeKey?: string; why: string },
+  options: { facts: WorkerFacts; why: string },
 ): Promise<void> {
+  const { fingerprint, purgeKey } = options.facts;
   const remembered = "The worker is deployed and remembers the purge: the next refresh " +
     "tries again (or run `deno run --allow-net --allow-env --allow-read main.ts purge --all`).";
-  if (!options.purgeKey) {
+  if (!purgeKey) {
     throw new ConfigError([
       `Cannot purge: ${options.why}, but there is no purge key. Set WORKER_PURGE_KEY or ` +
       `B2_APPLICATION_KEY. ${remembered}`,
@@ -4275,8 +4272,8 @@ async function purgeOnceNewVersionAnswers(
   let last = { message: "", status: 0 };
   for (let attempt = 1; attempt <= VERIFY_ATTEMPTS; attempt++) {
     const answer = await askWorkerToPurge(url, {
-      order: { everything: true, expect: options.fingerprint },
-      key: options.purgeKey,
+      order: { everything: true, expect: fingerprint },
+      key: purgeKey,
     }, ctx);
     if (answer.kind === "done") {
       ctx.log(`Worker: purged everything at ${url} (${options.why})`);
