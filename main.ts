@@ -3430,19 +3430,15 @@ async function featureCall<T>(auth: B2Authorization, call: () => Promise<T>): Pr
     if (!(error instanceof ApiError) || (error.status !== 400 && error.status !== 403)) throw error;
     // b2Call's hint for a 400 is about the bucket settings, which B2 did take here.
     const refused = error.hint === B2_HINTS.bad_request ? error.problem : error.message;
-    if (RULE_REFUSAL.test(error.serverMessage ?? "")) {
-      throw new ApiError(
-        `${sentence(refused)} B2 refused the bucket's rules as they would be: change the rule ` +
-          "it names (b2 bucket notification-rule update|delete), or set " +
-          "B2_EVENT_NOTIFICATIONS=off.",
-        { service: "B2", status: error.status, code: error.code, ...serverSaid(error) },
-      );
-    }
-    throw new ApiError(
-      `${sentence(error.message)} If the account does not have Event Notifications yet: B2 ` +
+    const problem = RULE_REFUSAL.test(error.serverMessage ?? "")
+      ? `${sentence(refused)} B2 refused the bucket's rules as they would be: change the rule it ` +
+        "names (b2 bucket notification-rule update|delete), or set B2_EVENT_NOTIFICATIONS=off."
+      : `${sentence(error.message)} If the account does not have Event Notifications yet: B2 ` +
         `enables them per account on request, so ask Backblaze Support to enable Event ` +
         `Notifications for account ${auth.accountId} (${EVENTS_GUIDE}), then run refresh ` +
-        "again; or set B2_EVENT_NOTIFICATIONS=off.",
+        "again; or set B2_EVENT_NOTIFICATIONS=off.";
+    throw new ApiError(
+      problem,
       { service: "B2", status: error.status, code: error.code, ...serverSaid(error) },
     );
   }
@@ -4166,7 +4162,6 @@ async function uploadPrepared(
   const cloudflare = config.cloudflare!;
   const purge = purgeNeeded(options.previous, prepared.facts);
   const mustPurge = purge !== undefined && config.worker.cacheMode === "workers-cache";
-  // Remembered before the purge is tried, so that a run that dies half way still owes it.
   const upload = mustPurge
     ? workerUpload(options.module, { ...prepared.facts, purgePending: "all" })
     : prepared.upload;
@@ -4952,7 +4947,7 @@ async function deploymentFindings(
   options: { minRemaining: number; cacheMode?: CacheMode; survey?: boolean },
 ): Promise<Finding[]> {
   const settings = await cf.workerSettings();
-  if (!settings || !settings.bindings) {
+  if (!settings) {
     return [{ state: "CRITICAL", text: `worker "${report.worker}" does not exist; run refresh` }];
   }
   const { readAll } = options.survey ? await survey(cf, report) : { readAll: true };
