@@ -1102,8 +1102,10 @@ export function objectHeaders(
   // B2 answers "none" for large files uploaded in parts; their id names the version just as well.
   const sha1 = b2.get("x-bz-content-sha1")?.replace(/^unverified:/, "");
   const fileId = b2.get("x-bz-file-id");
-  const version = [sha1, b2.get("x-bz-info-large_file_sha1"), fileId && withoutBucketId(fileId)]
-    .find((value) => value && value !== "none");
+  // The first that names a version; the later ones are read only when needed.
+  const named = (value: string | null | undefined) => value && value !== "none" ? value : undefined;
+  const version = named(sha1) ?? named(b2.get("x-bz-info-large_file_sha1")) ??
+    named(fileId && withoutBucketId(fileId));
   if (version) headers.set("ETag", `"${version}"`);
   const uploaded = new Date(Number(b2.get("x-bz-upload-timestamp") ?? NaN));
   if (!Number.isNaN(uploaded.getTime())) headers.set("Last-Modified", uploaded.toUTCString());
@@ -1244,7 +1246,8 @@ function edgeCache(): Cache {
  * answer, or nothing: one lookup, but for a range on an empty or missing name.
  */
 async function lookUpCache(key: string, range?: RangeSpec): Promise<Response | undefined> {
-  const lookup = new Request(key, { headers: range ? { Range: formatRange(range) } : {} });
+  // A plain GET is looked up by its URL: no Request to build on every hit.
+  const lookup = range ? new Request(key, { headers: { Range: formatRange(range) } }) : key;
   let cached = await edgeCache().match(lookup);
   if (cached?.status === 416 && cached.headers.get("Content-Range") === "bytes */0") {
     // A ranged match turns a cached 404 into the 416 of an empty object: ask which it was.
@@ -2411,6 +2414,7 @@ export function canonicalPath(pathname: string): string | undefined {
 // written with them comes back unchanged (no redirect loop). Everything else is percent-encoded,
 // UTF-8, uppercase hex: "@2x.png" stays, "%68" becomes "h", "%c3%a9" becomes "%C3%A9".
 const PATH_LITERAL = /^[A-Za-z0-9\-._~!$&'()*+,;=:@]$/u;
+const PATH_LITERALS = /^[A-Za-z0-9\-._~!$&'()*+,;=:@]*$/u;
 
 /**
  * A canonical path (from {@linkcode canonicalPath}, decoded) written as a
@@ -2418,8 +2422,11 @@ const PATH_LITERAL = /^[A-Za-z0-9\-._~!$&'()*+,;=:@]$/u;
  * it is answered `301` to this one.
  */
 export function urlPath(path: string): string {
+  // Most segments are literal already, and are kept without a test per character.
   const segment = (part: string) =>
-    Array.from(part, (c) => PATH_LITERAL.test(c) ? c : encodeURIComponent(c)).join("");
+    PATH_LITERALS.test(part)
+      ? part
+      : Array.from(part, (c) => PATH_LITERAL.test(c) ? c : encodeURIComponent(c)).join("");
   return path.split("/").map(segment).join("/");
 }
 
@@ -2775,7 +2782,10 @@ export function fromBase64Url(text: string): Uint8Array<ArrayBuffer> {
   if (!/^[A-Za-z0-9_-]*={0,2}$/.test(text)) return new Uint8Array(0);
   try {
     const binary = atob(text.replace(/=+$/, "").replaceAll("-", "+").replaceAll("_", "/"));
-    return Uint8Array.from(binary, (c) => c.charCodeAt(0));
+    // A loop, not Uint8Array.from(binary, ...): a signed link's signature is read on each request.
+    const bytes = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+    return bytes;
   } catch {
     return new Uint8Array(0);
   }
