@@ -1522,13 +1522,8 @@ export class ApiError extends Error {
   /** Makes the error; the message is `problem`, then `. Fix: <hint>.` when there is a hint. */
   constructor(
     problem: string,
-    details: {
-      service: Service;
-      status: number;
-      code: string;
+    details: Pick<ApiError, "service" | "status" | "code" | "serverMessage" | "hint"> & {
       cause?: string;
-      serverMessage?: string;
-      hint?: string;
     },
   ) {
     super(
@@ -1666,10 +1661,7 @@ function networkFailure(error: unknown, timeoutMs: number): NetworkFailure {
 }
 
 /** What to do about a request that got no answer. */
-function networkAdvice(
-  failure: NetworkFailure,
-  call: { service: Service; check: string },
-): string {
+function networkAdvice(failure: NetworkFailure, call: { service: Service; check: string }): string {
   const { check } = call;
   switch (failure.code) {
     case "dns":
@@ -1932,14 +1924,8 @@ class B2Client {
    * `b2_list_buckets`: the account's bucket of this name or id, whatever its type; without
    * either, every bucket the key may see.
    */
-  async listBuckets(
-    which: { bucketName: string } | { bucketId: string } | Record<never, never> = {},
-  ): Promise<Bucket[]> {
-    const named = "bucketName" in which
-      ? which.bucketName
-      : "bucketId" in which
-      ? which.bucketId
-      : "";
+  async listBuckets(which: { bucketName?: string; bucketId?: string } = {}): Promise<Bucket[]> {
+    const named = which.bucketName ?? which.bucketId;
     const answer = await this.#call<{ buckets: { bucketId: string; bucketName: string }[] }>(
       named ? `find bucket "${named}"` : "list the buckets the key can see",
       "v4/b2_list_buckets",
@@ -1985,16 +1971,12 @@ class B2Client {
   }
 
   /** `b2_set_bucket_notification_rules`: replaces all of the bucket's rules. */
-  async setNotificationRules(
-    bucket: Bucket,
-    rules: NotificationRule[],
-  ): Promise<NotificationRule[]> {
-    const answer = await this.#call<{ eventNotificationRules?: NotificationRule[] }>(
+  async setNotificationRules(bucket: Bucket, rules: NotificationRule[]): Promise<void> {
+    await this.#call(
       `set the Event Notification rules of bucket "${bucket.name}"`,
       "v4/b2_set_bucket_notification_rules",
       { bucketId: bucket.id, eventNotificationRules: rules },
     );
-    return answer.eventNotificationRules ?? [];
   }
 
   /** One call with the account token: a POST of `body` as JSON, or a GET without one. */
@@ -2416,28 +2398,20 @@ function maskSecrets(metadata: WorkerMetadata): WorkerMetadata {
 // ---------------------------------------------------------------------------
 
 /** What Cloudflare's envelope says went wrong, with the fix; by error code. */
-function cloudflareHint(
-  status: number,
-  code: number,
-  config: CloudflareConfig,
-): string {
+function cloudflareHint(status: number, code: number, config: CloudflareConfig): string {
   if (code === 10000 || code === 9109 || status === 401 || status === 403) {
-    return "auth" in config && "email" in config.auth
+    return "email" in config.auth
       ? "check CLOUDFLARE_EMAIL and CLOUDFLARE_API_KEY"
       : 'check CLOUDFLARE_API_TOKEN: it needs "Workers Scripts: Edit" on the account ' +
         '(and "Workers Routes: Edit" on the zone for WORKER_ROUTE), and CLOUDFLARE_ACCOUNT_ID';
   }
-  if (code === 7003 || code === 7000) {
-    return "check CLOUDFLARE_ACCOUNT_ID and CLOUDFLARE_ZONE_ID";
-  }
+  if (code === 7003 || code === 7000) return "check CLOUDFLARE_ACCOUNT_ID and CLOUDFLARE_ZONE_ID";
   if (code === 10063) {
     return "this account has no workers.dev subdomain yet, which Cloudflare wants before a " +
       "first Worker is uploaded: open https://dash.cloudflare.com/" +
       `${config.accountId}/workers/onboarding once (it makes one), then run again`;
   }
-  if (code === 10021) {
-    return "the worker was refused as uploaded; report this as a bug";
-  }
+  if (code === 10021) return "the worker was refused as uploaded; report this as a bug";
   if (status === 429) {
     return "Cloudflare is rate limiting (1200 requests per 5 minutes); run again later";
   }
@@ -2799,10 +2773,7 @@ async function verifyToken(cf: CloudflareClient): Promise<"user" | "account"> {
  * domain is elsewhere, or the token lacks "Zone: Read", which Cloudflare may answer with an
  * empty list rather than a refusal (API_FACTS, Discovery).
  */
-async function findZone(
-  cf: CloudflareClient,
-  target: string,
-): Promise<CloudflareZone | undefined> {
+async function findZone(cf: CloudflareClient, target: string): Promise<CloudflareZone | undefined> {
   for (const name of zoneCandidates(target)) {
     const [zone] = await cf.zonesNamed(name);
     if (zone) return zone;
