@@ -8173,13 +8173,7 @@ function terminalPrompter(): Prompter {
   const decoder = new TextDecoder();
   let pending = "";
   const write = (text: string) => writeLine(Deno.stdout, encoder.encode(text));
-  const readMore = async (): Promise<boolean> => {
-    const bytes = new Uint8Array(4096);
-    const count = await Deno.stdin.read(bytes);
-    if (count === null) return false;
-    pending += decoder.decode(bytes.subarray(0, count), { stream: true });
-    return true;
-  };
+  const bytes = new Uint8Array(4096);
   /** The text up to the next of `stops` (taken too), or what is left when input ends. */
   const line = async (stops = /[\r\n]/): Promise<{ text: string; stop?: string } | undefined> => {
     for (;;) {
@@ -8190,11 +8184,13 @@ function terminalPrompter(): Prompter {
         pending = pending.slice(end + (pending.startsWith("\r\n", end) ? 2 : 1));
         return { text, stop };
       }
-      if (!(await readMore())) {
+      const count = await Deno.stdin.read(bytes);
+      if (count === null) {
         const rest = pending;
         pending = "";
         return rest ? { text: rest } : undefined;
       }
+      pending += decoder.decode(bytes.subarray(0, count), { stream: true });
     }
   };
   return {
