@@ -285,7 +285,7 @@ export interface Setting {
   default?: string;
   /** `enum`: the allowed values (compared in lower case); `list`: values that stand alone. */
   values?: readonly string[];
-  /** `integer`, `duration`: the least value, in seconds for a duration. */
+  /** `integer`, `duration`: the least value, in seconds for a duration. @default 0 */
   min?: number;
   /** `integer`, `duration`: the greatest value. */
   max?: number;
@@ -418,7 +418,6 @@ export const VARIABLES = {
   },
   WORKER_CACHE_TTL: {
     kind: "duration",
-    min: 0,
     max: YEAR,
     default: "1d",
     about: "how long the edge keeps an object; 0: no edge cache",
@@ -481,21 +480,18 @@ export const VARIABLES = {
   },
   WORKER_STALE_WHILE_REVALIDATE: {
     kind: "duration",
-    min: 0,
     max: YEAR,
     default: "1d",
     about: "Workers Cache: how long served stale while revalidating",
   },
   WORKER_STALE_IF_ERROR: {
     kind: "duration",
-    min: 0,
     max: YEAR,
     default: "7d",
     about: "Workers Cache: how long served stale while B2 or the token fails",
   },
   WORKER_SEGMENT_SIZE: {
     kind: "integer",
-    min: 0,
     max: MAX_SEGMENT_SIZE,
     default: `${DEFAULT_SEGMENT_SIZE}`,
     hint: `0 (off) or bytes from ${MIN_SEGMENT_SIZE} to ${MAX_SEGMENT_SIZE}, a multiple of 65536`,
@@ -514,7 +510,6 @@ export const VARIABLES = {
   },
   WORKER_LISTING_TTL: {
     kind: "duration",
-    min: 0,
     max: DAY,
     // Without event notifications, a new upload shows in its folder's listing a minute later.
     default: "1m",
@@ -539,7 +534,6 @@ export const VARIABLES = {
   },
   REFRESH_MARGIN: {
     kind: "duration",
-    min: 0,
     max: MAX_TOKEN_TTL,
     default: "6d",
     about: "cron refreshes at start below this time left",
