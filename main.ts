@@ -3780,9 +3780,7 @@ const RECENT_UPLOAD_MS = 60 * 60_000;
  * already reached. Exit code 1; `result` says what was deployed.
  */
 class IncompleteDeployError extends Error {
-  /** What was deployed; `failed` lists the steps after the upload that did not work. */
-  readonly result: RefreshResult;
-  constructor(result: RefreshResult) {
+  constructor(readonly result: RefreshResult) {
     const failed = result.failed ?? [];
     super(
       (result.reusedUpload
@@ -3794,7 +3792,6 @@ class IncompleteDeployError extends Error {
         "scheduled runs (cron, Deno Deploy) retry only these steps while the upload is fresh.",
     );
     this.name = "IncompleteDeployError";
-    this.result = result;
   }
 }
 
@@ -4632,15 +4629,12 @@ function theWorkersPurgeAnswer(
   answer: { status: number; json: PurgeAnswerBody },
 ): PurgeAnswer {
   const { status, json } = answer;
-  const fingerprint = json.fingerprint ?? "";
-  if (status === 200) {
-    return { kind: "done", segments: json.segments?.success === true };
-  }
+  if (status === 200) return { kind: "done", segments: json.segments?.success === true };
   if (status === 409) {
     return {
       kind: "other-version",
       status,
-      message: `an older version still answers at ${url} (fingerprint "${fingerprint}")`,
+      message: `an older version still answers at ${url} (fingerprint "${json.fingerprint ?? ""}")`,
     };
   }
   if (status === 429) {
@@ -4754,7 +4748,7 @@ export async function purge(
   }
   const key = await derivePurgeKey(config.purgeSecret.value);
   ctx.secrets.add(key);
-  const url = await purgeUrl(config, ctx, { ...(request.url && { url: request.url }) });
+  const url = await purgeUrl(config, ctx, { url: request.url });
   report.url = url;
   const orders = purgeOrders(request);
   for (const [index, order] of orders.entries()) {
