@@ -1737,11 +1737,22 @@ export async function send(ctx: Context, call: Call): Promise<Response> {
   }
 }
 
+/** What an API's success that is not JSON means: something in front of it answered. */
+const NOT_JSON_FIX = {
+  B2: "B2 answers JSON: check that B2_API_URL is the B2 API (https://api.backblazeb2.com)",
+  Cloudflare: "The API answers JSON: check that CLOUDFLARE_API_BASE_URL is " +
+    "https://api.cloudflare.com/client/v4",
+};
+
 /**
- * An answer's body as JSON, or `undefined` with what it was instead (`text/html, not JSON:
- * "<!DOCTYPE html>..."`), for errors that say what came back.
+ * An API's answer as JSON, or `undefined` with what it was instead (`text/html, not JSON:
+ * "<!DOCTYPE html>..."`), for errors that say what came back; a success that is not JSON is
+ * such an error itself, with {@linkcode NOT_JSON_FIX}.
  */
-async function readJson(response: Response): Promise<{ json: unknown; received: string }> {
+async function readJson(
+  response: Response,
+  call: { service: "B2" | "Cloudflare"; step: string; ctx: Context },
+): Promise<{ json: unknown; received: string }> {
   const text = await response.text();
   try {
     return { json: JSON.parse(text), received: "JSON" };
@@ -1753,7 +1764,16 @@ async function readJson(response: Response): Promise<{ json: unknown; received: 
     const received = text.trim() === ""
       ? `an empty body (${type})`
       : `${type}, not JSON: ${JSON.stringify(quoted)}`;
-    return { json: undefined, received };
+    if (!response.ok) return { json: undefined, received };
+    const { service, step } = call;
+    throw new ApiError(
+      redact(
+        `Cannot ${step}: ${service} answered ${response.status} with ${received}. ` +
+          `${NOT_JSON_FIX[service]}, not a proxy or web page in front of it.`,
+        call.ctx.secrets,
+      ),
+      { service, status: response.status, code: "not_json" },
+    );
   }
 }
 
@@ -1804,20 +1824,9 @@ async function b2Call<T>(
   },
 ): Promise<T> {
   const response = await send(ctx, { ...request, service: "B2", step });
-  const { json, received } = await readJson(response);
+  const { json, received } = await readJson(response, { service: "B2", step, ctx });
   const body = json as { code?: string; message?: string } | undefined;
-  if (response.ok && body !== undefined) return body as T;
-  if (response.ok) {
-    throw new ApiError(
-      redact(
-        `Cannot ${step}: B2 answered ${response.status} with ${received}. B2 answers JSON: ` +
-          "check that B2_API_URL is the B2 API (https://api.backblazeb2.com), not a proxy " +
-          "or web page in front of it.",
-        ctx.secrets,
-      ),
-      { service: "B2", status: response.status, code: "not_json" },
-    );
-  }
+  if (response.ok) return body as T;
   const code = body?.code ?? "unknown";
   const detail = body ? (body.message ? `: ${body.message}` : "") : ` (${received})`;
   // A 401 to the authorize call itself is the key pair, whatever code B2 gives it.
@@ -2215,10 +2224,8 @@ function cacheOptionsFor(mode: CacheMode): CacheOptions {
 }
 
 /**
- * What a URL serves depends on these and on nothing else the tool sets: the
- * bucket, prefix, URL style, index file, browsers' cache policy, CORS
- * origins, cache mode, and the worker's `ANSWER_FORMAT`. A new token does not
- * change it, so the daily refresh purges nothing.
+ * What a URL serves depends on what this hashes and on nothing else the tool sets, the worker's
+ * `ANSWER_FORMAT` included. A new token does not change it, so the daily refresh purges nothing.
  */
 async function servingFingerprint(
   module: string,
@@ -2436,16 +2443,11 @@ class CloudflareClient {
 
   /** `PUT .../workers/scripts/{name}`: code, configuration and secrets, in one call. */
   async uploadWorker(upload: WorkerUpload): Promise<void> {
+    const { metadata, module } = upload;
     const form = new FormData();
-    form.append(
-      "metadata",
-      new Blob([JSON.stringify(upload.metadata)], { type: "application/json" }),
-    );
-    form.append(
-      upload.metadata.main_module,
-      new Blob([upload.module], { type: "application/javascript+module" }),
-      upload.metadata.main_module,
-    );
+    form.append("metadata", new Blob([JSON.stringify(metadata)], { type: "application/json" }));
+    const type = "application/javascript+module";
+    form.append(metadata.main_module, new Blob([module], { type }), metadata.main_module);
     await this.#call(`upload worker "${this.config.workerName}"`, {
       method: "PUT",
       path: this.#script(""),
@@ -2667,20 +2669,13 @@ async function cloudflareResult<T>(
   call: { step: string; config: CloudflareConfig; ctx: Context },
 ): Promise<T> {
   const { step } = call;
-  const { json, received } = await readJson(response);
+  const { json, received } = await readJson(response, {
+    service: "Cloudflare",
+    step,
+    ctx: call.ctx,
+  });
   const envelope = json as Envelope<T> | undefined;
   if (response.ok && envelope?.success) return envelope.result;
-  if (response.ok && envelope === undefined) {
-    throw new ApiError(
-      redact(
-        `Cannot ${step}: Cloudflare answered ${response.status} with ${received}. The API ` +
-          "answers JSON: check that CLOUDFLARE_API_BASE_URL is " +
-          "https://api.cloudflare.com/client/v4, not a proxy or web page in front of it.",
-        call.ctx.secrets,
-      ),
-      { service: "Cloudflare", status: response.status, code: "not_json" },
-    );
-  }
   const error = envelope?.errors?.[0];
   const code = error?.code ?? 0;
   const hint = cloudflareHint(response.status, code, call.config);
