@@ -6619,10 +6619,9 @@ const NET_ENV_READ = `--allow-net ${ENV_READ}`;
 
 /** One flag of a command: how the parser reads it and the line its help page prints. */
 interface FlagSpec {
-  type: "boolean" | "string";
   /** Repeatable: every value is kept, in order (`[]` when not given). */
   multiple?: true;
-  /** What it takes, as its help line shows it, such as `<url>`. */
+  /** What it takes, as its help line shows it, such as `<url>`; without one it is a switch. */
   value?: string;
   /** What it does; each `\n` starts a line under the first. */
   help: string;
@@ -6672,7 +6671,6 @@ interface CommandSpec<F = Flags> {
 
 /** `--port` of the local platform's commands. */
 const PORT_FLAG = {
-  type: "string",
   value: "<n>",
   help: "local port (default 8787)",
   parse: (text = "8787"): number | undefined => {
@@ -6699,7 +6697,6 @@ export const COMMANDS = {
       "and names what is missing. It reads no .env: --env-file names the file it writes.",
     flags: {
       force: {
-        type: "boolean",
         help: "replace an existing .env (or --env-file) without asking; the old\n" +
           "one is kept beside it",
       },
@@ -6718,30 +6715,26 @@ export const COMMANDS = {
       "custom domain and workers.dev. A failed B2 step uploads nothing.",
     flags: {
       "dry-run": {
-        type: "boolean",
         help: "do the B2 steps, ask Cloudflare read-only what a real run would\n" +
           "change or meet, and show the plan and the upload (secrets masked);\n" +
           "write nothing",
       },
       verify: {
-        type: "string",
         value: "<url>",
         help: "fetch this URL afterwards; fail unless it answers 2xx",
         setting: "VERIFY_URL",
       },
       "take-over": {
-        type: "boolean",
         help: "once, by hand: move WORKER_ROUTE / WORKER_DOMAIN from another\n" +
           "Worker, deleting the DNS record that blocks a custom domain",
         byHand: true,
       },
       "remove-leftovers": {
-        type: "boolean",
         help: "delete routes and custom domains that run this worker but no\n" +
           "setting names any more",
         byHand: true,
       },
-      json: { type: "boolean", help: "one JSON object on stdout" },
+      json: { help: "one JSON object on stdout" },
     },
     example:
       "deno run --allow-net --allow-env --allow-read main.ts refresh --verify https://cdn.example.com/index.html",
@@ -6756,7 +6749,6 @@ export const COMMANDS = {
       "edge cache, where it answers and its leftovers. One line, as a Nagios plugin prints.",
     flags: {
       "min-remaining": {
-        type: "string",
         value: "<d>",
         help: "WARNING below this much time left, CRITICAL below half of it;\n" +
           "under 7d (default 48h: WARNING under 48h, CRITICAL under 24h)",
@@ -6767,7 +6759,7 @@ export const COMMANDS = {
         must: `a duration under 7d, written ${DURATION_SYNTAX} (a B2 download token lives 7d ` +
           "at most, so status could never say OK to more)",
       },
-      json: { type: "boolean", help: "the report as one JSON object on stdout" },
+      json: { help: "the report as one JSON object on stdout" },
     },
     example:
       "deno run --allow-net --allow-env --allow-read main.ts status --min-remaining 3d   # a Nagios check",
@@ -6784,9 +6776,9 @@ export const COMMANDS = {
       "B2's answers as placeholders) and the settings that differ from the defaults; the " +
       "module itself with --module or --out. Needs no credentials and no network.",
     flags: {
-      module: { type: "boolean", help: "print the module alone (to pipe or diff)" },
-      out: { type: "string", value: "<file>", help: "write the module to this file" },
-      json: { type: "boolean", help: "{ cacheMode, segments, metadata, module } on stdout" },
+      module: { help: "print the module alone (to pipe or diff)" },
+      out: { value: "<file>", help: "write the module to this file" },
+      json: { help: "{ cacheMode, segments, metadata, module } on stdout" },
     },
     example: "deno run --allow-env --allow-read main.ts render --worker-cache-mode cache-api",
     permissions: ENV_READ,
@@ -6800,19 +6792,17 @@ export const COMMANDS = {
       "key derived from B2_APPLICATION_KEY).",
     flags: {
       prefix: {
-        type: "string",
         multiple: true,
         value: "<path>",
         help: "every path that starts with this (repeatable)",
       },
-      all: { type: "boolean", help: "everything the worker's cache holds" },
+      all: { help: "everything the worker's cache holds" },
       url: {
-        type: "string",
         value: "<url>",
         help: "where the worker answers (default: WORKER_DOMAIN, the route's\n" +
           "host, else its workers.dev address)",
       },
-      json: { type: "boolean", help: "the report as one JSON object on stdout" },
+      json: { help: "the report as one JSON object on stdout" },
     },
     example:
       "deno run --allow-net --allow-env --allow-read main.ts purge /index.html --prefix /css/ --url https://cdn.example.com",
@@ -6828,12 +6818,7 @@ export const COMMANDS = {
     about: "Stays running: refreshes at start when the token is due, then on REFRESH_SCHEDULE " +
       "(Deno.cron, UTC), retrying a failed run. Ctrl-C or SIGTERM stops it.",
     flags: {
-      verify: {
-        type: "string",
-        value: "<url>",
-        help: "fetch this URL after each refresh",
-        setting: "VERIFY_URL",
-      },
+      verify: { value: "<url>", help: "fetch this URL after each refresh", setting: "VERIFY_URL" },
     },
     example: "deno run --allow-net --allow-env --allow-read --unstable-cron main.ts cron",
     exit: "0 once stopped (it runs until Ctrl-C or SIGTERM), 2 bad configuration",
@@ -6869,28 +6854,21 @@ export const COMMANDS = {
       "WORKER_SIGNED_PREFIXES, with WORKER_SIGNING_KEY. No network.",
     flags: {
       expires: {
-        type: "string",
         value: "<when>",
         help: "a duration from now (1h, 7d) or an ISO 8601 time (required)",
       },
-      "not-before": { type: "string", value: "<when>", help: "the link works only from then on" },
-      "download-name": {
-        type: "string",
-        value: "<name>",
-        help: "served as an attachment with this file name",
-      },
+      "not-before": { value: "<when>", help: "the link works only from then on" },
+      "download-name": { value: "<name>", help: "served as an attachment with this file name" },
       prefix: {
-        type: "string",
         multiple: true,
         value: "<path>",
         help: "a link for every path under it, instead of one <path>",
       },
       url: {
-        type: "string",
         value: "<url>",
         help: "the site's origin (default: WORKER_DOMAIN or the route's host)",
       },
-      json: { type: "boolean", help: "the link and its parts as one JSON object" },
+      json: { help: "the link and its parts as one JSON object" },
     },
     example: "deno run --allow-env --allow-read main.ts sign /members/video.mp4 --expires 1h",
     exit: "0 printed, 2 a link the worker would refuse, or bad usage or configuration",
@@ -6902,7 +6880,7 @@ export const COMMANDS = {
     summary: "print a fresh WORKER_SIGNING_KEY",
     usage: "[--json]",
     about: "Prints a fresh WORKER_SIGNING_KEY (on stdout only, shown once). Reads no settings.",
-    flags: { json: { type: "boolean", help: "{ key } on stdout" } },
+    flags: { json: { help: "{ key } on stdout" } },
     example: 'echo "WORKER_SIGNING_KEY=$(deno run main.ts keygen)" >> .env',
     exit: "0",
     // Reads no setting: main() does not even read the environment for it.
@@ -6917,17 +6895,12 @@ export const COMMANDS = {
       "stores, serves and purges as intended. Run once after the first deploy.",
     flags: {
       url: {
-        type: "string",
         value: "<url>",
         help: "a small object on the worker (default: WORKER_DOMAIN's or the\n" +
           "route's host, else the worker's workers.dev address, /)",
       },
-      "large-url": {
-        type: "string",
-        value: "<url>",
-        help: "a large object, to see how its ranges are served",
-      },
-      json: { type: "boolean", help: "the report as one JSON object on stdout" },
+      "large-url": { value: "<url>", help: "a large object, to see how its ranges are served" },
+      json: { help: "the report as one JSON object on stdout" },
     },
     example:
       "deno run --allow-net --allow-env --allow-read main.ts check-cache --url https://cdn.example.com/hello.txt",
@@ -6972,12 +6945,12 @@ type FlagValues = {
 type UnionToIntersection<U> = (U extends unknown ? (u: U) => void : never) extends
   (i: infer I) => void ? I : never;
 
-/** What a flag's value is once read: its parsed value, a switch, a list, or text if given. */
+/** What a flag's value is once read: its parsed value, a list, text if given, or a switch. */
 type FlagValue<S> = S extends { parse: (text: string | undefined) => infer V }
   ? Exclude<V, undefined>
-  : S extends { type: "boolean" } ? boolean
   : S extends { multiple: true } ? string[]
-  : string | undefined;
+  : S extends { value: string } ? string | undefined
+  : boolean;
 
 /** The command line's flags, by name, as read from {@linkcode COMMANDS}, and `--verbose`. */
 type Flags = UnionToIntersection<FlagValues> & { verbose: boolean };
@@ -7619,10 +7592,8 @@ interface CommandLine {
   /** Settings given as flags, such as `--b2-bucket-name`. */
   settings: Settings;
   envFile?: string;
-  /** `--help`, `<command> --help` or `help [<command>]`. */
-  help: boolean;
-  /** What help was asked about: a command, or `settings`; absent for the short `--help`. */
-  helpTopic?: Command | "settings";
+  /** What `--help`, `<command> --help` or `help [<topic>]` asked about; no topic for `--help`. */
+  help?: { topic?: Command | "settings" };
   version: boolean;
 }
 
@@ -7648,7 +7619,7 @@ export function parseCommandLine(args: string[]): CommandLine {
     const value = values[flag];
     flags[flag] = spec.parse
       ? spec.parse(value as string | undefined)
-      : value ?? (spec.type === "boolean" ? false : spec.multiple ? [] : undefined);
+      : value ?? (spec.multiple ? [] : spec.value ? undefined : false);
     if (spec.parse && flags[flag] === undefined) {
       problems.push(`--${flag} must be ${spec.must}, not "${value}".`);
     }
@@ -7678,8 +7649,7 @@ export function parseCommandLine(args: string[]): CommandLine {
     flags: flags as Flags,
     settings,
     ...(typeof values["env-file"] === "string" && { envFile: values["env-file"] }),
-    help: help !== undefined,
-    ...(help?.topic && { helpTopic: help.topic }),
+    ...(help && { help }),
     version: values.version === true,
   };
 }
@@ -7743,7 +7713,7 @@ function argOptions(known: ReturnType<typeof commandFlags>) {
     ...COMMON_FLAGS,
     ...Object.fromEntries(
       [...known].map(([name, { spec }]) => [name, {
-        type: spec.type,
+        type: spec.value ? "string" : "boolean",
         ...(spec.multiple && { multiple: true }),
       }]),
     ),
@@ -7893,7 +7863,7 @@ export async function run(options: RunOptions): Promise<number> {
     const line = parseCommandLine(options.args);
     command = line.command;
     json = line.flags.json;
-    if (line.help) return io.stdout(helpText(line.helpTopic)), 0;
+    if (line.help) return io.stdout(helpText(line.help.topic)), 0;
     if (line.version) return io.stdout(`b2-private-cdn ${VERSION}`), 0;
     const spec: CommandSpec = COMMANDS[line.command];
     const handler = spec.handler ?? options.local?.[line.command as "dev" | "demo"];
