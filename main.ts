@@ -259,26 +259,15 @@ export class ConfigError extends Error {
   }
 }
 
-/**
- * How a setting's value is read and checked: `text` as given (trimmed); `secret` the same, never
- * printed and never a flag; `integer` and `duration` (`90s`, `30m`, `48h`, `6d`) within
- * `min`..`max`; `enum` one of `values`; `list` comma-separated, each item checked; `url` an
- * http(s) URL; `time` an ISO 8601 time.
- */
-export type SettingKind =
-  | "text"
-  | "secret"
-  | "integer"
-  | "duration"
-  | "enum"
-  | "list"
-  | "url"
-  | "time";
-
 /** One setting the tool reads: its kind, default and check, and its line in `--help`. */
 export interface Setting {
-  /** How the value is read; see {@linkcode SettingKind}. */
-  kind: SettingKind;
+  /**
+   * How the value is read and checked: `text` as given (trimmed); `secret` the same, never
+   * printed and never a flag; `integer` and `duration` (`90s`, `30m`, `48h`, `6d`) within
+   * `min`..`max`; `enum` one of `values`; `list` comma-separated, each item checked; `url` an
+   * http(s) URL; `time` an ISO 8601 time.
+   */
+  kind: "text" | "secret" | "integer" | "duration" | "enum" | "list" | "url" | "time";
   /** One line for `--help`. */
   about: string;
   /** The value when unset, as written in `.env`. @default undefined (none) */
@@ -960,13 +949,10 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
     const before = problems.length;
     config.cloudflare = cloudflareConfig(reading);
     if (!needs.cloudflare && problems.length > before) {
-      problems.splice(
-        before,
-        0,
-        "Purge must know where the worker answers: pass --url https://<host>, or set " +
-          "WORKER_DOMAIN (or a WORKER_ROUTE with one host); without them it asks Cloudflare " +
-          "for the workers.dev address, which needs the settings below.",
-      );
+      const why = "Purge must know where the worker answers: pass --url https://<host>, or set " +
+        "WORKER_DOMAIN (or a WORKER_ROUTE with one host); without them it asks Cloudflare " +
+        "for the workers.dev address, which needs the settings below.";
+      problems.splice(before, 0, why);
     }
   }
   if (needs.purgeKey && !config.purgeSecret && worker.cacheMode === "workers-cache") {
