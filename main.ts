@@ -4035,19 +4035,14 @@ async function planDomain(
     );
     return;
   }
+  const unknown = ' (whether a DNS record is in the way is unknown: the token lacks "DNS: Read")';
   plan.steps.push(
     `custom domain ${cf.domain}: would be attached; Cloudflare makes its DNS record and ` +
-      "certificate, which takes a few minutes" +
-      (records
-        ? ""
-        : ' (whether a DNS record is in the way is unknown: the token lacks "DNS: Read")'),
+      `certificate, which takes a few minutes${records ? "" : unknown}`,
   );
 }
 
-/**
- * A scheduled retry's result when the deployed token was issued less than an hour ago and it
- * owes no purge: B2 is not asked, only the steps after the upload are redone. Else `undefined`.
- */
+/** A scheduled retry's result, B2 not asked, when the upload is recent and owes no purge. */
 function keptUpload(
   config: Config,
   ctx: Context,
@@ -4981,13 +4976,12 @@ function cacheProblems(
     deployed && (deployed.enabled !== expected.enabled ||
       (expected.cross_version_cache && deployed.cross_version_cache !== true))
   ) {
+    const has = deployed.enabled ? "on but not kept across refreshes" : "off";
+    const wants = expected.enabled ? "on and kept" : "off";
     problems.push({
       state: "WARNING",
-      text: `Cloudflare says the deployed version has Workers Cache ${
-        deployed.enabled ? "on but not kept across refreshes" : "off"
-      }, where WORKER_CACHE_MODE=${wanted} wants it ${
-        expected.enabled ? "on and kept" : "off"
-      }; run refresh (a full upload sets it)`,
+      text: `Cloudflare says the deployed version has Workers Cache ${has}, where ` +
+        `WORKER_CACHE_MODE=${wanted} wants it ${wants}; run refresh (a full upload sets it)`,
     });
   }
   return problems;
