@@ -2075,9 +2075,7 @@ async function checkListingKey(
     const reach = auth.buckets === null
       ? "every bucket of the account"
       : `bucket ${buckets.map((b) => `"${b.name}"`).join(", ")}`;
-    problems.push(
-      `B2_LISTING_KEY reaches ${reach}, not only "${bucket.name}". ${makeKey}.`,
-    );
+    problems.push(`B2_LISTING_KEY reaches ${reach}, not only "${bucket.name}". ${makeKey}.`);
   }
   if ((auth.namePrefix ?? "") !== prefix) {
     const reach = auth.namePrefix ? `names starting with "${auth.namePrefix}"` : "every name";
@@ -2896,8 +2894,7 @@ async function conflictingRecords(
   hostname: string,
 ): Promise<DnsRecord[] | undefined> {
   try {
-    const records = await cf.dnsRecords(hostname);
-    return records.filter((r) => ["A", "AAAA", "CNAME"].includes(r.type));
+    return (await cf.dnsRecords(hostname)).filter((r) => ["A", "AAAA", "CNAME"].includes(r.type));
   } catch (error) {
     if (error instanceof ApiError && (error.status === 403 || error.status === 401)) {
       return undefined;
@@ -3049,11 +3046,8 @@ function noSubdomain(config: CloudflareConfig): string {
  */
 async function applyWorkersDev(cf: CloudflareClient): Promise<WorkersDev> {
   const { config } = cf;
-  let subdomain: string | undefined;
-  if (config.workersDev) {
-    subdomain = await cf.accountSubdomain();
-    if (!subdomain) return { enabled: false, problem: noSubdomain(config) };
-  }
+  const subdomain = config.workersDev ? await cf.accountSubdomain() : undefined;
+  if (config.workersDev && !subdomain) return { enabled: false, problem: noSubdomain(config) };
   await cf.setWorkersDev(config.workersDev);
   return subdomain ? { enabled: true, url: workersDevUrl(config, subdomain) } : { enabled: false };
 }
