@@ -1698,13 +1698,12 @@ export async function send(ctx: Context, call: Call): Promise<Response> {
       const why = networkFailure(error, timeoutMs);
       // No pause is begun that would end past the budget.
       const spent = attempt < retries && ctx.now() + waitMs >= deadline;
+      failure = why.code === "timeout" ? why.cause : `could not be reached: ${why.cause}`;
       if (!why.retryable || attempt >= retries || spent) {
-        const tries = `${count(attempt + 1, "attempt", "attempts")}`;
-        const what = why.code !== "timeout"
-          ? `could not be reached: ${why.cause}`
-          : spent
+        const tries = count(attempt + 1, "attempt", "attempts");
+        const what = why.code === "timeout" && spent
           ? `gave no answer within ${ctx.budgetMs / 1000} s in all`
-          : why.cause;
+          : failure;
         throw new ApiError(
           redact(
             `Cannot ${step}: ${who} ${what} (${tries}${why.retryable ? "" : ", no retry"}). ` +
@@ -1714,7 +1713,6 @@ export async function send(ctx: Context, call: Call): Promise<Response> {
           { service, status: 0, code: why.code, cause: redact(why.cause, ctx.secrets) },
         );
       }
-      failure = why.code === "timeout" ? why.cause : `could not be reached: ${why.cause}`;
     }
     ctx.log(
       redact(`  ${who} ${failure}; retrying in ${(waitMs / 1000).toFixed(1)} s`, ctx.secrets),
