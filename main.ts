@@ -6977,6 +6977,7 @@ function helpText(topic?: Command | "settings"): string {
   }
   const page: CommandSpec = COMMANDS[topic];
   const run = page.handler ? `${denoRun(page.permissions)} main.ts ${topic}` : `deno task ${topic}`;
+  const exit = page.exit ?? "0 done, 1 the operation failed, 2 bad usage or configuration";
   return `Usage: ${run} ${page.usage}\n\n${wrap(page.about)}\n\nFlags:\n` +
     Object.entries(page.flags).map(([name, flag]) => flagLine(name, flag)).join("\n") +
     (page.writesEnvFile
@@ -6984,10 +6985,7 @@ function helpText(topic?: Command | "settings"): string {
       : "\n  --env-file <path>      read settings from this file instead of ./.env") +
     "\n  --verbose, -v          print each step on stderr" +
     "\n  --<setting>            any setting but a credential (deno run main.ts help settings)" +
-    `\n\nExample:\n  ${page.example}\n\n` +
-    wrap(
-      `Exit codes: ${page.exit ?? "0 done, 1 the operation failed, 2 bad usage or configuration"}`,
-    );
+    `\n\nExample:\n  ${page.example}\n\n${wrap(`Exit codes: ${exit}`)}`;
 }
 
 /** A flag's lines on its command's page: the flag and what it takes, then what it does. */
@@ -7412,12 +7410,8 @@ async function runCheckCache({ config, ctx, io, flags }: Job): Promise<number> {
   // its folder too).
   const purgeObject = config.purgeSecret && config.worker.cacheMode === "workers-cache"
     ? async (object: URL) => {
-      await purge(config, ctx, {
-        paths: [object.pathname],
-        prefixes: [],
-        all: false,
-        url: new URL(".", object).href,
-      });
+      const url = new URL(".", object).href;
+      await purge(config, ctx, { paths: [object.pathname], prefixes: [], all: false, url });
     }
     : undefined;
   const report = await checkCache(url!, ctx, {
@@ -7468,7 +7462,6 @@ function runKeygen({ io, flags }: Job): Promise<number> {
 /** Prints a signed link; every problem with the request is a {@linkcode ConfigError} (exit 2). */
 async function runSign({ config, ctx, io, flags, args }: Job): Promise<number> {
   const signing = config.worker.signing;
-  const downloadName = flags["download-name"];
   // Checked by signPositionalProblems(): one path, or one --prefix.
   const prefix = args.length === 0;
   const path = args[0] ?? flags.prefix[0] ?? "";
@@ -7509,8 +7502,8 @@ async function runSign({ config, ctx, io, flags, args }: Job): Promise<number> {
     link = await signLink(baseUrl ?? "https://placeholder.invalid", path, {
       key: signing?.key || generateSigningKey(),
       expires: expiresAt ?? now + 1,
-      ...(notBeforeAt !== undefined && { notBefore: notBeforeAt }),
-      ...(downloadName !== undefined && { downloadName }),
+      notBefore: notBeforeAt,
+      downloadName: flags["download-name"],
       prefix,
     });
   } catch (error) {
@@ -7523,10 +7516,7 @@ async function runSign({ config, ctx, io, flags, args }: Job): Promise<number> {
 }
 
 /** `sign`'s `--expires` and `--not-before` in Unix seconds; each problem with them joins `problems`. */
-function signTimes(
-  flags: Flags,
-  options: { now: number; maxTtl: number; problems: string[] },
-): { expiresAt: number | undefined; notBeforeAt: number | undefined } {
+function signTimes(flags: Flags, options: { now: number; maxTtl: number; problems: string[] }) {
   const { now, maxTtl, problems } = options;
   const when = (flag: string, text: string | undefined) => {
     if (text === undefined) return undefined;
