@@ -4193,7 +4193,7 @@ async function purgeOnceNewVersionAnswers(
       `B2_APPLICATION_KEY. ${remembered}`,
     ]);
   }
-  const url = await purgeUrl(config, ctx, {});
+  const url = await purgeUrl(config, ctx);
   let last = { message: "", status: 0 };
   for (let attempt = 1; attempt <= VERIFY_ATTEMPTS; attempt++) {
     const answer = await askWorkerToPurge(url, {
@@ -4515,22 +4515,16 @@ function workerAddress(
 }
 
 /**
- * Where the worker answers purge requests: `--url`, else `WORKER_DOMAIN`,
- * else under the route when it names one host (the worker takes the purge
- * path under any path), else the workers.dev address.
- * @internal
+ * Where the worker answers purge requests: `--url`, else `WORKER_DOMAIN`, else under the route
+ * when it names one host (the worker takes the purge path under any path), else the workers.dev
+ * address.
  */
-export async function purgeUrl(
-  config: Config,
-  ctx: Context,
-  options: { url?: string; subdomain?: () => Promise<string | undefined> },
-): Promise<string> {
+async function purgeUrl(config: Config, ctx: Context, url?: string): Promise<string> {
   const cloudflare = config.cloudflare;
-  let base = options.url || config.site ||
+  let base = url || config.site ||
     workerAddress({ domain: cloudflare?.domain, route: cloudflare?.route });
   if (!base && cloudflare) {
-    const subdomain = await (options.subdomain ??
-      (() => new CloudflareClient(cloudflare, ctx).accountSubdomain()))();
+    const subdomain = await new CloudflareClient(cloudflare, ctx).accountSubdomain();
     if (subdomain) base = workersDevUrl(cloudflare, subdomain);
   }
   if (!base) {
@@ -4662,7 +4656,7 @@ export interface PurgeRequest {
 export interface PurgeReport {
   /** The configured edge cache (`WORKER_CACHE_MODE`); with `off` nothing was asked. */
   mode: CacheMode;
-  /** The purge endpoint the requests went to, from {@linkcode purgeUrl}. */
+  /** The purge endpoint the requests went to: `url`, else found from the configuration. */
   url?: string;
   /** Signed requests the worker accepted. */
   requests: number;
@@ -4716,7 +4710,7 @@ export async function purge(
   }
   const key = await derivePurgeKey(config.purgeSecret.value);
   ctx.secrets.add(key);
-  const url = await purgeUrl(config, ctx, { url: request.url });
+  const url = await purgeUrl(config, ctx, request.url);
   report.url = url;
   const orders = purgeOrders(request);
   for (const [index, order] of orders.entries()) {

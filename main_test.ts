@@ -24,7 +24,7 @@ import {
   parseDuration,
   pingRequest,
   prepareWorker,
-  purgeUrl,
+  purge,
   refreshIfDue,
   run,
   runtimeProblem,
@@ -2930,14 +2930,20 @@ Deno.test("largeObjectsWhere() says where large objects are kept, per mode and a
   assert.match(where("off", "https://cdn.example.com/"), /nothing is kept at the edge/);
 });
 
-Deno.test("purgeUrl() takes --url, WORKER_DOMAIN, a concrete route, then workers.dev", async () => {
-  const base = parseConfig({ CLOUDFLARE_ACCOUNT_ID: FAKE_ACCOUNT_ID, CLOUDFLARE_API_TOKEN: "t" }, {
-    cloudflare: true,
-  });
-  const ctx = { ...({} as Context) };
-  const subdomain = () => Promise.resolve("acme");
-  const at = (config: typeof base, url?: string) =>
-    purgeUrl(config, ctx, { subdomain, ...(url && { url }) });
+Deno.test("purge() asks the worker at --url, WORKER_DOMAIN, a concrete route, then workers.dev", async () => {
+  const base = parseConfig(
+    {
+      CLOUDFLARE_ACCOUNT_ID: FAKE_ACCOUNT_ID,
+      CLOUDFLARE_API_TOKEN: "t",
+      B2_APPLICATION_KEY: B2_KEY,
+    },
+    { cloudflare: true },
+  );
+  // Cloudflare is asked only for the account's workers.dev subdomain; nothing to purge sends nothing.
+  const subdomain = { success: true, result: { subdomain: "acme" } };
+  const ctx = quickContext({ fetch: () => Promise.resolve(Response.json(subdomain)) });
+  const at = async (config: typeof base, url?: string) =>
+    (await purge(config, ctx, { paths: [], prefixes: [], all: false, url })).url;
   const path = "/.well-known/b2-private-cdn/purge";
   const cf = base.cloudflare!;
   assert.equal(await at(base, "https://x.example"), `https://x.example${path}`);
