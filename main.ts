@@ -2641,41 +2641,37 @@ class CloudflareClient {
       service: "Cloudflare",
       step,
     });
-    return await cloudflareResult<T>(response, { step, config: this.config, ctx: this.ctx });
+    return await this.#result<T>(response, step);
   }
-}
 
-/** The result of Cloudflare's envelope, or what it says went wrong as an {@linkcode ApiError}. */
-async function cloudflareResult<T>(
-  response: Response,
-  call: { step: string; config: CloudflareConfig; ctx: Context },
-): Promise<T> {
-  const { step } = call;
-  const { json, received } = await readJson(response, {
-    service: "Cloudflare",
-    step,
-    ctx: call.ctx,
-  });
-  const envelope = json as Envelope<T> | undefined;
-  if (response.ok && envelope?.success) return envelope.result;
-  const error = envelope?.errors?.[0];
-  const code = error?.code ?? 0;
-  const hint = cloudflareHint(response.status, code, call.config);
-  throw new ApiError(
-    `Cannot ${step}: Cloudflare answered ${response.status}` +
-      (error
-        ? ` error ${error.code}: ${error.message}`
-        : envelope === undefined
-        ? ` (${received})`
-        : ""),
-    {
+  /** The result of Cloudflare's envelope, or what it says went wrong as an {@linkcode ApiError}. */
+  async #result<T>(response: Response, step: string): Promise<T> {
+    const { json, received } = await readJson(response, {
       service: "Cloudflare",
-      status: response.status,
-      code: String(code),
-      ...(error && { serverMessage: error.message }),
-      ...(hint && { hint }),
-    },
-  );
+      step,
+      ctx: this.ctx,
+    });
+    const envelope = json as Envelope<T> | undefined;
+    if (response.ok && envelope?.success) return envelope.result;
+    const error = envelope?.errors?.[0];
+    const code = error?.code ?? 0;
+    const hint = cloudflareHint(response.status, code, this.config);
+    throw new ApiError(
+      `Cannot ${step}: Cloudflare answered ${response.status}` +
+        (error
+          ? ` error ${error.code}: ${error.message}`
+          : envelope === undefined
+          ? ` (${received})`
+          : ""),
+      {
+        service: "Cloudflare",
+        status: response.status,
+        code: String(code),
+        ...(error && { serverMessage: error.message }),
+        ...(hint && { hint }),
+      },
+    );
+  }
 }
 
 /** An account the credential can see, as `GET /accounts` lists it. */
