@@ -3504,10 +3504,7 @@ function describeSegments(mode: CacheMode | string, segmentSize: number): string
 }
 
 /** The edge cache of a deployed version, in words, from its mode and `cache_options`. */
-function describeCache(
-  mode: string,
-  options: CacheOptions | "unknown" | undefined,
-): string {
+function describeCache(mode: string, options: CacheOptions | "unknown" | undefined): string {
   if (mode === "off") return "there is no edge cache (WORKER_CACHE_MODE=off)";
   if (mode === "cache-api") return "the edge cache is the Cache API, per data centre";
   if (options === undefined || options === "unknown") {
@@ -4146,10 +4143,7 @@ interface WorkerSettings {
 }
 
 /** The text of the deployed worker's plain-text binding `name`, the facts refresh left there. */
-function plainBinding(
-  settings: WorkerSettings | undefined,
-  name: BindingName,
-): string | undefined {
+function plainBinding(settings: WorkerSettings | undefined, name: BindingName): string | undefined {
   return settings?.bindings.find((b) => b.name === name && b.type === "plain_text")?.text;
 }
 
@@ -4608,10 +4602,7 @@ function theWorkersPurgeAnswer(
 }
 
 /** An answer to a signed purge that is not the worker's purge answer: whose it is, and why. */
-function notThePurgeAnswer(
-  url: string,
-  answer: { response: Response; text: string },
-): PurgeAnswer {
+function notThePurgeAnswer(url: string, answer: { response: Response; text: string }): PurgeAnswer {
   const { response, text } = answer;
   const { status } = response;
   // What the worker answers to any unsigned POST: it did not accept the signature.
