@@ -1797,36 +1797,6 @@ const B2_HINTS: Record<string, string> = {
   bad_request: "check B2_BUCKET_ID, B2_BUCKET_NAME and B2_FILE_PREFIX",
 };
 
-async function b2Call<T>(
-  ctx: Context,
-  step: string,
-  request: {
-    url: string;
-    init: RequestInit;
-    /** The authorize call, and what to check when it is refused. */
-    authorizing?: string;
-  },
-): Promise<T> {
-  const response = await send(ctx, { ...request, service: "B2", step });
-  const { json, received } = await readJson(response, { service: "B2", step, ctx });
-  const body = json as { code?: string; message?: string } | undefined;
-  if (response.ok) return body as T;
-  const code = body?.code ?? "unknown";
-  const detail = body ? (body.message ? `: ${body.message}` : "") : ` (${received})`;
-  // A 401 to the authorize call itself is the key pair, whatever code B2 gives it.
-  const credentials = request.authorizing ?? APPLICATION_KEY_PAIR.credentials;
-  const hint = request.authorizing && response.status === 401
-    ? credentials
-    : B2_HINTS[code] ?? (response.status === 401 ? credentials : "");
-  throw new ApiError(`Cannot ${step}: B2 answered ${response.status} ${code}${detail}`, {
-    service: "B2",
-    status: response.status,
-    code,
-    ...(body?.message && { serverMessage: body.message }),
-    ...(hint && { hint }),
-  });
-}
-
 /** Which key an authorization is for, in messages. */
 interface KeyPair {
   /** What the key is, after "authorize". */
@@ -1880,8 +1850,8 @@ class B2Client {
     const basic = btoa(`${config.keyId}:${config.applicationKey}`);
     ctx.secrets.add(basic);
     const pair = this.#pair;
-    const answer = await b2Call<AuthorizeAnswer>(ctx, `authorize ${pair.what}`, {
-      authorizing: pair.credentials,
+    const answer = await this.#send<AuthorizeAnswer>(`authorize ${pair.what}`, {
+      authorizing: true,
       url: `${config.apiUrl}/b2api/v4/b2_authorize_account`,
       init: { headers: { authorization: `Basic ${basic}` } },
     });
@@ -1969,13 +1939,41 @@ class B2Client {
   /** One call with the account token: a POST of `body` as JSON, or a GET without one. */
   async #call<T>(step: string, endpoint: string, body?: unknown): Promise<T> {
     const { apiUrl, authorizationToken } = this.auth;
-    return await b2Call<T>(this.ctx, step, {
+    return await this.#send<T>(step, {
       url: `${apiUrl}/b2api/${endpoint}`,
       init: body === undefined ? { headers: { authorization: authorizationToken } } : {
         method: "POST",
         headers: { authorization: authorizationToken, "content-type": "application/json" },
         body: JSON.stringify(body),
       },
+    });
+  }
+
+  /**
+   * One request to B2, through {@linkcode send}: its JSON, or an {@linkcode ApiError} with B2's
+   * code and the fix. A 401 to the authorize call itself is the key pair, whatever code B2 gives.
+   */
+  async #send<T>(
+    step: string,
+    request: Pick<Call, "url" | "init"> & { authorizing?: boolean },
+  ): Promise<T> {
+    const { ctx } = this;
+    const response = await send(ctx, { ...request, service: "B2", step });
+    const { json, received } = await readJson(response, { service: "B2", step, ctx });
+    const body = json as { code?: string; message?: string } | undefined;
+    if (response.ok) return body as T;
+    const code = body?.code ?? "unknown";
+    const detail = body ? (body.message ? `: ${body.message}` : "") : ` (${received})`;
+    const { credentials } = this.#pair;
+    const hint = request.authorizing && response.status === 401
+      ? credentials
+      : B2_HINTS[code] ?? (response.status === 401 ? credentials : "");
+    throw new ApiError(`Cannot ${step}: B2 answered ${response.status} ${code}${detail}`, {
+      service: "B2",
+      status: response.status,
+      code,
+      ...(body?.message && { serverMessage: body.message }),
+      ...(hint && { hint }),
     });
   }
 }
@@ -3362,7 +3360,7 @@ async function featureCall<T>(auth: B2Authorization, call: () => Promise<T>): Pr
     return await call();
   } catch (error) {
     if (!(error instanceof ApiError) || (error.status !== 400 && error.status !== 403)) throw error;
-    // b2Call's hint for a 400 is about the bucket settings, which B2 did take here.
+    // B2Client's hint for a 400 is about the bucket settings, which B2 did take here.
     const refused = error.hint === B2_HINTS.bad_request ? error.problem : error.message;
     const problem = RULE_REFUSAL.test(error.serverMessage ?? "")
       ? `${sentence(refused)} B2 refused the bucket's rules as they would be: change the rule it ` +
