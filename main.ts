@@ -7152,10 +7152,11 @@ function bindingLines(
  */
 async function runRender({ settings, config, io, flags }: Job): Promise<number> {
   const module = await loadWorkerModule();
+  const { worker } = config;
   const served = {
     bucketName: config.bucketName ?? "(B2_BUCKET_NAME)",
     prefix: config.filePrefix ?? "",
-    options: config.worker,
+    options: worker,
   };
   const upload = workerUpload(module, {
     ...served,
@@ -7164,26 +7165,19 @@ async function runRender({ settings, config, io, flags }: Job): Promise<number> 
     issuedAt: 0,
     expiresAt: 0,
     ...(config.purgeSecret && { purgeKey: "(derived)" }),
-    ...(config.worker.eventNotifications && { eventSecret: "(derived)" }),
+    ...(worker.eventNotifications && { eventSecret: "(derived)" }),
     fingerprint: await servingFingerprint(module, served),
   });
   const metadata = maskSecrets(upload.metadata);
-  const segments = describeSegments(
-    config.worker.cacheMode,
-    config.worker.segmentSize ?? DEFAULT_SEGMENT_SIZE,
-  );
-  const eventRule = config.worker.eventNotifications ? describeEventRule(config) : undefined;
+  const segments = describeSegments(worker.cacheMode, worker.segmentSize ?? DEFAULT_SEGMENT_SIZE);
+  const eventRule = worker.eventNotifications ? describeEventRule(config) : undefined;
   if (flags.json) {
-    io.stdout(JSON.stringify({
-      cacheMode: config.worker.cacheMode,
-      segments,
-      ...(eventRule && { eventRule }),
-      metadata,
-      module,
-    }));
+    // JSON leaves eventRule out when it is undefined.
+    io.stdout(
+      JSON.stringify({ cacheMode: worker.cacheMode, segments, eventRule, metadata, module }),
+    );
     return 0;
   }
-  // The module alone, to pipe or diff.
   if (flags.module) return io.stdout(module), 0;
   if (flags.out !== undefined) await Deno.writeTextFile(flags.out, module);
   io.stdout(renderSummary({ settings, config, metadata, module, segments, eventRule }));
