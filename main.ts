@@ -276,7 +276,7 @@ export interface Setting {
   values?: readonly string[];
   /** `integer`, `duration`: the least value, in seconds for a duration. @default 0 */
   min?: number;
-  /** `integer`, `duration`: the greatest value. */
+  /** `integer`, `duration`: the greatest value; every duration has one, which its hint names. */
   max?: number;
   /** Not a secret, but a credential all the same: no flag, since flags show in `ps`. */
   credential?: true;
@@ -1035,7 +1035,7 @@ function b2Config(reading: Reading): B2Config {
   if (!keyId) reading.problems.push("Set B2_APPLICATION_KEY_ID to the id of a B2 application key.");
   if (!applicationKey) reading.problems.push("Set B2_APPLICATION_KEY to the B2 application key.");
   // A bad name given is a problem of its own already.
-  if (!bucketId && !reading.given.has("B2_BUCKET_NAME")) {
+  if (!reading.given.has("B2_BUCKET_NAME") && !reading.given.has("B2_BUCKET_ID")) {
     reading.problems.push("Set B2_BUCKET_NAME (or B2_BUCKET_ID) to the bucket to serve.");
   }
   return {
@@ -1100,6 +1100,15 @@ function cloudflareIdOf(reading: Reading, name: CloudflareIdSetting): string | u
   return id;
 }
 
+/** The settings of signed links: any one given turns them on (and may make a problem). */
+const SIGNING_SETTINGS: readonly Variable[] = [
+  "WORKER_SIGNED_PREFIXES",
+  "WORKER_SIGNING_KEY",
+  "WORKER_SIGNING_KEY_PREVIOUS",
+  "WORKER_SIGNING_KEY_PREVIOUS_UNTIL",
+  "WORKER_SIGNED_MAX_TTL",
+];
+
 /**
  * The signed-link settings, or `undefined` when none is set. Protected prefixes without a key and
  * half a rotation are problems (a weak key is one already, from its check).
@@ -1107,8 +1116,7 @@ function cloudflareIdOf(reading: Reading, name: CloudflareIdSetting): string | u
 function signingOptions(reading: Reading): SigningOptions | undefined {
   const value = valueOf(reading);
   const given = (name: Variable) => reading.given.has(name);
-  // The signed-link settings are WORKER_SIGNED_PREFIXES, WORKER_SIGNED_MAX_TTL and the keys.
-  if (![...reading.given].some((name) => name.startsWith("WORKER_SIGN"))) return undefined;
+  if (!SIGNING_SETTINGS.some(given)) return undefined;
   const problems = reading.problems;
   const indexFile = value.text("WORKER_INDEX_FILE") ?? "";
   const read = value.list("WORKER_SIGNED_PREFIXES").map((raw) => prefixReading(raw, indexFile));
