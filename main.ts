@@ -3134,12 +3134,15 @@ export function eventRuleName(workerName: string): string {
   return `b2cdn-${workerName.replaceAll("_", "-")}`.slice(0, 63);
 }
 
-/** The rule this tool keeps: B2 POSTs to the worker's address, signed with the derived secret. */
+/**
+ * The rule this tool keeps: B2 POSTs to the worker's address, signed with the derived secret,
+ * which joins `ctx.secrets`. A worker with no public address is a `ConfigError`.
+ */
 async function eventRule(
   config: Config,
-  ctx: Context,
-  workersDev: string | false | undefined,
+  where: { ctx: Context; workersDev: string | false | undefined },
 ): Promise<NotificationRule> {
+  const { ctx, workersDev } = where;
   const { domain, route } = config.cloudflare!;
   const base = workerAddress({ domain, route, workersDevUrl: workersDev || undefined });
   if (!base) {
@@ -3324,7 +3327,7 @@ async function applyEventRule(
   if (!on && lacking(EVENT_CAPABILITIES).length > 0) {
     throw missingCapabilities(b2, auth, { missing: lacking(EVENT_CAPABILITIES), on, name });
   }
-  const ours = on ? await eventRule(config, ctx, result.workersDev) : undefined;
+  const ours = on ? await eventRule(config, { ctx, workersDev: result.workersDev }) : undefined;
   const rules = mergeEventRules(present!, ours, name);
   if (!rules) return on ? "unchanged" : "removed";
   await featureCall(auth, () => client.setNotificationRules(bucket, rules));
@@ -3829,6 +3832,7 @@ export async function refresh(
   let prepared: PreparedWorker | undefined;
   if (kept) result = kept;
   else {
+    // Prepare the worker from B2: nothing is uploaded unless every B2 step worked.
     prepared = await prepareWorker(b2, {
       module: options.module,
       options: config.worker,
@@ -3900,7 +3904,7 @@ async function planDeploy(
   const cf = config.cloudflare!;
   const client = new CloudflareClient(cf, ctx);
   const plan: DeployPlan = { steps: [], problems: [] };
-  const read = attempts(plan.problems);
+  const read = stepRunner(plan.problems);
   const { scripts, routes: routesGroup } = permissionGroups(cf);
   if ("token" in cf.auth) {
     const token = await read(() => verifyToken(client));
@@ -3947,7 +3951,7 @@ async function planDeploy(
  * dry run's problems, a refresh's failed steps). A read Cloudflare refuses names the permission
  * group `group` whose lack it shows, as init does.
  */
-function attempts(failures: string[]) {
+function stepRunner(failures: string[]) {
   return async <T>(work: () => Promise<T>, group?: PermissionGroup): Promise<T | undefined> => {
     try {
       return await work();
@@ -4091,6 +4095,7 @@ async function uploadPrepared(
   const cloudflare = config.cloudflare!;
   const purge = purgeNeeded(options.previous, prepared.facts);
   const mustPurge = purge !== undefined && config.worker.cacheMode === "workers-cache";
+  // Remembered before the purge is tried, so that a run that dies half way still owes it.
   const upload = mustPurge
     ? workerUpload(options.module, { ...prepared.facts, purgePending: "all" })
     : prepared.upload;
@@ -4258,7 +4263,7 @@ interface TriggerSteps {
   /** What `--take-over` and `--remove-leftovers` changed, in words. */
   changed: string[];
   /** Runs one step: its answer, or `undefined` with its failure in `failed`. */
-  attempt: ReturnType<typeof attempts>;
+  attempt: ReturnType<typeof stepRunner>;
 }
 
 /** `ctx` whose every request counts as one of the result's round trips. */
@@ -4273,7 +4278,7 @@ function triggerSteps(result: RefreshResult, cf: CloudflareClient): TriggerSteps
     cf: new CloudflareClient(cf.config, countingRoundTrips(cf.ctx, result)),
     failed,
     changed: [],
-    attempt: attempts(failed),
+    attempt: stepRunner(failed),
   };
 }
 
