@@ -7436,8 +7436,7 @@ async function runCron({ config, ctx, io }: Job): Promise<number> {
 
 function runKeygen({ io, flags }: Job): Promise<number> {
   const key = generateSigningKey();
-  if (flags.json) io.stdout(JSON.stringify({ key }));
-  else io.stdout(key);
+  io.stdout(flags.json ? JSON.stringify({ key }) : key);
   io.stderr(
     "Keep it as WORKER_SIGNING_KEY in .env (or as a secret) on every machine that refreshes " +
       "the worker or signs links, then run refresh. It is shown only this once.",
