@@ -66,6 +66,7 @@ import {
   type Env,
   eventsPerBatch,
   fromBase64Url,
+  fromHex,
   isProtected,
   purgeMessage,
   sharedFacts,
@@ -305,6 +306,7 @@ const SEGMENT_STEP = 64 * 1024;
 /**
  * The settings the tool reads, in `--help`'s order. Credentials have no flag,
  * since flags show in `ps`; secrets are also never printed.
+ * @internal
  */
 export const VARIABLES = {
   B2_APPLICATION_KEY_ID: { kind: "text", credential: true, about: "B2 application key id" },
@@ -548,15 +550,15 @@ function flagName(variable: string): string {
   return variable.toLowerCase().replaceAll("_", "-");
 }
 
-const SETTING_FLAGS = SETTINGS
-  .filter(([, v]) => v.kind !== "secret" && !v.credential)
-  .map(([name]) => name);
+/** A secret or a credential: it has no flag, and its value is never quoted back. */
+function isCredential(setting: Setting): boolean {
+  return setting.kind === "secret" || setting.credential === true;
+}
 
-/**
- * The names of the secret variables, whose values never reach any output.
- * @internal
- */
-export const SECRET_VARIABLES: readonly string[] = SETTINGS
+const SETTING_FLAGS = SETTINGS.filter(([, v]) => !isCredential(v)).map(([name]) => name);
+
+/** The names of the secret variables, whose values never reach any output. */
+const SECRET_VARIABLES = SETTINGS
   .filter(([, v]) => v.kind === "secret").map(([name]) => name);
 
 /** The prefixes of this tool's settings: a name with one of them that is no setting is a typo. */
@@ -569,6 +571,7 @@ const SETTING_PREFIXES = ["B2_", "CLOUDFLARE_", "WORKER_", "REFRESH_"] as const;
  * sqlite_account_info.py, Debian's python3-b2sdk 1.17.3); Assumption: the rest of the b2 names
  * from the b2 CLI's README, not read here, since its current source is on PyPI only. The names
  * we share with them (`B2_APPLICATION_KEY_ID`, `CLOUDFLARE_API_TOKEN`...) are our settings.
+ * @internal
  */
 export const FOREIGN_VARIABLES: ReadonlySet<string> = new Set([
   // the b2 CLI
@@ -845,8 +848,7 @@ function readValue(
 ): Value | undefined {
   // A secret's or credential's value is never quoted back, whatever its check: a ping URL
   // holds its check's token, a key id more than the four characters output may show.
-  const not = (text: string) =>
-    setting.kind === "secret" || setting.credential ? "" : `, not "${text}"`;
+  const not = (text: string) => isCredential(setting) ? "" : `, not "${text}"`;
   const bad = (hint: string) => {
     problems.push(`${name} must be ${setting.hint ?? hint}${not(raw)}.`);
     return undefined;
@@ -2010,9 +2012,7 @@ interface AuthorizeAnswer {
 function checkKey(auth: B2Authorization, config: B2Config): void {
   const problems: string[] = [];
   const wanted = config.bucketName ?? config.bucketId ?? "";
-  const makeKey = `Make a key with: b2 key create --bucket ${config.bucketName ?? "<bucket>"}` +
-    (config.prefix ? ` --name-prefix ${config.prefix}` : "") +
-    " <name> listBuckets,readFiles,shareFiles";
+  const makeKey = `Make a key with: ${keyCreate(config, "listBuckets,readFiles,shareFiles")}`;
   if (!auth.capabilities.includes("shareFiles")) {
     problems.push(
       `The B2 key lacks the shareFiles capability, which download tokens need ` +
@@ -2041,6 +2041,16 @@ function checkKey(auth: B2Authorization, config: B2Config): void {
   if (problems.length > 0) throw new ConfigError(problems);
 }
 
+/** The b2 CLI's command that makes a key with `capabilities` for the bucket, under the prefix. */
+function keyCreate(
+  b2: Pick<B2Config, "bucketName" | "prefix">,
+  capabilities: string,
+  name = "<name>",
+): string {
+  const prefix = b2.prefix ? ` --name-prefix ${b2.prefix}` : "";
+  return `b2 key create --bucket ${b2.bucketName ?? "<bucket>"}${prefix} ${name} ${capabilities}`;
+}
+
 /**
  * Authorizes the listing key (`WORKER_LISTING`) at the address the worker will use, and refuses
  * it when it could do more than list this bucket under the prefix: the worker holds it at the
@@ -2059,8 +2069,7 @@ async function checkListingKey(
     b2.ctx,
     { pair: LISTING_KEY_PAIR },
   ).authorize();
-  const makeKey = `Make one with: b2 key create --bucket ${bucket.name}` +
-    (prefix ? ` --name-prefix ${prefix}` : "") + " <name> listFiles";
+  const makeKey = `Make one with: ${keyCreate({ bucketName: bucket.name, prefix }, "listFiles")}`;
   const problems: string[] = [];
   const beyond = auth.capabilities.filter((c) => !LISTING_CAPABILITIES.includes(c));
   if (beyond.length > 0) {
@@ -2725,7 +2734,12 @@ async function verifyToken(cf: CloudflareClient): Promise<"user" | "account"> {
     new ApiError(
       "CLOUDFLARE_API_TOKEN is not a valid API token: Cloudflare verified it neither as a " +
         "user's token nor as an account's. Copy it again (it is shown once), or make a new one.",
-      { service: "Cloudflare", status: answer.status, code: answer.code, ...serverSaid(answer) },
+      {
+        service: "Cloudflare",
+        status: answer.status,
+        code: answer.code,
+        serverMessage: answer.serverMessage,
+      },
     );
   const accounts = await cf.listAccounts().catch((error) => {
     throw error instanceof ApiError && error.status < 500 ? invalid(error) : error;
@@ -3344,9 +3358,8 @@ function missingCapabilities(
     : `which removing rule "${facts.name}" (B2_EVENT_NOTIFICATIONS is off) needs`;
   return new RefusalError(
     `The B2 key lacks ${facts.missing.join(" and ")}, ${why} (it has: ` +
-      `${auth.capabilities.join(", ") || "none"}). Add them: b2 key create --bucket ` +
-      `${b2.bucketName ?? "<bucket>"}${b2.prefix ? ` --name-prefix ${b2.prefix}` : ""} <name> ` +
-      `listBuckets,readFiles,shareFiles,${EVENT_CAPABILITIES.join(",")}` +
+      `${auth.capabilities.join(", ") || "none"}). Add them: ` +
+      keyCreate(b2, `listBuckets,readFiles,shareFiles,${EVENT_CAPABILITIES.join(",")}`) +
       (facts.on ? "; or set B2_EVENT_NOTIFICATIONS=off." : "."),
     "missing_capability",
   );
@@ -3382,14 +3395,9 @@ async function featureCall<T>(auth: B2Authorization, call: () => Promise<T>): Pr
         "again; or set B2_EVENT_NOTIFICATIONS=off.";
     throw new ApiError(
       problem,
-      { service: "B2", status: error.status, code: error.code, ...serverSaid(error) },
+      { service: "B2", status: error.status, code: error.code, serverMessage: error.serverMessage },
     );
   }
-}
-
-/** The service's own words of `error`, to keep when it is thrown again in other words. */
-function serverSaid(error: ApiError): { serverMessage?: string } {
-  return error.serverMessage === undefined ? {} : { serverMessage: error.serverMessage };
 }
 
 /** What `status` found of the rule. */
@@ -4482,8 +4490,7 @@ export async function signPurge(
   options: { key: string; nowMs: number },
 ): Promise<Record<string, string>> {
   const timestamp = String(Math.floor(options.nowMs / 1000));
-  const key = Uint8Array.from(options.key.match(/../g) ?? [], (pair) => parseInt(pair, 16));
-  const signature = await hmacSha256(key, purgeMessage(timestamp, body));
+  const signature = await hmacSha256(fromHex(options.key), purgeMessage(timestamp, body));
   return {
     "content-type": "application/json",
     [PURGE_TIMESTAMP_HEADER]: timestamp,
@@ -6241,9 +6248,12 @@ function keyRefusal(
   return `The B2 key lacks ${lacking.join(" and ")}, which serving needs (shareFiles makes the ` +
     "download token, readFiles lets it read). Make a key that has them: in the Backblaze web " +
     "console, B2 Cloud Storage > Application Keys > Add a New Application Key, access to your " +
-    'bucket only, type of access "Read Only"; or with the b2 CLI: b2 key create --bucket ' +
-    `${bucket}${auth.namePrefix ? ` --name-prefix ${auth.namePrefix}` : ""} ${KEY_NAME} ` +
-    "listBuckets,readFiles,shareFiles";
+    'bucket only, type of access "Read Only"; or with the b2 CLI: ' +
+    keyCreate(
+      { bucketName: bucket, prefix: auth.namePrefix ?? "" },
+      "listBuckets,readFiles,shareFiles",
+      KEY_NAME,
+    );
 }
 
 /** The bucket: given, the key's only one, or chosen from those it sees. */
@@ -6962,7 +6972,7 @@ function helpText(topic?: Command | "settings"): string {
   if (topic === "settings") {
     return "Settings (flags, else environment, else .env; * marks credentials, never flags):\n" +
       SETTINGS.map(([name, v]) =>
-        `  ${(v.kind === "secret" || v.credential ? "*" : " ") + name.padEnd(24)} ${settingLine(v)}`
+        `  ${(isCredential(v) ? "*" : " ") + name.padEnd(24)} ${settingLine(v)}`
       ).join("\n") +
       "\nEvery setting but the credentials is also a flag: --b2-bucket-name photos. " +
       "Details and defaults: docs/configuration.md.";

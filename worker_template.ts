@@ -686,7 +686,8 @@ export function toHex(bytes: Uint8Array): string {
   return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
 }
 
-function fromHex(hex: string): Uint8Array<ArrayBuffer> {
+/** The bytes of lowercase hex, as {@linkcode toHex} writes them. */
+export function fromHex(hex: string): Uint8Array<ArrayBuffer> {
   return Uint8Array.from(hex.match(/../g) ?? [], (pair) => parseInt(pair, 16));
 }
 
