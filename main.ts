@@ -958,10 +958,7 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
     }
   }
   if (needs.purgeKey && !config.purgeSecret && worker.cacheMode === "workers-cache") {
-    problems.push(
-      "Set B2_APPLICATION_KEY (or WORKER_PURGE_KEY): purge requests are signed with a key " +
-        "derived from it, as refresh gave the worker.",
-    );
+    problems.push(NO_PURGE_SECRET);
   }
   const warnings = [...reading.notes, ...tokenLifeProblems(reading, needs)];
   if (problems.length > 0) throw new ConfigError(problems);
@@ -1340,6 +1337,9 @@ function signingKeyProblems(name: string, key: string): string[] {
   return [];
 }
 
+/** What purge and `needs.purgeKey` say when there is nothing to derive the purge key from. */
+const NO_PURGE_SECRET = "Set B2_APPLICATION_KEY (or WORKER_PURGE_KEY): purge requests are " +
+  "signed with a key derived from it, as refresh gave the worker.";
 /** Short keys are guessable offline from one captured purge request. */
 const MIN_PURGE_KEY_LENGTH = 32;
 /** Fixed, so that every machine derives the same purge key from the same secret. */
@@ -4707,12 +4707,7 @@ export async function purge(
       '"Zone > Cache Purge"). Or set WORKER_CACHE_MODE=workers-cache and run refresh.',
     ]);
   }
-  if (!config.purgeSecret) {
-    throw new ConfigError([
-      "Set B2_APPLICATION_KEY (or WORKER_PURGE_KEY): purge requests are signed with a key " +
-      "derived from it, as refresh gave the worker.",
-    ]);
-  }
+  if (!config.purgeSecret) throw new ConfigError([NO_PURGE_SECRET]);
   const key = await derivePurgeKey(config.purgeSecret.value);
   ctx.secrets.add(key);
   const url = await purgeUrl(config, ctx, request.url);
