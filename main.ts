@@ -3140,11 +3140,8 @@ export async function deriveEventSecret(
   return { secret: characters.join(""), urlKey: toHex(bits.subarray(32)) };
 }
 
-/**
- * `b2cdn-<worker>`: B2 takes letters, digits and `-` (names starting `b2-` are reserved).
- * @internal
- */
-export function eventRuleName(workerName: string): string {
+/** `b2cdn-<worker>`: B2 takes letters, digits and `-` (names starting `b2-` are reserved). */
+function eventRuleName(workerName: string): string {
   return `b2cdn-${workerName.replaceAll("_", "-")}`.slice(0, 63);
 }
 

@@ -14,7 +14,6 @@ import {
   deriveEventSecret,
   derivePurgeKey,
   envFileText,
-  eventRuleName,
   formatDuration,
   generateSigningKey,
   largeObjectsWhere,
@@ -4465,7 +4464,8 @@ Deno.test("deriveEventSecret() gives every machine the same B2-shaped secret, ap
   assert.match(one.urlKey, /^[0-9a-f]{16}$/);
   assert.notEqual((await deriveEventSecret("another key")).secret, one.secret);
   assert.ok(!(await derivePurgeKey(B2_KEY)).includes(one.urlKey));
-  assert.equal(eventRuleName("my_site"), "b2cdn-my-site");
+  const render = ["render", "--worker-name", "my_site", "--b2-event-notifications", "on"];
+  assert.match((await runBare(render)).stdout, /rule b2cdn-my-site,/);
 });
 
 Deno.test("events on without the capabilities or the feature: the worker is deployed, exit 1 naming the fix", async (t) => {
