@@ -966,7 +966,9 @@ export function objectName(
   // Links in B2's shape carry the full name: the prefix is checked, not added.
   const name = config.urlStyle === "b2" ? relative : config.prefix + relative;
   if (!name.startsWith(config.prefix)) return { status: 404 };
-  if (new TextEncoder().encode(name).length > MAX_NAME_BYTES) return { status: 400 };
+  // A UTF-16 code unit is at most 3 UTF-8 bytes: a short name needs no encoding to be measured.
+  const long = name.length * 3 > MAX_NAME_BYTES;
+  if (long && new TextEncoder().encode(name).length > MAX_NAME_BYTES) return { status: 400 };
   return { name };
 }
 
@@ -2479,6 +2481,8 @@ const HOSTILE_ATTACHMENT_NAME = /[/\\\p{Cc}\u061C\u200E\u200F\u202A-\u202E\u2066
  * the bare path.
  */
 export function downloadQuery(url: URL): { name: string; canonical: string } | undefined {
+  // Most requests have no query: nothing to read, here and in canonicalTarget()'s call.
+  if (url.search === "") return undefined;
   const parameters = [...url.searchParams];
   const [only] = parameters;
   if (parameters.length !== 1 || only?.[0] !== "download") return undefined;
