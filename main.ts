@@ -1221,7 +1221,7 @@ function tokenLifeProblems(reading: Reading, needs: Needs): string[] {
   ];
 }
 
-/** Hourly, at an odd minute: the schedule advice suggests when runs are further apart. */
+/** Hourly, at an odd minute: what the schedule advice suggests, and Deno Deploy's schedule. */
 const HOURLY = "17 * * * *";
 
 /**
@@ -8161,7 +8161,7 @@ export function runtimeProblem(
  * level, possibly without the app's settings (docs.deno.com/runtime/fundamentals/cron/: "registered
  * at the top level").
  */
-const DEPLOY_SCHEDULE = "17 * * * *";
+const DEPLOY_SCHEDULE = HOURLY;
 /** Health answers come from one read of the worker's bindings per instance in this long. */
 const HEALTH_READ_EVERY_MS = 300_000;
 
