@@ -7892,13 +7892,16 @@ function reportFailure(
   const [code, message] = failure(error, { command: run.command, args: run.args });
   // status cannot tell, which a monitor must read as UNKNOWN, on stdout, not as CRITICAL.
   if ((run.command ?? run.args.find(isCommand)) === "status") {
-    io.stdout(
-      run.json ? JSON.stringify({ state: "UNKNOWN", problem: message }) : `UNKNOWN - ${message}`,
-    );
+    io.stdout(statusUnknown(message, run.json));
     return STATUS_EXIT.UNKNOWN;
   }
   io.stderr(`error: ${message}`);
   return code;
+}
+
+/** status's answer when it cannot tell, in the form asked for (`--json` or a Nagios line). */
+function statusUnknown(problem: string, json: boolean): string {
+  return json ? JSON.stringify({ state: "UNKNOWN", problem }) : `UNKNOWN - ${problem}`;
 }
 
 /** The settings of a run: its flags over the environment over the dotenv file. */
@@ -8021,8 +8024,10 @@ export async function main(
     const name = line!.command;
     const message = `${error.message}. ${permissionsHint(name, args)}`;
     // status answers as a Nagios plugin that cannot check: UNKNOWN on stdout, exit 3.
-    if (name === "status") Deno.stdout.writeSync(encoder.encode(`UNKNOWN - ${message}\n`));
-    else Deno.stderr.writeSync(encoder.encode(`error: ${message}\n`));
+    if (name === "status") {
+      const json = line!.flags.json === true;
+      Deno.stdout.writeSync(encoder.encode(`${statusUnknown(message, json)}\n`));
+    } else Deno.stderr.writeSync(encoder.encode(`error: ${message}\n`));
     Deno.exit(name === "status" ? 3 : 2);
   }
   const code = await run({

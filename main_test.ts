@@ -3094,6 +3094,14 @@ Deno.test("a permission Deno refuses is exit 2 naming the flags to run with, not
   );
   assert.doesNotMatch(status.stdout, /retrying|attempts/);
   assert.ok(!status.stdout.includes(CF_TOKEN));
+  // Asked for JSON, it answers JSON even when it may not read its settings.
+  const json = await spawn(["run", `${ROOT}main.ts`, "status", "--json"]);
+  assert.deepEqual([json.code, json.stderr], [3, ""]);
+  assert.deepEqual(JSON.parse(json.stdout), {
+    state: "UNKNOWN",
+    problem: "Requires env access, run again with the --allow-env flag. Run it as deno run " +
+      "--allow-net --allow-env --allow-read main.ts status --json (README: Permissions).",
+  });
   // The hint is the line that was run, with its own flags, and the permissions it lacked.
   const render = await spawn(["run", `${ROOT}main.ts`, "render", "--worker-cache-ttl", "2h"]);
   assert.equal(render.code, 2);
