@@ -3637,7 +3637,7 @@ export function listingHtml(page: FolderPage): string {
     const uploaded = new Date(entry.uploaded ?? 0).toISOString();
     const shown = `${uploaded.slice(0, 10)} ${uploaded.slice(11, 16)} UTC`;
     // A download link beside each file (see downloadQuery()), named for screen readers.
-    const download = `<a href="${e(entry.path + "?download")}" class="download" ` +
+    const download = `<a href="${e(downloadLink(entry.path))}" class="download" ` +
       `aria-label="Download ${e(entry.name)}">download</a>`;
     return `<tr><td><a href="${e(entry.path)}">${e(entry.name)}</a> ${download}</td>` +
       `<td class="size"><data value="${entry.size}" title="${
@@ -3672,12 +3672,18 @@ export function listingHtml(page: FolderPage): string {
   ].join("\n");
 }
 
-/** The listing for scripts: the same entries, and the next page's URL path. */
+/** A file's download link (see downloadQuery()), in the one spelling the worker serves. */
+function downloadLink(path: string): string {
+  return `${path}?download`;
+}
+
+/** The listing for scripts: the same entries with files' download links, and the next page's. */
 export function listingJson(page: FolderPage): string {
   const entry = (item: ListedEntry) => ({
     name: item.name,
     path: item.path,
     ...(!item.folder && {
+      download: downloadLink(item.path),
       size: item.size,
       uploaded: new Date(item.uploaded ?? 0).toISOString(),
     }),

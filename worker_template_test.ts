@@ -3649,6 +3649,7 @@ Deno.test("worker in workerd lists a folder without an index file, escaping ever
       assert.deepEqual(listing.files[3], {
         name: "a.txt",
         path: "/docs/a.txt",
+        download: "/docs/a.txt?download",
         size: 1536,
         uploaded: "2026-12-01T09:30:00.000Z",
       });
