@@ -6168,28 +6168,68 @@ function requireCredentials(settings: Settings): void {
   requireGiven(needed.filter((name) => !settings[name]));
 }
 
+/** How many times a credential typed at the terminal is tried before its refusal ends init. */
+const CREDENTIAL_TRIES = 3;
+
+/**
+ * `attempt`'s answer. At a terminal, when `retyped` says the refusal is of a credential the
+ * person typed and a typo's (not a missing capability or permission, nor the network), it is
+ * said in the error's own words and `attempt` asks again: {@linkcode CREDENTIAL_TRIES} tries in
+ * all, then the refusal ends init as the first one does in a pipe.
+ */
+async function untilAccepted<T>(
+  terminal: Prompter | undefined,
+  attempt: () => Promise<T>,
+  retyped: (error: unknown) => boolean,
+): Promise<T> {
+  for (let tries = 1;; tries++) {
+    try {
+      return await attempt();
+    } catch (error) {
+      if (!terminal || tries >= CREDENTIAL_TRIES || !retyped(error)) throw error;
+      terminal.say(`  ${(error as Error).message}`);
+    }
+  }
+}
+
+/** The key pair, given or typed, and what B2 says it may do; a 401 is the pair, retyped. */
+async function authorizeKey(
+  setup: { settings: Settings; terminal?: Prompter; ctx: Context },
+): Promise<{ keyId: string; applicationKey: string; client: B2Client; auth: B2Authorization }> {
+  const { settings, ctx } = setup;
+  const apiUrl = settings.B2_API_URL ?? VARIABLES.B2_API_URL.default!;
+  const typed = !settings.B2_APPLICATION_KEY_ID || !settings.B2_APPLICATION_KEY;
+  let keyId: string | undefined;
+  return await untilAccepted(setup.terminal, async () => {
+    const missing: string[] = [];
+    const ask = { ...setup, missing };
+    // B2 does not say which half it refused: the id typed before is offered again.
+    keyId = await gather("B2_APPLICATION_KEY_ID", ask, {
+      text: "B2 application key id (keyID)",
+      ...(keyId && { fallback: keyId }),
+    });
+    const applicationKey = await gather("B2_APPLICATION_KEY", ask, {
+      text: "B2 application key (not shown as you type)",
+      hidden: true,
+    });
+    requireGiven(missing);
+    ctx.secrets.add(applicationKey!);
+    const client = new B2Client(
+      { keyId: keyId!, applicationKey: applicationKey!, apiUrl, prefix: "", tokenTtl: 1 },
+      ctx,
+    );
+    const auth = await client.authorize();
+    return { keyId: keyId!, applicationKey: applicationKey!, client, auth };
+  }, (error) => typed && error instanceof ApiError && error.status === 401);
+}
+
 /** The B2 half: the key, what it may do, the bucket and the prefix. */
 async function setupB2(
   setup: { settings: Settings; terminal?: Prompter; ctx: Context; io: Io },
 ): Promise<Settings> {
-  const { ctx, io } = setup;
+  const { io } = setup;
   const missing: string[] = [];
-  const ask = { ...setup, missing };
-  const keyId = await gather("B2_APPLICATION_KEY_ID", ask, {
-    text: "B2 application key id (keyID)",
-  });
-  const applicationKey = await gather("B2_APPLICATION_KEY", ask, {
-    text: "B2 application key (not shown as you type)",
-    hidden: true,
-  });
-  requireGiven(missing);
-  ctx.secrets.add(applicationKey!);
-  const apiUrl = setup.settings.B2_API_URL ?? VARIABLES.B2_API_URL.default!;
-  const client = new B2Client(
-    { keyId: keyId!, applicationKey: applicationKey!, apiUrl, prefix: "", tokenTtl: 1 },
-    ctx,
-  );
-  const auth = await client.authorize();
+  const { keyId, applicationKey, client, auth } = await authorizeKey(setup);
   const buckets = auth.buckets ??
     (auth.capabilities.includes("listBuckets") ? await client.listBuckets() : undefined);
   io.stdout(describeKey(auth));
@@ -6212,11 +6252,11 @@ async function setupB2(
   // At a terminal too: a key that sees one bucket is given it without a question.
   io.stdout(`Bucket: ${bucket}${prefix ? `, names under "${prefix}"` : ""}`);
   return {
-    B2_APPLICATION_KEY_ID: keyId!,
-    B2_APPLICATION_KEY: applicationKey!,
+    B2_APPLICATION_KEY_ID: keyId,
+    B2_APPLICATION_KEY: applicationKey,
     B2_BUCKET_NAME: bucket!,
     ...(prefix && { B2_FILE_PREFIX: prefix }),
-    ...(setup.settings.B2_API_URL && { B2_API_URL: apiUrl }),
+    ...(setup.settings.B2_API_URL && { B2_API_URL: setup.settings.B2_API_URL }),
   };
 }
 
@@ -6275,28 +6315,46 @@ async function pickBucket(
   );
 }
 
+/**
+ * The token, given or typed, once Cloudflare verified it (a legacy key is not verified). Its
+ * refusal (4xx, or a token disabled or expired) is one a token retyped can cure; a rate limit
+ * is not.
+ */
+async function verifiedToken(
+  setup: { settings: Settings; terminal?: Prompter; ctx: Context; io: Io },
+): Promise<{ token: string | undefined; config: CloudflareConfig }> {
+  const { settings, ctx, io } = setup;
+  const legacy = !settings.CLOUDFLARE_API_TOKEN && settings.CLOUDFLARE_EMAIL &&
+    settings.CLOUDFLARE_API_KEY;
+  return await untilAccepted(setup.terminal, async () => {
+    const missing: string[] = [];
+    const token = legacy ? undefined : await gather("CLOUDFLARE_API_TOKEN", { ...setup, missing }, {
+      text: "Cloudflare API token (not shown as you type)",
+      hidden: true,
+    });
+    requireGiven(missing);
+    if (token) ctx.secrets.add(token);
+    const config = parseConfig(
+      { ...settings, ...(token && { CLOUDFLARE_API_TOKEN: token }) },
+      { cloudflare: true },
+    ).cloudflare!;
+    if ("token" in config.auth) {
+      const owner = await verifyToken(new CloudflareClient(config, ctx));
+      io.stdout(`Cloudflare token: valid, ${owner === "user" ? "a user's" : "an account's"}`);
+    }
+    return { token, config };
+  }, (error) =>
+    !settings.CLOUDFLARE_API_TOKEN && !legacy && error instanceof ApiError &&
+    (error.code === "token_not_active" ||
+      (error.status >= 400 && error.status < 500 && error.status !== 429)));
+}
+
 /** The Cloudflare half: the token, the account, where visitors reach the site, its zone. */
 async function setupCloudflare(
   setup: { settings: Settings; terminal?: Prompter; ctx: Context; io: Io },
 ): Promise<{ gathered: Settings; config: CloudflareConfig }> {
   const { settings, ctx, io } = setup;
-  const missing: string[] = [];
-  const legacy = !settings.CLOUDFLARE_API_TOKEN && settings.CLOUDFLARE_EMAIL &&
-    settings.CLOUDFLARE_API_KEY;
-  const token = legacy ? undefined : await gather("CLOUDFLARE_API_TOKEN", { ...setup, missing }, {
-    text: "Cloudflare API token (not shown as you type)",
-    hidden: true,
-  });
-  requireGiven(missing);
-  if (token) ctx.secrets.add(token);
-  const config = parseConfig(
-    { ...settings, ...(token && { CLOUDFLARE_API_TOKEN: token }) },
-    { cloudflare: true },
-  ).cloudflare!;
-  if ("token" in config.auth) {
-    const owner = await verifyToken(new CloudflareClient(config, ctx));
-    io.stdout(`Cloudflare token: valid, ${owner === "user" ? "a user's" : "an account's"}`);
-  }
+  const { token, config } = await verifiedToken(setup);
   config.accountId ||= await pickAccount(config, setup);
   Object.assign(config, await pickWhere(config, setup));
   config.workersDev = !config.route && !config.domain;

@@ -22,6 +22,13 @@ const ROOT = new URL("../", import.meta.url).pathname;
 const KEY_ID = "0012ab34cd56ef780000000001";
 const B2_KEY = "K001secretApplicationKeyAbCdEfGh";
 const CF_TOKEN = "cf-token-Secret_0123456789abcdefXYZ";
+/** Mistyped credentials: as secret as the right ones, never shown either. */
+const WRONG_B2_KEYS = [
+  "K001mistypedKeyOne0000000",
+  "K001mistypedKeyTwo0000000",
+  "K001mistypedKeyTri000000",
+];
+const WRONG_CF_TOKEN = "cf-token-Mistyped_0123456789abcdef";
 const SECOND = { id: "acc00000000000000000000000000002", name: "Side project" };
 /** What a stand-in's own tokens look like: never shown either. */
 const FAKE_TOKEN = /fake-(download|account)-[0-9a-f]{8}-/;
@@ -79,7 +86,8 @@ function initInTerminal(at: Place, env: Record<string, string> = {}): TerminalSe
 
 /** The secrets a run was given, and the stand-ins' tokens: none may show. */
 function assertNoSecret(text: string): void {
-  for (const secret of [B2_KEY, CF_TOKEN, btoa(`${KEY_ID}:${B2_KEY}`)]) {
+  const secrets = [B2_KEY, CF_TOKEN, ...WRONG_B2_KEYS, WRONG_CF_TOKEN];
+  for (const secret of [...secrets, btoa(`${KEY_ID}:${B2_KEY}`)]) {
     assert.ok(!text.includes(secret), `a secret is on the screen:\n${text}`);
   }
   assert.doesNotMatch(text, FAKE_TOKEN);
@@ -307,7 +315,7 @@ Deno.test("init at a terminal: a custom domain, and a token without Zone Read sa
   });
 });
 
-Deno.test("init at a terminal: a key without shareFiles is refused with how to make one", async () => {
+Deno.test("init at a terminal: a key without shareFiles is refused with how to make one, not asked again", async () => {
   const at = await place({ b2: { capabilities: ["listBuckets", "listFiles", "readFiles"] } });
   try {
     const session = initInTerminal(at);
@@ -315,14 +323,139 @@ Deno.test("init at a terminal: a key without shareFiles is refused with how to m
     await session.type(KEY_ID);
     await session.expect("(not shown as you type): ");
     await session.type(B2_KEY);
+    // Were it asked again, this answer would be read as a key id and init go on waiting.
+    await session.type(KEY_ID);
     const { code, transcript } = await session.finish();
     assert.equal(code, 2, transcript);
+    assert.equal(transcript.split("(not shown as you type): ").length - 1, 1, transcript);
+    assert.equal(authorizations(at), 1);
     assert.match(
       transcript,
       /The B2 key lacks shareFiles, which serving needs .*B2 Cloud Storage > Application Keys > Add a New Application Key.*b2 key create --bucket photos b2-private-cdn listBuckets,readFiles,shareFiles/s,
     );
     assertNoSecret(transcript);
     await assert.rejects(Deno.stat(`${at.dir}/.env`), Deno.errors.NotFound);
+  } finally {
+    await at.close();
+  }
+});
+
+/** How many times the B2 stand-in was asked to authorize a key. */
+function authorizations(at: Place): number {
+  return at.b2.requests.filter((r) => r.path.endsWith("/b2_authorize_account")).length;
+}
+
+/** What init says when B2 refuses the key pair, as it said it before keys were asked again. */
+const B2_REFUSAL = new RegExp(
+  "Cannot authorize the B2 application key: B2 answered 401 \\w+.*\\. Fix: check " +
+    "B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY\\.",
+);
+
+/** Types the key id and `key` at their prompts; on a second round the id is offered. */
+async function typeB2Key(session: TerminalSession, key: string, again = false): Promise<void> {
+  await session.expect(again ? `B2 application key id (keyID) [${KEY_ID}]: ` : "keyID): ");
+  await session.type(again ? "" : KEY_ID);
+  await session.expect("B2 application key (not shown as you type): ");
+  await session.type(key);
+}
+
+Deno.test("init at a terminal: a mistyped B2 key is refused in B2's words and asked again; the right one is written", async () => {
+  const at = await place();
+  try {
+    const session = initInTerminal(at);
+    await typeB2Key(session, WRONG_B2_KEYS[0]!);
+    await session.expect(B2_REFUSAL);
+    await typeB2Key(session, B2_KEY, true);
+    await session.expect("Which bucket does the site serve?");
+    await session.type("1");
+    await session.expect("Serve only names under this prefix (Enter: the whole bucket): ");
+    await session.type("");
+    await session.expect("Cloudflare API token (not shown as you type): ");
+    await session.type(CF_TOKEN);
+    await session.expect("Where do visitors reach the site?");
+    await session.type("1");
+    await session.expect("Run the first refresh now? [Y/n] ");
+    await session.type("n");
+    const { code, transcript } = await session.finish();
+    assert.equal(code, 0, transcript);
+    assertNoSecret(transcript);
+    assert.equal(authorizations(at), 2);
+    assert.deepEqual(
+      await written(at),
+      byHand(at, { B2_BUCKET_NAME: "photos", CLOUDFLARE_ACCOUNT_ID: FAKE_ACCOUNT_ID }),
+    );
+  } finally {
+    await at.close();
+  }
+});
+
+Deno.test("init at a terminal: three mistyped B2 keys end it as one did before, exit 1, nothing written", async () => {
+  const at = await place();
+  try {
+    const session = initInTerminal(at);
+    await typeB2Key(session, WRONG_B2_KEYS[0]!);
+    await typeB2Key(session, WRONG_B2_KEYS[1]!, true);
+    await typeB2Key(session, WRONG_B2_KEYS[2]!, true);
+    // A fourth round would read these and go on.
+    await session.type("");
+    await session.type(B2_KEY);
+    const { code, transcript } = await session.finish();
+    assert.equal(code, 1, transcript);
+    const lines = transcript.split("\r\n");
+    assert.equal(lines.filter((line) => B2_REFUSAL.test(line)).length, 3, transcript);
+    assert.match(lines.findLast((line) => line.trim() !== "") ?? "", /^error: /);
+    assert.match(lines.findLast((line) => line.trim() !== "") ?? "", B2_REFUSAL);
+    assert.equal(authorizations(at), 3);
+    assertNoSecret(transcript);
+    await assert.rejects(Deno.stat(`${at.dir}/.env`), Deno.errors.NotFound);
+  } finally {
+    await at.close();
+  }
+});
+
+Deno.test("init at a terminal: a mistyped Cloudflare token is asked again, the B2 key kept", async () => {
+  const at = await place({ b2: { restrictToBucket: "photos" } });
+  try {
+    const session = initInTerminal(at);
+    await typeB2Key(session, B2_KEY);
+    await session.expect("Serve only names under this prefix (Enter: the whole bucket): ");
+    await session.type("");
+    await session.expect("Cloudflare API token (not shown as you type): ");
+    await session.type(WRONG_CF_TOKEN);
+    await session.expect("CLOUDFLARE_API_TOKEN is not a valid API token");
+    await session.expect("Cloudflare API token (not shown as you type): ");
+    await session.type(CF_TOKEN);
+    await session.expect("Cloudflare token: valid, a user's");
+    await session.expect("Where do visitors reach the site?");
+    await session.type("1");
+    await session.expect("Run the first refresh now? [Y/n] ");
+    await session.type("n");
+    const { code, transcript } = await session.finish();
+    assert.equal(code, 0, transcript);
+    assertNoSecret(transcript);
+    assert.equal(authorizations(at), 1, "the key accepted is not tried again");
+    assert.deepEqual(
+      await written(at),
+      byHand(at, { B2_BUCKET_NAME: "photos", CLOUDFLARE_ACCOUNT_ID: FAKE_ACCOUNT_ID }),
+    );
+  } finally {
+    await at.close();
+  }
+});
+
+Deno.test("init at a terminal: a key refused that came from the environment is not asked for", async () => {
+  const at = await place();
+  try {
+    const session = initInTerminal(at, {
+      B2_APPLICATION_KEY_ID: KEY_ID,
+      B2_APPLICATION_KEY: WRONG_B2_KEYS[0]!,
+    });
+    const { code, transcript } = await session.finish();
+    assert.equal(code, 1, transcript);
+    assert.match(transcript, B2_REFUSAL);
+    assert.doesNotMatch(transcript, /keyID\)|not shown as you type/);
+    assert.equal(authorizations(at), 1);
+    assertNoSecret(transcript);
   } finally {
     await at.close();
   }
@@ -451,6 +584,22 @@ Deno.test("init in a pipe: from flags and the environment; what is missing is na
       }
     },
   );
+  await t.step("a mistyped key: refused once, never asked for, nothing written", async () => {
+    const at = await place();
+    try {
+      const { code, stdout, stderr } = await initInPipe(at, {
+        env: { ...credentials, B2_APPLICATION_KEY: WRONG_B2_KEYS[0]! },
+      });
+      assert.equal(code, 1, stderr);
+      assert.match(stderr, /^error: /);
+      assert.match(stderr, B2_REFUSAL);
+      assert.doesNotMatch(stdout + stderr, /keyID\)|not shown as you type/);
+      assert.equal(authorizations(at), 1);
+      await assert.rejects(Deno.stat(`${at.dir}/.env`), Deno.errors.NotFound);
+    } finally {
+      await at.close();
+    }
+  });
   await t.step("a token without the route permission: named, nothing written", async () => {
     const at = await place({
       cloudflare: { tokenPermissions: ["workers_scripts:edit", "zone:read"] },
