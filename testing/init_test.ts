@@ -323,8 +323,8 @@ Deno.test("init at a terminal: a key without shareFiles is refused with how to m
     await session.type(KEY_ID);
     await session.expect("(not shown as you type): ");
     await session.type(B2_KEY);
-    // Were it asked again, this answer would be read as a key id and init go on waiting.
-    await session.type(KEY_ID);
+    // Were it asked again, init would wait for input here instead, and the wait time out.
+    await session.expect("error: The B2 key lacks shareFiles");
     const { code, transcript } = await session.finish();
     assert.equal(code, 2, transcript);
     assert.equal(transcript.split("(not shown as you type): ").length - 1, 1, transcript);
@@ -396,13 +396,13 @@ Deno.test("init at a terminal: three mistyped B2 keys end it as one did before, 
     await typeB2Key(session, WRONG_B2_KEYS[0]!);
     await typeB2Key(session, WRONG_B2_KEYS[1]!, true);
     await typeB2Key(session, WRONG_B2_KEYS[2]!, true);
-    // A fourth round would read these and go on.
-    await session.type("");
-    await session.type(B2_KEY);
+    // A fourth round would wait for input here instead, and the wait time out.
+    await session.expect("error: Cannot authorize the B2 application key");
     const { code, transcript } = await session.finish();
     assert.equal(code, 1, transcript);
     const lines = transcript.split("\r\n");
     assert.equal(lines.filter((line) => B2_REFUSAL.test(line)).length, 3, transcript);
+    assert.equal(transcript.split("(not shown as you type): ").length - 1, 3, transcript);
     assert.match(lines.findLast((line) => line.trim() !== "") ?? "", /^error: /);
     assert.match(lines.findLast((line) => line.trim() !== "") ?? "", B2_REFUSAL);
     assert.equal(authorizations(at), 3);
@@ -450,6 +450,7 @@ Deno.test("init at a terminal: a key refused that came from the environment is n
       B2_APPLICATION_KEY_ID: KEY_ID,
       B2_APPLICATION_KEY: WRONG_B2_KEYS[0]!,
     });
+    await session.expect("error: Cannot authorize the B2 application key");
     const { code, transcript } = await session.finish();
     assert.equal(code, 1, transcript);
     assert.match(transcript, B2_REFUSAL);
