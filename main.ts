@@ -6716,8 +6716,8 @@ export const COMMANDS = {
       "[--b2-bucket-name <name>] [--worker-route <pattern> | --worker-domain <host>] [--force]",
     about: "Checks a B2 key and a Cloudflare API token, offers the buckets, accounts and zones " +
       "they reach, checks each permission the setup needs with read-only calls, writes .env " +
-      "(mode 0600) and prints the crontab line. At a terminal it asks (secrets unseen) and " +
-      "offers the first refresh; in a pipe it takes everything from flags and the environment " +
+      "(mode 0600) and prints the crontab line. At a terminal it asks (secrets unseen), asks " +
+      "again for a key or token it was refused (3 tries), and offers the first refresh; in a pipe it takes everything from flags and the environment " +
       "and names what is missing. It reads no .env: --env-file names the file it writes.",
     flags: {
       force: {
