@@ -312,6 +312,9 @@ const MIME_ESSENCE = /^\s*([!#$%&'*+.^_`|~0-9a-z-]+\/[!#$%&'*+.^_`|~0-9a-z-]+)\s
 const UNKNOWN_TYPES = ["*/*", "unknown/unknown", "application/unknown"];
 // What activeContentHeaders() sets, which a 304 carries as the whole answer would.
 const ACTIVE_CONTENT_HEADERS = ["Content-Security-Policy", "Content-Disposition"];
+// One encoder for the isolate (it holds no state): a signed link's message is encoded on every
+// request, and each object made through workerd's API costs it there.
+const UTF8 = new TextEncoder();
 const PREFLIGHT_MAX_AGE = "86400";
 const STATUS_TEXT = {
   400: "Bad request",
@@ -672,7 +675,7 @@ export function edgeLifetime(
 export function objectTag(name: string): Promise<string> {
   const known = TAGS.get(name);
   if (known) return known;
-  const tag = crypto.subtle.digest("SHA-256", new TextEncoder().encode(name)).then((digest) =>
+  const tag = crypto.subtle.digest("SHA-256", UTF8.encode(name)).then((digest) =>
     "b2cdn-" + toHex(new Uint8Array(digest)).slice(0, TAG_HEX_LENGTH)
   );
   TAGS.set(name, tag);
@@ -710,7 +713,7 @@ async function verifiedBody(request: Request, config: WorkerConfig): Promise<str
   if (Math.abs(now - Number(timestamp)) > PURGE_WINDOW_SECONDS) return undefined;
   const body = await readCapped(request, MAX_PURGE_BODY_BYTES);
   if (body === undefined) return undefined;
-  const message = new TextEncoder().encode(purgeMessage(timestamp, body));
+  const message = UTF8.encode(purgeMessage(timestamp, body));
   const mac = { encoding: "hex" as const, signature: fromHex(signature), message };
   if (!await hmacVerifies(config.purgeKey, mac)) return undefined;
   for (const [used, at] of usedSignatures) {
@@ -968,7 +971,7 @@ export function objectName(
   if (!name.startsWith(config.prefix)) return { status: 404 };
   // A UTF-16 code unit is at most 3 UTF-8 bytes: a short name needs no encoding to be measured.
   const long = name.length * 3 > MAX_NAME_BYTES;
-  if (long && new TextEncoder().encode(name).length > MAX_NAME_BYTES) return { status: 400 };
+  if (long && UTF8.encode(name).length > MAX_NAME_BYTES) return { status: 400 };
   return { name };
 }
 
@@ -2489,7 +2492,7 @@ export function downloadQuery(url: URL): { name: string; canonical: string } | u
   const name = only[1];
   if (name === "") return { name, canonical: "?download" };
   const valid = name.trim() !== "" && !HOSTILE_ATTACHMENT_NAME.test(name) &&
-    new TextEncoder().encode(name).length <= MAX_DOWNLOAD_NAME_BYTES;
+    UTF8.encode(name).length <= MAX_DOWNLOAD_NAME_BYTES;
   return valid ? { name, canonical: `?${new URLSearchParams({ download: name })}` } : undefined;
 }
 
@@ -2611,12 +2614,16 @@ export function signedLinkMessage(grant: SignedGrant): string {
  * serves; any other is answered `301` to it.
  */
 export function signedLinkQuery(grant: SignedGrant, signature: Uint8Array): string {
-  const query = new URLSearchParams({ exp: String(grant.expires) });
-  if (grant.notBefore !== undefined) query.set("nbf", String(grant.notBefore));
-  if (grant.downloadName !== undefined) query.set("dl", grant.downloadName);
-  if (grant.prefix) query.set("scope", grant.path);
-  query.set("sig", toBase64Url(signature));
-  return String(query);
+  // Digits and base64url are their own form encoding: written as they are, since the worker
+  // writes this query on every signed request to compare it with the one asked, and each
+  // call into URLSearchParams there cost microseconds (docs/benchmarks.md, "Signed links").
+  let query = `exp=${grant.expires}`;
+  if (grant.notBefore !== undefined) query += `&nbf=${grant.notBefore}`;
+  if (grant.downloadName !== undefined) {
+    query += `&${new URLSearchParams({ dl: grant.downloadName })}`;
+  }
+  if (grant.prefix) query += `&${new URLSearchParams({ scope: grant.path })}`;
+  return `${query}&sig=${toBase64Url(signature)}`;
 }
 
 /** Base64url without padding, as signatures are written. */
@@ -2628,7 +2635,7 @@ export function toBase64Url(bytes: Uint8Array): string {
 /** Whether a download name may go into `Content-Disposition` and a signed message. */
 export function validDownloadName(name: string): boolean {
   return name !== "" && name.trim() === name && !HOSTILE_DOWNLOAD_NAME.test(name) &&
-    new TextEncoder().encode(name).length <= MAX_DOWNLOAD_NAME_BYTES;
+    UTF8.encode(name).length <= MAX_DOWNLOAD_NAME_BYTES;
 }
 
 /**
@@ -2675,7 +2682,7 @@ export async function checkSignedLink(
     ...(notBefore !== undefined && { notBefore }),
     ...(dl !== undefined && { downloadName: dl }),
   };
-  const message = new TextEncoder().encode(signedLinkMessage(signedGrant));
+  const message = UTF8.encode(signedLinkMessage(signedGrant));
   const signature = fromBase64Url(sig);
   const query = signedLinkQuery(signedGrant, signature);
   const grant = (expiresAt: number) =>
@@ -2770,7 +2777,7 @@ async function importHmacKey(key: string, encoding: KeyEncoding): Promise<Crypto
     ? fromHex(key)
     : encoding === "base64url"
     ? fromBase64Url(key)
-    : new TextEncoder().encode(key);
+    : UTF8.encode(key);
   // main.ts refuses shorter signing keys; a binding set by hand that is too short protects nothing.
   if (encoding === "base64url" && bytes.length < 32) return undefined;
   return await crypto.subtle.importKey(
@@ -3328,7 +3335,7 @@ function strictEncode(text: string): string {
 
 /** The `Cache-Tag` of a folder's listings, as objectTag() hashes names. */
 export async function listingTag(folder: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(folder));
+  const digest = await crypto.subtle.digest("SHA-256", UTF8.encode(folder));
   return LISTING_TAG_PREFIX + toHex(new Uint8Array(digest)).slice(0, TAG_HEX_LENGTH);
 }
 
@@ -3827,7 +3834,7 @@ async function listingAnswer(
 
 /** `sha256-<base64>` of the page's style, for its Content-Security-Policy. */
 function styleHash(): Promise<string> {
-  listingStyleHash ??= crypto.subtle.digest("SHA-256", new TextEncoder().encode(LISTING_STYLE))
+  listingStyleHash ??= crypto.subtle.digest("SHA-256", UTF8.encode(LISTING_STYLE))
     .then((digest) => `sha256-${btoa(String.fromCharCode(...new Uint8Array(digest)))}`);
   return listingStyleHash;
 }

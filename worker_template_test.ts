@@ -57,10 +57,13 @@ import worker, {
   readConfig,
   resolveRange,
   revalidatesStoredCopy,
+  type SignedGrant,
   signedLifetime,
   signedLinkMessage,
+  signedLinkQuery,
   type SigningConfig,
   sliceBody,
+  toBase64Url,
   urlPath,
   withoutBucketId,
 } from "./worker_template.ts";
@@ -1557,6 +1560,33 @@ Deno.test("coversPath() matches whole segments only", async (t) => {
   ];
   for (const [prefix, path, expected] of table) {
     await t.step(`${prefix} ${path}`, () => assert.equal(coversPath(prefix, path), expected));
+  }
+});
+
+Deno.test("signedLinkQuery() writes what URLSearchParams writes of the grant", async (t) => {
+  // The one spelling links were signed and redirected to before it was written by hand.
+  const signature = new Uint8Array(32).map((_, i) => (i * 37 + 250) % 256);
+  const grants: SignedGrant[] = [
+    { path: "/members/a.mp4", prefix: false, expires: 1_800_000_000 },
+    { path: "/members/a.mp4", prefix: false, expires: 1_800_000_000, notBefore: 1_700_000_000 },
+    {
+      path: "/course 1/+é&=?#%/",
+      prefix: true,
+      expires: 99_999_999_999,
+      notBefore: 0,
+      downloadName: "Lesson 1 + é & ü = 100%?.mp4*~'!()",
+    },
+    { path: "/", prefix: true, expires: 1, downloadName: "日本語.txt" },
+  ];
+  for (const grant of grants) {
+    await t.step(JSON.stringify(grant), () => {
+      const query = new URLSearchParams({ exp: String(grant.expires) });
+      if (grant.notBefore !== undefined) query.set("nbf", String(grant.notBefore));
+      if (grant.downloadName !== undefined) query.set("dl", grant.downloadName);
+      if (grant.prefix) query.set("scope", grant.path);
+      query.set("sig", toBase64Url(signature));
+      assert.equal(signedLinkQuery(grant, signature), String(query));
+    });
   }
 });
 
