@@ -1590,6 +1590,37 @@ Deno.test("signedLinkQuery() writes what URLSearchParams writes of the grant", a
   }
 });
 
+Deno.test("checkSignedLink() grants a signature's other spellings the one written", async () => {
+  // The 43rd character's 2 unused bits: 4 characters read as the same signature, and each
+  // of them must be answered with the spelling sign writes, so that no link has two URLs.
+  const now = 1_800_000_000;
+  const signing: SigningConfig = {
+    prefixes: ["/members/"],
+    indexFile: "index.html",
+    key: KEY,
+    previousKey: "",
+    previousUntil: 0,
+    maxTtl: 3600,
+  };
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  // Links of 48 expiries: their signatures end in most of the 16 groups of 4.
+  for (let expires = now + 1; expires <= now + 48; expires++) {
+    const link = await signLink(SITE, "/members/a.txt", { key: KEY, expires });
+    const sig = new URL(link.url).searchParams.get("sig")!;
+    const granted: string[] = [];
+    for (const last of alphabet) {
+      const url = new URL(link.url);
+      url.searchParams.set("sig", sig.slice(0, -1) + last);
+      const check = await checkSignedLink(url, { signing, now });
+      if (check.access === "refused") continue;
+      granted.push(last);
+      assert.equal(check.access === "signed" && `?${check.query}`, new URL(link.url).search);
+    }
+    const base = alphabet.indexOf(sig.at(-1)!) & ~3;
+    assert.deepEqual(granted, [...alphabet.slice(base, base + 4)], sig);
+  }
+});
+
 Deno.test("checkSignedLink() fails closed", async (t) => {
   const now = 1_800_000_000;
   const signing: SigningConfig = {
