@@ -2647,6 +2647,44 @@ export function validDownloadName(name: string): boolean {
 }
 
 /**
+ * The grant a signed link's query asks for, with its signature's text, when every parameter is
+ * known, given once, well formed and in force now; `undefined` otherwise. The signature is
+ * not checked here.
+ */
+function askedGrant(
+  url: URL,
+  options: { path: string; signing: SigningConfig; now: number },
+): { signedGrant: SignedGrant; sig: string } | undefined {
+  const { path, signing, now } = options;
+  const parameters = new Map<string, string>();
+  for (const [name, value] of url.searchParams) {
+    if (!SIGNED_LINK_PARAMETERS.has(name) || parameters.has(name)) return undefined;
+    parameters.set(name, value);
+  }
+  const [exp = "", nbf, dl, scope, sig = ""] = ["exp", "nbf", "dl", "scope", "sig"]
+    .map((name) => parameters.get(name));
+  if (!UNIX_SECONDS.test(exp) || !SIGNATURE.test(sig)) return undefined;
+  if (nbf !== undefined && !UNIX_SECONDS.test(nbf)) return undefined;
+  if (dl !== undefined && !validDownloadName(dl)) return undefined;
+  if (scope !== undefined && (!isCanonicalPrefix(scope) || !coversPath(scope, path))) {
+    return undefined;
+  }
+  const expires = Number(exp);
+  const notBefore = nbf === undefined ? undefined : Number(nbf);
+  if (now >= expires || (notBefore !== undefined && now < notBefore)) return undefined;
+  if (expires - now > signing.maxTtl + SIGNING_CLOCK_SKEW) return undefined;
+
+  const signedGrant: SignedGrant = {
+    path: scope ?? path,
+    prefix: scope !== undefined,
+    expires,
+    ...(notBefore !== undefined && { notBefore }),
+    ...(dl !== undefined && { downloadName: dl }),
+  };
+  return { signedGrant, sig };
+}
+
+/**
  * Decides whether a request may be served: `public` when its path is not
  * protected, `signed` when its link is valid now, else `refused`. Missing,
  * malformed, expired, not yet valid, forged and foreign parameters are all
@@ -2665,31 +2703,10 @@ export async function checkSignedLink(
   const refused = { access: "refused" } as const;
   if (path === undefined) return refused;
 
-  const parameters = new Map<string, string>();
-  for (const [name, value] of url.searchParams) {
-    if (!SIGNED_LINK_PARAMETERS.has(name) || parameters.has(name)) return refused;
-    parameters.set(name, value);
-  }
-  const [exp = "", nbf, dl, scope, sig = ""] = ["exp", "nbf", "dl", "scope", "sig"]
-    .map((name) => parameters.get(name));
-  if (!UNIX_SECONDS.test(exp) || !SIGNATURE.test(sig)) return refused;
-  if (nbf !== undefined && !UNIX_SECONDS.test(nbf)) return refused;
-  if (dl !== undefined && !validDownloadName(dl)) return refused;
-  if (scope !== undefined && (!isCanonicalPrefix(scope) || !coversPath(scope, path))) {
-    return refused;
-  }
-  const expires = Number(exp);
-  const notBefore = nbf === undefined ? undefined : Number(nbf);
-  if (now >= expires || (notBefore !== undefined && now < notBefore)) return refused;
-  if (expires - now > signing.maxTtl + SIGNING_CLOCK_SKEW) return refused;
-
-  const signedGrant: SignedGrant = {
-    path: scope ?? path,
-    prefix: scope !== undefined,
-    expires,
-    ...(notBefore !== undefined && { notBefore }),
-    ...(dl !== undefined && { downloadName: dl }),
-  };
+  const asked = askedGrant(url, { path, signing, now });
+  if (!asked) return refused;
+  const { signedGrant, sig } = asked;
+  const { downloadName: dl, expires } = signedGrant;
   const message = UTF8.encode(signedLinkMessage(signedGrant));
   const signature = fromBase64Url(sig);
   // A signature's 43rd character carries 4 of its bits and 2 unused ones: with those zero, as
