@@ -540,27 +540,49 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       return visitorAnswer(new Response(read.rest, response), "MISS", request);
     }
     const entry: Entry = {
-      entrypoint: request.headers.get(ENTRYPOINT_HEADER) ?? "default",
-      path: new URL(request.url).pathname + new URL(request.url).search,
-      vary: varyValues(response.headers.get("vary"), request.headers),
+      ...described(request, response),
       status: response.status,
       headers: new Headers(response.headers),
       body: read.bytes,
-      tags: cacheTags(response.headers.get("cache-tag")),
       storedAt: now(),
       policy: verdict.policy,
     };
     // As for a streamed answer (startFill()): a purge made meanwhile reaches it.
-    const purged = purgedSince(how.since, entry);
-    const whole = rangedMiss === "whole" && !how.replacing;
-    if (purged?.operation === "purge") return serve(entry, request, how.label, { whole });
+    storeUnlessPurged(entry, { ...how, request });
+    return serve(entry, request, how.label, { whole: rangedMiss === "whole" && !how.replacing });
+  }
+
+  /** Where an answer is kept and what purges it: its entrypoint, path, varied headers, tags. */
+  function described(request: Request, response: Response) {
+    const url = new URL(request.url);
+    return {
+      entrypoint: request.headers.get(ENTRYPOINT_HEADER) ?? "default",
+      path: url.pathname + url.search,
+      vary: varyValues(response.headers.get("vary"), request.headers),
+      tags: cacheTags(response.headers.get("cache-tag")),
+    };
+  }
+
+  /**
+   * Keeps `entry` under `key` in place of `replacing` and of its own variant, unless a purge made
+   * since `since` reaches it: then it is not kept, or kept stale after an invalidation.
+   * Assumption: a purge made while an answer is being stored reaches it too
+   * (developers.cloudflare.com/workers/cache/purge/ does not say what happens to a fill under
+   * way; the docs promise that a purged entry is gone, so the stand-in takes the side that never
+   * serves a purged one).
+   */
+  function storeUnlessPurged(
+    entry: Entry,
+    where: { key: string; request: Request; since: number; replacing?: Entry },
+  ): void {
+    const purged = purgedSince(where.since, entry);
+    if (purged?.operation === "purge") return;
     if (purged) entry.invalidatedAt = purged.at;
-    const variants = (store.get(how.key) ?? []).filter((other) =>
-      other !== how.replacing &&
-      !other.vary.every(([name, value]) => request.headers.get(name) === value)
+    const variants = (store.get(where.key) ?? []).filter((other) =>
+      other !== where.replacing &&
+      !other.vary.every(([name, value]) => where.request.headers.get(name) === value)
     );
-    keep(how.key, [...variants, entry]);
-    return serve(entry, request, how.label, { whole });
+    keep(where.key, [...variants, entry]);
   }
 
   /**
@@ -585,15 +607,12 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
     },
   ): Fill {
     const fill: Fill = {
-      entrypoint: request.headers.get(ENTRYPOINT_HEADER) ?? "default",
-      path: new URL(request.url).pathname + new URL(request.url).search,
-      tags: cacheTags(response.headers.get("cache-tag")),
+      ...described(request, response),
       since: how.since,
       policy: how.policy,
       status: response.status,
       headers: new Headers(response.headers),
       size: how.size,
-      vary: varyValues(response.headers.get("vary"), request.headers),
       chunks: [],
       wake: new Set(),
       done: Promise.resolve(),
@@ -612,12 +631,6 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
       if (bytes.byteLength !== how.size) {
         throw new Error(`the worker sent ${bytes.byteLength} of ${how.size} bytes`);
       }
-      // Assumption: a purge made while an answer is being stored reaches it too: it is not
-      // stored, or is stored stale after an invalidation (developers.cloudflare.com/workers/
-      // cache/purge/ does not say what happens to a fill under way; the docs promise that a
-      // purged entry is gone, so the stand-in takes the side that never serves a purged one).
-      const purged = purgedSince(fill.since, fill);
-      if (purged?.operation === "purge") return;
       const entry: Entry = {
         entrypoint: fill.entrypoint,
         path: fill.path,
@@ -628,13 +641,8 @@ export async function startWorkersCache(options: WorkersCacheOptions = {}): Prom
         tags: fill.tags,
         storedAt: now(),
         policy: how.policy,
-        ...(purged && { invalidatedAt: purged.at }),
       };
-      const variants = (store.get(how.key) ?? []).filter((other) =>
-        other !== how.replacing &&
-        !other.vary.every(([name, value]) => request.headers.get(name) === value)
-      );
-      keep(how.key, [...variants, entry]);
+      storeUnlessPurged(entry, { ...how, request });
     })().then(
       () => ended("stored"),
       (error) => ended(error instanceof Error ? error : new Error(String(error))),
