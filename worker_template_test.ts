@@ -2777,7 +2777,6 @@ Deno.test("worker in workerd: a signed index file stays signed behind its folder
           // Its neighbours stay public.
           const neighbour = folder === "/" ? "/hello.txt" : "/solo/other.txt";
           assert.equal((await worker.raw(neighbour)).status, 200);
-          worker.downloads();
         } finally {
           await worker.dispose();
         }
@@ -2838,7 +2837,6 @@ Deno.test("worker in workerd: a signed index file is refused under every spellin
             assert.ok(!asked.some((path) => path.endsWith("/solo/index.html")), String(asked));
             // A neighbour stays public.
             assert.equal((await worker.raw(`${root}/solo/other.txt`)).status, 200);
-            worker.downloads();
           } finally {
             await worker.dispose();
           }
@@ -2900,7 +2898,6 @@ Deno.test("worker in workerd: no 301 leaves the site, whatever the path or query
             "/@evil.com",
             "/@evil.com",
           ]);
-          worker.downloads();
         } finally {
           await worker.dispose();
         }
@@ -2937,7 +2934,6 @@ Deno.test("worker in workerd: WORKER_ACTIVE_CONTENT sandboxes or attaches HTML a
                 ], path);
               }
             }
-            worker.downloads();
           } finally {
             await worker.dispose();
           }
@@ -2971,7 +2967,6 @@ Deno.test("worker in workerd: WORKER_ACTIVE_CONTENT goes by the type B2 gives, a
         name,
       );
     }
-    worker.downloads();
   } finally {
     await worker.dispose();
     await b2.close();
@@ -3022,7 +3017,6 @@ Deno.test("worker in workerd: a 304 carries what WORKER_ACTIVE_CONTENT set, so a
                 ? `attachment; filename="p.html"; filename*=UTF-8''p.html`
                 : undefined,
             );
-            worker.downloads();
           } finally {
             await worker.dispose();
           }
@@ -3227,7 +3221,6 @@ Deno.test("worker in workerd: a large object's answers are sandboxed or attached
               revalidated.headers["content-security-policy"],
               revalidated.headers["content-disposition"],
             ], [304, ...expected]);
-            worker.downloads();
           } finally {
             await worker.dispose();
           }
@@ -4084,7 +4077,6 @@ Deno.test("worker in workerd: a listing's query on a folder with its index file 
           }
           const index = await worker.raw("/indexed/");
           assert.deepEqual([index.status, index.body], [200, "<h1>indexed</h1>"]);
-          worker.downloads();
         } finally {
           await worker.dispose();
         }
@@ -4127,7 +4119,6 @@ Deno.test("worker in workerd: WORKER_ACTIVE_CONTENT leaves a listing the worker'
                 choice === "download" ? "attachment" : undefined,
               ]);
             }
-            worker.downloads();
           } finally {
             await worker.dispose();
           }
