@@ -945,15 +945,17 @@ export function parseConfig(settings: Settings, needs: Needs = {}): Config {
     ...(filePrefix && { filePrefix }),
   };
   if (needs.b2 || (needs.b2ForEvents && worker.eventNotifications)) config.b2 = b2Config(reading);
-  const cloudflareToFind = needs.cloudflareIfAccount && !origin &&
+  const forPurge = needs.cloudflareUnlessSite && !site;
+  const forCheck = needs.cloudflareIfAccount && !origin &&
     value.text("CLOUDFLARE_ACCOUNT_ID") !== undefined;
-  if (needs.cloudflare || (needs.cloudflareUnlessSite && !site) || cloudflareToFind) {
+  if (needs.cloudflare || forPurge || forCheck) {
     const before = problems.length;
     config.cloudflare = cloudflareConfig(reading);
     if (!needs.cloudflare && problems.length > before) {
-      const why = "Purge must know where the worker answers: pass --url https://<host>, or set " +
-        "WORKER_DOMAIN (or a WORKER_ROUTE with one host); without them it asks Cloudflare " +
-        "for the workers.dev address, which needs the settings below.";
+      const why = `${forPurge ? "Purge" : "check-cache"} must know where the worker answers: ` +
+        "pass --url https://<host>, or set WORKER_DOMAIN (or a WORKER_ROUTE with one host); " +
+        "without them it asks Cloudflare for the workers.dev address, which needs the settings " +
+        "below.";
       problems.splice(before, 0, why);
     }
   }
@@ -6929,7 +6931,7 @@ export const COMMANDS = {
     example:
       "deno run --allow-net --allow-env --allow-read main.ts check-cache --url https://cdn.example.com/hello.txt",
     exit: "0 as intended, 1 a problem, 2 no URL or bad usage",
-    needs: (): Needs => ({ cloudflareIfAccount: true }),
+    needs: checkCacheNeeds,
     permissions: NET_ENV_READ,
     handler: runCheckCache,
   },
@@ -6952,6 +6954,11 @@ function statusNeeds(flags: Flags): Needs {
  */
 function purgeNeeds(flags: Flags): Needs {
   return { cloudflareUnlessSite: flags.url === undefined, purgeKey: true };
+}
+
+/** With `--url`, `WORKER_DOMAIN` or a one-host route nothing of Cloudflare is asked. */
+function checkCacheNeeds(flags: Flags): Needs {
+  return { cloudflareIfAccount: flags.url === undefined };
 }
 
 /** Whether `name` is a command (`constructor` is not, though `in` would say so). */
@@ -7429,10 +7436,9 @@ function describeCacheCheck(report: CacheCheckReport): string {
  * caches as intended", not "the token was renewed".
  */
 async function runCheckCache({ config, ctx, io, flags }: Job): Promise<number> {
-  const { origin } = config;
-  // As purge does: with neither a domain nor a concrete route, its workers.dev address.
-  // check-cache asks nothing of Cloudflare otherwise, so its settings are read only then.
-  const cloudflare = flags.url === undefined ? config.cloudflare : undefined;
+  const { origin, cloudflare } = config;
+  // As purge does: with neither a domain nor a concrete route, its workers.dev address
+  // (checkCacheNeeds() reads Cloudflare's settings only then).
   const subdomain = cloudflare && await new CloudflareClient(cloudflare, ctx).accountSubdomain();
   const url = flags.url ?? (origin && `${origin}/`) ??
     (cloudflare && subdomain ? workersDevUrl(cloudflare, subdomain) : undefined);

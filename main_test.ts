@@ -2862,18 +2862,24 @@ Deno.test("purge sends paths, prefixes or everything in as few signed requests a
 });
 
 Deno.test("check-cache finds a workers.dev-only worker by itself, as purge does", async (t) => {
-  const checkCache = async (cloudflare: FakeCloudflare, env: Record<string, string>) => {
+  const checkCache = async (
+    cloudflare: FakeCloudflare,
+    env: Record<string, string>,
+    args: string[] = [],
+  ) => {
     const asked: string[] = [];
     const stdout: string[] = [];
     const stderr: string[] = [];
+    const settings: Record<string, string> = {
+      CLOUDFLARE_ACCOUNT_ID: "acc00000000000000000000000000001",
+      CLOUDFLARE_API_TOKEN: CF_TOKEN,
+      CLOUDFLARE_API_BASE_URL: cloudflare.url,
+      ...env,
+    };
     const code = await run({
-      args: ["check-cache"],
-      env: {
-        CLOUDFLARE_ACCOUNT_ID: "acc00000000000000000000000000001",
-        CLOUDFLARE_API_TOKEN: CF_TOKEN,
-        CLOUDFLARE_API_BASE_URL: cloudflare.url,
-        ...env,
-      },
+      args: ["check-cache", ...args],
+      // An empty value leaves the setting out.
+      env: Object.fromEntries(Object.entries(settings).filter(([, value]) => value !== "")),
       readEnvFile: () => Promise.resolve(undefined),
       io: { stdout: (line) => stdout.push(line), stderr: (line) => stderr.push(line) },
       ctx: {
@@ -2911,6 +2917,36 @@ Deno.test("check-cache finds a workers.dev-only worker by itself, as purge does"
       await cloudflare.close();
     }
   });
+  await t.step("--url asks nothing of Cloudflare: an account without a token is fine", async () => {
+    const cloudflare = startFakeCloudflare();
+    try {
+      const { code, asked, stderr } = await checkCache(cloudflare, { CLOUDFLARE_API_TOKEN: "" }, [
+        "--url",
+        "https://cdn.example.com/a.txt",
+      ]);
+      assert.equal(code, 1, `the 404 is the problem, not the settings: ${stderr}`);
+      assert.equal(asked[0], "https://cdn.example.com/a.txt");
+      assert.equal(cloudflare.requests.length, 0);
+    } finally {
+      await cloudflare.close();
+    }
+  });
+  await t.step(
+    "an account without a token and no --url: check-cache says what it needs",
+    async () => {
+      const cloudflare = startFakeCloudflare();
+      try {
+        const { code, asked, stderr } = await checkCache(cloudflare, { CLOUDFLARE_API_TOKEN: "" });
+        assert.equal(code, 2);
+        assert.deepEqual(asked, []);
+        assert.match(stderr, /check-cache must know where the worker answers: pass --url/);
+        assert.match(stderr, /Set CLOUDFLARE_API_TOKEN/);
+        assert.doesNotMatch(stderr, /Purge/);
+      } finally {
+        await cloudflare.close();
+      }
+    },
+  );
 });
 
 Deno.test("largeObjectsWhere() says where large objects are kept, per mode and address", () => {
