@@ -8080,19 +8080,17 @@ export async function main(
   }
   const spec: CommandSpec | undefined = line && COMMANDS[line.command];
   const free = !line || line.help || line.version || spec?.settingsFree === true;
+  const io: Io = {
+    stdout: (text) => writeLine(Deno.stdout, encoder.encode(text + "\n")),
+    stderr: (text) => writeLine(Deno.stderr, encoder.encode(text + "\n")),
+  };
   let env: Record<string, string> = {};
   try {
     if (!free) env = Deno.env.toObject();
   } catch (error) {
     if (!(error instanceof Deno.errors.NotCapable)) throw error;
-    const name = line!.command;
-    const message = `${error.message}. ${permissionsHint(name, args)}`;
-    // status answers as a Nagios plugin that cannot check: UNKNOWN on stdout, exit 3.
-    if (name === "status") {
-      const json = line!.flags.json === true;
-      Deno.stdout.writeSync(encoder.encode(`${statusUnknown(message, json)}\n`));
-    } else Deno.stderr.writeSync(encoder.encode(`error: ${message}\n`));
-    Deno.exit(name === "status" ? 3 : 2);
+    // Reported as run() reports any refused permission (status: UNKNOWN, exit 3).
+    Deno.exit(reportFailure(error, io, { command: line!.command, json: line!.flags.json, args }));
   }
   const code = await run({
     args,
@@ -8100,10 +8098,7 @@ export async function main(
     place: initPlace,
     ...(options.local && { local: options.local }),
     readEnvFile: readTextIfExists,
-    io: {
-      stdout: (text) => writeLine(Deno.stdout, encoder.encode(text + "\n")),
-      stderr: (text) => writeLine(Deno.stderr, encoder.encode(text + "\n")),
-    },
+    io,
   });
   Deno.exit(code);
 }
