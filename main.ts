@@ -2581,6 +2581,12 @@ class CloudflareClient {
     });
   }
 
+  /** The worker's workers.dev address; `undefined` when the account has no subdomain. */
+  async workersDevAddress(): Promise<string | undefined> {
+    const subdomain = await this.accountSubdomain();
+    return subdomain && workersDevUrl(this.config, subdomain);
+  }
+
   /** `GET /accounts/{id}/workers/subdomain`; `undefined` when it never chose one (10007). */
   async accountSubdomain(): Promise<string | undefined> {
     try {
@@ -3062,20 +3068,18 @@ function noSubdomain(config: CloudflareConfig): string {
  */
 async function applyWorkersDev(cf: CloudflareClient): Promise<WorkersDev> {
   const { config } = cf;
-  const subdomain = config.workersDev ? await cf.accountSubdomain() : undefined;
-  if (config.workersDev && !subdomain) return { enabled: false, problem: noSubdomain(config) };
+  const url = config.workersDev ? await cf.workersDevAddress() : undefined;
+  if (config.workersDev && !url) return { enabled: false, problem: noSubdomain(config) };
   await cf.setWorkersDev(config.workersDev);
-  return subdomain ? { enabled: true, url: workersDevUrl(config, subdomain) } : { enabled: false };
+  return url ? { enabled: true, url } : { enabled: false };
 }
 
 /** Reads whether the deployed worker answers on workers.dev, for `status`. */
 async function readWorkersDev(cf: CloudflareClient): Promise<WorkersDev> {
   const { config } = cf;
   if (!await cf.workersDevEnabled()) return { enabled: false };
-  const subdomain = await cf.accountSubdomain();
-  return subdomain
-    ? { enabled: true, url: workersDevUrl(config, subdomain) }
-    : { enabled: false, problem: noSubdomain(config) };
+  const url = await cf.workersDevAddress();
+  return url ? { enabled: true, url } : { enabled: false, problem: noSubdomain(config) };
 }
 
 // ---------------------------------------------------------------------------
@@ -4530,10 +4534,7 @@ async function purgeUrl(config: Config, ctx: Context, url?: string): Promise<str
   const cloudflare = config.cloudflare;
   let base = url || config.site ||
     workerAddress({ domain: cloudflare?.domain, route: cloudflare?.route });
-  if (!base && cloudflare) {
-    const subdomain = await new CloudflareClient(cloudflare, ctx).accountSubdomain();
-    if (subdomain) base = workersDevUrl(cloudflare, subdomain);
-  }
+  if (!base && cloudflare) base = await new CloudflareClient(cloudflare, ctx).workersDevAddress();
   if (!base) {
     throw new ConfigError([
       "Cannot tell where the worker answers: set WORKER_DOMAIN or pass --url https://<host>.",
@@ -6591,8 +6592,7 @@ async function runInit(job: Job): Promise<number> {
 async function siteBase(config: Config, ctx: Context): Promise<string | undefined> {
   const cloudflare = config.cloudflare!;
   if (config.site || !cloudflare.workersDev) return config.site;
-  const subdomain = await new CloudflareClient(cloudflare, ctx).accountSubdomain();
-  return subdomain ? workersDevUrl(cloudflare, subdomain).replace(/\/$/, "") : undefined;
+  return (await new CloudflareClient(cloudflare, ctx).workersDevAddress())?.replace(/\/$/, "");
 }
 
 /** A `.env` already there is replaced only when the person says so (or `--force`). */
@@ -7439,9 +7439,8 @@ async function runCheckCache({ config, ctx, io, flags }: Job): Promise<number> {
   const { origin, cloudflare } = config;
   // As purge does: with neither a domain nor a concrete route, its workers.dev address
   // (checkCacheNeeds() reads Cloudflare's settings only then).
-  const subdomain = cloudflare && await new CloudflareClient(cloudflare, ctx).accountSubdomain();
-  const url = flags.url ?? (origin && `${origin}/`) ??
-    (cloudflare && subdomain ? workersDevUrl(cloudflare, subdomain) : undefined);
+  const workersDev = cloudflare && await new CloudflareClient(cloudflare, ctx).workersDevAddress();
+  const url = flags.url ?? (origin && `${origin}/`) ?? workersDev;
   const problems: string[] = [];
   for (const [flag, value] of [["--url", url], ["--large-url", flags["large-url"]]] as const) {
     if (value !== undefined && !URL.canParse(value)) {
