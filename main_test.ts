@@ -3397,7 +3397,9 @@ Deno.test("main.ts runs from a URL, outside the repository, fetching only what i
   const repo = serveFiles(ROOT.replace(/\/$/, ""));
   const cwd = await Deno.makeTempDir();
   const url = `${repo.url}/main.ts`;
-  const RUN_URL = ["run", "--allow-net", "--allow-env", "--allow-read"];
+  // --reload: Deno's cache keys remote modules by URL, and an earlier run on the same port would
+  // otherwise be served from it (an older main.ts, and no fetch for repo.paths to see).
+  const RUN_URL = ["run", "--reload", "--allow-net", "--allow-env", "--allow-read"];
   try {
     await t.step("render", async () => {
       const { code, stdout, stderr } = await spawn([...RUN_URL, url, "render", "--json"], { cwd });
