@@ -312,6 +312,11 @@ const MIME_ESSENCE = /^\s*([!#$%&'*+.^_`|~0-9a-z-]+\/[!#$%&'*+.^_`|~0-9a-z-]+)\s
 const UNKNOWN_TYPES = ["*/*", "unknown/unknown", "application/unknown"];
 // What activeContentHeaders() sets, which a 304 carries as the whole answer would.
 const ACTIVE_CONTENT_HEADERS = ["Content-Security-Policy", "Content-Disposition"];
+// What a 304 carries of the whole answer, as Headers names them (lower case).
+const NOT_MODIFIED_HEADERS = new Set(
+  ["cache-control", "etag", "last-modified", ...ACTIVE_CONTENT_HEADERS]
+    .map((name) => name.toLowerCase()),
+);
 // One encoder for the isolate (it holds no state): a signed link's message is encoded on every
 // request, and each object made through workerd's API costs it there.
 const UTF8 = new TextEncoder();
@@ -596,10 +601,7 @@ function movedToCanonical(
   if (link.access === "refused") return undefined;
   const canonical = canonicalTarget(url, link, { listed });
   if (canonical === undefined || canonical === spelledTarget(url)) return undefined;
-  const moved = new Response(null, {
-    status: 301,
-    headers: { Location: canonical, "Cache-Control": DEFAULT_BROWSER_CACHE_CONTROL },
-  });
+  const moved = movedTo(canonical);
   if (config.cacheMode !== "workers-cache") return moved;
   return edgeLifetime(moved, config, { signedFor: signedLifetime(link, now) });
 }
@@ -1471,10 +1473,8 @@ async function answer(
  */
 function notModifiedAnswer(headers: Headers): Response {
   const validators = new Headers();
-  const kept = ["cache-control", "etag", "last-modified", ...ACTIVE_CONTENT_HEADERS]
-    .map((name) => name.toLowerCase());
   for (const [name, value] of headers) {
-    if (kept.includes(name) || isB2ObjectHeader(name)) validators.set(name, value);
+    if (NOT_MODIFIED_HEADERS.has(name) || isB2ObjectHeader(name)) validators.set(name, value);
   }
   return new Response(null, { status: 304, headers: validators });
 }
@@ -2475,7 +2475,10 @@ function publicQuery(url: URL, options: { listed?: boolean }): string {
 // asked. What the name may not hold: a separator, a control character, or a character that
 // reorders text (U+202E shows "exe.txt" as "txt.exe"), so the name a visitor saves is the one
 // they read.
-const HOSTILE_ATTACHMENT_NAME = /[/\\\p{Cc}\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/u;
+const REORDERING_CHARACTERS = "\\u061C\\u200E\\u200F\\u202A-\\u202E\\u2066-\\u2069";
+const HOSTILE_ATTACHMENT_NAME = new RegExp(`[/\\\\\\p{Cc}${REORDERING_CHARACTERS}]`, "u");
+const HOSTILE_ATTACHMENT_CHARACTERS = new RegExp(HOSTILE_ATTACHMENT_NAME, "gu");
+const REORDERING_CHARACTER = new RegExp(`[${REORDERING_CHARACTERS}]`, "gu");
 
 /**
  * A download link's query: exactly one `download` parameter, bare (the
@@ -2505,7 +2508,7 @@ export function downloadQuery(url: URL): { name: string; canonical: string } | u
  */
 function attachmentName(asked: { name: string }, objectName: string): string {
   return asked.name || objectName.slice(objectName.lastIndexOf("/") + 1)
-    .replace(new RegExp(HOSTILE_ATTACHMENT_NAME, "gu"), "_");
+    .replace(HOSTILE_ATTACHMENT_CHARACTERS, "_");
 }
 
 /**
@@ -2526,13 +2529,7 @@ async function namedFromShared(
   shared.search = "?download";
   const self = target.ctx.exports?.default;
   if (!self) {
-    const location = shared.pathname + shared.search;
-    return atEdgeNever(
-      new Response(null, {
-        status: 301,
-        headers: { Location: location, "Cache-Control": DEFAULT_BROWSER_CACHE_CONTROL },
-      }),
-    );
+    return atEdgeNever(movedTo(shared.pathname + shared.search));
   }
   const answered = await self.fetch(new Request(shared, request));
   // The loopback's answer may have immutable headers; a copy can be renamed and marked.
@@ -3652,7 +3649,7 @@ function count(n: number, noun: string): string {
  */
 function readableName(name: string): string {
   return name.replace(
-    /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/gu,
+    REORDERING_CHARACTER,
     (c) => `[U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}]`,
   );
 }
@@ -3790,9 +3787,14 @@ async function withListing(
 async function indexFound(answered: Response, url: URL): Promise<Response> {
   if (url.search === "" || !answered.ok) return answered;
   await answered.body?.cancel();
+  return movedTo(url.pathname);
+}
+
+/** A permanent redirect browsers keep as long as they keep an object without a say of its own. */
+function movedTo(location: string): Response {
   return new Response(null, {
     status: 301,
-    headers: { Location: url.pathname, "Cache-Control": DEFAULT_BROWSER_CACHE_CONTROL },
+    headers: { Location: location, "Cache-Control": DEFAULT_BROWSER_CACHE_CONTROL },
   });
 }
 
