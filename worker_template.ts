@@ -2422,8 +2422,8 @@ export function canonicalPath(pathname: string): string | undefined {
 // ":" and "@" (a path's pchar), none of which a URL parser encodes in a path, so a Location
 // written with them comes back unchanged (no redirect loop). Everything else is percent-encoded,
 // UTF-8, uppercase hex: "@2x.png" stays, "%68" becomes "h", "%c3%a9" becomes "%C3%A9".
-const PATH_LITERAL = /^[A-Za-z0-9\-._~!$&'()*+,;=:@]$/u;
-const PATH_LITERALS = /^[A-Za-z0-9\-._~!$&'()*+,;=:@]*$/u;
+// "/" stays too: it separates the segments.
+const PATH_ESCAPED = /[^A-Za-z0-9\-._~!$&'()*+,;=:@/]/gu;
 
 /**
  * A canonical path (from {@linkcode canonicalPath}, decoded) written as a
@@ -2431,12 +2431,8 @@ const PATH_LITERALS = /^[A-Za-z0-9\-._~!$&'()*+,;=:@]*$/u;
  * it is answered `301` to this one.
  */
 export function urlPath(path: string): string {
-  // Most segments are literal already, and are kept without a test per character.
-  const segment = (part: string) =>
-    PATH_LITERALS.test(part)
-      ? part
-      : Array.from(part, (c) => PATH_LITERAL.test(c) ? c : encodeURIComponent(c)).join("");
-  return path.split("/").map(segment).join("/");
+  // One pass over the path; a lone surrogate throws, as encodeURIComponent() does.
+  return path.replace(PATH_ESCAPED, (c) => encodeURIComponent(c));
 }
 
 /**
