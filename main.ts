@@ -2007,6 +2007,9 @@ interface AuthorizeAnswer {
   };
 }
 
+/** What a serving key is made with: the bucket found by name, its download token made and used. */
+const SERVING_CAPABILITIES = "listBuckets,readFiles,shareFiles";
+
 /**
  * Checks what the key allows before anything else is asked of B2, so a
  * mismatch names the key to make instead of failing half way.
@@ -2014,7 +2017,7 @@ interface AuthorizeAnswer {
 function checkKey(auth: B2Authorization, config: B2Config): void {
   const problems: string[] = [];
   const wanted = config.bucketName ?? config.bucketId ?? "";
-  const makeKey = `Make a key with: ${keyCreate(config, "listBuckets,readFiles,shareFiles")}`;
+  const makeKey = `Make a key with: ${keyCreate(config, SERVING_CAPABILITIES)}`;
   if (!auth.capabilities.includes("shareFiles")) {
     problems.push(
       `The B2 key lacks the shareFiles capability, which download tokens need ` +
@@ -3362,7 +3365,7 @@ function missingCapabilities(
   return new RefusalError(
     `The B2 key lacks ${facts.missing.join(" and ")}, ${why} (it has: ` +
       `${auth.capabilities.join(", ") || "none"}). Add them: ` +
-      keyCreate(b2, `listBuckets,readFiles,shareFiles,${EVENT_CAPABILITIES.join(",")}`) +
+      keyCreate(b2, `${SERVING_CAPABILITIES},${EVENT_CAPABILITIES.join(",")}`) +
       (facts.on ? "; or set B2_EVENT_NOTIFICATIONS=off." : "."),
     "missing_capability",
   );
@@ -6286,7 +6289,7 @@ function keyRefusal(
     'bucket only, type of access "Read Only"; or with the b2 CLI: ' +
     keyCreate(
       { bucketName: bucket, prefix: auth.namePrefix ?? "" },
-      "listBuckets,readFiles,shareFiles",
+      SERVING_CAPABILITIES,
       KEY_NAME,
     );
 }
