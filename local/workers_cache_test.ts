@@ -561,29 +561,41 @@ Deno.test("stale-while-revalidate serves the stale copy and revalidates in the b
     assert.deepEqual([late.label, late.body], ["EXPIRED", "v2"], "past the window it waits");
   }));
 
+/**
+ * An origin's answer that sends `head` at once and `tail` once `release()` is called, with the
+ * Content-Length of both.
+ */
+function heldAnswer(head: string, tail: string, headers: Record<string, string>) {
+  const { promise: released, resolve: release } = Promise.withResolvers<void>();
+  const encoder = new TextEncoder();
+  const origin = () =>
+    new Response(
+      new ReadableStream({
+        async start(controller) {
+          controller.enqueue(encoder.encode(head));
+          await released;
+          controller.enqueue(encoder.encode(tail));
+          controller.close();
+        },
+      }),
+      {
+        headers: { "content-length": String(encoder.encode(head + tail).length), ...headers },
+      },
+    );
+  return { origin, release };
+}
+
 Deno.test("an answer being stored reaches its caller as the worker sends it, and a miss meanwhile shares it", () =>
   withCache({}, async (h) => {
-    const { promise: release, resolve } = Promise.withResolvers<void>();
-    const encoder = new TextEncoder();
-    h.origin = () =>
-      new Response(
-        new ReadableStream({
-          async start(controller) {
-            controller.enqueue(encoder.encode("first-"));
-            await release;
-            controller.enqueue(encoder.encode("last"));
-            controller.close();
-          },
-        }),
-        { headers: { "content-length": "10", "cache-control": "max-age=60" } },
-      );
+    const held = heldAnswer("first-", "last", { "cache-control": "max-age=60" });
+    h.origin = held.origin;
     const first = await fetch(`${h.cache.url}/s`);
     const reader = first.body!.getReader();
     const chunk = await reader.read();
     assert.equal(new TextDecoder().decode(chunk.value), "first-", "before the worker's last byte");
     const second = fetch(`${h.cache.url}/s`);
     await new Promise((wait) => setTimeout(wait, 100));
-    resolve();
+    held.release();
     let rest = "";
     for (let next = await reader.read(); !next.done; next = await reader.read()) {
       rest += new TextDecoder().decode(next.value);
@@ -603,26 +615,11 @@ Deno.test("a purge while an answer is being stored reaches it: not shared with l
   for (const purge of [{ tags: ["v1-tag"] }, { pathPrefixes: ["/p"] }]) {
     await t.step(JSON.stringify(purge), () =>
       withCache({}, async (h) => {
-        const { promise: release, resolve } = Promise.withResolvers<void>();
-        const encoder = new TextEncoder();
-        h.origin = () =>
-          new Response(
-            new ReadableStream({
-              async start(controller) {
-                controller.enqueue(encoder.encode("old-"));
-                await release;
-                controller.enqueue(encoder.encode("v1"));
-                controller.close();
-              },
-            }),
-            {
-              headers: {
-                "content-length": "6",
-                "cache-control": "max-age=60",
-                "cache-tag": "v1-tag",
-              },
-            },
-          );
+        const held = heldAnswer("old-", "v1", {
+          "cache-control": "max-age=60",
+          "cache-tag": "v1-tag",
+        });
+        h.origin = held.origin;
         const first = await fetch(`${h.cache.url}/p`);
         const reader = first.body!.getReader();
         await reader.read();
@@ -630,11 +627,11 @@ Deno.test("a purge while an answer is being stored reaches it: not shared with l
         assert.equal(JSON.parse((await h.cacheCall("purge", purge)).body).success, true);
         h.origin = () => text("new-v2", { "cache-control": "max-age=60" });
         // Whatever is shared, the old answer ends soon after (a test that fails, never hangs).
-        const released = setTimeout(resolve, 300);
+        const released = setTimeout(held.release, 300);
         const after = await h.get("/p");
         assert.deepEqual([after.label, after.body], ["MISS", "new-v2"], "not the purged fill");
         clearTimeout(released);
-        resolve();
+        held.release();
         while (!(await reader.read()).done);
         await h.cache.idle();
         h.origin = () => text("new-v3", { "cache-control": "max-age=60" });
@@ -648,27 +645,15 @@ Deno.test("a request with Authorization shares an answer being stored only if it
   for (const [control, shared] of [["max-age=60", false], ["public, max-age=60", true]] as const) {
     await t.step(control, () =>
       withCache({}, async (h) => {
-        const { promise: release, resolve } = Promise.withResolvers<void>();
-        const encoder = new TextEncoder();
-        h.origin = () =>
-          new Response(
-            new ReadableStream({
-              async start(controller) {
-                controller.enqueue(encoder.encode("for-"));
-                await release;
-                controller.enqueue(encoder.encode("all"));
-                controller.close();
-              },
-            }),
-            { headers: { "content-length": "7", "cache-control": control } },
-          );
+        const held = heldAnswer("for-", "all", { "cache-control": control });
+        h.origin = held.origin;
         const first = await fetch(`${h.cache.url}/a`);
         const reader = first.body!.getReader();
         await reader.read();
-        const released = setTimeout(resolve, 300);
+        const released = setTimeout(held.release, 300);
         const authorized = await h.get("/a", { headers: { Authorization: "Bearer x" } });
         clearTimeout(released);
-        resolve();
+        held.release();
         while (!(await reader.read()).done);
         assert.equal(authorized.body, "for-all");
         assert.equal(h.seen().length, shared ? 1 : 2, "the worker asked again unless public");
