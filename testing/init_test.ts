@@ -127,32 +127,24 @@ Deno.test("init at a terminal: any key, several accounts, workers.dev; the .env 
   const at = await place({ cloudflare: { otherAccounts: [SECOND] } });
   try {
     const session = initInTerminal(at);
-    await session.expect("B2 application key id (keyID): ");
-    await session.type(KEY_ID);
-    await session.expect("B2 application key (not shown as you type): ");
-    await session.type(B2_KEY);
+    await session.answer("B2 application key id (keyID): ", KEY_ID);
+    await session.answer("B2 application key (not shown as you type): ", B2_KEY);
     await session.expect(
       "all buckets of the account; may listBuckets, listFiles, readFiles, shareFiles",
     );
-    await session.expect("Which bucket does the site serve?\r\n  1) photos\r\n  2) backups");
-    await session.type("1");
-    await session.expect("Serve only names under this prefix (Enter: the whole bucket): ");
-    await session.type("site/");
+    await session.answer("Which bucket does the site serve?\r\n  1) photos\r\n  2) backups", "1");
+    await session.answer("Serve only names under this prefix (Enter: the whole bucket): ", "site/");
     await session.expect('Bucket: photos, names under "site/"');
-    await session.expect("Cloudflare API token (not shown as you type): ");
-    await session.type(CF_TOKEN);
+    await session.answer("Cloudflare API token (not shown as you type): ", CF_TOKEN);
     await session.expect("Cloudflare token: valid, a user's");
-    await session.expect(`  2) Side project (${SECOND.id})`);
-    await session.type("2");
-    await session.expect("Where do visitors reach the site?");
-    await session.type("1");
+    await session.answer(`  2) Side project (${SECOND.id})`, "2");
+    await session.answer("Where do visitors reach the site?", "1");
     await session.expect("may do everything this setup needs");
     await session.expect(/Wrote \.env \(mode 0600\)\.\r\n/);
     await session.expect(
       /17 4 \* \* \* cd \S+ && \S*deno run --allow-net --allow-env --allow-read \S+main\.ts refresh >> \S+b2-private-cdn\.log 2>&1/,
     );
-    await session.expect("Run the first refresh now? [Y/n] ");
-    await session.type("n");
+    await session.answer("Run the first refresh now? [Y/n] ", "n");
     await session.expect(
       /Then deploy: .* --verify https:\/\/b2-private-cdn\.fake-subdomain\.workers\.dev\//,
     );
@@ -185,35 +177,26 @@ Deno.test("init at a terminal: a key restricted to a bucket and prefix, an accou
   });
   try {
     const session = initInTerminal(at);
-    await session.expect("keyID): ");
-    await session.type(KEY_ID);
-    await session.expect("(not shown as you type): ");
-    await session.type(B2_KEY);
+    await session.answer("keyID): ", KEY_ID);
+    await session.answer("(not shown as you type): ", B2_KEY);
     await session.expect('B2 key: restricted to bucket "photos", names starting with "site/"');
     // One bucket: not asked. The key's prefix is offered.
-    await session.expect("Serve only names under this prefix [site/]: ");
-    await session.type("");
+    await session.answer("Serve only names under this prefix [site/]: ", "");
     // Not asked, so said: which bucket the .env will name.
     await session.expect('Bucket: photos, names under "site/"');
-    await session.expect("Cloudflare API token (not shown as you type): ");
-    await session.type(CF_TOKEN);
+    await session.answer("Cloudflare API token (not shown as you type): ", CF_TOKEN);
     await session.expect("Cloudflare token: valid, an account's");
     await session.expect(
       `Cloudflare account: Fake account (${FAKE_ACCOUNT_ID}), the one the token sees`,
     );
-    await session.expect("Where do visitors reach the site?");
-    await session.type("3");
-    await session.expect("Route pattern: ");
-    await session.type("https://cdn.example.com/*");
+    await session.answer("Where do visitors reach the site?", "3");
+    await session.answer("Route pattern: ", "https://cdn.example.com/*");
     // Checked like the setting: refused with its reason, and asked again.
     await session.expect("WORKER_ROUTE must not start with https://");
-    await session.expect("Route pattern: ");
-    await session.type("cdn.example.com/*");
+    await session.answer("Route pattern: ", "cdn.example.com/*");
     await session.expect(`Cloudflare zone: example.com (${FAKE_ZONE_ID})`);
-    await session.expect("Run the first refresh now? [Y/n] ");
-    await session.type("y");
-    await session.expect("A file to fetch once deployed, to check (Enter: none): ");
-    await session.type("");
+    await session.answer("Run the first refresh now? [Y/n] ", "y");
+    await session.answer("A file to fetch once deployed, to check (Enter: none): ", "");
     await session.expect(
       /Deployed worker "b2-private-cdn" for bucket "photos" \(prefix "site\/"\).*route created/,
     );
@@ -246,21 +229,14 @@ Deno.test("init at a terminal: a custom domain, and a token without Zone Read sa
     try {
       const session = initInTerminal(at, { B2_APPLICATION_KEY_ID: KEY_ID });
       // The key id from the environment is not asked again; the key is.
-      await session.expect("B2 application key (not shown as you type): ");
-      await session.type(B2_KEY);
-      await session.expect("Choose 1-2 [1]: ");
-      await session.type("");
-      await session.expect("prefix (Enter: the whole bucket): ");
-      await session.type("");
-      await session.expect("API token (not shown as you type): ");
-      await session.type(CF_TOKEN);
-      await session.expect("Where do visitors reach the site?");
-      await session.type("2");
-      await session.expect("Host name: ");
-      await session.type("files.example.com");
+      await session.answer("B2 application key (not shown as you type): ", B2_KEY);
+      await session.answer("Choose 1-2 [1]: ", "");
+      await session.answer("prefix (Enter: the whole bucket): ", "");
+      await session.answer("API token (not shown as you type): ", CF_TOKEN);
+      await session.answer("Where do visitors reach the site?", "2");
+      await session.answer("Host name: ", "files.example.com");
       await session.expect(`Cloudflare zone: example.com (${FAKE_ZONE_ID})`);
-      await session.expect("Run the first refresh now? [Y/n] ");
-      await session.type("n");
+      await session.answer("Run the first refresh now? [Y/n] ", "n");
       const { code, transcript } = await session.finish();
       assert.equal(code, 0, transcript);
       assertNoSecret(transcript);
@@ -289,23 +265,19 @@ Deno.test("init at a terminal: a custom domain, and a token without Zone Read sa
         B2_BUCKET_NAME: "photos",
         WORKER_ROUTE: "cdn.example.com/*",
       });
-      await session.expect("keyID): ");
-      await session.type(KEY_ID);
-      await session.expect("(not shown as you type): ");
-      await session.type(B2_KEY);
-      await session.expect("prefix (Enter: the whole bucket): ");
-      await session.type("");
-      await session.expect("API token (not shown as you type): ");
-      await session.type(CF_TOKEN);
+      await session.answer("keyID): ", KEY_ID);
+      await session.answer("(not shown as you type): ", B2_KEY);
+      await session.answer("prefix (Enter: the whole bucket): ", "");
+      await session.answer("API token (not shown as you type): ", CF_TOKEN);
       await session.expect(
         /Cannot find the zone of "cdn\.example\.com\/\*" \(tried cdn\.example\.com, example\.com in account \w+\): the domain is not on this account, or the token lacks "Zone: Read"/,
       );
-      await session.expect("Zone id (32 hex), as the Overview page shows it: ");
-      await session.type(`https://dash.cloudflare.com/${FAKE_ACCOUNT_ID}/example.com`);
-      await session.expect("holds the account id");
-      await session.type(FAKE_ZONE_ID);
-      await session.expect("Run the first refresh now? [Y/n] ");
-      await session.type("n");
+      await session.answer(
+        "Zone id (32 hex), as the Overview page shows it: ",
+        `https://dash.cloudflare.com/${FAKE_ACCOUNT_ID}/example.com`,
+      );
+      await session.answer("holds the account id", FAKE_ZONE_ID);
+      await session.answer("Run the first refresh now? [Y/n] ", "n");
       const { code, transcript } = await session.finish();
       assert.equal(code, 0, transcript);
       assert.equal((await written(at)).CLOUDFLARE_ZONE_ID, FAKE_ZONE_ID);
@@ -319,10 +291,8 @@ Deno.test("init at a terminal: a key without shareFiles is refused with how to m
   const at = await place({ b2: { capabilities: ["listBuckets", "listFiles", "readFiles"] } });
   try {
     const session = initInTerminal(at);
-    await session.expect("keyID): ");
-    await session.type(KEY_ID);
-    await session.expect("(not shown as you type): ");
-    await session.type(B2_KEY);
+    await session.answer("keyID): ", KEY_ID);
+    await session.answer("(not shown as you type): ", B2_KEY);
     // Were it asked again, init would wait for input here instead, and the wait time out.
     await session.expect("error: The B2 key lacks shareFiles");
     const { code, transcript } = await session.finish();
@@ -353,10 +323,11 @@ const B2_REFUSAL = new RegExp(
 
 /** Types the key id and `key` at their prompts; on a second round the id is offered. */
 async function typeB2Key(session: TerminalSession, key: string, again = false): Promise<void> {
-  await session.expect(again ? `B2 application key id (keyID) [${KEY_ID}]: ` : "keyID): ");
-  await session.type(again ? "" : KEY_ID);
-  await session.expect("B2 application key (not shown as you type): ");
-  await session.type(key);
+  await session.answer(
+    again ? `B2 application key id (keyID) [${KEY_ID}]: ` : "keyID): ",
+    again ? "" : KEY_ID,
+  );
+  await session.answer("B2 application key (not shown as you type): ", key);
 }
 
 Deno.test("init at a terminal: a mistyped B2 key is refused in B2's words and asked again; the right one is written", async () => {
@@ -366,16 +337,11 @@ Deno.test("init at a terminal: a mistyped B2 key is refused in B2's words and as
     await typeB2Key(session, WRONG_B2_KEYS[0]!);
     await session.expect(B2_REFUSAL);
     await typeB2Key(session, B2_KEY, true);
-    await session.expect("Which bucket does the site serve?");
-    await session.type("1");
-    await session.expect("Serve only names under this prefix (Enter: the whole bucket): ");
-    await session.type("");
-    await session.expect("Cloudflare API token (not shown as you type): ");
-    await session.type(CF_TOKEN);
-    await session.expect("Where do visitors reach the site?");
-    await session.type("1");
-    await session.expect("Run the first refresh now? [Y/n] ");
-    await session.type("n");
+    await session.answer("Which bucket does the site serve?", "1");
+    await session.answer("Serve only names under this prefix (Enter: the whole bucket): ", "");
+    await session.answer("Cloudflare API token (not shown as you type): ", CF_TOKEN);
+    await session.answer("Where do visitors reach the site?", "1");
+    await session.answer("Run the first refresh now? [Y/n] ", "n");
     const { code, transcript } = await session.finish();
     assert.equal(code, 0, transcript);
     assertNoSecret(transcript);
@@ -418,18 +384,13 @@ Deno.test("init at a terminal: a mistyped Cloudflare token is asked again, the B
   try {
     const session = initInTerminal(at);
     await typeB2Key(session, B2_KEY);
-    await session.expect("Serve only names under this prefix (Enter: the whole bucket): ");
-    await session.type("");
-    await session.expect("Cloudflare API token (not shown as you type): ");
-    await session.type(WRONG_CF_TOKEN);
+    await session.answer("Serve only names under this prefix (Enter: the whole bucket): ", "");
+    await session.answer("Cloudflare API token (not shown as you type): ", WRONG_CF_TOKEN);
     await session.expect("CLOUDFLARE_API_TOKEN is not a valid API token");
-    await session.expect("Cloudflare API token (not shown as you type): ");
-    await session.type(CF_TOKEN);
+    await session.answer("Cloudflare API token (not shown as you type): ", CF_TOKEN);
     await session.expect("Cloudflare token: valid, a user's");
-    await session.expect("Where do visitors reach the site?");
-    await session.type("1");
-    await session.expect("Run the first refresh now? [Y/n] ");
-    await session.type("n");
+    await session.answer("Where do visitors reach the site?", "1");
+    await session.answer("Run the first refresh now? [Y/n] ", "n");
     const { code, transcript } = await session.finish();
     assert.equal(code, 0, transcript);
     assertNoSecret(transcript);
@@ -625,8 +586,7 @@ Deno.test("init at a terminal: Ctrl-C at a secret's prompt stops it, writing not
   const at = await place();
   try {
     const session = initInTerminal(at);
-    await session.expect("keyID): ");
-    await session.type(KEY_ID);
+    await session.answer("keyID): ", KEY_ID);
     await session.expect("(not shown as you type): ");
     // Raw mode: Ctrl-C arrives as a character, half a key typed before it.
     await session.type(`${B2_KEY.slice(0, 10)}\x03`);
@@ -646,8 +606,7 @@ Deno.test("init at a terminal: an existing .env is replaced only when the person
   try {
     await Deno.writeTextFile(`${at.dir}/.env`, "B2_BUCKET_NAME=photos\n");
     const session = initInTerminal(at);
-    await session.expect(".env exists. Replace it (the old one is kept beside it)? [y/N] ");
-    await session.type("");
+    await session.answer(".env exists. Replace it (the old one is kept beside it)? [y/N] ", "");
     const { code, transcript } = await session.finish();
     assert.equal(code, 2, transcript);
     assert.match(transcript, /\.env exists and was left as it is/);

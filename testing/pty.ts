@@ -6,8 +6,7 @@
  *
  * ```ts
  * const session = startInTerminal([Deno.execPath(), "run", "-A", "main.ts", "init"], { cwd, env });
- * await session.expect("B2 application key id");
- * await session.type("0012ab...");
+ * await session.answer("B2 application key id", "0012ab...");
  * const { code, transcript } = await session.finish();
  * ```
  *
@@ -20,6 +19,8 @@ export interface TerminalSession {
   expect(text: string | RegExp): Promise<void>;
   /** Types `line` and Enter (a carriage return, as a keyboard sends it). */
   type(line: string): Promise<void>;
+  /** Waits for `prompt`, then types `reply`: one question and its answer. */
+  answer(prompt: string | RegExp, reply: string): Promise<void>;
   /** Ends the input, waits for the command, and returns its exit code and the transcript. */
   finish(): Promise<{ code: number; transcript: string }>;
   /** Everything the terminal showed so far. */
@@ -102,6 +103,10 @@ export function startInTerminal(
     },
     async type(line) {
       await writer.write(new TextEncoder().encode(`${line}\r`));
+    },
+    async answer(prompt, reply) {
+      await this.expect(prompt);
+      await this.type(reply);
     },
     async finish() {
       const status = await child.status;
