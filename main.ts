@@ -8341,14 +8341,21 @@ export function startOnDeploy(platform: DeployPlatform): DeployApp {
   return { runCron, handle };
 }
 
-/** The settings and a context for one run on Deploy; secrets are registered before any output. */
-function deploySettings(platform: DeployPlatform, needs: Needs): { config: Config; ctx: Context } {
+/**
+ * The settings and a context for one run on Deploy (`run`) or one health read; secrets are
+ * registered before any output, and a run warns of names that are no setting.
+ */
+function deploySettings(
+  platform: DeployPlatform,
+  needs: Needs,
+  options: { run?: boolean } = {},
+): { config: Config; ctx: Context } {
   const env = platform.env();
   const ctx = defaultContext(platform.ctx);
   addSecrets(ctx.secrets, env);
   ctx.log = (line) => platform.log(redact(line, ctx.secrets));
   // Once a run, not at every health read.
-  if (needs.schedule) {
+  if (options.run) {
     for (const warning of unknownSettings(Object.keys(env), "the app's settings")) {
       ctx.log(`warning: ${warning}`);
     }
@@ -8394,11 +8401,8 @@ async function deployRun(platform: DeployPlatform): Promise<void> {
       job: async ({ report, pinged }) => {
         const tooOld = runtimeProblem(platform.denoVersion);
         if (tooOld) throw new Error(tooOld);
-        const { config, ctx } = deploySettings(platform, {
-          b2: true,
-          cloudflare: true,
-          schedule: true,
-        });
+        const needs = { b2: true, cloudflare: true, schedule: true };
+        const { config, ctx } = deploySettings(platform, needs, { run: true });
         secrets = ctx.secrets;
         if (env.REFRESH_SCHEDULE) {
           report(
