@@ -8,15 +8,20 @@
  * @module
  */
 
-import { deriveEventSecret } from "../main.ts";
 import type { FakeNotificationRule } from "../local/fake_b2.ts";
 import { startWorkersCache, type WorkersCache } from "../local/workers_cache.ts";
 import { median, ms, table, type Target } from "./measure.ts";
-import { BENCH_BUCKET, benchEventRule, type FakeB2, ourUpload, startBenchB2 } from "./processes.ts";
+import {
+  BENCH_BUCKET,
+  benchEventSecret,
+  type FakeB2,
+  ourUpload,
+  setBenchEventRule,
+  startBenchB2,
+} from "./processes.ts";
 
 const LATENCY_ROUNDS = 20;
 const BURSTS = [1_000, 10_000];
-const SECRET_SOURCE = "bench-application-key";
 // Targets (issue 15): fresh within seconds, and a burst that loses nothing.
 const MAX_NOTIFICATION_TO_MISS_MS = 1_000;
 /**
@@ -65,11 +70,10 @@ interface Edge {
 async function startEdge(module: string): Promise<Edge> {
   const b2 = startBenchB2([{ name: "hello.txt", body: "hello 0", contentType: "text/plain" }]);
   const cache = await startWorkersCache();
-  const derived = await deriveEventSecret(SECRET_SOURCE);
+  const derived = await benchEventSecret();
   const settings = { WORKER_CACHE_MODE: "workers-cache", B2_EVENT_NOTIFICATIONS: "on" };
   await cache.deploy(ourUpload(module, b2, settings, { eventSecret: derived.secret }));
-  const rule = benchEventRule(cache.url, derived);
-  b2.notificationRules.set("bucket-bench", [rule]);
+  const rule = setBenchEventRule(b2, cache.url, derived);
   return {
     b2,
     cache,

@@ -10,11 +10,16 @@
  * @module
  */
 
-import { deriveEventSecret } from "../main.ts";
 import type { FakeFile } from "../local/fake_b2.ts";
 import { startWorkersCache } from "../local/workers_cache.ts";
 import { seededRandom, table, type Target } from "./measure.ts";
-import { BENCH_BUCKET, benchEventRule, ourUpload, startBenchB2 } from "./processes.ts";
+import {
+  BENCH_BUCKET,
+  benchEventSecret,
+  ourUpload,
+  setBenchEventRule,
+  startBenchB2,
+} from "./processes.ts";
 
 const FOLDER_NAMES = 2_500;
 const VIEWS = 1_000;
@@ -22,7 +27,6 @@ const SPAN_SECONDS = 3_600;
 const UPLOAD_EVERY_SECONDS = 600;
 const SEED = 24;
 const DEFAULT_TTL = 60;
-const SECRET_SOURCE = "bench-application-key";
 const COALESCE_SECONDS = 1;
 const LISTING_KEY = {
   keyId: "bench-listing-key-id",
@@ -105,7 +109,7 @@ async function runListings(
     },
   });
   stack.defer(() => b2.close());
-  const derived = await deriveEventSecret(SECRET_SOURCE);
+  const derived = await benchEventSecret();
   const settings = {
     WORKER_CACHE_MODE: run.ttl === 0 ? "off" : "workers-cache",
     WORKER_LISTING: "on",
@@ -124,7 +128,7 @@ async function runListings(
     text: String(COALESCE_SECONDS),
   });
   await cache.deploy(upload);
-  if (run.uploads) b2.notificationRules.set("bucket-bench", [benchEventRule(cache.url, derived)]);
+  if (run.uploads) setBenchEventRule(b2, cache.url, derived);
   const from = b2.requests.length;
   let uploads = 0;
   let errors = 0;

@@ -9,6 +9,7 @@
 
 import { stripTypeScriptTypes } from "node:module";
 import {
+  deriveEventSecret,
   parseConfig,
   type Settings,
   type WorkerFacts,
@@ -44,14 +45,25 @@ let pinned = false;
 
 /** The bench's bucket: a name B2 allows (6 to 63 characters), as refresh now checks. */
 export const BENCH_BUCKET = "bench-bucket";
+/** Its id, as startBenchB2() makes it. */
+export const BENCH_BUCKET_ID = "bucket-bench";
 
-/** Our event rule for the bench's B2, set directly: the stand-in's set call refuses http://, and this is 127.0.0.1. */
-export function benchEventRule(
+/** The bench's event secret, derived as refresh derives it from B2_APPLICATION_KEY. */
+export function benchEventSecret(): ReturnType<typeof deriveEventSecret> {
+  return deriveEventSecret("bench-application-key");
+}
+
+/**
+ * Sets our event rule on the bench's bucket directly (the stand-in's set call refuses http://,
+ * and this is 127.0.0.1), and returns it.
+ */
+export function setBenchEventRule(
+  b2: FakeB2,
   origin: string,
   derived: { secret: string; urlKey?: string },
 ): FakeNotificationRule {
   const key = derived.urlKey ? `?key=${derived.urlKey}` : "";
-  return {
+  const rule: FakeNotificationRule = {
     name: "b2cdn-bench",
     eventTypes: ["b2:ObjectCreated:*", "b2:ObjectDeleted:*", "b2:HideMarkerCreated:*"],
     objectNamePrefix: "",
@@ -65,6 +77,8 @@ export function benchEventRule(
     isSuspended: false,
     suspensionReason: "",
   };
+  b2.notificationRules.set(BENCH_BUCKET_ID, [rule]);
+  return rule;
 }
 
 /** The B2 stand-in with the one bucket the bench deploys against, holding `files`. */
@@ -72,7 +86,7 @@ export function startBenchB2(
   files: FakeFile[],
   options: Omit<FakeB2Options, "buckets"> = {},
 ): FakeB2 {
-  return startFakeB2({ buckets: [{ id: "bucket-bench", name: BENCH_BUCKET, files }], ...options });
+  return startFakeB2({ buckets: [{ id: BENCH_BUCKET_ID, name: BENCH_BUCKET, files }], ...options });
 }
 
 /** The 1 KiB object of the load runs. */

@@ -11,7 +11,7 @@ import { type Config, defaultContext, parseConfig, refresh, type Settings } from
 import { startFakeCloudflare } from "../local/fake_cloudflare.ts";
 import { childEnv } from "../testing/child_env.ts";
 import { lastLine, median, ms, signed, spawnMs, table, type Target } from "./measure.ts";
-import { BENCH_BUCKET, type FakeB2, startBenchB2 } from "./processes.ts";
+import { BENCH_BUCKET, BENCH_BUCKET_ID, type FakeB2, startBenchB2 } from "./processes.ts";
 import { MAIN, MAIN_PERMISSIONS } from "./startup.ts";
 
 const API_LATENCY_MS = 50;
@@ -61,7 +61,7 @@ interface Scenario {
 export const REFRESH_SCENARIOS: Scenario[] = [
   {
     scenario: "bucket name and id given",
-    settings: { B2_BUCKET_NAME: BENCH_BUCKET, B2_BUCKET_ID: "bucket-bench" },
+    settings: { B2_BUCKET_NAME: BENCH_BUCKET, B2_BUCKET_ID: BENCH_BUCKET_ID },
     b2: {},
     expectedRoundTrips: 3 + WORKERS_DEV_ROUND_TRIPS,
     concurrentRequests: CONCURRENT_REQUESTS + 1,
